@@ -1,0 +1,121 @@
+"""RouterArtifact: everything a trained router needs to score prompts, saved as one directory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from router.features import Embedder, EmbeddingCache, FeatureSpec, featurize, normalize_text
+from router.model import FORMAT_VERSION, DifficultyModel
+from router.schema import CHARS_PER_TOKEN, TiersConfig, TiersConfigError, parse_tiers, tiers_to_dict
+
+ARTIFACT_FILE = "router.json"
+
+
+def estimate_tokens_out(log: pd.DataFrame, tiers: TiersConfig) -> dict[str, float]:
+    """Mean output tokens per tier from the log: the tokens_out column, else what the cost implies.
+
+    Without token counts, output tokens are the cost left after pricing the input at
+    characters / 4, divided by the output price.
+    """
+    out: dict[str, float] = {}
+    for tier in tiers.tiers:
+        rows = log[log["model"] == tier.model]
+        if rows.empty:
+            out[tier.name] = 0.0
+            continue
+        if "tokens_out" in rows and rows["tokens_out"].notna().any():
+            out[tier.name] = float(rows["tokens_out"].mean())
+            continue
+        tokens_in = rows["prompt"].map(lambda p: len(normalize_text(p))) / CHARS_PER_TOKEN
+        residual = rows["cost_usd"] - tokens_in * tier.input_per_1m / 1e6
+        per_token = tier.output_per_1m / 1e6
+        out[tier.name] = float(np.clip(residual / per_token, 0, None).mean()) if per_token > 0 else 0.0
+    return out
+
+
+@dataclass
+class RouterArtifact:
+    """A fitted DifficultyModel with its feature spec, tier names and output-token estimates."""
+
+    model: DifficultyModel
+    features: FeatureSpec
+    tiers: TiersConfig
+    tokens_out: Mapping[str, float]
+
+    @property
+    def tier_names(self) -> list[str]:
+        return list(self.model.tier_names_)
+
+    def check_tiers(self, tiers: TiersConfig) -> None:
+        """A live tiers config may swap models and prices, but not rename, add or reorder tiers."""
+        if tiers.names != self.tier_names:
+            raise TiersConfigError(
+                f"the model was trained for tiers {self.tier_names}, the config has {tiers.names}; retrain"
+            )
+
+    def predict_quality(
+        self,
+        prompts: Sequence[str],
+        embedder: Embedder,
+        cache: EmbeddingCache | None = None,
+        num_threads: int | None = None,
+    ) -> np.ndarray:
+        """Predicted score per tier, (n, k)."""
+        X = featurize(prompts, self.features, embedder, cache)
+        return self.model.predict_quality(X, num_threads=num_threads)
+
+    def expected_cost(self, prompts: Sequence[str], tiers: TiersConfig | None = None) -> np.ndarray:
+        """Expected cost per tier, (n, k): input at characters / 4 tokens plus the tier's mean output."""
+        tiers = tiers or self.tiers
+        self.check_tiers(tiers)
+        tokens_in = np.array([len(normalize_text(p)) for p in prompts], dtype=float) / CHARS_PER_TOKEN
+        cols = [
+            tokens_in * t.input_per_1m / 1e6 + self.tokens_out.get(t.name, 0.0) * t.output_per_1m / 1e6
+            for t in tiers.tiers
+        ]
+        return np.stack(cols, axis=1) if cols else np.zeros((len(prompts), 0))
+
+    def save(self, directory: Path | str) -> Path:
+        directory = Path(directory)
+        self.model.save(directory / "difficulty_model")
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "features": self.features.model_dump(),
+            "tiers": tiers_to_dict(self.tiers),
+            "tokens_out": dict(self.tokens_out),
+        }
+        (directory / ARTIFACT_FILE).write_text(json.dumps(meta, indent=1))
+        return directory
+
+    @classmethod
+    def load(cls, directory: Path | str) -> RouterArtifact:
+        directory = Path(directory)
+        path = directory / ARTIFACT_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"{directory}: no {ARTIFACT_FILE}; not a tierwise router artifact")
+        meta = json.loads(path.read_text())
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{directory}: artifact format {meta.get('format_version')} is not {FORMAT_VERSION}")
+        return cls(
+            model=DifficultyModel.load(directory / "difficulty_model"),
+            features=FeatureSpec(**meta["features"]),
+            tiers=parse_tiers(meta["tiers"], path),
+            tokens_out=meta["tokens_out"],
+        )
+
+
+def find_artifact(root: Path | str) -> Path:
+    """The directory under `root` (e.g. a downloaded MLflow model) that holds router.json."""
+    root = Path(root)
+    if (root / ARTIFACT_FILE).is_file():
+        return root
+    hits = sorted(root.rglob(ARTIFACT_FILE))
+    if not hits:
+        raise FileNotFoundError(f"{root}: no {ARTIFACT_FILE} found")
+    return hits[0].parent

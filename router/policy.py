@@ -1,0 +1,146 @@
+"""Pure routing decisions on predicted quality and expected cost. Thresholds are arguments, never state.
+
+Arrays are (n_prompts, n_tiers) with tiers in config order, cheapest first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class NoTierFits(ValueError):
+    """The request's constraints (min_tier, max_cost_usd, budget) exclude every tier."""
+
+
+def cheapest_sufficient(quality: np.ndarray, cost: np.ndarray, target: float) -> np.ndarray:
+    """Index of the cheapest tier whose predicted quality clears `target`; the best tier if none does."""
+    quality, cost = np.atleast_2d(quality), np.atleast_2d(cost)
+    ok = quality >= target
+    masked_cost = np.where(ok, cost, np.inf)
+    cheapest = np.argmin(masked_cost, axis=1)
+    return np.where(ok.any(axis=1), cheapest, np.argmax(quality, axis=1))
+
+
+def tradeoff(quality: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
+    """Index of the tier that maximises quality - lam * cost; ties go to the cheaper tier."""
+    quality, cost = np.atleast_2d(quality), np.atleast_2d(cost)
+    utility = quality - lam * cost
+    best = utility.max(axis=1, keepdims=True)
+    return np.argmin(np.where(np.isclose(utility, best, rtol=0, atol=1e-12), cost, np.inf), axis=1)
+
+
+def target_for_top_share(quality: np.ndarray, cost: np.ndarray, share: float) -> float:
+    """The quality target at which about `share` of prompts go to the top (most expensive) tier.
+
+    A prompt goes to the top tier when no cheaper tier clears the target, i.e. when the target
+    exceeds the best predicted quality among the cheaper tiers: the target is a quantile of that.
+    """
+    if not 0 <= share <= 1:
+        raise ValueError("share must be in [0, 1]")
+    quality, cost = np.atleast_2d(quality), np.atleast_2d(cost)
+    top = int(np.argmax(cost.mean(axis=0)))
+    others = np.delete(quality, top, axis=1).max(axis=1)
+    if share <= 0:
+        return float(min(others.min(), quality.min()))
+    if share >= 1:
+        return float(np.nextafter(others.max(), np.inf))
+    return float(np.quantile(others, 1 - share, method="higher"))
+
+
+def lambda_for_cost(quality: np.ndarray, cost: np.ndarray, target_cost_usd: float, iters: int = 60) -> float:
+    """The smallest knob lam whose mean chosen cost is at most `target_cost_usd` (bisection).
+
+    Mean cost is non-increasing in lam, so bisection on a log scale finds the boundary.
+    """
+    quality, cost = np.atleast_2d(quality), np.atleast_2d(cost)
+    rows = np.arange(len(quality))
+
+    def spend(lam: float) -> float:
+        return float(cost[rows, tradeoff(quality, cost, lam)].mean())
+
+    if spend(0.0) <= target_cost_usd:
+        return 0.0
+    lo, hi = 1e-9, 1.0
+    while spend(hi) > target_cost_usd:
+        hi *= 10
+        if hi > 1e15:
+            raise ValueError(f"no knob reaches a mean cost of {target_cost_usd}; the cheapest tier costs more")
+    for _ in range(iters):
+        mid = float(np.sqrt(lo * hi))
+        lo, hi = (lo, mid) if spend(mid) <= target_cost_usd else (mid, hi)
+    return hi
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The tier chosen for one prompt, and why, in plain words."""
+
+    tier_index: int
+    reason: str
+
+
+def allowed_tiers(
+    cost: Sequence[float],
+    min_tier: int = 0,
+    max_cost_usd: float | None = None,
+    budget_usd: float | None = None,
+) -> np.ndarray:
+    """Boolean mask of the tiers a request may use."""
+    cost_arr = np.asarray(cost, dtype=float)
+    mask = np.arange(len(cost_arr)) >= min_tier
+    if max_cost_usd is not None:
+        mask &= cost_arr <= max_cost_usd
+    if budget_usd is not None:
+        mask &= cost_arr <= budget_usd
+    return mask
+
+
+def decide(
+    quality: Sequence[float],
+    cost: Sequence[float],
+    names: Sequence[str],
+    target: float,
+    min_tier: int = 0,
+    max_cost_usd: float | None = None,
+    budget_usd: float | None = None,
+) -> Decision:
+    """Route one prompt: the cheapest sufficient tier, then the request's overrides and budget.
+
+    Raises NoTierFits when the constraints exclude every tier.
+    """
+    q, c = np.asarray(quality, dtype=float), np.asarray(cost, dtype=float)
+    free = int(cheapest_sufficient(q, c, target)[0])
+    unbudgeted = allowed_tiers(c, min_tier, max_cost_usd)
+    mask = unbudgeted & allowed_tiers(c, budget_usd=budget_usd)
+    if not mask.any():
+        why = []
+        if min_tier:
+            why.append(f"min_tier {names[min_tier]}")
+        if max_cost_usd is not None:
+            why.append(f"max_cost_usd {max_cost_usd:.6g}")
+        if budget_usd is not None:
+            why.append(f"remaining budget ${budget_usd:.6g}")
+        raise NoTierFits(f"no tier fits {' and '.join(why)}")
+    pick = int(cheapest_sufficient(np.where(mask, q, -np.inf), np.where(mask, c, np.inf), target)[0])
+    if pick == free:
+        if q[pick] >= target:
+            reason = f"{names[pick]} is the cheapest tier predicted to reach the target {target:.2f} ({q[pick]:.2f})"
+        else:
+            reason = f"no tier is predicted to reach the target {target:.2f}; {names[pick]} is predicted best ({q[pick]:.2f})"
+        return Decision(pick, reason)
+    if not mask[free] and unbudgeted[free]:
+        reason = (
+            f"{names[free]} would be chosen but costs ${c[free]:.6g}, more than the ${budget_usd:.6g} left "
+            f"in the session budget; {names[pick]} is the best tier that fits"
+        )
+    elif free < min_tier:
+        reason = f"{names[free]} would suffice, but the request asks for min_tier {names[min_tier]}; using {names[pick]}"
+    else:
+        reason = (
+            f"{names[free]} would be chosen but costs ${c[free]:.6g}, over max_cost_usd {max_cost_usd:.6g}; "
+            f"{names[pick]} is the best tier that fits"
+        )
+    return Decision(pick, reason)

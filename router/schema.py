@@ -1,0 +1,339 @@
+"""The data contract: the outcome log, the tiers config, and the errors they raise."""
+
+from __future__ import annotations
+
+import json
+import logging
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+logger = logging.getLogger(__name__)
+
+REQUIRED_COLUMNS: tuple[str, ...] = ("prompt_id", "prompt", "model", "score", "cost_usd")
+OPTIONAL_COLUMNS: tuple[str, ...] = (
+    "category",
+    "session_id",
+    "tokens_in",
+    "tokens_out",
+    "latency_ms",
+    "timestamp",
+)
+CHARS_PER_TOKEN = 4.0
+"""Token estimate used where the log has no token counts: characters / 4, as the public logs do."""
+
+
+class Outcome(BaseModel):
+    """One prompt answered by one model: what it earned and what it cost."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    prompt_id: str = Field(min_length=1)
+    prompt: str = Field(min_length=1)
+    model: str = Field(min_length=1)
+    score: float = Field(ge=0, le=1)
+    cost_usd: float = Field(ge=0)
+    category: str | None = None
+    session_id: str | None = None
+    tokens_in: int | None = Field(default=None, ge=0)
+    tokens_out: int | None = Field(default=None, ge=0)
+    latency_ms: float | None = Field(default=None, ge=0)
+    timestamp: str | None = None
+
+    @model_validator(mode="after")
+    def _prompt_not_blank(self) -> Outcome:
+        if not self.prompt.strip():
+            raise ValueError("prompt is blank")
+        return self
+
+
+class OutcomeLogError(ValueError):
+    """A bad outcome log: names the file, the row (1-based data row) and the column."""
+
+    def __init__(self, path: Path | str, message: str, row: int | None = None, column: str | None = None):
+        self.path = str(path)
+        self.row = row
+        self.column = column
+        where = self.path
+        if row is not None:
+            where += f", row {row}"
+        if column is not None:
+            where += f", column '{column}'"
+        super().__init__(f"{where}: {message}")
+
+
+class TiersConfigError(ValueError):
+    """A bad tiers config file."""
+
+
+# --------------------------------------------------------------------------- tiers config
+
+
+class ModelPrice(BaseModel):
+    """List price of one model, USD per 1M tokens."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+    input_per_1m: float = Field(ge=0)
+    output_per_1m: float = Field(ge=0)
+
+
+class Tier(BaseModel):
+    """One rung of the ladder: the model (or fusion of models) that serves it, and its price.
+
+    A `single` tier is served by `model`. A `fusion` tier runs every model in `members`, then
+    `judge` merges the answers; its runs are logged under `model` (default `fusion:<name>`), and
+    its price is the sum of its parts.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str = Field(min_length=1)
+    kind: Literal["single", "fusion"] = "single"
+    model: str = ""
+    members: tuple[str, ...] = ()
+    judge: str | None = None
+    input_per_1m: float = Field(0.0, ge=0)
+    output_per_1m: float = Field(0.0, ge=0)
+
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """Models that are called (and paid for) when this tier answers."""
+        if self.kind == "single":
+            return (self.model,)
+        return (*self.members, *((self.judge,) if self.judge else ()))
+
+    def estimate_cost_usd(self, tokens_in: float, tokens_out: float) -> float:
+        """Price one call of this tier from token counts."""
+        return (tokens_in * self.input_per_1m + tokens_out * self.output_per_1m) / 1e6
+
+
+@dataclass(frozen=True)
+class TiersConfig:
+    """Ordered tiers, cheapest first, plus the catalogue of known models and their prices."""
+
+    tiers: tuple[Tier, ...]
+    models: Mapping[str, ModelPrice] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [t.name for t in self.tiers]
+        if not names:
+            raise TiersConfigError("no tiers defined")
+        if len(set(names)) != len(names):
+            raise TiersConfigError(f"duplicate tier names: {names}")
+        logged = [t.model for t in self.tiers]
+        if len(set(logged)) != len(logged):
+            raise TiersConfigError(f"two tiers are served by the same model: {logged}")
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.tiers]
+
+    def tier(self, name: str) -> Tier:
+        for t in self.tiers:
+            if t.name == name:
+                return t
+        raise KeyError(f"unknown tier '{name}'; tiers are {self.names}")
+
+    def index(self, name: str) -> int:
+        return self.names.index(self.tier(name).name)
+
+    def tier_of_model(self) -> dict[str, str]:
+        """Map each logged model name to the tier whose outcomes it provides."""
+        return {t.model: t.name for t in self.tiers}
+
+    @property
+    def known_models(self) -> set[str]:
+        return set(self.models) | {t.model for t in self.tiers}
+
+
+def _price_tier(raw: Mapping[str, Any], models: Mapping[str, ModelPrice], path: Path) -> Tier:
+    data = dict(raw)
+    name = data.get("name", "?")
+    kind = data.get("kind", "single")
+    if kind == "fusion":
+        parts = [*data.get("members", []), *([data["judge"]] if data.get("judge") else [])]
+        if len(data.get("members", [])) < 2:
+            raise TiersConfigError(f"{path}: fusion tier '{name}' needs at least two members")
+        data.setdefault("model", f"fusion:{name}")
+    else:
+        if not data.get("model"):
+            raise TiersConfigError(f"{path}: tier '{name}' has no model")
+        parts = [data["model"]]
+    if "input_per_1m" not in data or "output_per_1m" not in data:
+        missing = [p for p in parts if p not in models]
+        if missing:
+            raise TiersConfigError(
+                f"{path}: tier '{name}' uses {missing}, which have no price: add them under [models] "
+                "or give the tier input_per_1m and output_per_1m"
+            )
+        data.setdefault("input_per_1m", sum(models[p].input_per_1m for p in parts))
+        data.setdefault("output_per_1m", sum(models[p].output_per_1m for p in parts))
+    try:
+        return Tier(**data)
+    except ValidationError as exc:
+        raise TiersConfigError(f"{path}: tier '{name}': {_first_error(exc)}") from None
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    return f"{loc}: {err['msg']}" if loc else str(err["msg"])
+
+
+def parse_tiers(data: Mapping[str, Any], path: Path | str = "<tiers>") -> TiersConfig:
+    """Build a TiersConfig from parsed TOML."""
+    path = Path(path)
+    try:
+        models = {k: ModelPrice(**v) for k, v in data.get("models", {}).items()}
+    except ValidationError as exc:
+        raise TiersConfigError(f"{path}: [models]: {_first_error(exc)}") from None
+    raw_tiers = data.get("tiers")
+    if not isinstance(raw_tiers, list) or not raw_tiers:
+        raise TiersConfigError(f"{path}: expected a non-empty [[tiers]] list")
+    tiers = tuple(_price_tier(t, models, path) for t in raw_tiers)
+    try:
+        return TiersConfig(tiers=tiers, models=models)
+    except TiersConfigError as exc:
+        raise TiersConfigError(f"{path}: {exc}") from None
+
+
+def load_tiers(path: Path | str) -> TiersConfig:
+    """Read a tiers TOML file."""
+    path = Path(path)
+    if not path.is_file():
+        raise TiersConfigError(f"{path}: tiers file not found")
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise TiersConfigError(f"{path}: not valid TOML: {exc}") from None
+    return parse_tiers(data, path)
+
+
+def tiers_to_dict(cfg: TiersConfig) -> dict[str, Any]:
+    """Serialise a TiersConfig to plain data (the inverse of parse_tiers)."""
+    return {
+        "models": {k: v.model_dump() for k, v in cfg.models.items()},
+        "tiers": [t.model_dump(exclude_none=True) for t in cfg.tiers],
+    }
+
+
+# --------------------------------------------------------------------------- outcome log
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        if suffix in (".csv", ".csv.gz"):
+            return pd.read_csv(path, keep_default_na=True)
+        if suffix in (".jsonl", ".ndjson", ".jsonl.gz"):
+            return _read_jsonl(path)
+    except OutcomeLogError:
+        raise
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+    except Exception as exc:  # noqa: BLE001 - any parser failure becomes one clear line
+        raise OutcomeLogError(path, f"cannot be read as {suffix.lstrip('.')}: {exc}") from None
+    raise OutcomeLogError(path, f"unsupported format '{suffix}': use .parquet, .csv or .jsonl")
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    records = []
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise OutcomeLogError(path, f"invalid JSON: {exc.msg}", row=lineno) from None
+            if not isinstance(rec, dict):
+                raise OutcomeLogError(path, "each line must be a JSON object", row=lineno)
+            records.append(rec)
+    return pd.DataFrame.from_records(records)
+
+
+def _first_bad(path: Path, mask: pd.Series, column: str, message: str) -> None:
+    if mask.any():
+        row = int(np.flatnonzero(mask.to_numpy())[0]) + 1
+        raise OutcomeLogError(path, message, row=row, column=column)
+
+
+def validate_outcomes(df: pd.DataFrame, path: Path | str, known_models: Iterable[str] | None = None) -> pd.DataFrame:
+    """Check a raw outcome table against the contract; return it with canonical dtypes.
+
+    Rows are numbered from 1, counting data rows (not the header).
+    """
+    path = Path(path)
+    if df.empty:
+        raise OutcomeLogError(path, "the outcome log is empty")
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing:
+        raise OutcomeLogError(path, f"missing required column(s) {missing}", column=missing[0])
+    df = df.reset_index(drop=True)
+    for col in ("prompt_id", "prompt", "model"):
+        _first_bad(path, df[col].isna(), col, "value is missing")
+        df[col] = df[col].astype(str)
+    _first_bad(path, df["prompt"].str.strip().eq(""), "prompt", "prompt is empty")
+    _first_bad(path, df["model"].str.strip().eq(""), "model", "model is empty")
+    for col, lo, hi in (("score", 0.0, 1.0), ("cost_usd", 0.0, np.inf)):
+        values = pd.to_numeric(df[col], errors="coerce")
+        _first_bad(path, values.isna() & df[col].notna(), col, f"not a number: {col}")
+        _first_bad(path, values.isna(), col, f"{col} is missing or NaN")
+        if col == "score":
+            _first_bad(path, (values < lo) | (values > hi), col, "score must be in [0, 1]")
+        else:
+            _first_bad(path, values < lo, col, "cost_usd must be >= 0")
+            _first_bad(path, ~np.isfinite(values), col, "cost_usd must be finite")
+        df[col] = values.astype(float)
+    for col in ("tokens_in", "tokens_out", "latency_ms"):
+        if col in df.columns:
+            values = pd.to_numeric(df[col], errors="coerce")
+            _first_bad(path, values.isna() & df[col].notna(), col, f"not a number: {col}")
+            _first_bad(path, values < 0, col, f"{col} must be >= 0")
+            df[col] = values
+    if known_models is not None:
+        known = set(known_models)
+        _first_bad(
+            path,
+            ~df["model"].isin(known),
+            "model",
+            "model is not in the tiers config (no tier uses it and [models] does not list it)",
+        )
+    keep = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in df.columns]
+    return df[keep]
+
+
+def deduplicate_outcomes(df: pd.DataFrame) -> pd.DataFrame:
+    """Collapse repeated (prompt_id, model) rows: the mean score and mean cost of the repeats.
+
+    Repeats are re-runs of the same prompt on the same model; their mean is the best estimate
+    of that model's expected score and cost. Other columns keep the first repeat's value.
+    """
+    if not df.duplicated(["prompt_id", "model"]).any():
+        return df
+    agg: dict[str, str] = {c: "first" for c in df.columns if c not in ("prompt_id", "model")}
+    agg.update(score="mean", cost_usd="mean")
+    out = df.groupby(["prompt_id", "model"], sort=False, as_index=False).agg(agg)
+    logger.info("collapsed %d duplicate (prompt_id, model) rows", len(df) - len(out))
+    return out[df.columns]
+
+
+def load_outcomes(path: Path | str, tiers: TiersConfig | None = None) -> pd.DataFrame:
+    """Read, validate and deduplicate one outcome log (Parquet, CSV or JSONL)."""
+    path = Path(path)
+    if not path.is_file():
+        raise OutcomeLogError(path, "file not found")
+    raw = _read_table(path)
+    df = validate_outcomes(raw, path, tiers.known_models if tiers else None)
+    return deduplicate_outcomes(df)
+
+
+def outcomes_to_frame(rows: Sequence[Outcome]) -> pd.DataFrame:
+    """Turn validated Outcome objects into a log table."""
+    return pd.DataFrame([r.model_dump() for r in rows])

@@ -1,0 +1,62 @@
+"""The one typed settings object. Only entry points build it; library functions take plain arguments."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EmbedderBackend = Literal["torch", "onnx-fp32", "onnx-int8"]
+
+
+class Settings(BaseSettings):
+    """Every knob of tierwise, read from TIERWISE_* environment variables (and MLFLOW_TRACKING_URI)."""
+
+    model_config = SettingsConfigDict(env_prefix="TIERWISE_", extra="forbid")
+
+    # data and training
+    data_dir: Path = Path("data")
+    outcomes_path: Path = Path("data/routerbench_subset/outcomes.parquet")
+    tiers_path: Path = Path("config/tiers.toml")
+    cache_dir: Path = Path(".cache")
+    embedder: EmbedderBackend = "torch"
+    tail_chars: int | None = Field(700, ge=16)
+    text_features: bool = True
+    calibration: Literal["none", "isotonic"] = "none"
+    test_size: float = Field(0.3, gt=0, lt=1)
+    seed: int = 0
+
+    # tracking and registry
+    mlflow_tracking_uri: str = Field(
+        "sqlite:///mlflow.db",
+        validation_alias=AliasChoices("mlflow_tracking_uri", "MLFLOW_TRACKING_URI", "TIERWISE_MLFLOW_TRACKING_URI"),
+    )
+    experiment_name: str = "tierwise"
+    registered_model: str = "tierwise-router"
+    model_alias: str = "champion"
+
+    # routing policy
+    quality_target: float = Field(0.8, ge=0, le=1)
+
+    # serving
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(2, ge=1)
+    intra_op_threads: int = Field(1, ge=1)
+    database_url: str = "sqlite:///tierwise.db"
+    local_model_path: Path | None = None
+    api_keys: dict[str, str] = Field(
+        default_factory=dict, description="sha256 hex digest of a key -> scope ('client' or 'admin')"
+    )
+    max_prompt_chars: int = Field(100_000, ge=1)
+    max_batch: int = Field(256, ge=1)
+    reload_interval_s: float = Field(0.0, ge=0, description="poll the registry alias this often; 0 = never")
+    spool_path: Path = Path(".cache/outcome-spool.jsonl")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,95 @@
+"""Shared fixtures: a deterministic hashing embedder and small generated outcome logs."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from router.schema import TiersConfig, parse_tiers
+
+TIERS_TOML = {
+    "models": {
+        "small": {"input_per_1m": 0.2, "output_per_1m": 0.2},
+        "medium": {"input_per_1m": 1.0, "output_per_1m": 2.0},
+        "large": {"input_per_1m": 10.0, "output_per_1m": 30.0},
+        "unused": {"input_per_1m": 5.0, "output_per_1m": 5.0},
+    },
+    "tiers": [
+        {"name": "main", "model": "small"},
+        {"name": "mid", "model": "medium"},
+        {"name": "brain", "model": "large"},
+    ],
+}
+
+
+class HashingEmbedder:
+    """Bag-of-words hashed into 384 dims, unit-normalised: fast, deterministic, no model download."""
+
+    def __init__(self, dim: int = 384, name: str = "test/hashing:hash"):
+        self._dim = dim
+        self._id = name
+        self.calls = 0
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        self.calls += len(texts)
+        out = np.zeros((len(texts), self._dim), dtype=np.float32)
+        for i, text in enumerate(texts):
+            for word in text.lower().split():
+                h = int(hashlib.md5(word.encode()).hexdigest()[:8], 16)
+                out[i, h % self._dim] += 1.0
+            out[i, 0] += 1e-3
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def make_log(n_prompts: int = 300, seed: int = 0) -> pd.DataFrame:
+    """A generated outcome log where prompts mentioning 'hard' need the brain tier.
+
+    easy prompts: every tier succeeds; medium prompts: mid and brain; hard prompts: only brain.
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_prompts):
+        kind = rng.choice(["easy", "medium", "hard"])
+        words = rng.choice(["alpha", "beta", "gamma", "delta", "omega", "sigma"], size=5)
+        prompt = f"{kind} question {i}: " + " ".join(words)
+        need = {"easy": 0, "medium": 1, "hard": 2}[kind]
+        for level, model in enumerate(["small", "medium", "large"]):
+            p_ok = 0.92 if level >= need else 0.08
+            rows.append(
+                {
+                    "prompt_id": f"p{i}",
+                    "prompt": prompt,
+                    "model": model,
+                    "score": float(rng.random() < p_ok),
+                    "cost_usd": len(prompt) / 4 * [0.2, 1.0, 10.0][level] / 1e6,
+                    "category": kind,
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def tiers() -> TiersConfig:
+    return parse_tiers(TIERS_TOML)
+
+
+@pytest.fixture
+def outcome_log() -> pd.DataFrame:
+    return make_log()
+
+
+@pytest.fixture
+def embedder() -> HashingEmbedder:
+    return HashingEmbedder()

@@ -1,0 +1,244 @@
+"""Training pipeline: outcome log -> features -> DifficultyModel -> evaluation against baselines."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+
+from router import evaluate as ev
+from router.artifact import RouterArtifact, estimate_tokens_out
+from router.features import EMBEDDING_DIM, Embedder, EmbeddingCache, FeatureSpec, featurize, normalize_text
+from router.model import DifficultyModel
+from router.schema import TiersConfig
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptTable:
+    """The outcome log pivoted to one row per prompt."""
+
+    prompts: pd.DataFrame  # prompt_id, prompt, category
+    scores: np.ndarray  # (n, k) per tier, NaN where that tier has no outcome
+    costs: np.ndarray  # (n, k)
+    model_scores: pd.DataFrame  # (n, all models) for the best-single-model baseline
+    model_costs: pd.DataFrame
+
+
+def pivot_log(log: pd.DataFrame, tiers: TiersConfig) -> PromptTable:
+    """One row per prompt_id with the realised score and cost of each tier (and of every model)."""
+    first = log.drop_duplicates("prompt_id").set_index("prompt_id")
+    prompts = pd.DataFrame(
+        {
+            "prompt_id": first.index,
+            "prompt": first["prompt"].to_numpy(),
+            "category": first["category"].fillna("").astype(str).to_numpy()
+            if "category" in first
+            else "",
+        }
+    )
+    scores = log.pivot(index="prompt_id", columns="model", values="score").reindex(prompts["prompt_id"])
+    costs = log.pivot(index="prompt_id", columns="model", values="cost_usd").reindex(prompts["prompt_id"])
+    models = [t.model for t in tiers.tiers]
+    tier_s = scores.reindex(columns=models).to_numpy(dtype=float)
+    tier_c = costs.reindex(columns=models).to_numpy(dtype=float)
+    keep = np.isfinite(tier_s).any(axis=1)
+    return PromptTable(
+        prompts=prompts[keep].reset_index(drop=True),
+        scores=tier_s[keep],
+        costs=tier_c[keep],
+        model_scores=scores[keep],
+        model_costs=costs[keep],
+    )
+
+
+@dataclass
+class EvalResult:
+    """Metrics table, curves for plots, and the router's test predictions."""
+
+    table: pd.DataFrame
+    curves: dict[str, ev.Curve]
+    per_category: pd.DataFrame
+    metrics: dict[str, float] = field(default_factory=dict)
+    test_pred: np.ndarray | None = None
+    test_scores: np.ndarray | None = None
+
+
+@dataclass
+class TrainResult:
+    artifact: RouterArtifact
+    evaluation: EvalResult
+    params: dict[str, Any]
+    test_prompt_ids: list[str]
+
+
+def logreg_predictor(X: np.ndarray, Y: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Logistic regression per tier on the same features (labels thresholded at 0.5)."""
+    fits = []
+    for j in range(Y.shape[1]):
+        have = np.isfinite(Y[:, j])
+        y = Y[have, j] >= 0.5
+        if y.all() or not y.any():
+            fits.append(float(y.mean()))
+            continue
+        fits.append(LogisticRegression(C=1.0, max_iter=2000, random_state=seed).fit(X[have], y))
+
+    def predict(Xq: np.ndarray) -> np.ndarray:
+        cols = [np.full(len(Xq), f) if isinstance(f, float) else f.predict_proba(Xq)[:, 1] for f in fits]
+        return np.stack(cols, axis=1)
+
+    return predict
+
+
+def _method_row(name: str, curve: ev.Curve, ref: dict[str, Any], ece: float | None = None) -> dict[str, Any]:
+    top_cost, top_q = ref["top"]
+    gm = ev.gap_metrics(curve, ref["weak"], ref["top"])
+    return {
+        "method": name,
+        "AIQ": ev.aiq(curve, ref["max_cost"]),
+        "APGR": gm.apgr,
+        "CPT50_pct": gm.cpt50,
+        "CPT80_pct": gm.cpt80,
+        "match_top_cost_pct": ev.cost_to_reach(curve, top_q) / top_cost * 100,
+        "quality_at_half_top_cost": ev.hull_quality_at(curve, 0.5 * top_cost),
+        "max_quality": float(curve.quality.max()),
+        "ECE": np.nan if ece is None else ece,
+    }
+
+
+def evaluate_router(
+    pred: np.ndarray,
+    pred_cost: np.ndarray,
+    table: PromptTable,
+    test: np.ndarray,
+    tiers: TiersConfig,
+    baselines: dict[str, np.ndarray],
+    seed: int,
+) -> EvalResult:
+    """Compare the router's cost–quality curve with every baseline on the complete test prompts."""
+    complete = np.isfinite(table.scores).all(axis=1) & np.isfinite(table.costs).all(axis=1)
+    sel = test & complete
+    S, C = table.scores[sel], table.costs[sel]
+    P, PC = pred[sel[test]], pred_cost[sel[test]]
+    names = tiers.names
+    top = int(np.argmax(C.mean(axis=0)))
+    weakest = int(np.argmin(C.mean(axis=0)))
+    curves: dict[str, ev.Curve] = {"router": ev.sweep_targets(P, PC, S, C)}
+    for bname, bpred in baselines.items():
+        curves[bname] = ev.sweep_targets(bpred[sel[test]], PC, S, C)
+    for j, n in enumerate(names):
+        curves[f"tier:{n}"] = ev.point(S[:, j], C[:, j])
+    curves["random mix"] = ev.Curve(C.mean(axis=0), S.mean(axis=0))
+    ms, mc = table.model_scores[sel], table.model_costs[sel]
+    full = ms.notna().all(axis=0) & mc.notna().all(axis=0)
+    best_model = ms.loc[:, full].mean().idxmax()
+    curves[f"best model ({best_model})"] = ev.point(ms[best_model].to_numpy(), mc[best_model].to_numpy())
+    oracle = ev.oracle_choice(S, C)
+    oc, oq = ev.realised(oracle, S, C)
+    curves["oracle"] = ev.Curve(np.array([oc]), np.array([oq]))
+    ref = {
+        "top": (float(C[:, top].mean()), float(S[:, top].mean())),
+        "weak": (float(C[:, weakest].mean()), float(S[:, weakest].mean())),
+        "max_cost": float(C[:, top].mean()),
+    }
+    eces = {"router": ev.expected_calibration_error(P, S)}
+    eces.update({b: ev.expected_calibration_error(p[sel[test]], S) for b, p in baselines.items()})
+    rows = [_method_row(n, c, ref, eces.get(n)) for n, c in curves.items()]
+    out = pd.DataFrame(rows).set_index("method")
+    metrics = {f"router_{k}": float(v) for k, v in out.loc["router"].items() if np.isfinite(v)}
+    metrics.update({f"{_slug(m)}_AIQ": float(out.loc[m, "AIQ"]) for m in out.index if m != "router"})
+    metrics["n_test_prompts"] = float(sel.sum())
+    metrics["top_quality"], metrics["top_cost_usd"] = ref["top"][1], ref["top"][0]
+    per_cat = per_category(P, PC, S, C, table.prompts["category"].to_numpy()[sel], names, ref["top"][1])
+    return EvalResult(out, curves, per_cat, metrics, test_pred=P, test_scores=S)
+
+
+def _slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in name).strip("_")
+
+
+def per_category(
+    P: np.ndarray, PC: np.ndarray, S: np.ndarray, C: np.ndarray, cats: np.ndarray, names: list[str], top_q: float
+) -> pd.DataFrame:
+    """Per category, at the least-cost target whose overall quality matches the top tier's."""
+    top = int(np.argmax(C.mean(axis=0)))
+    target = _target_matching(P, PC, S, C, top_q)
+    choice = ev.cheapest_sufficient(P, PC, target)
+    rows = []
+    for cat in sorted(set(cats)):
+        m = cats == cat
+        rc, rq = ev.realised(choice[m], S[m], C[m])
+        row = {
+            "category": cat,
+            "prompts": int(m.sum()),
+            "router_quality": rq,
+            "top_quality": float(S[m, top].mean()),
+            "router_cost_pct_of_top": rc / float(C[m, top].mean()) * 100,
+        }
+        row.update({f"share_{n}": float((choice[m] == j).mean()) for j, n in enumerate(names)})
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    out.attrs["target"] = target
+    return out
+
+
+def _target_matching(P: np.ndarray, PC: np.ndarray, S: np.ndarray, C: np.ndarray, quality: float) -> float:
+    """The cheapest target in a grid of prediction quantiles whose realised quality reaches `quality`."""
+    best_t, best_c = 1.0 + 1e-9, np.inf
+    for t in np.quantile(P, np.linspace(0, 1, 201)):
+        c, q = ev.realised(ev.cheapest_sufficient(P, PC, t), S, C)
+        if q >= quality and c < best_c:
+            best_t, best_c = float(t), c
+    return best_t
+
+
+def train_router(
+    log: pd.DataFrame,
+    tiers: TiersConfig,
+    embedder: Embedder,
+    cache: EmbeddingCache | None,
+    features: FeatureSpec,
+    model: DifficultyModel,
+    test_size: float,
+    seed: int,
+) -> TrainResult:
+    """Split by prompt text, fit on train, evaluate on test against the baselines."""
+    used = log[log["model"].isin([t.model for t in tiers.tiers])]
+    dropped = sorted(set(log["model"]) - set(used["model"]))
+    if dropped:
+        logger.info("models behind no tier, skipped: %s", dropped)
+    table = pivot_log(used, tiers)
+    groups = [normalize_text(p) for p in table.prompts["prompt"]]
+    train, test = ev.split_by_group(groups, test_size, seed)
+    logger.info("prompts: %d train, %d test", train.sum(), test.sum())
+    X = featurize(table.prompts["prompt"].tolist(), features, embedder, cache)
+    model.fit(X[train], table.scores[train], tiers.names)
+    artifact = RouterArtifact(
+        model=model, features=features, tiers=tiers, tokens_out=estimate_tokens_out(used, tiers)
+    )
+    test_prompts = table.prompts["prompt"][test].tolist()
+    pred = model.predict_quality(X[test])
+    pred_cost = artifact.expected_cost(test_prompts)
+    emb_dim = EMBEDDING_DIM
+    baselines = {
+        "kNN (k=25)": ev.knn_predictor(X[train][:, :emb_dim], table.scores[train])(X[test][:, :emb_dim]),
+        "logistic regression": logreg_predictor(X[train], table.scores[train], seed)(X[test]),
+    }
+    evaluation = evaluate_router(pred, pred_cost, table, test, tiers, baselines, seed)
+    params = {
+        **{f"model.{k}": v for k, v in model.get_params().items()},
+        **{f"features.{k}": v for k, v in features.model_dump().items()},
+        "tiers": ",".join(f"{t.name}={t.model}" for t in tiers.tiers),
+        "test_size": test_size,
+        "seed": seed,
+        "n_prompts": len(table.prompts),
+        "n_train_prompts": int(train.sum()),
+        "n_outcomes": len(used),
+    }
+    return TrainResult(artifact, evaluation, params, table.prompts["prompt_id"][test].tolist())
