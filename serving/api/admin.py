@@ -1,0 +1,30 @@
+"""POST /admin/reload."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from router.features import EmbedderMismatch
+from router.schema import TiersConfigError
+from serving.api.route import tier_infos
+from serving.deps import Admin
+from serving.errors import ReloadFailed
+from serving.schemas import ReloadResponse
+
+router = APIRouter(prefix="/admin", tags=["admin"])
+
+
+@router.post("/reload", responses={409: {"description": "the new tiers or model were refused; the old one serves"}})
+async def reload(request: Request, _: Admin) -> ReloadResponse:
+    """Re-read the tiers file and re-resolve the model alias; swap without dropping requests."""
+    previous = request.app.state.runtime
+    try:
+        rt = await run_in_threadpool(request.app.state.manager.reload)
+    except (TiersConfigError, EmbedderMismatch, FileNotFoundError, ValueError) as exc:
+        raise ReloadFailed(f"reload refused, still serving the previous model: {exc}") from None
+    return ReloadResponse(
+        router_version=rt.version,
+        previous_version=previous.version if previous else None,
+        tiers=tier_infos(rt),
+    )

@@ -1,0 +1,38 @@
+"""POST /outcomes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Body, Response
+
+from serving.deps import Caller, RecorderDep, RuntimeDep, SettingsDep
+from serving.errors import TooLarge
+from serving.schemas import OutcomeIn, OutcomesResponse
+
+router = APIRouter(tags=["outcomes"])
+
+
+@router.post(
+    "/outcomes",
+    status_code=201,
+    responses={202: {"model": OutcomesResponse, "description": "store down: spooled, replayed later"}},
+)
+def post_outcomes(
+    body: Annotated[OutcomeIn | list[OutcomeIn], Body()],
+    rt: RuntimeDep,
+    recorder: RecorderDep,
+    caller: Caller,
+    settings: SettingsDep,
+    response: Response,
+) -> OutcomesResponse:
+    """Record realised outcomes (one or a list); durable before the answer, idempotent by outcome_id."""
+    items = body if isinstance(body, list) else [body]
+    if not items:
+        return OutcomesResponse(outcome_ids=[], recorded=0)
+    if len(items) > settings.max_batch:
+        raise TooLarge(f"{len(items)} outcomes is over the batch limit of {settings.max_batch}")
+    out = recorder.record(items, caller, rt.tiers)
+    if out.spooled:
+        response.status_code = 202
+    return out

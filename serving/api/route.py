@@ -1,0 +1,72 @@
+"""POST /route, POST /route/batch, GET /tiers."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from serving.deps import Caller, MetricsDep, RuntimeDep, SettingsDep, StoreDep
+from serving.routing import check_sizes, route
+from serving.schemas import (
+    FrozenResponse,
+    RouteBatchRequest,
+    RouteBatchResponse,
+    RouteRequest,
+    RouteResponse,
+    TierInfo,
+    TiersResponse,
+)
+
+router = APIRouter(tags=["route"])
+ERRORS: dict[int | str, dict[str, object]] = {
+    402: {"model": FrozenResponse, "description": "the session is frozen at its cap"},
+    413: {"description": "prompt or batch too large"},
+    503: {"description": "no model loaded, or the store is down"},
+}
+
+
+@router.post("/route", responses=ERRORS)
+def route_one(
+    req: RouteRequest, rt: RuntimeDep, store: StoreDep, caller: Caller, settings: SettingsDep, metrics: MetricsDep
+) -> RouteResponse:
+    """Choose the tier for one prompt."""
+    check_sizes([req.prompt], settings.max_prompt_chars, settings.max_batch)
+    [out] = route(rt, store, caller, [req.prompt], req, settings.quality_target)
+    metrics.decisions.labels(out.tier, out.model).inc()
+    return out
+
+
+@router.post("/route/batch", responses=ERRORS)
+def route_batch(
+    req: RouteBatchRequest,
+    rt: RuntimeDep,
+    store: StoreDep,
+    caller: Caller,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> RouteBatchResponse:
+    """Choose the tier for each of up to `max_batch` prompts."""
+    check_sizes(req.prompts, settings.max_prompt_chars, settings.max_batch)
+    out = route(rt, store, caller, req.prompts, req, settings.quality_target)
+    for d in out:
+        metrics.decisions.labels(d.tier, d.model).inc()
+    return RouteBatchResponse(decisions=out)
+
+
+def tier_infos(rt: RuntimeDep) -> list[TierInfo]:
+    return [
+        TierInfo(
+            name=t.name,
+            kind=t.kind,
+            model=t.model,
+            parts=list(t.parts),
+            input_per_1m=t.input_per_1m,
+            output_per_1m=t.output_per_1m,
+        )
+        for t in rt.tiers.tiers
+    ]
+
+
+@router.get("/tiers")
+def list_tiers(rt: RuntimeDep, _: Caller) -> TiersResponse:
+    """The tiers, cheapest first, with their models and prices (USD per 1M tokens)."""
+    return TiersResponse(tiers=tier_infos(rt), router_version=rt.version)

@@ -1,0 +1,94 @@
+"""The service: `create_app` builds the FastAPI app; `lifespan` opens the store and loads the model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from router.features import Embedder, make_embedder
+from router.settings import Settings, get_settings
+from serving.api import admin, ops, outcomes, route, sessions
+from serving.errors import install_handlers
+from serving.logs import configure_logging
+from serving.manager import ModelManager
+from serving.metrics import Metrics
+from serving.middleware import RequestContext
+from serving.model_source import ModelSource, source_from_settings
+from serving.outcomes import OutcomeRecorder
+from serving.security import KeyRing
+from serving.spool import Spool
+from serving.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(
+    settings: Settings | None = None,
+    model_source: ModelSource | None = None,
+    store: Store | None = None,
+    embedder: Embedder | None = None,
+) -> FastAPI:
+    """Build the app. Without `settings` (the uvicorn factory) it reads the environment and logs JSON."""
+    if settings is None:
+        settings = get_settings()
+        configure_logging()
+    keys = KeyRing(settings.api_keys)
+    keys.check_bind(settings.host)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = store or Store(settings.database_url)
+        await run_in_threadpool(db.migrate)
+        emb = embedder or make_embedder(settings.embedder, num_threads=settings.intra_op_threads)
+        source = model_source or source_from_settings(
+            settings.mlflow_tracking_uri, settings.registered_model, settings.model_alias, settings.local_model_path
+        )
+        app.state.store = db
+        app.state.recorder = OutcomeRecorder(db, Spool(settings.spool_path), metrics)
+        app.state.manager = ModelManager(app.state, source, emb, settings, metrics)
+        metrics.track_frozen(db.count_frozen)
+        await run_in_threadpool(app.state.manager.try_load)
+        if app.state.runtime is not None:
+            await run_in_threadpool(app.state.recorder.replay, app.state.runtime.tiers)
+        poller = None
+        if settings.reload_interval_s > 0:
+            poller = asyncio.create_task(app.state.manager.poll(settings.reload_interval_s))
+        try:
+            yield
+        finally:
+            if poller is not None:
+                poller.cancel()
+                with suppress(asyncio.CancelledError):
+                    await poller
+            if store is None:
+                db.dispose()
+
+    app = FastAPI(
+        title="tierwise",
+        summary="Routes each prompt to the cheapest model tier predicted to answer it well.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.keys = keys
+    app.state.metrics = metrics
+    app.state.runtime = None
+    app.state.load_error = None
+    for module in (route, outcomes, sessions, admin, ops):
+        app.include_router(module.router)
+    install_handlers(app)
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return JSONResponse({"detail": "internal error"}, status_code=500)
+
+    app.add_exception_handler(Exception, unexpected)
+    app.add_middleware(RequestContext, metrics=metrics)
+    return app

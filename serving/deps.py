@@ -1,0 +1,57 @@
+"""FastAPI dependencies: settings, the live runtime, the store, metrics and the caller."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from router.settings import Settings
+from serving.errors import NotReady
+from serving.metrics import Metrics
+from serving.outcomes import OutcomeRecorder
+from serving.runtime import Runtime
+from serving.security import Principal, require_admin
+from serving.store import Store
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+def get_runtime(request: Request) -> Runtime:
+    runtime: Runtime | None = request.app.state.runtime
+    if runtime is None:
+        raise NotReady(f"no model loaded yet: {request.app.state.load_error or 'loading'}")
+    return runtime
+
+
+def get_store(request: Request) -> Store:
+    return request.app.state.store  # type: ignore[no-any-return]
+
+
+def get_metrics(request: Request) -> Metrics:
+    return request.app.state.metrics  # type: ignore[no-any-return]
+
+
+def get_recorder(request: Request) -> OutcomeRecorder:
+    return request.app.state.recorder  # type: ignore[no-any-return]
+
+
+def get_principal(
+    request: Request, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
+) -> Principal:
+    return request.app.state.keys.authenticate(authorization)  # type: ignore[no-any-return]
+
+
+def get_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+    return require_admin(principal)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+StoreDep = Annotated[Store, Depends(get_store)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+RecorderDep = Annotated[OutcomeRecorder, Depends(get_recorder)]
+Caller = Annotated[Principal, Depends(get_principal)]
+Admin = Annotated[Principal, Depends(get_admin)]

@@ -1,0 +1,67 @@
+"""The model the service answers with: artifact, live tiers, embedder and version, swapped as one object.
+
+Handlers read `app.state.runtime` once per request, so a reload that assigns a new Runtime never
+changes the model under a request in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from router.artifact import RouterArtifact
+from router.features import Embedder, EmbedderMismatch, backend_of
+from router.schema import TiersConfig, load_tiers
+from serving.model_source import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    artifact: RouterArtifact
+    tiers: TiersConfig
+    embedder: Embedder
+    version: str
+    num_threads: int = 1
+
+    def score(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted quality and expected cost per tier, both (n, k)."""
+        quality = self.artifact.predict_quality(prompts, self.embedder, num_threads=self.num_threads)
+        return quality, self.artifact.expected_cost(prompts, self.tiers)
+
+    def tier_index(self, tier: int | str | None) -> int:
+        """A tier given by index or name, as an index; raises KeyError or IndexError."""
+        if tier is None:
+            return 0
+        if isinstance(tier, int):
+            if tier >= len(self.tiers.tiers):
+                raise IndexError(f"min_tier {tier} is past the last tier ({len(self.tiers.tiers) - 1})")
+            return tier
+        return self.tiers.index(tier)
+
+
+def check_embedder(artifact: RouterArtifact, embedder: Embedder) -> None:
+    """Refuse a model trained on other embeddings than the configured embedder makes."""
+    trained = artifact.features.embedder_id
+    if embedder.id != trained:
+        raise EmbedderMismatch(
+            f"the model was trained with embedder '{trained}' but the service is configured with '{embedder.id}'; "
+            f"set TIERWISE_EMBEDDER={backend_of(trained)} or serve a model trained with '{embedder.id}'"
+        )
+
+
+def build_runtime(loaded: LoadedModel, tiers_path: Path, embedder: Embedder, num_threads: int) -> Runtime:
+    """Check the model against the live tiers file and the embedder, then wrap them together."""
+    check_embedder(loaded.artifact, embedder)
+    if tiers_path.is_file():
+        tiers = load_tiers(tiers_path)
+    else:
+        logger.warning("tiers file %s not found; serving the tiers the model was trained with", tiers_path)
+        tiers = loaded.artifact.tiers
+    loaded.artifact.check_tiers(tiers)
+    return Runtime(loaded.artifact, tiers, embedder, loaded.version, num_threads)

@@ -1,0 +1,142 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")]
+Usd = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+Prompt = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RouteOptions(Strict):
+    session_id: SessionId | None = None
+    quality_target: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = Field(
+        None, description="predicted quality the chosen tier must reach; the service default when absent"
+    )
+    min_tier: Annotated[int, Field(ge=0)] | str | None = Field(None, description="tier name or index")
+    max_cost_usd: Usd | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class RouteRequest(RouteOptions):
+    prompt: Prompt
+
+
+class RouteBatchRequest(RouteOptions):
+    prompts: list[Prompt] = Field(min_length=1)
+
+
+class RouteResponse(BaseModel):
+    decision_id: str
+    tier: str
+    model: str
+    predicted_quality: dict[str, float]
+    expected_cost_usd: float
+    router_version: str
+    reason: str
+    session_id: str | None = None
+    budget_left_usd: float | None = None
+
+
+class RouteBatchResponse(BaseModel):
+    decisions: list[RouteResponse]
+
+
+class TierInfo(BaseModel):
+    name: str
+    kind: str
+    model: str
+    parts: list[str]
+    input_per_1m: float
+    output_per_1m: float
+
+
+class TiersResponse(BaseModel):
+    tiers: list[TierInfo]
+    router_version: str
+
+
+class OutcomeIn(Strict):
+    """One realised outcome: by `decision_id`, or by `prompt` and `model`."""
+
+    outcome_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")] | None = Field(
+        None, description="client-chosen id; a retry with the same id is recorded once"
+    )
+    decision_id: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
+    prompt: Prompt | None = None
+    model: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
+    score: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+    cost_usd: Usd
+    session_id: SessionId | None = None
+    tokens_in: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    tokens_out: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
+    latency_ms: Usd | None = None
+
+    @model_validator(mode="after")
+    def _by_decision_or_prompt(self) -> OutcomeIn:
+        if self.decision_id is None and (self.prompt is None or self.model is None):
+            raise ValueError("give decision_id, or both prompt and model")
+        return self
+
+
+class OutcomesResponse(BaseModel):
+    outcome_ids: list[str]
+    recorded: int = Field(description="new outcomes written to the store (retries count 0)")
+    spooled: bool = Field(False, description="the store was down: outcomes are in the local spool, replayed later")
+
+
+class CapRequest(Strict):
+    cap_usd: Usd
+
+
+class ConfirmRequest(Strict):
+    new_cap_usd: Usd
+
+
+class DecisionInfo(BaseModel):
+    decision_id: str
+    created_at: datetime
+    tier: str
+    model: str
+    expected_cost_usd: float
+    reserved_usd: float
+    settled: bool
+    reason: str
+
+
+class SessionResponse(BaseModel):
+    session_id: str
+    cap_usd: float | None
+    spent_usd: float
+    reserved_usd: float
+    status: Literal["open", "frozen"]
+    recent_decisions: list[DecisionInfo] = []
+
+
+class FrozenResponse(BaseModel):
+    detail: str
+    session_id: str
+    spent_usd: float
+    reserved_usd: float
+    cap_usd: float | None
+    status: Literal["frozen"] = "frozen"
+
+
+class ReloadResponse(BaseModel):
+    router_version: str
+    previous_version: str | None
+    tiers: list[TierInfo]
+
+
+class Health(BaseModel):
+    status: str
+    router_version: str | None = None
+    detail: str | None = None

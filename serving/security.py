@@ -1,0 +1,84 @@
+"""Bearer API keys, configured as sha256 hashes, with two scopes: client and admin."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from serving.errors import Forbidden, Unauthorized
+
+logger = logging.getLogger(__name__)
+
+Scope = Literal["client", "admin"]
+SCOPES: tuple[Scope, ...] = ("client", "admin")
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the hash of their key (None when keys are off) and its scope."""
+
+    key_hash: str | None
+    scope: Scope
+
+    @property
+    def is_admin(self) -> bool:
+        return self.scope == "admin"
+
+
+ANONYMOUS = Principal(key_hash=None, scope="admin")
+
+
+def hash_key(key: str) -> str:
+    """The form a key is configured in: its sha256 hex digest."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class KeyRing:
+    """Configured key hashes -> scope. Empty means auth is off, which only a loopback bind allows."""
+
+    def __init__(self, hashes: Mapping[str, str]):
+        bad = {h: s for h, s in hashes.items() if s not in SCOPES}
+        if bad:
+            raise ValueError(f"TIERWISE_API_KEYS: unknown scope(s) {sorted(set(bad.values()))}; use client or admin")
+        self._hashes = {h.lower(): s for h, s in hashes.items()}
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._hashes)
+
+    def check_bind(self, host: str) -> None:
+        """Refuse to serve without keys on anything but loopback; warn when serving without keys at all."""
+        if self.enabled:
+            return
+        if host not in LOOPBACK:
+            raise ValueError(f"no API keys configured (TIERWISE_API_KEYS) and bound to {host}: keys are required off 127.0.0.1")
+        logger.warning("no API keys configured: every caller has admin scope (allowed only on %s)", host)
+
+    def authenticate(self, authorization: str | None) -> Principal:
+        if not self.enabled:
+            return ANONYMOUS
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise Unauthorized("missing bearer token")
+        digest = hash_key(authorization[7:].strip())
+        for known, scope in self._hashes.items():
+            if hmac.compare_digest(known, digest):
+                return Principal(key_hash=digest, scope=scope)  # type: ignore[arg-type]
+        raise Unauthorized("unknown API key")
+
+
+def require_admin(principal: Principal) -> Principal:
+    if not principal.is_admin:
+        raise Forbidden("this needs an admin key")
+    return principal
+
+
+def check_owner(principal: Principal, owner: str | None) -> None:
+    """A client key may touch only the sessions and decisions it created; admin may touch any."""
+    if principal.is_admin or owner is None or hmac.compare_digest(owner, principal.key_hash or ""):
+        return
+    raise Forbidden("this session belongs to another client")

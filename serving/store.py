@@ -1,0 +1,379 @@
+"""The decision store: decisions, outcomes and sessions in SQL (SQLite by default, PostgreSQL by URL).
+
+Schema changes go through the alembic scripts in serving/migrations; `Store.migrate()` applies them.
+Reservations are atomic: the session row is locked (a write to it is the first statement of the
+transaction, which takes SQLite's write lock and PostgreSQL's row lock) before it is read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from router.features import normalize_text
+from router.schema import Outcome
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+metadata = sa.MetaData()
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("cap_usd", sa.Float, nullable=True),
+    sa.Column("spent_usd", sa.Float, nullable=False, server_default="0"),
+    sa.Column("reserved_usd", sa.Float, nullable=False, server_default="0"),
+    sa.Column("status", sa.String(16), nullable=False, server_default="open"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+decisions = sa.Table(
+    "decisions",
+    metadata,
+    sa.Column("id", sa.String(32), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("session_id", sa.String(128), nullable=True, index=True),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("tier", sa.String(128), nullable=False),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("expected_cost_usd", sa.Float, nullable=False),
+    sa.Column("reserved_usd", sa.Float, nullable=False),
+    sa.Column("router_version", sa.String(256), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("metadata", sa.JSON, nullable=True),
+    sa.Column("settled", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+outcomes = sa.Table(
+    "outcomes",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("decision_id", sa.String(32), nullable=True, index=True),
+    sa.Column("prompt_id", sa.String(64), nullable=False),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("model", sa.String(256), nullable=False),
+    sa.Column("score", sa.Float, nullable=False),
+    sa.Column("cost_usd", sa.Float, nullable=False),
+    sa.Column("session_id", sa.String(128), nullable=True),
+    sa.Column("owner", sa.String(64), nullable=True),
+    sa.Column("tokens_in", sa.Integer, nullable=True),
+    sa.Column("tokens_out", sa.Integer, nullable=True),
+    sa.Column("latency_ms", sa.Float, nullable=True),
+)
+
+
+def prompt_id_of(prompt: str) -> str:
+    """Stable id of a prompt across models: the same prompt logged for two tiers pivots to one row."""
+    return hashlib.sha256(normalize_text(prompt).encode()).hexdigest()[:32]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True)
+class SessionRow:
+    id: str
+    owner: str | None
+    cap_usd: float | None
+    spent_usd: float
+    reserved_usd: float
+    status: str
+
+    @property
+    def budget_left_usd(self) -> float | None:
+        if self.cap_usd is None:
+            return None
+        return max(self.cap_usd - self.spent_usd - self.reserved_usd, 0.0)
+
+
+@dataclass(frozen=True)
+class DecisionRow:
+    id: str
+    prompt: str
+    tier: str
+    model: str
+    expected_cost_usd: float
+    router_version: str
+    reason: str
+    session_id: str | None = None
+    owner: str | None = None
+    reserved_usd: float = 0.0
+    metadata: dict[str, Any] | None = None
+    settled: bool = False
+    created_at: datetime = field(default_factory=_now)
+
+
+@dataclass(frozen=True)
+class OutcomeRow:
+    id: str
+    prompt: str
+    model: str
+    score: float
+    cost_usd: float
+    decision_id: str | None = None
+    session_id: str | None = None
+    owner: str | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    latency_ms: float | None = None
+
+
+def _session(row: Any) -> SessionRow:
+    return SessionRow(row.id, row.owner, row.cap_usd, row.spent_usd, row.reserved_usd, row.status)
+
+
+def _decision(row: Any) -> DecisionRow:
+    m = row._mapping
+    return DecisionRow(**{k: m[k] for k in DecisionRow.__dataclass_fields__})
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=FULL")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url`; SQLite gets WAL, full sync and a long busy timeout."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return sa.create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
+
+
+class LockedSession:
+    """A session row locked for the rest of the transaction: reserve against it, or freeze it."""
+
+    def __init__(self, conn: Connection, row: SessionRow):
+        self._conn = conn
+        self.row = row
+
+    def reserve(self, rows: Sequence[DecisionRow]) -> SessionRow:
+        total = sum(r.reserved_usd for r in rows)
+        self._conn.execute(
+            sessions.update()
+            .where(sessions.c.id == self.row.id)
+            .values(reserved_usd=sessions.c.reserved_usd + total, updated_at=_now())
+        )
+        _insert_decisions(self._conn, rows)
+        self.row = SessionRow(**{**self.row.__dict__, "reserved_usd": self.row.reserved_usd + total})
+        return self.row
+
+    def freeze(self) -> None:
+        self._conn.execute(
+            sessions.update().where(sessions.c.id == self.row.id).values(status="frozen", updated_at=_now())
+        )
+        self.row = SessionRow(**{**self.row.__dict__, "status": "frozen"})
+
+
+def _insert_decisions(conn: Connection, rows: Sequence[DecisionRow]) -> None:
+    if rows:
+        conn.execute(decisions.insert(), [r.__dict__ for r in rows])
+
+
+class Store:
+    """Typed access to the three tables. Every method is one short transaction."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest alembic revision."""
+        from alembic import command
+        from alembic.config import Config
+
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with self.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ------------------------------------------------------------------ sessions
+
+    def get_session(self, session_id: str) -> SessionRow | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sessions.select().where(sessions.c.id == session_id)).first()
+        return _session(row) if row else None
+
+    def set_cap(self, session_id: str, owner: str | None, cap_usd: float) -> SessionRow:
+        """Create the session, or change its cap (a frozen session stays frozen until confirmed)."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                sessions.update().where(sessions.c.id == session_id).values(cap_usd=cap_usd, updated_at=_now())
+            ).rowcount
+            if not done:
+                self._insert_session(conn, session_id, owner, cap_usd)
+            row = conn.execute(sessions.select().where(sessions.c.id == session_id)).one()
+        return _session(row)
+
+    def confirm(self, session_id: str, new_cap_usd: float) -> SessionRow | None:
+        """Reopen a session with a new cap."""
+        with self.engine.begin() as conn:
+            done = conn.execute(
+                sessions.update()
+                .where(sessions.c.id == session_id)
+                .values(cap_usd=new_cap_usd, status="open", updated_at=_now())
+            ).rowcount
+            if not done:
+                return None
+            row = conn.execute(sessions.select().where(sessions.c.id == session_id)).one()
+        return _session(row)
+
+    def count_frozen(self) -> int:
+        with self.engine.connect() as conn:
+            q = sa.select(sa.func.count()).select_from(sessions).where(sessions.c.status == "frozen")
+            return int(conn.execute(q).scalar_one())
+
+    def _insert_session(self, conn: Connection, session_id: str, owner: str | None, cap_usd: float | None) -> None:
+        values = {
+            "id": session_id,
+            "owner": owner,
+            "cap_usd": cap_usd,
+            "spent_usd": 0.0,
+            "reserved_usd": 0.0,
+            "status": "open",
+            "created_at": _now(),
+            "updated_at": _now(),
+        }
+        if conn.dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            conn.execute(pg_insert(sessions).values(values).on_conflict_do_nothing())
+        elif conn.dialect.name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            conn.execute(sqlite_insert(sessions).values(values).on_conflict_do_nothing())
+        else:
+            conn.execute(sessions.insert().values(values))
+
+    @contextmanager
+    def lock_session(self, session_id: str, owner: str | None) -> Iterator[LockedSession]:
+        """Lock the session row (creating an uncapped one if missing) for one transaction."""
+
+        def touch(conn: Connection) -> int:
+            stmt = sessions.update().where(sessions.c.id == session_id).values(status=sessions.c.status)
+            return conn.execute(stmt).rowcount
+
+        with self.engine.begin() as conn:
+            if not touch(conn):
+                self._insert_session(conn, session_id, owner, None)
+                touch(conn)
+            row = conn.execute(sessions.select().where(sessions.c.id == session_id)).one()
+            yield LockedSession(conn, _session(row))
+
+    # ------------------------------------------------------------------ decisions
+
+    def record_decisions(self, rows: Sequence[DecisionRow]) -> None:
+        with self.engine.begin() as conn:
+            _insert_decisions(conn, rows)
+
+    def get_decisions(self, ids: Sequence[str]) -> dict[str, DecisionRow]:
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(decisions.select().where(decisions.c.id.in_(list(set(ids))))).all()
+        return {r.id: _decision(r) for r in rows}
+
+    def recent_decisions(self, session_id: str, limit: int = 20) -> list[DecisionRow]:
+        q = (
+            decisions.select()
+            .where(decisions.c.session_id == session_id)
+            .order_by(decisions.c.created_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [_decision(r) for r in conn.execute(q).all()]
+
+    # ------------------------------------------------------------------ outcomes
+
+    def record_outcomes(self, rows: Sequence[OutcomeRow]) -> int:
+        """Insert outcomes whose id is new, settling their decisions' reservations; return how many were new."""
+        with self.engine.begin() as conn:
+            ids = [r.id for r in rows]
+            seen = set(conn.execute(sa.select(outcomes.c.id).where(outcomes.c.id.in_(ids))).scalars())
+            new = 0
+            for r in rows:
+                if r.id in seen:
+                    continue
+                seen.add(r.id)
+                new += 1
+                conn.execute(
+                    outcomes.insert().values(
+                        **r.__dict__, prompt_id=prompt_id_of(r.prompt), created_at=_now()
+                    )
+                )
+                if r.decision_id is not None:
+                    self._settle(conn, r.decision_id, r.cost_usd)
+        return new
+
+    @staticmethod
+    def _settle(conn: Connection, decision_id: str, cost_usd: float) -> None:
+        """Release a decision's reservation and book its actual cost, once."""
+        done = conn.execute(
+            decisions.update()
+            .where(decisions.c.id == decision_id, decisions.c.settled == sa.false())
+            .values(settled=True)
+        ).rowcount
+        if not done:
+            return
+        d = conn.execute(
+            sa.select(decisions.c.session_id, decisions.c.reserved_usd).where(decisions.c.id == decision_id)
+        ).one()
+        if d.session_id is None:
+            return
+        left = sessions.c.reserved_usd - d.reserved_usd
+        conn.execute(
+            sessions.update()
+            .where(sessions.c.id == d.session_id)
+            .values(
+                reserved_usd=sa.case((left < 0, 0.0), else_=left),
+                spent_usd=sessions.c.spent_usd + cost_usd,
+                updated_at=_now(),
+            )
+        )
+
+    def export_outcomes(self) -> list[Outcome]:
+        """Every stored outcome in the training contract, for `tierwise train --from-store`."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(outcomes.select().order_by(outcomes.c.created_at)).all()
+        return [
+            Outcome(
+                prompt_id=r.prompt_id,
+                prompt=r.prompt,
+                model=r.model,
+                score=r.score,
+                cost_usd=r.cost_usd,
+                session_id=r.session_id,
+                tokens_in=r.tokens_in,
+                tokens_out=r.tokens_out,
+                latency_ms=r.latency_ms,
+                timestamp=r.created_at.isoformat(),
+            )
+            for r in rows
+        ]

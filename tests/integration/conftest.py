@@ -1,0 +1,126 @@
+"""Serving fixtures: a router trained once on the generated log, and a TestClient factory."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from router.artifact import RouterArtifact
+from router.features import FeatureSpec, featurize
+from router.model import DifficultyModel
+from router.schema import parse_tiers
+from router.settings import Settings
+from serving.app import create_app
+from serving.model_source import LocalSource
+from serving.security import hash_key
+from serving.store import Store
+from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
+from training.pipeline import pivot_log
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+CLIENT_KEY, OTHER_KEY, ADMIN_KEY = "client-key-1", "client-key-2", "admin-key"
+KEYS = {hash_key(CLIENT_KEY): "client", hash_key(OTHER_KEY): "client", hash_key(ADMIN_KEY): "admin"}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def write_tiers(path: Path, overrides: dict[str, str] | None = None) -> Path:
+    """Write the test tiers as TOML, with `overrides` {tier name: model} swapped in."""
+    lines = []
+    for t in TIERS_TOML["tiers"]:
+        model = (overrides or {}).get(t["name"], t["model"])
+        lines += ["[[tiers]]", f'name = "{t["name"]}"', f'model = "{model}"', ""]
+    for name, price in TIERS_TOML["models"].items():
+        lines += [f'[models."{name}"]', *(f"{k} = {v}" for k, v in price.items()), ""]
+    path.write_text("\n".join(lines))
+    return path
+
+
+@pytest.fixture(scope="session")
+def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tiers = parse_tiers(TIERS_TOML)
+    emb = HashingEmbedder()
+    table = pivot_log(make_log(200), tiers)
+    spec = FeatureSpec(embedder_id=emb.id)
+    X = featurize(list(table.prompts["prompt"]), spec, emb)
+    model = DifficultyModel(n_estimators=30, n_jobs=1).fit(X, table.scores, tiers.names)
+    art = RouterArtifact(model, spec, tiers, tokens_out={n: 100.0 for n in tiers.names})
+    return art.save(tmp_path_factory.mktemp("artifact"))
+
+
+@pytest.fixture
+def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
+    def make(**fields: Any) -> Settings:
+        base: dict[str, Any] = {
+            "database_url": f"sqlite:///{tmp_path / 'serve.db'}",
+            "tiers_path": write_tiers(tmp_path / "tiers.toml"),
+            "spool_path": tmp_path / "spool.jsonl",
+            "quality_target": 0.7,
+            "api_keys": KEYS,
+        }
+        return Settings(**{**base, **fields})
+
+    return make
+
+
+@pytest.fixture
+def client_factory(artifact_dir: Path, settings_factory: Callable[..., Settings]) -> Iterator[Callable[..., TestClient]]:
+    """Start apps (lifespan included) on the trained artifact; all are closed at teardown."""
+    opened: list[TestClient] = []
+
+    def make(store: Store | None = None, source: Any = None, **fields: Any) -> TestClient:
+        app = create_app(
+            settings=settings_factory(**fields),
+            model_source=source or LocalSource(artifact_dir),
+            store=store,
+            embedder=HashingEmbedder(),
+        )
+        client = TestClient(app)
+        client.__enter__()
+        opened.append(client)
+        return client
+
+    yield make
+    for c in opened:
+        c.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(client_factory: Callable[..., TestClient]) -> TestClient:
+    return client_factory()
+
+
+def pg_available() -> bool:
+    try:
+        eng = sa.create_engine(PG_URL, connect_args={"connect_timeout": 2})
+        with eng.connect():
+            pass
+        eng.dispose()
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh schema in the local PostgreSQL, dropped afterwards; skips when PostgreSQL is unreachable."""
+    if not pg_available():
+        pytest.skip(f"PostgreSQL not reachable at {PG_URL}")
+    schema = f"tw_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    try:
+        yield f"{PG_URL}?options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
