@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 
@@ -89,6 +90,13 @@ def install_handlers(app: FastAPI) -> None:
         logger.error("store error: %s", exc)
         return _answer(503, "the decision store is unavailable; retry")
 
+    async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        # Only loc, msg and type: the offending input may be NaN or huge, and the answer must be valid JSON.
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+        return JSONResponse({"detail": errors}, status_code=422)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(NoTierFits, no_tier_fits)
     app.add_exception_handler(TiersConfigError, config_error)

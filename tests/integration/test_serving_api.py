@@ -1,0 +1,325 @@
+"""The HTTP API on a trained test router: every endpoint, auth scopes, bad input, reload, sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from router.settings import Settings
+from serving.app import create_app
+from serving.model_source import LocalSource
+from serving.store import Store
+from tests.conftest import HashingEmbedder
+from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer, write_tiers
+
+HARD = "hard question 1: omega sigma alpha beta gamma"
+EASY = "easy question 2: alpha beta gamma delta omega"
+C, O, A = bearer(CLIENT_KEY), bearer(OTHER_KEY), bearer(ADMIN_KEY)
+
+
+def metric(client: TestClient, name: str) -> float:
+    [line] = [x for x in client.get("/metrics").text.splitlines() if x.startswith(name + " ")]
+    return float(line.split()[-1])
+
+
+def test_route_answers_with_tier_reason_and_version(client: TestClient) -> None:
+    r = client.post("/route", json={"prompt": HARD}, headers=C)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["tier"] == "brain" and body["model"] == "large"
+    assert set(body["predicted_quality"]) == {"main", "mid", "brain"}
+    assert body["router_version"].startswith("local:")
+    assert "cheapest tier" in body["reason"]
+    assert r.headers["x-request-id"]
+    easy = client.post("/route", json={"prompt": EASY}, headers=C).json()
+    assert easy["tier"] == "main" and easy["expected_cost_usd"] < body["expected_cost_usd"]
+
+
+def test_route_overrides(client: TestClient) -> None:
+    r = client.post("/route", json={"prompt": EASY, "min_tier": "mid"}, headers=C).json()
+    assert r["tier"] == "mid" and "min_tier" in r["reason"]
+    r = client.post("/route", json={"prompt": HARD, "max_cost_usd": 0.001}, headers=C).json()
+    assert r["tier"] != "brain" and "max_cost_usd" in r["reason"]
+    r = client.post("/route", json={"prompt": HARD, "quality_target": 0.0}, headers=C).json()
+    assert r["tier"] == "main"
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({}, 422),
+        ({"prompt": ""}, 422),
+        ({"prompt": "   "}, 422),
+        ({"prompt": 3}, 422),
+        ({"prompt": "x", "quality_target": 2}, 422),
+        ({"prompt": "x", "min_tier": "nope"}, 422),
+        ({"prompt": "x", "min_tier": 9}, 422),
+        ({"prompt": "x", "max_cost_usd": -1}, 422),
+        ({"prompt": "x", "session_id": "bad id/"}, 422),
+        ({"prompt": "x", "surprise": 1}, 422),
+        ({"prompt": "x", "min_tier": "brain", "max_cost_usd": 0.0}, 422),
+        ({"prompt": "x" * 2001}, 413),
+    ],
+)
+def test_route_bad_input(client_factory: Callable[..., TestClient], body: dict, status: int) -> None:
+    client = client_factory(max_prompt_chars=2000)
+    r = client.post("/route", json=body, headers=C)
+    assert r.status_code == status, r.text
+    assert r.json()["detail"]
+
+
+def test_non_finite_numbers_are_rejected(client: TestClient) -> None:
+    r = client.post("/route", content='{"prompt": "x", "max_cost_usd": NaN}', headers={**C, "content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_batch(client_factory: Callable[..., TestClient]) -> None:
+    client = client_factory(max_batch=3)
+    r = client.post("/route/batch", json={"prompts": [HARD, EASY]}, headers=C)
+    assert r.status_code == 200
+    assert [d["tier"] for d in r.json()["decisions"]] == ["brain", "main"]
+    assert client.post("/route/batch", json={"prompts": [EASY] * 4}, headers=C).status_code == 413
+    assert client.post("/route/batch", json={"prompts": []}, headers=C).status_code == 422
+
+
+def test_tiers(client: TestClient) -> None:
+    r = client.get("/tiers", headers=C).json()
+    assert [t["name"] for t in r["tiers"]] == ["main", "mid", "brain"]
+    assert r["tiers"][2]["input_per_1m"] == 10.0
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "headers", "status"),
+    [
+        ("post", "/route", {}, 401),
+        ("post", "/route", bearer("wrong"), 401),
+        ("get", "/tiers", {}, 401),
+        ("post", "/admin/reload", C, 403),
+        ("post", "/admin/reload", A, 200),
+        ("get", "/healthz", {}, 200),
+        ("get", "/readyz", {}, 200),
+        ("get", "/ping", {}, 200),
+        ("get", "/metrics", {}, 200),
+    ],
+)
+def test_auth_scopes(client: TestClient, method: str, path: str, headers: dict, status: int) -> None:
+    kwargs = {"json": {"prompt": EASY}} if method == "post" and path == "/route" else {}
+    assert getattr(client, method)(path, headers=headers, **kwargs).status_code == status
+
+
+def test_no_keys_only_on_loopback(settings_factory: Callable[..., Settings], artifact_dir: Path, caplog) -> None:
+    with pytest.raises(ValueError, match="keys are required"):
+        create_app(settings=settings_factory(api_keys={}, host="0.0.0.0"))
+    app = create_app(settings=settings_factory(api_keys={}), model_source=LocalSource(artifact_dir), embedder=HashingEmbedder())
+    assert "no API keys configured" in caplog.text
+    with TestClient(app) as c:
+        assert c.post("/route", json={"prompt": EASY}).status_code == 200
+
+
+def test_client_cannot_touch_another_clients_session(client: TestClient) -> None:
+    assert client.put("/sessions/s1", json={"cap_usd": 1.0}, headers=C).status_code == 200
+    assert client.get("/sessions/s1", headers=C).status_code == 200
+    assert client.get("/sessions/s1", headers=O).status_code == 403
+    assert client.put("/sessions/s1", json={"cap_usd": 9.0}, headers=O).status_code == 403
+    assert client.post("/route", json={"prompt": EASY, "session_id": "s1"}, headers=O).status_code == 403
+    assert client.post("/sessions/s1/confirm", json={"new_cap_usd": 2}, headers=O).status_code == 403
+    assert client.get("/sessions/s1", headers=A).status_code == 200
+    assert client.get("/sessions/nope", headers=A).status_code == 404
+
+
+def test_freeze_then_confirm(client: TestClient) -> None:
+    client.put("/sessions/s", json={"cap_usd": 0.0032}, headers=C)
+    first = client.post("/route", json={"prompt": HARD, "session_id": "s"}, headers=C).json()
+    assert first["tier"] == "brain"
+    assert first["budget_left_usd"] == pytest.approx(0.0032 - first["expected_cost_usd"])
+    second = client.post("/route", json={"prompt": HARD, "session_id": "s"}, headers=C).json()
+    assert second["tier"] != "brain" and "session budget" in second["reason"]
+    statuses = [client.post("/route", json={"prompt": HARD, "session_id": "s"}, headers=C) for _ in range(30)]
+    frozen = next(r for r in statuses if r.status_code == 402)
+    body = frozen.json()
+    assert body["status"] == "frozen" and body["session_id"] == "s" and body["cap_usd"] == 0.0032
+    assert body["spent_usd"] + body["reserved_usd"] <= 0.0032
+    # Frozen stays frozen: even an easy prompt, even after the client raises its own cap.
+    client.put("/sessions/s", json={"cap_usd": 1.0}, headers=C)
+    assert client.post("/route", json={"prompt": EASY, "session_id": "s"}, headers=C).status_code == 402
+    view = client.get("/sessions/s", headers=C).json()
+    assert view["status"] == "frozen" and len(view["recent_decisions"]) >= 2
+    assert client.post("/sessions/s/confirm", json={"new_cap_usd": 1.0}, headers=C).status_code == 403
+    confirmed = client.post("/sessions/s/confirm", json={"new_cap_usd": 1.0}, headers=A).json()
+    assert confirmed["status"] == "open" and confirmed["cap_usd"] == 1.0
+    assert client.post("/route", json={"prompt": HARD, "session_id": "s"}, headers=C).status_code == 200
+    metrics = client.get("/metrics").text
+    assert 'tierwise_decisions_total{model="large",tier="brain"}' in metrics
+
+
+def test_outcome_settles_reservation(client: TestClient) -> None:
+    client.put("/sessions/s", json={"cap_usd": 1.0}, headers=C)
+    d = client.post("/route", json={"prompt": HARD, "session_id": "s"}, headers=C).json()
+    before = client.get("/sessions/s", headers=C).json()
+    assert before["reserved_usd"] == pytest.approx(d["expected_cost_usd"]) and before["spent_usd"] == 0
+    r = client.post("/outcomes", json={"decision_id": d["decision_id"], "score": 1, "cost_usd": 0.002}, headers=C)
+    assert r.status_code == 201 and r.json()["recorded"] == 1
+    after = client.get("/sessions/s", headers=C).json()
+    assert after["reserved_usd"] == pytest.approx(0) and after["spent_usd"] == pytest.approx(0.002)
+    assert after["recent_decisions"][0]["settled"] is True
+    # A second outcome for the same decision is recorded but does not settle twice.
+    client.post("/outcomes", json={"decision_id": d["decision_id"], "score": 0, "cost_usd": 0.002}, headers=C)
+    assert client.get("/sessions/s", headers=C).json()["spent_usd"] == pytest.approx(0.002)
+
+
+def test_outcomes_idempotent_and_by_prompt(client: TestClient) -> None:
+    store: Store = client.app.state.store
+    one = {"outcome_id": "o-1", "prompt": EASY, "model": "small", "score": 1, "cost_usd": 1e-5}
+    assert client.post("/outcomes", json=one, headers=C).json()["recorded"] == 1
+    assert client.post("/outcomes", json=one, headers=C).json()["recorded"] == 0
+    many = [one, {**one, "outcome_id": "o-2", "model": "large"}]
+    r = client.post("/outcomes", json=many, headers=C).json()
+    assert r == {"outcome_ids": ["o-1", "o-2"], "recorded": 1, "spooled": False}
+    rows = store.export_outcomes()
+    assert len(rows) == 2 and rows[0].prompt_id == rows[1].prompt_id
+
+
+@pytest.mark.parametrize(
+    ("body", "status"),
+    [
+        ({"score": 1, "cost_usd": 0}, 422),
+        ({"prompt": "p", "score": 1, "cost_usd": 0}, 422),
+        ({"prompt": "p", "model": "small", "score": 2, "cost_usd": 0}, 422),
+        ({"prompt": "p", "model": "small", "score": 1, "cost_usd": -1}, 422),
+        ({"prompt": "p", "model": "gpt-99", "score": 1, "cost_usd": 0}, 422),
+        ({"decision_id": "nope", "score": 1, "cost_usd": 0}, 404),
+    ],
+)
+def test_outcomes_bad_input(client: TestClient, body: dict, status: int) -> None:
+    assert client.post("/outcomes", json=body, headers=C).status_code == status
+
+
+def test_outcome_for_another_clients_decision_is_forbidden(client: TestClient) -> None:
+    d = client.post("/route", json={"prompt": EASY}, headers=C).json()
+    r = client.post("/outcomes", json={"decision_id": d["decision_id"], "score": 1, "cost_usd": 0}, headers=O)
+    assert r.status_code == 403
+
+
+def test_outcomes_spool_while_store_is_down_and_replay(client: TestClient, tmp_path: Path) -> None:
+    store: Store = client.app.state.store
+    good = store.engine
+    d = client.post("/route", json={"prompt": HARD}, headers=C).json()
+    store.engine = sa.create_engine(f"sqlite:///{tmp_path}/missing/dir/db.sqlite")
+    sent = [
+        {"outcome_id": "down-1", "decision_id": d["decision_id"], "score": 1, "cost_usd": 0.003},
+        {"outcome_id": "down-2", "prompt": EASY, "model": "small", "score": 1, "cost_usd": 1e-5},
+    ]
+    r = client.post("/outcomes", json=sent, headers=C)
+    assert r.status_code == 202 and r.json()["spooled"] is True
+    assert client.post("/outcomes", json=sent[1], headers=C).status_code == 202  # a retry while down
+    assert client.post("/route", json={"prompt": HARD}, headers=C).status_code == 503
+    assert metric(client, "tierwise_outcome_store_errors_total") >= 3
+    store.engine = good
+    assert store.export_outcomes() == []
+    r = client.post("/outcomes", json={"outcome_id": "up-1", "prompt": HARD, "model": "large", "score": 0, "cost_usd": 0}, headers=C)
+    assert r.status_code == 201
+    ids = sorted(o.prompt for o in store.export_outcomes())
+    assert len(ids) == 3 and ids.count(EASY) == 1
+    assert client.app.state.recorder.spool.pending() == 0
+
+
+def test_spool_replayed_at_startup(client_factory: Callable[..., TestClient], tmp_path: Path) -> None:
+    first = client_factory()
+    store: Store = first.app.state.store
+    good = store.engine
+    store.engine = sa.create_engine(f"sqlite:///{tmp_path}/missing/dir/db.sqlite")
+    body = {"outcome_id": "boot-1", "prompt": EASY, "model": "small", "score": 1, "cost_usd": 0}
+    assert first.post("/outcomes", json=body, headers=C).status_code == 202
+    store.engine = good
+    second = client_factory()  # same database and spool
+    assert [o.prompt for o in second.app.state.store.export_outcomes()] == [EASY]
+
+
+def test_reload_swaps_tier_model(client: TestClient, tmp_path: Path) -> None:
+    before = client.post("/route", json={"prompt": EASY}, headers=C).json()
+    assert before["model"] == "small"
+    hard = client.post("/route", json={"prompt": HARD}, headers=C).json()
+    assert hard["model"] == "large"
+    write_tiers(tmp_path / "tiers.toml", {"brain": "unused"})
+    assert client.post("/route", json={"prompt": HARD}, headers=C).json()["model"] == "large"
+    r = client.post("/admin/reload", headers=A)
+    assert r.status_code == 200 and r.json()["tiers"][2]["model"] == "unused"
+    after = client.post("/route", json={"prompt": HARD}, headers=C).json()
+    assert after["model"] == "unused" and after["expected_cost_usd"] < hard["expected_cost_usd"]
+    (tmp_path / "tiers.toml").write_text("[[tiers]]\nname='other'\nmodel='small'\n[models.small]\ninput_per_1m=1\noutput_per_1m=1\n")
+    r = client.post("/admin/reload", headers=A)
+    assert r.status_code == 409 and "retrain" in r.json()["detail"]
+    assert client.post("/route", json={"prompt": HARD}, headers=C).json()["model"] == "unused"
+
+
+def test_reload_keeps_in_flight_runtime(client: TestClient) -> None:
+    old = client.app.state.runtime
+    client.post("/admin/reload", headers=A)
+    assert client.app.state.runtime is not old
+    assert old.score([EASY])[0].shape == (1, 3)  # the old runtime still answers
+
+
+class Moving:
+    """A source whose version moves on demand, like a registry alias."""
+
+    def __init__(self, path: Path):
+        self.inner, self.n = LocalSource(path), 1
+
+    def resolve(self) -> str:
+        return f"tierwise-router/{self.n}"
+
+    def load(self):  # type: ignore[no-untyped-def]
+        loaded = self.inner.load()
+        return type(loaded)(loaded.artifact, self.resolve())
+
+
+def test_alias_move_picked_up_by_reload(client_factory: Callable[..., TestClient], artifact_dir: Path) -> None:
+    source = Moving(artifact_dir)
+    client = client_factory(source=source)
+    assert client.post("/route", json={"prompt": EASY}, headers=C).json()["router_version"] == "tierwise-router/1"
+    source.n = 2
+    assert client.post("/admin/reload", headers=A).json()["previous_version"] == "tierwise-router/1"
+    assert client.post("/route", json={"prompt": EASY}, headers=C).json()["router_version"] == "tierwise-router/2"
+    assert 'router_version="tierwise-router/2"' in client.get("/metrics").text
+
+
+def test_alias_polling(client_factory: Callable[..., TestClient], artifact_dir: Path) -> None:
+    import time
+
+    source = Moving(artifact_dir)
+    client = client_factory(source=source, reload_interval_s=0.05)
+    source.n = 5
+    deadline = time.monotonic() + 5
+    while client.get("/readyz").json()["router_version"] != "tierwise-router/5":
+        assert time.monotonic() < deadline, "the poller never picked up the moved alias"
+        time.sleep(0.05)
+
+
+def test_not_ready_without_model(client_factory: Callable[..., TestClient], tmp_path: Path) -> None:
+    client = client_factory(source=LocalSource(tmp_path / "nothing"))
+    r = client.get("/readyz")
+    assert r.status_code == 503 and "router.json" in r.json()["detail"]
+    assert client.get("/healthz").status_code == 200
+    assert client.post("/route", json={"prompt": EASY}, headers=C).status_code == 503
+
+
+def test_embedder_mismatch_refuses_to_load(settings_factory: Callable[..., Settings], artifact_dir: Path) -> None:
+    app = create_app(
+        settings=settings_factory(),
+        model_source=LocalSource(artifact_dir),
+        embedder=HashingEmbedder(name="other/model:onnx-int8"),
+    )
+    with pytest.raises(ValueError, match="trained with embedder 'test/hashing:hash'"), TestClient(app):
+        pass
+
+
+def test_openapi_lists_every_endpoint(client: TestClient) -> None:
+    paths = set(client.get("/openapi.json").json()["paths"])
+    assert paths >= {
+        "/route", "/route/batch", "/tiers", "/outcomes", "/sessions/{session_id}",
+        "/sessions/{session_id}/confirm", "/admin/reload", "/healthz", "/readyz", "/metrics", "/ping",
+    }
