@@ -215,6 +215,19 @@ def make_embedder(backend: str, onnx_dir: Path | None = None, num_threads: int |
     """Build the embedder for a backend name ('torch', 'onnx-fp32', 'onnx-int8')."""
     if backend == "torch":
         return SentenceTransformerEmbedder(num_threads=num_threads)
+    if backend in ("onnx-fp32", "onnx-int8"):
+        from router.onnx_embedder import OnnxEmbedder
+
+        onnx_dir = Path(".cache/onnx") if onnx_dir is None else onnx_dir
+        model_file = onnx_dir / f"minilm-{backend.removeprefix('onnx-')}.onnx"
+        tokenizer_file = onnx_dir / "tokenizer.json"
+        missing = [str(p) for p in (model_file, tokenizer_file) if not p.exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"embedder '{backend}' needs {', '.join(missing)}; run `make setup` "
+                f"(or `python -m training.onnx_export --out {onnx_dir}`) to build the ONNX files"
+            )
+        return OnnxEmbedder(model_file, tokenizer_file, quantized=backend == "onnx-int8", num_threads=num_threads)
     raise ValueError(f"unknown embedder backend '{backend}'")
 
 
