@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+logger = logging.getLogger(__name__)
 
 
 class Spool:
@@ -50,8 +53,14 @@ class Spool:
         if not self.path.exists() or self.path.stat().st_size == 0:
             return 0
         with self._locked():
+            records = []
             with open(self.path) as fh:
-                records = [json.loads(line) for line in fh if line.strip()]
+                for line in fh:
+                    try:
+                        records.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        # A line torn by a crash mid-append was never acknowledged to its client.
+                        logger.error("skipping a torn spool line: %r", line[:200])
             if records:
                 write(records)
             with open(self.path, "w") as fh:

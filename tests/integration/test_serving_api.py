@@ -14,7 +14,13 @@ from serving.app import create_app
 from serving.model_source import LocalSource
 from serving.store import Store
 from tests.conftest import HashingEmbedder
-from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer, write_tiers
+from tests.integration.conftest import (
+    ADMIN_KEY,
+    CLIENT_KEY,
+    OTHER_KEY,
+    bearer,
+    write_tiers,
+)
 
 HARD = "hard question 1: omega sigma alpha beta gamma"
 EASY = "easy question 2: alpha beta gamma delta omega"
