@@ -69,7 +69,7 @@ async def run(url: str, seconds: float, headers: dict[str, str], levels: Sequenc
     for c in levels:
         for name, (method, path, body) in targets.items():
             results[name].append(await measure(url, method, path, body, c, seconds, headers))
-            print(json.dumps({"endpoint": name, **results[name][-1]}))  # noqa: T201 - progress on the console
+            print(json.dumps({"endpoint": name, **results[name][-1]}))
     return {
         "url": url,
         "seconds_per_level": seconds,
