@@ -46,7 +46,9 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = store or Store(settings.database_url)
         await run_in_threadpool(db.migrate)
-        emb = embedder or make_embedder(settings.embedder, num_threads=settings.intra_op_threads)
+        emb = embedder or make_embedder(
+            settings.embedder, onnx_dir=settings.cache_dir / "onnx", num_threads=settings.intra_op_threads
+        )
         source = model_source or source_from_settings(
             settings.mlflow_tracking_uri, settings.registered_model, settings.model_alias, settings.local_model_path
         )
