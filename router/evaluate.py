@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from router.policy import cheapest_sufficient
+from router.policy import cheapest_sufficient, tradeoff
 
 
 def split_by_group(groups: Sequence[str], test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,6 +42,18 @@ def sweep_targets(pred: np.ndarray, pred_cost: np.ndarray, scores: np.ndarray, c
     """The curve traced by cheapest_sufficient as the quality target moves over every distinct prediction."""
     targets = np.unique(np.concatenate([[-np.inf, np.inf], np.quantile(pred, np.linspace(0, 1, 201))]))
     pts = [realised(cheapest_sufficient(pred, pred_cost, t), scores, costs) for t in targets]
+    c, q = zip(*pts, strict=True)
+    return Curve(np.array(c), np.array(q))
+
+
+def sweep_lambdas(pred: np.ndarray, pred_cost: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> Curve:
+    """The curve traced by the cost–quality knob: maximise predicted quality - lam * expected cost."""
+    scale = float(np.median(pred_cost[pred_cost > 0])) if (pred_cost > 0).any() else 1.0
+    lams = np.concatenate([[0.0], np.logspace(-4, 4, 161) / scale, [np.inf]])
+    pts = []
+    for lam in lams:
+        choice = np.argmin(pred_cost, axis=1) if np.isinf(lam) else tradeoff(pred, pred_cost, lam)
+        pts.append(realised(choice, scores, costs))
     c, q = zip(*pts, strict=True)
     return Curve(np.array(c), np.array(q))
 

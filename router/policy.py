@@ -33,21 +33,19 @@ def tradeoff(quality: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
 
 
 def target_for_top_share(quality: np.ndarray, cost: np.ndarray, share: float) -> float:
-    """The quality target at which about `share` of prompts go to the top (most expensive) tier.
+    """The quality target at which the share of prompts routed to the top (most expensive) tier is nearest `share`.
 
-    A prompt goes to the top tier when no cheaper tier clears the target, i.e. when the target
-    exceeds the best predicted quality among the cheaper tiers: the target is a quantile of that.
+    A prompt reaches the top tier when no cheaper tier clears the target, so candidate targets are
+    quantiles of the best cheaper-tier prediction; the realised share is measured for each.
     """
     if not 0 <= share <= 1:
         raise ValueError("share must be in [0, 1]")
     quality, cost = np.atleast_2d(quality), np.atleast_2d(cost)
     top = int(np.argmax(cost.mean(axis=0)))
     others = np.delete(quality, top, axis=1).max(axis=1)
-    if share <= 0:
-        return float(min(others.min(), quality.min()))
-    if share >= 1:
-        return float(np.nextafter(others.max(), np.inf))
-    return float(np.quantile(others, 1 - share, method="higher"))
+    candidates = np.unique(np.concatenate([np.quantile(others, np.linspace(0, 1, 1001)), [0.0, 1.0 + 1e-9]]))
+    shares = np.array([(cheapest_sufficient(quality, cost, t) == top).mean() for t in candidates])
+    return float(candidates[int(np.argmin(np.abs(shares - share)))])
 
 
 def lambda_for_cost(quality: np.ndarray, cost: np.ndarray, target_cost_usd: float, iters: int = 60) -> float:

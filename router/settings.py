@@ -18,7 +18,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TIERWISE_", extra="forbid")
 
     # data and training
-    data_dir: Path = Path("data")
+    data_dir: Path = Field(Path("../shared/data"), description="where `tierwise data` copies staged datasets from")
     outcomes_path: Path = Path("data/routerbench_subset/outcomes.parquet")
     tiers_path: Path = Path("config/tiers.toml")
     cache_dir: Path = Path(".cache")

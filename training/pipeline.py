@@ -129,9 +129,12 @@ def evaluate_router(
     names = tiers.names
     top = int(np.argmax(C.mean(axis=0)))
     weakest = int(np.argmin(C.mean(axis=0)))
-    curves: dict[str, ev.Curve] = {"router": ev.sweep_targets(P, PC, S, C)}
+    curves: dict[str, ev.Curve] = {
+        "router": ev.sweep_lambdas(P, PC, S, C),
+        "router (quality target)": ev.sweep_targets(P, PC, S, C),
+    }
     for bname, bpred in baselines.items():
-        curves[bname] = ev.sweep_targets(bpred[sel[test]], PC, S, C)
+        curves[bname] = ev.sweep_lambdas(bpred[sel[test]], PC, S, C)
     for j, n in enumerate(names):
         curves[f"tier:{n}"] = ev.point(S[:, j], C[:, j])
     curves["random mix"] = ev.Curve(C.mean(axis=0), S.mean(axis=0))
@@ -148,6 +151,7 @@ def evaluate_router(
         "max_cost": float(C[:, top].mean()),
     }
     eces = {"router": ev.expected_calibration_error(P, S)}
+    eces["router (quality target)"] = eces["router"]
     eces.update({b: ev.expected_calibration_error(p[sel[test]], S) for b, p in baselines.items()})
     rows = [_method_row(n, c, ref, eces.get(n)) for n, c in curves.items()]
     out = pd.DataFrame(rows).set_index("method")
@@ -198,17 +202,19 @@ def _target_matching(P: np.ndarray, PC: np.ndarray, S: np.ndarray, C: np.ndarray
     return best_t
 
 
-def train_router(
-    log: pd.DataFrame,
-    tiers: TiersConfig,
-    embedder: Embedder,
-    cache: EmbeddingCache | None,
-    features: FeatureSpec,
-    model: DifficultyModel,
-    test_size: float,
-    seed: int,
-) -> TrainResult:
-    """Split by prompt text, fit on train, evaluate on test against the baselines."""
+@dataclass(frozen=True)
+class Split:
+    """The pivoted log and its train/test masks (split by normalised prompt text)."""
+
+    table: PromptTable
+    train: np.ndarray
+    test: np.ndarray
+    log: pd.DataFrame
+    tiers: TiersConfig
+
+
+def split_log(log: pd.DataFrame, tiers: TiersConfig, test_size: float, seed: int) -> Split:
+    """Keep the models behind a tier, pivot per prompt, and split so no prompt text is on both sides."""
     used = log[log["model"].isin([t.model for t in tiers.tiers])]
     dropped = sorted(set(log["model"]) - set(used["model"]))
     if dropped:
@@ -217,28 +223,56 @@ def train_router(
     groups = [normalize_text(p) for p in table.prompts["prompt"]]
     train, test = ev.split_by_group(groups, test_size, seed)
     logger.info("prompts: %d train, %d test", train.sum(), test.sum())
-    X = featurize(table.prompts["prompt"].tolist(), features, embedder, cache)
-    model.fit(X[train], table.scores[train], tiers.names)
-    artifact = RouterArtifact(
-        model=model, features=features, tiers=tiers, tokens_out=estimate_tokens_out(used, tiers)
+    return Split(table, train, test, used, tiers)
+
+
+def evaluate_artifact(
+    artifact: RouterArtifact,
+    split: Split,
+    embedder: Embedder,
+    cache: EmbeddingCache | None,
+    seed: int,
+    baselines: bool = True,
+) -> EvalResult:
+    """Evaluate a fitted router on the split's test prompts (with kNN and logistic-regression baselines)."""
+    prompts = split.table.prompts["prompt"].tolist()
+    X = featurize(prompts, artifact.features, embedder, cache)
+    train, test = split.train, split.test
+    pred = artifact.model.predict_quality(X[test])
+    pred_cost = artifact.expected_cost([p for p, t in zip(prompts, test, strict=True) if t])
+    others: dict[str, np.ndarray] = {}
+    if baselines:
+        emb = X[:, :EMBEDDING_DIM]
+        others["kNN (k=25)"] = ev.knn_predictor(emb[train], split.table.scores[train])(emb[test])
+        others["logistic regression"] = logreg_predictor(X[train], split.table.scores[train], seed)(X[test])
+    return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others, seed)
+
+
+def train_router(
+    split: Split,
+    embedder: Embedder,
+    cache: EmbeddingCache | None,
+    features: FeatureSpec,
+    model: DifficultyModel,
+) -> RouterArtifact:
+    """Fit the difficulty model on the split's train prompts."""
+    table = split.table
+    X = featurize(table.prompts["prompt"][split.train].tolist(), features, embedder, cache)
+    model.fit(X, table.scores[split.train], split.tiers.names)
+    return RouterArtifact(
+        model=model, features=features, tiers=split.tiers, tokens_out=estimate_tokens_out(split.log, split.tiers)
     )
-    test_prompts = table.prompts["prompt"][test].tolist()
-    pred = model.predict_quality(X[test])
-    pred_cost = artifact.expected_cost(test_prompts)
-    emb_dim = EMBEDDING_DIM
-    baselines = {
-        "kNN (k=25)": ev.knn_predictor(X[train][:, :emb_dim], table.scores[train])(X[test][:, :emb_dim]),
-        "logistic regression": logreg_predictor(X[train], table.scores[train], seed)(X[test]),
-    }
-    evaluation = evaluate_router(pred, pred_cost, table, test, tiers, baselines, seed)
-    params = {
+
+
+def run_params(split: Split, features: FeatureSpec, model: DifficultyModel, test_size: float, seed: int) -> dict[str, Any]:
+    """Everything that defines a run, for MLflow."""
+    return {
         **{f"model.{k}": v for k, v in model.get_params().items()},
         **{f"features.{k}": v for k, v in features.model_dump().items()},
-        "tiers": ",".join(f"{t.name}={t.model}" for t in tiers.tiers),
+        "tiers": ",".join(f"{t.name}={t.model}" for t in split.tiers.tiers),
         "test_size": test_size,
         "seed": seed,
-        "n_prompts": len(table.prompts),
-        "n_train_prompts": int(train.sum()),
-        "n_outcomes": len(used),
+        "n_prompts": len(split.table.prompts),
+        "n_train_prompts": int(split.train.sum()),
+        "n_outcomes": len(split.log),
     }
-    return TrainResult(artifact, evaluation, params, table.prompts["prompt_id"][test].tolist())

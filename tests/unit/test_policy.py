@@ -1,0 +1,82 @@
+"""Pure routing decisions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router.policy import (
+    NoTierFits,
+    cheapest_sufficient,
+    decide,
+    lambda_for_cost,
+    target_for_top_share,
+    tradeoff,
+)
+
+NAMES = ["main", "mid", "brain"]
+COST = np.array([1.0, 3.0, 50.0])
+
+
+def test_cheapest_sufficient_and_fallback():
+    q = np.array([[0.9, 0.95, 0.99], [0.5, 0.85, 0.9], [0.1, 0.2, 0.3]])
+    c = np.tile(COST, (3, 1))
+    assert cheapest_sufficient(q, c, 0.8).tolist() == [0, 1, 2]
+    assert cheapest_sufficient(q, c, 0.92).tolist() == [1, 2, 2]
+
+
+def test_raising_the_target_never_lowers_the_tier():
+    rng = np.random.default_rng(0)
+    q = np.sort(rng.random((200, 3)), axis=1)  # monotone in price, as trained tiers mostly are
+    c = np.tile(COST, (200, 1))
+    prev = cheapest_sufficient(q, c, 0.0)
+    for t in np.linspace(0, 1, 51):
+        cur = cheapest_sufficient(q, c, t)
+        assert (cur >= prev).all()
+        prev = cur
+
+
+def test_tradeoff_knob():
+    q = np.array([[0.5, 0.8, 0.9]])
+    c = np.array([[0.0, 0.01, 0.1]])
+    assert tradeoff(q, c, 0.0)[0] == 2
+    assert tradeoff(q, c, 10.0)[0] == 1  # 0.8-0.1=0.7 > 0.9-1.0, > 0.5
+    assert tradeoff(q, c, 1000.0)[0] == 0
+
+
+def test_target_for_top_share_hits_the_share():
+    rng = np.random.default_rng(1)
+    q = np.sort(rng.random((1000, 3)), axis=1)
+    c = np.tile(COST, (1000, 1))
+    for share in (0.1, 0.3, 0.6):
+        t = target_for_top_share(q, c, share)
+        got = (cheapest_sufficient(q, c, t) == 2).mean()
+        assert abs(got - share) < 0.02
+
+
+def test_lambda_for_cost_meets_the_budget():
+    rng = np.random.default_rng(2)
+    q = np.sort(rng.random((500, 3)), axis=1)
+    c = np.tile(COST, (500, 1))
+    for budget in (2.0, 10.0, 30.0):
+        lam = lambda_for_cost(q, c, budget)
+        spent = c[np.arange(500), tradeoff(q, c, lam)].mean()
+        assert spent <= budget + 1e-9
+        spent_more = c[np.arange(500), tradeoff(q, c, lam * 0.9)].mean()
+        assert spent_more >= spent
+
+
+def test_decide_overrides_and_reasons():
+    q, c = [0.9, 0.95, 0.99], [1.0, 3.0, 50.0]
+    d = decide(q, c, NAMES, 0.8)
+    assert d.tier_index == 0 and "cheapest" in d.reason
+    d = decide(q, c, NAMES, 0.8, min_tier=1)
+    assert d.tier_index == 1 and "min_tier" in d.reason
+    d = decide([0.1, 0.2, 0.99], c, NAMES, 0.8, max_cost_usd=5.0)
+    assert d.tier_index == 1 and "max_cost_usd" in d.reason
+    d = decide([0.1, 0.2, 0.99], c, NAMES, 0.8, budget_usd=4.0)
+    assert d.tier_index == 1 and "budget" in d.reason
+    with pytest.raises(NoTierFits, match="budget"):
+        decide(q, c, NAMES, 0.8, budget_usd=0.5)
+    with pytest.raises(NoTierFits, match="min_tier brain"):
+        decide(q, c, NAMES, 0.8, min_tier=2, max_cost_usd=10)

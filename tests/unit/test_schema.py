@@ -1,0 +1,121 @@
+"""The outcome-log contract: formats, one-line errors naming file/row/column, duplicates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from router.schema import OutcomeLogError, TiersConfigError, load_outcomes, load_tiers, parse_tiers
+from tests.conftest import TIERS_TOML, make_log
+
+
+def write(df: pd.DataFrame, path: Path) -> Path:
+    if path.suffix == ".parquet":
+        df.to_parquet(path)
+    elif path.suffix == ".csv":
+        df.to_csv(path, index=False)
+    else:
+        path.write_text("\n".join(json.dumps(r) for r in df.to_dict("records")))
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".parquet", ".csv", ".jsonl"])
+def test_reads_every_format(tmp_path, tiers, suffix):
+    log = make_log(20)
+    df = load_outcomes(write(log, tmp_path / f"log{suffix}"), tiers)
+    assert len(df) == len(log)
+    assert set(df.columns) >= {"prompt_id", "prompt", "model", "score", "cost_usd", "category"}
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "needle"),
+    [
+        ("score", 1.5, "score must be in [0, 1]"),
+        ("score", -0.1, "score must be in [0, 1]"),
+        ("cost_usd", -1.0, "cost_usd must be >= 0"),
+        ("cost_usd", float("nan"), "missing or NaN"),
+        ("prompt", "   ", "prompt is empty"),
+        ("model", "mystery-model", "not in the tiers config"),
+        ("score", "abc", "not a number"),
+    ],
+)
+def test_bad_value_names_file_row_and_column(tmp_path, tiers, column, value, needle):
+    log = make_log(10)
+    log[column] = log[column].astype(object)
+    log.loc[7, column] = value
+    path = write(log, tmp_path / "log.jsonl")
+    with pytest.raises(OutcomeLogError) as err:
+        load_outcomes(path, tiers)
+    msg = str(err.value)
+    assert str(path) in msg and "row 8" in msg and f"column '{column}'" in msg and needle in msg
+    assert "\n" not in msg
+
+
+def test_missing_column_and_empty_file(tmp_path, tiers):
+    path = write(make_log(5).drop(columns=["cost_usd"]), tmp_path / "log.csv")
+    with pytest.raises(OutcomeLogError, match=r"missing required column.*cost_usd"):
+        load_outcomes(path, tiers)
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    with pytest.raises(OutcomeLogError, match="empty"):
+        load_outcomes(empty, tiers)
+    with pytest.raises(OutcomeLogError, match="not found"):
+        load_outcomes(tmp_path / "nope.parquet", tiers)
+
+
+def test_bad_jsonl_line_names_the_line(tmp_path, tiers):
+    path = tmp_path / "log.jsonl"
+    path.write_text(json.dumps(make_log(1).iloc[0].to_dict()) + "\n{not json\n")
+    with pytest.raises(OutcomeLogError, match="row 2"):
+        load_outcomes(path, tiers)
+
+
+def test_duplicates_are_averaged(tmp_path, tiers):
+    log = make_log(5)
+    dup = log.iloc[[0]].copy()
+    dup["score"] = 1 - dup["score"]
+    dup["cost_usd"] = dup["cost_usd"] * 3
+    df = load_outcomes(write(pd.concat([log, dup]), tmp_path / "log.parquet"), tiers)
+    row = df[(df.prompt_id == log.prompt_id[0]) & (df.model == log.model[0])]
+    assert len(row) == 1 and len(df) == len(log)
+    assert row.score.iloc[0] == pytest.approx(0.5)
+    assert row.cost_usd.iloc[0] == pytest.approx(log.cost_usd[0] * 2)
+
+
+def test_fusion_tier_is_priced_as_sum_of_parts():
+    data = {**TIERS_TOML, "tiers": [*TIERS_TOML["tiers"], {"name": "panel", "kind": "fusion",
+                                                          "members": ["small", "medium"], "judge": "large"}]}
+    cfg = parse_tiers(data)
+    panel = cfg.tier("panel")
+    assert panel.model == "fusion:panel"
+    assert panel.input_per_1m == pytest.approx(0.2 + 1.0 + 10.0)
+    assert panel.output_per_1m == pytest.approx(0.2 + 2.0 + 30.0)
+    assert panel.parts == ("small", "medium", "large")
+
+
+@pytest.mark.parametrize(
+    ("tiers", "needle"),
+    [
+        ([{"name": "a", "model": "nope"}], "no price"),
+        ([{"name": "a", "model": "small"}, {"name": "a", "model": "medium"}], "duplicate tier"),
+        ([{"name": "p", "kind": "fusion", "members": ["small"]}], "at least two members"),
+        ([], "non-empty"),
+    ],
+)
+def test_bad_tiers(tiers, needle):
+    with pytest.raises(TiersConfigError, match=needle):
+        parse_tiers({"models": TIERS_TOML["models"], "tiers": tiers})
+
+
+def test_shipped_configs_load():
+    root = Path(__file__).resolve().parents[2] / "config"
+    three = load_tiers(root / "tiers.toml")
+    assert three.names == ["main", "mid", "brain"]
+    assert three.tier("brain").model == "gpt-4-1106-preview"
+    per_model = load_tiers(root / "tiers.per-model.toml")
+    assert len(per_model.tiers) == 11
+    prices = [t.input_per_1m + t.output_per_1m for t in per_model.tiers]
+    assert prices == sorted(prices)

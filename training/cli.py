@@ -1,0 +1,278 @@
+"""`tierwise` command line: data, train, evaluate, route."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import pandas as pd
+import typer
+
+from router.artifact import RouterArtifact
+from router.features import EmbeddingCache, FeatureSpec, backend_of, make_embedder
+from router.model import DifficultyModel
+from router.policy import decide
+from router.schema import OutcomeLogError, TiersConfigError, load_outcomes, load_tiers
+from router.settings import Settings, get_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="tierwise: a learned LLM router.")
+logger = logging.getLogger("tierwise")
+
+OutcomesOpt = Annotated[Path | None, typer.Option("--outcomes", help="outcome log: .parquet, .csv or .jsonl")]
+TiersOpt = Annotated[Path | None, typer.Option("--tiers", help="tiers TOML")]
+ModelUriOpt = Annotated[
+    str | None, typer.Option("--model-uri", help="MLflow model URI or a local artifact dir; default: the champion")
+]
+
+
+def _fail(message: str) -> None:
+    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _settings(**overrides: Any) -> Settings:
+    base = get_settings()
+    return base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("sentence_transformers", "httpx", "alembic", "mlflow"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _load_inputs(s: Settings, from_store: bool) -> tuple[Any, pd.DataFrame]:
+    try:
+        tiers = load_tiers(s.tiers_path)
+        log = load_outcomes(s.outcomes_path, tiers)
+    except (OutcomeLogError, TiersConfigError) as exc:
+        _fail(str(exc))
+    if from_store:
+        from training.store_export import stored_outcomes
+
+        extra = stored_outcomes(s.database_url, tiers)
+        logger.info("adding %d outcomes from the store %s", len(extra), s.database_url)
+        log = pd.concat([log, extra], ignore_index=True).drop_duplicates(["prompt_id", "model"], keep="last")
+    return tiers, log
+
+
+@app.command()
+def train(
+    outcomes: OutcomesOpt = None,
+    tiers: TiersOpt = None,
+    test_size: Annotated[float | None, typer.Option(help="share of prompts held out")] = None,
+    seed: Annotated[int | None, typer.Option(help="split and model seed")] = None,
+    from_store: Annotated[bool, typer.Option("--from-store", help="add outcomes recorded by the service")] = False,
+) -> None:
+    """Train a router on an outcome log, evaluate it, log it to MLflow and register it."""
+    from training import tracking
+    from training.pipeline import TrainResult, evaluate_artifact, run_params, split_log, train_router
+    from training.report import format_table
+
+    _setup_logging()
+    s = _settings(outcomes_path=outcomes, tiers_path=tiers, test_size=test_size, seed=seed)
+    tier_cfg, log = _load_inputs(s, from_store)
+    split = split_log(log, tier_cfg, s.test_size, s.seed)
+    embedder = make_embedder(s.embedder, onnx_dir=s.cache_dir / "onnx")
+    cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
+    features = FeatureSpec(embedder_id=embedder.id, tail_chars=s.tail_chars, text_features=s.text_features)
+    model = DifficultyModel(calibration=s.calibration, random_state=s.seed)
+    artifact = train_router(split, embedder, cache, features, model)
+    evaluation = evaluate_artifact(artifact, split, embedder, cache, s.seed)
+    tracking.configure(s.mlflow_tracking_uri, s.experiment_name)
+    champion_aiq = _champion_aiq(s, split, cache)
+    result = TrainResult(
+        artifact,
+        evaluation,
+        run_params(split, features, model, s.test_size, s.seed),
+        split.table.prompts["prompt_id"][split.test].tolist(),
+    )
+    reg = tracking.log_and_register(
+        result, s.registered_model, champion_aiq, split.table.prompts["prompt"][split.test].tolist()
+    )
+    typer.echo(format_table(evaluation))
+    typer.echo(f"\nMLflow run {reg.run_id}: registered {s.registered_model} version {reg.version} as '{reg.alias}'")
+    typer.echo(reg.message)
+
+
+def _champion_aiq(s: Settings, split: Any, cache: EmbeddingCache) -> float | None:
+    """The current champion's AIQ re-measured on this run's test split (None when there is none)."""
+    from mlflow import MlflowClient
+
+    from training import tracking
+    from training.pipeline import evaluate_artifact
+
+    client = MlflowClient()
+    if tracking.champion_version(client, s.registered_model) is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        champ = tracking.download_artifact(f"models:/{s.registered_model}@{tracking.CHAMPION}", Path(tmp))
+    if champ.tier_names != split.tiers.names:
+        logger.info("the champion routes tiers %s, this run %s: it cannot be compared", champ.tier_names, split.tiers.names)
+        return None
+    embedder = make_embedder(backend_of(champ.features.embedder_id), onnx_dir=s.cache_dir / "onnx")
+    result = evaluate_artifact(champ, split, embedder, cache, s.seed, baselines=False)
+    return result.metrics[tracking.AIQ_METRIC]
+
+
+def _load_artifact(s: Settings, model_uri: str | None) -> RouterArtifact:
+    from training import tracking
+
+    if model_uri and Path(model_uri).exists():
+        from router.artifact import find_artifact
+
+        return RouterArtifact.load(find_artifact(model_uri))
+    tracking.configure(s.mlflow_tracking_uri, s.experiment_name)
+    uri = model_uri or f"models:/{s.registered_model}@{s.model_alias}"
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return tracking.download_artifact(uri, Path(tmp))
+    except Exception as exc:  # noqa: BLE001 - any registry failure is one line for the user
+        _fail(f"cannot load model {uri} from {s.mlflow_tracking_uri}: {exc}. Run `make train` first.")
+        raise
+
+
+@app.command()
+def evaluate(
+    outcomes: OutcomesOpt = None,
+    tiers: TiersOpt = None,
+    model_uri: ModelUriOpt = None,
+    test_size: Annotated[float | None, typer.Option()] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+) -> None:
+    """Evaluate a registered router (default: the champion) on the held-out split of the log."""
+    from training.pipeline import evaluate_artifact, split_log
+    from training.report import format_table
+
+    _setup_logging()
+    s = _settings(outcomes_path=outcomes, tiers_path=tiers, test_size=test_size, seed=seed)
+    artifact = _load_artifact(s, model_uri)
+    tier_cfg, log = _load_inputs(s, False)
+    split = split_log(log, tier_cfg, s.test_size, s.seed)
+    embedder = make_embedder(backend_of(artifact.features.embedder_id), onnx_dir=s.cache_dir / "onnx")
+    result = evaluate_artifact(artifact, split, embedder, EmbeddingCache(s.cache_dir / "embeddings.sqlite"), s.seed)
+    typer.echo(format_table(result))
+
+
+def _read_batch(path: Path) -> list[dict[str, str]]:
+    rows = []
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                _fail(f"{path}, row {lineno}: invalid JSON: {exc.msg}")
+            if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
+                _fail(f"{path}, row {lineno}, column 'prompt': expected an object with a non-empty prompt")
+            rows.append({"prompt_id": str(rec.get("prompt_id", lineno)), "prompt": rec["prompt"]})
+    if not rows:
+        _fail(f"{path}: no prompts")
+    return rows
+
+
+@app.command()
+def route(
+    prompt: Annotated[str | None, typer.Argument(help="the prompt to route")] = None,
+    batch: Annotated[Path | None, typer.Option("--batch", help='JSONL of {"prompt_id", "prompt"}')] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="where --batch writes decisions (JSONL)")] = None,
+    model_uri: ModelUriOpt = None,
+    tiers: TiersOpt = None,
+    target: Annotated[float | None, typer.Option("--target", help="quality target in [0, 1]")] = None,
+    chunk: Annotated[int, typer.Option(help="prompts per embedding chunk in --batch")] = 256,
+) -> None:
+    """Route one prompt, or a JSONL batch of prompts, with the champion (or --model-uri)."""
+    s = _settings(tiers_path=tiers, quality_target=target)
+    if (prompt is None) == (batch is None):
+        _fail("give either a PROMPT or --batch FILE")
+    if target is not None and not 0 <= target <= 1:
+        _fail("--target must be in [0, 1]")
+    rows = [{"prompt_id": "-", "prompt": prompt}] if prompt is not None else _read_batch(batch)  # type: ignore[arg-type]
+    if any(not r["prompt"].strip() for r in rows):
+        _fail("the prompt is empty")
+    artifact = _load_artifact(s, model_uri)
+    try:
+        tier_cfg = load_tiers(s.tiers_path) if s.tiers_path.is_file() else artifact.tiers
+        artifact.check_tiers(tier_cfg)
+    except TiersConfigError as exc:
+        _fail(str(exc))
+    embedder = make_embedder(backend_of(artifact.features.embedder_id), onnx_dir=s.cache_dir / "onnx")
+    decisions = route_prompts(artifact, tier_cfg, embedder, rows, s.quality_target, chunk)
+    if batch is None:
+        typer.echo(json.dumps(decisions[0], indent=2))
+        return
+    sink = out.open("w") if out else sys.stdout
+    for d in decisions:
+        sink.write(json.dumps(d) + "\n")
+    if out:
+        sink.close()
+        typer.echo(f"wrote {len(decisions)} decisions to {out}", err=True)
+
+
+def route_prompts(
+    artifact: RouterArtifact, tiers: Any, embedder: Any, rows: list[dict[str, str]], target: float, chunk: int
+) -> list[dict[str, Any]]:
+    """Decide a tier for each prompt, embedding in length-sorted chunks."""
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["prompt"]))
+    quality = np.empty((len(rows), len(tiers.tiers)))
+    for start in range(0, len(order), chunk):
+        idx = order[start : start + chunk]
+        quality[idx] = artifact.predict_quality([rows[i]["prompt"] for i in idx], embedder)
+    cost = artifact.expected_cost([r["prompt"] for r in rows], tiers)
+    out = []
+    for i, row in enumerate(rows):
+        d = decide(quality[i], cost[i], tiers.names, target)
+        tier = tiers.tiers[d.tier_index]
+        out.append(
+            {
+                "prompt_id": row["prompt_id"],
+                "tier": tier.name,
+                "model": tier.model,
+                "predicted_quality": {n: round(float(q), 4) for n, q in zip(tiers.names, quality[i], strict=True)},
+                "expected_cost_usd": float(cost[i, d.tier_index]),
+                "reason": d.reason,
+            }
+        )
+    return out
+
+
+@app.command()
+def data(
+    source: Annotated[Path | None, typer.Option(help="folder of staged datasets")] = None,
+) -> None:
+    """Bring the outcome logs into data/: copy the staged ones, or download and import RouterBench."""
+    from training.datasets import fetch_data
+
+    _setup_logging()
+    s = get_settings()
+    try:
+        typer.echo(fetch_data(source or s.data_dir, Path("data"), s.cache_dir))
+    except (OSError, OutcomeLogError) as exc:
+        _fail(str(exc))
+
+
+@app.command("import-routerbench")
+def import_routerbench_cmd(
+    raw: Annotated[list[Path], typer.Argument(help="RouterBench wide CSV(.gz) or .pkl files")],
+    out: Annotated[Path, typer.Option(help="where to write the long-format outcome log")],
+) -> None:
+    """Convert RouterBench's native wide format into a tierwise outcome log."""
+    from training.importers import import_routerbench
+
+    try:
+        df = import_routerbench(raw)
+    except OutcomeLogError as exc:
+        _fail(str(exc))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(out, index=False)
+    typer.echo(f"wrote {len(df)} outcomes ({df['prompt_id'].nunique()} prompts, {df['model'].nunique()} models) to {out}")
+
+
+if __name__ == "__main__":
+    app()
