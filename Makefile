@@ -8,7 +8,7 @@ STAMP := $(VENV)/.stamp-dev
 UI_STAMP := $(VENV)/.stamp-ui
 TIERWISE_DATA_DIR ?= ../shared/data
 DATA := data/routerbench_subset/outcomes.parquet
-ONNX := .cache/onnx/model.int8.onnx
+ONNX := .cache/onnx/minilm-int8.onnx
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export MLFLOW_TRACKING_URI
 

@@ -47,12 +47,21 @@ def sweep_targets(pred: np.ndarray, pred_cost: np.ndarray, scores: np.ndarray, c
 
 
 def sweep_lambdas(pred: np.ndarray, pred_cost: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> Curve:
-    """The curve traced by the cost–quality knob: maximise predicted quality - lam * expected cost."""
+    """The curve traced by the cost–quality knob: maximise predicted quality - lam * expected cost.
+
+    lam > 0 buys savings with predicted quality; lam < 0 pays for the pricier tier unless a cheaper
+    one is predicted better by more than |lam| * cost difference, so the curve runs from all-cheapest
+    (lam = inf) to all-top (lam = -inf).
+    """
     scale = float(np.median(pred_cost[pred_cost > 0])) if (pred_cost > 0).any() else 1.0
-    lams = np.concatenate([[0.0], np.logspace(-4, 4, 161) / scale, [np.inf]])
+    pos = np.logspace(-4, 4, 161) / scale
+    lams = np.concatenate([[-np.inf], -pos[::-1], [0.0], pos, [np.inf]])
     pts = []
     for lam in lams:
-        choice = np.argmin(pred_cost, axis=1) if np.isinf(lam) else tradeoff(pred, pred_cost, lam)
+        if np.isinf(lam):
+            choice = np.argmin(pred_cost, axis=1) if lam > 0 else np.argmax(pred_cost, axis=1)
+        else:
+            choice = tradeoff(pred, pred_cost, lam)
         pts.append(realised(choice, scores, costs))
     c, q = zip(*pts, strict=True)
     return Curve(np.array(c), np.array(q))

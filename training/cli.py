@@ -53,9 +53,15 @@ def _load_inputs(s: Settings, from_store: bool) -> tuple[Any, pd.DataFrame]:
     except (OutcomeLogError, TiersConfigError) as exc:
         _fail(str(exc))
     if from_store:
-        from training.store_export import stored_outcomes
+        from router.schema import outcomes_to_frame, validate_outcomes
+        from serving.store import Store
 
-        extra = stored_outcomes(s.database_url, tiers)
+        store = Store(s.database_url)
+        store.migrate()
+        rows = store.export_outcomes()
+        if not rows:
+            _fail(f"the outcome store {s.database_url} holds no outcomes")
+        extra = validate_outcomes(outcomes_to_frame(rows), s.database_url, tiers.known_models)
         logger.info("adding %d outcomes from the store %s", len(extra), s.database_url)
         log = pd.concat([log, extra], ignore_index=True).drop_duplicates(["prompt_id", "model"], keep="last")
     return tiers, log

@@ -106,6 +106,7 @@ def _method_row(name: str, curve: ev.Curve, ref: dict[str, Any], ece: float | No
         "CPT50_pct": gm.cpt50,
         "CPT80_pct": gm.cpt80,
         "match_top_cost_pct": ev.cost_to_reach(curve, top_q) / top_cost * 100,
+        "cost_for_95pct_top_pct": ev.cost_to_reach(curve, 0.95 * top_q) / top_cost * 100,
         "quality_at_half_top_cost": ev.hull_quality_at(curve, 0.5 * top_cost),
         "max_quality": float(curve.quality.max()),
         "ECE": np.nan if ece is None else ece,

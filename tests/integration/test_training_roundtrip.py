@@ -1,0 +1,115 @@
+"""train -> log -> register -> load by alias -> route, against MLflow on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+from mlflow import MlflowClient
+
+from router.features import EmbeddingCache, FeatureSpec
+from router.model import DifficultyModel
+from router.schema import parse_tiers
+from router.settings import Settings
+from serving.app import create_app
+from serving.model_source import RegistrySource
+from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
+from tests.integration.conftest import PG_URL, write_tiers
+from training import tracking
+from training.pipeline import TrainResult, evaluate_artifact, run_params, split_log, train_router
+
+NAME = "tierwise-router-test"
+
+
+def _pg_available() -> bool:
+    try:
+        with sa.create_engine(PG_URL).connect() as conn:
+            conn.execute(sa.text("select 1"))
+        return True
+    except Exception:  # noqa: BLE001
+        return False
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def tracking_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+        yield uri
+        return
+    if not _pg_available():
+        pytest.skip(f"PostgreSQL is not reachable at {PG_URL}")
+    db = f"mlflow_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f"CREATE DATABASE {db}"))
+    try:
+        yield PG_URL.rsplit("/", 1)[0].replace("+psycopg", "+psycopg") + f"/{db}"
+    finally:
+        sa.create_engine(PG_URL).dispose()
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
+
+
+def _train(tmp_path: Path, seed: int, n_estimators: int) -> tuple[TrainResult, list[str]]:
+    tiers = parse_tiers(TIERS_TOML)
+    emb = HashingEmbedder()
+    split = split_log(make_log(240, seed=1), tiers, 0.3, seed=0)
+    cache = EmbeddingCache(tmp_path / "emb.sqlite")
+    features = FeatureSpec(embedder_id=emb.id)
+    model = DifficultyModel(n_estimators=n_estimators, n_jobs=1, random_state=seed)
+    artifact = train_router(split, emb, cache, features, model)
+    evaluation = evaluate_artifact(artifact, split, emb, cache, seed=0)
+    prompts = split.table.prompts["prompt"][split.test].tolist()
+    result = TrainResult(artifact, evaluation, run_params(split, features, model, 0.3, 0), prompts)
+    return result, prompts
+
+
+def test_train_register_promote_and_serve(tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
+    tracking.configure(tracking_uri, "tierwise-test")
+    first, prompts = _train(tmp_path, seed=0, n_estimators=60)
+    reg1 = tracking.log_and_register(first, NAME, None, prompts)
+    assert reg1.alias == "champion" and reg1.version == "1"
+
+    client = MlflowClient()
+    run = client.get_run(reg1.run_id)
+    assert run.data.metrics["router_AIQ"] == pytest.approx(first.evaluation.metrics["router_AIQ"])
+    assert "model.n_estimators" in run.data.params
+    artifacts = {a.path for a in client.list_artifacts(reg1.run_id, "plots")}
+    assert {"plots/cost_quality.png", "plots/calibration.png"} <= artifacts
+
+    # A worse model (one tree) becomes challenger; the champion alias stays on version 1.
+    weak, _ = _train(tmp_path, seed=1, n_estimators=1)
+    reg2 = tracking.log_and_register(weak, NAME, champion_aiq_on_this_split=reg1.new_aiq + 1.0, input_prompts=prompts)
+    assert reg2.alias == "challenger" and "challenger" in reg2.message
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+    assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "2"
+
+    # Load by alias, as serving and `tierwise route` do, and check it scores like the trained model.
+    loaded = tracking.download_artifact(f"models:/{NAME}@champion", tmp_path / "dl")
+    emb = HashingEmbedder()
+    np.testing.assert_allclose(
+        loaded.predict_quality(prompts[:20], emb), first.artifact.predict_quality(prompts[:20], emb), atol=1e-9
+    )
+
+    settings = Settings(
+        mlflow_tracking_uri=tracking_uri,
+        registered_model=NAME,
+        database_url=f"sqlite:///{tmp_path / 'serve.db'}",
+        tiers_path=write_tiers(tmp_path / "tiers.toml"),
+        spool_path=tmp_path / "spool.jsonl",
+    )
+    source = RegistrySource(tracking_uri, NAME, "champion")
+    with TestClient(create_app(settings=settings, model_source=source, embedder=emb)) as http:
+        resp = http.post("/route", json={"prompt": prompts[0]})
+        assert resp.status_code == 200, resp.text
+        body = resp.json()
+        assert body["router_version"] == f"{NAME}/1"
+        assert set(body["predicted_quality"]) == {"main", "mid", "brain"}
+    mlflow.end_run()
