@@ -1,0 +1,143 @@
+"""Embedding micro-benchmark: single-prompt latency p50/p99 per backend, short and long prompts, 1 thread.
+
+python bench/embed_bench.py --out bench/results/embed.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from router.features import Embedder, make_embedder
+
+logger = logging.getLogger("embed_bench")
+
+BACKENDS = ("torch", "onnx-fp32", "onnx-int8")
+# About 30 and (after truncation) exactly 256 MiniLM word pieces; the token counts are recorded in the output.
+PROMPTS = {
+    "short": "Question: A store sells pencils at 3 for $0.75. How much do 12 pencils cost? Explain step by step.",
+    "long": " ".join(
+        f"Example {i}: a train leaves the station at {i} o'clock and travels {3 * i} miles north before it stops."
+        for i in range(20)
+    )
+    + " Question: how far has the last train travelled?",
+}
+PACKAGES = ("numpy", "torch", "sentence-transformers", "onnxruntime", "onnx", "tokenizers", "transformers")
+
+
+def machine_info() -> dict[str, Any]:
+    """What the numbers were measured on: CPU, cores this process may use, load, package versions."""
+    cpu_model = ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = version(name)
+        except PackageNotFoundError:
+            versions[name] = None
+    return {
+        "cpu_model": cpu_model or platform.processor(),
+        "cpu_count": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load_avg_1m_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def time_single(embedder: Embedder, text: str, reps: int, warmup: int) -> dict[str, float]:
+    """Latency of encode([text]) in ms over reps calls, after warmup calls."""
+    for _ in range(warmup):
+        embedder.encode([text])
+    samples = np.empty(reps, dtype=np.float64)
+    for i in range(reps):
+        start = time.perf_counter_ns()
+        embedder.encode([text])
+        samples[i] = (time.perf_counter_ns() - start) / 1e6
+    return {
+        "p50_ms": round(float(np.percentile(samples, 50)), 3),
+        "p99_ms": round(float(np.percentile(samples, 99)), 3),
+        "mean_ms": round(float(samples.mean()), 3),
+        "min_ms": round(float(samples.min()), 3),
+    }
+
+
+def count_tokens(onnx_dir: Path, text: str, max_length: int = 256) -> int:
+    """MiniLM word pieces in text after truncation, special tokens included."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(onnx_dir / "tokenizer.json"))
+    tokenizer.enable_truncation(max_length=max_length)
+    tokenizer.no_padding()
+    return len(tokenizer.encode(text).ids)
+
+
+def run(backends: list[str], onnx_dir: Path, reps: int, warmup: int, threads: int) -> dict[str, Any]:
+    """Benchmark every backend on every prompt length; one backend in memory at a time."""
+    machine = machine_info()
+    results: dict[str, Any] = {}
+    for backend in backends:
+        embedder = make_embedder(backend, onnx_dir=onnx_dir, num_threads=threads)
+        embedder.encode(["load the model"])
+        results[backend] = {}
+        for length, text in PROMPTS.items():
+            results[backend][length] = time_single(embedder, text, reps, warmup)
+            logger.info("%-10s %-5s %s", backend, length, results[backend][length])
+        del embedder
+    speedup = {
+        backend: {
+            length: round(results["torch"][length]["p50_ms"] / results[backend][length]["p50_ms"], 2)
+            for length in PROMPTS
+        }
+        for backend in backends
+        if "torch" in results
+    }
+    return {
+        "machine": machine | {"load_avg_1m_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+        "settings": {"reps": reps, "warmup": warmup, "intra_op_threads": threads, "call": "encode([one prompt])"},
+        "prompts": {
+            length: {"tokens": count_tokens(onnx_dir, text), "chars": len(text)} for length, text in PROMPTS.items()
+        },
+        "latency": results,
+        "p50_speedup_vs_torch": speedup,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point: run the benchmark and write the JSON report."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("bench/results/embed.json"))
+    parser.add_argument("--onnx-dir", type=Path, default=Path(".cache/onnx"))
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--reps", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    # sentence-transformers draws a progress bar per encode call when its logger is at INFO: not in a timing loop.
+    logging.getLogger("sentence_transformers").setLevel(logging.WARNING)
+    report = run(args.backends, args.onnx_dir, args.reps, args.warmup, args.threads)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(args.out)
+    logger.info("wrote %s", args.out)
+
+
+if __name__ == "__main__":
+    main()
