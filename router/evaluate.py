@@ -75,7 +75,7 @@ def point(scores_col: np.ndarray, costs_col: np.ndarray) -> Curve:
 def oracle_choice(scores: np.ndarray, costs: np.ndarray) -> np.ndarray:
     """Per prompt, the cheapest tier that reaches the best realised score among the tiers."""
     best = scores.max(axis=1, keepdims=True)
-    return np.argmin(np.where(scores >= best - 1e-12, costs, np.inf), axis=1)
+    return np.asarray(np.argmin(np.where(scores >= best - 1e-12, costs, np.inf), axis=1))
 
 
 def upper_hull(cost: np.ndarray, quality: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -185,9 +185,7 @@ def expected_calibration_error(pred: np.ndarray, actual: np.ndarray, n_bins: int
     return float(total)
 
 
-def knn_predictor(
-    train_X: np.ndarray, train_Y: np.ndarray, k: int = 25
-) -> Callable[[np.ndarray], np.ndarray]:
+def knn_predictor(train_X: np.ndarray, train_Y: np.ndarray, k: int = 25) -> Callable[[np.ndarray], np.ndarray]:
     """A kNN baseline: a prompt's predicted score per tier is the mean over its k nearest neighbours.
 
     Uses cosine similarity (features are unit vectors); NaN scores are ignored.
@@ -201,6 +199,6 @@ def knn_predictor(
         idx = np.argpartition(-(q @ Xn.T), kth=min(k, len(Xn) - 1), axis=1)[:, :k]
         num = filled[idx].sum(axis=1)
         den = present[idx].sum(axis=1)
-        return np.divide(num, den, out=np.full_like(num, 0.5), where=den > 0)
+        return np.asarray(np.divide(num, den, out=np.full_like(num, 0.5), where=den > 0))
 
     return predict

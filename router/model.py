@@ -131,10 +131,9 @@ class DifficultyModel:
         X = np.asarray(X, dtype=np.float32)
         if X.ndim != 2 or X.shape[1] != self.n_features_in_:
             raise ValueError(f"expected (n, {self.n_features_in_}) features, got {X.shape}")
-        kwargs = {"num_threads": num_threads} if num_threads else {}
         out = np.empty((X.shape[0], len(self.boosters_)), dtype=np.float64)
         for j, (booster, cal) in enumerate(zip(self.boosters_, self.calibrators_, strict=True)):
-            p = booster.predict(X, **kwargs)
+            p = booster.predict(X, num_threads=num_threads) if num_threads else booster.predict(X)
             out[:, j] = np.interp(p, cal[0], cal[1]) if cal else p
         return np.clip(out, 0.0, 1.0)
 
@@ -160,13 +159,11 @@ class DifficultyModel:
         directory = Path(directory)
         meta = json.loads((directory / "difficulty_model.json").read_text())
         if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
-                f"{directory}: model format {meta.get('format_version')} is not {FORMAT_VERSION}; retrain"
-            )
+            raise ValueError(f"{directory}: model format {meta.get('format_version')} is not {FORMAT_VERSION}; retrain")
         model = cls(**meta["params"])
         model.tier_names_ = list(meta["tier_names"])
         model.n_features_in_ = int(meta["n_features_in"])
-        model.calibrators_ = [tuple(c) if c else None for c in meta["calibrators"]]  # type: ignore[misc]
+        model.calibrators_ = [(list(c[0]), list(c[1])) if c else None for c in meta["calibrators"]]
         model.boosters_ = [
             lgb.Booster(model_file=str(directory / f"tier_{j}.txt")) for j in range(len(model.tier_names_))
         ]

@@ -21,7 +21,7 @@ def cheapest_sufficient(quality: np.ndarray, cost: np.ndarray, target: float) ->
     ok = quality >= target
     masked_cost = np.where(ok, cost, np.inf)
     cheapest = np.argmin(masked_cost, axis=1)
-    return np.where(ok.any(axis=1), cheapest, np.argmax(quality, axis=1))
+    return np.asarray(np.where(ok.any(axis=1), cheapest, np.argmax(quality, axis=1)))
 
 
 def tradeoff(quality: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
@@ -29,7 +29,7 @@ def tradeoff(quality: np.ndarray, cost: np.ndarray, lam: float) -> np.ndarray:
     quality, cost = np.atleast_2d(quality), np.atleast_2d(cost)
     utility = quality - lam * cost
     best = utility.max(axis=1, keepdims=True)
-    return np.argmin(np.where(np.isclose(utility, best, rtol=0, atol=1e-12), cost, np.inf), axis=1)
+    return np.asarray(np.argmin(np.where(np.isclose(utility, best, rtol=0, atol=1e-12), cost, np.inf), axis=1))
 
 
 def target_for_top_share(quality: np.ndarray, cost: np.ndarray, share: float) -> float:
@@ -81,7 +81,7 @@ class Decision:
 
 
 def allowed_tiers(
-    cost: Sequence[float],
+    cost: Sequence[float] | np.ndarray,
     min_tier: int = 0,
     max_cost_usd: float | None = None,
     budget_usd: float | None = None,
@@ -127,7 +127,10 @@ def decide(
         if q[pick] >= target:
             reason = f"{names[pick]} is the cheapest tier predicted to reach the target {target:.2f} ({q[pick]:.2f})"
         else:
-            reason = f"no tier is predicted to reach the target {target:.2f}; {names[pick]} is predicted best ({q[pick]:.2f})"
+            reason = (
+                f"no tier is predicted to reach the target {target:.2f}; "
+                f"{names[pick]} is predicted best ({q[pick]:.2f})"
+            )
         return Decision(pick, reason)
     if not mask[free] and unbudgeted[free]:
         reason = (
@@ -135,7 +138,9 @@ def decide(
             f"in the session budget; {names[pick]} is the best tier that fits"
         )
     elif free < min_tier:
-        reason = f"{names[free]} would suffice, but the request asks for min_tier {names[min_tier]}; using {names[pick]}"
+        reason = (
+            f"{names[free]} would suffice, but the request asks for min_tier {names[min_tier]}; using {names[pick]}"
+        )
     else:
         reason = (
             f"{names[free]} would be chosen but costs ${c[free]:.6g}, over max_cost_usd {max_cost_usd:.6g}; "

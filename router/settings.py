@@ -22,7 +22,7 @@ class Settings(BaseSettings):
     outcomes_path: Path = Path("data/routerbench_subset/outcomes.parquet")
     tiers_path: Path = Path("config/tiers.toml")
     cache_dir: Path = Path(".cache")
-    embedder: EmbedderBackend = "torch"
+    embedder: EmbedderBackend = "onnx-int8"
     tail_chars: int | None = Field(700, ge=16)
     text_features: bool = True
     calibration: Literal["none", "isotonic"] = "none"

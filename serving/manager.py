@@ -34,9 +34,7 @@ class ModelManager:
         """Re-read the tiers file, re-resolve the model source, and swap; the old Runtime serves until then."""
         with self._lock:
             loaded = self.source.load()
-            runtime = build_runtime(
-                loaded, self.settings.tiers_path, self.embedder, self.settings.intra_op_threads
-            )
+            runtime = build_runtime(loaded, self.settings.tiers_path, self.embedder, self.settings.intra_op_threads)
             runtime.score(["warm up"])
             previous = self.state.runtime
             self.state.runtime = runtime

@@ -31,7 +31,8 @@ class Metrics:
             "tierwise_outcome_store_errors", "Failed writes or reads of the decision store", registry=self.registry
         )
         self.spooled = Counter(
-            "tierwise_outcomes_spooled", "Outcomes spooled to the local file while the store was down",
+            "tierwise_outcomes_spooled",
+            "Outcomes spooled to the local file while the store was down",
             registry=self.registry,
         )
         self.model = Info("tierwise_model", "The router version serving requests", registry=self.registry)

@@ -98,9 +98,7 @@ class FallbackSource:
             return self.fallback.load()
 
 
-def source_from_settings(
-    tracking_uri: str, name: str, alias: str, local_model_path: Path | None
-) -> ModelSource:
+def source_from_settings(tracking_uri: str, name: str, alias: str, local_model_path: Path | None) -> ModelSource:
     """The registry alias, with the local path (when set) as fallback."""
     registry = RegistrySource(tracking_uri, name, alias)
     if local_model_path is None:

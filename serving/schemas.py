@@ -90,7 +90,9 @@ class OutcomeIn(Strict):
 class OutcomesResponse(BaseModel):
     outcome_ids: list[str]
     recorded: int = Field(description="new outcomes written to the store (retries count 0)")
-    spooled: bool = Field(default=False, description="the store was down: outcomes are in the local spool, replayed later")
+    spooled: bool = Field(
+        default=False, description="the store was down: outcomes are in the local spool, replayed later"
+    )
 
 
 class CapRequest(Strict):

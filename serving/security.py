@@ -56,7 +56,9 @@ class KeyRing:
         if self.enabled:
             return
         if host not in LOOPBACK:
-            raise ValueError(f"no API keys configured (TIERWISE_API_KEYS) and bound to {host}: keys are required off 127.0.0.1")
+            raise ValueError(
+                f"no API keys configured (TIERWISE_API_KEYS) and bound to {host}: keys are required off 127.0.0.1"
+            )
         logger.warning("no API keys configured: every caller has admin scope (allowed only on %s)", host)
 
     def authenticate(self, authorization: str | None) -> Principal:

@@ -324,9 +324,7 @@ class Store:
                 seen.add(r.id)
                 new += 1
                 conn.execute(
-                    outcomes.insert().values(
-                        **r.__dict__, prompt_id=prompt_id_of(r.prompt), created_at=_now()
-                    )
+                    outcomes.insert().values(**r.__dict__, prompt_id=prompt_id_of(r.prompt), created_at=_now())
                 )
                 if r.decision_id is not None:
                     self._settle(conn, r.decision_id, r.cost_usd)

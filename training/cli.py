@@ -119,7 +119,9 @@ def _champion_aiq(s: Settings, split: Any, cache: EmbeddingCache) -> float | Non
     with tempfile.TemporaryDirectory() as tmp:
         champ = tracking.download_artifact(f"models:/{s.registered_model}@{tracking.CHAMPION}", Path(tmp))
     if champ.tier_names != split.tiers.names:
-        logger.info("the champion routes tiers %s, this run %s: it cannot be compared", champ.tier_names, split.tiers.names)
+        logger.info(
+            "the champion routes tiers %s, this run %s: it cannot be compared", champ.tier_names, split.tiers.names
+        )
         return None
     embedder = make_embedder(backend_of(champ.features.embedder_id), onnx_dir=s.cache_dir / "onnx")
     result = evaluate_artifact(champ, split, embedder, cache, s.seed, baselines=False)
@@ -277,7 +279,9 @@ def import_routerbench_cmd(
         _fail(str(exc))
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out, index=False)
-    typer.echo(f"wrote {len(df)} outcomes ({df['prompt_id'].nunique()} prompts, {df['model'].nunique()} models) to {out}")
+    typer.echo(
+        f"wrote {len(df)} outcomes ({df['prompt_id'].nunique()} prompts, {df['model'].nunique()} models) to {out}"
+    )
 
 
 if __name__ == "__main__":

@@ -42,7 +42,9 @@ def import_routerbench_frame(wide: pd.DataFrame, path: Path | str = "<routerbenc
     missing = [c for c in ROUTERBENCH_ID_COLUMNS if c not in wide.columns]
     if missing:
         raise OutcomeLogError(path, f"not a RouterBench table: missing column(s) {missing}", column=missing[0])
-    models = [c[: -len(COST_SUFFIX)] for c in wide.columns if c.endswith(COST_SUFFIX) and c[: -len(COST_SUFFIX)] in wide]
+    models = [
+        c[: -len(COST_SUFFIX)] for c in wide.columns if c.endswith(COST_SUFFIX) and c[: -len(COST_SUFFIX)] in wide
+    ]
     if not models:
         raise OutcomeLogError(path, "no '<model>|total_cost' columns with a matching score column")
     base = pd.DataFrame(

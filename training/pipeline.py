@@ -38,9 +38,7 @@ def pivot_log(log: pd.DataFrame, tiers: TiersConfig) -> PromptTable:
         {
             "prompt_id": first.index,
             "prompt": first["prompt"].to_numpy(),
-            "category": first["category"].fillna("").astype(str).to_numpy()
-            if "category" in first
-            else "",
+            "category": first["category"].fillna("").astype(str).to_numpy() if "category" in first else "",
         }
     )
     scores = log.pivot(index="prompt_id", columns="model", values="score").reindex(prompts["prompt_id"])
@@ -120,7 +118,6 @@ def evaluate_router(
     test: np.ndarray,
     tiers: TiersConfig,
     baselines: dict[str, np.ndarray],
-    seed: int,
 ) -> EvalResult:
     """Compare the router's cost–quality curve with every baseline on the complete test prompts."""
     complete = np.isfinite(table.scores).all(axis=1) & np.isfinite(table.costs).all(axis=1)
@@ -246,7 +243,7 @@ def evaluate_artifact(
         emb = X[:, :EMBEDDING_DIM]
         others["kNN (k=25)"] = ev.knn_predictor(emb[train], split.table.scores[train])(emb[test])
         others["logistic regression"] = logreg_predictor(X[train], split.table.scores[train], seed)(X[test])
-    return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others, seed)
+    return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others)
 
 
 def train_router(
@@ -265,7 +262,9 @@ def train_router(
     )
 
 
-def run_params(split: Split, features: FeatureSpec, model: DifficultyModel, test_size: float, seed: int) -> dict[str, Any]:
+def run_params(
+    split: Split, features: FeatureSpec, model: DifficultyModel, test_size: float, seed: int
+) -> dict[str, Any]:
     """Everything that defines a run, for MLflow."""
     return {
         **{f"model.{k}": v for k, v in model.get_params().items()},

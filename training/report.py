@@ -50,6 +50,8 @@ def format_table(result: EvalResult) -> str:
         f"Per category, at the cheapest knob setting that matches the top tier's overall quality "
         f"(target {result.per_category.attrs.get('target', float('nan')):.3f}):",
         "",
-        markdown_table(result.per_category.set_index("category"), {c: c for c in result.per_category.columns if c != "category"}),
+        markdown_table(
+            result.per_category.set_index("category"), {c: c for c in result.per_category.columns if c != "category"}
+        ),
     ]
     return "\n".join(lines)

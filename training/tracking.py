@@ -40,7 +40,12 @@ class TierwisePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,mi
         self.artifact = RouterArtifact.load(find_artifact(context.artifacts["router"]))
         self.embedder = make_embedder(self.artifact.features.embedder_id.rsplit(":", 1)[-1])
 
-    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+    def predict(  # noqa: D102 - pyfunc signature
+        self,
+        context: Any,  # noqa: ARG002 - required by mlflow.pyfunc
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,  # noqa: ARG002
+    ) -> pd.DataFrame:
         prompts = model_input["prompt"].astype(str).tolist()
         quality = self.artifact.predict_quality(prompts, self.embedder)
         cost = self.artifact.expected_cost(prompts)

@@ -63,9 +63,7 @@ def get_session(session_id: SessionPath, store: StoreDep, caller: Caller) -> Ses
 
 
 @router.post("/{session_id}/confirm", responses={403: {"description": "needs admin"}, 404: {}})
-def confirm_session(
-    session_id: SessionPath, req: ConfirmRequest, store: StoreDep, _: Admin
-) -> SessionResponse:
+def confirm_session(session_id: SessionPath, req: ConfirmRequest, store: StoreDep, _: Admin) -> SessionResponse:
     """Unfreeze a session with a new cap (admin scope)."""
     row = store.confirm(session_id, req.new_cap_usd)
     if row is None:

@@ -51,8 +51,8 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     table = pivot_log(make_log(200), tiers)
     spec = FeatureSpec(embedder_id=emb.id)
     X = featurize(list(table.prompts["prompt"]), spec, emb)
-    model = DifficultyModel(n_estimators=30, learning_rate=0.3, n_jobs=1).fit(X, table.scores, tiers.names)
-    art = RouterArtifact(model, spec, tiers, tokens_out={n: 100.0 for n in tiers.names})
+    model = DifficultyModel(n_estimators=30, learning_rate=0.3, num_leaves=15, colsample_bytree=1.0, n_jobs=1).fit(X, table.scores, tiers.names)
+    art = RouterArtifact(model, spec, tiers, tokens_out=dict.fromkeys(tiers.names, 100.0))
     return art.save(tmp_path_factory.mktemp("artifact"))
 
 
@@ -72,7 +72,9 @@ def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
 
 
 @pytest.fixture
-def client_factory(artifact_dir: Path, settings_factory: Callable[..., Settings]) -> Iterator[Callable[..., TestClient]]:
+def client_factory(
+    artifact_dir: Path, settings_factory: Callable[..., Settings]
+) -> Iterator[Callable[..., TestClient]]:
     """Start apps (lifespan included) on the trained artifact; all are closed at teardown."""
     opened: list[TestClient] = []
 

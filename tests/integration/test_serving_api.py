@@ -24,7 +24,7 @@ from tests.integration.conftest import (
 
 HARD = "hard question 1: omega sigma alpha beta gamma"
 EASY = "easy question 2: alpha beta gamma delta omega"
-C, O, A = bearer(CLIENT_KEY), bearer(OTHER_KEY), bearer(ADMIN_KEY)
+C, OTHER, A = bearer(CLIENT_KEY), bearer(OTHER_KEY), bearer(ADMIN_KEY)
 
 
 def metric(client: TestClient, name: str) -> float:
@@ -79,7 +79,9 @@ def test_route_bad_input(client_factory: Callable[..., TestClient], body: dict, 
 
 
 def test_non_finite_numbers_are_rejected(client: TestClient) -> None:
-    r = client.post("/route", content='{"prompt": "x", "max_cost_usd": NaN}', headers={**C, "content-type": "application/json"})
+    r = client.post(
+        "/route", content='{"prompt": "x", "max_cost_usd": NaN}', headers={**C, "content-type": "application/json"}
+    )
     assert r.status_code == 422
 
 
@@ -120,7 +122,9 @@ def test_auth_scopes(client: TestClient, method: str, path: str, headers: dict, 
 def test_no_keys_only_on_loopback(settings_factory: Callable[..., Settings], artifact_dir: Path, caplog) -> None:
     with pytest.raises(ValueError, match="keys are required"):
         create_app(settings=settings_factory(api_keys={}, host="0.0.0.0"))
-    app = create_app(settings=settings_factory(api_keys={}), model_source=LocalSource(artifact_dir), embedder=HashingEmbedder())
+    app = create_app(
+        settings=settings_factory(api_keys={}), model_source=LocalSource(artifact_dir), embedder=HashingEmbedder()
+    )
     assert "no API keys configured" in caplog.text
     with TestClient(app) as c:
         assert c.post("/route", json={"prompt": EASY}).status_code == 200
@@ -129,10 +133,10 @@ def test_no_keys_only_on_loopback(settings_factory: Callable[..., Settings], art
 def test_client_cannot_touch_another_clients_session(client: TestClient) -> None:
     assert client.put("/sessions/s1", json={"cap_usd": 1.0}, headers=C).status_code == 200
     assert client.get("/sessions/s1", headers=C).status_code == 200
-    assert client.get("/sessions/s1", headers=O).status_code == 403
-    assert client.put("/sessions/s1", json={"cap_usd": 9.0}, headers=O).status_code == 403
-    assert client.post("/route", json={"prompt": EASY, "session_id": "s1"}, headers=O).status_code == 403
-    assert client.post("/sessions/s1/confirm", json={"new_cap_usd": 2}, headers=O).status_code == 403
+    assert client.get("/sessions/s1", headers=OTHER).status_code == 403
+    assert client.put("/sessions/s1", json={"cap_usd": 9.0}, headers=OTHER).status_code == 403
+    assert client.post("/route", json={"prompt": EASY, "session_id": "s1"}, headers=OTHER).status_code == 403
+    assert client.post("/sessions/s1/confirm", json={"new_cap_usd": 2}, headers=OTHER).status_code == 403
     assert client.get("/sessions/s1", headers=A).status_code == 200
     assert client.get("/sessions/nope", headers=A).status_code == 404
 
@@ -206,7 +210,7 @@ def test_outcomes_bad_input(client: TestClient, body: dict, status: int) -> None
 
 def test_outcome_for_another_clients_decision_is_forbidden(client: TestClient) -> None:
     d = client.post("/route", json={"prompt": EASY}, headers=C).json()
-    r = client.post("/outcomes", json={"decision_id": d["decision_id"], "score": 1, "cost_usd": 0}, headers=O)
+    r = client.post("/outcomes", json={"decision_id": d["decision_id"], "score": 1, "cost_usd": 0}, headers=OTHER)
     assert r.status_code == 403
 
 
@@ -226,7 +230,9 @@ def test_outcomes_spool_while_store_is_down_and_replay(client: TestClient, tmp_p
     assert metric(client, "tierwise_outcome_store_errors_total") >= 3
     store.engine = good
     assert store.export_outcomes() == []
-    r = client.post("/outcomes", json={"outcome_id": "up-1", "prompt": HARD, "model": "large", "score": 0, "cost_usd": 0}, headers=C)
+    r = client.post(
+        "/outcomes", json={"outcome_id": "up-1", "prompt": HARD, "model": "large", "score": 0, "cost_usd": 0}, headers=C
+    )
     assert r.status_code == 201
     ids = sorted(o.prompt for o in store.export_outcomes())
     assert len(ids) == 3 and ids.count(EASY) == 1
@@ -256,7 +262,9 @@ def test_reload_swaps_tier_model(client: TestClient, tmp_path: Path) -> None:
     assert r.status_code == 200 and r.json()["tiers"][2]["model"] == "unused"
     after = client.post("/route", json={"prompt": HARD}, headers=C).json()
     assert after["model"] == "unused" and after["expected_cost_usd"] < hard["expected_cost_usd"]
-    (tmp_path / "tiers.toml").write_text("[[tiers]]\nname='other'\nmodel='small'\n[models.small]\ninput_per_1m=1\noutput_per_1m=1\n")
+    (tmp_path / "tiers.toml").write_text(
+        "[[tiers]]\nname='other'\nmodel='small'\n[models.small]\ninput_per_1m=1\noutput_per_1m=1\n"
+    )
     r = client.post("/admin/reload", headers=A)
     assert r.status_code == 409 and "retrain" in r.json()["detail"]
     assert client.post("/route", json={"prompt": HARD}, headers=C).json()["model"] == "unused"
@@ -326,6 +334,15 @@ def test_embedder_mismatch_refuses_to_load(settings_factory: Callable[..., Setti
 def test_openapi_lists_every_endpoint(client: TestClient) -> None:
     paths = set(client.get("/openapi.json").json()["paths"])
     assert paths >= {
-        "/route", "/route/batch", "/tiers", "/outcomes", "/sessions/{session_id}",
-        "/sessions/{session_id}/confirm", "/admin/reload", "/healthz", "/readyz", "/metrics", "/ping",
+        "/route",
+        "/route/batch",
+        "/tiers",
+        "/outcomes",
+        "/sessions/{session_id}",
+        "/sessions/{session_id}/confirm",
+        "/admin/reload",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/ping",
     }

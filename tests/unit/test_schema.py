@@ -86,8 +86,13 @@ def test_duplicates_are_averaged(tmp_path, tiers):
 
 
 def test_fusion_tier_is_priced_as_sum_of_parts():
-    data = {**TIERS_TOML, "tiers": [*TIERS_TOML["tiers"], {"name": "panel", "kind": "fusion",
-                                                          "members": ["small", "medium"], "judge": "large"}]}
+    data = {
+        **TIERS_TOML,
+        "tiers": [
+            *TIERS_TOML["tiers"],
+            {"name": "panel", "kind": "fusion", "members": ["small", "medium"], "judge": "large"},
+        ],
+    }
     cfg = parse_tiers(data)
     panel = cfg.tier("panel")
     assert panel.model == "fusion:panel"

@@ -1,0 +1,58 @@
+"""Fixtures on the shared real data (data/routerbench_subset, brought by `make data`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router.artifact import RouterArtifact
+from router.features import EmbeddingCache, FeatureSpec, make_embedder
+from router.model import DifficultyModel
+from router.schema import load_outcomes, load_tiers
+from training.pipeline import EvalResult, Split, evaluate_artifact, split_log, train_router
+
+ROOT = Path(__file__).resolve().parents[2]
+OUTCOMES = ROOT / "data" / "routerbench_subset" / "outcomes.parquet"
+TIERS = ROOT / "config" / "tiers.toml"
+CACHE = ROOT / ".cache"
+
+
+@dataclass
+class Trained:
+    split: Split
+    artifact: RouterArtifact
+    result: EvalResult
+    X_test: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def split() -> Split:
+    if not OUTCOMES.is_file():
+        pytest.skip(f"{OUTCOMES} is missing: run `make data` (quality tests need the shared RouterBench data)")
+    tiers = load_tiers(TIERS)
+    return split_log(load_outcomes(OUTCOMES, tiers), tiers, test_size=0.3, seed=0)
+
+
+def _train(split: Split, backend: str) -> Trained:
+    from router.features import featurize
+
+    embedder = make_embedder(backend, onnx_dir=CACHE / "onnx")
+    cache = EmbeddingCache(CACHE / "embeddings.sqlite")
+    features = FeatureSpec(embedder_id=embedder.id)
+    artifact = train_router(split, embedder, cache, features, DifficultyModel(random_state=0))
+    result = evaluate_artifact(artifact, split, embedder, cache, seed=0)
+    X_test = featurize(split.table.prompts["prompt"][split.test].tolist(), features, embedder, cache)
+    return Trained(split, artifact, result, X_test)
+
+
+@pytest.fixture(scope="session")
+def trained_int8(split: Split) -> Trained:
+    return _train(split, "onnx-int8")
+
+
+@pytest.fixture(scope="session")
+def trained_torch(split: Split) -> Trained:
+    return _train(split, "torch")
