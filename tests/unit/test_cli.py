@@ -1,0 +1,76 @@
+"""The CLI: one-line errors for bad input, and batch routing on a user's own log and tiers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from router.features import FeatureSpec
+from router.model import DifficultyModel
+from router.settings import get_settings
+from tests.conftest import HashingEmbedder, make_log
+from training import cli
+from training.pipeline import split_log, train_router
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def artifact_dir(tmp_path, tiers):
+    emb = HashingEmbedder()
+    split = split_log(make_log(150), tiers, 0.3, 0)
+    art = train_router(split, emb, None, FeatureSpec(embedder_id=emb.id), DifficultyModel(n_estimators=20))
+    return art.save(tmp_path / "artifact")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings(monkeypatch, tmp_path):
+    monkeypatch.setenv("TIERWISE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_train_names_the_bad_file_row_and_column(tmp_path):
+    log = make_log(5)
+    log.loc[3, "score"] = 7.0
+    path = tmp_path / "mine.csv"
+    log.to_csv(path, index=False)
+    tiers = tmp_path / "tiers.toml"
+    tiers.write_text('[[tiers]]\nname = "only"\nmodel = "small"\ninput_per_1m = 1\noutput_per_1m = 1\n')
+    res = runner.invoke(cli.app, ["train", "--outcomes", str(path), "--tiers", str(tiers)])
+    assert res.exit_code == 2
+    out = res.output.strip()
+    assert "mine.csv, row 4, column 'score'" in out and "Traceback" not in out
+
+
+def test_route_batch_writes_one_decision_per_prompt(tmp_path, artifact_dir, monkeypatch):
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    batch = tmp_path / "prompts.jsonl"
+    batch.write_text("\n".join(json.dumps({"prompt_id": f"q{i}", "prompt": f"hard question {i}"}) for i in range(5)))
+    out = tmp_path / "decisions.jsonl"
+    res = runner.invoke(
+        cli.app,
+        ["route", "--batch", str(batch), "--out", str(out), "--model-uri", str(artifact_dir), "--tiers", "none"],
+    )
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt_id"] for r in rows] == [f"q{i}" for i in range(5)]
+    for r in rows:
+        assert set(r) >= {"prompt_id", "tier", "model", "predicted_quality", "expected_cost_usd"}
+        assert set(r["predicted_quality"]) == {"main", "mid", "brain"}
+
+
+def test_route_batch_bad_line(tmp_path, artifact_dir):
+    batch = tmp_path / "prompts.jsonl"
+    batch.write_text('{"prompt_id": "a", "prompt": "ok"}\n{"prompt_id": "b"}\n')
+    res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--model-uri", str(artifact_dir)])
+    assert res.exit_code == 2 and "prompts.jsonl, row 2, column 'prompt'" in res.output
+
+
+def test_route_without_a_registered_model_says_what_to_do(tmp_path):
+    res = runner.invoke(cli.app, ["route", "hello"])
+    assert res.exit_code == 2 and "make train" in res.output

@@ -1,0 +1,49 @@
+"""RouterBench importer: the native wide format becomes the long outcome log."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from router.schema import OutcomeLogError
+from router.settings import Settings
+from training.importers import import_routerbench, import_routerbench_frame
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_wide_frame_to_long_rows():
+    wide = pd.DataFrame(
+        {
+            "sample_id": ["arc.1", "arc.2"],
+            "prompt": ["['Q1?']", "['Q2?', 'Q2?']"],
+            "eval_name": ["arc-challenge", "arc-challenge"],
+            "m1": [1.0, 0.0],
+            "m2": [0.0, None],
+            "m1|total_cost": [0.1, 0.2],
+            "m2|total_cost": [1.0, 2.0],
+            "m1|model_response": ["A", "B"],
+        }
+    )
+    long = import_routerbench_frame(wide)
+    assert len(long) == 3  # the missing m2 score is dropped
+    assert set(long.columns) == {"prompt_id", "prompt", "model", "score", "cost_usd", "category"}
+    assert long.loc[long.prompt_id.str.startswith("arc.2"), "prompt"].iloc[0] == "Q2?"  # twin copies collapse
+    with pytest.raises(OutcomeLogError, match="not a RouterBench table"):
+        import_routerbench_frame(wide.drop(columns=["eval_name"]))
+
+
+def test_raw_routerbench_files_reproduce_the_staged_log():
+    raw = sorted((Settings().data_dir / "routerbench_subset" / "raw").glob("*.csv.gz"))
+    staged = ROOT / "data" / "routerbench_subset" / "outcomes.parquet"
+    if not raw or not staged.is_file():
+        pytest.skip("the raw RouterBench CSVs (TIERWISE_DATA_DIR/routerbench_subset/raw) or `make data` are missing")
+    ours = import_routerbench(raw)
+    ref = pd.read_parquet(staged, columns=["prompt_id", "model", "prompt", "score", "cost_usd", "category"])
+    merged = ours.merge(ref, on=["prompt_id", "model"], suffixes=("", "_ref"), validate="one_to_one")
+    assert len(ours) == len(ref) == len(merged) == 34804
+    for col in ("prompt", "score", "category"):
+        assert (merged[col] == merged[f"{col}_ref"]).all(), col
+    assert (merged["cost_usd"] - merged["cost_usd_ref"]).abs().max() < 1e-12

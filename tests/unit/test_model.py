@@ -1,0 +1,79 @@
+"""DifficultyModel follows scikit-learn conventions and learns the generated difficulty."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router.artifact import RouterArtifact
+from router.features import EmbedderMismatch, EmbeddingCache, FeatureSpec, embed_cached, featurize, text_window
+from router.model import DifficultyModel, NotFittedError
+from training.pipeline import pivot_log
+
+
+def _data(outcome_log, tiers, embedder):
+    table = pivot_log(outcome_log, tiers)
+    X = featurize(table.prompts["prompt"].tolist(), FeatureSpec(embedder_id=embedder.id), embedder)
+    return table, X
+
+
+def test_init_stores_params_and_predict_before_fit_raises():
+    m = DifficultyModel(n_estimators=7, random_state=3)
+    assert m.get_params()["n_estimators"] == 7 and not hasattr(m, "boosters_")
+    with pytest.raises(NotFittedError):
+        m.predict_quality(np.zeros((1, 4)))
+
+
+@pytest.mark.parametrize("calibration", ["none", "isotonic"])
+def test_learns_which_tier_a_prompt_needs(outcome_log, tiers, embedder, calibration):
+    table, X = _data(outcome_log, tiers, embedder)
+    m = DifficultyModel(n_estimators=60, learning_rate=0.2, num_leaves=7, colsample_bytree=1.0, calibration=calibration)
+    assert m.fit(X, table.scores, tiers.names) is m
+    pred = m.predict_quality(X)
+    kinds = table.prompts["category"].to_numpy()
+    assert pred.shape == (len(X), 3) and (pred >= 0).all() and (pred <= 1).all()
+    # hard prompts: the cheap tier is predicted to fail and the brain tier to succeed
+    assert pred[kinds == "hard", 0].mean() < 0.3 < 0.7 < pred[kinds == "hard", 2].mean()
+    assert pred[kinds == "easy", 0].mean() > 0.7
+
+
+def test_graded_scores_and_missing_outcomes(outcome_log, tiers, embedder):
+    table, X = _data(outcome_log, tiers, embedder)
+    Y = table.scores * 0.8 + 0.1
+    Y[::3, 1] = np.nan  # one tier is missing for a third of the prompts
+    pred = DifficultyModel(n_estimators=20).fit(X, Y, tiers.names).predict_quality(X)
+    assert np.isfinite(pred).all()
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        DifficultyModel().fit(X, Y + 1, tiers.names)
+
+
+def test_save_load_round_trip(tmp_path, outcome_log, tiers, embedder):
+    table, X = _data(outcome_log, tiers, embedder)
+    m = DifficultyModel(n_estimators=20, calibration="isotonic").fit(X, table.scores, tiers.names)
+    art = RouterArtifact(m, FeatureSpec(embedder_id=embedder.id), tiers, {"main": 1.0, "mid": 2.0, "brain": 3.0})
+    loaded = RouterArtifact.load(art.save(tmp_path / "art"))
+    prompts = table.prompts["prompt"].tolist()[:10]
+    np.testing.assert_allclose(loaded.predict_quality(prompts, embedder), art.predict_quality(prompts, embedder))
+    assert loaded.tiers.names == tiers.names and loaded.features == art.features
+    cost = loaded.expected_cost(prompts)
+    assert cost.shape == (10, 3) and (np.diff(cost, axis=1) > 0).all()
+
+
+def test_embedding_cache_never_reembeds(tmp_path, embedder):
+    cache = EmbeddingCache(tmp_path / "emb.sqlite")
+    texts = ["a b c", "d e f", "a b c"]
+    first = embed_cached(embedder, texts, cache)
+    calls = embedder.calls
+    second = embed_cached(embedder, [*texts, "new text"], cache)
+    assert embedder.calls == calls + 1
+    np.testing.assert_array_equal(first, second[:3])
+
+
+def test_features_refuse_another_embedder(embedder):
+    with pytest.raises(EmbedderMismatch, match="trained with embedder"):
+        featurize(["x"], FeatureSpec(embedder_id="other:torch"), embedder)
+
+
+def test_text_window_takes_the_normalised_tail():
+    assert text_window("  a \n\n b   c ", None) == "a b c"
+    assert text_window("x" * 50 + " question?", 9) == "question?"
