@@ -51,7 +51,9 @@ def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     table = pivot_log(make_log(200), tiers)
     spec = FeatureSpec(embedder_id=emb.id)
     X = featurize(list(table.prompts["prompt"]), spec, emb)
-    model = DifficultyModel(n_estimators=30, learning_rate=0.3, num_leaves=15, colsample_bytree=1.0, n_jobs=1).fit(X, table.scores, tiers.names)
+    model = DifficultyModel(n_estimators=30, learning_rate=0.3, num_leaves=15, colsample_bytree=1.0, n_jobs=1).fit(
+        X, table.scores, tiers.names
+    )
     art = RouterArtifact(model, spec, tiers, tokens_out=dict.fromkeys(tiers.names, 100.0))
     return art.save(tmp_path_factory.mktemp("artifact"))
 
