@@ -104,13 +104,23 @@ def decide(
     min_tier: int = 0,
     max_cost_usd: float | None = None,
     budget_usd: float | None = None,
+    cost_weight: float | None = None,
 ) -> Decision:
-    """Route one prompt: the cheapest sufficient tier, then the request's overrides and budget.
+    """Route one prompt: the cheapest sufficient tier (or, with `cost_weight` = λ per USD, the tier
+    maximising predicted quality − λ·cost), then the request's overrides and budget.
 
     Raises NoTierFits when the constraints exclude every tier.
     """
     q, c = np.asarray(quality, dtype=float), np.asarray(cost, dtype=float)
-    free = int(cheapest_sufficient(q, c, target)[0])
+
+    def choose(qm: np.ndarray, cm: np.ndarray) -> int:
+        if cost_weight is None:
+            return int(cheapest_sufficient(qm, cm, target)[0])
+        allowed = np.isfinite(cm)
+        utility = np.where(allowed, qm - cost_weight * np.where(allowed, cm, 0.0), -np.inf)
+        return int(np.argmax(utility))
+
+    free = choose(q, c)
     unbudgeted = allowed_tiers(c, min_tier, max_cost_usd)
     mask = unbudgeted & allowed_tiers(c, budget_usd=budget_usd)
     if not mask.any():
@@ -122,9 +132,14 @@ def decide(
         if budget_usd is not None:
             why.append(f"remaining budget ${budget_usd:.6g}")
         raise NoTierFits(f"no tier fits {' and '.join(why)}")
-    pick = int(cheapest_sufficient(np.where(mask, q, -np.inf), np.where(mask, c, np.inf), target)[0])
+    pick = choose(np.where(mask, q, -np.inf), np.where(mask, c, np.inf))
     if pick == free:
-        if q[pick] >= target:
+        if cost_weight is not None:
+            reason = (
+                f"{names[pick]} maximises predicted quality - {cost_weight:.6g} x cost "
+                f"({q[pick]:.2f} at ${c[pick]:.6g})"
+            )
+        elif q[pick] >= target:
             reason = f"{names[pick]} is the cheapest tier predicted to reach the target {target:.2f} ({q[pick]:.2f})"
         else:
             reason = (

@@ -44,16 +44,17 @@ def _decide_all(
     min_tier: int,
     max_cost_usd: float | None,
     budget_usd: float | None,
+    cost_weight: float | None = None,
 ) -> list[Decision] | None:
     """One decision per prompt, spending down `budget_usd`; None when the budget covers no allowed tier."""
     names = rt.tiers.names
     out = []
     for q, c in zip(quality, cost, strict=True):
         try:
-            d = decide(q, c, names, target, min_tier, max_cost_usd, budget_usd)
+            d = decide(q, c, names, target, min_tier, max_cost_usd, budget_usd, cost_weight)
         except NoTierFits:
             # Raises NoTierFits (a 422) when the request's own constraints exclude every tier.
-            decide(q, c, names, target, min_tier, max_cost_usd)
+            decide(q, c, names, target, min_tier, max_cost_usd, cost_weight=cost_weight)
             return None
         out.append(d)
         if budget_usd is not None:
@@ -101,7 +102,7 @@ def route(
 
     session: SessionRow | None = None
     if opts.session_id is None:
-        decided = _decide_all(rt, quality, cost, target, min_tier, opts.max_cost_usd, None)
+        decided = _decide_all(rt, quality, cost, target, min_tier, opts.max_cost_usd, None, opts.cost_weight_per_usd)
         assert decided is not None
         rows = rows_for(decided, None)
         store.record_decisions(rows)
@@ -112,7 +113,14 @@ def route(
                 decided = None
             else:
                 decided = _decide_all(
-                    rt, quality, cost, target, min_tier, opts.max_cost_usd, locked.row.budget_left_usd
+                    rt,
+                    quality,
+                    cost,
+                    target,
+                    min_tier,
+                    opts.max_cost_usd,
+                    locked.row.budget_left_usd,
+                    opts.cost_weight_per_usd,
                 )
                 if decided is None:
                     locked.freeze()

@@ -21,6 +21,11 @@ class RouteOptions(Strict):
     quality_target: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = Field(
         None, description="predicted quality the chosen tier must reach; the service default when absent"
     )
+    cost_weight_per_usd: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
+        None,
+        description="the cost–quality knob λ: pick the tier maximising predicted quality − λ·expected cost "
+        "instead of the cheapest tier that reaches quality_target",
+    )
     min_tier: Annotated[int, Field(ge=0)] | str | None = Field(None, description="tier name or index")
     max_cost_usd: Usd | None = None
     metadata: dict[str, Any] | None = None

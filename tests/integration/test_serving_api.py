@@ -45,6 +45,14 @@ def test_route_answers_with_tier_reason_and_version(client: TestClient) -> None:
     assert easy["tier"] == "main" and easy["expected_cost_usd"] < body["expected_cost_usd"]
 
 
+def test_route_with_the_cost_weight_knob(client: TestClient) -> None:
+    cheap = client.post("/route", json={"prompt": HARD, "cost_weight_per_usd": 1e9}, headers=C).json()
+    assert cheap["tier"] == "main" and "maximises" in cheap["reason"]
+    best = client.post("/route", json={"prompt": HARD, "cost_weight_per_usd": 0}, headers=C).json()
+    assert best["tier"] == "brain"
+    assert client.post("/route", json={"prompt": HARD, "cost_weight_per_usd": -1}, headers=C).status_code == 422
+
+
 def test_route_overrides(client: TestClient) -> None:
     r = client.post("/route", json={"prompt": EASY, "min_tier": "mid"}, headers=C).json()
     assert r["tier"] == "mid" and "min_tier" in r["reason"]

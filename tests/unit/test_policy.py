@@ -80,3 +80,13 @@ def test_decide_overrides_and_reasons():
         decide(q, c, NAMES, 0.8, budget_usd=0.5)
     with pytest.raises(NoTierFits, match="min_tier brain"):
         decide(q, c, NAMES, 0.8, min_tier=2, max_cost_usd=10)
+
+
+def test_decide_with_the_cost_weight_knob():
+    q, c = [0.5, 0.8, 0.9], [0.0, 0.01, 0.1]
+    assert decide(q, c, NAMES, 0.99, cost_weight=0.0).tier_index == 2
+    d = decide(q, c, NAMES, 0.99, cost_weight=10.0)
+    assert d.tier_index == 1 and "maximises" in d.reason
+    assert decide(q, c, NAMES, 0.99, cost_weight=1000.0).tier_index == 0
+    assert decide(q, c, NAMES, 0.99, cost_weight=1000.0, min_tier=1).tier_index == 1
+    assert decide(q, c, NAMES, 0.99, cost_weight=0.0, max_cost_usd=0.05).tier_index == 1
