@@ -48,16 +48,24 @@ def target_for_top_share(quality: np.ndarray, cost: np.ndarray, share: float) ->
     return float(candidates[int(np.argmin(np.abs(shares - share)))])
 
 
-def lambda_for_cost(quality: np.ndarray, cost: np.ndarray, target_cost_usd: float, iters: int = 60) -> float:
-    """The smallest knob lam whose mean chosen cost is at most `target_cost_usd` (bisection).
+def lambda_for_cost(
+    quality: np.ndarray,
+    cost: np.ndarray,
+    target_cost_usd: float,
+    realised_cost: np.ndarray | None = None,
+    iters: int = 60,
+) -> float:
+    """The smallest knob lam whose mean cost is at most `target_cost_usd` (bisection on a log scale).
 
-    Mean cost is non-increasing in lam, so bisection on a log scale finds the boundary.
+    Decisions use the expected `cost`; the spend is measured on `realised_cost` when given (the
+    logged costs of held-out prompts), else on the expected cost.
     """
     quality, cost = np.atleast_2d(quality), np.atleast_2d(cost)
+    paid = cost if realised_cost is None else np.atleast_2d(realised_cost)
     rows = np.arange(len(quality))
 
     def spend(lam: float) -> float:
-        return float(cost[rows, tradeoff(quality, cost, lam)].mean())
+        return float(paid[rows, tradeoff(quality, cost, lam)].mean())
 
     if spend(0.0) <= target_cost_usd:
         return 0.0

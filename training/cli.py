@@ -167,6 +167,51 @@ def evaluate(
     typer.echo(format_table(result))
 
 
+@app.command()
+def calibrate(
+    top_share: Annotated[float | None, typer.Option(help="wanted share of prompts on the top tier, 0..1")] = None,
+    mean_cost_usd: Annotated[float | None, typer.Option(help="wanted mean cost per prompt, USD")] = None,
+    model_uri: ModelUriOpt = None,
+    outcomes: OutcomesOpt = None,
+    tiers: TiersOpt = None,
+) -> None:
+    """Calibrate the knob on the held-out prompts: a quality target for a top-tier share, or λ for a mean cost."""
+    from router import evaluate as ev
+    from router.features import featurize
+    from router.policy import cheapest_sufficient, lambda_for_cost, target_for_top_share, tradeoff
+    from training.pipeline import split_log
+
+    if (top_share is None) == (mean_cost_usd is None):
+        _fail("give exactly one of --top-share or --mean-cost-usd")
+    if top_share is not None and not 0 <= top_share <= 1:
+        _fail("--top-share must be in [0, 1]")
+    _setup_logging()
+    s = _settings(outcomes_path=outcomes, tiers_path=tiers)
+    artifact = _load_artifact(s, model_uri)
+    tier_cfg, log = _load_inputs(s, False)
+    split = split_log(log, tier_cfg, s.test_size, s.seed)
+    sel = split.test & np.isfinite(split.table.scores).all(axis=1)
+    prompts = split.table.prompts["prompt"][sel].tolist()
+    embedder = make_embedder(backend_of(artifact.features.embedder_id), onnx_dir=s.cache_dir / "onnx")
+    cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
+    pred = artifact.model.predict_quality(featurize(prompts, artifact.features, embedder, cache))
+    cost = artifact.expected_cost(prompts)
+    if top_share is not None:
+        knob = target_for_top_share(pred, cost, top_share)
+        choice, setting = cheapest_sufficient(pred, cost, knob), f"TIERWISE_QUALITY_TARGET={knob:.4f}"
+    else:
+        try:
+            knob = lambda_for_cost(pred, cost, float(mean_cost_usd or 0.0), split.table.costs[sel])
+        except ValueError as exc:
+            _fail(str(exc))
+        choice, setting = tradeoff(pred, cost, knob), f'"cost_weight_per_usd": {knob:.6g} in /route'
+    real_cost, real_q = ev.realised(choice, split.table.scores[sel], split.table.costs[sel])
+    shares = ", ".join(f"{n} {(choice == j).mean():.1%}" for j, n in enumerate(tier_cfg.names))
+    typer.echo(
+        f"{setting}\non {sel.sum()} held-out prompts: quality {real_q:.4f}, mean cost ${real_cost:.6g}; {shares}"
+    )
+
+
 def _read_batch(path: Path) -> list[dict[str, str]]:
     rows = []
     with path.open() as fh:

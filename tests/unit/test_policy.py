@@ -90,3 +90,14 @@ def test_decide_with_the_cost_weight_knob():
     assert decide(q, c, NAMES, 0.99, cost_weight=1000.0).tier_index == 0
     assert decide(q, c, NAMES, 0.99, cost_weight=1000.0, min_tier=1).tier_index == 1
     assert decide(q, c, NAMES, 0.99, cost_weight=0.0, max_cost_usd=0.05).tier_index == 1
+
+
+def test_lambda_for_cost_can_measure_spend_on_realised_costs():
+    rng = np.random.default_rng(3)
+    q = np.sort(rng.random((400, 3)), axis=1)
+    expected = np.tile(COST, (400, 1))
+    realised = expected * np.array([1.0, 1.0, 1.5])  # the top tier costs 50% more than estimated
+    lam = lambda_for_cost(q, expected, 10.0, realised_cost=realised)
+    spent = realised[np.arange(400), tradeoff(q, expected, lam)].mean()
+    assert spent <= 10.0 + 1e-9
+    assert lam > lambda_for_cost(q, expected, 10.0)
