@@ -15,6 +15,7 @@ from router import evaluate as ev
 from router.artifact import RouterArtifact, estimate_tokens_out
 from router.features import EMBEDDING_DIM, Embedder, EmbeddingCache, FeatureSpec, featurize, normalize_text
 from router.model import DifficultyModel
+from router.policy import tradeoff
 from router.schema import TiersConfig
 
 logger = logging.getLogger(__name__)
@@ -168,10 +169,14 @@ def _slug(name: str) -> str:
 def per_category(
     P: np.ndarray, PC: np.ndarray, S: np.ndarray, C: np.ndarray, cats: np.ndarray, names: list[str], top_q: float
 ) -> pd.DataFrame:
-    """Per category, at the least-cost target whose overall quality matches the top tier's."""
+    """Per category, at the cheapest knob setting whose overall quality reaches 95% of the top tier's.
+
+    The setting is read off the held-out curve, like the curve metrics; `tierwise calibrate` picks
+    one for serving.
+    """
     top = int(np.argmax(C.mean(axis=0)))
-    target = _target_matching(P, PC, S, C, top_q)
-    choice = ev.cheapest_sufficient(P, PC, target)
+    lam = _lambda_reaching(P, PC, S, C, 0.95 * top_q)
+    choice = tradeoff(P, PC, lam)
     rows = []
     for cat in sorted(set(cats)):
         m = cats == cat
@@ -186,18 +191,19 @@ def per_category(
         row.update({f"share_{n}": float((choice[m] == j).mean()) for j, n in enumerate(names)})
         rows.append(row)
     out = pd.DataFrame(rows)
-    out.attrs["target"] = target
+    out.attrs["lambda"] = lam
     return out
 
 
-def _target_matching(P: np.ndarray, PC: np.ndarray, S: np.ndarray, C: np.ndarray, quality: float) -> float:
-    """The cheapest target in a grid of prediction quantiles whose realised quality reaches `quality`."""
-    best_t, best_c = 1.0 + 1e-9, np.inf
-    for t in np.quantile(P, np.linspace(0, 1, 201)):
-        c, q = ev.realised(ev.cheapest_sufficient(P, PC, t), S, C)
+def _lambda_reaching(P: np.ndarray, PC: np.ndarray, S: np.ndarray, C: np.ndarray, quality: float) -> float:
+    """The knob λ in a log grid with the least realised cost whose realised quality reaches `quality`."""
+    scale = float(np.median(PC[PC > 0])) if (PC > 0).any() else 1.0
+    best_lam, best_c = 0.0, np.inf
+    for lam in np.concatenate([-np.logspace(-4, 4, 161)[::-1], [0.0], np.logspace(-4, 4, 161)]) / scale:
+        c, q = ev.realised(tradeoff(P, PC, float(lam)), S, C)
         if q >= quality and c < best_c:
-            best_t, best_c = float(t), c
-    return best_t
+            best_lam, best_c = float(lam), c
+    return best_lam
 
 
 @dataclass(frozen=True)

@@ -47,8 +47,8 @@ def format_table(result: EvalResult) -> str:
         "",
         markdown_table(result.table, COLUMNS),
         "",
-        f"Per category, at the cheapest knob setting that matches the top tier's overall quality "
-        f"(target {result.per_category.attrs.get('target', float('nan')):.3f}):",
+        "Per category, at the cheapest knob setting whose overall quality reaches 95% of the top tier's "
+        f"(λ = {result.per_category.attrs.get('lambda', float('nan')):.4g} per USD):",
         "",
         markdown_table(
             result.per_category.set_index("category"), {c: c for c in result.per_category.columns if c != "category"}
