@@ -74,3 +74,34 @@ def test_route_batch_bad_line(tmp_path, artifact_dir):
 def test_route_without_a_registered_model_says_what_to_do(tmp_path):
     res = runner.invoke(cli.app, ["route", "hello"])
     assert res.exit_code == 2 and "make train" in res.output
+
+
+def test_from_store_adds_the_service_outcomes(tmp_path, tiers):
+    from serving.store import OutcomeRow, Store
+
+    log_path = tmp_path / "log.parquet"
+    make_log(30).to_parquet(log_path)
+    tiers_path = tmp_path / "tiers.toml"
+    tiers_path.write_text(
+        "\n".join(
+            [f'[[tiers]]\nname = "{t.name}"\nmodel = "{t.model}"\n' for t in tiers.tiers]
+            + [
+                f'[models."{m}"]\ninput_per_1m = {p.input_per_1m}\noutput_per_1m = {p.output_per_1m}\n'
+                for m, p in tiers.models.items()
+            ]
+        )
+    )
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store(url)
+    store.migrate()
+    store.record_outcomes(
+        [
+            OutcomeRow(id=f"o{i}", prompt="brand new prompt  from production", model=m, score=1.0, cost_usd=0.01)
+            for i, m in enumerate(["small", "large"])
+        ]
+    )
+    settings = cli._settings(outcomes_path=log_path, tiers_path=tiers_path, database_url=url)
+    _, log = cli._load_inputs(settings, from_store=True)
+    added = log[log["prompt"] == "brand new prompt  from production"]
+    assert len(log) == 30 * 3 + 2
+    assert sorted(added["model"]) == ["large", "small"] and added["prompt_id"].nunique() == 1
