@@ -21,6 +21,8 @@ COLUMNS = {
 
 
 def _fmt(v: float) -> str:
+    if float(v).is_integer() and abs(v) >= 10:
+        return str(int(v))
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "–"
     if np.isinf(v):

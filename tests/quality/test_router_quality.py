@@ -1,8 +1,8 @@
 """Quality floors on the shared RouterBench data, measured with a margin (numbers in the README).
 
 Measured 2026-11-25 on config/tiers.toml (main = mistral-7b, mid = Yi-34B, brain = gpt-4), 949
-held-out prompts: router AIQ 0.815 vs random mix 0.804; 95% of gpt-4's quality at 42% of its cost;
-quality 0.848 at half of gpt-4's cost; ECE 0.02.
+held-out prompts, onnx-int8: router AIQ 0.815 vs random mix 0.804 and kNN 0.801; 95% of gpt-4's quality
+at 44% of its cost; quality 0.845 (96% of gpt-4's 0.880) at half of its cost; ECE 0.019.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def test_router_reaches_near_top_quality_at_a_fraction_of_its_cost(trained_int8)
     row = trained_int8.result.table.loc["router"]
     top_q = trained_int8.result.metrics["top_quality"]
     assert row["cost_for_95pct_top_pct"] <= 50.0
-    assert row["quality_at_half_top_cost"] >= 0.955 * top_q
+    assert row["quality_at_half_top_cost"] >= 0.95 * top_q
     assert row["max_quality"] >= top_q - 1e-9
     assert row["ECE"] <= 0.05
 
