@@ -242,7 +242,8 @@ def _read_table(path: Path) -> pd.DataFrame:
     raise OutcomeLogError(path, f"unsupported format '{suffix}': use .parquet, .csv or .jsonl")
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
+def read_jsonl_objects(path: Path) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line; a bad line raises OutcomeLogError naming it."""
     records = []
     with path.open() as fh:
         for lineno, line in enumerate(fh, start=1):
@@ -254,8 +255,12 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
                 raise OutcomeLogError(path, f"invalid JSON: {exc.msg}", row=lineno) from None
             if not isinstance(rec, dict):
                 raise OutcomeLogError(path, "each line must be a JSON object", row=lineno)
-            records.append(rec)
-    return pd.DataFrame.from_records(records)
+            records.append((lineno, rec))
+    return records
+
+
+def _read_jsonl(path: Path) -> pd.DataFrame:
+    return pd.DataFrame.from_records([rec for _, rec in read_jsonl_objects(path)])
 
 
 def _first_bad(path: Path, mask: pd.Series, column: str, message: str) -> None:

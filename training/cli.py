@@ -17,7 +17,7 @@ from router.artifact import RouterArtifact
 from router.features import EmbeddingCache, FeatureSpec, backend_of, make_embedder
 from router.model import DifficultyModel
 from router.policy import decide
-from router.schema import OutcomeLogError, TiersConfigError, load_outcomes, load_tiers
+from router.schema import OutcomeLogError, TiersConfigError, load_outcomes, load_tiers, read_jsonl_objects
 from router.settings import Settings, get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="tierwise: a learned LLM router.")
@@ -213,18 +213,15 @@ def calibrate(
 
 
 def _read_batch(path: Path) -> list[dict[str, str]]:
+    try:
+        records = read_jsonl_objects(path)
+    except (OSError, OutcomeLogError) as exc:
+        _fail(str(exc))
     rows = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                _fail(f"{path}, row {lineno}: invalid JSON: {exc.msg}")
-            if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
-                _fail(f"{path}, row {lineno}, column 'prompt': expected an object with a non-empty prompt")
-            rows.append({"prompt_id": str(rec.get("prompt_id", lineno)), "prompt": rec["prompt"]})
+    for lineno, rec in records:
+        if not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
+            _fail(f"{path}, row {lineno}, column 'prompt': expected an object with a non-empty prompt")
+        rows.append({"prompt_id": str(rec.get("prompt_id", lineno)), "prompt": rec["prompt"]})
     if not rows:
         _fail(f"{path}: no prompts")
     return rows
