@@ -5,10 +5,15 @@ from __future__ import annotations
 import uvicorn
 
 from router.settings import get_settings
+from serving.store import Store
 
 
 def main() -> None:
     settings = get_settings()
+    # Migrate once here, before uvicorn forks its workers: concurrent first-time migrations race.
+    store = Store(settings.database_url)
+    store.migrate()
+    store.dispose()
     uvicorn.run(
         "serving.app:create_app",
         factory=True,
