@@ -23,7 +23,9 @@ def cost_quality_figure(curves: Mapping[str, Curve], top_cost: float) -> Figure:
             ax.scatter(x, curve.quality, s=50, zorder=3, label=name)
             continue
         hc, hq = upper_hull(curve.cost, curve.quality)
-        line = ax.plot(hc / top_cost * 100, hq, lw=2 if name == "router" else 1.2, label=name)[0]
+        # Sample the hull densely: on a log axis a straight segment would be drawn as a curve.
+        xs = np.geomspace(max(hc[0], 1e-12), hc[-1], 400) if hc[-1] > hc[0] else hc
+        line = ax.plot(xs / top_cost * 100, np.interp(xs, hc, hq), lw=2 if name == "router" else 1.2, label=name)[0]
         ax.scatter(x, curve.quality, s=4, alpha=0.3, color=line.get_color())
     ax.set_xlabel("mean cost per prompt, % of the top tier's")
     ax.set_ylabel("mean quality (realised score)")
