@@ -15,36 +15,36 @@ from serving.security import Principal, require_admin
 from serving.store import Store
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings  # type: ignore[no-any-return]
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     runtime: Runtime | None = request.app.state.runtime
     if runtime is None:
         raise NotReady(f"no model loaded yet: {request.app.state.load_error or 'loading'}")
     return runtime
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     return request.app.state.store  # type: ignore[no-any-return]
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics  # type: ignore[no-any-return]
 
 
-def get_recorder(request: Request) -> OutcomeRecorder:
+async def get_recorder(request: Request) -> OutcomeRecorder:
     return request.app.state.recorder  # type: ignore[no-any-return]
 
 
-def get_principal(
+async def get_principal(
     request: Request, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
 ) -> Principal:
     return request.app.state.keys.authenticate(authorization)  # type: ignore[no-any-return]
 
 
-def get_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
+async def get_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     return require_admin(principal)
 
 
