@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from bench import serve_load
+from bench import serve_load, wrk
 from bench.common import REPO, load_avg, summarize_ms, tree_cpu_seconds
 from router.settings import Settings
 
@@ -119,7 +119,10 @@ def _measure(
     """One serve_load measurement plus the CPU the server and this load generator burnt during it."""
     offset = log_path.stat().st_size
     server0, me0, t0 = tree_cpu_seconds(proc.pid), resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
-    result: dict[str, Any] = asyncio.run(serve_load.measure(url, method, path, body, concurrency, seconds, {}))
+    if wrk.available():
+        result: dict[str, Any] = wrk.measure(url, method, path, body, concurrency, seconds)
+    else:
+        result = asyncio.run(serve_load.measure(url, method, path, body, concurrency, seconds, {}))
     wall = time.perf_counter() - t0
     me1 = resource.getrusage(resource.RUSAGE_SELF)
     result["server_cpu_cores"] = round((tree_cpu_seconds(proc.pid) - server0) / wall, 2)
@@ -170,7 +173,9 @@ def run(database_url: str, seconds: float, levels: list[int], label: str) -> dic
         "router_version": ready.get("router_version"),
         "seconds_per_level": seconds,
         "prompt_chars": len(serve_load.PROMPT),
-        "load_generator": "bench/serve_load.py measure(): asyncio + httpx closed loop, in this process",
+        "load_generator": "wrk -t1 (installed)"
+        if wrk.available()
+        else "bench/serve_load.py: asyncio + httpx, in this process",
         "notes": [
             "The load generator runs on the same 2 cores as the server: loadgen_cpu_cores + server_cpu_cores "
             "is capped near nproc, so req/s at c=8/32 is a floor for the server alone.",
