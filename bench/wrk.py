@@ -27,7 +27,7 @@ def _ms(text: str) -> float:
 
 def parse(output: str) -> dict[str, Any]:
     """p50/p99 latency, req/s and errors from `wrk --latency` output."""
-    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, flags=re.M))
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", output, flags=re.M))
     rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, flags=re.M)
     reqs = re.search(r"(\d+) requests in", output)
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
@@ -52,7 +52,8 @@ def measure(url: str, method: str, path: str, body: Any, concurrency: int, secon
         if body is not None:
             lines += [f"wrk.body = {json.dumps(json.dumps(body))}", 'wrk.headers["Content-Type"] = "application/json"']
         script.write_text("\n".join(lines) + "\n")
-        cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency", "-s", str(script)]
+        cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "30s", "--latency"]
+        cmd += ["-s", str(script)]
         out = subprocess.run([*cmd, url + path], capture_output=True, text=True, check=True, timeout=seconds + 60)
     result = parse(out.stdout)
     result.update(concurrency=concurrency, load_generator="wrk -t1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -38,6 +39,11 @@ def _fail(message: str) -> None:
 def _settings(**overrides: Any) -> Settings:
     base = get_settings()
     return base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+
+
+def _embedder(s: Settings, backend: str) -> Any:
+    """The embedder for offline work (training, evaluation, bulk routing): every core, unlike serving."""
+    return make_embedder(backend, onnx_dir=s.cache_dir / "onnx", num_threads=os.cpu_count())
 
 
 def _setup_logging() -> None:
@@ -84,7 +90,7 @@ def train(
     s = _settings(outcomes_path=outcomes, tiers_path=tiers, test_size=test_size, seed=seed)
     tier_cfg, log = _load_inputs(s, from_store)
     split = split_log(log, tier_cfg, s.test_size, s.seed)
-    embedder = make_embedder(s.embedder, onnx_dir=s.cache_dir / "onnx")
+    embedder = _embedder(s, s.embedder)
     cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
     features = FeatureSpec(embedder_id=embedder.id, tail_chars=s.tail_chars, text_features=s.text_features)
     model = DifficultyModel(calibration=s.calibration, random_state=s.seed)
@@ -123,7 +129,7 @@ def _champion_aiq(s: Settings, split: Any, cache: EmbeddingCache) -> float | Non
             "the champion routes tiers %s, this run %s: it cannot be compared", champ.tier_names, split.tiers.names
         )
         return None
-    embedder = make_embedder(backend_of(champ.features.embedder_id), onnx_dir=s.cache_dir / "onnx")
+    embedder = _embedder(s, backend_of(champ.features.embedder_id))
     result = evaluate_artifact(champ, split, embedder, cache, s.seed, baselines=False)
     return result.metrics[tracking.AIQ_METRIC]
 
@@ -162,7 +168,7 @@ def evaluate(
     artifact = _load_artifact(s, model_uri)
     tier_cfg, log = _load_inputs(s, False)
     split = split_log(log, tier_cfg, s.test_size, s.seed)
-    embedder = make_embedder(backend_of(artifact.features.embedder_id), onnx_dir=s.cache_dir / "onnx")
+    embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     result = evaluate_artifact(artifact, split, embedder, EmbeddingCache(s.cache_dir / "embeddings.sqlite"), s.seed)
     typer.echo(format_table(result))
 
@@ -192,7 +198,7 @@ def calibrate(
     split = split_log(log, tier_cfg, s.test_size, s.seed)
     sel = split.test & np.isfinite(split.table.scores).all(axis=1)
     prompts = split.table.prompts["prompt"][sel].tolist()
-    embedder = make_embedder(backend_of(artifact.features.embedder_id), onnx_dir=s.cache_dir / "onnx")
+    embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
     pred = artifact.model.predict_quality(featurize(prompts, artifact.features, embedder, cache))
     cost = artifact.expected_cost(prompts)
@@ -252,7 +258,7 @@ def route(
         artifact.check_tiers(tier_cfg)
     except TiersConfigError as exc:
         _fail(str(exc))
-    embedder = make_embedder(backend_of(artifact.features.embedder_id), onnx_dir=s.cache_dir / "onnx")
+    embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     decisions = route_prompts(artifact, tier_cfg, embedder, rows, s.quality_target, chunk)
     if batch is None:
         typer.echo(json.dumps(decisions[0], indent=2))
