@@ -56,6 +56,7 @@ test-fast: $(STAMP)  ## unit tests only
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy router
+	$(BIN)/mypy serving training
 
 bench: setup $(DATA)  ## benchmarks: JSON under bench/results/
 	$(BIN)/python -m bench.run_all

@@ -27,7 +27,9 @@ PROMPT = (
 CONCURRENCY = (1, 8, 32)
 
 
-async def _worker(client: httpx.AsyncClient, method: str, path: str, body: Any, stop: float, lat: list[float], errors: list[int]) -> None:
+async def _worker(
+    client: httpx.AsyncClient, method: str, path: str, body: Any, stop: float, lat: list[float], errors: list[int]
+) -> None:
     while time.perf_counter() < stop:
         start = time.perf_counter()
         try:
@@ -41,7 +43,9 @@ async def _worker(client: httpx.AsyncClient, method: str, path: str, body: Any, 
             errors.append(1)
 
 
-async def measure(url: str, method: str, path: str, body: Any, concurrency: int, seconds: float, headers: dict[str, str]) -> dict[str, float]:
+async def measure(
+    url: str, method: str, path: str, body: Any, concurrency: int, seconds: float, headers: dict[str, str]
+) -> dict[str, float]:
     """Closed-loop load: `concurrency` clients send back to back for `seconds`."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=30) as client:

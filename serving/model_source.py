@@ -10,7 +10,7 @@ import logging
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from router.artifact import RouterArtifact, find_artifact
 
@@ -54,7 +54,7 @@ class RegistrySource:
     name: str
     alias: str
 
-    def _client(self):  # type: ignore[no-untyped-def]
+    def _client(self) -> Any:
         import mlflow
         from mlflow import MlflowClient
 

@@ -31,7 +31,8 @@ def _prompt_text(raw: str) -> str:
 def _read(path: Path) -> pd.DataFrame:
     name = path.name
     if name.endswith((".pkl", ".pickle")):
-        return pd.read_pickle(path)
+        frame: pd.DataFrame = pd.read_pickle(path)
+        return frame
     if name.endswith((".csv", ".csv.gz")):
         return pd.read_csv(path)
     raise OutcomeLogError(path, "RouterBench files are .pkl or .csv(.gz)")

@@ -144,7 +144,7 @@ def evaluate_router(
     oracle = ev.oracle_choice(S, C)
     oc, oq = ev.realised(oracle, S, C)
     curves["oracle"] = ev.Curve(np.array([oc]), np.array([oq]))
-    ref = {
+    ref: dict[str, Any] = {
         "top": (float(C[:, top].mean()), float(S[:, top].mean())),
         "weak": (float(C[:, weakest].mean()), float(S[:, weakest].mean())),
         "max_cost": float(C[:, top].mean()),
@@ -154,8 +154,9 @@ def evaluate_router(
     eces.update({b: ev.expected_calibration_error(p[sel[test]], S) for b, p in baselines.items()})
     rows = [_method_row(n, c, ref, eces.get(n)) for n, c in curves.items()]
     out = pd.DataFrame(rows).set_index("method")
-    metrics = {f"router_{k}": float(v) for k, v in out.loc["router"].items() if np.isfinite(v)}
-    metrics.update({f"{_slug(m)}_AIQ": float(out.loc[m, "AIQ"]) for m in out.index if m != "router"})
+    router_row = next(r for r in rows if r["method"] == "router")
+    metrics = {f"router_{k}": float(v) for k, v in router_row.items() if k != "method" and np.isfinite(v)}
+    metrics.update({f"{_slug(str(m))}_AIQ": float(a) for m, a in out["AIQ"].items() if m != "router"})
     metrics["n_test_prompts"] = float(sel.sum())
     metrics["top_quality"], metrics["top_cost_usd"] = ref["top"][1], ref["top"][0]
     per_cat = per_category(P, PC, S, C, table.prompts["category"].to_numpy()[sel], names, ref["top"][1])

@@ -33,7 +33,7 @@ def _fmt(v: float) -> str:
 def markdown_table(df: pd.DataFrame, columns: dict[str, str]) -> str:
     """A markdown table of selected columns, index first."""
     cols = [c for c in columns if c in df.columns]
-    head = "| " + " | ".join([df.index.name or "", *[columns[c] for c in cols]]) + " |"
+    head = "| " + " | ".join([str(df.index.name or ""), *[columns[c] for c in cols]]) + " |"
     sep = "|" + "---|" * (len(cols) + 1)
     rows = ["| " + " | ".join([str(i), *[_fmt(float(r[c])) for c in cols]]) + " |" for i, r in df.iterrows()]
     return "\n".join([head, sep, *rows])

@@ -22,7 +22,7 @@ def _view(store: Store, row: SessionRow, recent: int = 20) -> SessionResponse:
         cap_usd=row.cap_usd,
         spent_usd=row.spent_usd,
         reserved_usd=row.reserved_usd,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         recent_decisions=[
             DecisionInfo(
                 decision_id=d.id,
