@@ -9,14 +9,13 @@ import argparse
 import json
 import logging
 import os
-import platform
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from bench.common import machine_info
 from router.features import Embedder, make_embedder
 
 logger = logging.getLogger("embed_bench")
@@ -31,33 +30,6 @@ PROMPTS = {
     )
     + " Question: how far has the last train travelled?",
 }
-PACKAGES = ("numpy", "torch", "sentence-transformers", "onnxruntime", "onnx", "tokenizers", "transformers")
-
-
-def machine_info() -> dict[str, Any]:
-    """What the numbers were measured on: CPU, cores this process may use, load, package versions."""
-    cpu_model = ""
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = version(name)
-        except PackageNotFoundError:
-            versions[name] = None
-    return {
-        "cpu_model": cpu_model or platform.processor(),
-        "cpu_count": os.cpu_count(),
-        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "load_avg_1m_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "versions": versions,
-    }
 
 
 def time_single(embedder: Embedder, text: str, reps: int, warmup: int) -> dict[str, float]:

@@ -90,7 +90,7 @@ def run(quick: bool) -> dict[str, Any]:
         return {
             "command": "tierwise train",
             "quick": quick,
-            "outcomes_path": str(outcomes),
+            "outcomes_path": str(outcomes.relative_to(REPO)) if outcomes.is_relative_to(REPO) else str(outcomes),
             "embedder": settings.embedder,
             "notes": [
                 "Each phase is a fresh process (imports, data load, split, embed, fit, evaluate, MLflow log + register).",
