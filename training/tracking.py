@@ -17,7 +17,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 
 from router.artifact import RouterArtifact, find_artifact
-from router.features import make_embedder
+from router.features import backend_of, make_embedder
 from training.pipeline import TrainResult
 from training.plots import calibration_figure, cost_quality_figure
 
@@ -38,7 +38,7 @@ class TierwisePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,mi
 
     def load_context(self, context: Any) -> None:
         self.artifact = RouterArtifact.load(find_artifact(context.artifacts["router"]))
-        self.embedder = make_embedder(self.artifact.features.embedder_id.rsplit(":", 1)[-1])
+        self.embedder = make_embedder(backend_of(self.artifact.features.embedder_id))
 
     def predict(  # noqa: D102 - pyfunc signature
         self,
