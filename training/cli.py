@@ -13,6 +13,7 @@ from typing import Annotated, Any
 import numpy as np
 import pandas as pd
 import typer
+from pydantic import ValidationError
 
 from router.artifact import RouterArtifact
 from router.features import EmbeddingCache, FeatureSpec, backend_of, make_embedder
@@ -37,8 +38,14 @@ def _fail(message: str) -> None:
 
 
 def _settings(**overrides: Any) -> Settings:
-    base = get_settings()
-    return base.model_copy(update={k: v for k, v in overrides.items() if v is not None})
+    """The settings with CLI flags applied, validated like the environment (a bad flag is one line)."""
+    fields = get_settings().model_dump() | {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings.model_validate(fields)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        _fail(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}")
+        raise
 
 
 def _embedder(s: Settings, backend: str) -> Any:

@@ -105,3 +105,8 @@ def test_from_store_adds_the_service_outcomes(tmp_path, tiers):
     added = log[log["prompt"] == "brand new prompt  from production"]
     assert len(log) == 30 * 3 + 2
     assert sorted(added["model"]) == ["large", "small"] and added["prompt_id"].nunique() == 1
+
+
+def test_bad_flag_value_is_one_line():
+    res = runner.invoke(cli.app, ["train", "--test-size", "2"])
+    assert res.exit_code == 2 and "--test-size" in res.output and "Traceback" not in res.output
