@@ -71,9 +71,11 @@ class RegistrySource:
         version = self.resolve()
         number = version.rsplit("/", 1)[-1]
         # Download the pinned version, not the alias: the alias may move between the two calls.
-        target = tempfile.mkdtemp(prefix="tierwise-model-")
-        local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{number}", dst_path=target)
-        return LoadedModel(RouterArtifact.load(find_artifact(local)), version)
+        # The artifact is read into memory, so the download is removed once loaded (reloads leave nothing).
+        with tempfile.TemporaryDirectory(prefix="tierwise-model-") as target:
+            uri = f"models:/{self.name}/{number}"
+            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=target)
+            return LoadedModel(RouterArtifact.load(find_artifact(local)), version)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -112,4 +113,11 @@ def test_train_register_promote_and_serve(tracking_uri: str, tmp_path: Path, mon
         body = resp.json()
         assert body["router_version"] == f"{NAME}/1"
         assert set(body["predicted_quality"]) == {"main", "mid", "brain"}
+
+    # A reload downloads into a temporary directory that is gone once the model is in memory.
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert source.load().version == f"{NAME}/1"
+    assert list(scratch.iterdir()) == []
     mlflow.end_run()
