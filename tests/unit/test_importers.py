@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -9,6 +11,7 @@ import pytest
 
 from router.schema import OutcomeLogError
 from router.settings import Settings
+from training.datasets import ROUTERBENCH_FILES, fetch_data
 from training.importers import import_routerbench, import_routerbench_frame
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,15 +38,47 @@ def test_wide_frame_to_long_rows():
         import_routerbench_frame(wide.drop(columns=["eval_name"]))
 
 
-def test_raw_routerbench_files_reproduce_the_staged_log():
+def _raw_and_staged() -> tuple[list[Path], Path]:
     raw = sorted((Settings().data_dir / "routerbench_subset" / "raw").glob("*.csv.gz"))
     staged = ROOT / "data" / "routerbench_subset" / "outcomes.parquet"
     if not raw or not staged.is_file():
         pytest.skip("the raw RouterBench CSVs (TIERWISE_DATA_DIR/routerbench_subset/raw) or `make data` are missing")
-    ours = import_routerbench(raw)
+    return raw, staged
+
+
+def _assert_same_as_staged(ours: pd.DataFrame, staged: Path) -> None:
     ref = pd.read_parquet(staged, columns=["prompt_id", "model", "prompt", "score", "cost_usd", "category"])
     merged = ours.merge(ref, on=["prompt_id", "model"], suffixes=("", "_ref"), validate="one_to_one")
     assert len(ours) == len(ref) == len(merged) == 34804
     for col in ("prompt", "score", "category"):
         assert (merged[col] == merged[f"{col}_ref"]).all(), col
     assert (merged["cost_usd"] - merged["cost_usd_ref"]).abs().max() < 1e-12
+
+
+def test_raw_routerbench_files_reproduce_the_staged_log():
+    raw, staged = _raw_and_staged()
+    _assert_same_as_staged(import_routerbench(raw), staged)
+
+
+def test_make_data_without_staged_data_downloads_and_imports_the_source(tmp_path: Path):
+    """`make data` outside this workplace: the source CSVs come over a URL (here file://, no hub is reachable)."""
+    raw, staged = _raw_and_staged()
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    for path in raw:  # the source serves plain CSVs; the staged copies are gzipped
+        with gzip.open(path, "rb") as src, (remote / path.name.removesuffix(".gz")).open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+    assert sorted(p.name for p in remote.iterdir()) == sorted(ROUTERBENCH_FILES)
+    message = fetch_data(tmp_path / "no-such-dir", tmp_path / "data", tmp_path / "cache", remote.as_uri() + "/")
+    assert "downloaded" in message
+    out = tmp_path / "data" / "routerbench_subset"
+    _assert_same_as_staged(pd.read_parquet(out / "outcomes.parquet"), staged)
+    assert (out / "models.toml").read_text() == (staged.parent / "models.toml").read_text()
+
+
+def test_a_failed_download_names_the_url_and_leaves_no_partial_file(tmp_path: Path):
+    missing = (tmp_path / "empty").as_uri() + "/"
+    with pytest.raises(OSError, match="cannot download .*arc_challenge_train.csv"):
+        fetch_data(None, tmp_path / "data", tmp_path / "cache", missing)
+    assert not list((tmp_path / "cache").rglob("*.part"))
+    assert not (tmp_path / "data" / "routerbench_subset" / "outcomes.parquet").exists()
