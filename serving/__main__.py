@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
 import uvicorn
 
 from router.settings import get_settings
+from serving.metrics import reset_multiprocess_dir
 from serving.store import Store
 
 
@@ -14,6 +17,10 @@ def main() -> None:
     store = Store(settings.database_url)
     store.migrate()
     store.dispose()
+    if settings.workers > 1:
+        # The spawned workers inherit the environment and import prometheus_client afresh, which then keeps
+        # its values in files here that every worker's /metrics sums; a previous run's files would count too.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(reset_multiprocess_dir(settings.metrics_dir))
     uvicorn.run(
         "serving.app:create_app",
         factory=True,

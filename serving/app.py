@@ -17,7 +17,7 @@ from serving.api import admin, ops, outcomes, route, sessions
 from serving.errors import install_handlers
 from serving.logs import configure_logging
 from serving.manager import ModelManager
-from serving.metrics import Metrics
+from serving.metrics import Metrics, multiprocess_enabled
 from serving.middleware import RequestContext
 from serving.model_source import ModelSource, source_from_settings
 from serving.outcomes import OutcomeRecorder
@@ -40,7 +40,7 @@ def create_app(
         configure_logging()
     keys = KeyRing(settings.api_keys)
     keys.check_bind(settings.host)
-    metrics = Metrics()
+    metrics = Metrics(multiprocess_mode=multiprocess_enabled())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,6 +71,7 @@ def create_app(
                     await poller
             if store is None:
                 db.dispose()
+            metrics.mark_dead()
 
     app = FastAPI(
         title="tierwise",

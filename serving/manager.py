@@ -39,7 +39,7 @@ class ModelManager:
             previous = self.state.runtime
             self.state.runtime = runtime
             self.state.load_error = None
-            self.metrics.model.info({"router_version": runtime.version, "embedder": self.embedder.id})
+            self.metrics.set_model(runtime.version, self.embedder.id)
             logger.info(
                 "model loaded",
                 extra={

@@ -1,18 +1,68 @@
-"""Prometheus metrics, in a registry owned by one app (so test apps never collide)."""
+"""Prometheus metrics, in a registry owned by one app (so test apps never collide), or across worker processes.
+
+With several uvicorn workers, `python -m serving` sets PROMETHEUS_MULTIPROC_DIR before the workers start, so
+prometheus_client keeps every counter and histogram in per-process files there, and a scrape sums the files of
+all workers. Values known only at scrape time (frozen sessions, the model version) come from `ScrapeTime`,
+computed by the worker answering the scrape, in both modes.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess, values
+from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def multiprocess_enabled() -> bool:
+    """Whether prometheus_client was imported with PROMETHEUS_MULTIPROC_DIR set, i.e. keeps its values in files."""
+    return values.ValueClass is not values.MutexValue
+
+
+def reset_multiprocess_dir(path: Path) -> Path:
+    """Create the multiprocess directory and delete a previous run's files; return it as an absolute path.
+
+    Only prometheus_client's `*.db` files are deleted, so a misconfigured path cannot cost anything else.
+    """
+    path = path.resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    return path
+
+
+class ScrapeTime:
+    """A collector for the values read when scraped: frozen sessions from the store, this process's model."""
+
+    def __init__(self, store_errors: Counter) -> None:
+        self.store_errors = store_errors
+        self.count_frozen: Callable[[], int] | None = None
+        self.model: dict[str, str] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        frozen = GaugeMetricFamily("tierwise_frozen_sessions", "Sessions frozen at their spend cap")
+        if self.count_frozen is not None:
+            frozen.add_metric([], self._frozen(self.count_frozen))
+        yield frozen
+        yield InfoMetricFamily("tierwise_model", "The router version serving requests", value=self.model)
+
+    def _frozen(self, count: Callable[[], int]) -> float:
+        try:
+            return float(count())
+        except Exception:  # noqa: BLE001 - a scrape must not fail because the store is down
+            self.store_errors.inc()
+            return float("nan")
 
 
 class Metrics:
     """Request latency, decisions per tier, frozen sessions, model version, store errors."""
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_mode: bool = False) -> None:
+        self.multiprocess_mode = multiprocess_mode
         self.registry = CollectorRegistry()
         self.latency = Histogram(
             "tierwise_request_seconds",
@@ -24,25 +74,36 @@ class Metrics:
         self.decisions = Counter(
             "tierwise_decisions", "Routing decisions per tier", ["tier", "model"], registry=self.registry
         )
-        self.frozen_sessions = Gauge(
-            "tierwise_frozen_sessions", "Sessions frozen at their spend cap", registry=self.registry
-        )
         self.store_errors = Counter(
-            "tierwise_outcome_store_errors", "Failed writes or reads of the decision store", registry=self.registry
+            "tierwise_outcome_store_errors", "Failed writes or reads of the decision store", registry=None
         )
+        # Registered before the store-error counter, so a failed count shows in the same scrape.
+        self.scrape_time = ScrapeTime(self.store_errors)
+        self.registry.register(self.scrape_time)
+        self.registry.register(self.store_errors)
         self.spooled = Counter(
             "tierwise_outcomes_spooled",
             "Outcomes spooled to the local file while the store was down",
             registry=self.registry,
         )
-        self.model = Info("tierwise_model", "The router version serving requests", registry=self.registry)
 
     def track_frozen(self, count: Callable[[], int]) -> None:
-        def safe() -> float:
-            try:
-                return float(count())
-            except Exception:  # noqa: BLE001 - a scrape must not fail because the store is down
-                self.store_errors.inc()
-                return float("nan")
+        """Report `count()` as the frozen-sessions gauge at every scrape."""
+        self.scrape_time.count_frozen = count
 
-        self.frozen_sessions.set_function(safe)
+    def set_model(self, router_version: str, embedder: str) -> None:
+        self.scrape_time.model = {"router_version": router_version, "embedder": embedder}
+
+    def exposition(self) -> bytes:
+        """The text format of this app's registry, or of every worker's files in multiprocess mode."""
+        if not self.multiprocess_mode:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        registry.register(self.scrape_time)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+
+    def mark_dead(self) -> None:
+        """In multiprocess mode, tell prometheus_client this worker is gone (it drops its live-gauge files)."""
+        if self.multiprocess_mode:
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]

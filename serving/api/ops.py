@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from serving.deps import MetricsDep
 from serving.schemas import Health
@@ -30,8 +30,8 @@ async def readyz(request: Request) -> Response:
 
 @router.get("/metrics", response_class=PlainTextResponse)
 def metrics(m: MetricsDep) -> Response:
-    """Prometheus metrics."""
-    return Response(generate_latest(m.registry), media_type=CONTENT_TYPE_LATEST)
+    """Prometheus metrics (of every worker, when several serve)."""
+    return Response(m.exposition(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/ping", response_class=PlainTextResponse)

@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from router.artifact import RouterArtifact
-from router.features import FeatureSpec, featurize
+from router.features import Embedder, FeatureSpec, featurize
 from router.model import DifficultyModel
 from router.schema import parse_tiers
 from router.settings import Settings
@@ -44,18 +44,22 @@ def write_tiers(path: Path, overrides: dict[str, str] | None = None) -> Path:
     return path
 
 
-@pytest.fixture(scope="session")
-def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def train_artifact(embedder: Embedder, out_dir: Path, n_prompts: int = 200) -> Path:
+    """Train a small router on the generated log with `embedder` and save it under `out_dir`."""
     tiers = parse_tiers(TIERS_TOML)
-    emb = HashingEmbedder()
-    table = pivot_log(make_log(200), tiers)
-    spec = FeatureSpec(embedder_id=emb.id)
-    X = featurize(list(table.prompts["prompt"]), spec, emb)
+    table = pivot_log(make_log(n_prompts), tiers)
+    spec = FeatureSpec(embedder_id=embedder.id)
+    X = featurize(list(table.prompts["prompt"]), spec, embedder)
     model = DifficultyModel(n_estimators=30, learning_rate=0.3, num_leaves=15, colsample_bytree=1.0, n_jobs=1).fit(
         X, table.scores, tiers.names
     )
     art = RouterArtifact(model, spec, tiers, tokens_out=dict.fromkeys(tiers.names, 100.0))
-    return art.save(tmp_path_factory.mktemp("artifact"))
+    return art.save(out_dir)
+
+
+@pytest.fixture(scope="session")
+def artifact_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_artifact(HashingEmbedder(), tmp_path_factory.mktemp("artifact"))
 
 
 @pytest.fixture
