@@ -12,7 +12,7 @@ ONNX := .cache/onnx/minilm-int8.onnx
 MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 export MLFLOW_TRACKING_URI
 
-.PHONY: setup data train evaluate serve mlflow-ui test test-fast lint bench clean
+.PHONY: setup data train evaluate serve mlflow-ui test test-fast lint bench bench-int8 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,8 @@ $(UI_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e ".[ui]"
 	touch $@
 
-$(ONNX): $(STAMP)
-	$(BIN)/python -m training.onnx_export --out .cache/onnx
+$(ONNX): $(STAMP) training/onnx_export.py router/onnx_embedder.py
+	$(BIN)/python -m training.onnx_export --out .cache/onnx && touch $@
 
 $(DATA): | $(STAMP)
 	$(BIN)/tierwise data --source $(TIERWISE_DATA_DIR)
@@ -60,6 +60,9 @@ lint: $(STAMP)
 
 bench: setup $(DATA)  ## benchmarks: JSON under bench/results/
 	$(BIN)/python -m bench.run_all
+
+bench-int8: setup $(DATA)  ## how often int8 and torch features route alike (bench/results/int8_agreement.json)
+	$(BIN)/python -m bench.int8_agreement
 
 clean:
 	rm -rf $(VENV) .cache mlflow.db mlartifacts tierwise.db

@@ -236,5 +236,8 @@ def make_embedder(backend: str, onnx_dir: Path | None = None, num_threads: int |
 
 
 def backend_of(embedder_id: str) -> str:
-    """The backend name inside an embedder id such as 'sentence-transformers/all-MiniLM-L6-v2:torch'."""
-    return embedder_id.rsplit(":", 1)[-1]
+    """The backend name inside an embedder id such as 'sentence-transformers/all-MiniLM-L6-v2:torch'.
+
+    An int8 id also names its quantization recipe after a '+' ('...:onnx-int8+ffn-out-fp32').
+    """
+    return embedder_id.rsplit(":", 1)[-1].split("+", 1)[0]

@@ -16,6 +16,16 @@ from tokenizers import Tokenizer
 
 from router.features import EMBEDDING_DIM, MINILM_ID
 
+# How the int8 file is quantized; part of the int8 embedder's id, so vectors and models made with another
+# recipe are never mixed with this one's (the cache misses, serving refuses the model). training/onnx_export.py
+# writes it into the file's metadata, and loading checks it.
+INT8_RECIPE = "ffn-out-fp32"
+RECIPE_KEY = "tierwise.int8_recipe"
+
+
+class StaleOnnxFile(RuntimeError):
+    """The ONNX file on disk was built with another int8 recipe than this code's."""
+
 
 class OnnxEmbedder:
     """all-MiniLM-L6-v2 exported to ONNX (fp32 or int8), loaded on first encode.
@@ -48,7 +58,7 @@ class OnnxEmbedder:
 
     @property
     def id(self) -> str:
-        return f"{MINILM_ID}:onnx-{'int8' if self.quantized else 'fp32'}"
+        return f"{MINILM_ID}:onnx-int8+{INT8_RECIPE}" if self.quantized else f"{MINILM_ID}:onnx-fp32"
 
     @property
     def dim(self) -> int:
@@ -70,9 +80,17 @@ class OnnxEmbedder:
                 options.inter_op_num_threads = 1
                 options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                self._session = ort.InferenceSession(
+                session = ort.InferenceSession(
                     str(self.model_file), sess_options=options, providers=["CPUExecutionProvider"]
                 )
+                recipe = session.get_modelmeta().custom_metadata_map.get(RECIPE_KEY)
+                if self.quantized and recipe != INT8_RECIPE:
+                    raise StaleOnnxFile(
+                        f"{self.model_file} was quantized with recipe {recipe!r}, this tierwise expects "
+                        f"{INT8_RECIPE!r}; rebuild it with `make setup` "
+                        f"(python -m training.onnx_export --out {self.model_file.parent} --force)"
+                    )
+                self._session = session
                 self._tokenizer = tokenizer
         return self._session, self._tokenizer
 

@@ -137,6 +137,14 @@ def _champion_aiq(s: Settings, split: Any, cache: EmbeddingCache) -> float | Non
         )
         return None
     embedder = _embedder(s, backend_of(champ.features.embedder_id))
+    if embedder.id != champ.features.embedder_id:
+        logger.warning(
+            "the champion was trained with embedder '%s', which this tierwise no longer builds (it builds '%s'): "
+            "it cannot be compared, nor served",
+            champ.features.embedder_id,
+            embedder.id,
+        )
+        return None
     result = evaluate_artifact(champ, split, embedder, cache, s.seed, baselines=False)
     return result.metrics[tracking.AIQ_METRIC]
 

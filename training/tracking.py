@@ -135,9 +135,9 @@ def log_and_register(
 
 
 def decide_alias(new_aiq: float, champion_aiq: float | None) -> tuple[str, str]:
-    """champion when there is none or the new AIQ is at least the champion's on the same split."""
+    """champion when there is no comparable champion or the new AIQ is at least the champion's on the same split."""
     if champion_aiq is None:
-        return CHAMPION, f"no champion yet: the new model (AIQ {new_aiq:.4f}) becomes champion"
+        return CHAMPION, f"no champion comparable on this split: the new model (AIQ {new_aiq:.4f}) becomes champion"
     if new_aiq >= champion_aiq:
         return CHAMPION, f"new AIQ {new_aiq:.4f} >= champion's {champion_aiq:.4f} on this test split: promoted"
     return CHALLENGER, f"new AIQ {new_aiq:.4f} < champion's {champion_aiq:.4f} on this test split: kept as challenger"

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from router.features import MINILM_ID, make_embedder
+from router.onnx_embedder import INT8_RECIPE
 from tests.integration.conftest import CLIENT_KEY, KEYS, bearer, train_artifact, write_tiers
 
 REPO = Path(__file__).resolve().parents[2]
@@ -157,4 +158,4 @@ def test_scrape_time_values_reach_every_scrape(service: Service) -> None:
         lines = httpx.get(f"{service.url}/metrics", timeout=10).text.splitlines()
         assert "tierwise_frozen_sessions 0.0" in lines
         [model] = [line for line in lines if line.startswith("tierwise_model_info{")]
-        assert f'embedder="{MINILM_ID}:onnx-int8"' in model and 'router_version="local:' in model
+        assert f'embedder="{MINILM_ID}:onnx-int8+{INT8_RECIPE}"' in model and 'router_version="local:' in model

@@ -121,3 +121,25 @@ def test_train_register_promote_and_serve(tracking_uri: str, tmp_path: Path, mon
     assert source.load().version == f"{NAME}/1"
     assert list(scratch.iterdir()) == []
     mlflow.end_run()
+
+
+def test_a_champion_whose_embedder_is_gone_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After an upgrade changes the embedder (a new int8 recipe), the old champion can't be re-scored or served."""
+    from router.settings import Settings
+    from training import cli
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.configure(uri, "tierwise-test")
+    old, prompts = _train(tmp_path, seed=0, n_estimators=20)  # trained with HashingEmbedder "test/hashing:hash"
+    tracking.log_and_register(old, NAME, None, prompts)
+    split = split_log(make_log(240, seed=1), parse_tiers(TIERS_TOML), 0.3, seed=0)
+    settings = Settings(mlflow_tracking_uri=uri, registered_model=NAME, cache_dir=tmp_path / "cache")
+    cache = EmbeddingCache(tmp_path / "emb.sqlite")
+
+    monkeypatch.setattr(cli, "_embedder", lambda s, backend: HashingEmbedder())
+    assert cli._champion_aiq(settings, split, cache) == pytest.approx(old.evaluation.metrics["router_AIQ"])
+    monkeypatch.setattr(cli, "_embedder", lambda s, backend: HashingEmbedder(name="test/hashing:hash+v2"))
+    assert cli._champion_aiq(settings, split, cache) is None
+    assert tracking.decide_alias(0.1, None)[0] == "champion"
+    mlflow.end_run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.features import EMBEDDING_DIM, SentenceTransformerEmbedder, make_embedder
-from router.onnx_embedder import OnnxEmbedder
+from router.features import EMBEDDING_DIM, SentenceTransformerEmbedder, backend_of, make_embedder, minilm_path
+from router.onnx_embedder import INT8_RECIPE, OnnxEmbedder, StaleOnnxFile
 
 REPO = Path(__file__).resolve().parents[2]
 ONNX_DIR = REPO / ".cache" / "onnx"
 BACKENDS = ["onnx-fp32", "onnx-int8"]
-MIN_COSINE_TO_TORCH = {"onnx-fp32": 0.999, "onnx-int8": 0.98}
+MIN_COSINE_TO_TORCH = {"onnx-fp32": 0.999, "onnx-int8": 0.99}
 
 LONG = " ".join(
     f"Step {i}: the train leaves the station at {i} o'clock and travels {3 * i} miles north." for i in range(40)
@@ -58,8 +59,34 @@ def torch_vectors() -> np.ndarray:
 
 
 def test_id_names_the_backend(onnx_embedder: OnnxEmbedder) -> None:
-    suffix = "onnx-int8" if onnx_embedder.quantized else "onnx-fp32"
+    suffix = f"onnx-int8+{INT8_RECIPE}" if onnx_embedder.quantized else "onnx-fp32"
     assert onnx_embedder.id == f"sentence-transformers/all-MiniLM-L6-v2:{suffix}"
+    assert backend_of(onnx_embedder.id) == ("onnx-int8" if onnx_embedder.quantized else "onnx-fp32")
+
+
+def test_int8_file_records_its_recipe_and_keeps_the_ffn_outputs_in_fp32(onnx_dir: Path) -> None:
+    import onnx
+
+    from training.onnx_export import ffn_output_matmuls, int8_recipe
+
+    int8 = onnx_dir / "minilm-int8.onnx"
+    assert int8_recipe(int8) == INT8_RECIPE
+    nodes = onnx.load(str(int8), load_external_data=False).graph.node
+    float_matmuls = {n.name for n in nodes if n.op_type == "MatMul"}
+    assert set(ffn_output_matmuls(onnx_dir / "minilm-fp32.onnx")) <= float_matmuls
+    assert sum(n.op_type == "MatMulInteger" for n in nodes) == 30  # 6 layers x (Q, K, V, attention out, FFN in)
+
+
+def test_an_int8_file_from_another_recipe_is_refused_and_rebuilt(onnx_dir: Path, tmp_path: Path) -> None:
+    """A .cache/onnx left by an older tierwise: serving refuses it, and the exporter does not take it as fresh."""
+    from training.onnx_export import _is_fresh
+
+    stale = tmp_path / "minilm-int8.onnx"
+    shutil.copyfile(onnx_dir / "minilm-fp32.onnx", stale)  # a file without our recipe in its metadata
+    with pytest.raises(StaleOnnxFile, match="make setup"):
+        OnnxEmbedder(stale, onnx_dir / "tokenizer.json", quantized=True).encode(["x"])
+    weights = minilm_path() / "model.safetensors"  # the copy is newer than these: only the recipe makes it stale
+    assert not _is_fresh([stale], weights, stale)
 
 
 def test_vectors_are_unit_float32(onnx_embedder: OnnxEmbedder) -> None:
@@ -94,14 +121,14 @@ def test_long_texts_are_truncated_to_256_word_pieces(onnx_embedder: OnnxEmbedder
 
 
 def test_close_to_torch(onnx_embedder: OnnxEmbedder, torch_vectors: np.ndarray) -> None:
-    backend = onnx_embedder.id.rsplit(":", 1)[-1]
+    backend = backend_of(onnx_embedder.id)
     cosine = (onnx_embedder.encode(PROMPTS) * torch_vectors).sum(axis=1)
     assert cosine.min() >= MIN_COSINE_TO_TORCH[backend], cosine
 
 
 def test_constructor_loads_nothing(tmp_path: Path) -> None:
     embedder = OnnxEmbedder(tmp_path / "absent.onnx", tmp_path / "absent.json", quantized=True)
-    assert embedder.id.endswith(":onnx-int8")
+    assert embedder.id.endswith(f":onnx-int8+{INT8_RECIPE}")
     with pytest.raises(Exception, match="No such file|absent"):
         embedder.encode(["x"])
 
