@@ -1,10 +1,18 @@
 """The int8 ONNX embedder routes like torch (issue 5).
 
-Measured 2026-11-25 (949 held-out prompts): AIQ 0.8148 with int8 vs 0.8154 with torch (0.08% apart).
-Fed int8 instead of torch features, the torch-trained model picks the same tier for 90-99% of
-prompts depending on the knob (issue 5 asked for 98%): mid and brain are often predicted within a
-hair of each other, and int8 (cosine 0.987-1.0 to torch) moves predictions by up to 0.17. Where the
-decision is not a near-tie (utility margin >= 0.05) they agree on 97.6-100%.
+Measured 2026-11-25 (949 held-out prompts; bench/int8_agreement.py has every number):
+- AIQ 0.8139 trained and evaluated on int8 vs 0.8154 on torch (0.2% apart; the issue asks for <= 0.5%).
+- The torch-trained router fed int8 features picks the same tier for 90-100% of prompts across nine
+  policy settings (lambda along the whole curve, quality targets 0.7-0.9); the issue asked for 98%.
+  The same router retrained with another seed, on the very same torch features, agrees with it on
+  90-100% too: int8 moves decisions no more than a retrain does (within 0.001 at every setting, mean
+  0.945 vs 0.943). Quantizing every MatMul, FFN outputs included (tierwise's first int8 recipe), did
+  worse: 0.846 at target 0.7, where the twin has 0.903.
+- 98% is out of reach for any int8 with this model: mid and brain are often predicted within a hair
+  of each other, and even a tenth of int8's error (cosine >= 0.9998 to torch) flips up to 2.3% of
+  decisions at some settings.
+- What a user sees does not move: realised quality at every knob is within 0.0043 of torch's, and where
+  the decision is not a near-tie (utility margin >= 0.05) the tiers agree on 98.9-100% (asserted: 0.01, 95%).
 """
 
 from __future__ import annotations
@@ -12,33 +20,78 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router.features import featurize, make_embedder
-from router.policy import tradeoff
-from tests.quality.conftest import CACHE
+from router import evaluate as ev
+from router.features import EmbeddingCache, featurize, make_embedder
+from router.model import DifficultyModel
+from router.policy import cheapest_sufficient, tradeoff
+from tests.quality.conftest import CACHE, Trained
 
 pytestmark = pytest.mark.quality
 
 
-def test_int8_and_torch_features_route_to_the_same_tier(trained_torch):
-    """The torch-trained model, fed int8 features instead of torch ones, picks the same tier."""
+def _policies(cost: np.ndarray) -> dict[str, object]:
+    """Decision rules across the cost–quality curve: λ from 0 to all-cheapest, and quality targets."""
+    scale = float(np.median(cost))
+    rules: dict[str, object] = {
+        f"lam*{m:g}": (lambda p, m=m: tradeoff(p, cost, m / scale)) for m in (0, 0.01, 0.1, 0.3, 1, 10)
+    }
+    rules.update({f"target {t}": (lambda p, t=t: cheapest_sufficient(p, cost, t)) for t in (0.7, 0.8, 0.9)})
+    return rules
+
+
+@pytest.fixture(scope="module")
+def int8_features(trained_torch: Trained) -> np.ndarray:
     prompts = trained_torch.split.table.prompts["prompt"][trained_torch.split.test].tolist()
     int8 = make_embedder("onnx-int8", onnx_dir=CACHE / "onnx")
     spec = trained_torch.artifact.features.model_copy(update={"embedder_id": int8.id})
-    X_int8 = featurize(prompts, spec, int8)
-    model = trained_torch.artifact.model
-    cost = trained_torch.artifact.expected_cost(prompts)
-    p_torch, p_int8 = model.predict_quality(trained_torch.X_test), model.predict_quality(X_int8)
+    return featurize(prompts, spec, int8, EmbeddingCache(CACHE / "embeddings.sqlite"))
+
+
+def test_int8_changes_decisions_about_as_much_as_retraining_does(trained_torch: Trained, int8_features: np.ndarray):
+    """The torch-trained router fed int8 features agrees with itself about as often as a reseeded twin does."""
+    split, artifact = trained_torch.split, trained_torch.artifact
+    prompts = split.table.prompts["prompt"]
+    cost = artifact.expected_cost(prompts[split.test].tolist())
+    torch_emb = make_embedder("torch")
+    X_train = featurize(
+        prompts[split.train].tolist(), artifact.features, torch_emb, EmbeddingCache(CACHE / "embeddings.sqlite")
+    )
+    twin = DifficultyModel(random_state=1).fit(X_train, split.table.scores[split.train], split.tiers.names)
+    p_torch = artifact.model.predict_quality(trained_torch.X_test)
+    p_int8 = artifact.model.predict_quality(int8_features)
+    p_twin = twin.predict_quality(trained_torch.X_test)
+    rows = []
+    for name, rule in _policies(cost).items():
+        a, b, c = rule(p_torch), rule(p_int8), rule(p_twin)  # type: ignore[operator]
+        same_int8, same_twin = (a == b).mean(), (a == c).mean()
+        print(f"{name}: same tier with int8 {same_int8:.3f}, with a reseeded twin {same_twin:.3f}")  # noqa: T201 - shown with -s
+        rows.append((name, same_int8, same_twin))
+    # Measured: int8 0.904-1.0, the twin 0.899-1.0, int8 at most 0.001 below the twin (every-MatMul int8: 0.057).
+    assert all(same_int8 >= 0.88 for _, same_int8, _ in rows), rows
+    assert all(same_int8 >= same_twin - 0.02 for _, same_int8, same_twin in rows), rows
+
+
+def test_int8_keeps_clear_decisions_and_realised_quality(trained_torch: Trained, int8_features: np.ndarray):
+    split, artifact = trained_torch.split, trained_torch.artifact
+    table, test = split.table, split.test
+    cost = artifact.expected_cost(table.prompts["prompt"][test].tolist())
+    complete = np.isfinite(table.scores[test]).all(axis=1) & np.isfinite(table.costs[test]).all(axis=1)
+    S, C = table.scores[test][complete], table.costs[test][complete]
+    p_torch = artifact.model.predict_quality(trained_torch.X_test)
+    p_int8 = artifact.model.predict_quality(int8_features)
     scale = float(np.median(cost))
-    for lam in (0.0, 0.01 / scale, 0.1 / scale, 0.3 / scale, 1 / scale, 10 / scale):  # across the curve
+    for m in (0, 0.01, 0.1, 0.3, 1, 10):
+        lam = m / scale
         a, b = tradeoff(p_torch, cost, lam), tradeoff(p_int8, cost, lam)
         utility = np.sort(p_torch - lam * cost, axis=1)
         clear = utility[:, -1] - utility[:, -2] >= 0.05
-        print(f"lam*scale={lam * scale:g}: same tier {(a == b).mean():.3f}, where clear {(a == b)[clear].mean():.3f}")  # noqa: T201 - shown with -s
-        assert (a == b).mean() >= 0.85, (lam, (a == b).mean())
-        assert (a == b)[clear].mean() >= 0.95, (lam, (a == b)[clear].mean(), clear.mean())
+        (_, q_torch), (_, q_int8) = ev.realised(a[complete], S, C), ev.realised(b[complete], S, C)
+        print(f"lam*{m:g}: same tier where clear {(a == b)[clear].mean():.3f}; quality {q_torch:.4f} vs {q_int8:.4f}")  # noqa: T201
+        assert (a == b)[clear].mean() >= 0.95, (m, (a == b)[clear].mean(), clear.mean())
+        assert abs(q_int8 - q_torch) <= 0.01, (m, q_torch, q_int8)  # measured <= 0.0032
 
 
-def test_int8_aiq_within_half_a_percent_of_torch(trained_torch, trained_int8):
+def test_int8_aiq_within_half_a_percent_of_torch(trained_torch: Trained, trained_int8: Trained):
     aiq_torch = trained_torch.result.table.loc["router", "AIQ"]
     aiq_int8 = trained_int8.result.table.loc["router", "AIQ"]
     assert abs(aiq_int8 - aiq_torch) / aiq_torch <= 0.005, (aiq_int8, aiq_torch)

@@ -1,8 +1,8 @@
 """Quality floors on the shared RouterBench data, measured with a margin (numbers in the README).
 
 Measured 2026-11-25 on config/tiers.toml (main = mistral-7b, mid = Yi-34B, brain = gpt-4), 949
-held-out prompts, onnx-int8: router AIQ 0.815 vs random mix 0.804 and kNN 0.801; 95% of gpt-4's quality
-at 44% of its cost; quality 0.845 (96% of gpt-4's 0.880) at half of its cost; ECE 0.019.
+held-out prompts, onnx-int8: router AIQ 0.814 vs random mix 0.804 and kNN 0.804; 95% of gpt-4's quality
+at 45% of its cost; quality 0.843 (96% of gpt-4's 0.880) at half of its cost; ECE 0.020.
 """
 
 from __future__ import annotations
