@@ -4,6 +4,8 @@
     python -m bench.run_all --quick         # smoke run: a few seconds per part
     python -m bench.run_all --parts serve bulk --seconds 5
 
+A full run (every part, not --quick, none failed) also rewrites the README's benchmark table.
+
 Parts: train (cold/warm `tierwise train`), embed (bench/embed_bench.py), inprocess (embed + predict + decide,
 and the decision write), serve (/route and /ping under load; again on PostgreSQL with --pg-url), bulk
 (`tierwise route --batch`). Run it from anywhere; it works in the repo root.
@@ -22,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import bulk, embed_bench, inprocess, service, train_timing
+from bench import bulk, embed_bench, inprocess, readme_table, service, train_timing
 from bench.common import REPO, load_avg, machine_info, scratch_database, write_json
 from router.settings import Settings
 
@@ -239,6 +241,9 @@ def main(argv: list[str] | None = None) -> int:
     summary = summarize(results, machine)
     write_json(args.out_dir / "summary.json", summary)
     logger.info("wrote %s", args.out_dir / "summary.json")
+    if not args.quick and set(args.parts) == set(PARTS) and not summary["parts_failed"]:
+        readme_table.write(REPO / "README.md", readme_table.table(summary))
+        logger.info("README.md benchmark table updated from this run")
     print(json.dumps({k: summary[k] for k in summary if k != "machine"}, indent=1))
     return 1 if summary["parts_failed"] else 0
 
