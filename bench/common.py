@@ -42,16 +42,29 @@ def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+SIMD_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_int8")
+
+
+def cpu_facts() -> dict[str, Any]:
+    """Model name, family/model/stepping, clock and the SIMD flags ONNX Runtime's kernels choose by.
+
+    "AMD EPYC" alone names several generations; int8 MatMul speed depends on which one (and on VNNI).
+    """
+    fields: dict[str, str] = {}
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    flags = set(fields.get("flags", "").split())
+    return {
+        "cpu_model": fields.get("model name", platform.processor()),
+        "cpu_family_model_stepping": "/".join(fields.get(k, "?") for k in ("cpu family", "model", "stepping")),
+        "cpu_mhz": float(fields["cpu MHz"]) if "cpu MHz" in fields else None,
+        "cpu_simd": [f for f in SIMD_FLAGS if f in flags],
+    }
+
+
 def machine_info() -> dict[str, Any]:
     """CPU, cores, load, versions, commit and date: what a number was measured on."""
-    cpu_model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if line.startswith("model name")
-        ),
-        platform.processor(),
-    )
     versions = {}
     for name in PACKAGES:
         try:
@@ -67,7 +80,7 @@ def machine_info() -> dict[str, Any]:
     return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "host": platform.node(),
-        "cpu_model": cpu_model,
+        **cpu_facts(),
         "nproc": len(os.sched_getaffinity(0)),
         "cpu_count": os.cpu_count(),
         "mem_total_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
