@@ -48,11 +48,15 @@ class Runtime:
 def check_embedder(artifact: RouterArtifact, embedder: Embedder) -> None:
     """Refuse a model trained on other embeddings than the configured embedder makes."""
     trained = artifact.features.embedder_id
-    if embedder.id != trained:
-        raise EmbedderMismatch(
-            f"the model was trained with embedder '{trained}' but the service is configured with '{embedder.id}'; "
-            f"set TIERWISE_EMBEDDER={backend_of(trained)} or serve a model trained with '{embedder.id}'"
-        )
+    if embedder.id == trained:
+        return
+    if backend_of(trained) == backend_of(embedder.id):
+        fix = f"this tierwise builds that backend differently now; retrain (`make train`) to serve '{embedder.id}'"
+    else:
+        fix = f"set TIERWISE_EMBEDDER={backend_of(trained)} or serve a model trained with '{embedder.id}'"
+    raise EmbedderMismatch(
+        f"the model was trained with embedder '{trained}' but the service is configured with '{embedder.id}'; {fix}"
+    )
 
 
 def build_runtime(loaded: LoadedModel, tiers_path: Path, embedder: Embedder, num_threads: int) -> Runtime:

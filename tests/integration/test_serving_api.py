@@ -335,7 +335,21 @@ def test_embedder_mismatch_refuses_to_load(settings_factory: Callable[..., Setti
         model_source=LocalSource(artifact_dir),
         embedder=HashingEmbedder(name="other/model:onnx-int8"),
     )
-    with pytest.raises(ValueError, match="trained with embedder 'test/hashing:hash'"), TestClient(app):
+    match = "trained with embedder 'test/hashing:hash'.*TIERWISE_EMBEDDER=hash"
+    with pytest.raises(ValueError, match=match), TestClient(app):
+        pass
+
+
+def test_a_model_from_an_earlier_build_of_the_same_embedder_asks_for_a_retrain(
+    settings_factory: Callable[..., Settings], artifact_dir: Path
+) -> None:
+    """After an upgrade changes how a backend is built (the int8 recipe), the fix is a retrain, not a setting."""
+    app = create_app(
+        settings=settings_factory(),
+        model_source=LocalSource(artifact_dir),
+        embedder=HashingEmbedder(name="test/hashing:hash+v2"),
+    )
+    with pytest.raises(ValueError, match="builds that backend differently now; retrain"), TestClient(app):
         pass
 
 
