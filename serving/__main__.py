@@ -2,21 +2,55 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import sys
 
 import uvicorn
 
-from router.settings import get_settings
+from router.features import make_embedder
+from router.settings import Settings, get_settings
 from serving.metrics import reset_multiprocess_dir
+from serving.model_source import source_from_settings
+from serving.runtime import build_runtime
 from serving.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+def preflight(settings: Settings) -> str | None:
+    """Why the configured model can't be served with this configuration (embedder, tiers, ONNX files), or None.
+
+    Checked once before the workers start, so a misconfiguration ends in one line instead of a traceback per
+    worker. A model that can't be loaded at all (no model yet, registry down) is left to the service, which
+    starts unready and says why on /readyz.
+    """
+    source = source_from_settings(
+        settings.mlflow_tracking_uri, settings.registered_model, settings.model_alias, settings.local_model_path
+    )
+    try:
+        loaded = source.load()
+    except Exception as exc:  # noqa: BLE001 - any load failure is the service's to report
+        logger.info("preflight: no model to check (%s)", exc)
+        return None
+    try:
+        embedder = make_embedder(settings.embedder, onnx_dir=settings.cache_dir / "onnx")
+        build_runtime(loaded, settings.tiers_path, embedder, settings.intra_op_threads)
+    except (ValueError, FileNotFoundError) as exc:  # EmbedderMismatch, TiersConfigError, missing ONNX files
+        return f"{loaded.version}: {exc}"
+    return None
 
 
 def main() -> None:
     settings = get_settings()
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the service's logs
     # Migrate once here, before uvicorn forks its workers: concurrent first-time migrations race.
     store = Store(settings.database_url)
     store.migrate()
     store.dispose()
+    reason = preflight(settings)
+    if reason is not None:
+        sys.exit(f"tierwise: cannot serve {reason}")
     if settings.workers > 1:
         # The spawned workers inherit the environment and import prometheus_client afresh, which then keeps
         # its values in files here that every worker's /metrics sums; a previous run's files would count too.

@@ -159,3 +159,29 @@ def test_scrape_time_values_reach_every_scrape(service: Service) -> None:
         assert "tierwise_frozen_sessions 0.0" in lines
         [model] = [line for line in lines if line.startswith("tierwise_model_info{")]
         assert f'embedder="{MINILM_ID}:onnx-int8+{INT8_RECIPE}"' in model and 'router_version="local:' in model
+
+
+def test_a_model_for_another_embedder_stops_the_service_with_one_line(tmp_path: Path) -> None:
+    """Checked before the workers start: one line on stderr and a non-zero exit, no traceback per worker."""
+    from tests.conftest import HashingEmbedder
+
+    artifact = train_artifact(HashingEmbedder(), tmp_path / "artifact", n_prompts=60)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERWISE_")}
+    env |= {
+        "TIERWISE_PORT": str(free_port()),
+        "TIERWISE_WORKERS": "2",
+        "TIERWISE_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
+        "TIERWISE_TIERS_PATH": str(write_tiers(tmp_path / "tiers.toml")),
+        "TIERWISE_EMBEDDER": "onnx-fp32",
+        "TIERWISE_CACHE_DIR": str(ONNX_DIR.parent),
+        "TIERWISE_LOCAL_MODEL_PATH": str(artifact),
+        "TIERWISE_METRICS_DIR": str(tmp_path / "metrics"),
+        "MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri(),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "serving"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "Application startup" not in done.stderr
+    [line] = [ln for ln in done.stderr.splitlines() if ln.startswith("tierwise:")]
+    assert "trained with embedder 'test/hashing:hash'" in line and f"'{MINILM_ID}:onnx-fp32'" in line
