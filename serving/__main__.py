@@ -25,9 +25,7 @@ def preflight(settings: Settings) -> str | None:
     worker. A model that can't be loaded at all (no model yet, registry down) is left to the service, which
     starts unready and says why on /readyz.
     """
-    source = source_from_settings(
-        settings.mlflow_tracking_uri, settings.registered_model, settings.model_alias, settings.local_model_path
-    )
+    source = source_from_settings(settings)
     try:
         loaded = source.load()
     except Exception as exc:  # noqa: BLE001 - any load failure is the service's to report

@@ -49,9 +49,7 @@ def create_app(
         emb = embedder or make_embedder(
             settings.embedder, onnx_dir=settings.cache_dir / "onnx", num_threads=settings.intra_op_threads
         )
-        source = model_source or source_from_settings(
-            settings.mlflow_tracking_uri, settings.registered_model, settings.model_alias, settings.local_model_path
-        )
+        source = model_source or source_from_settings(settings)
         app.state.store = db
         app.state.recorder = OutcomeRecorder(db, Spool(settings.spool_path), metrics)
         app.state.manager = ModelManager(app.state, source, emb, settings, metrics)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from router.artifact import RouterArtifact, find_artifact
+from router.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -100,9 +101,9 @@ class FallbackSource:
             return self.fallback.load()
 
 
-def source_from_settings(tracking_uri: str, name: str, alias: str, local_model_path: Path | None) -> ModelSource:
+def source_from_settings(settings: Settings) -> ModelSource:
     """The registry alias, with the local path (when set) as fallback."""
-    registry = RegistrySource(tracking_uri, name, alias)
-    if local_model_path is None:
+    registry = RegistrySource(settings.mlflow_tracking_uri, settings.registered_model, settings.model_alias)
+    if settings.local_model_path is None:
         return registry
-    return FallbackSource(registry, LocalSource(local_model_path))
+    return FallbackSource(registry, LocalSource(settings.local_model_path))
