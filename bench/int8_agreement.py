@@ -5,7 +5,7 @@
 On the held-out prompts, the router trained on torch features is fed other features and its decisions are
 compared with its decisions on torch features, at knob settings along the whole cost–quality curve:
 - onnx-int8 (the shipped embedder: every weight MatMul in int8 but the six FFN outputs) and the plain
-  recipe that quantizes all of them (what tierwise shipped before, and what the int8 latency of issue 5 is);
+  recipe that quantizes all of them (what tierwise shipped first);
 - torch features moved a fraction alpha of the way towards int8 (what a more accurate int8 would give);
 - a reference: the same router retrained with another seed, on the very same torch features.
 Writes bench/results/int8_agreement.json.
