@@ -5,11 +5,28 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+
+def _storable(value: str) -> str:
+    """Refuse text no store can keep: NUL characters (PostgreSQL) and lone surrogates (not UTF-8)."""
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    return value
+
+
+Text = Annotated[str, AfterValidator(_storable)]
 SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")]
 Usd = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Prompt = Annotated[str, StringConstraints(min_length=1, pattern=r"\S")]
+Prompt = Annotated[str, StringConstraints(min_length=1, pattern=r"\S"), AfterValidator(_storable)]
+
+MAX_OUTCOME_COST_USD = 1e6
+MAX_LATENCY_MS = 86_400_000.0
+MAX_TOKENS = 2**31 - 1
 
 
 class Strict(BaseModel):
@@ -73,17 +90,25 @@ class OutcomeIn(Strict):
     """One realised outcome: by `decision_id`, or by `prompt` and `model`."""
 
     outcome_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")] | None = Field(
-        None, description="client-chosen id; a retry with the same id is recorded once"
+        None, description="client-chosen id (1-128 of A-Z a-z 0-9 . _ : -); a retry with the same id is recorded once"
     )
-    decision_id: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = None
-    prompt: Prompt | None = None
-    model: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = None
-    score: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
-    cost_usd: Usd
+    decision_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:\-]{1,32}$")] | None = Field(
+        None, description="the decision_id /route answered"
+    )
+    prompt: Prompt | None = Field(None, description="the prompt, without NUL characters; defaults to the decision's")
+    model: Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_storable)] | None = Field(
+        None, description="a model of the tiers config; defaults to the decision's"
+    )
+    score: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = Field(description="realised quality, 0 to 1")
+    cost_usd: Annotated[float, Field(ge=0, le=MAX_OUTCOME_COST_USD, allow_inf_nan=False)] = Field(
+        description=f"what the call cost, 0 to {MAX_OUTCOME_COST_USD:.0e} USD"
+    )
     session_id: SessionId | None = None
-    tokens_in: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
-    tokens_out: Annotated[int, Field(ge=0, le=2**31 - 1)] | None = None
-    latency_ms: Usd | None = None
+    tokens_in: Annotated[int, Field(ge=0, le=MAX_TOKENS)] | None = Field(None, description=f"0 to {MAX_TOKENS}")
+    tokens_out: Annotated[int, Field(ge=0, le=MAX_TOKENS)] | None = Field(None, description=f"0 to {MAX_TOKENS}")
+    latency_ms: Annotated[float, Field(ge=0, le=MAX_LATENCY_MS, allow_inf_nan=False)] | None = Field(
+        None, description=f"0 to {MAX_LATENCY_MS:.0f} ms (a day)"
+    )
 
     @model_validator(mode="after")
     def _by_decision_or_prompt(self) -> OutcomeIn:
@@ -98,6 +123,18 @@ class OutcomesResponse(BaseModel):
     spooled: bool = Field(
         default=False, description="the store was down: outcomes are in the local spool, replayed later"
     )
+
+
+class RejectedOutcome(BaseModel):
+    outcome_id: str
+    reason: str
+    rejected_at: str
+
+
+class SpoolStatus(BaseModel):
+    pending: int = Field(description="acknowledged outcomes waiting in the spool for the store")
+    rejected: int = Field(description="spooled outcomes the store refused, kept in the rejected file")
+    last_rejected: list[RejectedOutcome] = Field(description="the newest rejections (no prompt text)")
 
 
 class CapRequest(Strict):
