@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     max_batch: int = Field(256, ge=1)
     reload_interval_s: float = Field(0.0, ge=0, description="poll the registry alias this often; 0 = never")
     spool_path: Path = Path(".cache/outcome-spool.jsonl")
+    spool_replay_interval_s: float = Field(
+        30.0, ge=0, description="replay the outcome spool this often; 0 = only at start-up and after a stored outcome"
+    )
     metrics_dir: Path = Field(
         Path(".cache/prometheus"), description="the workers' shared metric files when workers > 1; emptied at start"
     )

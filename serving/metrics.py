@@ -86,6 +86,16 @@ class Metrics:
             "Outcomes spooled to the local file while the store was down",
             registry=self.registry,
         )
+        self.replayed = Counter(
+            "tierwise_outcomes_replayed",
+            "Spooled outcomes replayed to the store (written, or already there)",
+            registry=self.registry,
+        )
+        self.rejected = Counter(
+            "tierwise_outcomes_rejected",
+            "Spooled outcomes (or torn spool lines) the store refused, quarantined in the rejected file",
+            registry=self.registry,
+        )
 
     def track_frozen(self, count: Callable[[], int]) -> None:
         """Report `count()` as the frozen-sessions gauge at every scrape."""

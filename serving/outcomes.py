@@ -1,24 +1,66 @@
-"""Record outcomes durably: in the store, or, while it is down, in the fsynced spool replayed later."""
+"""Record outcomes durably: in the store, or, while it is unreachable, in the fsynced spool replayed later.
+
+Only an unreachable store (a connection or operational error) spools. Anything the client got wrong is a
+4xx before a byte is written: the schema, the model name, and whatever the store itself refuses (a data
+or integrity error). A spooled record the store later refuses is quarantined, counted and logged, never
+left to block the records behind it.
+"""
 
 from __future__ import annotations
 
-import json
+import asyncio
 import logging
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
-from sqlalchemy.exc import DBAPIError
+from pydantic import ValidationError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from starlette.concurrency import run_in_threadpool
 
 from router.schema import TiersConfig
-from serving.errors import Forbidden, Invalid, NotFound, ServiceError
+from serving.errors import Forbidden, Invalid, NotFound, ServiceError, StoreUnavailable
 from serving.metrics import Metrics
-from serving.schemas import OutcomeIn, OutcomesResponse
+from serving.schemas import OutcomeIn, OutcomesResponse, RejectedOutcome, SpoolStatus
 from serving.security import Principal, check_owner
-from serving.spool import Spool
-from serving.store import OutcomeRow, Store
+from serving.spool import Record, Spool
+from serving.store import DecisionRow, OutcomeRow, Store
 
 logger = logging.getLogger(__name__)
+
+# Batches a successful request replays on its way out; the timer and start-up replay the rest.
+INLINE_REPLAY_BATCHES = 2
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Whether the store is unreachable (spool and retry later), as opposed to refusing this request."""
+    if isinstance(exc, PoolTimeout):
+        return True
+    return isinstance(exc, OperationalError | InterfaceError) or (
+        isinstance(exc, DBAPIError) and exc.connection_invalidated
+    )
+
+
+def is_refusal(exc: BaseException) -> bool:
+    """Whether the store refused the data itself: retrying the same record can never succeed."""
+    return isinstance(exc, DataError | IntegrityError | UnicodeEncodeError) and not is_outage(exc)
+
+
+def describe(exc: BaseException) -> str:
+    """Error class and the first line of the driver's message: never SQL parameters (prompts, key hashes)."""
+    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
+
+
+def _invalid_reason(exc: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
 
 
 class OutcomeRecorder:
@@ -28,85 +70,163 @@ class OutcomeRecorder:
         self.metrics = metrics
 
     def record(self, items: Sequence[OutcomeIn], principal: Principal, tiers: TiersConfig) -> OutcomesResponse:
-        """Store the outcomes (or spool them when the store is down); every id is durable on return."""
+        """Store the outcomes (or spool them when the store is unreachable); every id is durable on return."""
         records = [
             {
-                **item.model_dump(),
                 "outcome_id": item.outcome_id or uuid.uuid4().hex,
+                **item.model_dump(exclude={"outcome_id"}),
                 "owner": principal.key_hash,
                 "admin": principal.is_admin,
             }
             for item in items
         ]
+        for r in records:
+            _check_model(r["model"], tiers)  # what can be checked without the store, before acknowledging
         ids = [r["outcome_id"] for r in records]
         try:
             rows = self._resolve(records, tiers)
             new = self.store.record_outcomes(rows)
-        except DBAPIError as exc:
-            self.metrics.store_errors.inc()
-            logger.error("outcome store down (%s); spooling %d outcome(s) to %s", exc, len(records), self.spool.path)
-            self.spool.append(records)
-            self.metrics.spooled.inc(len(records))
+        except (SQLAlchemyError, UnicodeEncodeError) as exc:
+            if is_refusal(exc):
+                raise Invalid(f"the store refused the outcome(s): {describe(exc)}") from None
+            if not is_outage(exc):
+                raise  # answered 503, not acknowledged: the client retries
+            self._spool(records, exc)
             return OutcomesResponse(outcome_ids=ids, recorded=0, spooled=True)
-        self.replay(tiers)
+        if self.spool.has_pending():
+            self.replay(tiers, max_batches=INLINE_REPLAY_BATCHES)
         return OutcomesResponse(outcome_ids=ids, recorded=new)
 
-    def _resolve(self, records: Sequence[dict[str, Any]], tiers: TiersConfig) -> list[OutcomeRow]:
+    def _spool(self, records: list[Record], exc: BaseException) -> None:
+        self.metrics.store_errors.inc()
+        logger.error("outcome store unreachable (%s); spooling %d outcome(s)", describe(exc), len(records))
+        try:
+            self.spool.append(records)
+        except OSError as err:
+            logger.error("cannot write the outcome spool %s: %s", self.spool.path, err)
+            raise StoreUnavailable("the outcome store is unreachable and the spool is unwritable; retry") from None
+        self.metrics.spooled.inc(len(records))
+
+    def _resolve(self, records: Sequence[Record], tiers: TiersConfig) -> list[OutcomeRow]:
         """Fill prompt, model and session from each decision; check ownership and the model name."""
         found = self.store.get_decisions([r["decision_id"] for r in records if r["decision_id"]])
-        rows = []
-        for r in records:
-            prompt, model, session = r["prompt"], r["model"], r["session_id"]
-            if r["decision_id"] is not None:
-                d = found.get(r["decision_id"])
-                if d is None:
-                    raise NotFound(f"unknown decision_id {r['decision_id']}")
-                if not r["admin"] and d.owner is not None and d.owner != r["owner"]:
-                    raise Forbidden(f"decision {d.id} belongs to another client")
-                prompt, model, session = prompt or d.prompt, model or d.model, d.session_id
-            elif session is not None:
-                owner = self.store.get_session(session)
-                if owner is not None:
-                    check_owner(Principal(r["owner"], "admin" if r["admin"] else "client"), owner.owner)
-            if model not in tiers.known_models:
-                raise Invalid(f"model '{model}' is not in the tiers config")
-            rows.append(
-                OutcomeRow(
-                    id=r["outcome_id"],
-                    prompt=prompt,
-                    model=model,
-                    score=r["score"],
-                    cost_usd=r["cost_usd"],
-                    decision_id=r["decision_id"],
-                    session_id=session,
-                    owner=r["owner"],
-                    tokens_in=r["tokens_in"],
-                    tokens_out=r["tokens_out"],
-                    latency_ms=r["latency_ms"],
-                )
-            )
-        return rows
+        return [self._resolve_one(r, found, tiers) for r in records]
 
-    def replay(self, tiers: TiersConfig) -> int:
-        """Write spooled outcomes to the store; ones it can never take go to `<spool>.rejected`."""
+    def _resolve_one(self, r: Record, found: Mapping[str, DecisionRow], tiers: TiersConfig) -> OutcomeRow:
+        prompt, model, session = r["prompt"], r["model"], r["session_id"]
+        if r["decision_id"] is not None:
+            d = found.get(r["decision_id"])
+            if d is None:
+                raise NotFound(f"unknown decision_id {r['decision_id']}")
+            if not r["admin"] and d.owner is not None and d.owner != r["owner"]:
+                raise Forbidden(f"decision {d.id} belongs to another client")
+            prompt, model, session = prompt or d.prompt, model or d.model, d.session_id
+        elif session is not None:
+            owner = self.store.get_session(session)
+            if owner is not None:
+                check_owner(Principal(r["owner"], "admin" if r["admin"] else "client"), owner.owner)
+        _check_model(model, tiers)
+        return OutcomeRow(
+            id=r["outcome_id"],
+            prompt=prompt,
+            model=model,
+            score=r["score"],
+            cost_usd=r["cost_usd"],
+            decision_id=r["decision_id"],
+            session_id=session,
+            owner=r["owner"],
+            tokens_in=r["tokens_in"],
+            tokens_out=r["tokens_out"],
+            latency_ms=r["latency_ms"],
+        )
 
-        def write(records: list[dict[str, Any]]) -> None:
-            rows = []
-            for r in records:
-                try:
-                    rows.extend(self._resolve([r], tiers))
-                except ServiceError as exc:
-                    logger.error("spooled outcome %s rejected: %s", r["outcome_id"], exc.detail)
-                    with open(self.spool.path.with_name(self.spool.path.name + ".rejected"), "a") as fh:
-                        fh.write(json.dumps({**r, "error": exc.detail}) + "\n")
-            self.store.record_outcomes(rows)
+    # ------------------------------------------------------------------ replay
 
+    def replay(self, tiers: TiersConfig, max_batches: int | None = None) -> int:
+        """Write spooled outcomes to the store; ones it refuses go to the rejected file. Never raises for the store."""
         try:
-            n = self.spool.drain(write)
-        except DBAPIError as exc:
+            n = self.spool.drain(lambda batch: self._write_batch(batch, tiers), self._quarantine, max_batches)
+        except (SQLAlchemyError, OSError) as exc:
             self.metrics.store_errors.inc()
-            logger.warning("spool replay failed, will retry: %s", exc)
+            logger.warning("spool replay stopped, will retry (%s); %s", describe(exc), self.spool.path)
             return 0
         if n:
+            self.metrics.replayed.inc(n)
             logger.info("replayed %d spooled outcome(s)", n)
         return n
+
+    async def replay_every(self, interval_s: float, tiers: Callable[[], TiersConfig | None]) -> None:
+        """Replay the spool every `interval_s` seconds while a model is loaded (the app's background task)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            current = tiers()
+            if current is None or not self.spool.has_pending():
+                continue
+            try:
+                await run_in_threadpool(self.replay, current)
+            except Exception as exc:  # noqa: BLE001 - the timer must outlive any one failed replay
+                logger.error("spool replay failed: %s", describe(exc))
+
+    def status(self, last: int = 10) -> SpoolStatus:
+        rejected, newest = self.spool.rejected(last)
+        return SpoolStatus(
+            pending=self.spool.pending(),
+            rejected=rejected,
+            last_rejected=[RejectedOutcome(**e) for e in newest],
+        )
+
+    def _quarantine(self, record: Record, reason: str) -> None:
+        self.spool.reject(record, reason)
+        self.metrics.rejected.inc()
+        logger.warning(
+            "spooled outcome %s rejected (kept in %s): %s", record.get("outcome_id"), self.spool.rejected_path, reason
+        )
+
+    def _write_batch(self, records: list[Record], tiers: TiersConfig) -> None:
+        """Write one batch in one transaction; on a refusal, one record per transaction, quarantining refusals.
+
+        An outage (or any error that is not the record's fault) raises: the drain stops and keeps the batch.
+        """
+        valid = [r for r in map(self._revalidate, records) if r is not None]
+        found = self.store.get_decisions([r["decision_id"] for r in valid if r["decision_id"]])
+        resolved: list[tuple[Record, OutcomeRow]] = []
+        for r in valid:
+            try:
+                resolved.append((r, self._resolve_one(r, found, tiers)))
+            except ServiceError as exc:
+                self._quarantine(r, exc.detail)
+        try:
+            self.store.record_outcomes([row for _, row in resolved])
+            return
+        except (SQLAlchemyError, UnicodeEncodeError) as exc:
+            if not is_refusal(exc):
+                raise
+        for r, row in resolved:
+            try:
+                self.store.record_outcomes([row])
+            except (SQLAlchemyError, UnicodeEncodeError) as exc:
+                if not is_refusal(exc):
+                    raise
+                self._quarantine(r, describe(exc))
+
+    def _revalidate(self, r: Record) -> Record | None:
+        """The record checked again against today's schema (older spools hold what it now refuses)."""
+        try:
+            item = OutcomeIn.model_validate({k: r.get(k) for k in OutcomeIn.model_fields})
+            if not isinstance(r.get("outcome_id"), str) or not isinstance(r.get("admin"), bool):
+                raise ValueError("missing outcome_id or admin")
+            owner = r.get("owner")
+            if owner is not None and not isinstance(owner, str):
+                raise ValueError("owner is not a string")
+        except ValidationError as exc:
+            self._quarantine(r, f"invalid: {_invalid_reason(exc)}")
+            return None
+        except ValueError as exc:
+            self._quarantine(r, f"invalid: {exc}")
+            return None
+        return {**item.model_dump(), "outcome_id": r["outcome_id"], "owner": owner, "admin": r["admin"]}
+
+
+def _check_model(model: str | None, tiers: TiersConfig) -> None:
+    if model is not None and model not in tiers.known_models:
+        raise Invalid(f"model '{model}' is not in the tiers config")

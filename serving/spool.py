@@ -1,7 +1,12 @@
 """A local append-only file for outcomes that arrived while the store was down.
 
-Appends are fsynced before the caller answers; `drain` hands every spooled record to a writer
-and empties the file only when the writer succeeded. A file lock keeps workers apart.
+Appends are fsynced before the caller answers, one record per line; a line torn by a crash is closed
+before the next append, so it can never swallow an acknowledged record. `drain` moves the file aside
+under the append lock (later appends start a fresh file, nothing appended during a drain is lost), then
+hands its records to a writer in bounded batches and saves the byte offset after each one. An outage or a
+crash resumes from that offset: a batch may be written twice (outcome ids make that harmless), none is
+skipped. One drainer at a time across threads and workers; records the store refuses are quarantined in
+`<spool>.rejected` with their reason.
 """
 
 from __future__ import annotations
@@ -11,59 +16,243 @@ import json
 import logging
 import os
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 logger = logging.getLogger(__name__)
 
+Record = dict[str, Any]
+# Every record is written with its id first, so a record glued to a torn line can be found again.
+RECORD_START = b'{"outcome_id": '
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _append_durably(path: Path, data: bytes) -> None:
+    """Append `data` on a line of its own and fsync; on failure cut the file back to where it was."""
+    created = not path.exists()
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data  # close a line torn by a crash or a full disk
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            with suppress(OSError):
+                os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
+    if created:
+        _fsync_dir(path.parent)
+
+
+def _count_lines(path: Path, start: int = 0) -> int:
+    """Non-empty lines from byte `start` on, streamed."""
+    if not path.exists():
+        return 0
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        return sum(1 for line in fh if line.strip())
+
+
+def parse_line(line: bytes) -> tuple[list[Record], bytes | None]:
+    """The records on one spool line, and the torn remains (None when there are none).
+
+    A file written before appends closed torn lines may hold a torn record glued to a complete one:
+    the complete one starts at a later `{"outcome_id": ` (inside a JSON string every quote is escaped).
+    """
+    text = line.strip()
+    if not text:
+        return [], None
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if isinstance(record, dict):
+        return [record], None
+    at = text.find(RECORD_START, 1)
+    while at != -1:
+        records, rest = parse_line(text[at:])
+        if records and rest is None:
+            return records, text[:at]
+        at = text.find(RECORD_START, at + 1)
+    return [], text
+
 
 class Spool:
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, batch_size: int = 500):
         self.path = path
-        self._lock = threading.Lock()
+        self.batch_size = batch_size
+        self.draining = path.with_name(path.name + ".draining")
+        self.offset_path = path.with_name(path.name + ".draining.offset")
+        self.rejected_path = path.with_name(path.name + ".rejected")
+        self._append_lock = threading.Lock()
+        self._drain_lock = threading.Lock()
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self, name: str, thread_lock: threading.Lock, wait: bool = True) -> Iterator[bool]:
+        """Hold `thread_lock` and an flock on `<spool>.<name>`; yield False, holding nothing, if busy and not `wait`."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock, open(self.path.with_name(self.path.name + ".lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(lock, fcntl.LOCK_UN)
+        if not thread_lock.acquire(blocking=wait):
+            yield False
+            return
+        try:
+            with open(self.path.with_name(f"{self.path.name}.{name}"), "a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+                except BlockingIOError:
+                    yield False
+                    return
+                try:
+                    yield True
+                finally:
+                    fcntl.flock(lock, fcntl.LOCK_UN)
+        finally:
+            thread_lock.release()
 
-    def append(self, records: list[dict[str, Any]]) -> None:
-        """Write records durably (fsync) before returning."""
-        data = "".join(json.dumps(r) + "\n" for r in records)
-        with self._locked(), open(self.path, "a") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+    def append(self, records: list[Record]) -> None:
+        """Write records durably (fsync) before returning; raises OSError (leaving no partial record) if it can't."""
+        data = "".join(json.dumps({"outcome_id": r["outcome_id"], **r}) + "\n" for r in records).encode()
+        with self._locked("lock", self._append_lock):
+            _append_durably(self.path, data)
+
+    def has_pending(self) -> bool:
+        """Whether anything waits (cheap: two stats)."""
+        return any(p.exists() and p.stat().st_size > 0 for p in (self.draining, self.path))
 
     def pending(self) -> int:
-        if not self.path.exists():
-            return 0
-        with open(self.path) as fh:
-            return sum(1 for line in fh if line.strip())
+        """Lines waiting to be replayed (a torn line counts until a replay quarantines it)."""
+        return _count_lines(self.draining, self._offset()) + _count_lines(self.path)
 
-    def drain(self, write: Callable[[list[dict[str, Any]]], None]) -> int:
-        """Pass every spooled record to `write`; truncate the file once it returns. Returns the count."""
-        if not self.path.exists() or self.path.stat().st_size == 0:
-            return 0
-        with self._locked():
-            records = []
-            with open(self.path) as fh:
+    def reject(self, record: Record, reason: str) -> None:
+        """Quarantine a record the store will never take, with its reason, durably."""
+        entry = {
+            "outcome_id": str(record.get("outcome_id")),
+            "reason": reason,
+            "rejected_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "record": record,
+        }
+        with self._locked("lock", self._append_lock):
+            _append_durably(self.rejected_path, (json.dumps(entry) + "\n").encode())
+
+    def rejected(self, last: int = 10) -> tuple[int, list[dict[str, str]]]:
+        """How many records were quarantined, and the newest `last` as outcome_id, reason, rejected_at."""
+        count, newest = 0, deque[dict[str, str]](maxlen=last)
+        if self.rejected_path.exists():
+            with open(self.rejected_path, "rb") as fh:
                 for line in fh:
                     try:
-                        records.append(json.loads(line))
-                    except json.JSONDecodeError:
-                        # A line torn by a crash mid-append was never acknowledged to its client.
-                        logger.error("skipping a torn spool line: %r", line[:200])
-            if records:
-                write(records)
-            with open(self.path, "w") as fh:
-                fh.flush()
-                os.fsync(fh.fileno())
-        return len(records)
+                        entry = json.loads(line)
+                    except ValueError:
+                        continue
+                    count += 1
+                    newest.append({k: str(entry.get(k)) for k in ("outcome_id", "reason", "rejected_at")})
+        return count, list(newest)
+
+    def drain(
+        self,
+        write: Callable[[list[Record]], None],
+        quarantine: Callable[[Record, str], None],
+        max_batches: int | None = None,
+    ) -> int:
+        """Pass spooled records to `write` in batches; return how many it took.
+
+        `write` takes a whole batch (writing or quarantining each record) or raises, which stops the drain
+        and keeps that batch for the next one. Returns 0 at once when another thread or worker is draining.
+        """
+        if not self.has_pending():
+            return 0
+        with self._locked("drain.lock", self._drain_lock, wait=False) as mine:
+            if not mine:
+                return 0
+            done, batches = 0, max_batches
+            for _ in range(2):  # a file left by a crash or an outage first, then the current spool
+                if not self.draining.exists() and not self._move_aside():
+                    break
+                n, batches, finished = self._replay_draining(write, quarantine, batches)
+                done += n
+                if not finished:
+                    break
+            return done
+
+    def _move_aside(self) -> bool:
+        """Rename the spool to the draining file (under the append lock); False when it is empty."""
+        with self._locked("lock", self._append_lock):
+            if not self.path.exists() or self.path.stat().st_size == 0:
+                return False
+            self.offset_path.unlink(missing_ok=True)
+            os.replace(self.path, self.draining)
+            _fsync_dir(self.path.parent)
+        return True
+
+    def _offset(self) -> int:
+        """Bytes of the draining file already replayed (0 if the offset belongs to an older draining file)."""
+        try:
+            saved = json.loads(self.offset_path.read_text())
+            if saved["inode"] == self.draining.stat().st_ino:
+                return int(saved["offset"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return 0
+
+    def _save_offset(self, offset: int) -> None:
+        tmp = self.offset_path.with_name(self.offset_path.name + ".tmp")
+        with open(tmp, "w") as fh:
+            json.dump({"inode": self.draining.stat().st_ino, "offset": offset}, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.offset_path)
+
+    def _read_batch(self, fh: IO[bytes], quarantine: Callable[[Record, str], None]) -> list[Record]:
+        batch: list[Record] = []
+        while len(batch) < self.batch_size:
+            line = fh.readline()
+            if not line:
+                break
+            records, torn = parse_line(line)
+            if torn is not None:
+                # Never acknowledged (the append did not finish), but kept, in case someone wants it.
+                logger.warning("quarantining a torn spool line of %d bytes", len(torn))
+                quarantine({"outcome_id": None, "torn_line": torn.decode(errors="replace")}, "torn spool line")
+            batch.extend(records)
+        return batch
+
+    def _replay_draining(
+        self,
+        write: Callable[[list[Record]], None],
+        quarantine: Callable[[Record, str], None],
+        batches: int | None,
+    ) -> tuple[int, int | None, bool]:
+        """Replay the draining file from the saved offset: (records taken, batches left, whether it is done)."""
+        done = 0
+        with open(self.draining, "rb") as fh:
+            fh.seek(self._offset())
+            while True:
+                if batches is not None and batches <= 0:
+                    return done, batches, False
+                batch = self._read_batch(fh, quarantine)
+                if not batch:
+                    break
+                write(batch)
+                done += len(batch)
+                batches = None if batches is None else batches - 1
+                self._save_offset(fh.tell())
+        self.offset_path.unlink(missing_ok=True)  # first: a stale offset must never apply to the next file
+        self.draining.unlink()
+        _fsync_dir(self.path.parent)
+        return done, batches, True

@@ -25,6 +25,7 @@ from router.schema import Outcome
 logger = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+SPENT_CEILING_USD = 1e15
 
 metadata = sa.MetaData()
 
@@ -152,15 +153,18 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL, full sync and a long busy timeout."""
+    """An engine for `url`; SQLite gets WAL, full sync and a long busy timeout.
+
+    Parameters are hidden from error messages: they hold prompts and key hashes, and errors get logged.
+    """
     parsed = sa.make_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True)
         sa.event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return sa.create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True)
+    return sa.create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True, hide_parameters=True)
 
 
 class LockedSession:
@@ -186,6 +190,23 @@ class LockedSession:
             sessions.update().where(sessions.c.id == self.row.id).values(status="frozen", updated_at=_now())
         )
         self.row = SessionRow(**{**self.row.__dict__, "status": "frozen"})
+
+
+def _insert_new_outcome(conn: Connection, values: dict[str, Any]) -> bool:
+    """Insert one outcome unless its id is stored already (ON CONFLICT DO NOTHING); whether it was new."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        stmt: Any = pg_insert(outcomes).values(values).on_conflict_do_nothing(index_elements=[outcomes.c.id])
+    elif conn.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+        stmt = sqlite_insert(outcomes).values(values).on_conflict_do_nothing(index_elements=[outcomes.c.id])
+    else:
+        if conn.execute(sa.select(outcomes.c.id).where(outcomes.c.id == values["id"])).first():
+            return False
+        stmt = outcomes.insert().values(values)
+    return bool(conn.execute(stmt).rowcount)
 
 
 def _insert_decisions(conn: Connection, rows: Sequence[DecisionRow]) -> None:
@@ -313,26 +334,24 @@ class Store:
     # ------------------------------------------------------------------ outcomes
 
     def record_outcomes(self, rows: Sequence[OutcomeRow]) -> int:
-        """Insert outcomes whose id is new, settling their decisions' reservations; return how many were new."""
+        """Insert outcomes whose id is new, settling their decisions' reservations; return how many were new.
+
+        An id already stored (a retry, even a concurrent one) is skipped by the insert itself, never an error.
+        """
+        new = 0
         with self.engine.begin() as conn:
-            ids = [r.id for r in rows]
-            seen = set(conn.execute(sa.select(outcomes.c.id).where(outcomes.c.id.in_(ids))).scalars())
-            new = 0
             for r in rows:
-                if r.id in seen:
+                values = {**r.__dict__, "prompt_id": prompt_id_of(r.prompt), "created_at": _now()}
+                if not _insert_new_outcome(conn, values):
                     continue
-                seen.add(r.id)
                 new += 1
-                conn.execute(
-                    outcomes.insert().values(**r.__dict__, prompt_id=prompt_id_of(r.prompt), created_at=_now())
-                )
                 if r.decision_id is not None:
                     self._settle(conn, r.decision_id, r.cost_usd)
         return new
 
     @staticmethod
     def _settle(conn: Connection, decision_id: str, cost_usd: float) -> None:
-        """Release a decision's reservation and book its actual cost, once."""
+        """Release a decision's reservation and book its actual cost, once; spend saturates at a ceiling."""
         done = conn.execute(
             decisions.update()
             .where(decisions.c.id == decision_id, decisions.c.settled == sa.false())
@@ -345,15 +364,16 @@ class Store:
         ).one()
         if d.session_id is None:
             return
+        cost = min(cost_usd, SPENT_CEILING_USD) if cost_usd >= 0 else 0.0  # NaN -> 0, inf -> the ceiling
         left = sessions.c.reserved_usd - d.reserved_usd
+        # Compared before adding, so the sum can never overflow (PostgreSQL refuses it, SQLite makes it inf).
+        spent = sa.case(
+            (sessions.c.spent_usd > SPENT_CEILING_USD - cost, SPENT_CEILING_USD), else_=sessions.c.spent_usd + cost
+        )
         conn.execute(
             sessions.update()
             .where(sessions.c.id == d.session_id)
-            .values(
-                reserved_usd=sa.case((left < 0, 0.0), else_=left),
-                spent_usd=sessions.c.spent_usd + cost_usd,
-                updated_at=_now(),
-            )
+            .values(reserved_usd=sa.case((left < 0, 0.0), else_=left), spent_usd=spent, updated_at=_now())
         )
 
     def export_outcomes(self) -> list[Outcome]:

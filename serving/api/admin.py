@@ -1,4 +1,4 @@
-"""POST /admin/reload."""
+"""POST /admin/reload, GET /admin/spool."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from starlette.concurrency import run_in_threadpool
 from router.features import EmbedderMismatch
 from router.schema import TiersConfigError
 from serving.api.route import tier_infos
-from serving.deps import Admin
+from serving.deps import Admin, RecorderDep
 from serving.errors import ReloadFailed
-from serving.schemas import ReloadResponse
+from serving.schemas import ReloadResponse, SpoolStatus
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
@@ -28,3 +28,9 @@ async def reload(request: Request, _: Admin) -> ReloadResponse:
         previous_version=previous.version if previous else None,
         tiers=tier_infos(rt),
     )
+
+
+@router.get("/spool")
+def spool_status(_: Admin, recorder: RecorderDep) -> SpoolStatus:
+    """Outcomes waiting in the local spool for the store, and the ones the store refused (without prompt text)."""
+    return recorder.status()

@@ -16,7 +16,10 @@ router = APIRouter(tags=["outcomes"])
 @router.post(
     "/outcomes",
     status_code=201,
-    responses={202: {"model": OutcomesResponse, "description": "store down: spooled, replayed later"}},
+    responses={
+        202: {"model": OutcomesResponse, "description": "store unreachable: spooled, replayed later"},
+        422: {"description": "invalid, an unknown model, or refused by the store; nothing was written"},
+    },
 )
 def post_outcomes(
     body: Annotated[OutcomeIn | list[OutcomeIn], Body()],
@@ -32,6 +35,9 @@ def post_outcomes(
         return OutcomesResponse(outcome_ids=[], recorded=0)
     if len(items) > settings.max_batch:
         raise TooLarge(f"{len(items)} outcomes is over the batch limit of {settings.max_batch}")
+    for i, item in enumerate(items):
+        if item.prompt is not None and len(item.prompt) > settings.max_prompt_chars:
+            raise TooLarge(f"outcome {i}: prompt has {len(item.prompt)} characters, over {settings.max_prompt_chars}")
     out = recorder.record(items, caller, rt.tiers)
     if out.spooled:
         response.status_code = 202
