@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     )
     max_prompt_chars: int = Field(100_000, ge=1)
     max_batch: int = Field(256, ge=1)
+    max_body_bytes: int = Field(
+        1_048_576, ge=1, description="a request body over this many bytes is answered 413 before it is parsed"
+    )
     reload_interval_s: float = Field(0.0, ge=0, description="poll the registry alias this often; 0 = never")
     spool_path: Path = Path(".cache/outcome-spool.jsonl")
     spool_replay_interval_s: float = Field(

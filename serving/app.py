@@ -14,11 +14,12 @@ from starlette.concurrency import run_in_threadpool
 from router.features import Embedder, make_embedder
 from router.settings import Settings, get_settings
 from serving.api import admin, ops, outcomes, route, sessions
+from serving.docs import install_docs
 from serving.errors import install_handlers
 from serving.logs import configure_logging
 from serving.manager import ModelManager
 from serving.metrics import Metrics, multiprocess_enabled
-from serving.middleware import RequestContext
+from serving.middleware import BodyLimit, RequestContext
 from serving.model_source import ModelSource, source_from_settings
 from serving.outcomes import OutcomeRecorder
 from serving.security import KeyRing
@@ -76,6 +77,8 @@ def create_app(
         summary="Routes each prompt to the cheapest model tier predicted to answer it well.",
         version="0.1.0",
         lifespan=lifespan,
+        docs_url=None,  # served from installed files by install_docs, not from CDNs
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.keys = keys
@@ -85,11 +88,13 @@ def create_app(
     for module in (route, outcomes, sessions, admin, ops):
         app.include_router(module.router)
     install_handlers(app)
+    install_docs(app)
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         logger.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse({"detail": "internal error"}, status_code=500)
 
     app.add_exception_handler(Exception, unexpected)
-    app.add_middleware(RequestContext, metrics=metrics)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext, metrics=metrics)  # added last: outermost, so it logs the 413s too
     return app

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from router.settings import Settings
 from serving.errors import NotReady
@@ -38,10 +39,15 @@ async def get_recorder(request: Request) -> OutcomeRecorder:
     return request.app.state.recorder  # type: ignore[no-any-return]
 
 
+# Declares the bearer scheme in the OpenAPI spec (the Authorize button of /docs); our KeyRing answers the 401s.
+bearer_scheme = HTTPBearer(auto_error=False, description="an API key: `Authorization: Bearer <key>`")
+
+
 async def get_principal(
-    request: Request, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
+    request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 ) -> Principal:
-    return request.app.state.keys.authenticate(authorization)  # type: ignore[no-any-return]
+    token = credentials.credentials if credentials else None
+    return request.app.state.keys.authenticate(token)  # type: ignore[no-any-return]
 
 
 async def get_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:

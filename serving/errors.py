@@ -8,11 +8,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 
 from router.features import EmbedderMismatch
 from router.policy import NoTierFits
 from router.schema import TiersConfigError
+from serving.schemas import ErrorResponse
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +50,21 @@ class NotFound(ServiceError):
 
 
 class Invalid(ServiceError):
+    """A request that parsed but names something that isn't there; answered in the 422 validation shape."""
+
     status = 422
+
+    def __init__(self, detail: str, loc: tuple[str | int, ...] = ("body",)):
+        super().__init__(detail)
+        self.loc = loc
 
 
 class ReloadFailed(ServiceError):
     status = 409
 
 
-class SessionFrozen(ServiceError):
-    """The session's cap is reached; it answers 402 until an admin confirms a new cap."""
+class OverBudget(ServiceError):
+    """The session's cap leaves no room for the request (402); the body says whether the session froze."""
 
     status = 402
 
@@ -66,10 +73,28 @@ class StoreUnavailable(ServiceError):
     status = 503
 
 
+def error(status: int, description: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI entry of a refusal answered as `{"detail": "..."}`."""
+    return {status: {"model": ErrorResponse, "description": description}}
+
+
+CALLER_ERRORS = error(401, "missing or unknown API key") | error(
+    503, "no model loaded yet, or the store is unavailable"
+)
+BODY_ERRORS = error(400, "the body could not be read (e.g. JSON nested too deeply)") | error(
+    413, "the body is over max_body_bytes, or a prompt or batch is over its limit"
+)
+
+
 def _answer(status: int, detail: str, body: dict[str, Any] | None = None) -> JSONResponse:
     content = {"detail": detail, **(body or {})}
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     return JSONResponse(content, status_code=status, headers=headers)
+
+
+def invalid(msg: str, loc: tuple[str | int, ...] = ("body",)) -> JSONResponse:
+    """A 422 in the shape of FastAPI's validation errors, so every 422 has one documented shape."""
+    return JSONResponse({"detail": [{"loc": list(loc), "msg": msg, "type": "value_error"}]}, status_code=422)
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -77,15 +102,25 @@ def install_handlers(app: FastAPI) -> None:
 
     async def service_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
+        if isinstance(exc, Invalid):
+            return invalid(exc.detail, exc.loc)
         return _answer(exc.status, exc.detail, exc.body)
 
     async def no_tier_fits(_: Request, exc: Exception) -> JSONResponse:
-        return _answer(422, str(exc))
+        return invalid(str(exc))
 
     async def config_error(_: Request, exc: Exception) -> JSONResponse:
         return _answer(409, str(exc))
 
     async def db_error(request: Request, exc: Exception) -> JSONResponse:
+        # A value the store refuses is the client's mistake (the edge should have caught it): no store error.
+        # The message is not logged or echoed: it may quote the value.
+        if isinstance(exc, DataError):
+            logger.warning("the store refused a value: %s", type(getattr(exc, "orig", exc)).__name__)
+            return invalid("the store refused a value of this request")
+        if isinstance(exc, IntegrityError):
+            logger.warning("the store refused a write: %s", type(getattr(exc, "orig", exc)).__name__)
+            return _answer(409, "the request conflicts with stored data")
         request.app.state.metrics.store_errors.inc()
         logger.error("store error: %s", exc)
         return _answer(503, "the decision store is unavailable; retry")

@@ -33,12 +33,17 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: int = logging.INFO) -> None:
-    """Send every logger to stderr as JSON lines."""
+    """Send every logger to stderr as JSON lines; silence uvicorn's access log (it would log query strings)."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+    for name in ("uvicorn", "uvicorn.error"):
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
+    # Our RequestContext middleware logs each request once, without its query string (keys can ride there).
+    # uvicorn logs access lines only while `uvicorn.access` has a handler, its own or through propagation.
+    access = logging.getLogger("uvicorn.access")
+    access.handlers[:] = []
+    access.propagate = False

@@ -1,7 +1,8 @@
-"""Request id, latency histogram and one structured access-log line per request (pure ASGI)."""
+"""Pure ASGI middleware: request id, latency histogram and one access-log line per request; the body limit."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -16,6 +17,9 @@ logger = logging.getLogger("serving.access")
 
 
 class RequestContext:
+    """Sets the request id, observes latency and logs the request once: method, path (never the query
+    string, which may carry a key) and status."""
+
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
         self.metrics = metrics
@@ -53,3 +57,60 @@ class RequestContext:
                     extra={"status": status, "route": path, "latency_ms": round(elapsed * 1000, 3)},
                 )
             request_id.reset(token)
+
+
+class BodyLimit:
+    """Answer 413 to a body over `max_bytes` before the app parses it: at once when Content-Length says so,
+    else as soon as the streamed (chunked) body passes the limit.
+
+    The body is read here and handed on whole: the app would buffer it to parse the JSON anyway. (Starlette's
+    RequestBodyLimitMiddleware answers text/plain on one of these paths; our 413 is always the JSON error.)
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            await self._refuse(send, 413 if declared.isdigit() else 400)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_bytes:
+                await self._refuse(send, 413)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, send: Send, status: int) -> None:
+        detail = (
+            f"the request body is over the limit of {self.max_bytes} bytes"
+            if status == 413
+            else "the Content-Length header is not a number"
+        )
+        body = json.dumps({"detail": detail}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from router.policy import Decision, NoTierFits, decide
-from serving.errors import Invalid, SessionFrozen, TooLarge
+from router.policy import Decision, allowed_tiers, decide
+from serving.errors import Invalid, OverBudget, TooLarge
 from serving.runtime import Runtime
 from serving.schemas import RouteOptions, RouteResponse
 from serving.security import Principal, check_owner
@@ -23,17 +23,35 @@ def check_sizes(prompts: Sequence[str], max_chars: int, max_batch: int) -> None:
             raise TooLarge(f"prompt {i} has {len(p)} characters, over the limit of {max_chars}")
 
 
-def frozen_error(row: SessionRow) -> SessionFrozen:
-    return SessionFrozen(
-        f"session {row.id} is frozen at its spend cap; an admin must confirm a new cap",
+def over_budget(row: SessionRow, detail: str, needed_usd: float | None = None) -> OverBudget:
+    return OverBudget(
+        detail,
         body={
             "session_id": row.id,
             "spent_usd": row.spent_usd,
             "reserved_usd": row.reserved_usd,
             "cap_usd": row.cap_usd,
-            "status": "frozen",
+            "status": row.status,
+            "needed_usd": needed_usd,
         },
     )
+
+
+def frozen_error(row: SessionRow) -> OverBudget:
+    return over_budget(row, f"session {row.id} is frozen at its spend cap; an admin must confirm a new cap")
+
+
+def cheapest_allowed(
+    rt: Runtime, quality: np.ndarray, cost: np.ndarray, min_tier: int, max_cost_usd: float | None
+) -> np.ndarray:
+    """Per prompt, the expected cost of the cheapest tier the request allows; NoTierFits (a 422) when none is."""
+    floor = np.empty(len(cost))
+    for i, c in enumerate(cost):
+        mask = allowed_tiers(c, min_tier, max_cost_usd)
+        if not mask.any():
+            decide(quality[i], c, rt.tiers.names, 0.0, min_tier, max_cost_usd)  # raises NoTierFits, saying why
+        floor[i] = float(np.min(c[mask]))
+    return floor
 
 
 def _decide_all(
@@ -43,19 +61,20 @@ def _decide_all(
     target: float,
     min_tier: int,
     max_cost_usd: float | None,
-    budget_usd: float | None,
-    cost_weight: float | None = None,
-) -> list[Decision] | None:
-    """One decision per prompt, spending down `budget_usd`; None when the budget covers no allowed tier."""
+    cost_weight: float | None,
+    budget_usd: float | None = None,
+    floor: np.ndarray | None = None,
+) -> list[Decision]:
+    """One decision per prompt. With a budget (that covers `floor`, the batch at its cheapest allowed tiers),
+    each prompt may spend what is left after keeping its floor for every later prompt: the whole batch fits,
+    and earlier prompts are downgraded only as far as the later ones need."""
     names = rt.tiers.names
     out = []
-    for q, c in zip(quality, cost, strict=True):
-        try:
-            d = decide(q, c, names, target, min_tier, max_cost_usd, budget_usd, cost_weight)
-        except NoTierFits:
-            # Raises NoTierFits (a 422) when the request's own constraints exclude every tier.
-            decide(q, c, names, target, min_tier, max_cost_usd, cost_weight=cost_weight)
-            return None
+    for i, (q, c) in enumerate(zip(quality, cost, strict=True)):
+        share = None
+        if budget_usd is not None and floor is not None:
+            share = max(budget_usd - float(floor[i + 1 :].sum()), float(floor[i]))
+        d = decide(q, c, names, target, min_tier, max_cost_usd, share, cost_weight)
         out.append(d)
         if budget_usd is not None:
             budget_usd = max(budget_usd - float(c[d.tier_index]), 0.0)
@@ -74,7 +93,7 @@ def route(
     try:
         min_tier = rt.tier_index(opts.min_tier)
     except (KeyError, IndexError) as exc:
-        raise Invalid(str(exc.args[0])) from None
+        raise Invalid(str(exc.args[0]), ("body", "min_tier")) from None
     target = default_target if opts.quality_target is None else opts.quality_target
     quality, cost = rt.score(prompts)
 
@@ -102,34 +121,39 @@ def route(
 
     session: SessionRow | None = None
     if opts.session_id is None:
-        decided = _decide_all(rt, quality, cost, target, min_tier, opts.max_cost_usd, None, opts.cost_weight_per_usd)
-        assert decided is not None
+        decided = _decide_all(rt, quality, cost, target, min_tier, opts.max_cost_usd, opts.cost_weight_per_usd)
         rows = rows_for(decided, None)
         store.record_decisions(rows)
     else:
+        refusal: OverBudget | None = None
         with store.lock_session(opts.session_id, principal.key_hash) as locked:
             check_owner(principal, locked.row.owner)
             if locked.row.status == "frozen":
-                decided = None
+                raise frozen_error(locked.row)
+            floor = cheapest_allowed(rt, quality, cost, min_tier, opts.max_cost_usd)
+            left = locked.row.budget_left_usd
+            if left is not None and float(floor.sum()) > left:
+                if left < float(floor.min()):
+                    # Not even one of these prompts fits: the session is spent, as a single /route finds it.
+                    locked.freeze()
+                    refusal = frozen_error(locked.row)
+                else:
+                    refusal = over_budget(
+                        locked.row,
+                        f"these {len(prompts)} prompts need at least ${float(floor.sum()):.6g} at their cheapest "
+                        f"allowed tiers, but session {locked.row.id} has ${left:.6g} left; nothing was reserved "
+                        "and the session stays open: send fewer prompts",
+                        float(floor.sum()),
+                    )
             else:
                 decided = _decide_all(
-                    rt,
-                    quality,
-                    cost,
-                    target,
-                    min_tier,
-                    opts.max_cost_usd,
-                    locked.row.budget_left_usd,
-                    opts.cost_weight_per_usd,
+                    rt, quality, cost, target, min_tier, opts.max_cost_usd, opts.cost_weight_per_usd, left, floor
                 )
-                if decided is None:
-                    locked.freeze()
-            if decided is not None:
                 rows = rows_for(decided, opts.session_id)
                 locked.reserve(rows)
             session = locked.row
-        if decided is None:
-            raise frozen_error(session)
+        if refusal is not None:
+            raise refusal  # after the transaction: a freeze is committed
     return [
         RouteResponse(
             decision_id=r.id,

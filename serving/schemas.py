@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StringConstraints,
+    model_validator,
+)
 
 
 def _storable(value: str) -> str:
@@ -21,7 +31,46 @@ def _storable(value: str) -> str:
 
 Text = Annotated[str, AfterValidator(_storable)]
 SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")]
-Usd = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+# Strict numbers: a JSON int is a float, but `false` is not 0 and `true` is not 1.
+Usd = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]
+Share = Annotated[StrictFloat, Field(ge=0, le=1, allow_inf_nan=False)]
+MAX_METADATA_BYTES = 16 * 1024
+
+
+def _json_metadata(value: dict[str, Any]) -> dict[str, Any]:
+    """Metadata is stored as JSON: finite numbers, no NUL characters, at most MAX_METADATA_BYTES serialized."""
+
+    def walk(v: Any, depth: int) -> None:
+        if depth > 32:
+            raise ValueError("must nest at most 32 levels deep")
+        if isinstance(v, str):
+            _storable(v)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                _storable(k)
+                walk(x, depth + 1)
+        elif isinstance(v, list):
+            for x in v:
+                walk(x, depth + 1)
+
+    walk(value, 0)
+    try:
+        size = len(json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":")).encode())
+    except ValueError:
+        raise ValueError("must hold finite numbers only (no NaN or Infinity)") from None
+    if size > MAX_METADATA_BYTES:
+        raise ValueError(f"is {size} bytes as JSON, over the limit of {MAX_METADATA_BYTES}")
+    return value
+
+
+Metadata = Annotated[
+    dict[str, Any],
+    AfterValidator(_json_metadata),
+    Field(
+        description=f"free-form JSON kept with the decision: at most {MAX_METADATA_BYTES} bytes serialized, "
+        "finite numbers, no NUL characters, at most 32 levels deep"
+    ),
+]
 Prompt = Annotated[str, StringConstraints(min_length=1, pattern=r"\S"), AfterValidator(_storable)]
 
 MAX_OUTCOME_COST_USD = 1e6
@@ -35,17 +84,19 @@ class Strict(BaseModel):
 
 class RouteOptions(Strict):
     session_id: SessionId | None = None
-    quality_target: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | None = Field(
+    quality_target: Share | None = Field(
         None, description="predicted quality the chosen tier must reach; the service default when absent"
     )
-    cost_weight_per_usd: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = Field(
+    cost_weight_per_usd: Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)] | None = Field(
         None,
         description="the cost–quality knob λ: pick the tier maximising predicted quality − λ·expected cost "
         "instead of the cheapest tier that reaches quality_target",
     )
-    min_tier: Annotated[int, Field(ge=0)] | str | None = Field(None, description="tier name or index")
+    min_tier: Annotated[StrictInt, Field(ge=0)] | Annotated[Text, StringConstraints(max_length=128)] | None = Field(
+        None, description="tier name or index"
+    )
     max_cost_usd: Usd | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: Metadata | None = None
 
 
 class RouteRequest(RouteOptions):
@@ -165,13 +216,25 @@ class SessionResponse(BaseModel):
     recent_decisions: list[DecisionInfo] = []
 
 
-class FrozenResponse(BaseModel):
+class OverBudgetResponse(BaseModel):
+    """402: the session's cap leaves no room for the request. `frozen` sessions wait for an admin's confirm."""
+
     detail: str
     session_id: str
     spent_usd: float
     reserved_usd: float
     cap_usd: float | None
-    status: Literal["frozen"] = "frozen"
+    status: Literal["open", "frozen"] = Field(
+        description="frozen: every /route in the session answers 402 until an admin confirms a new cap; "
+        "open: only this batch was refused (nothing reserved); a smaller batch or a single /route may fit"
+    )
+    needed_usd: float | None = Field(None, description="the least this batch would cost at the cheapest allowed tiers")
+
+
+class ErrorResponse(BaseModel):
+    """Every refusal but 402 and 422: what went wrong, in one sentence."""
+
+    detail: str
 
 
 class ReloadResponse(BaseModel):

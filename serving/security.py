@@ -61,12 +61,13 @@ class KeyRing:
             )
         logger.warning("no API keys configured: every caller has admin scope (allowed only on %s)", host)
 
-    def authenticate(self, authorization: str | None) -> Principal:
+    def authenticate(self, token: str | None) -> Principal:
+        """The caller holding bearer `token` (None when the request carried no bearer token)."""
         if not self.enabled:
             return ANONYMOUS
-        if not authorization or not authorization.lower().startswith("bearer "):
+        if not token or not token.strip():
             raise Unauthorized("missing bearer token")
-        digest = hash_key(authorization[7:].strip())
+        digest = hash_key(token.strip())
         for known, scope in self._hashes.items():
             if hmac.compare_digest(known, digest):
                 return Principal(key_hash=digest, scope=scope)  # type: ignore[arg-type]

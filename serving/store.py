@@ -29,6 +29,22 @@ SPENT_CEILING_USD = 1e15
 
 metadata = sa.MetaData()
 
+
+class UtcDateTime(sa.TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime on every backend: SQLite keeps no zone, so its values are read back as UTC."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:  # noqa: ARG002
+        return value.astimezone(UTC) if value is not None and value.tzinfo is not None else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:  # noqa: ARG002
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 sessions = sa.Table(
     "sessions",
     metadata,
@@ -38,15 +54,15 @@ sessions = sa.Table(
     sa.Column("spent_usd", sa.Float, nullable=False, server_default="0"),
     sa.Column("reserved_usd", sa.Float, nullable=False, server_default="0"),
     sa.Column("status", sa.String(16), nullable=False, server_default="open"),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
 )
 
 decisions = sa.Table(
     "decisions",
     metadata,
     sa.Column("id", sa.String(32), primary_key=True),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("session_id", sa.String(128), nullable=True, index=True),
     sa.Column("owner", sa.String(64), nullable=True),
     sa.Column("prompt", sa.Text, nullable=False),
@@ -168,7 +184,8 @@ def make_engine(url: str) -> Engine:
 
 
 class LockedSession:
-    """A session row locked for the rest of the transaction: reserve against it, or freeze it."""
+    """A session row locked for the rest of the transaction: check its owner, then set its cap, reserve
+    against it, or freeze it. Raising inside the `with` rolls everything back, a session it created too."""
 
     def __init__(self, conn: Connection, row: SessionRow):
         self._conn = conn
@@ -190,6 +207,14 @@ class LockedSession:
             sessions.update().where(sessions.c.id == self.row.id).values(status="frozen", updated_at=_now())
         )
         self.row = SessionRow(**{**self.row.__dict__, "status": "frozen"})
+
+    def set_cap(self, cap_usd: float) -> SessionRow:
+        """Change the cap; a frozen session stays frozen until an admin confirms."""
+        self._conn.execute(
+            sessions.update().where(sessions.c.id == self.row.id).values(cap_usd=cap_usd, updated_at=_now())
+        )
+        self.row = SessionRow(**{**self.row.__dict__, "cap_usd": cap_usd})
+        return self.row
 
 
 def _insert_new_outcome(conn: Connection, values: dict[str, Any]) -> bool:
@@ -242,17 +267,6 @@ class Store:
             row = conn.execute(sessions.select().where(sessions.c.id == session_id)).first()
         return _session(row) if row else None
 
-    def set_cap(self, session_id: str, owner: str | None, cap_usd: float) -> SessionRow:
-        """Create the session, or change its cap (a frozen session stays frozen until confirmed)."""
-        with self.engine.begin() as conn:
-            done = conn.execute(
-                sessions.update().where(sessions.c.id == session_id).values(cap_usd=cap_usd, updated_at=_now())
-            ).rowcount
-            if not done:
-                self._insert_session(conn, session_id, owner, cap_usd)
-            row = conn.execute(sessions.select().where(sessions.c.id == session_id)).one()
-        return _session(row)
-
     def confirm(self, session_id: str, new_cap_usd: float) -> SessionRow | None:
         """Reopen a session with a new cap."""
         with self.engine.begin() as conn:
@@ -295,7 +309,11 @@ class Store:
 
     @contextmanager
     def lock_session(self, session_id: str, owner: str | None) -> Iterator[LockedSession]:
-        """Lock the session row (creating an uncapped one if missing) for one transaction."""
+        """Lock the session row (creating an uncapped one owned by `owner` if missing) for one transaction.
+
+        Check the owner on the locked row: of two clients creating the same id at once, one inserts and the
+        other's insert does nothing (it waits for the first to commit), so the second sees the first's owner.
+        """
 
         def touch(conn: Connection) -> int:
             stmt = sessions.update().where(sessions.c.id == session_id).values(status=sessions.c.status)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from serving.deps import Caller, MetricsDep, RuntimeDep, SettingsDep, StoreDep
+from serving.errors import BODY_ERRORS, CALLER_ERRORS, error
 from serving.routing import check_sizes, route
 from serving.schemas import (
-    FrozenResponse,
+    OverBudgetResponse,
     RouteBatchRequest,
     RouteBatchResponse,
     RouteRequest,
@@ -16,11 +17,11 @@ from serving.schemas import (
     TiersResponse,
 )
 
-router = APIRouter(tags=["route"])
+router = APIRouter(tags=["route"], responses=CALLER_ERRORS)
 ERRORS: dict[int | str, dict[str, object]] = {
-    402: {"model": FrozenResponse, "description": "the session is frozen at its cap"},
-    413: {"description": "prompt or batch too large"},
-    503: {"description": "no model loaded, or the store is down"},
+    402: {"model": OverBudgetResponse, "description": "the session's cap leaves no room (status says if it froze)"},
+    **BODY_ERRORS,
+    **error(403, "the session belongs to another client"),
 }
 
 

@@ -7,12 +7,12 @@ from typing import Annotated
 from fastapi import APIRouter, Path
 
 from serving.deps import Admin, Caller, StoreDep
-from serving.errors import NotFound
+from serving.errors import BODY_ERRORS, CALLER_ERRORS, NotFound, error
 from serving.schemas import CapRequest, ConfirmRequest, DecisionInfo, SessionResponse
-from serving.security import check_owner
+from serving.security import Principal, check_owner
 from serving.store import SessionRow, Store
 
-router = APIRouter(prefix="/sessions", tags=["sessions"])
+router = APIRouter(prefix="/sessions", tags=["sessions"], responses=CALLER_ERRORS)
 SessionPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")]
 
 
@@ -47,22 +47,29 @@ def _owned(store: Store, session_id: str, caller: Caller) -> SessionRow:
     return row
 
 
-@router.put("/{session_id}", responses={403: {"description": "another client's session"}})
+def _set_cap(store: Store, session_id: str, caller: Principal, cap_usd: float) -> SessionRow:
+    """Create or re-cap the session; the owner is checked on the locked row, in the same transaction."""
+    with store.lock_session(session_id, caller.key_hash) as locked:
+        check_owner(caller, locked.row.owner)
+        return locked.set_cap(cap_usd)
+
+
+@router.put("/{session_id}", responses={**BODY_ERRORS, **error(403, "another client's session")})
 def put_session(session_id: SessionPath, req: CapRequest, store: StoreDep, caller: Caller) -> SessionResponse:
     """Create a session with a spend cap, or change its cap (a frozen session stays frozen)."""
-    existing = store.get_session(session_id)
-    if existing is not None:
-        check_owner(caller, existing.owner)
-    return _view(store, store.set_cap(session_id, caller.key_hash, req.cap_usd))
+    return _view(store, _set_cap(store, session_id, caller, req.cap_usd))
 
 
-@router.get("/{session_id}", responses={403: {"description": "another client's session"}, 404: {}})
+@router.get("/{session_id}", responses=error(403, "another client's session") | error(404, "no such session"))
 def get_session(session_id: SessionPath, store: StoreDep, caller: Caller) -> SessionResponse:
     """Spend, reservations, status and recent decisions of a session."""
     return _view(store, _owned(store, session_id, caller))
 
 
-@router.post("/{session_id}/confirm", responses={403: {"description": "needs admin"}, 404: {}})
+@router.post(
+    "/{session_id}/confirm",
+    responses={**BODY_ERRORS, **error(403, "needs an admin key"), **error(404, "no such session")},
+)
 def confirm_session(session_id: SessionPath, req: ConfirmRequest, store: StoreDep, _: Admin) -> SessionResponse:
     """Unfreeze a session with a new cap (admin scope)."""
     row = store.confirm(session_id, req.new_cap_usd)

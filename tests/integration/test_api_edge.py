@@ -1,0 +1,214 @@
+"""The HTTP edge: client mistakes are 422s (never a 503), strict numbers, one error shape per status,
+UTC timestamps, the body limit, and a batch that doesn't fit a session's budget (SQLite and PostgreSQL)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from serving.schemas import MAX_METADATA_BYTES
+from serving.store import Store
+from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, bearer
+
+C, A = bearer(CLIENT_KEY), bearer(ADMIN_KEY)
+HARD = "hard question 1: omega sigma alpha beta gamma"
+EASY = "easy question 2: alpha beta gamma delta omega"
+JSON = {"content-type": "application/json"}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    url = f"sqlite:///{tmp_path / 'edge.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    s = Store(url)
+    yield s
+    s.dispose()
+
+
+@pytest.fixture
+def edge(client_factory: Callable[..., TestClient], store: Store) -> TestClient:
+    return client_factory(store=store)
+
+
+def store_errors(client: TestClient) -> float:
+    [line] = [x for x in client.get("/metrics").text.splitlines() if x.startswith("tierwise_outcome_store_errors_total ")]
+    return float(line.split()[-1])
+
+
+def post_raw(client: TestClient, path: str, text: str) -> object:
+    return client.post(path, content=text, headers={**C, **JSON})
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/route", '{"prompt": "a\\u0000b"}'),
+        ("/route/batch", '{"prompts": ["fine", "a\\u0000b"]}'),
+        ("/route", '{"prompt": "x", "metadata": {"x": NaN}}'),
+        ("/route", '{"prompt": "x", "metadata": {"x": [1, Infinity]}}'),
+        ("/route", '{"prompt": "x", "metadata": {"x": "a\\u0000b"}}'),
+        ("/route", '{"prompt": "x", "metadata": {"a\\u0000b": 1}}'),
+        ("/route", '{"prompt": "x", "metadata": {"deep": ' + "[" * 40 + "]" * 40 + "}}"),
+        ("/route", '{"prompt": "x", "min_tier": "a\\u0000b"}'),
+        ("/route", '{"prompt": "x", "session_id": "s", "metadata": {"x": NaN}}'),
+    ],
+)
+def test_client_mistakes_are_422_not_store_errors(
+    edge: TestClient, path: str, body: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    r = post_raw(edge, path, body)
+    assert r.status_code == 422, r.text
+    [err] = r.json()["detail"][:1]
+    assert {"loc", "msg", "type"} <= set(err)
+    assert store_errors(edge) == 0
+    assert not [rec for rec in caplog.records if rec.levelname == "ERROR"]
+    assert edge.app.state.store.recent_decisions("s") == []
+
+
+def test_metadata_size_cap(edge: TestClient) -> None:
+    fits = {"k": "v" * (MAX_METADATA_BYTES - 20)}
+    too_big = {"k": "v" * MAX_METADATA_BYTES}
+    assert edge.post("/route", json={"prompt": EASY, "metadata": fits}, headers=C).status_code == 200
+    r = edge.post("/route", json={"prompt": EASY, "metadata": too_big}, headers=C)
+    assert r.status_code == 422 and "over the limit" in r.json()["detail"][0]["msg"]
+
+
+def test_metadata_round_trips(edge: TestClient) -> None:
+    meta = {"user": "ü", "n": [1, 2.5, None, True], "nested": {"k": "v"}}
+    d = edge.post("/route", json={"prompt": EASY, "metadata": meta}, headers=C).json()
+    stored = edge.app.state.store.get_decisions([d["decision_id"]])[d["decision_id"]]
+    assert stored.metadata == meta
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/sessions/s", {"cap_usd": False}),
+        ("/sessions/s", {"cap_usd": True}),
+        ("/sessions/s", {"cap_usd": "1"}),
+        ("/route", {"prompt": "x", "min_tier": True}),
+        ("/route", {"prompt": "x", "quality_target": True}),
+        ("/route", {"prompt": "x", "max_cost_usd": True}),
+        ("/route", {"prompt": "x", "cost_weight_per_usd": True}),
+    ],
+)
+def test_bools_are_not_numbers(client: TestClient, path: str, body: dict) -> None:
+    method = client.put if path.startswith("/sessions") else client.post
+    r = method(path, json=body, headers=C)
+    assert r.status_code == 422, r.text
+    assert client.get("/sessions/s", headers=C).status_code == 404
+
+
+def test_json_ints_are_still_floats(client: TestClient) -> None:
+    r = client.put("/sessions/s", json={"cap_usd": 1}, headers=C)
+    assert r.status_code == 200 and r.json()["cap_usd"] == 1.0
+    assert client.post("/route", json={"prompt": EASY, "min_tier": 1, "max_cost_usd": 1}, headers=C).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body", [{"prompt": "x", "min_tier": "nope"}, {"prompt": "x", "min_tier": 9}, {"prompt": HARD, "max_cost_usd": 0}]
+)
+def test_domain_422s_have_the_validation_shape(client: TestClient, body: dict) -> None:
+    """Every 422 answers `detail` as the list the OpenAPI schema (HTTPValidationError) declares."""
+    r = client.post("/route", json=body, headers=C)
+    assert r.status_code == 422
+    detail = r.json()["detail"]
+    assert isinstance(detail, list) and detail[0]["loc"][0] == "body" and detail[0]["msg"]
+
+
+def test_created_at_is_utc_aware(edge: TestClient) -> None:
+    edge.put("/sessions/t", json={"cap_usd": 1.0}, headers=C)
+    edge.post("/route", json={"prompt": EASY, "session_id": "t"}, headers=C)
+    [d] = edge.get("/sessions/t", headers=C).json()["recent_decisions"]
+    created = datetime.fromisoformat(d["created_at"])
+    assert created.utcoffset() is not None and created.utcoffset().total_seconds() == 0
+
+
+def test_body_limit_by_content_length(client_factory: Callable[..., TestClient]) -> None:
+    client = client_factory(max_body_bytes=2048)
+    big = json.dumps({"prompt": "x", "metadata": {"k": "v" * 4000}})
+    r = client.post("/route", content=big, headers={**C, **JSON})
+    assert r.status_code == 413 and "2048 bytes" in r.json()["detail"]
+    assert r.headers["content-type"] == "application/json"
+    assert client.post("/route", json={"prompt": EASY}, headers=C).status_code == 200
+
+
+def test_body_limit_counts_a_streamed_body(client_factory: Callable[..., TestClient]) -> None:
+    """Without Content-Length (chunked), the limit counts the bytes as they arrive."""
+    client = client_factory(max_body_bytes=2048)
+
+    def chunks() -> Iterator[bytes]:
+        yield b'{"prompt": "x", "metadata": {"k": "'
+        for _ in range(10):
+            yield b"v" * 500
+        yield b'"}}'
+
+    r = client.post("/route", content=chunks(), headers={**C, **JSON})
+    assert r.request.headers.get("transfer-encoding") == "chunked"
+    assert r.status_code == 413
+
+    def small() -> Iterator[bytes]:
+        yield b'{"prompt": '
+        yield json.dumps(EASY).encode() + b"}"
+
+    assert client.post("/route", content=small(), headers={**C, **JSON}).status_code == 200
+
+
+def costs(client: TestClient, prompt: str) -> list[float]:
+    """Expected cost per tier (cheapest first) of `prompt` on the client's live model."""
+    rt = client.app.state.runtime
+    return [float(c) for c in rt.score([prompt])[1][0]]
+
+
+def test_a_batch_that_fits_after_downgrading_is_routed_whole(edge: TestClient) -> None:
+    main, mid, brain = costs(edge, HARD)
+    assert main < mid < brain
+    # In order, brain for the first prompt would leave too little for the fifth; downgraded, all five fit.
+    cap = brain + 3.5 * main
+    edge.put("/sessions/b", json={"cap_usd": cap}, headers=C)
+    r = edge.post("/route/batch", json={"prompts": [HARD] * 5, "session_id": "b"}, headers=C)
+    assert r.status_code == 200, r.text
+    decisions = r.json()["decisions"]
+    assert len(decisions) == 5 and decisions[0]["tier"] == "mid" and "session budget" in decisions[0]["reason"]
+    assert sum(d["expected_cost_usd"] for d in decisions) <= cap + 1e-12
+    session = edge.get("/sessions/b", headers=C).json()
+    assert session["status"] == "open" and session["reserved_usd"] == pytest.approx(
+        sum(d["expected_cost_usd"] for d in decisions)
+    )
+
+
+def test_a_batch_over_budget_is_refused_without_freezing(edge: TestClient) -> None:
+    main, _, brain = costs(edge, HARD)
+    cap = 3.5 * main  # one prompt fits, five don't
+    edge.put("/sessions/b", json={"cap_usd": cap}, headers=C)
+    r = edge.post("/route/batch", json={"prompts": [HARD] * 5, "session_id": "b"}, headers=C)
+    assert r.status_code == 402
+    body = r.json()
+    assert body["status"] == "open" and body["needed_usd"] == pytest.approx(5 * main)
+    assert body["reserved_usd"] == 0 and "send fewer prompts" in body["detail"]
+    session = edge.get("/sessions/b", headers=C).json()
+    assert session["status"] == "open" and session["reserved_usd"] == 0 and session["recent_decisions"] == []
+    # What fits still routes: a single /route, then a batch of what is left.
+    assert edge.post("/route", json={"prompt": HARD, "session_id": "b"}, headers=C).status_code == 200
+    r = edge.post("/route/batch", json={"prompts": [HARD] * 2, "session_id": "b"}, headers=C)
+    assert r.status_code == 200 and edge.get("/sessions/b", headers=C).json()["status"] == "open"
+
+
+def test_a_batch_when_not_even_one_prompt_fits_freezes(edge: TestClient) -> None:
+    main, _, _ = costs(edge, HARD)
+    edge.put("/sessions/b", json={"cap_usd": main / 2}, headers=C)
+    r = edge.post("/route/batch", json={"prompts": [HARD] * 3, "session_id": "b"}, headers=C)
+    assert r.status_code == 402 and r.json()["status"] == "frozen"
+    assert edge.get("/sessions/b", headers=C).json()["status"] == "frozen"
+
+
+def test_a_single_route_that_does_not_fit_still_freezes(edge: TestClient) -> None:
+    main, _, _ = costs(edge, HARD)
+    edge.put("/sessions/one", json={"cap_usd": main / 2}, headers=C)
+    r = edge.post("/route", json={"prompt": HARD, "session_id": "one"}, headers=C)
+    assert r.status_code == 402 and r.json()["status"] == "frozen"
+    assert edge.post("/route", json={"prompt": EASY, "session_id": "one"}, headers=C).status_code == 402
