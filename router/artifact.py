@@ -15,6 +15,8 @@ from router.model import FORMAT_VERSION, DifficultyModel
 from router.schema import CHARS_PER_TOKEN, TiersConfig, TiersConfigError, parse_tiers, tiers_to_dict
 
 ARTIFACT_FILE = "router.json"
+# The keys a packaged (MLflow pyfunc) model keeps the router artifact and the ONNX embedder files under.
+PACKAGED_ROUTER, PACKAGED_EMBEDDER = "router", "embedder"
 
 
 def estimate_tokens_out(log: pd.DataFrame, tiers: TiersConfig) -> dict[str, float]:

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import re
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -215,21 +215,37 @@ class EmbedderMismatch(ValueError):
     """Features were asked for with an embedder other than the one the model was trained with."""
 
 
-def make_embedder(backend: str, onnx_dir: Path | None = None, num_threads: int | None = None) -> Embedder:
-    """Build the embedder for a backend name ('torch', 'onnx-fp32', 'onnx-int8')."""
+def onnx_files(backend: str, onnx_dir: Path) -> tuple[Path, Path]:
+    """The model file and tokenizer.json an ONNX backend ('onnx-fp32', 'onnx-int8') loads from `onnx_dir`."""
+    return onnx_dir / f"minilm-{backend.removeprefix('onnx-')}.onnx", onnx_dir / "tokenizer.json"
+
+
+def make_embedder(
+    backend: str,
+    onnx_dir: Path | None = None,
+    num_threads: int | None = None,
+    build: Callable[[Path], object] | None = None,
+) -> Embedder:
+    """Build the embedder for a backend name ('torch', 'onnx-fp32', 'onnx-int8').
+
+    The ONNX backends read their files from `onnx_dir`; when they are missing, `build(onnx_dir)` makes them
+    (entry points pass training's exporter where torch is installed), else the error says how to build them.
+    """
     if backend == "torch":
         return SentenceTransformerEmbedder(num_threads=num_threads)
     if backend in ("onnx-fp32", "onnx-int8"):
         from router.onnx_embedder import OnnxEmbedder
 
-        onnx_dir = Path(".cache/onnx") if onnx_dir is None else onnx_dir
-        model_file = onnx_dir / f"minilm-{backend.removeprefix('onnx-')}.onnx"
-        tokenizer_file = onnx_dir / "tokenizer.json"
+        if onnx_dir is None:
+            raise ValueError(f"embedder '{backend}' needs the directory of its ONNX files (onnx_dir)")
+        model_file, tokenizer_file = onnx_files(backend, onnx_dir)
+        if build is not None and not (model_file.exists() and tokenizer_file.exists()):
+            build(onnx_dir)
         missing = [str(p) for p in (model_file, tokenizer_file) if not p.exists()]
         if missing:
             raise FileNotFoundError(
-                f"embedder '{backend}' needs {', '.join(missing)}; run `make setup` "
-                f"(or `python -m training.onnx_export --out {onnx_dir}`) to build the ONNX files"
+                f"embedder '{backend}' needs {', '.join(missing)}; build them with `tierwise build-embedder "
+                f"--out {onnx_dir}` (needs the training extra: pip install 'tierwise[train]'), or `make setup`"
             )
         return OnnxEmbedder(model_file, tokenizer_file, quantized=backend == "onnx-int8", num_threads=num_threads)
     raise ValueError(f"unknown embedder backend '{backend}'")

@@ -1,4 +1,8 @@
-"""The one typed settings object. Only entry points build it; library functions take plain arguments."""
+"""The one typed settings object. Only entry points build it; library functions take plain arguments.
+
+Nothing is relative to the working directory but the inputs you name (the outcome log, the tiers file): the
+build cache and the stores live in per-user directories (platformdirs), so `tierwise` works from anywhere.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
+from platformdirs import user_cache_dir, user_data_dir
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -21,7 +26,14 @@ class Settings(BaseSettings):
     data_dir: Path = Field(Path("../shared/data"), description="where `tierwise data` copies staged datasets from")
     outcomes_path: Path = Path("data/routerbench_subset/outcomes.parquet")
     tiers_path: Path = Path("config/tiers.toml")
-    cache_dir: Path = Path(".cache")
+    cache_dir: Path = Field(
+        default_factory=lambda: Path(user_cache_dir("tierwise")),
+        description="rebuildable files: the ONNX embedder (onnx/), the embedding cache, metric files",
+    )
+    store_dir: Path = Field(
+        default_factory=lambda: Path(user_data_dir("tierwise")),
+        description="where the default SQLite stores (mlflow.db, tierwise.db), MLflow's artifacts and the spool live",
+    )
     embedder: EmbedderBackend = "onnx-int8"
     tail_chars: int | None = Field(700, ge=16)
     text_features: bool = True
@@ -31,7 +43,7 @@ class Settings(BaseSettings):
 
     # tracking and registry
     mlflow_tracking_uri: str = Field(
-        "sqlite:///mlflow.db",
+        default_factory=lambda data: _sqlite_url(data["store_dir"] / "mlflow.db"),
         validation_alias=AliasChoices("mlflow_tracking_uri", "MLFLOW_TRACKING_URI", "TIERWISE_MLFLOW_TRACKING_URI"),
     )
     experiment_name: str = "tierwise"
@@ -46,7 +58,7 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(2, ge=1)
     intra_op_threads: int = Field(1, ge=1)
-    database_url: str = "sqlite:///tierwise.db"
+    database_url: str = Field(default_factory=lambda data: _sqlite_url(data["store_dir"] / "tierwise.db"))
     local_model_path: Path | None = None
     api_keys: dict[str, str] = Field(
         default_factory=dict, description="sha256 hex digest of a key -> scope ('client' or 'admin')"
@@ -57,13 +69,29 @@ class Settings(BaseSettings):
         1_048_576, ge=1, description="a request body over this many bytes is answered 413 before it is parsed"
     )
     reload_interval_s: float = Field(0.0, ge=0, description="poll the registry alias this often; 0 = never")
-    spool_path: Path = Path(".cache/outcome-spool.jsonl")
+    spool_path: Path = Field(default_factory=lambda data: data["store_dir"] / "outcome-spool.jsonl")
     spool_replay_interval_s: float = Field(
         30.0, ge=0, description="replay the outcome spool this often; 0 = only at start-up and after a stored outcome"
     )
     metrics_dir: Path = Field(
-        Path(".cache/prometheus"), description="the workers' shared metric files when workers > 1; emptied at start"
+        default_factory=lambda data: data["cache_dir"] / "prometheus",
+        description="the workers' shared metric files when workers > 1; emptied at start",
     )
+    reload_check_interval_s: float = Field(
+        1.0, gt=0, description="each worker checks the shared reload generation this often (and retries a failed load)"
+    )
+    reload_signal_path: Path = Field(
+        default_factory=lambda data: data["cache_dir"] / f"reload-generation-{data['port']}",
+        description="the reload generation POST /admin/reload bumps and every worker of this service watches",
+    )
+    store_retry_interval_s: float = Field(
+        2.0, gt=0, description="while the store is down at start-up, retry its migration this often"
+    )
+
+
+def _sqlite_url(path: Path) -> str:
+    """A SQLAlchemy URL for a SQLite file."""
+    return f"sqlite:///{Path(path).as_posix()}"
 
 
 @lru_cache

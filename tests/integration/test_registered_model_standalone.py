@@ -1,0 +1,141 @@
+"""The registered model loads and scores outside this checkout, in a clean venv with only what it declares.
+
+A small router on the generated log with the real int8 ONNX embedder is registered in a throwaway SQLite
+store; a fresh virtualenv gets the model's requirements.txt (plus the SQL client MLflow needs to read that
+store), and from another directory, without this checkout on sys.path, `mlflow.pyfunc.load_model` loads the
+champion and scores prompts. About a minute with pip's cache; skipped where pip cannot install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from router.features import make_embedder
+from router.model import DifficultyModel
+from router.schema import parse_tiers
+from tests.conftest import TIERS_TOML, make_log
+from training import tracking
+from training.pipeline import TrainResult, evaluate_artifact, run_params, split_log, train_router
+
+REPO = Path(__file__).resolve().parents[2]
+ONNX_DIR = REPO / ".cache" / "onnx"
+NAME = "tierwise-router-standalone"
+PROMPTS = ["What is the capital of France?", "hard question: prove that sqrt(2) is irrational, step by step"]
+TRAINING_ONLY = ("torch", "sentence-transformers", "transformers", "onnx", "onnxscript", "matplotlib")
+PIP_UNREACHABLE = ("NewConnectionError", "Failed to establish", "Temporary failure in name resolution", "timed out")
+
+# Runs inside the clean venv: load the champion, score, and report what was imported from where.
+SCRIPT = """
+import importlib.util, json, sys
+import mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(sys.argv[1])
+out = model.predict(pd.DataFrame({"prompt": json.loads(sys.argv[2])}))
+import router
+print(json.dumps({
+    "columns": list(out.columns),
+    "values": out.to_numpy().tolist(),
+    "router_file": router.__file__,
+    "installed": {m: importlib.util.find_spec(m) is not None for m in ("torch", "sentence_transformers", "training")},
+    "imported": sorted({k.split(".")[0] for k in sys.modules} & {"torch", "sentence_transformers", "training"}),
+}))
+"""
+
+
+def _register(tmp_path: Path) -> str:
+    """Train a tiny int8 router and register it as champion in a SQLite store under tmp_path; return the URI."""
+    try:
+        from training.onnx_export import export_onnx
+
+        export_onnx(ONNX_DIR)
+    except ImportError as exc:
+        pytest.skip(f"the int8 ONNX embedder is not built and the exporter can't run here ({exc})")
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    tracking.configure(uri, "tierwise-standalone")
+    embedder = make_embedder("onnx-int8", onnx_dir=ONNX_DIR)
+    log = make_log(120, seed=3)
+    split = split_log(log, parse_tiers(TIERS_TOML), 0.3, seed=0)
+    from router.features import FeatureSpec
+
+    features = FeatureSpec(embedder_id=embedder.id)
+    model = DifficultyModel(n_estimators=20, n_jobs=1, random_state=0)
+    artifact = train_router(split, embedder, None, features, model)
+    evaluation = evaluate_artifact(artifact, split, embedder, None, seed=0, baselines=False)
+    test_prompts = split.table.prompts["prompt"][split.test].tolist()
+    result = TrainResult(artifact, evaluation, run_params(split, features, model, 0.3, 0), test_prompts)
+    training_log = tracking.TrainingLog("generated", str(tmp_path / "outcomes.parquet"), log)
+    reg = tracking.log_and_register(result, NAME, None, test_prompts, training_log, onnx_dir=ONNX_DIR)
+    mlflow.end_run()
+    assert reg.alias == "champion"
+    return uri
+
+
+def _pip_install(venv: Path, requirements: Path) -> None:
+    """Install the model's requirements and the store's SQL client into venv; skip when pip can't reach an index."""
+    names = {line.split("==")[0] for line in requirements.read_text().split()}
+    extra = [f"{pkg}=={version(pkg)}" for pkg in ("mlflow-skinny", "sqlalchemy", "alembic") if pkg not in names]
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(requirements), *extra],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        if any(s in proc.stderr for s in PIP_UNREACHABLE):
+            pytest.skip(f"pip cannot reach a package index: {proc.stderr.strip().splitlines()[-1]}")
+        pytest.fail(f"pip could not install the model's requirements:\n{proc.stderr[-3000:]}")
+
+
+def test_the_champion_loads_and_scores_in_a_clean_venv(tmp_path: Path) -> None:
+    uri = _register(tmp_path)
+    model_uri = f"models:/{NAME}@champion"
+
+    reqs_dir = tmp_path / "reqs"
+    reqs_dir.mkdir()
+    from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+
+    requirements = Path(ModelsArtifactRepository(model_uri).download_artifacts("requirements.txt", str(reqs_dir)))
+    declared = {line.split("==")[0].lower() for line in requirements.read_text().split()}
+    assert not declared & set(TRAINING_ONLY), f"the int8 model declares training-only packages: {declared}"
+    assert {"onnxruntime", "tokenizers", "lightgbm"} <= declared
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys._base_executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    _pip_install(venv, requirements)
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV") and not k.startswith("TIERWISE_")
+    }
+    env |= {"MLFLOW_TRACKING_URI": uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [str(venv / "bin" / "python"), "-c", SCRIPT, model_uri, json.dumps(PROMPTS)],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+
+    tiers = [t["name"] for t in TIERS_TOML["tiers"]]
+    assert report["columns"] == [f"quality_{t}" for t in tiers] + [f"expected_cost_usd_{t}" for t in tiers]
+    values = report["values"]
+    assert len(values) == len(PROMPTS)
+    for row in values:
+        assert all(0.0 <= q <= 1.0 for q in row[: len(tiers)]), row
+        assert all(c > 0 for c in row[len(tiers) :]), row
+    # The code came with the model, not from this checkout; neither torch nor training code was needed.
+    assert not Path(report["router_file"]).is_relative_to(REPO), report["router_file"]
+    assert report["installed"] == {"torch": False, "sentence_transformers": False, "training": False}
+    assert report["imported"] == []

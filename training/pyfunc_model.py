@@ -1,0 +1,47 @@
+"""The registered model's pyfunc: a 'prompt' column in, predicted quality and expected cost per tier out.
+
+Logged as code (MLflow's models-from-code): MLflow copies this file and the `router` package into the model
+and runs this file when the model is loaded, so the model loads wherever its requirements are installed,
+without this checkout and without pickles. That is why the file ends by handing MLflow the model
+(`set_model`), the one thing tierwise lets happen on import; nothing in tierwise imports it. The router
+artifact, and for an ONNX embedder its model file and tokenizer.json, are the model's artifacts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import pandas as pd
+
+
+class TierwisePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
+    """pyfunc face of a RouterArtifact, with the embedder it was trained with."""
+
+    def load_context(self, context: Any) -> None:
+        """Open the router artifact and the embedder shipped next to it (torch models use the installed one)."""
+        from router.artifact import PACKAGED_EMBEDDER, PACKAGED_ROUTER, RouterArtifact, find_artifact
+        from router.features import backend_of, make_embedder
+
+        self.artifact = RouterArtifact.load(find_artifact(context.artifacts[PACKAGED_ROUTER]))
+        files = context.artifacts.get(PACKAGED_EMBEDDER)
+        onnx_dir = Path(files) if files else None
+        self.embedder = make_embedder(backend_of(self.artifact.features.embedder_id), onnx_dir=onnx_dir)
+
+    def predict(
+        self,
+        context: Any,  # noqa: ARG002 - required by mlflow.pyfunc
+        model_input: pd.DataFrame,
+        params: dict[str, Any] | None = None,  # noqa: ARG002
+    ) -> pd.DataFrame:
+        """Quality and cost per tier for each prompt of the 'prompt' column."""
+        prompts = model_input["prompt"].astype(str).tolist()
+        quality = self.artifact.predict_quality(prompts, self.embedder)
+        cost = self.artifact.expected_cost(prompts)
+        out = {f"quality_{n}": quality[:, j] for j, n in enumerate(self.artifact.tier_names)}
+        out.update({f"expected_cost_usd_{n}": cost[:, j] for j, n in enumerate(self.artifact.tier_names)})
+        return pd.DataFrame(out)
+
+
+mlflow.models.set_model(TierwisePyfunc())
