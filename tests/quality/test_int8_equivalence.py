@@ -1,7 +1,8 @@
 """The int8 ONNX embedder routes like torch (issue 5).
 
 Measured 2026-11-25 (949 held-out prompts; bench/int8_agreement.py has every number):
-- AIQ 0.8139 trained and evaluated on int8 vs 0.8154 on torch (0.2% apart; the issue asks for <= 0.5%).
+- AIQ 0.8139 trained and evaluated on int8 vs 0.8154 on torch on a Zen 1 EPYC; on AVX-512 VNNI CPUs int8 scored
+  0.003-0.005 *above* torch. int8 rounding differs between CPUs, so the AIQ test is one-sided (issue 9).
 - The torch-trained router fed int8 features picks the same tier for 90-100% of prompts across nine
   policy settings (lambda along the whole curve, quality targets 0.7-0.9); the issue asked for 98%.
   The same router retrained with another seed, on the very same torch features, agrees with it on
@@ -27,6 +28,9 @@ from router.policy import cheapest_sufficient, tradeoff
 from tests.quality.conftest import CACHE, Trained
 
 pytestmark = pytest.mark.quality
+
+AIQ_RESEED_RANGE = 0.005
+"""How far the router's AIQ moves when only the LightGBM seed changes (measured 0.0041 over 10 seeds)."""
 
 
 def _policies(cost: np.ndarray) -> dict[str, object]:
@@ -91,7 +95,13 @@ def test_int8_keeps_clear_decisions_and_realised_quality(trained_torch: Trained,
         assert abs(q_int8 - q_torch) <= 0.01, (m, q_torch, q_int8)  # measured <= 0.0032
 
 
-def test_int8_aiq_within_half_a_percent_of_torch(trained_torch: Trained, trained_int8: Trained):
+def test_int8_aiq_is_not_worse_than_torch_beyond_the_reseeding_spread(trained_torch: Trained, trained_int8: Trained):
+    """One-sided: int8 numerics differ from CPU to CPU, and int8 scoring *better* than torch is no failure.
+
+    Measured (bench/aiq_spread.py, 10 LightGBM seeds on one split): torch AIQ std 0.0011, range 0.0041; int8
+    std 0.0010. int8 minus torch at seed 0: -0.0015 on a Zen 1 EPYC (AVX2), +0.0046 on an AVX-512 VNNI Xeon,
+    +0.0032 (mean over seeds) on an AVX-512 VNNI EPYC. The tolerance is the reseeding range, rounded up.
+    """
     aiq_torch = trained_torch.result.table.loc["router", "AIQ"]
     aiq_int8 = trained_int8.result.table.loc["router", "AIQ"]
-    assert abs(aiq_int8 - aiq_torch) / aiq_torch <= 0.005, (aiq_int8, aiq_torch)
+    assert aiq_int8 >= aiq_torch - AIQ_RESEED_RANGE, (aiq_int8, aiq_torch)
