@@ -43,7 +43,7 @@ def configure_logging(level: int = logging.INFO) -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     # Our RequestContext middleware logs each request once, without its query string (keys can ride there).
-    # uvicorn logs access lines only while `uvicorn.access` has a handler, its own or through propagation.
     access = logging.getLogger("uvicorn.access")
     access.handlers[:] = []
     access.propagate = False
+    access.disabled = True
