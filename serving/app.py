@@ -58,16 +58,22 @@ def create_app(
         await run_in_threadpool(app.state.manager.try_load)
         if app.state.runtime is not None:
             await run_in_threadpool(app.state.recorder.replay, app.state.runtime.tiers)
-        poller = None
+        tasks = []
         if settings.reload_interval_s > 0:
-            poller = asyncio.create_task(app.state.manager.poll(settings.reload_interval_s))
+            tasks.append(asyncio.create_task(app.state.manager.poll(settings.reload_interval_s)))
+        if settings.spool_replay_interval_s > 0:
+            replayer = app.state.recorder.replay_every(
+                settings.spool_replay_interval_s, lambda: app.state.runtime.tiers if app.state.runtime else None
+            )
+            tasks.append(asyncio.create_task(replayer))
         try:
             yield
         finally:
-            if poller is not None:
-                poller.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
                 with suppress(asyncio.CancelledError):
-                    await poller
+                    await task
             if store is None:
                 db.dispose()
             metrics.mark_dead()

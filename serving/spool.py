@@ -61,13 +61,22 @@ def _append_durably(path: Path, data: bytes) -> None:
         _fsync_dir(path.parent)
 
 
+def _size(path: Path) -> int:
+    """The file's size; 0 when it does not exist (another worker may remove it at any moment)."""
+    try:
+        return path.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def _count_lines(path: Path, start: int = 0) -> int:
     """Non-empty lines from byte `start` on, streamed."""
-    if not path.exists():
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(start)
+            return sum(1 for line in fh if line.strip())
+    except FileNotFoundError:
         return 0
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        return sum(1 for line in fh if line.strip())
 
 
 def parse_line(line: bytes) -> tuple[list[Record], bytes | None]:
@@ -133,7 +142,7 @@ class Spool:
 
     def has_pending(self) -> bool:
         """Whether anything waits (cheap: two stats)."""
-        return any(p.exists() and p.stat().st_size > 0 for p in (self.draining, self.path))
+        return _size(self.draining) > 0 or _size(self.path) > 0
 
     def pending(self) -> int:
         """Lines waiting to be replayed (a torn line counts until a replay quarantines it)."""
@@ -152,17 +161,22 @@ class Spool:
 
     def rejected(self, last: int = 10) -> tuple[int, list[dict[str, str]]]:
         """How many records were quarantined, and the newest `last` as outcome_id, reason, rejected_at."""
-        count, newest = 0, deque[dict[str, str]](maxlen=last)
+        seen: set[tuple[str, str] | int] = set()
+        newest = deque[dict[str, str]](maxlen=last)
         if self.rejected_path.exists():
             with open(self.rejected_path, "rb") as fh:
-                for line in fh:
+                for i, line in enumerate(fh):
                     try:
-                        entry = json.loads(line)
-                    except ValueError:
+                        entry = {k: str(v) for k, v in json.loads(line).items() if k != "record"}
+                    except (ValueError, AttributeError):
                         continue
-                    count += 1
-                    newest.append({k: str(entry.get(k)) for k in ("outcome_id", "reason", "rejected_at")})
-        return count, list(newest)
+                    # A replay stopped by an outage re-reads its batch: count a record rejected twice once.
+                    oid = entry.get("outcome_id", "None")
+                    key = (oid, entry.get("reason", "")) if oid != "None" else i
+                    if key not in seen:
+                        seen.add(key)
+                        newest.append({k: entry.get(k, "") for k in ("outcome_id", "reason", "rejected_at")})
+        return len(seen), list(newest)
 
     def drain(
         self,
@@ -193,7 +207,7 @@ class Spool:
     def _move_aside(self) -> bool:
         """Rename the spool to the draining file (under the append lock); False when it is empty."""
         with self._locked("lock", self._append_lock):
-            if not self.path.exists() or self.path.stat().st_size == 0:
+            if _size(self.path) == 0:
                 return False
             self.offset_path.unlink(missing_ok=True)
             os.replace(self.path, self.draining)

@@ -231,7 +231,8 @@ def _insert_new_outcome(conn: Connection, values: dict[str, Any]) -> bool:
         if conn.execute(sa.select(outcomes.c.id).where(outcomes.c.id == values["id"])).first():
             return False
         stmt = outcomes.insert().values(values)
-    return bool(conn.execute(stmt).rowcount)
+    # RETURNING, not rowcount: psycopg reports -1 for an INSERT ... ON CONFLICT through SQLAlchemy.
+    return conn.execute(stmt.returning(outcomes.c.id)).first() is not None
 
 
 def _insert_decisions(conn: Connection, rows: Sequence[DecisionRow]) -> None:

@@ -7,9 +7,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-import socket
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +15,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from router.settings import Settings
 from serving.app import create_app
@@ -25,6 +22,7 @@ from serving.logs import configure_logging
 from serving.model_source import LocalSource
 from tests.conftest import HashingEmbedder
 from tests.integration.conftest import CLIENT_KEY, bearer
+from tests.integration.live_server import live_server
 
 SECRET = "sk-live-4f9a2c-do-not-log"
 LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "httpx")
@@ -32,21 +30,13 @@ LOGGERS = ("", "uvicorn", "uvicorn.error", "uvicorn.access", "httpx")
 
 @pytest.fixture
 def restore_logging() -> Iterator[None]:
-    saved = {
-        n: (logging.getLogger(n).handlers[:], logging.getLogger(n).propagate, logging.getLogger(n).level)
-        for n in LOGGERS
-    }
+    """configure_logging rewires global loggers; put them back for the tests that follow."""
+    loggers = [logging.getLogger(n) for n in LOGGERS]
+    saved = [(x.handlers[:], x.propagate, x.level, x.disabled) for x in loggers]
     yield
-    for name, (handlers, propagate, level) in saved.items():
-        logger = logging.getLogger(name)
-        logger.handlers[:], logger.propagate = handlers, propagate
-        logger.setLevel(level)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    for x, (handlers, propagate, level, disabled) in zip(loggers, saved, strict=True):
+        x.handlers[:], x.propagate, x.disabled = handlers, propagate, disabled
+        x.setLevel(level)
 
 
 @pytest.fixture
@@ -69,22 +59,8 @@ def served(
             embedder=HashingEmbedder(),
         )
 
-    port = free_port()
-    config = uvicorn.Config(
-        factory, factory=True, host="127.0.0.1", port=port, http="httptools", log_config=None, access_log=False
-    )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}", stream
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with live_server(factory) as url:
+        yield url, stream
 
 
 def test_each_request_logged_once_without_its_query_string(
