@@ -88,7 +88,7 @@ class Metrics:
         )
         self.replayed = Counter(
             "tierwise_outcomes_replayed",
-            "Spooled outcomes replayed to the store (written, or already there)",
+            "Spooled outcomes replayed: written, already in the store, or quarantined",
             registry=self.registry,
         )
         self.rejected = Counter(
