@@ -88,7 +88,9 @@ class OutcomeRecorder:
             new = self.store.record_outcomes(rows)
         except (SQLAlchemyError, UnicodeEncodeError) as exc:
             if is_refusal(exc):
-                raise Invalid(f"the store refused the outcome(s): {describe(exc)}") from None
+                # Only the class: a driver's message may quote the refused value.
+                logger.warning("the store refused %d outcome(s): %s", len(records), describe(exc))
+                raise Invalid(f"the store refused the outcome(s) ({type(exc).__name__}); nothing was written") from None
             if not is_outage(exc):
                 raise  # answered 503, not acknowledged: the client retries
             self._spool(records, exc)

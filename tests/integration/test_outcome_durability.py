@@ -336,3 +336,27 @@ def test_startup_replay_streams_the_spool_in_bounded_batches(
     client = client_factory()
     assert len(stored_ids(client.app.state.store)) == n
     assert sum(sizes) == n and max(sizes) <= 500
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (sa.exc.OperationalError("INSERT", {}, Exception("connection refused")), 202),
+        (sa.exc.InterfaceError("INSERT", {}, Exception("connection closed")), 202),
+        (sa.exc.DBAPIError("INSERT", {}, Exception("server closed"), connection_invalidated=True), 202),
+        (sa.exc.TimeoutError("QueuePool limit reached"), 202),
+        (sa.exc.DataError("INSERT", {}, Exception("value out of range")), 422),
+        (sa.exc.IntegrityError("INSERT", {}, Exception("check constraint")), 422),
+        (sa.exc.ProgrammingError("INSERT", {}, Exception("relation does not exist")), 503),
+    ],
+)
+def test_only_an_unreachable_store_spools(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch, error: Exception, status: int
+) -> None:
+    def fail(_: list[OutcomeRow]) -> int:
+        raise error
+
+    monkeypatch.setattr(client.app.state.store, "record_outcomes", fail)
+    body = {"prompt": EASY, "model": "small", "score": 1, "cost_usd": 0}
+    assert client.post("/outcomes", json=body, headers=C).status_code == status
+    assert client.app.state.recorder.spool.pending() == (1 if status == 202 else 0)

@@ -41,6 +41,8 @@ def test_a_torn_line_never_swallows_the_next_record(tmp_path: Path) -> None:
         fh.write('{"outcome_id": "X0", "prompt": "half')
     spool.append([rec(2)])
     spool.append([rec(3)])
+    lines = spool.path.read_bytes().splitlines()
+    assert lines[1] == b'{"outcome_id": "X0", "prompt": "half' and json.loads(lines[2]) == rec(2)
     sink = Sink()
     assert spool.drain(sink.write, sink.quarantine) == 3
     assert sink.ids == ["X1", "X2", "X3"]
