@@ -1,18 +1,20 @@
 # tierwise: the Makefile is the door. Every target builds the venv it needs (a stamp file), so
-# `make train` and `make test` work on a fresh machine with only Python 3.11.
+# `make train` and `make test` work on a fresh machine with only Python 3.11. Targets use tierwise's own
+# defaults (per-user store and cache dirs, see `tierwise settings`), so `make train` followed by
+# `tierwise route "..."` from any directory finds the champion.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.stamp-dev
 UI_STAMP := $(VENV)/.stamp-ui
+SERVE_VENV := .venv-serve
 TIERWISE_DATA_DIR ?= ../shared/data
 DATA := data/routerbench_subset/outcomes.parquet
-ONNX := .cache/onnx/minilm-int8.onnx
-MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
-export MLFLOW_TRACKING_URI
+# The tests' and benchmarks' copy of the ONNX embedder (they read it from the checkout).
+TEST_ONNX := .cache/onnx/minilm-int8.onnx
 
-.PHONY: setup data train evaluate serve mlflow-ui test test-fast lint bench bench-int8 clean
+.PHONY: setup serve-install data train evaluate serve mlflow-ui test test-fast lint bench bench-int8 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,13 +26,19 @@ $(UI_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e ".[ui]"
 	touch $@
 
-$(ONNX): $(STAMP) training/onnx_export.py router/onnx_embedder.py
-	$(BIN)/python -m training.onnx_export --out .cache/onnx && touch $@
+$(TEST_ONNX): $(STAMP) training/onnx_export.py router/onnx_embedder.py
+	$(BIN)/tierwise build-embedder
+	mkdir -p .cache/onnx && cp -p "$$($(BIN)/tierwise settings cache_dir)"/onnx/* .cache/onnx/ && touch $@
 
 $(DATA): | $(STAMP)
 	$(BIN)/tierwise data --source $(TIERWISE_DATA_DIR)
 
-setup: $(STAMP) $(ONNX)  ## venv, dependencies, ONNX embedder (fp32 + int8)
+setup: $(STAMP)  ## venv with the train and dev extras; ONNX embedder (fp32 + int8) in the per-user cache
+	$(BIN)/tierwise build-embedder
+
+serve-install:  ## a serving-only venv (.venv-serve): core dependencies, no torch; needs the ONNX files built
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install -q .
 
 data: $(STAMP)  ## copy the staged outcome logs into data/ (or download RouterBench)
 	$(BIN)/tierwise data --source $(TIERWISE_DATA_DIR)
@@ -45,9 +53,10 @@ serve: setup  ## the routing service on 127.0.0.1:8000 (after make train)
 	$(BIN)/python -m serving
 
 mlflow-ui: $(UI_STAMP)  ## MLflow UI on 127.0.0.1:5000
-	$(BIN)/mlflow ui --backend-store-uri $(MLFLOW_TRACKING_URI) --host 127.0.0.1 --port 5000
+	mkdir -p "$$($(BIN)/tierwise settings store_dir)"
+	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/tierwise settings mlflow_tracking_uri)" --host 127.0.0.1 --port 5000
 
-test: setup $(DATA)  ## unit, integration and quality tests
+test: setup $(DATA) $(TEST_ONNX)  ## unit, integration and quality tests (they never touch your stores)
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)  ## unit tests only
@@ -58,11 +67,11 @@ lint: $(STAMP)
 	$(BIN)/mypy router
 	$(BIN)/mypy serving training
 
-bench: setup $(DATA)  ## benchmarks: JSON under bench/results/
+bench: setup $(DATA) $(TEST_ONNX)  ## benchmarks: JSON under bench/results/
 	$(BIN)/python -m bench.run_all
 
-bench-int8: setup $(DATA)  ## how often int8 and torch features route alike (bench/results/int8_agreement.json)
+bench-int8: setup $(DATA) $(TEST_ONNX)  ## how often int8 and torch features route alike (bench/results/int8_agreement.json)
 	$(BIN)/python -m bench.int8_agreement
 
-clean:
-	rm -rf $(VENV) .cache mlflow.db mlartifacts tierwise.db
+clean:  ## the venvs and the checkout's .cache; your stores (`tierwise settings store_dir`) are kept
+	rm -rf $(VENV) $(SERVE_VENV) .cache

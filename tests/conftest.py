@@ -3,13 +3,30 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from router.schema import TiersConfig, parse_tiers
+from router.settings import get_settings
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _private_default_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """No test writes to the user's real stores or cache: the per-user defaults point into a tmp dir."""
+    patch = pytest.MonkeyPatch()
+    home = tmp_path_factory.mktemp("tierwise-home")
+    patch.setenv("TIERWISE_STORE_DIR", str(home / "store"))
+    patch.setenv("TIERWISE_CACHE_DIR", str(home / "cache"))
+    for name in ("MLFLOW_TRACKING_URI", "TIERWISE_MLFLOW_TRACKING_URI", "TIERWISE_DATABASE_URL", "TIERWISE_SPOOL_PATH"):
+        patch.delenv(name, raising=False)
+    get_settings.cache_clear()
+    yield
+    patch.undo()
+    get_settings.cache_clear()
+
 
 TIERS_TOML = {
     "models": {

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import tempfile
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -119,6 +120,8 @@ def train(
     from training.pipeline import TrainResult, evaluate_artifact, run_params, split_log, train_router
     from training.report import format_table
 
+    if find_spec("matplotlib") is None:
+        _fail("training draws the run's plots with matplotlib: pip install 'tierwise[train]'")
     _setup_logging()
     s = _settings(outcomes_path=outcomes, tiers_path=tiers, test_size=test_size, seed=seed)
     tier_cfg, log = _load_inputs(s, from_store)
@@ -188,6 +191,7 @@ def _load_artifact(s: Settings, model_uri: str | None) -> RouterArtifact:
         from router.artifact import find_artifact
 
         return RouterArtifact.load(find_artifact(model_uri))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar above the answer
     tracking.configure(s.mlflow_tracking_uri, s.experiment_name)
     uri = model_uri or f"models:/{s.registered_model}@{s.model_alias}"
     try:
@@ -360,7 +364,8 @@ def build_embedder(
     missing = missing_build_deps()
     if missing:
         _fail(f"building the ONNX embedder needs {', '.join(missing)}: pip install 'tierwise[train]'")
-    _setup_logging()
+    # The quantizer logs every skipped tensor on the root logger at INFO: keep the root at WARNING.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("training.onnx_export").setLevel(logging.INFO)
     for path in export_onnx(out_dir, force=force):
         typer.echo(f"{path}: {path.stat().st_size / 1e6:.1f} MB")

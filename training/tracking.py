@@ -11,6 +11,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 from mlflow import MlflowClient
+from mlflow.data.pandas_dataset import from_pandas
 from mlflow.exceptions import MlflowException
 from mlflow.models import infer_signature
 from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
@@ -123,7 +125,8 @@ def champion_version(client: MlflowClient, name: str) -> Any | None:
 def download_artifact(model_uri: str, dst: Path) -> RouterArtifact:
     """Fetch a registered model's router artifact (only that, not the embedder files) and load it."""
     dst.mkdir(parents=True, exist_ok=True)
-    local = ModelsArtifactRepository(model_uri).download_artifacts(f"artifacts/{PACKAGED_ROUTER}", dst_path=str(dst))
+    repo = ModelsArtifactRepository(model_uri)
+    local = repo.download_artifacts(f"artifacts/{PACKAGED_ROUTER}", dst_path=str(dst))  # type: ignore[no-untyped-call]
     return RouterArtifact.load(find_artifact(local))
 
 
@@ -200,7 +203,10 @@ def log_and_register(
     run_name = f"train-{log.name}-{backend}-seed{result.params.get('seed')}"
     tags = headline_tags(result, log)
     with mlflow.start_run(run_name=run_name, tags=tags) as run, tempfile.TemporaryDirectory() as tmp:
-        mlflow.log_input(mlflow.data.from_pandas(log.frame, source=log.source, name=log.name), context="training")
+        with warnings.catch_warnings():  # MLflow registers its local-file source twice, then warns it is ambiguous
+            warnings.filterwarnings("ignore", message="The specified dataset source can be interpreted")
+            dataset = from_pandas(log.frame, source=log.source, name=log.name)
+        mlflow.log_input(dataset, context="training")
         mlflow.log_params(_flat_params(result.params))
         mlflow.log_metrics({k: v for k, v in ev.metrics.items() if np.isfinite(v)})
         mlflow.log_figure(cost_quality_figure(ev.curves, ev.metrics["top_cost_usd"]), "plots/cost_quality.png")
