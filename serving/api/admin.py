@@ -9,10 +9,10 @@ from router.features import EmbedderMismatch
 from router.schema import TiersConfigError
 from serving.api.route import tier_infos
 from serving.deps import Admin, RecorderDep
-from serving.errors import ReloadFailed
+from serving.errors import CALLER_ERRORS, ReloadFailed, error
 from serving.schemas import ReloadResponse, SpoolStatus
 
-router = APIRouter(prefix="/admin", tags=["admin"])
+router = APIRouter(prefix="/admin", tags=["admin"], responses=CALLER_ERRORS | error(403, "needs an admin key"))
 
 
 @router.post("/reload", responses={409: {"description": "the new tiers or model were refused; the old one serves"}})

@@ -7,10 +7,13 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Response
 
 from serving.deps import Caller, RecorderDep, RuntimeDep, SettingsDep
-from serving.errors import TooLarge
+from serving.errors import BODY_ERRORS, CALLER_ERRORS, TooLarge, error
 from serving.schemas import OutcomeIn, OutcomesResponse
 
-router = APIRouter(tags=["outcomes"])
+router = APIRouter(
+    tags=["outcomes"],
+    responses=CALLER_ERRORS | BODY_ERRORS | error(403, "another client's decision") | error(404, "unknown decision_id"),
+)
 
 
 @router.post(
