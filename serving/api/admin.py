@@ -15,7 +15,7 @@ from serving.schemas import ReloadResponse, SpoolStatus
 router = APIRouter(prefix="/admin", tags=["admin"], responses=CALLER_ERRORS | error(403, "needs an admin key"))
 
 
-@router.post("/reload", responses={409: {"description": "the new tiers or model were refused; the old one serves"}})
+@router.post("/reload", responses=error(409, "the new tiers or model were refused; the old one serves"))
 async def reload(request: Request, _: Admin) -> ReloadResponse:
     """Re-read the tiers file and re-resolve the model alias; swap without dropping requests."""
     previous = request.app.state.runtime

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import exc as sa_exc
 
 from serving.schemas import MAX_METADATA_BYTES
 from serving.store import Store
@@ -35,7 +36,9 @@ def edge(client_factory: Callable[..., TestClient], store: Store) -> TestClient:
 
 
 def store_errors(client: TestClient) -> float:
-    [line] = [x for x in client.get("/metrics").text.splitlines() if x.startswith("tierwise_outcome_store_errors_total ")]
+    [line] = [
+        x for x in client.get("/metrics").text.splitlines() if x.startswith("tierwise_outcome_store_errors_total ")
+    ]
     return float(line.split()[-1])
 
 
@@ -212,3 +215,55 @@ def test_a_single_route_that_does_not_fit_still_freezes(edge: TestClient) -> Non
     r = edge.post("/route", json={"prompt": HARD, "session_id": "one"}, headers=C)
     assert r.status_code == 402 and r.json()["status"] == "frozen"
     assert edge.post("/route", json={"prompt": EASY, "session_id": "one"}, headers=C).status_code == 402
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "counted"),
+    [
+        (sa_exc.DataError("INSERT ...", {}, Exception("value refused")), 422, 0),
+        (sa_exc.IntegrityError("INSERT ...", {}, Exception("duplicate")), 409, 0),
+        (sa_exc.OperationalError("INSERT ...", {}, Exception("connection refused")), 503, 1),
+    ],
+)
+def test_store_errors_split_client_data_from_outages(
+    client: TestClient,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+    status: int,
+    counted: int,
+) -> None:
+    """Only an unreachable store is a 503 "store unavailable", an ERROR line and a store error."""
+
+    def refuse(*_: object) -> None:
+        raise error
+
+    monkeypatch.setattr(client.app.state.store, "record_decisions", refuse)
+    r = client.post("/route", json={"prompt": EASY}, headers=C)
+    assert r.status_code == status, r.text
+    assert store_errors(client) == counted
+    assert bool([x for x in caplog.records if x.levelname == "ERROR"]) == bool(counted)
+    assert "value refused" not in r.text and "duplicate" not in r.text
+
+
+def test_401_messages(client: TestClient) -> None:
+    r = client.get("/tiers")
+    assert r.status_code == 401 and r.json() == {"detail": "missing bearer token"}
+    assert r.headers["www-authenticate"] == "Bearer"
+    assert client.get("/tiers", headers={"Authorization": "Basic eDp5"}).json() == {"detail": "missing bearer token"}
+    assert client.get("/tiers", headers=bearer("nope")).json() == {"detail": "unknown API key"}
+
+
+def test_every_refusal_is_documented(client: TestClient) -> None:
+    """Each operation documents the statuses it can answer, each with its body's schema."""
+    spec = client.get("/openapi.json").json()
+    for path, ops in spec["paths"].items():
+        for method, op in ops.items():
+            documented = set(op["responses"])
+            if "security" in op:
+                assert {"401", "503"} <= documented, (method, path)
+            if "requestBody" in op:
+                assert {"400", "413", "422"} <= documented, (method, path)
+            for code in documented & {"400", "401", "403", "404", "409", "413"}:
+                schema = op["responses"][code]["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (method, path, code)
