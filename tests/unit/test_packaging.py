@@ -137,3 +137,15 @@ def test_core_dependencies_leave_training_to_the_train_extra() -> None:
     assert {"onnxruntime", "tokenizers", "mlflow-skinny", "platformdirs"} <= core
     assert "torch==2.13.0" in extras["train"]  # an unpinned torch pulls a multi-GB CUDA build
     assert "tierwise[train]" in extras["dev"]
+
+
+@pytest.mark.parametrize(
+    ("path", "from_store", "name"),
+    [
+        ("data/routerbench_subset/outcomes.parquet", False, "routerbench_subset"),
+        ("/logs/mine.csv", False, "mine"),
+        ("data/routerbench_subset/outcomes.parquet", True, "routerbench_subset+store"),
+    ],
+)
+def test_runs_are_named_after_their_dataset(path: str, from_store: bool, name: str) -> None:
+    assert cli._dataset_name(Path(path), from_store) == name
