@@ -188,45 +188,51 @@ class OutcomeRecorder:
         """Write one batch in one transaction; on a refusal, one record per transaction, quarantining refusals.
 
         An outage (or any error that is not the record's fault) raises: the drain stops and keeps the batch.
+        Quarantining waits until the batch is through, so a retried batch is not quarantined again.
         """
-        valid = [r for r in map(self._revalidate, records) if r is not None]
+        rejects: list[tuple[Record, str]] = []
+        valid: list[Record] = []
+        for r in records:
+            checked, reason = _revalidate(r)
+            if checked is None:
+                rejects.append((r, reason))
+            else:
+                valid.append(checked)
         found = self.store.get_decisions([r["decision_id"] for r in valid if r["decision_id"]])
         resolved: list[tuple[Record, OutcomeRow]] = []
         for r in valid:
             try:
                 resolved.append((r, self._resolve_one(r, found, tiers)))
             except ServiceError as exc:
-                self._quarantine(r, exc.detail)
+                rejects.append((r, exc.detail))
         try:
             self.store.record_outcomes([row for _, row in resolved])
-            return
         except (SQLAlchemyError, UnicodeEncodeError) as exc:
             if not is_refusal(exc):
                 raise
-        for r, row in resolved:
-            try:
-                self.store.record_outcomes([row])
-            except (SQLAlchemyError, UnicodeEncodeError) as exc:
-                if not is_refusal(exc):
-                    raise
-                self._quarantine(r, describe(exc))
+            for r, row in resolved:
+                try:
+                    self.store.record_outcomes([row])
+                except (SQLAlchemyError, UnicodeEncodeError) as one:
+                    if not is_refusal(one):
+                        raise
+                    rejects.append((r, describe(one)))
+        for r, reason in rejects:
+            self._quarantine(r, reason)
 
-    def _revalidate(self, r: Record) -> Record | None:
-        """The record checked again against today's schema (older spools hold what it now refuses)."""
-        try:
-            item = OutcomeIn.model_validate({k: r.get(k) for k in OutcomeIn.model_fields})
-            if not isinstance(r.get("outcome_id"), str) or not isinstance(r.get("admin"), bool):
-                raise ValueError("missing outcome_id or admin")
-            owner = r.get("owner")
-            if owner is not None and not isinstance(owner, str):
-                raise ValueError("owner is not a string")
-        except ValidationError as exc:
-            self._quarantine(r, f"invalid: {_invalid_reason(exc)}")
-            return None
-        except ValueError as exc:
-            self._quarantine(r, f"invalid: {exc}")
-            return None
-        return {**item.model_dump(), "outcome_id": r["outcome_id"], "owner": owner, "admin": r["admin"]}
+
+def _revalidate(r: Record) -> tuple[Record | None, str]:
+    """The record checked again against today's schema (older spools hold what it now refuses), or why not."""
+    try:
+        item = OutcomeIn.model_validate({k: r.get(k) for k in OutcomeIn.model_fields})
+    except ValidationError as exc:
+        return None, f"invalid: {_invalid_reason(exc)}"
+    owner = r.get("owner")
+    if not isinstance(r.get("outcome_id"), str) or not isinstance(r.get("admin"), bool):
+        return None, "invalid: no outcome_id or admin flag"
+    if owner is not None and not isinstance(owner, str):
+        return None, "invalid: owner is not a string"
+    return {**item.model_dump(), "outcome_id": r["outcome_id"], "owner": owner, "admin": r["admin"]}, ""
 
 
 def _check_model(model: str | None, tiers: TiersConfig) -> None:

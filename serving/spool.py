@@ -232,19 +232,19 @@ class Spool:
             os.fsync(fh.fileno())
         os.replace(tmp, self.offset_path)
 
-    def _read_batch(self, fh: IO[bytes], quarantine: Callable[[Record, str], None]) -> list[Record]:
+    def _read_batch(self, fh: IO[bytes]) -> tuple[list[Record], list[bytes]]:
+        """Up to `batch_size` records from `fh`, and the torn lines met on the way."""
         batch: list[Record] = []
+        torn: list[bytes] = []
         while len(batch) < self.batch_size:
             line = fh.readline()
             if not line:
                 break
-            records, torn = parse_line(line)
-            if torn is not None:
-                # Never acknowledged (the append did not finish), but kept, in case someone wants it.
-                logger.warning("quarantining a torn spool line of %d bytes", len(torn))
-                quarantine({"outcome_id": None, "torn_line": torn.decode(errors="replace")}, "torn spool line")
+            records, rest = parse_line(line)
             batch.extend(records)
-        return batch
+            if rest is not None:
+                torn.append(rest)
+        return batch, torn
 
     def _replay_draining(
         self,
@@ -259,10 +259,15 @@ class Spool:
             while True:
                 if batches is not None and batches <= 0:
                     return done, batches, False
-                batch = self._read_batch(fh, quarantine)
-                if not batch:
+                batch, torn = self._read_batch(fh)
+                if not batch and not torn:
                     break
-                write(batch)
+                if batch:
+                    write(batch)
+                for piece in torn:
+                    # Never acknowledged (its append did not finish), but kept, in case someone wants it.
+                    logger.warning("quarantining a torn spool line of %d bytes", len(piece))
+                    quarantine({"outcome_id": None, "torn_line": piece.decode(errors="replace")}, "torn spool line")
                 done += len(batch)
                 batches = None if batches is None else batches - 1
                 self._save_offset(fh.tell())

@@ -360,3 +360,24 @@ def test_only_an_unreachable_store_spools(
     body = {"prompt": EASY, "model": "small", "score": 1, "cost_usd": 0}
     assert client.post("/outcomes", json=body, headers=C).status_code == status
     assert client.app.state.recorder.spool.pending() == (1 if status == 202 else 0)
+
+
+def test_an_outage_during_replay_quarantines_nothing_twice(client: TestClient, tmp_path: Path) -> None:
+    store: Store = client.app.state.store
+    recorder = client.app.state.recorder
+    old = {"outcome_id": "old-nul", "prompt": "a\u0000b", "model": "small", "score": 1.0, "cost_usd": 0.0}
+    old |= {"decision_id": None, "session_id": None, "tokens_in": None, "tokens_out": None, "latency_ms": None}
+    recorder.spool.append([{**old, "owner": None, "admin": True}])
+    outage = Outage(tmp_path, None)
+    outage.down(store)
+    for _ in range(3):
+        assert recorder.replay(client.app.state.runtime.tiers) == 0
+    assert client.get("/admin/spool", headers=A).json()["rejected"] == 0
+    outage.up(store)
+    assert recorder.replay(client.app.state.runtime.tiers) == 1
+    assert client.get("/admin/spool", headers=A).json() | {"last_rejected": []} == {
+        "pending": 0,
+        "rejected": 1,
+        "last_rejected": [],
+    }
+    assert metric(client, "tierwise_outcomes_rejected_total") == 1

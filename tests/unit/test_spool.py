@@ -198,3 +198,22 @@ def test_rejections_are_counted_once_and_listed_without_the_record(tmp_path: Pat
     assert count == 2
     assert [e["outcome_id"] for e in newest] == ["X2"] and "secret" not in json.dumps(newest)
     assert "secret prompt" in spool.rejected_path.read_text()  # the record itself is kept, for an operator
+
+
+def test_a_torn_line_is_quarantined_once_even_when_its_batch_is_retried(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "spool.jsonl")
+    spool.append([rec(1)])
+    with open(spool.path, "a") as fh:
+        fh.write('{"outcome_id": "X0", "prompt": "half')
+    spool.append([rec(2)])
+    sink = Sink()
+
+    def down(_: list[Record]) -> None:
+        raise Outage("store gone")
+
+    for _ in range(3):
+        with pytest.raises(Outage):
+            spool.drain(down, sink.quarantine)
+    assert sink.rejected == []
+    assert spool.drain(sink.write, sink.quarantine) == 2
+    assert len(sink.rejected) == 1 and sink.ids == ["X1", "X2"]
