@@ -14,6 +14,7 @@ from serving.metrics import reset_multiprocess_dir
 from serving.model_source import source_from_settings
 from serving.runtime import build_runtime
 from serving.store import Store
+from serving.store_migrator import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -34,18 +35,30 @@ def preflight(settings: Settings) -> str | None:
     try:
         embedder = make_embedder(settings.embedder, onnx_dir=settings.cache_dir / "onnx")
         build_runtime(loaded, settings.tiers_path, embedder, settings.intra_op_threads)
-    except (ValueError, FileNotFoundError) as exc:  # EmbedderMismatch, TiersConfigError, missing ONNX files
-        return f"{loaded.version}: {exc}"
+    except Exception as exc:  # noqa: BLE001 - EmbedderMismatch, TiersConfigError, missing or unreadable ONNX files
+        return f"{loaded.version}: {first_line(exc)}"
     return None
+
+
+def migrate_before_fork(database_url: str) -> None:
+    """Migrate once, before uvicorn forks its workers (concurrent first-time migrations race).
+
+    With the store down this is one line on stderr, not an exit: the workers start unready and retry.
+    """
+    store = Store(database_url)
+    try:
+        store.migrate()
+    except Exception as exc:  # noqa: BLE001 - any failure here is the workers' to retry
+        reason = first_line(exc)
+        logger.warning("tierwise: store unavailable (%s); starting unready, retrying in the background", reason)
+    finally:
+        store.dispose()
 
 
 def main() -> None:
     settings = get_settings()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the service's logs
-    # Migrate once here, before uvicorn forks its workers: concurrent first-time migrations race.
-    store = Store(settings.database_url)
-    store.migrate()
-    store.dispose()
+    migrate_before_fork(settings.database_url)
     reason = preflight(settings)
     if reason is not None:
         sys.exit(f"tierwise: cannot serve {reason}")

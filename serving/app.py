@@ -22,9 +22,11 @@ from serving.metrics import Metrics, multiprocess_enabled
 from serving.middleware import BodyLimit, RequestContext
 from serving.model_source import ModelSource, source_from_settings
 from serving.outcomes import OutcomeRecorder
+from serving.reload_signal import ReloadSignal
 from serving.security import KeyRing
 from serving.spool import Spool
 from serving.store import Store
+from serving.store_migrator import StoreMigrator
 
 logger = logging.getLogger(__name__)
 
@@ -46,21 +48,30 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = store or Store(settings.database_url)
-        await run_in_threadpool(db.migrate)
+        migrator = StoreMigrator(app.state, db)
+        store_ready = await run_in_threadpool(migrator.try_migrate)
         emb = embedder or make_embedder(
             settings.embedder, onnx_dir=settings.cache_dir / "onnx", num_threads=settings.intra_op_threads
         )
         source = model_source or source_from_settings(settings)
         app.state.store = db
         app.state.recorder = OutcomeRecorder(db, Spool(settings.spool_path), metrics)
-        app.state.manager = ModelManager(app.state, source, emb, settings, metrics)
+        manager = ModelManager(app.state, source, emb, settings, metrics, ReloadSignal(settings.reload_signal_path))
+        app.state.manager = manager
         metrics.track_frozen(db.count_frozen)
-        await run_in_threadpool(app.state.manager.try_load)
-        if app.state.runtime is not None:
-            await run_in_threadpool(app.state.recorder.replay, app.state.runtime.tiers)
-        tasks = []
+        await run_in_threadpool(manager.try_load)
+
+        def replay() -> None:
+            if app.state.runtime is not None:
+                app.state.recorder.replay(app.state.runtime.tiers)
+
+        tasks = [asyncio.create_task(manager.watch(settings.reload_check_interval_s))]
+        if store_ready:
+            await run_in_threadpool(replay)
+        else:  # start unready; become ready once the store is reachable and migrated
+            tasks.append(asyncio.create_task(migrator.retry(settings.store_retry_interval_s, replay)))
         if settings.reload_interval_s > 0:
-            tasks.append(asyncio.create_task(app.state.manager.poll(settings.reload_interval_s)))
+            tasks.append(asyncio.create_task(manager.poll(settings.reload_interval_s)))
         if settings.spool_replay_interval_s > 0:
             replayer = app.state.recorder.replay_every(
                 settings.spool_replay_interval_s, lambda: app.state.runtime.tiers if app.state.runtime else None
@@ -91,6 +102,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.runtime = None
     app.state.load_error = None
+    app.state.store_error = None
     for module in (route, outcomes, sessions, admin, ops):
         app.include_router(module.router)
     install_handlers(app)

@@ -1,10 +1,15 @@
-"""Load, reload and poll the model: build a new Runtime off to the side, then swap it in one assignment."""
+"""Load, reload and poll the model: build a new Runtime off to the side, then swap it in one assignment.
+
+A reload asked of one worker reaches the others through the shared reload generation (`ReloadSignal`):
+the worker that reloaded bumps it, and every worker's `watch` loop reloads when it sees it move.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import threading
+import time
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -14,54 +19,129 @@ from router.schema import TiersConfigError
 from router.settings import Settings
 from serving.metrics import Metrics
 from serving.model_source import ModelSource
+from serving.reload_signal import ReloadSignal
 from serving.runtime import Runtime, build_runtime
 
 logger = logging.getLogger(__name__)
+
+LOAD_RETRY_MAX_S = 30.0
 
 
 class ModelManager:
     """Owns the model source; publishes each loaded Runtime on `state.runtime`."""
 
-    def __init__(self, state: Any, source: ModelSource, embedder: Embedder, settings: Settings, metrics: Metrics):
+    def __init__(
+        self,
+        state: Any,
+        source: ModelSource,
+        embedder: Embedder,
+        settings: Settings,
+        metrics: Metrics,
+        signal: ReloadSignal,
+    ):
         self.state = state
         self.source = source
         self.embedder = embedder
         self.settings = settings
         self.metrics = metrics
+        self.signal = signal
         self._lock = threading.Lock()
+        self._seen = 0  # the reload generation this worker has loaded
 
     def reload(self) -> Runtime:
-        """Re-read the tiers file, re-resolve the model source, and swap; the old Runtime serves until then."""
+        """Reload here, then bump the shared generation so every other worker reloads too.
+
+        A refused reload raises before the bump: no worker changes model.
+        """
         with self._lock:
-            loaded = self.source.load()
-            runtime = build_runtime(loaded, self.settings.tiers_path, self.embedder, self.settings.intra_op_threads)
-            runtime.score(["warm up"])
-            previous = self.state.runtime
-            self.state.runtime = runtime
-            self.state.load_error = None
-            self.metrics.set_model(runtime.version, self.embedder.id)
-            logger.info(
-                "model loaded",
-                extra={
-                    "router_version": runtime.version,
-                    "previous_version": previous.version if previous else None,
-                    "tiers": {t.name: t.model for t in runtime.tiers.tiers},
-                },
-            )
+            runtime = self._load()
+            try:
+                self._seen = self.signal.bump()
+            except OSError as exc:
+                logger.error("reloaded this worker only; cannot write %s: %s", self.signal.path, exc)
             return runtime
+
+    def reload_here(self) -> Runtime:
+        """Reload this worker only (the alias poll: every worker polls for itself)."""
+        with self._lock:
+            return self._load()
+
+    def _load(self) -> Runtime:
+        loaded = self.source.load()
+        runtime = build_runtime(loaded, self.settings.tiers_path, self.embedder, self.settings.intra_op_threads)
+        runtime.score(["warm up"])
+        previous = self.state.runtime
+        self.state.runtime = runtime
+        self.state.load_error = None
+        self.metrics.set_model(runtime.version, self.embedder.id)
+        logger.info(
+            "model loaded",
+            extra={
+                "router_version": runtime.version,
+                "previous_version": previous.version if previous else None,
+                "tiers": {t.name: t.model for t in runtime.tiers.tiers},
+                "reload_generation": self._seen,
+            },
+        )
+        return runtime
 
     def try_load(self) -> None:
         """Load at startup; a missing model leaves the service up but not ready."""
-        try:
-            self.reload()
-        except (EmbedderMismatch, TiersConfigError):
-            raise
-        except Exception as exc:  # noqa: BLE001 - registry and file errors come in many kinds
-            self._not_ready(exc)
+        with self._lock:
+            self._seen = self.signal.read()
+            try:
+                self._load()
+            except (EmbedderMismatch, TiersConfigError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - registry and file errors come in many kinds
+                self._not_ready(exc)
 
     def _not_ready(self, exc: Exception) -> None:
         self.state.load_error = str(exc)
         logger.error("no model loaded; /readyz answers 503 until one is: %s", exc)
+
+    def follow(self) -> bool:
+        """Reload if another worker bumped the generation since this one loaded; whether it tried.
+
+        A reload refused here is logged and not retried: this worker keeps its model until the next bump.
+        """
+        with self._lock:
+            generation = self.signal.read()
+            if generation == self._seen:
+                return False
+            self._seen = generation
+            try:
+                self._load()
+            except Exception as exc:  # noqa: BLE001 - keep serving the previous model
+                logger.error("reload generation %d refused by this worker, which keeps its model: %s", generation, exc)
+            return True
+
+    def _retry_load(self) -> None:
+        with self._lock:
+            if self.state.runtime is not None:
+                return
+            try:
+                self._load()
+            except Exception as exc:  # noqa: BLE001 - still not ready; say why on /readyz
+                self.state.load_error = str(exc)
+
+    async def watch(self, interval_s: float) -> None:
+        """Every `interval_s`: follow the shared reload generation, and retry the load while no model is loaded.
+
+        The check is one read of a small file, off the request path; a load retry backs off to 30 s.
+        """
+        retry_s, retry_at = interval_s, time.monotonic() + interval_s
+        while True:
+            await asyncio.sleep(interval_s)
+            try:
+                if self.signal.read() != self._seen:
+                    await run_in_threadpool(self.follow)
+                elif self.state.runtime is None and time.monotonic() >= retry_at:
+                    await run_in_threadpool(self._retry_load)
+                    retry_s = min(retry_s * 2, max(LOAD_RETRY_MAX_S, interval_s))
+                    retry_at = time.monotonic() + retry_s
+            except Exception as exc:  # noqa: BLE001 - keep watching; the current model keeps serving
+                logger.error("reload watch failed: %s", exc)
 
     async def poll(self, interval_s: float) -> None:
         """Reload whenever the source resolves to another version (e.g. the alias moved)."""
@@ -72,6 +152,6 @@ class ModelManager:
                 current = self.state.runtime.version if self.state.runtime else None
                 if version != current:
                     logger.info("model source moved from %s to %s; reloading", current, version)
-                    await run_in_threadpool(self.reload)
+                    await run_in_threadpool(self.reload_here)
             except Exception as exc:  # noqa: BLE001 - keep polling; the old model keeps serving
                 logger.error("alias poll failed: %s", exc)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,29 +54,85 @@ class RegistrySource:
     tracking_uri: str
     name: str
     alias: str
+    # The last version loaded: a reload that finds the alias where it was (a tiers edit) downloads nothing.
+    _last: dict[str, LoadedModel] = field(default_factory=dict, compare=False, repr=False)
+    _clients: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def _client(self) -> Any:
-        import mlflow
-        from mlflow import MlflowClient
+        """One client per source, made once the tracking store answers."""
+        if "client" not in self._clients:
+            import mlflow
+            from mlflow import MlflowClient
 
-        mlflow.set_tracking_uri(self.tracking_uri)
-        return MlflowClient(tracking_uri=self.tracking_uri)
+            check_reachable(self.tracking_uri)
+            mlflow.set_tracking_uri(self.tracking_uri)
+            self._clients["client"] = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._clients["client"]
 
     def resolve(self) -> str:
         version = self._client().get_model_version_by_alias(self.name, self.alias).version
         return f"{self.name}/{version}"
 
     def load(self) -> LoadedModel:
-        import mlflow
-
         version = self.resolve()
+        if version in self._last:
+            return self._last[version]
         number = version.rsplit("/", 1)[-1]
         # Download the pinned version, not the alias: the alias may move between the two calls.
         # The artifact is read into memory, so the download is removed once loaded (reloads leave nothing).
         with tempfile.TemporaryDirectory(prefix="tierwise-model-") as target:
-            uri = f"models:/{self.name}/{number}"
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=target)
-            return LoadedModel(RouterArtifact.load(find_artifact(local)), version)
+            local = _download(f"models:/{self.name}/{number}", target, self.tracking_uri)
+            loaded = LoadedModel(RouterArtifact.load(find_artifact(local)), version)
+        self._last.clear()
+        self._last[version] = loaded
+        return loaded
+
+
+def check_reachable(tracking_uri: str, timeout_s: int = 5) -> None:
+    """Fail at once when a database tracking store does not answer.
+
+    MLflow retries a database it cannot reach for about 100 s before it raises, which held the
+    preflight and every worker's start-up that long.
+    """
+    import sqlalchemy as sa
+    from sqlalchemy.pool import NullPool
+
+    try:
+        url = sa.make_url(tracking_uri)
+    except sa.exc.ArgumentError:
+        return
+    if url.get_backend_name() not in {"postgresql", "mysql", "mssql"}:
+        return  # SQLite, a file store, an HTTP server: nothing MLflow would retry for long
+    args = {"connect_timeout": timeout_s} if url.get_backend_name() == "postgresql" else {}
+    engine = sa.create_engine(url, poolclass=NullPool, connect_args=args)
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.DBAPIError as exc:
+        raise ConnectionError(f"tracking store unreachable: {str(exc).splitlines()[0]}") from None
+    finally:
+        engine.dispose()
+
+
+def _download(uri: str, target: str, tracking_uri: str) -> str:
+    """Download `uri` into `target`, then join the download threads.
+
+    MLflow gives every artifact repository its own thread pool and never shuts it down; the repository
+    sits in a reference cycle, so its threads lived until a garbage collection: the service gained
+    threads with every reload.
+    """
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+    repo = get_artifact_repository(uri, tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        return str(repo.download_artifacts("", dst_path=target))  # type: ignore[no-untyped-call]
+    finally:
+        layer: Any = repo
+        while layer is not None:  # a models:/ repository wraps the repository holding the files
+            pool = getattr(layer, "thread_pool", None)
+            if pool is not None:
+                pool.shutdown(wait=True)
+            layer = getattr(layer, "repo", None)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,12 @@ router = APIRouter(prefix="/admin", tags=["admin"], responses=CALLER_ERRORS | er
 
 @router.post("/reload", responses=error(409, "the new tiers or model were refused; the old one serves"))
 async def reload(request: Request, _: Admin) -> ReloadResponse:
-    """Re-read the tiers file and re-resolve the model alias; swap without dropping requests."""
+    """Re-read the tiers file and re-resolve the model alias; swap without dropping requests.
+
+    Every worker of the service switches: the one answering before it answers, the others within
+    `reload_check_interval_s` (1 s by default) plus the time one model load takes, after which `/tiers` and
+    `router_version` agree on every worker. A refused reload (409) changes no worker.
+    """
     previous = request.app.state.runtime
     try:
         rt = await run_in_threadpool(request.app.state.manager.reload)

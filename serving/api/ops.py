@@ -20,10 +20,11 @@ async def healthz() -> Health:
 
 @router.get("/readyz", responses={503: {"model": Health}})
 async def readyz(request: Request) -> Response:
-    """200 once a model is loaded, 503 before."""
+    """200 once the store is migrated and a model is loaded; 503 with the reason before."""
     rt = request.app.state.runtime
-    if rt is None:
-        body = Health(status="not ready", detail=request.app.state.load_error or "loading")
+    reason = request.app.state.store_error or (None if rt else request.app.state.load_error or "loading")
+    if reason is not None:
+        body = Health(status="not ready", detail=reason, router_version=rt.version if rt else None)
         return JSONResponse(body.model_dump(), status_code=503)
     return JSONResponse(Health(status="ready", router_version=rt.version).model_dump())
 

@@ -69,6 +69,7 @@ def settings_factory(tmp_path: Path) -> Callable[..., Settings]:
             "database_url": f"sqlite:///{tmp_path / 'serve.db'}",
             "tiers_path": write_tiers(tmp_path / "tiers.toml"),
             "spool_path": tmp_path / "spool.jsonl",
+            "reload_signal_path": tmp_path / "reload-generation",
             "quality_target": 0.7,
             "api_keys": KEYS,
         }

@@ -1,17 +1,13 @@
-"""`python -m serving` with two worker processes, started as a user would: /metrics counts every worker."""
+"""`python -m serving` with two worker processes, started as a user would: /metrics and reloads reach every worker."""
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +16,25 @@ import pytest
 
 from router.features import MINILM_ID, make_embedder
 from router.onnx_embedder import INT8_RECIPE
-from tests.integration.conftest import CLIENT_KEY, KEYS, bearer, train_artifact, write_tiers
+from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, bearer, train_artifact, write_tiers
+from tests.integration.processes import (
+    ONNX_DIR,
+    REPO,
+    free_port,
+    get,
+    service_env,
+    start,
+    stop,
+    wait_until_both_workers_started,
+)
 
-REPO = Path(__file__).resolve().parents[2]
-ONNX_DIR = REPO / ".cache" / "onnx"
 N_ROUTES = 40
 N_SCRAPES = 12
-STARTUP_TIMEOUT_S = 60
+N_TIERS_READS = 40
+RELOAD_CHECK_INTERVAL_S = 0.5
+# The stated bound is the check interval plus one model load. A reload of this small router took 0.02-0.05 s
+# (8 reloads, load average 10 on 2 cores); the allowance is 60 times that.
+LOAD_ALLOWANCE_S = 3.0
 
 pytestmark = pytest.mark.skipif(
     not (ONNX_DIR / "minilm-int8.onnx").is_file(), reason=f"needs the int8 ONNX embedder in {ONNX_DIR} (make setup)"
@@ -44,32 +52,8 @@ class Service:
     url: str
     metrics_dir: Path
     stale_files: list[Path]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM to uvicorn's supervisor (it stops its workers), then SIGKILL whatever is left of the group."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        with suppress(subprocess.TimeoutExpired):
-            proc.wait(timeout=20)
-    with suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
-
-
-def wait_until_both_workers_serve(proc: subprocess.Popen[bytes], log: Path, url: str) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while log.read_text().count("Application startup complete") < 2:
-        assert proc.poll() is None, f"the service exited with {proc.returncode}:\n{log.read_text()[-4000:]}"
-        assert time.monotonic() < deadline, f"two workers did not start in {STARTUP_TIMEOUT_S} s:\n{log.read_text()}"
-        time.sleep(0.2)
-    assert httpx.get(f"{url}/readyz", timeout=10).status_code == 200, log.read_text()[-4000:]
+    tiers_path: Path
+    log: Path
 
 
 @pytest.fixture(scope="module")
@@ -88,44 +72,21 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     )
     stale_files = list(metrics_dir.glob("*.db"))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERWISE_") and k != "PROMETHEUS_MULTIPROC_DIR"}
-    env |= {
-        "TIERWISE_HOST": "127.0.0.1",
-        "TIERWISE_PORT": str(port),
-        "TIERWISE_WORKERS": "2",
-        "TIERWISE_DATABASE_URL": f"sqlite:///{tmp / 'serve.db'}",
-        "TIERWISE_TIERS_PATH": str(write_tiers(tmp / "tiers.toml")),
-        "TIERWISE_SPOOL_PATH": str(tmp / "spool.jsonl"),
-        "TIERWISE_API_KEYS": json.dumps(KEYS),
-        "TIERWISE_QUALITY_TARGET": "0.7",
-        "TIERWISE_EMBEDDER": "onnx-int8",
-        "TIERWISE_CACHE_DIR": str(ONNX_DIR.parent),
-        "TIERWISE_LOCAL_MODEL_PATH": str(artifact),
-        "TIERWISE_METRICS_DIR": str(metrics_dir),
-        # An empty file store: the registry has no such model, so the local artifact is served.
-        "MLFLOW_TRACKING_URI": (tmp / "mlruns").as_uri(),
-    }
+    env = service_env(tmp, artifact, port, TIERWISE_RELOAD_CHECK_INTERVAL_S=str(RELOAD_CHECK_INTERVAL_S))
     log = tmp / "serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "serving"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start(env, log)
     try:
         url = f"http://127.0.0.1:{port}"
-        wait_until_both_workers_serve(proc, log, url)
-        yield Service(url, metrics_dir, stale_files)
+        wait_until_both_workers_started(proc, log)
+        assert get(f"{url}/readyz").status_code == 200, log.read_text()[-4000:]
+        yield Service(url, metrics_dir, stale_files, tmp / "tiers.toml", log)
     finally:
         stop(proc)
 
 
 def scrape_decisions(url: str) -> str:
     """The decision counter lines of one scrape, on a new connection (so any worker may answer)."""
-    text = httpx.get(f"{url}/metrics", timeout=10).text
+    text = get(f"{url}/metrics").text
     return "\n".join(line for line in text.splitlines() if line.startswith("tierwise_decisions_total{"))
 
 
@@ -166,18 +127,7 @@ def test_a_model_for_another_embedder_stops_the_service_with_one_line(tmp_path: 
     from tests.conftest import HashingEmbedder
 
     artifact = train_artifact(HashingEmbedder(), tmp_path / "artifact", n_prompts=60)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIERWISE_")}
-    env |= {
-        "TIERWISE_PORT": str(free_port()),
-        "TIERWISE_WORKERS": "2",
-        "TIERWISE_DATABASE_URL": f"sqlite:///{tmp_path / 'serve.db'}",
-        "TIERWISE_TIERS_PATH": str(write_tiers(tmp_path / "tiers.toml")),
-        "TIERWISE_EMBEDDER": "onnx-fp32",
-        "TIERWISE_CACHE_DIR": str(ONNX_DIR.parent),
-        "TIERWISE_LOCAL_MODEL_PATH": str(artifact),
-        "TIERWISE_METRICS_DIR": str(tmp_path / "metrics"),
-        "MLFLOW_TRACKING_URI": (tmp_path / "mlruns").as_uri(),
-    }
+    env = service_env(tmp_path, artifact, free_port(), TIERWISE_EMBEDDER="onnx-fp32")
     done = subprocess.run(
         [sys.executable, "-m", "serving"], cwd=REPO, env=env, capture_output=True, text=True, timeout=120, check=False
     )
@@ -185,3 +135,42 @@ def test_a_model_for_another_embedder_stops_the_service_with_one_line(tmp_path: 
     assert "Traceback" not in done.stderr and "Application startup" not in done.stderr
     [line] = [ln for ln in done.stderr.splitlines() if ln.startswith("tierwise:")]
     assert "trained with embedder 'test/hashing:hash'" in line and f"'{MINILM_ID}:onnx-fp32'" in line
+
+
+def brain_models(service: Service, n: int) -> list[str]:
+    """The brain tier's model as `n` requests, each on a new connection (so both workers answer), see it."""
+    out = []
+    for _ in range(n):
+        r = get(f"{service.url}/tiers", headers=bearer(CLIENT_KEY))
+        assert r.status_code == 200, r.text
+        out.append(r.json()["tiers"][2]["model"])
+    return out
+
+
+def reload_once(service: Service) -> httpx.Response:
+    r = httpx.post(f"{service.url}/admin/reload", headers=bearer(ADMIN_KEY), timeout=60)
+    assert r.status_code == 200, r.text
+    return r
+
+
+@pytest.mark.parametrize("model", ["unused"])
+def test_one_reload_reaches_every_worker(service: Service, model: str) -> None:
+    """One POST /admin/reload, answered by one worker; after the stated bound every worker serves the new tiers."""
+    original = write_tiers(service.tiers_path).read_text()
+    assert set(brain_models(service, N_TIERS_READS)) == {"large"}
+    loads_before = service.log.read_text().count('"msg": "model loaded"')
+    write_tiers(service.tiers_path, {"brain": model})
+    try:
+        assert reload_once(service).json()["tiers"][2]["model"] == model
+        time.sleep(RELOAD_CHECK_INTERVAL_S + LOAD_ALLOWANCE_S)
+        assert set(brain_models(service, N_TIERS_READS)) == {model}
+        # Each of the two workers loaded the new tiers exactly once: the one asked, and the one that followed.
+        loads = service.log.read_text().split('"msg": "model loaded"')[loads_before + 1 :]
+        assert len(loads) == 2 and all(model in line.split("\n", 1)[0] for line in loads), loads
+        versions = {get(f"{service.url}/readyz").json()["router_version"] for _ in range(N_TIERS_READS)}
+        assert len(versions) == 1
+    finally:
+        service.tiers_path.write_text(original)
+        reload_once(service)
+        time.sleep(RELOAD_CHECK_INTERVAL_S + LOAD_ALLOWANCE_S)
+    assert set(brain_models(service, N_TIERS_READS)) == {"large"}

@@ -1,0 +1,81 @@
+"""One POST /admin/reload reaches every app that shares the reload generation (in-process stand-ins for workers).
+
+The same with real worker processes is in test_serving_workers.py.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from serving.model_source import LocalSource
+from serving.reload_signal import ReloadSignal
+from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, bearer, write_tiers
+
+CHECK_S = 0.05
+WAIT_S = 30  # only a guard against a hang; the loops end as soon as the condition holds
+A, C = bearer(ADMIN_KEY), bearer(CLIENT_KEY)
+
+
+def brain_model(client: TestClient) -> str:
+    r = client.get("/tiers", headers=C)
+    assert r.status_code == 200, r.text
+    return str(r.json()["tiers"][2]["model"])
+
+
+def wait_for(condition: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(CHECK_S)
+
+
+def test_a_reload_reaches_every_app_sharing_the_generation(
+    client_factory: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    apps = [client_factory(reload_check_interval_s=CHECK_S) for _ in range(3)]
+    write_tiers(tmp_path / "tiers.toml", {"brain": "unused"})
+    assert {brain_model(a) for a in apps} == {"large"}
+    r = apps[0].post("/admin/reload", headers=A)
+    assert r.status_code == 200 and r.json()["tiers"][2]["model"] == "unused"
+    assert ReloadSignal(tmp_path / "reload-generation").read() == 1
+    wait_for(lambda: {brain_model(a) for a in apps} == {"unused"}, "not every app followed the reload")
+    versions = {a.get("/readyz").json()["router_version"] for a in apps}
+    assert len(versions) == 1
+
+
+def test_a_refused_reload_changes_no_app(client_factory: Callable[..., TestClient], tmp_path: Path) -> None:
+    apps = [client_factory(reload_check_interval_s=CHECK_S) for _ in range(2)]
+    (tmp_path / "tiers.toml").write_text("[[tiers]]\nname='other'\nmodel='small'\n[models.small]\ninput_per_1m=1\n")
+    assert apps[0].post("/admin/reload", headers=A).status_code == 409
+    assert ReloadSignal(tmp_path / "reload-generation").read() == 0
+    # The follower only reloads on a bump; a bump by hand now makes it try the refused file, and keep its model.
+    ReloadSignal(tmp_path / "reload-generation").bump()
+    wait_for(lambda: apps[1].app.state.manager._seen == 1, "the follower never saw the bump")
+    assert [brain_model(a) for a in apps] == ["large", "large"]
+
+
+def test_each_app_reloads_once_per_bump(client_factory: Callable[..., TestClient], tmp_path: Path) -> None:
+    leader, follower = (client_factory(reload_check_interval_s=CHECK_S) for _ in range(2))
+    before = leader.app.state.runtime, follower.app.state.runtime
+    assert leader.post("/admin/reload", headers=A).status_code == 200
+    wait_for(lambda: follower.app.state.runtime is not before[1], "the follower did not reload")
+    after = leader.app.state.runtime, follower.app.state.runtime
+    time.sleep(CHECK_S * 10)  # several more checks: nobody reloads again
+    assert (leader.app.state.runtime, follower.app.state.runtime) == after
+    assert after[0] is not before[0]
+
+
+def test_an_app_started_without_a_model_becomes_ready_when_one_appears(
+    client_factory: Callable[..., TestClient], artifact_dir: Path, tmp_path: Path
+) -> None:
+    later = tmp_path / "later"
+    client = client_factory(source=LocalSource(later), reload_check_interval_s=CHECK_S)
+    assert client.get("/readyz").status_code == 503
+    shutil.copytree(artifact_dir, later)
+    wait_for(lambda: client.get("/readyz").status_code == 200, "the load was never retried")
+    assert client.post("/route", json={"prompt": "What is 2+2?"}, headers=C).status_code == 200
