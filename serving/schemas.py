@@ -150,14 +150,14 @@ class OutcomeIn(Strict):
     model: Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_storable)] | None = Field(
         None, description="a model of the tiers config; defaults to the decision's"
     )
-    score: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = Field(description="realised quality, 0 to 1")
-    cost_usd: Annotated[float, Field(ge=0, le=MAX_OUTCOME_COST_USD, allow_inf_nan=False)] = Field(
+    score: Share = Field(description="realised quality, 0 to 1")
+    cost_usd: Annotated[Usd, Field(le=MAX_OUTCOME_COST_USD)] = Field(
         description=f"what the call cost, 0 to {MAX_OUTCOME_COST_USD:.0e} USD"
     )
     session_id: SessionId | None = None
-    tokens_in: Annotated[int, Field(ge=0, le=MAX_TOKENS)] | None = Field(None, description=f"0 to {MAX_TOKENS}")
-    tokens_out: Annotated[int, Field(ge=0, le=MAX_TOKENS)] | None = Field(None, description=f"0 to {MAX_TOKENS}")
-    latency_ms: Annotated[float, Field(ge=0, le=MAX_LATENCY_MS, allow_inf_nan=False)] | None = Field(
+    tokens_in: Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)] | None = Field(None, description=f"0 to {MAX_TOKENS}")
+    tokens_out: Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)] | None = Field(None, description=f"0 to {MAX_TOKENS}")
+    latency_ms: Annotated[Usd, Field(le=MAX_LATENCY_MS)] | None = Field(
         None, description=f"0 to {MAX_LATENCY_MS:.0f} ms (a day)"
     )
 
