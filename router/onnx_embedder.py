@@ -88,7 +88,7 @@ class OnnxEmbedder:
                     raise StaleOnnxFile(
                         f"{self.model_file} was quantized with recipe {recipe!r}, this tierwise expects "
                         f"{INT8_RECIPE!r}; rebuild it with `make setup` "
-                        f"(python -m training.onnx_export --out {self.model_file.parent} --force)"
+                        f"(tierwise build-embedder --out {self.model_file.parent} --force)"
                     )
                 self._session = session
                 self._tokenizer = tokenizer

@@ -8,7 +8,6 @@ quantized with another recipe than `router.onnx_embedder.INT8_RECIPE`. Building 
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import shutil
@@ -147,22 +146,3 @@ def export_onnx(out_dir: Path | str, model_dir: Path | None = None, force: bool 
     fp32_tmp.replace(fp32)
     int8_tmp.replace(int8)
     return fp32, int8
-
-
-def main(argv: list[str] | None = None) -> None:
-    """CLI: python -m training.onnx_export [--out DIR] [--force]; DIR defaults to the cache dir's onnx/."""
-    from router.settings import get_settings
-
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=None, help="default: TIERWISE_CACHE_DIR/onnx")
-    parser.add_argument("--force", action="store_true", help="rebuild even when the files are up to date")
-    args = parser.parse_args(argv)
-    # The quantizer logs every skipped tensor on the root logger at INFO: keep the root at WARNING.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logger.setLevel(logging.INFO)
-    for path in export_onnx(args.out or get_settings().cache_dir / "onnx", force=args.force):
-        logger.info("%s: %.1f MB", path, path.stat().st_size / 1e6)
-
-
-if __name__ == "__main__":
-    main()
