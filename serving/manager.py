@@ -80,7 +80,6 @@ class ModelManager:
                 "router_version": runtime.version,
                 "previous_version": previous.version if previous else None,
                 "tiers": {t.name: t.model for t in runtime.tiers.tiers},
-                "reload_generation": self._seen,
             },
         )
         return runtime
@@ -110,6 +109,7 @@ class ModelManager:
             if generation == self._seen:
                 return False
             self._seen = generation
+            logger.info("another worker reloaded (generation %d); reloading", generation)
             try:
                 self._load()
             except Exception as exc:  # noqa: BLE001 - keep serving the previous model
