@@ -1,0 +1,553 @@
+"""Routing-quality suite (issue 10): every router design on all three shared datasets, with bootstrap CIs.
+
+`make quality` (or `python -m bench.quality`) trains and evaluates, per split:
+- routerbench_subset, 3 tiers (config/tiers.toml) and 11 tiers (config/tiers.per-model.toml),
+  random 70/30 splits by normalised prompt text, seeds 0..2;
+- llmrouter_dc, 9 tiers (config/tiers.llmrouter_dc.toml): its own train/test split with every train
+  prompt whose text is also in test removed, plus random 70/30 splits, seeds 0..2;
+- routellm_evals, 2 tiers (config/tiers.routellm_evals.toml; contaminated prompts dropped): random
+  70/30 splits, seeds 0..2, and the cross-benchmark splits (train on two benchmarks, test on the third).
+
+Methods: the current router (DifficultyModel on MiniLM int8 tail-700 + text features), kNN (k=25, same
+embeddings), logistic regression, the task-label prior (per-category train mean per tier), the zero router
+(hull of the single tiers), the oracle (λ sweep on true scores), and the issue-10 candidates:
+IRT two-stage (router/irt.py), one pooled booster over (prompt, model) rows (router/pooled.py), the router
+with prompt-structure / category / question-view features (router/prompt_structure.py), and blends with the
+prior. IRT and the pooled booster learn from every model in the log, also models behind no tier.
+
+Metrics: AIQ as router/evaluate.py defines it (hull over [0, top-tier cost] / top cost), RouterBench's AIQ
+normalised to [cheapest, priciest tier cost], and for the two-model set RouteLLM's APGR on the
+share-of-strong-calls axis (no hull; random = 0.5). 95% CIs: percentile bootstrap over test prompts
+(decisions fixed, prompts resampled); the per-group mean over seeds averages the b-th draw of each seed.
+Writes bench/results/quality.json and quality.md. Embeddings come from .cache/embeddings.sqlite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from threadpoolctl import threadpool_limits
+
+from bench.common import REPO, machine_info
+from router import evaluate as ev
+from router.artifact import estimate_tokens_out
+from router.features import (
+    EmbeddingCache,
+    embed_cached,
+    make_embedder,
+    normalize_text,
+    text_features,
+    text_window,
+)
+from router.irt import IrtModel
+from router.model import DifficultyModel
+from router.policy import tradeoff
+from router.pooled import PooledModel
+from router.prompt_structure import question_text, structure_features
+from router.schema import CHARS_PER_TOKEN, TiersConfig, load_tiers
+from training.pipeline import logreg_predictor
+
+logger = logging.getLogger("bench.quality")
+RESULTS = REPO / "bench" / "results"
+SEEDS = (0, 1, 2)
+TEST_SIZE = 0.3
+# One LightGBM / BLAS thread per fit: on a shared, busy machine OpenMP's spinning threads made a
+# booster 30x slower than a single thread (17 s vs 0.5 s for one routerbench tier).
+N_JOBS = 1
+IRT_PARAMS: dict[str, Any] = {"n_jobs": N_JOBS}
+POOLED_PARAMS: dict[str, Any] = {"n_jobs": N_JOBS}
+
+
+@dataclass(frozen=True)
+class SplitData:
+    """One train/test split: all-model score matrix, tier columns, features, costs."""
+
+    group: str
+    name: str
+    prompts: list[str]
+    categories: np.ndarray
+    all_scores: np.ndarray  # (n, m) every model in the log
+    tier_cols: list[int]  # columns of all_scores behind the tiers, cheapest first
+    costs: np.ndarray  # (n, k) realised cost per tier
+    pred_cost: np.ndarray  # (n, k) expected cost per tier (characters / 4 and mean output tokens)
+    train: np.ndarray
+    test: np.ndarray
+
+    @property
+    def scores(self) -> np.ndarray:
+        return self.all_scores[:, self.tier_cols]
+
+
+# ----------------------------------------------------------------------------- data
+
+
+def load_dataset(name: str) -> pd.DataFrame:
+    log = pd.read_parquet(REPO / "data" / name / "outcomes.parquet")
+    if "contaminated" in log:
+        log = log[~log["contaminated"].fillna(False).astype(bool)]
+    return log
+
+
+def pivot(log: pd.DataFrame, tiers: TiersConfig) -> dict[str, Any]:
+    """Per prompt: text, category, all-model scores, tier costs; only prompts complete on the tiers."""
+    first = log.drop_duplicates("prompt_id").set_index("prompt_id")
+    scores = log.pivot(index="prompt_id", columns="model", values="score").reindex(first.index)
+    costs = log.pivot(index="prompt_id", columns="model", values="cost_usd").reindex(first.index)
+    models = [t.model for t in tiers.tiers]
+    complete = scores[models].notna().all(axis=1) & costs[models].notna().all(axis=1)
+    all_models = list(scores.columns)
+    tok_out = estimate_tokens_out(log[log["model"].isin(models)], tiers)
+    prompts = first["prompt"][complete].tolist()
+    tokens_in = np.array([len(normalize_text(p)) for p in prompts]) / CHARS_PER_TOKEN
+    pred_cost = np.stack(
+        [tokens_in * t.input_per_1m / 1e6 + tok_out[t.name] * t.output_per_1m / 1e6 for t in tiers.tiers], axis=1
+    )
+    return {
+        "ids": first.index[complete].to_numpy(),
+        "prompts": prompts,
+        "categories": first["category"][complete].fillna("").astype(str).to_numpy(),
+        "extra": first[complete],
+        "all_scores": scores[complete].to_numpy(dtype=float),
+        "tier_cols": [all_models.index(m) for m in models],
+        "costs": costs[complete][models].to_numpy(dtype=float),
+        "pred_cost": pred_cost,
+    }
+
+
+def random_splits(group: str, piv: dict[str, Any], seeds: tuple[int, ...]) -> list[SplitData]:
+    texts = [normalize_text(p) for p in piv["prompts"]]
+    out = []
+    for seed in seeds:
+        train, test = ev.split_by_group(texts, TEST_SIZE, seed)
+        out.append(_split(group, f"seed{seed}", piv, train, test))
+    return out
+
+
+def _split(group: str, name: str, piv: dict[str, Any], train: np.ndarray, test: np.ndarray) -> SplitData:
+    keys = ("prompts", "categories", "all_scores", "tier_cols", "costs", "pred_cost")
+    return SplitData(group, name, train=train, test=test, **{k: piv[k] for k in keys})
+
+
+def leak_free(train: np.ndarray, test: np.ndarray, prompts: list[str]) -> np.ndarray:
+    """Train mask without the prompts whose normalised text is also a test prompt's."""
+    test_texts = {normalize_text(p) for p, t in zip(prompts, test, strict=True) if t}
+    return train & np.array([normalize_text(p) not in test_texts for p in prompts])
+
+
+def build_splits(quick: bool) -> list[SplitData]:
+    """Every split of the suite, grouped; groups in the order they run (headline comparisons first)."""
+    seeds = SEEDS[:1] if quick else SEEDS
+    rb = load_dataset("routerbench_subset")
+    dc = load_dataset("llmrouter_dc")
+    rl = load_dataset("routellm_evals")
+    splits = random_splits("routerbench 3 tiers", pivot(rb, load_tiers(REPO / "config/tiers.toml")), seeds)
+
+    piv = pivot(dc, load_tiers(REPO / "config/tiers.llmrouter_dc.toml"))
+    split_col = piv["extra"]["split"].to_numpy()
+    test = split_col == "test"
+    splits.append(
+        _split("llmrouter_dc official", "official-minus-leaks", piv, leak_free(~test, test, piv["prompts"]), test)
+    )
+    dc_random = random_splits("llmrouter_dc random", piv, seeds)
+
+    piv = pivot(rl, load_tiers(REPO / "config/tiers.routellm_evals.toml"))
+    splits += random_splits("routellm random", piv, seeds)
+    bench = np.array([c.split("/")[0] for c in piv["categories"]])
+    for held in ("mt_bench", "mmlu", "gsm8k"):
+        test = bench == held
+        splits.append(_split(f"routellm cross -> {held}", "cross", piv, leak_free(~test, test, piv["prompts"]), test))
+
+    splits += dc_random
+    per_model = load_tiers(REPO / "config/tiers.per-model.toml")
+    splits += random_splits("routerbench 11 tiers", pivot(rb, per_model), seeds)
+    return splits
+
+
+# ----------------------------------------------------------------------------- features
+
+
+class Features:
+    """Embedding views (cached) and text / structure features for a dataset's prompts."""
+
+    def __init__(self, cache_path: Path, onnx_dir: Path):
+        self.embedder = make_embedder("onnx-int8", onnx_dir=onnx_dir)
+        self.cache = EmbeddingCache(cache_path)
+        self._memo: dict[tuple[int, str], np.ndarray] = {}
+
+    def view(self, prompts: list[str], name: str) -> np.ndarray:
+        key = (hash(tuple(prompts)), name)
+        if key not in self._memo:
+            if name == "tail700":
+                texts = [text_window(p, 700) for p in prompts]
+            elif name == "question":
+                texts = [question_text(p) for p in prompts]
+            else:
+                raise ValueError(name)
+            self._memo[key] = embed_cached(self.embedder, texts, self.cache)
+        return self._memo[key]
+
+
+def category_encoding(cats: np.ndarray, Y: np.ndarray, train: np.ndarray, seed: int, folds: int = 5) -> np.ndarray:
+    """Per-category mean score of each column, out-of-fold on train rows (no label leak), train-wide on others.
+
+    Unseen categories get the train mean; means are shrunk toward it with 10 pseudo-prompts.
+    """
+    out = np.zeros_like(Y)
+    rng = np.random.default_rng(seed)
+    tr_idx = np.flatnonzero(train)
+    fold_of = rng.integers(0, folds, len(tr_idx))
+
+    def fill(fit_rows: np.ndarray, apply_rows: np.ndarray) -> None:
+        glob = np.nanmean(Y[fit_rows], axis=0)
+        df = pd.DataFrame(Y[fit_rows]).assign(cat=cats[fit_rows])
+        sums, counts = df.groupby("cat").sum(), df.groupby("cat").count()
+        enc = (sums + 10 * glob) / (counts + 10)
+        table = enc.reindex(cats[apply_rows]).to_numpy(dtype=float)
+        out[apply_rows] = np.where(np.isfinite(table), table, glob)
+
+    for f in range(folds):
+        fill(tr_idx[fold_of != f], tr_idx[fold_of == f])
+    fill(tr_idx, np.flatnonzero(~train))
+    return out
+
+
+def prior_predictor(cats: np.ndarray, Y: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """The task-label prior: per-category train mean of each tier (train mean for unseen categories)."""
+    glob = Y[train].mean(axis=0)
+    df = pd.DataFrame(Y[train]).assign(cat=cats[train])
+    table = df.groupby("cat").mean().reindex(cats).to_numpy(dtype=float)
+    return np.where(np.isfinite(table), table, glob)
+
+
+def oof_blend_weight(pred_oof: np.ndarray, prior_oof: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per column, the weight w in [0, 1] of w * model + (1 - w) * prior with least squared error."""
+    ws = np.linspace(0, 1, 21)
+    errs = np.stack([((w * pred_oof + (1 - w) * prior_oof - y) ** 2).mean(axis=0) for w in ws])
+    return np.asarray(ws[np.argmin(errs, axis=0)])
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+def lambda_choices(P: np.ndarray, PC: np.ndarray) -> np.ndarray:
+    """The λ sweep of router/evaluate.py, as the decision matrix (n_lambdas, n) of tier indices."""
+    scale = float(np.median(PC[PC > 0])) if (PC > 0).any() else 1.0
+    pos = np.logspace(-4, 4, 161) / scale
+    rows = [np.argmin(PC, axis=1), np.argmax(PC, axis=1)]
+    rows += [tradeoff(P, PC, float(lam)) for lam in np.concatenate([-pos[::-1], [0.0], pos])]
+    return np.stack(rows)
+
+
+def share_choices(diff: np.ndarray, seed: int, grid: np.ndarray) -> np.ndarray:
+    """For each share x in grid, 1 for the round(x n) prompts with the largest diff (ties at random)."""
+    n = len(diff)
+    jitter = np.random.default_rng(seed).random(n)
+    order = np.lexsort((jitter, -diff))
+    rank = np.empty(n, dtype=int)
+    rank[order] = np.arange(n)
+    return np.stack([(rank < round(x * n)).astype(int) for x in grid])
+
+
+def hull_aiq(cost: np.ndarray, qual: np.ndarray, max_cost: float) -> float:
+    return ev.aiq(ev.Curve(cost, qual), max_cost)
+
+
+def hull_aiq_range(cost: np.ndarray, qual: np.ndarray, lo: float, hi: float) -> float:
+    """RouterBench-style AIQ: mean hull quality over [cheapest, priciest tier cost]."""
+    hc, hq = ev.upper_hull(cost, qual)
+    xs = np.linspace(lo, hi, 201)
+    ys = np.interp(xs, hc, hq, left=np.nan)
+    return float(np.nanmean(ys)) if np.isfinite(ys).any() else 0.0
+
+
+def bootstrap_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    W = np.zeros((n_boot, n))
+    for b in range(n_boot):
+        np.add.at(W[b], rng.integers(0, n, n), 1.0)
+    return W / n
+
+
+def curve_metrics(
+    choices: np.ndarray, S: np.ndarray, C: np.ndarray, W: np.ndarray, extra_points: bool = False
+) -> dict[str, np.ndarray]:
+    """AIQ and range-AIQ of a decision matrix, on the full test set (index 0) and each bootstrap draw."""
+    rows = np.arange(S.shape[0])
+    Sc = np.stack([S[rows, ch] for ch in choices])  # (L, n)
+    Cc = np.stack([C[rows, ch] for ch in choices])
+    Wfull = np.vstack([np.full(len(rows), 1 / len(rows)), W])
+    Q, K = Wfull @ Sc.T, Wfull @ Cc.T  # (1+B, L)
+    tier_cost = Wfull @ C  # (1+B, k)
+    if extra_points:  # the zero router: single tiers are the curve's only points
+        Q, K = Wfull @ S, tier_cost
+    top = int(np.argmax(C.mean(axis=0)))
+    aiq = np.array([hull_aiq(K[b], Q[b], tier_cost[b, top]) for b in range(len(Wfull))])
+    rng_aiq = np.array([hull_aiq_range(K[b], Q[b], tier_cost[b].min(), tier_cost[b].max()) for b in range(len(Wfull))])
+    return {"AIQ": aiq, "AIQ_range": rng_aiq}
+
+
+def apgr_share(diff: np.ndarray, S: np.ndarray, W: np.ndarray, seed: int) -> np.ndarray:
+    """RouteLLM's APGR on the share-of-strong-calls axis (column 1 strong), full set then bootstrap draws."""
+    grid = np.linspace(0, 1, 101)
+    ch = share_choices(diff, seed, grid)  # (G, n)
+    rows = np.arange(len(diff))
+    Sc = np.stack([S[rows, c] for c in ch])
+    Wfull = np.vstack([np.full(len(rows), 1 / len(rows)), W])
+    Q = Wfull @ Sc.T  # (1+B, G)
+    qw, qs = Wfull @ S[:, 0], Wfull @ S[:, 1]
+    pgr = (Q - qw[:, None]) / np.where(np.abs(qs - qw) > 1e-12, qs - qw, np.nan)[:, None]
+    return np.asarray(np.trapezoid(pgr, grid, axis=1))
+
+
+# ----------------------------------------------------------------------------- methods
+
+
+def fit_predict_methods(
+    sp: SplitData, feats: Features, seed: int, extras: bool
+) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    """Predicted tier quality on the test prompts, per method, and each method's fit-and-predict seconds.
+
+    `extras` adds the costlier variants (other IRT ranks, feature views); the suite runs them on the
+    first split of each group only, to bound its run time.
+    """
+    tr, te = sp.train, sp.test
+    Y, Yall = sp.scores, sp.all_scores
+    emb = feats.view(sp.prompts, "tail700")
+    tf = text_features(sp.prompts)
+    st = structure_features(sp.prompts)
+    X = np.hstack([emb, tf])
+    has_cats = len(set(sp.categories[tr])) > 1
+    all_names = [str(j) for j in range(Yall.shape[1])]
+    preds: dict[str, np.ndarray] = {}
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn: Callable[[], np.ndarray]) -> None:
+        t0 = time.perf_counter()
+        preds[name] = fn()
+        timings[name] = time.perf_counter() - t0
+        logger.info("  %-40s %.1f s", name, timings[name])
+
+    def booster(Xm: np.ndarray) -> np.ndarray:
+        names = [str(j) for j in range(Y.shape[1])]
+        return DifficultyModel(n_jobs=N_JOBS, random_state=seed).fit(Xm[tr], Y[tr], names).predict_quality(Xm[te])
+
+    def irt(**kw: Any) -> np.ndarray:
+        model = IrtModel(random_state=seed, **{**IRT_PARAMS, **kw}).fit(X[tr], Yall[tr], all_names)
+        return model.predict_quality(X[te])[:, sp.tier_cols]
+
+    timed("router", lambda: booster(X))
+    timed("kNN (k=25)", lambda: ev.knn_predictor(emb[tr], Y[tr])(emb[te]))
+    timed("logistic regression", lambda: logreg_predictor(X[tr], Y[tr], seed)(X[te]))
+    timed("(a) IRT r=1", lambda: irt(n_factors=1))
+    timed("(a) IRT r=1, ridge stage 2", lambda: irt(n_factors=1, regressor="ridge"))
+    if extras:
+        timed("(a) IRT r=0", lambda: irt(n_factors=0))
+        timed("(a) IRT r=2", lambda: irt(n_factors=2))
+    pooled = PooledModel(random_state=seed, **POOLED_PARAMS)
+    timed("(b) pooled booster", lambda: pooled.fit(X[tr], Yall[tr], all_names).predict_quality(X[te])[:, sp.tier_cols])
+    if extras:
+        timed("(c) router + structure", lambda: booster(np.hstack([X, st])))
+    if has_cats:
+        timed("task prior", lambda: prior_predictor(sp.categories, Y, tr)[te])
+        enc = category_encoding(sp.categories, Y, tr, seed)
+        timed("(c) router + structure + category", lambda: booster(np.hstack([X, st, enc])))
+        prior = prior_predictor(sp.categories, Y, tr)[te]
+        timed("(d) blend router/prior 50:50", lambda: 0.5 * preds["router"] + 0.5 * prior)
+        timed("(d) blend IRT/prior, learned w", lambda: _learned_blend(sp, X, seed, preds["(a) IRT r=1"]))
+    if extras and sp.group.startswith("routerbench"):
+        q_emb = feats.view(sp.prompts, "question")
+        timed("(c) router, question view + structure", lambda: booster(np.hstack([q_emb, tf, st])))
+        timed("(c) router, tail + question views", lambda: booster(np.hstack([emb, q_emb, tf, st])))
+    return preds, timings
+
+
+def _learned_blend(sp: SplitData, X: np.ndarray, seed: int, test_pred: np.ndarray) -> np.ndarray:
+    """w * IRT + (1 - w) * category prior, w per tier chosen on 3-fold out-of-fold train predictions."""
+    tr_idx = np.flatnonzero(sp.train)
+    fold_of = np.random.default_rng(seed).integers(0, 3, len(tr_idx))
+    Y = sp.scores
+    oof, prior_oof = np.zeros((len(tr_idx), Y.shape[1])), np.zeros((len(tr_idx), Y.shape[1]))
+    names = [str(j) for j in range(sp.all_scores.shape[1])]
+    for f in range(3):
+        fit_rows, held = tr_idx[fold_of != f], fold_of == f
+        params = {**IRT_PARAMS, "n_factors": 1, "uncertainty_folds": 0}
+        m = IrtModel(random_state=seed, **params).fit(X[fit_rows], sp.all_scores[fit_rows], names)
+        oof[held] = m.predict_quality(X[tr_idx[held]])[:, sp.tier_cols]
+        mask = np.zeros(len(Y), dtype=bool)
+        mask[fit_rows] = True
+        prior_oof[held] = prior_predictor(sp.categories, Y, mask)[tr_idx[held]]
+    w = oof_blend_weight(oof, prior_oof, Y[tr_idx])
+    prior = prior_predictor(sp.categories, Y, sp.train)[sp.test]
+    return np.asarray(w * test_pred + (1 - w) * prior)
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def evaluate_split(
+    sp: SplitData, preds: dict[str, np.ndarray], n_boot: int, seed: int
+) -> dict[str, dict[str, np.ndarray]]:
+    """Metric arrays (full set first, then bootstrap draws) per method, on the split's test prompts."""
+    te = sp.test
+    S, C, PC = sp.scores[te], sp.costs[te], sp.pred_cost[te]
+    W = bootstrap_weights(len(S), n_boot, seed + 1000)
+    out: dict[str, dict[str, np.ndarray]] = {}
+    for name, P in {**preds, "oracle": S}.items():
+        pc = C if name == "oracle" else PC
+        out[name] = curve_metrics(lambda_choices(P, pc), S, C, W)
+        if S.shape[1] == 2:
+            out[name]["APGR_share"] = apgr_share(P[:, 1] - P[:, 0], S, W, seed)
+    out["zero router"] = curve_metrics(lambda_choices(PC, PC)[:1], S, C, W, extra_points=True)
+    if S.shape[1] == 2:
+        out["zero router"]["APGR_share"] = np.full(n_boot + 1, 0.5)
+    return out
+
+
+def summarise(arrs: dict[str, np.ndarray], ref: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    """Point value, 95% bootstrap CI, and (vs the router) the difference with its CI."""
+    res: dict[str, Any] = {}
+    for metric, a in arrs.items():
+        lo, hi = np.nanpercentile(a[1:], [2.5, 97.5])
+        res[metric] = [round(float(a[0]), 4), round(float(lo), 4), round(float(hi), 4)]
+        if ref is not None and metric in ref:
+            d = a - ref[metric]
+            dlo, dhi = np.nanpercentile(d[1:], [2.5, 97.5])
+            res[f"d_{metric}"] = [round(float(d[0]), 4), round(float(dlo), 4), round(float(dhi), 4)]
+    return res
+
+
+def run(quick: bool, n_boot: int, out_dir: Path, only: str | None = None) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    threadpool_limits(N_JOBS)
+    feats = Features(REPO / ".cache" / "embeddings.sqlite", REPO / ".cache" / "onnx")
+    splits = [s for s in build_splits(quick) if only is None or only in s.group]
+    per_split: list[dict[str, Any]] = []
+    draws: dict[str, list[dict[str, dict[str, np.ndarray]]]] = {}
+    for i, sp in enumerate(splits):
+        t0 = time.perf_counter()
+        logger.info(
+            "[%d/%d] %s %s: %d train, %d test", i + 1, len(splits), sp.group, sp.name, sp.train.sum(), sp.test.sum()
+        )
+        seed = int(sp.name[4:]) if sp.name.startswith("seed") else 0
+        extras = not quick and (i == 0 or splits[i - 1].group != sp.group)
+        preds, timings = fit_predict_methods(sp, feats, seed, extras)
+        metrics = evaluate_split(sp, preds, n_boot, seed)
+        draws.setdefault(sp.group, []).append(metrics)
+        per_split.append(
+            {
+                "group": sp.group,
+                "split": sp.name,
+                "n_train": int(sp.train.sum()),
+                "n_test": int(sp.test.sum()),
+                "n_tiers": len(sp.tier_cols),
+                "n_models_in_log": int(sp.all_scores.shape[1]),
+                "fit_seconds": {k: round(v, 2) for k, v in timings.items()},
+                "methods": {m: summarise(a, metrics["router"] if m != "router" else None) for m, a in metrics.items()},
+                "seconds": round(time.perf_counter() - t0, 1),
+            }
+        )
+        write_results(per_split, draws, quick, n_boot, out_dir, time.perf_counter() - t_start)
+    return write_results(per_split, draws, quick, n_boot, out_dir, time.perf_counter() - t_start)
+
+
+def write_results(
+    per_split: list[dict[str, Any]],
+    draws: dict[str, list[dict[str, dict[str, np.ndarray]]]],
+    quick: bool,
+    n_boot: int,
+    out_dir: Path,
+    seconds: float,
+) -> dict[str, Any]:
+    """Aggregate groups over their splits and (re)write quality.json and quality.md."""
+    groups = {}
+    for group, runs in draws.items():
+        common = [m for m in runs[0] if all(m in r for r in runs)]
+        mean = {m: {k: np.mean([r[m][k] for r in runs], axis=0) for k in runs[0][m]} for m in common}
+        groups[group] = {
+            "n_splits": len(runs),
+            "methods": {m: summarise(a, mean["router"] if m != "router" else None) for m, a in mean.items()},
+        }
+    result = {
+        "machine": machine_info(),
+        "quick": quick,
+        "n_boot": n_boot,
+        "seeds": list(SEEDS[:1] if quick else SEEDS),
+        "test_size": TEST_SIZE,
+        "groups": groups,
+        "splits": per_split,
+        "total_seconds": round(seconds, 1),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "quality.json").write_text(json.dumps(result, indent=1))
+    (out_dir / "quality.md").write_text(to_markdown(result))
+    return result
+
+
+def _fmt(v: list[float] | None) -> str:
+    return "" if v is None else f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# Routing quality suite (bench/quality.py)",
+        "",
+        "Point value on the test prompts, then the 95% percentile-bootstrap CI over test prompts in brackets. "
+        "Group rows average the splits (seeds) and their b-th bootstrap draws. ΔAIQ is method minus router "
+        "(paired: same resampled prompts). AIQ: router/evaluate.py (hull over [0, top-tier cost]). "
+        "AIQ range: RouterBench's normalisation over [cheapest, priciest tier]. APGR share: RouteLLM's APGR "
+        "on the share-of-strong-calls axis, no hull, random = 0.5.",
+        "",
+        f"Total run time: {result['total_seconds'] / 60:.1f} min, {result['n_boot']} bootstrap draws"
+        f"{' (quick mode)' if result['quick'] else ''}.",
+        "",
+    ]
+    for group, g in result["groups"].items():
+        lines += [f"## {group} ({g['n_splits']} split{'s' if g['n_splits'] > 1 else ''})", ""]
+        two = any("APGR_share" in m for m in g["methods"].values())
+        head = "| method | AIQ | ΔAIQ vs router | AIQ range |" + (" APGR share | ΔAPGR share |" if two else "")
+        lines += [head, "|---" * (head.count("|") - 1) + "|"]
+        for m, v in sorted(g["methods"].items(), key=lambda kv: -kv[1]["AIQ"][0]):
+            row = f"| {m} | {_fmt(v['AIQ'])} | {_fmt(v.get('d_AIQ'))} | {_fmt(v['AIQ_range'])} |"
+            if two:
+                row += f" {_fmt(v.get('APGR_share'))} | {_fmt(v.get('d_APGR_share'))} |"
+            lines.append(row)
+        lines.append("")
+    lines += [
+        "## Per split",
+        "",
+        "| group | split | train | test | router AIQ | best other (AIQ) | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for s in result["splits"]:
+        ms = {m: v for m, v in s["methods"].items() if m not in ("router", "oracle")}
+        best = max(ms, key=lambda m: ms[m]["AIQ"][0])
+        lines.append(
+            f"| {s['group']} | {s['split']} | {s['n_train']} | {s['n_test']} | {_fmt(s['methods']['router']['AIQ'])} "
+            f"| {best} {ms[best]['AIQ'][0]:.3f} | {s['seconds']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="one seed per random split, fewer candidates")
+    parser.add_argument("--boot", type=int, default=200, help="bootstrap draws over test prompts")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--only", help="run only the split groups whose name contains this text")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    res = run(args.quick, args.boot, args.out, args.only)
+    print(f"wrote {args.out / 'quality.md'} in {res['total_seconds'] / 60:.1f} min")  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
