@@ -75,3 +75,7 @@ bench-int8: setup $(DATA) $(TEST_ONNX)  ## how often int8 and torch features rou
 
 clean:  ## the venvs and the checkout's .cache; your stores (`tierwise settings store_dir`) are kept
 	rm -rf $(VENV) $(SERVE_VENV) .cache
+
+.PHONY: quality
+quality: setup $(DATA) $(TEST_ONNX)  ## routing-quality suite on all three datasets, bootstrap CIs (bench/results/quality.md; ~1 h on 2 busy cores)
+	$(BIN)/python -m bench.quality
