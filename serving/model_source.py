@@ -60,13 +60,15 @@ class RegistrySource:
 
     def _client(self) -> Any:
         """One client per source, made once the tracking store answers."""
-        if "client" not in self._clients:
-            import mlflow
-            from mlflow import MlflowClient
+        import mlflow
+        from mlflow import MlflowClient
 
+        if "client" not in self._clients:
             check_reachable(self.tracking_uri)
-            mlflow.set_tracking_uri(self.tracking_uri)
-            self._clients["client"] = MlflowClient(tracking_uri=self.tracking_uri)
+            self._clients["client"] = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        # A models:/ download looks the version up through MLflow's global URIs, whatever else set them.
+        mlflow.set_tracking_uri(self.tracking_uri)
+        mlflow.set_registry_uri(self.tracking_uri)
         return self._clients["client"]
 
     def resolve(self) -> str:

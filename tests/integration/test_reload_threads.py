@@ -26,7 +26,7 @@ def registry(artifact_dir: Path, tmp_path: Path) -> Iterator[tuple[str, MlflowCl
     """A SQLite registry with two versions of the test router; the champion alias on version 1."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment("threads", artifact_location=(tmp_path / "artifacts").as_uri())
     run = client.create_run(experiment)
     client.log_artifacts(run.info.run_id, str(artifact_dir), "router")
@@ -37,6 +37,7 @@ def registry(artifact_dir: Path, tmp_path: Path) -> Iterator[tuple[str, MlflowCl
     client.set_registered_model_alias(NAME, "champion", "1")
     yield uri, client
     mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)  # the service set both
 
 
 def mlflow_threads() -> list[str]:
