@@ -52,6 +52,7 @@ from router.irt import IrtModel
 from router.model import DifficultyModel
 from router.policy import tradeoff
 from router.pooled import PooledModel
+from router.prior_boost import PriorBoostModel
 from router.prompt_structure import question_text, structure_features
 from router.schema import CHARS_PER_TOKEN, TiersConfig, load_tiers
 from training.pipeline import logreg_predictor
@@ -316,8 +317,7 @@ def fit_predict_methods(
 ) -> tuple[dict[str, np.ndarray], dict[str, float]]:
     """Predicted tier quality on the test prompts, per method, and each method's fit-and-predict seconds.
 
-    `extras` adds the costlier variants (other IRT ranks, feature views); the suite runs them on the
-    first split of each group only, to bound its run time.
+    `extras` adds the costlier variants (other IRT ranks, feature views); --quick leaves them out.
     """
     tr, te = sp.train, sp.test
     Y, Yall = sp.scores, sp.all_scores
@@ -339,6 +339,11 @@ def fit_predict_methods(
     def booster(Xm: np.ndarray) -> np.ndarray:
         names = [str(j) for j in range(Y.shape[1])]
         return DifficultyModel(n_jobs=N_JOBS, random_state=seed).fit(Xm[tr], Y[tr], names).predict_quality(Xm[te])
+
+    def prior_boost(Xm: np.ndarray, prior: np.ndarray) -> np.ndarray:
+        names = [str(j) for j in range(Y.shape[1])]
+        model = PriorBoostModel(n_jobs=N_JOBS, random_state=seed).fit(Xm[tr], Y[tr], prior[tr], names)
+        return model.predict_quality(Xm[te], prior[te])
 
     def irt(**kw: Any) -> np.ndarray:
         model = IrtModel(random_state=seed, **{**IRT_PARAMS, **kw}).fit(X[tr], Yall[tr], all_names)
@@ -362,6 +367,8 @@ def fit_predict_methods(
         timed("(c) router + structure + category", lambda: booster(np.hstack([X, st, enc])))
         prior = prior_predictor(sp.categories, Y, tr)[te]
         timed("(d) blend router/prior 50:50", lambda: 0.5 * preds["router"] + 0.5 * prior)
+        timed("(d) router boosted from the prior", lambda: prior_boost(X, enc))
+        timed("(d) router + structure boosted from the prior", lambda: prior_boost(np.hstack([X, st]), enc))
         timed("(d) blend IRT/prior, learned w", lambda: _learned_blend(sp, X, seed, preds["(a) IRT r=1"]))
     if extras and sp.group.startswith("routerbench"):
         q_emb = feats.view(sp.prompts, "question")
@@ -393,6 +400,25 @@ def _learned_blend(sp: SplitData, X: np.ndarray, seed: int, test_pred: np.ndarra
 # ----------------------------------------------------------------------------- run
 
 
+def within_category_rho(P: np.ndarray, S: np.ndarray, cats: np.ndarray) -> float:
+    """Mean Spearman correlation of predicted and realised score inside a category (and tier).
+
+    A router that only knows the topic scores 0 here: this is the part of its signal that is difficulty.
+    Categories with fewer than 30 test prompts, or a constant outcome, are skipped; weights are sizes.
+    """
+    total, weight = 0.0, 0
+    for cat in np.unique(cats):
+        m = cats == cat
+        if m.sum() < 30:
+            continue
+        for j in range(S.shape[1]):
+            if np.ptp(S[m, j]) == 0 or np.ptp(P[m, j]) == 0:
+                continue
+            rho = pd.Series(P[m, j]).corr(pd.Series(S[m, j]), method="spearman")
+            total, weight = total + rho * m.sum(), weight + int(m.sum())
+    return total / weight if weight else float("nan")
+
+
 def evaluate_split(
     sp: SplitData, preds: dict[str, np.ndarray], n_boot: int, seed: int
 ) -> dict[str, dict[str, np.ndarray]]:
@@ -404,6 +430,8 @@ def evaluate_split(
     for name, P in {**preds, "oracle": S}.items():
         pc = C if name == "oracle" else PC
         out[name] = curve_metrics(lambda_choices(P, pc), S, C, W)
+        rho = within_category_rho(P, S, sp.categories[te])
+        out[name]["within_category_rho"] = np.full(n_boot + 1, rho)
         if S.shape[1] == 2:
             out[name]["APGR_share"] = apgr_share(P[:, 1] - P[:, 0], S, W, seed)
     out["zero router"] = curve_metrics(lambda_choices(PC, PC)[:1], S, C, W, extra_points=True)
@@ -438,7 +466,7 @@ def run(quick: bool, n_boot: int, out_dir: Path, only: str | None = None) -> dic
             "[%d/%d] %s %s: %d train, %d test", i + 1, len(splits), sp.group, sp.name, sp.train.sum(), sp.test.sum()
         )
         seed = int(sp.name[4:]) if sp.name.startswith("seed") else 0
-        extras = not quick and (i == 0 or splits[i - 1].group != sp.group)
+        extras = not quick
         preds, timings = fit_predict_methods(sp, feats, seed, extras)
         metrics = evaluate_split(sp, preds, n_boot, seed)
         draws.setdefault(sp.group, []).append(metrics)
@@ -503,7 +531,9 @@ def to_markdown(result: dict[str, Any]) -> str:
         "Point value on the test prompts, then the 95% percentile-bootstrap CI over test prompts in brackets. "
         "Group rows average the splits (seeds) and their b-th bootstrap draws. ΔAIQ is method minus router "
         "(paired: same resampled prompts). AIQ: router/evaluate.py (hull over [0, top-tier cost]). "
-        "AIQ range: RouterBench's normalisation over [cheapest, priciest tier]. APGR share: RouteLLM's APGR "
+        "AIQ range: RouterBench's normalisation over [cheapest, priciest tier]. Within-category ρ: mean Spearman "
+        "correlation of predicted and realised score inside each category and tier (the difficulty signal; a "
+        "topic-only router has 0; point value). APGR share: RouteLLM's APGR "
         "on the share-of-strong-calls axis, no hull, random = 0.5.",
         "",
         f"Total run time: {result['total_seconds'] / 60:.1f} min, {result['n_boot']} bootstrap draws"
@@ -514,11 +544,14 @@ def to_markdown(result: dict[str, Any]) -> str:
         lines += [f"## {group} ({g['n_splits']} split{'s' if g['n_splits'] > 1 else ''})", ""]
         two = any("APGR_share" in m for m in g["methods"].values())
         head = "| method | AIQ | ΔAIQ vs router | AIQ range |" + (" APGR share | ΔAPGR share |" if two else "")
+        head += " within-category ρ |"
         lines += [head, "|---" * (head.count("|") - 1) + "|"]
         for m, v in sorted(g["methods"].items(), key=lambda kv: -kv[1]["AIQ"][0]):
             row = f"| {m} | {_fmt(v['AIQ'])} | {_fmt(v.get('d_AIQ'))} | {_fmt(v['AIQ_range'])} |"
             if two:
                 row += f" {_fmt(v.get('APGR_share'))} | {_fmt(v.get('d_APGR_share'))} |"
+            rho = v.get("within_category_rho", [float("nan")])[0]
+            row += f" {rho:.3f} |"
             lines.append(row)
         lines.append("")
     lines += [
