@@ -33,7 +33,10 @@ def test_fit_irt_recovers_abilities_and_difficulty():
 @pytest.mark.parametrize(
     ("model", "min_gap"),
     # IRT's two stages attenuate the aptitude effect (true gap 0.63; measured 0.14-0.19 over 4 seeds)
-    [(IrtModel(n_factors=1, n_estimators=150), 0.1), (PooledModel(n_estimators=200, colsample_bytree=1.0), 0.3)],
+    [
+        (IrtModel(n_factors=1, n_estimators=150, n_jobs=1), 0.1),
+        (PooledModel(n_estimators=200, colsample_bytree=1.0, n_jobs=1), 0.3),
+    ],
 )
 def test_learns_difficulty_and_aptitude(model, min_gap):
     X, p, Y = _generated()
@@ -51,7 +54,11 @@ def test_learns_difficulty_and_aptitude(model, min_gap):
 
 def test_difficulty_only_irt_keeps_models_in_ability_order():
     X, _, Y = _generated()
-    pred = IrtModel(n_factors=0, n_estimators=100, uncertainty_folds=0).fit(X, Y, ["a", "b", "c"]).predict_quality(X)
+    pred = (
+        IrtModel(n_factors=0, n_estimators=100, uncertainty_folds=0, n_jobs=1)
+        .fit(X, Y, ["a", "b", "c"])
+        .predict_quality(X)
+    )
     assert (np.diff(pred[:, [0, 2]], axis=1) > 0).all()
 
 
@@ -60,7 +67,7 @@ def test_graded_and_missing_outcomes_and_bad_input(cls):
     X, p, _ = _generated(400)
     Y = p.copy()  # graded labels in (0, 1)
     Y[::4, 2] = np.nan
-    model = cls(n_estimators=30)
+    model = cls(n_estimators=30, n_jobs=1)
     with pytest.raises(NotFittedError):
         model.predict_quality(X)
     pred = model.fit(X, Y, ["a", "b", "c"]).predict_quality(X)
