@@ -14,7 +14,7 @@ DATA := data/routerbench_subset/outcomes.parquet
 # The tests' and benchmarks' copy of the ONNX embedder (they read it from the checkout).
 TEST_ONNX := .cache/onnx/minilm-int8.onnx
 
-.PHONY: setup serve-install data train evaluate serve mlflow-ui test test-fast lint bench bench-int8 clean
+.PHONY: setup serve-install data train evaluate serve mlflow-ui test test-fast browser lint bench bench-int8 clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,7 @@ $(UI_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e ".[ui]"
 	touch $@
 
-$(TEST_ONNX): $(STAMP) training/onnx_export.py router/onnx_embedder.py
+$(TEST_ONNX): $(STAMP) training/onnx_export.py router/onnx_embedder.py training/distill_static.py router/static_embedder.py
 	$(BIN)/tierwise build-embedder
 	mkdir -p .cache/onnx && cp -p "$$($(BIN)/tierwise settings cache_dir)"/onnx/* .cache/onnx/ && touch $@
 
@@ -56,8 +56,13 @@ mlflow-ui: $(UI_STAMP)  ## MLflow UI on 127.0.0.1:5000
 	mkdir -p "$$($(BIN)/tierwise settings store_dir)"
 	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/tierwise settings mlflow_tracking_uri)" --host 127.0.0.1 --port 5000
 
-test: setup $(DATA) $(TEST_ONNX)  ## unit, integration and quality tests (they never touch your stores)
+test: setup $(DATA) $(TEST_ONNX) browser  ## unit, integration and quality tests (they never touch your stores)
 	$(BIN)/python -m pytest -q
+
+browser:  ## Debian's chromium for the browser tests (they skip with a reason where it can't be installed)
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); } || \
+	  echo "chromium not installed: the browser tests will skip"
 
 test-fast: $(STAMP)  ## unit tests only
 	$(BIN)/python -m pytest -q tests/unit

@@ -189,12 +189,13 @@ class FeatureSpec(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
     embedder_id: str
+    embedding_dim: int = EMBEDDING_DIM
     tail_chars: int | None = 700
     text_features: bool = True
 
     @property
     def n_features(self) -> int:
-        return EMBEDDING_DIM + (len(TEXT_FEATURE_NAMES) if self.text_features else 0)
+        return self.embedding_dim + (len(TEXT_FEATURE_NAMES) if self.text_features else 0)
 
 
 def featurize(
@@ -215,8 +216,16 @@ class EmbedderMismatch(ValueError):
     """Features were asked for with an embedder other than the one the model was trained with."""
 
 
-def onnx_files(backend: str, onnx_dir: Path) -> tuple[Path, Path]:
-    """The model file and tokenizer.json an ONNX backend ('onnx-fp32', 'onnx-int8') loads from `onnx_dir`."""
+FILE_BACKENDS = ("onnx-fp32", "onnx-int8", "static")
+"""Backends that load built files from the embedder directory (the cache dir's onnx/)."""
+
+
+def embedder_files(backend: str, onnx_dir: Path) -> tuple[Path, ...]:
+    """The files a file backend ('onnx-fp32', 'onnx-int8', 'static') loads from `onnx_dir`, tokenizer.json last."""
+    if backend == "static":
+        from router.static_embedder import META_FILE, VECTORS_FILE
+
+        return onnx_dir / VECTORS_FILE, onnx_dir / META_FILE, onnx_dir / "tokenizer.json"
     return onnx_dir / f"minilm-{backend.removeprefix('onnx-')}.onnx", onnx_dir / "tokenizer.json"
 
 
@@ -226,29 +235,33 @@ def make_embedder(
     num_threads: int | None = None,
     build: Callable[[Path], object] | None = None,
 ) -> Embedder:
-    """Build the embedder for a backend name ('torch', 'onnx-fp32', 'onnx-int8').
+    """Build the embedder for a backend name ('torch', 'onnx-fp32', 'onnx-int8', 'static').
 
-    The ONNX backends read their files from `onnx_dir`; when they are missing, `build(onnx_dir)` makes them
-    (entry points pass training's exporter where torch is installed), else the error says how to build them.
+    The file backends read their files from `onnx_dir`; when they are missing, `build(onnx_dir)` makes them
+    (entry points pass training's builder where torch is installed), else the error says how to build them.
     """
     if backend == "torch":
         return SentenceTransformerEmbedder(num_threads=num_threads)
-    if backend in ("onnx-fp32", "onnx-int8"):
-        from router.onnx_embedder import OnnxEmbedder
+    if backend not in FILE_BACKENDS:
+        raise ValueError(f"unknown embedder backend '{backend}'")
+    if onnx_dir is None:
+        raise ValueError(f"embedder '{backend}' needs the directory of its built files (onnx_dir)")
+    files = embedder_files(backend, onnx_dir)
+    if build is not None and not all(p.exists() for p in files):
+        build(onnx_dir)
+    missing = [str(p) for p in files if not p.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"embedder '{backend}' needs {', '.join(missing)}; build them with `tierwise build-embedder "
+            f"--out {onnx_dir}` (needs the training extra: pip install 'tierwise[train]'), or `make setup`"
+        )
+    if backend == "static":
+        from router.static_embedder import StaticEmbedder
 
-        if onnx_dir is None:
-            raise ValueError(f"embedder '{backend}' needs the directory of its ONNX files (onnx_dir)")
-        model_file, tokenizer_file = onnx_files(backend, onnx_dir)
-        if build is not None and not (model_file.exists() and tokenizer_file.exists()):
-            build(onnx_dir)
-        missing = [str(p) for p in (model_file, tokenizer_file) if not p.exists()]
-        if missing:
-            raise FileNotFoundError(
-                f"embedder '{backend}' needs {', '.join(missing)}; build them with `tierwise build-embedder "
-                f"--out {onnx_dir}` (needs the training extra: pip install 'tierwise[train]'), or `make setup`"
-            )
-        return OnnxEmbedder(model_file, tokenizer_file, quantized=backend == "onnx-int8", num_threads=num_threads)
-    raise ValueError(f"unknown embedder backend '{backend}'")
+        return StaticEmbedder(onnx_dir)
+    from router.onnx_embedder import OnnxEmbedder
+
+    return OnnxEmbedder(files[0], files[-1], quantized=backend == "onnx-int8", num_threads=num_threads)
 
 
 def backend_of(embedder_id: str) -> str:

@@ -14,7 +14,7 @@ from platformdirs import user_cache_dir, user_data_dir
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-EmbedderBackend = Literal["torch", "onnx-fp32", "onnx-int8"]
+EmbedderBackend = Literal["torch", "onnx-fp32", "onnx-int8", "static"]
 
 
 class Settings(BaseSettings):

@@ -61,8 +61,11 @@ def _build_onnx(onnx_dir: Path) -> None:
             "pip install 'tierwise[train]', then run `tierwise build-embedder` (or set TIERWISE_CACHE_DIR "
             "to a directory whose onnx/ holds minilm-int8.onnx and tokenizer.json)"
         )
-    typer.secho(f"building the ONNX embedder in {onnx_dir} (first use, about a minute)...", err=True)
+    from training.distill_static import build_static
+
+    typer.secho(f"building the embedders in {onnx_dir} (first use, about a minute)...", err=True)
     export_onnx(onnx_dir)
+    build_static(onnx_dir)
 
 
 def _embedder(s: Settings, backend: str) -> Any:
@@ -128,7 +131,9 @@ def train(
     split = split_log(log, tier_cfg, s.test_size, s.seed)
     embedder = _embedder(s, s.embedder)
     cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
-    features = FeatureSpec(embedder_id=embedder.id, tail_chars=s.tail_chars, text_features=s.text_features)
+    features = FeatureSpec(
+        embedder_id=embedder.id, embedding_dim=embedder.dim, tail_chars=s.tail_chars, text_features=s.text_features
+    )
     model = DifficultyModel(calibration=s.calibration, random_state=s.seed)
     artifact = train_router(split, embedder, cache, features, model)
     evaluation = evaluate_artifact(artifact, split, embedder, cache, s.seed)
@@ -357,7 +362,8 @@ def build_embedder(
     out: Annotated[Path | None, typer.Option(help="where to write them; default: TIERWISE_CACHE_DIR/onnx")] = None,
     force: Annotated[bool, typer.Option("--force", help="rebuild even when the files are up to date")] = False,
 ) -> None:
-    """Export the bundled MiniLM to ONNX (fp32 and int8) with its tokenizer.json; needs the training extra."""
+    """Export the bundled MiniLM to ONNX (fp32, int8) with its tokenizer.json, and distil the static embedder."""
+    from training.distill_static import build_static
     from training.onnx_export import export_onnx, missing_build_deps
 
     out_dir = out or get_settings().cache_dir / "onnx"
@@ -367,7 +373,8 @@ def build_embedder(
     # The quantizer logs every skipped tensor on the root logger at INFO: keep the root at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("training.onnx_export").setLevel(logging.INFO)
-    for path in export_onnx(out_dir, force=force):
+    logging.getLogger("training.distill_static").setLevel(logging.INFO)
+    for path in (*export_onnx(out_dir, force=force), build_static(out_dir, force=force)):
         typer.echo(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
 
 

@@ -13,7 +13,7 @@ from sklearn.linear_model import LogisticRegression
 
 from router import evaluate as ev
 from router.artifact import RouterArtifact, estimate_tokens_out
-from router.features import EMBEDDING_DIM, Embedder, EmbeddingCache, FeatureSpec, featurize, normalize_text
+from router.features import Embedder, EmbeddingCache, FeatureSpec, featurize, normalize_text
 from router.model import DifficultyModel
 from router.policy import tradeoff
 from router.schema import TiersConfig
@@ -247,7 +247,7 @@ def evaluate_artifact(
     pred_cost = artifact.expected_cost([p for p, t in zip(prompts, test, strict=True) if t])
     others: dict[str, np.ndarray] = {}
     if baselines:
-        emb = X[:, :EMBEDDING_DIM]
+        emb = X[:, : artifact.features.embedding_dim]
         others["kNN (k=25)"] = ev.knn_predictor(emb[train], split.table.scores[train])(emb[test])
         others["logistic regression"] = logreg_predictor(X[train], split.table.scores[train], seed)(X[test])
     return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others)

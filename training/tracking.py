@@ -30,7 +30,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 import router
 from router.artifact import PACKAGED_EMBEDDER, PACKAGED_ROUTER, RouterArtifact, find_artifact
-from router.features import backend_of, onnx_files
+from router.features import FILE_BACKENDS, backend_of, embedder_files
 from training.pipeline import TrainResult
 
 logger = logging.getLogger(__name__)
@@ -138,12 +138,12 @@ def _stage_model_files(result: TrainResult, onnx_dir: Path | None, tmp: Path) ->
     """The model's artifacts (router, and the ONNX embedder's files) and a clean copy of the router package."""
     artifacts = {PACKAGED_ROUTER: str(result.artifact.save(tmp / "router"))}
     backend = backend_of(result.artifact.features.embedder_id)
-    if backend.startswith("onnx-"):
+    if backend in FILE_BACKENDS:
         if onnx_dir is None:
-            raise ValueError(f"the model uses embedder '{backend}': give the directory of its ONNX files")
+            raise ValueError(f"the model uses embedder '{backend}': give the directory of its built files")
         embedder_dir = tmp / "embedder"
         embedder_dir.mkdir()
-        for src in onnx_files(backend, onnx_dir):
+        for src in embedder_files(backend, onnx_dir):
             try:
                 os.link(src, embedder_dir / src.name)  # MLflow copies it again: no need to copy 70 MB twice
             except OSError:

@@ -1,0 +1,115 @@
+"""Distil the bundled MiniLM into a static embedder (Model2Vec's recipe), from the fp32 ONNX file `make setup` builds.
+
+Every vocabulary token goes through the teacher as `[CLS] token [SEP]`; its pooled output is that token's vector.
+PCA keeps `dims` components and Zipf-SIF weights (a / (a + p(rank))) damp the frequent tokens, as Model2Vec does.
+Hand-written rather than `model2vec.distill`: that needs transformers < 5.4 beside torch, i.e. a second
+environment, while this runs on the ONNX Runtime session the project already has (about a minute on 2 cores).
+
+    python -m training.distill_static --onnx-dir <cache>/onnx --out <cache>/static
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from router.features import MINILM_ID
+from router.static_embedder import FORMAT_VERSION, META_FILE, TOKENIZER_FILE, VECTORS_FILE
+
+logger = logging.getLogger(__name__)
+
+SIF_COEFFICIENT = 1e-4
+
+
+def recipe_name(dims: int) -> str:
+    """The recipe, named in the embedder id so vectors of different builds never mix."""
+    return f"m2v-pca{dims}-zipf"
+
+
+def teacher_token_vectors(onnx_file: Path, tokenizer: Tokenizer, batch_size: int = 2048) -> np.ndarray:
+    """(vocab, 384) pooled teacher outputs, one per vocabulary token."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 0
+    session = ort.InferenceSession(str(onnx_file), sess_options=options, providers=["CPUExecutionProvider"])
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    vocab = tokenizer.get_vocab_size()
+    out = []
+    for start in range(0, vocab, batch_size):
+        ids = np.arange(start, min(start + batch_size, vocab), dtype=np.int64)
+        batch = np.stack([np.full_like(ids, cls), ids, np.full_like(ids, sep)], axis=1)
+        out.append(session.run(None, {"input_ids": batch, "attention_mask": np.ones_like(batch)})[0])
+    return np.asarray(np.concatenate(out), dtype=np.float32)
+
+
+def pca_reduce(X: np.ndarray, dims: int) -> np.ndarray:
+    """Project onto the top `dims` principal components (centred)."""
+    Xc = np.asarray(X - X.mean(axis=0), dtype=np.float32)
+    if dims >= X.shape[1]:
+        return Xc
+    eigvals, eigvecs = np.linalg.eigh(Xc.T @ Xc / (len(Xc) - 1))
+    top = eigvecs[:, np.argsort(eigvals)[::-1][:dims]]
+    return np.asarray(Xc @ top, dtype=np.float32)
+
+
+def zipf_sif_weights(n: int, coefficient: float = SIF_COEFFICIENT) -> np.ndarray:
+    """Model2Vec's token weights: token rank stands in for frequency (Zipf), then SIF."""
+    inv_rank = 1.0 / np.arange(2, n + 2)
+    proba = inv_rank / inv_rank.sum()
+    return np.asarray(coefficient / (coefficient + proba), dtype=np.float32)
+
+
+def distill(onnx_dir: Path, out: Path, dims: int = 256) -> Path:
+    """Build the static embedder's files under `out`; returns `out`."""
+    tokenizer_file = onnx_dir / TOKENIZER_FILE
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    logger.info("distilling %d vocabulary tokens through the fp32 teacher", tokenizer.get_vocab_size())
+    vectors = pca_reduce(teacher_token_vectors(onnx_dir / "minilm-fp32.onnx", tokenizer), dims)
+    vectors *= zipf_sif_weights(len(vectors))[:, None]
+    out.mkdir(parents=True, exist_ok=True)
+    np.save(out / VECTORS_FILE, vectors.astype(np.float16))
+    if (out / TOKENIZER_FILE).resolve() != tokenizer_file.resolve():
+        shutil.copyfile(tokenizer_file, out / TOKENIZER_FILE)
+    meta = {"format_version": FORMAT_VERSION, "teacher": MINILM_ID, "recipe": recipe_name(dims), "dim": dims}
+    (out / META_FILE).write_text(json.dumps(meta, indent=1))
+    logger.info("static embedder: %s (%.1f MB)", out, (out / VECTORS_FILE).stat().st_size / 1e6)
+    return out
+
+
+def build_static(onnx_dir: Path, dims: int = 256, force: bool = False) -> Path:
+    """Distil into `onnx_dir` beside the ONNX files, unless a build of this recipe newer than the teacher is there."""
+    vectors, meta = onnx_dir / VECTORS_FILE, onnx_dir / META_FILE
+    teacher = onnx_dir / "minilm-fp32.onnx"
+    fresh = (
+        vectors.exists()
+        and meta.exists()
+        and vectors.stat().st_mtime > teacher.stat().st_mtime
+        and json.loads(meta.read_text()).get("recipe") == recipe_name(dims)
+        and json.loads(meta.read_text()).get("format_version") == FORMAT_VERSION
+    )
+    if fresh and not force:
+        logger.info("static embedder in %s is up to date", onnx_dir)
+        return vectors
+    distill(onnx_dir, onnx_dir, dims)
+    return vectors
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--onnx-dir", type=Path, required=True, help="holds minilm-fp32.onnx and tokenizer.json")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--dims", type=int, default=256)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    distill(args.onnx_dir, args.out, args.dims)
+
+
+if __name__ == "__main__":
+    main()
