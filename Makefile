@@ -26,7 +26,7 @@ $(UI_STAMP): $(STAMP)
 	$(BIN)/pip install -q -e ".[ui]"
 	touch $@
 
-$(TEST_ONNX): $(STAMP) training/onnx_export.py router/onnx_embedder.py training/distill_static.py router/static_embedder.py
+$(TEST_ONNX): $(STAMP) training/onnx_export.py router/embedders/onnx.py training/distill_static.py router/embedders/static.py
 	$(BIN)/tierwise build-embedder
 	mkdir -p .cache/onnx && cp -p "$$($(BIN)/tierwise settings cache_dir)"/onnx/* .cache/onnx/ && touch $@
 

@@ -17,10 +17,13 @@ import numpy as np
 from bench.common import ONNX_DIR, REPO, machine_info, write_json
 from router import evaluate as ev
 from router.artifact import RouterArtifact, estimate_tokens_out
-from router.features import EmbeddingCache, FeatureSpec, embed_cached, make_embedder, text_features, text_window
+from router.embedders.factory import make_embedder
+from router.embedding_cache import EmbeddingCache, embed_cached
+from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.schema import load_outcomes, load_tiers
 from router.settings import Settings
+from router.text import text_features, text_window
 from training.pipeline import split_log
 
 SEEDS = tuple(range(10))

@@ -16,9 +16,10 @@ import pandas as pd
 from tokenizers import Tokenizer
 
 from bench.common import ONNX_DIR, REPO, load_avg
-from router.features import backend_of, make_embedder, normalize_text, text_window
+from router.embedders.factory import backend_of, make_embedder
 from router.schema import load_tiers
 from router.settings import Settings
+from router.text import normalize_text, text_window
 from serving.model_source import LoadedModel
 from training.cli import route_prompts
 
@@ -118,7 +119,7 @@ def run(loaded: LoadedModel, n: int) -> dict[str, Any]:
             "process start and model load included.",
             "cli_fixed_s: the same command on a 1-prompt file; cli_minus_fixed subtracts it.",
             "route_prompts_*: training.cli.route_prompts alone, model and embedder already loaded (the routing step).",
-            "onnx-int8 embeds one sequence per session run (see router/onnx_embedder.py), so --chunk does not batch the ONNX call.",
+            "onnx-int8 embeds one sequence per session run (see router/embedders/onnx.py), so --chunk does not batch the ONNX call.",
         ],
         "load_avg_start": load_start,
         "load_avg_end": load_avg(),

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from bench.common import machine_info
-from router.features import Embedder, make_embedder
+from router.embedders.factory import make_embedder
+from router.embedders.protocol import Embedder
 
 logger = logging.getLogger("embed_bench")
 

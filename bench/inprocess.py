@@ -12,10 +12,12 @@ import sqlalchemy as sa
 
 from bench.common import ONNX_DIR, REPO, load_avg, scratch_database, time_calls
 from bench.serve_load import PROMPT
-from router.features import backend_of, featurize, make_embedder, text_window
+from router.embedders.factory import backend_of, make_embedder
+from router.features import featurize
 from router.policy import decide
 from router.schema import load_tiers
 from router.settings import Settings
+from router.text import text_window
 from serving.model_source import LoadedModel, RegistrySource
 from serving.routing import route
 from serving.runtime import build_runtime

@@ -40,14 +40,8 @@ from threadpoolctl import threadpool_limits
 from bench.common import REPO, machine_info
 from router import evaluate as ev
 from router.artifact import estimate_tokens_out
-from router.features import (
-    EmbeddingCache,
-    embed_cached,
-    make_embedder,
-    normalize_text,
-    text_features,
-    text_window,
-)
+from router.embedders.factory import make_embedder
+from router.embedding_cache import EmbeddingCache, embed_cached
 from router.irt import IrtModel
 from router.model import DifficultyModel
 from router.policy import tradeoff
@@ -55,6 +49,7 @@ from router.pooled import PooledModel
 from router.prior_boost import PriorBoostModel
 from router.prompt_structure import question_text, structure_features
 from router.schema import CHARS_PER_TOKEN, TiersConfig, load_tiers
+from router.text import normalize_text, text_features, text_window
 from training.pipeline import logreg_predictor
 
 logger = logging.getLogger("bench.quality")
@@ -533,7 +528,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         "(paired: same resampled prompts). AIQ: router/evaluate.py (hull over [0, top-tier cost]). "
         "AIQ range: RouterBench's normalisation over [cheapest, priciest tier]. Within-category ρ: mean Spearman "
         "correlation of predicted and realised score inside each category and tier (the difficulty signal; a "
-        "topic-only router has 0; point value). APGR share: RouteLLM's APGR "
+        "topic-only router has 0, – when constant inside a category; point value). APGR share: RouteLLM's APGR "
         "on the share-of-strong-calls axis, no hull, random = 0.5.",
         "",
         f"Total run time: {result['total_seconds'] / 60:.1f} min, {result['n_boot']} bootstrap draws"
@@ -551,7 +546,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             if two:
                 row += f" {_fmt(v.get('APGR_share'))} | {_fmt(v.get('d_APGR_share'))} |"
             rho = v.get("within_category_rho", [float("nan")])[0]
-            row += f" {rho:.3f} |"
+            row += f" {rho:.3f} |" if np.isfinite(rho) else " – |"
             lines.append(row)
         lines.append("")
     lines += [
@@ -576,8 +571,12 @@ def main() -> None:
     parser.add_argument("--boot", type=int, default=200, help="bootstrap draws over test prompts")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--only", help="run only the split groups whose name contains this text")
+    parser.add_argument("--render", action="store_true", help="only rewrite quality.md from quality.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.render:
+        (args.out / "quality.md").write_text(to_markdown(json.loads((args.out / "quality.json").read_text())))
+        return
     res = run(args.quick, args.boot, args.out, args.only)
     print(f"wrote {args.out / 'quality.md'} in {res['total_seconds'] / 60:.1f} min")  # noqa: T201
 

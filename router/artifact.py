@@ -10,9 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from router.features import Embedder, EmbeddingCache, FeatureSpec, featurize, normalize_text
+from router.embedders.protocol import Embedder
+from router.embedding_cache import EmbeddingCache
+from router.features import FeatureSpec, featurize
 from router.model import FORMAT_VERSION, DifficultyModel
 from router.schema import CHARS_PER_TOKEN, TiersConfig, TiersConfigError, parse_tiers, tiers_to_dict
+from router.text import normalize_text
 
 ARTIFACT_FILE = "router.json"
 # The keys a packaged (MLflow pyfunc) model keeps the router artifact and the ONNX embedder files under.

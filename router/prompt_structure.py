@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from router.features import normalize_text
+from router.text import normalize_text
 
 _OPTION_RE = re.compile(r"(?m)^\s*\(?([A-Ja-j])[\.\):]\s")
 _INLINE_OPTION_RE = re.compile(r"(?:^|\s)\(?([A-J])[\.\)]\s")

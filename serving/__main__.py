@@ -8,7 +8,7 @@ import sys
 
 import uvicorn
 
-from router.features import make_embedder
+from router.embedders.factory import make_embedder
 from router.settings import Settings, get_settings
 from serving.metrics import reset_multiprocess_dir
 from serving.model_source import source_from_settings

@@ -11,7 +11,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from router.features import Embedder, make_embedder
+from router.embedders.factory import make_embedder
+from router.embedders.protocol import Embedder
 from router.settings import Settings, get_settings
 from serving.api import admin, ops, outcomes, route, sessions
 from serving.docs import install_docs

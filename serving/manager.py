@@ -14,7 +14,8 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from router.features import Embedder, EmbedderMismatch
+from router.embedders.protocol import Embedder
+from router.features import EmbedderMismatch
 from router.schema import TiersConfigError
 from router.settings import Settings
 from serving.metrics import Metrics

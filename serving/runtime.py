@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from router.artifact import RouterArtifact
-from router.features import Embedder, EmbedderMismatch, backend_of
+from router.embedders.factory import backend_of
+from router.embedders.protocol import Embedder
+from router.features import EmbedderMismatch
 from router.schema import TiersConfig, load_tiers
 from serving.model_source import LoadedModel
 

@@ -19,8 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from router.features import normalize_text
 from router.schema import Outcome
+from router.text import normalize_text
 
 logger = logging.getLogger(__name__)
 

@@ -17,9 +17,11 @@ import typer
 from pydantic import ValidationError
 
 from router.artifact import RouterArtifact
-from router.features import EmbeddingCache, FeatureSpec, backend_of, make_embedder
+from router.embedders.factory import backend_of, make_embedder
+from router.embedders.onnx import StaleOnnxFile
+from router.embedding_cache import EmbeddingCache
+from router.features import FeatureSpec
 from router.model import DifficultyModel
-from router.onnx_embedder import StaleOnnxFile
 from router.policy import decide
 from router.schema import OutcomeLogError, TiersConfigError, load_outcomes, load_tiers, read_jsonl_objects
 from router.settings import Settings, get_settings

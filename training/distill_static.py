@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
-from router.features import MINILM_ID
-from router.static_embedder import FORMAT_VERSION, META_FILE, TOKENIZER_FILE, VECTORS_FILE
+from router.embedders.protocol import MINILM_ID
+from router.embedders.static import FORMAT_VERSION, META_FILE, TOKENIZER_FILE, VECTORS_FILE
 
 logger = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Both files are build artefacts (`tierwise build-embedder`, run by `make setup`, writes them to the cache dir's
 onnx/; the CLI builds them on first use); they are rebuilt when missing, older than the source weights, or
-quantized with another recipe than `router.onnx_embedder.INT8_RECIPE`. Building needs the training extra
+quantized with another recipe than `router.embedders.onnx.INT8_RECIPE`. Building needs the training extra
 (torch, transformers, onnx); serving needs only the files.
 """
 
@@ -14,8 +14,8 @@ import shutil
 from importlib.util import find_spec
 from pathlib import Path
 
-from router.features import minilm_path
-from router.onnx_embedder import INT8_RECIPE, RECIPE_KEY
+from router.embedders.onnx import INT8_RECIPE, RECIPE_KEY
+from router.embedders.torch import minilm_path
 
 logger = logging.getLogger(__name__)
 

@@ -13,10 +13,13 @@ from sklearn.linear_model import LogisticRegression
 
 from router import evaluate as ev
 from router.artifact import RouterArtifact, estimate_tokens_out
-from router.features import Embedder, EmbeddingCache, FeatureSpec, featurize, normalize_text
+from router.embedders.protocol import Embedder
+from router.embedding_cache import EmbeddingCache
+from router.features import FeatureSpec, featurize
 from router.model import DifficultyModel
 from router.policy import tradeoff
 from router.schema import TiersConfig
+from router.text import normalize_text
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ class TierwisePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,mi
     def load_context(self, context: Any) -> None:
         """Open the router artifact and the embedder shipped next to it (torch models use the installed one)."""
         from router.artifact import PACKAGED_EMBEDDER, PACKAGED_ROUTER, RouterArtifact, find_artifact
-        from router.features import backend_of, make_embedder
+        from router.embedders.factory import backend_of, make_embedder
 
         self.artifact = RouterArtifact.load(find_artifact(context.artifacts[PACKAGED_ROUTER]))
         files = context.artifacts.get(PACKAGED_EMBEDDER)

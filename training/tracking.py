@@ -30,7 +30,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 import router
 from router.artifact import PACKAGED_EMBEDDER, PACKAGED_ROUTER, RouterArtifact, find_artifact
-from router.features import FILE_BACKENDS, backend_of, embedder_files
+from router.embedders.factory import FILE_BACKENDS, backend_of, embedder_files
 from training.pipeline import TrainResult
 
 logger = logging.getLogger(__name__)

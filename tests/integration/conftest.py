@@ -12,7 +12,8 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from router.artifact import RouterArtifact
-from router.features import Embedder, FeatureSpec, featurize
+from router.embedders.protocol import Embedder
+from router.features import FeatureSpec, featurize
 from router.model import DifficultyModel
 from router.schema import parse_tiers
 from router.settings import Settings

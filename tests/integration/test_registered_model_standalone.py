@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from router.features import make_embedder
+from router.embedders.factory import make_embedder
 from router.model import DifficultyModel
 from router.schema import parse_tiers
 from tests.conftest import TIERS_TOML, make_log

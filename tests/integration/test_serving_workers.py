@@ -14,8 +14,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from router.features import MINILM_ID, make_embedder
-from router.onnx_embedder import INT8_RECIPE
+from router.embedders.factory import make_embedder
+from router.embedders.onnx import INT8_RECIPE
+from router.embedders.protocol import MINILM_ID
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, bearer, train_artifact, write_tiers
 from tests.integration.processes import (
     ONNX_DIR,

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from router.features import make_embedder
+from router.embedders.factory import make_embedder
 from router.settings import Settings
 from serving.__main__ import migrate_before_fork, preflight
 from tests.integration.conftest import CLIENT_KEY, bearer, train_artifact

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
-from router.features import EmbeddingCache, FeatureSpec
+from router.embedding_cache import EmbeddingCache
+from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.schema import parse_tiers
 from router.settings import Settings

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from router.artifact import RouterArtifact
-from router.features import EmbeddingCache, FeatureSpec, make_embedder
+from router.embedders.factory import make_embedder
+from router.embedding_cache import EmbeddingCache
+from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.schema import load_outcomes, load_tiers
 from training.pipeline import EvalResult, Split, evaluate_artifact, split_log, train_router

@@ -22,7 +22,9 @@ import numpy as np
 import pytest
 
 from router import evaluate as ev
-from router.features import EmbeddingCache, featurize, make_embedder
+from router.embedders.factory import make_embedder
+from router.embedding_cache import EmbeddingCache
+from router.features import featurize
 from router.model import DifficultyModel
 from router.policy import cheapest_sufficient, tradeoff
 from tests.quality.conftest import CACHE, Trained

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router.features import normalize_text
 from router.policy import cheapest_sufficient
+from router.text import normalize_text
 
 pytestmark = pytest.mark.quality
 
@@ -47,7 +47,7 @@ def test_raising_the_target_never_lowers_the_tier(trained_int8):
 
 
 def test_whitespace_changes_do_not_change_the_route(trained_int8):
-    from router.features import make_embedder
+    from router.embedders.factory import make_embedder
     from tests.quality.conftest import CACHE
 
     embedder = make_embedder("onnx-int8", onnx_dir=CACHE / "onnx")

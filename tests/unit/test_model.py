@@ -6,8 +6,10 @@ import numpy as np
 import pytest
 
 from router.artifact import RouterArtifact
-from router.features import EmbedderMismatch, EmbeddingCache, FeatureSpec, embed_cached, featurize, text_window
+from router.embedding_cache import EmbeddingCache, embed_cached
+from router.features import EmbedderMismatch, FeatureSpec, featurize
 from router.model import DifficultyModel, NotFittedError
+from router.text import text_window
 from training.pipeline import pivot_log
 
 

@@ -10,8 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.features import EMBEDDING_DIM, SentenceTransformerEmbedder, backend_of, make_embedder, minilm_path
-from router.onnx_embedder import INT8_RECIPE, OnnxEmbedder, StaleOnnxFile
+from router.embedders.factory import backend_of, make_embedder
+from router.embedders.onnx import INT8_RECIPE, OnnxEmbedder, StaleOnnxFile
+from router.embedders.protocol import EMBEDDING_DIM
+from router.embedders.torch import SentenceTransformerEmbedder, minilm_path
 
 REPO = Path(__file__).resolve().parents[2]
 ONNX_DIR = REPO / ".cache" / "onnx"
@@ -140,6 +142,6 @@ def test_missing_files_tell_the_user_to_run_setup(tmp_path: Path, backend: str) 
 
 
 def test_import_does_not_import_torch() -> None:
-    code = "import sys, router.onnx_embedder; sys.exit(1 if 'torch' in sys.modules else 0)"
+    code = "import sys, router.embedders.onnx; sys.exit(1 if 'torch' in sys.modules else 0)"
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=False)
-    assert result.returncode == 0, f"importing router.onnx_embedder imported torch\n{result.stderr}"
+    assert result.returncode == 0, f"importing router.embedders.onnx imported torch\n{result.stderr}"

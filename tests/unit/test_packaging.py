@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from router.features import make_embedder
+from router.embedders.factory import make_embedder
 from router.settings import Settings, get_settings
 from training import cli
 
@@ -97,9 +97,10 @@ def _tiny_onnx_artifact(out: Path) -> None:
     import numpy as np
 
     from router.artifact import RouterArtifact
-    from router.features import EMBEDDING_DIM, FeatureSpec
+    from router.embedders.onnx import INT8_RECIPE
+    from router.embedders.protocol import EMBEDDING_DIM
+    from router.features import FeatureSpec
     from router.model import DifficultyModel
-    from router.onnx_embedder import INT8_RECIPE
     from router.schema import parse_tiers
     from tests.conftest import TIERS_TOML
 
@@ -116,7 +117,7 @@ def test_serving_and_the_cli_import_without_training_packages(tmp_path: Path) ->
     """The service's import path (and the CLI's) loads none of the `train` extra: it runs where only core is."""
     code = (
         "import sys\n"
-        "import serving.app, serving.__main__, router.onnx_embedder, training.cli, training.tracking\n"
+        "import serving.app, serving.__main__, router.embedders.onnx, training.cli, training.tracking\n"
         "from router.settings import Settings\n"
         f"serving.app.create_app(Settings(store_dir={str(tmp_path)!r}, cache_dir={str(tmp_path)!r}))\n"
         f"bad = sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(TRAINING_ONLY)!r}))\n"

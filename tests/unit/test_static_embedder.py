@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from router.features import backend_of, make_embedder
-from router.static_embedder import META_FILE, TOKENIZER_FILE, VECTORS_FILE, StaleStaticFile, StaticEmbedder
+from router.embedders.factory import backend_of, make_embedder
+from router.embedders.static import META_FILE, TOKENIZER_FILE, VECTORS_FILE, StaleStaticFile, StaticEmbedder
 from training.distill_static import pca_reduce, zipf_sif_weights
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,7 +92,7 @@ def test_the_distilled_embedder_knows_paraphrases_from_other_topics() -> None:
 @needs_built
 def test_encoding_imports_neither_onnxruntime_nor_torch() -> None:
     code = (
-        "import sys; from pathlib import Path; from router.features import make_embedder; "
+        "import sys; from pathlib import Path; from router.embedders.factory import make_embedder; "
         f"make_embedder('static', onnx_dir=Path({str(ONNX_DIR)!r})).encode(['hello world']); "
         "print(sorted(m for m in ('torch', 'onnxruntime', 'transformers') if m in sys.modules))"
     )

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from tokenizers import Tokenizer
 
-from router.features import EMBEDDING_DIM, MINILM_ID
+from router.embedders.protocol import EMBEDDING_DIM, MINILM_ID
 
 # How the int8 file is quantized; part of the int8 embedder's id, so vectors and models made with another
 # recipe are never mixed with this one's (the cache misses, serving refuses the model). training/onnx_export.py
