@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from bench.common import ONNX_DIR, REPO, machine_info, write_json
+from infra.settings import Settings
 from router import evaluate as ev
 from router.artifact import RouterArtifact, estimate_tokens_out
 from router.embedders.factory import make_embedder
@@ -22,7 +23,6 @@ from router.embedding_cache import EmbeddingCache, embed_cached
 from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.schema import load_outcomes, load_tiers
-from router.settings import Settings
 from router.text import text_features, text_window
 from training.pipeline import split_log
 

@@ -16,9 +16,9 @@ import pandas as pd
 from tokenizers import Tokenizer
 
 from bench.common import ONNX_DIR, REPO, load_avg
+from infra.settings import Settings
 from router.embedders.factory import backend_of, make_embedder
 from router.schema import load_tiers
-from router.settings import Settings
 from router.text import normalize_text, text_window
 from serving.model_source import LoadedModel
 from training.cli import route_prompts

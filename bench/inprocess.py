@@ -12,18 +12,18 @@ import sqlalchemy as sa
 
 from bench.common import ONNX_DIR, REPO, load_avg, scratch_database, time_calls
 from bench.serve_load import PROMPT
+from infra.settings import Settings
+from infra.store import DecisionRow, Store
 from router.embedders.factory import backend_of, make_embedder
 from router.features import featurize
 from router.policy import decide
 from router.schema import load_tiers
-from router.settings import Settings
 from router.text import text_window
 from serving.model_source import LoadedModel, RegistrySource
 from serving.routing import route
 from serving.runtime import build_runtime
 from serving.schemas import RouteRequest
 from serving.security import ANONYMOUS
-from serving.store import DecisionRow, Store
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import Any
 
 from bench import bulk, embed_bench, inprocess, readme_table, service, train_timing
 from bench.common import REPO, load_avg, machine_info, scratch_database, write_json
-from router.settings import Settings
+from infra.settings import Settings
 
 logger = logging.getLogger("bench")
 

@@ -23,7 +23,7 @@ import sqlalchemy as sa
 
 from bench import serve_load, wrk
 from bench.common import REPO, load_avg, summarize_ms, tree_cpu_seconds
-from router.settings import Settings
+from infra.settings import Settings
 
 logger = logging.getLogger(__name__)
 

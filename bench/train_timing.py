@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from bench.common import ONNX_DIR, REPO, load_avg
-from router.settings import Settings
+from infra.settings import Settings
 
 logger = logging.getLogger(__name__)
 

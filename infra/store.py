@@ -1,6 +1,6 @@
 """The decision store: decisions, outcomes and sessions in SQL (SQLite by default, PostgreSQL by URL).
 
-Schema changes go through the alembic scripts in serving/migrations; `Store.migrate()` applies them.
+Schema changes go through the alembic scripts in infra/migrations; `Store.migrate()` applies them.
 Reservations are atomic: the session row is locked (a write to it is the first statement of the
 transaction, which takes SQLite's write lock and PostgreSQL's row lock) before it is read.
 """

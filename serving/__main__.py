@@ -8,12 +8,12 @@ import sys
 
 import uvicorn
 
+from infra.settings import Settings, get_settings
+from infra.store import Store
 from router.embedders.factory import make_embedder
-from router.settings import Settings, get_settings
 from serving.metrics import reset_multiprocess_dir
 from serving.model_source import source_from_settings
 from serving.runtime import build_runtime
-from serving.store import Store
 from serving.store_migrator import first_line
 
 logger = logging.getLogger(__name__)

@@ -11,9 +11,10 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from infra.settings import Settings, get_settings
+from infra.store import Store
 from router.embedders.factory import make_embedder
 from router.embedders.protocol import Embedder
-from router.settings import Settings, get_settings
 from serving.api import admin, ops, outcomes, route, sessions
 from serving.docs import install_docs
 from serving.errors import install_handlers
@@ -26,7 +27,6 @@ from serving.outcomes import OutcomeRecorder
 from serving.reload_signal import ReloadSignal
 from serving.security import KeyRing
 from serving.spool import Spool
-from serving.store import Store
 from serving.store_migrator import StoreMigrator
 
 logger = logging.getLogger(__name__)

@@ -7,13 +7,13 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from router.settings import Settings
+from infra.settings import Settings
+from infra.store import Store
 from serving.errors import NotReady
 from serving.metrics import Metrics
 from serving.outcomes import OutcomeRecorder
 from serving.runtime import Runtime
 from serving.security import Principal, require_admin
-from serving.store import Store
 
 
 async def get_settings(request: Request) -> Settings:

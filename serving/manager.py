@@ -14,10 +14,10 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from infra.settings import Settings
 from router.embedders.protocol import Embedder
 from router.features import EmbedderMismatch
 from router.schema import TiersConfigError
-from router.settings import Settings
 from serving.metrics import Metrics
 from serving.model_source import ModelSource
 from serving.reload_signal import ReloadSignal

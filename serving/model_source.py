@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from infra.settings import Settings
 from router.artifact import RouterArtifact, find_artifact
-from router.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -25,13 +25,13 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
+from infra.store import DecisionRow, OutcomeRow, Store
 from router.schema import TiersConfig
 from serving.errors import Forbidden, Invalid, NotFound, ServiceError, StoreUnavailable
 from serving.metrics import Metrics
 from serving.schemas import OutcomeIn, OutcomesResponse, RejectedOutcome, SpoolStatus
 from serving.security import Principal, check_owner
 from serving.spool import Record, Spool
-from serving.store import DecisionRow, OutcomeRow, Store
 
 logger = logging.getLogger(__name__)
 

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from infra.store import DecisionRow, SessionRow, Store
 from router.policy import Decision, allowed_tiers, decide
 from serving.errors import Invalid, OverBudget, TooLarge
 from serving.runtime import Runtime
 from serving.schemas import RouteOptions, RouteResponse
 from serving.security import Principal, check_owner
-from serving.store import DecisionRow, SessionRow, Store
 
 
 def check_sizes(prompts: Sequence[str], max_chars: int, max_batch: int) -> None:

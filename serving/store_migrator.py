@@ -12,7 +12,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from serving.store import Store
+from infra.store import Store
 
 logger = logging.getLogger(__name__)
 

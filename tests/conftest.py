@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from infra.settings import get_settings
 from router.schema import TiersConfig, parse_tiers
-from router.settings import get_settings
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -16,6 +16,7 @@ import pandas as pd
 import typer
 from pydantic import ValidationError
 
+from infra.settings import Settings, get_settings
 from router.artifact import RouterArtifact
 from router.embedders.factory import backend_of, make_embedder
 from router.embedders.onnx import StaleOnnxFile
@@ -24,7 +25,6 @@ from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.policy import decide
 from router.schema import OutcomeLogError, TiersConfigError, load_outcomes, load_tiers, read_jsonl_objects
-from router.settings import Settings, get_settings
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="tierwise: a learned LLM router.")
 logger = logging.getLogger("tierwise")
@@ -98,8 +98,8 @@ def _load_inputs(s: Settings, from_store: bool) -> tuple[Any, pd.DataFrame]:
     except (OutcomeLogError, TiersConfigError) as exc:
         _fail(str(exc))
     if from_store:
+        from infra.store import Store
         from router.schema import outcomes_to_frame, validate_outcomes
-        from serving.store import Store
 
         store = Store(s.database_url)
         store.migrate()

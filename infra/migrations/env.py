@@ -2,7 +2,7 @@
 
 from alembic import context
 
-from serving.store import metadata
+from infra.store import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=metadata)

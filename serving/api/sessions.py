@@ -6,11 +6,11 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
+from infra.store import SessionRow, Store
 from serving.deps import Admin, Caller, StoreDep
 from serving.errors import BODY_ERRORS, CALLER_ERRORS, NotFound, error
 from serving.schemas import CapRequest, ConfirmRequest, DecisionInfo, SessionResponse
 from serving.security import Principal, check_owner
-from serving.store import SessionRow, Store
 
 router = APIRouter(prefix="/sessions", tags=["sessions"], responses=CALLER_ERRORS)
 SessionPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")]

@@ -11,16 +11,16 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from infra.settings import Settings
+from infra.store import Store
 from router.artifact import RouterArtifact
 from router.embedders.protocol import Embedder
 from router.features import FeatureSpec, featurize
 from router.model import DifficultyModel
 from router.schema import parse_tiers
-from router.settings import Settings
 from serving.app import create_app
 from serving.model_source import LocalSource
 from serving.security import hash_key
-from serving.store import Store
 from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
 from training.pipeline import pivot_log
 

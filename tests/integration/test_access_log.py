@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from router.settings import Settings
+from infra.settings import Settings
 from serving.app import create_app
 from serving.logs import configure_logging
 from serving.model_source import LocalSource

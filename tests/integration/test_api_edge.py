@@ -12,8 +12,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import exc as sa_exc
 
+from infra.store import Store
 from serving.schemas import MAX_METADATA_BYTES
-from serving.store import Store
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, bearer
 
 C, A = bearer(CLIENT_KEY), bearer(ADMIN_KEY)

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 from fastapi.testclient import TestClient
 
-from router.settings import Settings
+from infra.settings import Settings
 from serving.app import create_app
 from serving.model_source import LocalSource
 from tests.conftest import HashingEmbedder

@@ -19,9 +19,9 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+from infra.store import SPENT_CEILING_USD, OutcomeRow, Store, outcomes
 from serving.security import hash_key
 from serving.spool import Spool
-from serving.store import SPENT_CEILING_USD, OutcomeRow, Store, outcomes
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer
 from tests.integration.pg_server import PgServer, pg_server  # noqa: F401 - the fixture
 

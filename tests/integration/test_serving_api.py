@@ -9,10 +9,10 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
-from router.settings import Settings
+from infra.settings import Settings
+from infra.store import Store
 from serving.app import create_app
 from serving.model_source import LocalSource
-from serving.store import Store
 from tests.conftest import HashingEmbedder
 from tests.integration.conftest import (
     ADMIN_KEY,

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from fastapi.testclient import TestClient
 
-from serving.store import Store
+from infra.store import Store
 from tests.integration.conftest import CLIENT_KEY, bearer
 
 CAP_USD = 0.01

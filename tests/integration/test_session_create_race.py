@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from infra.store import Store
 from serving.security import hash_key
-from serving.store import Store
 from tests.integration.conftest import CLIENT_KEY, OTHER_KEY, bearer
 
 TRIALS = 40

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from infra.settings import Settings
 from router.embedders.factory import make_embedder
-from router.settings import Settings
 from serving.__main__ import migrate_before_fork, preflight
 from tests.integration.conftest import CLIENT_KEY, bearer, train_artifact
 from tests.integration.pg_server import PgServer, pg_server  # noqa: F401 - the fixture

@@ -14,11 +14,11 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
+from infra.settings import Settings
 from router.embedding_cache import EmbeddingCache
 from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.schema import parse_tiers
-from router.settings import Settings
 from serving.app import create_app
 from serving.model_source import RegistrySource
 from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
@@ -149,7 +149,7 @@ def test_train_register_promote_and_serve(tracking_uri: str, tmp_path: Path, mon
 
 def test_a_champion_whose_embedder_is_gone_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """After an upgrade changes the embedder (a new int8 recipe), the old champion can't be re-scored or served."""
-    from router.settings import Settings
+    from infra.settings import Settings
     from training import cli
 
     monkeypatch.chdir(tmp_path)

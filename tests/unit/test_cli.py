@@ -7,9 +7,9 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from infra.settings import get_settings
 from router.features import FeatureSpec
 from router.model import DifficultyModel
-from router.settings import get_settings
 from tests.conftest import HashingEmbedder, make_log
 from training import cli
 from training.pipeline import split_log, train_router
@@ -77,7 +77,7 @@ def test_route_without_a_registered_model_says_what_to_do(tmp_path):
 
 
 def test_from_store_adds_the_service_outcomes(tmp_path, tiers):
-    from serving.store import OutcomeRow, Store
+    from infra.store import OutcomeRow, Store
 
     log_path = tmp_path / "log.parquet"
     make_log(30).to_parquet(log_path)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from infra.settings import Settings
 from router.schema import OutcomeLogError
-from router.settings import Settings
 from training.datasets import ROUTERBENCH_FILES, fetch_data
 from training.importers import import_routerbench, import_routerbench_frame
 

@@ -1,4 +1,5 @@
-"""Import direction: router/ imports no web, tracking, serving or training code; serving/ never imports training/."""
+"""Import direction serving/training -> infra -> router: router/ imports no web, tracking, infra, serving or training
+code; infra/ (settings, store) imports neither serving/ nor training/; serving/ never imports training/. No cycles."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = {
-    "router": {"fastapi", "starlette", "uvicorn", "mlflow", "serving", "training"},
+    "router": {"fastapi", "starlette", "uvicorn", "mlflow", "infra", "serving", "training"},
+    "infra": {"fastapi", "starlette", "uvicorn", "mlflow", "serving", "training"},
     "serving": {"training"},
 }
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from infra.settings import Settings, get_settings
 from router.embedders.factory import make_embedder
-from router.settings import Settings, get_settings
 from training import cli
 
 REPO = Path(__file__).resolve().parents[2]
@@ -118,7 +118,7 @@ def test_serving_and_the_cli_import_without_training_packages(tmp_path: Path) ->
     code = (
         "import sys\n"
         "import serving.app, serving.__main__, router.embedders.onnx, training.cli, training.tracking\n"
-        "from router.settings import Settings\n"
+        "from infra.settings import Settings\n"
         f"serving.app.create_app(Settings(store_dir={str(tmp_path)!r}, cache_dir={str(tmp_path)!r}))\n"
         f"bad = sorted({{m.split('.')[0] for m in sys.modules}} & set({sorted(TRAINING_ONLY)!r}))\n"
         "sys.exit(f'imported {bad}' if bad else 0)\n"

@@ -1,0 +1,1 @@
+"""Shared infrastructure below training and serving: the typed settings and the outcome/decision/session store."""
