@@ -19,10 +19,8 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/build-venv \
     && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY router ./router
-COPY training ./training
-COPY serving ./serving
+# The context is the package sources and pyproject.toml's files (.dockerignore leaves out the rest).
+COPY . .
 # The project itself: its dependencies' versions are pyproject.toml's (torch is pinned there and installed above).
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir ".[train]" \

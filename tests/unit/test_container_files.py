@@ -6,6 +6,7 @@ references checked, and hadolint and `docker compose config` run where they are 
 
 from __future__ import annotations
 
+import fnmatch
 import http.server
 import json
 import os
@@ -108,6 +109,32 @@ def test_runtime_runs_as_non_root_on_all_interfaces_with_a_health_check(stages: 
     assert json.loads(args_of(runtime, "CMD")[-1]) == ["python", "-m", "serving"]
     health = args_of(runtime, "HEALTHCHECK")
     assert len(health) == 1 and "/healthz" in health[0]
+
+
+def dockerignored(path: str) -> bool:
+    """Whether .dockerignore leaves `path` (relative, top level or below) out of the build context."""
+    ignored = False
+    for line in (REPO / ".dockerignore").read_text().splitlines():
+        pattern = line.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate, pattern = pattern.startswith("!"), pattern.lstrip("!")
+        parts = Path(path).parts
+        candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if pattern.startswith("**/"):
+            candidates += list(parts)
+            pattern = pattern[3:]
+        if any(fnmatch.fnmatchcase(c, pattern) for c in candidates):
+            ignored = not negate
+    return ignored
+
+
+def test_build_context_holds_the_packages_and_no_environments_or_secrets() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = [p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]]
+    needed = [*packages, "pyproject.toml", project["project"]["readme"]]
+    assert not [path for path in needed if dockerignored(path)], "the image build needs these"
+    assert all(dockerignored(p) for p in [".git", ".venv", ".env", "data/x.parquet", "router/__pycache__/a.pyc"])
 
 
 def healthcheck_command(path: Path) -> list[str]:
