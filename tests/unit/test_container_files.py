@@ -229,6 +229,8 @@ def test_compose_database_urls_match_their_postgres_services(compose: dict[str, 
     backend = flag(mlflow_cmd, "--backend-store-uri")
     backend_host = make_url(backend).host
     assert backend_host != db_host, "MLflow keeps its own database server"
+    assert make_url(backend).drivername == "postgresql+psycopg"
+    assert '"psycopg[binary]==' in (REPO / "docker" / "mlflow" / "Dockerfile").read_text(), "the driver the URI names"
     assert services[backend_host]["image"].startswith("postgres:16")
     assert url_parts(backend) == postgres_url_of(services[backend_host], backend_host)
 
