@@ -1,4 +1,4 @@
-"""Bulk routing throughput: `tierwise route --batch` end to end, and its routing step (route_prompts) alone."""
+"""Bulk routing throughput: `tierwise route --batch` end to end, and its routing step (the Router) alone."""
 
 from __future__ import annotations
 
@@ -18,10 +18,11 @@ from tokenizers import Tokenizer
 from bench.common import ONNX_DIR, REPO, load_avg
 from infra.settings import Settings
 from router.embedders.factory import backend_of, make_embedder
+from router.routing import Router
 from router.schema import load_tiers
 from router.text import normalize_text, text_window
 from serving.model_source import LoadedModel
-from training.cli import route_prompts
+from training.bulk import decisions_json
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +103,7 @@ def run(loaded: LoadedModel, n: int) -> dict[str, Any]:
                 embedder = make_embedder(backend, onnx_dir=ONNX_DIR, num_threads=threads)
                 embedder.encode(["load the model"])
                 t0 = time.perf_counter()
-                route_prompts(artifact, tiers, embedder, rows, settings.quality_target, CHUNK)
+                decisions_json(Router(artifact, tiers, embedder), rows, settings.quality_target, CHUNK)
                 wall = time.perf_counter() - t0
                 entry[f"route_prompts_{threads}thread_s"] = round(wall, 2)
                 entry[f"route_prompts_{threads}thread_prompts_per_s"] = round(len(rows) / wall, 1)
@@ -118,7 +119,7 @@ def run(loaded: LoadedModel, n: int) -> dict[str, Any]:
             "cli_*: wall time of `tierwise route --batch IN --out OUT --chunk 256` (1 intra-op thread, the CLI default), "
             "process start and model load included.",
             "cli_fixed_s: the same command on a 1-prompt file; cli_minus_fixed subtracts it.",
-            "route_prompts_*: training.cli.route_prompts alone, model and embedder already loaded (the routing step).",
+            "route_prompts_*: training.bulk.decisions_json (the Router) alone, model and embedder already loaded (the routing step).",
             "onnx-int8 embeds one sequence per session run (see router/embedders/onnx.py), so --chunk does not batch the ONNX call.",
         ],
         "load_avg_start": load_start,

@@ -16,7 +16,7 @@ from infra.settings import Settings
 from infra.store import DecisionRow, Store
 from router.embedders.factory import backend_of, make_embedder
 from router.features import featurize
-from router.policy import decide
+from router.routing import Router
 from router.schema import load_tiers
 from router.text import text_window
 from serving.model_source import LoadedModel, RegistrySource
@@ -44,10 +44,10 @@ def run(loaded: LoadedModel, reps: int, warmup: int) -> dict[str, Any]:
     window = [text_window(PROMPT, artifact.features.tail_chars)]
     features = featurize(prompts, artifact.features, embedder)
 
+    router = Router(artifact, tiers, embedder, num_threads=1)
+
     def route_work() -> None:
-        quality = artifact.predict_quality(prompts, embedder, num_threads=1)
-        cost = artifact.expected_cost(prompts, tiers)
-        decide(quality[0], cost[0], tiers.names, settings.quality_target)
+        router.route(prompts, settings.quality_target)
 
     runtime = build_runtime(loaded, REPO / settings.tiers_path, embedder, 1)
     request = RouteRequest(prompt=PROMPT)
@@ -78,7 +78,7 @@ def run(loaded: LoadedModel, reps: int, warmup: int) -> dict[str, Any]:
         "prompt_chars": len(PROMPT),
         "reps": reps,
         "warmup": warmup,
-        "call": "RouterArtifact.predict_quality([prompt], embedder, num_threads=1) + expected_cost + policy.decide",
+        "call": "Router(artifact, tiers, embedder, num_threads=1).route([prompt], target)",
         "serving_route_fn_sqlite": "serving.routing.route() as /route calls it (sessionless, decision written to a "
         "temp SQLite store, WAL + synchronous=FULL) + response JSON: the handler's work without HTTP",
         "load_avg_start": load_start,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from router.policy import cheapest_sufficient, tradeoff
+from router.policy import cheapest_sufficient, lambda_grid, tradeoff
 
 
 def split_by_group(groups: Sequence[str], test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -53,9 +53,7 @@ def sweep_lambdas(pred: np.ndarray, pred_cost: np.ndarray, scores: np.ndarray, c
     one is predicted better by more than |lam| * cost difference, so the curve runs from all-cheapest
     (lam = inf) to all-top (lam = -inf).
     """
-    scale = float(np.median(pred_cost[pred_cost > 0])) if (pred_cost > 0).any() else 1.0
-    pos = np.logspace(-4, 4, 161) / scale
-    lams = np.concatenate([[-np.inf], -pos[::-1], [0.0], pos, [np.inf]])
+    lams = np.concatenate([[-np.inf], lambda_grid(pred_cost), [np.inf]])
     pts = []
     for lam in lams:
         if np.isinf(lam):

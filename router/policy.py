@@ -48,6 +48,31 @@ def target_for_top_share(quality: np.ndarray, cost: np.ndarray, share: float) ->
     return float(candidates[int(np.argmin(np.abs(shares - share)))])
 
 
+def lambda_grid(cost: np.ndarray) -> np.ndarray:
+    """The knob settings sweeps and searches try, ascending: 0 and ±10^-4..10^4 per median positive expected cost."""
+    scale = float(np.median(cost[cost > 0])) if (cost > 0).any() else 1.0
+    pos = np.logspace(-4, 4, 161)
+    return np.concatenate([-pos[::-1], [0.0], pos]) / scale
+
+
+def lambda_reaching(
+    quality: np.ndarray, cost: np.ndarray, scores: np.ndarray, costs: np.ndarray, min_quality: float
+) -> float:
+    """The λ on `lambda_grid` with the least realised mean cost whose realised mean quality reaches `min_quality`.
+
+    Decisions use predicted `quality` and expected `cost`; `scores` and `costs` are the realised outcomes.
+    0 when no setting reaches it.
+    """
+    rows = np.arange(len(quality))
+    best_lam, best_c = 0.0, np.inf
+    for lam in lambda_grid(cost):
+        choice = tradeoff(quality, cost, float(lam))
+        c, q = float(costs[rows, choice].mean()), float(scores[rows, choice].mean())
+        if q >= min_quality and c < best_c:
+            best_lam, best_c = float(lam), c
+    return best_lam
+
+
 def lambda_for_cost(
     quality: np.ndarray,
     cost: np.ndarray,
@@ -94,14 +119,28 @@ def allowed_tiers(
     max_cost_usd: float | None = None,
     budget_usd: float | None = None,
 ) -> np.ndarray:
-    """Boolean mask of the tiers a request may use."""
+    """Boolean mask of the tiers a request may use (per row when `cost` is (n, k))."""
     cost_arr = np.asarray(cost, dtype=float)
-    mask = np.arange(len(cost_arr)) >= min_tier
+    mask = np.broadcast_to(np.arange(cost_arr.shape[-1]) >= min_tier, cost_arr.shape).copy()
     if max_cost_usd is not None:
         mask &= cost_arr <= max_cost_usd
     if budget_usd is not None:
         mask &= cost_arr <= budget_usd
     return mask
+
+
+def no_tier_fits(
+    names: Sequence[str], min_tier: int = 0, max_cost_usd: float | None = None, budget_usd: float | None = None
+) -> NoTierFits:
+    """The error for a request whose constraints exclude every tier, naming the constraints."""
+    why = []
+    if min_tier:
+        why.append(f"min_tier {names[min_tier]}")
+    if max_cost_usd is not None:
+        why.append(f"max_cost_usd {max_cost_usd:.6g}")
+    if budget_usd is not None:
+        why.append(f"remaining budget ${budget_usd:.6g}")
+    return NoTierFits(f"no tier fits {' and '.join(why)}")
 
 
 def decide(
@@ -132,14 +171,7 @@ def decide(
     unbudgeted = allowed_tiers(c, min_tier, max_cost_usd)
     mask = unbudgeted & allowed_tiers(c, budget_usd=budget_usd)
     if not mask.any():
-        why = []
-        if min_tier:
-            why.append(f"min_tier {names[min_tier]}")
-        if max_cost_usd is not None:
-            why.append(f"max_cost_usd {max_cost_usd:.6g}")
-        if budget_usd is not None:
-            why.append(f"remaining budget ${budget_usd:.6g}")
-        raise NoTierFits(f"no tier fits {' and '.join(why)}")
+        raise no_tier_fits(names, min_tier, max_cost_usd, budget_usd)
     pick = choose(np.where(mask, q, -np.inf), np.where(mask, c, np.inf))
     if pick == free:
         if cost_weight is not None:

@@ -5,10 +5,8 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-import numpy as np
-
 from infra.store import DecisionRow, SessionRow, Store
-from router.policy import Decision, allowed_tiers, decide
+from router.policy import Decision
 from serving.errors import Invalid, OverBudget, TooLarge
 from serving.runtime import Runtime
 from serving.schemas import RouteOptions, RouteResponse
@@ -39,46 +37,6 @@ def over_budget(row: SessionRow, detail: str, needed_usd: float | None = None) -
 
 def frozen_error(row: SessionRow) -> OverBudget:
     return over_budget(row, f"session {row.id} is frozen at its spend cap; an admin must confirm a new cap")
-
-
-def cheapest_allowed(
-    rt: Runtime, quality: np.ndarray, cost: np.ndarray, min_tier: int, max_cost_usd: float | None
-) -> np.ndarray:
-    """Per prompt, the expected cost of the cheapest tier the request allows; NoTierFits (a 422) when none is."""
-    floor = np.empty(len(cost))
-    for i, c in enumerate(cost):
-        mask = allowed_tiers(c, min_tier, max_cost_usd)
-        if not mask.any():
-            decide(quality[i], c, rt.tiers.names, 0.0, min_tier, max_cost_usd)  # raises NoTierFits, saying why
-        floor[i] = float(np.min(c[mask]))
-    return floor
-
-
-def _decide_all(
-    rt: Runtime,
-    quality: np.ndarray,
-    cost: np.ndarray,
-    target: float,
-    min_tier: int,
-    max_cost_usd: float | None,
-    cost_weight: float | None,
-    budget_usd: float | None = None,
-    floor: np.ndarray | None = None,
-) -> list[Decision]:
-    """One decision per prompt. With a budget (that covers `floor`, the batch at its cheapest allowed tiers),
-    each prompt may spend what is left after keeping its floor for every later prompt: the whole batch fits,
-    and earlier prompts are downgraded only as far as the later ones need."""
-    names = rt.tiers.names
-    out = []
-    for i, (q, c) in enumerate(zip(quality, cost, strict=True)):
-        share = None
-        if budget_usd is not None and floor is not None:
-            share = max(budget_usd - float(floor[i + 1 :].sum()), float(floor[i]))
-        d = decide(q, c, names, target, min_tier, max_cost_usd, share, cost_weight)
-        out.append(d)
-        if budget_usd is not None:
-            budget_usd = max(budget_usd - float(c[d.tier_index]), 0.0)
-    return out
 
 
 def route(
@@ -121,7 +79,7 @@ def route(
 
     session: SessionRow | None = None
     if opts.session_id is None:
-        decided = _decide_all(rt, quality, cost, target, min_tier, opts.max_cost_usd, opts.cost_weight_per_usd)
+        decided = rt.router.decide(quality, cost, target, min_tier, opts.max_cost_usd, opts.cost_weight_per_usd)
         rows = rows_for(decided, None)
         store.record_decisions(rows)
     else:
@@ -130,7 +88,7 @@ def route(
             check_owner(principal, locked.row.owner)
             if locked.row.status == "frozen":
                 raise frozen_error(locked.row)
-            floor = cheapest_allowed(rt, quality, cost, min_tier, opts.max_cost_usd)
+            floor = rt.router.cheapest_allowed(cost, min_tier, opts.max_cost_usd)
             left = locked.row.budget_left_usd
             if left is not None and float(floor.sum()) > left:
                 if left < float(floor.min()):
@@ -146,8 +104,8 @@ def route(
                         float(floor.sum()),
                     )
             else:
-                decided = _decide_all(
-                    rt, quality, cost, target, min_tier, opts.max_cost_usd, opts.cost_weight_per_usd, left, floor
+                decided = rt.router.decide(
+                    quality, cost, target, min_tier, opts.max_cost_usd, opts.cost_weight_per_usd, left
                 )
                 rows = rows_for(decided, opts.session_id)
                 locked.reserve(rows)

@@ -17,6 +17,7 @@ from router.artifact import RouterArtifact
 from router.embedders.factory import backend_of
 from router.embedders.protocol import Embedder
 from router.features import EmbedderMismatch
+from router.routing import Router
 from router.schema import TiersConfig, load_tiers
 from serving.model_source import LoadedModel
 
@@ -25,16 +26,18 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Runtime:
-    artifact: RouterArtifact
-    tiers: TiersConfig
-    embedder: Embedder
+    """The Router the service decides with, and the registry version it came from."""
+
+    router: Router
     version: str
-    num_threads: int = 1
+
+    @property
+    def tiers(self) -> TiersConfig:
+        return self.router.tiers
 
     def score(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Predicted quality and expected cost per tier, both (n, k)."""
-        quality = self.artifact.predict_quality(prompts, self.embedder, num_threads=self.num_threads)
-        return quality, self.artifact.expected_cost(prompts, self.tiers)
+        return self.router.score(prompts)
 
     def tier_index(self, tier: int | str | None) -> int:
         """A tier given by index or name, as an index; raises KeyError or IndexError."""
@@ -70,4 +73,4 @@ def build_runtime(loaded: LoadedModel, tiers_path: Path, embedder: Embedder, num
         logger.warning("tiers file %s not found; serving the tiers the model was trained with", tiers_path)
         tiers = loaded.artifact.tiers
     loaded.artifact.check_tiers(tiers)
-    return Runtime(loaded.artifact, tiers, embedder, loaded.version, num_threads)
+    return Runtime(Router(loaded.artifact, tiers, embedder, num_threads), loaded.version)

@@ -23,8 +23,9 @@ from router.embedders.onnx import StaleOnnxFile
 from router.embedding_cache import EmbeddingCache
 from router.features import FeatureSpec
 from router.model import DifficultyModel
-from router.policy import decide
+from router.routing import Router
 from router.schema import OutcomeLogError, TiersConfigError, load_outcomes, load_tiers, read_jsonl_objects
+from training.bulk import decisions_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="tierwise: a learned LLM router.")
 logger = logging.getLogger("tierwise")
@@ -318,7 +319,7 @@ def route(
         _fail(str(exc))
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     try:
-        decisions = route_prompts(artifact, tier_cfg, embedder, rows, s.quality_target, chunk)
+        decisions = decisions_json(Router(artifact, tier_cfg, embedder), rows, s.quality_target, chunk)
     except StaleOnnxFile as exc:
         _fail(str(exc))
     if batch is None:
@@ -330,33 +331,6 @@ def route(
     if out:
         sink.close()
         typer.echo(f"wrote {len(decisions)} decisions to {out}", err=True)
-
-
-def route_prompts(
-    artifact: RouterArtifact, tiers: Any, embedder: Any, rows: list[dict[str, str]], target: float, chunk: int
-) -> list[dict[str, Any]]:
-    """Decide a tier for each prompt, embedding in length-sorted chunks."""
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["prompt"]))
-    quality = np.empty((len(rows), len(tiers.tiers)))
-    for start in range(0, len(order), chunk):
-        idx = order[start : start + chunk]
-        quality[idx] = artifact.predict_quality([rows[i]["prompt"] for i in idx], embedder)
-    cost = artifact.expected_cost([r["prompt"] for r in rows], tiers)
-    out = []
-    for i, row in enumerate(rows):
-        d = decide(quality[i], cost[i], tiers.names, target)
-        tier = tiers.tiers[d.tier_index]
-        out.append(
-            {
-                "prompt_id": row["prompt_id"],
-                "tier": tier.name,
-                "model": tier.model,
-                "predicted_quality": {n: round(float(q), 4) for n, q in zip(tiers.names, quality[i], strict=True)},
-                "expected_cost_usd": float(cost[i, d.tier_index]),
-                "reason": d.reason,
-            }
-        )
-    return out
 
 
 @app.command("build-embedder")

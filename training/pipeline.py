@@ -17,7 +17,7 @@ from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
 from router.features import FeatureSpec, featurize
 from router.model import DifficultyModel
-from router.policy import tradeoff
+from router.policy import lambda_reaching, tradeoff
 from router.schema import TiersConfig
 from router.text import normalize_text
 
@@ -179,7 +179,7 @@ def per_category(
     one for serving.
     """
     top = int(np.argmax(C.mean(axis=0)))
-    lam = _lambda_reaching(P, PC, S, C, 0.95 * top_q)
+    lam = lambda_reaching(P, PC, S, C, 0.95 * top_q)
     choice = tradeoff(P, PC, lam)
     rows = []
     for cat in sorted(set(cats)):
@@ -197,17 +197,6 @@ def per_category(
     out = pd.DataFrame(rows)
     out.attrs["lambda"] = lam
     return out
-
-
-def _lambda_reaching(P: np.ndarray, PC: np.ndarray, S: np.ndarray, C: np.ndarray, quality: float) -> float:
-    """The knob λ in a log grid with the least realised cost whose realised quality reaches `quality`."""
-    scale = float(np.median(PC[PC > 0])) if (PC > 0).any() else 1.0
-    best_lam, best_c = 0.0, np.inf
-    for lam in np.concatenate([-np.logspace(-4, 4, 161)[::-1], [0.0], np.logspace(-4, 4, 161)]) / scale:
-        c, q = ev.realised(tradeoff(P, PC, float(lam)), S, C)
-        if q >= quality and c < best_c:
-            best_lam, best_c = float(lam), c
-    return best_lam
 
 
 @dataclass(frozen=True)

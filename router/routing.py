@@ -1,0 +1,111 @@
+"""Router: the one door that decides. Score many prompts with a trained artifact, then decide many.
+
+The service, bulk routing (`tierwise route`), evaluation and the benchmarks all route through it, so
+there is one loop over prompts and one place that says why no tier fits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from router.artifact import RouterArtifact
+from router.embedders.protocol import Embedder
+from router.embedding_cache import EmbeddingCache
+from router.policy import Decision, NoTierFits, allowed_tiers, decide, no_tier_fits
+from router.schema import TiersConfig
+
+
+class Router:
+    """A trained artifact with the live tiers and the embedder: `score` prompts, then `decide` on the scores."""
+
+    def __init__(
+        self,
+        artifact: RouterArtifact,
+        tiers: TiersConfig | None = None,
+        embedder: Embedder | None = None,
+        num_threads: int | None = None,
+        cache: EmbeddingCache | None = None,
+    ):
+        self.artifact = artifact
+        self.tiers = tiers or artifact.tiers
+        self.embedder = embedder
+        self.num_threads = num_threads
+        self.cache = cache
+
+    @property
+    def names(self) -> list[str]:
+        return self.tiers.names
+
+    def check(self) -> Router:
+        """Refuse live tiers that rename, add or reorder the artifact's (TiersConfigError); return self."""
+        self.artifact.check_tiers(self.tiers)
+        return self
+
+    def predict_quality(self, prompts: Sequence[str], chunk: int | None = None) -> np.ndarray:
+        """Predicted score per tier, (n, k); with `chunk`, embedded in length-sorted chunks of that many prompts."""
+        if self.embedder is None:
+            raise ValueError("this Router was built without an embedder; it can decide but not score")
+        embedder = self.embedder
+        if chunk is None or len(prompts) <= chunk:
+            return self.artifact.predict_quality(prompts, embedder, self.cache, self.num_threads)
+        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        quality = np.empty((len(prompts), len(self.tiers.tiers)))
+        for start in range(0, len(order), chunk):
+            idx = order[start : start + chunk]
+            quality[idx] = self.artifact.predict_quality(
+                [prompts[i] for i in idx], embedder, self.cache, self.num_threads
+            )
+        return quality
+
+    def expected_cost(self, prompts: Sequence[str]) -> np.ndarray:
+        """Expected cost per tier at the live prices, (n, k)."""
+        return self.artifact.expected_cost(prompts, self.tiers)
+
+    def score(self, prompts: Sequence[str], chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Predicted quality and expected cost per tier, both (n, k)."""
+        return self.predict_quality(prompts, chunk), self.expected_cost(prompts)
+
+    def cheapest_allowed(self, cost: np.ndarray, min_tier: int = 0, max_cost_usd: float | None = None) -> np.ndarray:
+        """Per prompt, the expected cost of the cheapest tier the request allows; NoTierFits, saying why, if none."""
+        cost = np.asarray(cost, dtype=float).reshape(-1, len(self.names))
+        masks = allowed_tiers(cost, min_tier, max_cost_usd)
+        if not masks.any(axis=1).all():
+            raise no_tier_fits(self.names, min_tier, max_cost_usd)
+        return np.asarray(np.where(masks, cost, np.inf).min(axis=1, initial=np.inf))
+
+    def decide(
+        self,
+        quality: np.ndarray,
+        cost: np.ndarray,
+        target: float,
+        min_tier: int = 0,
+        max_cost_usd: float | None = None,
+        cost_weight: float | None = None,
+        budget_usd: float | None = None,
+    ) -> list[Decision]:
+        """One decision per prompt; NoTierFits when the request's constraints exclude every tier for some prompt.
+
+        With a budget (that must cover the batch at its cheapest allowed tiers), each prompt may spend what is
+        left after keeping its floor for every later prompt: the whole batch fits, and earlier prompts are
+        downgraded only as far as the later ones need.
+        """
+        floor = self.cheapest_allowed(cost, min_tier, max_cost_usd)
+        if budget_usd is not None and float(floor.sum()) > budget_usd:
+            raise NoTierFits(f"the batch needs ${float(floor.sum()):.6g} at its cheapest, over the budget")
+        out = []
+        for i, (q, c) in enumerate(zip(quality, cost, strict=True)):
+            share = None if budget_usd is None else max(budget_usd - float(floor[i + 1 :].sum()), float(floor[i]))
+            d = decide(q, c, self.names, target, min_tier, max_cost_usd, share, cost_weight)
+            out.append(d)
+            if budget_usd is not None:
+                budget_usd = max(budget_usd - float(c[d.tier_index]), 0.0)
+        return out
+
+    def route(
+        self, prompts: Sequence[str], target: float, chunk: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray, list[Decision]]:
+        """Score and decide in one call (bulk routing, benchmarks): quality, cost and the decisions."""
+        quality, cost = self.score(prompts, chunk)
+        return quality, cost, self.decide(quality, cost, target)
