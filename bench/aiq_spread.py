@@ -24,7 +24,7 @@ from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.schema import load_outcomes, load_tiers
 from router.text import text_features, text_window
-from training.pipeline import split_log
+from training.data import split_log
 
 SEEDS = tuple(range(10))
 

@@ -33,7 +33,7 @@ from router.model import DifficultyModel
 from router.policy import cheapest_sufficient, tradeoff
 from router.schema import load_outcomes, load_tiers
 from router.text import text_features, text_window
-from training.pipeline import split_log
+from training.data import split_log
 
 logger = logging.getLogger("bench.int8_agreement")
 

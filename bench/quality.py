@@ -50,7 +50,7 @@ from router.prior_boost import PriorBoostModel
 from router.prompt_structure import question_text, structure_features
 from router.schema import CHARS_PER_TOKEN, TiersConfig, load_tiers
 from router.text import normalize_text, text_features, text_window
-from training.pipeline import logreg_predictor
+from training.evaluation import logreg_predictor
 
 logger = logging.getLogger("bench.quality")
 RESULTS = REPO / "bench" / "results"

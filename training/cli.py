@@ -123,7 +123,9 @@ def train(
 ) -> None:
     """Train a router on an outcome log, evaluate it, log it to MLflow and register it."""
     from training import tracking
-    from training.pipeline import TrainResult, evaluate_artifact, run_params, split_log, train_router
+    from training.data import split_log
+    from training.evaluation import evaluate_artifact
+    from training.fit import TrainResult, run_params, train_router
     from training.report import format_table
 
     if find_spec("matplotlib") is None:
@@ -141,7 +143,9 @@ def train(
     artifact = train_router(split, embedder, cache, features, model)
     evaluation = evaluate_artifact(artifact, split, embedder, cache, s.seed)
     tracking.configure(s.mlflow_tracking_uri, s.experiment_name)
-    champion_aiq = _champion_aiq(s, split, cache)
+    champion_aiq = tracking.champion_aiq(
+        s.registered_model, split, cache, s.seed, lambda backend: _embedder(s, backend)
+    )
     result = TrainResult(
         artifact,
         evaluation,
@@ -160,36 +164,6 @@ def train(
     typer.echo(format_table(evaluation))
     typer.echo(f"\nMLflow run {reg.run_id}: registered {s.registered_model} version {reg.version} as '{reg.alias}'")
     typer.echo(reg.message)
-
-
-def _champion_aiq(s: Settings, split: Any, cache: EmbeddingCache) -> float | None:
-    """The current champion's AIQ re-measured on this run's test split (None when there is none)."""
-    from mlflow import MlflowClient
-
-    from training import tracking
-    from training.pipeline import evaluate_artifact
-
-    client = MlflowClient()
-    if tracking.champion_version(client, s.registered_model) is None:
-        return None
-    with tempfile.TemporaryDirectory() as tmp:
-        champ = tracking.download_artifact(f"models:/{s.registered_model}@{tracking.CHAMPION}", Path(tmp))
-    if champ.tier_names != split.tiers.names:
-        logger.info(
-            "the champion routes tiers %s, this run %s: it cannot be compared", champ.tier_names, split.tiers.names
-        )
-        return None
-    embedder = _embedder(s, backend_of(champ.features.embedder_id))
-    if embedder.id != champ.features.embedder_id:
-        logger.warning(
-            "the champion was trained with embedder '%s', which this tierwise no longer builds (it builds '%s'): "
-            "it cannot be compared, nor served",
-            champ.features.embedder_id,
-            embedder.id,
-        )
-        return None
-    result = evaluate_artifact(champ, split, embedder, cache, s.seed, baselines=False)
-    return result.metrics[tracking.AIQ_METRIC]
 
 
 def _load_artifact(s: Settings, model_uri: str | None) -> RouterArtifact:
@@ -219,7 +193,8 @@ def evaluate(
     seed: Annotated[int | None, typer.Option()] = None,
 ) -> None:
     """Evaluate a registered router (default: the champion) on the held-out split of the log."""
-    from training.pipeline import evaluate_artifact, split_log
+    from training.data import split_log
+    from training.evaluation import evaluate_artifact
     from training.report import format_table
 
     _setup_logging()
@@ -242,9 +217,8 @@ def calibrate(
 ) -> None:
     """Calibrate the knob on the held-out prompts: a quality target for a top-tier share, or λ for a mean cost."""
     from router import evaluate as ev
-    from router.features import featurize
     from router.policy import cheapest_sufficient, lambda_for_cost, target_for_top_share, tradeoff
-    from training.pipeline import split_log
+    from training.data import split_log
 
     if (top_share is None) == (mean_cost_usd is None):
         _fail("give exactly one of --top-share or --mean-cost-usd")
@@ -259,8 +233,7 @@ def calibrate(
     prompts = split.table.prompts["prompt"][sel].tolist()
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
-    pred = artifact.model.predict_quality(featurize(prompts, artifact.features, embedder, cache))
-    cost = artifact.expected_cost(prompts)
+    pred, cost = Router(artifact, embedder=embedder, cache=cache).score(prompts)
     if top_share is not None:
         knob = target_for_top_share(pred, cost, top_share)
         choice, setting = cheapest_sufficient(pred, cost, knob), f"TIERWISE_QUALITY_TARGET={knob:.4f}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from training.pipeline import EvalResult
+from training.evaluation import EvalResult
 
 COLUMNS = {
     "AIQ": "AIQ",

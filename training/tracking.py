@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -31,7 +32,11 @@ from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 import router
 from router.artifact import PACKAGED_EMBEDDER, PACKAGED_ROUTER, RouterArtifact, find_artifact
 from router.embedders.factory import FILE_BACKENDS, backend_of, embedder_files
-from training.pipeline import TrainResult
+from router.embedders.protocol import Embedder
+from router.embedding_cache import EmbeddingCache
+from training.data import Split
+from training.evaluation import evaluate_artifact
+from training.fit import TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +133,39 @@ def download_artifact(model_uri: str, dst: Path) -> RouterArtifact:
     repo = ModelsArtifactRepository(model_uri)
     local = repo.download_artifacts(f"artifacts/{PACKAGED_ROUTER}", dst_path=str(dst))  # type: ignore[no-untyped-call]
     return RouterArtifact.load(find_artifact(local))
+
+
+def champion_aiq(
+    registered_model: str,
+    split: Split,
+    cache: EmbeddingCache | None,
+    seed: int,
+    embedder_for: Callable[[str], Embedder],
+) -> float | None:
+    """The current champion's AIQ re-measured on this run's test split (None when there is none or it can't be).
+
+    `embedder_for(backend)` builds the embedder of the champion's backend.
+    """
+    if champion_version(MlflowClient(), registered_model) is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        champ = download_artifact(f"models:/{registered_model}@{CHAMPION}", Path(tmp))
+    if champ.tier_names != split.tiers.names:
+        logger.info(
+            "the champion routes tiers %s, this run %s: it cannot be compared", champ.tier_names, split.tiers.names
+        )
+        return None
+    embedder = embedder_for(backend_of(champ.features.embedder_id))
+    if embedder.id != champ.features.embedder_id:
+        logger.warning(
+            "the champion was trained with embedder '%s', which this tierwise no longer builds (it builds '%s'): "
+            "it cannot be compared, nor served",
+            champ.features.embedder_id,
+            embedder.id,
+        )
+        return None
+    result = evaluate_artifact(champ, split, embedder, cache, seed, baselines=False)
+    return result.metrics[AIQ_METRIC]
 
 
 def _flat_params(params: dict[str, Any]) -> dict[str, str]:

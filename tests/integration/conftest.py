@@ -22,7 +22,7 @@ from serving.app import create_app
 from serving.model_source import LocalSource
 from serving.security import hash_key
 from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
-from training.pipeline import pivot_log
+from training.data import pivot_log
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 CLIENT_KEY, OTHER_KEY, ADMIN_KEY = "client-key-1", "client-key-2", "admin-key"

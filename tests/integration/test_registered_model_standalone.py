@@ -23,7 +23,9 @@ from router.model import DifficultyModel
 from router.schema import parse_tiers
 from tests.conftest import TIERS_TOML, make_log
 from training import tracking
-from training.pipeline import TrainResult, evaluate_artifact, run_params, split_log, train_router
+from training.data import split_log
+from training.evaluation import evaluate_artifact
+from training.fit import TrainResult, run_params, train_router
 
 REPO = Path(__file__).resolve().parents[2]
 ONNX_DIR = REPO / ".cache" / "onnx"

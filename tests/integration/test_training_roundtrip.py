@@ -24,7 +24,9 @@ from serving.model_source import RegistrySource
 from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
 from tests.integration.conftest import PG_URL, write_tiers
 from training import tracking
-from training.pipeline import TrainResult, evaluate_artifact, run_params, split_log, train_router
+from training.data import split_log
+from training.evaluation import evaluate_artifact
+from training.fit import TrainResult, run_params, train_router
 
 NAME = "tierwise-router-test"
 
@@ -149,8 +151,6 @@ def test_train_register_promote_and_serve(tracking_uri: str, tmp_path: Path, mon
 
 def test_a_champion_whose_embedder_is_gone_is_replaced(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """After an upgrade changes the embedder (a new int8 recipe), the old champion can't be re-scored or served."""
-    from infra.settings import Settings
-    from training import cli
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -158,12 +158,11 @@ def test_a_champion_whose_embedder_is_gone_is_replaced(tmp_path: Path, monkeypat
     old, prompts = _train(tmp_path, seed=0, n_estimators=20)  # trained with HashingEmbedder "test/hashing:hash"
     tracking.log_and_register(old, NAME, None, prompts, _training_log(tmp_path))
     split = split_log(LOG, parse_tiers(TIERS_TOML), 0.3, seed=0)
-    settings = Settings(mlflow_tracking_uri=uri, registered_model=NAME, cache_dir=tmp_path / "cache")
     cache = EmbeddingCache(tmp_path / "emb.sqlite")
 
-    monkeypatch.setattr(cli, "_embedder", lambda s, backend: HashingEmbedder())
-    assert cli._champion_aiq(settings, split, cache) == pytest.approx(old.evaluation.metrics["router_AIQ"])
-    monkeypatch.setattr(cli, "_embedder", lambda s, backend: HashingEmbedder(name="test/hashing:hash+v2"))
-    assert cli._champion_aiq(settings, split, cache) is None
-    assert tracking.decide_alias(0.1, None)[0] == "champion"
+    same = tracking.champion_aiq(NAME, split, cache, 0, lambda backend: HashingEmbedder())
+    assert same == pytest.approx(old.evaluation.metrics["router_AIQ"])
+    upgraded = HashingEmbedder(name="test/hashing:hash+v2")
+    assert tracking.champion_aiq(NAME, split, cache, 0, lambda backend: upgraded) is None
+    assert tracking.decide_alias(0.1, None)[0] == "champion"  # so the new model replaces it
     mlflow.end_run()

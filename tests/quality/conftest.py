@@ -14,7 +14,9 @@ from router.embedding_cache import EmbeddingCache
 from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.schema import load_outcomes, load_tiers
-from training.pipeline import EvalResult, Split, evaluate_artifact, split_log, train_router
+from training.data import Split, split_log
+from training.evaluation import EvalResult, evaluate_artifact
+from training.fit import train_router
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTCOMES = ROOT / "data" / "routerbench_subset" / "outcomes.parquet"

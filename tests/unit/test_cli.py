@@ -12,7 +12,8 @@ from router.features import FeatureSpec
 from router.model import DifficultyModel
 from tests.conftest import HashingEmbedder, make_log
 from training import cli
-from training.pipeline import split_log, train_router
+from training.data import split_log
+from training.fit import train_router
 
 runner = CliRunner()
 

@@ -10,7 +10,7 @@ from router.embedding_cache import EmbeddingCache, embed_cached
 from router.features import EmbedderMismatch, FeatureSpec, featurize
 from router.model import DifficultyModel, NotFittedError
 from router.text import text_window
-from training.pipeline import pivot_log
+from training.data import pivot_log
 
 
 def _data(outcome_log, tiers, embedder):

@@ -1,4 +1,4 @@
-"""Training pipeline: outcome log -> features -> DifficultyModel -> evaluation against baselines."""
+"""Evaluation: a fitted router's cost–quality curve against baselines, per category, and the champion's AIQ."""
 
 from __future__ import annotations
 
@@ -12,52 +12,15 @@ import pandas as pd
 from sklearn.linear_model import LogisticRegression
 
 from router import evaluate as ev
-from router.artifact import RouterArtifact, estimate_tokens_out
+from router.artifact import RouterArtifact
 from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
-from router.features import FeatureSpec, featurize
-from router.model import DifficultyModel
+from router.features import featurize
 from router.policy import lambda_reaching, tradeoff
 from router.schema import TiersConfig
-from router.text import normalize_text
+from training.data import PromptTable, Split
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PromptTable:
-    """The outcome log pivoted to one row per prompt."""
-
-    prompts: pd.DataFrame  # prompt_id, prompt, category
-    scores: np.ndarray  # (n, k) per tier, NaN where that tier has no outcome
-    costs: np.ndarray  # (n, k)
-    model_scores: pd.DataFrame  # (n, all models) for the best-single-model baseline
-    model_costs: pd.DataFrame
-
-
-def pivot_log(log: pd.DataFrame, tiers: TiersConfig) -> PromptTable:
-    """One row per prompt_id with the realised score and cost of each tier (and of every model)."""
-    first = log.drop_duplicates("prompt_id").set_index("prompt_id")
-    prompts = pd.DataFrame(
-        {
-            "prompt_id": first.index,
-            "prompt": first["prompt"].to_numpy(),
-            "category": first["category"].fillna("").astype(str).to_numpy() if "category" in first else "",
-        }
-    )
-    scores = log.pivot(index="prompt_id", columns="model", values="score").reindex(prompts["prompt_id"])
-    costs = log.pivot(index="prompt_id", columns="model", values="cost_usd").reindex(prompts["prompt_id"])
-    models = [t.model for t in tiers.tiers]
-    tier_s = scores.reindex(columns=models).to_numpy(dtype=float)
-    tier_c = costs.reindex(columns=models).to_numpy(dtype=float)
-    keep = np.isfinite(tier_s).any(axis=1)
-    return PromptTable(
-        prompts=prompts[keep].reset_index(drop=True),
-        scores=tier_s[keep],
-        costs=tier_c[keep],
-        model_scores=scores[keep],
-        model_costs=costs[keep],
-    )
 
 
 @dataclass
@@ -70,14 +33,6 @@ class EvalResult:
     metrics: dict[str, float] = field(default_factory=dict)
     test_pred: np.ndarray | None = None
     test_scores: np.ndarray | None = None
-
-
-@dataclass
-class TrainResult:
-    artifact: RouterArtifact
-    evaluation: EvalResult
-    params: dict[str, Any]
-    test_prompt_ids: list[str]
 
 
 def logreg_predictor(X: np.ndarray, Y: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -199,30 +154,6 @@ def per_category(
     return out
 
 
-@dataclass(frozen=True)
-class Split:
-    """The pivoted log and its train/test masks (split by normalised prompt text)."""
-
-    table: PromptTable
-    train: np.ndarray
-    test: np.ndarray
-    log: pd.DataFrame
-    tiers: TiersConfig
-
-
-def split_log(log: pd.DataFrame, tiers: TiersConfig, test_size: float, seed: int) -> Split:
-    """Keep the models behind a tier, pivot per prompt, and split so no prompt text is on both sides."""
-    used = log[log["model"].isin([t.model for t in tiers.tiers])]
-    dropped = sorted(set(log["model"]) - set(used["model"]))
-    if dropped:
-        logger.info("models behind no tier, skipped: %s", dropped)
-    table = pivot_log(used, tiers)
-    groups = [normalize_text(p) for p in table.prompts["prompt"]]
-    train, test = ev.split_by_group(groups, test_size, seed)
-    logger.info("prompts: %d train, %d test", train.sum(), test.sum())
-    return Split(table, train, test, used, tiers)
-
-
 def evaluate_artifact(
     artifact: RouterArtifact,
     split: Split,
@@ -243,35 +174,3 @@ def evaluate_artifact(
         others["kNN (k=25)"] = ev.knn_predictor(emb[train], split.table.scores[train])(emb[test])
         others["logistic regression"] = logreg_predictor(X[train], split.table.scores[train], seed)(X[test])
     return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others)
-
-
-def train_router(
-    split: Split,
-    embedder: Embedder,
-    cache: EmbeddingCache | None,
-    features: FeatureSpec,
-    model: DifficultyModel,
-) -> RouterArtifact:
-    """Fit the difficulty model on the split's train prompts."""
-    table = split.table
-    X = featurize(table.prompts["prompt"][split.train].tolist(), features, embedder, cache)
-    model.fit(X, table.scores[split.train], split.tiers.names)
-    return RouterArtifact(
-        model=model, features=features, tiers=split.tiers, tokens_out=estimate_tokens_out(split.log, split.tiers)
-    )
-
-
-def run_params(
-    split: Split, features: FeatureSpec, model: DifficultyModel, test_size: float, seed: int
-) -> dict[str, Any]:
-    """Everything that defines a run, for MLflow."""
-    return {
-        **{f"model.{k}": v for k, v in model.get_params().items()},
-        **{f"features.{k}": v for k, v in features.model_dump().items()},
-        "tiers": ",".join(f"{t.name}={t.model}" for t in split.tiers.tiers),
-        "test_size": test_size,
-        "seed": seed,
-        "n_prompts": len(split.table.prompts),
-        "n_train_prompts": int(split.train.sum()),
-        "n_outcomes": len(split.log),
-    }
