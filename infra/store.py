@@ -19,7 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from router.schema import Outcome
+from router.schema import Outcome, OutcomeBase
 from router.text import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -137,19 +137,12 @@ class DecisionRow:
     created_at: datetime = field(default_factory=_now)
 
 
-@dataclass(frozen=True)
-class OutcomeRow:
+class OutcomeRow(OutcomeBase):
+    """An outcome as the store keeps it: its id, the decision it settles and the caller who sent it."""
+
     id: str
-    prompt: str
-    model: str
-    score: float
-    cost_usd: float
     decision_id: str | None = None
-    session_id: str | None = None
     owner: str | None = None
-    tokens_in: int | None = None
-    tokens_out: int | None = None
-    latency_ms: float | None = None
 
 
 def _session(row: Any) -> SessionRow:
@@ -360,7 +353,7 @@ class Store:
         new = 0
         with self.engine.begin() as conn:
             for r in rows:
-                values = {**r.__dict__, "prompt_id": prompt_id_of(r.prompt), "created_at": _now()}
+                values = {**r.model_dump(), "prompt_id": prompt_id_of(r.prompt), "created_at": _now()}
                 if not _insert_new_outcome(conn, values):
                     continue
                 new += 1

@@ -29,20 +29,29 @@ CHARS_PER_TOKEN = 4.0
 """Token estimate used where the log has no token counts: characters / 4, as the public logs do."""
 
 
-class Outcome(BaseModel):
-    """One prompt answered by one model: what it earned and what it cost."""
+class OutcomeBase(BaseModel):
+    """One prompt answered by one model: what it earned and what it cost.
+
+    The fields an outcome has wherever it is kept: declared once here; the log row (`Outcome`) and the
+    store's row (`infra.store.OutcomeRow`) derive from it and add what only they carry.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
-    prompt_id: str = Field(min_length=1)
     prompt: str = Field(min_length=1)
     model: str = Field(min_length=1)
     score: float = Field(ge=0, le=1)
     cost_usd: float = Field(ge=0)
-    category: str | None = None
     session_id: str | None = None
     tokens_in: int | None = Field(default=None, ge=0)
     tokens_out: int | None = Field(default=None, ge=0)
     latency_ms: float | None = Field(default=None, ge=0)
+
+
+class Outcome(OutcomeBase):
+    """One row of an outcome log: an outcome with its prompt id, category and time."""
+
+    prompt_id: str = Field(min_length=1)
+    category: str | None = None
     timestamp: str | None = None
 
     @model_validator(mode="after")

@@ -124,3 +124,17 @@ def test_shipped_configs_load():
     assert len(per_model.tiers) == 11
     prices = [t.input_per_1m + t.output_per_1m for t in per_model.tiers]
     assert prices == sorted(prices)
+
+
+def test_one_outcome_shape_everywhere():
+    """The log row, the store's row and table, and the API model all carry OutcomeBase's fields."""
+    from infra.store import OutcomeRow, outcomes
+    from router.schema import OPTIONAL_COLUMNS, REQUIRED_COLUMNS, Outcome, OutcomeBase
+    from serving.schemas import OutcomeIn
+
+    base = set(OutcomeBase.model_fields)
+    assert {"prompt", "model", "score", "cost_usd"} <= base
+    assert set(Outcome.model_fields) == set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS)
+    assert issubclass(Outcome, OutcomeBase) and issubclass(OutcomeRow, OutcomeBase)
+    assert set(outcomes.c.keys()) == set(OutcomeRow.model_fields) | {"prompt_id", "created_at"}
+    assert base <= set(OutcomeIn.model_fields)
