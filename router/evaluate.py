@@ -9,12 +9,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.neighbors import NearestNeighbors
 
 from router.policy import cheapest_sufficient, lambda_grid, tradeoff
 
 
 def split_by_group(groups: Sequence[str], test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean train/test masks such that no group (e.g. a normalised prompt text) is on both sides."""
+    """Boolean train/test masks such that no group (e.g. a normalised prompt text) is on both sides.
+
+    Not GroupShuffleSplit: it draws other groups for the same seed, and the published numbers rest on this split.
+    """
     if not 0 < test_size < 1:
         raise ValueError("test_size must be in (0, 1)")
     uniq = np.array(sorted(set(groups)))
@@ -168,7 +172,10 @@ def gap_metrics(curve: Curve, weak: tuple[float, float], strong: tuple[float, fl
 
 
 def expected_calibration_error(pred: np.ndarray, actual: np.ndarray, n_bins: int = 10) -> float:
-    """ECE over equal-width bins: sum of |mean prediction - mean outcome| weighted by bin share."""
+    """ECE over equal-width bins: sum of |mean prediction - mean outcome| weighted by bin share.
+
+    Binned by hand: sklearn's calibration_curve takes binary labels only, and scores here are fractions.
+    """
     pred, actual = np.ravel(pred), np.ravel(actual)
     have = np.isfinite(actual)
     pred, actual = pred[have], actual[have]
@@ -186,15 +193,14 @@ def expected_calibration_error(pred: np.ndarray, actual: np.ndarray, n_bins: int
 def knn_predictor(train_X: np.ndarray, train_Y: np.ndarray, k: int = 25) -> Callable[[np.ndarray], np.ndarray]:
     """A kNN baseline: a prompt's predicted score per tier is the mean over its k nearest neighbours.
 
-    Uses cosine similarity (features are unit vectors); NaN scores are ignored.
+    Neighbours by cosine distance; NaN scores are ignored (0.5 where all k are NaN).
     """
-    Xn = train_X / np.maximum(np.linalg.norm(train_X, axis=1, keepdims=True), 1e-12)
+    nn = NearestNeighbors(n_neighbors=min(k, len(train_X)), metric="cosine", algorithm="brute").fit(train_X)
     filled = np.nan_to_num(train_Y)
     present = np.isfinite(train_Y).astype(float)
 
     def predict(X: np.ndarray) -> np.ndarray:
-        q = X / np.maximum(np.linalg.norm(X, axis=1, keepdims=True), 1e-12)
-        idx = np.argpartition(-(q @ Xn.T), kth=min(k, len(Xn) - 1), axis=1)[:, :k]
+        idx = nn.kneighbors(X, return_distance=False)
         num = filled[idx].sum(axis=1)
         den = present[idx].sum(axis=1)
         return np.asarray(np.divide(num, den, out=np.full_like(num, 0.5), where=den > 0))

@@ -38,7 +38,10 @@ def cost_quality_figure(curves: Mapping[str, Curve], top_cost: float) -> Figure:
 
 
 def calibration_figure(pred: np.ndarray, actual: np.ndarray, tier_names: Sequence[str], n_bins: int = 10) -> Figure:
-    """Reliability diagram: mean realised score per bin of predicted score, per tier."""
+    """Reliability diagram: mean realised score per bin of predicted score, per tier.
+
+    Binned by hand: sklearn's calibration_curve takes binary labels only, and scores here are fractions.
+    """
     fig, ax = plt.subplots(figsize=(5.5, 5))
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     for j, name in enumerate(tier_names):
