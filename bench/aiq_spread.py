@@ -72,8 +72,8 @@ def main() -> None:
     write_json(REPO / "bench" / "results" / "aiq_spread.json", report)
     for backend in ("torch", "onnx-int8"):
         r = report[backend]
-        print(f"{backend:10s} AIQ mean {r['mean']:.4f} std {r['std']:.4f} range {r['range']:.4f}")  # noqa: T201
-    print(f"int8 - torch (means): {report['int8_minus_torch_mean']:+.4f}")  # noqa: T201
+        print(f"{backend:10s} AIQ mean {r['mean']:.4f} std {r['std']:.4f} range {r['range']:.4f}")
+    print(f"int8 - torch (means): {report['int8_minus_torch_mean']:+.4f}")
 
 
 if __name__ == "__main__":

@@ -146,7 +146,7 @@ def main() -> None:
         if isinstance(row, dict) and "same_tier_min" in row:
             print(
                 f"{name:40s} same tier min {row['same_tier_min']:.3f} mean {row['same_tier_mean']:.3f} AIQ {row['AIQ']:.4f}"
-            )  # noqa: T201
+            )
 
 
 if __name__ == "__main__":

@@ -578,7 +578,7 @@ def main() -> None:
         (args.out / "quality.md").write_text(to_markdown(json.loads((args.out / "quality.json").read_text())))
         return
     res = run(args.quick, args.boot, args.out, args.only)
-    print(f"wrote {args.out / 'quality.md'} in {res['total_seconds'] / 60:.1f} min")  # noqa: T201
+    print(f"wrote {args.out / 'quality.md'} in {res['total_seconds'] / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -100,7 +100,7 @@ def main() -> None:
     if args.write:
         write(REPO / "README.md", text)
     else:
-        print(text)  # noqa: T201
+        print(text)
 
 
 if __name__ == "__main__":

@@ -246,7 +246,7 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
-    except Exception as exc:  # noqa: BLE001 - any parser failure becomes one clear line
+    except Exception as exc:  # any parser failure becomes one clear line
         raise OutcomeLogError(path, f"cannot be read as {suffix.lstrip('.')}: {exc}") from None
     raise OutcomeLogError(path, f"unsupported format '{suffix}': use .parquet, .csv or .jsonl")
 

@@ -29,13 +29,13 @@ def preflight(settings: Settings) -> str | None:
     source = source_from_settings(settings)
     try:
         loaded = source.load()
-    except Exception as exc:  # noqa: BLE001 - any load failure is the service's to report
+    except Exception as exc:  # any load failure is the service's to report
         logger.info("preflight: no model to check (%s)", exc)
         return None
     try:
         embedder = make_embedder(settings.embedder, onnx_dir=settings.cache_dir / "onnx")
         build_runtime(loaded, settings.tiers_path, embedder, settings.intra_op_threads)
-    except Exception as exc:  # noqa: BLE001 - EmbedderMismatch, TiersConfigError, missing or unreadable ONNX files
+    except Exception as exc:  # EmbedderMismatch, TiersConfigError, missing or unreadable ONNX files
         return f"{loaded.version}: {first_line(exc)}"
     return None
 
@@ -48,7 +48,7 @@ def migrate_before_fork(database_url: str) -> None:
     store = Store(database_url)
     try:
         store.migrate()
-    except Exception as exc:  # noqa: BLE001 - any failure here is the workers' to retry
+    except Exception as exc:  # any failure here is the workers' to retry
         reason = first_line(exc)
         logger.warning("tierwise: store unavailable (%s); starting unready, retrying in the background", reason)
     finally:

@@ -93,7 +93,7 @@ class ModelManager:
                 self._load()
             except (EmbedderMismatch, TiersConfigError):
                 raise
-            except Exception as exc:  # noqa: BLE001 - registry and file errors come in many kinds
+            except Exception as exc:  # registry and file errors come in many kinds
                 self._not_ready(exc)
 
     def _not_ready(self, exc: Exception) -> None:
@@ -113,7 +113,7 @@ class ModelManager:
             logger.info("another worker reloaded (generation %d); reloading", generation)
             try:
                 self._load()
-            except Exception as exc:  # noqa: BLE001 - keep serving the previous model
+            except Exception as exc:  # keep serving the previous model
                 logger.error("reload generation %d refused by this worker, which keeps its model: %s", generation, exc)
             return True
 
@@ -123,7 +123,7 @@ class ModelManager:
                 return
             try:
                 self._load()
-            except Exception as exc:  # noqa: BLE001 - still not ready; say why on /readyz
+            except Exception as exc:  # still not ready; say why on /readyz
                 self.state.load_error = str(exc)
 
     async def watch(self, interval_s: float) -> None:
@@ -141,7 +141,7 @@ class ModelManager:
                     await run_in_threadpool(self._retry_load)
                     retry_s = min(retry_s * 2, max(LOAD_RETRY_MAX_S, interval_s))
                     retry_at = time.monotonic() + retry_s
-            except Exception as exc:  # noqa: BLE001 - keep watching; the current model keeps serving
+            except Exception as exc:  # keep watching; the current model keeps serving
                 logger.error("reload watch failed: %s", exc)
 
     async def poll(self, interval_s: float) -> None:
@@ -154,5 +154,5 @@ class ModelManager:
                 if version != current:
                     logger.info("model source moved from %s to %s; reloading", current, version)
                     await run_in_threadpool(self.reload_here)
-            except Exception as exc:  # noqa: BLE001 - keep polling; the old model keeps serving
+            except Exception as exc:  # keep polling; the old model keeps serving
                 logger.error("alias poll failed: %s", exc)

@@ -53,7 +53,7 @@ class ScrapeTime:
     def _frozen(self, count: Callable[[], int]) -> float:
         try:
             return float(count())
-        except Exception:  # noqa: BLE001 - a scrape must not fail because the store is down
+        except Exception:  # a scrape must not fail because the store is down
             self.store_errors.inc()
             return float("nan")
 

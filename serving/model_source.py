@@ -147,14 +147,14 @@ class FallbackSource:
     def resolve(self) -> str:
         try:
             return self.primary.resolve()
-        except Exception as exc:  # noqa: BLE001 - any registry failure means: use the fallback
+        except Exception as exc:  # any registry failure means: use the fallback
             logger.warning("registry unavailable (%s); using the local model", exc)
             return self.fallback.resolve()
 
     def load(self) -> LoadedModel:
         try:
             return self.primary.load()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             logger.warning("cannot load from the registry (%s); using the local model", exc)
             return self.fallback.load()
 

@@ -166,7 +166,7 @@ class OutcomeRecorder:
                 continue
             try:
                 await run_in_threadpool(self.replay, current)
-            except Exception as exc:  # noqa: BLE001 - the timer must outlive any one failed replay
+            except Exception as exc:  # the timer must outlive any one failed replay
                 logger.error("spool replay failed: %s", describe(exc))
 
     def status(self, last: int = 10) -> SpoolStatus:

@@ -34,7 +34,7 @@ class StoreMigrator:
         """Migrate once; whether the store is up to date now."""
         try:
             self.store.migrate()
-        except Exception as exc:  # noqa: BLE001 - connection, auth and DDL errors all mean: not ready yet
+        except Exception as exc:  # connection, auth and DDL errors all mean: not ready yet
             reason = f"store unavailable: {first_line(exc)}"
             if reason != self.state.store_error:
                 logger.error("%s; /readyz answers 503 and the migration is retried", reason)

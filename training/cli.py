@@ -179,7 +179,7 @@ def _load_artifact(s: Settings, model_uri: str | None) -> RouterArtifact:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             return tracking.download_artifact(uri, Path(tmp))
-    except Exception as exc:  # noqa: BLE001 - any registry failure is one line for the user
+    except Exception as exc:  # any registry failure is one line for the user
         _fail(f"cannot load model {uri} from {s.mlflow_tracking_uri}: {exc}. Run `make train` first.")
         raise
 

@@ -45,7 +45,7 @@ def int8_recipe(path: Path) -> str | None:
 
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception:  # noqa: BLE001 - a file onnx cannot read (truncated, not ONNX) is rebuilt, not trusted
+    except Exception:  # a file onnx cannot read (truncated, not ONNX) is rebuilt, not trusted
         return None
     return {p.key: p.value for p in model.metadata_props}.get(RECIPE_KEY)
 

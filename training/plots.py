@@ -7,11 +7,11 @@ from collections.abc import Mapping, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
-from router.evaluate import Curve, upper_hull  # noqa: E402
+from router.evaluate import Curve, upper_hull
 
 
 def cost_quality_figure(curves: Mapping[str, Curve], top_cost: float) -> Figure:

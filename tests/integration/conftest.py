@@ -115,7 +115,7 @@ def pg_available() -> bool:
             pass
         eng.dispose()
         return True
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 

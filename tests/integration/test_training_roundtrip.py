@@ -36,7 +36,7 @@ def _pg_available() -> bool:
         with sa.create_engine(PG_URL).connect() as conn:
             conn.execute(sa.text("select 1"))
         return True
-    except Exception:  # noqa: BLE001
+    except Exception:
         return False
 
 

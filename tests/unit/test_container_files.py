@@ -149,7 +149,7 @@ def http_status() -> Iterator[tuple[int, list[int]]]:
     status = [200]
 
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_GET(self) -> None:  # the stdlib's name
             self.send_response(status[0])
             self.end_headers()
 

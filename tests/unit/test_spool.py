@@ -177,7 +177,7 @@ def test_one_drainer_at_a_time_across_workers(tmp_path: Path) -> None:
         try:
             while spool.has_pending():
                 spool.drain(write, Sink().quarantine)
-        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+        except Exception as exc:  # reported by the assertion below
             errors.append(exc)
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
