@@ -100,19 +100,23 @@ def invalid(msg: str, loc: tuple[str | int, ...] = ("body",)) -> JSONResponse:
 def install_handlers(app: FastAPI) -> None:
     """Map every domain error to its 4xx/503; anything else is logged and answered 500."""
 
-    async def service_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ServiceError)
+    @app.exception_handler(ServiceError)
+    async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         if isinstance(exc, Invalid):
             return invalid(exc.detail, exc.loc)
         return _answer(exc.status, exc.detail, exc.body)
 
-    async def no_tier_fits(_: Request, exc: Exception) -> JSONResponse:
+    @app.exception_handler(NoTierFits)
+    async def no_tier_fits(_: Request, exc: NoTierFits) -> JSONResponse:
         return invalid(str(exc))
 
-    async def config_error(_: Request, exc: Exception) -> JSONResponse:
+    @app.exception_handler(TiersConfigError)
+    @app.exception_handler(EmbedderMismatch)
+    async def config_error(_: Request, exc: ValueError) -> JSONResponse:
         return _answer(409, str(exc))
 
-    async def db_error(request: Request, exc: Exception) -> JSONResponse:
+    @app.exception_handler(DBAPIError)
+    async def db_error(request: Request, exc: DBAPIError) -> JSONResponse:
         # A value the store refuses is the client's mistake (the edge should have caught it): no store error.
         # The message is not logged or echoed: it may quote the value.
         if isinstance(exc, DataError):
@@ -125,17 +129,10 @@ def install_handlers(app: FastAPI) -> None:
         logger.error("store error: %s", exc)
         return _answer(503, "the decision store is unavailable; retry")
 
-    async def invalid_request(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
         # Only loc, msg and type: the offending input may be NaN or huge, and the answer must be valid JSON.
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
         ]
         return JSONResponse({"detail": errors}, status_code=422)
-
-    app.add_exception_handler(RequestValidationError, invalid_request)
-    app.add_exception_handler(ServiceError, service_error)
-    app.add_exception_handler(NoTierFits, no_tier_fits)
-    app.add_exception_handler(TiersConfigError, config_error)
-    app.add_exception_handler(EmbedderMismatch, config_error)
-    app.add_exception_handler(DBAPIError, db_error)

@@ -70,6 +70,9 @@ class OnnxEmbedder:
             if self._session is None or self._tokenizer is None:
                 import onnxruntime as ort
 
+                for path in (self.model_file, self.tokenizer_file):
+                    if not path.is_file():
+                        raise FileNotFoundError(f"{path} is missing; build the embedder with `make setup`")
                 tokenizer = Tokenizer.from_file(str(self.tokenizer_file))
                 # tokenizer.json ships with 128-token truncation and fixed padding; MiniLM reads 256.
                 tokenizer.enable_truncation(max_length=self.max_length)

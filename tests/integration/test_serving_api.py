@@ -279,10 +279,15 @@ def test_reload_swaps_tier_model(client: TestClient, tmp_path: Path) -> None:
 
 
 def test_reload_keeps_in_flight_runtime(client: TestClient) -> None:
+    """A request holds the Runtime it read; a reload swaps in a new one and leaves the held one untouched."""
     old = client.app.state.runtime
-    client.post("/admin/reload", headers=A)
-    assert client.app.state.runtime is not old
-    assert old.score([EASY])[0].shape == (1, 3)  # the old runtime still answers
+    version, router, (quality, cost) = old.version, old.router, old.score([EASY, HARD])
+    assert client.post("/admin/reload", headers=A).status_code == 200
+    new = client.app.state.runtime
+    assert new is not old and new.router is not router
+    assert old.version == version and old.router is router
+    again_quality, again_cost = old.score([EASY, HARD])
+    assert (again_quality == quality).all() and (again_cost == cost).all()
 
 
 class Moving:

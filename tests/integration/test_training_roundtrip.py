@@ -163,6 +163,10 @@ def test_a_champion_whose_embedder_is_gone_is_replaced(tmp_path: Path, monkeypat
     same = tracking.champion_aiq(NAME, split, cache, 0, lambda backend: HashingEmbedder())
     assert same == pytest.approx(old.evaluation.metrics["router_AIQ"])
     upgraded = HashingEmbedder(name="test/hashing:hash+v2")
-    assert tracking.champion_aiq(NAME, split, cache, 0, lambda backend: upgraded) is None
-    assert tracking.decide_alias(0.1, None)[0] == "champion"  # so the new model replaces it
+    gone = tracking.champion_aiq(NAME, split, cache, 0, lambda backend: upgraded)
+    assert gone is None
+    # So the next run replaces it, even with a worse AIQ than the old champion measured.
+    weaker, _ = _train(tmp_path, seed=1, n_estimators=2)
+    reg = tracking.log_and_register(weaker, NAME, gone, prompts, _training_log(tmp_path))
+    assert reg.alias == "champion" and reg.version == "2"
     mlflow.end_run()

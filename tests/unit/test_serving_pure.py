@@ -1,0 +1,134 @@
+"""The service's pure pieces without a model or a store: keys and scopes, ownership, and the error mapping."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+from pydantic import BaseModel
+
+from router.features import EmbedderMismatch
+from router.policy import NoTierFits
+from router.schema import TiersConfigError
+from serving.errors import Forbidden, Invalid, NotFound, OverBudget, ServiceError, Unauthorized, install_handlers
+from serving.security import ANONYMOUS, KeyRing, Principal, check_owner, hash_key, require_admin
+
+CLIENT, ADMIN = "client-key", "admin-key"
+
+
+@pytest.fixture
+def ring() -> KeyRing:
+    return KeyRing({hash_key(CLIENT): "client", hash_key(ADMIN).upper(): "admin"})
+
+
+def test_keys_authenticate_to_their_scope(ring: KeyRing) -> None:
+    assert ring.authenticate(CLIENT) == Principal(hash_key(CLIENT), "client")
+    assert ring.authenticate(f"  {ADMIN} ").is_admin  # configured hashes are case-insensitive, tokens stripped
+
+
+@pytest.mark.parametrize(("token", "message"), [(None, "missing"), ("  ", "missing"), ("nope", "unknown")])
+def test_bad_tokens_are_401(ring: KeyRing, token: str | None, message: str) -> None:
+    with pytest.raises(Unauthorized, match=message):
+        ring.authenticate(token)
+
+
+def test_without_keys_everyone_is_admin_but_only_on_loopback() -> None:
+    ring = KeyRing({})
+    assert ring.authenticate(None) is ANONYMOUS
+    ring.check_bind("127.0.0.1")
+    with pytest.raises(ValueError, match="keys are required"):
+        ring.check_bind("0.0.0.0")
+    KeyRing({hash_key(CLIENT): "client"}).check_bind("0.0.0.0")
+
+
+def test_unknown_scope_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown scope"):
+        KeyRing({hash_key(CLIENT): "root"})
+
+
+def test_owner_and_admin_checks(ring: KeyRing) -> None:
+    client, admin = ring.authenticate(CLIENT), ring.authenticate(ADMIN)
+    check_owner(client, hash_key(CLIENT))
+    check_owner(client, None)
+    check_owner(admin, hash_key(CLIENT))
+    with pytest.raises(Forbidden):
+        check_owner(client, hash_key("someone else"))
+    assert require_admin(admin) is admin
+    with pytest.raises(Forbidden):
+        require_admin(client)
+
+
+class Body(BaseModel):
+    n: int
+
+
+@pytest.fixture
+def app_client() -> TestClient:
+    app = FastAPI()
+    install_handlers(app)
+    raising = {
+        "not-found": NotFound("no such session"),
+        "over-budget": OverBudget("spent", body={"session_id": "s", "cap_usd": 1.0}),
+        "unauthorized": Unauthorized("missing bearer token"),
+        "invalid": Invalid("no tier 'x'", ("body", "min_tier")),
+        "no-tier": NoTierFits("no tier fits max_cost_usd 0"),
+        "tiers": TiersConfigError("the model was trained for other tiers"),
+        "embedder": EmbedderMismatch("other embedder"),
+    }
+
+    @app.get("/raise/{name}")
+    def raise_(name: str) -> None:
+        raise raising[name]
+
+    @app.post("/body")
+    def body(b: Body) -> int:
+        return b.n
+
+    return TestClient(app, raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "detail"),
+    [
+        ("not-found", 404, "no such session"),
+        ("over-budget", 402, "spent"),
+        ("unauthorized", 401, "missing bearer token"),
+        ("tiers", 409, "the model was trained for other tiers"),
+        ("embedder", 409, "other embedder"),
+    ],
+)
+def test_domain_errors_map_to_their_status(app_client: TestClient, name: str, status: int, detail: str) -> None:
+    r = app_client.get(f"/raise/{name}")
+    assert r.status_code == status and r.json()["detail"] == detail
+    assert ("www-authenticate" in r.headers) == (status == 401)
+
+
+def test_a_refusal_body_travels_with_the_detail(app_client: TestClient) -> None:
+    assert app_client.get("/raise/over-budget").json() == {"detail": "spent", "session_id": "s", "cap_usd": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("name", "loc", "msg"), [("invalid", ["body", "min_tier"], "no tier 'x'"), ("no-tier", ["body"], "no tier fits")]
+)
+def test_invalid_and_no_tier_fits_are_422_in_the_validation_shape(
+    app_client: TestClient, name: str, loc: list[str], msg: str
+) -> None:
+    r = app_client.get(f"/raise/{name}")
+    assert r.status_code == 422
+    [error] = r.json()["detail"]
+    assert error["loc"] == loc and error["msg"].startswith(msg) and error["type"] == "value_error"
+
+
+def test_request_validation_answers_only_loc_msg_type(app_client: TestClient) -> None:
+    r = app_client.post("/body", json={"n": "not a number"})
+    assert r.status_code == 422
+    [error] = r.json()["detail"]
+    assert set(error) == {"loc", "msg", "type"} and error["loc"] == ["body", "n"]
+
+
+def test_every_service_error_has_a_4xx_or_503_status() -> None:
+    def subclasses(cls: type) -> list[type]:
+        return [c for s in cls.__subclasses__() for c in (s, *subclasses(s))]
+
+    statuses = {c.__name__: c.status for c in subclasses(ServiceError)}
+    assert statuses and all(400 <= s < 500 or s == 503 for s in statuses.values()), statuses
