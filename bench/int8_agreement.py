@@ -22,18 +22,17 @@ from typing import Any
 import numpy as np
 
 from bench.common import ONNX_DIR, REPO, machine_info, write_json
+from bench.split import load_bench_split
 from infra.settings import Settings
 from router import evaluate as ev
 from router.artifact import RouterArtifact, estimate_tokens_out
 from router.embedders.factory import make_embedder
 from router.embedders.onnx import OnnxEmbedder
-from router.embedding_cache import EmbeddingCache, embed_cached
+from router.embedding_cache import embed_cached
 from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.policy import cheapest_sufficient, tradeoff
-from router.schema import load_outcomes, load_tiers
-from router.text import text_features, text_window
-from training.data import split_log
+from router.text import text_features
 
 logger = logging.getLogger("bench.int8_agreement")
 
@@ -74,11 +73,9 @@ def _cosine(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
 
 def run() -> dict[str, Any]:
     settings = Settings()
-    tiers = load_tiers(REPO / settings.tiers_path)
-    split = split_log(load_outcomes(REPO / settings.outcomes_path, tiers), tiers, test_size=0.3, seed=0)
-    prompts = split.table.prompts["prompt"].tolist()
-    texts = [text_window(p, FeatureSpec(embedder_id="").tail_chars) for p in prompts]
-    cache = EmbeddingCache(REPO / settings.cache_dir / "embeddings.sqlite")
+    data = load_bench_split(settings)
+    split, prompts, texts, cache = data.split, data.prompts, data.texts, data.cache
+    tiers = split.tiers
     tr, te = split.train, split.test
     with tempfile.TemporaryDirectory(prefix="tierwise-int8-") as tmp:
         variant = _Variant(_int8_every_matmul(Path(tmp)), ONNX_DIR / "tokenizer.json", quantized=False, batch_size=1)

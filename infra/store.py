@@ -392,18 +392,7 @@ class Store:
         """Every stored outcome in the training contract, for `tierwise train --from-store`."""
         with self.engine.connect() as conn:
             rows = conn.execute(outcomes.select().order_by(outcomes.c.created_at)).all()
+        shared = [name for name in Outcome.model_fields if name in outcomes.c]
         return [
-            Outcome(
-                prompt_id=r.prompt_id,
-                prompt=r.prompt,
-                model=r.model,
-                score=r.score,
-                cost_usd=r.cost_usd,
-                session_id=r.session_id,
-                tokens_in=r.tokens_in,
-                tokens_out=r.tokens_out,
-                latency_ms=r.latency_ms,
-                timestamp=r.created_at.isoformat(),
-            )
-            for r in rows
+            Outcome(**{name: r._mapping[name] for name in shared}, timestamp=r.created_at.isoformat()) for r in rows
         ]
