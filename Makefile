@@ -70,7 +70,7 @@ test-fast: $(STAMP)  ## unit tests only
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy router
-	$(BIN)/mypy serving training
+	$(BIN)/mypy serving training infra
 
 bench: setup $(DATA) $(TEST_ONNX)  ## benchmarks: JSON under bench/results/
 	$(BIN)/python -m bench.run_all
