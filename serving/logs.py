@@ -14,7 +14,10 @@ _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request_id, and any `extra` fields."""
+    """One JSON object per line: time, level, logger, message, request_id, and any `extra` fields.
+
+    Not python-json-logger: matching these keys, the UTC millisecond time and the optional request id is as long.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         out = {

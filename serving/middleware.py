@@ -18,7 +18,10 @@ logger = logging.getLogger("serving.access")
 
 class RequestContext:
     """Sets the request id, observes latency and logs the request once: method, path (never the query
-    string, which may carry a key) and status."""
+    string, which may carry a key) and status.
+
+    Not asgi-correlation-id: it refuses non-UUID ids by default and would be a second pass for what this one does.
+    """
 
     def __init__(self, app: ASGIApp, metrics: Metrics):
         self.app = app
