@@ -10,6 +10,8 @@ from router.policy import (
     cheapest_sufficient,
     decide,
     lambda_for_cost,
+    lambda_grid,
+    lambda_reaching,
     target_for_top_share,
     tradeoff,
 )
@@ -101,3 +103,23 @@ def test_lambda_for_cost_can_measure_spend_on_realised_costs():
     spent = realised[np.arange(400), tradeoff(q, expected, lam)].mean()
     assert spent <= 10.0 + 1e-9
     assert lam > lambda_for_cost(q, expected, 10.0)
+
+
+def test_lambda_grid_is_ascending_and_scaled_to_the_median_cost() -> None:
+    cost = np.array([[0.0, 0.002, 0.002], [0.0, 0.002, 0.02]])  # positive costs: median 0.002
+    grid = lambda_grid(cost)
+    assert (np.diff(grid) > 0).all() and 0.0 in grid
+    assert grid.max() == pytest.approx(1e4 / 0.002)
+
+
+def test_lambda_reaching_is_the_cheapest_setting_that_reaches_the_quality() -> None:
+    q = np.array([[0.5, 0.9], [0.8, 0.85], [0.2, 0.95]])
+    c = np.array([[1.0, 10.0], [1.0, 10.0], [1.0, 10.0]])
+    scores, costs = q.copy(), c.copy()
+    lam = lambda_reaching(q, c, scores, costs, min_quality=0.8)
+    rows = np.arange(3)
+    choice = tradeoff(q, c, lam)
+    assert scores[rows, choice].mean() >= 0.8
+    cheaper = [g for g in lambda_grid(c) if costs[rows, tradeoff(q, c, g)].mean() < costs[rows, choice].mean()]
+    assert all(scores[rows, tradeoff(q, c, g)].mean() < 0.8 for g in cheaper)
+    assert lambda_reaching(q, c, scores, costs, min_quality=2.0) == 0.0  # unreachable: the neutral setting
