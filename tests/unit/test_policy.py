@@ -46,26 +46,26 @@ def test_tradeoff_knob():
     assert tradeoff(q, c, 1000.0)[0] == 0
 
 
-def test_target_for_top_share_hits_the_share():
-    rng = np.random.default_rng(1)
-    q = np.sort(rng.random((1000, 3)), axis=1)
-    c = np.tile(COST, (1000, 1))
-    for share in (0.1, 0.3, 0.6):
-        t = target_for_top_share(q, c, share)
-        got = (cheapest_sufficient(q, c, t) == 2).mean()
-        assert abs(got - share) < 0.02
+def ladder(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n prompts whose predicted quality rises with the tier, at the fixed tier costs."""
+    q = np.sort(np.random.default_rng(seed).random((n, 3)), axis=1)
+    return q, np.tile(COST, (n, 1))
 
 
-def test_lambda_for_cost_meets_the_budget():
-    rng = np.random.default_rng(2)
-    q = np.sort(rng.random((500, 3)), axis=1)
-    c = np.tile(COST, (500, 1))
-    for budget in (2.0, 10.0, 30.0):
-        lam = lambda_for_cost(q, c, budget)
-        spent = c[np.arange(500), tradeoff(q, c, lam)].mean()
-        assert spent <= budget + 1e-9
-        spent_more = c[np.arange(500), tradeoff(q, c, lam * 0.9)].mean()
-        assert spent_more >= spent
+@pytest.mark.parametrize("share", [0.1, 0.3, 0.6])
+def test_target_for_top_share_hits_the_share(share: float) -> None:
+    q, c = ladder(1000, seed=1)
+    t = target_for_top_share(q, c, share)
+    assert abs((cheapest_sufficient(q, c, t) == 2).mean() - share) < 0.02
+
+
+@pytest.mark.parametrize("budget", [2.0, 10.0, 30.0])
+def test_lambda_for_cost_meets_the_budget(budget: float) -> None:
+    q, c = ladder(500, seed=2)
+    lam = lambda_for_cost(q, c, budget)
+    spent = c[np.arange(500), tradeoff(q, c, lam)].mean()
+    assert spent <= budget + 1e-9
+    assert c[np.arange(500), tradeoff(q, c, lam * 0.9)].mean() >= spent
 
 
 def test_decide_overrides_and_reasons():
