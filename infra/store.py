@@ -393,6 +393,8 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(outcomes.select().order_by(outcomes.c.created_at)).all()
         shared = [name for name in Outcome.model_fields if name in outcomes.c]
+        # Not re-validated here: training checks the exported log like any other (router.schema.validate_outcomes).
         return [
-            Outcome(**{name: r._mapping[name] for name in shared}, timestamp=r.created_at.isoformat()) for r in rows
+            Outcome.model_construct(**{name: r._mapping[name] for name in shared}, timestamp=r.created_at.isoformat())
+            for r in rows
         ]
