@@ -82,5 +82,5 @@ clean:  ## the venvs and the checkout's .cache; your stores (`tierwise settings 
 	rm -rf $(VENV) $(SERVE_VENV) .cache
 
 .PHONY: quality
-quality: setup $(DATA) $(TEST_ONNX)  ## routing-quality suite on all three datasets, bootstrap CIs (bench/results/quality.md; ~1 h on 2 busy cores)
+quality: setup $(DATA) $(TEST_ONNX)  ## routing-quality suite on all three datasets, bootstrap CIs (bench/results/quality.md; 29 min on 2 shared cores)
 	$(BIN)/python -m bench.quality
