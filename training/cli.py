@@ -11,7 +11,6 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated, Any
 
-import numpy as np
 import pandas as pd
 import typer
 from pydantic import ValidationError
@@ -216,9 +215,8 @@ def calibrate(
     tiers: TiersOpt = None,
 ) -> None:
     """Calibrate the knob on the held-out prompts: a quality target for a top-tier share, or λ for a mean cost."""
-    from router import evaluate as ev
-    from router.policy import cheapest_sufficient, lambda_for_cost, target_for_top_share, tradeoff
     from training.data import split_log
+    from training.evaluation import calibrate_knob
 
     if (top_share is None) == (mean_cost_usd is None):
         _fail("give exactly one of --top-share or --mean-cost-usd")
@@ -229,25 +227,12 @@ def calibrate(
     artifact = _load_artifact(s, model_uri)
     tier_cfg, log = _load_inputs(s, False)
     split = split_log(log, tier_cfg, s.test_size, s.seed)
-    sel = split.test & np.isfinite(split.table.scores).all(axis=1)
-    prompts = split.table.prompts["prompt"][sel].tolist()
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
-    cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
-    pred, cost = Router(artifact, embedder=embedder, cache=cache).score(prompts)
-    if top_share is not None:
-        knob = target_for_top_share(pred, cost, top_share)
-        choice, setting = cheapest_sufficient(pred, cost, knob), f"TIERWISE_QUALITY_TARGET={knob:.4f}"
-    else:
-        try:
-            knob = lambda_for_cost(pred, cost, float(mean_cost_usd or 0.0), split.table.costs[sel])
-        except ValueError as exc:
-            _fail(str(exc))
-        choice, setting = tradeoff(pred, cost, knob), f'"cost_weight_per_usd": {knob:.6g} in /route'
-    real_cost, real_q = ev.realised(choice, split.table.scores[sel], split.table.costs[sel])
-    shares = ", ".join(f"{n} {(choice == j).mean():.1%}" for j, n in enumerate(tier_cfg.names))
-    typer.echo(
-        f"{setting}\non {sel.sum()} held-out prompts: quality {real_q:.4f}, mean cost ${real_cost:.6g}; {shares}"
-    )
+    router = Router(artifact, embedder=embedder, cache=EmbeddingCache(s.cache_dir / "embeddings.sqlite"))
+    try:
+        typer.echo(calibrate_knob(router, split, top_share, mean_cost_usd))
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 def _read_batch(path: Path) -> list[dict[str, str]]:

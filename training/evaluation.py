@@ -16,7 +16,14 @@ from router.artifact import RouterArtifact
 from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
 from router.features import featurize
-from router.policy import lambda_reaching, tradeoff
+from router.policy import (
+    cheapest_sufficient,
+    lambda_for_cost,
+    lambda_reaching,
+    target_for_top_share,
+    tradeoff,
+)
+from router.routing import Router
 from router.schema import TiersConfig
 from training.data import PromptTable, Split
 
@@ -174,3 +181,22 @@ def evaluate_artifact(
         others["kNN (k=25)"] = ev.knn_predictor(emb[train], split.table.scores[train])(emb[test])
         others["logistic regression"] = logreg_predictor(X[train], split.table.scores[train], seed)(X[test])
     return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others)
+
+
+def calibrate_knob(router: Router, split: Split, top_share: float | None, mean_cost_usd: float | None) -> str:
+    """The knob for the held-out prompts: a quality target for a top-tier share, else λ for a mean cost.
+
+    Returns the setting and what it realises, as the lines `tierwise calibrate` prints; ValueError when no λ
+    reaches the cost.
+    """
+    sel = split.test & np.isfinite(split.table.scores).all(axis=1)
+    pred, cost = router.score(split.table.prompts["prompt"][sel].tolist())
+    if top_share is not None:
+        knob = target_for_top_share(pred, cost, top_share)
+        choice, setting = cheapest_sufficient(pred, cost, knob), f"TIERWISE_QUALITY_TARGET={knob:.4f}"
+    else:
+        knob = lambda_for_cost(pred, cost, float(mean_cost_usd or 0.0), split.table.costs[sel])
+        choice, setting = tradeoff(pred, cost, knob), f'"cost_weight_per_usd": {knob:.6g} in /route'
+    real_cost, real_q = ev.realised(choice, split.table.scores[sel], split.table.costs[sel])
+    shares = ", ".join(f"{n} {(choice == j).mean():.1%}" for j, n in enumerate(split.tiers.names))
+    return f"{setting}\non {sel.sum()} held-out prompts: quality {real_q:.4f}, mean cost ${real_cost:.6g}; {shares}"

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from infra.settings import get_settings
 from router.features import FeatureSpec
 from router.model import DifficultyModel
-from tests.conftest import HashingEmbedder, make_log
+from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
 from training import cli
 from training.data import split_log
 from training.fit import train_router
@@ -111,3 +111,29 @@ def test_from_store_adds_the_service_outcomes(tmp_path, tiers):
 def test_bad_flag_value_is_one_line():
     res = runner.invoke(cli.app, ["train", "--test-size", "2"])
     assert res.exit_code == 2 and "--test-size" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "setting"),
+    [(["--top-share", "0.3"], "TIERWISE_QUALITY_TARGET="), (["--mean-cost-usd", "1"], "cost_weight_per_usd")],
+)
+def test_calibrate_prints_the_setting_and_what_it_realises(tmp_path, artifact_dir, monkeypatch, args, setting):
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    log = tmp_path / "log.parquet"
+    make_log(150).to_parquet(log)
+    tiers_file = tmp_path / "tiers.toml"
+    tiers_file.write_text(
+        "".join(
+            f"[models.{m}]\ninput_per_1m = {p['input_per_1m']}\noutput_per_1m = {p['output_per_1m']}\n"
+            for m, p in TIERS_TOML["models"].items()
+        )
+        + "".join(f'[[tiers]]\nname = "{t["name"]}"\nmodel = "{t["model"]}"\n' for t in TIERS_TOML["tiers"])
+    )
+    res = runner.invoke(
+        cli.app,
+        ["calibrate", *args, "--model-uri", str(artifact_dir), "--outcomes", str(log), "--tiers", str(tiers_file)],
+    )
+    assert res.exit_code == 0, res.output
+    first, second = res.output.strip().splitlines()[-2:]
+    assert setting in first
+    assert "held-out prompts: quality" in second and "mean cost $" in second
