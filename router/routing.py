@@ -38,11 +38,6 @@ class Router:
     def names(self) -> list[str]:
         return self.tiers.names
 
-    def check(self) -> Router:
-        """Refuse live tiers that rename, add or reorder the artifact's (TiersConfigError); return self."""
-        self.artifact.check_tiers(self.tiers)
-        return self
-
     def predict_quality(self, prompts: Sequence[str], chunk: int | None = None) -> np.ndarray:
         """Predicted score per tier, (n, k); with `chunk`, embedded in length-sorted chunks of that many prompts."""
         if self.embedder is None:
