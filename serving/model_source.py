@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from infra.settings import Settings
-from router.artifact import RouterArtifact, find_artifact
+from router.artifact import PACKAGED_ROUTER, RouterArtifact, find_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +117,8 @@ def check_reachable(tracking_uri: str, timeout_s: int = 5) -> None:
 
 
 def _download(uri: str, target: str, tracking_uri: str) -> str:
-    """Download `uri` into `target`, then join the download threads.
+    """Download the router artifact of model `uri` into `target` (not the embedder files the model also
+    carries: the service has its own), then join the download threads.
 
     MLflow gives every artifact repository its own thread pool and never shuts it down; the repository
     sits in a reference cycle, so its threads lived until a garbage collection: the service gained
@@ -127,7 +128,12 @@ def _download(uri: str, target: str, tracking_uri: str) -> str:
 
     repo = get_artifact_repository(uri, tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
-        return str(repo.download_artifacts("", dst_path=target))  # type: ignore[no-untyped-call]
+        # A pyfunc logged by tierwise keeps the router artifact under artifacts/router; anything else (a bare
+        # artifact directory registered by hand) is downloaded whole and searched for router.json.
+        packaged = f"artifacts/{PACKAGED_ROUTER}"
+        listed = {f.path for f in repo.list_artifacts("artifacts")}
+        path = packaged if packaged in listed else ""
+        return str(repo.download_artifacts(path, dst_path=target))  # type: ignore[no-untyped-call]
     finally:
         layer: Any = repo
         while layer is not None:  # a models:/ repository wraps the repository holding the files

@@ -141,3 +141,17 @@ def test_the_champion_loads_and_scores_in_a_clean_venv(tmp_path: Path) -> None:
     assert not Path(report["router_file"]).is_relative_to(REPO), report["router_file"]
     assert report["installed"] == {"torch": False, "sentence_transformers": False, "training": False}
     assert report["imported"] == []
+
+
+def test_the_service_downloads_the_router_artifact_without_the_embedder_files(tmp_path: Path) -> None:
+    """The model carries ~70 MB of ONNX for standalone use; the service has its own and must not fetch them."""
+    from serving.model_source import RegistrySource, _download
+
+    uri = _register(tmp_path)
+    target = tmp_path / "download"
+    target.mkdir()
+    local = Path(_download(f"models:/{NAME}/1", str(target), uri))
+    assert (local / "router.json").is_file()
+    assert not list(target.rglob("*.onnx")), sorted(p.name for p in target.rglob("*"))
+    loaded = RegistrySource(uri, NAME, "champion").load()
+    assert loaded.version == f"{NAME}/1" and loaded.artifact.tier_names == ["main", "mid", "brain"]
