@@ -14,6 +14,7 @@ model in the log (also models behind no tier), so the regression target is a den
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightgbm as lgb
@@ -22,7 +23,7 @@ from scipy.optimize import minimize
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import KFold
 
-from router.model import NotFittedError
+from router.boosting import BoostParams, check_features, check_training
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -79,77 +80,34 @@ def fit_irt(
     return unpack(res.x)
 
 
-class IrtModel:
+@dataclass(eq=False, kw_only=True)
+class IrtModel(BoostParams):
     """Two-stage IRT router: fit latents on outcomes, regress them on prompt features, combine.
 
     `n_factors=0` is a one-parameter (difficulty only) model: every model's predicted score is a
-    monotone function of the same predicted difficulty, shifted by the model's ability.
+    monotone function of the same predicted difficulty, shifted by the model's ability. The boosting
+    parameters are stage 2's (`regressor="lgbm"`).
     """
 
-    def __init__(
-        self,
-        n_factors: int = 1,
-        l2_prompt: float = 0.05,
-        l2_model: float = 0.01,
-        regressor: Literal["lgbm", "ridge"] = "lgbm",
-        n_estimators: int = 600,
-        learning_rate: float = 0.03,
-        num_leaves: int = 8,
-        min_child_samples: int = 30,
-        colsample_bytree: float = 0.2,
-        reg_lambda: float = 10.0,
-        ridge_alpha: float = 10.0,
-        uncertainty_folds: int = 3,
-        n_jobs: int = 0,
-        random_state: int = 0,
-    ):
-        self.n_factors = n_factors
-        self.l2_prompt = l2_prompt
-        self.l2_model = l2_model
-        self.regressor = regressor
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.num_leaves = num_leaves
-        self.min_child_samples = min_child_samples
-        self.colsample_bytree = colsample_bytree
-        self.reg_lambda = reg_lambda
-        self.ridge_alpha = ridge_alpha
-        self.uncertainty_folds = uncertainty_folds
-        self.n_jobs = n_jobs
-        self.random_state = random_state
-
-    def get_params(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+    n_factors: int = 1
+    l2_prompt: float = 0.05
+    l2_model: float = 0.01
+    regressor: Literal["lgbm", "ridge"] = "lgbm"
+    n_estimators: int = 600
+    learning_rate: float = 0.03
+    num_leaves: int = 8
+    colsample_bytree: float = 0.2
+    ridge_alpha: float = 10.0
+    uncertainty_folds: int = 3
 
     def _fit_regressor(self, X: np.ndarray, t: np.ndarray) -> Any:
         if self.regressor == "ridge":
             return Ridge(alpha=self.ridge_alpha).fit(X, t)
-        params = {
-            "objective": "regression",
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_data_in_leaf": self.min_child_samples,
-            "feature_fraction": self.colsample_bytree,
-            "bagging_fraction": 0.8,
-            "bagging_freq": 1,
-            "lambda_l2": self.reg_lambda,
-            "num_threads": self.n_jobs,
-            "seed": self.random_state,
-            "deterministic": True,
-            "force_col_wise": True,
-            "verbose": -1,
-        }
-        return lgb.train(params, lgb.Dataset(X, label=t), num_boost_round=self.n_estimators)
+        return lgb.train(self.lgb_params("regression"), lgb.Dataset(X, label=t), num_boost_round=self.n_estimators)
 
     def fit(self, X: np.ndarray, Y: np.ndarray, names: Sequence[str]) -> IrtModel:
         """Fit on features X (n, d) and scores Y (n, k) in [0, 1], NaN where a model has no outcome."""
-        X = np.asarray(X, dtype=np.float32)
-        Y = np.asarray(Y, dtype=np.float64)
-        if Y.ndim != 2 or Y.shape[0] != X.shape[0] or Y.shape[1] != len(names):
-            raise ValueError(f"Y must be (n_prompts, n_models); got {Y.shape} for X {X.shape}")
-        finite = Y[np.isfinite(Y)]
-        if finite.size and (finite.min() < 0 or finite.max() > 1):
-            raise ValueError("scores must lie in [0, 1]")
+        X, Y = check_training(X, Y, len(names), "models")
         keep = np.isfinite(Y).any(axis=1)
         X, Y = X[keep], Y[keep]
         d, U, c, V = fit_irt(Y, self.n_factors, self.l2_prompt, self.l2_model, seed=self.random_state)
@@ -172,11 +130,7 @@ class IrtModel:
 
     def predict_latents(self, X: np.ndarray) -> np.ndarray:
         """Predicted (d, u_1..u_r) per prompt, (n, 1 + n_factors)."""
-        if not hasattr(self, "regressors_"):
-            raise NotFittedError("IrtModel.predict_latents called before fit")
-        X = np.asarray(X, dtype=np.float32)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"expected (n, {self.n_features_in_}) features, got {X.shape}")
+        X = check_features(self, "regressors_", X, "predict_latents")
         return np.column_stack([np.asarray(reg.predict(X)) for reg in self.regressors_])
 
     def predict_quality(self, X: np.ndarray) -> np.ndarray:

@@ -5,104 +5,40 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import lightgbm as lgb
 import numpy as np
 from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import KFold
 
+from router.boosting import BoostParams, NotFittedError, check_features, check_training
+
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
 
-class NotFittedError(RuntimeError):
-    """predict was called before fit."""
-
-
-class DifficultyModel:
+@dataclass(eq=False, kw_only=True)
+class DifficultyModel(BoostParams):
     """One LightGBM booster per tier, objective cross_entropy (0/1 or graded labels in [0, 1]).
 
     With `calibration="isotonic"`, out-of-fold predictions fit an isotonic map per tier, so the
     predicted score is a calibrated probability; the final boosters are fitted on all rows.
     """
 
-    def __init__(
-        self,
-        n_estimators: int = 800,
-        learning_rate: float = 0.02,
-        num_leaves: int = 4,
-        min_child_samples: int = 30,
-        colsample_bytree: float = 0.1,
-        subsample: float = 0.8,
-        reg_lambda: float = 10.0,
-        calibration: Literal["none", "isotonic"] = "none",
-        calibration_folds: int = 3,
-        n_jobs: int = 0,
-        random_state: int = 0,
-    ):
-        self.n_estimators = n_estimators
-        self.learning_rate = learning_rate
-        self.num_leaves = num_leaves
-        self.min_child_samples = min_child_samples
-        self.colsample_bytree = colsample_bytree
-        self.subsample = subsample
-        self.reg_lambda = reg_lambda
-        self.calibration = calibration
-        self.calibration_folds = calibration_folds
-        self.n_jobs = n_jobs
-        self.random_state = random_state
-
-    def get_params(self) -> dict[str, Any]:
-        return {
-            k: getattr(self, k)
-            for k in (
-                "n_estimators",
-                "learning_rate",
-                "num_leaves",
-                "min_child_samples",
-                "colsample_bytree",
-                "subsample",
-                "reg_lambda",
-                "calibration",
-                "calibration_folds",
-                "n_jobs",
-                "random_state",
-            )
-        }
-
-    def _lgb_params(self) -> dict[str, Any]:
-        return {
-            "objective": "cross_entropy",
-            "learning_rate": self.learning_rate,
-            "num_leaves": self.num_leaves,
-            "min_data_in_leaf": self.min_child_samples,
-            "feature_fraction": self.colsample_bytree,
-            "bagging_fraction": self.subsample,
-            "bagging_freq": 1 if self.subsample < 1 else 0,
-            "lambda_l2": self.reg_lambda,
-            "num_threads": self.n_jobs,
-            "seed": self.random_state,
-            "deterministic": True,
-            "force_col_wise": True,
-            "verbose": -1,
-        }
+    calibration: Literal["none", "isotonic"] = "none"
+    calibration_folds: int = 3
 
     def _train_one(self, X: np.ndarray, y: np.ndarray) -> lgb.Booster:
         data = lgb.Dataset(X, label=y, free_raw_data=True)
-        return lgb.train(self._lgb_params(), data, num_boost_round=self.n_estimators)
+        return lgb.train(self.lgb_params(), data, num_boost_round=self.n_estimators)
 
     def fit(self, X: np.ndarray, Y: np.ndarray, tier_names: Sequence[str]) -> DifficultyModel:
         """Fit on features X (n, d) and scores Y (n, k); NaN in Y means that tier has no outcome."""
-        X = np.asarray(X, dtype=np.float32)
-        Y = np.asarray(Y, dtype=np.float64)
-        if Y.ndim != 2 or Y.shape[0] != X.shape[0] or Y.shape[1] != len(tier_names):
-            raise ValueError(f"Y must be (n_prompts, n_tiers); got {Y.shape} for X {X.shape}")
-        finite = Y[np.isfinite(Y)]
-        if finite.size and (finite.min() < 0 or finite.max() > 1):
-            raise ValueError("scores must lie in [0, 1]")
+        X, Y = check_training(X, Y, len(tier_names), "tiers")
         self.tier_names_ = list(tier_names)
         self.n_features_in_ = X.shape[1]
         self.boosters_: list[lgb.Booster] = []
@@ -126,11 +62,7 @@ class DifficultyModel:
 
     def predict_quality(self, X: np.ndarray, num_threads: int | None = None) -> np.ndarray:
         """Expected score per tier, shape (n, k), columns in `tier_names_` order."""
-        if not hasattr(self, "boosters_"):
-            raise NotFittedError("DifficultyModel.predict_quality called before fit")
-        X = np.asarray(X, dtype=np.float32)
-        if X.ndim != 2 or X.shape[1] != self.n_features_in_:
-            raise ValueError(f"expected (n, {self.n_features_in_}) features, got {X.shape}")
+        X = check_features(self, "boosters_", X, "predict_quality")
         out = np.empty((X.shape[0], len(self.boosters_)), dtype=np.float64)
         for j, (booster, cal) in enumerate(zip(self.boosters_, self.calibrators_, strict=True)):
             p = booster.predict(X, num_threads=num_threads) if num_threads else booster.predict(X)
