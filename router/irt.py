@@ -92,13 +92,14 @@ class IrtModel(BoostParams):
     n_factors: int = 1
     l2_prompt: float = 0.05
     l2_model: float = 0.01
+    ridge_alpha: float = 10.0
+    uncertainty_folds: int = 3
     regressor: Literal["lgbm", "ridge"] = "lgbm"
+    # stage 2's boosting defaults
     n_estimators: int = 600
     learning_rate: float = 0.03
     num_leaves: int = 8
     colsample_bytree: float = 0.2
-    ridge_alpha: float = 10.0
-    uncertainty_folds: int = 3
 
     def _fit_regressor(self, X: np.ndarray, t: np.ndarray) -> Any:
         if self.regressor == "ridge":

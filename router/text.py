@@ -26,14 +26,7 @@ def text_window(prompt: str, tail_chars: int | None) -> str:
 
 
 _CODE_RE = re.compile(r"\b(def|return|class|import|function|for|while)\b|[{}\[\]();=]")
-TEXT_FEATURE_NAMES: tuple[str, ...] = (
-    "log_chars",
-    "log_words",
-    "frac_digits",
-    "frac_upper",
-    "frac_code_tokens",
-    "n_question_marks",
-)
+TEXT_FEATURE_NAMES = ("log_chars", "log_words", "frac_digits", "frac_upper", "frac_code_tokens", "n_question_marks")
 
 
 def text_features(prompts: Sequence[str]) -> np.ndarray:
