@@ -29,24 +29,18 @@ class ServiceError(Exception):
         self.body = body
 
 
-class NotReady(ServiceError):
-    status = 503
+def _refusal(name: str, status: int, doc: str) -> type[ServiceError]:
+    return type(name, (ServiceError,), {"status": status, "__doc__": doc, "__module__": __name__})
 
 
-class TooLarge(ServiceError):
-    status = 413
-
-
-class Unauthorized(ServiceError):
-    status = 401
-
-
-class Forbidden(ServiceError):
-    status = 403
-
-
-class NotFound(ServiceError):
-    status = 404
+# The refusals that need nothing but their status.
+NotReady = _refusal("NotReady", 503, "No model is loaded yet.")
+TooLarge = _refusal("TooLarge", 413, "A prompt or batch is over its limit.")
+Unauthorized = _refusal("Unauthorized", 401, "The API key is missing or unknown.")
+Forbidden = _refusal("Forbidden", 403, "The key may not do this (an admin route, another client's session).")
+NotFound = _refusal("NotFound", 404, "The session or decision the request names is not stored.")
+ReloadFailed = _refusal("ReloadFailed", 409, "A reload was refused; the loaded model stays.")
+StoreUnavailable = _refusal("StoreUnavailable", 503, "The store is unreachable and the request cannot wait.")
 
 
 class Invalid(ServiceError):
@@ -59,18 +53,10 @@ class Invalid(ServiceError):
         self.loc = loc
 
 
-class ReloadFailed(ServiceError):
-    status = 409
-
-
 class OverBudget(ServiceError):
     """The session's cap leaves no room for the request (402); the body says whether the session froze."""
 
     status = 402
-
-
-class StoreUnavailable(ServiceError):
-    status = 503
 
 
 def error(status: int, description: str) -> dict[int | str, dict[str, Any]]:
