@@ -8,9 +8,7 @@ import logging
 import os
 import resource
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,16 +20,11 @@ import httpx
 import sqlalchemy as sa
 
 from bench import serve_load, wrk
-from bench.common import REPO, load_avg, summarize_ms, tree_cpu_seconds
+from bench.common import load_avg, summarize_ms, tree_cpu_seconds
+from bench.process import free_port, start_service
 from infra.settings import Settings
 
 logger = logging.getLogger(__name__)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float, log_path: Path) -> float:
@@ -75,20 +68,12 @@ def running_service(
     env = os.environ | {"TIERWISE_HOST": "127.0.0.1", "TIERWISE_PORT": str(port)} | env
     url = f"http://127.0.0.1:{port}"
     facts: dict[str, Any] = {}
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "serving"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            facts["ready_s"] = round(wait_ready(url, proc, 300, log_path), 2)
-            yield url, proc, facts
-        finally:
-            facts["shutdown"] = stop(proc)
+    proc = start_service(env, log_path)
+    try:
+        facts["ready_s"] = round(wait_ready(url, proc, 300, log_path), 2)
+        yield url, proc, facts
+    finally:
+        facts["shutdown"] = stop(proc)
 
 
 def server_side_ms(log_path: Path, offset: int, route: str) -> dict[str, float] | None:

@@ -5,26 +5,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from contextlib import suppress
 from pathlib import Path
 
 import httpx
 
+from bench.process import REPO
 from tests.integration.conftest import KEYS, write_tiers
 
-REPO = Path(__file__).resolve().parents[2]
 ONNX_DIR = REPO / ".cache" / "onnx"
 STARTUP_TIMEOUT_S = 60
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def service_env(tmp: Path, artifact: Path, port: int, **extra: str) -> dict[str, str]:
@@ -48,19 +40,6 @@ def service_env(tmp: Path, artifact: Path, port: int, **extra: str) -> dict[str,
         "MLFLOW_TRACKING_URI": (tmp / "mlruns").as_uri(),
         **extra,
     }
-
-
-def start(env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    """`python -m serving` in its own process group, stdout and stderr to `log`."""
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", "serving"],
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

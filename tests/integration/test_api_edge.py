@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from datetime import datetime
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -20,14 +19,6 @@ C, A = bearer(CLIENT_KEY), bearer(ADMIN_KEY)
 HARD = "hard question 1: omega sigma alpha beta gamma"
 EASY = "easy question 2: alpha beta gamma delta omega"
 JSON = {"content-type": "application/json"}
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    url = f"sqlite:///{tmp_path / 'edge.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    s = Store(url)
-    yield s
-    s.dispose()
 
 
 @pytest.fixture

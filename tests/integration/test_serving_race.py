@@ -16,14 +16,6 @@ CAP_USD = 0.01
 N_REQUESTS = 50
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path) -> Store:  # type: ignore[no-untyped-def]
-    url = f"sqlite:///{tmp_path / 'race.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    s = Store(url)
-    yield s
-    s.dispose()
-
-
 def test_parallel_routes_hold_the_cap(client_factory: Callable[..., TestClient], store: Store) -> None:
     client = client_factory(store=store)
     headers = bearer(CLIENT_KEY)

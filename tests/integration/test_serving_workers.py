@@ -14,17 +14,15 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.process import REPO, free_port, start_service
 from router.embedders.factory import make_embedder
 from router.embedders.onnx import INT8_RECIPE
 from router.embedders.protocol import MINILM_ID
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, bearer, train_artifact, write_tiers
 from tests.integration.processes import (
     ONNX_DIR,
-    REPO,
-    free_port,
     get,
     service_env,
-    start,
     stop,
     wait_until_both_workers_started,
 )
@@ -75,7 +73,7 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
     port = free_port()
     env = service_env(tmp, artifact, port, TIERWISE_RELOAD_CHECK_INTERVAL_S=str(RELOAD_CHECK_INTERVAL_S))
     log = tmp / "serve.log"
-    proc = start(env, log)
+    proc = start_service(env, log)
     try:
         url = f"http://127.0.0.1:{port}"
         wait_until_both_workers_started(proc, log)

@@ -7,11 +7,9 @@ second overwrote the first's cap.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-import pytest
 from fastapi.testclient import TestClient
 
 from infra.store import Store
@@ -19,14 +17,6 @@ from serving.security import hash_key
 from tests.integration.conftest import CLIENT_KEY, OTHER_KEY, bearer
 
 TRIALS = 40
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
-    url = f"sqlite:///{tmp_path / 'race.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
-    s = Store(url)
-    yield s
-    s.dispose()
 
 
 def test_concurrent_creates_have_one_owner(client_factory: Callable[..., TestClient], store: Store) -> None:

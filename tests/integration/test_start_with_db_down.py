@@ -10,6 +10,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from bench.process import free_port, start_service
 from infra.settings import Settings
 from router.embedders.factory import make_embedder
 from serving.__main__ import migrate_before_fork, preflight
@@ -17,10 +18,8 @@ from tests.integration.conftest import CLIENT_KEY, bearer, train_artifact
 from tests.integration.pg_server import PgServer, pg_server  # noqa: F401 - the fixture
 from tests.integration.processes import (
     ONNX_DIR,
-    free_port,
     get,
     service_env,
-    start,
     stop,
     wait_until_both_workers_started,
 )
@@ -73,7 +72,7 @@ def test_python_m_serving_with_the_database_down(tmp_path: Path, pg_server: PgSe
         tmp_path, artifact, port, TIERWISE_DATABASE_URL=pg_server.url(), TIERWISE_STORE_RETRY_INTERVAL_S="0.2"
     )
     log = tmp_path / "serve.log"
-    proc = start(env, log)
+    proc = start_service(env, log)
     try:
         wait_until_both_workers_started(proc, log)
         answers = [get(f"{url}/readyz") for _ in range(N_READS)]
