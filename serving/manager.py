@@ -10,6 +10,7 @@ import asyncio
 import logging
 import threading
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -28,26 +29,18 @@ logger = logging.getLogger(__name__)
 LOAD_RETRY_MAX_S = 30.0
 
 
+@dataclass(eq=False)
 class ModelManager:
     """Owns the model source; publishes each loaded Runtime on `state.runtime`."""
 
-    def __init__(
-        self,
-        state: Any,
-        source: ModelSource,
-        embedder: Embedder,
-        settings: Settings,
-        metrics: Metrics,
-        signal: ReloadSignal,
-    ):
-        self.state = state
-        self.source = source
-        self.embedder = embedder
-        self.settings = settings
-        self.metrics = metrics
-        self.signal = signal
-        self._lock = threading.Lock()
-        self._seen = 0  # the reload generation this worker has loaded
+    state: Any
+    source: ModelSource
+    embedder: Embedder
+    settings: Settings
+    metrics: Metrics
+    signal: ReloadSignal
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _seen: int = field(default=0, init=False)  # the reload generation this worker has loaded
 
     def reload(self) -> Runtime:
         """Reload here, then bump the shared generation so every other worker reloads too.

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -16,21 +17,33 @@ from serving.metrics import Metrics
 logger = logging.getLogger("serving.access")
 
 
-class RequestContext:
+@dataclass(eq=False)
+class HttpMiddleware:
+    """Pure ASGI middleware that hands every scope but HTTP (lifespan, websocket) to `app`; `http` does the work."""
+
+    app: ASGIApp
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self.http(scope, receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+@dataclass(eq=False)
+class RequestContext(HttpMiddleware):
     """Sets the request id, observes latency and logs the request once: method, path (never the query
     string, which may carry a key) and status.
 
     Not asgi-correlation-id: it refuses non-UUID ids by default and would be a second pass for what this one does.
     """
 
-    def __init__(self, app: ASGIApp, metrics: Metrics):
-        self.app = app
-        self.metrics = metrics
+    metrics: Metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")[:64]
         rid = incoming or uuid.uuid4().hex
         token = request_id.set(rid)
@@ -62,7 +75,8 @@ class RequestContext:
             request_id.reset(token)
 
 
-class BodyLimit:
+@dataclass(eq=False)
+class BodyLimit(HttpMiddleware):
     """Answer 413 to a body over `max_bytes` before the app parses it: at once when Content-Length says so,
     else as soon as the streamed (chunked) body passes the limit.
 
@@ -70,14 +84,9 @@ class BodyLimit:
     RequestBodyLimitMiddleware answers text/plain on one of these paths; our 413 is always the JSON error.)
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app = app
-        self.max_bytes = max_bytes
+    max_bytes: int
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
             await self._refuse(send, 413 if declared.isdigit() else 400)
