@@ -17,6 +17,8 @@ from pydantic import (
     model_validator,
 )
 
+from router.schema import OutcomeBase
+
 
 def _storable(value: str) -> str:
     """Refuse text no store can keep: NUL characters (PostgreSQL) and lone surrogates (not UTF-8)."""
@@ -137,17 +139,24 @@ class TiersResponse(BaseModel):
     router_version: str
 
 
-class OutcomeIn(Strict):
-    """One realised outcome: by `decision_id`, or by `prompt` and `model`."""
+class OutcomeIn(OutcomeBase):
+    """One realised outcome: by `decision_id`, or by `prompt` and `model`.
 
+    The fields are OutcomeBase's (the log's and the store's); the API adds the id and decision it may name and
+    tightens the rest for the edge: strict finite numbers with upper bounds, storable text, and a prompt and
+    model that default to the decision's.
+    """
+
+    model_config = ConfigDict(frozen=False)
     outcome_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")] | None = Field(
         None, description="client-chosen id (1-128 of A-Z a-z 0-9 . _ : -); a retry with the same id is recorded once"
     )
     decision_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:\-]{1,32}$")] | None = Field(
         None, description="the decision_id /route answered"
     )
-    prompt: Prompt | None = Field(None, description="the prompt, without NUL characters; defaults to the decision's")
-    model: Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_storable)] | None = Field(
+    # Optional here only: the service fills both from the decision before an outcome is stored.
+    prompt: Prompt | None = Field(None, description="the prompt, without NUL characters; defaults to the decision's")  # type: ignore[assignment]
+    model: Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_storable)] | None = Field(  # type: ignore[assignment]
         None, description="a model of the tiers config; defaults to the decision's"
     )
     score: Share = Field(description="realised quality, 0 to 1")

@@ -137,4 +137,4 @@ def test_one_outcome_shape_everywhere():
     assert set(Outcome.model_fields) == set(REQUIRED_COLUMNS) | set(OPTIONAL_COLUMNS)
     assert issubclass(Outcome, OutcomeBase) and issubclass(OutcomeRow, OutcomeBase)
     assert set(outcomes.c.keys()) == set(OutcomeRow.model_fields) | {"prompt_id", "created_at"}
-    assert base <= set(OutcomeIn.model_fields)
+    assert issubclass(OutcomeIn, OutcomeBase) and base <= set(OutcomeIn.model_fields)
