@@ -169,17 +169,21 @@ def evaluate_artifact(
     seed: int,
     baselines: bool = True,
 ) -> EvalResult:
-    """Evaluate a fitted router on the split's test prompts (with kNN and logistic-regression baselines)."""
+    """Evaluate a fitted router on the split's test prompts (with kNN and logistic-regression baselines).
+
+    The router scores through `Router`, like the service; the baselines' features come first, so with a
+    cache the router reads the test prompts' embeddings back rather than embedding them again.
+    """
     prompts = split.table.prompts["prompt"].tolist()
-    X = featurize(prompts, artifact.features, embedder, cache)
     train, test = split.train, split.test
-    pred = artifact.model.predict_quality(X[test])
-    pred_cost = artifact.expected_cost([p for p, t in zip(prompts, test, strict=True) if t])
     others: dict[str, np.ndarray] = {}
     if baselines:
+        X = featurize(prompts, artifact.features, embedder, cache)
         emb = X[:, : artifact.features.embedding_dim]
         others["kNN (k=25)"] = ev.knn_predictor(emb[train], split.table.scores[train])(emb[test])
         others["logistic regression"] = logreg_predictor(X[train], split.table.scores[train], seed)(X[test])
+    router = Router(artifact, embedder=embedder, cache=cache)
+    pred, pred_cost = router.score([p for p, t in zip(prompts, test, strict=True) if t])
     return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others)
 
 
