@@ -11,7 +11,6 @@ import glob
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import uuid
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+
+from bench.process import free_port
 
 
 def _bin_dir() -> Path | None:
@@ -30,12 +31,6 @@ def _bin_dir() -> Path | None:
     return Path(versions[-1]).parent if versions else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class PgServer:
     """One PostgreSQL cluster in a temporary directory; `stop` is an immediate shutdown, like a crash."""
 
@@ -44,7 +39,7 @@ class PgServer:
         assert bin_dir is not None, PgServer.unavailable()
         self.bin_dir = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="tierwise-pg-"))
-        self.port = _free_port()
+        self.port = free_port()
         if os.geteuid() == 0:
             user = pwd.getpwnam("postgres")
             os.chown(self.root, user.pw_uid, user.pw_gid)
