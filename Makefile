@@ -10,6 +10,9 @@ STAMP := $(VENV)/.stamp-dev
 UI_STAMP := $(VENV)/.stamp-ui
 SERVE_VENV := .venv-serve
 TIERWISE_DATA_DIR ?= ../shared/data
+# Where torch 2.13.0 comes from: pip's default (here, a local CPU wheel); elsewhere give the CPU index, because
+# PyPI's Linux wheel is the multi-GB CUDA build: make TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu train
+TORCH_INDEX_URL ?=
 DATA := data/routerbench_subset/outcomes.parquet
 # The tests' and benchmarks' copy of the ONNX embedder (they read it from the checkout).
 TEST_ONNX := .cache/onnx/minilm-int8.onnx
@@ -19,6 +22,7 @@ TEST_ONNX := .cache/onnx/minilm-int8.onnx
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 

@@ -115,10 +115,6 @@ class Tier(BaseModel):
             return (self.model,)
         return (*self.members, *((self.judge,) if self.judge else ()))
 
-    def estimate_cost_usd(self, tokens_in: float, tokens_out: float) -> float:
-        """Price one call of this tier from token counts."""
-        return (tokens_in * self.input_per_1m + tokens_out * self.output_per_1m) / 1e6
-
 
 @dataclass(frozen=True)
 class TiersConfig:
@@ -149,10 +145,6 @@ class TiersConfig:
 
     def index(self, name: str) -> int:
         return self.names.index(self.tier(name).name)
-
-    def tier_of_model(self) -> dict[str, str]:
-        """Map each logged model name to the tier whose outcomes it provides."""
-        return {t.model: t.name for t in self.tiers}
 
     @property
     def known_models(self) -> set[str]:

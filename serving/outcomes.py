@@ -59,6 +59,12 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
 
 
+def refusal_class(exc: BaseException) -> str:
+    """Only the classes of a store's refusal: its message may quote the refused value (a prompt)."""
+    orig = getattr(exc, "orig", None)
+    return f"{type(exc).__name__} ({type(orig).__name__})" if orig is not None else type(exc).__name__
+
+
 def _invalid_reason(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
 
@@ -89,14 +95,17 @@ class OutcomeRecorder:
         except (SQLAlchemyError, UnicodeEncodeError) as exc:
             if is_refusal(exc):
                 # Only the class: a driver's message may quote the refused value.
-                logger.warning("the store refused %d outcome(s): %s", len(records), describe(exc))
+                logger.warning("the store refused %d outcome(s): %s", len(records), refusal_class(exc))
                 raise Invalid(f"the store refused the outcome(s) ({type(exc).__name__}); nothing was written") from None
             if not is_outage(exc):
                 raise  # answered 503, not acknowledged: the client retries
             self._spool(records, exc)
             return OutcomesResponse(outcome_ids=ids, recorded=0, spooled=True)
         if self.spool.has_pending():
-            self.replay(tiers, max_batches=INLINE_REPLAY_BATCHES)
+            try:
+                self.replay(tiers, max_batches=INLINE_REPLAY_BATCHES)
+            except Exception:  # the outcomes above are committed: answer 201 whatever the replay did; the timer retries
+                logger.exception("inline spool replay failed; the replay timer will retry")
         return OutcomesResponse(outcome_ids=ids, recorded=new)
 
     def _spool(self, records: list[Record], exc: BaseException) -> None:
@@ -177,11 +186,16 @@ class OutcomeRecorder:
             last_rejected=[RejectedOutcome(**e) for e in newest],
         )
 
-    def _quarantine(self, record: Record, reason: str) -> None:
+    def _quarantine(self, record: Record, reason: str, logged: str | None = None) -> None:
+        """Set a record aside with its reason (the admin endpoint shows it); `logged` replaces a reason that may
+        quote the record's values in the log."""
         self.spool.reject(record, reason)
         self.metrics.rejected.inc()
         logger.warning(
-            "spooled outcome %s rejected (kept in %s): %s", record.get("outcome_id"), self.spool.rejected_path, reason
+            "spooled outcome %s rejected (kept in %s): %s",
+            record.get("outcome_id"),
+            self.spool.rejected_path,
+            logged or reason,
         )
 
     def _write_batch(self, records: list[Record], tiers: TiersConfig) -> None:
@@ -190,12 +204,12 @@ class OutcomeRecorder:
         An outage (or any error that is not the record's fault) raises: the drain stops and keeps the batch.
         Quarantining waits until the batch is through, so a retried batch is not quarantined again.
         """
-        rejects: list[tuple[Record, str]] = []
+        rejects: list[tuple[Record, str, str | None]] = []
         valid: list[Record] = []
         for r in records:
             checked, reason = _revalidate(r)
             if checked is None:
-                rejects.append((r, reason))
+                rejects.append((r, reason, None))
             else:
                 valid.append(checked)
         found = self.store.get_decisions([r["decision_id"] for r in valid if r["decision_id"]])
@@ -204,7 +218,7 @@ class OutcomeRecorder:
             try:
                 resolved.append((r, self._resolve_one(r, found, tiers)))
             except ServiceError as exc:
-                rejects.append((r, exc.detail))
+                rejects.append((r, exc.detail, None))
         try:
             self.store.record_outcomes([row for _, row in resolved])
         except (SQLAlchemyError, UnicodeEncodeError) as exc:
@@ -216,9 +230,9 @@ class OutcomeRecorder:
                 except (SQLAlchemyError, UnicodeEncodeError) as one:
                     if not is_refusal(one):
                         raise
-                    rejects.append((r, describe(one)))
-        for r, reason in rejects:
-            self._quarantine(r, reason)
+                    rejects.append((r, describe(one), f"the store refused it: {refusal_class(one)}"))
+        for r, reason, logged in rejects:
+            self._quarantine(r, reason, logged)
 
 
 def _revalidate(r: Record) -> tuple[Record | None, str]:

@@ -41,6 +41,10 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+FLAG_OF_FIELD = {"quality_target": "--target", "outcomes_path": "--outcomes", "tiers_path": "--tiers"}
+"""CLI flags whose name is not the settings field's."""
+
+
 def _settings(**overrides: Any) -> Settings:
     """The settings with CLI flags applied, validated like the environment (a bad flag is one line)."""
     fields = get_settings().model_dump() | {k: v for k, v in overrides.items() if v is not None}
@@ -48,8 +52,19 @@ def _settings(**overrides: Any) -> Settings:
         return Settings.model_validate(fields)
     except ValidationError as exc:
         err = exc.errors()[0]
-        _fail(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']}")
+        field = str(err["loc"][0])
+        _fail(f"{FLAG_OF_FIELD.get(field, '--' + field.replace('_', '-'))}: {err['msg']}")
         raise
+
+
+def _without_password(url: str) -> str:
+    """A database URL fit for messages and logs: its password masked."""
+    import sqlalchemy as sa
+
+    try:
+        return sa.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return url
 
 
 def _build_onnx(onnx_dir: Path) -> None:
@@ -104,10 +119,11 @@ def _load_inputs(s: Settings, from_store: bool) -> tuple[Any, pd.DataFrame]:
         store = Store(s.database_url)
         store.migrate()
         rows = store.export_outcomes()
+        where = _without_password(s.database_url)
         if not rows:
-            _fail(f"the outcome store {s.database_url} holds no outcomes")
-        extra = validate_outcomes(outcomes_to_frame(rows), s.database_url, tiers.known_models)
-        logger.info("adding %d outcomes from the store %s", len(extra), s.database_url)
+            _fail(f"the outcome store {where} holds no outcomes")
+        extra = validate_outcomes(outcomes_to_frame(rows), where, tiers.known_models)
+        logger.info("adding %d outcomes from the store %s", len(extra), where)
         log = pd.concat([log, extra], ignore_index=True).drop_duplicates(["prompt_id", "model"], keep="last")
     return tiers, log
 
@@ -264,8 +280,6 @@ def route(
     s = _settings(tiers_path=tiers, quality_target=target)
     if (prompt is None) == (batch is None):
         _fail("give either a PROMPT or --batch FILE")
-    if target is not None and not 0 <= target <= 1:
-        _fail("--target must be in [0, 1]")
     rows = [{"prompt_id": "-", "prompt": prompt}] if prompt is not None else _read_batch(batch)  # type: ignore[arg-type]
     if any(not r["prompt"].strip() for r in rows):
         _fail("the prompt is empty")
@@ -327,7 +341,8 @@ def show_settings(
         typer.echo(values[name])
         return
     for key, value in values.items():
-        typer.echo(f"{key} = {value}")
+        shown = _without_password(value) if key in ("database_url", "mlflow_tracking_uri") else value
+        typer.echo(f"{key} = {shown}")
 
 
 @app.command()

@@ -4,13 +4,11 @@ Every vocabulary token goes through the teacher as `[CLS] token [SEP]`; its pool
 PCA keeps `dims` components and Zipf-SIF weights (a / (a + p(rank))) damp the frequent tokens, as Model2Vec does.
 Hand-written rather than `model2vec.distill`: that needs transformers < 5.4 beside torch, i.e. a second
 environment, while this runs on the ONNX Runtime session the project already has (about a minute on 2 cores).
-
-    python -m training.distill_static --onnx-dir <cache>/onnx --out <cache>/static
+`tierwise build-embedder` runs it (`build_static`), beside the ONNX files in the cache dir's onnx/.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -99,17 +97,3 @@ def build_static(onnx_dir: Path, dims: int = 256, force: bool = False) -> Path:
         return vectors
     distill(onnx_dir, onnx_dir, dims)
     return vectors
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--onnx-dir", type=Path, required=True, help="holds minilm-fp32.onnx and tokenizer.json")
-    parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--dims", type=int, default=256)
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    distill(args.onnx_dir, args.out, args.dims)
-
-
-if __name__ == "__main__":
-    main()

@@ -381,3 +381,26 @@ def test_an_outage_during_replay_quarantines_nothing_twice(client: TestClient, t
         "last_rejected": [],
     }
     assert metric(client, "tierwise_outcomes_rejected_total") == 1
+
+
+def test_a_failing_inline_replay_never_turns_a_stored_outcome_into_an_error(
+    client_factory: Callable[..., TestClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The outcome is committed before the inline replay runs: whatever the replay does, the answer is 201."""
+    client = client_factory(spool_replay_interval_s=0)
+    store: Store = client.app.state.store
+    outage = Outage(tmp_path, None)
+    outage.down(store)
+    spooled = {"outcome_id": "earlier", "prompt": EASY, "model": "small", "score": 1, "cost_usd": 0}
+    assert client.post("/outcomes", json=spooled, headers=C).status_code == 202
+    outage.up(store)
+    recorder = client.app.state.recorder
+
+    def broken(*args: object, **kwargs: object) -> int:
+        raise RuntimeError("replay bug")
+
+    monkeypatch.setattr(recorder, "replay", broken)
+    body = {"outcome_id": "now", "prompt": HARD, "model": "large", "score": 1, "cost_usd": 0}
+    r = client.post("/outcomes", json=body, headers=C)
+    assert r.status_code == 201, r.text
+    assert "now" in stored_ids(store) and recorder.spool.has_pending()

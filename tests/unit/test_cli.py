@@ -111,6 +111,8 @@ def test_from_store_adds_the_service_outcomes(tmp_path, tiers):
 def test_bad_flag_value_is_one_line():
     res = runner.invoke(cli.app, ["train", "--test-size", "2"])
     assert res.exit_code == 2 and "--test-size" in res.output and "Traceback" not in res.output
+    res = runner.invoke(cli.app, ["route", "--target", "2", "x"])
+    assert res.exit_code == 2 and "--target:" in res.output and "--quality-target" not in res.output
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,12 @@ def test_settings_command_prints_the_effective_value(fresh_env: Path, monkeypatc
     assert res.exit_code == 2 and "no setting 'no_such_thing'" in res.output
 
 
+def test_the_settings_listing_masks_database_passwords(fresh_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIERWISE_DATABASE_URL", "postgresql+psycopg://tierwise:s3cret@db:5432/tierwise")
+    res = runner.invoke(cli.app, ["settings"])
+    assert res.exit_code == 0 and "s3cret" not in res.output and "tierwise:***@db" in res.output
+
+
 def test_missing_onnx_files_are_built_on_first_use(tmp_path: Path) -> None:
     built: list[Path] = []
 
