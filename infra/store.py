@@ -80,7 +80,6 @@ outcomes = sa.Table(
     "outcomes",
     metadata,
     sa.Column("id", sa.String(128), primary_key=True),
-    sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("decision_id", sa.String(32), nullable=True, index=True),
     sa.Column("prompt_id", sa.String(64), nullable=False),
     sa.Column("prompt", sa.Text, nullable=False),
@@ -92,6 +91,7 @@ outcomes = sa.Table(
     sa.Column("tokens_in", sa.Integer, nullable=True),
     sa.Column("tokens_out", sa.Integer, nullable=True),
     sa.Column("latency_ms", sa.Float, nullable=True),
+    sa.Column("created_at", UtcDateTime, nullable=False),
 )
 
 

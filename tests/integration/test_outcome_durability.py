@@ -301,14 +301,20 @@ def test_while_down_what_can_be_checked_is_and_rejections_are_visible(
     assert "theirs" not in stored_ids(store)
 
 
-def test_the_spool_drains_on_a_timer_without_traffic(client_factory: Callable[..., TestClient], tmp_path: Path) -> None:
-    client = client_factory(spool_replay_interval_s=0.05)
+def spool_one_while_down(client: TestClient, tmp_path: Path, outcome_id: str) -> None:
+    """Take the app's SQLite store down, post one outcome (spooled: 202), and bring the store back."""
     store: Store = client.app.state.store
     outage = Outage(tmp_path, None)
     outage.down(store)
-    body = {"outcome_id": "timer-1", "prompt": EASY, "model": "small", "score": 1, "cost_usd": 0}
+    body = {"outcome_id": outcome_id, "prompt": EASY, "model": "small", "score": 1, "cost_usd": 0}
     assert client.post("/outcomes", json=body, headers=C).status_code == 202
     outage.up(store)
+
+
+def test_the_spool_drains_on_a_timer_without_traffic(client_factory: Callable[..., TestClient], tmp_path: Path) -> None:
+    client = client_factory(spool_replay_interval_s=0.05)
+    store: Store = client.app.state.store
+    spool_one_while_down(client, tmp_path, "timer-1")
     deadline = time.monotonic() + 30  # a generous bound on a loaded machine, not a timing assertion
     while client.app.state.recorder.spool.has_pending() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -389,11 +395,7 @@ def test_a_failing_inline_replay_never_turns_a_stored_outcome_into_an_error(
     """The outcome is committed before the inline replay runs: whatever the replay does, the answer is 201."""
     client = client_factory(spool_replay_interval_s=0)
     store: Store = client.app.state.store
-    outage = Outage(tmp_path, None)
-    outage.down(store)
-    spooled = {"outcome_id": "earlier", "prompt": EASY, "model": "small", "score": 1, "cost_usd": 0}
-    assert client.post("/outcomes", json=spooled, headers=C).status_code == 202
-    outage.up(store)
+    spool_one_while_down(client, tmp_path, "earlier")
     recorder = client.app.state.recorder
 
     def broken(*args: object, **kwargs: object) -> int:
