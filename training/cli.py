@@ -159,7 +159,7 @@ def train(
     evaluation = evaluate_artifact(artifact, split, embedder, cache, s.seed)
     tracking.configure(s.mlflow_tracking_uri, s.experiment_name)
     champion_aiq = tracking.champion_aiq(
-        s.registered_model, split, cache, s.seed, lambda backend: _embedder(s, backend)
+        s.registered_model, split, cache, s.seed, lambda backend: _embedder(s, backend), alias=s.model_alias
     )
     result = TrainResult(
         artifact,
@@ -175,6 +175,7 @@ def train(
         split.table.prompts["prompt"][split.test].tolist(),
         training_log,
         onnx_dir=s.cache_dir / "onnx",
+        champion_alias=s.model_alias,
     )
     typer.echo(format_table(evaluation))
     typer.echo(f"\nMLflow run {reg.run_id}: registered {s.registered_model} version {reg.version} as '{reg.alias}'")

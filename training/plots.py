@@ -4,10 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -16,7 +12,8 @@ from router.evaluate import Curve, upper_hull
 
 def cost_quality_figure(curves: Mapping[str, Curve], top_cost: float) -> Figure:
     """Quality against cost (as % of the top tier's cost): hulls for curves, markers for points."""
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig = Figure(figsize=(8, 5.5))  # no pyplot: no global backend or figure registry to set up on import
+    ax = fig.add_subplot()
     for name, curve in curves.items():
         x = curve.cost / top_cost * 100
         if len(curve.cost) == 1:
@@ -42,7 +39,8 @@ def calibration_figure(pred: np.ndarray, actual: np.ndarray, tier_names: Sequenc
 
     Binned by hand: sklearn's calibration_curve takes binary labels only, and scores here are fractions.
     """
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    fig = Figure(figsize=(5.5, 5))
+    ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], "k--", lw=1)
     for j, name in enumerate(tier_names):
         bins = np.minimum((pred[:, j] * n_bins).astype(int), n_bins - 1)

@@ -120,9 +120,9 @@ def configure(tracking_uri: str, experiment: str) -> None:
     mlflow.set_experiment(experiment)
 
 
-def champion_version(client: MlflowClient, name: str) -> Any | None:
+def champion_version(client: MlflowClient, name: str, alias: str = CHAMPION) -> Any | None:
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
+        return client.get_model_version_by_alias(name, alias)
     except MlflowException:
         return None
 
@@ -141,15 +141,16 @@ def champion_aiq(
     cache: EmbeddingCache | None,
     seed: int,
     embedder_for: Callable[[str], Embedder],
+    alias: str = CHAMPION,
 ) -> float | None:
     """The current champion's AIQ re-measured on this run's test split (None when there is none or it can't be).
 
-    `embedder_for(backend)` builds the embedder of the champion's backend.
+    `embedder_for(backend)` builds the embedder of the champion's backend; `alias` is the one the service serves.
     """
-    if champion_version(MlflowClient(), registered_model) is None:
+    if champion_version(MlflowClient(), registered_model, alias) is None:
         return None
     with tempfile.TemporaryDirectory() as tmp:
-        champ = download_artifact(f"models:/{registered_model}@{CHAMPION}", Path(tmp))
+        champ = download_artifact(f"models:/{registered_model}@{alias}", Path(tmp))
     if champ.tier_names != split.tiers.names:
         logger.info(
             "the champion routes tiers %s, this run %s: it cannot be compared", champ.tier_names, split.tiers.names
@@ -232,8 +233,12 @@ def log_and_register(
     input_prompts: list[str],
     log: TrainingLog,
     onnx_dir: Path | None = None,
+    champion_alias: str = CHAMPION,
 ) -> Registration:
-    """Log params, metrics, the dataset, plots, tables and the model in one run; register it; set the alias."""
+    """Log params, metrics, the dataset, plots, tables and the model in one run; register it; set the alias.
+
+    A model that wins becomes `champion_alias` (the alias the service serves), else `challenger`.
+    """
     from training.plots import calibration_figure, cost_quality_figure  # matplotlib only where a run is logged
 
     ev = result.evaluation
@@ -277,7 +282,7 @@ def log_and_register(
         )
         new_aiq = ev.metrics[AIQ_METRIC]
         mv_version = str(info.registered_model_version)
-        alias, message = decide_alias(new_aiq, champion_aiq_on_this_split)
+        alias, message = decide_alias(new_aiq, champion_aiq_on_this_split, champion_alias)
         client = MlflowClient()
         client.set_registered_model_alias(registered_model, alias, mv_version)
         description = describe(result, log, message)
@@ -291,10 +296,10 @@ def log_and_register(
         return Registration(run.info.run_id, mv_version, alias, new_aiq, champion_aiq_on_this_split, message)
 
 
-def decide_alias(new_aiq: float, champion_aiq: float | None) -> tuple[str, str]:
-    """champion when there is no comparable champion or the new AIQ is at least the champion's on the same split."""
+def decide_alias(new_aiq: float, champion_aiq: float | None, champion: str = CHAMPION) -> tuple[str, str]:
+    """`champion` when there is no comparable champion or the new AIQ is at least the champion's on the same split."""
     if champion_aiq is None:
-        return CHAMPION, f"no champion comparable on this split: the new model (AIQ {new_aiq:.4f}) becomes champion"
+        return champion, f"no champion comparable on this split: the new model (AIQ {new_aiq:.4f}) becomes {champion}"
     if new_aiq >= champion_aiq:
-        return CHAMPION, f"new AIQ {new_aiq:.4f} >= champion's {champion_aiq:.4f} on this test split: promoted"
+        return champion, f"new AIQ {new_aiq:.4f} >= champion's {champion_aiq:.4f} on this test split: promoted"
     return CHALLENGER, f"new AIQ {new_aiq:.4f} < champion's {champion_aiq:.4f} on this test split: kept as challenger"

@@ -170,3 +170,20 @@ def test_a_champion_whose_embedder_is_gone_is_replaced(tmp_path: Path, monkeypat
     reg = tracking.log_and_register(weaker, NAME, gone, prompts, _training_log(tmp_path))
     assert reg.alias == "champion" and reg.version == "2"
     mlflow.end_run()
+
+
+def test_training_promotes_the_alias_the_service_serves(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With TIERWISE_MODEL_ALIAS=prod, the winner becomes prod (what the service loads), and the next run is
+    compared with prod."""
+    monkeypatch.chdir(tmp_path)
+    tracking.configure(f"sqlite:///{tmp_path / 'alias.db'}", "tierwise-alias")
+    first, prompts = _train(tmp_path, seed=0, n_estimators=30)
+    reg = tracking.log_and_register(first, NAME, None, prompts, _training_log(tmp_path), champion_alias="prod")
+    assert reg.alias == "prod"
+    assert str(MlflowClient().get_model_version_by_alias(NAME, "prod").version) == reg.version
+    assert tracking.champion_version(MlflowClient(), NAME) is None  # nothing was called champion
+    split = split_log(LOG, parse_tiers(TIERS_TOML), 0.3, seed=0)
+    measured = tracking.champion_aiq(
+        NAME, split, EmbeddingCache(tmp_path / "emb.sqlite"), 0, lambda backend: HashingEmbedder(), alias="prod"
+    )
+    assert measured == pytest.approx(reg.new_aiq)
