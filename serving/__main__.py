@@ -11,10 +11,10 @@ import uvicorn
 from infra.settings import Settings, get_settings
 from infra.store import Store
 from router.embedders.factory import make_embedder
+from serving.errors import first_line
 from serving.metrics import reset_multiprocess_dir
 from serving.model_source import source_from_settings
 from serving.runtime import build_runtime
-from serving.store_migrator import first_line
 
 logger = logging.getLogger(__name__)
 

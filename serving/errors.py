@@ -18,6 +18,18 @@ from serving.schemas import ErrorResponse
 logger = logging.getLogger(__name__)
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception as one line: SQLAlchemy's messages go on with hints and links."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def refusal_class(exc: BaseException) -> str:
+    """Only the classes of a store's refusal: its message may quote the refused value (a prompt)."""
+    orig = getattr(exc, "orig", None)
+    return f"{type(exc).__name__} ({type(orig).__name__})" if orig is not None else type(exc).__name__
+
+
 class ServiceError(Exception):
     """A request the service understood but refuses; `status` is its HTTP code."""
 
@@ -106,10 +118,10 @@ def install_handlers(app: FastAPI) -> None:
         # A value the store refuses is the client's mistake (the edge should have caught it): no store error.
         # The message is not logged or echoed: it may quote the value.
         if isinstance(exc, DataError):
-            logger.warning("the store refused a value: %s", type(getattr(exc, "orig", exc)).__name__)
+            logger.warning("the store refused a value: %s", refusal_class(exc))
             return invalid("the store refused a value of this request")
         if isinstance(exc, IntegrityError):
-            logger.warning("the store refused a write: %s", type(getattr(exc, "orig", exc)).__name__)
+            logger.warning("the store refused a write: %s", refusal_class(exc))
             return _answer(409, "the request conflicts with stored data")
         request.app.state.metrics.store_errors.inc()
         logger.error("store error: %s", exc)

@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from infra.settings import Settings
 from router.artifact import PACKAGED_ROUTER, RouterArtifact, find_artifact
+from serving.errors import first_line
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ def check_reachable(tracking_uri: str, timeout_s: int = 5) -> None:
         with engine.connect():
             pass
     except sa.exc.DBAPIError as exc:
-        raise ConnectionError(f"tracking store unreachable: {str(exc).splitlines()[0]}") from None
+        raise ConnectionError(f"tracking store unreachable: {first_line(exc)}") from None
     finally:
         engine.dispose()
 

@@ -27,7 +27,7 @@ from starlette.concurrency import run_in_threadpool
 
 from infra.store import DecisionRow, OutcomeRow, Store
 from router.schema import TiersConfig
-from serving.errors import Forbidden, Invalid, NotFound, ServiceError, StoreUnavailable
+from serving.errors import Forbidden, Invalid, NotFound, ServiceError, StoreUnavailable, first_line, refusal_class
 from serving.metrics import Metrics
 from serving.schemas import OutcomeIn, OutcomesResponse, RejectedOutcome, SpoolStatus
 from serving.security import Principal, check_owner
@@ -55,14 +55,7 @@ def is_refusal(exc: BaseException) -> bool:
 
 def describe(exc: BaseException) -> str:
     """Error class and the first line of the driver's message: never SQL parameters (prompts, key hashes)."""
-    lines = str(getattr(exc, "orig", None) or exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[0][:200] if lines else ''}"
-
-
-def refusal_class(exc: BaseException) -> str:
-    """Only the classes of a store's refusal: its message may quote the refused value (a prompt)."""
-    orig = getattr(exc, "orig", None)
-    return f"{type(exc).__name__} ({type(orig).__name__})" if orig is not None else type(exc).__name__
+    return f"{type(exc).__name__}: {first_line(getattr(exc, 'orig', None) or exc)[:200]}"
 
 
 def _invalid_reason(exc: ValidationError) -> str:

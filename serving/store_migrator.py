@@ -13,14 +13,9 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from infra.store import Store
+from serving.errors import first_line
 
 logger = logging.getLogger(__name__)
-
-
-def first_line(exc: BaseException) -> str:
-    """An exception as one line: SQLAlchemy's messages go on with hints and links."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class StoreMigrator:
