@@ -74,6 +74,18 @@ decisions = sa.Table(
     sa.Column("reason", sa.Text, nullable=False),
     sa.Column("metadata", sa.JSON, nullable=True),
     sa.Column("settled", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Evidence (migration 0002): see infra/migrations/versions/0002_decision_evidence.py.
+    sa.Column("propensity", sa.Float, nullable=True),
+    sa.Column("explored", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("predicted_quality", sa.JSON, nullable=True),
+    sa.Column("novelty", sa.Float, nullable=True),
+    sa.Column("cost_usd", sa.Float, nullable=True),
+    sa.Column("tokens_in", sa.Integer, nullable=True),
+    sa.Column("tokens_out", sa.Integer, nullable=True),
+    sa.Column("latency_ms", sa.Float, nullable=True),
+    sa.Column("served_model", sa.String(256), nullable=True),
+    sa.Column("prompt_hash", sa.String(64), nullable=True),
+    sa.Index("ix_decisions_created_at", "created_at"),
 )
 
 outcomes = sa.Table(
@@ -135,6 +147,16 @@ class DecisionRow:
     metadata: dict[str, Any] | None = None
     settled: bool = False
     created_at: datetime = field(default_factory=_now)
+    propensity: float | None = None
+    explored: bool = False
+    predicted_quality: dict[str, float] | None = None
+    novelty: float | None = None
+    cost_usd: float | None = None
+    tokens_in: int | None = None
+    tokens_out: int | None = None
+    latency_ms: float | None = None
+    served_model: str | None = None
+    prompt_hash: str | None = None
 
 
 class OutcomeRow(OutcomeBase):
