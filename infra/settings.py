@@ -88,6 +88,16 @@ class Settings(BaseSettings):
         2.0, gt=0, description="while the store is down at start-up, retry its migration this often"
     )
 
+    # admin page (/ui)
+    ui_secret_path: Path = Field(
+        default_factory=lambda data: data["store_dir"] / "ui-secret",
+        description="the key that signs /ui session cookies; made (mode 0600) on the first login if absent",
+    )
+    ui_session_ttl_s: float = Field(8 * 3600.0, gt=0, description="a /ui login lasts this long")
+    ui_savings_sample: int = Field(
+        5000, ge=1, description="savings against always-top are computed on at most this many recent decisions"
+    )
+
 
 def _sqlite_url(path: Path) -> str:
     """A SQLAlchemy URL for a SQLite file."""
