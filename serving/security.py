@@ -73,6 +73,12 @@ class KeyRing:
                 return Principal(key_hash=digest, scope=scope)  # type: ignore[arg-type]
         raise Unauthorized("unknown API key")
 
+    def principal_of(self, key_hash: str) -> Principal | None:
+        """The caller a configured key hash stands for, None if it is no longer configured (/ui logins keep the
+        hash, never the key)."""
+        scope = self._hashes.get(key_hash.lower())
+        return Principal(key_hash=key_hash.lower(), scope=scope) if scope else None  # type: ignore[arg-type]
+
 
 def require_admin(principal: Principal) -> Principal:
     if not principal.is_admin:
