@@ -1,4 +1,4 @@
-"""Cost–quality evaluation: splits, curves, AIQ, APGR, CPT, ECE. Plain functions on arrays.
+"""Cost–quality evaluation: splits, curves, AIQ, APGR, CPT, ECE, baselines, bootstrap CIs. Plain functions on arrays.
 
 `scores` and `costs` are realised outcomes, (n_prompts, n_tiers), tiers cheapest first.
 """
@@ -50,23 +50,37 @@ def sweep_targets(pred: np.ndarray, pred_cost: np.ndarray, scores: np.ndarray, c
     return Curve(np.array(c), np.array(q))
 
 
-def sweep_lambdas(pred: np.ndarray, pred_cost: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> Curve:
-    """The curve traced by the cost–quality knob: maximise predicted quality - lam * expected cost.
+def lambda_choices(pred: np.ndarray, pred_cost: np.ndarray) -> np.ndarray:
+    """The decisions of the cost–quality knob, (n_lambdas, n): maximise predicted quality - lam * expected cost.
 
     lam > 0 buys savings with predicted quality; lam < 0 pays for the pricier tier unless a cheaper
-    one is predicted better by more than |lam| * cost difference, so the curve runs from all-cheapest
-    (lam = inf) to all-top (lam = -inf).
+    one is predicted better by more than |lam| * cost difference, so the rows run from all-top
+    (lam = -inf) to all-cheapest (lam = inf).
     """
-    lams = np.concatenate([[-np.inf], lambda_grid(pred_cost), [np.inf]])
-    pts = []
-    for lam in lams:
-        if np.isinf(lam):
-            choice = np.argmin(pred_cost, axis=1) if lam > 0 else np.argmax(pred_cost, axis=1)
-        else:
-            choice = tradeoff(pred, pred_cost, lam)
-        pts.append(realised(choice, scores, costs))
-    c, q = zip(*pts, strict=True)
-    return Curve(np.array(c), np.array(q))
+    rows = [np.argmax(pred_cost, axis=1)]
+    rows += [tradeoff(pred, pred_cost, float(lam)) for lam in lambda_grid(pred_cost)]
+    rows.append(np.argmin(pred_cost, axis=1))
+    return np.stack(rows)
+
+
+def curve_of(choices: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> Curve:
+    """The mean realised (cost, quality) of each row of a decision matrix (n_settings, n)."""
+    rows = np.arange(scores.shape[0])
+    return Curve(costs[rows, choices].mean(axis=1), scores[rows, choices].mean(axis=1))
+
+
+def sweep_lambdas(pred: np.ndarray, pred_cost: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> Curve:
+    """The curve traced by the cost–quality knob (lambda_choices) on the realised outcomes."""
+    return curve_of(lambda_choices(pred, pred_cost), scores, costs)
+
+
+def oracle_curve(scores: np.ndarray, costs: np.ndarray) -> Curve:
+    """The oracle as a curve: the λ sweep on the true scores and costs (perfect knowledge at every budget).
+
+    A single oracle point (best score, cheapest) sits at one budget only; below it, a router may look
+    better than "perfect knowledge" unless the oracle is traced at every budget too.
+    """
+    return sweep_lambdas(scores, costs, scores, costs)
 
 
 def point(scores_col: np.ndarray, costs_col: np.ndarray) -> Curve:
@@ -124,19 +138,34 @@ def cost_to_reach(curve: Curve, quality: float) -> float:
     return float(x0 + (quality - y0) * (x1 - x0) / (y1 - y0))
 
 
+def _hull_area(curve: Curve, lo: float, hi: float) -> float:
+    """Integral of the hull's quality over [lo, hi]: 0 below its cheapest point, flat after its best one."""
+    hc, hq = upper_hull(curve.cost, curve.quality)
+    start = max(lo, float(hc[0]))
+    if start >= hi:
+        return 0.0
+    xs = np.unique(np.concatenate([[start, hi], hc[(hc > start) & (hc < hi)]]))
+    return float(np.trapezoid(np.interp(xs, hc, hq), xs))
+
+
 def aiq(curve: Curve, max_cost: float) -> float:
-    """RouterBench's AIQ: area under the non-decreasing hull over [0, max_cost], divided by max_cost.
+    """AIQ over [0, max_cost]: area under the non-decreasing hull divided by max_cost (tierwise's headline).
 
     The hull is 0 below its cheapest point and flat after its best one, so every method is
     integrated over the same cost range and a single point (c, q) scores q * (max_cost - c) / max_cost.
     """
-    hc, hq = upper_hull(curve.cost, curve.quality)
-    keep = hc <= max_cost
-    if not keep.any():
-        return 0.0
-    xs = np.append(hc[keep], max_cost)
-    ys = np.append(hq[keep], hull_quality_at(curve, max_cost))
-    return float(np.trapezoid(ys, xs) / max_cost)
+    return _hull_area(curve, 0.0, max_cost) / max_cost
+
+
+def aiq_range(curve: Curve, min_cost: float, max_cost: float) -> float:
+    """AIQ as RouterBench defines it: the hull's mean quality over [cheapest model's cost, priciest's cost].
+
+    Same hull and conventions as `aiq`, normalised by the range: a router's all-cheapest point sits at
+    min_cost, so the range drops the [0, min_cost] stretch where every method scores 0.
+    """
+    if max_cost <= min_cost:
+        raise ValueError("max_cost must exceed min_cost")
+    return _hull_area(curve, min_cost, max_cost) / (max_cost - min_cost)
 
 
 @dataclass(frozen=True)
@@ -206,3 +235,120 @@ def knn_predictor(train_X: np.ndarray, train_Y: np.ndarray, k: int = 25) -> Call
         return np.asarray(np.divide(num, den, out=np.full_like(num, 0.5), where=den > 0))
 
     return predict
+
+
+def task_prior(categories: np.ndarray, scores: np.ndarray, train: np.ndarray) -> np.ndarray:
+    """The task-label prior, (n, k): each tier's mean train score in the prompt's category.
+
+    A router that only learned the topic does no better than this; unseen categories get the train mean.
+    """
+    cats = np.asarray(categories).astype(str)
+    glob = np.nanmean(scores[train], axis=0)
+    out = np.tile(glob, (len(cats), 1))
+    for cat in np.unique(cats[train]):
+        rows = train & (cats == cat)
+        out[cats == cat] = np.nanmean(scores[rows], axis=0)
+    return np.where(np.isfinite(out), out, glob)
+
+
+# ----------------------------------------------------------------------------- bootstrap over prompts
+
+
+def bootstrap_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
+    """(1 + n_boot, n) weights over prompts, each row summing to 1: row 0 is the test set as it is (the point
+    estimate), row b the b-th resample with replacement (percentile bootstrap over prompts).
+
+    Methods evaluated with the same weights are paired: their difference per row is a difference on the same draw.
+    """
+    draws = np.random.default_rng(seed).integers(0, n, (n_boot, n))
+    W = np.zeros((n_boot, n))
+    np.add.at(W, (np.arange(n_boot)[:, None], draws), 1.0)
+    return np.vstack([np.ones(n), W]) / n
+
+
+def _aiqs(K: np.ndarray, Q: np.ndarray, tier_cost: np.ndarray) -> dict[str, np.ndarray]:
+    """AIQ and RouterBench's range AIQ per row of (cost, quality) points, the range from each row's tier costs."""
+    top = int(np.argmax(tier_cost[0]))
+    rows = [(Curve(K[b], Q[b]), tier_cost[b]) for b in range(len(K))]
+    return {
+        "AIQ": np.array([aiq(c, float(tc[top])) for c, tc in rows]),
+        "AIQ_range": np.array([aiq_range(c, float(tc.min()), float(tc.max())) for c, tc in rows]),
+    }
+
+
+def aiq_draws(choices: np.ndarray, scores: np.ndarray, costs: np.ndarray, W: np.ndarray) -> dict[str, np.ndarray]:
+    """AIQ and range AIQ of a decision matrix (n_settings, n), per row of the bootstrap weights W."""
+    rows = np.arange(scores.shape[0])
+    return _aiqs(W @ costs[rows, choices].T, W @ scores[rows, choices].T, W @ costs)
+
+
+def zero_router_draws(scores: np.ndarray, costs: np.ndarray, W: np.ndarray) -> dict[str, np.ndarray]:
+    """AIQ and range AIQ of the zero router (RouterBench): the hull of the single tiers, i.e. their random mix."""
+    return _aiqs(W @ costs, W @ scores, W @ costs)
+
+
+def single_tier_draws(scores: np.ndarray, costs: np.ndarray, W: np.ndarray) -> dict[str, np.ndarray]:
+    """Per tier j, the AIQ of always routing to j ("AIQ:<j>"), per row of W; with the best of them ("AIQ")."""
+    K, Q = W @ costs, W @ scores
+    top = int(np.argmax(K[0]))
+    per = np.stack([Q[:, j] * np.clip(K[:, top] - K[:, j], 0, None) / K[:, top] for j in range(scores.shape[1])])
+    best = int(np.argmax(per[:, 0]))
+    return {"AIQ": per[best], **{f"AIQ:{j}": per[j] for j in range(len(per))}}
+
+
+SHARE_GRID = np.linspace(0, 1, 101)
+
+
+def share_choices(gain: np.ndarray, seed: int, grid: np.ndarray = SHARE_GRID) -> np.ndarray:
+    """For each share x of the grid, 1 for the round(x n) prompts with the largest predicted gain (ties at random)."""
+    n = len(gain)
+    order = np.lexsort((np.random.default_rng(seed).random(n), -np.asarray(gain)))
+    rank = np.empty(n, dtype=int)
+    rank[order] = np.arange(n)
+    return np.stack([(rank < round(x * n)).astype(int) for x in grid])
+
+
+def share_gap_draws(gain: np.ndarray, scores: np.ndarray, W: np.ndarray, seed: int) -> dict[str, np.ndarray]:
+    """RouteLLM's APGR and CPT(50%) / CPT(80%) on the share-of-strong-calls axis, no hull, per row of W.
+
+    Two tiers, column 1 the strong one. The x axis is the share of prompts sent to the strong model, most
+    predicted gain first; PGR(x) = (q(x) - q_weak) / (q_strong - q_weak); APGR is its mean over x in [0, 1]
+    (a random router scores 0.5); CPT(p) is the least share, in %, at which PGR reaches p (inf when never).
+    These compare with RouteLLM's published numbers; the cost axis (`gap_metrics`) is the honest one for k > 2.
+    """
+    if scores.shape[1] != 2:
+        raise ValueError("the share-of-strong-calls metrics need exactly two tiers")
+    ch = share_choices(gain, seed)
+    rows = np.arange(scores.shape[0])
+    Q = W @ scores[rows, ch].T  # (1 + B, grid)
+    qw, qs = W @ scores[:, 0], W @ scores[:, 1]
+    gap = np.where(np.abs(qs - qw) > 1e-12, qs - qw, np.nan)
+    pgr = (Q - qw[:, None]) / gap[:, None]
+
+    def cpt(p: float) -> np.ndarray:
+        reached = pgr >= p - 1e-12
+        return np.where(reached.any(axis=1), SHARE_GRID[np.argmax(reached, axis=1)] * 100, np.inf)
+
+    return {"APGR_share": np.trapezoid(pgr, SHARE_GRID, axis=1), "CPT50_share": cpt(0.5), "CPT80_share": cpt(0.8)}
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A point estimate with its 95% percentile-bootstrap interval."""
+
+    value: float
+    low: float
+    high: float
+
+    def __str__(self) -> str:
+        return f"{self.value:.4f} [{self.low:.4f}, {self.high:.4f}]"
+
+
+def ci95(draws: np.ndarray) -> Interval:
+    """Row 0 of a bootstrap array (the point estimate) and the 2.5 / 97.5 percentiles of the other rows."""
+    draws = np.asarray(draws, dtype=float)
+    rest = draws[1:][np.isfinite(draws[1:])]
+    if rest.size == 0:
+        return Interval(float(draws[0]), float("nan"), float("nan"))
+    low, high = np.percentile(rest, [2.5, 97.5])
+    return Interval(float(draws[0]), float(low), float(high))
