@@ -15,7 +15,7 @@ from infra.settings import Settings, get_settings
 from infra.store import Store
 from router.embedders.factory import make_embedder
 from router.embedders.protocol import Embedder
-from serving.api import admin, ops, outcomes, route, sessions
+from serving.api import admin, ops, outcomes, route, sessions, ui
 from serving.docs import install_docs
 from serving.errors import install_handlers
 from serving.logs import configure_logging
@@ -104,7 +104,7 @@ def create_app(
     app.state.runtime = None
     app.state.load_error = None
     app.state.store_error = None
-    for module in (route, outcomes, sessions, admin, ops):
+    for module in (route, outcomes, sessions, admin, ops, ui):
         app.include_router(module.router)
     install_handlers(app)
     install_docs(app)

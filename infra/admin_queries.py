@@ -1,0 +1,109 @@
+"""Read-only aggregates over the decision store for the admin page: shares, spend, sessions, recent decisions.
+
+Every query is bounded: aggregates run in SQL (the window's rows never come to Python), listings take a limit,
+and windows filter on the indexed `decisions.created_at`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from infra.store import DecisionRow, SessionRow, _decision, _session, decisions, sessions
+
+MAX_PAGE = 500
+
+
+def decision_cost_usd() -> sa.ColumnElement[float]:
+    """What a decision cost: its settled cost when the upstream call was settled, else its expected cost."""
+    return sa.func.coalesce(decisions.c.cost_usd, decisions.c.expected_cost_usd)
+
+
+@dataclass(frozen=True)
+class TierUsage:
+    """Decisions routed to one tier in a window, and what they cost."""
+
+    tier: str
+    decisions: int
+    spend_usd: float
+    settled: int
+
+
+@dataclass(frozen=True)
+class CostSample:
+    """One recent decision's tier, its cost, and its prompt ('' where prompts are not stored)."""
+
+    tier: str
+    cost_usd: float
+    prompt: str
+
+
+@dataclass(frozen=True)
+class SessionPage:
+    rows: list[SessionRow]
+    total: int
+    offset: int
+    limit: int
+
+
+def _limit(limit: int) -> int:
+    return max(1, min(int(limit), MAX_PAGE))
+
+
+def tier_usage(engine: Engine, since: datetime) -> list[TierUsage]:
+    """Per tier, the decisions made at or after `since` and their spend, most used first."""
+    q = (
+        sa.select(
+            decisions.c.tier,
+            sa.func.count().label("n"),
+            sa.func.coalesce(sa.func.sum(decision_cost_usd()), 0.0).label("spend"),
+            sa.func.sum(sa.case((decisions.c.settled == sa.true(), 1), else_=0)).label("settled"),
+        )
+        .where(decisions.c.created_at >= since)
+        .group_by(decisions.c.tier)
+        .order_by(sa.desc("n"), decisions.c.tier)
+    )
+    with engine.connect() as conn:
+        return [TierUsage(r.tier, int(r.n), float(r.spend), int(r.settled or 0)) for r in conn.execute(q)]
+
+
+def cost_sample(engine: Engine, since: datetime, limit: int) -> list[CostSample]:
+    """The `limit` most recent decisions at or after `since`: tier, cost and prompt, for the savings estimate."""
+    q = (
+        sa.select(decisions.c.tier, decision_cost_usd().label("cost"), decisions.c.prompt)
+        .where(decisions.c.created_at >= since)
+        .order_by(decisions.c.created_at.desc())
+        .limit(max(1, int(limit)))
+    )
+    with engine.connect() as conn:
+        return [CostSample(r.tier, float(r.cost), r.prompt or "") for r in conn.execute(q)]
+
+
+def recent_decisions(engine: Engine, limit: int = 50) -> list[DecisionRow]:
+    """The newest decisions of every session, newest first."""
+    q = decisions.select().order_by(decisions.c.created_at.desc()).limit(_limit(limit))
+    with engine.connect() as conn:
+        return [_decision(r) for r in conn.execute(q)]
+
+
+def list_sessions(engine: Engine, status: str | None = None, offset: int = 0, limit: int = 50) -> SessionPage:
+    """One page of sessions (optionally of one status), most recently changed first, and how many there are."""
+    where: Sequence[sa.ColumnElement[bool]] = [sessions.c.status == status] if status else []
+    limit = _limit(limit)
+    offset = max(0, int(offset))
+    page = (
+        sessions.select()
+        .where(*where)
+        .order_by(sessions.c.updated_at.desc(), sessions.c.id)
+        .offset(offset)
+        .limit(limit)
+    )
+    count = sa.select(sa.func.count()).select_from(sessions).where(*where)
+    with engine.connect() as conn:
+        rows = [_session(r) for r in conn.execute(page)]
+        total = int(conn.execute(count).scalar_one())
+    return SessionPage(rows, total, offset, limit)

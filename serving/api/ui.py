@@ -1,0 +1,220 @@
+"""The admin page: GET /ui, its login and logout, and the Confirm button of frozen sessions.
+
+Server-rendered (Jinja2, plain forms, no script). The admin key is typed once into the login form; the browser
+then holds an HttpOnly, SameSite=Strict cookie with a signed session token (never the key), and every POST
+carries a CSRF token derived from that session.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from pathlib import Path as FsPath
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Form, Query, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from pydantic import ValidationError
+
+from serving.api.sessions import SessionPath, confirm_session
+from serving.deps import SettingsDep, StoreDep
+from serving.errors import ServiceError, Unauthorized
+from serving.schemas import ConfirmRequest
+from serving.security import ANONYMOUS, Principal
+from serving.ui.auth import ANON, Signer, load_secret
+from serving.ui.view import build_dashboard
+
+UI_DIR = FsPath(__file__).resolve().parents[1] / "ui"
+SESSION_COOKIE = "tierwise_ui"
+LOGIN_COOKIE = "tierwise_ui_login"
+# No script at all; styles and forms only from this service; never framed.
+CSP = (
+    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CSP,
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+}
+
+router = APIRouter(prefix="/ui", include_in_schema=False)
+
+
+def usd(value: float | None) -> str:
+    if value is None:
+        return "—"
+    if value == 0:
+        return "$0"
+    return f"${value:,.2f}" if abs(value) >= 1 else f"${value:.6f}"
+
+
+def pct(share: float) -> str:
+    return f"{share * 100:.1f}%"
+
+
+@lru_cache
+def templates() -> Jinja2Templates:
+    t = Jinja2Templates(directory=UI_DIR / "templates")  # autoescapes .html
+    t.env.filters.update(usd=usd, pct=pct)
+    return t
+
+
+def signer(request: Request) -> Signer:
+    """The app's cookie signer, its secret read (or made) on first use rather than at start-up."""
+    state = request.app.state
+    if getattr(state, "ui_signer", None) is None:
+        settings = state.settings
+        state.ui_signer = Signer(load_secret(settings.ui_secret_path), settings.ui_session_ttl_s)
+    return state.ui_signer  # type: ignore[no-any-return]
+
+
+def logged_in(request: Request) -> tuple[str, Principal] | None:
+    """The session token and admin behind the request's cookie, if it is valid and its key still an admin key."""
+    token = request.cookies.get(SESSION_COOKIE)
+    key_hash = signer(request).verify(token)
+    if token is None or key_hash is None:
+        return None
+    keys = request.app.state.keys
+    if not keys.enabled:
+        return token, ANONYMOUS
+    principal = None if key_hash == ANON else keys.principal_of(key_hash)
+    if principal is None or not principal.is_admin:
+        return None
+    return token, principal
+
+
+def page(request: Request, name: str, context: dict[str, Any], status: int = 200) -> Response:
+    response = templates().TemplateResponse(request, name, context, status_code=status)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+def set_cookie(request: Request, response: Response, name: str, value: str, max_age: int) -> None:
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path="/ui",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
+
+
+def login_page(request: Request, error: str | None = None, status: int = 200) -> Response:
+    """The login form, with a fresh pre-login nonce cookie its CSRF token is bound to."""
+    nonce = signer(request).issue(None)
+    response = page(
+        request,
+        "login.html",
+        {"error": error, "csrf": signer(request).login_csrf(nonce), "keys_on": request.app.state.keys.enabled},
+        status,
+    )
+    set_cookie(request, response, LOGIN_COOKIE, nonce, max_age=3600)
+    return response
+
+
+def refusal(request: Request, status: int, message: str) -> Response:
+    return page(request, "refusal.html", {"status": status, "message": message}, status)
+
+
+def see(url: str) -> RedirectResponse:
+    response = RedirectResponse(url, status_code=303)
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+@router.get("")
+def dashboard(
+    request: Request,
+    store: StoreDep,
+    settings: SettingsDep,
+    sessions: Annotated[Literal["all", "open", "frozen"], Query()] = "all",
+    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
+    confirmed: Annotated[str | None, Query(max_length=128)] = None,
+) -> Response:
+    """The page; without a valid login, a redirect to the login form."""
+    login = logged_in(request)
+    if login is None:
+        return see("/ui/login")
+    token, _ = login
+    view = build_dashboard(
+        store,
+        request.app.state.runtime,
+        settings,
+        session_filter=sessions,
+        offset=offset,
+        load_error=request.app.state.load_error,
+    )
+    return page(request, "dashboard.html", {"d": view, "csrf": signer(request).csrf(token), "confirmed": confirmed})
+
+
+@router.get("/login")
+def login_form(request: Request) -> Response:
+    if logged_in(request) is not None:
+        return see("/ui")
+    return login_page(request)
+
+
+@router.post("/login")
+def login(request: Request, key: Annotated[str, Form()] = "", csrf: Annotated[str, Form()] = "") -> Response:
+    """Check the admin key once; answer with the session cookie and a redirect to the page."""
+    s = signer(request)
+    if not s.check_login_csrf(request.cookies.get(LOGIN_COOKIE), csrf):
+        return login_page(request, "The login form expired or came from elsewhere; try again.", 403)
+    try:
+        principal = request.app.state.keys.authenticate(key)
+    except Unauthorized:
+        return login_page(request, "Unknown key.", 401)
+    if not principal.is_admin:
+        return login_page(request, "This is a client key; the admin page needs an admin key.", 403)
+    response = see("/ui")
+    set_cookie(request, response, SESSION_COOKIE, s.issue(principal.key_hash), max_age=int(s.ttl_s))
+    response.delete_cookie(LOGIN_COOKIE, path="/ui")
+    return response
+
+
+@router.post("/logout")
+def logout(request: Request, csrf: Annotated[str, Form()] = "") -> Response:
+    login = logged_in(request)
+    if login is not None and not signer(request).check_csrf(login[0], csrf):
+        return refusal(request, 403, "The form came without a valid CSRF token; reload the page and try again.")
+    response = see("/ui/login")
+    response.delete_cookie(SESSION_COOKIE, path="/ui")
+    return response
+
+
+@router.post("/sessions/{session_id}/confirm")
+def confirm(
+    request: Request,
+    session_id: SessionPath,
+    store: StoreDep,
+    new_cap_usd: Annotated[str, Form(max_length=64)] = "",
+    csrf: Annotated[str, Form()] = "",
+) -> Response:
+    """Reopen a frozen session with a new cap, through the same code as POST /sessions/{id}/confirm."""
+    login = logged_in(request)
+    if login is None:
+        return refusal(request, 401, "Not logged in (or the login expired): log in again.")
+    token, principal = login
+    if not signer(request).check_csrf(token, csrf):
+        return refusal(request, 403, "The form came without a valid CSRF token; reload the page and try again.")
+    try:
+        cap = float(new_cap_usd)
+        if not math.isfinite(cap):
+            raise ValueError
+        req = ConfirmRequest(new_cap_usd=cap)
+    except (ValueError, ValidationError):
+        return refusal(request, 400, f"The new cap must be a finite number of USD, at least 0 (got {new_cap_usd!r}).")
+    try:
+        confirm_session(session_id, req, store, principal)
+    except ServiceError as exc:
+        return refusal(request, exc.status, exc.detail)
+    return see(f"/ui?sessions=all&confirmed={session_id}#frozen")
+
+
+@router.get("/static/ui.css")
+def stylesheet() -> FileResponse:
+    return FileResponse(UI_DIR / "static" / "ui.css", media_type="text/css", headers={"Cache-Control": "max-age=3600"})

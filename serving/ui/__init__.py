@@ -1,0 +1,1 @@
+"""The admin page (/ui): templates, static files, login and the view it renders."""
