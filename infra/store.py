@@ -383,6 +383,32 @@ class Store:
                     self._settle(conn, r.decision_id, r.cost_usd)
         return new
 
+    def settle_decision(
+        self,
+        decision_id: str,
+        *,
+        cost_usd: float,
+        tokens_in: int | None,
+        tokens_out: int | None,
+        latency_ms: float | None,
+        served_model: str | None,
+        reason: str | None = None,
+    ) -> None:
+        """Write what serving a decision took (the proxy, once the upstream answered or failed) and book its cost on
+        its session once: the reservation is released and `cost_usd` spent; a later outcome charges nothing more."""
+        values: dict[str, Any] = {
+            "cost_usd": cost_usd,
+            "tokens_in": tokens_in,
+            "tokens_out": tokens_out,
+            "latency_ms": latency_ms,
+            "served_model": served_model,
+        }
+        if reason is not None:
+            values["reason"] = reason
+        with self.engine.begin() as conn:
+            conn.execute(decisions.update().where(decisions.c.id == decision_id).values(**values))
+            self._settle(conn, decision_id, cost_usd)
+
     @staticmethod
     def _settle(conn: Connection, decision_id: str, cost_usd: float) -> None:
         """Release a decision's reservation and book its actual cost, once; spend saturates at a ceiling."""
