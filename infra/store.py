@@ -387,7 +387,7 @@ class Store:
         self,
         decision_id: str,
         *,
-        cost_usd: float,
+        cost_usd: float | None,
         tokens_in: int | None,
         tokens_out: int | None,
         latency_ms: float | None,
@@ -395,7 +395,8 @@ class Store:
         reason: str | None = None,
     ) -> None:
         """Write what serving a decision took (the proxy, once the upstream answered or failed) and book its cost on
-        its session once: the reservation is released and `cost_usd` spent; a later outcome charges nothing more."""
+        its session once: the reservation is released and `cost_usd` spent; a later outcome charges nothing more.
+        `cost_usd` None: the call failed, nothing is charged and the decision keeps no cost."""
         values: dict[str, Any] = {
             "cost_usd": cost_usd,
             "tokens_in": tokens_in,
@@ -407,7 +408,7 @@ class Store:
             values["reason"] = reason
         with self.engine.begin() as conn:
             conn.execute(decisions.update().where(decisions.c.id == decision_id).values(**values))
-            self._settle(conn, decision_id, cost_usd)
+            self._settle(conn, decision_id, cost_usd or 0.0)
 
     @staticmethod
     def _settle(conn: Connection, decision_id: str, cost_usd: float) -> None:
