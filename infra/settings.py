@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 from platformdirs import user_cache_dir, user_data_dir
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EmbedderBackend = Literal["torch", "onnx-fp32", "onnx-int8", "static"]
@@ -88,6 +88,31 @@ class Settings(BaseSettings):
         2.0, gt=0, description="while the store is down at start-up, retry its migration this often"
     )
 
+    # trust: exploration, off-policy evaluation, prompts at rest
+    exploration_rate: float = Field(
+        0.0, ge=0, le=0.5, description="ε: share of decisions that serve a random allowed tier instead (0 = off)"
+    )
+    exploration_opt_out_keys: list[str] = Field(
+        default_factory=list, description="sha256 hex digests of API keys whose requests never explore"
+    )
+    prompt_storage: Literal["text", "hash", "none"] = Field(
+        "text", description="what decisions and outcomes keep of a prompt: its text, a keyed hash, or nothing"
+    )
+    prompt_hash_key: SecretStr | None = Field(None, description="the HMAC key of prompt_storage=hash (required then)")
+    retention_days: float | None = Field(
+        None, gt=0, description="`tierwise purge` deletes decisions and outcomes older than this; None = keep"
+    )
+    ope_gate_min_decisions: int = Field(
+        500, ge=1, description="logged decisions with outcomes the off-policy gate check needs before it judges"
+    )
+    ope_gate_max_loss: float = Field(
+        0.01,
+        ge=0,
+        le=1,
+        description="the gate refuses a challenger whose DR lower bound of quality vs the "
+        "logging policy is below minus this",
+    )
+
     # admin page (/ui)
     ui_secret_path: Path = Field(
         default_factory=lambda data: data["store_dir"] / "ui-secret",
@@ -97,6 +122,12 @@ class Settings(BaseSettings):
     ui_savings_sample: int = Field(
         5000, ge=1, description="savings against always-top are computed on at most this many recent decisions"
     )
+
+    @model_validator(mode="after")
+    def _hash_needs_a_key(self) -> Settings:
+        if self.prompt_storage == "hash" and not (self.prompt_hash_key and self.prompt_hash_key.get_secret_value()):
+            raise ValueError("prompt_storage=hash needs prompt_hash_key (TIERWISE_PROMPT_HASH_KEY), the HMAC key")
+        return self
 
 
 def _sqlite_url(path: Path) -> str:
