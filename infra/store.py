@@ -19,6 +19,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
+from infra.prompt_policy import NOT_STORED, PromptPolicy
 from router.schema import Outcome, OutcomeBase
 from router.text import normalize_text
 
@@ -65,7 +66,7 @@ decisions = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Column("session_id", sa.String(128), nullable=True, index=True),
     sa.Column("owner", sa.String(64), nullable=True),
-    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("prompt", sa.Text, nullable=True),  # NULL when prompt storage is hash or none (migration 0003)
     sa.Column("tier", sa.String(128), nullable=False),
     sa.Column("model", sa.String(256), nullable=False),
     sa.Column("expected_cost_usd", sa.Float, nullable=False),
@@ -85,6 +86,9 @@ decisions = sa.Table(
     sa.Column("latency_ms", sa.Float, nullable=True),
     sa.Column("served_model", sa.String(256), nullable=True),
     sa.Column("prompt_hash", sa.String(64), nullable=True),
+    # Migration 0003: the logging distribution and per-tier expected costs, for off-policy evaluation.
+    sa.Column("propensities", sa.JSON, nullable=True),
+    sa.Column("expected_costs", sa.JSON, nullable=True),
     sa.Index("ix_decisions_created_at", "created_at"),
 )
 
@@ -94,7 +98,7 @@ outcomes = sa.Table(
     sa.Column("id", sa.String(128), primary_key=True),
     sa.Column("decision_id", sa.String(32), nullable=True, index=True),
     sa.Column("prompt_id", sa.String(64), nullable=False),
-    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("prompt", sa.Text, nullable=True),  # NULL when prompt storage is hash or none (migration 0003)
     sa.Column("model", sa.String(256), nullable=False),
     sa.Column("score", sa.Float, nullable=False),
     sa.Column("cost_usd", sa.Float, nullable=False),
@@ -104,6 +108,7 @@ outcomes = sa.Table(
     sa.Column("tokens_out", sa.Integer, nullable=True),
     sa.Column("latency_ms", sa.Float, nullable=True),
     sa.Column("created_at", UtcDateTime, nullable=False),
+    sa.Index("ix_outcomes_created_at", "created_at"),
 )
 
 
@@ -157,6 +162,8 @@ class DecisionRow:
     latency_ms: float | None = None
     served_model: str | None = None
     prompt_hash: str | None = None
+    propensities: dict[str, float] | None = None
+    expected_costs: dict[str, float] | None = None
 
 
 class OutcomeRow(OutcomeBase):
@@ -173,7 +180,8 @@ def _session(row: Any) -> SessionRow:
 
 def _decision(row: Any) -> DecisionRow:
     m = row._mapping
-    return DecisionRow(**{k: m[k] for k in DecisionRow.__dataclass_fields__})
+    values = {k: m[k] for k in DecisionRow.__dataclass_fields__}
+    return DecisionRow(**{**values, "prompt": NOT_STORED if values["prompt"] is None else values["prompt"]})
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -202,9 +210,10 @@ class LockedSession:
     """A session row locked for the rest of the transaction: check its owner, then set its cap, reserve
     against it, or freeze it. Raising inside the `with` rolls everything back, a session it created too."""
 
-    def __init__(self, conn: Connection, row: SessionRow):
+    def __init__(self, conn: Connection, row: SessionRow, prompts: PromptPolicy | None = None):
         self._conn = conn
         self.row = row
+        self._prompts = prompts or PromptPolicy()
 
     def reserve(self, rows: Sequence[DecisionRow]) -> SessionRow:
         total = sum(r.reserved_usd for r in rows)
@@ -213,7 +222,7 @@ class LockedSession:
             .where(sessions.c.id == self.row.id)
             .values(reserved_usd=sessions.c.reserved_usd + total, updated_at=_now())
         )
-        _insert_decisions(self._conn, rows)
+        _insert_decisions(self._conn, rows, self._prompts)
         self.row = SessionRow(**{**self.row.__dict__, "reserved_usd": self.row.reserved_usd + total})
         return self.row
 
@@ -250,17 +259,19 @@ def _insert_new_outcome(conn: Connection, values: dict[str, Any]) -> bool:
     return conn.execute(stmt.returning(outcomes.c.id)).first() is not None
 
 
-def _insert_decisions(conn: Connection, rows: Sequence[DecisionRow]) -> None:
+def _insert_decisions(conn: Connection, rows: Sequence[DecisionRow], prompts: PromptPolicy | None = None) -> None:
     if rows:
-        conn.execute(decisions.insert(), [r.__dict__ for r in rows])
+        policy = prompts or PromptPolicy()
+        conn.execute(decisions.insert(), [policy.decision(dict(r.__dict__)) for r in rows])
 
 
 class Store:
     """Typed access to the three tables. Every method is one short transaction."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, prompts: PromptPolicy | None = None):
         self.url = url
         self.engine = make_engine(url)
+        self.prompts = prompts or PromptPolicy()
 
     def migrate(self) -> None:
         """Bring the schema to the newest alembic revision."""
@@ -340,13 +351,13 @@ class Store:
                 self._insert_session(conn, session_id, owner, None)
                 touch(conn)
             row = conn.execute(sessions.select().where(sessions.c.id == session_id)).one()
-            yield LockedSession(conn, _session(row))
+            yield LockedSession(conn, _session(row), self.prompts)
 
     # ------------------------------------------------------------------ decisions
 
     def record_decisions(self, rows: Sequence[DecisionRow]) -> None:
         with self.engine.begin() as conn:
-            _insert_decisions(conn, rows)
+            _insert_decisions(conn, rows, self.prompts)
 
     def get_decisions(self, ids: Sequence[str]) -> dict[str, DecisionRow]:
         if not ids:
@@ -376,6 +387,7 @@ class Store:
         with self.engine.begin() as conn:
             for r in rows:
                 values = {**r.model_dump(), "prompt_id": prompt_id_of(r.prompt), "created_at": _now()}
+                values = self.prompts.outcome(values, self._decision_hash(conn, r))
                 if not _insert_new_outcome(conn, values):
                     continue
                 new += 1
@@ -410,6 +422,12 @@ class Store:
             conn.execute(decisions.update().where(decisions.c.id == decision_id).values(**values))
             self._settle(conn, decision_id, cost_usd or 0.0)
 
+    def _decision_hash(self, conn: Connection, r: OutcomeRow) -> str | None:
+        """The stored prompt hash of an outcome's decision, when the outcome has no text of its own to hash."""
+        if self.prompts.mode != "hash" or r.decision_id is None or r.prompt != NOT_STORED:
+            return None
+        return conn.execute(sa.select(decisions.c.prompt_hash).where(decisions.c.id == r.decision_id)).scalar()
+
     @staticmethod
     def _settle(conn: Connection, decision_id: str, cost_usd: float) -> None:
         """Release a decision's reservation and book its actual cost, once; spend saturates at a ceiling."""
@@ -440,10 +458,49 @@ class Store:
     def export_outcomes(self) -> list[Outcome]:
         """Every stored outcome in the training contract, for `tierwise train --from-store`."""
         with self.engine.connect() as conn:
-            rows = conn.execute(outcomes.select().order_by(outcomes.c.created_at)).all()
+            # Rows kept without text (prompt storage hash or none) cannot be embedded: training skips them.
+            query = outcomes.select().where(outcomes.c.prompt.is_not(None)).order_by(outcomes.c.created_at)
+            rows = conn.execute(query).all()
         shared = [name for name in Outcome.model_fields if name in outcomes.c]
         # Not re-validated here: training checks the exported log like any other (router.schema.validate_outcomes).
         return [
             Outcome.model_construct(**{name: r._mapping[name] for name in shared}, timestamp=r.created_at.isoformat())
             for r in rows
         ]
+
+    # ------------------------------------------------------------------ retention
+
+    def purge(self, before: datetime) -> tuple[int, int]:
+        """Delete decisions and outcomes created before `before`; how many of each.
+
+        An unsettled decision's reservation is released from its session first, so a purge never leaves
+        money reserved for a decision that no longer exists.
+        """
+        with self.engine.begin() as conn:
+            stale = conn.execute(
+                sa.select(decisions.c.session_id, sa.func.sum(decisions.c.reserved_usd))
+                .where(decisions.c.created_at < before, decisions.c.settled == sa.false())
+                .where(decisions.c.session_id.is_not(None))
+                .group_by(decisions.c.session_id)
+            ).all()
+            for session_id, reserved in stale:
+                left = sessions.c.reserved_usd - float(reserved or 0.0)
+                conn.execute(
+                    sessions.update()
+                    .where(sessions.c.id == session_id)
+                    .values(reserved_usd=sa.case((left < 0, 0.0), else_=left), updated_at=_now())
+                )
+            n_decisions = conn.execute(decisions.delete().where(decisions.c.created_at < before)).rowcount
+            n_outcomes = conn.execute(outcomes.delete().where(outcomes.c.created_at < before)).rowcount
+        return int(n_decisions), int(n_outcomes)
+
+    def delete_session(self, session_id: str) -> tuple[int, int, int]:
+        """Delete a session with its decisions and outcomes; how many sessions (0 or 1), decisions and outcomes."""
+        with self.engine.begin() as conn:
+            ids = sa.select(decisions.c.id).where(decisions.c.session_id == session_id)
+            n_outcomes = conn.execute(
+                outcomes.delete().where(sa.or_(outcomes.c.session_id == session_id, outcomes.c.decision_id.in_(ids)))
+            ).rowcount
+            n_decisions = conn.execute(decisions.delete().where(decisions.c.session_id == session_id)).rowcount
+            n_sessions = conn.execute(sessions.delete().where(sessions.c.id == session_id)).rowcount
+        return int(n_sessions), int(n_decisions), int(n_outcomes)

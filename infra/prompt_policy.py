@@ -1,0 +1,57 @@
+"""What the store keeps of a prompt at rest: its text, a keyed hash, or nothing (TIERWISE_PROMPT_STORAGE).
+
+- text: the prompt text, as sent (default; `tierwise train --from-store` needs it).
+- hash: no text; an HMAC-SHA256 of the normalised prompt under a configured key, so the same prompt is
+  recognised again (outcomes join their prompt across models) without a dictionary attack on unkeyed hashes.
+- none: no text and no hash; an outcome's prompt id is its decision's (or its own) id.
+
+Either way the decision keeps what off-policy evaluation needs without the text: the per-tier predictions,
+expected costs and propensities, the served tier and its outcome.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from router.text import normalize_text
+
+PromptStorage = Literal["text", "hash", "none"]
+NOT_STORED = "[prompt not stored]"
+"""What a row read back without text shows as its prompt (the column is NULL)."""
+
+
+@dataclass(frozen=True)
+class PromptPolicy:
+    mode: PromptStorage = "text"
+    key: bytes | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode == "hash" and not self.key:
+            raise ValueError("prompt storage 'hash' needs a key (TIERWISE_PROMPT_HASH_KEY)")
+
+    def digest(self, prompt: str) -> str:
+        """The keyed hash of a prompt (hash mode), hex."""
+        if not self.key:
+            raise ValueError("prompt storage 'hash' needs a key")
+        return hmac.new(self.key, normalize_text(prompt).encode(), hashlib.sha256).hexdigest()
+
+    def decision(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A decision row's values as stored."""
+        if self.mode == "text":
+            return values
+        return {**values, "prompt": None, "prompt_hash": self.digest(values["prompt"]) if self.mode == "hash" else None}
+
+    def outcome(self, values: dict[str, Any], decision_hash: str | None = None) -> dict[str, Any]:
+        """An outcome row's values as stored; `decision_hash` is its decision's stored prompt hash, if any."""
+        if self.mode == "text":
+            return values
+        if self.mode == "hash" and values["prompt"] != NOT_STORED:
+            prompt_id = self.digest(values["prompt"])[:32]
+        elif decision_hash:
+            prompt_id = decision_hash[:32]
+        else:  # no text to hash (none mode): the decision's id, else the outcome's own
+            prompt_id = values.get("decision_id") or values["id"]
+        return {**values, "prompt": None, "prompt_id": prompt_id}

@@ -1,0 +1,104 @@
+"""Prompts at rest (text, keyed hash, nothing), the retention purge and deleting a session's data, on both stores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from infra.prompt_policy import NOT_STORED, PromptPolicy
+from infra.store import DecisionRow, OutcomeRow, Store, decisions, outcomes
+
+PROMPT = "What is the capital of France?"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    yield f"sqlite:///{tmp_path / 'store.db'}" if request.param == "sqlite" else request.getfixturevalue("pg_url")
+
+
+def decision(i: int, session: str | None = None, reserved: float = 0.0) -> DecisionRow:
+    return DecisionRow(
+        id=f"d{i}",
+        prompt=PROMPT,
+        tier="main",
+        model="small",
+        expected_cost_usd=0.01,
+        router_version="1",
+        reason="r",
+        session_id=session,
+        reserved_usd=reserved,
+        propensity=0.9,
+        propensities={"main": 0.9, "mid": 0.05, "brain": 0.05},
+        expected_costs={"main": 0.01, "mid": 0.02, "brain": 0.2},
+    )
+
+
+def stored(store: Store) -> tuple[list[sa.Row], list[sa.Row]]:
+    with store.engine.connect() as conn:
+        return conn.execute(decisions.select()).all(), conn.execute(outcomes.select()).all()
+
+
+@pytest.mark.parametrize("mode", ["text", "hash", "none"])
+def test_what_is_kept_of_a_prompt(url: str, mode: str) -> None:
+    policy = PromptPolicy(mode, b"secret" if mode == "hash" else None)  # type: ignore[arg-type]
+    store = Store(url, policy)
+    store.migrate()
+    store.record_decisions([decision(1), decision(2)])
+    d1 = store.get_decisions(["d1"])["d1"]
+    # An outcome by decision takes the decision's prompt (the placeholder when none was kept).
+    store.record_outcomes(
+        [OutcomeRow(id="o1", decision_id="d1", prompt=d1.prompt, model="small", score=1, cost_usd=0.01)]
+    )
+    store.record_outcomes([OutcomeRow(id="o2", prompt=PROMPT, model="medium", score=0, cost_usd=0.02)])
+    ds, os_ = stored(store)
+    everything = repr([r._mapping for r in ds]) + repr([r._mapping for r in os_])
+    if mode == "text":
+        assert d1.prompt == PROMPT and {r.prompt for r in os_} == {PROMPT}
+        assert len(store.export_outcomes()) == 2
+        return
+    assert "capital of France" not in everything  # the text is nowhere in the database
+    assert d1.prompt == NOT_STORED
+    assert store.export_outcomes() == []  # nothing to train on without text
+    assert ds[0].propensities == {"main": 0.9, "mid": 0.05, "brain": 0.05}
+    if mode == "hash":
+        assert ds[0].prompt_hash == policy.digest(PROMPT) != PromptPolicy("hash", b"other").digest(PROMPT)
+        # Both outcomes of the same prompt share one keyed prompt id, whichever way they came in.
+        assert len({r.prompt_id for r in os_}) == 1
+    else:
+        assert ds[0].prompt_hash is None
+    store.dispose()
+
+
+def test_hash_mode_needs_a_key() -> None:
+    with pytest.raises(ValueError, match="needs a key"):
+        PromptPolicy("hash")
+
+
+def test_purge_and_delete_session(url: str) -> None:
+    store = Store(url)
+    store.migrate()
+    with store.lock_session("s1", None) as locked:
+        locked.reserve([decision(1, "s1", reserved=0.5), decision(2, "s1", reserved=0.25)])
+    store.record_decisions([decision(3)])
+    store.record_outcomes([OutcomeRow(id="o1", decision_id="d1", prompt=PROMPT, model="small", score=1, cost_usd=0.4)])
+    old = datetime.now(UTC) - timedelta(days=40)
+    with store.engine.begin() as conn:
+        conn.execute(decisions.update().where(decisions.c.id.in_(["d1", "d2"])).values(created_at=old))
+        conn.execute(outcomes.update().values(created_at=old))
+    assert store.purge(datetime.now(UTC) - timedelta(days=30)) == (2, 1)
+    session = store.get_session("s1")
+    assert session is not None and session.reserved_usd == pytest.approx(0.0)  # d2's reservation released
+    assert session.spent_usd == pytest.approx(0.4)
+    assert set(store.get_decisions(["d1", "d2", "d3"])) == {"d3"}
+
+    with store.lock_session("s2", None) as locked:
+        locked.reserve([decision(4, "s2"), decision(5, "s2")])
+    store.record_outcomes([OutcomeRow(id="o2", decision_id="d4", prompt=PROMPT, model="small", score=1, cost_usd=0.1)])
+    assert store.delete_session("s2") == (1, 2, 1)
+    assert store.get_session("s2") is None and store.delete_session("s2") == (0, 0, 0)
+    assert set(store.get_decisions(["d3", "d4"])) == {"d3"}
+    store.dispose()
