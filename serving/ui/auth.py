@@ -7,6 +7,7 @@ every request: removing a key from TIERWISE_API_KEYS ends its logins too.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -20,19 +21,23 @@ ANON = "-"  # the key hash of a login made while keys are off (loopback only)
 
 
 def load_secret(path: Path) -> bytes:
-    """The signing secret kept at `path`, made (mode 0600) by whichever worker gets there first."""
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
+    """The signing secret kept at `path`, made (mode 0600) by whichever worker gets there first.
+
+    Written whole to a private temporary file, then hard-linked into place (which fails if the file exists), so no
+    worker ever reads a half-written secret.
+    """
+    if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another worker made it between our read and our create
-            data = path.read_bytes()
-        else:
-            data = secrets.token_bytes(SECRET_BYTES)
             with os.fdopen(fd, "wb") as f:
-                f.write(data)
+                f.write(secrets.token_bytes(SECRET_BYTES))
+            with contextlib.suppress(FileExistsError):  # another worker linked its secret first: use that one
+                os.link(tmp, path)
+        finally:
+            tmp.unlink()
+    data = path.read_bytes()
     if len(data) < SECRET_BYTES:
         raise ValueError(f"{path}: the /ui signing secret is shorter than {SECRET_BYTES} bytes; delete it to renew")
     return data
