@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(2, ge=1)
+    decision_commit: Literal["durable", "async"] = Field(
+        "durable",
+        description="async: a sessionless decision's commit does not wait for the disk (kept through a service "
+        "crash, not a power loss); session reservations stay durable",
+    )
     intra_op_threads: int = Field(1, ge=1)
     database_url: str = Field(default_factory=lambda data: _sqlite_url(data["store_dir"] / "tierwise.db"))
     local_model_path: Path | None = None

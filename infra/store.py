@@ -184,15 +184,18 @@ def _decision(row: Any) -> DecisionRow:
     return DecisionRow(**{**values, "prompt": NOT_STORED if values["prompt"] is None else values["prompt"]})
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cur = dbapi_connection.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.close()
+def _sqlite_pragmas(synchronous: str) -> Any:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cur = dbapi_connection.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.close()
+
+    return on_connect
 
 
-def make_engine(url: str) -> Engine:
-    """An engine for `url`; SQLite gets WAL, full sync and a long busy timeout.
+def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
+    """An engine for `url`; SQLite gets WAL, full sync (unless told otherwise) and a long busy timeout.
 
     Parameters are hidden from error messages: they hold prompts and key hashes, and errors get logged.
     """
@@ -201,7 +204,7 @@ def make_engine(url: str) -> Engine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True)
-        sa.event.listen(engine, "connect", _sqlite_pragmas)
+        sa.event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous))
         return engine
     return sa.create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True, hide_parameters=True)
 
@@ -284,8 +287,26 @@ class Store:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
 
+    # "durable": a sessionless decision is on disk before /route answers. "async" (TIERWISE_DECISION_COMMIT):
+    # its commit does not wait for the disk (SQLite WAL synchronous=NORMAL, PostgreSQL synchronous_commit=off):
+    # visible at once to every worker, kept through a crash of the service, lost only if the machine itself
+    # goes down within moments of the answer. Reservations against a session always commit durably.
+    decision_commit: str = "durable"
+    _async_engine: Engine | None = None
+
+    def _decision_engine(self) -> Engine:
+        parsed = sa.make_url(self.url)
+        on_disk = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+        if self.decision_commit != "async" or not on_disk:
+            return self.engine
+        if self._async_engine is None:
+            self._async_engine = make_engine(self.url, sqlite_synchronous="NORMAL")
+        return self._async_engine
+
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._async_engine is not None:
+            self._async_engine.dispose()
 
     # ------------------------------------------------------------------ sessions
 
@@ -356,7 +377,9 @@ class Store:
     # ------------------------------------------------------------------ decisions
 
     def record_decisions(self, rows: Sequence[DecisionRow]) -> None:
-        with self.engine.begin() as conn:
+        with self._decision_engine().begin() as conn:
+            if self.decision_commit == "async" and conn.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             _insert_decisions(conn, rows, self.prompts)
 
     def get_decisions(self, ids: Sequence[str]) -> dict[str, DecisionRow]:

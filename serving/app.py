@@ -49,6 +49,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = store or Store(settings.database_url)
+        db.decision_commit = settings.decision_commit
         migrator = StoreMigrator(app.state, db)
         store_ready = await run_in_threadpool(migrator.try_migrate)
         emb = embedder or make_embedder(
