@@ -1,0 +1,144 @@
+"""infra/admin_queries.py on SQLite and PostgreSQL: windows, shares, spend, savings inputs, session pages."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from infra import admin_queries as q
+from infra.store import DecisionRow, Store, decisions, sessions
+from router.artifact import RouterArtifact
+from router.routing import Router
+from serving.runtime import Runtime
+from serving.ui.view import savings
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def decision(
+    i: int,
+    age: timedelta,
+    tier: str = "main",
+    expected: float = 1.0,
+    cost: float | None = None,
+    prompt: str = "a prompt",
+    session: str | None = None,
+) -> DecisionRow:
+    return DecisionRow(
+        id=f"d{i:04d}",
+        prompt=prompt,
+        tier=tier,
+        model=f"model-{tier}",
+        expected_cost_usd=expected,
+        router_version="v1",
+        reason=f"reason {i}",
+        session_id=session,
+        created_at=NOW - age,
+        cost_usd=cost,
+        settled=cost is not None,
+    )
+
+
+@pytest.fixture
+def filled(store: Store) -> Store:
+    store.migrate()
+    store.record_decisions(
+        [
+            decision(1, timedelta(minutes=5), "main", expected=0.1),
+            decision(2, timedelta(minutes=10), "main", expected=0.1, cost=0.05),  # settled: its real cost counts
+            decision(3, timedelta(minutes=30), "brain", expected=2.0),
+            decision(4, timedelta(hours=3), "mid", expected=0.5),  # in the day, not the hour
+            decision(5, timedelta(days=2), "brain", expected=9.0),  # in neither
+        ]
+    )
+    return store
+
+
+def test_tier_usage_counts_and_spends_per_window(filled: Store) -> None:
+    hour = {u.tier: u for u in q.tier_usage(filled.engine, NOW - timedelta(hours=1))}
+    assert {t: (u.decisions, round(u.spend_usd, 9), u.settled) for t, u in hour.items()} == {
+        "main": (2, 0.15, 1),
+        "brain": (1, 2.0, 0),
+    }
+    day = q.tier_usage(filled.engine, NOW - timedelta(days=1))
+    assert [u.tier for u in day] == ["main", "brain", "mid"]  # most used first, then by name
+    assert sum(u.decisions for u in day) == 4
+    assert q.tier_usage(filled.engine, NOW + timedelta(seconds=1)) == []
+
+
+def test_cost_sample_is_the_newest_decisions_with_their_cost(filled: Store) -> None:
+    got = q.cost_sample(filled.engine, NOW - timedelta(days=1), limit=3)
+    assert [(s.tier, s.cost_usd) for s in got] == [("main", 0.1), ("main", 0.05), ("brain", 2.0)]
+    assert len(q.cost_sample(filled.engine, NOW - timedelta(days=1), limit=100)) == 4
+
+
+def test_recent_decisions_are_newest_first_and_bounded(filled: Store) -> None:
+    got = q.recent_decisions(filled.engine, limit=2)
+    assert [d.id for d in got] == ["d0001", "d0002"]
+    assert got[0].reason == "reason 1"
+    assert len(q.recent_decisions(filled.engine, limit=10**9)) == 5  # the limit is clamped, not trusted
+
+
+def test_sessions_page_filters_pages_and_counts(store: Store) -> None:
+    store.migrate()
+    for i in range(7):
+        with store.lock_session(f"s{i}", None) as locked:
+            locked.set_cap(1.0 + i)
+            if i % 3 == 0:
+                locked.freeze()
+    frozen = q.list_sessions(store.engine, status="frozen")
+    assert frozen.total == 3 and {r.id for r in frozen.rows} == {"s0", "s3", "s6"}
+    assert all(r.status == "frozen" for r in frozen.rows)
+    first = q.list_sessions(store.engine, limit=4)
+    second = q.list_sessions(store.engine, offset=4, limit=4)
+    assert (first.total, len(first.rows), len(second.rows)) == (7, 4, 3)
+    assert {r.id for r in first.rows + second.rows} == {f"s{i}" for i in range(7)}  # pages do not overlap
+    assert q.list_sessions(store.engine, offset=100).rows == []
+    assert q.list_sessions(store.engine, limit=10**6).limit == q.MAX_PAGE
+
+
+def test_the_window_query_uses_the_created_at_index(tmp_path: Path) -> None:
+    """With 1M decisions the page must not scan the table: the windowed queries seek on ix_decisions_created_at."""
+    store = Store(f"sqlite:///{tmp_path / 'plan.db'}")
+    store.migrate()
+    since = NOW - timedelta(hours=1)
+    queries = [
+        sa.select(sa.func.count()).select_from(decisions).where(decisions.c.created_at >= since),
+        sa.select(decisions.c.tier).where(decisions.c.created_at >= since).order_by(decisions.c.created_at.desc()),
+        decisions.select().order_by(decisions.c.created_at.desc()).limit(5),
+    ]
+    with store.engine.connect() as conn:
+        for query in queries:
+            sql = str(query.compile(store.engine, compile_kwargs={"literal_binds": True}))
+            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+            assert "ix_decisions_created_at" in plan, plan
+    store.dispose()
+
+
+def test_savings_compare_with_the_top_tier_for_the_same_prompts(artifact_dir: Path) -> None:
+    artifact = RouterArtifact.load(artifact_dir)
+    runtime = Runtime(Router(artifact), "v1")
+    prompts = ["short one", "a much longer prompt " * 40]
+    top = artifact.expected_cost(prompts)[:, -1]
+    samples = [q.CostSample("main", 0.001, prompts[0]), q.CostSample("main", 0.002, prompts[1])]
+    got = savings(runtime, [*samples, q.CostSample("brain", 5.0, "")], window_total=10)
+    assert got is not None
+    assert (got.decisions, got.sampled, got.window_total, got.without_prompt) == (2, 3, 10, 1)
+    assert got.top_cost_usd == pytest.approx(float(top.sum()))
+    assert got.saved_usd == pytest.approx(float(top.sum()) - 0.003)
+    assert got.saved_share == pytest.approx(got.saved_usd / got.top_cost_usd)
+    assert savings(runtime, [q.CostSample("main", 1.0, ""), q.CostSample("main", 1.0, "  ")], 2) is None  # n/a
+
+
+def test_sessions_table_is_what_the_page_reads(store: Store) -> None:
+    """The page lists spent / reserved / cap / status as the store keeps them (no second bookkeeping)."""
+    store.migrate()
+    with store.lock_session("x", None) as locked:
+        locked.set_cap(2.0)
+    with store.engine.begin() as conn:
+        conn.execute(sessions.update().values(spent_usd=1.25, reserved_usd=0.5))
+    (row,) = q.list_sessions(store.engine).rows
+    assert (row.spent_usd, row.reserved_usd, row.cap_usd, row.status) == (1.25, 0.5, 2.0, "open")
