@@ -97,6 +97,22 @@ class Metrics:
             registry=self.registry,
         )
 
+        # Exploration's live cost: served minus what the policy would have chosen, summed over explored decisions.
+        self.explored = Counter(
+            "tierwise_explored_decisions", "Decisions where exploration served another tier", registry=self.registry
+        )
+        self.exploration_served_cost = Counter(
+            "tierwise_exploration_served_cost_usd",
+            "Expected cost of the tiers explored decisions served",
+            registry=self.registry,
+        )
+        self.exploration_policy_cost = Counter(
+            "tierwise_exploration_policy_cost_usd",
+            "Expected cost of the tiers the policy chose for explored decisions (exploration's extra cost is "
+            "served minus this)",
+            registry=self.registry,
+        )
+
     def track_frozen(self, count: Callable[[], int]) -> None:
         """Report `count()` as the frozen-sessions gauge at every scrape."""
         self.scrape_time.count_frozen = count

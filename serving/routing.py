@@ -1,13 +1,23 @@
-"""Route prompts: score them, apply the policy and the session's budget, record the decisions."""
+"""Route prompts: score them, apply the policy and the session's budget, explore if enabled, record the decisions.
+
+Each decision keeps its evidence for off-policy evaluation: the tier served, the probability it had
+(`propensity`, 1.0 without exploration), the whole logging distribution, and the per-tier predictions and
+expected costs.
+"""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
 
+import numpy as np
+
+from infra.settings import Settings
 from infra.store import DecisionRow, SessionRow, Store
+from router.exploration import explore
 from router.policy import Decision
 from serving.errors import Invalid, OverBudget, TooLarge
+from serving.metrics import Metrics
 from serving.runtime import Runtime
 from serving.schemas import RouteOptions, RouteResponse
 from serving.security import Principal, check_owner
@@ -39,6 +49,13 @@ def frozen_error(row: SessionRow) -> OverBudget:
     return over_budget(row, f"session {row.id} is frozen at its spend cap; an admin must confirm a new cap")
 
 
+def exploration_rate(settings: Settings, principal: Principal, opts: RouteOptions) -> float:
+    """ε for this request: the service's rate, 0 when the request or its key opts out."""
+    if not opts.explore or (principal.key_hash is not None and principal.key_hash in settings.exploration_opt_out_keys):
+        return 0.0
+    return settings.exploration_rate
+
+
 def route(
     rt: Runtime,
     store: Store,
@@ -46,8 +63,15 @@ def route(
     prompts: Sequence[str],
     opts: RouteOptions,
     default_target: float,
+    epsilon: float = 0.0,
+    metrics: Metrics | None = None,
+    rng: np.random.Generator | None = None,
 ) -> list[RouteResponse]:
-    """Decide a tier for each prompt; with a session, reserve the expected cost atomically or freeze."""
+    """Decide a tier for each prompt; with a session, reserve the expected cost atomically or freeze.
+
+    With `epsilon` > 0 a decision may serve another tier the request allows; in a session with a cap,
+    exploration spends only the slack the policy's decisions leave under it, so it never passes the cap.
+    """
     try:
         min_tier = rt.tier_index(opts.min_tier)
     except (KeyError, IndexError) as exc:
@@ -55,11 +79,38 @@ def route(
     target = default_target if opts.quality_target is None else opts.quality_target
     quality, cost = rt.score(prompts)
 
-    def rows_for(decisions: list[Decision], session: str | None) -> list[DecisionRow]:
+    names = rt.tiers.names
+    draws = rng or (np.random.default_rng() if epsilon > 0 else None)
+
+    def rows_for(decisions: list[Decision], session: str | None, budget_left: float | None = None) -> list[DecisionRow]:
         rows = []
+        # What the cap leaves after the policy's choices: the most exploration may add, over the whole batch.
+        slack = (
+            None
+            if budget_left is None
+            else budget_left - sum(float(cost[i, d.tier_index]) for i, d in enumerate(decisions))
+        )
         for i, d in enumerate(decisions):
-            tier = rt.tiers.tiers[d.tier_index]
-            expected = float(cost[i, d.tier_index])
+            choice, served, reason = d.tier_index, d.tier_index, d.reason
+            probs = np.zeros(len(names))
+            probs[choice] = 1.0
+            if epsilon > 0 and draws is not None:
+                budget = None if slack is None else float(cost[i, choice]) + max(slack, 0.0)
+                draw = explore(choice, cost[i], epsilon, draws, min_tier, opts.max_cost_usd, budget)
+                served, probs = draw.tier_index, draw.probs
+                if draw.explored:
+                    extra = float(cost[i, served] - cost[i, choice])
+                    slack = None if slack is None else slack - extra
+                    reason = (
+                        f"explored: served {names[served]} (probability {draw.propensity:.3g}) instead of the "
+                        f"policy's choice, so off-policy evaluation can learn about it; the policy: {d.reason}"
+                    )
+                    if metrics is not None:
+                        metrics.explored.inc()
+                        metrics.exploration_served_cost.inc(float(cost[i, served]))
+                        metrics.exploration_policy_cost.inc(float(cost[i, choice]))
+            tier = rt.tiers.tiers[served]
+            expected = float(cost[i, served])
             rows.append(
                 DecisionRow(
                     id=uuid.uuid4().hex,
@@ -68,11 +119,16 @@ def route(
                     model=tier.model,
                     expected_cost_usd=expected,
                     router_version=rt.version,
-                    reason=d.reason,
+                    reason=reason,
                     session_id=session,
                     owner=principal.key_hash,
                     reserved_usd=expected if session else 0.0,
                     metadata=opts.metadata,
+                    propensity=float(probs[served]),
+                    explored=served != choice,
+                    predicted_quality={n: float(q) for n, q in zip(names, quality[i], strict=True)},
+                    propensities={n: float(p) for n, p in zip(names, probs, strict=True)},
+                    expected_costs={n: float(c) for n, c in zip(names, cost[i], strict=True)},
                 )
             )
         return rows
@@ -107,7 +163,7 @@ def route(
                 decided = rt.router.decide(
                     quality, cost, target, min_tier, opts.max_cost_usd, opts.cost_weight_per_usd, left
                 )
-                rows = rows_for(decided, opts.session_id)
+                rows = rows_for(decided, opts.session_id, left)
                 locked.reserve(rows)
             session = locked.row
         if refusal is not None:
@@ -117,7 +173,7 @@ def route(
             decision_id=r.id,
             tier=r.tier,
             model=r.model,
-            predicted_quality={n: float(q) for n, q in zip(rt.tiers.names, quality[i], strict=True)},
+            predicted_quality=r.predicted_quality or {},
             expected_cost_usd=r.expected_cost_usd,
             router_version=r.router_version,
             reason=r.reason,

@@ -11,6 +11,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictFloat,
     StrictInt,
     StringConstraints,
@@ -99,6 +100,9 @@ class RouteOptions(Strict):
     )
     max_cost_usd: Usd | None = None
     metadata: Metadata | None = None
+    explore: StrictBool = Field(
+        True, description="false: never explore on this request (only matters when the service's exploration rate > 0)"
+    )
 
 
 class RouteRequest(RouteOptions):

@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from serving.deps import Caller, MetricsDep, RuntimeDep, SettingsDep, StoreDep
 from serving.errors import BODY_ERRORS, CALLER_ERRORS, error
-from serving.routing import check_sizes, route
+from serving.routing import check_sizes, exploration_rate, route
 from serving.schemas import (
     OverBudgetResponse,
     RouteBatchRequest,
@@ -31,7 +31,8 @@ def route_one(
 ) -> RouteResponse:
     """Choose the tier for one prompt."""
     check_sizes([req.prompt], settings.max_prompt_chars, settings.max_batch)
-    [out] = route(rt, store, caller, [req.prompt], req, settings.quality_target)
+    epsilon = exploration_rate(settings, caller, req)
+    [out] = route(rt, store, caller, [req.prompt], req, settings.quality_target, epsilon, metrics)
     metrics.decisions.labels(out.tier, out.model).inc()
     return out
 
@@ -47,7 +48,8 @@ def route_batch(
 ) -> RouteBatchResponse:
     """Choose the tier for each of up to `max_batch` prompts."""
     check_sizes(req.prompts, settings.max_prompt_chars, settings.max_batch)
-    out = route(rt, store, caller, req.prompts, req, settings.quality_target)
+    epsilon = exploration_rate(settings, caller, req)
+    out = route(rt, store, caller, req.prompts, req, settings.quality_target, epsilon, metrics)
     for d in out:
         metrics.decisions.labels(d.tier, d.model).inc()
     return RouteBatchResponse(decisions=out)

@@ -1,0 +1,79 @@
+"""Exploration in the service: propensities recorded, opt-outs honoured, caps never passed, live cost on /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from infra.store import decisions
+from serving.security import hash_key
+from tests.integration.conftest import CLIENT_KEY, OTHER_KEY, bearer
+
+C, OTHER = bearer(CLIENT_KEY), bearer(OTHER_KEY)
+PROMPTS = [f"{kind} question {i}: alpha beta gamma" for i in range(40) for kind in ("easy", "hard")]
+
+
+def metric(client: TestClient, name: str) -> float:
+    lines = [x for x in client.get("/metrics").text.splitlines() if x.startswith(name + " ")]
+    return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def stored(client: TestClient) -> list[sa.Row]:
+    with client.app.state.store.engine.connect() as conn:  # type: ignore[attr-defined]
+        return conn.execute(decisions.select()).all()
+
+
+def test_decisions_keep_their_evidence_without_exploration(client: TestClient) -> None:
+    r = client.post("/route", json={"prompt": PROMPTS[1]}, headers=C).json()
+    [row] = stored(client)
+    assert (row.propensity, row.explored) == (1.0, False)
+    assert row.propensities[r["tier"]] == 1.0 and sum(row.propensities.values()) == 1.0
+    assert row.predicted_quality == r["predicted_quality"]
+    assert row.expected_costs[r["tier"]] == r["expected_cost_usd"]
+
+
+def test_exploration_records_true_propensities_and_its_cost(client_factory: Callable[..., TestClient]) -> None:
+    client = client_factory(exploration_rate=0.5)
+    out = client.post("/route/batch", json={"prompts": PROMPTS}, headers=C).json()["decisions"]
+    rows = {r.id: r for r in stored(client)}
+    explored = [d for d in out if rows[d["decision_id"]].explored]
+    assert 10 <= len(explored) <= 45  # 80 prompts, rate 0.5 over 3 tiers: about 27 expected
+    for d in out:
+        row = rows[d["decision_id"]]
+        assert abs(sum(row.propensities.values()) - 1) < 1e-9
+        assert row.propensity == row.propensities[d["tier"]]
+        assert (row.propensity < 0.5) == row.explored  # the policy's own tier keeps at least 1 - ε
+        assert d["reason"].startswith("explored:") == row.explored
+    extra = sum(rows[d["decision_id"]].expected_costs[d["tier"]] for d in explored)
+    assert metric(client, "tierwise_explored_decisions_total") == len(explored)
+    assert abs(metric(client, "tierwise_exploration_served_cost_usd_total") - extra) < 1e-9
+
+
+def test_opt_outs(client_factory: Callable[..., TestClient]) -> None:
+    client = client_factory(exploration_rate=0.5, exploration_opt_out_keys=[hash_key(OTHER_KEY)])
+    by_request = client.post("/route/batch", json={"prompts": PROMPTS, "explore": False}, headers=C).json()
+    by_key = client.post("/route/batch", json={"prompts": PROMPTS}, headers=OTHER).json()
+    assert not any(r.explored for r in stored(client))
+    assert len(by_request["decisions"]) + len(by_key["decisions"]) == 2 * len(PROMPTS)
+    assert client.post("/route", json={"prompt": "x", "explore": "no"}, headers=C).status_code == 422
+
+
+def test_exploration_never_passes_a_cap_min_tier_or_max_cost(client_factory: Callable[..., TestClient]) -> None:
+    client = client_factory(exploration_rate=0.5)
+    r = client.post("/route/batch", json={"prompts": PROMPTS, "min_tier": "mid"}, headers=C).json()["decisions"]
+    assert {d["tier"] for d in r} <= {"mid", "brain"}
+    cheap = client.post("/route/batch", json={"prompts": PROMPTS, "max_cost_usd": 1e-3}, headers=C).json()
+    assert all(d["expected_cost_usd"] <= 1e-3 and d["tier"] != "brain" for d in cheap["decisions"])
+    # A session whose cap leaves a little room above the policy's choices: exploration may use only that room.
+    policy = client.post("/route/batch", json={"prompts": PROMPTS[:10], "explore": False}, headers=C).json()
+    cap = sum(d["expected_cost_usd"] for d in policy["decisions"]) * 2.5
+    assert client.put("/sessions/s", json={"cap_usd": cap}, headers=C).status_code == 200
+    codes = [
+        client.post("/route/batch", json={"prompts": PROMPTS[:10], "session_id": "s"}, headers=C).status_code
+        for _ in range(4)
+    ]
+    session = client.get("/sessions/s", headers=C).json()
+    assert codes[0] == 200 and session["reserved_usd"] > 0
+    assert session["reserved_usd"] + session["spent_usd"] <= cap + 1e-12
