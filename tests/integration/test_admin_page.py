@@ -1,0 +1,211 @@
+"""The admin page over HTTP: login, cookie, CSRF, the Confirm button, and what the page shows."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+import pytest
+from fastapi.testclient import TestClient
+
+from infra.store import DecisionRow
+from serving.api.ui import LOGIN_COOKIE, SESSION_COOKIE
+from serving.security import KeyRing, hash_key
+from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, bearer
+
+A, C = bearer(ADMIN_KEY), bearer(CLIENT_KEY)
+LONG = "please explain in detail " * 30
+
+
+def csrf_of(html: str) -> str:
+    m = re.search(r'name="csrf" value="([^"]+)"', html)
+    assert m, "the form carries no CSRF token"
+    return m.group(1)
+
+
+def log_in(client: TestClient, key: str = ADMIN_KEY) -> TestClient:
+    r = client.post("/ui/login", data={"key": key, "csrf": csrf_of(client.get("/ui/login").text)})
+    assert r.status_code == 303 and r.headers["location"] == "/ui", r.text
+    return client
+
+
+def freeze(client: TestClient, session: str = "frozen-1") -> str:
+    """A session whose tiny cap froze it at its first /route."""
+    assert client.put(f"/sessions/{session}", json={"cap_usd": 1e-9}, headers=C).status_code == 200
+    r = client.post("/route", json={"prompt": LONG, "session_id": session}, headers=C)
+    assert r.status_code == 402 and r.json()["status"] == "frozen"
+    return session
+
+
+def confirm(client: TestClient, session: str, cap: str, csrf: str | None = None) -> object:
+    csrf = csrf if csrf is not None else csrf_of(client.get("/ui").text)
+    return client.post(f"/ui/sessions/{session}/confirm", data={"new_cap_usd": cap, "csrf": csrf})
+
+
+@pytest.fixture
+def client(client_factory: Callable[..., TestClient]) -> TestClient:
+    c = client_factory()
+    c.follow_redirects = False
+    return c
+
+
+def status_of(client: TestClient, session: str) -> tuple[str, float | None]:
+    body = client.get(f"/sessions/{session}", headers=A).json()
+    return body["status"], body["cap_usd"]
+
+
+def test_without_a_login_the_page_redirects_and_posts_are_refused(client: TestClient) -> None:
+    session = freeze(client)
+    r = client.get("/ui")
+    assert r.status_code == 303 and r.headers["location"] == "/ui/login"
+    r = client.post(f"/ui/sessions/{session}/confirm", data={"new_cap_usd": "5", "csrf": "x"})
+    assert r.status_code == 401 and "log in" in r.text.lower()
+    client.headers.update(A)  # a bearer key is no login: the page wants its cookie
+    assert client.get("/ui").status_code == 303
+    assert status_of(client, session) == ("frozen", 1e-9)
+
+
+def test_the_login_cookie_is_signed_httponly_strict_and_never_the_key(client: TestClient) -> None:
+    r = client.post("/ui/login", data={"key": ADMIN_KEY, "csrf": csrf_of(client.get("/ui/login").text)})
+    cookie = next(h for h in r.headers.get_list("set-cookie") if h.startswith(f"{SESSION_COOKIE}="))
+    attrs = {a.strip().split("=")[0].lower() for a in cookie.split(";")[1:]}
+    assert {"httponly", "path", "max-age"} <= attrs
+    assert "samesite=strict" in cookie.lower() and "path=/ui" in cookie.lower()
+    assert ADMIN_KEY not in cookie
+    page = client.get("/ui")
+    assert page.status_code == 200 and "tierwise admin" in page.text
+    assert "script-src" not in page.headers["content-security-policy"]  # default-src 'none': no script runs
+    assert page.headers["cache-control"] == "no-store"
+    assert "<script" not in page.text
+
+
+@pytest.mark.parametrize(("key", "status"), [("not-a-key", 401), (CLIENT_KEY, 403), ("", 401)])
+def test_login_refuses_unknown_and_client_keys(client: TestClient, key: str, status: int) -> None:
+    r = client.post("/ui/login", data={"key": key, "csrf": csrf_of(client.get("/ui/login").text)})
+    assert r.status_code == status
+    assert SESSION_COOKIE not in r.cookies
+    assert client.get("/ui").status_code == 303
+
+
+def test_login_without_its_csrf_token_is_refused(client: TestClient) -> None:
+    client.get("/ui/login")
+    r = client.post("/ui/login", data={"key": ADMIN_KEY, "csrf": "forged"})
+    assert r.status_code == 403 and SESSION_COOKIE not in r.cookies
+    client.cookies.delete(LOGIN_COOKIE, path="/ui")
+    fresh = TestClient(client.app, follow_redirects=False)  # a form posted from elsewhere: no login cookie
+    r = fresh.post("/ui/login", data={"key": ADMIN_KEY, "csrf": csrf_of(client.get("/ui/login").text)})
+    assert r.status_code == 403
+
+
+def test_confirm_without_the_csrf_token_is_refused(client: TestClient) -> None:
+    session = freeze(client)
+    log_in(client)
+    other = TestClient(client.app, follow_redirects=False)
+    other_csrf = csrf_of(log_in(other).get("/ui").text)  # another login's token
+    for csrf in ("", "0" * 64, other_csrf):
+        r = confirm(client, session, "5", csrf=csrf)
+        assert r.status_code == 403, csrf  # type: ignore[attr-defined]
+    assert status_of(client, session) == ("frozen", 1e-9)
+
+
+def test_confirm_reopens_a_frozen_session_with_the_new_cap(client: TestClient) -> None:
+    session = freeze(client)
+    log_in(client)
+    page = client.get("/ui").text
+    assert f'action="/ui/sessions/{session}/confirm"' in page
+    r = confirm(client, session, "5")
+    assert r.status_code == 303 and r.headers["location"].startswith("/ui?")  # type: ignore[attr-defined]
+    assert status_of(client, session) == ("open", 5.0)
+    page = client.get(r.headers["location"]).text  # type: ignore[attr-defined]
+    assert f"Session {session} confirmed" in page
+    assert f'action="/ui/sessions/{session}/confirm"' not in page  # no longer among the frozen
+    assert client.post("/route", json={"prompt": LONG, "session_id": session}, headers=C).status_code == 200
+
+
+@pytest.mark.parametrize("cap", ["abc", "-1", "nan", "inf", "", "1e400"])
+def test_a_bad_cap_is_a_400_with_a_reason(client: TestClient, cap: str) -> None:
+    session = freeze(client)
+    log_in(client)
+    r = confirm(client, session, cap)
+    assert r.status_code == 400 and "cap" in r.text  # type: ignore[attr-defined]
+    assert status_of(client, session) == ("frozen", 1e-9)
+
+
+def test_an_unknown_session_is_a_404(client: TestClient) -> None:
+    log_in(client)
+    r = confirm(client, "nobody", "5")
+    assert r.status_code == 404 and "nobody" in r.text  # type: ignore[attr-defined]
+
+
+def test_logout_ends_the_login(client: TestClient) -> None:
+    log_in(client)
+    csrf = csrf_of(client.get("/ui").text)
+    assert client.post("/ui/logout", data={"csrf": "forged"}).status_code == 403
+    assert client.get("/ui").status_code == 200
+    r = client.post("/ui/logout", data={"csrf": csrf})
+    assert r.status_code == 303 and r.headers["location"] == "/ui/login"
+    assert client.get("/ui").status_code == 303
+
+
+def test_a_key_removed_from_the_ring_ends_its_logins(client: TestClient) -> None:
+    log_in(client)
+    assert client.get("/ui").status_code == 200
+    client.app.state.keys = KeyRing({hash_key(CLIENT_KEY): "client", hash_key("new-admin"): "admin"})  # type: ignore[attr-defined]
+    assert client.get("/ui").status_code == 303
+
+
+def test_with_keys_off_any_key_logs_in_on_loopback(client_factory: Callable[..., TestClient]) -> None:
+    c = client_factory(api_keys={})
+    c.follow_redirects = False
+    assert "No API keys are configured" in c.get("/ui/login").text
+    log_in(c, key="")
+    assert c.get("/ui").status_code == 200
+
+
+def test_the_page_shows_champion_tiers_shares_savings_sessions_and_reasons(client: TestClient) -> None:
+    session = freeze(client)
+    client.put("/sessions/open-1", json={"cap_usd": 100.0}, headers=C)
+    routed = [
+        client.post("/route", json={"prompt": p, "session_id": "open-1"}, headers=C).json()
+        for p in ("what is 2+2", LONG, "hard " * 50)
+    ]
+    log_in(client)
+    page = client.get("/ui").text
+    assert client.get("/healthz").status_code == 200
+    version = routed[0]["router_version"]
+    assert version in page
+    for tier in ("main", "mid", "brain"):
+        assert f"<td>{tier}" in page
+    for r in routed:
+        assert r["reason"] in page.replace("&#39;", "'")
+    assert page.count('data-session="open-1"') == 1 and page.count(f'data-session="{session}"') == 2
+    assert "Savings against always-top" in page and "over 3 decisions" in page
+    assert re.search(r"Frozen sessions \(1\)", page) and re.search(r"Sessions \(2\)", page)
+    frozen_only = client.get("/ui", params={"sessions": "frozen"}).text
+    assert 'data-session="open-1"' not in frozen_only
+
+
+def test_savings_are_na_where_prompts_are_not_stored_and_text_is_escaped(client: TestClient) -> None:
+    store = client.app.state.store  # type: ignore[attr-defined]
+    store.record_decisions(
+        [DecisionRow(id="nop", prompt="", tier="main", model="small", expected_cost_usd=0.1, router_version="v",
+                     reason="<script>alert(1)</script>")]
+    )  # fmt: skip
+    log_in(client)
+    page = client.get("/ui").text
+    assert "<strong>n/a</strong>" in page and "prompts are not stored" in page
+    assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+
+
+@pytest.mark.parametrize(
+    "params", [{"sessions": "nope"}, {"offset": "-1"}, {"offset": "x"}, {"confirmed": "y" * 500}]
+)
+def test_bad_query_parameters_are_4xx(client: TestClient, params: dict[str, str]) -> None:
+    log_in(client)
+    assert client.get("/ui", params=params).status_code == 422
+
+
+def test_the_stylesheet_is_served_and_the_page_is_not_in_the_api_spec(client: TestClient) -> None:
+    r = client.get("/ui/static/ui.css")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/css") and "body" in r.text
+    assert not [p for p in client.get("/openapi.json").json()["paths"] if p.startswith("/ui")]
