@@ -197,9 +197,7 @@ def test_savings_are_na_where_prompts_are_not_stored_and_text_is_escaped(client:
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
-@pytest.mark.parametrize(
-    "params", [{"sessions": "nope"}, {"offset": "-1"}, {"offset": "x"}, {"confirmed": "y" * 500}]
-)
+@pytest.mark.parametrize("params", [{"sessions": "nope"}, {"offset": "-1"}, {"offset": "x"}, {"confirmed": "y" * 500}])
 def test_bad_query_parameters_are_4xx(client: TestClient, params: dict[str, str]) -> None:
     log_in(client)
     assert client.get("/ui", params=params).status_code == 422
