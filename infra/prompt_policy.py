@@ -16,6 +16,8 @@ import hmac
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pydantic import SecretStr
+
 from router.text import normalize_text
 
 PromptStorage = Literal["text", "hash", "none"]
@@ -55,3 +57,8 @@ class PromptPolicy:
         else:  # no text to hash (none mode): the decision's id, else the outcome's own
             prompt_id = values.get("decision_id") or values["id"]
         return {**values, "prompt": None, "prompt_id": prompt_id}
+
+
+def prompt_policy(storage: PromptStorage, key: SecretStr | None) -> PromptPolicy:
+    """The policy for the settings' prompt_storage and prompt_hash_key."""
+    return PromptPolicy(storage, key.get_secret_value().encode() if key is not None else None)

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from infra.prompt_policy import prompt_policy
 from infra.settings import Settings, get_settings
 from infra.store import Store
 from router.embedders.factory import make_embedder
@@ -48,7 +49,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = store or Store(settings.database_url)
+        db = store or Store(settings.database_url, prompt_policy(settings.prompt_storage, settings.prompt_hash_key))
         db.decision_commit = settings.decision_commit
         migrator = StoreMigrator(app.state, db)
         store_ready = await run_in_threadpool(migrator.try_migrate)
