@@ -13,7 +13,9 @@ import pandas as pd
 from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
 from router.features import FeatureSpec, featurize
+from router.guarantee import QualityGuarantee
 from router.model import FORMAT_VERSION, DifficultyModel
+from router.novelty import NoveltyReference
 from router.schema import CHARS_PER_TOKEN, TiersConfig, TiersConfigError, parse_tiers, tiers_to_dict
 from router.text import normalize_text
 
@@ -52,6 +54,10 @@ class RouterArtifact:
     features: FeatureSpec
     tiers: TiersConfig
     tokens_out: Mapping[str, float]
+    # Trust (optional; a model trained before they existed has neither): how far a prompt is from the
+    # training prompts, and the quality guarantee's calibrated operating points.
+    novelty: NoveltyReference | None = None
+    guarantee: QualityGuarantee | None = None
 
     @property
     def tier_names(self) -> list[str]:
@@ -75,6 +81,20 @@ class RouterArtifact:
         X = featurize(prompts, self.features, embedder, cache)
         return self.model.predict_quality(X, num_threads=num_threads)
 
+    def predict_quality_and_novelty(
+        self,
+        prompts: Sequence[str],
+        embedder: Embedder,
+        cache: EmbeddingCache | None = None,
+        num_threads: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predicted score per tier (n, k) and each prompt's novelty (n,), None without a reference: one embedding."""
+        X = featurize(prompts, self.features, embedder, cache)
+        quality = self.model.predict_quality(X, num_threads=num_threads)
+        if self.novelty is None:
+            return quality, None
+        return quality, self.novelty.score(X[:, : self.features.embedding_dim])
+
     def expected_cost(self, prompts: Sequence[str], tiers: TiersConfig | None = None) -> np.ndarray:
         """Expected cost per tier, (n, k): input at characters / 4 tokens plus the tier's mean output."""
         tiers = tiers or self.tiers
@@ -94,7 +114,10 @@ class RouterArtifact:
             "features": self.features.model_dump(),
             "tiers": tiers_to_dict(self.tiers),
             "tokens_out": dict(self.tokens_out),
+            "guarantee": self.guarantee.to_dict() if self.guarantee else None,
         }
+        if self.novelty is not None:
+            self.novelty.save(directory / "novelty")
         (directory / ARTIFACT_FILE).write_text(json.dumps(meta, indent=1))
         return directory
 
@@ -112,6 +135,8 @@ class RouterArtifact:
             features=FeatureSpec(**meta["features"]),
             tiers=parse_tiers(meta["tiers"], path),
             tokens_out=meta["tokens_out"],
+            novelty=NoveltyReference.load(directory / "novelty"),
+            guarantee=QualityGuarantee.from_dict(meta["guarantee"]) if meta.get("guarantee") else None,
         )
 
 
