@@ -244,6 +244,15 @@ class OverBudgetResponse(BaseModel):
     needed_usd: float | None = Field(None, description="the least this batch would cost at the cheapest allowed tiers")
 
 
+class DeletedSession(BaseModel):
+    """What DELETE /admin/sessions/{id} removed from the store."""
+
+    session_id: str
+    sessions: int = Field(description="1 if the session row existed, else 0")
+    decisions: int
+    outcomes: int
+
+
 class ErrorResponse(BaseModel):
     """Every refusal but 402 and 422: what went wrong, in one sentence."""
 

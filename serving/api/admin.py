@@ -1,4 +1,4 @@
-"""POST /admin/reload, GET /admin/spool."""
+"""POST /admin/reload, GET /admin/spool, DELETE /admin/sessions/{id}."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from starlette.concurrency import run_in_threadpool
 from router.features import EmbedderMismatch
 from router.schema import TiersConfigError
 from serving.api.route import tier_infos
-from serving.deps import Admin, RecorderDep
-from serving.errors import CALLER_ERRORS, ReloadFailed, error
-from serving.schemas import ReloadResponse, SpoolStatus
+from serving.deps import Admin, RecorderDep, StoreDep
+from serving.errors import CALLER_ERRORS, NotFound, ReloadFailed, error
+from serving.schemas import DeletedSession, ReloadResponse, SpoolStatus
 
 router = APIRouter(prefix="/admin", tags=["admin"], responses=CALLER_ERRORS | error(403, "needs an admin key"))
 
@@ -39,3 +39,15 @@ async def reload(request: Request, _: Admin) -> ReloadResponse:
 def spool_status(_: Admin, recorder: RecorderDep) -> SpoolStatus:
     """Outcomes waiting in the local spool for the store, and the ones the store refused (without prompt text)."""
     return recorder.status()
+
+
+@router.delete("/sessions/{session_id}", responses=error(404, "nothing is stored for this session"))
+def delete_session(session_id: str, _: Admin, store: StoreDep) -> DeletedSession:
+    """Delete a session with every decision and outcome recorded in it (prompt text included), for good.
+
+    Outcomes still waiting in the local spool (store outages) are written when it replays; call again after.
+    """
+    n_sessions, n_decisions, n_outcomes = store.delete_session(session_id)
+    if not (n_sessions or n_decisions or n_outcomes):
+        raise NotFound(f"nothing is stored for session {session_id}")
+    return DeletedSession(session_id=session_id, sessions=n_sessions, decisions=n_decisions, outcomes=n_outcomes)

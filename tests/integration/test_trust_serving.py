@@ -9,7 +9,7 @@ from fastapi.testclient import TestClient
 
 from infra.store import decisions
 from serving.security import hash_key
-from tests.integration.conftest import CLIENT_KEY, OTHER_KEY, bearer
+from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer
 
 C, OTHER = bearer(CLIENT_KEY), bearer(OTHER_KEY)
 PROMPTS = [f"{kind} question {i}: alpha beta gamma" for i in range(40) for kind in ("easy", "hard")]
@@ -77,3 +77,17 @@ def test_exploration_never_passes_a_cap_min_tier_or_max_cost(client_factory: Cal
     session = client.get("/sessions/s", headers=C).json()
     assert codes[0] == 200 and session["reserved_usd"] > 0
     assert session["reserved_usd"] + session["spent_usd"] <= cap + 1e-12
+
+
+def test_admin_deletes_a_sessions_data(client: TestClient) -> None:
+    admin = bearer(ADMIN_KEY)
+    d = client.post("/route", json={"prompt": PROMPTS[0], "session_id": "gone"}, headers=C).json()
+    client.post("/route", json={"prompt": PROMPTS[1]}, headers=C)
+    assert client.post("/outcomes", json={"decision_id": d["decision_id"], "score": 1, "cost_usd": 0.001}, headers=C)
+    assert client.delete("/admin/sessions/gone", headers=C).status_code == 403
+    r = client.delete("/admin/sessions/gone", headers=admin)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"session_id": "gone", "sessions": 1, "decisions": 1, "outcomes": 1}
+    assert len(stored(client)) == 1  # the other decision stays
+    assert client.get("/sessions/gone", headers=admin).status_code == 404
+    assert client.delete("/admin/sessions/gone", headers=admin).status_code == 404
