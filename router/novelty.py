@@ -20,6 +20,9 @@ import numpy as np
 from router.boosting import NotFittedError
 
 NOVELTY_FORMAT = 1
+# A prompt farther out than this share of held-out training prompts is out of distribution (1% of in-distribution
+# prompts cross it, by construction); the router then falls back to its conservative choice.
+OOD_NOVELTY = 0.99
 _META, _REFERENCE = "novelty.json", "novelty_reference.npy"
 
 

@@ -13,6 +13,8 @@ import numpy as np
 from router.artifact import RouterArtifact
 from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
+from router.guarantee import OperatingPoint
+from router.novelty import OOD_NOVELTY
 from router.policy import Decision, NoTierFits, allowed_tiers, decide, no_tier_fits
 from router.schema import TiersConfig
 
@@ -54,6 +56,15 @@ class Router:
             )
         return quality
 
+    def assess(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Predicted quality and expected cost per tier (n, k), and each prompt's novelty (None without a reference)."""
+        if self.embedder is None:
+            raise ValueError("this Router was built without an embedder; it can decide but not score")
+        quality, novelty = self.artifact.predict_quality_and_novelty(
+            prompts, self.embedder, self.cache, self.num_threads
+        )
+        return quality, self.expected_cost(prompts), novelty
+
     def expected_cost(self, prompts: Sequence[str]) -> np.ndarray:
         """Expected cost per tier at the live prices, (n, k)."""
         return self.artifact.expected_cost(prompts, self.tiers)
@@ -79,12 +90,19 @@ class Router:
         max_cost_usd: float | None = None,
         cost_weight: float | None = None,
         budget_usd: float | None = None,
+        novelty: np.ndarray | None = None,
+        novelty_limit: float | None = OOD_NOVELTY,
+        guarantee: OperatingPoint | None = None,
     ) -> list[Decision]:
         """One decision per prompt; NoTierFits when the request's constraints exclude every tier for some prompt.
 
         With a budget (that must cover the batch at its cheapest allowed tiers), each prompt may spend what is
         left after keeping its floor for every later prompt: the whole batch fits, and earlier prompts are
         downgraded only as far as the later ones need.
+
+        A prompt whose novelty reaches `novelty_limit` is unlike the training prompts, so its predictions are not
+        to be trusted: it gets the conservative choice, the most expensive tier the request allows (see
+        `conservative`). With a `guarantee`, the knob is its calibrated λ and the reason states the guarantee.
         """
         floor = self.cheapest_allowed(cost, min_tier, max_cost_usd)
         if budget_usd is not None and float(floor.sum()) > budget_usd:
@@ -92,11 +110,41 @@ class Router:
         out = []
         for i, (q, c) in enumerate(zip(quality, cost, strict=True)):
             share = None if budget_usd is None else max(budget_usd - float(floor[i + 1 :].sum()), float(floor[i]))
-            d = decide(q, c, self.names, target, min_tier, max_cost_usd, share, cost_weight)
+            if novelty is not None and novelty_limit is not None and novelty[i] >= novelty_limit:
+                d = self.conservative(c, min_tier, max_cost_usd, share)
+                d = Decision(
+                    d.tier_index,
+                    f"out of distribution: the prompt is farther from the training prompts than {novelty[i]:.1%} "
+                    f"of held-out training prompts (limit {novelty_limit:.1%}), so predictions are unreliable; "
+                    f"{d.reason}",
+                )
+            elif guarantee is not None:
+                if guarantee.cost_weight_per_usd is None:
+                    d = self.conservative(c, min_tier, max_cost_usd, share)
+                else:
+                    d = decide(q, c, self.names, target, min_tier, max_cost_usd, share, guarantee.cost_weight_per_usd)
+                d = Decision(d.tier_index, f"{guarantee.describe()}; {d.reason}")
+            else:
+                d = decide(q, c, self.names, target, min_tier, max_cost_usd, share, cost_weight)
             out.append(d)
             if budget_usd is not None:
                 budget_usd = max(budget_usd - float(c[d.tier_index]), 0.0)
         return out
+
+    def conservative(
+        self, cost: np.ndarray, min_tier: int = 0, max_cost_usd: float | None = None, budget_usd: float | None = None
+    ) -> Decision:
+        """The conservative choice for one prompt: the most expensive tier its constraints allow."""
+        c = np.asarray(cost, dtype=float)
+        mask = allowed_tiers(c, min_tier, max_cost_usd, budget_usd)
+        if not mask.any():
+            raise no_tier_fits(self.names, min_tier, max_cost_usd, budget_usd)
+        pick = int(np.argmax(np.where(mask, c, -np.inf)))
+        top = int(np.argmax(c))
+        why = (
+            "the top tier" if pick == top else f"the most expensive tier the request allows ({self.names[top]} is not)"
+        )
+        return Decision(pick, f"{self.names[pick]} is the conservative choice, {why}")
 
     def route(
         self, prompts: Sequence[str], target: float, chunk: int | None = None
