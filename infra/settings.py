@@ -128,6 +128,26 @@ class Settings(BaseSettings):
         5000, ge=1, description="savings against always-top are computed on at most this many recent decisions"
     )
 
+    # trust: novelty (out-of-distribution fallback) and drift detection
+    novelty_limit: float | None = Field(
+        0.99,
+        gt=0,
+        le=1,
+        description="a prompt farther from the training prompts than this share of held-out training prompts is "
+        "out of distribution and gets the conservative tier (the priciest the request allows); None = never",
+    )
+    drift_window: int = Field(200, ge=10, description="recent decisions (and outcomes) each drift check looks at")
+    drift_novelty_z: float = Field(
+        4.0, gt=0, description="alert when the window's mean novelty is this many standard errors above 1/2"
+    )
+    drift_quality_gap: float = Field(
+        0.1, gt=0, le=1, description="alert when a tier's predicted quality is off its realised by more than this"
+    )
+    drift_cost_ratio: float = Field(
+        0.25, gt=0, description="alert when realised / expected cost leaves [1 / (1 + this), 1 + this]"
+    )
+    drift_min_outcomes: int = Field(30, ge=1, description="outcomes a tier (or the cost check) needs before it judges")
+
     @model_validator(mode="after")
     def _hash_needs_a_key(self) -> Settings:
         if self.prompt_storage == "hash" and not (self.prompt_hash_key and self.prompt_hash_key.get_secret_value()):
