@@ -50,6 +50,11 @@ def usd(value: float | None) -> str:
     return f"${value:,.2f}" if abs(value) >= 1 else f"${value:.6f}"
 
 
+def plain(value: float) -> str:
+    """A number as a form field's value: no exponent, no trailing zeros."""
+    return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
+
+
 def pct(share: float) -> str:
     return f"{share * 100:.1f}%"
 
@@ -57,7 +62,7 @@ def pct(share: float) -> str:
 @lru_cache
 def templates() -> Jinja2Templates:
     t = Jinja2Templates(directory=UI_DIR / "templates")  # autoescapes .html
-    t.env.filters.update(usd=usd, pct=pct)
+    t.env.filters.update(usd=usd, pct=pct, plain=plain)
     return t
 
 

@@ -207,3 +207,13 @@ def test_the_stylesheet_is_served_and_the_page_is_not_in_the_api_spec(client: Te
     r = client.get("/ui/static/ui.css")
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/css") and "body" in r.text
     assert not [p for p in client.get("/openapi.json").json()["paths"] if p.startswith("/ui")]
+
+
+def test_sessions_are_listed_a_page_at_a_time(client: TestClient) -> None:
+    for i in range(55):
+        client.put(f"/sessions/s{i:02d}", json={"cap_usd": 1.0}, headers=C)
+    log_in(client)
+    first = client.get("/ui").text
+    assert "1–50 of 55" in first and "offset=50" in first and first.count('data-session="s') == 50
+    last = client.get("/ui", params={"offset": 50}).text
+    assert "51–55 of 55" in last and "offset=0" in last and last.count('data-session="s') == 5

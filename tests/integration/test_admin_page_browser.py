@@ -1,0 +1,114 @@
+"""The admin page in a real browser (Debian's Chromium driven by Playwright): log in, see a frozen session, confirm
+it, see it open. Skips with a reason where no browser can be had; leaves a screenshot in bench/results/admin_ui.png."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+
+from infra.settings import Settings
+from serving.app import create_app
+from serving.model_source import LocalSource
+from tests.conftest import HashingEmbedder
+from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, bearer
+from tests.integration.live_server import live_server
+from tests.integration.test_docs_page import CHROMIUM, CHROMIUM_ARGS
+
+SCREENSHOT = Path(__file__).resolve().parents[2] / "bench" / "results" / "admin_ui.png"
+PROMPTS = ["what is 2+2", "name a colour", "hard " * 60, "please explain in detail " * 30, "translate 'cat'"]
+
+
+@pytest.fixture
+def live_url(settings_factory: Callable[..., Settings], artifact_dir: Path) -> Iterator[str]:
+    def factory() -> Any:
+        return create_app(
+            settings=settings_factory(), model_source=LocalSource(artifact_dir), embedder=HashingEmbedder()
+        )
+
+    with live_server(factory) as url:
+        yield url
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (Debian package `chromium`)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the Python package `playwright` is absent")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def traffic(url: str) -> str:
+    """Some routed prompts, an open session and one frozen at its cap; returns the frozen session's id."""
+    with httpx.Client(base_url=url, headers=bearer(CLIENT_KEY), timeout=30) as http:
+        http.put("/sessions/team-a", json={"cap_usd": 50.0}).raise_for_status()
+        for p in PROMPTS:
+            http.post("/route", json={"prompt": p}).raise_for_status()
+            http.post("/route", json={"prompt": p, "session_id": "team-a"}).raise_for_status()
+        http.put("/sessions/batch-7", json={"cap_usd": 1e-6}).raise_for_status()
+        frozen = http.post("/route", json={"prompt": PROMPTS[3], "session_id": "batch-7"})
+        assert frozen.status_code == 402 and frozen.json()["status"] == "frozen"
+    return "batch-7"
+
+
+def test_log_in_confirm_a_frozen_session_and_see_it_open(live_url: str, browser: Any) -> None:
+    session = traffic(live_url)
+    elsewhere: list[str] = []
+
+    def only_local(route: Any) -> None:
+        if urlsplit(route.request.url).netloc != urlsplit(live_url).netloc:
+            elsewhere.append(route.request.url)
+            route.abort()
+        else:
+            route.continue_()
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900})
+    tab = context.new_page()
+    tab.route("**/*", only_local)
+    errors: list[str] = []
+    tab.on("pageerror", lambda exc: errors.append(str(exc)))
+
+    tab.goto(live_url + "/ui")
+    assert urlsplit(tab.url).path == "/ui/login"  # not logged in: sent to the login form
+    tab.fill("input[name=key]", ADMIN_KEY)
+    tab.click("button:has-text('Log in')")
+    tab.wait_for_selector("#frozen")
+    assert urlsplit(tab.url).path == "/ui"
+
+    (cookie,) = [c for c in context.cookies() if c["name"] == "tierwise_ui"]
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and ADMIN_KEY not in cookie["value"]
+
+    row = tab.locator(f"#frozen tr[data-session='{session}']")
+    assert row.locator(".status").inner_text() == "frozen"
+    assert tab.locator("#traffic .window").count() == 2
+    assert "Savings against always-top" in tab.locator("#traffic").inner_text()
+    SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
+    tab.screenshot(path=str(SCREENSHOT), full_page=True)
+
+    row.locator("input[name=new_cap_usd]").fill("5")
+    row.locator("button:has-text('Confirm')").click()
+    tab.wait_for_selector(".flash")
+    assert f"Session {session} confirmed" in tab.locator(".flash").inner_text()
+    assert tab.locator(f"#frozen tr[data-session='{session}']").count() == 0
+    assert tab.locator(f"#sessions tr[data-session='{session}'] .status").inner_text() == "open"
+
+    with httpx.Client(base_url=live_url, timeout=30) as http:
+        body = http.get(f"/sessions/{session}", headers=bearer(ADMIN_KEY)).json()
+        assert (body["status"], body["cap_usd"]) == ("open", 5.0)
+        routed = http.post("/route", json={"prompt": PROMPTS[0], "session_id": session}, headers=bearer(CLIENT_KEY))
+        assert routed.status_code == 200
+
+    tab.click("button:has-text('Log out')")
+    tab.wait_for_selector("input[name=key]")
+    tab.goto(live_url + "/ui")
+    assert urlsplit(tab.url).path == "/ui/login"
+    assert not elsewhere, elsewhere
+    assert not errors, errors
+    context.close()
