@@ -118,13 +118,21 @@ class OutcomeRecorder:
 
     def _resolve_one(self, r: Record, found: Mapping[str, DecisionRow], tiers: TiersConfig) -> OutcomeRow:
         prompt, model, session = r["prompt"], r["model"], r["session_id"]
+        cost, tokens_in, tokens_out, latency_ms = r["cost_usd"], r["tokens_in"], r["tokens_out"], r["latency_ms"]
         if r["decision_id"] is not None:
             d = found.get(r["decision_id"])
             if d is None:
                 raise NotFound(f"unknown decision_id {r['decision_id']}")
             if not r["admin"] and d.owner is not None and d.owner != r["owner"]:
                 raise Forbidden(f"decision {d.id} belongs to another client")
-            prompt, model, session = prompt or d.prompt, model or d.model, d.session_id
+            # A decision the proxy served knows the model that answered (after a fallback, not the routed one),
+            # and its settled cost and usage.
+            prompt, model, session = prompt or d.prompt, model or d.served_model or d.model, d.session_id
+            if cost is None:
+                cost, tokens_in, tokens_out = d.cost_usd, d.tokens_in, d.tokens_out
+                latency_ms = latency_ms if latency_ms is not None else d.latency_ms
+            if cost is None:
+                raise Invalid(f"decision {d.id} has no settled cost (the proxy did not serve it): give cost_usd")
         elif session is not None:
             owner = self.store.get_session(session)
             if owner is not None:
@@ -135,13 +143,13 @@ class OutcomeRecorder:
             prompt=prompt,
             model=model,
             score=r["score"],
-            cost_usd=r["cost_usd"],
+            cost_usd=cost,
             decision_id=r["decision_id"],
             session_id=session,
             owner=r["owner"],
-            tokens_in=r["tokens_in"],
-            tokens_out=r["tokens_out"],
-            latency_ms=r["latency_ms"],
+            tokens_in=tokens_in,
+            tokens_out=tokens_out,
+            latency_ms=latency_ms,
         )
 
     # ------------------------------------------------------------------ replay

@@ -85,6 +85,15 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class GuaranteeRequest(Strict):
+    epsilon: Annotated[StrictFloat, Field(gt=0, lt=1, allow_inf_nan=False)] = Field(
+        description="the most mean quality (score units, 0.05 = five points) to lose against the top tier"
+    )
+    delta: Annotated[StrictFloat, Field(gt=0, lt=1, allow_inf_nan=False)] = Field(
+        0.1, description="the chance the guarantee fails: it holds with confidence 1 - delta"
+    )
+
+
 class RouteOptions(Strict):
     session_id: SessionId | None = None
     quality_target: Share | None = Field(
@@ -102,6 +111,11 @@ class RouteOptions(Strict):
     metadata: Metadata | None = None
     explore: StrictBool = Field(
         True, description="false: never explore on this request (only matters when the service's exploration rate > 0)"
+    )
+    quality_guarantee: GuaranteeRequest | None = Field(
+        None,
+        description="route at the model's operating point calibrated (Learn then Test) to lose at most epsilon of "
+        "the top tier's mean quality with confidence 1 - delta; excludes quality_target and cost_weight_per_usd",
     )
 
 
@@ -164,8 +178,10 @@ class OutcomeIn(OutcomeBase):
         None, description="a model of the tiers config; defaults to the decision's"
     )
     score: Share = Field(description="realised quality, 0 to 1")
-    cost_usd: Annotated[Usd, Field(le=MAX_OUTCOME_COST_USD)] = Field(
-        description=f"what the call cost, 0 to {MAX_OUTCOME_COST_USD:.0e} USD"
+    cost_usd: Annotated[Usd, Field(le=MAX_OUTCOME_COST_USD)] | None = Field(  # type: ignore[assignment]
+        None,
+        description=f"what the call cost, 0 to {MAX_OUTCOME_COST_USD:.0e} USD; may be left out for a decision the "
+        "OpenAI-compatible proxy served (its settled cost, tokens and latency are used)",
     )
     session_id: SessionId | None = None
     tokens_in: Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)] | None = Field(None, description=f"0 to {MAX_TOKENS}")
@@ -178,6 +194,8 @@ class OutcomeIn(OutcomeBase):
     def _by_decision_or_prompt(self) -> OutcomeIn:
         if self.decision_id is None and (self.prompt is None or self.model is None):
             raise ValueError("give decision_id, or both prompt and model")
+        if self.decision_id is None and self.cost_usd is None:
+            raise ValueError("give cost_usd (only a decision the proxy served has its cost settled)")
         return self
 
 
