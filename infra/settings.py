@@ -93,6 +93,19 @@ class Settings(BaseSettings):
         2.0, gt=0, description="while the store is down at start-up, retry its migration this often"
     )
 
+    # OpenAI-compatible proxy (/v1/chat/completions): calls to the upstreams named in the tiers file
+    upstream_timeout_s: float = Field(
+        120.0, gt=0, description="an upstream call (each read of a stream) taking longer is a timeout"
+    )
+    upstream_connect_timeout_s: float = Field(5.0, gt=0)
+    upstream_max_connections: int = Field(100, ge=1, description="the pooled upstream client's connection limit")
+    upstream_retries: int = Field(
+        1, ge=0, le=10, description="extra attempts on the same upstream after a timeout, 5xx, 429 or lost connection"
+    )
+    upstream_retry_backoff_s: float = Field(
+        0.2, ge=0, description="wait before the first retry, doubled before each next one; then the tier falls back"
+    )
+
     # trust: exploration, off-policy evaluation, prompts at rest
     exploration_rate: float = Field(
         0.0, ge=0, le=0.5, description="ε: share of decisions that serve a random allowed tier instead (0 = off)"
