@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     tail_chars: int | None = Field(700, ge=16)
     text_features: bool = True
     calibration: Literal["none", "isotonic"] = "none"
+    pool_paths: list[Path] = Field(
+        default_factory=lambda: [Path(f"data/{name}/outcomes.parquet") for name in ("llmrouter_dc", "routellm_evals")],
+        description="outcome logs (any models) pooled into the shared prompt difficulty; missing ones are skipped",
+    )
+    pool_max_prompts: int = Field(3000, ge=0, description="prompts taken from each pooled log, by category")
     test_size: float = Field(0.3, gt=0, lt=1)
     seed: int = 0
 
