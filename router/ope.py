@@ -64,6 +64,23 @@ class LoggedDecisions:
     def n_tiers(self) -> int:
         return int(np.shape(self.predicted_quality)[1])
 
+    def take(self, rows: np.ndarray) -> LoggedDecisions:
+        """The decisions at `rows` (a boolean mask or indices)."""
+        mu = None if self.logging_probs is None else self.logging_probs[rows]
+        return LoggedDecisions(
+            self.action[rows],
+            self.propensity[rows],
+            self.quality[rows],
+            self.cost[rows],
+            self.predicted_quality[rows],
+            self.predicted_cost[rows],
+            mu,
+        )
+
+    def with_predictions(self, quality: np.ndarray, cost: np.ndarray) -> LoggedDecisions:
+        """The same decisions with another model's predictions for the direct method (a candidate's own)."""
+        return LoggedDecisions(self.action, self.propensity, self.quality, self.cost, quality, cost, self.logging_probs)
+
     def logging_distribution(self) -> np.ndarray:
         """μ(·|x) per decision: the recorded one, else inferred where it is certain (propensity 1 = one-hot)."""
         if self.logging_probs is not None:

@@ -35,6 +35,9 @@ ModelUriOpt = Annotated[
     str | None, typer.Option("--model-uri", help="MLflow model URI or a local artifact dir; default: the champion")
 ]
 
+FromStoreOpt = Annotated[bool, typer.Option("--from-store", help="use the service's logged decisions and outcomes")]
+SinceDaysOpt = Annotated[float | None, typer.Option("--since-days", help="with --from-store: only this recent")]
+
 
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
@@ -207,14 +210,23 @@ def evaluate(
     model_uri: ModelUriOpt = None,
     test_size: Annotated[float | None, typer.Option()] = None,
     seed: Annotated[int | None, typer.Option()] = None,
+    from_store: FromStoreOpt = False,
+    since_days: SinceDaysOpt = None,
 ) -> None:
-    """Evaluate a registered router (default: the champion) on the held-out split of the log."""
+    """Evaluate a registered router (default: the champion) on the held-out split of the log.
+
+    With --from-store: off-policy estimates on the service's logged traffic instead (the logging policy, the
+    logged model at other operating points, and --model-uri as a candidate when given).
+    """
     from training.data import split_log
     from training.evaluation import evaluate_artifact
     from training.report import format_table
 
     _setup_logging()
     s = _settings(outcomes_path=outcomes, tiers_path=tiers, test_size=test_size, seed=seed)
+    if from_store:
+        _evaluate_from_store(s, model_uri, since_days)
+        return
     artifact = _load_artifact(s, model_uri)
     tier_cfg, log = _load_inputs(s, False)
     split = split_log(log, tier_cfg, s.test_size, s.seed)
@@ -230,8 +242,14 @@ def calibrate(
     model_uri: ModelUriOpt = None,
     outcomes: OutcomesOpt = None,
     tiers: TiersOpt = None,
+    from_store: FromStoreOpt = False,
+    since_days: SinceDaysOpt = None,
 ) -> None:
-    """Calibrate the knob on the held-out prompts: a quality target for a top-tier share, or λ for a mean cost."""
+    """Calibrate the knob on the held-out prompts: a quality target for a top-tier share, or λ for a mean cost.
+
+    With --from-store: λ for --mean-cost-usd on the service's logged traffic (realised cost by off-policy
+    estimate where the log has exploration).
+    """
     from training.data import split_log
     from training.evaluation import calibrate_knob
 
@@ -241,6 +259,9 @@ def calibrate(
         _fail("--top-share must be in [0, 1]")
     _setup_logging()
     s = _settings(outcomes_path=outcomes, tiers_path=tiers)
+    if from_store:
+        _calibrate_from_store(s, top_share, mean_cost_usd, since_days)
+        return
     artifact = _load_artifact(s, model_uri)
     tier_cfg, log = _load_inputs(s, False)
     split = split_log(log, tier_cfg, s.test_size, s.seed)
@@ -248,6 +269,48 @@ def calibrate(
     router = Router(artifact, embedder=embedder, cache=EmbeddingCache(s.cache_dir / "embeddings.sqlite"))
     try:
         typer.echo(calibrate_knob(router, split, top_share, mean_cost_usd))
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+def _evaluate_from_store(s: Settings, model_uri: str | None, since_days: float | None) -> None:
+    from training.ope_cli import evaluate_from_store
+
+    candidate = None
+    if model_uri is not None:
+        artifact = _load_artifact(s, model_uri)
+        tier_cfg = load_tiers(s.tiers_path) if s.tiers_path.is_file() else artifact.tiers
+        candidate = Router(artifact, tier_cfg, _embedder(s, backend_of(artifact.features.embedder_id)))
+    try:
+        typer.echo(evaluate_from_store(s, candidate, since_days, n_boot=1000))
+    except (ValueError, TiersConfigError) as exc:
+        _fail(str(exc))
+
+
+def _calibrate_from_store(s: Settings, top_share: float | None, mean_cost: float | None, since: float | None) -> None:
+    from training.ope_cli import calibrate_from_store
+
+    if mean_cost is None:
+        _fail(f"--from-store calibrates λ for --mean-cost-usd; --top-share {top_share} is for the held-out log")
+    try:
+        typer.echo(calibrate_from_store(s, float(mean_cost or 0.0), since, n_boot=1000))
+    except (ValueError, TiersConfigError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def purge(
+    older_than_days: Annotated[
+        float | None, typer.Option(help="delete older decisions and outcomes; default TIERWISE_RETENTION_DAYS")
+    ] = None,
+) -> None:
+    """Delete decisions and outcomes past the retention period from the decision store (run it from cron)."""
+    from training.ope_cli import purge as purge_store
+
+    if older_than_days is not None and older_than_days <= 0:
+        _fail("--older-than-days must be > 0")
+    try:
+        typer.echo(purge_store(_settings(), older_than_days))
     except ValueError as exc:
         _fail(str(exc))
 

@@ -1,0 +1,61 @@
+"""The store-backed commands' work: `evaluate --from-store`, `calibrate --from-store` and `purge` (the CLI parses)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from infra.prompt_policy import prompt_policy
+from infra.settings import Settings
+from infra.store import Store
+from router.routing import Router
+from router.schema import load_tiers
+from training.ope_data import LoggedTraffic, load_traffic
+from training.ope_eval import calibrate_traffic, evaluate_traffic, format_rows
+
+
+def open_store(s: Settings) -> Store:
+    store = Store(s.database_url, prompt_policy(s.prompt_storage, s.prompt_hash_key))
+    store.migrate()
+    return store
+
+
+def traffic_from_store(s: Settings, since_days: float | None = None) -> LoggedTraffic:
+    """The logged decisions with outcomes, in the tiers file's tier order; ValueError when there are none."""
+    since = datetime.now(UTC) - timedelta(days=since_days) if since_days else None
+    store = open_store(s)
+    try:
+        traffic = load_traffic(store, load_tiers(s.tiers_path).names, since)
+    finally:
+        store.dispose()
+    if not len(traffic.logged):
+        skipped = "; ".join(f"{n} {why}" for why, n in traffic.skipped.items()) or "no decision has an outcome"
+        raise ValueError(f"the store holds no logged decisions with outcomes and propensities to evaluate ({skipped})")
+    return traffic
+
+
+def evaluate_from_store(s: Settings, candidate: Router | None, since_days: float | None, n_boot: int) -> str:
+    traffic = traffic_from_store(s, since_days)
+    rows = evaluate_traffic(traffic, candidate, s.quality_target, n_boot=n_boot, seed=s.seed)
+    header = (
+        f"off-policy estimates on {traffic.describe()}\n"
+        "quality and cost per decision; DR = the model's predictions corrected by the importance-weighted "
+        "outcomes; 'model' = the predictions alone (no evidence)\n"
+    )
+    return header + format_rows(rows)
+
+
+def calibrate_from_store(s: Settings, mean_cost_usd: float, since_days: float | None, n_boot: int) -> str:
+    return calibrate_traffic(traffic_from_store(s, since_days), mean_cost_usd, n_boot=n_boot, seed=s.seed)
+
+
+def purge(s: Settings, older_than_days: float | None) -> str:
+    """Delete decisions and outcomes older than the retention period; ValueError when none is configured."""
+    days = older_than_days if older_than_days is not None else s.retention_days
+    if days is None:
+        raise ValueError("give --older-than-days or set TIERWISE_RETENTION_DAYS")
+    store = open_store(s)
+    try:
+        n_decisions, n_outcomes = store.purge(datetime.now(UTC) - timedelta(days=days))
+    finally:
+        store.dispose()
+    return f"deleted {n_decisions} decisions and {n_outcomes} outcomes older than {days:g} days"

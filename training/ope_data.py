@@ -1,0 +1,111 @@
+"""Logged traffic from the decision store, as off-policy evaluation's input (router.ope.LoggedDecisions).
+
+A decision counts when it has an outcome (its latest, by decision_id) and the evidence migration 0003 keeps:
+the logging distribution over tiers, the per-tier predictions and expected costs. Decisions without them
+(logged before 0003), with a tier the current tiers config does not know, or without an outcome are
+skipped and counted, so the report can say what the estimate stands on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import numpy as np
+import sqlalchemy as sa
+
+from infra.prompt_policy import NOT_STORED
+from infra.store import Store, decisions, outcomes
+from router.ope import LoggedDecisions
+
+
+@dataclass(frozen=True)
+class LoggedTraffic:
+    """The usable logged decisions, their prompts (None where the store kept no text) and what was skipped."""
+
+    logged: LoggedDecisions
+    prompts: list[str | None]
+    router_versions: list[str]
+    names: list[str]
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def explored(self) -> int:
+        return int((self.logged.propensity < 1).sum())
+
+    def describe(self) -> str:
+        skipped = ", ".join(f"{n} {why}" for why, n in self.skipped.items() if n) or "none"
+        versions = Counter(self.router_versions).most_common(3)
+        return (
+            f"{len(self.logged)} logged decisions with outcomes ({self.explored} with propensity < 1), "
+            f"router versions {', '.join(f'{v} ({n})' for v, n in versions)}; skipped: {skipped}"
+        )
+
+
+def load_traffic(store: Store, names: list[str], since: datetime | None = None, limit: int = 200_000) -> LoggedTraffic:
+    """The newest `limit` decisions with an outcome (since `since`), as arrays in the order of tier `names`."""
+    latest = (
+        sa.select(outcomes.c.decision_id, sa.func.max(outcomes.c.created_at).label("at"))
+        .where(outcomes.c.decision_id.is_not(None))
+        .group_by(outcomes.c.decision_id)
+        .subquery()
+    )
+    query = (
+        sa.select(
+            decisions.c.tier,
+            decisions.c.prompt,
+            decisions.c.router_version,
+            decisions.c.propensities,
+            decisions.c.predicted_quality,
+            decisions.c.expected_costs,
+            outcomes.c.score,
+            outcomes.c.cost_usd,
+        )
+        .join(latest, latest.c.decision_id == decisions.c.id)
+        .join(outcomes, (outcomes.c.decision_id == latest.c.decision_id) & (outcomes.c.created_at == latest.c.at))
+        .order_by(decisions.c.created_at.desc())
+        .limit(limit)
+    )
+    if since is not None:
+        query = query.where(decisions.c.created_at >= since)
+    with store.engine.connect() as conn:
+        rows = conn.execute(query).all()
+    index = {n: j for j, n in enumerate(names)}
+    skipped: Counter[str] = Counter()
+    keep: list[tuple[int, list[float], list[float], list[float], float, float]] = []
+    prompts: list[str | None] = []
+    versions: list[str] = []
+    for r in rows:
+        if r.propensities is None or r.predicted_quality is None or r.expected_costs is None:
+            skipped["without propensities (logged before migration 0003)"] += 1
+            continue
+        if r.tier not in index or set(r.propensities) != set(names) or set(r.expected_costs) != set(names):
+            skipped["with other tiers than the current config"] += 1
+            continue
+        mu = [float(r.propensities[n]) for n in names]
+        keep.append(
+            (
+                index[r.tier],
+                mu,
+                [float(r.predicted_quality[n]) for n in names],
+                [float(r.expected_costs[n]) for n in names],
+                float(r.score),
+                float(r.cost_usd),
+            )
+        )
+        prompts.append(None if r.prompt is None or r.prompt == NOT_STORED else r.prompt)
+        versions.append(r.router_version)
+    k = len(names)
+    action = np.array([x[0] for x in keep], dtype=int)
+    mu_arr = np.array([x[1] for x in keep], dtype=float).reshape(-1, k)
+    logged = LoggedDecisions(
+        action=action,
+        propensity=mu_arr[np.arange(len(keep)), action] if keep else np.zeros(0),
+        quality=np.array([x[4] for x in keep], dtype=float),
+        cost=np.array([x[5] for x in keep], dtype=float),
+        predicted_quality=np.array([x[2] for x in keep], dtype=float).reshape(-1, k),
+        predicted_cost=np.array([x[3] for x in keep], dtype=float).reshape(-1, k),
+        logging_probs=mu_arr,
+    )
+    return LoggedTraffic(logged, prompts, versions, names, dict(skipped))

@@ -1,0 +1,168 @@
+"""Off-policy evaluation on logged traffic: the logging policy, the logged model at other operating points and a
+candidate model, with IPS, SNIPS and DR; and λ for a mean cost on real traffic.
+
+The logged model's other operating points need no prompt text (its per-tier predictions and expected costs
+are stored with each decision); a candidate model scores the stored prompt texts, so it is evaluated on the
+decisions whose text the store kept (TIERWISE_PROMPT_STORAGE=text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from router.ope import LoggedDecisions, PolicyEstimate, Unsupported, compare, estimate, one_hot
+from router.policy import lambda_for_cost, lambda_grid, tradeoff
+from router.routing import Router
+from training.ope_data import LoggedTraffic
+
+DEFAULT_SHARES = (0.25, 0.5, 0.75)
+"""Operating points of the logged model evaluated by default: mean expected cost as a share of the top tier's."""
+
+
+@dataclass(frozen=True)
+class Refusal:
+    name: str
+    reason: str
+
+
+Row = PolicyEstimate | Refusal
+
+
+def lambda_for_share(logged: LoggedDecisions, share: float) -> float:
+    """λ whose mean expected cost on the logged decisions is `share` of always-top's."""
+    top = int(np.argmax(logged.predicted_cost.mean(axis=0)))
+    budget = share * float(logged.predicted_cost[:, top].mean())
+    return lambda_for_cost(logged.predicted_quality, logged.predicted_cost, budget)
+
+
+def _try(name: str, target: np.ndarray, logged: LoggedDecisions, names: Sequence[str], n_boot: int, seed: int) -> Row:
+    try:
+        return estimate(name, target, logged, names, n_boot=n_boot, seed=seed)
+    except Unsupported as exc:
+        return Refusal(name, str(exc))
+
+
+def candidate_policy(router: Router, traffic: LoggedTraffic, target: float) -> tuple[np.ndarray, LoggedDecisions]:
+    """A candidate router's choices on the logged prompts with text, and those decisions with its predictions.
+
+    Raises ValueError when the store kept no prompt text to score.
+    """
+    have = np.array([p is not None for p in traffic.prompts], dtype=bool)
+    if not have.any():
+        raise ValueError(
+            "the store kept no prompt text (TIERWISE_PROMPT_STORAGE=hash or none): a candidate model cannot "
+            "score the logged traffic; only the logged model's operating points can be evaluated"
+        )
+    prompts = [p for p in traffic.prompts if p is not None]
+    quality, cost = router.score(prompts)
+    choices = np.array([d.tier_index for d in router.decide(quality, cost, target)])
+    sub = traffic.logged.take(have).with_predictions(quality, cost)
+    return one_hot(choices, len(traffic.names)), sub
+
+
+def evaluate_traffic(
+    traffic: LoggedTraffic,
+    candidate: Router | None = None,
+    target: float = 0.8,
+    shares: Sequence[float] = DEFAULT_SHARES,
+    lambdas: Sequence[float] = (),
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[Row]:
+    """Estimates (or refusals) for the logging policy, the logged model at each operating point, and a candidate."""
+    logged, names = traffic.logged, traffic.names
+    rows: list[Row] = [
+        estimate("logging policy (as served)", logged.logging_distribution(), logged, names, n_boot, seed=seed)
+    ]
+    points = [
+        (f"logged model, {s:.0%} of top-tier cost (λ={lambda_for_share(logged, s):.4g})", lambda_for_share(logged, s))
+        for s in shares
+    ]
+    points += [(f"logged model, λ={lam:.4g}", lam) for lam in lambdas]
+    for name, lam in points:
+        target_probs = one_hot(tradeoff(logged.predicted_quality, logged.predicted_cost, lam), len(names))
+        rows.append(_try(name, target_probs, logged, names, n_boot, seed))
+    for j, tier in enumerate(names):
+        rows.append(_try(f"always {tier}", one_hot(np.full(len(logged), j), len(names)), logged, names, n_boot, seed))
+    if candidate is not None:
+        try:
+            probs, sub = candidate_policy(candidate, traffic, target)
+        except ValueError as exc:
+            rows.append(Refusal("candidate model", str(exc)))
+        else:
+            rows.append(_try(f"candidate model ({len(sub)} decisions with text)", probs, sub, names, n_boot, seed))
+    return rows
+
+
+def format_rows(rows: Sequence[Row]) -> str:
+    """A plain table: per policy, quality and cost by DR (95% interval), SNIPS and IPS, and the ESS."""
+    lines = [
+        f"{'policy':<58} {'quality DR [95% CI]':>26} {'SNIPS':>7} {'IPS':>7} {'model':>7} "
+        f"{'cost DR (USD)':>13} {'ESS':>7}"
+    ]
+    for r in rows:
+        if isinstance(r, Refusal):
+            lines.append(f"{r.name:<58} refused: {r.reason}")
+            continue
+        q, c = r.quality, r.cost
+        ci = f"{q.dr.value:.4f} [{q.dr.low:.4f}, {q.dr.high:.4f}]"
+        lines.append(
+            f"{r.name:<58} {ci:>26} {q.snips.value:>7.4f} {q.ips.value:>7.4f} {q.dm:>7.4f} "
+            f"{c.dr.value:>13.6g} {q.ess:>7.0f}"
+        )
+        lines += [f"    note: {n}" for n in r.notes]
+    return "\n".join(lines)
+
+
+def calibrate_traffic(traffic: LoggedTraffic, mean_cost_usd: float, n_boot: int = 1000, seed: int = 0) -> str:
+    """λ whose estimated realised mean cost on the logged traffic is at most `mean_cost_usd`, with its quality.
+
+    Realised cost is estimated by DR where the log supports the policy (exploration); where it does not, the
+    only honest statement is about expected cost, and the answer says so.
+    """
+    logged, names = traffic.logged, traffic.names
+    best: tuple[float, float, str] | None = None
+    for lam in lambda_grid(logged.predicted_cost):
+        if lam < 0:
+            continue
+        choice = tradeoff(logged.predicted_quality, logged.predicted_cost, float(lam))
+        probs = one_hot(choice, len(names))
+        try:
+            est = estimate("λ", probs, logged, names, n_boot=2, seed=seed)
+            cost, how = est.cost.dr.value, "DR estimate of realised cost"
+        except Unsupported:
+            cost, how = float(logged.predicted_cost[np.arange(len(logged)), choice].mean()), "expected cost only"
+        if cost <= mean_cost_usd:
+            best = (float(lam), cost, how)
+            break
+    if best is None:
+        raise ValueError(f"no λ reaches a mean cost of ${mean_cost_usd:.6g} on the logged traffic")
+    lam, cost, how = best
+    choice = tradeoff(logged.predicted_quality, logged.predicted_cost, lam)
+    probs = one_hot(choice, len(names))
+    shares = ", ".join(f"{n} {(choice == j).mean():.1%}" for j, n in enumerate(names))
+    lines = [f'"cost_weight_per_usd": {lam:.6g} in /route', f"on {traffic.describe()}"]
+    try:
+        est = estimate("λ", probs, logged, names, n_boot=n_boot, seed=seed)
+        q, c = est.quality.dr, est.cost.dr
+        lines.append(
+            f"estimated (DR, 95% CI): quality {q.value:.4f} [{q.low:.4f}, {q.high:.4f}], "
+            f"mean cost ${c.value:.6g} [${c.low:.6g}, ${c.high:.6g}]; ESS {est.quality.ess:.0f}; {shares}"
+        )
+    except Unsupported as exc:
+        lines.append(f"mean expected cost ${cost:.6g} ({how}); {shares}")
+        lines.append(f"no estimate of realised quality or cost: {exc}")
+    return "\n".join(lines)
+
+
+def gate_difference(
+    candidate: Router, traffic: LoggedTraffic, target: float, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, float, float, int]:
+    """The candidate's quality minus the logging policy's, paired on logged traffic: DR value, low, high and n."""
+    probs, sub = candidate_policy(candidate, traffic, target)
+    mu = sub.logging_distribution()
+    quality, _ = compare(probs, mu, sub, traffic.names, n_boot=n_boot, seed=seed)
+    return quality.dr.value, quality.dr.low, quality.dr.high, len(sub)
