@@ -77,14 +77,14 @@ def evaluate_traffic(
     rows: list[Row] = [
         estimate("logging policy (as served)", logged.logging_distribution(), logged, names, n_boot, seed=seed)
     ]
-    points = [
-        (f"logged model, {s:.0%} of top-tier cost (λ={lambda_for_share(logged, s):.4g})", lambda_for_share(logged, s))
-        for s in shares
-    ]
-    points += [(f"logged model, λ={lam:.4g}", lam) for lam in lambdas]
-    for name, lam in points:
-        target_probs = one_hot(tradeoff(logged.predicted_quality, logged.predicted_cost, lam), len(names))
-        rows.append(_try(name, target_probs, logged, names, n_boot, seed))
+    top = int(np.argmax(logged.predicted_cost.mean(axis=0)))
+    top_cost = float(logged.predicted_cost[:, top].mean())
+    rows_idx = np.arange(len(logged))
+    for lam in sorted({lambda_for_share(logged, s) for s in shares} | set(lambdas)):
+        choice = tradeoff(logged.predicted_quality, logged.predicted_cost, lam)
+        share = float(logged.predicted_cost[rows_idx, choice].mean()) / top_cost
+        name = f"logged model at λ={lam:.4g} (expected cost {share:.0%} of top tier's)"
+        rows.append(_try(name, one_hot(choice, len(names)), logged, names, n_boot, seed))
     for j, tier in enumerate(names):
         rows.append(_try(f"always {tier}", one_hot(np.full(len(logged), j), len(names)), logged, names, n_boot, seed))
     if candidate is not None:

@@ -1,0 +1,157 @@
+"""The store-backed commands on generated logged traffic: evaluate --from-store, calibrate --from-store, purge."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from typer.testing import CliRunner
+
+from infra.settings import get_settings
+from infra.store import DecisionRow, OutcomeRow, Store, decisions, outcomes
+from router.exploration import exploration_probs
+from router.features import FeatureSpec
+from router.model import DifficultyModel
+from router.routing import Router
+from router.schema import parse_tiers
+from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
+from tests.integration.conftest import write_tiers
+from training import cli
+from training.data import pivot_log, split_log
+from training.fit import train_router
+from training.ope_data import load_traffic
+from training.ope_eval import Refusal, evaluate_traffic, gate_difference
+
+runner = CliRunner()
+NAMES = ["main", "mid", "brain"]
+
+
+def fill_store(url: str, epsilon: float, n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Log n decisions (ε-greedy around a noisy model) with outcomes; return the true scores and costs per tier."""
+    rng = np.random.default_rng(seed)
+    table = pivot_log(make_log(n, seed=seed), parse_tiers(TIERS_TOML))
+    scores, costs = table.scores, table.costs
+    pred = np.clip(scores * 0.6 + 0.2 + rng.normal(0, 0.1, scores.shape), 0, 1)
+    store = Store(url)
+    store.migrate()
+    rows, outs = [], []
+    for i, prompt in enumerate(table.prompts["prompt"]):
+        choice = int(np.argmax(pred[i] - 200 * costs[i]))
+        mu = exploration_probs(choice, np.ones(3, bool), epsilon)
+        a = int(rng.choice(3, p=mu))
+        rows.append(
+            DecisionRow(
+                id=f"d{i}",
+                prompt=prompt,
+                tier=NAMES[a],
+                model=TIERS_TOML["tiers"][a]["model"],
+                expected_cost_usd=float(costs[i, a]),
+                router_version="1",
+                reason="r",
+                propensity=float(mu[a]),
+                explored=a != choice,
+                predicted_quality=dict(zip(NAMES, map(float, pred[i]), strict=True)),
+                propensities=dict(zip(NAMES, map(float, mu), strict=True)),
+                expected_costs=dict(zip(NAMES, map(float, costs[i]), strict=True)),
+            )
+        )
+        outs.append(
+            OutcomeRow(
+                id=f"o{i}",
+                decision_id=f"d{i}",
+                prompt=prompt,
+                model=rows[-1].model,
+                score=scores[i, a],
+                cost_usd=costs[i, a],
+            )
+        )
+    store.record_decisions(rows)
+    store.record_outcomes(outs)
+    store.dispose()
+    return scores, costs
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("TIERWISE_DATABASE_URL", url)
+    monkeypatch.setenv("TIERWISE_TIERS_PATH", str(write_tiers(tmp_path / "tiers.toml")))
+    get_settings.cache_clear()
+    yield url
+    get_settings.cache_clear()
+
+
+def test_evaluate_from_store_with_exploration(env: str) -> None:
+    fill_store(env, epsilon=0.3)
+    res = runner.invoke(cli.app, ["evaluate", "--from-store"])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "300 logged decisions with outcomes" in out
+    for name in ("logging policy (as served)", "of top tier's)", "always main", "always brain"):
+        assert name in out
+    assert "refused" not in out
+
+
+def test_evaluate_from_store_refuses_what_the_log_cannot_support(env: str) -> None:
+    fill_store(env, epsilon=0.0)
+    res = runner.invoke(cli.app, ["evaluate", "--from-store"])
+    assert res.exit_code == 0, res.output
+    assert "always brain" in res.output and "refused: the log cannot support this estimate" in res.output
+
+
+def test_calibrate_from_store(env: str) -> None:
+    _, costs = fill_store(env, epsilon=0.3)
+    budget = float(costs[:, 1].mean())
+    res = runner.invoke(cli.app, ["calibrate", "--from-store", "--mean-cost-usd", str(budget)])
+    assert res.exit_code == 0, res.output
+    assert '"cost_weight_per_usd":' in res.output and "estimated (DR, 95% CI)" in res.output
+    res = runner.invoke(cli.app, ["calibrate", "--from-store", "--top-share", "0.2"])
+    assert res.exit_code == 2 and "--mean-cost-usd" in res.output
+
+
+def test_empty_store_is_one_line(env: str) -> None:
+    res = runner.invoke(cli.app, ["evaluate", "--from-store"])
+    assert res.exit_code == 2 and "no logged decisions" in res.output and "Traceback" not in res.output
+
+
+def test_purge(env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    fill_store(env, epsilon=0.0, n=50)
+    engine = sa.create_engine(env)
+    with engine.begin() as conn:
+        old = datetime.now(UTC) - timedelta(days=10)
+        conn.execute(decisions.update().where(decisions.c.id.in_(["d1", "d2"])).values(created_at=old))
+        conn.execute(outcomes.update().where(outcomes.c.id == "o1").values(created_at=old))
+    assert runner.invoke(cli.app, ["purge"]).exit_code == 2  # no retention configured
+    monkeypatch.setenv("TIERWISE_RETENTION_DAYS", "7")
+    get_settings.cache_clear()
+    res = runner.invoke(cli.app, ["purge"])
+    assert res.exit_code == 0 and "deleted 2 decisions and 1 outcomes older than 7 days" in res.output
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(decisions)).scalar_one() == 48
+
+
+def test_a_candidate_is_evaluated_on_the_prompts_with_text(env: str, tmp_path: Path) -> None:
+    fill_store(env, epsilon=0.3)
+    tiers = parse_tiers(TIERS_TOML)
+    emb = HashingEmbedder()
+    split = split_log(make_log(300, seed=1), tiers, 0.3, 0)
+    art = train_router(split, emb, None, FeatureSpec(embedder_id=emb.id), DifficultyModel(n_estimators=20))
+    candidate = Router(art, tiers, emb)
+    store = Store(env)
+    traffic = load_traffic(store, NAMES)
+    rows = evaluate_traffic(traffic, candidate, target=0.7, n_boot=200)
+    [cand] = [r for r in rows if r.name.startswith("candidate")]
+    assert not isinstance(cand, Refusal) and "300 decisions with text" in cand.name
+    diff, low, high, n = gate_difference(candidate, traffic, 0.7, n_boot=200)
+    assert low <= diff <= high and n == 300
+    # Without text, a candidate cannot be scored: said plainly.
+    with store.engine.begin() as conn:
+        conn.execute(decisions.update().values(prompt=None))
+    rows = evaluate_traffic(load_traffic(store, NAMES), candidate, target=0.7, n_boot=50)
+    [cand] = [r for r in rows if r.name.startswith("candidate")]
+    assert isinstance(cand, Refusal) and "no prompt text" in cand.reason
+    store.dispose()
