@@ -155,3 +155,24 @@ def test_a_candidate_is_evaluated_on_the_prompts_with_text(env: str, tmp_path: P
     [cand] = [r for r in rows if r.name.startswith("candidate")]
     assert isinstance(cand, Refusal) and "no prompt text" in cand.reason
     store.dispose()
+
+
+def test_ope_gate_check(env: str) -> None:
+    from training.ope_gate import ope_check
+
+    tiers = parse_tiers(TIERS_TOML)
+    emb = HashingEmbedder()
+    split = split_log(make_log(300, seed=1), tiers, 0.3, 0)
+    good = Router(
+        train_router(split, emb, None, FeatureSpec(embedder_id=emb.id), DifficultyModel(n_estimators=30)), tiers, emb
+    )
+    fill_store(env, epsilon=0.3, n=400)
+    store = Store(env)
+    traffic = load_traffic(store, NAMES)
+    assert ope_check(good, traffic, 0.7, min_decisions=1000, max_loss=0.01).passed is None  # too little traffic
+    check = ope_check(good, traffic, 0.7, min_decisions=100, max_loss=0.5, n_boot=200)
+    assert check.passed is True and check.metrics["ope_decisions"] == 400
+    # A candidate that always answers with the cheapest tier loses far more than 0.01 on this traffic.
+    cheap = ope_check(good, traffic, 0.0, min_decisions=100, max_loss=0.01, n_boot=200)
+    assert cheap.passed is False and "failed" in cheap.detail
+    store.dispose()
