@@ -8,11 +8,11 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -83,12 +83,23 @@ class TiersConfigError(ValueError):
 # --------------------------------------------------------------------------- tiers config
 
 
+ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
 class ModelPrice(BaseModel):
-    """List price of one model, USD per 1M tokens."""
+    """List price of one model, USD per 1M tokens, and where the proxy calls it (an OpenAI-compatible upstream).
+
+    `base_url` is the upstream's API root (the proxy posts to `<base_url>/chat/completions`), `api_key_env` the
+    environment variable holding its key (sent as a bearer token; none when absent), `upstream_model` the name the
+    upstream knows the model by (default: the catalogue name).
+    """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
     input_per_1m: float = Field(ge=0)
     output_per_1m: float = Field(ge=0)
+    base_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+(/\S*)?$")] | None = None
+    api_key_env: Annotated[str, StringConstraints(pattern=ENV_NAME)] | None = None
+    upstream_model: Annotated[str, StringConstraints(min_length=1)] | None = None
 
 
 class Tier(BaseModel):
@@ -107,6 +118,9 @@ class Tier(BaseModel):
     judge: str | None = None
     input_per_1m: float = Field(0.0, ge=0)
     output_per_1m: float = Field(0.0, ge=0)
+    fallback: tuple[str, ...] | None = Field(
+        None, description="tiers the proxy falls back to, in order, when this one fails; default: every tier above"
+    )
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -132,6 +146,10 @@ class TiersConfig:
         logged = [t.model for t in self.tiers]
         if len(set(logged)) != len(logged):
             raise TiersConfigError(f"two tiers are served by the same model: {logged}")
+        for t in self.tiers:
+            unknown = [f for f in t.fallback or () if f not in names or f == t.name]
+            if unknown:
+                raise TiersConfigError(f"tier '{t.name}': fallback {unknown} must name other tiers of {names}")
 
     @property
     def names(self) -> list[str]:
@@ -145,6 +163,13 @@ class TiersConfig:
 
     def index(self, name: str) -> int:
         return self.names.index(self.tier(name).name)
+
+    def fallbacks(self, name: str) -> list[Tier]:
+        """The tiers to try, in order, when `name` fails: its `fallback` list, or else every tier above it."""
+        tier = self.tier(name)
+        if tier.fallback is not None:
+            return [self.tier(f) for f in tier.fallback]
+        return list(self.tiers[self.index(name) + 1 :])
 
     @property
     def known_models(self) -> set[str]:
@@ -188,10 +213,12 @@ def _first_error(exc: ValidationError) -> str:
 def parse_tiers(data: Mapping[str, Any], path: Path | str = "<tiers>") -> TiersConfig:
     """Build a TiersConfig from parsed TOML."""
     path = Path(path)
-    try:
-        models = {k: ModelPrice(**v) for k, v in data.get("models", {}).items()}
-    except ValidationError as exc:
-        raise TiersConfigError(f"{path}: [models]: {_first_error(exc)}") from None
+    models = {}
+    for name, raw in data.get("models", {}).items():
+        try:
+            models[name] = ModelPrice(**raw)
+        except ValidationError as exc:
+            raise TiersConfigError(f'{path}: [models."{name}"]: {_first_error(exc)}') from None
     raw_tiers = data.get("tiers")
     if not isinstance(raw_tiers, list) or not raw_tiers:
         raise TiersConfigError(f"{path}: expected a non-empty [[tiers]] list")
@@ -217,7 +244,7 @@ def load_tiers(path: Path | str) -> TiersConfig:
 def tiers_to_dict(cfg: TiersConfig) -> dict[str, Any]:
     """Serialise a TiersConfig to plain data (the inverse of parse_tiers)."""
     return {
-        "models": {k: v.model_dump() for k, v in cfg.models.items()},
+        "models": {k: v.model_dump(exclude_none=True) for k, v in cfg.models.items()},
         "tiers": [t.model_dump(exclude_none=True) for t in cfg.tiers],
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
@@ -16,7 +17,7 @@ from infra.settings import Settings, get_settings
 from infra.store import Store
 from router.embedders.factory import make_embedder
 from router.embedders.protocol import Embedder
-from serving.api import admin, ops, outcomes, route, sessions, ui
+from serving.api import admin, openai_compat, ops, outcomes, route, sessions, ui
 from serving.docs import install_docs
 from serving.errors import install_handlers
 from serving.logs import configure_logging
@@ -25,6 +26,7 @@ from serving.metrics import Metrics, multiprocess_enabled
 from serving.middleware import BodyLimit, RequestContext
 from serving.model_source import ModelSource, source_from_settings
 from serving.outcomes import OutcomeRecorder
+from serving.proxy.service import open_proxy
 from serving.reload_signal import ReloadSignal
 from serving.security import KeyRing
 from serving.spool import Spool
@@ -80,9 +82,11 @@ def create_app(
                 settings.spool_replay_interval_s, lambda: app.state.runtime.tiers if app.state.runtime else None
             )
             tasks.append(asyncio.create_task(replayer))
+        app.state.proxy = open_proxy(settings, os.environ)
         try:
             yield
         finally:
+            await app.state.proxy.aclose()
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -106,7 +110,7 @@ def create_app(
     app.state.runtime = None
     app.state.load_error = None
     app.state.store_error = None
-    for module in (route, outcomes, sessions, admin, ops, ui):
+    for module in (route, outcomes, sessions, admin, ops, ui, openai_compat):
         app.include_router(module.router)
     install_handlers(app)
     install_docs(app)

@@ -1,0 +1,129 @@
+"""POST /v1/chat/completions and GET /v1/models: the OpenAI-compatible door. Every refusal is in OpenAI's shape."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from sqlalchemy.exc import DBAPIError
+
+from router.policy import NoTierFits
+from serving.deps import Caller, RuntimeDep, SettingsDep, StoreDep
+from serving.errors import Invalid, OverBudget, ServiceError, refusal_class
+from serving.proxy.service import Proxy, ProxyError
+from serving.proxy.wire import (
+    MODEL,
+    TIER_PREFIX,
+    ChatCompletionOut,
+    ChatCompletionRequest,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+    error_body,
+)
+
+logger = logging.getLogger(__name__)
+
+SERVICE_ERRORS: dict[int, tuple[str, str]] = {
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "forbidden"),
+    404: ("not_found_error", "not_found"),
+    413: ("invalid_request_error", "too_large"),
+    503: ("api_error", "not_ready"),
+}
+
+
+def _openai_error(exc: Exception) -> JSONResponse:
+    """Any refusal of the service as OpenAI's `{"error": {...}}` with its status."""
+    if isinstance(exc, ProxyError):
+        return JSONResponse(exc.body, status_code=exc.status)
+    if isinstance(exc, RequestValidationError):
+        err = exc.errors()[0] if exc.errors() else {}
+        param = ".".join(str(p) for p in err.get("loc", ())[1:]) or None
+        return JSONResponse(error_body(f"{param or 'body'}: {err.get('msg', 'invalid')}", "invalid_request_error",
+                                       err.get("type"), param), status_code=400)  # fmt: skip
+    if isinstance(exc, OverBudget):
+        code = "session_frozen" if (exc.body or {}).get("status") == "frozen" else "over_budget"
+        return JSONResponse(error_body(exc.detail, "insufficient_quota", code, session=exc.body), status_code=402)
+    if isinstance(exc, Invalid):
+        param = ".".join(str(p) for p in exc.loc[1:]) or None
+        return JSONResponse(error_body(exc.detail, "invalid_request_error", None, param), status_code=400)
+    if isinstance(exc, ServiceError):
+        type_, code = SERVICE_ERRORS.get(exc.status, ("invalid_request_error", "refused"))
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return JSONResponse(error_body(exc.detail, type_, code), status_code=exc.status, headers=headers)
+    if isinstance(exc, NoTierFits):
+        return JSONResponse(error_body(str(exc), "invalid_request_error", "no_tier_fits"), status_code=400)
+    if isinstance(exc, DBAPIError):
+        logger.error("store error on the proxy: %s", refusal_class(exc))
+        return JSONResponse(error_body("the decision store is unavailable; retry", "api_error", "store_unavailable"),
+                            status_code=503)  # fmt: skip
+    logger.exception("unhandled error on the OpenAI-compatible door", exc_info=exc)
+    return JSONResponse(error_body("internal error", "api_error", "internal_error"), status_code=500)
+
+
+class OpenAIRoute(APIRoute):
+    """A route whose refusals, from its dependencies (auth, the model) and body validation too, are OpenAI errors."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def answer(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                return _openai_error(exc)
+
+        return answer
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": ErrorResponse, "description": "an OpenAI-format error"} for s in statuses}
+
+
+ANSWER_HEADERS = {
+    name: {"description": text, "schema": {"type": "string"}}
+    for name, text in (
+        ("X-Tierwise-Decision-Id", "the decision: post its score to /outcomes"),
+        ("X-Tierwise-Tier", "the tier that served the answer"),
+        ("X-Tierwise-Model", "the model that served it (a fusion tier's `fusion:<name>`)"),
+    )
+}
+router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute, responses=_errors(401, 503))
+
+
+@router.post(
+    "/chat/completions",
+    response_model=None,
+    responses={
+        200: {
+            "model": ChatCompletionOut,
+            "description": "the upstream's completion plus `tierwise`; with `stream: true`, its events as SSE",
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "headers": ANSWER_HEADERS,
+        },
+        **_errors(400, 402, 403, 404, 413, 429, 502, 504),
+    },
+)
+async def chat_completions(
+    req: ChatCompletionRequest,
+    request: Request,
+    rt: RuntimeDep,
+    store: StoreDep,
+    caller: Caller,
+    settings: SettingsDep,
+) -> Response:
+    """Route the conversation (system text + last user turn) to a tier, answer with that tier's upstream."""
+    proxy: Proxy = request.app.state.proxy
+    return await proxy.chat(req, request.headers, rt, store, caller, settings.quality_target, settings.max_prompt_chars)
+
+
+@router.get("/models")
+async def list_models(rt: RuntimeDep, _: Caller) -> ModelList:
+    """`tierwise` (routed), and `tierwise/<tier>` for each tier (routed, at least that tier)."""
+    return ModelList(data=[ModelCard(id=MODEL), *(ModelCard(id=TIER_PREFIX + n) for n in rt.tiers.names)])

@@ -1,0 +1,1 @@
+"""The OpenAI-compatible proxy: the wire format, upstream calls, fallback, fusion and settlement (issue 13)."""

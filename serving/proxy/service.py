@@ -1,0 +1,253 @@
+"""One chat completion through tierwise: route the prompt view, serve it upstream, settle the decision, answer."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import anyio
+from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from infra.settings import Settings
+from infra.store import Store
+from serving.outcomes import describe
+from serving.proxy.dispatch import Dispatcher, RetryPolicy, Served, Trail
+from serving.proxy.upstream import UpstreamFailure, make_client
+from serving.proxy.wire import (
+    KNOB_HEADERS,
+    MODEL,
+    TIER_PREFIX,
+    ChatCompletionRequest,
+    error_body,
+    prompt_view,
+    sse,
+    upstream_body,
+)
+from serving.routing import check_sizes, route
+from serving.runtime import Runtime
+from serving.schemas import RouteOptions, RouteResponse
+from serving.security import Principal
+
+logger = logging.getLogger(__name__)
+
+
+class ProxyError(Exception):
+    """A request the proxy answers with an OpenAI-format error."""
+
+    def __init__(self, status: int, message: str, type_: str, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status = status
+        self.body = error_body(message, type_, code, param)
+
+
+# The answer to a request no upstream answered, by the last failure's kind.
+FAILURE_ANSWERS: dict[str, tuple[int, str, str]] = {
+    "timeout": (504, "api_error", "upstream_timeout"),
+    "rate_limited": (429, "rate_limit_error", "upstream_rate_limited"),
+    "server": (502, "api_error", "upstream_error"),
+    "connection": (502, "api_error", "upstream_unreachable"),
+    "config": (502, "api_error", "upstream_not_configured"),
+}
+
+
+def failure_error(failure: UpstreamFailure) -> ProxyError:
+    if failure.kind == "client":  # the upstream refused the request itself: the caller's to fix
+        return ProxyError(failure.status or 400, failure.message, "invalid_request_error", "upstream_refused")
+    status, type_, code = FAILURE_ANSWERS[failure.kind]
+    return ProxyError(status, f"no upstream answered; last: {failure}", type_, code)
+
+
+def route_options(req: ChatCompletionRequest, headers: Mapping[str, str], tier_names: list[str]) -> RouteOptions:
+    """/route's options from the `X-Tierwise-*` headers, overridden by the body's `tierwise` field; a model
+    `tierwise/<tier>` sets min_tier."""
+    raw: dict[str, Any] = {}
+    for header, name in KNOB_HEADERS.items():
+        value = headers.get(header)
+        if value is None:
+            continue
+        if name == "session_id" or (name == "min_tier" and not value.strip().isdigit()):
+            raw[name] = value.strip()
+        elif name == "min_tier":
+            raw[name] = int(value)
+        else:
+            try:
+                raw[name] = float(value)
+            except ValueError:
+                raise ProxyError(400, f"header {header}: not a number", "invalid_request_error", None, header) from None
+    if req.tierwise is not None:
+        raw.update(req.tierwise.model_dump(exclude_unset=True))
+    if req.model != MODEL:
+        tier = req.model.removeprefix(TIER_PREFIX)
+        if not req.model.startswith(TIER_PREFIX) or tier not in tier_names:
+            names = ", ".join([MODEL, *(TIER_PREFIX + n for n in tier_names)])
+            raise ProxyError(404, f"model '{req.model}' does not exist; use one of {names}", "invalid_request_error",
+                             "model_not_found", "model")  # fmt: skip
+        raw.setdefault("min_tier", tier)
+    try:
+        return RouteOptions.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        param = ".".join(str(p) for p in err["loc"])
+        raise ProxyError(400, f"tierwise option {param}: {err['msg']}", "invalid_request_error", None, param) from None
+
+
+@dataclass
+class Proxy:
+    """The door's state, made once in the app's lifespan: the dispatcher with its pooled client."""
+
+    dispatcher: Dispatcher
+
+    async def aclose(self) -> None:
+        await self.dispatcher.client.aclose()
+
+    async def chat(
+        self,
+        req: ChatCompletionRequest,
+        headers: Mapping[str, str],
+        rt: Runtime,
+        store: Store,
+        principal: Principal,
+        default_target: float,
+        max_prompt_chars: int,
+    ) -> Response:
+        opts = route_options(req, headers, rt.tiers.names)
+        prompt = prompt_view(req.messages)
+        if not prompt.strip():
+            raise ProxyError(400, "no text to route: the messages have no system text and no user text",
+                             "invalid_request_error", None, "messages")  # fmt: skip
+        if "\x00" in prompt:
+            raise ProxyError(400, "messages must not contain NUL characters", "invalid_request_error", None, "messages")
+        check_sizes([prompt], max_prompt_chars, 1)
+        [decision] = await run_in_threadpool(route, rt, store, principal, [prompt], opts, default_target)
+        trail = Trail()
+        started = time.perf_counter()
+        try:
+            served = await self.dispatcher.serve(
+                rt.tiers, rt.tiers.tier(decision.tier), upstream_body(req), req.stream, trail
+            )
+        except UpstreamFailure as failure:
+            await _settle(store, decision, trail, started, None)
+            raise failure_error(failure) from None
+        except BaseException:  # cancelled (the caller left) or a bug: release the reservation, charge nothing
+            with anyio.CancelScope(shield=True):
+                await _settle(store, decision, trail, started, None)
+            raise
+        info = _info(decision, served, trail)
+        headers_out = {
+            "X-Tierwise-Decision-Id": decision.decision_id,
+            "X-Tierwise-Tier": served.tier.name,
+            "X-Tierwise-Model": served.tier.model,
+        }
+        if trail.left_out:
+            headers_out["X-Tierwise-Left-Out"] = ",".join(trail.left_out)
+        if served.body is not None:
+            await _settle(store, decision, trail, started, served)
+            info.update(_usage_info(trail))
+            return JSONResponse({**served.body, "tierwise": info}, headers=headers_out)
+        include_usage = bool((upstream_body(req).get("stream_options") or {}).get("include_usage"))
+        return StreamingResponse(
+            _relay(served, info, include_usage, store, decision, trail, started),
+            media_type="text/event-stream",
+            headers={**headers_out, "Cache-Control": "no-cache"},
+        )
+
+
+def _info(decision: RouteResponse, served: Served, trail: Trail) -> dict[str, Any]:
+    """The `tierwise` field of an answer: the decision, who served it, and what was left out or failed."""
+    info: dict[str, Any] = {
+        "decision_id": decision.decision_id,
+        "tier": served.tier.name,
+        "model": served.tier.model,
+        "routed_tier": decision.tier,
+        "session_id": decision.session_id,
+        "fallback_from": list(trail.failed_tiers),
+    }
+    if served.tier.kind == "fusion":
+        info["fusion"] = {"answered": list(trail.members), "left_out": list(trail.left_out), "judge": served.tier.judge}
+    return info
+
+
+def _usage_info(trail: Trail) -> dict[str, Any]:
+    return {
+        "cost_usd": sum(u.cost_usd for u in trail.usages),
+        "tokens_in": sum(u.tokens_in for u in trail.usages),
+        "tokens_out": sum(u.tokens_out for u in trail.usages),
+        "usage_estimated": any(u.estimated for u in trail.usages),
+    }
+
+
+async def _settle(store: Store, decision: RouteResponse, trail: Trail, started: float, served: Served | None) -> None:
+    """Book the decision: the real cost of every answered call when the caller got an answer, else nothing."""
+    note = trail.note()
+    if served is None:
+        note = "; ".join(p for p in (note, "not served: no upstream answered, nothing charged") if p)
+    reason = f"{decision.reason}; {note}" if note else None
+    usage = _usage_info(trail)
+    try:
+        await run_in_threadpool(
+            store.settle_decision,
+            decision.decision_id,
+            cost_usd=usage["cost_usd"] if served is not None else None,
+            tokens_in=usage["tokens_in"] if served is not None else None,
+            tokens_out=usage["tokens_out"] if served is not None else None,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            served_model=served.tier.model if served is not None else None,
+            reason=reason,
+        )
+    except SQLAlchemyError as exc:  # the answer is the caller's either way; the reservation stays booked
+        logger.error("could not settle decision %s (%s): its reservation stays", decision.decision_id, describe(exc))
+
+
+async def _relay(
+    served: Served,
+    info: dict[str, Any],
+    include_usage: bool,
+    store: Store,
+    decision: RouteResponse,
+    trail: Trail,
+    started: float,
+) -> AsyncIterator[bytes]:
+    """The upstream's events as SSE, `tierwise` on the first; settled before `[DONE]`.
+
+    Usage is asked of the upstream always; its usage-only chunk reaches the caller only if the caller asked too.
+    A failure mid-stream ends the stream with an OpenAI error event and charges nothing; a caller who leaves
+    is charged for what was used (the upstream's usage, else an estimate of the text streamed).
+    """
+    assert served.stream is not None
+    first = True
+    try:
+        async for event in served.stream.events():
+            if first:
+                event, first = {**event, "tierwise": info}, False
+            elif not include_usage and not event.get("choices"):
+                continue
+            yield sse(event)
+    except UpstreamFailure as failure:
+        trail.failures.append(f"{failure.model} mid-stream: {failure.message}")
+        await _settle(store, decision, trail, started, None)
+        logger.warning("upstream %s failed mid-stream: %s", failure.model, failure.message)
+        yield sse(error_body(f"the upstream failed mid-stream: {failure}", "api_error", "upstream_error"))
+        return
+    except BaseException:
+        trail.usages.append(served.stream.usage())
+        with anyio.CancelScope(shield=True):
+            await _settle(store, decision, trail, started, served)
+        raise
+    trail.usages.append(served.stream.usage())
+    await _settle(store, decision, trail, started, served)
+    yield sse("[DONE]")
+
+
+def open_proxy(settings: Settings, environ: Mapping[str, str]) -> Proxy:
+    """The proxy with the service's one pooled upstream client (close it with `aclose`); `environ` holds the
+    upstreams' keys, read when a call is made (so a rotated key is picked up)."""
+    client = make_client(
+        settings.upstream_timeout_s, settings.upstream_connect_timeout_s, settings.upstream_max_connections
+    )
+    return Proxy(Dispatcher(client, RetryPolicy(settings.upstream_retries, settings.upstream_retry_backoff_s), environ))

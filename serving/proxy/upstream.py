@@ -1,0 +1,236 @@
+"""Calls to OpenAI-compatible upstreams through the one pooled `httpx.AsyncClient`, and how they fail."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+
+from router.schema import CHARS_PER_TOKEN, ModelPrice, TiersConfig
+
+FailureKind = Literal["timeout", "rate_limited", "server", "connection", "config", "client"]
+RETRYABLE: frozenset[str] = frozenset({"timeout", "rate_limited", "server", "connection"})
+
+
+class UpstreamFailure(Exception):
+    """One upstream call that gave no answer.
+
+    `timeout`, `rate_limited` (429), `server` (5xx or an unreadable answer) and `connection` are retried and then
+    fall back; `config` (no upstream, no key, or the upstream refusing our key or model name) falls back at once;
+    `client` (the upstream refused the request itself, e.g. a bad tool schema) goes back to the caller as it is.
+    """
+
+    def __init__(self, model: str, kind: FailureKind, message: str, status: int | None = None):
+        super().__init__(f"{model}: {message}")
+        self.model = model
+        self.kind = kind
+        self.message = message
+        self.status = status
+
+    @property
+    def retryable(self) -> bool:
+        return self.kind in RETRYABLE
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one catalogue model is called, and its price."""
+
+    model: str
+    url: str
+    upstream_model: str
+    api_key: str | None
+    price: ModelPrice
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
+def endpoint_for(model: str, tiers: TiersConfig, environ: Mapping[str, str]) -> Endpoint:
+    """The upstream of a catalogue model; a model without one is a `config` failure naming what is missing."""
+    price = tiers.models.get(model)
+    if price is None or price.base_url is None:
+        raise UpstreamFailure(model, "config", "no upstream configured (give it a base_url under [models])")
+    key = None
+    if price.api_key_env is not None:
+        key = environ.get(price.api_key_env)
+        if not key:
+            raise UpstreamFailure(model, "config", f"its api_key_env {price.api_key_env} is not set")
+    return Endpoint(model, price.base_url.rstrip("/") + "/chat/completions", price.upstream_model or model, key, price)
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Tokens one call used and what they cost at the catalogue price; `estimated` when the upstream sent no usage."""
+
+    model: str
+    tokens_in: int
+    tokens_out: int
+    cost_usd: float
+    estimated: bool = False
+
+
+def usage_of(ep: Endpoint, usage: Any, body: Mapping[str, Any], answer_chars: int) -> Usage:
+    """Cost one call from its `usage` and the catalogue price; without usage, estimate at characters / 4."""
+    try:
+        tokens_in, tokens_out = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+        estimated = False
+    except (TypeError, KeyError, ValueError):
+        prompt_chars = len(json.dumps(body.get("messages", []), ensure_ascii=False))
+        tokens_in, tokens_out = round(prompt_chars / CHARS_PER_TOKEN), round(answer_chars / CHARS_PER_TOKEN)
+        estimated = True
+    tokens_in, tokens_out = max(tokens_in, 0), max(tokens_out, 0)
+    cost = (tokens_in * ep.price.input_per_1m + tokens_out * ep.price.output_per_1m) / 1e6
+    return Usage(ep.model, tokens_in, tokens_out, cost, estimated)
+
+
+def answer_chars(body: Mapping[str, Any]) -> int:
+    """Characters of the answer's message contents (for a usage estimate)."""
+    total = 0
+    for choice in body.get("choices") or []:
+        if not isinstance(choice, dict):
+            continue
+        msg = choice.get("message") or choice.get("delta")
+        content = msg.get("content") if isinstance(msg, dict) else None
+        total += len(content) if isinstance(content, str) else 0
+    return total
+
+
+def _failure_for_status(model: str, status: int, text: str) -> UpstreamFailure:
+    try:
+        message = str(json.loads(text)["error"]["message"])
+    except (ValueError, KeyError, TypeError):
+        message = text.strip()[:300] or f"HTTP {status}"
+    detail = f"HTTP {status}: {message}"
+    if status == 429:
+        return UpstreamFailure(model, "rate_limited", detail, status)
+    if status == 408 or status >= 500:
+        return UpstreamFailure(model, "server" if status != 408 else "timeout", detail, status)
+    if status in (401, 403, 404):
+        return UpstreamFailure(model, "config", detail, status)
+    return UpstreamFailure(model, "client", message, status)
+
+
+def _failure_for_exception(model: str, exc: httpx.HTTPError) -> UpstreamFailure:
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamFailure(model, "timeout", f"timed out ({type(exc).__name__})")
+    return UpstreamFailure(model, "connection", f"{type(exc).__name__}: {str(exc)[:200] or 'connection failed'}")
+
+
+def _payload(ep: Endpoint, body: Mapping[str, Any], stream: bool) -> dict[str, Any]:
+    out = {**body, "model": ep.upstream_model, "stream": stream}
+    if stream:
+        out["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    else:
+        out.pop("stream_options", None)
+    return out
+
+
+async def complete(client: httpx.AsyncClient, ep: Endpoint, body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
+    """One non-streaming call: the upstream's JSON answer and its usage."""
+    try:
+        resp = await client.post(ep.url, json=_payload(ep, body, stream=False), headers=ep.headers())
+    except httpx.HTTPError as exc:
+        raise _failure_for_exception(ep.model, exc) from None
+    if resp.status_code >= 400:
+        raise _failure_for_status(ep.model, resp.status_code, resp.text)
+    try:
+        data = resp.json()
+    except ValueError:
+        raise UpstreamFailure(ep.model, "server", "answered with something that is not JSON") from None
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise UpstreamFailure(ep.model, "server", "answered JSON that is not a chat completion")
+    return data, usage_of(ep, data.get("usage"), body, answer_chars(data))
+
+
+class Stream:
+    """An upstream's SSE answer, opened up to its first event so that a failure before it can still fall back.
+
+    Iterate `events()` for the JSON payloads (the first one included); `usage` is set once the upstream sends it.
+    """
+
+    def __init__(self, ep: Endpoint, body: Mapping[str, Any], response: httpx.Response):
+        self.ep = ep
+        self.body = body
+        self._response = response
+        self._lines = response.aiter_lines()
+        self._first: dict[str, Any] | None = None
+        self.chars = 0
+        self.raw_usage: Any = None
+
+    @classmethod
+    async def open(cls, client: httpx.AsyncClient, ep: Endpoint, body: Mapping[str, Any]) -> Stream:
+        request = client.build_request("POST", ep.url, json=_payload(ep, body, stream=True), headers=ep.headers())
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.HTTPError as exc:
+            raise _failure_for_exception(ep.model, exc) from None
+        if response.status_code >= 400:
+            try:
+                text = (await response.aread()).decode(errors="replace")
+            except httpx.HTTPError:
+                text = ""
+            finally:
+                await response.aclose()
+            raise _failure_for_status(ep.model, response.status_code, text)
+        stream = cls(ep, body, response)
+        try:
+            stream._first = await stream._next()
+        except BaseException:
+            await stream.aclose()
+            raise
+        if stream._first is None:
+            raise UpstreamFailure(ep.model, "server", "the stream ended before its first event")
+        return stream
+
+    async def _next(self) -> dict[str, Any] | None:
+        """The next JSON event, or None at `[DONE]` or the end of the stream."""
+        try:
+            async for line in self._lines:
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    return None
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    raise UpstreamFailure(self.ep.model, "server", "sent an event that is not JSON") from None
+                if not isinstance(event, dict):
+                    raise UpstreamFailure(self.ep.model, "server", "sent an event that is not a JSON object")
+                if "error" in event:
+                    raise UpstreamFailure(self.ep.model, "server", f"sent an error event: {event['error']}")
+                if event.get("usage"):
+                    self.raw_usage = event["usage"]
+                self.chars += answer_chars(event)
+                return event
+        except httpx.HTTPError as exc:
+            raise _failure_for_exception(self.ep.model, exc) from None
+        return None
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        try:
+            if self._first is not None:
+                first, self._first = self._first, None
+                yield first
+            while (event := await self._next()) is not None:
+                yield event
+        finally:
+            await self.aclose()
+
+    def usage(self) -> Usage:
+        return usage_of(self.ep, self.raw_usage, self.body, self.chars)
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+
+def make_client(timeout_s: float, connect_timeout_s: float, max_connections: int) -> httpx.AsyncClient:
+    """The service's one pooled upstream client (created in the app's lifespan, closed at shutdown)."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+    )

@@ -1,0 +1,124 @@
+"""The OpenAI wire format as the proxy reads and writes it: the request, the prompt view, the error shape.
+
+Only what tierwise reads is declared; every other field (tools, tool_choice, temperature, response_format, ...)
+is kept as sent and passed to the upstream untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+
+from serving.schemas import RouteOptions
+
+MODEL = "tierwise"
+TIER_PREFIX = "tierwise/"
+KNOB_HEADERS: dict[str, str] = {
+    "x-tierwise-session-id": "session_id",
+    "x-tierwise-quality-target": "quality_target",
+    "x-tierwise-cost-weight": "cost_weight_per_usd",
+    "x-tierwise-min-tier": "min_tier",
+    "x-tierwise-max-cost-usd": "max_cost_usd",
+}
+"""Request headers carrying /route's options, for clients that can set headers but not body fields."""
+
+
+class TextPart(BaseModel):
+    """One part of a multimodal message; only `text` parts reach the router."""
+
+    model_config = ConfigDict(extra="allow")
+    type: StrictStr
+    text: StrictStr | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Annotated[str, Field(min_length=1, max_length=64)]
+    content: StrictStr | list[TextPart] | None = None
+
+
+class ChatCompletionRequest(BaseModel):
+    """A chat completion request; `model` is `tierwise` or `tierwise/<tier>`, `tierwise` holds /route's options."""
+
+    model_config = ConfigDict(extra="allow")
+    model: StrictStr = Field(description="`tierwise` (routed), or `tierwise/<tier>` (routed, at least that tier)")
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: StrictBool = False
+    tierwise: RouteOptions | None = Field(
+        None, description="routing options (OpenAI SDK: `extra_body={'tierwise': {...}}`); stripped before the upstream"
+    )
+
+
+class ChatCompletionOut(BaseModel):
+    """The upstream's chat completion as it answered, plus the `tierwise` field."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str
+    object: str
+    choices: list[dict[str, Any]]
+    tierwise: dict[str, Any]
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = 0
+    owned_by: str = "tierwise"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    code: str | None = None
+    param: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """OpenAI's error shape; a 402 also carries the session (spent, reserved, cap, status) in `error.session`."""
+
+    error: ErrorBody
+
+
+def text_of(message: ChatMessage) -> str:
+    """The text of a message: a string content, or its text parts joined (images and audio are left out)."""
+    if isinstance(message.content, str):
+        return message.content
+    if not message.content:
+        return ""
+    return "\n".join(p.text for p in message.content if p.type == "text" and p.text)
+
+
+def prompt_view(messages: list[ChatMessage]) -> str:
+    """What the router scores: the system (and developer) messages, then the last user turn, blank-line separated.
+
+    The router was trained on single prompts; the last user turn is the request being answered now, and the system
+    message says what kind of work it is. Earlier turns are not scored (they would drown the question).
+    """
+    system = [text_of(m) for m in messages if m.role in ("system", "developer")]
+    users = [m for m in messages if m.role == "user"]
+    last_user = text_of(users[-1]) if users else ""
+    return "\n\n".join(t for t in (*system, last_user) if t.strip())
+
+
+def upstream_body(req: ChatCompletionRequest) -> dict[str, Any]:
+    """The request as the upstream gets it: every field the caller sent but `tierwise`, `model` set per call."""
+    return req.model_dump(exclude={"tierwise"}, exclude_unset=True)
+
+
+def error_body(
+    message: str, type_: str, code: str | None = None, param: str | None = None, **extra: Any
+) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "code": code, "param": param, **extra}}
+
+
+def sse(payload: dict[str, Any] | str) -> bytes:
+    """One server-sent event carrying `payload` (a dict is sent as JSON)."""
+    data = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {data}\n\n".encode()

@@ -1,0 +1,170 @@
+"""A fake OpenAI-compatible upstream: a real HTTP server on loopback answering `/v1/chat/completions` from a script.
+
+    with fake_upstream() as up:
+        up.script("medium", Reply(status=503), Reply(text="second try"))   # queued per upstream model name
+        up.base_url                                                          # http://127.0.0.1:PORT/v1
+        up.requests                                                          # [(model, JSON body), ...] received
+
+A model with no queued reply answers `up.default` (a quick "ok from <model>" with usage). A `Reply` scripts the
+status, text, usage, latency (before the headers, or before the first chunk), tool calls, and a stream or body that
+dies after some chunks (the connection is dropped without finishing the message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from collections import defaultdict, deque
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from tests.integration.live_server import live_server
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One scripted answer. `usage=None` sends no usage; `chunks` is how many pieces a streamed text comes in."""
+
+    text: str = "ok"
+    status: int = 200
+    usage: tuple[int, int] | None = (10, 5)
+    delay_s: float = 0.0
+    first_byte_delay_s: float = 0.0
+    chunk_delay_s: float = 0.0
+    chunks: int = 3
+    die_after_chunks: int | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    error_message: str = "scripted failure"
+
+
+class ConnectionDropped(Exception):
+    """Raised inside a response body: uvicorn drops the connection mid-message."""
+
+
+@dataclass
+class FakeUpstream:
+    base_url: str = ""
+    default: Reply = field(default_factory=Reply)
+    requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    _queues: dict[str, deque[Reply]] = field(default_factory=lambda: defaultdict(deque))
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def script(self, model: str, *replies: Reply) -> None:
+        with self._lock:
+            self._queues[model].extend(replies)
+
+    def reset(self) -> None:
+        with self._lock:
+            self._queues.clear()
+            self.requests.clear()
+
+    def calls(self, model: str) -> list[dict[str, Any]]:
+        with self._lock:
+            return [body for m, body in self.requests if m == model]
+
+    def _next(self, model: str, body: dict[str, Any]) -> Reply:
+        with self._lock:
+            self.requests.append((model, body))
+            queue = self._queues.get(model)
+            reply = queue.popleft() if queue else self.default
+        return replace(reply, text=reply.text.replace("{model}", model))
+
+    async def handle(self, request: Request) -> Response:
+        body = await request.json()
+        model = str(body.get("model"))
+        reply = self._next(model, body)
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        if reply.status >= 400:
+            error = {"error": {"message": reply.error_message, "type": "scripted", "code": None, "param": None}}
+            return JSONResponse(error, status_code=reply.status)
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return StreamingResponse(_events(model, reply, include_usage), media_type="text/event-stream")
+        if reply.die_after_chunks is not None:
+            return StreamingResponse(_dying_body(reply), media_type="application/json")
+        return JSONResponse(completion(model, reply))
+
+
+def completion(model: str, reply: Reply) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": None if reply.tool_calls else reply.text}
+    if reply.tool_calls:
+        message["tool_calls"] = reply.tool_calls
+    out: dict[str, Any] = {
+        "id": f"chatcmpl-fake-{time.monotonic_ns()}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if reply.tool_calls else "stop"}],
+    }
+    if reply.usage is not None:
+        p, c = reply.usage
+        out["usage"] = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+    return out
+
+
+def _pieces(text: str, n: int) -> list[str]:
+    n = max(1, min(n, len(text) or 1))
+    size = -(-len(text) // n) or 1
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def _chunk(model: str, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    event = {
+        "id": "chatcmpl-fake",
+        "object": "chat.completion.chunk",
+        "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    return f"data: {json.dumps(event)}\n\n".encode()
+
+
+async def _events(model: str, reply: Reply, include_usage: bool) -> AsyncIterator[bytes]:
+    if reply.first_byte_delay_s:
+        await asyncio.sleep(reply.first_byte_delay_s)
+    yield _chunk(model, {"role": "assistant", "content": ""})
+    for i, piece in enumerate(_pieces(reply.text, reply.chunks)):
+        if reply.die_after_chunks is not None and i >= reply.die_after_chunks:
+            raise ConnectionDropped(model)
+        if reply.chunk_delay_s:
+            await asyncio.sleep(reply.chunk_delay_s)
+        yield _chunk(model, {"content": piece})
+    yield _chunk(model, {}, "stop")
+    if include_usage and reply.usage is not None:
+        p, c = reply.usage
+        usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+        event = {
+            "id": "chatcmpl-fake",
+            "object": "chat.completion.chunk",
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        }
+        yield f"data: {json.dumps(event)}\n\n".encode()
+    yield b"data: [DONE]\n\n"
+
+
+async def _dying_body(reply: Reply) -> AsyncIterator[bytes]:
+    text = json.dumps(completion("dying", reply))
+    yield text[: len(text) // 2].encode()
+    raise ConnectionDropped("dying")
+
+
+@contextmanager
+def fake_upstream() -> Iterator[FakeUpstream]:
+    """Serve a FakeUpstream on a free loopback port; `base_url` ends in `/v1`, as an OpenAI client expects."""
+    up = FakeUpstream()
+    app = Starlette(routes=[Route("/v1/chat/completions", up.handle, methods=["POST"])])
+    with live_server(lambda: app) as url:
+        up.base_url = f"{url}/v1"
+        yield up

@@ -1,0 +1,67 @@
+"""A live tierwise whose tiers call a fake upstream: the fixture of the OpenAI-compatible proxy's tests.
+
+    with proxied_tierwise(tmp_dir, artifact_dir, up, fusion=True) as base_url: ...
+
+The test tiers (main -> small, mid -> medium, brain -> large) get `base_url = up.base_url`; with `fusion=True`
+the brain tier is a fusion of small and medium judged by large (same tier names, so the trained router fits).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from infra.settings import Settings
+from serving.app import create_app
+from serving.model_source import LocalSource
+from tests.conftest import TIERS_TOML, HashingEmbedder
+from tests.integration.conftest import KEYS
+from tests.integration.fake_upstream import FakeUpstream
+from tests.integration.live_server import live_server
+
+
+def write_proxy_tiers(path: Path, base_url: str, fusion: bool = False, key_env: str | None = None) -> Path:
+    """The test tiers as TOML, every model's upstream at `base_url`; brain a fusion tier when `fusion`."""
+    lines = []
+    for t in TIERS_TOML["tiers"]:
+        lines += ["[[tiers]]", f'name = "{t["name"]}"']
+        if fusion and t["name"] == "brain":
+            lines += ['kind = "fusion"', 'members = ["small", "medium"]', 'judge = "large"']
+        else:
+            lines += [f'model = "{t["model"]}"']
+        lines.append("")
+    for name, price in TIERS_TOML["models"].items():
+        lines += [f'[models."{name}"]', *(f"{k} = {v}" for k, v in price.items()), f'base_url = "{base_url}"']
+        if key_env:
+            lines.append(f'api_key_env = "{key_env}"')
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+def proxy_settings(tmp: Path, up: FakeUpstream, fusion: bool = False, **fields: Any) -> Settings:
+    base: dict[str, Any] = {
+        "database_url": f"sqlite:///{tmp / 'serve.db'}",
+        "tiers_path": write_proxy_tiers(tmp / "tiers.toml", up.base_url, fusion),
+        "spool_path": tmp / "spool.jsonl",
+        "reload_signal_path": tmp / "reload-generation",
+        "quality_target": 0.7,
+        "api_keys": KEYS,
+        "upstream_timeout_s": 1.0,
+        "upstream_retries": 1,
+        "upstream_retry_backoff_s": 0.01,
+    }
+    return Settings(**{**base, **fields})
+
+
+@contextmanager
+def proxied_tierwise(
+    tmp: Path, artifact_dir: Path, up: FakeUpstream, fusion: bool = False, **fields: Any
+) -> Iterator[str]:
+    """A live tierwise (real uvicorn on loopback) on the trained test router, upstreams at `up`; yields its URL."""
+    settings = proxy_settings(tmp, up, fusion, **fields)
+    app = create_app(settings=settings, model_source=LocalSource(artifact_dir), embedder=HashingEmbedder())
+    with live_server(lambda: app) as url:
+        yield url
