@@ -1,0 +1,100 @@
+"""The README's Trust tables, from bench/results/trust_ope.json (and the trust-drift benches' results, if present).
+
+python -m bench.trust_readme            # print the markdown
+python -m bench.trust_readme --write    # replace the tables in README.md (between the trust-table markers)
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+from typing import Any
+
+from bench.common import REPO
+
+BEGIN, END = "<!-- trust-table:begin -->", "<!-- trust-table:end -->"
+OPE = REPO / "bench" / "results" / "trust_ope.json"
+ESTIMATORS = ("naive", "dm", "ips", "snips", "dr")
+# Sections other trust benches contribute: a module with `readme_section() -> str | None`.
+OTHER_SECTIONS = ("bench.trust_drift", "bench.trust_guarantee")
+
+
+def _err(row: dict[str, Any], est: str) -> str:
+    e = row.get(est)
+    return "refused" if e is None else f"{e['mean_abs_err']:.3f} / {e['p90_abs_err']:.3f}"
+
+
+def ope_section(report: dict[str, Any]) -> str:
+    design = report["design"]
+    lines = [
+        f"Off-policy evaluation on replayed traffic (`{report['command']}`, {report['runtime_s']:.0f} s): "
+        f"{design['logged_prompts']} logged prompts per replay, logging policy {design['logging_policy']}, "
+        "only the served tier's outcome revealed. Cells: mean / 90th-percentile |estimate − truth| of mean quality "
+        "over all replays (a router trained per split seed); *refused* = the log cannot support it (zero propensity).",
+        "",
+    ]
+    for dataset, r in report["results"].items():
+        for eps in ("0.0", "0.05", "0.2"):
+            rows = r["by_epsilon"].get(eps)
+            if rows is None:
+                continue
+            lines += [
+                f"**{dataset}, ε = {eps}** (tiers {', '.join(r['tiers'])}; {rows[0]['reps']} replays)",
+                "",
+                "| policy | truth | differs from logging | naive replay | model only | IPS | SNIPS | DR | DR 95% CI covers | ESS |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+            ]
+            for row in rows:
+                dr = row.get("dr") or {}
+                cover = f"{dr['ci_coverage']:.0%}" if "ci_coverage" in dr else "–"
+                ess = f"{row['ess_mean']:.0f}" if "ess_mean" in row else "–"
+                differs = f"{row['disagreement_with_logging']:.0%}" if "disagreement_with_logging" in row else "–"
+                cells = [_err(row, e) for e in ESTIMATORS]
+                lines.append(
+                    f"| {row['policy']} | {row['truth_quality_mean']:.3f} | {differs} | "
+                    + " | ".join(cells)
+                    + f" | {cover} | {ess} |"
+                )
+            lines.append("")
+    lines.append("Targets at ε = 0.05 (|DR − truth| ≤ 0.01; share of replays within it):")
+    lines.append("")
+    for name, t in report["targets"].items():
+        lines.append(
+            f"- {name}: mean |DR − truth| {t['dr_mean_abs_err']}, p90 {t['dr_p90_abs_err']}, "
+            f"within 0.01 in {t['dr_within_0.01_share']:.0%} of replays — {'met' if t['mean_abs_err_met'] else 'not met'}"
+        )
+    return "\n".join(lines)
+
+
+def markdown() -> str:
+    parts = [ope_section(json.loads(OPE.read_text()))] if OPE.exists() else ["(run `make trust` for the OPE table)"]
+    for module in OTHER_SECTIONS:
+        try:
+            section = importlib.import_module(module).readme_section()
+        except (ImportError, AttributeError):
+            continue
+        if section:
+            parts.append(section)
+    return "\n\n".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--write", action="store_true", help="replace the tables in README.md")
+    args = parser.parse_args()
+    table = markdown()
+    if not args.write:
+        print(table)
+        return
+    readme = REPO / "README.md"
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"README.md has no {BEGIN} ... {END} markers")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{BEGIN}\n{table}\n{END}{tail}")
+
+
+if __name__ == "__main__":
+    main()
