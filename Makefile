@@ -82,6 +82,12 @@ bench: setup $(DATA) $(TEST_ONNX)  ## benchmarks: JSON under bench/results/
 bench-int8: setup $(DATA) $(TEST_ONNX)  ## how often int8 and torch features route alike (bench/results/int8_agreement.json)
 	$(BIN)/python -m bench.int8_agreement
 
+.PHONY: trust
+trust: setup $(DATA) $(TEST_ONNX)  ## trust simulations (OPE; drift and guarantee where present): bench/results/trust_*.json, README table
+	$(BIN)/python -m bench.trust_ope
+	@for m in trust_drift trust_guarantee; do if [ -f bench/$$m.py ]; then $(BIN)/python -m bench.$$m || exit 1; fi; done
+	$(BIN)/python -m bench.trust_readme --write
+
 clean:  ## the venvs and the checkout's .cache; your stores (`tierwise settings store_dir`) are kept
 	rm -rf $(VENV) $(SERVE_VENV) .cache
 
