@@ -217,3 +217,29 @@ def test_sessions_are_listed_a_page_at_a_time(client: TestClient) -> None:
     assert "1–50 of 55" in first and "offset=50" in first and first.count('data-session="s') == 50
     last = client.get("/ui", params={"offset": 50}).text
     assert "51–55 of 55" in last and "offset=0" in last and last.count('data-session="s') == 5
+
+
+class Unregistered:
+    """A registry with no champion yet: the service starts unready."""
+
+    def resolve(self) -> str:
+        raise LookupError("no version of tierwise-router has the alias champion")
+
+    def load(self) -> object:
+        self.resolve()
+        return None
+
+
+def test_the_page_works_while_no_model_is_loaded(client_factory: Callable[..., TestClient]) -> None:
+    c = client_factory(source=Unregistered())
+    c.follow_redirects = False
+    c.app.state.store.record_decisions(  # type: ignore[attr-defined]
+        [DecisionRow(id="old", prompt="p", tier="main", model="small", expected_cost_usd=0.1, router_version="v",
+                     reason="an earlier decision")]
+    )  # fmt: skip
+    log_in(c)
+    page = c.get("/ui")
+    assert page.status_code == 200
+    assert "No model loaded" in page.text and "no version of tierwise-router has the alias champion" in page.text
+    assert "an earlier decision" in page.text  # the store's side of the page still shows
+    assert "<strong>n/a</strong> — no model loaded." in page.text  # savings need the top tier's prices
