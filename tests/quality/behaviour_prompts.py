@@ -17,7 +17,7 @@ EASY: tuple[str, ...] = (
     "Translate 'thank you very much' into French.",
     "How do you say 'where is the train station' in Spanish?",
     "Translate 'good night' to German.",
-    'Format this as JSON: name Alice, age 30, city Paris.',
+    "Format this as JSON: name Alice, age 30, city Paris.",
     "Put these words in alphabetical order: banana, apple, cherry.",
     "Convert this list to a comma-separated line:\n- red\n- green\n- blue",
     "Summarise in one line: The meeting was moved from Tuesday to Thursday because the room was booked.",
