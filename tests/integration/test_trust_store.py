@@ -102,3 +102,28 @@ def test_purge_and_delete_session(url: str) -> None:
     assert store.get_session("s2") is None and store.delete_session("s2") == (0, 0, 0)
     assert set(store.get_decisions(["d3", "d4"])) == {"d3"}
     store.dispose()
+
+
+def test_migration_0003_round_trip(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from infra.store import MIGRATIONS
+
+    store = Store(url, PromptPolicy("none"))
+    store.migrate()
+    store.record_decisions([decision(1)])
+
+    def run(step: str, revision: str) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            getattr(command, step)(cfg, revision)
+
+    run("downgrade", "0002")
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT prompt FROM decisions")).scalar_one() == ""
+    run("upgrade", "head")
+    assert store.get_decisions(["d1"])["d1"].propensities is None  # dropped by the downgrade
+    store.dispose()
