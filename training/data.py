@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from router import evaluate as ev
-from router.schema import TiersConfig
+from router.schema import TiersConfig, load_outcomes
 from router.text import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -73,3 +74,64 @@ def split_log(log: pd.DataFrame, tiers: TiersConfig, test_size: float, seed: int
     train, test = ev.split_by_group(groups, test_size, seed)
     logger.info("prompts: %d train, %d test", train.sum(), test.sum())
     return Split(table, train, test, used, tiers)
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Outcome logs pooled for the shared difficulty: one row per prompt, every model's score (NaN where unseen).
+
+    The first `n_train` rows are the split's train prompts, in the split's order, with every model of the
+    primary log (also models behind no tier); the rest come from the other logs.
+    """
+
+    prompts: list[str]
+    scores: pd.DataFrame
+    n_train: int
+
+    def describe(self) -> str:
+        return f"{len(self.prompts)} prompts ({self.n_train} from the training log) x {self.scores.shape[1]} models"
+
+
+def _stratified(first: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
+    """At most about `cap` rows, each category keeping its share (at least one row)."""
+    if len(first) <= cap:
+        return first
+    frac = cap / len(first)
+    cats = first["category"].fillna("").astype(str) if "category" in first else pd.Series("", index=first.index)
+    parts = [g.sample(max(1, round(len(g) * frac)), random_state=seed) for _, g in first.groupby(cats, sort=True)]
+    return pd.concat(parts)
+
+
+def pool_logs(full_log: pd.DataFrame, split: Split, others: list[pd.DataFrame], max_prompts: int, seed: int) -> Pool:
+    """The split's train prompts with every model of `full_log`, then up to `max_prompts` prompts of each other log.
+
+    Other logs' prompts whose normalised text is a test prompt (or already pooled) are left out, so the
+    held-out evaluation stays held out; each log is subsampled by category.
+    """
+    train_ids = split.table.prompts["prompt_id"][split.train]
+    wide = full_log.pivot_table(index="prompt_id", columns="model", values="score", aggfunc="mean")
+    blocks = [wide.reindex(train_ids).reset_index(drop=True)]
+    prompts = split.table.prompts["prompt"][split.train].tolist()
+    taken = {normalize_text(p) for p in split.table.prompts["prompt"]}
+    for log in others:
+        first = log.drop_duplicates("prompt_id").set_index("prompt_id")
+        texts = first["prompt"].map(normalize_text)
+        first = first[~texts.isin(taken) & ~texts.duplicated()]
+        first = _stratified(first, max_prompts, seed)
+        taken |= set(first["prompt"].map(normalize_text))
+        other = log.pivot_table(index="prompt_id", columns="model", values="score", aggfunc="mean")
+        blocks.append(other.reindex(first.index).reset_index(drop=True))
+        prompts += first["prompt"].tolist()
+    scores = pd.concat(blocks, ignore_index=True)
+    return Pool(prompts=prompts, scores=scores, n_train=int(split.train.sum()))
+
+
+def load_pool_logs(paths: list[Path]) -> list[pd.DataFrame]:
+    """The pooled outcome logs that exist (validated, any models); a missing one is skipped with a warning."""
+    logs = []
+    for path in paths:
+        if not Path(path).is_file():
+            logger.warning("pooled log %s is missing (run `make data`); the shared difficulty goes without it", path)
+            continue
+        logs.append(load_outcomes(path))
+    return logs

@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from router.artifact import RouterArtifact, estimate_tokens_out
 from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
 from router.features import FeatureSpec, featurize
 from router.model import DifficultyModel
-from training.data import Split
+from router.shared_difficulty import SharedDifficulty
+from training.data import Pool, Split
 from training.evaluation import EvalResult
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,21 +34,47 @@ def train_router(
     cache: EmbeddingCache | None,
     features: FeatureSpec,
     model: DifficultyModel,
+    pool: Pool | None = None,
 ) -> RouterArtifact:
-    """Fit the difficulty model on the split's train prompts."""
+    """Fit the difficulty model on the split's train prompts; with a pool, on top of a shared difficulty."""
     table = split.table
     X = featurize(table.prompts["prompt"][split.train].tolist(), features, embedder, cache)
-    model.fit(X, table.scores[split.train], split.tiers.names)
+    if pool is None:
+        model.fit(X, table.scores[split.train], split.tiers.names)
+    else:
+        shared = fit_shared_difficulty(X, pool, features, embedder, cache, model.random_state, model.n_jobs)
+        easiness = shared.oof_easiness_[: pool.n_train]
+        model.fit(X, table.scores[split.train], split.tiers.names, shared=shared, train_easiness=easiness)
     return RouterArtifact(
         model=model, features=features, tiers=split.tiers, tokens_out=estimate_tokens_out(split.log, split.tiers)
     )
 
 
+def fit_shared_difficulty(
+    X_train: np.ndarray,
+    pool: Pool,
+    features: FeatureSpec,
+    embedder: Embedder,
+    cache: EmbeddingCache | None,
+    seed: int,
+    n_jobs: int = 0,
+) -> SharedDifficulty:
+    """The shared difficulty on the pool: the split's train features `X_train` (the pool's first rows) and the rest."""
+    if X_train.shape[0] != pool.n_train:
+        raise ValueError(f"the pool starts with {pool.n_train} training prompts, X_train has {X_train.shape[0]}")
+    rest = featurize(pool.prompts[pool.n_train :], features, embedder, cache)
+    X = np.vstack([X_train, rest]) if len(rest) else X_train
+    logger.info("shared difficulty on %s", pool.describe())
+    model = SharedDifficulty(random_state=seed, n_jobs=n_jobs)
+    return model.fit(X, pool.scores.to_numpy(dtype=float), [str(c) for c in pool.scores.columns])
+
+
 def run_params(
-    split: Split, features: FeatureSpec, model: DifficultyModel, test_size: float, seed: int
+    split: Split, features: FeatureSpec, model: DifficultyModel, test_size: float, seed: int, pool: Pool | None = None
 ) -> dict[str, Any]:
     """Everything that defines a run, for MLflow."""
     return {
+        "shared_difficulty_pool": pool.describe() if pool is not None else "none",
         **{f"model.{k}": v for k, v in model.get_params().items()},
         **{f"features.{k}": v for k, v in features.model_dump().items()},
         "tiers": ",".join(f"{t.name}={t.model}" for t in split.tiers.tiers),
