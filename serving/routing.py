@@ -15,8 +15,10 @@ import numpy as np
 from infra.settings import Settings
 from infra.store import DecisionRow, SessionRow, Store
 from router.exploration import explore
+from router.novelty import OOD_NOVELTY
 from router.policy import Decision
 from serving.errors import Invalid, OverBudget, TooLarge
+from serving.guarantee import guarantee_point
 from serving.metrics import Metrics
 from serving.runtime import Runtime
 from serving.schemas import RouteOptions, RouteResponse
@@ -66,6 +68,7 @@ def route(
     epsilon: float = 0.0,
     metrics: Metrics | None = None,
     rng: np.random.Generator | None = None,
+    novelty_limit: float | None = OOD_NOVELTY,
 ) -> list[RouteResponse]:
     """Decide a tier for each prompt; with a session, reserve the expected cost atomically or freeze.
 
@@ -77,7 +80,8 @@ def route(
     except (KeyError, IndexError) as exc:
         raise Invalid(str(exc.args[0]), ("body", "min_tier")) from None
     target = default_target if opts.quality_target is None else opts.quality_target
-    quality, cost = rt.score(prompts)
+    point = guarantee_point(rt.router.artifact.guarantee, opts)
+    quality, cost, novelty = rt.router.assess(prompts)
 
     names = rt.tiers.names
     draws = rng or (np.random.default_rng() if epsilon > 0 else None)
@@ -129,13 +133,25 @@ def route(
                     predicted_quality={n: float(q) for n, q in zip(names, quality[i], strict=True)},
                     propensities={n: float(p) for n, p in zip(names, probs, strict=True)},
                     expected_costs={n: float(c) for n, c in zip(names, cost[i], strict=True)},
+                    novelty=None if novelty is None else float(novelty[i]),
                 )
             )
         return rows
 
     session: SessionRow | None = None
     if opts.session_id is None:
-        decided = rt.router.decide(quality, cost, target, min_tier, opts.max_cost_usd, opts.cost_weight_per_usd)
+        decided = rt.router.decide(
+            quality,
+            cost,
+            target,
+            min_tier,
+            opts.max_cost_usd,
+            opts.cost_weight_per_usd,
+            None,
+            novelty,
+            novelty_limit,
+            point,
+        )
         rows = rows_for(decided, None)
         store.record_decisions(rows)
     else:
@@ -161,7 +177,16 @@ def route(
                     )
             else:
                 decided = rt.router.decide(
-                    quality, cost, target, min_tier, opts.max_cost_usd, opts.cost_weight_per_usd, left
+                    quality,
+                    cost,
+                    target,
+                    min_tier,
+                    opts.max_cost_usd,
+                    opts.cost_weight_per_usd,
+                    left,
+                    novelty,
+                    novelty_limit,
+                    point,
                 )
                 rows = rows_for(decided, opts.session_id, left)
                 locked.reserve(rows)

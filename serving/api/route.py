@@ -32,7 +32,9 @@ def route_one(
     """Choose the tier for one prompt."""
     check_sizes([req.prompt], settings.max_prompt_chars, settings.max_batch)
     epsilon = exploration_rate(settings, caller, req)
-    [out] = route(rt, store, caller, [req.prompt], req, settings.quality_target, epsilon, metrics)
+    [out] = route(
+        rt, store, caller, [req.prompt], req, settings.quality_target, epsilon, metrics, None, settings.novelty_limit
+    )
     metrics.decisions.labels(out.tier, out.model).inc()
     return out
 
@@ -49,7 +51,9 @@ def route_batch(
     """Choose the tier for each of up to `max_batch` prompts."""
     check_sizes(req.prompts, settings.max_prompt_chars, settings.max_batch)
     epsilon = exploration_rate(settings, caller, req)
-    out = route(rt, store, caller, req.prompts, req, settings.quality_target, epsilon, metrics)
+    out = route(
+        rt, store, caller, req.prompts, req, settings.quality_target, epsilon, metrics, None, settings.novelty_limit
+    )
     for d in out:
         metrics.decisions.labels(d.tier, d.model).inc()
     return RouteBatchResponse(decisions=out)

@@ -1,0 +1,28 @@
+"""The quality guarantee a request asks for, resolved against the operating points stored with the model."""
+
+from __future__ import annotations
+
+from router.guarantee import OperatingPoint, QualityGuarantee
+from serving.errors import Invalid
+from serving.schemas import RouteOptions
+
+LOC = ("body", "quality_guarantee")
+
+
+def guarantee_point(stored: QualityGuarantee | None, opts: RouteOptions) -> OperatingPoint | None:
+    """The stored point that implies the request's (ε, δ); None when it asks for none; 422 when none fits."""
+    asked = opts.quality_guarantee
+    if asked is None:
+        return None
+    if opts.cost_weight_per_usd is not None or opts.quality_target is not None:
+        raise Invalid("quality_guarantee sets the knob itself: leave out quality_target and cost_weight_per_usd", LOC)
+    if stored is None:
+        raise Invalid("the serving model has no calibrated quality guarantee; retrain it with this tierwise", LOC)
+    point = stored.select(asked.epsilon, asked.delta)
+    if point is None:
+        raise Invalid(
+            f"no calibrated guarantee implies epsilon={asked.epsilon:g}, delta={asked.delta:g}; "
+            f"the model offers {stored.offered()}",
+            LOC,
+        )
+    return point
