@@ -42,12 +42,15 @@ def realised(choice: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> tuple
     return float(costs[rows, choice].mean()), float(scores[rows, choice].mean())
 
 
+def target_choices(pred: np.ndarray, pred_cost: np.ndarray) -> np.ndarray:
+    """The decisions of the quality-target policy, (n_targets, n), over every distinct level of the predictions."""
+    targets = np.unique(np.concatenate([[-np.inf, np.inf], np.quantile(pred, np.linspace(0, 1, 201))]))
+    return np.stack([cheapest_sufficient(pred, pred_cost, t) for t in targets])
+
+
 def sweep_targets(pred: np.ndarray, pred_cost: np.ndarray, scores: np.ndarray, costs: np.ndarray) -> Curve:
     """The curve traced by cheapest_sufficient as the quality target moves over every distinct prediction."""
-    targets = np.unique(np.concatenate([[-np.inf, np.inf], np.quantile(pred, np.linspace(0, 1, 201))]))
-    pts = [realised(cheapest_sufficient(pred, pred_cost, t), scores, costs) for t in targets]
-    c, q = zip(*pts, strict=True)
-    return Curve(np.array(c), np.array(q))
+    return curve_of(target_choices(pred, pred_cost), scores, costs)
 
 
 def lambda_choices(pred: np.ndarray, pred_cost: np.ndarray) -> np.ndarray:

@@ -30,9 +30,16 @@ from training.data import PromptTable, Split
 logger = logging.getLogger(__name__)
 
 
+N_BOOT = 500
+"""Bootstrap draws over test prompts for the CIs: the 2.5% tail is 12 draws, and evaluation stays a few seconds."""
+
+
 @dataclass
 class EvalResult:
-    """Metrics table, curves for plots, and the router's test predictions."""
+    """Metrics table, curves for plots, bootstrap draws per method and metric, and the router's test predictions.
+
+    `draws[method][metric]` is (1 + n_boot,): row 0 the test set as it is, then paired resamples of its prompts.
+    """
 
     table: pd.DataFrame
     curves: dict[str, ev.Curve]
@@ -40,6 +47,7 @@ class EvalResult:
     metrics: dict[str, float] = field(default_factory=dict)
     test_pred: np.ndarray | None = None
     test_scores: np.ndarray | None = None
+    draws: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 def logreg_predictor(X: np.ndarray, Y: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
@@ -66,6 +74,7 @@ def _method_row(name: str, curve: ev.Curve, ref: dict[str, Any], ece: float | No
     return {
         "method": name,
         "AIQ": ev.aiq(curve, ref["max_cost"]),
+        "AIQ_range": ev.aiq_range(curve, ref["min_cost"], ref["max_cost"]),
         "APGR": gm.apgr,
         "CPT50_pct": gm.cpt50,
         "CPT80_pct": gm.cpt80,
@@ -77,6 +86,22 @@ def _method_row(name: str, curve: ev.Curve, ref: dict[str, Any], ece: float | No
     }
 
 
+def _with_ci(out: pd.DataFrame, draws: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
+    """Bootstrap 95% CI columns for AIQ (and the share-axis APGR), and the paired difference from the router."""
+    ref = draws["router"]
+    for method, d in draws.items():
+        for metric in ("AIQ", "APGR_share"):
+            if metric not in d:
+                continue
+            ci = ev.ci95(d[metric])
+            out.loc[method, [f"{metric}_low", f"{metric}_high"]] = [ci.low, ci.high]
+            if method != "router":
+                diff = ev.ci95(ref[metric] - d[metric])
+                cols = [f"router_minus_{metric}{end}" for end in ("", "_low", "_high")]
+                out.loc[method, cols] = [diff.value, diff.low, diff.high]
+    return out
+
+
 def evaluate_router(
     pred: np.ndarray,
     pred_cost: np.ndarray,
@@ -84,8 +109,15 @@ def evaluate_router(
     test: np.ndarray,
     tiers: TiersConfig,
     baselines: dict[str, np.ndarray],
+    n_boot: int = N_BOOT,
+    seed: int = 0,
 ) -> EvalResult:
-    """Compare the router's cost–quality curve with every baseline on the complete test prompts."""
+    """Compare the router's cost–quality curve with every baseline on the complete test prompts.
+
+    Every λ-swept method, the zero router (random mix of tiers), the best single tier and the oracle curve also
+    get `n_boot` paired bootstrap draws over prompts (decisions fixed, prompts resampled): the CIs in the table
+    and the evidence the champion gate reads.
+    """
     complete = np.isfinite(table.scores).all(axis=1) & np.isfinite(table.costs).all(axis=1)
     sel = test & complete
     S, C = table.scores[sel], table.costs[sel]
@@ -93,39 +125,52 @@ def evaluate_router(
     names = tiers.names
     top = int(np.argmax(C.mean(axis=0)))
     weakest = int(np.argmin(C.mean(axis=0)))
-    curves: dict[str, ev.Curve] = {
-        "router": ev.sweep_lambdas(P, PC, S, C),
-        "router (quality target)": ev.sweep_targets(P, PC, S, C),
-    }
-    for bname, bpred in baselines.items():
-        curves[bname] = ev.sweep_lambdas(bpred[sel[test]], PC, S, C)
+    W = ev.bootstrap_weights(len(S), n_boot, seed + 1000)
+    choices = {"router": ev.lambda_choices(P, PC), "router (quality target)": ev.target_choices(P, PC)}
+    choices.update({b: ev.lambda_choices(p[sel[test]], PC) for b, p in baselines.items()})
+    curves: dict[str, ev.Curve] = {m: ev.curve_of(ch, S, C) for m, ch in choices.items()}
+    draws = {m: ev.aiq_draws(ch, S, C, W) for m, ch in choices.items()}
     for j, n in enumerate(names):
         curves[f"tier:{n}"] = ev.point(S[:, j], C[:, j])
     curves["random mix"] = ev.Curve(C.mean(axis=0), S.mean(axis=0))
+    draws["random mix"] = ev.zero_router_draws(S, C, W)
+    single = ev.single_tier_draws(S, C, W)
+    best_tier = names[max(range(len(names)), key=lambda j: single[f"AIQ:{j}"][0])]
+    draws[f"tier:{best_tier}"] = {"AIQ": single["AIQ"]}
     ms, mc = table.model_scores[sel], table.model_costs[sel]
     full = ms.notna().all(axis=0) & mc.notna().all(axis=0)
     best_model = ms.loc[:, full].mean().idxmax()
     curves[f"best model ({best_model})"] = ev.point(ms[best_model].to_numpy(), mc[best_model].to_numpy())
-    oracle = ev.oracle_choice(S, C)
-    oc, oq = ev.realised(oracle, S, C)
-    curves["oracle"] = ev.Curve(np.array([oc]), np.array([oq]))
+    curves["oracle"] = ev.oracle_curve(S, C)
+    draws["oracle"] = ev.aiq_draws(ev.lambda_choices(S, C), S, C, W)
+    if len(names) == 2:
+        gains = {m: p[sel[test]] for m, p in {"router": pred, **baselines}.items()}
+        gains["oracle"] = S
+        for m, g in gains.items():
+            draws[m].update(ev.share_gap_draws(g[:, 1] - g[:, 0], S, W, seed))
     ref: dict[str, Any] = {
         "top": (float(C[:, top].mean()), float(S[:, top].mean())),
         "weak": (float(C[:, weakest].mean()), float(S[:, weakest].mean())),
         "max_cost": float(C[:, top].mean()),
+        "min_cost": float(C.mean(axis=0).min()),
     }
     eces = {"router": ev.expected_calibration_error(P, S)}
     eces["router (quality target)"] = eces["router"]
     eces.update({b: ev.expected_calibration_error(p[sel[test]], S) for b, p in baselines.items()})
     rows = [_method_row(n, c, ref, eces.get(n)) for n, c in curves.items()]
     out = pd.DataFrame(rows).set_index("method")
-    router_row = next(r for r in rows if r["method"] == "router")
-    metrics = {f"router_{k}": float(v) for k, v in router_row.items() if k != "method" and np.isfinite(v)}
+    for m, d in draws.items():
+        for k in ("APGR_share", "CPT50_share", "CPT80_share"):
+            if k in d:
+                out.loc[m, k] = d[k][0]
+    out = _with_ci(out, draws)
+    router_row = {str(k): v for k, v in out.loc["router"].to_dict().items()}
+    metrics = {f"router_{k}": float(v) for k, v in router_row.items() if np.isfinite(v)}
     metrics.update({f"{_slug(str(m))}_AIQ": float(a) for m, a in out["AIQ"].items() if m != "router"})
     metrics["n_test_prompts"] = float(sel.sum())
     metrics["top_quality"], metrics["top_cost_usd"] = ref["top"][1], ref["top"][0]
     per_cat = per_category(P, PC, S, C, table.prompts["category"].to_numpy()[sel], names, ref["top"][1])
-    return EvalResult(out, curves, per_cat, metrics, test_pred=P, test_scores=S)
+    return EvalResult(out, curves, per_cat, metrics, test_pred=P, test_scores=S, draws=draws)
 
 
 def _slug(name: str) -> str:
@@ -144,7 +189,7 @@ def per_category(
     lam = lambda_reaching(P, PC, S, C, 0.95 * top_q)
     choice = tradeoff(P, PC, lam)
     rows = []
-    for cat in sorted(set(cats)):
+    for cat in sorted(set(cats) - {""}):  # prompts without a category make no row
         m = cats == cat
         rc, rq = ev.realised(choice[m], S[m], C[m])
         row = {
@@ -182,9 +227,12 @@ def evaluate_artifact(
         emb = X[:, : artifact.features.embedding_dim]
         others["kNN (k=25)"] = ev.knn_predictor(emb[train], split.table.scores[train])(emb[test])
         others["logistic regression"] = logreg_predictor(X[train], split.table.scores[train], seed)(X[test])
+        cats = split.table.prompts["category"].to_numpy().astype(str)
+        if len(set(cats[train]) - {""}) > 1:
+            others["task prior"] = ev.task_prior(cats, split.table.scores, train)[test]
     router = Router(artifact, embedder=embedder, cache=cache)
     pred, pred_cost = router.score([p for p, t in zip(prompts, test, strict=True) if t])
-    return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others)
+    return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others, seed=seed)
 
 
 def calibrate_knob(router: Router, split: Split, top_share: float | None, mean_cost_usd: float | None) -> str:

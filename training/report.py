@@ -8,34 +8,58 @@ import pandas as pd
 from training.evaluation import EvalResult
 
 COLUMNS = {
-    "AIQ": "AIQ",
+    "AIQ": "AIQ [95% CI]",
+    "router_minus_AIQ": "router − method, AIQ [95% CI]",
+    "AIQ_range": "AIQ range",
     "APGR": "APGR",
     "CPT50_pct": "CPT(50%) %",
     "CPT80_pct": "CPT(80%) %",
+    "APGR_share": "APGR share [95% CI]",
+    "CPT50_share": "CPT(50%) share %",
+    "CPT80_share": "CPT(80%) share %",
     "match_top_cost_pct": "cost to match top %",
     "cost_for_95pct_top_pct": "cost for 95% of top %",
     "quality_at_half_top_cost": "quality @50% cost",
     "max_quality": "max quality",
     "ECE": "ECE",
 }
+WITH_CI = ("AIQ", "router_minus_AIQ", "APGR_share")
+HOW_TO_READ = (
+    "AIQ: area under the cost–quality hull over [0, top-tier cost] ÷ that cost. AIQ range: RouterBench's "
+    "definition, over [cheapest tier's cost, priciest tier's cost] ÷ that range. APGR / CPT: RouteLLM's gap "
+    "metrics with cost on the x axis (CPT in % of the cheapest-to-top cost range); with two tiers, APGR share / "
+    "CPT share use RouteLLM's own axis, the share of calls to the strong tier, without a hull (random = 0.5). "
+    "[95% CI]: percentile bootstrap over test prompts; router − method is paired (same resampled prompts). "
+    "The random mix is RouterBench's zero router (the hull of the single tiers); the oracle is the λ sweep "
+    "on the true scores."
+)
 
 
 def _fmt(v: float) -> str:
-    if float(v).is_integer() and abs(v) >= 10:
-        return str(int(v))
     if v is None or (isinstance(v, float) and np.isnan(v)):
         return "–"
     if np.isinf(v):
         return "never"
+    if float(v).is_integer() and abs(v) >= 10:
+        return str(int(v))
     return f"{v:.1f}" if abs(v) >= 2 else f"{v:.4f}"
 
 
+def _cell(row: pd.Series, col: str) -> str:
+    value = float(row[col])
+    text = _fmt(value)
+    low, high = f"{col}_low", f"{col}_high"
+    if col in WITH_CI and low in row and np.isfinite(value) and np.isfinite(float(row[low])):
+        text += f" [{_fmt(float(row[low]))}, {_fmt(float(row[high]))}]"
+    return text
+
+
 def markdown_table(df: pd.DataFrame, columns: dict[str, str]) -> str:
-    """A markdown table of selected columns, index first."""
-    cols = [c for c in columns if c in df.columns]
+    """A markdown table of selected columns (those present and not all empty), index first."""
+    cols = [c for c in columns if c in df.columns and df[c].notna().any()]
     head = "| " + " | ".join([str(df.index.name or ""), *[columns[c] for c in cols]]) + " |"
     sep = "|" + "---|" * (len(cols) + 1)
-    rows = ["| " + " | ".join([str(i), *[_fmt(float(r[c])) for c in cols]]) + " |" for i, r in df.iterrows()]
+    rows = ["| " + " | ".join([str(i), *[_cell(r, c) for c in cols]]) + " |" for i, r in df.iterrows()]
     return "\n".join([head, sep, *rows])
 
 
@@ -45,15 +69,19 @@ def format_table(result: EvalResult) -> str:
     lines = [
         f"Held-out prompts: {int(m['n_test_prompts'])}; top tier quality {m['top_quality']:.4f} "
         f"at ${m['top_cost_usd']:.6f} per prompt.",
-        "Costs are % of the top tier's mean cost; CPT is % of the cheapest-to-top cost range.",
+        "Costs are % of the top tier's mean cost. " + HOW_TO_READ,
         "",
         markdown_table(result.table, COLUMNS),
         "",
-        "Per category, at the cheapest knob setting whose overall quality reaches 95% of the top tier's "
-        f"(λ = {result.per_category.attrs.get('lambda', float('nan')):.4g} per USD):",
-        "",
-        markdown_table(
-            result.per_category.set_index("category"), {c: c for c in result.per_category.columns if c != "category"}
-        ),
     ]
+    cats = result.per_category
+    if cats.empty:
+        lines.append("Per category: the log has no categories.")
+    else:
+        lines += [
+            "Per category, at the cheapest knob setting whose overall quality reaches 95% of the top tier's "
+            f"(λ = {cats.attrs.get('lambda', float('nan')):.4g} per USD):",
+            "",
+            markdown_table(cats.set_index("category"), {c: c for c in cats.columns if c != "category"}),
+        ]
     return "\n".join(lines)
