@@ -20,10 +20,11 @@ SESSION_FILTERS = ("all", "open", "frozen")
 class Savings:
     """Recorded cost of decisions against what the top tier was expected to cost for the same prompts."""
 
-    decisions: int  # decisions the comparison covers (recent ones with a stored prompt)
+    decisions: int  # decisions the comparison covers
     sampled: int  # recent decisions read (at most Settings.ui_savings_sample)
     window_total: int  # decisions in the window
-    without_prompt: int  # sampled decisions whose prompt is not stored: left out
+    from_recorded: int  # covered decisions without a stored prompt, priced by the expected costs they recorded
+    left_out: int  # sampled decisions with neither a stored prompt nor recorded expected costs
     cost_usd: float
     top_cost_usd: float
 
@@ -79,19 +80,27 @@ def model_source_label(settings: Settings, version: str | None) -> str:
 
 
 def savings(runtime: Runtime, samples: list[q.CostSample], window_total: int) -> Savings | None:
-    """Cost of the sampled decisions against the top tier's expected cost for the same prompts (router.expected_cost);
-    None when none of them has a stored prompt."""
-    stored = [s for s in samples if s.prompt.strip()]
-    if not stored:
+    """Cost of the sampled decisions against the top tier's expected cost for the same prompts.
+
+    A stored prompt is priced by the runtime (router.expected_cost, today's prices); a decision whose prompt is not
+    stored, by the top tier's expected cost it recorded when it was decided. None when neither is there for any.
+    """
+    top = runtime.tiers.names[-1]
+    texts = [s for s in samples if s.prompt.strip()]
+    recorded = [s for s in samples if not s.prompt.strip() and s.expected_costs and top in s.expected_costs]
+    if not texts and not recorded:
         return None
-    top = runtime.router.expected_cost([s.prompt for s in stored])[:, -1]
+    top_cost = float(runtime.router.expected_cost([s.prompt for s in texts])[:, -1].sum()) if texts else 0.0
+    top_cost += sum(float(s.expected_costs[top]) for s in recorded if s.expected_costs)
+    covered = texts + recorded
     return Savings(
-        decisions=len(stored),
+        decisions=len(covered),
         sampled=len(samples),
         window_total=window_total,
-        without_prompt=len(samples) - len(stored),
-        cost_usd=float(sum(s.cost_usd for s in stored)),
-        top_cost_usd=float(top.sum()),
+        from_recorded=len(recorded),
+        left_out=len(samples) - len(covered),
+        cost_usd=float(sum(s.cost_usd for s in covered)),
+        top_cost_usd=top_cost,
     )
 
 

@@ -193,7 +193,7 @@ def test_savings_are_na_where_prompts_are_not_stored_and_text_is_escaped(client:
     )  # fmt: skip
     log_in(client)
     page = client.get("/ui").text
-    assert "<strong>n/a</strong>" in page and "prompts are not stored" in page
+    assert "<strong>n/a</strong>" in page and "prompts are not stored" in page  # nor expected costs recorded
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
@@ -243,3 +243,16 @@ def test_the_page_works_while_no_model_is_loaded(client_factory: Callable[..., T
     assert "No model loaded" in page.text and "no version of tierwise-router has the alias champion" in page.text
     assert "an earlier decision" in page.text  # the store's side of the page still shows
     assert "<strong>n/a</strong> — no model loaded." in page.text  # savings need the top tier's prices
+
+
+def test_without_prompt_text_savings_come_from_the_recorded_expected_costs(
+    client_factory: Callable[..., TestClient],
+) -> None:
+    c = client_factory(prompt_storage="none")
+    c.follow_redirects = False
+    for p in ("what is 2+2", LONG, "hard " * 50):
+        assert c.post("/route", json={"prompt": p}, headers=C).status_code == 200
+    log_in(c)
+    page = c.get("/ui").text
+    assert "over 3 decisions; 3 without a stored prompt priced by the expected costs recorded" in page
+    assert "<strong>n/a</strong>" not in page

@@ -124,13 +124,16 @@ def test_savings_compare_with_the_top_tier_for_the_same_prompts(artifact_dir: Pa
     prompts = ["short one", "a much longer prompt " * 40]
     top = artifact.expected_cost(prompts)[:, -1]
     samples = [q.CostSample("main", 0.001, prompts[0]), q.CostSample("main", 0.002, prompts[1])]
-    got = savings(runtime, [*samples, q.CostSample("brain", 5.0, "")], window_total=10)
+    recorded = q.CostSample("mid", 0.004, "", {"main": 0.001, "mid": 0.004, "brain": 0.5})
+    nothing = q.CostSample("brain", 5.0, "")
+    got = savings(runtime, [*samples, recorded, nothing], window_total=10)
     assert got is not None
-    assert (got.decisions, got.sampled, got.window_total, got.without_prompt) == (2, 3, 10, 1)
-    assert got.top_cost_usd == pytest.approx(float(top.sum()))
-    assert got.saved_usd == pytest.approx(float(top.sum()) - 0.003)
+    assert (got.decisions, got.sampled, got.window_total, got.from_recorded, got.left_out) == (3, 4, 10, 1, 1)
+    assert got.top_cost_usd == pytest.approx(float(top.sum()) + 0.5)  # today's prices, or the recorded top cost
+    assert got.cost_usd == pytest.approx(0.007)  # the left-out decision's cost is not counted either
+    assert got.saved_usd == pytest.approx(got.top_cost_usd - 0.007)
     assert got.saved_share == pytest.approx(got.saved_usd / got.top_cost_usd)
-    assert savings(runtime, [q.CostSample("main", 1.0, ""), q.CostSample("main", 1.0, "  ")], 2) is None  # n/a
+    assert savings(runtime, [q.CostSample("main", 1.0, ""), q.CostSample("main", 1.0, "  ", {"mid": 1.0})], 2) is None
 
 
 def test_sessions_table_is_what_the_page_reads(store: Store) -> None:
