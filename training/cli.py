@@ -160,6 +160,10 @@ def train(
     model = DifficultyModel(calibration=s.calibration, random_state=s.seed)
     artifact = train_router(split, embedder, cache, features, model)
     evaluation = evaluate_artifact(artifact, split, embedder, cache, s.seed)
+    from training.trust import trust_metrics, with_trust
+
+    artifact = with_trust(artifact, split, embedder, cache, evaluation, s.seed)  # novelty reference, guarantee
+    evaluation.metrics.update(trust_metrics(artifact))
     tracking.configure(s.mlflow_tracking_uri, s.experiment_name)
     champion_aiq = tracking.champion_aiq(
         s.registered_model, split, cache, s.seed, lambda backend: _embedder(s, backend), alias=s.model_alias
