@@ -43,6 +43,12 @@ def load_secret(path: Path) -> bytes:
     return data
 
 
+def same(a: str, b: str) -> bool:
+    """Constant-time equality of two strings, whatever characters a client sent (compare_digest refuses non-ASCII
+    str)."""
+    return hmac.compare_digest(a.encode(), b.encode())
+
+
 @dataclass(frozen=True)
 class Signer:
     """Signs and checks session tokens and the CSRF tokens derived from them."""
@@ -63,7 +69,7 @@ class Signer:
         if not token or token.count(".") != 3:
             return None
         body, mac = token.rsplit(".", 1)
-        if not hmac.compare_digest(mac, self._mac("session", body)):
+        if not same(mac, self._mac("session", body)):
             return None
         key_hash, expiry, _nonce = body.split(".")
         if not expiry.isdigit() or int(expiry) < (time.time() if now is None else now):
@@ -75,11 +81,11 @@ class Signer:
         return self._mac("csrf", token)
 
     def check_csrf(self, token: str, sent: str | None) -> bool:
-        return bool(sent) and hmac.compare_digest(self.csrf(token), sent or "")
+        return bool(sent) and same(self.csrf(token), sent or "")
 
     def login_csrf(self, nonce: str) -> str:
         """The login form's CSRF token, bound to a pre-login nonce cookie (no session exists yet)."""
         return self._mac("login", nonce)
 
     def check_login_csrf(self, nonce: str | None, sent: str | None) -> bool:
-        return bool(nonce) and bool(sent) and hmac.compare_digest(self.login_csrf(nonce or ""), sent or "")
+        return bool(nonce) and bool(sent) and same(self.login_csrf(nonce or ""), sent or "")

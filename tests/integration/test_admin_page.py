@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from infra.store import DecisionRow
 from serving.api.ui import LOGIN_COOKIE, SESSION_COOKIE
@@ -256,3 +258,21 @@ def test_without_prompt_text_savings_come_from_the_recorded_expected_costs(
     page = c.get("/ui").text
     assert "over 3 decisions; 3 without a stored prompt priced by the expected costs recorded" in page
     assert "<strong>n/a</strong>" not in page
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    session=st.text(min_size=1, max_size=40),
+    cap=st.text(max_size=30) | st.floats(allow_nan=True, allow_infinity=True).map(repr),
+    csrf=st.text(max_size=70),
+    key=st.text(max_size=40),
+)
+def test_no_form_input_is_a_5xx(client: TestClient, session: str, cap: str, csrf: str, key: str) -> None:
+    """Whatever a form posts, logged in or not, the answer is a page or a 4xx, never a 500."""
+    from urllib.parse import quote
+
+    path = f"/ui/sessions/{quote(session, safe='')}/confirm"
+    for c in (client, log_in(TestClient(client.app, follow_redirects=False))):
+        assert c.post(path, data={"new_cap_usd": cap, "csrf": csrf}).status_code < 500
+        assert c.post("/ui/logout", data={"csrf": csrf}).status_code < 500
+    assert client.post("/ui/login", data={"key": key, "csrf": csrf}).status_code < 500

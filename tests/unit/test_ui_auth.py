@@ -54,6 +54,8 @@ def test_csrf_tokens_are_bound_to_their_session(signer: Signer) -> None:
     assert not signer.check_csrf(a, signer.csrf(b))
     assert not signer.check_csrf(a, "")
     assert not signer.check_csrf(a, None)
+    assert not signer.check_csrf(a, "é" * 64)  # non-ASCII input is a mismatch, not a TypeError
+    assert signer.verify("é.1.2.ü") is None
     assert signer.check_login_csrf("n1", signer.login_csrf("n1"))
     assert not signer.check_login_csrf("n2", signer.login_csrf("n1"))
     assert not signer.check_login_csrf(None, signer.login_csrf("n1"))
