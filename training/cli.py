@@ -141,7 +141,7 @@ def train(
 ) -> None:
     """Train a router on an outcome log, evaluate it, log it to MLflow and register it."""
     from training import tracking
-    from training.data import split_log
+    from training.data import load_pool_logs, pool_logs, split_log
     from training.evaluation import evaluate_artifact
     from training.fit import TrainResult, run_params, train_router
     from training.report import format_table
@@ -158,7 +158,10 @@ def train(
         embedder_id=embedder.id, embedding_dim=embedder.dim, tail_chars=s.tail_chars, text_features=s.text_features
     )
     model = DifficultyModel(calibration=s.calibration, random_state=s.seed)
-    artifact = train_router(split, embedder, cache, features, model)
+    pool = None
+    if s.pool_paths and s.pool_max_prompts > 0:
+        pool = pool_logs(log, split, load_pool_logs(s.pool_paths), s.pool_max_prompts, s.seed)
+    artifact = train_router(split, embedder, cache, features, model, pool)
     evaluation = evaluate_artifact(artifact, split, embedder, cache, s.seed)
     from training.trust import trust_metrics, with_trust
 
@@ -171,7 +174,7 @@ def train(
     result = TrainResult(
         artifact,
         evaluation,
-        run_params(split, features, model, s.test_size, s.seed),
+        run_params(split, features, model, s.test_size, s.seed, pool),
         split.table.prompts["prompt_id"][split.test].tolist(),
     )
     training_log = tracking.TrainingLog(_dataset_name(s.outcomes_path, from_store), str(s.outcomes_path.resolve()), log)
