@@ -109,8 +109,11 @@ def set_cookie(request: Request, response: Response, name: str, value: str, max_
 
 
 def login_page(request: Request, error: str | None = None, status: int = 200) -> Response:
-    """The login form, with a fresh pre-login nonce cookie its CSRF token is bound to."""
-    nonce = signer(request).issue(None)
+    """The login form, with the pre-login nonce cookie its CSRF token is bound to (kept while valid, so two open
+    login tabs both work)."""
+    nonce = request.cookies.get(LOGIN_COOKIE) or ""
+    if signer(request).verify(nonce, purpose="nonce") != ANON:
+        nonce = signer(request).issue(None, purpose="nonce")
     response = page(
         request,
         "login.html",

@@ -59,17 +59,19 @@ class Signer:
     def _mac(self, purpose: str, message: str) -> str:
         return hmac.new(self.secret, f"{purpose}:{message}".encode(), hashlib.sha256).hexdigest()
 
-    def issue(self, key_hash: str | None, now: float | None = None) -> str:
+    def issue(self, key_hash: str | None, now: float | None = None, purpose: str = "session") -> str:
         expiry = int((time.time() if now is None else now) + self.ttl_s)
         body = f"{key_hash or ANON}.{expiry}.{secrets.token_hex(8)}"
-        return f"{body}.{self._mac('session', body)}"
+        return f"{body}.{self._mac(purpose, body)}"
 
-    def verify(self, token: str | None, now: float | None = None) -> str | None:
-        """The key hash a valid, unexpired token was issued for ('-' for keys off); None for anything else."""
+    def verify(self, token: str | None, now: float | None = None, purpose: str = "session") -> str | None:
+        """The key hash a valid, unexpired token was issued for ('-' for keys off); None for anything else.
+
+        A token issued for one purpose (a session, a pre-login nonce) is refused for another."""
         if not token or token.count(".") != 3:
             return None
         body, mac = token.rsplit(".", 1)
-        if not same(mac, self._mac("session", body)):
+        if not same(mac, self._mac(purpose, body)):
             return None
         key_hash, expiry, _nonce = body.split(".")
         if not expiry.isdigit() or int(expiry) < (time.time() if now is None else now):

@@ -276,3 +276,10 @@ def test_no_form_input_is_a_5xx(client: TestClient, session: str, cap: str, csrf
         assert c.post(path, data={"new_cap_usd": cap, "csrf": csrf}).status_code < 500
         assert c.post("/ui/logout", data={"csrf": csrf}).status_code < 500
     assert client.post("/ui/login", data={"key": key, "csrf": csrf}).status_code < 500
+
+
+def test_two_login_tabs_both_work(client: TestClient) -> None:
+    first, second = (csrf_of(client.get("/ui/login").text) for _ in range(2))
+    assert first == second
+    r = client.post("/ui/login", data={"key": ADMIN_KEY, "csrf": first})
+    assert r.status_code == 303

@@ -42,6 +42,12 @@ def test_a_tampered_token_is_refused(signer: Signer, tamper: object) -> None:
     assert signer.verify(tamper(token), now=1000) is None  # type: ignore[operator]
 
 
+def test_a_token_holds_only_for_its_purpose(signer: Signer) -> None:
+    nonce = signer.issue(None, now=1000, purpose="nonce")
+    assert signer.verify(nonce, now=1000, purpose="nonce") == ANON
+    assert signer.verify(nonce, now=1000) is None  # a login nonce is no session
+
+
 def test_another_secret_refuses_the_token(signer: Signer) -> None:
     other = Signer(b"t" * SECRET_BYTES, ttl_s=60)
     assert other.verify(signer.issue(KEY_HASH, now=1000), now=1000) is None
