@@ -17,8 +17,9 @@ from infra.settings import Settings, get_settings
 from infra.store import Store
 from router.embedders.factory import make_embedder
 from router.embedders.protocol import Embedder
-from serving.api import admin, openai_compat, ops, outcomes, route, sessions, ui
+from serving.api import admin, drift, openai_compat, ops, outcomes, route, sessions, ui
 from serving.docs import install_docs
+from serving.drift import drift_collector
 from serving.errors import install_handlers
 from serving.logs import configure_logging
 from serving.manager import ModelManager
@@ -64,6 +65,7 @@ def create_app(
         manager = ModelManager(app.state, source, emb, settings, metrics, ReloadSignal(settings.reload_signal_path))
         app.state.manager = manager
         metrics.track_frozen(db.count_frozen)
+        metrics.add_scrape_collector(drift_collector(app.state, db, settings, metrics.store_errors.inc))
         await run_in_threadpool(manager.try_load)
 
         def replay() -> None:
@@ -110,7 +112,7 @@ def create_app(
     app.state.runtime = None
     app.state.load_error = None
     app.state.store_error = None
-    for module in (route, outcomes, sessions, admin, ops, ui, openai_compat):
+    for module in (route, outcomes, sessions, admin, drift, ops, ui, openai_compat):
         app.include_router(module.router)
     install_handlers(app)
     install_docs(app)

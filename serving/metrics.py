@@ -14,6 +14,7 @@ from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest, multiprocess, values
 from prometheus_client.metrics_core import GaugeMetricFamily, InfoMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -79,6 +80,7 @@ class Metrics:
         )
         # Registered before the store-error counter, so a failed count shows in the same scrape.
         self.scrape_time = ScrapeTime(self.store_errors)
+        self.scrape_collectors: list[Collector] = []
         self.registry.register(self.scrape_time)
         self.registry.register(self.store_errors)
         self.spooled = Counter(
@@ -120,12 +122,19 @@ class Metrics:
     def set_model(self, router_version: str, embedder: str) -> None:
         self.scrape_time.model = {"router_version": router_version, "embedder": embedder}
 
+    def add_scrape_collector(self, collector: Collector) -> None:
+        """Another collector computed at scrape time by the answering worker (like `ScrapeTime`), in both modes."""
+        self.scrape_collectors.append(collector)
+        self.registry.register(collector)
+
     def exposition(self) -> bytes:
         """The text format of this app's registry, or of every worker's files in multiprocess mode."""
         if not self.multiprocess_mode:
             return generate_latest(self.registry)
         registry = CollectorRegistry()
         registry.register(self.scrape_time)
+        for extra in self.scrape_collectors:
+            registry.register(extra)
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
 

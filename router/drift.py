@@ -1,0 +1,85 @@
+"""Drift checks on a window of recent traffic: inputs (novelty), promises (predicted vs realised quality, cost).
+
+Pure functions on arrays, shared by the service's rolling windows (serving/drift.py) and the simulations
+(bench/trust_drift.py), so what is measured offline is what runs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from router.novelty import window_shift_z
+
+# How many standard errors a quality gap must clear beyond its tolerance before it alerts.
+GAP_Z = 2.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One drift check on one window: the statistic, its limit, how many observations, and whether it alerts."""
+
+    name: str
+    statistic: float
+    limit: float
+    n: int
+    alert: bool
+    detail: str
+
+
+def novelty_check(novelty: np.ndarray, n_calibration: int, z_limit: float) -> Check:
+    """Inputs: are recent prompts farther from the training prompts than held-out training prompts were?
+
+    Alerts when the window's mean novelty is `z_limit` standard errors above 1/2 (a one-sided rank test whose
+    false-alarm rate per check is about 1 − Φ(z_limit): 3e-5 at z = 4).
+    """
+    u = np.asarray(novelty, dtype=float)
+    u = u[np.isfinite(u)]
+    z = window_shift_z(u, n_calibration)
+    mean = float(u.mean()) if len(u) else float("nan")
+    return Check(
+        "novelty",
+        z,
+        z_limit,
+        len(u),
+        bool(len(u) and z >= z_limit),
+        f"mean novelty {mean:.3f} over {len(u)} prompts (1/2 when they are drawn like the training prompts), "
+        f"{z:.1f} standard errors from 1/2; alert at {z_limit:g}",
+    )
+
+
+def quality_check(tier: str, predicted: np.ndarray, realised: np.ndarray, gap_limit: float, min_n: int) -> Check:
+    """Promises: is a tier's predicted quality off its realised quality by more than `gap_limit`, beyond noise?"""
+    diff = np.asarray(predicted, dtype=float) - np.asarray(realised, dtype=float)
+    n = len(diff)
+    gap = float(diff.mean()) if n else float("nan")
+    se = float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else float("inf")
+    alert = n >= min_n and abs(gap) - GAP_Z * se > gap_limit
+    return Check(
+        f"quality:{tier}",
+        gap,
+        gap_limit,
+        n,
+        bool(alert),
+        f"{tier}: predicted minus realised quality {gap:+.3f} (± {GAP_Z:g} × {se:.3f}) over {n} outcomes; "
+        f"alert beyond ±{gap_limit:g} (needs {min_n})",
+    )
+
+
+def cost_check(realised: np.ndarray, expected: np.ndarray, ratio_limit: float, min_n: int) -> Check:
+    """Promises: does the realised cost of recent decisions match what the router expected them to cost?"""
+    r, e = np.asarray(realised, dtype=float), np.asarray(expected, dtype=float)
+    n = len(r)
+    ratio = float(r.sum() / e.sum()) if n and e.sum() > 0 else float("nan")
+    alert = n >= min_n and np.isfinite(ratio) and not (1 / (1 + ratio_limit) <= ratio <= 1 + ratio_limit)
+    return Check(
+        "cost",
+        ratio,
+        ratio_limit,
+        n,
+        bool(alert),
+        f"realised / expected cost {ratio:.3f} over {n} outcomes; alert outside "
+        f"[{1 / (1 + ratio_limit):.3f}, {1 + ratio_limit:.3f}] (needs {min_n})",
+    )

@@ -1,0 +1,182 @@
+"""Drift: rolling windows of recent traffic read from the decision store, checked by router/drift.py.
+
+The windows are the newest `drift_window` decisions (and outcomes) of the model now serving, read from the
+store rather than kept in memory, so every worker of the service, and a restarted one, sees the same windows.
+Three checks: (a) inputs: recent prompts' novelty against the training prompts; (b) promises: each tier's
+predicted vs realised quality on recent outcomes; (c) realised vs expected cost of those outcomes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import sqlalchemy as sa
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from pydantic import BaseModel
+
+from infra.settings import Settings
+from infra.store import Store, decisions, outcomes
+from router.drift import Check, cost_check, novelty_check, quality_check
+from serving.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+class DriftCheck(BaseModel):
+    name: str
+    statistic: float | None
+    limit: float
+    n: int
+    alert: bool
+    detail: str
+
+
+class DriftReport(BaseModel):
+    router_version: str
+    window: int
+    checks: list[DriftCheck]
+    alerts: list[str]
+    mean_expected_cost_usd: float | None
+    advice: str
+
+
+def _finite(x: float) -> float | None:
+    return x if math.isfinite(x) else None
+
+
+def _as_model(c: Check) -> DriftCheck:
+    return DriftCheck(name=c.name, statistic=_finite(c.statistic), limit=c.limit, n=c.n, alert=c.alert, detail=c.detail)
+
+
+def _recent_novelty(store: Store, version: str, window: int) -> tuple[np.ndarray, np.ndarray]:
+    """Novelty and expected cost of the newest `window` decisions of this model version."""
+    q = (
+        sa.select(decisions.c.novelty, decisions.c.expected_cost_usd)
+        .where(decisions.c.router_version == version)
+        .order_by(decisions.c.created_at.desc())
+        .limit(window)
+    )
+    with store.engine.connect() as conn:
+        rows = conn.execute(q).all()
+    nov = np.array([r.novelty for r in rows if r.novelty is not None], dtype=float)
+    return nov, np.array([r.expected_cost_usd for r in rows], dtype=float)
+
+
+def _recent_outcomes(store: Store, version: str, window: int) -> list[tuple[str, Any, float, float, float]]:
+    """The newest `window` outcomes of decisions this model version made: tier, predictions, score and costs."""
+    q = (
+        sa.select(
+            decisions.c.tier,
+            decisions.c.predicted_quality,
+            outcomes.c.score,
+            outcomes.c.cost_usd,
+            decisions.c.expected_cost_usd,
+        )
+        .join(decisions, outcomes.c.decision_id == decisions.c.id)
+        .where(decisions.c.router_version == version)
+        .order_by(outcomes.c.created_at.desc())
+        .limit(window)
+    )
+    with store.engine.connect() as conn:
+        return [(r.tier, r.predicted_quality, r.score, r.cost_usd, r.expected_cost_usd) for r in conn.execute(q)]
+
+
+def drift_checks(store: Store, runtime: Runtime, settings: Settings) -> list[Check]:
+    """The three checks on the current windows (the novelty check only when the model has a reference)."""
+    version, window = runtime.version, settings.drift_window
+    out: list[Check] = []
+    reference = runtime.router.artifact.novelty
+    nov, _ = _recent_novelty(store, version, window)
+    if reference is not None:
+        out.append(novelty_check(nov, reference.n_calibration, settings.drift_novelty_z))
+    rows = _recent_outcomes(store, version, window)
+    by_tier: dict[str, tuple[list[float], list[float]]] = {}
+    for tier, predicted, score, _, _ in rows:
+        if isinstance(predicted, dict) and tier in predicted:
+            pred, real = by_tier.setdefault(tier, ([], []))
+            pred.append(float(predicted[tier]))
+            real.append(float(score))
+    for tier in runtime.tiers.names:
+        pred, real = by_tier.get(tier, ([], []))
+        out.append(
+            quality_check(tier, np.array(pred), np.array(real), settings.drift_quality_gap, settings.drift_min_outcomes)
+        )
+    out.append(
+        cost_check(
+            np.array([r[3] for r in rows], dtype=float),
+            np.array([r[4] for r in rows], dtype=float),
+            settings.drift_cost_ratio,
+            settings.drift_min_outcomes,
+        )
+    )
+    return out
+
+
+def drift_report(store: Store, runtime: Runtime, settings: Settings) -> DriftReport:
+    """The checks, which of them alert, and what to do about it."""
+    checks = drift_checks(store, runtime, settings)
+    _, cost = _recent_novelty(store, runtime.version, settings.drift_window)
+    alerts = [c.name for c in checks if c.alert]
+    if not alerts:
+        advice = "no drift detected on the current windows"
+    else:
+        advice = (
+            f"drift in {', '.join(alerts)}: the router's promises (and its quality guarantee) assume traffic like "
+            "its training prompts. Recalibrate the operating point on recent traffic (`tierwise calibrate "
+            "--from-store --mean-cost-usd <your target>`), and retrain with outcomes of the new traffic "
+            "(`tierwise train --from-store`)."
+        )
+    return DriftReport(
+        router_version=runtime.version,
+        window=settings.drift_window,
+        checks=[_as_model(c) for c in checks],
+        alerts=alerts,
+        mean_expected_cost_usd=float(cost.mean()) if len(cost) else None,
+        advice=advice,
+    )
+
+
+def drift_collector(state: Any, store: Store, settings: Settings, on_error: Callable[[], None]) -> DriftCollector:
+    """The collector for an app: checks the model in `state.runtime` (none while no model is loaded)."""
+
+    def checks() -> list[Check] | None:
+        runtime: Runtime | None = state.runtime
+        return drift_checks(store, runtime, settings) if runtime is not None else None
+
+    return DriftCollector(checks, on_error)
+
+
+class DriftCollector:
+    """The drift checks as gauges, computed from the store when /metrics is scraped (same in every worker)."""
+
+    def __init__(self, checks: Callable[[], list[Check] | None], on_error: Callable[[], None]) -> None:
+        self.checks = checks
+        self.on_error = on_error
+
+    def collect(self) -> Iterator[Metric]:
+        stat = GaugeMetricFamily(
+            "tierwise_drift_statistic", "Each drift check's statistic on its window", labels=["check"]
+        )
+        count = GaugeMetricFamily(
+            "tierwise_drift_observations", "Observations in each drift check's window", labels=["check"]
+        )
+        alert = GaugeMetricFamily(
+            "tierwise_drift_alert", "1 when a drift check crosses its threshold", labels=["check"]
+        )
+        try:
+            checks = self.checks() or []
+        except Exception:  # a scrape must not fail because the store is down
+            logger.warning("drift checks failed at scrape time", exc_info=True)
+            self.on_error()
+            checks = []
+        for c in checks:
+            stat.add_metric([c.name], c.statistic)
+            count.add_metric([c.name], float(c.n))
+            alert.add_metric([c.name], float(c.alert))
+        yield stat
+        yield count
+        yield alert

@@ -1,0 +1,92 @@
+"""NoveltyReference and the window rank test on generated embeddings: calibrated under no shift, decisive under shift."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from router.boosting import NotFittedError
+from router.drift import cost_check, novelty_check, quality_check
+from router.novelty import NoveltyReference, window_shift_z
+
+DIM = 32
+
+
+def cloud(n: int, centres: np.ndarray, seed: int, spread: float = 0.1) -> np.ndarray:
+    """Unit vectors scattered around randomly chosen centres."""
+    rng = np.random.default_rng(seed)
+    x = centres[rng.integers(len(centres), size=n)] + spread * rng.standard_normal((n, centres.shape[1]))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.fixture(scope="module")
+def centres() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(42)
+    c = rng.standard_normal((8, DIM))
+    c /= np.linalg.norm(c, axis=1, keepdims=True)
+    return c[:5], c[5:]  # training topics, unseen topics
+
+
+@pytest.fixture(scope="module")
+def reference(centres: tuple[np.ndarray, np.ndarray]) -> NoveltyReference:
+    return NoveltyReference(n_reference=600, max_calibration=800).fit(cloud(1500, centres[0], seed=1))
+
+
+def binomial_upper(p: float, n: int, sd: float = 4.0) -> float:
+    return p + sd * math.sqrt(p * (1 - p) / n)
+
+
+def test_unshifted_prompts_rank_uniformly(reference: NoveltyReference, centres: tuple[np.ndarray, np.ndarray]) -> None:
+    u = reference.score(cloud(4000, centres[0], seed=2))
+    # Uniform on [0, 1]: mean 1/2 within the Mann–Whitney spread (calibration luck included), 1% beyond 0.99.
+    sd = math.sqrt((len(u) + reference.n_calibration + 1) / (12 * len(u) * reference.n_calibration))
+    assert abs(u.mean() - 0.5) < 4 * sd
+    assert (u >= 0.99).mean() < binomial_upper(0.01, len(u)) + 1 / reference.n_calibration
+
+
+def test_shifted_prompts_are_novel(reference: NoveltyReference, centres: tuple[np.ndarray, np.ndarray]) -> None:
+    u = reference.score(cloud(500, centres[1], seed=3))
+    assert (u >= 0.99).mean() > 0.95
+
+
+def test_window_test_false_alarm_rate_matches_its_level(
+    reference: NoveltyReference, centres: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Over many unshifted windows the one-sided z >= 2 rate is near 1 − Φ(2) = 2.3%, never far above it."""
+    u = reference.score(cloud(200 * 300, centres[0], seed=4)).reshape(300, 200)
+    rate = float(np.mean([window_shift_z(w, reference.n_calibration) >= 2.0 for w in u]))
+    assert rate <= binomial_upper(0.0228, 300)
+    shifted = reference.score(cloud(50, centres[1], seed=5))
+    mixed = np.concatenate([u[0, :150], shifted])  # a quarter of the window from unseen topics
+    assert novelty_check(mixed, reference.n_calibration, 4.0).alert
+    assert not novelty_check(u[0], reference.n_calibration, 4.0).alert
+
+
+def test_save_load_round_trip(reference: NoveltyReference, centres: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+    reference.save(tmp_path / "novelty")
+    back = NoveltyReference.load(tmp_path / "novelty")
+    assert back is not None and back.n_calibration == reference.n_calibration
+    x = cloud(300, centres[0], seed=6)
+    assert np.abs(back.score(x) - reference.score(x)).max() <= 0.02  # float16 reference: a rank or two
+    assert NoveltyReference.load(tmp_path / "none") is None
+
+
+def test_unfitted_and_too_small() -> None:
+    with pytest.raises(NotFittedError):
+        NoveltyReference().score(np.zeros((1, DIM)))
+    with pytest.raises(ValueError, match="at least"):
+        NoveltyReference().fit(np.ones((5, DIM)))
+
+
+def test_quality_and_cost_checks() -> None:
+    rng = np.random.default_rng(0)
+    pred = np.full(200, 0.8)
+    assert not quality_check("mid", pred, rng.random(200) < 0.8, 0.1, 30).alert
+    assert quality_check("mid", pred, rng.random(200) < 0.5, 0.1, 30).alert
+    assert not quality_check("mid", pred[:10], np.zeros(10), 0.1, 30).alert  # too few outcomes to judge
+    assert not cost_check(np.full(100, 1.1), np.ones(100), 0.25, 30).alert
+    assert cost_check(np.full(100, 2.0), np.ones(100), 0.25, 30).alert
+    assert cost_check(np.full(100, 0.5), np.ones(100), 0.25, 30).alert
