@@ -1,4 +1,4 @@
-"""NoveltyReference and the window rank test on generated embeddings: calibrated under no shift, decisive under shift."""
+"""NoveltyReference and the window rank test on generated embeddings: calibrated without shift, decisive with it."""
 
 from __future__ import annotations
 
@@ -65,7 +65,9 @@ def test_window_test_false_alarm_rate_matches_its_level(
     assert not novelty_check(u[0], reference.n_calibration, 4.0).alert
 
 
-def test_save_load_round_trip(reference: NoveltyReference, centres: tuple[np.ndarray, np.ndarray], tmp_path: Path) -> None:
+def test_save_load_round_trip(
+    reference: NoveltyReference, centres: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
     reference.save(tmp_path / "novelty")
     back = NoveltyReference.load(tmp_path / "novelty")
     assert back is not None and back.n_calibration == reference.n_calibration

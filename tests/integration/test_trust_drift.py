@@ -1,0 +1,126 @@
+"""The service's trust features end to end: the out-of-distribution fallback, the quality guarantee, /admin/drift."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
+
+from infra.store import decisions
+from router.artifact import RouterArtifact
+from router.features import featurize
+from router.guarantee import QualityGuarantee
+from router.novelty import NoveltyReference
+from router.routing import Router
+from router.schema import parse_tiers
+from serving.app import create_app
+from serving.model_source import LocalSource
+from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
+from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, bearer
+from training.data import pivot_log
+
+C, A = bearer(CLIENT_KEY), bearer(ADMIN_KEY)
+KNOWN = [f"easy question {i}: alpha beta gamma delta omega" for i in range(300)]
+UNSEEN = [f"Bonjour {i}, comment allez-vous aujourd'hui mon ami" for i in range(300)]
+
+
+@pytest.fixture(scope="module")
+def trusted_dir(artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The shared test artifact with a novelty reference (generated prompts) and a guarantee (a held-out log)."""
+    emb = HashingEmbedder()
+    art = RouterArtifact.load(artifact_dir)
+    train = pivot_log(make_log(400, seed=0), parse_tiers(TIERS_TOML))
+    X = featurize(list(train.prompts["prompt"]), art.features, emb)
+    held = pivot_log(make_log(600, seed=7), parse_tiers(TIERS_TOML))
+    prompts = list(held.prompts["prompt"])
+    router = Router(art, embedder=emb)
+    guarantee = QualityGuarantee.fit(router.predict_quality(prompts), router.expected_cost(prompts), held.scores)
+    art = replace(art, novelty=NoveltyReference(n_reference=200).fit(X[:, :384]), guarantee=guarantee)
+    return art.save(tmp_path_factory.mktemp("trusted"))
+
+
+@pytest.fixture
+def trusted(trusted_dir: Path, settings_factory: Callable[..., Any]) -> Iterator[Callable[..., TestClient]]:
+    opened: list[TestClient] = []
+
+    def make(**fields: Any) -> TestClient:
+        app = create_app(settings_factory(**fields), LocalSource(trusted_dir), embedder=HashingEmbedder())
+        client = TestClient(app)
+        client.__enter__()
+        opened.append(client)
+        return client
+
+    yield make
+    for c in opened:
+        c.__exit__(None, None, None)
+
+
+def novelties(client: TestClient) -> dict[str, float]:
+    with client.app.state.store.engine.connect() as conn:  # type: ignore[attr-defined]
+        return {r.id: r.novelty for r in conn.execute(sa.select(decisions.c.id, decisions.c.novelty))}
+
+
+def test_out_of_distribution_prompt_gets_the_conservative_tier(trusted: Callable[..., TestClient]) -> None:
+    client = trusted()
+    known = client.post("/route", json={"prompt": KNOWN[0]}, headers=C).json()
+    unseen = client.post("/route", json={"prompt": UNSEEN[0]}, headers=C).json()
+    assert not known["reason"].startswith("out of distribution")
+    assert unseen["reason"].startswith("out of distribution") and unseen["tier"] == "brain"
+    stored = novelties(client)
+    assert stored[unseen["decision_id"]] >= 0.99 > stored[known["decision_id"]]
+    capped = client.post("/route", json={"prompt": UNSEEN[1], "max_cost_usd": 1e-4}, headers=C).json()
+    assert capped["reason"].startswith("out of distribution") and capped["tier"] != "brain"  # the cap still holds
+    off = trusted(novelty_limit=None).post("/route", json={"prompt": UNSEEN[0]}, headers=C).json()
+    assert not off["reason"].startswith("out of distribution")
+
+
+def test_quality_guarantee_on_request(trusted: Callable[..., TestClient]) -> None:
+    client = trusted()
+    r = client.post("/route", json={"prompt": KNOWN[3], "quality_guarantee": {"epsilon": 0.05}}, headers=C)
+    assert r.status_code == 200 and r.json()["reason"].startswith("guarantee: loses at most 0.05")
+    assert "on 600 held-out prompts" in r.json()["reason"]
+    both = {"prompt": KNOWN[3], "quality_guarantee": {"epsilon": 0.05}, "cost_weight_per_usd": 1.0}
+    assert client.post("/route", json=both, headers=C).status_code == 422
+    tight = client.post("/route", json={"prompt": KNOWN[3], "quality_guarantee": {"epsilon": 0.001}}, headers=C)
+    assert tight.status_code == 422 and "offers" in tight.text
+    bad = client.post("/route", json={"prompt": KNOWN[3], "quality_guarantee": {"epsilon": 2}}, headers=C)
+    assert bad.status_code == 422
+
+
+def drift_of(client: TestClient) -> dict[str, Any]:
+    r = client.get("/admin/drift", headers=A)
+    assert r.status_code == 200, r.text
+    return {c["name"]: c for c in r.json()["checks"]} | {"alerts": r.json()["alerts"]}
+
+
+def test_admin_drift_fires_on_unseen_traffic_and_broken_promises(trusted: Callable[..., TestClient]) -> None:
+    client = trusted(drift_window=100)
+    assert client.get("/admin/drift", headers=C).status_code == 403
+    out = client.post("/route/batch", json={"prompts": KNOWN[:100]}, headers=C).json()["decisions"]
+    calm = drift_of(client)
+    assert calm["novelty"]["n"] == 100 and not calm["novelty"]["alert"] and calm["alerts"] == []
+    # Outcomes that break the promises: every answer failed, and cost three times what was expected.
+    body = [{"decision_id": d["decision_id"], "score": 0.0, "cost_usd": 3 * d["expected_cost_usd"]} for d in out]
+    assert client.post("/outcomes", json=body, headers=C).status_code == 201
+    broken = drift_of(client)
+    assert broken["cost"]["alert"] and broken["cost"]["statistic"] == pytest.approx(3.0)
+    routed = {d["tier"] for d in out}
+    assert any(broken[f"quality:{t}"]["alert"] for t in routed)
+    client.post("/route/batch", json={"prompts": UNSEEN[:60]}, headers=C)
+    shifted = drift_of(client)
+    assert shifted["novelty"]["alert"] and "novelty" in shifted["alerts"]
+    metrics = client.get("/metrics").text
+    assert 'tierwise_drift_alert{check="novelty"} 1.0' in metrics
+    assert 'tierwise_drift_alert{check="cost"} 1.0' in metrics
+
+
+def test_drift_without_traffic_or_reference(client: TestClient) -> None:
+    """A model without a novelty reference (trained before it existed) still reports the other checks."""
+    r = client.get("/admin/drift", headers=A).json()
+    assert r["alerts"] == [] and "novelty" not in {c["name"] for c in r["checks"]}
+    assert all(c["n"] == 0 for c in r["checks"])
