@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,6 +15,7 @@ from infra.store import DecisionRow
 from serving.api.ui import LOGIN_COOKIE, SESSION_COOKIE
 from serving.security import KeyRing, hash_key
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, bearer
+from tests.integration.proxy_fixtures import write_proxy_tiers
 
 A, C = bearer(ADMIN_KEY), bearer(CLIENT_KEY)
 LONG = "please explain in detail " * 30
@@ -283,3 +285,17 @@ def test_two_login_tabs_both_work(client: TestClient) -> None:
     assert first == second
     r = client.post("/ui/login", data={"key": ADMIN_KEY, "csrf": first})
     assert r.status_code == 303
+
+
+def test_a_fusion_tier_shows_its_members_judge_and_summed_price(
+    client_factory: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    tiers = write_proxy_tiers(tmp_path / "fusion.toml", "http://127.0.0.1:9/v1", fusion=True)
+    c = client_factory(tiers_path=tiers)
+    c.follow_redirects = False
+    log_in(c)
+    page = c.get("/ui").text
+    row = re.search(r"<td>brain.*?</tr>", page, re.S)
+    assert row, page
+    assert "fusion" in row.group(0) and "small, medium; judge large" in row.group(0)
+    assert ">11.2<" in row.group(0)  # input price: 0.2 + 1 + 10 per 1M tokens
