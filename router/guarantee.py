@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import binom
 
 from router.policy import lambda_grid, tradeoff
 
@@ -39,8 +38,23 @@ def hb_p_value(risk_hat: float, n: int, epsilon: float) -> float:
         return 0.0
     r = min(max(risk_hat, 0.0), epsilon)
     hoeffding = math.exp(-n * _kl(r, epsilon))
-    bentkus = math.e * float(binom.cdf(math.ceil(n * risk_hat), n, epsilon))
+    bentkus = math.e * binomial_cdf(math.ceil(n * risk_hat - 1e-9), n, epsilon)
     return min(1.0, hoeffding, bentkus)
+
+
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    """P(Binomial(n, p) <= k), summed in log space from the pmf's recurrence (no scipy in the serving path)."""
+    if k < 0:
+        return 0.0
+    if k >= n or p <= 0.0:
+        return 1.0
+    if p >= 1.0:
+        return 0.0
+    i = np.arange(k, dtype=float)
+    steps = np.log((n - i) / (i + 1)) + math.log(p / (1 - p))
+    log_pmf = np.concatenate([[0.0], np.cumsum(steps)]) + n * math.log1p(-p)
+    top = float(log_pmf.max())
+    return min(1.0, math.exp(top) * float(np.exp(log_pmf - top).sum()))
 
 
 def _kl(a: float, b: float) -> float:

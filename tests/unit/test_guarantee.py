@@ -6,9 +6,11 @@ import math
 
 import numpy as np
 import pytest
+from scipy.stats import binom
 
 from router.guarantee import (
     QualityGuarantee,
+    binomial_cdf,
     calibrate,
     choices_at,
     hb_p_value,
@@ -32,6 +34,11 @@ def population(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def true_loss(lam: float | None, pop: tuple[np.ndarray, np.ndarray, np.ndarray]) -> float:
     pred, cost, scores = pop
     return float(quality_loss(choices_at(pred, cost, lam), scores, top_tier(cost)).mean())
+
+
+@pytest.mark.parametrize(("k", "n", "p"), [(0, 10, 0.1), (3, 10, 0.5), (40, 1000, 0.05), (999, 1000, 0.5), (5, 5, 0.3)])
+def test_binomial_cdf_matches_scipy(k: int, n: int, p: float) -> None:
+    assert binomial_cdf(k, n, p) == pytest.approx(float(binom.cdf(k, n, p)), rel=1e-9, abs=1e-300)
 
 
 def test_hb_p_value_is_valid_at_the_boundary() -> None:
