@@ -48,8 +48,9 @@ def ope_section(report: dict[str, Any]) -> str:
             for row in rows:
                 dr = row.get("dr") or {}
                 cover = f"{dr['ci_coverage']:.0%}" if "ci_coverage" in dr else "–"
-                ess = f"{row['ess_mean']:.0f}" if "ess_mean" in row else "–"
-                differs = f"{row['disagreement_with_logging']:.0%}" if "disagreement_with_logging" in row else "–"
+                ess = f"{row['ess_mean']:.0f}" if row.get("ess_mean", float("nan")) == row.get("ess_mean") else "–"
+                share = row.get("disagreement_with_logging", float("nan"))
+                differs = f"{share:.0%}" if share == share else "–"
                 cells = [_err(row, e) for e in ESTIMATORS]
                 lines.append(
                     f"| {row['policy']} | {row['truth_quality_mean']:.3f} | {differs} | "
@@ -57,6 +58,31 @@ def ope_section(report: dict[str, Any]) -> str:
                     + f" | {cover} | {ess} |"
                 )
             lines.append("")
+    lines.append(
+        "The budget question (quality bought by going from 25% to 60% of the top tier's expected cost) and the price of"
+    )
+    lines.append("exploration (the served policy's true quality and cost against ε = 0), mean over replays:")
+    lines.append("")
+    for dataset, r in report["results"].items():
+        base = {row["policy"]: row for row in r["by_epsilon"]["0.0"]}["logging (as served)"]
+        for eps, rows in r["by_epsilon"].items():
+            by = {row["policy"]: row for row in rows}
+            b = by["budget 25%->60%"]
+            truth = b["truth_quality_mean"]
+            est = ", ".join(
+                f"{name} {truth + b[e]['bias']:+.3f}"
+                for e, name in (("naive", "naive replay"), ("dm", "model only"), ("snips", "SNIPS"), ("dr", "DR"))
+                if e in b
+            )
+            served = by["logging (as served)"]
+            price = (
+                f"; serving with ε = {eps} costs {base['truth_quality_mean'] - served['truth_quality_mean']:.3f} quality and "
+                f"{served['truth_cost_mean_usd'] / base['truth_cost_mean_usd'] - 1:+.1%} cost"
+                if eps != "0.0"
+                else ""
+            )
+            lines.append(f"- {dataset}, ε = {eps}: truth {truth:+.3f}; {est}{price}")
+    lines.append("")
     lines.append("Targets at ε = 0.05 (|DR − truth| ≤ 0.01; share of replays within it):")
     lines.append("")
     for name, t in report["targets"].items():
