@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
 from infra import admin_queries as q
 from infra.settings import Settings
 from infra.store import DecisionRow, Store
 from router.schema import Tier
+from serving.drift import DriftReport, drift_report
+from serving.errors import first_line
 from serving.runtime import Runtime
+
+logger = logging.getLogger(__name__)
 
 WINDOWS = (("last hour", timedelta(hours=1)), ("last day", timedelta(days=1)))
 SESSION_FILTERS = ("all", "open", "frozen")
@@ -66,8 +70,8 @@ class Dashboard:
     sessions: q.SessionPage
     session_filter: str
     recent: list[DecisionRow]
-    drift: dict[str, Any] | None = None
-    notes: list[str] = field(default_factory=list)
+    drift: DriftReport | None = None
+    drift_error: str | None = None
 
 
 def model_source_label(settings: Settings, version: str | None) -> str:
@@ -113,6 +117,17 @@ def window_view(store: Store, runtime: Runtime | None, label: str, since: dateti
     return WindowView(label, usage, saved)
 
 
+def drift_panel(store: Store, runtime: Runtime | None, settings: Settings) -> tuple[DriftReport | None, str | None]:
+    """GET /admin/drift's report, computed in-process; a failing check leaves the rest of the page standing."""
+    if runtime is None:
+        return None, "no model loaded"
+    try:
+        return drift_report(store, runtime, settings), None
+    except Exception as exc:  # a panel must not take the page down; the API endpoint reports the same error
+        logger.warning("the admin page's drift panel failed", exc_info=True)
+        return None, f"{type(exc).__name__}: {first_line(exc)}"
+
+
 def build_dashboard(
     store: Store,
     runtime: Runtime | None,
@@ -126,6 +141,7 @@ def build_dashboard(
     """Everything /ui shows, from bounded queries (see infra/admin_queries.py)."""
     now = now or datetime.now(UTC)
     status = None if session_filter == "all" else session_filter
+    drift, drift_error = drift_panel(store, runtime, settings)
     return Dashboard(
         version=runtime.version if runtime else None,
         source=model_source_label(settings, runtime.version if runtime else None),
@@ -136,4 +152,6 @@ def build_dashboard(
         sessions=q.list_sessions(store.engine, status=status, offset=offset, limit=page_size),
         session_filter=session_filter,
         recent=q.recent_decisions(store.engine, page_size),
+        drift=drift,
+        drift_error=drift_error,
     )

@@ -247,6 +247,7 @@ def test_the_page_works_while_no_model_is_loaded(client_factory: Callable[..., T
     assert "No model loaded" in page.text and "no version of tierwise-router has the alias champion" in page.text
     assert "an earlier decision" in page.text  # the store's side of the page still shows
     assert "<strong>n/a</strong> — no model loaded." in page.text  # savings need the top tier's prices
+    assert "Drift unavailable: no model loaded" in page.text
 
 
 def test_without_prompt_text_savings_come_from_the_recorded_expected_costs(
@@ -299,3 +300,20 @@ def test_a_fusion_tier_shows_its_members_judge_and_summed_price(
     assert row, page
     assert "fusion" in row.group(0) and "small, medium; judge large" in row.group(0)
     assert ">11.2<" in row.group(0)  # input price: 0.2 + 1 + 10 per 1M tokens
+
+
+def test_the_drift_panel_shows_the_checks_of_admin_drift(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    client.post("/route", json={"prompt": "what is 2+2"}, headers=C)
+    api = client.get("/admin/drift", headers=A).json()
+    log_in(client)
+    page = client.get("/ui").text
+    for check in api["checks"]:
+        assert f'data-check="{check["name"]}"' in page
+    assert api["advice"] in page
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("window query failed")
+
+    monkeypatch.setattr("serving.ui.view.drift_report", broken)
+    page = client.get("/ui")
+    assert page.status_code == 200 and "Drift unavailable: RuntimeError: window query failed" in page.text
