@@ -74,6 +74,7 @@ def route(
 
     With `epsilon` > 0 a decision may serve another tier the request allows; in a session with a cap,
     exploration spends only the slack the policy's decisions leave under it, so it never passes the cap.
+    Requests with a quality guarantee and out-of-distribution prompts never explore.
     """
     try:
         min_tier = rt.tier_index(opts.min_tier)
@@ -98,7 +99,9 @@ def route(
             choice, served, reason = d.tier_index, d.tier_index, d.reason
             probs = np.zeros(len(names))
             probs[choice] = 1.0
-            if epsilon > 0 and draws is not None:
+            # Never where the policy must be conservative: an out-of-distribution prompt, or a quality guarantee.
+            ood = novelty is not None and novelty_limit is not None and novelty[i] >= novelty_limit
+            if epsilon > 0 and draws is not None and point is None and not ood:
                 budget = None if slack is None else float(cost[i, choice]) + max(slack, 0.0)
                 draw = explore(choice, cost[i], epsilon, draws, min_tier, opts.max_cost_usd, budget)
                 served, probs = draw.tier_index, draw.probs

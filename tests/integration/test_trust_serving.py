@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from infra.store import decisions
 from serving.security import hash_key
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer
+from tests.integration.test_trust_drift import KNOWN, UNSEEN, trusted, trusted_dir  # noqa: F401 (fixtures)
 
 C, OTHER = bearer(CLIENT_KEY), bearer(OTHER_KEY)
 PROMPTS = [f"{kind} question {i}: alpha beta gamma" for i in range(40) for kind in ("easy", "hard")]
@@ -91,3 +93,14 @@ def test_admin_deletes_a_sessions_data(client: TestClient) -> None:
     assert len(stored(client)) == 1  # the other decision stays
     assert client.get("/sessions/gone", headers=admin).status_code == 404
     assert client.delete("/admin/sessions/gone", headers=admin).status_code == 404
+
+
+def test_no_exploration_where_the_policy_must_be_conservative(request: pytest.FixtureRequest) -> None:
+    client = request.getfixturevalue("trusted")(exploration_rate=0.5)  # the artifact with a novelty reference
+    ood = client.post("/route/batch", json={"prompts": UNSEEN[:60]}, headers=C).json()["decisions"]
+    assert all(d["reason"].startswith("out of distribution") and d["tier"] == "brain" for d in ood)
+    guaranteed = {"prompts": KNOWN[:60], "quality_guarantee": {"epsilon": 0.05}}
+    assert client.post("/route/batch", json=guaranteed, headers=C).status_code == 200
+    assert not any(r.explored for r in stored(client))
+    free = client.post("/route/batch", json={"prompts": KNOWN[:60]}, headers=C).json()["decisions"]
+    assert any(d["reason"].startswith("explored:") for d in free)  # the same service explores elsewhere
