@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from router.novelty import window_shift_z
+from router.policy import lambda_for_cost
 
 # How many standard errors a quality gap must clear beyond its tolerance before it alerts.
 GAP_Z = 2.0
@@ -29,11 +30,11 @@ class Check:
     detail: str
 
 
-def novelty_check(novelty: np.ndarray, n_calibration: int, z_limit: float) -> Check:
+def novelty_check(novelty: np.ndarray, n_calibration: int, z_limit: float, min_n: int = 30) -> Check:
     """Inputs: are recent prompts farther from the training prompts than held-out training prompts were?
 
     Alerts when the window's mean novelty is `z_limit` standard errors above 1/2 (a one-sided rank test whose
-    false-alarm rate per check is about 1 − Φ(z_limit): 3e-5 at z = 4).
+    false-alarm rate per check is about 1 − Φ(z_limit): 3e-5 at z = 4), once it holds `min_n` prompts.
     """
     u = np.asarray(novelty, dtype=float)
     u = u[np.isfinite(u)]
@@ -44,9 +45,9 @@ def novelty_check(novelty: np.ndarray, n_calibration: int, z_limit: float) -> Ch
         z,
         z_limit,
         len(u),
-        bool(len(u) and z >= z_limit),
+        bool(len(u) >= min_n and z >= z_limit),
         f"mean novelty {mean:.3f} over {len(u)} prompts (1/2 when they are drawn like the training prompts), "
-        f"{z:.1f} standard errors from 1/2; alert at {z_limit:g}",
+        f"{z:.1f} standard errors from 1/2; alert at {z_limit:g} (needs {min_n})",
     )
 
 
@@ -66,6 +67,25 @@ def quality_check(tier: str, predicted: np.ndarray, realised: np.ndarray, gap_li
         f"{tier}: predicted minus realised quality {gap:+.3f} (± {GAP_Z:g} × {se:.3f}) over {n} outcomes; "
         f"alert beyond ±{gap_limit:g} (needs {min_n})",
     )
+
+
+def recalibrated_lambda(
+    pred: np.ndarray, expected_cost: np.ndarray, served: np.ndarray, realised_cost: np.ndarray, target_mean_cost: float
+) -> float:
+    """λ for a mean cost on recent traffic: each tier's expected costs scaled by its realised / expected ratio.
+
+    `pred` and `expected_cost` are (n, k) as the router saw them, `served` the tier each prompt got and
+    `realised_cost` what it cost; a tier with fewer than 10 outcomes takes the overall ratio.
+    """
+    rows = np.arange(len(served))
+    exp_served = expected_cost[rows, served]
+    overall = float(realised_cost.sum() / exp_served.sum()) if exp_served.sum() > 0 else 1.0
+    scale = np.full(expected_cost.shape[1], overall)
+    for j in range(expected_cost.shape[1]):
+        m = served == j
+        if m.sum() >= 10 and exp_served[m].sum() > 0:
+            scale[j] = float(realised_cost[m].sum() / exp_served[m].sum())
+    return lambda_for_cost(pred, expected_cost, target_mean_cost, expected_cost * scale[None, :])
 
 
 def cost_check(realised: np.ndarray, expected: np.ndarray, ratio_limit: float, min_n: int) -> Check:

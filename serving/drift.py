@@ -92,7 +92,7 @@ def drift_checks(store: Store, runtime: Runtime, settings: Settings) -> list[Che
     reference = runtime.router.artifact.novelty
     nov, _ = _recent_novelty(store, version, window)
     if reference is not None:
-        out.append(novelty_check(nov, reference.n_calibration, settings.drift_novelty_z))
+        out.append(novelty_check(nov, reference.n_calibration, settings.drift_novelty_z, settings.drift_min_outcomes))
     rows = _recent_outcomes(store, version, window)
     by_tier: dict[str, tuple[list[float], list[float]]] = {}
     for tier, predicted, score, _, _ in rows:
