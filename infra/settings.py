@@ -125,6 +125,9 @@ class Settings(BaseSettings):
     retention_days: float | None = Field(
         None, gt=0, description="`tierwise purge` deletes decisions and outcomes older than this; None = keep"
     )
+    purge_interval_s: float = Field(
+        3600.0, gt=0, description="with retention_days, the service purges older decisions and outcomes this often"
+    )
     ope_gate_min_decisions: int = Field(
         500, ge=1, description="logged decisions with outcomes the off-policy gate check needs before it judges"
     )

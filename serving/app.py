@@ -29,6 +29,7 @@ from serving.model_source import ModelSource, source_from_settings
 from serving.outcomes import OutcomeRecorder
 from serving.proxy.service import open_proxy
 from serving.reload_signal import ReloadSignal
+from serving.retention import purge_every
 from serving.security import KeyRing
 from serving.spool import Spool
 from serving.store_migrator import StoreMigrator
@@ -77,6 +78,8 @@ def create_app(
             await run_in_threadpool(replay)
         else:  # start unready; become ready once the store is reachable and migrated
             tasks.append(asyncio.create_task(migrator.retry(settings.store_retry_interval_s, replay)))
+        if settings.retention_days is not None:
+            tasks.append(asyncio.create_task(purge_every(db, settings.retention_days, settings.purge_interval_s)))
         if settings.reload_interval_s > 0:
             tasks.append(asyncio.create_task(manager.poll(settings.reload_interval_s)))
         if settings.spool_replay_interval_s > 0:

@@ -104,3 +104,21 @@ def test_no_exploration_where_the_policy_must_be_conservative(request: pytest.Fi
     assert not any(r.explored for r in stored(client))
     free = client.post("/route/batch", json={"prompts": KNOWN[:60]}, headers=C).json()["decisions"]
     assert any(d["reason"].startswith("explored:") for d in free)  # the same service explores elsewhere
+
+
+def test_the_service_purges_past_the_retention_period(client_factory: Callable[..., TestClient]) -> None:
+    import time
+    from datetime import UTC, datetime, timedelta
+
+    client = client_factory(retention_days=7, purge_interval_s=0.05)
+    old = client.post("/route", json={"prompt": PROMPTS[0]}, headers=C).json()["decision_id"]
+    new = client.post("/route", json={"prompt": PROMPTS[1]}, headers=C).json()["decision_id"]
+    with client.app.state.store.engine.begin() as conn:  # type: ignore[attr-defined]
+        conn.execute(
+            decisions.update().where(decisions.c.id == old).values(created_at=datetime.now(UTC) - timedelta(days=8))
+        )
+    for _ in range(200):  # the job runs every 0.05 s; give it up to 10 s on a busy machine
+        if old not in {r.id for r in stored(client)}:
+            break
+        time.sleep(0.05)
+    assert {r.id for r in stored(client)} == {new}
