@@ -13,14 +13,27 @@ from datetime import datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from infra.store import DecisionRow, SessionRow, _decision, _session, decisions, sessions
+from infra.store import DecisionRow, SessionRow, _decision, _session, decisions, outcomes, sessions
 
 MAX_PAGE = 500
 
 
+def settled_cost_usd() -> sa.ColumnElement[float]:
+    """What a settled decision really cost: the cost the OpenAI-compatible door wrote on it, else the cost of the
+    outcome that settled it (the first stored; POST /outcomes books it on the session but not on the decision)."""
+    first_outcome = (
+        sa.select(outcomes.c.cost_usd)
+        .where(outcomes.c.decision_id == decisions.c.id)
+        .order_by(outcomes.c.created_at, outcomes.c.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(decisions.c.cost_usd, sa.case((decisions.c.settled == sa.true(), first_outcome)))
+
+
 def decision_cost_usd() -> sa.ColumnElement[float]:
-    """What a decision cost: its settled cost when the upstream call was settled, else its expected cost."""
-    return sa.func.coalesce(decisions.c.cost_usd, decisions.c.expected_cost_usd)
+    """What a decision cost: its settled cost when settled, else its expected cost."""
+    return sa.func.coalesce(settled_cost_usd(), decisions.c.expected_cost_usd)
 
 
 @dataclass(frozen=True)
@@ -85,11 +98,21 @@ def cost_sample(engine: Engine, since: datetime, limit: int) -> list[CostSample]
         return [CostSample(r.tier, float(r.cost), r.prompt or "", r.expected_costs) for r in conn.execute(q)]
 
 
-def recent_decisions(engine: Engine, limit: int = 50) -> list[DecisionRow]:
-    """The newest decisions of every session, newest first."""
-    q = decisions.select().order_by(decisions.c.created_at.desc()).limit(_limit(limit))
+@dataclass(frozen=True)
+class RecentDecision:
+    decision: DecisionRow
+    settled_cost_usd: float | None  # None until settled
+
+
+def recent_decisions(engine: Engine, limit: int = 50) -> list[RecentDecision]:
+    """The newest decisions of every session, newest first, with what each cost once settled."""
+    q = (
+        sa.select(decisions, settled_cost_usd().label("settled_cost"))
+        .order_by(decisions.c.created_at.desc())
+        .limit(_limit(limit))
+    )
     with engine.connect() as conn:
-        return [_decision(r) for r in conn.execute(q)]
+        return [RecentDecision(_decision(r), r.settled_cost) for r in conn.execute(q)]
 
 
 def list_sessions(engine: Engine, status: str | None = None, offset: int = 0, limit: int = 50) -> SessionPage:

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 from infra import admin_queries as q
 from infra.settings import Settings
-from infra.store import DecisionRow, Store
+from infra.store import Store
 from router.schema import Tier
 from serving.drift import DriftReport, drift_report
 from serving.errors import first_line
@@ -69,7 +69,7 @@ class Dashboard:
     frozen: q.SessionPage
     sessions: q.SessionPage
     session_filter: str
-    recent: list[DecisionRow]
+    recent: list[q.RecentDecision]
     drift: DriftReport | None = None
     drift_error: str | None = None
 

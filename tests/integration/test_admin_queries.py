@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from infra import admin_queries as q
-from infra.store import DecisionRow, Store, decisions, sessions
+from infra.store import DecisionRow, OutcomeRow, Store, sessions
 from router.artifact import RouterArtifact
 from router.routing import Router
 from serving.runtime import Runtime
@@ -69,6 +71,20 @@ def test_tier_usage_counts_and_spends_per_window(filled: Store) -> None:
     assert q.tier_usage(filled.engine, NOW + timedelta(seconds=1)) == []
 
 
+def test_an_outcome_that_settles_a_decision_gives_it_its_cost(filled: Store) -> None:
+    """POST /outcomes books its cost on the session, not on the decision: the page takes it from the outcome."""
+    outcome = OutcomeRow(id="o1", decision_id="d0003", prompt="a prompt", model="model-brain", score=1, cost_usd=0.7)
+    assert filled.record_outcomes([outcome]) == 1
+    again = OutcomeRow(id="o2", decision_id="d0003", prompt="a prompt", model="model-brain", score=0, cost_usd=9.0)
+    assert filled.record_outcomes([again]) == 1  # a second outcome settles nothing: the first one's cost stands
+    hour = {u.tier: u for u in q.tier_usage(filled.engine, NOW - timedelta(hours=1))}
+    assert (hour["brain"].spend_usd, hour["brain"].settled) == (pytest.approx(0.7), 1)
+    (brain,) = [r for r in q.recent_decisions(filled.engine) if r.decision.id == "d0003"]
+    assert brain.settled_cost_usd == pytest.approx(0.7)
+    sample = [s.cost_usd for s in q.cost_sample(filled.engine, NOW - timedelta(hours=1), 10) if s.tier == "brain"]
+    assert sample == [pytest.approx(0.7)]
+
+
 def test_cost_sample_is_the_newest_decisions_with_their_cost(filled: Store) -> None:
     got = q.cost_sample(filled.engine, NOW - timedelta(days=1), limit=3)
     assert [(s.tier, s.cost_usd) for s in got] == [("main", 0.1), ("main", 0.05), ("brain", 2.0)]
@@ -77,8 +93,9 @@ def test_cost_sample_is_the_newest_decisions_with_their_cost(filled: Store) -> N
 
 def test_recent_decisions_are_newest_first_and_bounded(filled: Store) -> None:
     got = q.recent_decisions(filled.engine, limit=2)
-    assert [d.id for d in got] == ["d0001", "d0002"]
-    assert got[0].reason == "reason 1"
+    assert [r.decision.id for r in got] == ["d0001", "d0002"]
+    assert got[0].decision.reason == "reason 1"
+    assert [r.settled_cost_usd for r in got] == [None, 0.05]
     assert len(q.recent_decisions(filled.engine, limit=10**9)) == 5  # the limit is clamped, not trusted
 
 
@@ -100,21 +117,30 @@ def test_sessions_page_filters_pages_and_counts(store: Store) -> None:
     assert q.list_sessions(store.engine, limit=10**6).limit == q.MAX_PAGE
 
 
-def test_the_window_query_uses_the_created_at_index(tmp_path: Path) -> None:
-    """With 1M decisions the page must not scan the table: the windowed queries seek on ix_decisions_created_at."""
+def test_the_page_queries_seek_by_index_never_scan_decisions(tmp_path: Path) -> None:
+    """With 1M decisions the page must not scan the table: the windowed and newest-first queries seek on
+    ix_decisions_created_at, and a settled decision finds its outcome through ix_outcomes_decision_id."""
     store = Store(f"sqlite:///{tmp_path / 'plan.db'}")
     store.migrate()
+    statements: list[tuple[str, Any]] = []
+
+    def grab(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "decisions" in statement:
+            statements.append((statement, parameters))
+
+    sa.event.listen(store.engine, "before_cursor_execute", grab)
     since = NOW - timedelta(hours=1)
-    queries = [
-        sa.select(sa.func.count()).select_from(decisions).where(decisions.c.created_at >= since),
-        sa.select(decisions.c.tier).where(decisions.c.created_at >= since).order_by(decisions.c.created_at.desc()),
-        decisions.select().order_by(decisions.c.created_at.desc()).limit(5),
-    ]
+    q.tier_usage(store.engine, since)
+    q.cost_sample(store.engine, since, 100)
+    q.recent_decisions(store.engine, 50)
+    sa.event.remove(store.engine, "before_cursor_execute", grab)
+    assert len(statements) == 3
     with store.engine.connect() as conn:
-        for query in queries:
-            sql = str(query.compile(store.engine, compile_kwargs={"literal_binds": True}))
-            plan = " ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+        for statement, parameters in statements:
+            plan = " | ".join(str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", parameters))
             assert "ix_decisions_created_at" in plan, plan
+            assert not re.search(r"SCAN (decisions|outcomes)(?! USING)", plan), plan
+            assert "ix_outcomes_decision_id" in plan, plan
     store.dispose()
 
 
