@@ -1,8 +1,10 @@
-"""Exploration in the service: propensities recorded, opt-outs honoured, caps never passed, live cost on /metrics."""
+"""Trust in the service: propensities and exploration (opt-outs, caps, live cost), deleting a session, retention."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -107,9 +109,6 @@ def test_no_exploration_where_the_policy_must_be_conservative(request: pytest.Fi
 
 
 def test_the_service_purges_past_the_retention_period(client_factory: Callable[..., TestClient]) -> None:
-    import time
-    from datetime import UTC, datetime, timedelta
-
     client = client_factory(retention_days=7, purge_interval_s=0.05)
     old = client.post("/route", json={"prompt": PROMPTS[0]}, headers=C).json()["decision_id"]
     new = client.post("/route", json={"prompt": PROMPTS[1]}, headers=C).json()["decision_id"]
