@@ -34,8 +34,8 @@ from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.routing import Router
 from router.schema import load_tiers
-from serving.api.ui import templates
 from serving.runtime import Runtime
+from serving.ui.render import templates
 from serving.ui.view import build_dashboard, savings
 
 WORDS = [

@@ -8,24 +8,21 @@ carries a CSRF token derived from that session.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
-from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
 
 from serving.api.sessions import SessionPath, confirm_session
 from serving.deps import SettingsDep, StoreDep
-from serving.errors import ServiceError, Unauthorized
+from serving.errors import NotReady, ServiceError, Unauthorized
 from serving.schemas import ConfirmRequest
 from serving.security import ANONYMOUS, Principal
 from serving.ui.auth import ANON, Signer, load_secret
+from serving.ui.render import UI_DIR, templates
 from serving.ui.view import build_dashboard
 
-UI_DIR = FsPath(__file__).resolve().parents[1] / "ui"
 SESSION_COOKIE = "tierwise_ui"
 LOGIN_COOKIE = "tierwise_ui_login"
 # No script at all; styles and forms only from this service; never framed.
@@ -42,36 +39,16 @@ SECURITY_HEADERS = {
 router = APIRouter(prefix="/ui", include_in_schema=False)
 
 
-def usd(value: float | None) -> str:
-    if value is None:
-        return "—"
-    if value == 0:
-        return "$0"
-    return f"${value:,.2f}" if abs(value) >= 1 else f"${value:.6f}"
-
-
-def plain(value: float) -> str:
-    """A number as a form field's value: no exponent, no trailing zeros."""
-    return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
-
-
-def pct(share: float) -> str:
-    return f"{share * 100:.1f}%"
-
-
-@lru_cache
-def templates() -> Jinja2Templates:
-    t = Jinja2Templates(directory=UI_DIR / "templates")  # autoescapes .html
-    t.env.filters.update(usd=usd, pct=pct, plain=plain)
-    return t
-
-
 def signer(request: Request) -> Signer:
     """The app's cookie signer, its secret read (or made) on first use rather than at start-up."""
     state = request.app.state
     if getattr(state, "ui_signer", None) is None:
         settings = state.settings
-        state.ui_signer = Signer(load_secret(settings.ui_secret_path), settings.ui_session_ttl_s)
+        try:
+            secret = load_secret(settings.ui_secret_path)
+        except (OSError, ValueError) as exc:
+            raise NotReady(f"the admin page cannot read or make its signing secret: {exc}") from None
+        state.ui_signer = Signer(secret, settings.ui_session_ttl_s)
     return state.ui_signer  # type: ignore[no-any-return]
 
 

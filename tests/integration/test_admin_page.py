@@ -317,3 +317,13 @@ def test_the_drift_panel_shows_the_checks_of_admin_drift(client: TestClient, mon
     monkeypatch.setattr("serving.ui.view.drift_report", broken)
     page = client.get("/ui")
     assert page.status_code == 200 and "Drift unavailable: RuntimeError: window query failed" in page.text
+
+
+def test_an_unusable_signing_secret_is_a_503_naming_it(
+    client_factory: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    secret = tmp_path / "ui-secret"
+    secret.write_bytes(b"too short")
+    c = client_factory(ui_secret_path=secret)
+    r = c.get("/ui/login")
+    assert r.status_code == 503 and str(secret) in r.json()["detail"]
