@@ -150,12 +150,11 @@ class Settings(BaseSettings):
     )
 
     # trust: novelty (out-of-distribution fallback) and drift detection
-    novelty_limit: float | None = Field(
+    novelty_limit: float = Field(
         0.99,
         gt=0,
-        le=1,
         description="a prompt farther from the training prompts than this share of held-out training prompts is "
-        "out of distribution and gets the conservative tier (the priciest the request allows); None = never",
+        "out of distribution and gets the conservative tier (the priciest the request allows); above 1 = never",
     )
     drift_window: int = Field(200, ge=10, description="recent decisions (and outcomes) each drift check looks at")
     drift_novelty_z: float = Field(

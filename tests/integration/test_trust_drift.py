@@ -75,7 +75,7 @@ def test_out_of_distribution_prompt_gets_the_conservative_tier(trusted: Callable
     assert stored[unseen["decision_id"]] >= 0.99 > stored[known["decision_id"]]
     capped = client.post("/route", json={"prompt": UNSEEN[1], "max_cost_usd": 1e-4}, headers=C).json()
     assert capped["reason"].startswith("out of distribution") and capped["tier"] != "brain"  # the cap still holds
-    off = trusted(novelty_limit=None).post("/route", json={"prompt": UNSEEN[0]}, headers=C).json()
+    off = trusted(novelty_limit=1.5).post("/route", json={"prompt": UNSEEN[0]}, headers=C).json()
     assert not off["reason"].startswith("out of distribution")
 
 
