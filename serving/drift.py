@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from infra.settings import Settings
 from infra.store import Store, decisions, outcomes
-from router.drift import Check, cost_check, novelty_check, quality_check
+from router.drift import Check, cost_check, novelty_check, quality_check, recalibrated_lambda
 from serving.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -35,6 +35,13 @@ class DriftCheck(BaseModel):
     detail: str
 
 
+class Recalibration(BaseModel):
+    target_mean_cost_usd: float
+    cost_weight_per_usd: float | None
+    decisions: int
+    detail: str
+
+
 class DriftReport(BaseModel):
     router_version: str
     window: int
@@ -42,6 +49,7 @@ class DriftReport(BaseModel):
     alerts: list[str]
     mean_expected_cost_usd: float | None
     advice: str
+    recalibration: Recalibration | None = None
 
 
 def _finite(x: float) -> float | None:
@@ -116,8 +124,57 @@ def drift_checks(store: Store, runtime: Runtime, settings: Settings) -> list[Che
     return out
 
 
-def drift_report(store: Store, runtime: Runtime, settings: Settings) -> DriftReport:
-    """The checks, which of them alert, and what to do about it."""
+def suggest_cost_weight(store: Store, runtime: Runtime, window: int, target_mean_cost_usd: float) -> Recalibration:
+    """λ for a mean cost on the newest `window` decisions (router/drift.recalibrated_lambda on their recorded
+    per-tier predictions and expected costs; realised costs where an outcome came back)."""
+    q = (
+        sa.select(decisions.c.tier, decisions.c.predicted_quality, decisions.c.expected_costs, outcomes.c.cost_usd)
+        .outerjoin(outcomes, outcomes.c.decision_id == decisions.c.id)
+        .where(decisions.c.router_version == runtime.version)
+        .order_by(decisions.c.created_at.desc())
+        .limit(window)
+    )
+    names = runtime.tiers.names
+    pred, cost, served, paid = [], [], [], []
+    with store.engine.connect() as conn:
+        for tier, pq, ec, realised in conn.execute(q):
+            if not (
+                isinstance(pq, dict) and isinstance(ec, dict) and tier in names and set(names) <= pq.keys() & ec.keys()
+            ):
+                continue
+            pred.append([float(pq[n]) for n in names])
+            cost.append([float(ec[n]) for n in names])
+            served.append(names.index(tier))
+            paid.append(float(ec[tier]) if realised is None else float(realised))
+    n = len(pred)
+    if n < 30:
+        return Recalibration(
+            target_mean_cost_usd=target_mean_cost_usd,
+            cost_weight_per_usd=None,
+            decisions=n,
+            detail=f"only {n} recent decisions carry per-tier predictions and costs; need 30",
+        )
+    try:
+        lam = recalibrated_lambda(
+            np.array(pred), np.array(cost), np.array(served), np.array(paid), target_mean_cost_usd
+        )
+    except ValueError as exc:
+        return Recalibration(
+            target_mean_cost_usd=target_mean_cost_usd, cost_weight_per_usd=None, decisions=n, detail=str(exc)
+        )
+    return Recalibration(
+        target_mean_cost_usd=target_mean_cost_usd,
+        cost_weight_per_usd=lam,
+        decisions=n,
+        detail=f'on the newest {n} decisions, "cost_weight_per_usd": {lam:.6g} would have cost '
+        f"${target_mean_cost_usd:.6g} per request on average; `tierwise calibrate --from-store` sets it",
+    )
+
+
+def drift_report(
+    store: Store, runtime: Runtime, settings: Settings, target_mean_cost_usd: float | None = None
+) -> DriftReport:
+    """The checks, which of them alert, and what to do about it (with a target mean cost: the λ that meets it)."""
     checks = drift_checks(store, runtime, settings)
     _, cost = _recent_novelty(store, runtime.version, settings.drift_window)
     alerts = [c.name for c in checks if c.alert]
@@ -137,6 +194,9 @@ def drift_report(store: Store, runtime: Runtime, settings: Settings) -> DriftRep
         alerts=alerts,
         mean_expected_cost_usd=float(cost.mean()) if len(cost) else None,
         advice=advice,
+        recalibration=None
+        if target_mean_cost_usd is None
+        else suggest_cost_weight(store, runtime, settings.drift_window, target_mean_cost_usd),
     )
 
 

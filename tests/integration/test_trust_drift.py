@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -124,3 +125,15 @@ def test_drift_without_traffic_or_reference(client: TestClient) -> None:
     r = client.get("/admin/drift", headers=A).json()
     assert r["alerts"] == [] and "novelty" not in {c["name"] for c in r["checks"]}
     assert all(c["n"] == 0 for c in r["checks"])
+
+
+def test_admin_drift_suggests_lambda_for_a_mean_cost(trusted: Callable[..., TestClient]) -> None:
+    client = trusted(drift_window=100)
+    few = client.get("/admin/drift?mean_cost_usd=0.001", headers=A).json()["recalibration"]
+    assert few["cost_weight_per_usd"] is None and "need 30" in few["detail"]
+    body = {"prompts": KNOWN[:100], "quality_target": 0.99}  # mostly the top tier: half its cost is reachable
+    out = client.post("/route/batch", json=body, headers=C).json()["decisions"]
+    mean = float(np.mean([d["expected_cost_usd"] for d in out]))
+    r = client.get(f"/admin/drift?mean_cost_usd={mean / 2}", headers=A).json()["recalibration"]
+    assert r["decisions"] == 100 and r["cost_weight_per_usd"] is not None and r["cost_weight_per_usd"] > 0, r
+    assert client.get("/admin/drift?mean_cost_usd=-1", headers=A).status_code == 422
