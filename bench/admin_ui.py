@@ -36,7 +36,7 @@ from router.routing import Router
 from router.schema import load_tiers
 from serving.runtime import Runtime
 from serving.ui.render import templates
-from serving.ui.view import build_dashboard, savings
+from serving.ui.view import build_dashboard, drift_panel, savings
 
 WORDS = [
     "route",
@@ -154,6 +154,8 @@ def run(url: str | None, n_decisions: int, n_sessions: int, days: float, repeats
         store.migrate()
         t0 = time.perf_counter()
         fill(store, n_decisions, n_sessions, days)
+        with store.engine.begin() as conn:  # fresh planner statistics, as autovacuum / a steady state would have
+            conn.exec_driver_sql("ANALYZE")
         fill_s = time.perf_counter() - t0
         settings = Settings(ui_savings_sample=sample, database_url=store.url)
         now = datetime.now(UTC)
@@ -167,6 +169,7 @@ def run(url: str | None, n_decisions: int, n_sessions: int, days: float, repeats
         parts["frozen_sessions_ms"], _ = timed(lambda: q.list_sessions(store.engine, status="frozen"), repeats)
         parts["sessions_page_ms"], _ = timed(lambda: q.list_sessions(store.engine, offset=10_000), repeats)
         parts["recent_decisions_ms"], _ = timed(lambda: q.recent_decisions(store.engine, 50), repeats)
+        parts["drift_panel_ms"], _ = timed(lambda: drift_panel(store, runtime, settings), repeats)
         gather_ms, view = timed(lambda: build_dashboard(store, runtime, settings), repeats)
         template = templates().get_template("dashboard.html")
         render_ms, html = timed(lambda: template.render(d=view, csrf="x", confirmed=None), repeats)
