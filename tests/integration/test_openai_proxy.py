@@ -1,0 +1,274 @@
+"""The OpenAI SDK (sync, async, streaming) against a live tierwise whose tiers call a fake upstream on loopback:
+routing, the `tierwise` field and headers, tools passed through, settlement on the session, 402 and auth."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from openai import AsyncOpenAI, OpenAI
+
+from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer
+from tests.integration.fake_upstream import FakeUpstream, Reply, fake_upstream
+from tests.integration.proxy_fixtures import proxied_tierwise
+
+HARD = "hard question 1: omega sigma alpha beta gamma"
+EASY = "easy question 2: alpha beta gamma delta omega"
+PRICES = {"small": (0.2, 0.2), "medium": (1.0, 2.0), "large": (10.0, 30.0)}
+
+
+def cost(model: str, tokens_in: int, tokens_out: int) -> float:
+    p_in, p_out = PRICES[model]
+    return (tokens_in * p_in + tokens_out * p_out) / 1e6
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, artifact_dir: Path) -> Iterator[tuple[str, FakeUpstream]]:
+    with fake_upstream() as up, proxied_tierwise(tmp_path_factory.mktemp("proxy"), artifact_dir, up) as url:
+        yield url, up
+
+
+@pytest.fixture
+def up(served: tuple[str, FakeUpstream]) -> FakeUpstream:
+    served[1].reset()
+    return served[1]
+
+
+@pytest.fixture
+def url(served: tuple[str, FakeUpstream], up: FakeUpstream) -> str:
+    return served[0]
+
+
+@pytest.fixture
+def sdk(url: str) -> OpenAI:
+    return OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0)
+
+
+def session(url: str, cap_usd: float | None = None) -> str:
+    sid = f"s-{uuid.uuid4().hex[:12]}"
+    if cap_usd is not None:
+        r = httpx.put(f"{url}/sessions/{sid}", json={"cap_usd": cap_usd}, headers=bearer(CLIENT_KEY))
+        assert r.status_code == 200, r.text
+    return sid
+
+
+def get_session(url: str, sid: str) -> dict:
+    r = httpx.get(f"{url}/sessions/{sid}", headers=bearer(CLIENT_KEY))
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_models_lists_tierwise_and_each_tier(sdk: OpenAI) -> None:
+    assert [m.id for m in sdk.models.list()] == ["tierwise", "tierwise/main", "tierwise/mid", "tierwise/brain"]
+
+
+@pytest.mark.parametrize(("prompt", "tier", "model"), [(EASY, "main", "small"), (HARD, "brain", "large")])
+def test_routes_like_route_and_says_who_served(
+    sdk: OpenAI, url: str, up: FakeUpstream, prompt: str, tier: str, model: str
+) -> None:
+    routed = httpx.post(f"{url}/route", json={"prompt": prompt}, headers=bearer(CLIENT_KEY)).json()
+    assert routed["tier"] == tier  # the proxy must agree with /route on the same prompt
+    up.script(model, Reply(text="answer from {model}", usage=(12, 7)))
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="tierwise", messages=[{"role": "user", "content": prompt}]
+    )
+    answer = raw.parse()
+    assert answer.choices[0].message.content == f"answer from {model}"
+    assert raw.headers["x-tierwise-tier"] == tier and raw.headers["x-tierwise-model"] == model
+    info = answer.model_extra["tierwise"]
+    assert info["decision_id"] == raw.headers["x-tierwise-decision-id"]
+    assert (info["tier"], info["model"], info["routed_tier"]) == (tier, model, tier)
+    assert info["cost_usd"] == pytest.approx(cost(model, 12, 7))
+    [(called, body)] = up.requests
+    assert called == model and "tierwise" not in body
+
+
+def test_prompt_view_is_system_plus_last_user_turn(sdk: OpenAI, up: FakeUpstream) -> None:
+    messages = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": HARD},
+        {"role": "assistant", "content": "an earlier answer"},
+        {"role": "user", "content": [{"type": "text", "text": EASY}, {"type": "image_url", "image_url": {"url": "x"}}]},
+    ]
+    raw = sdk.chat.completions.with_raw_response.create(model="tierwise", messages=messages)  # type: ignore[arg-type]
+    assert raw.headers["x-tierwise-tier"] == "main"  # scored on the last (easy) turn, not the earlier hard one
+    [(_, body)] = up.requests
+    assert body["messages"] == messages  # the whole conversation reaches the upstream untouched
+
+
+def test_tools_and_unknown_fields_pass_through_untouched(sdk: OpenAI, up: FakeUpstream) -> None:
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "weather in a city",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+            },
+        }
+    ]
+    call = [{"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Oslo"}'}}]
+    up.script("small", Reply(tool_calls=call))
+    answer = sdk.chat.completions.create(
+        model="tierwise",
+        messages=[{"role": "user", "content": EASY}],
+        tools=tools,  # type: ignore[arg-type]
+        tool_choice="auto",
+        temperature=0.25,
+        extra_body={"vendor_knob": {"a": [1, 2]}},
+    )
+    assert answer.choices[0].message.tool_calls[0].function.arguments == '{"city":"Oslo"}'  # type: ignore[index,union-attr]
+    [(_, body)] = up.requests
+    assert body["tools"] == tools and body["tool_choice"] == "auto" and body["temperature"] == 0.25
+    assert body["vendor_knob"] == {"a": [1, 2]}
+
+
+def test_knobs_by_extra_body_and_headers(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    messages = [{"role": "user", "content": EASY}]
+    by_body = sdk.chat.completions.create(
+        model="tierwise", messages=messages, extra_body={"tierwise": {"min_tier": "mid"}}
+    )  # type: ignore[arg-type]
+    by_header = sdk.chat.completions.with_raw_response.create(
+        model="tierwise",
+        messages=messages,
+        extra_headers={"X-Tierwise-Min-Tier": "brain"},  # type: ignore[arg-type]
+    )
+    forced = sdk.chat.completions.create(model="tierwise/mid", messages=messages)  # type: ignore[arg-type]
+    assert by_body.model_extra["tierwise"]["tier"] == "mid"
+    assert by_header.headers["x-tierwise-tier"] == "brain"
+    assert forced.model_extra["tierwise"]["tier"] == "mid"
+    sid = session(url)
+    sdk.chat.completions.create(model="tierwise", messages=messages, extra_headers={"X-Tierwise-Session-Id": sid})  # type: ignore[arg-type]
+    assert len(get_session(url, sid)["recent_decisions"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "param"),
+    [
+        ({"model": "gpt-4"}, 404, "model"),
+        ({"model": "tierwise/nope"}, 404, "model"),
+        ({"extra_body": {"tierwise": {"quality_target": 2}}}, 400, "quality_target"),
+        ({"extra_headers": {"X-Tierwise-Max-Cost-Usd": "lots"}}, 400, "x-tierwise-max-cost-usd"),
+        ({"extra_body": {"tierwise": {"min_tier": "nope"}}}, 400, "min_tier"),
+        ({"messages": [{"role": "assistant", "content": "no user text"}]}, 400, "messages"),
+        ({"messages": []}, 400, "messages"),
+    ],
+)
+def test_bad_requests_are_openai_errors(sdk: OpenAI, up: FakeUpstream, kwargs: dict, status: int, param: str) -> None:
+    args = {"model": "tierwise", "messages": [{"role": "user", "content": EASY}], **kwargs}
+    with pytest.raises(openai.APIStatusError) as err:
+        sdk.chat.completions.create(**args)
+    assert err.value.status_code == status
+    body = err.value.body
+    assert isinstance(body, dict) and set(body) >= {"message", "type", "code", "param"}  # the SDK unwraps "error"
+    assert param in (body["param"] or "")
+    assert up.requests == []  # refused before any upstream call
+
+
+def test_streaming_relays_chunks_and_settles_before_done(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    sid = session(url, cap_usd=1.0)
+    up.script("small", Reply(text="one two three four", chunks=4, usage=(40, 8)))
+    stream = sdk.chat.completions.create(
+        model="tierwise",
+        messages=[{"role": "user", "content": EASY}],
+        stream=True,
+        extra_body={"tierwise": {"session_id": sid}},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "one two three four"
+    assert chunks[0].model_extra["tierwise"]["tier"] == "main"
+    assert all(c.choices for c in chunks)  # the usage-only chunk is dropped: this caller did not ask for usage
+    s = get_session(url, sid)  # read right after [DONE]: settled already
+    assert s["spent_usd"] == pytest.approx(cost("small", 40, 8)) and s["reserved_usd"] == pytest.approx(0)
+    assert s["recent_decisions"][0]["settled"] is True
+
+
+def test_streaming_usage_chunk_reaches_a_caller_who_asked(sdk: OpenAI, up: FakeUpstream) -> None:
+    up.script("small", Reply(usage=(3, 4)))
+    chunks = list(
+        sdk.chat.completions.create(
+            model="tierwise",
+            messages=[{"role": "user", "content": EASY}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+
+
+def test_async_client_plain_and_streaming(url: str, up: FakeUpstream) -> None:
+    async def run() -> tuple[str, str]:
+        async with AsyncOpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0) as client:
+            messages = [{"role": "user", "content": HARD}]
+            plain, stream = await asyncio.gather(
+                client.chat.completions.create(model="tierwise", messages=messages),  # type: ignore[arg-type]
+                client.chat.completions.create(model="tierwise", messages=messages, stream=True),  # type: ignore[arg-type]
+            )
+            text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            return plain.choices[0].message.content or "", text
+
+    up.default = Reply(text="async answer")
+    try:
+        assert asyncio.run(run()) == ("async answer", "async answer")
+    finally:
+        up.default = Reply()
+
+
+def test_settles_the_session_and_an_outcome_needs_only_a_score(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    sid = session(url, cap_usd=1.0)
+    up.script("large", Reply(usage=(1000, 200)))
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="tierwise", messages=[{"role": "user", "content": HARD}], extra_body={"tierwise": {"session_id": sid}}
+    )
+    real = cost("large", 1000, 200)
+    s = get_session(url, sid)
+    assert s["spent_usd"] == pytest.approx(real) and s["reserved_usd"] == pytest.approx(0)
+    assert s["recent_decisions"][0]["expected_cost_usd"] != pytest.approx(real)  # booked the real cost, not the guess
+    decision_id = raw.headers["x-tierwise-decision-id"]
+    r = httpx.post(f"{url}/outcomes", json={"decision_id": decision_id, "score": 0.9}, headers=bearer(CLIENT_KEY))
+    assert r.status_code == 201, r.text
+    assert get_session(url, sid)["spent_usd"] == pytest.approx(real)  # never charged twice
+    # An outcome that names no decision still needs its cost.
+    r = httpx.post(f"{url}/outcomes", json={"prompt": HARD, "model": "large", "score": 1}, headers=bearer(CLIENT_KEY))
+    assert r.status_code == 422
+
+
+def test_frozen_session_is_a_402_through_the_sdk(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    sid = session(url, cap_usd=1e-9)
+    with pytest.raises(openai.APIStatusError) as err:
+        sdk.chat.completions.create(
+            model="tierwise", messages=[{"role": "user", "content": HARD}], extra_body={"tierwise": {"session_id": sid}}
+        )
+    assert err.value.status_code == 402
+    body = err.value.body
+    assert isinstance(body, dict) and body["code"] == "session_frozen" and body["type"] == "insufficient_quota"
+    assert body["session"]["status"] == "frozen" and body["session"]["cap_usd"] == pytest.approx(1e-9)
+    assert up.requests == []
+    assert get_session(url, sid)["status"] == "frozen"
+
+
+def test_auth_same_keys_as_route(url: str, up: FakeUpstream) -> None:
+    messages = [{"role": "user", "content": EASY}]
+    with pytest.raises(openai.AuthenticationError) as err:
+        OpenAI(base_url=f"{url}/v1", api_key="not-a-key", max_retries=0).chat.completions.create(
+            model="tierwise",
+            messages=messages,  # type: ignore[arg-type]
+        )
+    assert err.value.body["type"] == "authentication_error"  # type: ignore[index]
+    keyless = httpx.post(f"{url}/v1/chat/completions", json={"model": "tierwise", "messages": messages})
+    assert keyless.status_code == 401 and keyless.json()["error"]["code"] == "invalid_api_key"
+    with pytest.raises(openai.AuthenticationError):
+        OpenAI(base_url=f"{url}/v1", api_key="nope", max_retries=0).models.list()
+    assert up.requests == []
+    # Another client's session is refused, an admin may use it.
+    sid = session(url, cap_usd=1.0)
+    other = OpenAI(base_url=f"{url}/v1", api_key=OTHER_KEY, max_retries=0)
+    with pytest.raises(openai.PermissionDeniedError):
+        other.chat.completions.create(model="tierwise", messages=messages, extra_body={"tierwise": {"session_id": sid}})  # type: ignore[arg-type]
+    admin = OpenAI(base_url=f"{url}/v1", api_key=ADMIN_KEY, max_retries=0)
+    admin.chat.completions.create(model="tierwise", messages=messages, extra_body={"tierwise": {"session_id": sid}})  # type: ignore[arg-type]
