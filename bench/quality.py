@@ -49,7 +49,9 @@ from router.pooled import PooledModel
 from router.prior_boost import PriorBoostModel
 from router.prompt_structure import question_text, structure_features
 from router.schema import CHARS_PER_TOKEN, TiersConfig, load_tiers
+from router.shared_difficulty import SharedDifficulty
 from router.text import normalize_text, text_features, text_window
+from training.data import Pool, stratified_sample
 from training.evaluation import logreg_predictor
 
 logger = logging.getLogger("bench.quality")
@@ -73,6 +75,8 @@ class SplitData:
     categories: np.ndarray
     all_scores: np.ndarray  # (n, m) every model in the log
     tier_cols: list[int]  # columns of all_scores behind the tiers, cheapest first
+    models: list[str]  # the models of all_scores' columns
+    source: str  # the shared dataset's name
     costs: np.ndarray  # (n, k) realised cost per tier
     pred_cost: np.ndarray  # (n, k) expected cost per tier (characters / 4 and mean output tokens)
     train: np.ndarray
@@ -93,7 +97,7 @@ def load_dataset(name: str) -> pd.DataFrame:
     return log
 
 
-def pivot(log: pd.DataFrame, tiers: TiersConfig) -> dict[str, Any]:
+def pivot(log: pd.DataFrame, tiers: TiersConfig, source: str) -> dict[str, Any]:
     """Per prompt: text, category, all-model scores, tier costs; only prompts complete on the tiers."""
     first = log.drop_duplicates("prompt_id").set_index("prompt_id")
     scores = log.pivot(index="prompt_id", columns="model", values="score").reindex(first.index)
@@ -114,6 +118,8 @@ def pivot(log: pd.DataFrame, tiers: TiersConfig) -> dict[str, Any]:
         "extra": first[complete],
         "all_scores": scores[complete].to_numpy(dtype=float),
         "tier_cols": [all_models.index(m) for m in models],
+        "models": [str(m) for m in all_models],
+        "source": source,
         "costs": costs[complete][models].to_numpy(dtype=float),
         "pred_cost": pred_cost,
     }
@@ -129,14 +135,45 @@ def random_splits(group: str, piv: dict[str, Any], seeds: tuple[int, ...]) -> li
 
 
 def _split(group: str, name: str, piv: dict[str, Any], train: np.ndarray, test: np.ndarray) -> SplitData:
-    keys = ("prompts", "categories", "all_scores", "tier_cols", "costs", "pred_cost")
+    keys = ("prompts", "categories", "all_scores", "tier_cols", "models", "source", "costs", "pred_cost")
     return SplitData(group, name, train=train, test=test, **{k: piv[k] for k in keys})
 
 
 def leak_free(train: np.ndarray, test: np.ndarray, prompts: list[str]) -> np.ndarray:
     """Train mask without the prompts whose normalised text is also a test prompt's."""
     test_texts = {normalize_text(p) for p, t in zip(prompts, test, strict=True) if t}
-    return train & np.array([normalize_text(p) not in test_texts for p in prompts])
+    return np.asarray(train & np.array([normalize_text(p) not in test_texts for p in prompts]))
+
+
+POOL_LOGS = ("routerbench_subset", "llmrouter_dc", "routellm_evals")
+POOL_CAP = 3000
+"""Prompts taken from each other shared log into a split's pool (by category), as `make train` does."""
+
+
+def pool_for(sp: SplitData, seed: int, drop_model: str | None = None) -> Pool:
+    """The split's train prompts with every model of its log, then up to POOL_CAP prompts of each other log.
+
+    Other logs' prompts whose normalised text is one of this split's prompts are left out (no test leak).
+    `drop_model` removes one model's outcomes from the pool (bench/quality_add_model.py).
+    """
+    taken = {normalize_text(p) for p in sp.prompts}
+    tr = np.flatnonzero(sp.train)
+    prompts = [sp.prompts[i] for i in tr]
+    blocks = [pd.DataFrame(sp.all_scores[tr], columns=sp.models)]
+    for other in POOL_LOGS:
+        if other == sp.source:
+            continue
+        log = load_dataset(other)
+        first = log.drop_duplicates("prompt_id").set_index("prompt_id")
+        texts = first["prompt"].map(normalize_text)
+        first = stratified_sample(first[~texts.isin(taken) & ~texts.duplicated()], POOL_CAP, seed)
+        wide = log.pivot_table(index="prompt_id", columns="model", values="score", aggfunc="mean")
+        blocks.append(wide.reindex(first.index).reset_index(drop=True))
+        prompts += first["prompt"].tolist()
+    scores = pd.concat(blocks, ignore_index=True)
+    if drop_model is not None:
+        scores = scores.drop(columns=[drop_model])
+    return Pool(prompts=prompts, scores=scores, n_train=len(tr))
 
 
 def build_splits(quick: bool) -> list[SplitData]:
@@ -145,9 +182,11 @@ def build_splits(quick: bool) -> list[SplitData]:
     rb = load_dataset("routerbench_subset")
     dc = load_dataset("llmrouter_dc")
     rl = load_dataset("routellm_evals")
-    splits = random_splits("routerbench 3 tiers", pivot(rb, load_tiers(REPO / "config/tiers.toml")), seeds)
+    splits = random_splits(
+        "routerbench 3 tiers", pivot(rb, load_tiers(REPO / "config/tiers.toml"), "routerbench_subset"), seeds
+    )
 
-    piv = pivot(dc, load_tiers(REPO / "config/tiers.llmrouter_dc.toml"))
+    piv = pivot(dc, load_tiers(REPO / "config/tiers.llmrouter_dc.toml"), "llmrouter_dc")
     split_col = piv["extra"]["split"].to_numpy()
     test = split_col == "test"
     splits.append(
@@ -155,7 +194,7 @@ def build_splits(quick: bool) -> list[SplitData]:
     )
     dc_random = random_splits("llmrouter_dc random", piv, seeds)
 
-    piv = pivot(rl, load_tiers(REPO / "config/tiers.routellm_evals.toml"))
+    piv = pivot(rl, load_tiers(REPO / "config/tiers.routellm_evals.toml"), "routellm_evals")
     splits += random_splits("routellm random", piv, seeds)
     bench = np.array([c.split("/")[0] for c in piv["categories"]])
     for held in ("mt_bench", "mmlu", "gsm8k"):
@@ -164,7 +203,7 @@ def build_splits(quick: bool) -> list[SplitData]:
 
     splits += dc_random
     per_model = load_tiers(REPO / "config/tiers.per-model.toml")
-    splits += random_splits("routerbench 11 tiers", pivot(rb, per_model), seeds)
+    splits += random_splits("routerbench 11 tiers", pivot(rb, per_model, "routerbench_subset"), seeds)
     return splits
 
 
@@ -345,6 +384,27 @@ def fit_predict_methods(
         return model.predict_quality(X[te])[:, sp.tier_cols]
 
     timed("router", lambda: booster(X))
+
+    def shared_difficulty() -> SharedDifficulty:
+        pool = pool_for(sp, seed)
+        rest = pool.prompts[pool.n_train :]
+        Xp = np.vstack([X[tr], np.hstack([feats.view(rest, "tail700"), text_features(rest)])])
+        return SharedDifficulty(n_jobs=N_JOBS, random_state=seed).fit(
+            Xp, pool.scores.to_numpy(dtype=float), [str(c) for c in pool.scores.columns]
+        )
+
+    def on_shared(easiness: str) -> np.ndarray:
+        names = [str(j) for j in range(Y.shape[1])]
+        model = DifficultyModel(n_jobs=N_JOBS, random_state=seed, easiness=easiness)  # type: ignore[arg-type]
+        e = shared.oof_easiness_[: int(tr.sum())]
+        return model.fit(X[tr], Y[tr], names, shared=shared, train_easiness=e).predict_quality(X[te])
+
+    t0 = time.perf_counter()
+    shared = shared_difficulty()
+    timings["shared difficulty fit"] = time.perf_counter() - t0
+    timed("(e) router on the shared difficulty", lambda: on_shared("prior"))
+    if extras:
+        timed("(e) router + shared easiness feature", lambda: on_shared("feature"))
     timed("kNN (k=25)", lambda: ev.knn_predictor(emb[tr], Y[tr])(emb[te]))
     timed("logistic regression", lambda: logreg_predictor(X[tr], Y[tr], seed)(X[te]))
     timed("(a) IRT r=1", lambda: irt(n_factors=1))

@@ -92,7 +92,7 @@ class Pool:
         return f"{len(self.prompts)} prompts ({self.n_train} from the training log) x {self.scores.shape[1]} models"
 
 
-def _stratified(first: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
+def stratified_sample(first: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
     """At most about `cap` rows, each category keeping its share (at least one row)."""
     if len(first) <= cap:
         return first
@@ -117,7 +117,7 @@ def pool_logs(full_log: pd.DataFrame, split: Split, others: list[pd.DataFrame], 
         first = log.drop_duplicates("prompt_id").set_index("prompt_id")
         texts = first["prompt"].map(normalize_text)
         first = first[~texts.isin(taken) & ~texts.duplicated()]
-        first = _stratified(first, max_prompts, seed)
+        first = stratified_sample(first, max_prompts, seed)
         taken |= set(first["prompt"].map(normalize_text))
         other = log.pivot_table(index="prompt_id", columns="model", values="score", aggfunc="mean")
         blocks.append(other.reindex(first.index).reset_index(drop=True))
