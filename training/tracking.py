@@ -1,4 +1,4 @@
-"""MLflow: log a training run, register the model, and move the champion alias only on merit.
+"""MLflow: log a training run, register the model, and move the champion alias only through the gate.
 
 The registered model stands alone: its pyfunc is logged as code (training/pyfunc_model.py) with the `router`
 package, the router artifact and, for an ONNX embedder, the ONNX file and tokenizer.json, and it requires
@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -37,10 +37,10 @@ from router.embedding_cache import EmbeddingCache
 from training.data import Split
 from training.evaluation import evaluate_artifact
 from training.fit import TrainResult
+from training.gate import CHAMPION, CHECKS, Check, GateEvidence, Verdict, run_gate
 
 logger = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
 AIQ_METRIC = "router_AIQ"
 COST_95_METRIC = "router_cost_for_95pct_top_pct"
 # MLflow 3 files an experiment under "model training" (not GenAI) by this tag.
@@ -80,6 +80,7 @@ class Registration:
     new_aiq: float
     champion_aiq: float | None
     message: str
+    verdict: Verdict | None = None
 
 
 def _sqlite_file(tracking_uri: str) -> Path | None:
@@ -234,10 +235,12 @@ def log_and_register(
     log: TrainingLog,
     onnx_dir: Path | None = None,
     champion_alias: str = CHAMPION,
+    checks: Sequence[Check] = CHECKS,
 ) -> Registration:
     """Log params, metrics, the dataset, plots, tables and the model in one run; register it; set the alias.
 
-    A model that wins becomes `champion_alias` (the alias the service serves), else `challenger`.
+    A model that passes every gate check (training/gate.py) becomes `champion_alias` (the alias the service
+    serves), else `challenger`; the run's tags say which checks failed and why.
     """
     from training.plots import calibration_figure, cost_quality_figure  # matplotlib only where a run is logged
 
@@ -282,7 +285,10 @@ def log_and_register(
         )
         new_aiq = ev.metrics[AIQ_METRIC]
         mv_version = str(info.registered_model_version)
-        alias, message = decide_alias(new_aiq, champion_aiq_on_this_split, champion_alias)
+        n_prompts = result.params.get("n_prompts")
+        evidence = GateEvidence(ev, champion_aiq_on_this_split, int(n_prompts) if n_prompts is not None else None)
+        verdict = run_gate(evidence, champion_alias, checks)
+        alias, message = verdict.alias, verdict.message
         client = MlflowClient()
         client.set_registered_model_alias(registered_model, alias, mv_version)
         description = describe(result, log, message)
@@ -291,15 +297,24 @@ def log_and_register(
             client.set_model_version_tag(registered_model, mv_version, key, value)
         if not client.get_registered_model(registered_model).description:
             client.update_registered_model(registered_model, description=EXPERIMENT_NOTE)
-        mlflow.set_tags({"tierwise.alias": alias, "tierwise.promotion": message, "tierwise.model_version": mv_version})
+        mlflow.set_tags(
+            {
+                "tierwise.alias": alias,
+                "tierwise.promotion": message[:5000],
+                "tierwise.model_version": mv_version,
+                **gate_tags(verdict),
+            }
+        )
         mlflow.set_tag(MLFLOW_RUN_NOTE, description)
-        return Registration(run.info.run_id, mv_version, alias, new_aiq, champion_aiq_on_this_split, message)
+        return Registration(run.info.run_id, mv_version, alias, new_aiq, champion_aiq_on_this_split, message, verdict)
 
 
-def decide_alias(new_aiq: float, champion_aiq: float | None, champion: str = CHAMPION) -> tuple[str, str]:
-    """`champion` when there is no comparable champion or the new AIQ is at least the champion's on the same split."""
-    if champion_aiq is None:
-        return champion, f"no champion comparable on this split: the new model (AIQ {new_aiq:.4f}) becomes {champion}"
-    if new_aiq >= champion_aiq:
-        return champion, f"new AIQ {new_aiq:.4f} >= champion's {champion_aiq:.4f} on this test split: promoted"
-    return CHALLENGER, f"new AIQ {new_aiq:.4f} < champion's {champion_aiq:.4f} on this test split: kept as challenger"
+def gate_tags(verdict: Verdict) -> dict[str, str]:
+    """The gate's verdict as run tags: overall, one per check, and the size warning if any."""
+    tags = {"tierwise.gate": "pass" if not verdict.failed else "fail: " + ",".join(c.name for c in verdict.failed)}
+    tags.update(
+        {f"tierwise.gate.{c.name}": f"{'pass' if c.passed else 'fail'}: {c.detail}"[:5000] for c in verdict.checks}
+    )
+    if verdict.warnings:
+        tags["tierwise.gate.warning"] = " ".join(verdict.warnings)[:5000]
+    return tags

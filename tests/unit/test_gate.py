@@ -1,0 +1,75 @@
+"""The champion gate: a model is champion only when it beats the baselines beyond the bootstrap CI."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from router.embedding_cache import EmbeddingCache
+from router.features import FeatureSpec
+from router.model import DifficultyModel
+from router.schema import parse_tiers
+from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
+from training.data import split_log
+from training.evaluation import EvalResult, evaluate_artifact
+from training.fit import train_router
+from training.gate import CHECKS, CheckResult, GateEvidence, run_gate
+
+TWO_TIERS = {"models": TIERS_TOML["models"], "tiers": [TIERS_TOML["tiers"][0], TIERS_TOML["tiers"][2]]}
+
+
+def _evaluate(log: pd.DataFrame, toml: dict, tmp_path, seed: int = 0) -> EvalResult:
+    tiers = parse_tiers(toml)
+    split = split_log(log, tiers, 0.3, seed)
+    emb, cache = HashingEmbedder(), EmbeddingCache(tmp_path / "emb.sqlite")
+    model = DifficultyModel(n_estimators=60, n_jobs=1, random_state=seed)
+    artifact = train_router(split, emb, cache, FeatureSpec(embedder_id=emb.id), model)
+    return evaluate_artifact(artifact, split, emb, cache, seed)
+
+
+def test_a_40_prompt_two_model_log_is_not_champion_and_says_why(tmp_path) -> None:
+    log = make_log(40, seed=3)
+    log = log[log["model"] != "medium"]
+    verdict = run_gate(GateEvidence(_evaluate(log, TWO_TIERS, tmp_path), n_prompts=40))
+    assert verdict.alias == "challenger"
+    failed = {c.name for c in verdict.failed}
+    assert "enough_test_prompts" in failed
+    assert "kept as challenger" in verdict.message and "enough_test_prompts" in verdict.message
+    (warning,) = verdict.warnings
+    assert "40 prompts (12 held out) over 2 tiers" in warning
+
+
+@pytest.fixture(scope="module")
+def good(tmp_path_factory: pytest.TempPathFactory) -> EvalResult:
+    return _evaluate(make_log(700, seed=1), TIERS_TOML, tmp_path_factory.mktemp("good"))
+
+
+def test_a_clearly_good_model_is_champion(good: EvalResult) -> None:
+    verdict = run_gate(GateEvidence(good, n_prompts=700))
+    assert verdict.alias == "champion", verdict.message
+    assert {c.name for c in verdict.checks} == {"enough_test_prompts", "beats_zero_router", "beats_best_single_tier"}
+    assert verdict.warnings == []
+
+
+def test_a_router_without_signal_is_challenger_even_on_a_large_log(tmp_path) -> None:
+    log = make_log(700, seed=2)
+    log["prompt"] = log["prompt_id"].map(lambda p: f"question {p}")  # the kind word (the signal) is gone
+    verdict = run_gate(GateEvidence(_evaluate(log, TIERS_TOML, tmp_path), n_prompts=700))
+    assert verdict.alias == "challenger"
+    assert "beats_zero_router" in {c.name for c in verdict.failed}
+
+
+@pytest.mark.parametrize(("champion_aiq", "alias"), [(0.0, "champion"), (1.0, "challenger")])
+def test_a_previous_champion_must_not_be_better(good: EvalResult, champion_aiq: float, alias: str) -> None:
+    verdict = run_gate(GateEvidence(good, champion_aiq=champion_aiq), champion_alias="champion")
+    assert verdict.alias == alias
+    assert "not_worse_than_champion" in {c.name for c in verdict.checks}
+
+
+def test_a_new_check_is_one_more_callable(good: EvalResult) -> None:
+    def refuse(_: GateEvidence) -> CheckResult:
+        return CheckResult("off_policy", False, "DR lower bound below the champion's")
+
+    verdict = run_gate(GateEvidence(good), checks=[*CHECKS, refuse])
+    assert verdict.alias == "challenger" and [c.name for c in verdict.failed] == ["off_policy"]
+    assert "FAIL off_policy: DR lower bound" in verdict.message

@@ -1,0 +1,149 @@
+"""The champion gate: a newly trained model becomes champion only if every named check passes.
+
+A check reads the run's evidence (the held-out evaluation with its paired bootstrap draws, the current
+champion's AIQ on the same split) and returns a CheckResult, or None when it does not apply. The gate is
+the list CHECKS; a new check (e.g. an off-policy lower bound from logged traffic) is one more callable
+appended to the list given to `run_gate`. A model that fails any check is registered as `challenger`, and
+the verdict's message says which checks failed and why.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from router import evaluate as ev
+from training.evaluation import EvalResult
+
+logger = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+MIN_TEST_PROMPTS = 50
+"""Below this many held-out prompts a percentile bootstrap under-covers (its CIs are too narrow): no verdict."""
+WARN_TEST_PROMPTS = 200
+"""Below this many held-out prompts, the CIs of AIQ differences are typically wider than the differences."""
+
+
+@dataclass(frozen=True)
+class GateEvidence:
+    """What the checks read: the held-out evaluation and the current champion's AIQ on the same split."""
+
+    evaluation: EvalResult
+    champion_aiq: float | None = None
+    n_prompts: int | None = None  # prompts in the whole log, for messages
+
+    @property
+    def n_test(self) -> int:
+        return int(self.evaluation.metrics["n_test_prompts"])
+
+    def aiq_draws(self, method: str) -> np.ndarray:
+        return self.evaluation.draws[method]["AIQ"]
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    passed: bool
+    detail: str
+
+
+Check = Callable[[GateEvidence], CheckResult | None]
+
+
+def _beats(evidence: GateEvidence, method: str, name: str, what: str) -> CheckResult:
+    """The router's AIQ minus `method`'s: passes when the bootstrap 95% lower bound of the difference is above 0."""
+    diff = ev.ci95(evidence.aiq_draws("router") - evidence.aiq_draws(method))
+    passed = bool(np.isfinite(diff.low) and diff.low > 0)
+    verdict = "beats" if passed else "does not beat"
+    return CheckResult(
+        name,
+        passed,
+        f"router {verdict} {what} beyond the CI: AIQ difference {diff.value:+.4f}, 95% CI [{diff.low:+.4f}, "
+        f"{diff.high:+.4f}] on {evidence.n_test} held-out prompts",
+    )
+
+
+def enough_test_prompts(evidence: GateEvidence) -> CheckResult:
+    """At least MIN_TEST_PROMPTS held-out prompts: fewer, and no confidence interval can be trusted."""
+    n = evidence.n_test
+    ok = n >= MIN_TEST_PROMPTS
+    return CheckResult(
+        "enough_test_prompts",
+        ok,
+        f"{n} held-out prompts" + ("" if ok else f", fewer than the {MIN_TEST_PROMPTS} a bootstrap CI needs"),
+    )
+
+
+def beats_zero_router(evidence: GateEvidence) -> CheckResult:
+    """Beats RouterBench's zero router: the random mix of the single tiers (their hull)."""
+    return _beats(evidence, "random mix", "beats_zero_router", "the zero router (random mix of tiers)")
+
+
+def beats_best_single_tier(evidence: GateEvidence) -> CheckResult:
+    """Beats always sending every prompt to the tier with the best AIQ on its own."""
+    best = next(m for m in evidence.evaluation.draws if m.startswith("tier:"))
+    return _beats(evidence, best, "beats_best_single_tier", f"the best single tier ({best.removeprefix('tier:')})")
+
+
+def not_worse_than_champion(evidence: GateEvidence) -> CheckResult | None:
+    """At least the current champion's AIQ, both measured on this run's test split (None without a champion)."""
+    if evidence.champion_aiq is None:
+        return None
+    new, old = float(evidence.aiq_draws("router")[0]), evidence.champion_aiq
+    ok = new >= old
+    return CheckResult(
+        "not_worse_than_champion",
+        ok,
+        f"AIQ {new:.4f} {'>=' if ok else '<'} the champion's {old:.4f} on this test split",
+    )
+
+
+CHECKS: tuple[Check, ...] = (enough_test_prompts, beats_zero_router, beats_best_single_tier, not_worse_than_champion)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    alias: str
+    checks: list[CheckResult]
+    warnings: list[str]
+
+    @property
+    def failed(self) -> list[CheckResult]:
+        return [c for c in self.checks if not c.passed]
+
+    @property
+    def message(self) -> str:
+        lines = [f"warning: {w}" for w in self.warnings]
+        if self.alias == CHALLENGER:
+            lines.append(f"kept as {CHALLENGER}: failed {', '.join(c.name for c in self.failed)}")
+        else:
+            lines.append(f"promoted to {self.alias}: passed {', '.join(c.name for c in self.checks)}")
+        lines += [f"  {'pass' if c.passed else 'FAIL'} {c.name}: {c.detail}" for c in self.checks]
+        return "\n".join(lines)
+
+
+def size_warnings(evidence: GateEvidence) -> list[str]:
+    """A warning naming the log's size when it is too small to tell routers apart."""
+    n = evidence.n_test
+    if n >= WARN_TEST_PROMPTS:
+        return []
+    n_tiers = evidence.evaluation.test_scores.shape[1] if evidence.evaluation.test_scores is not None else "?"
+    whole = f"the log has {evidence.n_prompts} prompts" if evidence.n_prompts is not None else "the log"
+    return [
+        f"{whole} ({n} held out) over {n_tiers} tiers: too small to tell a router from the random mix "
+        f"(under {WARN_TEST_PROMPTS} held-out prompts the CIs are wider than typical differences); "
+        "log more outcomes before trusting this model"
+    ]
+
+
+def run_gate(evidence: GateEvidence, champion_alias: str = CHAMPION, checks: Sequence[Check] = CHECKS) -> Verdict:
+    """Run every check; `champion_alias` when all that apply pass, else `challenger`."""
+    results = [r for r in (check(evidence) for check in checks) if r is not None]
+    alias = champion_alias if all(r.passed for r in results) else CHALLENGER
+    verdict = Verdict(alias, results, size_warnings(evidence))
+    for w in verdict.warnings:
+        logger.warning(w)
+    return verdict
