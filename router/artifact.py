@@ -16,6 +16,7 @@ from router.features import FeatureSpec, featurize
 from router.guarantee import QualityGuarantee
 from router.model import FORMAT_VERSION, DifficultyModel
 from router.novelty import NoveltyReference
+from router.policy import DefaultKnob
 from router.schema import CHARS_PER_TOKEN, TiersConfig, TiersConfigError, parse_tiers, tiers_to_dict
 from router.text import normalize_text
 
@@ -58,6 +59,8 @@ class RouterArtifact:
     # training prompts, and the quality guarantee's calibrated operating points.
     novelty: NoveltyReference | None = None
     guarantee: QualityGuarantee | None = None
+    # The operating point the model routes with when a request sets no knob (None: trained before it was stored).
+    default_knob: DefaultKnob | None = None
 
     @property
     def tier_names(self) -> list[str]:
@@ -106,6 +109,18 @@ class RouterArtifact:
         ]
         return np.stack(cols, axis=1) if cols else np.zeros((len(prompts), 0))
 
+    def default_cost_weight_per_usd(self, tiers: TiersConfig | None = None) -> float | None:
+        """The stored λ per USD at the live prices: λ per reference cost ÷ the top tier's reference cost."""
+        if self.default_knob is None:
+            return None
+        tiers = tiers or self.tiers
+        tokens_in = self.default_knob.reference_tokens_in
+        ref = max(
+            tokens_in * t.input_per_1m / 1e6 + self.tokens_out.get(t.name, 0.0) * t.output_per_1m / 1e6
+            for t in tiers.tiers
+        )
+        return self.default_knob.cost_weight / ref if ref > 0 else None
+
     def save(self, directory: Path | str) -> Path:
         directory = Path(directory)
         self.model.save(directory / "difficulty_model")
@@ -115,6 +130,7 @@ class RouterArtifact:
             "tiers": tiers_to_dict(self.tiers),
             "tokens_out": dict(self.tokens_out),
             "guarantee": self.guarantee.to_dict() if self.guarantee else None,
+            "default_knob": self.default_knob.to_dict() if self.default_knob else None,
         }
         if self.novelty is not None:
             self.novelty.save(directory / "novelty")
@@ -137,6 +153,7 @@ class RouterArtifact:
             tokens_out=meta["tokens_out"],
             novelty=NoveltyReference.load(directory / "novelty"),
             guarantee=QualityGuarantee.from_dict(meta["guarantee"]) if meta.get("guarantee") else None,
+            default_knob=DefaultKnob.from_dict(meta["default_knob"]) if meta.get("default_knob") else None,
         )
 
 

@@ -6,7 +6,8 @@ Arrays are (n_prompts, n_tiers) with tiers in config order, cheapest first.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -202,3 +203,39 @@ def decide(
             f"{names[pick]} is the best tier that fits"
         )
     return Decision(pick, reason)
+
+
+@dataclass(frozen=True)
+class DefaultKnob:
+    """The operating point stored with a model: the λ knob it routes with when a request sets no knob.
+
+    λ is kept per *reference cost*, the top tier's expected cost for a prompt of `reference_tokens_in` input
+    tokens (the calibration prompts' mean), so it reads "quality traded for one top-tier call's worth of
+    spend" and follows the live prices: the service divides it by the reference cost at the live tier prices.
+    """
+
+    cost_weight: float
+    reference_tokens_in: float
+    goal: str
+    n_prompts: int
+    realised_quality: float
+    realised_cost_usd: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> DefaultKnob:
+        return cls(**data)
+
+
+def resolve_knob(
+    quality_target: float | None, cost_weight: float | None, default_cost_weight: float | None, default_target: float
+) -> tuple[float, float | None]:
+    """The (target, λ per USD) a request routes with: its own knob if it sets one, else the model's stored λ,
+    else the default quality target (a model trained before operating points were stored)."""
+    if cost_weight is not None:
+        return default_target, cost_weight
+    if quality_target is not None:
+        return quality_target, None
+    return default_target, default_cost_weight
