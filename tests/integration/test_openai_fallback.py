@@ -1,0 +1,140 @@
+"""Upstream failures through the OpenAI SDK: retries, fallback to the next tier up (recorded in the decision's
+reason), one clean OpenAI-format error with the right status when nothing answers, and no charge for a failure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.integration.conftest import CLIENT_KEY
+from tests.integration.fake_upstream import FakeUpstream, Reply, fake_upstream
+from tests.integration.proxy_fixtures import proxied_tierwise
+from tests.integration.test_openai_proxy import EASY, HARD, cost, get_session, session
+
+TIMEOUT_S = 0.5  # the upstream timeout the service is started with; "slow" replies take three times that
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, artifact_dir: Path) -> Iterator[tuple[str, FakeUpstream]]:
+    tmp = tmp_path_factory.mktemp("fallback")
+    with fake_upstream() as up, proxied_tierwise(tmp, artifact_dir, up, upstream_timeout_s=TIMEOUT_S) as url:
+        yield url, up
+
+
+@pytest.fixture
+def up(served: tuple[str, FakeUpstream]) -> FakeUpstream:
+    served[1].reset()
+    return served[1]
+
+
+@pytest.fixture
+def url(served: tuple[str, FakeUpstream], up: FakeUpstream) -> str:
+    return served[0]
+
+
+@pytest.fixture
+def sdk(url: str) -> OpenAI:
+    return OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0)
+
+
+def ask(sdk: OpenAI, sid: str, prompt: str = EASY, **kwargs: object) -> object:
+    return sdk.chat.completions.with_raw_response.create(
+        model="tierwise",
+        messages=[{"role": "user", "content": prompt}],
+        extra_body={"tierwise": {"session_id": sid, **kwargs.pop("tierwise", {})}},  # type: ignore[dict-item]
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [Reply(status=503), Reply(status=429), Reply(status=500), Reply(delay_s=3 * TIMEOUT_S)],
+    ids=["503", "429", "500", "timeout"],
+)
+def test_retries_then_falls_back_to_the_next_tier_up(sdk: OpenAI, url: str, up: FakeUpstream, failure: Reply) -> None:
+    sid = session(url, cap_usd=1.0)
+    up.script("small", failure, failure)  # the first attempt and its one retry
+    up.script("medium", Reply(text="from medium", usage=(20, 10)))
+    raw = ask(sdk, sid)
+    answer = raw.parse()  # type: ignore[attr-defined]
+    assert answer.choices[0].message.content == "from medium"
+    assert raw.headers["x-tierwise-tier"] == "mid"  # type: ignore[attr-defined]
+    info = answer.model_extra["tierwise"]
+    assert (info["routed_tier"], info["tier"], info["fallback_from"]) == ("main", "mid", ["main"])
+    assert len(up.calls("small")) == 2 and len(up.calls("medium")) == 1
+    s = get_session(url, sid)
+    assert s["spent_usd"] == pytest.approx(cost("medium", 20, 10)) and s["reserved_usd"] == pytest.approx(0)
+    reason = s["recent_decisions"][0]["reason"]
+    assert "fell back from tier(s) main" in reason and "small attempt 2" in reason
+
+
+def test_a_retry_that_succeeds_does_not_fall_back(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    sid = session(url, cap_usd=1.0)
+    up.script("small", Reply(status=502), Reply(text="second try"))
+    raw = ask(sdk, sid)
+    assert raw.parse().choices[0].message.content == "second try"  # type: ignore[attr-defined]
+    assert raw.headers["x-tierwise-tier"] == "main" and up.calls("medium") == []  # type: ignore[attr-defined]
+
+
+def test_a_refused_key_falls_back_at_once(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    up.script("small", Reply(status=401))
+    raw = ask(sdk, session(url))
+    assert raw.headers["x-tierwise-tier"] == "mid" and len(up.calls("small")) == 1  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("failure", "error", "status"),
+    [
+        (Reply(status=429), openai.RateLimitError, 429),
+        (Reply(status=503), openai.InternalServerError, 502),
+        (Reply(delay_s=3 * TIMEOUT_S), openai.InternalServerError, 504),
+    ],
+    ids=["429", "503", "timeout"],
+)
+def test_nothing_answers_one_clean_error_nothing_charged(
+    sdk: OpenAI, url: str, up: FakeUpstream, failure: Reply, error: type[openai.APIStatusError], status: int
+) -> None:
+    sid = session(url, cap_usd=1.0)
+    up.script("large", failure, failure)  # brain has no tier above it: two attempts, then the error
+    with pytest.raises(error) as err:
+        ask(sdk, sid, HARD)
+    assert err.value.status_code == status
+    assert set(err.value.body) >= {"message", "type", "code", "param"}  # type: ignore[arg-type]
+    assert len(up.calls("large")) == 2 and up.calls("small") == up.calls("medium") == []
+    s = get_session(url, sid)
+    assert s["spent_usd"] == 0 and s["reserved_usd"] == pytest.approx(0)
+    assert "not served" in s["recent_decisions"][0]["reason"]
+
+
+def test_the_upstream_refusing_the_request_goes_back_as_is(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    sid = session(url, cap_usd=1.0)
+    up.script("small", Reply(status=400, error_message="tools[0].function.name is invalid"))
+    with pytest.raises(openai.BadRequestError) as err:
+        ask(sdk, sid)
+    assert "tools[0].function.name is invalid" in err.value.message
+    assert up.calls("medium") == []  # another tier would refuse it too
+    assert get_session(url, sid)["spent_usd"] == 0
+
+
+def test_streaming_falls_back_before_the_first_byte(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    up.script("small", Reply(status=503), Reply(status=503))
+    up.script("medium", Reply(text="streamed by medium"))
+    raw = ask(sdk, session(url), stream=True)
+    chunks = list(raw.parse())  # type: ignore[attr-defined]
+    assert raw.headers["x-tierwise-tier"] == "mid"  # type: ignore[attr-defined]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "streamed by medium"
+
+
+def test_a_stream_dying_midway_is_an_error_event_and_not_charged(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    sid = session(url, cap_usd=1.0)
+    up.script("small", Reply(text="a b c d e f", chunks=6, die_after_chunks=2))
+    with pytest.raises(openai.APIError) as err:
+        list(ask(sdk, sid, stream=True).parse())  # type: ignore[attr-defined]
+    assert "mid-stream" in str(err.value)
+    s = get_session(url, sid)
+    assert s["spent_usd"] == 0 and s["reserved_usd"] == pytest.approx(0)
+    assert "mid-stream" in s["recent_decisions"][0]["reason"]
