@@ -15,7 +15,7 @@ from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
 from router.guarantee import OperatingPoint
 from router.novelty import OOD_NOVELTY
-from router.policy import Decision, NoTierFits, allowed_tiers, decide, no_tier_fits
+from router.policy import Decision, NoTierFits, allowed_tiers, decide, no_tier_fits, resolve_knob
 from router.schema import TiersConfig
 
 
@@ -146,9 +146,17 @@ class Router:
         )
         return Decision(pick, f"{self.names[pick]} is the conservative choice, {why}")
 
+    def knob(
+        self, quality_target: float | None, cost_weight: float | None, default_target: float
+    ) -> tuple[float, float | None]:
+        """The (target, λ per USD) to decide with: the request's knob, else the model's stored operating point
+        (at the live prices), else `default_target`."""
+        stored = self.artifact.default_cost_weight_per_usd(self.tiers)
+        return resolve_knob(quality_target, cost_weight, stored, default_target)
+
     def route(
-        self, prompts: Sequence[str], target: float, chunk: int | None = None
+        self, prompts: Sequence[str], target: float, chunk: int | None = None, cost_weight: float | None = None
     ) -> tuple[np.ndarray, np.ndarray, list[Decision]]:
         """Score and decide in one call (bulk routing, benchmarks): quality, cost and the decisions."""
         quality, cost = self.score(prompts, chunk)
-        return quality, cost, self.decide(quality, cost, target)
+        return quality, cost, self.decide(quality, cost, target, cost_weight=cost_weight)
