@@ -80,7 +80,7 @@ def route(
         min_tier = rt.tier_index(opts.min_tier)
     except (KeyError, IndexError) as exc:
         raise Invalid(str(exc.args[0]), ("body", "min_tier")) from None
-    target = default_target if opts.quality_target is None else opts.quality_target
+    target, cost_weight = rt.router.knob(opts.quality_target, opts.cost_weight_per_usd, default_target)
     point = guarantee_point(rt.router.artifact.guarantee, opts)
     quality, cost, novelty = rt.router.assess(prompts)
 
@@ -149,7 +149,7 @@ def route(
             target,
             min_tier,
             opts.max_cost_usd,
-            opts.cost_weight_per_usd,
+            cost_weight,
             None,
             novelty,
             novelty_limit,
@@ -185,7 +185,7 @@ def route(
                     target,
                     min_tier,
                     opts.max_cost_usd,
-                    opts.cost_weight_per_usd,
+                    cost_weight,
                     left,
                     novelty,
                     novelty_limit,
