@@ -7,9 +7,11 @@ from typing import Any
 from router.routing import Router
 
 
-def decisions_json(router: Router, rows: list[dict[str, str]], target: float, chunk: int) -> list[dict[str, Any]]:
+def decisions_json(
+    router: Router, rows: list[dict[str, str]], target: float, chunk: int, cost_weight: float | None = None
+) -> list[dict[str, Any]]:
     """Decide a tier for each {"prompt_id", "prompt"} row, embedding in length-sorted chunks."""
-    quality, cost, decisions = router.route([r["prompt"] for r in rows], target, chunk)
+    quality, cost, decisions = router.route([r["prompt"] for r in rows], target, chunk, cost_weight)
     out = []
     for i, (row, d) in enumerate(zip(rows, decisions, strict=True)):
         tier = router.tiers.tiers[d.tier_index]

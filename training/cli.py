@@ -165,7 +165,7 @@ def train(
     evaluation = evaluate_artifact(artifact, split, embedder, cache, s.seed)
     from training.trust import trust_metrics, with_trust
 
-    artifact = with_trust(artifact, split, embedder, cache, evaluation, s.seed)  # novelty reference, guarantee
+    artifact = with_trust(artifact, split, embedder, cache, evaluation, s.seed, pool)  # novelty reference, guarantee
     evaluation.metrics.update(trust_metrics(artifact))
     tracking.configure(s.mlflow_tracking_uri, s.experiment_name)
     champion_aiq = tracking.champion_aiq(
@@ -362,7 +362,9 @@ def route(
         _fail(str(exc))
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     try:
-        decisions = decisions_json(Router(artifact, tier_cfg, embedder), rows, s.quality_target, chunk)
+        router = Router(artifact, tier_cfg, embedder)
+        knob_target, cost_weight = router.knob(target, None, s.quality_target)  # --target, else the stored λ
+        decisions = decisions_json(router, rows, knob_target, chunk, cost_weight)
     except StaleOnnxFile as exc:
         _fail(str(exc))
     if batch is None:
