@@ -109,16 +109,19 @@ class RouterArtifact:
         ]
         return np.stack(cols, axis=1) if cols else np.zeros((len(prompts), 0))
 
-    def default_cost_weight_per_usd(self, tiers: TiersConfig | None = None) -> float | None:
-        """The stored λ per USD at the live prices: λ per reference cost ÷ the top tier's reference cost."""
-        if self.default_knob is None:
-            return None
+    def reference_cost_usd(self, tokens_in: float, tiers: TiersConfig | None = None) -> float:
+        """The priciest tier's expected cost for a prompt of `tokens_in` input tokens (the knob's cost unit)."""
         tiers = tiers or self.tiers
-        tokens_in = self.default_knob.reference_tokens_in
-        ref = max(
+        return max(
             tokens_in * t.input_per_1m / 1e6 + self.tokens_out.get(t.name, 0.0) * t.output_per_1m / 1e6
             for t in tiers.tiers
         )
+
+    def default_cost_weight_per_usd(self, tiers: TiersConfig | None = None) -> float | None:
+        """The stored λ per USD at the live prices: λ per reference cost ÷ the reference cost at those prices."""
+        if self.default_knob is None:
+            return None
+        ref = self.reference_cost_usd(self.default_knob.reference_tokens_in, tiers)
         return self.default_knob.cost_weight / ref if ref > 0 else None
 
     def save(self, directory: Path | str) -> Path:
