@@ -14,7 +14,7 @@ from router.features import featurize
 from router.guarantee import QualityGuarantee
 from router.novelty import NoveltyReference
 from router.routing import Router
-from training.data import Split
+from training.data import Pool, Split
 from training.evaluation import EvalResult
 
 logger = logging.getLogger(__name__)
@@ -24,12 +24,25 @@ HEADLINE_EPSILON, HEADLINE_DELTA = 0.05, 0.1
 
 
 def fit_novelty(
-    artifact: RouterArtifact, split: Split, embedder: Embedder, cache: EmbeddingCache | None, seed: int = 0
+    artifact: RouterArtifact,
+    split: Split,
+    embedder: Embedder,
+    cache: EmbeddingCache | None,
+    seed: int = 0,
+    pool: Pool | None = None,
 ) -> NoveltyReference:
-    """The reference of the training prompts' embeddings (the embedded part of the model's features)."""
-    prompts = split.table.prompts["prompt"][split.train].tolist()
+    """The reference of the training prompts' embeddings (the embedded part of the model's features).
+
+    With a pool (the shared difficulty learned from other logs too), the pooled prompts count as training
+    prompts: the model has seen outcomes for them. Only a random sample the reference can use is embedded.
+    """
+    prompts = pool.prompts if pool is not None else split.table.prompts["prompt"][split.train].tolist()
+    ref = NoveltyReference(random_state=seed)
+    if len(prompts) > ref.n_reference + ref.max_calibration:
+        pick = np.random.default_rng(seed).choice(len(prompts), ref.n_reference + ref.max_calibration, replace=False)
+        prompts = [prompts[i] for i in sorted(pick)]
     X = featurize(prompts, artifact.features, embedder, cache)
-    return NoveltyReference(random_state=seed).fit(X[:, : artifact.features.embedding_dim])
+    return ref.fit(X[:, : artifact.features.embedding_dim])
 
 
 def fit_guarantee(
@@ -63,11 +76,12 @@ def with_trust(
     cache: EmbeddingCache | None,
     evaluation: EvalResult | None = None,
     seed: int = 0,
+    pool: Pool | None = None,
 ) -> RouterArtifact:
     """The artifact with its novelty reference and quality guarantee attached."""
     return replace(
         artifact,
-        novelty=fit_novelty(artifact, split, embedder, cache, seed),
+        novelty=fit_novelty(artifact, split, embedder, cache, seed, pool),
         guarantee=fit_guarantee(artifact, split, embedder, cache, evaluation),
     )
 
