@@ -8,18 +8,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from infra.settings import Settings
 from router.artifact import RouterArtifact
 from router.embedders.factory import make_embedder
 from router.embedding_cache import EmbeddingCache
 from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.schema import load_outcomes, load_tiers
-from training.data import Split, split_log
+from training.data import Pool, Split, load_pool_logs, pool_logs, split_log
 from training.evaluation import EvalResult, evaluate_artifact
 from training.fit import train_router
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTCOMES = ROOT / "data" / "routerbench_subset" / "outcomes.parquet"
+POOL = [ROOT / "data" / name / "outcomes.parquet" for name in ("llmrouter_dc", "routellm_evals")]
 TIERS = ROOT / "config" / "tiers.toml"
 CACHE = ROOT / ".cache"
 
@@ -40,13 +42,13 @@ def split() -> Split:
     return split_log(load_outcomes(OUTCOMES, tiers), tiers, test_size=0.3, seed=0)
 
 
-def _train(split: Split, backend: str) -> Trained:
+def _train(split: Split, backend: str, pool: Pool | None = None) -> Trained:
     from router.features import featurize
 
     embedder = make_embedder(backend, onnx_dir=CACHE / "onnx")
     cache = EmbeddingCache(CACHE / "embeddings.sqlite")
     features = FeatureSpec(embedder_id=embedder.id)
-    artifact = train_router(split, embedder, cache, features, DifficultyModel(random_state=0))
+    artifact = train_router(split, embedder, cache, features, DifficultyModel(random_state=0), pool)
     result = evaluate_artifact(artifact, split, embedder, cache, seed=0)
     X_test = featurize(split.table.prompts["prompt"][split.test].tolist(), features, embedder, cache)
     return Trained(split, artifact, result, X_test)
@@ -60,3 +62,19 @@ def trained_int8(split: Split) -> Trained:
 @pytest.fixture(scope="session")
 def trained_torch(split: Split) -> Trained:
     return _train(split, "torch")
+
+
+@pytest.fixture(scope="session")
+def trained_default(split: Split) -> Trained:
+    """The router `make train` builds: the default log on top of the shared difficulty of every pooled log."""
+    missing = [p for p in POOL if not p.is_file()]
+    if missing:
+        pytest.skip(f"{missing[0]} is missing: run `make data` (the default router pools the shared logs)")
+    full = load_outcomes(OUTCOMES)
+    pool = pool_logs(full, split, load_pool_logs(POOL), Settings().pool_max_prompts, seed=0)
+    return _train(split, "onnx-int8", pool)
+
+
+@pytest.fixture(scope="session")
+def embedder_int8():
+    return make_embedder("onnx-int8", onnx_dir=CACHE / "onnx")

@@ -1,0 +1,61 @@
+"""Behaviour on everyday prompts (issue 10, item 6): easy chores look easier than proofs and hard designs.
+
+The prompts (tests/quality/behaviour_prompts.py) were written before any model scored them. Margins are
+statistical, not tuned: a difference must exceed twice its standard error over the prompts (Welch), so
+a model that orders the two sets by chance fails.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from infra.settings import Settings
+from router.routing import Router
+from tests.quality.behaviour_prompts import EASY, HARD
+
+pytestmark = pytest.mark.quality
+
+OUT_OF_REACH = pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "measured 2026-11-25 (report-quality-learn): no outcome log here holds everyday prompts, and prompt "
+        "difficulty learned on two logs ranks the third's prompts at Spearman 0.10-0.27 only; the pooled default "
+        "gives mid 0.548 (easy) vs 0.481 (hard), gap < 2 SE, and the default target sends all 30 prompts to brain. "
+        "strict: when a model passes, this marker must go."
+    ),
+)
+
+
+def _gap(easy: np.ndarray, hard: np.ndarray) -> tuple[float, float]:
+    """Mean of easy minus mean of hard, and twice the Welch standard error of that difference."""
+    diff = float(easy.mean() - hard.mean())
+    se = float(np.sqrt(easy.var(ddof=1) / len(easy) + hard.var(ddof=1) / len(hard)))
+    return diff, 2 * se
+
+
+@pytest.fixture(scope="module")
+def scored(trained_default, embedder_int8):
+    router = Router(trained_default.artifact, embedder=embedder_int8)
+    return router, router.score(list(EASY)), router.score(list(HARD))
+
+
+@OUT_OF_REACH
+def test_every_tier_predicts_easy_prompts_above_hard_ones(scored):
+    router, (q_easy, _), (q_hard, _) = scored
+    for j, name in enumerate(router.names):
+        diff, margin = _gap(q_easy[:, j], q_hard[:, j])
+        assert diff > margin, (
+            f"{name}: easy {q_easy[:, j].mean():.3f} vs hard {q_hard[:, j].mean():.3f} (need a gap > {margin:.3f})"
+        )
+
+
+@OUT_OF_REACH
+def test_default_policy_sends_easy_prompts_to_cheaper_tiers(scored):
+    router, (q_easy, c_easy), (q_hard, c_hard) = scored
+    target = Settings().quality_target
+    easy = np.array([d.tier_index for d in router.decide(q_easy, c_easy, target)], dtype=float)
+    hard = np.array([d.tier_index for d in router.decide(q_hard, c_hard, target)], dtype=float)
+    diff, margin = _gap(hard, easy)
+    assert diff > margin, f"mean tier index: easy {easy.mean():.2f}, hard {hard.mean():.2f} (need a gap > {margin:.2f})"
+    assert (easy < len(router.names) - 1).any(), "no easy prompt goes below the top tier"
