@@ -1,0 +1,347 @@
+"""tierwise as a LiteLLM routing strategy: each request to the Router's `tierwise` group asks tierwise `POST /route`
+and is served by a deployment of the tier it chose.
+
+A deployment serves a tier when its `model_info` carries `tierwise_tier: "<tier>"` (and it sits in the `tierwise`
+group), or when the tier is mapped to a model group with `tier_groups={"<tier>": "<group>"}`. Requests to other
+groups are served by a random deployment of that group, as LiteLLM's default shuffle would.
+
+Per request, `metadata={"tierwise": {...}}` carries /route's options (session_id, quality_target,
+cost_weight_per_usd, min_tier, max_cost_usd, metadata); after the pick, `metadata["tierwise_decision"]` holds what
+was chosen and why (a `Decision`). tierwise being down never blocks a call: a timeout, a refused connection, a
+5xx, 429 or 413 serves the configured fallback deployment and logs a warning. A refusal that is the caller's to
+fix is raised instead: 402 (the session's spend cap, which a fallback must not bypass) as LiteLLM's
+BudgetExceededError, any other 4xx as BadRequestError with tierwise's reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypedDict, cast
+
+from litellm.exceptions import BadRequestError, BudgetExceededError
+from litellm.integrations.custom_logger import CustomLogger
+from litellm.router import Router
+from litellm.types.router import CustomRoutingStrategyBase
+
+from integrations.tierwise_http import TierwiseClient, TierwiseRefused, TierwiseUnavailable
+
+logger = logging.getLogger(__name__)
+
+TIER_FIELD = "tierwise_tier"
+OPTIONS_KEY = "tierwise"
+DECISION_KEY = "tierwise_decision"
+
+
+class Decision(TypedDict):
+    """What the strategy chose for one request; `decision_id` is None when tierwise did not decide."""
+
+    decision_id: str | None
+    tier: str | None
+    deployment_id: str
+    reason: str
+    session_id: str | None
+    trace_id: str | None
+
+
+def _text(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "\n".join(p["text"] for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return ""
+
+
+def prompt_view(messages: Sequence[Mapping[str, Any]]) -> str:
+    """The text tierwise routes on: the system messages and the last user turn, text parts only."""
+    system = [_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")]
+    user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+    return "\n\n".join(t for t in [*system, user] if t.strip())
+
+
+def _metadata(request_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+    """The request's metadata dict (LiteLLM hands the caller's own dict along, so what is written here shows)."""
+    if request_kwargs is None:
+        return {}
+    md = request_kwargs.get("metadata")
+    if not isinstance(md, dict):
+        md = request_kwargs["metadata"] = {}
+    return md
+
+
+def _refusal(e: TierwiseRefused, model: str, options: Mapping[str, Any]) -> Exception:
+    """tierwise's 4xx as the LiteLLM exception a caller of the Router expects (neither is retried by LiteLLM)."""
+    if e.status == 402:
+        spent = float(e.body.get("spent_usd") or 0) + float(e.body.get("reserved_usd") or 0)
+        return BudgetExceededError(
+            current_cost=spent,
+            max_budget=float(e.body.get("cap_usd") or 0),
+            message=f"tierwise: {e.detail}",
+            llm_provider="tierwise",
+            entity_type="tierwise_session",
+            entity_id=e.body.get("session_id") or options.get("session_id"),
+        )
+    return BadRequestError(message=str(e), model=model, llm_provider="tierwise")
+
+
+class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
+    """Serve the `group` model group with the deployment of the tier tierwise chooses per prompt.
+
+    Register with `router.register_plugin(strategy)`. `fallback_deployment_id` is a deployment's `model_info.id`,
+    served when tierwise cannot decide. A retry of the same request (same LiteLLM trace id) keeps its tier and
+    skips deployments in cooldown, without asking tierwise again.
+    """
+
+    def __init__(
+        self,
+        router: Router,
+        client: TierwiseClient,
+        *,
+        fallback_deployment_id: str,
+        group: str = "tierwise",
+        tier_groups: Mapping[str, str] | None = None,
+        tier_field: str = TIER_FIELD,
+        seed: int | None = None,
+    ) -> None:
+        if not router.registry().has_deployment(fallback_deployment_id):
+            raise ValueError(f"fallback_deployment_id {fallback_deployment_id!r} is no deployment's model_info.id")
+        self.router = router
+        self.client = client
+        self.fallback_deployment_id = fallback_deployment_id
+        self.group = group
+        self.tier_groups = dict(tier_groups or {})
+        self.tier_field = tier_field
+        self._rng = random.Random(seed)
+
+    # -- LiteLLM's entry points ----------------------------------------------------------------------------------
+
+    def get_available_deployment(  # type: ignore[override]  # LiteLLM's base annotates the pick as None
+        self,
+        model: str,
+        messages: list[dict[str, str]] | None = None,
+        input: str | list[object] | None = None,
+        specific_deployment: bool | None = False,  # noqa: ARG002 (LiteLLM passes it; a tier pick ignores it)
+        request_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        if model != self.group:
+            return self._any_of(model)
+        md, options, trace_id, decision = self._request(request_kwargs)
+        if decision is None:
+            prompt = self._prompt(messages, input)
+            try:
+                answer: Mapping[str, Any] | Exception | None = self.client.route(prompt, options) if prompt else None
+            except (TierwiseUnavailable, TierwiseRefused) as e:
+                answer = e
+            decision = md[DECISION_KEY] = self._decide(model, answer, options, trace_id)
+        return self._serve(decision)
+
+    async def async_get_available_deployment(  # type: ignore[override]  # as above
+        self,
+        model: str,
+        messages: list[dict[str, str]] | None = None,
+        input: str | list[object] | None = None,
+        specific_deployment: bool | None = False,  # noqa: ARG002 (LiteLLM passes it; a tier pick ignores it)
+        request_kwargs: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        if model != self.group:
+            return self._any_of(model)
+        md, options, trace_id, decision = self._request(request_kwargs)
+        if decision is None:
+            prompt = self._prompt(messages, input)
+            try:
+                answer: Mapping[str, Any] | Exception | None = (
+                    await self.client.aroute(prompt, options) if prompt else None
+                )
+            except (TierwiseUnavailable, TierwiseRefused) as e:
+                answer = e
+            decision = md[DECISION_KEY] = self._decide(model, answer, options, trace_id)
+        return self._serve(decision)
+
+    # -- the choice ------------------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _request(
+        request_kwargs: dict[str, Any] | None,
+    ) -> tuple[dict[str, Any], Mapping[str, Any], str | None, Decision | None]:
+        """The request's metadata, its /route options, its trace id, and the decision of an earlier try, if any."""
+        md = _metadata(request_kwargs)
+        trace_id = (request_kwargs or {}).get("litellm_trace_id")
+        options = md.get(OPTIONS_KEY) or {}
+        if not isinstance(options, Mapping):
+            raise BadRequestError(
+                message=f"metadata[{OPTIONS_KEY!r}] must be a dict of /route options", model="", llm_provider="tierwise"
+            )
+        earlier = md.get(DECISION_KEY)
+        same_request = isinstance(earlier, dict) and trace_id is not None and earlier.get("trace_id") == trace_id
+        return md, options, trace_id, cast(Decision, earlier) if same_request else None
+
+    @staticmethod
+    def _prompt(messages: Sequence[Mapping[str, Any]] | None, text: Any) -> str:
+        if messages:
+            return prompt_view(messages)
+        return text if isinstance(text, str) and text.strip() else ""
+
+    def _decide(
+        self, model: str, answer: Mapping[str, Any] | Exception | None, options: Mapping[str, Any], trace_id: str | None
+    ) -> Decision:
+        """The decision for tierwise's answer; the fallback deployment when tierwise gave none."""
+        if isinstance(answer, TierwiseRefused):
+            raise _refusal(answer, model, options) from answer
+        session_id = options.get("session_id")
+        if not isinstance(answer, Mapping):
+            why = "no text to route on" if answer is None else str(answer)
+            logger.warning(
+                "tierwise did not route (%s); serving fallback deployment %s", why, self.fallback_deployment_id
+            )
+            return Decision(
+                decision_id=None,
+                tier=None,
+                deployment_id=self.fallback_deployment_id,
+                reason=f"fallback: {why}",
+                session_id=session_id,
+                trace_id=trace_id,
+            )
+        tier = str(answer["tier"])
+        candidates = self._tier_deployments(tier)
+        if not candidates:
+            logger.warning(
+                "no LiteLLM deployment serves tierwise tier %r; serving fallback deployment %s",
+                tier,
+                self.fallback_deployment_id,
+            )
+        return Decision(
+            decision_id=answer["decision_id"],
+            tier=tier,
+            deployment_id=self._pick(candidates)["model_info"]["id"] if candidates else self.fallback_deployment_id,
+            reason=str(answer.get("reason", "")) if candidates else f"fallback: no deployment serves tier {tier!r}",
+            session_id=answer.get("session_id") or session_id,
+            trace_id=trace_id,
+        )
+
+    def _serve(self, decision: Decision) -> dict[str, Any]:
+        """The decision's deployment; on a retry, another deployment of its tier when the first is cooling down."""
+        candidates = self._tier_deployments(decision["tier"]) if decision["tier"] is not None else []
+        ids = [d["model_info"]["id"] for d in candidates]
+        if decision["deployment_id"] in ids and self._cooling(ids) & {decision["deployment_id"]}:
+            decision["deployment_id"] = self._pick(candidates)["model_info"]["id"]
+        deployment = self.router.registry().deployment_dict(decision["deployment_id"])
+        if deployment is None:
+            raise ValueError(f"deployment {decision['deployment_id']!r} is gone from the LiteLLM Router")
+        return deployment
+
+    def _tier_deployments(self, tier: str) -> list[dict[str, Any]]:
+        if tier in self.tier_groups:
+            return self._group(self.tier_groups[tier])
+        return [d for d in self._group(self.group) if (d.get("model_info") or {}).get(self.tier_field) == tier]
+
+    def _group(self, group: str) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self.router.registry().deployments(group, source="all") or [])
+
+    def _cooling(self, ids: Sequence[str]) -> set[str]:
+        return {i for i, _ in self.router.health().cooldowns.get_active_cooldowns(ids, None)}
+
+    def _pick(self, deployments: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """A random deployment not in cooldown (any of them when all are)."""
+        cooling = self._cooling([d["model_info"]["id"] for d in deployments])
+        ready = [d for d in deployments if d["model_info"]["id"] not in cooling] or list(deployments)
+        return ready[self._rng.randrange(len(ready))]
+
+    def _any_of(self, group: str) -> dict[str, Any]:
+        deployments = self._group(group)
+        if not deployments:
+            raise BadRequestError(message=f"no deployment in model group {group!r}", model=group, llm_provider="")
+        return self._pick(deployments)
+
+    # -- the outcome -----------------------------------------------------------------------------------------------
+
+    def post_score(self, metadata: Mapping[str, Any], response: Any, score: float) -> dict[str, Any] | None:
+        """Post the call's outcome to tierwise: the caller's score with LiteLLM's cost and usage of `response`.
+
+        Returns tierwise's answer, or None when there is nothing to post (tierwise did not decide the call).
+        """
+        outcome = outcome_of(metadata, response, score)
+        return self.client.post_outcome(outcome) if outcome else None
+
+    async def apost_score(self, metadata: Mapping[str, Any], response: Any, score: float) -> dict[str, Any] | None:
+        """`post_score` from async code."""
+        outcome = outcome_of(metadata, response, score)
+        return await self.client.apost_outcome(outcome) if outcome else None
+
+
+def _outcome(decision: Any, score: float, cost_usd: Any, usage: Any, latency_ms: float | None) -> dict[str, Any] | None:
+    """The /outcomes body: None when tierwise did not decide the call or LiteLLM knows no cost for it."""
+    if not isinstance(decision, Mapping) or not decision.get("decision_id"):
+        return None
+    if cost_usd is None:
+        logger.warning(
+            "no cost for deployment %s (give it input_cost_per_token and output_cost_per_token): "
+            "outcome of decision %s not posted",
+            decision.get("deployment_id"),
+            decision["decision_id"],
+        )
+        return None
+    body: dict[str, Any] = {"decision_id": decision["decision_id"], "score": float(score), "cost_usd": float(cost_usd)}
+    if decision.get("session_id"):
+        body["session_id"] = decision["session_id"]
+    if usage is not None:
+        body["tokens_in"] = getattr(usage, "prompt_tokens", None)
+        body["tokens_out"] = getattr(usage, "completion_tokens", None)
+    if latency_ms is not None:
+        body["latency_ms"] = max(0.0, float(latency_ms))
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def outcome_of(metadata: Mapping[str, Any], response: Any, score: float) -> dict[str, Any] | None:
+    """The /outcomes body for a routed call, from its metadata, its LiteLLM response and the caller's score."""
+    hidden = getattr(response, "_hidden_params", None) or {}
+    return _outcome(
+        metadata.get(DECISION_KEY),
+        score,
+        hidden.get("response_cost"),
+        getattr(response, "usage", None),
+        hidden.get("_response_ms"),
+    )
+
+
+ScoreFn = Callable[[list[dict[str, Any]], Any], float | None]
+
+
+class TierwiseOutcomeLogger(CustomLogger):
+    """A LiteLLM callback that posts each routed call's outcome when `score_fn(messages, response)` gives a score.
+
+    tierwise's /outcomes needs a score, so without one nothing is posted: a call whose score comes later is posted
+    with `TierwiseRoutingStrategy.post_score`. Failed calls post nothing. Posting never raises into LiteLLM: a
+    failure is logged.
+    """
+
+    def __init__(self, client: TierwiseClient, score_fn: ScoreFn) -> None:
+        super().__init__()
+        self.client = client
+        self.score_fn = score_fn
+
+    def _outcome(self, kwargs: Mapping[str, Any], response: Any, start: Any, end: Any) -> dict[str, Any] | None:
+        decision = ((kwargs.get("litellm_params") or {}).get("metadata") or {}).get(DECISION_KEY)
+        if not isinstance(decision, Mapping) or not decision.get("decision_id"):
+            return None
+        score = self.score_fn(list(kwargs.get("messages") or []), response)
+        if score is None:
+            return None
+        latency_ms = (end - start).total_seconds() * 1000 if start is not None and end is not None else None
+        return _outcome(decision, score, kwargs.get("response_cost"), getattr(response, "usage", None), latency_ms)
+
+    def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        try:
+            outcome = self._outcome(kwargs, response_obj, start_time, end_time)
+            if outcome:
+                self.client.post_outcome(outcome)
+        except Exception as e:  # a callback must not break the call it reports on
+            logger.warning("tierwise outcome not posted: %s: %s", type(e).__name__, e)
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        try:
+            outcome = self._outcome(kwargs, response_obj, start_time, end_time)
+            if outcome:
+                await self.client.apost_outcome(outcome)
+        except Exception as e:  # a callback must not break the call it reports on
+            logger.warning("tierwise outcome not posted: %s: %s", type(e).__name__, e)

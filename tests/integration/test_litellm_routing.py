@@ -1,0 +1,317 @@
+"""The LiteLLM routing strategy against a live tierwise: the real `litellm` Router, deployments that answer with
+`mock_response` (no network), tierwise under uvicorn on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+# LiteLLM fetches its price map from the network on import unless told not to; this machine has no network.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+litellm = pytest.importorskip("litellm", reason="the litellm extra is not installed (pip install -e '.[litellm]')")
+
+from bench.process import free_port  # noqa: E402
+from infra.settings import Settings  # noqa: E402
+from integrations.litellm_router import (  # noqa: E402
+    DECISION_KEY,
+    TIER_FIELD,
+    TierwiseOutcomeLogger,
+    TierwiseRoutingStrategy,
+    prompt_view,
+)
+from integrations.tierwise_http import TierwiseClient  # noqa: E402
+from serving.app import create_app  # noqa: E402
+from serving.model_source import LocalSource  # noqa: E402
+from tests.conftest import HashingEmbedder  # noqa: E402
+from tests.integration.conftest import CLIENT_KEY, bearer  # noqa: E402
+from tests.integration.live_server import live_server  # noqa: E402
+
+HARD = "hard question 1: omega sigma alpha beta gamma"
+EASY = "easy question 2: alpha beta gamma delta omega"
+TIERS = ("main", "mid", "brain")
+IN_USD, OUT_USD = 1e-6, 2e-6  # per token, on every mock deployment: LiteLLM prices its mock usage with them
+
+
+def deployment(dep_id: str, tier: str | None = None, group: str = "tierwise", reply: str | None = None) -> dict:
+    info: dict[str, Any] = {"id": dep_id} | ({TIER_FIELD: tier} if tier else {})
+    params = {
+        "model": f"openai/{dep_id}",
+        "api_key": "sk-test-not-used",
+        "mock_response": reply or f"answer from {dep_id}",
+        "input_cost_per_token": IN_USD,
+        "output_cost_per_token": OUT_USD,
+    }
+    return {"model_name": group, "litellm_params": params, "model_info": info}
+
+
+TAGGED = [deployment(f"dep-{t}", t) for t in TIERS] + [deployment("dep-default", group="default")]
+
+
+@pytest.fixture
+def tierwise(settings_factory: Callable[..., Settings], artifact_dir: Path) -> Iterator[str]:
+    def factory() -> Any:
+        return create_app(
+            settings=settings_factory(), model_source=LocalSource(artifact_dir), embedder=HashingEmbedder()
+        )
+
+    with live_server(factory) as url:
+        yield url
+
+
+@pytest.fixture
+def api(tierwise: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=tierwise, headers=bearer(CLIENT_KEY), timeout=10) as c:
+        yield c
+
+
+def make_router(url: str, model_list: list[dict] | None = None, **strategy: Any) -> tuple[Any, TierwiseRoutingStrategy]:
+    router = litellm.Router(model_list=model_list or TAGGED, num_retries=0)
+    plugin = TierwiseRoutingStrategy(
+        router,
+        TierwiseClient(url, api_key=CLIENT_KEY, timeout_s=float(strategy.pop("timeout_s", 10.0))),
+        fallback_deployment_id="dep-default",
+        seed=0,
+        **strategy,
+    )
+    router.register_plugin(plugin)
+    return router, plugin
+
+
+def complete(router: Any, mode: str, prompt: str, md: dict[str, Any]) -> Any:
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": prompt}]
+    if mode == "sync":
+        return router.completion(model="tierwise", messages=messages, metadata=md)
+    return asyncio.run(router.acompletion(model="tierwise", messages=messages, metadata=md))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_each_call_is_served_by_the_deployment_of_the_tier_tierwise_chose(
+    tierwise: str, api: httpx.Client, mode: str
+) -> None:
+    assert api.put("/sessions/lite", json={"cap_usd": 10.0}).status_code == 200
+    router, _ = make_router(tierwise)
+    served = []
+    for prompt in (HARD, EASY, HARD, EASY):
+        md: dict[str, Any] = {"tierwise": {"session_id": "lite"}}
+        resp = complete(router, mode, prompt, md)
+        decision = md[DECISION_KEY]
+        assert decision["decision_id"] and decision["session_id"] == "lite"
+        assert resp._hidden_params["model_id"] == decision["deployment_id"] == f"dep-{decision['tier']}"
+        assert resp.choices[0].message.content == f"answer from dep-{decision['tier']}"
+        served.append((decision["decision_id"], decision["tier"]))
+    # tierwise recorded exactly these decisions in the session, with these tiers: one /route per call.
+    recorded = {d["decision_id"]: d["tier"] for d in api.get("/sessions/lite").json()["recent_decisions"]}
+    assert recorded == dict(served)
+    assert {t for _, t in served} == {"brain", "main"}, "the hard and easy prompts should land on different tiers"
+
+
+def test_route_options_travel_in_metadata(tierwise: str) -> None:
+    router, _ = make_router(tierwise)
+    md: dict[str, Any] = {"tierwise": {"min_tier": "brain"}}
+    resp = complete(router, "sync", EASY, md)
+    assert md[DECISION_KEY]["tier"] == "brain" and resp._hidden_params["model_id"] == "dep-brain"
+
+
+def test_tiers_mapped_to_model_groups(tierwise: str) -> None:
+    groups = {t: f"group-{t}" for t in TIERS}
+    model_list = [deployment(f"g-{t}", group=groups[t]) for t in TIERS] + [deployment("dep-default", group="default")]
+    router, _ = make_router(tierwise, model_list, tier_groups=groups)
+    for prompt, tier in ((HARD, "brain"), (EASY, "main")):
+        md: dict[str, Any] = {}
+        resp = complete(router, "async", prompt, md)
+        assert md[DECISION_KEY]["tier"] == tier and resp._hidden_params["model_id"] == f"g-{tier}"
+
+
+def test_other_groups_are_served_as_usual(tierwise: str, api: httpx.Client) -> None:
+    router, _ = make_router(tierwise)
+    api.put("/sessions/other", json={"cap_usd": 1.0})
+    md: dict[str, Any] = {"tierwise": {"session_id": "other"}}
+    resp = router.completion(model="default", messages=[{"role": "user", "content": HARD}], metadata=md)
+    assert resp._hidden_params["model_id"] == "dep-default" and DECISION_KEY not in md
+    assert api.get("/sessions/other").json()["recent_decisions"] == []
+
+
+class _Answers503(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:
+        self.send_response(503)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(b'{"detail": "no model loaded"}')
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(params=["refused", "timeout", "503"])
+def tierwise_down(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A tierwise URL that gives no decision: nothing listening, a socket that never answers, or a 503."""
+    if request.param == "refused":
+        yield f"http://127.0.0.1:{free_port()}"
+    elif request.param == "timeout":
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen(8)
+            yield f"http://127.0.0.1:{silent.getsockname()[1]}"
+    else:
+        server = ThreadingHTTPServer(("127.0.0.1", 0), _Answers503)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_tierwise_down_serves_the_fallback_deployment_and_logs_it(
+    tierwise_down: str, mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    router, _ = make_router(tierwise_down, timeout_s=0.5)
+    md: dict[str, Any] = {"tierwise": {"session_id": "s"}}
+    with caplog.at_level(logging.WARNING, logger="integrations.litellm_router"):
+        resp = complete(router, mode, HARD, md)
+    assert resp._hidden_params["model_id"] == "dep-default"
+    assert resp.choices[0].message.content == "answer from dep-default"
+    decision = md[DECISION_KEY]
+    assert decision["decision_id"] is None and decision["tier"] is None
+    assert decision["reason"].startswith("fallback: ")
+    assert any("serving fallback deployment dep-default" in r.getMessage() for r in caplog.records)
+
+
+def test_a_tier_without_deployment_serves_the_fallback(tierwise: str, caplog: pytest.LogCaptureFixture) -> None:
+    router, _ = make_router(tierwise, [deployment("dep-main", "main"), deployment("dep-default", group="default")])
+    md: dict[str, Any] = {}
+    with caplog.at_level(logging.WARNING, logger="integrations.litellm_router"):
+        resp = complete(router, "sync", HARD, md)
+    assert md[DECISION_KEY]["tier"] == "brain" and md[DECISION_KEY]["decision_id"]
+    assert resp._hidden_params["model_id"] == "dep-default"
+    assert md[DECISION_KEY]["reason"] == "fallback: no deployment serves tier 'brain'"
+    assert any("no LiteLLM deployment serves tierwise tier 'brain'" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_session_over_its_cap_is_refused_not_bypassed(tierwise: str, api: httpx.Client, mode: str) -> None:
+    api.put("/sessions/broke", json={"cap_usd": 0.0})
+    router, _ = make_router(tierwise)
+    md: dict[str, Any] = {"tierwise": {"session_id": "broke"}}
+    with pytest.raises(litellm.BudgetExceededError) as refused:
+        complete(router, mode, EASY, md)
+    assert refused.value.entity_id == "broke" and refused.value.max_budget == 0.0
+    assert "tierwise" in refused.value.message and "model_id" not in md.get("hidden_params", {})
+
+
+def test_bad_options_are_the_callers_error(tierwise: str) -> None:
+    router, _ = make_router(tierwise)
+    with pytest.raises(litellm.BadRequestError, match="quality_target"):
+        complete(router, "sync", EASY, {"tierwise": {"quality_target": 2}})
+    with pytest.raises(litellm.BadRequestError, match="min_tier"):
+        complete(router, "async", EASY, {"tierwise": {"min_tier": "platinum"}})
+
+
+def test_a_retry_keeps_its_decision_and_skips_the_deployment_that_failed(tierwise: str, api: httpx.Client) -> None:
+    model_list = [
+        deployment("brain-a", "brain", reply="litellm.RateLimitError"),
+        deployment("brain-b", "brain"),
+        deployment("dep-default", group="default"),
+    ]
+    api.put("/sessions/retry", json={"cap_usd": 10.0})
+    for seed in range(4):  # whichever of the two the first pick is, the answer comes from brain-b
+        router = litellm.Router(model_list=model_list, num_retries=2, retry_after=0)
+        router.register_plugin(
+            TierwiseRoutingStrategy(
+                router, TierwiseClient(tierwise, CLIENT_KEY, 10.0), fallback_deployment_id="dep-default", seed=seed
+            )
+        )
+        md: dict[str, Any] = {"tierwise": {"session_id": "retry", "min_tier": "brain"}}
+        resp = complete(router, "async", HARD, md)
+        assert resp._hidden_params["model_id"] == "brain-b" == md[DECISION_KEY]["deployment_id"]
+    assert len(api.get("/sessions/retry").json()["recent_decisions"]) == 4, "one /route per call, not per try"
+
+
+def test_post_score_settles_the_session_with_litellms_cost(tierwise: str, api: httpx.Client) -> None:
+    api.put("/sessions/paid", json={"cap_usd": 10.0})
+    router, plugin = make_router(tierwise)
+    md: dict[str, Any] = {"tierwise": {"session_id": "paid"}}
+    resp = complete(router, "sync", HARD, md)
+    cost = resp.usage.prompt_tokens * IN_USD + resp.usage.completion_tokens * OUT_USD
+    assert resp._hidden_params["response_cost"] == pytest.approx(cost)
+    before = api.get("/sessions/paid").json()
+    assert before["reserved_usd"] > 0 and before["spent_usd"] == 0
+    answer = plugin.post_score(md, resp, 0.9)
+    assert answer is not None and answer["recorded"] == 1
+    after = api.get("/sessions/paid").json()
+    assert after["spent_usd"] == pytest.approx(cost) and after["reserved_usd"] == 0
+    assert [d["settled"] for d in after["recent_decisions"]] == [True]
+    # A fallback call has no decision: nothing to post.
+    assert plugin.post_score({DECISION_KEY: {"decision_id": None}}, resp, 0.9) is None
+
+
+def test_the_outcome_logger_posts_what_score_fn_scores(
+    tierwise: str, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api.put("/sessions/auto", json={"cap_usd": 10.0})
+    router, plugin = make_router(tierwise)
+    # LiteLLM's logging worker is process-wide: events of earlier tests' calls may reach this callback too, so it
+    # scores only this test's two prompts (and the others' posts are refused by this tierwise as unknown decisions).
+    scored_prompt, unscored_prompt = f"{HARD} (scored)", f"{EASY} (unscored)"
+    scored: list[str] = []
+
+    def score_fn(messages: list[dict[str, Any]], response: Any) -> float | None:
+        text = messages[-1]["content"]
+        if text not in (scored_prompt, unscored_prompt):
+            return None
+        scored.append(text)
+        return 1.0 if text == scored_prompt else None
+
+    monkeypatch.setattr(litellm, "callbacks", [TierwiseOutcomeLogger(plugin.client, score_fn)])
+    decisions: dict[str, str] = {}
+
+    async def two_calls() -> None:
+        for prompt in (scored_prompt, unscored_prompt):
+            md: dict[str, Any] = {"tierwise": {"session_id": "auto"}}
+            await router.acompletion(model="tierwise", messages=[{"role": "user", "content": prompt}], metadata=md)
+            decisions[prompt] = md[DECISION_KEY]["decision_id"]
+        for _ in range(200):  # LiteLLM runs success callbacks in the background: wait for the post to land
+            view = (await asyncio.to_thread(api.get, "/sessions/auto")).json()
+            if len(scored) == 2 and view["spent_usd"] > 0:
+                break
+            await asyncio.sleep(0.05)
+
+    asyncio.run(two_calls())
+    assert sorted(scored) == sorted([scored_prompt, unscored_prompt])
+    view = api.get("/sessions/auto").json()
+    settled = {d["decision_id"]: d["settled"] for d in view["recent_decisions"]}
+    assert settled == {decisions[scored_prompt]: True, decisions[unscored_prompt]: False}
+    assert view["spent_usd"] > 0
+
+
+@pytest.mark.parametrize(
+    ("messages", "view"),
+    [
+        ([{"role": "user", "content": "hi"}], "hi"),
+        (
+            [
+                {"role": "system", "content": "S"},
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "content": "b"},
+                {"role": "user", "content": "c"},
+            ],
+            "S\n\nc",
+        ),
+        (
+            [{"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url", "image_url": {}}]}],
+            "look",
+        ),
+        ([{"role": "assistant", "content": "only"}], ""),
+    ],
+)
+def test_prompt_view(messages: list[dict[str, Any]], view: str) -> None:
+    assert prompt_view(messages) == view
