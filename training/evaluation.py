@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -17,6 +17,7 @@ from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
 from router.features import featurize
 from router.policy import (
+    DefaultKnob,
     cheapest_sufficient,
     lambda_for_cost,
     lambda_reaching,
@@ -24,7 +25,8 @@ from router.policy import (
     tradeoff,
 )
 from router.routing import Router
-from router.schema import TiersConfig
+from router.schema import CHARS_PER_TOKEN, TiersConfig
+from router.text import normalize_text
 from training.data import PromptTable, Split
 
 logger = logging.getLogger(__name__)
@@ -252,3 +254,65 @@ def calibrate_knob(router: Router, split: Split, top_share: float | None, mean_c
     real_cost, real_q = ev.realised(choice, split.table.scores[sel], split.table.costs[sel])
     shares = ", ".join(f"{n} {(choice == j).mean():.1%}" for j, n in enumerate(split.tiers.names))
     return f"{setting}\non {sel.sum()} held-out prompts: quality {real_q:.4f}, mean cost ${real_cost:.6g}; {shares}"
+
+
+@dataclass(frozen=True)
+class KnobGoal:
+    """What the stored operating point aims at on held-out prompts: a share of the top tier's quality at the
+    least cost ("quality"), or a mean cost as a share of the top tier's ("cost")."""
+
+    kind: Literal["quality", "cost"]
+    share: float
+
+    def __str__(self) -> str:
+        if self.kind == "quality":
+            return f"least mean cost reaching {self.share:.0%} of the top tier's quality"
+        return f"mean cost {self.share:.0%} of the top tier's"
+
+
+DEFAULT_GOAL = KnobGoal("quality", 0.95)
+"""The stored default: see bench/operating_point.py for how the goals compare on the shared datasets."""
+
+
+def calibrate_default_knob(
+    artifact: RouterArtifact,
+    prompts: list[str],
+    pred: np.ndarray,
+    pred_cost: np.ndarray,
+    scores: np.ndarray,
+    costs: np.ndarray,
+    goal: KnobGoal = DEFAULT_GOAL,
+) -> DefaultKnob:
+    """λ for `goal` on held-out prompts (predicted quality and expected cost decide, realised outcomes measure),
+    stored per reference cost (the top tier's expected cost for the prompts' mean input tokens)."""
+    top = int(np.argmax(costs.mean(axis=0)))
+    if goal.kind == "quality":
+        lam = lambda_reaching(pred, pred_cost, scores, costs, goal.share * float(scores[:, top].mean()))
+    else:
+        lam = lambda_for_cost(pred, pred_cost, goal.share * float(costs[:, top].mean()), costs)
+    real_cost, real_q = ev.realised(tradeoff(pred, pred_cost, lam), scores, costs)
+    tokens_in = float(np.mean([len(normalize_text(p)) for p in prompts])) / CHARS_PER_TOKEN
+    return DefaultKnob(
+        cost_weight=lam * artifact.reference_cost_usd(tokens_in),
+        reference_tokens_in=tokens_in,
+        goal=str(goal),
+        n_prompts=len(prompts),
+        realised_quality=real_q,
+        realised_cost_usd=real_cost,
+    )
+
+
+def with_default_knob(
+    artifact: RouterArtifact,
+    split: Split,
+    embedder: Embedder,
+    cache: EmbeddingCache | None,
+    goal: KnobGoal = DEFAULT_GOAL,
+) -> RouterArtifact:
+    """The artifact with its operating point calibrated on the split's complete held-out prompts."""
+    sel = split.test & np.isfinite(split.table.scores).all(axis=1) & np.isfinite(split.table.costs).all(axis=1)
+    prompts = split.table.prompts["prompt"][sel].tolist()
+    pred, cost = Router(artifact, embedder=embedder, cache=cache).score(prompts)
+    knob = calibrate_default_knob(artifact, prompts, pred, cost, split.table.scores[sel], split.table.costs[sel], goal)
+    logger.info("stored operating point: %s", knob)
+    return replace(artifact, default_knob=knob)
