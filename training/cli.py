@@ -142,7 +142,7 @@ def train(
     """Train a router on an outcome log, evaluate it, log it to MLflow and register it."""
     from training import tracking
     from training.data import load_pool_logs, pool_logs, split_log
-    from training.evaluation import evaluate_artifact
+    from training.evaluation import evaluate_artifact, with_default_knob
     from training.fit import TrainResult, run_params, train_router
     from training.report import format_table
 
@@ -166,6 +166,7 @@ def train(
     from training.trust import trust_metrics, with_trust
 
     artifact = with_trust(artifact, split, embedder, cache, evaluation, s.seed, pool)  # novelty reference, guarantee
+    artifact = with_default_knob(artifact, split, embedder, cache)  # the operating point the service routes with
     evaluation.metrics.update(trust_metrics(artifact))
     tracking.configure(s.mlflow_tracking_uri, s.experiment_name)
     champion_aiq = tracking.champion_aiq(
