@@ -6,7 +6,9 @@ routerbench_subset (config/tiers.toml) and llmrouter_dc (config/tiers.llmrouter_
   every model of the log, and up to 3,000 prompts of each other shared log) WITHOUT any outcome of m;
 - m's tier keeps only N random train outcomes (the other tiers keep theirs) and goes through DifficultyModel's
   few-rows path (the shared easiness calibrated on its N outcomes, slope shrunk toward the other tiers');
-  the "booster from the prior" variant (N >= 100) trains the tier's booster on its N rows as usual;
+  the "booster from the prior" variant (N >= 100) trains the tier's booster on its N rows as usual, and
+  "plain booster" is what tierwise did before: a booster on the N rows alone, no shared difficulty (the
+  other tiers keep the shared-difficulty router's predictions);
 - compared, on the full test outcomes, with the router trained on all of m's outcomes: AIQ and the
   difference, and for m's column: mean predicted minus mean realised score, ECE (10 bins), Brier score
   and Spearman correlation of predicted with realised score.
@@ -119,7 +121,8 @@ def run_dataset(name: str, tiers_path: str, draws: int, seed: int, feats: bq.Fea
         }
         y_tr = Y[tr, j]
         for n in NS:
-            variants = ["few-rows path"] + (["booster from the prior"] if n >= 100 else [])
+            variants = ["few-rows path", "plain booster, no shared difficulty"]
+            variants += ["booster from the prior"] if n >= 100 else []
             for variant in variants:
                 runs = []
                 for _ in range(draws):
@@ -129,6 +132,10 @@ def run_dataset(name: str, tiers_path: str, draws: int, seed: int, feats: bq.Fea
                     if variant == "few-rows path":
                         a, b = fit_logistic_1d(e_tr[keep], y_tr[keep], b_prior=b0, prior_rows=50)
                         P[:, j] = 1 / (1 + np.exp(-(a + b * e_te)))
+                    elif variant == "plain booster, no shared difficulty":  # what tierwise did before
+                        one = DifficultyModel(n_jobs=1, random_state=seed)
+                        one.fit(X[tr][keep], y_tr[keep, None], ["new"])
+                        P[:, j] = one.predict_quality(X[te])[:, 0]
                     else:
                         one = DifficultyModel(n_jobs=1, random_state=seed, few_rows=0)
                         one.fit(X[tr][keep], y_tr[keep, None], ["new"], shared=shared, train_easiness=e_tr[keep])
@@ -159,6 +166,35 @@ def run_dataset(name: str, tiers_path: str, draws: int, seed: int, feats: bq.Fea
     return res
 
 
+def to_markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "# A tier model from few outcomes (bench/quality_add_model.py)",
+        "",
+        f"`python -m bench.quality_add_model --draws {result['draws']}` (seed {result['seed']}, "
+        f"{result['total_seconds'] / 60:.1f} min). ΔAIQ: against the router trained with all of the model's "
+        "outcomes (mean over draws of N outcomes; worst draw in brackets). Calibration columns are the held-out "
+        "model's column on the test prompts: mean predicted − mean realised score, ECE (10 bins), Spearman ρ.",
+        "",
+    ]
+    for name, res in result["datasets"].items():
+        lines += [
+            f"## {name} ({res['n_train']} train / {res['n_test']} test prompts; full-data router AIQ "
+            f"{res['full_router_aiq']:.4f}, without the shared difficulty {res['full_router_without_shared_aiq']:.4f})",
+            "",
+            "| held-out model | setting | ΔAIQ [worst] | pred − realised | ECE | Spearman ρ |",
+            "|---|---|---|---|---|---|",
+        ]
+        for model, rows in res["held_out"].items():
+            for setting, r in rows.items():
+                d = f"{r['d_aiq']:+.4f} [{r['d_aiq_min']:+.4f}]" if "d_aiq" in r else f"AIQ {r['aiq']:.4f}"
+                lines.append(
+                    f"| {model} | {setting} | {d} | {r['mean_pred_minus_realised']:+.3f} | {r['ece']:.3f} "
+                    f"| {r['spearman']:.3f} |"
+                )
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--draws", type=int, default=3, help="random sets of N outcomes per setting")
@@ -170,6 +206,7 @@ def main() -> None:
     t0 = time.perf_counter()
     result = {
         "machine": machine_info(),
+        "draws": args.draws,
         "seed": args.seed,
         "ns": list(NS),
         "datasets": run(args.draws, args.seed, feats),
@@ -177,6 +214,7 @@ def main() -> None:
     result["total_seconds"] = round(time.perf_counter() - t0, 1)
     path = bq.RESULTS / "add_model.json"
     path.write_text(json.dumps(result, indent=1))
+    path.with_suffix(".md").write_text(to_markdown(result))
     print(f"wrote {path} in {result['total_seconds'] / 60:.1f} min")
 
 
