@@ -49,9 +49,11 @@ def traffic(url: str) -> str:
     """Some routed prompts, an open session and one frozen at its cap; returns the frozen session's id."""
     with httpx.Client(base_url=url, headers=bearer(CLIENT_KEY), timeout=30) as http:
         http.put("/sessions/team-a", json={"cap_usd": 50.0}).raise_for_status()
-        for p in PROMPTS:
+        for i, p in enumerate(PROMPTS):
             http.post("/route", json={"prompt": p}).raise_for_status()
-            http.post("/route", json={"prompt": p, "session_id": "team-a"}).raise_for_status()
+            routed = http.post("/route", json={"prompt": p, "session_id": "team-a"}).json()
+            outcome = {"outcome_id": f"o-{i}", "decision_id": routed["decision_id"], "score": 1.0}
+            http.post("/outcomes", json={**outcome, "cost_usd": routed["expected_cost_usd"] * 0.8}).raise_for_status()
         http.put("/sessions/batch-7", json={"cap_usd": 1e-6}).raise_for_status()
         frozen = http.post("/route", json={"prompt": PROMPTS[3], "session_id": "batch-7"})
         assert frozen.status_code == 402 and frozen.json()["status"] == "frozen"
