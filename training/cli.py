@@ -252,6 +252,12 @@ def calibrate(
     tiers: TiersOpt = None,
     from_store: FromStoreOpt = False,
     since_days: SinceDaysOpt = None,
+    quality_share: Annotated[
+        float | None, typer.Option(help="λ reaching this share of the top tier's quality at the least cost, 0..1")
+    ] = None,
+    register: Annotated[
+        bool, typer.Option("--register", help="store the λ in a new version of the registered model; move its alias")
+    ] = False,
 ) -> None:
     """Calibrate the knob on the held-out prompts: a quality target for a top-tier share, or λ for a mean cost.
 
@@ -261,8 +267,8 @@ def calibrate(
     from training.data import split_log
     from training.evaluation import calibrate_knob
 
-    if (top_share is None) == (mean_cost_usd is None):
-        _fail("give exactly one of --top-share or --mean-cost-usd")
+    if sum(x is not None for x in (top_share, mean_cost_usd, quality_share)) != 1:
+        _fail("give exactly one of --top-share, --mean-cost-usd or --quality-share")
     if top_share is not None and not 0 <= top_share <= 1:
         _fail("--top-share must be in [0, 1]")
     _setup_logging()
@@ -275,10 +281,47 @@ def calibrate(
     split = split_log(log, tier_cfg, s.test_size, s.seed)
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     router = Router(artifact, embedder=embedder, cache=EmbeddingCache(s.cache_dir / "embeddings.sqlite"))
+    if register or quality_share is not None:
+        _store_knob(s, router, split, model_uri, mean_cost_usd, quality_share, register)
+        return
     try:
         typer.echo(calibrate_knob(router, split, top_share, mean_cost_usd))
     except ValueError as exc:
         _fail(str(exc))
+
+
+def _store_knob(
+    s: Settings,
+    router: Router,
+    split: Any,
+    model_uri: str | None,
+    mean_cost: float | None,
+    share: float | None,
+    register: bool,
+) -> None:
+    """λ for a mean cost or a share of the top tier's quality, printed, and with --register stored in a new version."""
+    from training import tracking
+    from training.evaluation import KnobGoal, goal_for_mean_cost, held_out_knob
+
+    if mean_cost is None and share is None:
+        _fail("--register stores a λ: give --mean-cost-usd or --quality-share (--top-share sets a quality target)")
+    if register and model_uri is not None:
+        _fail("--register writes into the registered model's alias; leave out --model-uri")
+    goal = goal_for_mean_cost(split, mean_cost) if mean_cost is not None else KnobGoal("quality", float(share or 0))
+    try:
+        knob = held_out_knob(router, split, goal)
+    except ValueError as exc:
+        _fail(str(exc))
+        raise
+    lam = router.artifact.reference_cost_usd(knob.reference_tokens_in)
+    typer.echo(
+        f"{goal}: λ {knob.cost_weight:.4g} per top-tier reference cost ({knob.cost_weight / lam:.6g} per USD)\n"
+        f"on {knob.n_prompts} held-out prompts: quality {knob.realised_quality:.4f}, "
+        f"mean cost ${knob.realised_cost_usd:.6g}"
+    )
+    if register:
+        version = tracking.register_recalibrated(s.registered_model, s.model_alias, knob)
+        typer.echo(f"registered {s.registered_model} version {version} with this operating point as '{s.model_alias}'")
 
 
 def _evaluate_from_store(s: Settings, model_uri: str | None, since_days: float | None) -> None:

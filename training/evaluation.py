@@ -302,6 +302,21 @@ def calibrate_default_knob(
     )
 
 
+def held_out_knob(router: Router, split: Split, goal: KnobGoal = DEFAULT_GOAL) -> DefaultKnob:
+    """The operating point for `goal`, calibrated on the split's complete held-out prompts."""
+    sel = split.test & np.isfinite(split.table.scores).all(axis=1) & np.isfinite(split.table.costs).all(axis=1)
+    prompts = split.table.prompts["prompt"][sel].tolist()
+    pred, cost = router.score(prompts)
+    S, C = split.table.scores[sel], split.table.costs[sel]
+    return calibrate_default_knob(router.artifact, prompts, pred, cost, S, C, goal)
+
+
+def goal_for_mean_cost(split: Split, mean_cost_usd: float) -> KnobGoal:
+    """A mean cost in USD as a share of the top tier's mean cost on the held-out prompts."""
+    sel = split.test & np.isfinite(split.table.costs).all(axis=1)
+    return KnobGoal("cost", mean_cost_usd / float(split.table.costs[sel].mean(axis=0).max()))
+
+
 def with_default_knob(
     artifact: RouterArtifact,
     split: Split,
@@ -310,9 +325,6 @@ def with_default_knob(
     goal: KnobGoal = DEFAULT_GOAL,
 ) -> RouterArtifact:
     """The artifact with its operating point calibrated on the split's complete held-out prompts."""
-    sel = split.test & np.isfinite(split.table.scores).all(axis=1) & np.isfinite(split.table.costs).all(axis=1)
-    prompts = split.table.prompts["prompt"][sel].tolist()
-    pred, cost = Router(artifact, embedder=embedder, cache=cache).score(prompts)
-    knob = calibrate_default_knob(artifact, prompts, pred, cost, split.table.scores[sel], split.table.costs[sel], goal)
+    knob = held_out_knob(Router(artifact, embedder=embedder, cache=cache), split, goal)
     logger.info("stored operating point: %s", knob)
     return replace(artifact, default_knob=knob)

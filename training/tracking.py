@@ -7,6 +7,7 @@ only tierwise's serving dependencies (no torch unless the embedder is torch).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -30,10 +31,11 @@ from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 import router
-from router.artifact import PACKAGED_EMBEDDER, PACKAGED_ROUTER, RouterArtifact, find_artifact
+from router.artifact import ARTIFACT_FILE, PACKAGED_EMBEDDER, PACKAGED_ROUTER, RouterArtifact, find_artifact
 from router.embedders.factory import FILE_BACKENDS, backend_of, embedder_files
 from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
+from router.policy import DefaultKnob
 from training.data import Split
 from training.evaluation import evaluate_artifact
 from training.fit import TrainResult
@@ -254,6 +256,10 @@ def log_and_register(
             dataset = from_pandas(log.frame, source=log.source, name=log.name)
         mlflow.log_input(dataset, context="training")
         mlflow.log_params(_flat_params(result.params))
+        if result.artifact.default_knob is not None:
+            mlflow.log_params(
+                _flat_params({f"default_knob.{k}": v for k, v in result.artifact.default_knob.to_dict().items()})
+            )
         mlflow.log_metrics({k: v for k, v in ev.metrics.items() if np.isfinite(v)})
         mlflow.log_figure(cost_quality_figure(ev.curves, ev.metrics["top_cost_usd"]), "plots/cost_quality.png")
         if ev.test_pred is not None and ev.test_scores is not None:
@@ -318,3 +324,37 @@ def gate_tags(verdict: Verdict) -> dict[str, str]:
     if verdict.warnings:
         tags["tierwise.gate.warning"] = " ".join(verdict.warnings)[:5000]
     return tags
+
+
+def register_recalibrated(registered_model: str, alias: str, knob: DefaultKnob) -> str:
+    """Register a copy of the `alias` version with a new stored operating point, and move `alias` to it.
+
+    The copy is the whole logged model (pyfunc, router package, embedder files) with router.json's default_knob
+    replaced, so the new version loads on its own; the gate does not run again (same model, same AIQ).
+    Returns the new version.
+    """
+    client = MlflowClient()
+    old = client.get_model_version_by_alias(registered_model, alias)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(mlflow.artifacts.download_artifacts(f"models:/{registered_model}/{old.version}", dst_path=tmp))
+        meta_path = find_artifact(local) / ARTIFACT_FILE
+        meta = json.loads(meta_path.read_text())
+        meta["default_knob"] = knob.to_dict()
+        meta_path.write_text(json.dumps(meta, indent=1))
+        tags = {k: v for k, v in old.tags.items() if k.startswith("tierwise.")}
+        note = (
+            f"Version {old.version} with its stored operating point recalibrated: {knob.goal}, λ {knob.cost_weight:.4g}"
+        )
+        with mlflow.start_run(run_name=f"calibrate-{registered_model}-v{old.version}", tags=tags) as run:
+            mlflow.log_artifacts(str(local), "model")
+            mlflow.log_params({f"default_knob.{k}": v for k, v in knob.to_dict().items()})
+            mlflow.set_tag(MLFLOW_RUN_NOTE, note)
+            new = client.create_model_version(
+                registered_model,
+                source=f"{run.info.artifact_uri}/model",
+                run_id=run.info.run_id,
+                tags={**tags, "tierwise.calibrated_from": str(old.version)},
+                description=f"{note}.\n\n{old.description or ''}",
+            )
+    client.set_registered_model_alias(registered_model, alias, new.version)
+    return str(new.version)
