@@ -220,6 +220,9 @@ def evaluate(
     seed: Annotated[int | None, typer.Option()] = None,
     from_store: FromStoreOpt = False,
     since_days: SinceDaysOpt = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json-out", help="also write the tables as JSON (the README's source)")
+    ] = None,
 ) -> None:
     """Evaluate a registered router (default: the champion) on the held-out split of the log.
 
@@ -241,6 +244,12 @@ def evaluate(
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     result = evaluate_artifact(artifact, split, embedder, EmbeddingCache(s.cache_dir / "embeddings.sqlite"), s.seed)
     typer.echo(format_table(result))
+    if json_out is not None:
+        from training.report import result_to_json
+
+        what = model_uri or f"{s.registered_model}@{s.model_alias}"
+        source = f"`tierwise evaluate` of {what} on {s.outcomes_path} (seed {s.seed}, test size {s.test_size})"
+        json_out.write_text(json.dumps(result_to_json(result, source), indent=1))
 
 
 @app.command()

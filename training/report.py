@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pandas as pd
 
@@ -85,3 +90,65 @@ def format_table(result: EvalResult) -> str:
             markdown_table(cats.set_index("category"), {c: c for c in cats.columns if c != "category"}),
         ]
     return "\n".join(lines)
+
+
+BEGIN, END = "<!-- evaluation-table:begin -->", "<!-- evaluation-table:end -->"
+
+
+def result_to_json(result: EvalResult, source: str) -> dict[str, Any]:
+    """The printed tables' content as JSON (what the README block is rendered from), with where it came from."""
+    cats = result.per_category
+    return {
+        "source": source,
+        "metrics": result.metrics,
+        "table": json.loads(result.table.reset_index().to_json(orient="records")),
+        "per_category": json.loads(cats.to_json(orient="records")) if not cats.empty else [],
+        "per_category_lambda": cats.attrs.get("lambda"),
+    }
+
+
+def result_from_json(data: dict[str, Any]) -> EvalResult:
+    """An EvalResult holding the tables of `result_to_json` (no curves or draws), for format_table."""
+    table = pd.DataFrame(data["table"]).set_index("method").astype(float)
+    cats = pd.DataFrame(data["per_category"])
+    cats.attrs["lambda"] = data.get("per_category_lambda")
+    return EvalResult(table=table, curves={}, per_category=cats, metrics=data["metrics"])
+
+
+def readme_block(data: dict[str, Any]) -> str:
+    """The README's evaluation block: the command that produced it, then the tables."""
+    return "\n".join(
+        [
+            BEGIN,
+            f"<!-- written by `python -m training.report --write` from {data['source']}; do not edit by hand -->",
+            format_table(result_from_json(data)),
+            END,
+        ]
+    )
+
+
+def write_readme(readme: Path, data: dict[str, Any]) -> None:
+    """Replace the README's evaluation block (between its two markers) with the one rendered from `data`."""
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{readme}: no {BEGIN} ... {END} block")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    readme.write_text(head + readme_block(data) + tail)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Render the README's evaluation table from its JSON.")
+    parser.add_argument("--json", type=Path, default=Path("bench/results/evaluation.json"))
+    parser.add_argument("--readme", type=Path, default=Path("README.md"))
+    parser.add_argument("--write", action="store_true", help="replace the block in the README (else print it)")
+    args = parser.parse_args()
+    data = json.loads(args.json.read_text())
+    if args.write:
+        write_readme(args.readme, data)
+    else:
+        print(readme_block(data))  # noqa: T201 - the entry point's output
+
+
+if __name__ == "__main__":
+    main()
