@@ -44,7 +44,6 @@ from router.embedders.factory import make_embedder
 from router.embedding_cache import EmbeddingCache, embed_cached
 from router.irt import IrtModel
 from router.model import DifficultyModel
-from router.policy import tradeoff
 from router.pooled import PooledModel
 from router.prior_boost import PriorBoostModel
 from router.prompt_structure import question_text, structure_features
@@ -255,12 +254,7 @@ def category_encoding(cats: np.ndarray, Y: np.ndarray, train: np.ndarray, seed: 
     return out
 
 
-def prior_predictor(cats: np.ndarray, Y: np.ndarray, train: np.ndarray) -> np.ndarray:
-    """The task-label prior: per-category train mean of each tier (train mean for unseen categories)."""
-    glob = Y[train].mean(axis=0)
-    df = pd.DataFrame(Y[train]).assign(cat=cats[train])
-    table = df.groupby("cat").mean().reindex(cats).to_numpy(dtype=float)
-    return np.where(np.isfinite(table), table, glob)
+prior_predictor = ev.task_prior  # the task-label prior: per-category train mean of each tier
 
 
 def oof_blend_weight(pred_oof: np.ndarray, prior_oof: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -273,74 +267,30 @@ def oof_blend_weight(pred_oof: np.ndarray, prior_oof: np.ndarray, y: np.ndarray)
 # ----------------------------------------------------------------------------- metrics
 
 
-def lambda_choices(P: np.ndarray, PC: np.ndarray) -> np.ndarray:
-    """The λ sweep of router/evaluate.py, as the decision matrix (n_lambdas, n) of tier indices."""
-    scale = float(np.median(PC[PC > 0])) if (PC > 0).any() else 1.0
-    pos = np.logspace(-4, 4, 161) / scale
-    rows = [np.argmin(PC, axis=1), np.argmax(PC, axis=1)]
-    rows += [tradeoff(P, PC, float(lam)) for lam in np.concatenate([-pos[::-1], [0.0], pos])]
-    return np.stack(rows)
-
-
-def share_choices(diff: np.ndarray, seed: int, grid: np.ndarray) -> np.ndarray:
-    """For each share x in grid, 1 for the round(x n) prompts with the largest diff (ties at random)."""
-    n = len(diff)
-    jitter = np.random.default_rng(seed).random(n)
-    order = np.lexsort((jitter, -diff))
-    rank = np.empty(n, dtype=int)
-    rank[order] = np.arange(n)
-    return np.stack([(rank < round(x * n)).astype(int) for x in grid])
-
-
-def hull_aiq(cost: np.ndarray, qual: np.ndarray, max_cost: float) -> float:
-    return ev.aiq(ev.Curve(cost, qual), max_cost)
-
-
-def hull_aiq_range(cost: np.ndarray, qual: np.ndarray, lo: float, hi: float) -> float:
-    """RouterBench-style AIQ: mean hull quality over [cheapest, priciest tier cost]."""
-    hc, hq = ev.upper_hull(cost, qual)
-    xs = np.linspace(lo, hi, 201)
-    ys = np.interp(xs, hc, hq, left=np.nan)
-    return float(np.nanmean(ys)) if np.isfinite(ys).any() else 0.0
+# The metric code lives in router/evaluate.py (shared with the training table and the champion gate). Here W holds
+# the bootstrap draws only; the full test set is prepended as row 0, so every metric array is (1 + B,).
+lambda_choices = ev.lambda_choices
+share_choices = ev.share_choices
 
 
 def bootstrap_weights(n: int, n_boot: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    W = np.zeros((n_boot, n))
-    for b in range(n_boot):
-        np.add.at(W[b], rng.integers(0, n, n), 1.0)
-    return W / n
+    return ev.bootstrap_weights(n, n_boot, seed)[1:]
+
+
+def _with_full(W: np.ndarray) -> np.ndarray:
+    return np.vstack([np.full(W.shape[1], 1 / W.shape[1]), W])
 
 
 def curve_metrics(
     choices: np.ndarray, S: np.ndarray, C: np.ndarray, W: np.ndarray, extra_points: bool = False
 ) -> dict[str, np.ndarray]:
-    """AIQ and range-AIQ of a decision matrix, on the full test set (index 0) and each bootstrap draw."""
-    rows = np.arange(S.shape[0])
-    Sc = np.stack([S[rows, ch] for ch in choices])  # (L, n)
-    Cc = np.stack([C[rows, ch] for ch in choices])
-    Wfull = np.vstack([np.full(len(rows), 1 / len(rows)), W])
-    Q, K = Wfull @ Sc.T, Wfull @ Cc.T  # (1+B, L)
-    tier_cost = Wfull @ C  # (1+B, k)
-    if extra_points:  # the zero router: single tiers are the curve's only points
-        Q, K = Wfull @ S, tier_cost
-    top = int(np.argmax(C.mean(axis=0)))
-    aiq = np.array([hull_aiq(K[b], Q[b], tier_cost[b, top]) for b in range(len(Wfull))])
-    rng_aiq = np.array([hull_aiq_range(K[b], Q[b], tier_cost[b].min(), tier_cost[b].max()) for b in range(len(Wfull))])
-    return {"AIQ": aiq, "AIQ_range": rng_aiq}
+    """AIQ and range AIQ of a decision matrix (or, with extra_points, the zero router), full set then draws."""
+    return ev.zero_router_draws(S, C, _with_full(W)) if extra_points else ev.aiq_draws(choices, S, C, _with_full(W))
 
 
 def apgr_share(diff: np.ndarray, S: np.ndarray, W: np.ndarray, seed: int) -> np.ndarray:
     """RouteLLM's APGR on the share-of-strong-calls axis (column 1 strong), full set then bootstrap draws."""
-    grid = np.linspace(0, 1, 101)
-    ch = share_choices(diff, seed, grid)  # (G, n)
-    rows = np.arange(len(diff))
-    Sc = np.stack([S[rows, c] for c in ch])
-    Wfull = np.vstack([np.full(len(rows), 1 / len(rows)), W])
-    Q = Wfull @ Sc.T  # (1+B, G)
-    qw, qs = Wfull @ S[:, 0], Wfull @ S[:, 1]
-    pgr = (Q - qw[:, None]) / np.where(np.abs(qs - qw) > 1e-12, qs - qw, np.nan)[:, None]
-    return np.asarray(np.trapezoid(pgr, grid, axis=1))
+    return np.asarray(ev.share_gap_draws(diff, S, _with_full(W), seed)["APGR_share"])
 
 
 # ----------------------------------------------------------------------------- methods
