@@ -20,7 +20,7 @@ import numpy as np
 from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import KFold
 
-from router.boosting import BoostParams, NotFittedError, check_features, check_training
+from router.boosting import BoostParams, NotFittedError, check_features, check_training, predict_raw
 from router.shared_difficulty import SharedDifficulty
 
 logger = logging.getLogger(__name__)
@@ -135,8 +135,7 @@ class DifficultyModel(BoostParams):
             Xj, init = self._inputs(X, j, e)
             raw = np.zeros(X.shape[0])
             if booster is not None:
-                kw = {"num_threads": num_threads} if num_threads else {}
-                raw = np.asarray(booster.predict(Xj, raw_score=True, **kw))  # type: ignore[arg-type]
+                raw = predict_raw(booster, Xj, num_threads)
             p = _sigmoid(raw if init is None else raw + init)
             out[:, j] = np.interp(p, cal[0], cal[1]) if cal else p
         return np.clip(out, 0.0, 1.0)

@@ -24,7 +24,7 @@ import lightgbm as lgb
 import numpy as np
 from sklearn.model_selection import KFold
 
-from router.boosting import BoostParams, NotFittedError, check_features, check_training
+from router.boosting import BoostParams, NotFittedError, check_features, check_training, predict_raw
 from router.irt import fit_irt
 
 
@@ -72,8 +72,7 @@ class SharedDifficulty(BoostParams):
     def predict_easiness(self, X: np.ndarray, num_threads: int | None = None) -> np.ndarray:
         """Predicted easiness per prompt, (n,): higher is easier for every model."""
         X = check_features(self, "booster_", X, "predict_easiness")
-        pred = self.booster_.predict(X, num_threads=num_threads) if num_threads else self.booster_.predict(X)
-        return np.asarray(pred, dtype=np.float64)
+        return np.asarray(predict_raw(self.booster_, X, num_threads), dtype=np.float64)  # regression: raw = prediction
 
     def save(self, directory: Path | str) -> None:
         if not hasattr(self, "booster_"):
