@@ -215,8 +215,9 @@ def evaluate_artifact(
     cache: EmbeddingCache | None,
     seed: int,
     baselines: bool = True,
+    n_boot: int = N_BOOT,
 ) -> EvalResult:
-    """Evaluate a fitted router on the split's test prompts (with kNN and logistic-regression baselines).
+    """Evaluate a fitted router on the split's test prompts (with kNN, logistic-regression and task-prior baselines).
 
     The router scores through `Router`, like the service; the baselines' features come first, so with a
     cache the router reads the test prompts' embeddings back rather than embedding them again.
@@ -234,7 +235,7 @@ def evaluate_artifact(
             others["task prior"] = ev.task_prior(cats, split.table.scores, train)[test]
     router = Router(artifact, embedder=embedder, cache=cache)
     pred, pred_cost = router.score([p for p, t in zip(prompts, test, strict=True) if t])
-    return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others, seed=seed)
+    return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others, n_boot, seed)
 
 
 def calibrate_knob(router: Router, split: Split, top_share: float | None, mean_cost_usd: float | None) -> str:

@@ -96,13 +96,14 @@ BEGIN, END = "<!-- evaluation-table:begin -->", "<!-- evaluation-table:end -->"
 
 
 def result_to_json(result: EvalResult, source: str) -> dict[str, Any]:
-    """The printed tables' content as JSON (what the README block is rendered from), with where it came from."""
+    """The printed tables' content as JSON-ready data (what the README block is rendered from), with where it came from."""
     cats = result.per_category
     return {
         "source": source,
         "metrics": result.metrics,
-        "table": json.loads(result.table.reset_index().to_json(orient="records")),
-        "per_category": json.loads(cats.to_json(orient="records")) if not cats.empty else [],
+        # to_dict, not to_json: Python's json keeps every float exactly (and inf / NaN, which the table uses).
+        "table": result.table.reset_index().to_dict(orient="records"),
+        "per_category": cats.to_dict(orient="records") if not cats.empty else [],
         "per_category_lambda": cats.attrs.get("lambda"),
     }
 
