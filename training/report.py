@@ -96,7 +96,7 @@ BEGIN, END = "<!-- evaluation-table:begin -->", "<!-- evaluation-table:end -->"
 
 
 def result_to_json(result: EvalResult, source: str) -> dict[str, Any]:
-    """The printed tables' content as JSON-ready data (what the README block is rendered from), with where it came from."""
+    """The printed tables as JSON-ready data (the README block's source), with where they came from."""
     cats = result.per_category
     return {
         "source": source,
