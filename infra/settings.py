@@ -115,6 +115,18 @@ class Settings(BaseSettings):
     exploration_rate: float = Field(
         0.0, ge=0, le=0.5, description="ε: share of decisions that serve a random allowed tier instead (0 = off)"
     )
+    exploration_boundary_rate: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="ε_b: on prompts where a neighbouring operating point would pick another tier, serve it this often",
+    )
+    exploration_boundary_factor: float = Field(
+        2.0, gt=1, description="the neighbouring operating points of a λ request: λ times and divided by this"
+    )
+    exploration_boundary_target_step: float = Field(
+        0.1, gt=0, le=1, description="the neighbouring operating points of a quality target: the target plus/minus this"
+    )
     exploration_opt_out_keys: list[str] = Field(
         default_factory=list, description="sha256 hex digests of API keys whose requests never explore"
     )
