@@ -19,6 +19,9 @@ from training.evaluation import EvalResult
 
 logger = logging.getLogger(__name__)
 
+MIN_POOL_PROMPTS = 200
+"""Below this many pooled prompts the shared difficulty's regressor has too little to learn from: plain boosters."""
+
 
 @dataclass
 class TrainResult:
@@ -39,7 +42,11 @@ def train_router(
     """Fit the difficulty model on the split's train prompts; with a pool, on top of a shared difficulty."""
     table = split.table
     X = featurize(table.prompts["prompt"][split.train].tolist(), features, embedder, cache)
-    if pool is None:
+    if pool is None or len(pool.prompts) < MIN_POOL_PROMPTS:
+        if pool is not None:
+            logger.info(
+                "shared difficulty skipped: the pool has %d prompts, fewer than %d", len(pool.prompts), MIN_POOL_PROMPTS
+            )
         model.fit(X, table.scores[split.train], split.tiers.names)
     else:
         shared = fit_shared_difficulty(X, pool, features, embedder, cache, model.random_state, model.n_jobs)
@@ -74,7 +81,7 @@ def run_params(
 ) -> dict[str, Any]:
     """Everything that defines a run, for MLflow."""
     return {
-        "shared_difficulty_pool": pool.describe() if pool is not None else "none",
+        "shared_difficulty_pool": pool.describe() if pool and len(pool.prompts) >= MIN_POOL_PROMPTS else "none",
         **{f"model.{k}": v for k, v in model.get_params().items()},
         **{f"features.{k}": v for k, v in features.model_dump().items()},
         "tiers": ",".join(f"{t.name}={t.model}" for t in split.tiers.tiers),

@@ -16,7 +16,7 @@ from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.schema import load_outcomes, load_tiers
 from training.data import Pool, Split, load_pool_logs, pool_logs, split_log
-from training.evaluation import EvalResult, evaluate_artifact
+from training.evaluation import EvalResult, evaluate_artifact, with_default_knob
 from training.fit import train_router
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,7 +72,11 @@ def trained_default(split: Split) -> Trained:
         pytest.skip(f"{missing[0]} is missing: run `make data` (the default router pools the shared logs)")
     full = load_outcomes(OUTCOMES)
     pool = pool_logs(full, split, load_pool_logs(POOL), Settings().pool_max_prompts, seed=0)
-    return _train(split, "onnx-int8", pool)
+    trained = _train(split, "onnx-int8", pool)
+    embedder = make_embedder("onnx-int8", onnx_dir=CACHE / "onnx")
+    cache = EmbeddingCache(CACHE / "embeddings.sqlite")
+    artifact = with_default_knob(trained.artifact, split, embedder, cache)  # the operating point `make train` stores
+    return Trained(trained.split, artifact, trained.result, trained.X_test)
 
 
 @pytest.fixture(scope="session")
