@@ -4,6 +4,7 @@
         up.script("medium", Reply(status=503), Reply(text="second try"))   # queued per upstream model name
         up.base_url                                                          # http://127.0.0.1:PORT/v1
         up.requests                                                          # [(model, JSON body), ...] received
+    up.max_in_flight                                                     # most delayed replies pending at once
 
 A model with no queued reply answers `up.default` (a quick "ok from <model>" with usage). A `Reply` scripts the
 status, text, usage, latency (before the headers, or before the first chunk), tool calls, and a stream or body that
@@ -55,6 +56,8 @@ class FakeUpstream:
     base_url: str = ""
     default: Reply = field(default_factory=Reply)
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    max_in_flight: int = 0
+    _in_flight: int = 0
     _queues: dict[str, deque[Reply]] = field(default_factory=lambda: defaultdict(deque))
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -66,6 +69,7 @@ class FakeUpstream:
         with self._lock:
             self._queues.clear()
             self.requests.clear()
+            self.max_in_flight = 0
 
     def calls(self, model: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -83,7 +87,12 @@ class FakeUpstream:
         model = str(body.get("model"))
         reply = self._next(model, body)
         if reply.delay_s:
-            await asyncio.sleep(reply.delay_s)
+            self._in_flight += 1  # one event loop: no lock needed
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+            try:
+                await asyncio.sleep(reply.delay_s)
+            finally:
+                self._in_flight -= 1
         if reply.status >= 400:
             error = {"error": {"message": reply.error_message, "type": "scripted", "code": None, "param": None}}
             return JSONResponse(error, status_code=reply.status)

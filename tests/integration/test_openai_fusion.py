@@ -1,0 +1,113 @@
+"""A fusion tier through the OpenAI SDK: members in parallel, the judge merges, its answer (streamed when asked)
+returned; the cost is the sum of the real usages; a member that fails (dies mid-answer) is left out and said so."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import openai
+import pytest
+from openai import OpenAI
+
+from serving.proxy.fusion import MERGE_PROMPT
+from tests.integration.conftest import CLIENT_KEY
+from tests.integration.fake_upstream import FakeUpstream, Reply, fake_upstream
+from tests.integration.proxy_fixtures import proxied_tierwise
+from tests.integration.test_openai_proxy import EASY, cost, get_session, session
+
+MERGE_HEAD = MERGE_PROMPT.split("{n}")[0]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory, artifact_dir: Path) -> Iterator[tuple[str, FakeUpstream]]:
+    tmp = tmp_path_factory.mktemp("fusion")
+    with fake_upstream() as up, proxied_tierwise(tmp, artifact_dir, up, fusion=True) as url:
+        yield url, up
+
+
+@pytest.fixture
+def up(served: tuple[str, FakeUpstream]) -> FakeUpstream:
+    served[1].reset()
+    return served[1]
+
+
+@pytest.fixture
+def url(served: tuple[str, FakeUpstream], up: FakeUpstream) -> str:
+    return served[0]
+
+
+@pytest.fixture
+def sdk(url: str) -> OpenAI:
+    return OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0)
+
+
+def ask_panel(sdk: OpenAI, sid: str, **kwargs: object) -> object:
+    return sdk.chat.completions.with_raw_response.create(
+        model="tierwise/brain",  # the fusion tier
+        messages=[{"role": "system", "content": "be exact"}, {"role": "user", "content": EASY}],
+        extra_body={"tierwise": {"session_id": sid}},
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def test_members_answer_in_parallel_and_the_judge_merges(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    sid = session(url, cap_usd=1.0)
+    up.script("small", Reply(text="answer A", usage=(10, 3), delay_s=0.4))
+    up.script("medium", Reply(text="answer B", usage=(11, 4), delay_s=0.4))
+    up.script("large", Reply(text="merged answer", usage=(60, 9)))
+    raw = ask_panel(sdk, sid)
+    answer = raw.parse()  # type: ignore[attr-defined]
+    assert answer.choices[0].message.content == "merged answer"
+    assert raw.headers["x-tierwise-model"] == "fusion:brain" and "x-tierwise-left-out" not in raw.headers  # type: ignore[attr-defined]
+    assert up.max_in_flight == 2  # both members were waiting at once: called in parallel
+    [judged] = up.calls("large")
+    assert judged["messages"][:2] == up.calls("small")[0]["messages"]  # the caller's conversation, then the merge
+    merge = judged["messages"][-1]["content"]
+    assert merge.startswith(MERGE_HEAD) and "### Answer 1\nanswer A" in merge and "### Answer 2\nanswer B" in merge
+    total = cost("small", 10, 3) + cost("medium", 11, 4) + cost("large", 60, 9)
+    info = answer.model_extra["tierwise"]
+    assert info["cost_usd"] == pytest.approx(total)
+    assert info["fusion"] == {"answered": ["small", "medium"], "left_out": [], "judge": "large"}
+    assert get_session(url, sid)["spent_usd"] == pytest.approx(total)
+
+
+def test_a_member_dying_mid_answer_is_left_out_and_said_so(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    sid = session(url, cap_usd=1.0)
+    dying = Reply(text="never finished", die_after_chunks=1)
+    up.script("medium", dying, dying)  # its attempt and its retry both die mid-body
+    up.script("small", Reply(text="answer A", usage=(10, 3)))
+    up.script("large", Reply(text="judged", usage=(40, 5)))
+    raw = ask_panel(sdk, sid)
+    answer = raw.parse()  # type: ignore[attr-defined]
+    assert answer.choices[0].message.content == "judged"
+    assert raw.headers["x-tierwise-left-out"] == "medium"  # type: ignore[attr-defined]
+    assert answer.model_extra["tierwise"]["fusion"]["left_out"] == ["medium"]
+    merge = up.calls("large")[0]["messages"][-1]["content"]
+    assert "### Answer 1\nanswer A" in merge and "### Answer 2" not in merge and "never finished" not in merge
+    s = get_session(url, sid)
+    assert s["spent_usd"] == pytest.approx(cost("small", 10, 3) + cost("large", 40, 5))  # the dead member is free
+    assert "fusion member(s) left out: medium" in s["recent_decisions"][0]["reason"]
+
+
+def test_the_judge_streams_when_asked(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    sid = session(url, cap_usd=1.0)
+    up.script("large", Reply(text="the judge streams this", chunks=4, usage=(50, 6)))
+    raw = ask_panel(sdk, sid, stream=True)
+    chunks = list(raw.parse())  # type: ignore[attr-defined]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "the judge streams this"
+    assert chunks[0].model_extra["tierwise"]["fusion"]["answered"] == ["small", "medium"]
+    assert up.calls("small")[0]["stream"] is False and up.calls("large")[0]["stream"] is True
+    expected = cost("small", 10, 5) + cost("medium", 10, 5) + cost("large", 50, 6)  # members: the default usage
+    assert get_session(url, sid)["spent_usd"] == pytest.approx(expected)
+
+
+def test_every_member_failing_fails_the_tier(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    sid = session(url, cap_usd=1.0)
+    up.script("small", Reply(status=503), Reply(status=503))
+    up.script("medium", Reply(status=500), Reply(status=500))
+    with pytest.raises(openai.InternalServerError) as err:
+        ask_panel(sdk, sid)
+    assert err.value.status_code == 502 and "every member" in err.value.message
+    assert up.calls("large") == []  # no judge without answers
+    assert get_session(url, sid)["spent_usd"] == 0
