@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -51,11 +52,54 @@ def frozen_error(row: SessionRow) -> OverBudget:
     return over_budget(row, f"session {row.id} is frozen at its spend cap; an admin must confirm a new cap")
 
 
-def exploration_rate(settings: Settings, principal: Principal, opts: RouteOptions) -> float:
-    """ε for this request: the service's rate, 0 when the request or its key opts out."""
+@dataclass(frozen=True)
+class Exploration:
+    """How a request explores: uniform rate ε, boundary rate ε_b and where the neighbouring operating points are."""
+
+    rate: float = 0.0
+    boundary_rate: float = 0.0
+    boundary_factor: float = 2.0
+    boundary_target_step: float = 0.1
+
+    @property
+    def on(self) -> bool:
+        return self.rate > 0 or self.boundary_rate > 0
+
+
+def exploration_rate(settings: Settings, principal: Principal, opts: RouteOptions) -> Exploration:
+    """How this request explores: the service's settings, nothing when the request or its key opts out."""
     if not opts.explore or (principal.key_hash is not None and principal.key_hash in settings.exploration_opt_out_keys):
-        return 0.0
-    return settings.exploration_rate
+        return Exploration()
+    return Exploration(
+        settings.exploration_rate,
+        settings.exploration_boundary_rate,
+        settings.exploration_boundary_factor,
+        settings.exploration_boundary_target_step,
+    )
+
+
+def boundary_tiers(
+    rt: Runtime,
+    quality: np.ndarray,
+    cost: np.ndarray,
+    target: float,
+    opts: RouteOptions,
+    min_tier: int,
+    how: Exploration,
+) -> np.ndarray:
+    """(n, k): the tiers the policy's neighbouring operating points choose (λ times and over the factor, or the
+    quality target plus and minus the step)."""
+    lam = opts.cost_weight_per_usd
+    knobs = (
+        [(target, lam * how.boundary_factor), (target, lam / how.boundary_factor)]
+        if lam is not None
+        else [(min(target + how.boundary_target_step, 1.0), None), (max(target - how.boundary_target_step, 0.0), None)]
+    )
+    near = np.zeros(quality.shape, dtype=bool)
+    for t, w in knobs:
+        for i, d in enumerate(rt.router.decide(quality, cost, t, min_tier, opts.max_cost_usd, w)):
+            near[i, d.tier_index] = True
+    return near
 
 
 def route(
@@ -65,7 +109,7 @@ def route(
     prompts: Sequence[str],
     opts: RouteOptions,
     default_target: float,
-    epsilon: float = 0.0,
+    epsilon: float | Exploration = 0.0,
     metrics: Metrics | None = None,
     rng: np.random.Generator | None = None,
     novelty_limit: float | None = OOD_NOVELTY,
@@ -74,7 +118,8 @@ def route(
 
     With `epsilon` > 0 a decision may serve another tier the request allows; in a session with a cap,
     exploration spends only the slack the policy's decisions leave under it, so it never passes the cap.
-    Requests with a quality guarantee and out-of-distribution prompts never explore.
+    Requests with a quality guarantee and out-of-distribution prompts never explore. `epsilon` is ε, or the whole
+    `Exploration` (uniform and boundary) that `exploration_rate` gives for the request.
     """
     try:
         min_tier = rt.tier_index(opts.min_tier)
@@ -85,7 +130,9 @@ def route(
     quality, cost, novelty = rt.router.assess(prompts)
 
     names = rt.tiers.names
-    draws = rng or (np.random.default_rng() if epsilon > 0 else None)
+    how = epsilon if isinstance(epsilon, Exploration) else Exploration(rate=epsilon)
+    draws = rng or (np.random.default_rng() if how.on else None)
+    near = boundary_tiers(rt, quality, cost, target, opts, min_tier, how) if how.boundary_rate > 0 else None
 
     def rows_for(decisions: list[Decision], session: str | None, budget_left: float | None = None) -> list[DecisionRow]:
         rows = []
@@ -101,9 +148,19 @@ def route(
             probs[choice] = 1.0
             # Never where the policy must be conservative: an out-of-distribution prompt, or a quality guarantee.
             ood = novelty is not None and novelty_limit is not None and novelty[i] >= novelty_limit
-            if epsilon > 0 and draws is not None and point is None and not ood:
+            if how.on and draws is not None and point is None and not ood:
                 budget = None if slack is None else float(cost[i, choice]) + max(slack, 0.0)
-                draw = explore(choice, cost[i], epsilon, draws, min_tier, opts.max_cost_usd, budget)
+                draw = explore(
+                    choice,
+                    cost[i],
+                    how.rate,
+                    draws,
+                    min_tier,
+                    opts.max_cost_usd,
+                    budget,
+                    None if near is None else near[i],
+                    how.boundary_rate,
+                )
                 served, probs = draw.tier_index, draw.probs
                 if draw.explored:
                     extra = float(cost[i, served] - cost[i, choice])

@@ -121,3 +121,29 @@ def test_the_service_purges_past_the_retention_period(client_factory: Callable[.
             break
         time.sleep(0.05)
     assert {r.id for r in stored(client)} == {new}
+
+
+def test_boundary_exploration_serves_what_a_neighbouring_operating_point_would(
+    client_factory: Callable[..., TestClient],
+) -> None:
+    client = client_factory(exploration_boundary_rate=0.5, exploration_boundary_factor=4.0)
+    prompts = [f"{kind} question {i}: alpha beta" for i in range(60) for kind in ("easy", "medium", "hard")]
+
+    def batch(lam: float, explore: bool) -> list[dict]:
+        body = {"prompts": prompts, "cost_weight_per_usd": lam, "explore": explore}
+        return client.post("/route/batch", json=body, headers=C).json()["decisions"]
+
+    out, policy = batch(100.0, True), batch(100.0, False)
+    neighbours = [{a["tier"], b["tier"]} for a, b in zip(batch(400.0, False), batch(25.0, False), strict=True)]
+    rows = {r.id: r for r in stored(client)}
+    explored = disagreeing = 0
+    for d, p, near in zip(out, policy, neighbours, strict=True):
+        row = rows[d["decision_id"]]
+        others = {t: q for t, q in row.propensities.items() if t != p["tier"] and q > 0}
+        if near - {p["tier"]}:  # a neighbour disagrees: half the probability goes to its tier(s)
+            disagreeing += 1
+            assert set(others) == near - {p["tier"]} and abs(sum(others.values()) - 0.5) < 1e-9
+        else:
+            assert not others and not row.explored
+        explored += row.explored
+    assert 0 < disagreeing < len(prompts) and explored > 0
