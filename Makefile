@@ -94,3 +94,8 @@ clean:  ## the venvs and the checkout's .cache; your stores (`tierwise settings 
 .PHONY: quality
 quality: setup $(DATA) $(TEST_ONNX)  ## routing-quality suite on all three datasets, bootstrap CIs (bench/results/quality.md; 29 min on 2 shared cores)
 	$(BIN)/python -m bench.quality
+
+.PHONY: readme-eval
+readme-eval: setup $(DATA)  ## the README's evaluation table: evaluate the champion, write bench/results/evaluation.json, render it
+	$(BIN)/tierwise evaluate --json-out bench/results/evaluation.json
+	$(BIN)/python -m training.report --write
