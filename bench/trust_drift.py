@@ -144,8 +144,9 @@ def simulate(
                 new = np.where(rng.random(recent) < f, rng.choice(w.unseen, recent), rng.choice(w.stream, recent))
                 served = w.serve(new, lam, fallback=False)
                 paid = w.sc.costs[new][np.arange(recent), served]
+                novel = w.novelty[new] >= OOD_NOVELTY
                 try:
-                    lam = recalibrated_lambda(w.sc.pred[new], w.sc.cost[new], served, paid, w.promise)
+                    lam = recalibrated_lambda(w.sc.pred[new], w.sc.cost[new], served, paid, w.promise, novel)
                     recal_err[f"{recent}x{r}"].append(w.traffic_cost(f, lam, False) / w.promise - 1)
                 except ValueError:  # no λ reaches the promise
                     recal_err[f"{recent}x{r}"].append(float("inf"))
@@ -154,7 +155,8 @@ def simulate(
         served = w.serve(new, w.lam0, fallback=True)
         paid = w.sc.costs[new][np.arange(recents[0]), served]
         try:
-            lam_fb = recalibrated_lambda(w.sc.pred[new], w.sc.cost[new], served, paid, w.promise)
+            novel = w.novelty[new] >= OOD_NOVELTY
+            lam_fb = recalibrated_lambda(w.sc.pred[new], w.sc.cost[new], served, paid, w.promise, novel)
             recal_err_fallback.append(w.traffic_cost(f, lam_fb, True) / w.promise - 1)
         except ValueError:
             recal_err_fallback.append(float("inf"))
@@ -286,7 +288,8 @@ def readme_section() -> str | None:
         "*quiet* = unshifted streams with no alert (the target is >= 95%); *alert before* = shifted streams that "
         "alerted before the shift; *delay* = requests after the shift until the alert; *cost before* = expected "
         "mean cost at the old λ with the out-of-distribution fallback, against the promise (40% of the top tier's "
-        "mean cost); *recalibrated N×r* = λ recalibrated (router/drift.recalibrated_lambda, fallback off) on N "
+        "mean cost); *recalibrated N×r* = λ recalibrated (router/drift.recalibrated_lambda with cost ratios per tier "
+        "for novel and familiar prompts apart, fallback off) on N "
         "requests of the new traffic served at the current λ, r rounds in a row: share of runs whose expected mean "
         "cost on the new traffic is within 5% of the promise (median |error|).",
         "",

@@ -70,22 +70,39 @@ def quality_check(tier: str, predicted: np.ndarray, realised: np.ndarray, gap_li
 
 
 def recalibrated_lambda(
-    pred: np.ndarray, expected_cost: np.ndarray, served: np.ndarray, realised_cost: np.ndarray, target_mean_cost: float
+    pred: np.ndarray,
+    expected_cost: np.ndarray,
+    served: np.ndarray,
+    realised_cost: np.ndarray,
+    target_mean_cost: float,
+    groups: np.ndarray | None = None,
 ) -> float:
-    """λ for a mean cost on recent traffic: each tier's expected costs scaled by its realised / expected ratio.
+    """λ for a mean cost on recent traffic: expected costs scaled by the realised / expected ratio of their tier.
 
     `pred` and `expected_cost` are (n, k) as the router saw them, `served` the tier each prompt got and
-    `realised_cost` what it cost; a tier with fewer than 10 outcomes takes the overall ratio.
+    `realised_cost` what it cost. With `groups` (a label per prompt, e.g. novel or not), ratios are per group and
+    tier, since prompts of another kind may answer at other lengths. A (group, tier) with fewer than 10 outcomes
+    takes its group's ratio, a group with fewer than 10 the overall one.
     """
     rows = np.arange(len(served))
     exp_served = expected_cost[rows, served]
-    overall = float(realised_cost.sum() / exp_served.sum()) if exp_served.sum() > 0 else 1.0
-    scale = np.full(expected_cost.shape[1], overall)
-    for j in range(expected_cost.shape[1]):
-        m = served == j
-        if m.sum() >= 10 and exp_served[m].sum() > 0:
-            scale[j] = float(realised_cost[m].sum() / exp_served[m].sum())
-    return lambda_for_cost(pred, expected_cost, target_mean_cost, expected_cost * scale[None, :])
+    labels = np.zeros(len(served), dtype=int) if groups is None else np.unique(groups, return_inverse=True)[1]
+
+    def ratio(m: np.ndarray, default: float) -> float:
+        return (
+            float(realised_cost[m].sum() / exp_served[m].sum())
+            if m.sum() >= 10 and exp_served[m].sum() > 0
+            else default
+        )
+
+    overall = ratio(np.ones(len(served), dtype=bool), 1.0)
+    scale = np.ones_like(expected_cost, dtype=float)
+    for g in np.unique(labels):
+        in_g = labels == g
+        group_ratio = ratio(in_g, overall)
+        for j in range(expected_cost.shape[1]):
+            scale[in_g, j] = ratio(in_g & (served == j), group_ratio)
+    return lambda_for_cost(pred, expected_cost, target_mean_cost, expected_cost * scale)
 
 
 def cost_check(realised: np.ndarray, expected: np.ndarray, ratio_limit: float, min_n: int) -> Check:

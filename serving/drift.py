@@ -124,20 +124,29 @@ def drift_checks(store: Store, runtime: Runtime, settings: Settings) -> list[Che
     return out
 
 
-def suggest_cost_weight(store: Store, runtime: Runtime, window: int, target_mean_cost_usd: float) -> Recalibration:
+def suggest_cost_weight(
+    store: Store, runtime: Runtime, window: int, target_mean_cost_usd: float, novelty_limit: float = 0.99
+) -> Recalibration:
     """λ for a mean cost on the newest `window` decisions (router/drift.recalibrated_lambda on their recorded
-    per-tier predictions and expected costs; realised costs where an outcome came back)."""
+    per-tier predictions and expected costs; realised costs where an outcome came back; novel and familiar
+    prompts' cost ratios apart)."""
     q = (
-        sa.select(decisions.c.tier, decisions.c.predicted_quality, decisions.c.expected_costs, outcomes.c.cost_usd)
+        sa.select(
+            decisions.c.tier,
+            decisions.c.predicted_quality,
+            decisions.c.expected_costs,
+            outcomes.c.cost_usd,
+            decisions.c.novelty,
+        )
         .outerjoin(outcomes, outcomes.c.decision_id == decisions.c.id)
         .where(decisions.c.router_version == runtime.version)
         .order_by(decisions.c.created_at.desc())
         .limit(window)
     )
     names = runtime.tiers.names
-    pred, cost, served, paid = [], [], [], []
+    pred, cost, served, paid, novel = [], [], [], [], []
     with store.engine.connect() as conn:
-        for tier, pq, ec, realised in conn.execute(q):
+        for tier, pq, ec, realised, nov in conn.execute(q):
             if not (
                 isinstance(pq, dict) and isinstance(ec, dict) and tier in names and set(names) <= pq.keys() & ec.keys()
             ):
@@ -146,6 +155,7 @@ def suggest_cost_weight(store: Store, runtime: Runtime, window: int, target_mean
             cost.append([float(ec[n]) for n in names])
             served.append(names.index(tier))
             paid.append(float(ec[tier]) if realised is None else float(realised))
+            novel.append(nov is not None and nov >= novelty_limit)
     n = len(pred)
     if n < 30:
         return Recalibration(
@@ -156,7 +166,7 @@ def suggest_cost_weight(store: Store, runtime: Runtime, window: int, target_mean
         )
     try:
         lam = recalibrated_lambda(
-            np.array(pred), np.array(cost), np.array(served), np.array(paid), target_mean_cost_usd
+            np.array(pred), np.array(cost), np.array(served), np.array(paid), target_mean_cost_usd, np.array(novel)
         )
     except ValueError as exc:
         return Recalibration(
@@ -196,7 +206,7 @@ def drift_report(
         advice=advice,
         recalibration=None
         if target_mean_cost_usd is None
-        else suggest_cost_weight(store, runtime, settings.drift_window, target_mean_cost_usd),
+        else suggest_cost_weight(store, runtime, settings.drift_window, target_mean_cost_usd, settings.novelty_limit),
     )
 
 
