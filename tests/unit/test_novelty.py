@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from router.boosting import NotFittedError
-from router.drift import cost_check, novelty_check, quality_check
+from router.drift import cost_check, novelty_check, quality_check, recalibrated_lambda
 from router.novelty import NoveltyReference, window_shift_z
+from router.policy import tradeoff
 
 DIM = 32
 
@@ -92,3 +93,27 @@ def test_quality_and_cost_checks() -> None:
     assert not cost_check(np.full(100, 1.1), np.ones(100), 0.25, 30).alert
     assert cost_check(np.full(100, 2.0), np.ones(100), 0.25, 30).alert
     assert cost_check(np.full(100, 0.5), np.ones(100), 0.25, 30).alert
+
+
+def test_recalibrated_lambda_meets_a_mean_cost_when_novel_prompts_cost_more() -> None:
+    """Novel prompts answer 5x longer than expected on every tier; familiar ones as expected. Served at a λ that
+    sends the novel ones cheap, one ratio per tier misprices both kinds; ratios per kind meet the target."""
+    rng = np.random.default_rng(0)
+    n = 4000
+    novel = rng.random(n) < 0.5
+    base = rng.random(n)
+    pred = np.stack([base, np.clip(base + 0.3 * rng.random(n), 0, 1)], axis=1)
+    expected = np.stack([np.full(n, 1.0), np.full(n, 10.0)], axis=1) * 1e-4
+    realised = expected * np.where(novel, 5.0, 1.0)[:, None]
+    served = np.where(novel, 0, 1)  # the policy that logged them: novel prompts on the cheap tier
+    paid = realised[np.arange(n), served]
+    target = 6e-4
+
+    def spend(lam: float) -> float:
+        choice = tradeoff(pred, expected, lam)
+        return float(realised[np.arange(n), choice].mean())
+
+    grouped = spend(recalibrated_lambda(pred, expected, served, paid, target, novel))
+    pooled = spend(recalibrated_lambda(pred, expected, served, paid, target))
+    assert abs(grouped / target - 1) < 0.02
+    assert abs(pooled / target - 1) > 0.1
