@@ -8,6 +8,7 @@ only the departures from it) or see it as one more feature (`easiness="feature"`
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Sequence
@@ -105,6 +106,31 @@ class DifficultyModel(BoostParams):
         if self.easiness_calibration_:
             self.easiness_calibration_ = [self.easiness_calibration_[i] for i in back]
         return self
+
+    def refit_tier(self, j: int, X: np.ndarray, y: np.ndarray) -> DifficultyModel:
+        """A copy whose tier j is fitted afresh from one model's outcomes (X, y) alone, the other tiers untouched.
+
+        For a model swapped in behind tier j: its shared easiness calibrated on its outcomes (slope shrunk toward
+        the other tiers'), plus a booster from that start when it has at least `few_rows` outcomes.
+        """
+        X = check_features(self, "boosters_", X, "refit_tier")
+        y = np.asarray(y, dtype=np.float64)
+        if self.shared_ is None or self.easiness != "prior":
+            raise ValueError("refitting one tier needs a model trained on the shared difficulty (easiness='prior')")
+        if y.shape != (X.shape[0],) or len(y) < 10 or not np.isfinite(y).all() or y.min() < 0 or y.max() > 1:
+            raise ValueError(f"need at least 10 scores in [0, 1], one per prompt; got {y.shape[0]}")
+        e = self.shared_.predict_easiness(X)
+        others = [b for i, (_, b) in enumerate(self.easiness_calibration_) if i != j]
+        few = len(y) < self.few_rows
+        a, b = fit_logistic_1d(e, y, b_prior=float(np.median(others)) if others else 1.0, prior_rows=50 if few else 0)
+        out = copy.copy(self)
+        out.easiness_calibration_ = list(self.easiness_calibration_)
+        out.easiness_calibration_[j] = (a, b)
+        out.boosters_ = list(self.boosters_)
+        out.boosters_[j] = None if few else self._train_one(X, y, a + b * e)
+        out.calibrators_ = list(self.calibrators_)
+        out.calibrators_[j] = None
+        return out
 
     def _inputs(self, X: np.ndarray, j: int, e: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Tier j's booster input and init score (logit) for features X and easiness e."""

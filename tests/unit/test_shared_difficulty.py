@@ -75,3 +75,22 @@ def test_feature_mode_uses_the_easiness_as_a_column():
     model.fit(X[:half], Y_all[:half, :3], ["a", "b", "c"], shared=sd)
     assert model.boosters_[0] is not None and model.boosters_[0].num_feature() == X.shape[1] + 1
     assert model.predict_quality(X[half:]).shape == (len(X) - half, 3)
+
+
+def test_refit_tier_swaps_one_tier_from_few_outcomes_and_leaves_the_others():
+    X, _, Y_all = _two_logs()
+    sd = SharedDifficulty(n_estimators=100, n_jobs=1).fit(X, Y_all, [f"m{j}" for j in range(5)])
+    half = len(X) // 2
+    model = DifficultyModel(n_estimators=60, n_jobs=1, few_rows=100)
+    model.fit(X[:half], Y_all[:half, :3], ["a", "b", "c"], shared=sd, train_easiness=sd.oof_easiness_[:half])
+    before = model.predict_quality(X[half:])
+    # a new, weaker model behind tier "c", seen on 60 prompts of the other log (its outcomes are model 3's)
+    swapped = model.refit_tier(2, X[half : half + 60], Y_all[half : half + 60, 3])
+    after = swapped.predict_quality(X[half:])
+    np.testing.assert_allclose(after[:, :2], before[:, :2])
+    assert swapped.boosters_[2] is None and model.boosters_[2] is not None
+    truth = np.nanmean(Y_all[half:, 3])
+    two_se = 2 * np.sqrt(truth * (1 - truth) / 60)  # of a mean over the 60 outcomes it learned from
+    assert abs(after[:, 2].mean() - truth) < two_se < abs(before[:, 2].mean() - truth)
+    with pytest.raises(ValueError, match="at least 10"):
+        model.refit_tier(2, X[:5], Y_all[:5, 0])
