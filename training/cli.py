@@ -431,6 +431,31 @@ def route(
         typer.echo(f"wrote {len(decisions)} decisions to {out}", err=True)
 
 
+@app.command("add-model")
+def add_model(
+    out: Annotated[Path, typer.Option("--out", help="directory for the new router artifact")],
+    outcomes: OutcomesOpt = None,
+    tiers: TiersOpt = None,
+    model_uri: ModelUriOpt = None,
+) -> None:
+    """After swapping a tier's model in the tiers file: learn it from its few outcomes, without retraining."""
+    from training.add_model import NothingToAdd, add_models
+
+    _setup_logging()
+    s = _settings(outcomes_path=outcomes, tiers_path=tiers)
+    artifact = _load_artifact(s, model_uri)
+    tier_cfg, log = _load_inputs(s, False)
+    embedder = _embedder(s, backend_of(artifact.features.embedder_id))
+    try:
+        new, notes = add_models(artifact, tier_cfg, log, embedder, EmbeddingCache(s.cache_dir / "embeddings.sqlite"))
+    except (NothingToAdd, TiersConfigError, ValueError) as exc:
+        _fail(f"{s.outcomes_path}: {exc}")
+        raise
+    new.save(out)
+    typer.echo("\n".join(notes))
+    typer.echo(f"wrote {out}: route with --model-uri {out} (or TIERWISE_LOCAL_MODEL_PATH for the service)")
+
+
 @app.command("build-embedder")
 def build_embedder(
     out: Annotated[Path | None, typer.Option(help="where to write them; default: TIERWISE_CACHE_DIR/onnx")] = None,
