@@ -49,12 +49,17 @@ def _text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "\n".join(p["text"] for p in content if isinstance(p, dict) and p.get("type") == "text")
+        return "\n".join(
+            p["text"] for p in content if isinstance(p, dict) and p.get("type") == "text" and p.get("text")
+        )
     return ""
 
 
 def prompt_view(messages: Sequence[Mapping[str, Any]]) -> str:
-    """The text tierwise routes on: the system messages and the last user turn, text parts only."""
+    """The text tierwise routes on: the system messages and the last user turn, text parts only.
+
+    The same view as the proxy's (serving/proxy/wire.py), so a prompt routes alike through either door.
+    """
     system = [_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")]
     user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     return "\n\n".join(t for t in [*system, user] if t.strip())
