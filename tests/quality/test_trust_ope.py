@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.trust_ope import World, build_world, log_production, naive, target_policies, truth_of
+from bench.trust_ope import Design, World, build_world, log_production, naive, target_policies, truth_of
 from router.embedders.factory import make_embedder
 from router.embedding_cache import EmbeddingCache
 from router.ope import Unsupported, estimate
@@ -32,7 +32,7 @@ def world() -> World:
 
 
 def test_without_exploration_only_the_served_policy_is_estimated(world: World) -> None:
-    logged = log_production(world, 0.0, np.random.default_rng(0))
+    logged = log_production(world, Design(0.0), np.random.default_rng(0))
     policies = target_policies(world)
     with pytest.raises(Unsupported):
         estimate("router@25%", policies["router@25%"], logged, world.names)
@@ -46,7 +46,7 @@ def test_dr_recovers_the_truth_where_naive_replay_does_not(world: World) -> None
     dr: dict[str, list[float]] = {n: [] for n in names}
     naive_brain = []
     for rep in range(REPS):
-        logged = log_production(world, 0.05, np.random.default_rng(rep))
+        logged = log_production(world, Design(0.05), np.random.default_rng(rep))
         for n in names:
             dr[n].append(estimate(n, policies[n], logged, world.names, n_boot=2).quality.dr.value)
         naive_brain.append(naive(policies["always brain"], logged, logged.quality))
