@@ -36,9 +36,10 @@ class DifficultyModel(BoostParams):
     With `calibration="isotonic"`, out-of-fold predictions fit an isotonic map per tier, so the
     predicted score is a calibrated probability; the final boosters are fitted on all rows.
 
-    With a shared difficulty (easiness="prior"), a tier with fewer than `few_rows` outcomes (a model just
-    swapped in) gets no booster: its prediction is the shared easiness calibrated on its outcomes, with the
-    slope shrunk toward the other tiers' (bench/quality_add_model.py measures this path).
+    With a shared difficulty (easiness="prior"), a tier with fewer than `few_rows` outcomes and fewer than half
+    the best-covered tier's (a model just swapped in) gets no booster: its prediction is the shared easiness
+    calibrated on its outcomes, with the slope shrunk toward the other tiers' (bench/quality_add_model.py
+    measures this path).
     """
 
     calibration: Literal["none", "isotonic"] = "none"
@@ -79,7 +80,8 @@ class DifficultyModel(BoostParams):
         for j, name in enumerate(self.tier_names_):
             if counts[j] < 10:
                 raise ValueError(f"tier '{name}' has only {int(counts[j])} outcomes; need at least 10")
-        few = (counts < self.few_rows) & (e is not None) & (self.easiness == "prior")
+        # a tier is "new" when it has few outcomes, also next to the others: a small log keeps its boosters
+        few = (counts < min(self.few_rows, 0.5 * counts.max())) & (e is not None) & (self.easiness == "prior")
         slopes: list[float] = []
         for j in np.argsort(few, kind="stable"):  # tiers with many rows first: their slopes are the prior
             have = np.isfinite(Y[:, j])
