@@ -82,14 +82,14 @@ def boundary_tiers(
     rt: Runtime,
     quality: np.ndarray,
     cost: np.ndarray,
-    target: float,
+    knob: tuple[float, float | None],
     opts: RouteOptions,
     min_tier: int,
     how: Exploration,
 ) -> np.ndarray:
     """(n, k): the tiers the policy's neighbouring operating points choose (λ times and over the factor, or the
-    quality target plus and minus the step)."""
-    lam = opts.cost_weight_per_usd
+    quality target plus and minus the step), around the (target, λ) the request is decided with."""
+    target, lam = knob
     knobs = (
         [(target, lam * how.boundary_factor), (target, lam / how.boundary_factor)]
         if lam is not None
@@ -132,7 +132,7 @@ def route(
     names = rt.tiers.names
     how = epsilon if isinstance(epsilon, Exploration) else Exploration(rate=epsilon)
     draws = rng or (np.random.default_rng() if how.on else None)
-    near = boundary_tiers(rt, quality, cost, target, opts, min_tier, how) if how.boundary_rate > 0 else None
+    near = boundary_tiers(rt, quality, cost, (target, cost_weight), opts, min_tier, how) if how.boundary_rate else None
 
     def rows_for(decisions: list[Decision], session: str | None, budget_left: float | None = None) -> list[DecisionRow]:
         rows = []
