@@ -144,6 +144,8 @@ def train(
     from training.data import load_pool_logs, pool_logs, split_log
     from training.evaluation import evaluate_artifact, with_default_knob
     from training.fit import TrainResult, run_params, train_router
+    from training.gate import CHECKS
+    from training.ope_cli import gate_check_from_store
     from training.report import format_table
 
     if find_spec("matplotlib") is None:
@@ -187,6 +189,7 @@ def train(
         training_log,
         onnx_dir=s.cache_dir / "onnx",
         champion_alias=s.model_alias,
+        checks=(*CHECKS, gate_check_from_store(s, Router(artifact, tier_cfg, embedder, cache=cache))),
     )
     typer.echo(format_table(evaluation))
     typer.echo(f"\nMLflow run {reg.run_id}: registered {s.registered_model} version {reg.version} as '{reg.alias}'")

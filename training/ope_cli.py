@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
+
+from sqlalchemy.exc import SQLAlchemyError
 
 from infra.prompt_policy import prompt_policy
 from infra.settings import Settings
 from infra.store import Store
 from router.routing import Router
-from router.schema import load_tiers
+from router.schema import TiersConfigError, load_tiers
+from training.gate import Check
 from training.ope_data import LoggedTraffic, load_traffic
 from training.ope_eval import calibrate_traffic, evaluate_traffic, format_rows
+from training.ope_gate import off_policy_gate_check
+
+logger = logging.getLogger(__name__)
 
 
 def open_store(s: Settings) -> Store:
@@ -59,3 +66,13 @@ def purge(s: Settings, older_than_days: float | None) -> str:
     finally:
         store.dispose()
     return f"deleted {n_decisions} decisions and {n_outcomes} outcomes older than {days:g} days"
+
+
+def gate_check_from_store(s: Settings, candidate: Router) -> Check:
+    """The gate's off-policy check on the service's logged traffic; it abstains when the store has none to offer."""
+    try:
+        traffic: LoggedTraffic | None = traffic_from_store(s)
+    except (ValueError, SQLAlchemyError, TiersConfigError, OSError) as exc:
+        logger.info("gate: no logged traffic for the off-policy check (%s)", str(exc).splitlines()[0][:200])
+        traffic = None
+    return off_policy_gate_check(candidate, traffic, s.quality_target, s.ope_gate_min_decisions, s.ope_gate_max_loss)

@@ -58,7 +58,8 @@ def candidate_policy(router: Router, traffic: LoggedTraffic, target: float) -> t
         )
     prompts = [p for p in traffic.prompts if p is not None]
     quality, cost = router.score(prompts)
-    choices = np.array([d.tier_index for d in router.decide(quality, cost, target)])
+    t, lam = router.knob(None, None, target)  # the candidate's own default operating point, as the service uses it
+    choices = np.array([d.tier_index for d in router.decide(quality, cost, t, cost_weight=lam)])
     sub = traffic.logged.take(have).with_predictions(quality, cost)
     return one_hot(choices, len(traffic.names)), sub
 

@@ -9,14 +9,18 @@ disagrees), it abstains and says why: the offline checks decide alone.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from router.ope import Unsupported
 from router.routing import Router
+from training.gate import Check, CheckResult, GateEvidence
 from training.ope_data import LoggedTraffic
 from training.ope_eval import gate_difference
 
-NAME = "off-policy DR vs logged traffic"
+logger = logging.getLogger(__name__)
+
+NAME = "off_policy_dr"
 
 
 @dataclass(frozen=True)
@@ -56,3 +60,18 @@ def ope_check(
         f"{diff:+.4f}, 95% CI [{low:+.4f}, {high:+.4f}]; the lower bound must be at least {-max_loss:+.4f}"
     )
     return OpeCheck(verdict, detail, metrics)
+
+
+def off_policy_gate_check(
+    candidate: Router, traffic: LoggedTraffic | None, target: float, min_decisions: int, max_loss: float, seed: int = 0
+) -> Check:
+    """The champion gate's check (training/gate.py): None (does not apply) when it abstains, with the reason logged."""
+
+    def off_policy_dr(_: GateEvidence) -> CheckResult | None:
+        check = ope_check(candidate, traffic, target, min_decisions, max_loss, seed=seed)
+        if check.passed is None:
+            logger.info("gate: the off-policy check %s", check.detail)
+            return None
+        return CheckResult("off_policy_dr", check.passed, check.detail)
+
+    return off_policy_dr

@@ -176,3 +176,21 @@ def test_ope_gate_check(env: str) -> None:
     cheap = ope_check(good, traffic, 0.0, min_decisions=100, max_loss=0.01, n_boot=200)
     assert cheap.passed is False and "failed" in cheap.detail
     store.dispose()
+
+
+def test_the_champion_gate_runs_the_off_policy_check(env: str) -> None:
+    from training.ope_cli import gate_check_from_store
+    from training.ope_gate import off_policy_gate_check
+
+    tiers = parse_tiers(TIERS_TOML)
+    emb = HashingEmbedder()
+    split = split_log(make_log(300, seed=1), tiers, 0.3, 0)
+    art = train_router(split, emb, None, FeatureSpec(embedder_id=emb.id), DifficultyModel(n_estimators=30))
+    candidate = Router(art, tiers, emb)
+    assert gate_check_from_store(get_settings(), candidate)(None) is None  # type: ignore[arg-type]  # empty store
+    fill_store(env, epsilon=0.3, n=400)
+    traffic = load_traffic(Store(env), NAMES)
+    check = off_policy_gate_check(candidate, traffic, 0.0, min_decisions=100, max_loss=0.01)
+    result = check(None)  # type: ignore[arg-type]  # the check reads the store's traffic, not the held-out evidence
+    assert result is not None and result.name == "off_policy_dr" and result.passed is False
+    assert off_policy_gate_check(candidate, traffic, 0.7, 1000, 0.01)(None) is None  # type: ignore[arg-type]
