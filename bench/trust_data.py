@@ -90,7 +90,8 @@ def score_dataset(
         ),
         train=train,
         test=~train,
-        log=log,
+        # Only the training prompts' rows: the artifact's output-token estimates come from them, as in training.
+        log=log[log["prompt_id"].isin(set(table.prompts["prompt_id"][complete][train]))],
         tiers=tiers,
     )
     artifact = train_router(sub, emb, cache, features, DifficultyModel(random_state=seed))
