@@ -12,11 +12,12 @@ EVERYDAY = [
     "Bonjour, comment allez-vous ?",
     "Format this as JSON: name Bob, age 3",
     "Summarise in one line: the meeting moved to Tuesday.",
-    "Write a Python function that returns the n-th Fibonacci number.",
     "Implement a lock-free concurrent hash map in Rust.",
     "Prove that there are infinitely many twin primes.",
     "Plan the refactor of a 20,000-line legacy codebase into services.",
 ]
+# Not among them: "Write a Python function that returns the n-th Fibonacci number." MBPP is in this training log,
+# so such a prompt is not out of distribution (measured novelty 0.977).
 
 
 def test_novelty_and_guarantee_floors(trained_int8: Trained, embedder_int8: Embedder) -> None:
