@@ -179,6 +179,14 @@ class Settings(BaseSettings):
         0.25, gt=0, description="alert when realised / expected cost leaves [1 / (1 + this), 1 + this]"
     )
     drift_min_outcomes: int = Field(30, ge=1, description="outcomes a tier (or the cost check) needs before it judges")
+    guarantee_epsilon: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="the service default quality guarantee's ε (requests that set no knob of their own get it); "
+        "unset = none",
+    )
+    guarantee_delta: float = Field(0.1, gt=0, lt=1, description="the service default quality guarantee's δ")
 
     @model_validator(mode="after")
     def _hash_needs_a_key(self) -> Settings:

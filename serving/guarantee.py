@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+from infra.settings import Settings
 from router.guarantee import OperatingPoint, QualityGuarantee
 from serving.errors import Invalid
-from serving.schemas import RouteOptions
+from serving.schemas import GuaranteeRequest, RouteOptions
+
+Options = TypeVar("Options", bound=RouteOptions)
 
 LOC = ("body", "quality_guarantee")
+
+
+def with_default_guarantee(opts: Options, settings: Settings) -> Options:
+    """The request with the service's default guarantee (TIERWISE_GUARANTEE_EPSILON) when it sets no knob itself."""
+    if settings.guarantee_epsilon is None or opts.quality_guarantee is not None:
+        return opts
+    if opts.quality_target is not None or opts.cost_weight_per_usd is not None:
+        return opts
+    default = GuaranteeRequest(epsilon=settings.guarantee_epsilon, delta=settings.guarantee_delta)
+    return opts.model_copy(update={"quality_guarantee": default})
 
 
 def guarantee_point(stored: QualityGuarantee | None, opts: RouteOptions) -> OperatingPoint | None:

@@ -6,6 +6,7 @@ from fastapi import APIRouter
 
 from serving.deps import Caller, MetricsDep, RuntimeDep, SettingsDep, StoreDep
 from serving.errors import BODY_ERRORS, CALLER_ERRORS, error
+from serving.guarantee import with_default_guarantee
 from serving.routing import check_sizes, exploration_rate, route
 from serving.schemas import (
     OverBudgetResponse,
@@ -32,6 +33,7 @@ def route_one(
     """Choose the tier for one prompt."""
     check_sizes([req.prompt], settings.max_prompt_chars, settings.max_batch)
     epsilon = exploration_rate(settings, caller, req)
+    req = with_default_guarantee(req, settings)
     [out] = route(
         rt, store, caller, [req.prompt], req, settings.quality_target, epsilon, metrics, None, settings.novelty_limit
     )
@@ -51,6 +53,7 @@ def route_batch(
     """Choose the tier for each of up to `max_batch` prompts."""
     check_sizes(req.prompts, settings.max_prompt_chars, settings.max_batch)
     epsilon = exploration_rate(settings, caller, req)
+    req = with_default_guarantee(req, settings)
     out = route(
         rt, store, caller, req.prompts, req, settings.quality_target, epsilon, metrics, None, settings.novelty_limit
     )

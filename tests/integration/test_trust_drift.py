@@ -137,3 +137,13 @@ def test_admin_drift_suggests_lambda_for_a_mean_cost(trusted: Callable[..., Test
     r = client.get(f"/admin/drift?mean_cost_usd={mean / 2}", headers=A).json()["recalibration"]
     assert r["decisions"] == 100 and r["cost_weight_per_usd"] is not None and r["cost_weight_per_usd"] > 0, r
     assert client.get("/admin/drift?mean_cost_usd=-1", headers=A).status_code == 422
+
+
+def test_service_default_guarantee(trusted: Callable[..., TestClient]) -> None:
+    client = trusted(guarantee_epsilon=0.05)
+    plain = client.post("/route", json={"prompt": KNOWN[5]}, headers=C).json()
+    assert plain["reason"].startswith("guarantee: loses at most 0.05")
+    own = client.post("/route", json={"prompt": KNOWN[5], "quality_target": 0.5}, headers=C).json()
+    assert not own["reason"].startswith("guarantee")  # a request's own knob wins over the default
+    batch = client.post("/route/batch", json={"prompts": KNOWN[:3]}, headers=C).json()["decisions"]
+    assert all(d["reason"].startswith("guarantee") for d in batch)
