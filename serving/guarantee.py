@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import TypeVar
 
 from infra.settings import Settings
@@ -10,13 +11,21 @@ from serving.errors import Invalid
 from serving.schemas import GuaranteeRequest, RouteOptions
 
 Options = TypeVar("Options", bound=RouteOptions)
+logger = logging.getLogger(__name__)
 
 LOC = ("body", "quality_guarantee")
 
 
-def with_default_guarantee(opts: Options, settings: Settings) -> Options:
-    """The request with the service's default guarantee (TIERWISE_GUARANTEE_EPSILON) when it sets no knob itself."""
+def with_default_guarantee(opts: Options, settings: Settings, stored: QualityGuarantee | None) -> Options:
+    """The request with the service's default guarantee (TIERWISE_GUARANTEE_EPSILON) when it sets no knob itself.
+
+    A model that cannot give the default (trained before guarantees, or no stored point implies it) serves
+    without it, with a warning in the log: the client did not ask, so it gets no 422.
+    """
     if settings.guarantee_epsilon is None or opts.quality_guarantee is not None:
+        return opts
+    if stored is None or stored.select(settings.guarantee_epsilon, settings.guarantee_delta) is None:
+        logger.warning("the serving model cannot give the default quality guarantee; routing without it")
         return opts
     if opts.quality_target is not None or opts.cost_weight_per_usd is not None:
         return opts

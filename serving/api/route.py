@@ -33,7 +33,7 @@ def route_one(
     """Choose the tier for one prompt."""
     check_sizes([req.prompt], settings.max_prompt_chars, settings.max_batch)
     epsilon = exploration_rate(settings, caller, req)
-    req = with_default_guarantee(req, settings)
+    req = with_default_guarantee(req, settings, rt.router.artifact.guarantee)
     [out] = route(
         rt, store, caller, [req.prompt], req, settings.quality_target, epsilon, metrics, None, settings.novelty_limit
     )
@@ -53,7 +53,7 @@ def route_batch(
     """Choose the tier for each of up to `max_batch` prompts."""
     check_sizes(req.prompts, settings.max_prompt_chars, settings.max_batch)
     epsilon = exploration_rate(settings, caller, req)
-    req = with_default_guarantee(req, settings)
+    req = with_default_guarantee(req, settings, rt.router.artifact.guarantee)
     out = route(
         rt, store, caller, req.prompts, req, settings.quality_target, epsilon, metrics, None, settings.novelty_limit
     )

@@ -147,3 +147,9 @@ def test_service_default_guarantee(trusted: Callable[..., TestClient]) -> None:
     assert not own["reason"].startswith("guarantee")  # a request's own knob wins over the default
     batch = client.post("/route/batch", json={"prompts": KNOWN[:3]}, headers=C).json()["decisions"]
     assert all(d["reason"].startswith("guarantee") for d in batch)
+
+
+def test_default_guarantee_the_model_cannot_give(client_factory: Callable[..., TestClient]) -> None:
+    """A model without stored guarantees serves the default policy instead of refusing clients that asked nothing."""
+    r = client_factory(guarantee_epsilon=0.05).post("/route", json={"prompt": KNOWN[5]}, headers=C)
+    assert r.status_code == 200 and not r.json()["reason"].startswith("guarantee")
