@@ -281,6 +281,8 @@ def calibrate(
 
     if sum(x is not None for x in (top_share, mean_cost_usd, quality_share)) != 1:
         _fail("give exactly one of --top-share, --mean-cost-usd or --quality-share")
+    if register and model_uri is not None:
+        _fail("--register writes into the registered model's alias; leave out --model-uri")
     if top_share is not None and not 0 <= top_share <= 1:
         _fail("--top-share must be in [0, 1]")
     _setup_logging()
@@ -294,7 +296,7 @@ def calibrate(
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     router = Router(artifact, embedder=embedder, cache=EmbeddingCache(s.cache_dir / "embeddings.sqlite"))
     if register or quality_share is not None:
-        _store_knob(s, router, split, model_uri, mean_cost_usd, quality_share, register)
+        _store_knob(s, router, split, mean_cost_usd, quality_share, register)
         return
     try:
         typer.echo(calibrate_knob(router, split, top_share, mean_cost_usd))
@@ -306,7 +308,6 @@ def _store_knob(
     s: Settings,
     router: Router,
     split: Any,
-    model_uri: str | None,
     mean_cost: float | None,
     share: float | None,
     register: bool,
@@ -317,8 +318,6 @@ def _store_knob(
 
     if mean_cost is None and share is None:
         _fail("--register stores a λ: give --mean-cost-usd or --quality-share (--top-share sets a quality target)")
-    if register and model_uri is not None:
-        _fail("--register writes into the registered model's alias; leave out --model-uri")
     goal = goal_for_mean_cost(split, mean_cost) if mean_cost is not None else KnobGoal("quality", float(share or 0))
     try:
         knob = held_out_knob(router, split, goal)

@@ -117,7 +117,11 @@ def test_bad_flag_value_is_one_line():
 
 @pytest.mark.parametrize(
     ("args", "setting"),
-    [(["--top-share", "0.3"], "TIERWISE_QUALITY_TARGET="), (["--mean-cost-usd", "1"], "cost_weight_per_usd")],
+    [
+        (["--top-share", "0.3"], "TIERWISE_QUALITY_TARGET="),
+        (["--mean-cost-usd", "1"], "cost_weight_per_usd"),
+        (["--quality-share", "0.9"], "90% of the top tier's quality: λ"),
+    ],
 )
 def test_calibrate_prints_the_setting_and_what_it_realises(tmp_path, artifact_dir, monkeypatch, args, setting):
     monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
@@ -139,3 +143,6 @@ def test_calibrate_prints_the_setting_and_what_it_realises(tmp_path, artifact_di
     first, second = res.output.strip().splitlines()[-2:]
     assert setting in first
     assert "held-out prompts: quality" in second and "mean cost $" in second
+    if "--quality-share" in args:  # --register needs the registry, not a local artifact
+        res = runner.invoke(cli.app, ["calibrate", *args, "--register", "--model-uri", str(artifact_dir)])
+        assert res.exit_code == 2 and "leave out --model-uri" in res.output
