@@ -94,3 +94,15 @@ def test_refit_tier_swaps_one_tier_from_few_outcomes_and_leaves_the_others():
     assert abs(after[:, 2].mean() - truth) < two_se < abs(before[:, 2].mean() - truth)
     with pytest.raises(ValueError, match="at least 10"):
         model.refit_tier(2, X[:5], Y_all[:5, 0])
+
+
+def test_graded_scores_work_like_outcomes():
+    """Win probabilities / judge scores in [0, 1] (not 0/1) are soft labels for both stages and the tiers."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(800, 5)).astype(np.float32)
+    Y = 1 / (1 + np.exp(-(2.0 * X[:, :1] + np.array([-1.0, 0.0, 1.0])[None, :])))  # graded, never 0 or 1
+    sd = SharedDifficulty(n_estimators=100, n_jobs=1).fit(X, Y, ["a", "b", "c"])
+    assert np.corrcoef(sd.predict_easiness(X), X[:, 0])[0, 1] > 0.9
+    model = DifficultyModel(n_estimators=60, n_jobs=1).fit(X, Y, ["a", "b", "c"], shared=sd)
+    pred = model.predict_quality(X)
+    assert np.abs(pred.mean(axis=0) - Y.mean(axis=0)).max() < 0.03
