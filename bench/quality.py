@@ -462,7 +462,8 @@ def run(quick: bool, n_boot: int, out_dir: Path, only: str | None = None) -> dic
     t_start = time.perf_counter()
     threadpool_limits(N_JOBS)
     feats = Features(REPO / ".cache" / "embeddings.sqlite", REPO / ".cache" / "onnx")
-    splits = [s for s in build_splits(quick) if only is None or only in s.group]
+    wanted = [w.strip() for w in only.split(",")] if only else []
+    splits = [s for s in build_splits(quick) if not wanted or any(w in s.group for w in wanted)]
     per_split: list[dict[str, Any]] = []
     draws: dict[str, list[dict[str, dict[str, np.ndarray]]]] = {}
     for i, sp in enumerate(splits):
@@ -580,7 +581,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="one seed per random split, fewer candidates")
     parser.add_argument("--boot", type=int, default=200, help="bootstrap draws over test prompts")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--only", help="run only the split groups whose name contains this text")
+    parser.add_argument("--only", help="run only the split groups whose name contains this text (comma: any of)")
     parser.add_argument("--render", action="store_true", help="only rewrite quality.md from quality.json")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
