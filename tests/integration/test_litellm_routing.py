@@ -42,7 +42,9 @@ TIERS = ("main", "mid", "brain")
 IN_USD, OUT_USD = 1e-6, 2e-6  # per token, on every mock deployment: LiteLLM prices its mock usage with them
 
 
-def deployment(dep_id: str, tier: str | None = None, group: str = "tierwise", reply: str | None = None) -> dict:
+def deployment(
+    dep_id: str, tier: str | None = None, group: str = "tierwise", reply: str | None = None
+) -> dict[str, Any]:
     info: dict[str, Any] = {"id": dep_id} | ({TIER_FIELD: tier} if tier else {})
     params = {
         "model": f"openai/{dep_id}",
@@ -74,7 +76,9 @@ def api(tierwise: str) -> Iterator[httpx.Client]:
         yield c
 
 
-def make_router(url: str, model_list: list[dict] | None = None, **strategy: Any) -> tuple[Any, TierwiseRoutingStrategy]:
+def make_router(
+    url: str, model_list: list[dict[str, Any]] | None = None, **strategy: Any
+) -> tuple[Any, TierwiseRoutingStrategy]:
     router = litellm.Router(model_list=model_list or TAGGED, num_retries=0)
     plugin = TierwiseRoutingStrategy(
         router,
