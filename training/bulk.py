@@ -1,28 +1,197 @@
-"""Bulk routing for `tierwise route --batch`: the Router's decisions as JSON-ready records."""
+"""Bulk routing for `tierwise route --batch`: stream prompts in (JSONL or Parquet), decisions out, chunk by chunk.
+
+Memory stays bounded by the chunk size whatever the input's length: a chunk of prompts is read, scored in one
+vectorised call (embedding, text features, boosters), decided and written before the next is read.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import IO, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from router.routing import Router
+from router.schema import OutcomeLogError
+
+Row = dict[str, str]
+Record = dict[str, Any]
+PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 def decisions_json(
-    router: Router, rows: list[dict[str, str]], target: float, chunk: int, cost_weight: float | None = None
-) -> list[dict[str, Any]]:
+    router: Router, rows: list[Row], target: float, chunk: int, cost_weight: float | None = None
+) -> list[Record]:
     """Decide a tier for each {"prompt_id", "prompt"} row, embedding in length-sorted chunks."""
     quality, cost, decisions = router.route([r["prompt"] for r in rows], target, chunk, cost_weight)
+    names = router.tiers.tiers
     out = []
     for i, (row, d) in enumerate(zip(rows, decisions, strict=True)):
-        tier = router.tiers.tiers[d.tier_index]
+        tier = names[d.tier_index]
         out.append(
             {
                 "prompt_id": row["prompt_id"],
                 "tier": tier.name,
                 "model": tier.model,
-                "predicted_quality": {n: round(float(q), 4) for n, q in zip(router.names, quality[i], strict=True)},
+                "predicted_quality": {n: round(q, 4) for n, q in zip(router.names, quality[i].tolist(), strict=True)},
                 "expected_cost_usd": float(cost[i, d.tier_index]),
                 "reason": d.reason,
             }
         )
     return out
+
+
+def _row(path: Path, rec: Any, row: int) -> Row:
+    """One input record as {"prompt_id", "prompt"}; a bad one raises naming the file and row."""
+    if not isinstance(rec, dict):
+        raise OutcomeLogError(path, "each line must be a JSON object", row=row)
+    prompt = rec.get("prompt")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise OutcomeLogError(path, "expected a non-empty prompt", row=row, column="prompt")
+    prompt_id = rec.get("prompt_id")
+    return {"prompt_id": str(row if prompt_id is None else prompt_id), "prompt": prompt}
+
+
+def _jsonl_chunks(path: Path, rows_per_chunk: int) -> Iterator[list[Row]]:
+    chunk: list[Row] = []
+    with path.open() as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise OutcomeLogError(path, f"invalid JSON: {exc.msg}", row=lineno) from None
+            chunk.append(_row(path, rec, lineno))
+            if len(chunk) == rows_per_chunk:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def _parquet_chunks(path: Path, rows_per_chunk: int) -> Iterator[list[Row]]:
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise OutcomeLogError(path, f"not a readable Parquet file: {exc}") from None
+    names = pf.schema_arrow.names
+    if "prompt" not in names:
+        raise OutcomeLogError(path, f"no 'prompt' column (columns: {', '.join(names)})", column="prompt")
+    columns = ["prompt_id", "prompt"] if "prompt_id" in names else ["prompt"]
+    start = 0
+    for batch in pf.iter_batches(batch_size=rows_per_chunk, columns=columns):
+        prompts = batch.column("prompt").to_pylist()
+        ids = batch.column("prompt_id").to_pylist() if "prompt_id" in columns else [None] * len(prompts)
+        yield [
+            _row(path, {"prompt_id": pid, "prompt": p}, start + i + 1)
+            for i, (pid, p) in enumerate(zip(ids, prompts, strict=True))
+        ]
+        start += len(prompts)
+
+
+def read_chunks(path: Path, rows_per_chunk: int) -> Iterator[list[Row]]:
+    """The prompts of a JSONL or Parquet file, `rows_per_chunk` at a time (rows are 1-based in errors)."""
+    if not path.is_file():
+        raise OutcomeLogError(path, "no such file")
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        return _parquet_chunks(path, rows_per_chunk)
+    return _jsonl_chunks(path, rows_per_chunk)
+
+
+def count_rows(path: Path) -> int | None:
+    """Rows in the input when known without reading it (Parquet metadata), else None."""
+    if path.suffix.lower() in PARQUET_SUFFIXES:
+        try:
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        except (OSError, pa.ArrowException):
+            return None
+    return None
+
+
+class DecisionSink:
+    """Decisions out as JSONL (a file or stdout) or Parquet (by the file's suffix), one chunk at a time."""
+
+    def __init__(self, path: Path | None, tier_names: list[str]):
+        self.path = path
+        self.written = 0
+        self._parquet = path is not None and path.suffix.lower() in PARQUET_SUFFIXES
+        self._writer: pq.ParquetWriter | None = None
+        quality = pa.struct([(n, pa.float64()) for n in tier_names])
+        self._schema = pa.schema(
+            [
+                ("prompt_id", pa.string()),
+                ("tier", pa.string()),
+                ("model", pa.string()),
+                ("predicted_quality", quality),
+                ("expected_cost_usd", pa.float64()),
+                ("reason", pa.string()),
+            ]
+        )
+        self._text: IO[str] | None = None
+        if not self._parquet:
+            self._text = path.open("w") if path is not None else sys.stdout
+
+    def write(self, records: list[Record]) -> None:
+        if self._parquet:
+            if self._writer is None:
+                self._writer = pq.ParquetWriter(str(self.path), self._schema, compression="zstd")
+            self._writer.write_table(pa.Table.from_pylist(records, schema=self._schema))
+        else:
+            assert self._text is not None
+            self._text.write("".join(json.dumps(r) + "\n" for r in records))
+        self.written += len(records)
+
+    def close(self) -> None:
+        if self._parquet:
+            if self._writer is None:  # no rows: still a valid, empty file
+                self._writer = pq.ParquetWriter(str(self.path), self._schema, compression="zstd")
+            self._writer.close()
+        elif self._text is not None and self.path is not None:
+            self._text.close()
+        elif self._text is not None:
+            self._text.flush()
+
+
+def progress_bar(total: int | None, enabled: bool | None = None) -> Any:
+    """A tqdm bar on stderr counting prompts; off unless stderr is a terminal (or `enabled` says otherwise)."""
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if enabled is None else enabled
+    return tqdm(total=total, unit=" prompts", disable=not show, file=sys.stderr, smoothing=0.1)
+
+
+def write_decisions(
+    chunks: Iterable[list[Record]], out: Path | None, tier_names: list[str], progress: Callable[[int], object]
+) -> int:
+    """Write decided chunks as they come; how many decisions were written."""
+    sink = DecisionSink(out, tier_names)
+    try:
+        for records in chunks:
+            sink.write(records)
+            progress(len(records))
+    finally:
+        sink.close()
+    return sink.written
+
+
+def route_file(
+    router: Router,
+    src: Path,
+    out: Path | None,
+    target: float,
+    cost_weight: float | None = None,
+    rows_per_chunk: int = 4096,
+    chunk: int = 256,
+    show_progress: bool | None = None,
+) -> int:
+    """Route every prompt of `src` into `out` (JSONL or Parquet; None: JSONL on stdout), streaming; the count."""
+    with progress_bar(count_rows(src), show_progress) as bar:
+        decided = (
+            decisions_json(router, rows, target, chunk, cost_weight) for rows in read_chunks(src, rows_per_chunk)
+        )
+        return write_decisions(decided, out, router.names, bar.update)

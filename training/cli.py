@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import tempfile
 from importlib.util import find_spec
 from pathlib import Path
@@ -23,7 +22,7 @@ from router.embedding_cache import EmbeddingCache
 from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.routing import Router
-from router.schema import OutcomeLogError, TiersConfigError, load_outcomes, load_tiers, read_jsonl_objects
+from router.schema import OutcomeLogError, TiersConfigError, load_outcomes, load_tiers
 from training.bulk import decisions_json
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="tierwise: a learned LLM router.")
@@ -31,6 +30,12 @@ logger = logging.getLogger("tierwise")
 
 OutcomesOpt = Annotated[Path | None, typer.Option("--outcomes", help="outcome log: .parquet, .csv or .jsonl")]
 TiersOpt = Annotated[Path | None, typer.Option("--tiers", help="tiers TOML")]
+DaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--dask", help="spread the embedding (and bulk routing) over Dask: local:N workers or tcp://host:port"
+    ),
+]
 ModelUriOpt = Annotated[
     str | None, typer.Option("--model-uri", help="MLflow model URI or a local artifact dir; default: the champion")
 ]
@@ -88,6 +93,18 @@ def _build_onnx(onnx_dir: Path) -> None:
     build_static(onnx_dir)
 
 
+def _dask_client(spec: str | None) -> Any:
+    """A Dask client for --dask (None without it); a bad spec or a missing extra is one line."""
+    if spec is None:
+        return None
+    from training.dask_backend import connect
+
+    try:
+        return connect(spec)
+    except (RuntimeError, ValueError, OSError) as exc:
+        _fail(str(exc))
+
+
 def _embedder(s: Settings, backend: str) -> Any:
     """The embedder for offline work (training, evaluation, bulk routing): every core, unlike serving."""
     try:
@@ -138,6 +155,7 @@ def train(
     test_size: Annotated[float | None, typer.Option(help="share of prompts held out")] = None,
     seed: Annotated[int | None, typer.Option(help="split and model seed")] = None,
     from_store: Annotated[bool, typer.Option("--from-store", help="add outcomes recorded by the service")] = False,
+    dask: DaskOpt = None,
 ) -> None:
     """Train a router on an outcome log, evaluate it, log it to MLflow and register it."""
     from training import tracking
@@ -155,6 +173,11 @@ def train(
     tier_cfg, log = _load_inputs(s, from_store)
     split = split_log(log, tier_cfg, s.test_size, s.seed)
     embedder = _embedder(s, s.embedder)
+    client = _dask_client(dask)
+    if client is not None:  # the prompts are embedded on the workers; the boosters are fitted here
+        from training.dask_backend import DaskEmbedder
+
+        embedder = DaskEmbedder(client, embedder, s.embedder, s.cache_dir / "onnx")
     cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
     features = FeatureSpec(
         embedder_id=embedder.id, embedding_dim=embedder.dim, tail_chars=s.tail_chars, text_features=s.text_features
@@ -194,6 +217,10 @@ def train(
     typer.echo(format_table(evaluation))
     typer.echo(f"\nMLflow run {reg.run_id}: registered {s.registered_model} version {reg.version} as '{reg.alias}'")
     typer.echo(reg.message)
+    if client is not None:
+        from training.dask_backend import close
+
+        close(client)
 
 
 def _load_artifact(s: Settings, model_uri: str | None) -> RouterArtifact:
@@ -377,60 +404,65 @@ def purge(
         _fail(str(exc))
 
 
-def _read_batch(path: Path) -> list[dict[str, str]]:
-    try:
-        records = read_jsonl_objects(path)
-    except (OSError, OutcomeLogError) as exc:
-        _fail(str(exc))
-    rows = []
-    for lineno, rec in records:
-        if not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
-            _fail(f"{path}, row {lineno}, column 'prompt': expected an object with a non-empty prompt")
-        rows.append({"prompt_id": str(rec.get("prompt_id", lineno)), "prompt": rec["prompt"]})
-    if not rows:
-        _fail(f"{path}: no prompts")
-    return rows
-
-
 @app.command()
 def route(
     prompt: Annotated[str | None, typer.Argument(help="the prompt to route")] = None,
-    batch: Annotated[Path | None, typer.Option("--batch", help='JSONL of {"prompt_id", "prompt"}')] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="where --batch writes decisions (JSONL)")] = None,
+    batch: Annotated[
+        Path | None, typer.Option("--batch", help='JSONL or Parquet of {"prompt_id", "prompt"}, read in chunks')
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", help="where --batch writes decisions: .parquet, else JSONL (default stdout)")
+    ] = None,
     model_uri: ModelUriOpt = None,
     tiers: TiersOpt = None,
     target: Annotated[float | None, typer.Option("--target", help="quality target in [0, 1]")] = None,
     chunk: Annotated[int, typer.Option(help="prompts per embedding chunk in --batch")] = 256,
+    dask: DaskOpt = None,
 ) -> None:
-    """Route one prompt, or a JSONL batch of prompts, with the champion (or --model-uri)."""
+    """Route one prompt, or a batch file of prompts (streamed: any length), with the champion (or --model-uri)."""
+    from training.bulk import route_file
+
     s = _settings(tiers_path=tiers, quality_target=target)
     if (prompt is None) == (batch is None):
         _fail("give either a PROMPT or --batch FILE")
-    rows = [{"prompt_id": "-", "prompt": prompt}] if prompt is not None else _read_batch(batch)  # type: ignore[arg-type]
-    if any(not r["prompt"].strip() for r in rows):
+    if prompt is not None and not prompt.strip():
         _fail("the prompt is empty")
+    if dask is not None and batch is None:
+        _fail("--dask routes a --batch file")
     artifact = _load_artifact(s, model_uri)
     try:
         tier_cfg = load_tiers(s.tiers_path) if s.tiers_path.is_file() else artifact.tiers
         artifact.check_tiers(tier_cfg)
     except TiersConfigError as exc:
         _fail(str(exc))
-    embedder = _embedder(s, backend_of(artifact.features.embedder_id))
+    backend = backend_of(artifact.features.embedder_id)
+    embedder = _embedder(s, backend)
     try:
         router = Router(artifact, tier_cfg, embedder)
         knob_target, cost_weight = router.knob(target, None, s.quality_target)  # --target, else the stored λ
-        decisions = decisions_json(router, rows, knob_target, chunk, cost_weight)
-    except StaleOnnxFile as exc:
+        if batch is None:
+            [decision] = decisions_json(
+                router, [{"prompt_id": "-", "prompt": prompt or ""}], knob_target, chunk, cost_weight
+            )
+            typer.echo(json.dumps(decision, indent=2))
+            return
+        client = _dask_client(dask)
+        if client is None:
+            n = route_file(router, batch, out, knob_target, cost_weight, chunk=chunk)
+        else:
+            from training.dask_backend import close, route_file_dask
+
+            try:
+                onnx_dir = s.cache_dir / "onnx"
+                n = route_file_dask(client, artifact, tier_cfg, backend, onnx_dir, batch, out, knob_target, cost_weight)
+            finally:
+                close(client)
+    except (StaleOnnxFile, OutcomeLogError) as exc:
         _fail(str(exc))
-    if batch is None:
-        typer.echo(json.dumps(decisions[0], indent=2))
-        return
-    sink = out.open("w") if out else sys.stdout
-    for d in decisions:
-        sink.write(json.dumps(d) + "\n")
+    if n == 0:
+        _fail(f"{batch}: no prompts")
     if out:
-        sink.close()
-        typer.echo(f"wrote {len(decisions)} decisions to {out}", err=True)
+        typer.echo(f"wrote {n} decisions to {out}", err=True)
 
 
 @app.command("add-model")

@@ -65,7 +65,8 @@ def test_route_batch_writes_one_decision_per_prompt(tmp_path, artifact_dir, monk
         assert set(r["predicted_quality"]) == {"main", "mid", "brain"}
 
 
-def test_route_batch_bad_line(tmp_path, artifact_dir):
+def test_route_batch_bad_line(tmp_path, artifact_dir, monkeypatch):
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
     batch = tmp_path / "prompts.jsonl"
     batch.write_text('{"prompt_id": "a", "prompt": "ok"}\n{"prompt_id": "b"}\n')
     res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--model-uri", str(artifact_dir)])
