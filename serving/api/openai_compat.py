@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError
+from starlette.exceptions import HTTPException
 
 from router.policy import NoTierFits
 from serving.deps import Caller, RuntimeDep, SettingsDep, StoreDep
@@ -21,9 +22,9 @@ from serving.proxy.wire import (
     TIER_PREFIX,
     ChatCompletionOut,
     ChatCompletionRequest,
-    ErrorResponse,
     ModelCard,
     ModelList,
+    OpenAIError,
     error_body,
 )
 
@@ -57,6 +58,9 @@ def _openai_error(exc: Exception) -> JSONResponse:
         type_, code = SERVICE_ERRORS.get(exc.status, ("invalid_request_error", "refused"))
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse(error_body(exc.detail, type_, code), status_code=exc.status, headers=headers)
+    if isinstance(exc, HTTPException):  # FastAPI's own refusals, e.g. a body that is not JSON at all
+        type_ = "invalid_request_error" if exc.status_code < 500 else "api_error"
+        return JSONResponse(error_body(str(exc.detail), type_, None), status_code=exc.status_code)
     if isinstance(exc, NoTierFits):
         return JSONResponse(error_body(str(exc), "invalid_request_error", "no_tier_fits"), status_code=400)
     if isinstance(exc, DBAPIError):
@@ -83,7 +87,7 @@ class OpenAIRoute(APIRoute):
 
 
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    return {s: {"model": ErrorResponse, "description": "an OpenAI-format error"} for s in statuses}
+    return {s: {"model": OpenAIError, "description": "an OpenAI-format error"} for s in statuses}
 
 
 ANSWER_HEADERS = {
@@ -94,6 +98,15 @@ ANSWER_HEADERS = {
         ("X-Tierwise-Model", "the model that served it (a fusion tier's `fusion:<name>`)"),
     )
 }
+SSE_EVENT = {
+    "type": "object",
+    "description": "one server-sent event",
+    "properties": {
+        "data": {"type": "string", "description": "a chat.completion.chunk as JSON (`tierwise` on the first), "
+                 "an OpenAI error object if the upstream failed mid-stream, or `[DONE]`"},
+    },
+    "required": ["data"],
+}  # fmt: skip
 router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute, responses=_errors(401, 503))
 
 
@@ -104,10 +117,15 @@ router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute, respo
         200: {
             "model": ChatCompletionOut,
             "description": "the upstream's completion plus `tierwise`; with `stream: true`, its events as SSE",
-            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "content": {"text/event-stream": {"schema": SSE_EVENT}},
             "headers": ANSWER_HEADERS,
         },
-        **_errors(400, 402, 403, 404, 413, 429, 502, 504),
+        **_errors(400, 402, 403, 404, 429, 502, 504),
+        413: {
+            "description": "the prompt is over max_prompt_chars (an OpenAI-format error), or the body is over "
+            'max_body_bytes (refused before it is read, as everywhere: `{"detail": ...}`)',
+            "content": {"application/json": {"schema": {"type": "object"}}},
+        },
     },
 )
 async def chat_completions(

@@ -35,7 +35,7 @@ class TextPart(BaseModel):
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: Annotated[str, Field(min_length=1, max_length=64)]
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: StrictStr | list[TextPart] | None = None
 
 
@@ -43,7 +43,9 @@ class ChatCompletionRequest(BaseModel):
     """A chat completion request; `model` is `tierwise` or `tierwise/<tier>`, `tierwise` holds /route's options."""
 
     model_config = ConfigDict(extra="allow")
-    model: StrictStr = Field(description="`tierwise` (routed), or `tierwise/<tier>` (routed, at least that tier)")
+    model: Annotated[StrictStr, Field(pattern=r"^tierwise(/.+)?$")] = Field(
+        description="`tierwise` (routed), or `tierwise/<tier>` (routed, at least that tier)"
+    )
     messages: list[ChatMessage] = Field(min_length=1)
     stream: StrictBool = False
     tierwise: RouteOptions | None = Field(
@@ -73,17 +75,17 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-class ErrorBody(BaseModel):
+class OpenAIErrorBody(BaseModel):
     message: str
     type: str
     code: str | None = None
     param: str | None = None
 
 
-class ErrorResponse(BaseModel):
+class OpenAIError(BaseModel):
     """OpenAI's error shape; a 402 also carries the session (spent, reserved, cap, status) in `error.session`."""
 
-    error: ErrorBody
+    error: OpenAIErrorBody
 
 
 def text_of(message: ChatMessage) -> str:

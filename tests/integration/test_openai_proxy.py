@@ -150,7 +150,8 @@ def test_knobs_by_extra_body_and_headers(sdk: OpenAI, url: str, up: FakeUpstream
 @pytest.mark.parametrize(
     ("kwargs", "status", "param"),
     [
-        ({"model": "gpt-4"}, 404, "model"),
+        ({"model": "gpt-4"}, 400, "model"),
+        ({"messages": [{"role": "robot", "content": EASY}]}, 400, "messages.0.role"),
         ({"model": "tierwise/nope"}, 404, "model"),
         ({"extra_body": {"tierwise": {"quality_target": 2}}}, 400, "quality_target"),
         ({"extra_headers": {"X-Tierwise-Max-Cost-Usd": "lots"}}, 400, "x-tierwise-max-cost-usd"),

@@ -1,0 +1,69 @@
+"""A bounded schemathesis run of the OpenAI-compatible door (/v1/*) against its own OpenAPI, upstreams a fake on
+loopback: no input gives a 5xx, and every answer conforms to the spec (status, content type, body schema)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import schemathesis
+from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    not_a_server_error,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests.integration.conftest import ADMIN_KEY, bearer
+from tests.integration.fake_upstream import FakeUpstream, fake_upstream
+from tests.integration.proxy_fixtures import write_proxy_tiers
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+MAX_EXAMPLES = 300
+# The door answers a request that breaks the schema 400 (OpenAI's status for it), or 413 for its size.
+CONFIG = schemathesis.Config.from_dict(
+    {"checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "403", "404", "413"]}}}
+)
+
+
+@pytest.fixture(scope="module")
+def up() -> Iterator[FakeUpstream]:
+    with fake_upstream() as upstream:
+        yield upstream
+
+
+def test_the_door_never_answers_5xx_and_keeps_to_its_spec(
+    client_factory: Callable[..., TestClient], up: FakeUpstream, tmp_path: Path
+) -> None:
+    tiers = write_proxy_tiers(tmp_path / "proxy-tiers.toml", up.base_url, fusion=True)
+    client = client_factory(tiers_path=tiers, max_prompt_chars=500, max_body_bytes=4096)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", client.app, config=CONFIG).include(path_regex="^/v1/")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.path for op in operations} == {"/v1/chat/completions", "/v1/models"}
+    strategies = [op.as_strategy(generation_mode=mode) for op in operations for mode in GenerationMode]
+    seen: Counter[int] = Counter()
+
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    @given(case=st.one_of(strategies))
+    def check(case) -> None:  # type: ignore[no-untyped-def]
+        response = case.call_and_validate(headers=bearer(ADMIN_KEY), checks=CHECKS)
+        seen[response.status_code] += 1
+
+    check()
+    assert {200, 400} <= set(seen), seen
+    assert up.requests, "no fuzzed request reached the upstream: the positive cases never got past validation"
