@@ -17,7 +17,7 @@ from infra.settings import Settings, get_settings
 from infra.store import Store
 from router.embedders.factory import make_embedder
 from router.embedders.protocol import Embedder
-from serving.api import admin, drift, openai_compat, ops, outcomes, route, sessions, ui
+from serving.api import admin, decisions, drift, openai_compat, ops, outcomes, route, sessions, ui
 from serving.docs import install_docs
 from serving.drift import drift_collector
 from serving.errors import install_handlers
@@ -115,7 +115,7 @@ def create_app(
     app.state.runtime = None
     app.state.load_error = None
     app.state.store_error = None
-    for module in (route, outcomes, sessions, admin, drift, ops, ui, openai_compat):
+    for module in (route, outcomes, decisions, sessions, admin, drift, ops, ui, openai_compat):
         app.include_router(module.router)
     install_handlers(app)
     install_docs(app)

@@ -1,0 +1,108 @@
+"""POST /decisions/{id}/usage: settle a decision the caller served itself, with its real cost and no score.
+
+A caller that dispatched a routed call on its own (the LiteLLM routing strategy, any gateway) books what the call
+cost here, as the OpenAI-compatible door does in process: the decision's reservation is released and its cost
+spent on the session, once. `cost_usd: null` releases a failed call's reservation and charges nothing. A later
+`POST /outcomes` for the decision needs only the score and never charges again.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import APIRouter, Path
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from starlette.concurrency import run_in_threadpool
+
+from infra.store import DecisionRow
+from serving.deps import Caller, RuntimeDep, StoreDep
+from serving.errors import BODY_ERRORS, CALLER_ERRORS, Forbidden, Invalid, NotFound, error
+from serving.schemas import MAX_LATENCY_MS, MAX_OUTCOME_COST_USD, MAX_TOKENS, Usd, _storable
+
+router = APIRouter(prefix="/decisions", tags=["decisions"], responses=CALLER_ERRORS)
+DecisionPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:\-]{1,32}$", description="the decision_id /route answered")]
+Tokens = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
+
+
+class UsageIn(BaseModel):
+    """What serving a routed call took. `cost_usd` null: the call failed; its reservation is released, nothing paid."""
+
+    model_config = ConfigDict(extra="forbid")
+    cost_usd: Annotated[Usd, Field(le=MAX_OUTCOME_COST_USD)] | None = Field(  # type: ignore[assignment]
+        description=f"what the call cost, 0 to {MAX_OUTCOME_COST_USD:.0e} USD; null releases a failed call's "
+        "reservation and charges nothing"
+    )
+    tokens_in: Tokens | None = Field(None, description=f"0 to {MAX_TOKENS}")
+    tokens_out: Tokens | None = Field(None, description=f"0 to {MAX_TOKENS}")
+    latency_ms: Annotated[Usd, Field(le=MAX_LATENCY_MS)] | None = Field(  # type: ignore[assignment]
+        None, description=f"0 to {MAX_LATENCY_MS:.0f} ms (a day)"
+    )
+    served_model: Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_storable)] | None = (
+        Field(None, description="the tiers-config model that answered, when not the routed one (after a fallback)")
+    )
+
+
+class UsageSettled(BaseModel):
+    """The decision's settlement as stored. `booked` is False when it was settled before (a retry, an outcome)."""
+
+    decision_id: str
+    session_id: str | None
+    booked: bool = Field(description="this request settled the decision; False: it was settled already, unchanged")
+    cost_usd: float | None = Field(description="the cost settled on the decision; null: released, nothing charged")
+    tokens_in: int | None
+    tokens_out: int | None
+    latency_ms: float | None
+    served_model: str | None
+
+
+def _view(d: DecisionRow, booked: bool) -> UsageSettled:
+    return UsageSettled(
+        decision_id=d.id,
+        session_id=d.session_id,
+        booked=booked,
+        cost_usd=d.cost_usd,
+        tokens_in=d.tokens_in,
+        tokens_out=d.tokens_out,
+        latency_ms=d.latency_ms,
+        served_model=d.served_model,
+    )
+
+
+@router.post(
+    "/{decision_id}/usage",
+    responses={
+        **BODY_ERRORS,
+        **error(403, "another client's decision"),
+        **error(404, "unknown decision_id"),
+        422: {"description": "invalid usage (a negative, non-finite or too large number, an unknown field or model)"},
+    },
+)
+async def post_usage(
+    decision_id: DecisionPath, usage: UsageIn, rt: RuntimeDep, store: StoreDep, caller: Caller
+) -> UsageSettled:
+    """Settle a decision with what the call really cost (or release it: `cost_usd` null); idempotent.
+
+    The first settlement books `cost_usd` on the decision's session and releases its reservation; any later one
+    (a retry, a release after a settlement, a decision an outcome or the proxy already settled) changes nothing
+    and answers `booked: false` with what is stored.
+    """
+    if usage.served_model is not None and usage.served_model not in rt.tiers.known_models:
+        raise Invalid(f"served_model '{usage.served_model}' is not in the tiers config")
+    d = (await run_in_threadpool(store.get_decisions, [decision_id])).get(decision_id)
+    if d is None:
+        raise NotFound(f"unknown decision_id {decision_id}")
+    if not caller.is_admin and d.owner is not None and not hmac.compare_digest(d.owner, caller.key_hash or ""):
+        raise Forbidden(f"decision {decision_id} belongs to another client")
+    if d.settled:
+        return _view(d, booked=False)
+    await run_in_threadpool(
+        store.settle_decision,
+        decision_id,
+        cost_usd=usage.cost_usd,
+        tokens_in=usage.tokens_in,
+        tokens_out=usage.tokens_out,
+        latency_ms=usage.latency_ms,
+        served_model=usage.served_model,
+    )
+    return _view((await run_in_threadpool(store.get_decisions, [decision_id]))[decision_id], booked=True)
