@@ -130,13 +130,16 @@ def count_decisions(database_url: str) -> int:
         engine.dispose()
 
 
-def run(database_url: str, seconds: float, levels: list[int], label: str) -> dict[str, Any]:
-    """Load /route and /ping at each concurrency against a fresh service on `database_url`."""
-    settings = Settings()
+def run(
+    database_url: str, seconds: float, levels: list[int], label: str, extra_env: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """Load /route and /ping at each concurrency against a fresh service on `database_url` (plus `extra_env`)."""
+    settings = Settings(**{k.removeprefix("TIERWISE_").lower(): v for k, v in (extra_env or {}).items()})
     targets = {"route": ("POST", "/route", {"prompt": serve_load.PROMPT}), "ping": ("GET", "/ping", None)}
     endpoints: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
     with tempfile.TemporaryDirectory(prefix="tierwise-bench-serve-") as tmp:
         env = {"TIERWISE_DATABASE_URL": database_url, "TIERWISE_SPOOL_PATH": str(Path(tmp) / "spool.jsonl")}
+        env |= extra_env or {}
         log_path = Path(tmp) / "service.log"
         load_start = load_avg()
         with running_service(env, log_path) as (url, proc, facts):
@@ -155,6 +158,8 @@ def run(database_url: str, seconds: float, levels: list[int], label: str) -> dic
         "workers": settings.workers,
         "intra_op_threads": settings.intra_op_threads,
         "embedder": settings.embedder,
+        "decision_commit": settings.decision_commit,
+        "extra_env": extra_env or {},
         "router_version": ready.get("router_version"),
         "seconds_per_level": seconds,
         "prompt_chars": len(serve_load.PROMPT),
