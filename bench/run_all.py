@@ -8,7 +8,8 @@ A full run (every part, not --quick, none failed) also rewrites the README's ben
 
 Parts: train (cold/warm `tierwise train`), embed (bench/embed_bench.py), inprocess (embed + predict + decide,
 and the decision write), serve (/route and /ping under load; again on PostgreSQL with --pg-url), bulk
-(`tierwise route --batch`). Run it from anywhere; it works in the repo root.
+(`tierwise route --batch`), fastpath (bench/fastpath.py: the static embedder's request path part by part, the
+issue-12 ratios, bulk on long prompts and Dask 1 vs 2 workers). Run it from anywhere; it works in the repo root.
 """
 
 from __future__ import annotations
@@ -24,13 +25,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import bulk, embed_bench, inprocess, proxy, readme_table, service, train_timing
+from bench import bulk, embed_bench, fastpath, inprocess, proxy, readme_table, service, train_timing
 from bench.common import REPO, load_avg, machine_info, scratch_database, write_json
 from infra.settings import Settings
 
 logger = logging.getLogger("bench")
 
-PARTS = ("train", "embed", "inprocess", "serve", "bulk", "proxy")
+PARTS = ("train", "embed", "inprocess", "serve", "bulk", "fastpath", "proxy")
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 ROUTE_OVER_INPROC_TARGET = 1.5
 
@@ -153,6 +154,14 @@ def summarize(results: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any
                     "met": value >= b["target_prompts_per_s"],
                 }
             )
+    if "fastpath" in results and "error" not in results["fastpath"]:
+        out["fastpath_inprocess_ms"] = {
+            k: v["p50_ms"] for k, v in results["fastpath"].get("inprocess", {}).get("latency", {}).items()
+        }
+        out["fastpath_serve_ratios"] = {c: r["ratios"] for c, r in results["fastpath"].get("serve", {}).items()}
+        out["fastpath_dask"] = results["fastpath"].get("dask")
+        for t in results["fastpath"]["summary"]["targets"]:
+            targets.append({"name": f"fastpath {t['from']}: {t['target']}", "value": t["value"], "met": t["met"]})
     if "proxy" in results and "error" not in results["proxy"]:
         px = results["proxy"]
         keys = ("routing_ms", "overhead_p50_ms", "first_byte_delay_beyond_routing_p50_ms")
@@ -227,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         ("serve", "serve_pg", serve_pg_part),
         ("bulk", "bulk", lambda: bulk.run(champion_model(), bulk_n)),
         ("proxy", "proxy", lambda: proxy.run(30 if args.quick else 200, 5 if args.quick else 20)),
+        ("fastpath", "fastpath", lambda: fastpath.run(args.quick, args.seconds)),
     ]
     with LoadSampler() as sampler:
         for part, name, fn in plan:
