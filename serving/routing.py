@@ -19,7 +19,7 @@ from router.exploration import explore
 from router.novelty import OOD_NOVELTY
 from router.policy import Decision
 from serving.errors import Invalid, OverBudget, TooLarge
-from serving.guarantee import guarantee_point
+from serving.guarantee import guarantee_point, with_default_guarantee
 from serving.metrics import Metrics
 from serving.runtime import Runtime
 from serving.schemas import RouteOptions, RouteResponse
@@ -267,3 +267,27 @@ def route(
         )
         for i, r in enumerate(rows)
     ]
+
+
+def route_request(
+    rt: Runtime,
+    store: Store,
+    principal: Principal,
+    prompts: Sequence[str],
+    opts: RouteOptions,
+    settings: Settings,
+    metrics: Metrics | None = None,
+) -> list[RouteResponse]:
+    """The service's one way to route a request, for /route, /route/batch and the OpenAI-compatible door alike:
+    size limits, the request's exploration, the service's default quality guarantee and novelty limit, then `route`,
+    counting each decision on /metrics."""
+    check_sizes(prompts, settings.max_prompt_chars, settings.max_batch)
+    epsilon = exploration_rate(settings, principal, opts)
+    opts = with_default_guarantee(opts, settings, rt.router.artifact.guarantee)
+    out = route(
+        rt, store, principal, prompts, opts, settings.quality_target, epsilon, metrics, None, settings.novelty_limit
+    )
+    if metrics is not None:
+        for d in out:
+            metrics.decisions.labels(d.tier, d.model).inc()
+    return out

@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 from router.policy import NoTierFits
-from serving.deps import Caller, RuntimeDep, SettingsDep, StoreDep
+from serving.deps import Caller, MetricsDep, RuntimeDep, SettingsDep, StoreDep
 from serving.errors import Invalid, OverBudget, ServiceError, refusal_class
 from serving.proxy.service import Proxy, ProxyError
 from serving.proxy.wire import (
@@ -135,10 +135,11 @@ async def chat_completions(
     store: StoreDep,
     caller: Caller,
     settings: SettingsDep,
+    metrics: MetricsDep,
 ) -> Response:
     """Route the conversation (system text + last user turn) to a tier, answer with that tier's upstream."""
     proxy: Proxy = request.app.state.proxy
-    return await proxy.chat(req, request.headers, rt, store, caller, settings.quality_target, settings.max_prompt_chars)
+    return await proxy.chat(req, request.headers, rt, store, caller, settings, metrics)
 
 
 @router.get("/models")

@@ -6,8 +6,7 @@ from fastapi import APIRouter
 
 from serving.deps import Caller, MetricsDep, RuntimeDep, SettingsDep, StoreDep
 from serving.errors import BODY_ERRORS, CALLER_ERRORS, error
-from serving.guarantee import with_default_guarantee
-from serving.routing import check_sizes, exploration_rate, route
+from serving.routing import route_request
 from serving.schemas import (
     OverBudgetResponse,
     RouteBatchRequest,
@@ -31,13 +30,7 @@ def route_one(
     req: RouteRequest, rt: RuntimeDep, store: StoreDep, caller: Caller, settings: SettingsDep, metrics: MetricsDep
 ) -> RouteResponse:
     """Choose the tier for one prompt."""
-    check_sizes([req.prompt], settings.max_prompt_chars, settings.max_batch)
-    epsilon = exploration_rate(settings, caller, req)
-    req = with_default_guarantee(req, settings, rt.router.artifact.guarantee)
-    [out] = route(
-        rt, store, caller, [req.prompt], req, settings.quality_target, epsilon, metrics, None, settings.novelty_limit
-    )
-    metrics.decisions.labels(out.tier, out.model).inc()
+    [out] = route_request(rt, store, caller, [req.prompt], req, settings, metrics)
     return out
 
 
@@ -51,15 +44,7 @@ def route_batch(
     metrics: MetricsDep,
 ) -> RouteBatchResponse:
     """Choose the tier for each of up to `max_batch` prompts."""
-    check_sizes(req.prompts, settings.max_prompt_chars, settings.max_batch)
-    epsilon = exploration_rate(settings, caller, req)
-    req = with_default_guarantee(req, settings, rt.router.artifact.guarantee)
-    out = route(
-        rt, store, caller, req.prompts, req, settings.quality_target, epsilon, metrics, None, settings.novelty_limit
-    )
-    for d in out:
-        metrics.decisions.labels(d.tier, d.model).inc()
-    return RouteBatchResponse(decisions=out)
+    return RouteBatchResponse(decisions=route_request(rt, store, caller, req.prompts, req, settings, metrics))
 
 
 def tier_infos(rt: RuntimeDep) -> list[TierInfo]:

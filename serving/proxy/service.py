@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from infra.settings import Settings
 from infra.store import Store
+from serving.metrics import Metrics
 from serving.outcomes import describe
 from serving.proxy.dispatch import Dispatcher, RetryPolicy, Served, Trail
 from serving.proxy.upstream import UpstreamFailure, make_client
@@ -29,7 +30,7 @@ from serving.proxy.wire import (
     sse,
     upstream_body,
 )
-from serving.routing import check_sizes, route
+from serving.routing import route_request
 from serving.runtime import Runtime
 from serving.schemas import RouteOptions, RouteResponse
 from serving.security import Principal
@@ -113,8 +114,8 @@ class Proxy:
         rt: Runtime,
         store: Store,
         principal: Principal,
-        default_target: float,
-        max_prompt_chars: int,
+        settings: Settings,
+        metrics: Metrics | None = None,
     ) -> Response:
         opts = route_options(req, headers, rt.tiers.names)
         prompt = prompt_view(req.messages)
@@ -123,8 +124,7 @@ class Proxy:
                              "invalid_request_error", None, "messages")  # fmt: skip
         if "\x00" in prompt:
             raise ProxyError(400, "messages must not contain NUL characters", "invalid_request_error", None, "messages")
-        check_sizes([prompt], max_prompt_chars, 1)
-        [decision] = await run_in_threadpool(route, rt, store, principal, [prompt], opts, default_target)
+        [decision] = await run_in_threadpool(route_request, rt, store, principal, [prompt], opts, settings, metrics)
         trail = Trail()
         started = time.perf_counter()
         try:

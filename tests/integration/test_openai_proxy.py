@@ -273,3 +273,21 @@ def test_auth_same_keys_as_route(url: str, up: FakeUpstream) -> None:
         other.chat.completions.create(model="tierwise", messages=messages, extra_body={"tierwise": {"session_id": sid}})  # type: ignore[arg-type]
     admin = OpenAI(base_url=f"{url}/v1", api_key=ADMIN_KEY, max_retries=0)
     admin.chat.completions.create(model="tierwise", messages=messages, extra_body={"tierwise": {"session_id": sid}})  # type: ignore[arg-type]
+
+
+def test_the_door_routes_with_the_services_exploration_settings(
+    tmp_path: Path, artifact_dir: Path, up: FakeUpstream
+) -> None:
+    """The door decides through the same request path as /route: a service that explores explores here too."""
+    for model in PRICES:
+        up.script(model, Reply(text="ok", usage=(5, 5)))
+    with proxied_tierwise(tmp_path, artifact_dir, up, exploration_rate=0.5) as url:
+        client = OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0)
+        served = [
+            client.chat.completions.create(model="tierwise", messages=[{"role": "user", "content": EASY}])
+            for _ in range(24)
+        ]
+        metrics = httpx.get(f"{url}/metrics").text
+    infos = [s.model_extra["tierwise"] for s in served]
+    assert {i["routed_tier"] for i in infos} != {"main"}, "no request explored past the policy's tier"
+    assert any(line.startswith("tierwise_decisions_total") for line in metrics.splitlines())
