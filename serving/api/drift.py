@@ -4,17 +4,21 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
 
 from serving.deps import Admin, RuntimeDep, SettingsDep, StoreDep
 from serving.drift import DriftReport, drift_report
-from serving.errors import CALLER_ERRORS, error
+from serving.errors import CALLER_ERRORS, Invalid, error
 
 router = APIRouter(prefix="/admin", tags=["admin"], responses=CALLER_ERRORS | error(403, "needs an admin key"))
 
 
+QUERY = {"mean_cost_usd"}
+
+
 @router.get("/drift")
 def get_drift(
+    request: Request,
     _: Admin,
     rt: RuntimeDep,
     store: StoreDep,
@@ -29,4 +33,7 @@ def get_drift(
     tier's predicted vs realised quality (alert beyond `drift_quality_gap`), realised vs expected cost (alert
     outside `drift_cost_ratio`). The same checks are gauges on /metrics (`tierwise_drift_*`).
     """
+    unknown = sorted(set(request.query_params) - QUERY)
+    if unknown:  # a misspelt knob must not pass silently as "no knob"
+        raise Invalid(f"unknown query parameter {unknown[0]!r}; this endpoint takes only mean_cost_usd", ("query",))
     return drift_report(store, rt, settings, mean_cost_usd)

@@ -255,6 +255,11 @@ def test_every_refusal_is_documented(client: TestClient) -> None:
                 assert {"401", "503"} <= documented, (method, path)
             if "requestBody" in op:
                 assert {"400", "413", "422"} <= documented, (method, path)
-            for code in documented & {"400", "401", "403", "404", "409", "413"}:
+            # The OpenAI-compatible door answers in OpenAI's error shape; everything else in tierwise's.
+            shape = "OpenAIError" if path.startswith("/v1/") else "ErrorResponse"
+            for code in documented & {"400", "401", "403", "404", "409"}:
                 schema = op["responses"][code]["content"]["application/json"]["schema"]
-                assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (method, path, code)
+                assert schema == {"$ref": f"#/components/schemas/{shape}"}, (method, path, code)
+            if "413" in documented and not path.startswith("/v1/"):
+                schema = op["responses"]["413"]["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (method, path, "413")
