@@ -69,8 +69,9 @@ def fit_shared_difficulty(
     """The shared difficulty on the pool: the split's train features `X_train` (the pool's first rows) and the rest."""
     if X_train.shape[0] != pool.n_train:
         raise ValueError(f"the pool starts with {pool.n_train} training prompts, X_train has {X_train.shape[0]}")
-    rest = featurize(pool.prompts[pool.n_train :], features, embedder, cache)
-    X = np.vstack([X_train, rest]) if len(rest) else X_train
+    others = pool.prompts[pool.n_train :]
+    # A pool of the log's own prompts only (the pooled logs missing, e.g. run outside the checkout) has no rest.
+    X = np.vstack([X_train, featurize(others, features, embedder, cache)]) if len(others) else X_train
     logger.info("shared difficulty on %s", pool.describe())
     model = SharedDifficulty(random_state=seed, n_jobs=n_jobs)
     return model.fit(X, pool.scores.to_numpy(dtype=float), [str(c) for c in pool.scores.columns])
