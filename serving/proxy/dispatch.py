@@ -37,12 +37,17 @@ class Trail:
     failed_tiers: list[str] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)
     members: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
 
     def note(self) -> str:
         """The decision reason's addendum: what failed and was left out (empty when all went as routed)."""
         parts = []
         if self.failed_tiers:
             parts.append(f"fell back from tier(s) {', '.join(self.failed_tiers)}")
+        if self.skipped:
+            parts.append(
+                f"fallback skipped (over the request's max cost or the session's cap): {', '.join(self.skipped)}"
+            )
         if self.left_out:
             parts.append(f"fusion member(s) left out: {', '.join(self.left_out)}")
         if self.failures:
@@ -65,13 +70,26 @@ class Dispatcher:
         self.policy = policy
         self.environ = environ
 
-    async def serve(self, tiers: TiersConfig, first: Tier, body: dict[str, Any], stream: bool, trail: Trail) -> Served:
+    async def serve(
+        self,
+        tiers: TiersConfig,
+        first: Tier,
+        body: dict[str, Any],
+        stream: bool,
+        trail: Trail,
+        affordable: Callable[[Tier], bool] | None = None,
+    ) -> Served:
         """The answer of `first`, else of its fallbacks in order; raises the last failure when none answers.
 
         A `client` failure (the upstream refused the request itself) is raised at once: another tier would too.
+        A fallback that is not `affordable` (its expected cost over the request's max cost or what the session's cap
+        leaves) is skipped and said so: falling back never spends past a cap.
         """
         last: UpstreamFailure | None = None
         for tier in [first, *tiers.fallbacks(first.name)]:
+            if tier is not first and affordable is not None and not affordable(tier):
+                trail.skipped.append(tier.name)
+                continue
             try:
                 return await self._serve_tier(tiers, tier, body, stream, trail)
             except UpstreamFailure as failure:

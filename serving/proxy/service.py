@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +16,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from infra.settings import Settings
 from infra.store import Store
+from router.schema import Tier
 from serving.metrics import Metrics
 from serving.outcomes import describe
 from serving.proxy.dispatch import Dispatcher, RetryPolicy, Served, Trail
@@ -129,7 +130,12 @@ class Proxy:
         started = time.perf_counter()
         try:
             served = await self.dispatcher.serve(
-                rt.tiers, rt.tiers.tier(decision.tier), upstream_body(req), req.stream, trail
+                rt.tiers,
+                rt.tiers.tier(decision.tier),
+                upstream_body(req),
+                req.stream,
+                trail,
+                affordable(rt, prompt, decision, opts.max_cost_usd),
             )
         except UpstreamFailure as failure:
             await _settle(store, decision, trail, started, None)
@@ -156,6 +162,21 @@ class Proxy:
             media_type="text/event-stream",
             headers={**headers_out, "Cache-Control": "no-cache"},
         )
+
+
+def affordable(
+    rt: Runtime, prompt: str, decision: RouteResponse, max_cost_usd: float | None
+) -> Callable[[Tier], bool] | None:
+    """Which fallback tiers the request can pay for: expected cost within its max cost and within what the session's
+    cap left (the decision's reservation plus the budget left after it). None when nothing limits it."""
+    if max_cost_usd is None and decision.budget_left_usd is None:
+        return None
+    cost = dict(zip(rt.tiers.names, rt.router.expected_cost([prompt])[0], strict=True))
+    limit = min(
+        max_cost_usd if max_cost_usd is not None else float("inf"),
+        decision.expected_cost_usd + decision.budget_left_usd if decision.budget_left_usd is not None else float("inf"),
+    )
+    return lambda tier: float(cost[tier.name]) <= limit
 
 
 def _info(decision: RouteResponse, served: Served, trail: Trail) -> dict[str, Any]:

@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import openai
 import pytest
 from openai import OpenAI
 
-from tests.integration.conftest import CLIENT_KEY
+from tests.integration.conftest import CLIENT_KEY, bearer
 from tests.integration.fake_upstream import FakeUpstream, Reply, fake_upstream
 from tests.integration.proxy_fixtures import proxied_tierwise
 from tests.integration.test_openai_proxy import EASY, HARD, cost, get_session, session
@@ -138,3 +139,33 @@ def test_a_stream_dying_midway_is_an_error_event_and_not_charged(sdk: OpenAI, ur
     s = get_session(url, sid)
     assert s["spent_usd"] == 0 and s["reserved_usd"] == pytest.approx(0)
     assert "mid-stream" in s["recent_decisions"][0]["reason"]
+
+
+def routed_easy(url: str) -> dict:
+    routed = httpx.post(f"{url}/route", json={"prompt": EASY}, headers=bearer(CLIENT_KEY)).json()
+    assert routed["tier"] == "main"
+    return routed
+
+
+def test_falling_back_never_spends_past_the_sessions_cap(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    routed = routed_easy(url)
+    sid = session(url, cap_usd=2 * routed["expected_cost_usd"])  # room for main, not for mid (5x its price) or brain
+    up.script("small", Reply(status=503), Reply(status=503))
+    up.script("medium", Reply(text="from medium", usage=(20, 10)))
+    with pytest.raises(openai.APIStatusError):
+        ask(sdk, sid)
+    assert up.calls("medium") == [] and up.calls("large") == []
+    s = get_session(url, sid)
+    assert s["spent_usd"] == 0 and s["reserved_usd"] == pytest.approx(0)
+    assert "fallback skipped (over the request's max cost or the session's cap): mid, brain" in (
+        s["recent_decisions"][0]["reason"]
+    )
+
+
+def test_falling_back_respects_the_requests_max_cost(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    limit = 2 * routed_easy(url)["expected_cost_usd"]
+    up.script("small", Reply(status=503), Reply(status=503))
+    with pytest.raises(openai.APIStatusError) as refused:
+        ask(sdk, session(url), tierwise={"max_cost_usd": limit})
+    assert refused.value.status_code == 502  # the upstream's failure, not a routing refusal
+    assert len(up.calls("small")) == 2 and up.calls("medium") == [] and up.calls("large") == []
