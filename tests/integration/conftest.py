@@ -22,6 +22,7 @@ from serving.app import create_app
 from serving.model_source import LocalSource
 from serving.security import hash_key
 from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
+from tests.integration.live_server import live_server
 from training.data import pivot_log
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -143,3 +144,38 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     s = Store(url)
     yield s
     s.dispose()
+
+
+# A real browser for the page tests: Debian's Chromium driven by Playwright, reaching no other host.
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@pytest.fixture
+def live_url(settings_factory: Callable[..., Settings], artifact_dir: Path) -> Iterator[str]:
+    def factory() -> Any:
+        return create_app(
+            settings=settings_factory(), model_source=LocalSource(artifact_dir), embedder=HashingEmbedder()
+        )
+
+    with live_server(factory) as url:
+        yield url
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is absent (Debian package `chromium`)")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the Python package `playwright` is absent")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield b
+        b.close()

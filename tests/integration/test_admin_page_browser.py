@@ -5,48 +5,18 @@ it, see it open. Skips with a reason where no browser can be had; leaves a scree
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-import pytest
 
-from infra.settings import Settings
-from serving.app import create_app
-from serving.model_source import LocalSource
-from tests.conftest import HashingEmbedder
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, bearer
-from tests.integration.live_server import live_server
-from tests.integration.test_docs_page import CHROMIUM, CHROMIUM_ARGS
 
 # Where the page's screenshot goes: the test's own directory, or TIERWISE_SCREENSHOT_DIR (e.g. bench/results, to
 # refresh the committed bench/results/admin_ui.png) — a plain `make test` leaves the checkout clean.
 SCREENSHOT_DIR_ENV = "TIERWISE_SCREENSHOT_DIR"
 PROMPTS = ["what is 2+2", "name a colour", "hard " * 60, "please explain in detail " * 30, "translate 'cat'"]
-
-
-@pytest.fixture
-def live_url(settings_factory: Callable[..., Settings], artifact_dir: Path) -> Iterator[str]:
-    def factory() -> Any:
-        return create_app(
-            settings=settings_factory(), model_source=LocalSource(artifact_dir), embedder=HashingEmbedder()
-        )
-
-    with live_server(factory) as url:
-        yield url
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent (Debian package `chromium`)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the Python package `playwright` is absent")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def traffic(url: str) -> str:

@@ -5,30 +5,10 @@ other host. /redoc is not served (ReDoc loads its logo from its vendor's CDN).""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
 from fastapi.testclient import TestClient
-
-from infra.settings import Settings
-from serving.app import create_app
-from serving.model_source import LocalSource
-from tests.conftest import HashingEmbedder
-from tests.integration.live_server import live_server
-
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 
 def referenced_urls(html: str) -> list[str]:
@@ -58,28 +38,6 @@ def test_the_spec_declares_the_bearer_scheme(client: TestClient) -> None:
     assert route["security"] == [{"HTTPBearer": []}]
     assert {"400", "401", "402", "403", "413", "422", "503"} <= set(route["responses"])
     assert "security" not in spec["paths"]["/healthz"]["get"]
-
-
-@pytest.fixture
-def live_url(settings_factory: Callable[..., Settings], artifact_dir: Path) -> Iterator[str]:
-    def factory() -> Any:
-        return create_app(
-            settings=settings_factory(), model_source=LocalSource(artifact_dir), embedder=HashingEmbedder()
-        )
-
-    with live_server(factory) as url:
-        yield url
-
-
-@pytest.fixture
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent (Debian package `chromium`)")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the Python package `playwright` is absent")
-    with sync_api.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        yield b
-        b.close()
 
 
 def test_docs_render_offline_in_a_browser(live_url: str, browser: Any) -> None:
