@@ -8,17 +8,20 @@ the brain tier is a fusion of small and medium judged by large (same tier names,
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
+from openai import OpenAI
 
 from infra.settings import Settings
 from serving.app import create_app
 from serving.model_source import LocalSource
 from tests.conftest import TIERS_TOML, HashingEmbedder
-from tests.integration.conftest import KEYS
-from tests.integration.fake_upstream import FakeUpstream
+from tests.integration.conftest import CLIENT_KEY, KEYS
+from tests.integration.fake_upstream import FakeUpstream, fake_upstream
 from tests.integration.live_server import live_server
 
 
@@ -65,3 +68,30 @@ def proxied_tierwise(
     app = create_app(settings=settings, model_source=LocalSource(artifact_dir), embedder=HashingEmbedder())
     with live_server(lambda: app) as url:
         yield url
+
+
+def proxy_fixtures(name: str, fusion: bool = False, **fields: Any) -> tuple[Callable[..., Any], ...]:
+    """A test module's fixtures, `served, up, url, sdk = proxy_fixtures("name", ...)`: one live tierwise and fake
+    upstream per module (`served`), the upstream reset for each test (`up`), the service's URL (`url`) and the
+    official OpenAI SDK pointed at its /v1 with a client key and no retries (`sdk`)."""
+
+    @pytest.fixture(scope="module")
+    def served(tmp_path_factory: pytest.TempPathFactory, artifact_dir: Path) -> Iterator[tuple[str, FakeUpstream]]:
+        tmp = tmp_path_factory.mktemp(name)
+        with fake_upstream() as up, proxied_tierwise(tmp, artifact_dir, up, fusion, **fields) as url:
+            yield url, up
+
+    @pytest.fixture
+    def up(served: tuple[str, FakeUpstream]) -> FakeUpstream:
+        served[1].reset()
+        return served[1]
+
+    @pytest.fixture
+    def url(served: tuple[str, FakeUpstream], up: FakeUpstream) -> str:
+        return served[0]
+
+    @pytest.fixture
+    def sdk(url: str) -> OpenAI:
+        return OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0)
+
+    return served, up, url, sdk

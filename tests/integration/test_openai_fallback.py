@@ -3,43 +3,20 @@ reason), one clean OpenAI-format error with the right status when nothing answer
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import httpx
 import openai
 import pytest
 from openai import OpenAI
 
 from tests.integration.conftest import CLIENT_KEY, bearer
-from tests.integration.fake_upstream import FakeUpstream, Reply, fake_upstream
-from tests.integration.proxy_fixtures import proxied_tierwise
+from tests.integration.fake_upstream import FakeUpstream, Reply
+from tests.integration.proxy_fixtures import proxy_fixtures
 from tests.integration.test_openai_proxy import EASY, HARD, cost, get_session, session
 
 TIMEOUT_S = 0.5  # the upstream timeout the service is started with; "slow" replies take three times that
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, artifact_dir: Path) -> Iterator[tuple[str, FakeUpstream]]:
-    tmp = tmp_path_factory.mktemp("fallback")
-    with fake_upstream() as up, proxied_tierwise(tmp, artifact_dir, up, upstream_timeout_s=TIMEOUT_S) as url:
-        yield url, up
-
-
-@pytest.fixture
-def up(served: tuple[str, FakeUpstream]) -> FakeUpstream:
-    served[1].reset()
-    return served[1]
-
-
-@pytest.fixture
-def url(served: tuple[str, FakeUpstream], up: FakeUpstream) -> str:
-    return served[0]
-
-
-@pytest.fixture
-def sdk(url: str) -> OpenAI:
-    return OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0)
+served, up, url, sdk = proxy_fixtures("fallback", upstream_timeout_s=TIMEOUT_S)
 
 
 def ask(sdk: OpenAI, sid: str, prompt: str = EASY, **kwargs: object) -> object:
@@ -157,8 +134,9 @@ def test_falling_back_never_spends_past_the_sessions_cap(sdk: OpenAI, url: str, 
     assert up.calls("medium") == [] and up.calls("large") == []
     s = get_session(url, sid)
     assert s["spent_usd"] == 0 and s["reserved_usd"] == pytest.approx(0)
-    assert "fallback skipped (over the request's max cost or the session's cap): mid, brain" in (
-        s["recent_decisions"][0]["reason"]
+    assert (
+        "fallback skipped (over the request's max cost or the session's cap): mid, brain"
+        in (s["recent_decisions"][0]["reason"])
     )
 
 

@@ -3,43 +3,19 @@ returned; the cost is the sum of the real usages; a member that fails (dies mid-
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import openai
 import pytest
 from openai import OpenAI
 
 from serving.proxy.fusion import MERGE_PROMPT
-from tests.integration.conftest import CLIENT_KEY
-from tests.integration.fake_upstream import FakeUpstream, Reply, fake_upstream
-from tests.integration.proxy_fixtures import proxied_tierwise
+from tests.integration.fake_upstream import FakeUpstream, Reply
+from tests.integration.proxy_fixtures import proxy_fixtures
 from tests.integration.test_openai_proxy import EASY, cost, get_session, session
 
 MERGE_HEAD = MERGE_PROMPT.split("{n}")[0]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, artifact_dir: Path) -> Iterator[tuple[str, FakeUpstream]]:
-    tmp = tmp_path_factory.mktemp("fusion")
-    with fake_upstream() as up, proxied_tierwise(tmp, artifact_dir, up, fusion=True) as url:
-        yield url, up
-
-
-@pytest.fixture
-def up(served: tuple[str, FakeUpstream]) -> FakeUpstream:
-    served[1].reset()
-    return served[1]
-
-
-@pytest.fixture
-def url(served: tuple[str, FakeUpstream], up: FakeUpstream) -> str:
-    return served[0]
-
-
-@pytest.fixture
-def sdk(url: str) -> OpenAI:
-    return OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0)
+served, up, url, sdk = proxy_fixtures("fusion", fusion=True)
 
 
 def ask_panel(sdk: OpenAI, sid: str, **kwargs: object) -> object:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -14,8 +13,8 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer
-from tests.integration.fake_upstream import FakeUpstream, Reply, fake_upstream
-from tests.integration.proxy_fixtures import proxied_tierwise
+from tests.integration.fake_upstream import FakeUpstream, Reply
+from tests.integration.proxy_fixtures import proxied_tierwise, proxy_fixtures
 
 HARD = "hard question 1: omega sigma alpha beta gamma"
 EASY = "easy question 2: alpha beta gamma delta omega"
@@ -27,26 +26,7 @@ def cost(model: str, tokens_in: int, tokens_out: int) -> float:
     return (tokens_in * p_in + tokens_out * p_out) / 1e6
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory, artifact_dir: Path) -> Iterator[tuple[str, FakeUpstream]]:
-    with fake_upstream() as up, proxied_tierwise(tmp_path_factory.mktemp("proxy"), artifact_dir, up) as url:
-        yield url, up
-
-
-@pytest.fixture
-def up(served: tuple[str, FakeUpstream]) -> FakeUpstream:
-    served[1].reset()
-    return served[1]
-
-
-@pytest.fixture
-def url(served: tuple[str, FakeUpstream], up: FakeUpstream) -> str:
-    return served[0]
-
-
-@pytest.fixture
-def sdk(url: str) -> OpenAI:
-    return OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0)
+served, up, url, sdk = proxy_fixtures("proxy")
 
 
 def session(url: str, cap_usd: float | None = None) -> str:
