@@ -198,20 +198,14 @@ def route(
             )
         return rows
 
+    def decide(budget_usd: float | None) -> list[Decision]:
+        return rt.router.decide(
+            quality, cost, target, min_tier, opts.max_cost_usd, cost_weight, budget_usd, novelty, novelty_limit, point
+        )
+
     session: SessionRow | None = None
     if opts.session_id is None:
-        decided = rt.router.decide(
-            quality,
-            cost,
-            target,
-            min_tier,
-            opts.max_cost_usd,
-            cost_weight,
-            None,
-            novelty,
-            novelty_limit,
-            point,
-        )
+        decided = decide(None)
         rows = rows_for(decided, None)
         store.record_decisions(rows)
     else:
@@ -236,18 +230,7 @@ def route(
                         float(floor.sum()),
                     )
             else:
-                decided = rt.router.decide(
-                    quality,
-                    cost,
-                    target,
-                    min_tier,
-                    opts.max_cost_usd,
-                    cost_weight,
-                    left,
-                    novelty,
-                    novelty_limit,
-                    point,
-                )
+                decided = decide(left)
                 rows = rows_for(decided, opts.session_id, left)
                 locked.reserve(rows)
             session = locked.row
