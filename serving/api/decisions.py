@@ -29,13 +29,13 @@ class UsageIn(BaseModel):
     """What serving a routed call took. `cost_usd` null: the call failed; its reservation is released, nothing paid."""
 
     model_config = ConfigDict(extra="forbid")
-    cost_usd: Annotated[Usd, Field(le=MAX_OUTCOME_COST_USD)] | None = Field(  # type: ignore[assignment]
+    cost_usd: Annotated[Usd, Field(le=MAX_OUTCOME_COST_USD)] | None = Field(
         description=f"what the call cost, 0 to {MAX_OUTCOME_COST_USD:.0e} USD; null releases a failed call's "
         "reservation and charges nothing"
     )
     tokens_in: Tokens | None = Field(None, description=f"0 to {MAX_TOKENS}")
     tokens_out: Tokens | None = Field(None, description=f"0 to {MAX_TOKENS}")
-    latency_ms: Annotated[Usd, Field(le=MAX_LATENCY_MS)] | None = Field(  # type: ignore[assignment]
+    latency_ms: Annotated[Usd, Field(le=MAX_LATENCY_MS)] | None = Field(
         None, description=f"0 to {MAX_LATENCY_MS:.0f} ms (a day)"
     )
     served_model: Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_storable)] | None = (
