@@ -11,15 +11,22 @@ was chosen and why (a `Decision`). tierwise being down never blocks a call: a ti
 5xx, 429 or 413 serves the configured fallback deployment and logs a warning. A refusal that is the caller's to
 fix is raised instead: 402 (the session's spend cap, which a fallback must not bypass) as LiteLLM's
 BudgetExceededError, any other 4xx as BadRequestError with tierwise's reason.
+
+Every routed call is settled on tierwise automatically (`TierwiseSettler`, a LiteLLM callback the strategy
+registers): a success books LiteLLM's `response_cost`, tokens and latency with `POST /decisions/{id}/usage`, and a
+call that failed for good (its last retry, or an error LiteLLM does not retry) releases its reservation. A score
+posted later (`post_score`, `TierwiseOutcomeLogger`) needs nothing else and charges nothing more.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict, cast
 
+import litellm
 from litellm.exceptions import BadRequestError, BudgetExceededError
 from litellm.integrations.custom_logger import CustomLogger
 from litellm.router import Router
@@ -43,6 +50,7 @@ class Decision(TypedDict):
     reason: str
     session_id: str | None
     trace_id: str | None
+    tierwise_url: str
 
 
 def _text(content: Any) -> str:
@@ -95,7 +103,8 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
 
     Register with `router.register_plugin(strategy)`. `fallback_deployment_id` is a deployment's `model_info.id`,
     served when tierwise cannot decide. A retry of the same request (same LiteLLM trace id) keeps its tier and
-    skips deployments in cooldown, without asking tierwise again.
+    skips deployments in cooldown, without asking tierwise again. With `settle` (the default) each routed call is
+    settled on tierwise when it ends (see `TierwiseSettler`, added to LiteLLM's callbacks).
     """
 
     def __init__(
@@ -108,6 +117,7 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
         tier_groups: Mapping[str, str] | None = None,
         tier_field: str = TIER_FIELD,
         seed: int | None = None,
+        settle: bool = True,
     ) -> None:
         if not router.registry().has_deployment(fallback_deployment_id):
             raise ValueError(f"fallback_deployment_id {fallback_deployment_id!r} is no deployment's model_info.id")
@@ -118,6 +128,9 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
         self.tier_groups = dict(tier_groups or {})
         self.tier_field = tier_field
         self._rng = random.Random(seed)
+        # Settles every routed call on tierwise (cost on success, release on a final failure); settle=False leaves
+        # it to the caller (post_score, or its own POST /decisions/{id}/usage).
+        self.settler: TierwiseSettler | None = shared_settler(client) if settle else None
 
     # -- LiteLLM's entry points ----------------------------------------------------------------------------------
 
@@ -206,6 +219,7 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
                 reason=f"fallback: {why}",
                 session_id=session_id,
                 trace_id=trace_id,
+                tierwise_url=self.client.base_url,
             )
         tier = str(answer["tier"])
         candidates = self._tier_deployments(tier)
@@ -222,6 +236,7 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
             reason=str(answer.get("reason", "")) if candidates else f"fallback: no deployment serves tier {tier!r}",
             session_id=answer.get("session_id") or session_id,
             trace_id=trace_id,
+            tierwise_url=self.client.base_url,
         )
 
     def _serve(self, decision: Decision) -> dict[str, Any]:
@@ -350,3 +365,116 @@ class TierwiseOutcomeLogger(CustomLogger):
                 await self.client.apost_outcome(outcome)
         except Exception as e:  # a callback must not break the call it reports on
             logger.warning("tierwise outcome not posted: %s: %s", type(e).__name__, e)
+
+
+def _final_failure(kwargs: Mapping[str, Any]) -> bool:
+    """Whether a failed try is the call's last: its last retry, or an error LiteLLM does not retry (a 4xx other
+    than 408, 409 and 429). Releasing after a try that LiteLLM then retries would leave that retry unpaid."""
+    md = (kwargs.get("litellm_params") or {}).get("metadata") or {}
+    attempted, most = md.get("attempted_retries"), md.get("max_retries")
+    if isinstance(attempted, int) and isinstance(most, int) and attempted >= most:
+        return True
+    status = getattr(kwargs.get("exception"), "status_code", None)
+    return isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429)
+
+
+def usage_of(kwargs: Mapping[str, Any], response: Any, start: Any, end: Any) -> dict[str, Any]:
+    """The /decisions/{id}/usage body of a call LiteLLM answered: its cost, tokens and latency."""
+    usage = getattr(response, "usage", None)
+    body = {
+        "cost_usd": float(kwargs["response_cost"]),
+        "tokens_in": getattr(usage, "prompt_tokens", None),
+        "tokens_out": getattr(usage, "completion_tokens", None),
+        "latency_ms": max(0.0, (end - start).total_seconds() * 1000) if start is not None and end is not None else None,
+    }
+    return {k: v for k, v in body.items() if v is not None or k == "cost_usd"}
+
+
+class TierwiseSettler(CustomLogger):
+    """A LiteLLM callback that settles each call `TierwiseRoutingStrategy` routed through `client`'s tierwise.
+
+    Success: `POST /decisions/{id}/usage` with LiteLLM's `response_cost`, tokens and latency (a call LiteLLM
+    cannot price keeps its reservation, with a warning). Failure of the call's last try: the same with
+    `cost_usd: null`, which releases the reservation and charges nothing. tierwise books each decision once, so
+    a repeated event changes nothing. Settling never raises into LiteLLM: a failure is logged.
+    """
+
+    def __init__(self, client: TierwiseClient, remember: int = 10_000) -> None:
+        super().__init__()
+        # Each decision is settled on the tierwise that made it (a process may route through several).
+        self.clients: dict[str, TierwiseClient] = {client.base_url: client}
+        self._done: OrderedDict[str, None] = OrderedDict()  # decisions settled here (bounded): no second post
+        self._remember = remember
+
+    def _decision_id(self, kwargs: Mapping[str, Any]) -> str | None:
+        decision = ((kwargs.get("litellm_params") or {}).get("metadata") or {}).get(DECISION_KEY)
+        if not isinstance(decision, Mapping) or not decision.get("decision_id"):
+            return None
+        if decision.get("tierwise_url") not in self.clients:
+            return None  # a tierwise no strategy of this process settles
+        did = str(decision["decision_id"])
+        return None if did in self._done else did
+
+    def _body(
+        self, kwargs: Mapping[str, Any], response: Any, start: Any, end: Any, ok: bool
+    ) -> tuple[TierwiseClient, str, dict[str, Any]] | None:
+        did = self._decision_id(kwargs)
+        if did is None:
+            return None
+        client = self.clients[kwargs["litellm_params"]["metadata"][DECISION_KEY]["tierwise_url"]]
+        if not ok:
+            return (client, did, {"cost_usd": None}) if _final_failure(kwargs) else None
+        if kwargs.get("response_cost") is None:
+            logger.warning("no cost for decision %s (give the deployment its per-token prices): not settled", did)
+            return None
+        return client, did, usage_of(kwargs, response, start, end)
+
+    def _mark(self, did: str) -> None:
+        self._done[did] = None
+        while len(self._done) > self._remember:
+            self._done.popitem(last=False)
+
+    def _post(self, kwargs: Any, response: Any, start: Any, end: Any, ok: bool) -> None:
+        try:
+            todo = self._body(kwargs, response, start, end, ok)
+            if todo:
+                todo[0].settle(todo[1], todo[2])
+                self._mark(todo[1])
+        except Exception as e:  # a callback must not break the call it reports on
+            logger.warning("tierwise decision not settled: %s: %s", type(e).__name__, e)
+
+    async def _apost(self, kwargs: Any, response: Any, start: Any, end: Any, ok: bool) -> None:
+        try:
+            todo = self._body(kwargs, response, start, end, ok)
+            if todo:
+                await todo[0].asettle(todo[1], todo[2])
+                self._mark(todo[1])
+        except Exception as e:  # a callback must not break the call it reports on
+            logger.warning("tierwise decision not settled: %s: %s", type(e).__name__, e)
+
+    def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self._post(kwargs, response_obj, start_time, end_time, ok=True)
+
+    def log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        self._post(kwargs, response_obj, start_time, end_time, ok=False)
+
+    async def async_log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        await self._apost(kwargs, response_obj, start_time, end_time, ok=True)
+
+    async def async_log_failure_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
+        await self._apost(kwargs, response_obj, start_time, end_time, ok=False)
+
+
+_SETTLER: TierwiseSettler | None = None
+
+
+def shared_settler(client: TierwiseClient) -> TierwiseSettler:
+    """The process's one settler (LiteLLM keeps one callback of a class), now also settling on `client`'s
+    tierwise; added to LiteLLM's callbacks the first time."""
+    global _SETTLER
+    if _SETTLER is None:
+        _SETTLER = TierwiseSettler(client)
+    _SETTLER.clients[client.base_url] = client
+    if _SETTLER not in litellm.callbacks:
+        litellm.logging_callback_manager.add_litellm_callback(_SETTLER)
+    return _SETTLER

@@ -1,4 +1,5 @@
-"""A small HTTP client for a running tierwise: `POST /route` and `POST /outcomes`, sync and async.
+"""A small HTTP client for a running tierwise: `POST /route`, `POST /outcomes` and `POST /decisions/{id}/usage`,
+sync and async.
 
 Request and response bodies stay plain JSON: tierwise validates them (its schemas are the one definition), and a
 refusal comes back as `TierwiseRefused` with tierwise's own reason.
@@ -10,6 +11,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -110,6 +112,15 @@ class TierwiseClient:
     async def apost_outcome(self, outcome: Mapping[str, Any]) -> dict[str, Any]:
         """`POST /outcomes` from async code."""
         return await self._apost("/outcomes", dict(outcome))
+
+    def settle(self, decision_id: str, usage: Mapping[str, Any]) -> dict[str, Any]:
+        """`POST /decisions/{id}/usage`: book what a routed call cost (cost_usd, tokens_in, tokens_out, latency_ms),
+        once; `cost_usd` None releases a failed call's reservation."""
+        return self._post(f"/decisions/{quote(decision_id, safe='')}/usage", dict(usage))
+
+    async def asettle(self, decision_id: str, usage: Mapping[str, Any]) -> dict[str, Any]:
+        """`settle` from async code."""
+        return await self._apost(f"/decisions/{quote(decision_id, safe='')}/usage", dict(usage))
 
     def close(self) -> None:
         if self._sync is not None:

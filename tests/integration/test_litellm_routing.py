@@ -27,6 +27,7 @@ from integrations.litellm_router import (  # noqa: E402
     TIER_FIELD,
     TierwiseOutcomeLogger,
     TierwiseRoutingStrategy,
+    TierwiseSettler,
     prompt_view,
 )
 from integrations.tierwise_http import TierwiseClient  # noqa: E402
@@ -79,6 +80,7 @@ def api(tierwise: str) -> Iterator[httpx.Client]:
 def make_router(
     url: str, model_list: list[dict[str, Any]] | None = None, **strategy: Any
 ) -> tuple[Any, TierwiseRoutingStrategy]:
+    """A Router with the strategy registered; each call is settled on tierwise unless `settle=False`."""
     router = litellm.Router(model_list=model_list or TAGGED, num_retries=0)
     plugin = TierwiseRoutingStrategy(
         router,
@@ -242,7 +244,7 @@ def test_a_retry_keeps_its_decision_and_skips_the_deployment_that_failed(tierwis
 
 def test_post_score_settles_the_session_with_litellms_cost(tierwise: str, api: httpx.Client) -> None:
     api.put("/sessions/paid", json={"cap_usd": 10.0})
-    router, plugin = make_router(tierwise)
+    router, plugin = make_router(tierwise, settle=False)  # post_score alone settles it
     md: dict[str, Any] = {"tierwise": {"session_id": "paid"}}
     resp = complete(router, "sync", HARD, md)
     cost = resp.usage.prompt_tokens * IN_USD + resp.usage.completion_tokens * OUT_USD
@@ -262,7 +264,7 @@ def test_the_outcome_logger_posts_what_score_fn_scores(
     tierwise: str, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     api.put("/sessions/auto", json={"cap_usd": 10.0})
-    router, plugin = make_router(tierwise)
+    router, plugin = make_router(tierwise, settle=False)
     # LiteLLM's logging worker is process-wide: events of earlier tests' calls may reach this callback too, so it
     # scores only this test's two prompts (and the others' posts are refused by this tierwise as unknown decisions).
     scored_prompt, unscored_prompt = f"{HARD} (scored)", f"{EASY} (unscored)"
@@ -295,6 +297,104 @@ def test_the_outcome_logger_posts_what_score_fn_scores(
     settled = {d["decision_id"]: d["settled"] for d in view["recent_decisions"]}
     assert settled == {decisions[scored_prompt]: True, decisions[unscored_prompt]: False}
     assert view["spent_usd"] > 0
+
+
+def settled_view(api: httpx.Client, session: str, n: int) -> dict[str, Any]:
+    """The session once its `n` decisions are settled (LiteLLM runs its callbacks in the background)."""
+    for _ in range(400):
+        view: dict[str, Any] = api.get(f"/sessions/{session}").json()
+        if len(view["recent_decisions"]) == n and all(d["settled"] for d in view["recent_decisions"]):
+            return view
+        threading.Event().wait(0.05)
+    raise AssertionError(f"session {session} not settled: {view}")
+
+
+async def asettled_view(api: httpx.Client, session: str, n: int) -> dict[str, Any]:
+    """`settled_view` from the calls' event loop, which must keep running for LiteLLM's async callbacks."""
+    for _ in range(400):
+        view: dict[str, Any] = (await asyncio.to_thread(api.get, f"/sessions/{session}")).json()
+        if len(view["recent_decisions"]) == n and all(d["settled"] for d in view["recent_decisions"]):
+            return view
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"session {session} not settled: {view}")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_every_call_is_settled_with_litellms_cost_without_a_score(tierwise: str, api: httpx.Client, mode: str) -> None:
+    api.put(f"/sessions/settle-{mode}", json={"cap_usd": 10.0})
+    router, plugin = make_router(tierwise)
+    assert isinstance(plugin.settler, TierwiseSettler)
+    costs = []
+
+    async def calls() -> dict[str, Any]:
+        for prompt in (f"{HARD} ({mode})", f"{EASY} ({mode})"):
+            md: dict[str, Any] = {"tierwise": {"session_id": f"settle-{mode}"}}
+            messages = [{"role": "user", "content": prompt}]
+            resp = await router.acompletion(model="tierwise", messages=messages, metadata=md)
+            costs.append(resp._hidden_params["response_cost"])
+        return await asettled_view(api, f"settle-{mode}", 2)
+
+    if mode == "async":  # async callbacks run on the call's event loop: wait there
+        view = asyncio.run(calls())
+    else:
+        for prompt in (f"{HARD} ({mode})", f"{EASY} ({mode})"):
+            md = {"tierwise": {"session_id": f"settle-{mode}"}}
+            resp = complete(router, "sync", prompt, md)
+            costs.append(resp._hidden_params["response_cost"])
+        view = settled_view(api, f"settle-{mode}", 2)
+    assert all(c and c > 0 for c in costs)
+    assert view["spent_usd"] == pytest.approx(sum(costs)) and view["reserved_usd"] == pytest.approx(0)
+    # A score posted afterwards needs nothing else and charges nothing more.
+    decision_id = view["recent_decisions"][0]["decision_id"]
+    r = api.post("/outcomes", json={"decision_id": decision_id, "score": 0.7})
+    assert r.status_code == 201 and r.json()["recorded"] == 1
+    assert api.get(f"/sessions/settle-{mode}").json()["spent_usd"] == pytest.approx(sum(costs))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_failed_call_releases_its_reservation(tierwise: str, api: httpx.Client, mode: str) -> None:
+    api.put(f"/sessions/fail-{mode}", json={"cap_usd": 10.0})
+    failing = [deployment(f"x-{t}", t, reply="litellm.RateLimitError") for t in TIERS]
+    router, _ = make_router(tierwise, [*failing, deployment("dep-default", group="default")])
+    md: dict[str, Any] = {"tierwise": {"session_id": f"fail-{mode}"}}
+
+    async def call() -> dict[str, Any]:
+        with pytest.raises(litellm.RateLimitError):
+            await router.acompletion(model="tierwise", messages=[{"role": "user", "content": HARD}], metadata=md)
+        return await asettled_view(api, f"fail-{mode}", 1)
+
+    if mode == "async":
+        view = asyncio.run(call())
+    else:
+        with pytest.raises(litellm.RateLimitError):
+            complete(router, "sync", HARD, md)
+        view = settled_view(api, f"fail-{mode}", 1)
+    assert md[DECISION_KEY]["decision_id"] == view["recent_decisions"][0]["decision_id"]
+    assert view["spent_usd"] == 0 and view["reserved_usd"] == pytest.approx(0)
+
+
+def test_a_retried_call_is_charged_for_the_try_that_answered(tierwise: str, api: httpx.Client) -> None:
+    """The failed first try must not release the decision: the retry that answers pays for it."""
+    model_list = [
+        deployment("brain-a", "brain", reply="litellm.RateLimitError"),
+        deployment("brain-b", "brain"),
+        deployment("dep-default", group="default"),
+    ]
+    api.put("/sessions/retry-paid", json={"cap_usd": 10.0})
+    costs = []
+    for seed in range(4):  # at least one seed tries brain-a first
+        router = litellm.Router(model_list=model_list, num_retries=2, retry_after=0)
+        router.register_plugin(
+            TierwiseRoutingStrategy(
+                router, TierwiseClient(tierwise, CLIENT_KEY, 10.0), fallback_deployment_id="dep-default", seed=seed
+            )
+        )
+        md: dict[str, Any] = {"tierwise": {"session_id": "retry-paid", "min_tier": "brain"}}
+        resp = complete(router, "sync", HARD, md)
+        costs.append(resp._hidden_params["response_cost"])
+    view = settled_view(api, "retry-paid", 4)
+    assert view["spent_usd"] == pytest.approx(sum(costs)) and sum(costs) > 0
+    assert view["reserved_usd"] == pytest.approx(0)
 
 
 @pytest.mark.parametrize(
