@@ -151,6 +151,7 @@ def test_bootstrap_ci_covers_the_truth_at_about_its_nominal_rate():
     the time. 200 repetitions: the binomial sd of the coverage is 1.5 points, so [0.89, 0.99] is a 4-sd band."""
     rng = np.random.default_rng(0)
     p_cheap, p_top, cost = 0.55, 0.85, np.array([1.0, 4.0])
+
     # Prompt "difficulty" d: the policy sends the hardest 40% to the top tier (a fixed decision matrix).
     def sample(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         d = rng.random(n)
