@@ -62,7 +62,7 @@ def _register(tmp_path: Path) -> str:
     uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
     tracking.configure(uri, "tierwise-standalone")
     embedder = make_embedder("onnx-int8", onnx_dir=ONNX_DIR)
-    log = make_log(120, seed=3)
+    log = make_log(400, seed=3)  # enough held-out prompts for the champion gate to judge
     split = split_log(log, parse_tiers(TIERS_TOML), 0.3, seed=0)
     from router.features import FeatureSpec
 
