@@ -8,9 +8,8 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +20,6 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 litellm = pytest.importorskip("litellm", reason="the litellm extra is not installed (pip install -e '.[litellm]')")
 
 from bench.process import free_port  # noqa: E402
-from infra.settings import Settings  # noqa: E402
 from integrations.litellm_router import (  # noqa: E402
     DECISION_KEY,
     TIER_FIELD,
@@ -31,11 +29,7 @@ from integrations.litellm_router import (  # noqa: E402
     prompt_view,
 )
 from integrations.tierwise_http import TierwiseClient  # noqa: E402
-from serving.app import create_app  # noqa: E402
-from serving.model_source import LocalSource  # noqa: E402
-from tests.conftest import HashingEmbedder  # noqa: E402
 from tests.integration.conftest import CLIENT_KEY, bearer  # noqa: E402
-from tests.integration.live_server import live_server  # noqa: E402
 
 HARD = "hard question 1: omega sigma alpha beta gamma"
 EASY = "easy question 2: alpha beta gamma delta omega"
@@ -61,14 +55,9 @@ TAGGED = [deployment(f"dep-{t}", t) for t in TIERS] + [deployment("dep-default",
 
 
 @pytest.fixture
-def tierwise(settings_factory: Callable[..., Settings], artifact_dir: Path) -> Iterator[str]:
-    def factory() -> Any:
-        return create_app(
-            settings=settings_factory(), model_source=LocalSource(artifact_dir), embedder=HashingEmbedder()
-        )
-
-    with live_server(factory) as url:
-        yield url
+def tierwise(live_url: str) -> str:
+    """A live tierwise on the tests' router (tests/integration/conftest.py's live_url)."""
+    return live_url
 
 
 @pytest.fixture
