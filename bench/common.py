@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
@@ -144,11 +145,25 @@ def tree_cpu_seconds(pid: int) -> float:
     return total
 
 
+def portable(value: Any) -> Any:
+    """`value` with this machine's paths written portably: the checkout as `.`, the temp dir as `$TMPDIR`, the home
+    directory as `~` (results are committed and compared across machines)."""
+    if isinstance(value, str):
+        for root, name in ((str(REPO), "."), (tempfile.gettempdir(), "$TMPDIR"), (str(Path.home()), "~")):
+            value = value.replace(root, name)
+        return value
+    if isinstance(value, dict):
+        return {k: portable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [portable(v) for v in value]
+    return value
+
+
 def write_json(path: Path, report: dict[str, Any]) -> None:
-    """Write atomically, so a crashed run never leaves half a file."""
+    """Write atomically, so a crashed run never leaves half a file; machine paths written portably."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.write_text(json.dumps(portable(report), indent=2) + "\n")
     tmp.replace(path)
 
 
