@@ -8,12 +8,16 @@
 - routellm_evals, 2 tiers (config/tiers.routellm_evals.toml; contaminated prompts dropped): random
   70/30 splits, seeds 0..2, and the cross-benchmark splits (train on two benchmarks, test on the third).
 
-Methods: the current router (DifficultyModel on MiniLM int8 tail-700 + text features), kNN (k=25, same
-embeddings), logistic regression, the task-label prior (per-category train mean per tier), the zero router
+Methods: the router as `make train` fits it (training/fit.py: per-tier DifficultyModel boosters on MiniLM int8
+tail-700 + text features, started from the shared difficulty pooled over all three logs), the same boosters
+without the shared difficulty, kNN (k=25, same embeddings), logistic regression, the task-label prior (per-category train mean per tier), the zero router
 (hull of the single tiers), the oracle (λ sweep on true scores), and the issue-10 candidates:
 IRT two-stage (router/irt.py), one pooled booster over (prompt, model) rows (router/pooled.py), the router
 with prompt-structure / category / question-view features (router/prompt_structure.py), and blends with the
-prior. IRT and the pooled booster learn from every model in the log, also models behind no tier.
+prior; (f) direct gain targets (router/gain.py: per tier, LightGBM on score minus the cheapest's or the next
+cheaper tier's, added to the router's cheapest-tier prediction), (g) stacking (router/stacking.py: a per-tier
+logistic meta-model on 3-fold out-of-fold predictions of router, kNN and task prior) and (h) plain averages of
+the same bases. IRT and the pooled booster learn from every model in the log, also models behind no tier.
 
 Metrics: AIQ as router/evaluate.py defines it (hull over [0, top-tier cost] / top cost), RouterBench's AIQ
 normalised to [cheapest, priciest tier cost], and for the two-model set RouteLLM's APGR on the
@@ -31,7 +35,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -42,6 +46,7 @@ from router import evaluate as ev
 from router.artifact import estimate_tokens_out
 from router.embedders.factory import make_embedder
 from router.embedding_cache import EmbeddingCache, embed_cached
+from router.gain import GainModel
 from router.irt import IrtModel
 from router.model import DifficultyModel
 from router.pooled import PooledModel
@@ -49,6 +54,7 @@ from router.prior_boost import PriorBoostModel
 from router.prompt_structure import question_text, structure_features
 from router.schema import CHARS_PER_TOKEN, TiersConfig, load_tiers
 from router.shared_difficulty import SharedDifficulty
+from router.stacking import StackedQuality, out_of_fold
 from router.text import normalize_text, text_features, text_window
 from training.data import Pool, stratified_sample
 from training.evaluation import logreg_predictor
@@ -333,8 +339,6 @@ def fit_predict_methods(
         model = IrtModel(random_state=seed, **{**IRT_PARAMS, **kw}).fit(X[tr], Yall[tr], all_names)
         return model.predict_quality(X[te])[:, sp.tier_cols]
 
-    timed("router", lambda: booster(X))
-
     def shared_difficulty() -> SharedDifficulty:
         pool = pool_for(sp, seed)
         rest = pool.prompts[pool.n_train :]
@@ -352,10 +356,38 @@ def fit_predict_methods(
     t0 = time.perf_counter()
     shared = shared_difficulty()
     timings["shared difficulty fit"] = time.perf_counter() - t0
-    timed("(e) router on the shared difficulty", lambda: on_shared("prior"))
+    timed("router", lambda: on_shared("prior"))  # the default (training/fit.py): boosters on the shared difficulty
+    timed("per-tier boosters, no shared difficulty", lambda: booster(X))
     if extras:
         timed("(e) router + shared easiness feature", lambda: on_shared("feature"))
     timed("kNN (k=25)", lambda: ev.knn_predictor(emb[tr], Y[tr])(emb[te]))
+    # (f) direct gain targets on the features plus the shared easiness, from the router's cheapest-tier prediction
+    e_tr, e_te = shared.oof_easiness_[: int(tr.sum())], shared.predict_easiness(X[te])
+    Xe_tr, Xe_te = np.column_stack([X[tr], e_tr]), np.column_stack([X[te], e_te])
+
+    def gain(reference: Literal["cheapest", "adjacent"]) -> np.ndarray:
+        model = GainModel(reference=reference, n_jobs=N_JOBS, random_state=seed)
+        model.fit(Xe_tr, Y[tr], [str(j) for j in range(Y.shape[1])])
+        return model.predict_quality(Xe_te, preds["router"][:, 0])
+
+    timed("(f) gain over the cheapest tier", lambda: gain("cheapest"))
+    if Y.shape[1] > 2:  # with two tiers the next cheaper tier is the cheapest
+        timed("(f) gain over the next cheaper tier", lambda: gain("adjacent"))
+    # (g) stacking and (h) averages of router, kNN and (with categories) the task prior
+    prior_te = prior_predictor(sp.categories, Y, tr)[te]
+    t0 = time.perf_counter()
+    oof = oof_bases(sp, X, emb, shared, seed)
+    timings["(g) out-of-fold bases"] = time.perf_counter() - t0
+    test_bases = {"router": preds["router"], "kNN": preds["kNN (k=25)"], "prior": prior_te}
+
+    def stacked(bases: tuple[str, ...]) -> np.ndarray:
+        meta = StackedQuality().fit([oof[b] for b in bases], Y[tr])
+        return meta.predict_quality([test_bases[b] for b in bases])
+
+    for bases in (("router", "kNN"), ("router", "kNN", "prior")) if has_cats else (("router", "kNN"),):
+        label = " + ".join(bases)
+        timed(f"(g) stacking {label}", lambda b=bases: stacked(b))  # type: ignore[misc]
+        timed(f"(h) average {label}", lambda b=bases: np.mean([test_bases[n] for n in b], axis=0))  # type: ignore[misc]
     timed("logistic regression", lambda: logreg_predictor(X[tr], Y[tr], seed)(X[te]))
     timed("(a) IRT r=1", lambda: irt(n_factors=1))
     timed("(a) IRT r=1, ridge stage 2", lambda: irt(n_factors=1, regressor="ridge"))
@@ -367,11 +399,10 @@ def fit_predict_methods(
     if extras:
         timed("(c) router + structure", lambda: booster(np.hstack([X, st])))
     if has_cats:
-        timed("task prior", lambda: prior_predictor(sp.categories, Y, tr)[te])
+        timed("task prior", lambda: prior_te)
         enc = category_encoding(sp.categories, Y, tr, seed)
         timed("(c) router + structure + category", lambda: booster(np.hstack([X, st, enc])))
-        prior = prior_predictor(sp.categories, Y, tr)[te]
-        timed("(d) blend router/prior 50:50", lambda: 0.5 * preds["router"] + 0.5 * prior)
+        timed("(d) blend router/prior 50:50", lambda: 0.5 * preds["router"] + 0.5 * prior_te)
         timed("(d) router boosted from the prior", lambda: prior_boost(X, enc))
         timed("(d) router + structure boosted from the prior", lambda: prior_boost(np.hstack([X, st]), enc))
         timed("(d) blend IRT/prior, learned w", lambda: _learned_blend(sp, X, seed, preds["(a) IRT r=1"]))
@@ -380,6 +411,33 @@ def fit_predict_methods(
         timed("(c) router, question view + structure", lambda: booster(np.hstack([q_emb, tf, st])))
         timed("(c) router, tail + question views", lambda: booster(np.hstack([emb, q_emb, tf, st])))
     return preds, timings
+
+
+def oof_bases(
+    sp: SplitData, X: np.ndarray, emb: np.ndarray, shared: SharedDifficulty, seed: int, folds: int = 3
+) -> dict[str, np.ndarray]:
+    """Out-of-fold predictions on the train prompts of the router, the kNN and the task prior (stacking's inputs).
+
+    The router's folds use the shared difficulty's out-of-fold easiness, for fitting and for the held rows alike.
+    """
+    tr = sp.train
+    Xt, Et, Yt, cats = X[tr], emb[tr], sp.scores[tr], sp.categories[tr]
+    e = shared.oof_easiness_[: len(Yt)]
+    names = [str(j) for j in range(Yt.shape[1])]
+
+    def router(fit: np.ndarray, held: np.ndarray) -> np.ndarray:
+        model = DifficultyModel(n_jobs=N_JOBS, random_state=seed)
+        model.fit(Xt[fit], Yt[fit], names, shared=shared, train_easiness=e[fit])
+        return np.asarray(model.predict_quality(Xt[held], easiness=e[held]))
+
+    def prior(fit: np.ndarray, held: np.ndarray) -> np.ndarray:
+        return np.asarray(prior_predictor(cats, Yt, np.isin(np.arange(len(Yt)), fit))[held])
+
+    return {
+        "router": out_of_fold(router, len(Yt), folds, seed),
+        "kNN": out_of_fold(lambda f, h: ev.knn_predictor(Et[f], Yt[f])(Et[h]), len(Yt), folds, seed),
+        "prior": out_of_fold(prior, len(Yt), folds, seed),
+    }
 
 
 def _learned_blend(sp: SplitData, X: np.ndarray, seed: int, test_pred: np.ndarray) -> np.ndarray:

@@ -154,10 +154,20 @@ class DifficultyModel(BoostParams):
         iso = IsotonicRegression(y_min=0.0, y_max=1.0, out_of_bounds="clip").fit(oof, y)
         return [float(v) for v in iso.X_thresholds_], [float(v) for v in iso.y_thresholds_]
 
-    def predict_quality(self, X: np.ndarray, num_threads: int | None = None) -> np.ndarray:
-        """Expected score per tier, shape (n, k), columns in `tier_names_` order."""
+    def predict_quality(
+        self, X: np.ndarray, num_threads: int | None = None, easiness: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Expected score per tier, shape (n, k), columns in `tier_names_` order.
+
+        `easiness` (n,) replaces the shared difficulty's prediction, e.g. its out-of-fold values for training
+        prompts (stacking, bench/quality.py); default: predicted from X.
+        """
         X = check_features(self, "boosters_", X, "predict_quality")
-        e = self.shared_.predict_easiness(X, num_threads) if self.shared_ is not None else None
+        e = None
+        if self.shared_ is not None:
+            e = self.shared_.predict_easiness(X, num_threads) if easiness is None else np.asarray(easiness, np.float64)
+            if e.shape != (X.shape[0],):
+                raise ValueError(f"easiness must be one value per prompt, ({X.shape[0]},); got {e.shape}")
         out = np.empty((X.shape[0], len(self.boosters_)), dtype=np.float64)
         for j, (booster, cal) in enumerate(zip(self.boosters_, self.calibrators_, strict=True)):
             Xj, init = self._inputs(X, j, e)
