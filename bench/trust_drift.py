@@ -117,6 +117,7 @@ def simulate(
     unshifted_promise: dict[str, int] = {}
     shifted_promise: dict[str, int] = {}
     recal_err: dict[str, list[float]] = {f"{n}x{r}": [] for n in recents for r in range(1, ROUNDS + 1)}
+    recal_err.update({f"{n} oracle": [] for n in recents})
     recal_err_fallback: list[float] = []
     for _ in range(runs):
         calm = rng.choice(w.stream, length)
@@ -139,6 +140,13 @@ def simulate(
         # Recalibrate on the next `recent` requests of the new traffic (served at the current λ), judge the new λ
         # on the whole new traffic; repeat for ROUNDS rounds, each on a fresh round served at the latest λ.
         for recent in recents:
+            # The floor any method on `recent` requests has: λ set knowing every tier's realised cost on them.
+            new = np.where(rng.random(recent) < f, rng.choice(w.unseen, recent), rng.choice(w.stream, recent))
+            try:
+                lam = lambda_for_cost(w.sc.pred[new], w.sc.cost[new], w.promise, w.sc.costs[new])
+                recal_err[f"{recent} oracle"].append(w.traffic_cost(f, lam, False) / w.promise - 1)
+            except ValueError:
+                recal_err[f"{recent} oracle"].append(float("inf"))
             lam = w.lam0
             for r in range(1, ROUNDS + 1):
                 new = np.where(rng.random(recent) < f, rng.choice(w.unseen, recent), rng.choice(w.stream, recent))
@@ -166,7 +174,9 @@ def simulate(
     def errors(values: list[float]) -> dict[str, float]:
         e = np.abs(np.array(values)) if values else np.array([np.nan])
         return {
+            "mean": float(np.nanmean(e)),
             "median": float(np.nanmedian(e)),
+            "p90": float(np.nanquantile(e, 0.9)),
             "p95": float(np.nanquantile(e, 0.95)),
             "within_5pct_rate": float(np.mean(e <= 0.05)),
             "mean_signed": float(np.nanmean(values)) if values else float("nan"),

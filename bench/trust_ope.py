@@ -4,8 +4,9 @@ For each dataset, per split seed: train the router (tierwise's own pipeline: Min
 DifficultyModel) on the prompts outside a 2,000-prompt "production" sample, then replay the sample as
 production `REPS` times: the logging policy (the router at 40% of the top tier's expected cost) picks a
 tier, with or without ε = 0.05 exploration (router/exploration.py), and only the picked tier's outcome is
-revealed. Each estimator (naive replay, the model's own predictions (DM), IPS, SNIPS, DR; router/ope.py)
-estimates every target policy's mean quality and cost; the truth is the full log's mean over the same
+revealed. Each estimator (naive replay, the model's own predictions (DM), IPS, SNIPS, DR on the raw predictions,
+DR and SWITCH on the cross-fitted recalibrated reward model; router/ope.py) estimates every target policy's mean
+quality and cost; the truth is the full log's mean over the same
 prompts. Also the budget question: how much quality going from 25% to 60% of the top tier's cost buys.
 
 Datasets: routerbench_subset with config/tiers.toml's three tiers; llmrouter_dc with three of its models
@@ -33,7 +34,7 @@ from router.embedding_cache import EmbeddingCache
 from router.exploration import exploration_probs, explore
 from router.features import FeatureSpec
 from router.model import DifficultyModel
-from router.ope import LoggedDecisions, Unsupported, compare, estimate, one_hot
+from router.ope import Estimate, LoggedDecisions, Unsupported, compare, estimate, one_hot, recalibrated
 from router.policy import lambda_for_cost, tradeoff
 from router.routing import Router
 from router.schema import TiersConfig, load_outcomes, load_tiers, parse_tiers
@@ -67,6 +68,7 @@ LOGGING_POINT = 0.40  # the logging policy: the router at this share of the top 
 OPERATING_POINTS = (0.25, 0.40, 0.60)
 BUDGET_QUESTION = (0.25, 0.60)
 TOLERANCE = 0.01
+ESTIMATORS = ("naive", "dm", "ips", "snips", "dr_raw", "dr", "switch")
 N_BOOT = 400
 CONFIDENCE = 0.95
 
@@ -181,6 +183,12 @@ def truth_of(target: np.ndarray, world: World) -> tuple[float, float]:
     return float((target * world.scores).sum(axis=1).mean()), float((target * world.costs).sum(axis=1).mean())
 
 
+def _record(row: dict[str, Any], est: Estimate, raw: Estimate) -> None:
+    """Each estimator's value and interval into the row (DR on the raw predictions as dr_raw)."""
+    for e, iv in [(e, getattr(est, e)) for e in ("ips", "snips", "dr", "switch")] + [("dr_raw", raw.dr)]:
+        row.update({e: iv.value, f"{e}_low": iv.low, f"{e}_high": iv.high})
+
+
 def one_rep(world: World, design: Design, seed: int) -> list[dict[str, Any]]:
     """Estimate every target policy and the budget question on one replayed log."""
     logged = log_production(world, design, np.random.default_rng(seed))
@@ -189,6 +197,8 @@ def one_rep(world: World, design: Design, seed: int) -> list[dict[str, Any]]:
     greedy = one_hot(router_at(world, LOGGING_POINT), world.pred.shape[1])
     mu = logged.logging_probs
     assert mu is not None
+    model = recalibrated(logged, seed=seed)  # what estimate() does by default, once for every policy
+    kw: dict[str, Any] = {"n_boot": N_BOOT, "confidence": CONFIDENCE, "seed": seed, "recalibrate": False}
     # What serving with exploration costs: the logging distribution's own true quality and cost.
     for name, target in {"logging (as served)": mu, **policies}.items():
         true_q, true_c = truth_of(target, world)
@@ -196,14 +206,16 @@ def one_rep(world: World, design: Design, seed: int) -> list[dict[str, Any]]:
         row["disagreement"] = float(1 - (target * greedy).sum(axis=1).mean())
         row["naive"] = naive(target, logged, logged.quality)
         try:
-            est = estimate(name, target, logged, world.names, n_boot=N_BOOT, confidence=CONFIDENCE, seed=seed)
+            est = estimate(name, target, model, world.names, **kw)
+            raw = estimate(name, target, logged, world.names, **kw)
         except Unsupported:
             row.update(refused=True, dm=float((target * world.pred).sum(axis=1).mean()))
         else:
-            row.update(refused=False, dm=est.quality.dm, ess=est.quality.ess)
-            for e in ("ips", "snips", "dr"):
-                iv = getattr(est.quality, e)
-                row.update({e: iv.value, f"{e}_low": iv.low, f"{e}_high": iv.high})
+            row.update(
+                refused=False, dm=raw.quality.dm, ess=est.quality.ess, switch_dm=np.isfinite(est.quality.switch_tau)
+            )
+            _record(row, est.quality, raw.quality)
+            for e in ("ips", "snips", "dr", "switch"):
                 row[f"{e}_cost"] = getattr(est.cost, e).value
         rows.append(row)
     lo, hi = (policies[f"router@{int(p * 100)}%"] for p in BUDGET_QUESTION)
@@ -215,14 +227,13 @@ def one_rep(world: World, design: Design, seed: int) -> list[dict[str, Any]]:
     diff["naive"] = naive(hi, logged, logged.quality) - naive(lo, logged, logged.quality)
     diff["dm"] = float(((hi - lo) * world.pred).sum(axis=1).mean())
     try:
-        q, _ = compare(hi, lo, logged, world.names, n_boot=N_BOOT, confidence=CONFIDENCE, seed=seed)
+        q, _ = compare(hi, lo, model, world.names, **kw)
+        q_raw, _ = compare(hi, lo, logged, world.names, **kw)
     except Unsupported:
         diff["refused"] = True
     else:
-        diff["refused"] = False
-        for e in ("ips", "snips", "dr"):
-            iv = getattr(q, e)
-            diff.update({e: iv.value, f"{e}_low": iv.low, f"{e}_high": iv.high})
+        diff.update(refused=False, switch_dm=np.isfinite(q.switch_tau))
+        _record(diff, q, q_raw)
     rows.append(diff)
     return rows
 
@@ -240,7 +251,7 @@ def summarise(reps: pd.DataFrame) -> list[dict[str, Any]]:
         if "disagreement" in g:
             row["disagreement_with_logging"] = round(float(g["disagreement"].mean()), 3)
         row["refused_share"] = float(g["refused"].mean())
-        for e in ("naive", "dm", "ips", "snips", "dr"):
+        for e in ESTIMATORS:
             if e not in g or g[e].isna().all():
                 continue
             err = (g[e] - g["truth_quality"]).dropna()
@@ -255,6 +266,8 @@ def summarise(reps: pd.DataFrame) -> list[dict[str, Any]]:
                 cover = (ok[f"{e}_low"] <= ok["truth_quality"]) & (ok["truth_quality"] <= ok[f"{e}_high"])
                 row[e]["ci_coverage"] = round(float(cover.mean()), 3)
                 row[e]["ci_half_width"] = round(float((ok[f"{e}_high"] - ok[f"{e}_low"]).mean() / 2), 4)
+        if "switch_dm" in g:
+            row["switch_picks_dm_share"] = round(float(g["switch_dm"].dropna().astype(float).mean()), 3)
         if "ess" in g:
             row["ess_mean"] = round(float(g["ess"].mean()), 1)
         out.append(row)
@@ -284,20 +297,23 @@ def run(seeds: int, reps: int, progress: Callable[[str], None]) -> dict[str, Any
 
 
 def targets_met(results: dict[str, Any]) -> dict[str, Any]:
-    """The issue's targets, per logging design exploring ~5% of decisions: |DR − truth| ≤ 0.01 for the router at 3
-    points, and the budget question."""
+    """The issue's targets, per logging design exploring ~5% of decisions: |estimate − truth| ≤ 0.01 for the router
+    at 3 points, and the budget question; for DR (unbiased, its interval is honest) and SWITCH."""
     out: dict[str, Any] = {}
     for dataset, r in results.items():
         for design in TARGET_DESIGNS:
             summary = {row["policy"]: row for row in r["by_logging"][design]}
             for policy in [f"router@{int(p * 100)}%" for p in OPERATING_POINTS] + ["budget 25%->60%"]:
-                dr = summary[policy].get("dr", {})
-                out[f"{dataset}, {design}: {policy}"] = {
-                    "dr_mean_abs_err": dr.get("mean_abs_err"),
-                    "dr_p90_abs_err": dr.get("p90_abs_err"),
-                    "dr_within_0.01_share": dr.get("within_tolerance"),
-                    "mean_abs_err_met": dr.get("mean_abs_err") is not None and dr["mean_abs_err"] <= TOLERANCE,
-                }
+                cell: dict[str, Any] = {}
+                for e in ("dr_raw", "dr", "switch"):
+                    err = summary[policy].get(e, {})
+                    cell[e] = {
+                        "mean_abs_err": err.get("mean_abs_err"),
+                        "p90_abs_err": err.get("p90_abs_err"),
+                        "within_0.01_share": err.get("within_tolerance"),
+                        "mean_abs_err_met": err.get("mean_abs_err") is not None and err["mean_abs_err"] <= TOLERANCE,
+                    }
+                out[f"{dataset}, {design}: {policy}"] = cell
     return out
 
 

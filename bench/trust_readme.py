@@ -15,7 +15,7 @@ from bench.common import REPO
 
 BEGIN, END = "<!-- trust-table:begin -->", "<!-- trust-table:end -->"
 OPE = REPO / "bench" / "results" / "trust_ope.json"
-ESTIMATORS = ("naive", "dm", "ips", "snips", "dr")
+ESTIMATORS = ("naive", "dm", "ips", "snips", "dr_raw", "dr", "switch")
 # Sections other trust benches contribute: a module with `readme_section() -> str | None`.
 OTHER_SECTIONS = ("bench.trust_drift", "bench.trust_guarantee")
 
@@ -31,7 +31,9 @@ def ope_section(report: dict[str, Any]) -> str:
         f"Off-policy evaluation on replayed traffic (`{report['command']}`, {report['runtime_s']:.0f} s): "
         f"{design['logged_prompts']} logged prompts per replay, logging policy {design['logging_policy']}, "
         "only the served tier's outcome revealed. Cells: mean / 90th-percentile |estimate − truth| of mean quality "
-        "over all replays (a router trained per split seed); *refused* = the log cannot support it (zero propensity).",
+        "over all replays (a router trained per split seed); *refused* = the log cannot support it (zero propensity). "
+        "*DR raw* uses the router's own predictions as the reward model; *DR* and *SWITCH* the cross-fitted "
+        "recalibrated one (router/ope.py); *SWITCH uses DM* = share of replays where SLOPE chose a finite threshold.",
         "",
     ]
     for dataset, r in report["results"].items():
@@ -39,12 +41,16 @@ def ope_section(report: dict[str, Any]) -> str:
             lines += [
                 f"**{dataset}, logging {design}** (tiers {', '.join(r['tiers'])}; {rows[0]['reps']} replays)",
                 "",
-                "| policy | truth | differs from logging | naive replay | model only | IPS | SNIPS | DR | DR 95% CI covers | ESS |",
-                "|---|---|---|---|---|---|---|---|---|---|",
+                "| policy | truth | differs from logging | naive replay | model only | IPS | SNIPS | DR raw | DR | SWITCH "
+                "| DR / SWITCH 95% CI covers | SWITCH uses DM | ESS |",
+                "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
             ]
             for row in rows:
-                dr = row.get("dr") or {}
-                cover = f"{dr['ci_coverage']:.0%}" if "ci_coverage" in dr else "–"
+                cover = " / ".join(
+                    f"{(row.get(e) or {})['ci_coverage']:.0%}" if "ci_coverage" in (row.get(e) or {}) else "–"
+                    for e in ("dr", "switch")
+                )
+                picks = f"{row['switch_picks_dm_share']:.0%}" if "switch_picks_dm_share" in row else "–"
                 ess = f"{row['ess_mean']:.0f}" if row.get("ess_mean", float("nan")) == row.get("ess_mean") else "–"
                 share = row.get("disagreement_with_logging", float("nan"))
                 differs = f"{share:.0%}" if share == share else "–"
@@ -52,7 +58,7 @@ def ope_section(report: dict[str, Any]) -> str:
                 lines.append(
                     f"| {row['policy']} | {row['truth_quality_mean']:.3f} | {differs} | "
                     + " | ".join(cells)
-                    + f" | {cover} | {ess} |"
+                    + f" | {cover} | {picks} | {ess} |"
                 )
             lines.append("")
     lines.append(
@@ -68,7 +74,13 @@ def ope_section(report: dict[str, Any]) -> str:
             truth = b["truth_quality_mean"]
             est = ", ".join(
                 f"{name} {truth + b[e]['bias']:+.3f}"
-                for e, name in (("naive", "naive replay"), ("dm", "model only"), ("snips", "SNIPS"), ("dr", "DR"))
+                for e, name in (
+                    ("naive", "naive replay"),
+                    ("dm", "model only"),
+                    ("snips", "SNIPS"),
+                    ("dr", "DR"),
+                    ("switch", "SWITCH"),
+                )
                 if e in b
             )
             served = by["logging (as served)"]
@@ -81,13 +93,19 @@ def ope_section(report: dict[str, Any]) -> str:
             )
             lines.append(f"- {dataset}, {design}: truth {truth:+.3f}; {est}{price}")
     lines.append("")
-    lines.append("Targets (|DR − truth| ≤ 0.01 on one 2,000-prompt log; share of replays within it):")
+    lines.append(
+        "Targets (|estimate − truth| ≤ 0.01 on one 2,000-prompt log): mean / p90 |error| and the share of replays "
+        "within 0.01, for DR on the raw predictions, DR and SWITCH on the recalibrated reward model:"
+    )
     lines.append("")
     for name, t in report["targets"].items():
-        lines.append(
-            f"- {name}: mean |DR − truth| {t['dr_mean_abs_err']}, p90 {t['dr_p90_abs_err']}, "
-            f"within 0.01 in {t['dr_within_0.01_share']:.0%} of replays — {'met' if t['mean_abs_err_met'] else 'not met'}"
+        summary = "; ".join(
+            f"{label} {t[e]['mean_abs_err']} / {t[e]['p90_abs_err']}, {t[e]['within_0.01_share']:.0%} within"
+            f"{' (met)' if t[e]['mean_abs_err_met'] else ''}"
+            for e, label in (("dr_raw", "DR raw"), ("dr", "DR"), ("switch", "SWITCH"))
+            if t[e]["mean_abs_err"] is not None
         )
+        lines.append(f"- {name}: {summary}")
     return "\n".join(lines)
 
 

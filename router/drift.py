@@ -77,12 +77,14 @@ def recalibrated_lambda(
     target_mean_cost: float,
     groups: np.ndarray | None = None,
 ) -> float:
-    """λ for a mean cost on recent traffic: expected costs scaled by the realised / expected ratio of their tier.
+    """λ whose estimated realised mean cost on recent traffic is the target.
 
     `pred` and `expected_cost` are (n, k) as the router saw them, `served` the tier each prompt got and
-    `realised_cost` what it cost. With `groups` (a label per prompt, e.g. novel or not), ratios are per group and
-    tier, since prompts of another kind may answer at other lengths. A (group, tier) with fewer than 10 outcomes
-    takes its group's ratio, a group with fewer than 10 the overall one.
+    `realised_cost` what it cost. A candidate λ's spend is estimated per prompt doubly robustly with a
+    deterministic logger (Dudík et al. 2011): the realised cost where λ picks the tier that was served, else the
+    expected cost scaled by the realised / expected ratio of that tier. With `groups` (a label per prompt, e.g.
+    novel or not), ratios are per group and tier, since prompts of another kind may answer at other lengths. A
+    (group, tier) with fewer than 10 outcomes takes its group's ratio, a group with fewer than 10 the overall one.
     """
     rows = np.arange(len(served))
     exp_served = expected_cost[rows, served]
@@ -102,7 +104,9 @@ def recalibrated_lambda(
         group_ratio = ratio(in_g, overall)
         for j in range(expected_cost.shape[1]):
             scale[in_g, j] = ratio(in_g & (served == j), group_ratio)
-    return lambda_for_cost(pred, expected_cost, target_mean_cost, expected_cost * scale)
+    paid = expected_cost * scale
+    paid[rows, served] = realised_cost
+    return lambda_for_cost(pred, expected_cost, target_mean_cost, paid)
 
 
 def cost_check(realised: np.ndarray, expected: np.ndarray, ratio_limit: float, min_n: int) -> Check:
