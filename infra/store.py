@@ -275,6 +275,8 @@ class Store:
         self.url = url
         self.engine = make_engine(url)
         self.prompts = prompts or PromptPolicy()
+        parsed = sa.make_url(url)
+        self._sqlite_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
 
     def migrate(self) -> None:
         """Bring the schema to the newest alembic revision."""
@@ -295,9 +297,7 @@ class Store:
     _async_engine: Engine | None = None
 
     def _decision_engine(self) -> Engine:
-        parsed = sa.make_url(self.url)
-        on_disk = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
-        if self.decision_commit != "async" or not on_disk:
+        if self.decision_commit != "async" or not self._sqlite_file:
             return self.engine
         if self._async_engine is None:
             self._async_engine = make_engine(self.url, sqlite_synchronous="NORMAL")

@@ -18,6 +18,7 @@ from infra.store import Store
 from router.embedders.factory import make_embedder
 from router.embedders.protocol import Embedder
 from serving.api import admin, decisions, drift, openai_compat, ops, outcomes, route, sessions, ui
+from serving.decision_writer import DecisionWriter
 from serving.docs import install_docs
 from serving.drift import drift_collector
 from serving.errors import install_handlers
@@ -62,6 +63,7 @@ def create_app(
         )
         source = model_source or source_from_settings(settings)
         app.state.store = db
+        app.state.writer = DecisionWriter(db)
         app.state.recorder = OutcomeRecorder(db, Spool(settings.spool_path), metrics)
         manager = ModelManager(app.state, source, emb, settings, metrics, ReloadSignal(settings.reload_signal_path))
         app.state.manager = manager
@@ -92,6 +94,7 @@ def create_app(
             yield
         finally:
             await app.state.proxy.aclose()
+            await run_in_threadpool(app.state.writer.close)
             for task in tasks:
                 task.cancel()
             for task in tasks:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -9,6 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from infra.settings import Settings
 from infra.store import Store
+from serving.decision_writer import DecisionWriter
 from serving.errors import NotReady
 from serving.metrics import Metrics
 from serving.outcomes import OutcomeRecorder
@@ -54,6 +56,24 @@ async def get_admin(principal: Annotated[Principal, Depends(get_principal)]) -> 
     return require_admin(principal)
 
 
+@dataclass(frozen=True)
+class Routing:
+    """What a routing handler needs, as one dependency: FastAPI spends tens of microseconds on each one it solves."""
+
+    rt: Runtime
+    store: Store
+    writer: DecisionWriter | None
+    settings: Settings
+    metrics: Metrics
+    caller: Principal
+
+
+async def get_routing(request: Request, caller: Annotated[Principal, Depends(get_principal)]) -> Routing:
+    state = request.app.state
+    rt = await get_runtime(request)
+    return Routing(rt, state.store, getattr(state, "writer", None), state.settings, state.metrics, caller)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 StoreDep = Annotated[Store, Depends(get_store)]
@@ -61,3 +81,4 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 RecorderDep = Annotated[OutcomeRecorder, Depends(get_recorder)]
 Caller = Annotated[Principal, Depends(get_principal)]
 Admin = Annotated[Principal, Depends(get_admin)]
+RoutingDep = Annotated[Routing, Depends(get_routing)]

@@ -20,6 +20,8 @@ VECTORS_FILE = "static-vectors.npy"
 META_FILE = "static-meta.json"
 TOKENIZER_FILE = "tokenizer.json"
 FORMAT_VERSION = 1
+# Up to this many texts are summed by gathering their rows; more by one sparse product (bulk routing).
+SMALL_BATCH = 8
 
 
 class StaleStaticFile(RuntimeError):
@@ -88,11 +90,20 @@ class StaticEmbedder:
         lengths = np.array([len(i) for i in ids])
         have = lengths > 0
         if have.any():
-            # Sum each text's vectors as a sparse (texts x vocabulary) count matrix times the vectors: no
-            # (tokens x dim) gather, ~100x faster than a gather + reduceat on a batch of long prompts.
-            flat = np.concatenate([np.asarray(i, dtype=np.int64) for i in ids if i])
-            indptr = np.concatenate([[0], np.cumsum(lengths)])
-            counts = csr_matrix((np.ones(len(flat), dtype=np.float32), flat, indptr), (len(ids), vectors.shape[0]))
-            out[have] = np.asarray(counts @ vectors)[have] / lengths[have, None]
+            if len(ids) <= SMALL_BATCH:
+                # A few texts (one /route): a gather and a row-by-row sum, the same additions in the same order
+                # as the sparse product below, without its ~0.07 ms of scipy set-up.
+                sums = np.zeros_like(out)
+                for k, i in enumerate(ids):
+                    if i:
+                        sums[k] = vectors[i].sum(axis=0)
+            else:
+                # Sum each text's vectors as a sparse (texts x vocabulary) count matrix times the vectors: no
+                # (tokens x dim) gather, ~100x faster than a gather + reduceat on a batch of long prompts.
+                flat = np.concatenate([np.asarray(i, dtype=np.int64) for i in ids if i])
+                indptr = np.concatenate([[0], np.cumsum(lengths)])
+                shape = (len(ids), vectors.shape[0])
+                sums = np.asarray(csr_matrix((np.ones(len(flat), dtype=np.float32), flat, indptr), shape) @ vectors)
+            out[have] = sums[have] / lengths[have, None]
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         return np.asarray(np.divide(out, norms, out=out, where=norms > 0), dtype=np.float32)

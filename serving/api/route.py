@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from serving.deps import Caller, MetricsDep, RuntimeDep, SettingsDep, StoreDep
+from serving.deps import Caller, RoutingDep, RuntimeDep
 from serving.errors import BODY_ERRORS, CALLER_ERRORS, error
-from serving.routing import route_request
+from serving.routing import route_request_async
 from serving.schemas import (
     OverBudgetResponse,
     RouteBatchRequest,
@@ -25,26 +25,24 @@ ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
+# Handlers are coroutines: routing runs on the event loop and only the store's write leaves it (see
+# route_request_async); a sync handler costs two threadpool hops (the call and the response validation).
 @router.post("/route", responses=ERRORS)
-def route_one(
-    req: RouteRequest, rt: RuntimeDep, store: StoreDep, caller: Caller, settings: SettingsDep, metrics: MetricsDep
-) -> RouteResponse:
+async def route_one(req: RouteRequest, ctx: RoutingDep) -> RouteResponse:
     """Choose the tier for one prompt."""
-    [out] = route_request(rt, store, caller, [req.prompt], req, settings, metrics)
+    [out] = await route_request_async(
+        ctx.rt, ctx.store, ctx.writer, ctx.caller, [req.prompt], req, ctx.settings, ctx.metrics
+    )
     return out
 
 
 @router.post("/route/batch", responses=ERRORS)
-def route_batch(
-    req: RouteBatchRequest,
-    rt: RuntimeDep,
-    store: StoreDep,
-    caller: Caller,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-) -> RouteBatchResponse:
+async def route_batch(req: RouteBatchRequest, ctx: RoutingDep) -> RouteBatchResponse:
     """Choose the tier for each of up to `max_batch` prompts."""
-    return RouteBatchResponse(decisions=route_request(rt, store, caller, req.prompts, req, settings, metrics))
+    out = await route_request_async(
+        ctx.rt, ctx.store, ctx.writer, ctx.caller, req.prompts, req, ctx.settings, ctx.metrics
+    )
+    return RouteBatchResponse(decisions=out)
 
 
 def tier_infos(rt: RuntimeDep) -> list[TierInfo]:

@@ -12,7 +12,14 @@ import numpy as np
 import pytest
 
 from router.embedders.factory import backend_of, make_embedder
-from router.embedders.static import META_FILE, TOKENIZER_FILE, VECTORS_FILE, StaleStaticFile, StaticEmbedder
+from router.embedders.static import (
+    META_FILE,
+    SMALL_BATCH,
+    TOKENIZER_FILE,
+    VECTORS_FILE,
+    StaleStaticFile,
+    StaticEmbedder,
+)
 from training.distill_static import pca_reduce, zipf_sif_weights
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,6 +54,17 @@ def test_vectors_are_unit_and_batching_changes_nothing(small_static: Path) -> No
     singles = np.vstack([emb.encode([t]) for t in TEXTS])
     np.testing.assert_array_equal(out, singles)
     assert emb.encode([]).shape == (0, 8)
+
+
+@needs_tokenizer
+def test_the_small_batch_gather_sums_exactly_like_the_sparse_product(small_static: Path) -> None:
+    """One /route (a gather) and bulk routing (a sparse product) give the same bits for the same text."""
+    emb = StaticEmbedder(small_static)
+    rng = np.random.default_rng(2)
+    words = ["alpha", "beta", "the", "question", "Prove", "ça", "2+2", "infinitely", "x"]
+    texts = [" ".join(rng.choice(words, size=int(n))) for n in rng.integers(1, 400, size=40)] + TEXTS
+    assert len(texts) > SMALL_BATCH
+    np.testing.assert_array_equal(emb.encode(texts), np.vstack([emb.encode([t]) for t in texts]))
 
 
 @needs_tokenizer

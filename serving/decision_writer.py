@@ -1,0 +1,112 @@
+"""Group commit for sessionless decisions: one thread per worker writes what concurrent requests decided in one
+transaction, and each request is answered only once the transaction holding its decisions has committed.
+
+Nothing is acknowledged earlier than before (a decision is in the store, visible to every worker, when /route
+answers; durable or not as `decision_commit` says), but under load one commit (one fsync in the durable mode)
+and one statement carry many decisions, and the event loop never waits for the disk. A batch the store refuses
+is retried request by request, so one request's refused value fails that request alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from infra.store import DecisionRow, Store
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _Pending:
+    rows: Sequence[DecisionRow]
+    done: asyncio.Future[None]
+    loop: asyncio.AbstractEventLoop
+
+
+class DecisionWriter:
+    """Writes batches of decisions on its own thread; `write` waits until its rows are committed."""
+
+    def __init__(self, store: Store, max_batch_rows: int = 512):
+        self.store = store
+        self.max_batch_rows = max_batch_rows
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    async def write(self, rows: Sequence[DecisionRow]) -> None:
+        """Return once `rows` are committed; raise what the store raised for them."""
+        if not rows:
+            return
+        loop = asyncio.get_running_loop()
+        pending = _Pending(rows, loop.create_future(), loop)
+        self._start()
+        self._queue.put(pending)
+        await pending.done
+
+    def close(self) -> None:
+        """Write what is queued, then stop the thread."""
+        with self._lock:
+            thread, self._thread = self._thread, None
+        if thread is not None:
+            self._queue.put(None)
+            thread.join()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name="decision-writer", daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch, size, stop = [first], len(first.rows), False
+            while size < self.max_batch_rows:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+                size += len(more.rows)
+            self._commit(batch)
+            if stop:
+                return
+
+    def _commit(self, batch: list[_Pending]) -> None:
+        try:
+            self.store.record_decisions([r for p in batch for r in p.rows])
+        except Exception as exc:
+            if len(batch) == 1:
+                _resolve(batch[0], exc)
+                return
+            for p in batch:  # one request's refused value must not fail the others
+                self._commit([p])
+            return
+        for p in batch:
+            _resolve(p, None)
+
+
+def _resolve(pending: _Pending, exc: BaseException | None) -> None:
+    def settle() -> None:
+        if pending.done.cancelled():
+            return
+        if exc is None:
+            pending.done.set_result(None)
+        else:
+            pending.done.set_exception(exc)
+
+    try:
+        pending.loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # the loop is closed: nobody waits for the answer any more
+        logger.debug("decision batch finished after its event loop closed")

@@ -1,0 +1,104 @@
+"""The group committer: every request's decisions are stored before it returns; concurrent ones share a commit."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+
+from infra.store import DecisionRow, Store
+from serving.decision_writer import DecisionWriter
+from tests.integration.test_decision_commit import _row as decision_row
+
+
+def _row(prompt: str = "What is 2 + 2?") -> DecisionRow:
+    return replace(decision_row(), prompt=prompt)
+
+
+def test_concurrent_writes_share_one_commit_and_are_stored_when_they_return(store: Store) -> None:
+    store.migrate()
+    commits: list[int] = []
+    first_started, release = threading.Event(), threading.Event()
+    record = store.record_decisions
+
+    def slow_record(rows: Sequence[DecisionRow]) -> None:
+        commits.append(len(rows))
+        if len(commits) == 1:  # hold the first commit until every other request has queued its rows
+            first_started.set()
+            release.wait(10)
+        record(rows)
+
+    store.record_decisions = slow_record  # type: ignore[method-assign]
+    writer = DecisionWriter(store)
+    batches = [[_row()], *[[_row(), _row()] for _ in range(20)]]
+
+    async def main() -> None:
+        first = asyncio.create_task(writer.write(batches[0]))
+        await asyncio.to_thread(first_started.wait, 10)
+        rest = [asyncio.create_task(writer.write(b)) for b in batches[1:]]
+        await asyncio.sleep(0.05)
+        assert not any(t.done() for t in rest)  # nobody is answered before its commit
+        release.set()
+        for task, batch in zip([first, *rest], batches, strict=True):
+            await task
+            ids = [r.id for r in batch]
+            assert set(store.get_decisions(ids)) == set(ids)
+
+    try:
+        asyncio.run(main())
+    finally:
+        writer.close()
+    assert commits == [1, 40]
+
+
+def test_a_refused_request_fails_alone(store: Store) -> None:
+    store.migrate()
+    record = store.record_decisions
+    gate = threading.Event()
+
+    def picky_record(rows: Sequence[DecisionRow]) -> None:
+        gate.wait(10)
+        if any(r.prompt == "refused" for r in rows):
+            raise ValueError("refused value")
+        record(rows)
+
+    store.record_decisions = picky_record  # type: ignore[method-assign]
+    writer = DecisionWriter(store)
+    good, bad = [_row() for _ in range(5)], _row("refused")
+
+    async def main() -> list[BaseException | None]:
+        tasks = [asyncio.create_task(writer.write([r])) for r in [good[0], bad, *good[1:]]]
+        await asyncio.sleep(0.05)
+        gate.set()
+        return await asyncio.gather(*tasks, return_exceptions=True)
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        writer.close()
+    assert [type(r) for r in results] == [type(None), ValueError, *[type(None)] * 4]
+    assert set(store.get_decisions([r.id for r in [*good, bad]])) == {r.id for r in good}
+
+
+def test_close_writes_what_is_queued_and_a_closed_writer_starts_again(store: Store) -> None:
+    store.migrate()
+    writer = DecisionWriter(store)
+    rows = [_row() for _ in range(3)]
+
+    async def main() -> None:
+        await asyncio.gather(*(writer.write([r]) for r in rows))
+
+    asyncio.run(main())
+    writer.close()
+    writer.close()  # idempotent
+    later = _row()
+    asyncio.run(writer.write([later]))
+    writer.close()
+    assert set(store.get_decisions([r.id for r in [*rows, later]])) == {r.id for r in [*rows, later]}
+
+
+def test_nothing_to_write_returns_at_once(store: Store) -> None:
+    writer = DecisionWriter(store)
+    asyncio.run(writer.write([]))
+    assert writer._thread is None  # no thread was started for nothing
