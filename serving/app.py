@@ -90,6 +90,7 @@ def create_app(
             )
             tasks.append(asyncio.create_task(replayer))
         app.state.proxy = open_proxy(settings, os.environ)
+        app.state.proxy.writer = app.state.writer
         try:
             yield
         finally:

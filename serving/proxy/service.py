@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from infra.settings import Settings
 from infra.store import Store
 from router.schema import Tier
+from serving.decision_writer import DecisionWriter
 from serving.metrics import Metrics
 from serving.outcomes import describe
 from serving.proxy.dispatch import Dispatcher, RetryPolicy, Served, Trail
@@ -31,7 +32,7 @@ from serving.proxy.wire import (
     sse,
     upstream_body,
 )
-from serving.routing import route_request
+from serving.routing import route_request_async
 from serving.runtime import Runtime
 from serving.schemas import RouteOptions, RouteResponse
 from serving.security import Principal
@@ -104,6 +105,7 @@ class Proxy:
     """The door's state, made once in the app's lifespan: the dispatcher with its pooled client."""
 
     dispatcher: Dispatcher
+    writer: DecisionWriter | None = None  # the app's group committer: routing then stays on the event loop
 
     async def aclose(self) -> None:
         await self.dispatcher.client.aclose()
@@ -125,7 +127,7 @@ class Proxy:
                              "invalid_request_error", None, "messages")  # fmt: skip
         if "\x00" in prompt:
             raise ProxyError(400, "messages must not contain NUL characters", "invalid_request_error", None, "messages")
-        [decision] = await run_in_threadpool(route_request, rt, store, principal, [prompt], opts, settings, metrics)
+        [decision] = await route_request_async(rt, store, self.writer, principal, [prompt], opts, settings, metrics)
         trail = Trail()
         started = time.perf_counter()
         try:
