@@ -262,10 +262,15 @@ def _insert_new_outcome(conn: Connection, values: dict[str, Any]) -> bool:
     return conn.execute(stmt.returning(outcomes.c.id)).first() is not None
 
 
+_INSERT_DECISION = decisions.insert()
+
+
 def _insert_decisions(conn: Connection, rows: Sequence[DecisionRow], prompts: PromptPolicy | None = None) -> None:
     if rows:
         policy = prompts or PromptPolicy()
-        conn.execute(decisions.insert(), [policy.decision(dict(r.__dict__)) for r in rows])
+        values = [policy.decision(dict(r.__dict__)) for r in rows]
+        # One row as a plain execute: SQLAlchemy's executemany path costs about 0.1 ms more per call.
+        conn.execute(_INSERT_DECISION, values[0] if len(values) == 1 else values)
 
 
 class Store:
