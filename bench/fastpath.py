@@ -10,6 +10,7 @@ Writes bench/results/fastpath.json: every number with the command and settings t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +30,10 @@ from bench.common import ONNX_DIR, REPO, load_avg, machine_info, time_calls, wri
 from bench.serve_load import PROMPT
 from bench.static_router import static_router_dir
 from infra.settings import Settings
-from infra.store import Store
+from infra.store import DecisionRow, Store
 from router.embedders.factory import make_embedder
 from router.features import featurize
+from router.novelty import NoveltyReference
 from router.routing import Router
 from router.text import text_features, text_window
 from serving.model_source import LocalSource
@@ -41,13 +44,14 @@ from serving.security import ANONYMOUS
 
 logger = logging.getLogger("bench.fastpath")
 
-PARTS = ("inprocess", "serve", "bulk", "dask")
+PARTS = ("inprocess", "bookkeeping", "serve", "bulk", "dask")
 TARGETS = {
     "route_c1_p50_over_ping_c1_p50": 4.0,
     "route_c1_p99_over_route_c1_p50": 3.0,
     "route_c8_rps_over_ping_c8_rps": 0.35,
     "inprocess_route_p50_ms": 1.0,
     "bulk_cli_prompts_per_s": 1500.0,
+    "bookkeeping_p50_ms": 0.2,
 }
 
 
@@ -94,6 +98,70 @@ def inprocess(artifact_dir: Path, reps: int, warmup: int) -> dict[str, Any]:
             )
             store.dispose()
     return {"prompt_chars": len(PROMPT), "reps": reps, "warmup": warmup, "threads": 1, "latency": parts}
+
+
+def bookkeeping(artifact_dir: Path, reps: int, warmup: int) -> dict[str, Any]:
+    """What issue 14's bookkeeping adds to one /route, part by part (p50 differences, 1 thread):
+    the novelty score against a training reference of `tierwise train`'s size (drift and out-of-distribution), and
+    the decision row's evidence for off-policy evaluation (propensity, per-tier predictions, propensities and
+    expected costs), built and written (SQLite, decision_commit=async so the disk's sync time does not hide it)."""
+    artifact = LocalSource(artifact_dir).load().artifact
+    embedder = make_embedder("static", onnx_dir=ONNX_DIR, num_threads=1)
+    ref = NoveltyReference()
+    sample = _long_prompts(ref.n_reference + ref.max_calibration, seed=2)["prompt"].tolist()
+    ref.fit(featurize(sample, artifact.features, embedder)[:, : artifact.features.embedding_dim])
+    plain = Router(dataclasses.replace(artifact, novelty=None), artifact.tiers, embedder, num_threads=1)
+    checked = Router(dataclasses.replace(artifact, novelty=ref), artifact.tiers, embedder, num_threads=1)
+    prompts = [PROMPT]
+    quality, cost, _ = plain.assess(prompts)
+    names = artifact.tiers.names
+
+    def row(evidence: bool) -> DecisionRow:
+        base = DecisionRow(
+            id=uuid.uuid4().hex,
+            prompt=PROMPT,
+            tier=names[0],
+            model="m",
+            expected_cost_usd=float(cost[0, 0]),
+            router_version="bench",
+            reason="cheapest tier that clears the target",
+        )
+        if not evidence:
+            return base
+        probs = np.zeros(len(names))
+        probs[0] = 1.0
+        return dataclasses.replace(
+            base,
+            propensity=1.0,
+            predicted_quality={n: float(q) for n, q in zip(names, quality[0], strict=True)},
+            propensities={n: float(p) for n, p in zip(names, probs, strict=True)},
+            expected_costs={n: float(c) for n, c in zip(names, cost[0], strict=True)},
+            novelty=0.5,
+        )
+
+    parts: dict[str, Any] = {
+        "assess without a novelty reference": time_calls(lambda: plain.assess(prompts), reps, warmup),
+        f"assess with novelty ({ref.n_reference} reference rows)": time_calls(
+            lambda: checked.assess(prompts), reps, warmup
+        ),
+    }
+    with tempfile.TemporaryDirectory(prefix="tierwise-bench-bookkeeping-") as tmp:
+        store = Store(f"sqlite:///{Path(tmp) / 'b.db'}")
+        store.migrate()
+        store.decision_commit = "async"
+        for evidence in (False, True):
+            label = f"build + write the decision row, {'with' if evidence else 'without'} the OPE evidence"
+            parts[label] = time_calls(lambda e=evidence: store.record_decisions([row(e)]), reps, warmup)
+        store.dispose()
+    p50 = [v["p50_ms"] for v in parts.values()]
+    novelty_ms, evidence_ms = p50[1] - p50[0], p50[3] - p50[2]
+    return {
+        "latency": parts,
+        "novelty_p50_ms": round(novelty_ms, 3),
+        "evidence_p50_ms": round(evidence_ms, 3),
+        "bookkeeping_p50_ms": round(novelty_ms + evidence_ms, 3),
+        "target_ms": TARGETS["bookkeeping_p50_ms"],
+    }
 
 
 def _cache_dir(work: Path) -> Path:
@@ -259,6 +327,8 @@ def run(
     }
     if "inprocess" in parts:
         report["inprocess"] = inprocess(artifact_dir, reps, warmup)
+    if "bookkeeping" in parts:
+        report["bookkeeping"] = bookkeeping(artifact_dir, reps, warmup)
     if "serve" in parts:
         report["serve"] = {c: serve(artifact_dir, seconds, [1, 8], c) for c in ("async", "durable")}
     if "bulk" in parts:
@@ -308,6 +378,9 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
     if "inprocess" in report:
         v = report["inprocess"]["latency"]["route (embed + features + predict + decide)"]["p50_ms"]
         add("in-process route p50 <= 1 ms (30 tokens)", v, v <= TARGETS["inprocess_route_p50_ms"], "inprocess")
+    if "bookkeeping" in report:
+        v = report["bookkeeping"]["bookkeeping_p50_ms"]
+        add("OPE + drift bookkeeping p50 <= 0.2 ms (issue 14)", v, v <= TARGETS["bookkeeping_p50_ms"], "bookkeeping")
     for run in report.get("bulk", {}).get("runs", []):
         v = run["prompts_per_s"]
         add(
