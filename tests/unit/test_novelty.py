@@ -117,3 +117,22 @@ def test_recalibrated_lambda_meets_a_mean_cost_when_novel_prompts_cost_more() ->
     pooled = spend(recalibrated_lambda(pred, expected, served, paid, target))
     assert abs(grouped / target - 1) < 0.02
     assert abs(pooled / target - 1) > 0.1
+
+
+def test_recalibrated_lambda_spends_the_realised_cost_where_lambda_keeps_the_served_tier() -> None:
+    """Every prompt was served the dear tier; those with a large predicted gain from it answer 3x longer than
+    expected, the others 0.2x. One ratio for the tier misprices both kinds; the realised costs of the prompts λ
+    keeps on it do not."""
+    rng = np.random.default_rng(1)
+    n = 4000
+    pred0 = rng.random(n) * 0.5
+    gain = rng.random(n) * 0.4
+    pred = np.stack([pred0, pred0 + gain], axis=1)
+    expected = np.tile([1e-4, 1e-3], (n, 1))
+    realised = expected * np.stack([np.ones(n), np.where(gain > 0.2, 3.0, 0.2)], axis=1)
+    served = np.ones(n, dtype=int)
+    target = 1.5e-3
+    lam = recalibrated_lambda(pred, expected, served, realised[:, 1], target)
+    spend = float(realised[np.arange(n), tradeoff(pred, expected, lam)].mean())
+    # Off only by the cheap tier, priced at the dear tier's ratio (about 1.6): about 2% here.
+    assert abs(spend / target - 1) < 0.05
