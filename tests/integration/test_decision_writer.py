@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
 
 from infra.store import DecisionRow, Store
 from serving.decision_writer import DecisionWriter
+from serving.routing import INLINE_CHARS, INLINE_PROMPTS
+from tests.integration.conftest import CLIENT_KEY, bearer
 from tests.integration.test_decision_commit import _row as decision_row
 
 
@@ -102,3 +108,23 @@ def test_nothing_to_write_returns_at_once(store: Store) -> None:
     writer = DecisionWriter(store)
     asyncio.run(writer.write([]))
     assert writer._thread is None  # no thread was started for nothing
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/route", {"prompt": "easy question 2: alpha beta"}),  # scored on the event loop
+        ("/route", {"prompt": "easy question 2: " + "alpha " * (INLINE_CHARS // 6 + 1)}),  # too long: threadpool
+        ("/route/batch", {"prompts": ["easy question 2: alpha beta"] * INLINE_PROMPTS}),
+        ("/route/batch", {"prompts": ["easy question 2: alpha beta"] * (INLINE_PROMPTS + 1)}),
+        ("/route", {"prompt": "easy question 2: alpha beta", "session_id": "s1"}),  # a reservation: threadpool
+    ],
+)
+def test_every_path_stores_its_decisions_before_answering(
+    client_factory: Callable[..., TestClient], store: Store, path: str, body: dict[str, Any]
+) -> None:
+    client = client_factory(store=store)
+    r = client.post(path, json=body, headers=bearer(CLIENT_KEY))
+    assert r.status_code == 200, r.text
+    ids = [d["decision_id"] for d in r.json().get("decisions", [r.json()])]
+    assert set(store.get_decisions(ids)) == set(ids)
