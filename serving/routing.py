@@ -7,6 +7,7 @@ expected costs.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -315,12 +316,53 @@ async def route_request_async(
     millisecond of CPU; the threadpool hops of a sync handler cost about 0.25 ms) and its decisions are group-committed
     by `writer` before it answers. A bigger request (INLINE_PROMPTS, INLINE_CHARS) is scored in the threadpool; a
     session's reservation is a locking transaction: that one goes to the threadpool whole."""
+    out, pending = await _decide(rt, store, writer, principal, prompts, opts, settings, metrics)
+    if writer is not None and pending is not None:
+        await writer.write(pending)
+        count_decisions(metrics, out)
+    return out
+
+
+async def route_request_started(
+    rt: Runtime,
+    store: Store,
+    writer: DecisionWriter | None,
+    principal: Principal,
+    prompts: Sequence[str],
+    opts: RouteOptions,
+    settings: Settings,
+    metrics: Metrics | None = None,
+) -> tuple[list[RouteResponse], asyncio.Future[None]]:
+    """`route_request_async` with the commit of its decisions started, not awaited: whoever acknowledges anything of
+    them must await the returned future first (the proxy overlaps it with the upstream call)."""
+    out, pending = await _decide(rt, store, writer, principal, prompts, opts, settings, metrics)
+    if writer is None or pending is None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return out, done
+
+    async def commit(rows: list[DecisionRow], into: DecisionWriter) -> None:
+        await into.write(rows)
+        count_decisions(metrics, out)
+
+    return out, asyncio.ensure_future(commit(pending, writer))
+
+
+async def _decide(
+    rt: Runtime,
+    store: Store,
+    writer: DecisionWriter | None,
+    principal: Principal,
+    prompts: Sequence[str],
+    opts: RouteOptions,
+    settings: Settings,
+    metrics: Metrics | None,
+) -> tuple[list[RouteResponse], list[DecisionRow] | None]:
+    """The responses, and the decisions left for `writer` to write (None: written already, in the threadpool)."""
     if writer is None or opts.session_id is not None:
-        return await run_in_threadpool(route_request, rt, store, principal, prompts, opts, settings, metrics)
+        return await run_in_threadpool(route_request, rt, store, principal, prompts, opts, settings, metrics), None
     pending: list[DecisionRow] = []
     args = (rt, store, principal, prompts, opts, settings, metrics, pending.extend)
     inline = len(prompts) <= INLINE_PROMPTS and sum(len(p) for p in prompts) <= INLINE_CHARS
     out = route_request(*args) if inline else await run_in_threadpool(route_request, *args)
-    await writer.write(pending)
-    count_decisions(metrics, out)
-    return out
+    return out, pending

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +34,7 @@ from serving.proxy.wire import (
     sse,
     upstream_body,
 )
-from serving.routing import route_request_async
+from serving.routing import route_request_started
 from serving.runtime import Runtime
 from serving.schemas import RouteOptions, RouteResponse
 from serving.security import Principal
@@ -127,24 +129,31 @@ class Proxy:
                              "invalid_request_error", None, "messages")  # fmt: skip
         if "\x00" in prompt:
             raise ProxyError(400, "messages must not contain NUL characters", "invalid_request_error", None, "messages")
-        [decision] = await route_request_async(rt, store, self.writer, principal, [prompt], opts, settings, metrics)
+        # The decision's commit runs while the upstream answers; it is awaited before anything is answered or settled.
+        [decision], committed = await route_request_started(
+            rt, store, self.writer, principal, [prompt], opts, settings, metrics
+        )
         trail = Trail()
         started = time.perf_counter()
         try:
-            served = await self.dispatcher.serve(
-                rt.tiers,
-                rt.tiers.tier(decision.tier),
-                upstream_body(req),
-                req.stream,
-                trail,
-                affordable(rt, prompt, decision, opts.max_cost_usd),
+            served = await while_committing(
+                committed,
+                self.dispatcher.serve(
+                    rt.tiers,
+                    rt.tiers.tier(decision.tier),
+                    upstream_body(req),
+                    req.stream,
+                    trail,
+                    affordable(rt, prompt, decision, opts.max_cost_usd),
+                ),
             )
         except UpstreamFailure as failure:
             await _settle(store, decision, trail, started, None)
             raise failure_error(failure) from None
         except BaseException:  # cancelled (the caller left) or a bug: release the reservation, charge nothing
             with anyio.CancelScope(shield=True):
-                await _settle(store, decision, trail, started, None)
+                if await _stored(committed):  # a row never stored needs no settling
+                    await _settle(store, decision, trail, started, None)
             raise
         info = _info(decision, served, trail)
         headers_out = {
@@ -164,6 +173,37 @@ class Proxy:
             media_type="text/event-stream",
             headers={**headers_out, "Cache-Control": "no-cache"},
         )
+
+
+async def while_committing(committed: asyncio.Future[None], call: Awaitable[Served]) -> Served:
+    """`call`'s result once the decision's commit is done too; the commit's failure cancels the call and is raised
+    (the store is down: nothing is answered, as when /route cannot record), before any upstream failure."""
+    task = asyncio.ensure_future(call)
+    both: set[asyncio.Future[Any]] = {committed, task}
+    try:
+        await asyncio.wait(both, return_when=asyncio.FIRST_EXCEPTION)
+        if not await _stored(committed):
+            task.cancel()
+            with suppress(BaseException):
+                await task
+            await committed  # raise the store's error
+    except BaseException:
+        task.cancel()  # the caller left: so does the upstream call
+        raise
+    return await task
+
+
+async def _stored(committed: asyncio.Future[None]) -> bool:
+    """Whether the decision's commit succeeded (waiting for it)."""
+    try:
+        await committed
+    except asyncio.CancelledError:
+        if committed.cancelled():
+            return False
+        raise  # this request was cancelled, not the commit
+    except Exception:
+        return False
+    return True
 
 
 def affordable(
