@@ -66,7 +66,7 @@ def cpu_facts() -> dict[str, Any]:
 
 def machine_info() -> dict[str, Any]:
     """CPU, cores, load, versions, commit and date: what a number was measured on."""
-    versions = {}
+    versions: dict[str, str | None] = {}
     for name in PACKAGES:
         try:
             versions[name] = version(name)

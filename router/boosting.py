@@ -14,7 +14,7 @@ from typing import Any
 
 import lightgbm as lgb
 import numpy as np
-from lightgbm.basic import _LIB, _safe_call  # type: ignore[attr-defined]
+from lightgbm.basic import _LIB, _safe_call
 
 
 class NotFittedError(RuntimeError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -28,7 +29,7 @@ def _private_default_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterato
     get_settings.cache_clear()
 
 
-TIERS_TOML = {
+TIERS_TOML: dict[str, Any] = {
     "models": {
         "small": {"input_per_1m": 0.2, "output_per_1m": 0.2},
         "medium": {"input_per_1m": 1.0, "output_per_1m": 2.0},

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from router.boosting import NotFittedError
 from router.irt import IrtModel, fit_irt
-from router.model import NotFittedError
 from router.pooled import PooledModel
 
 ABILITY = np.array([-1.0, 0.0, 1.5])

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from router.artifact import RouterArtifact
+from router.boosting import NotFittedError
 from router.embedding_cache import EmbeddingCache, embed_cached
 from router.features import EmbedderMismatch, FeatureSpec, featurize
-from router.model import DifficultyModel, NotFittedError
+from router.model import DifficultyModel
 from router.text import text_window
 from training.data import pivot_log
 

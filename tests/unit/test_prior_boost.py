@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router.model import NotFittedError
+from router.boosting import NotFittedError
 from router.prior_boost import PriorBoostModel
 
 

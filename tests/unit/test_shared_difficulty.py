@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router.model import DifficultyModel, NotFittedError, fit_logistic_1d
+from router.boosting import NotFittedError
+from router.model import DifficultyModel, fit_logistic_1d
 from router.shared_difficulty import SharedDifficulty
 
 
