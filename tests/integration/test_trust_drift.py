@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,6 @@ from router.guarantee import QualityGuarantee
 from router.novelty import NoveltyReference
 from router.routing import Router
 from router.schema import parse_tiers
-from serving.app import create_app
 from serving.model_source import LocalSource
 from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, bearer
@@ -46,19 +45,13 @@ def trusted_dir(artifact_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 
 
 @pytest.fixture
-def trusted(trusted_dir: Path, settings_factory: Callable[..., Any]) -> Iterator[Callable[..., TestClient]]:
-    opened: list[TestClient] = []
+def trusted(trusted_dir: Path, client_factory: Callable[..., TestClient]) -> Callable[..., TestClient]:
+    """Apps on the trusted artifact (client_factory's, closed at teardown)."""
 
     def make(**fields: Any) -> TestClient:
-        app = create_app(settings_factory(**fields), LocalSource(trusted_dir), embedder=HashingEmbedder())
-        client = TestClient(app)
-        client.__enter__()
-        opened.append(client)
-        return client
+        return client_factory(source=LocalSource(trusted_dir), **fields)
 
-    yield make
-    for c in opened:
-        c.__exit__(None, None, None)
+    return make
 
 
 def novelties(client: TestClient) -> dict[str, float]:
