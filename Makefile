@@ -92,7 +92,7 @@ clean:  ## the venvs and the checkout's .cache; your stores (`tierwise settings 
 	rm -rf $(VENV) $(SERVE_VENV) .cache
 
 .PHONY: quality
-quality: setup $(DATA) $(TEST_ONNX)  ## routing-quality suite on all three datasets, bootstrap CIs (bench/results/quality.md; 29 min on 2 shared cores)
+quality: setup $(DATA) $(TEST_ONNX)  ## routing-quality suite on all three datasets, bootstrap CIs (bench/results/quality.md; 37 min on 2 shared cores)
 	$(BIN)/python -m bench.quality
 
 .PHONY: readme-eval
