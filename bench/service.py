@@ -134,7 +134,8 @@ def run(
     database_url: str, seconds: float, levels: list[int], label: str, extra_env: dict[str, str] | None = None
 ) -> dict[str, Any]:
     """Load /route and /ping at each concurrency against a fresh service on `database_url` (plus `extra_env`)."""
-    settings = Settings(**{k.removeprefix("TIERWISE_").lower(): v for k, v in (extra_env or {}).items()})
+    fields: dict[str, Any] = {k.removeprefix("TIERWISE_").lower(): v for k, v in (extra_env or {}).items()}
+    settings = Settings(**fields)
     targets = {"route": ("POST", "/route", {"prompt": serve_load.PROMPT}), "ping": ("GET", "/ping", None)}
     endpoints: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
     with tempfile.TemporaryDirectory(prefix="tierwise-bench-serve-") as tmp:
