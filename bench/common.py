@@ -181,3 +181,12 @@ def scratch_database(url: str) -> Iterator[str]:
         with engine.connect() as conn:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
         engine.dispose()
+
+
+def replace_between(path: Path, begin: str, end: str, text: str) -> None:
+    """Replace what lies between the markers `begin` and `end` in a file (a README's generated table) by `text`."""
+    body = path.read_text()
+    if begin not in body or end not in body:
+        raise SystemExit(f"{path} has no {begin} ... {end} markers")
+    head, rest = body.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{text}\n{end}{rest.split(end, 1)[1]}")

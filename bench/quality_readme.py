@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO
+from bench.common import REPO, replace_between
 
 BEGIN, END = "<!-- quality-table:begin -->", "<!-- quality-table:end -->"
 # Method-minus-router columns: the baselines issue 10 names, then the gain / stacking / averaging candidates.
@@ -67,12 +67,7 @@ def main() -> None:
     if not args.write:
         print(text)
         return
-    readme = REPO / "README.md"
-    body = readme.read_text()
-    if BEGIN not in body or END not in body:
-        raise SystemExit(f"README.md has no {BEGIN} ... {END} markers")
-    head, rest = body.split(BEGIN, 1)
-    readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{rest.split(END, 1)[1]}")
+    replace_between(REPO / "README.md", BEGIN, END, text)
 
 
 if __name__ == "__main__":

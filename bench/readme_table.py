@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from bench.common import REPO
+from bench.common import REPO, replace_between
 
 BEGIN, END = "<!-- bench-table:begin -->", "<!-- bench-table:end -->"
 ROUTE_TARGET = "c=1 p50 ≤ 5, p99 ≤ 15 ms; ≥ 450/s at c=8"
@@ -83,12 +83,7 @@ def table(s: dict[str, Any]) -> str:
 
 
 def write(readme: Path, text: str) -> None:
-    body = readme.read_text()
-    if BEGIN not in body or END not in body:
-        raise SystemExit(f"{readme} has no {BEGIN} ... {END} markers")
-    head, rest = body.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+    replace_between(readme, BEGIN, END, text)
 
 
 def main() -> None:
