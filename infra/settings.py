@@ -110,6 +110,18 @@ class Settings(BaseSettings):
     upstream_retry_backoff_s: float = Field(
         0.2, ge=0, description="wait before the first retry, doubled before each next one; then the tier falls back"
     )
+    upstream_deadline_s: float = Field(
+        300.0,
+        gt=0,
+        description="a request's time for every attempt, retry wait and fallback until its answer starts; a retry "
+        "that would start past it (an upstream's Retry-After included) is not made",
+    )
+    upstream_max_retry_after_s: float = Field(
+        10.0,
+        ge=0,
+        description="the longest Retry-After (429/503) tierwise waits out before retrying the same upstream; a longer "
+        "one falls back at once",
+    )
 
     # trust: exploration, off-policy evaluation, prompts at rest
     exploration_rate: float = Field(

@@ -39,6 +39,7 @@ logger = logging.getLogger(__name__)
 TIER_FIELD = "tierwise_tier"
 OPTIONS_KEY = "tierwise"
 DECISION_KEY = "tierwise_decision"
+SIGNALS_KEY = "routing_plugin_signals"  # where LiteLLM puts a routing plugin's signals (integrations/litellm_plugin)
 
 
 class Decision(TypedDict):
@@ -83,7 +84,7 @@ def _metadata(request_kwargs: dict[str, Any] | None) -> dict[str, Any]:
     return md
 
 
-def _refusal(e: TierwiseRefused, model: str, options: Mapping[str, Any]) -> Exception:
+def refusal(e: TierwiseRefused, model: str, options: Mapping[str, Any]) -> Exception:
     """tierwise's 4xx as the LiteLLM exception a caller of the Router expects (neither is retried by LiteLLM)."""
     if e.status == 402:
         spent = float(e.body.get("spent_usd") or 0) + float(e.body.get("reserved_usd") or 0)
@@ -205,7 +206,7 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
     ) -> Decision:
         """The decision for tierwise's answer; the fallback deployment when tierwise gave none."""
         if isinstance(answer, TierwiseRefused):
-            raise _refusal(answer, model, options) from answer
+            raise refusal(answer, model, options) from answer
         session_id = options.get("session_id")
         if not isinstance(answer, Mapping):
             why = "no text to route on" if answer is None else str(answer)
@@ -289,6 +290,13 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
         return await self.client.apost_outcome(outcome) if outcome else None
 
 
+def decision_of(metadata: Mapping[str, Any]) -> Any:
+    """The tierwise decision a request's metadata carries: the strategy's, or the routing plugin's signal."""
+    signals = metadata.get(SIGNALS_KEY)
+    plugin = signals.get(DECISION_KEY) if isinstance(signals, Mapping) else None
+    return metadata.get(DECISION_KEY) or plugin
+
+
 def _outcome(decision: Any, score: float, cost_usd: Any, usage: Any, latency_ms: float | None) -> dict[str, Any] | None:
     """The /outcomes body: None when tierwise did not decide the call or LiteLLM knows no cost for it."""
     if not isinstance(decision, Mapping) or not decision.get("decision_id"):
@@ -316,7 +324,7 @@ def outcome_of(metadata: Mapping[str, Any], response: Any, score: float) -> dict
     """The /outcomes body for a routed call, from its metadata, its LiteLLM response and the caller's score."""
     hidden = getattr(response, "_hidden_params", None) or {}
     return _outcome(
-        metadata.get(DECISION_KEY),
+        decision_of(metadata),
         score,
         hidden.get("response_cost"),
         getattr(response, "usage", None),
@@ -341,7 +349,7 @@ class TierwiseOutcomeLogger(CustomLogger):
         self.score_fn = score_fn
 
     def _outcome(self, kwargs: Mapping[str, Any], response: Any, start: Any, end: Any) -> dict[str, Any] | None:
-        decision = ((kwargs.get("litellm_params") or {}).get("metadata") or {}).get(DECISION_KEY)
+        decision = decision_of((kwargs.get("litellm_params") or {}).get("metadata") or {})
         if not isinstance(decision, Mapping) or not decision.get("decision_id"):
             return None
         score = self.score_fn(list(kwargs.get("messages") or []), response)
@@ -406,22 +414,22 @@ class TierwiseSettler(CustomLogger):
         self._done: OrderedDict[str, None] = OrderedDict()  # decisions settled here (bounded): no second post
         self._remember = remember
 
-    def _decision_id(self, kwargs: Mapping[str, Any]) -> str | None:
-        decision = ((kwargs.get("litellm_params") or {}).get("metadata") or {}).get(DECISION_KEY)
+    def _decision(self, kwargs: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """The call's decision to settle here: made by a tierwise this settler knows, not settled yet."""
+        decision = decision_of((kwargs.get("litellm_params") or {}).get("metadata") or {})
         if not isinstance(decision, Mapping) or not decision.get("decision_id"):
             return None
         if decision.get("tierwise_url") not in self.clients:
             return None  # a tierwise no strategy of this process settles
-        did = str(decision["decision_id"])
-        return None if did in self._done else did
+        return None if str(decision["decision_id"]) in self._done else decision
 
     def _body(
         self, kwargs: Mapping[str, Any], response: Any, start: Any, end: Any, ok: bool
     ) -> tuple[TierwiseClient, str, dict[str, Any]] | None:
-        did = self._decision_id(kwargs)
-        if did is None:
+        decision = self._decision(kwargs)
+        if decision is None:
             return None
-        client = self.clients[kwargs["litellm_params"]["metadata"][DECISION_KEY]["tierwise_url"]]
+        did, client = str(decision["decision_id"]), self.clients[decision["tierwise_url"]]
         if not ok:
             return (client, did, {"cost_usd": None}) if _final_failure(kwargs) else None
         if kwargs.get("response_cost") is None:

@@ -59,6 +59,57 @@ class ScrapeTime:
             return float("nan")
 
 
+UPSTREAM_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+
+class UpstreamMetrics:
+    """The OpenAI-compatible proxy's upstream calls: outcomes, latency, retries, fallbacks, fusion members left
+    out, and the tokens and cost settled on served requests."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.calls = Counter(
+            "tierwise_upstream_calls",
+            "Upstream call attempts by catalogue model and outcome (ok, or the failure's kind)",
+            ["model", "outcome"],
+            registry=registry,
+        )
+        self.seconds = Histogram(
+            "tierwise_upstream_seconds",
+            "Upstream call attempts' latency (a stream's: to its first event) by model and outcome",
+            ["model", "outcome"],
+            buckets=UPSTREAM_BUCKETS,
+            registry=registry,
+        )
+        self.retries = Counter(
+            "tierwise_upstream_retries", "Retries of the same upstream after a failed attempt", ["model"],
+            registry=registry,
+        )  # fmt: skip
+        self.fallbacks = Counter(
+            "tierwise_upstream_fallbacks",
+            "Requests passed from a tier whose upstream failed to the next tier tried",
+            ["from_tier", "to_tier"],
+            registry=registry,
+        )
+        self.member_failures = Counter(
+            "tierwise_fusion_member_failures",
+            "Fusion panel members left out because their upstream failed",
+            ["tier", "member"],
+            registry=registry,
+        )
+        self.tokens = Counter(
+            "tierwise_upstream_tokens",
+            "Tokens of the upstream calls settled on served requests, by model and direction (in, out)",
+            ["model", "direction"],
+            registry=registry,
+        )
+        self.cost = Counter(
+            "tierwise_upstream_cost_usd",
+            "Cost settled for the upstream calls of served requests (usage × catalogue price), by model",
+            ["model"],
+            registry=registry,
+        )
+
+
 class Metrics:
     """Request latency, decisions per tier, frozen sessions, model version, store errors."""
 
@@ -114,6 +165,7 @@ class Metrics:
             "served minus this)",
             registry=self.registry,
         )
+        self.upstream = UpstreamMetrics(self.registry)
 
     def track_frozen(self, count: Callable[[], int]) -> None:
         """Report `count()` as the frozen-sessions gauge at every scrape."""

@@ -42,7 +42,7 @@ SERVICE_ERRORS: dict[int, tuple[str, str]] = {
 def _openai_error(exc: Exception) -> JSONResponse:
     """Any refusal of the service as OpenAI's `{"error": {...}}` with its status."""
     if isinstance(exc, ProxyError):
-        return JSONResponse(exc.body, status_code=exc.status)
+        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
     if isinstance(exc, RequestValidationError):
         err = exc.errors()[0] if exc.errors() else {}
         param = ".".join(str(p) for p in err.get("loc", ())[1:]) or None

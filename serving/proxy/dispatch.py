@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -10,6 +12,7 @@ from typing import Any, TypeVar
 import httpx
 
 from router.schema import Tier, TiersConfig
+from serving.metrics import UpstreamMetrics
 from serving.proxy.fusion import merge_request
 from serving.proxy.upstream import Endpoint, Stream, UpstreamFailure, Usage, complete, endpoint_for
 
@@ -18,13 +21,27 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Extra attempts on the same upstream after a timeout, 5xx, 429 or dropped connection, with doubling waits."""
+    """Extra attempts on the same upstream after a timeout, 5xx, 429 or dropped connection, with doubling waits.
+
+    An upstream's Retry-After (429, 503) is honoured: the next attempt waits at least that long, unless it is over
+    `max_retry_after_s` (then the tier falls back at once). `deadline_s` bounds the whole request until its answer
+    starts; an attempt that would start past it is not made.
+    """
 
     retries: int = 1
     backoff_s: float = 0.2
+    max_retry_after_s: float = 10.0
+    deadline_s: float = 300.0
 
     def delay_s(self, attempt: int) -> float:
         return float(self.backoff_s * 2**attempt)
+
+    def wait_s(self, attempt: int, failure: UpstreamFailure) -> float | None:
+        """The wait before retrying after `failure` on attempt `attempt` (0-based); None: do not retry it."""
+        hint = failure.retry_in_s(time.monotonic())
+        if hint is not None and hint > self.max_retry_after_s:
+            return None
+        return max(self.delay_s(attempt), hint or 0.0)
 
 
 @dataclass
@@ -38,6 +55,19 @@ class Trail:
     left_out: list[str] = field(default_factory=list)
     members: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    hinted: list[UpstreamFailure] = field(default_factory=list)
+    deadline: float = math.inf
+
+    def left_s(self) -> float:
+        """Seconds left before the request's deadline (monotonic)."""
+        return self.deadline - time.monotonic()
+
+    def retry_after_s(self) -> int | None:
+        """When to come back, for a caller no upstream answered: the soonest an upstream that failed with a
+        Retry-After said it would answer again, in whole seconds rounded up; None when none said."""
+        now = time.monotonic()
+        waits = [w for f in self.hinted if (w := f.retry_in_s(now)) is not None]
+        return math.ceil(min(waits)) if waits else None
 
     def note(self) -> str:
         """The decision reason's addendum: what failed and was left out (empty when all went as routed)."""
@@ -65,10 +95,17 @@ class Served:
 
 
 class Dispatcher:
-    def __init__(self, client: httpx.AsyncClient, policy: RetryPolicy, environ: Mapping[str, str]):
+    def __init__(
+        self,
+        client: httpx.AsyncClient,
+        policy: RetryPolicy,
+        environ: Mapping[str, str],
+        metrics: UpstreamMetrics | None = None,
+    ):
         self.client = client
         self.policy = policy
         self.environ = environ
+        self.metrics = metrics
 
     async def serve(
         self,
@@ -83,13 +120,16 @@ class Dispatcher:
 
         A `client` failure (the upstream refused the request itself) is raised at once: another tier would too.
         A fallback that is not `affordable` (its expected cost over the request's max cost or what the session's cap
-        leaves) is skipped and said so: falling back never spends past a cap.
+        leaves) is skipped and said so: falling back never spends past a cap. The policy's deadline starts now.
         """
+        trail.deadline = min(trail.deadline, time.monotonic() + self.policy.deadline_s)
         last: UpstreamFailure | None = None
         for tier in [first, *tiers.fallbacks(first.name)]:
             if tier is not first and affordable is not None and not affordable(tier):
                 trail.skipped.append(tier.name)
                 continue
+            if last is not None and self.metrics is not None:
+                self.metrics.fallbacks.labels(trail.failed_tiers[-1], tier.name).inc()
             try:
                 return await self._serve_tier(tiers, tier, body, stream, trail)
             except UpstreamFailure as failure:
@@ -100,22 +140,54 @@ class Dispatcher:
         assert last is not None
         raise last
 
+    async def _attempt(self, ep: Endpoint, call: Callable[[Endpoint, float], Awaitable[T]], trail: Trail) -> T:
+        """One call within what the deadline leaves, counted and timed by outcome."""
+        left = trail.left_s()
+        if left <= 0:
+            raise UpstreamFailure(ep.model, "timeout", "the request's deadline passed before this attempt")
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            return await call(ep, left)
+        except UpstreamFailure as failure:
+            outcome = failure.kind
+            raise
+        finally:
+            if self.metrics is not None:
+                self.metrics.calls.labels(ep.model, outcome).inc()
+                self.metrics.seconds.labels(ep.model, outcome).observe(time.perf_counter() - started)
+
     async def _retrying(
-        self, model: str, tiers: TiersConfig, call: Callable[[Endpoint], Awaitable[T]], trail: Trail
+        self, model: str, tiers: TiersConfig, call: Callable[[Endpoint, float], Awaitable[T]], trail: Trail
     ) -> T:
+        """`call` on `model`'s upstream, retried per the policy; raises its last failure."""
         try:
             ep = endpoint_for(model, tiers, self.environ)
         except UpstreamFailure as failure:
             trail.failures.append(f"{model}: {failure.message}")
+            if self.metrics is not None:
+                self.metrics.calls.labels(model, failure.kind).inc()
             raise
         for attempt in range(self.policy.retries + 1):
             try:
-                return await call(ep)
+                return await self._attempt(ep, call, trail)
             except UpstreamFailure as failure:
                 trail.failures.append(f"{model} attempt {attempt + 1}: {failure.message}")
+                if failure.retry_after_s is not None:
+                    trail.hinted.append(failure)
                 if not failure.retryable or attempt == self.policy.retries:
                     raise
-            await asyncio.sleep(self.policy.delay_s(attempt))
+                wait = self.policy.wait_s(attempt, failure)
+                if wait is None:
+                    cap = self.policy.max_retry_after_s
+                    trail.failures.append(f"{model}: Retry-After over the {cap:g} s tierwise waits; not retried")
+                    raise
+                if wait >= trail.left_s():
+                    trail.failures.append(f"{model}: a retry in {wait:g} s would pass the request's deadline")
+                    raise
+            if self.metrics is not None:
+                self.metrics.retries.labels(model).inc()
+            await asyncio.sleep(wait)
         raise AssertionError("unreachable")
 
     async def _answer(
@@ -123,9 +195,9 @@ class Dispatcher:
     ) -> Served:
         """Call one model for `tier`: its opened stream, or its completion (its usage added to the trail)."""
         if stream:
-            opened = await self._retrying(model, tiers, lambda ep: Stream.open(self.client, ep, body), trail)
+            opened = await self._retrying(model, tiers, lambda ep, s: Stream.open(self.client, ep, body, s), trail)
             return Served(tier, stream=opened)
-        data, usage = await self._retrying(model, tiers, lambda ep: complete(self.client, ep, body), trail)
+        data, usage = await self._retrying(model, tiers, lambda ep, s: complete(self.client, ep, body, s), trail)
         trail.usages.append(usage)
         return Served(tier, body=data)
 
@@ -141,13 +213,15 @@ class Dispatcher:
         if tier.judge is None:
             raise UpstreamFailure(tier.model, "config", f"fusion tier '{tier.name}' has no judge to merge its answers")
         results = await asyncio.gather(
-            *(self._retrying(m, tiers, lambda ep: complete(self.client, ep, body), trail) for m in tier.members),
+            *(self._retrying(m, tiers, lambda ep, s: complete(self.client, ep, body, s), trail) for m in tier.members),
             return_exceptions=True,
         )
         answers, refused = [], []
         for member, result in zip(tier.members, results, strict=True):
             if isinstance(result, UpstreamFailure):
                 trail.left_out.append(member)
+                if self.metrics is not None:
+                    self.metrics.member_failures.labels(tier.name, member).inc()
                 refused += [result] if result.kind == "client" else []
             elif isinstance(result, BaseException):
                 raise result

@@ -20,7 +20,7 @@ from infra.settings import Settings
 from infra.store import Store
 from router.schema import Tier
 from serving.decision_writer import DecisionWriter
-from serving.metrics import Metrics
+from serving.metrics import Metrics, UpstreamMetrics
 from serving.outcomes import describe
 from serving.proxy.dispatch import Dispatcher, RetryPolicy, Served, Trail
 from serving.proxy.upstream import UpstreamFailure, make_client
@@ -45,10 +45,19 @@ logger = logging.getLogger(__name__)
 class ProxyError(Exception):
     """A request the proxy answers with an OpenAI-format error."""
 
-    def __init__(self, status: int, message: str, type_: str, code: str | None = None, param: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(message)
         self.status = status
         self.body = error_body(message, type_, code, param)
+        self.headers = headers
 
 
 # The answer to a request no upstream answered, by the last failure's kind.
@@ -61,11 +70,20 @@ FAILURE_ANSWERS: dict[str, tuple[int, str, str]] = {
 }
 
 
-def failure_error(failure: UpstreamFailure) -> ProxyError:
+def failure_error(failure: UpstreamFailure, retry_after_s: int | None = None) -> ProxyError:
+    """The caller's error when no upstream answered. When the last upstream said when to come back (429, 503),
+    so does the answer: `Retry-After` (whole seconds; `retry_after_s`, the soonest any upstream tried said) and
+    `retry-after-ms`, which the OpenAI SDKs read before retrying; an upstream's 503 stays a 503 then."""
     if failure.kind == "client":  # the upstream refused the request itself: the caller's to fix
         return ProxyError(failure.status or 400, failure.message, "invalid_request_error", "upstream_refused")
     status, type_, code = FAILURE_ANSWERS[failure.kind]
-    return ProxyError(status, f"no upstream answered; last: {failure}", type_, code)
+    if failure.retry_after_s is None or retry_after_s is None:
+        return ProxyError(status, f"no upstream answered; last: {failure}", type_, code)
+    if failure.status == 503:
+        status, code = 503, "upstream_unavailable"
+    headers = {"Retry-After": str(retry_after_s), "retry-after-ms": str(retry_after_s * 1000)}
+    message = f"no upstream answered; last: {failure}; retry after {retry_after_s} s"
+    return ProxyError(status, message, type_, code, headers=headers)
 
 
 def route_options(req: ChatCompletionRequest, headers: Mapping[str, str], tier_names: list[str]) -> RouteOptions:
@@ -149,7 +167,7 @@ class Proxy:
             )
         except UpstreamFailure as failure:
             await _settle(store, decision, trail, started, None)
-            raise failure_error(failure) from None
+            raise failure_error(failure, trail.retry_after_s()) from None
         except BaseException:  # cancelled (the caller left) or a bug: release the reservation, charge nothing
             with anyio.CancelScope(shield=True):
                 if await _stored(committed):  # a row never stored needs no settling
@@ -163,13 +181,14 @@ class Proxy:
         }
         if trail.left_out:
             headers_out["X-Tierwise-Left-Out"] = ",".join(trail.left_out)
+        counted = self.dispatcher.metrics
         if served.body is not None:
-            await _settle(store, decision, trail, started, served)
+            await _settle(store, decision, trail, started, served, counted)
             info.update(_usage_info(trail))
             return JSONResponse({**served.body, "tierwise": info}, headers=headers_out)
         include_usage = bool((upstream_body(req).get("stream_options") or {}).get("include_usage"))
         return StreamingResponse(
-            _relay(served, info, include_usage, store, decision, trail, started),
+            _relay(served, info, include_usage, store, decision, trail, started, counted),
             media_type="text/event-stream",
             headers={**headers_out, "Cache-Control": "no-cache"},
         )
@@ -245,8 +264,28 @@ def _usage_info(trail: Trail) -> dict[str, Any]:
     }
 
 
-async def _settle(store: Store, decision: RouteResponse, trail: Trail, started: float, served: Served | None) -> None:
-    """Book the decision: the real cost of every answered call when the caller got an answer, else nothing."""
+def _count_settled(metrics: UpstreamMetrics | None, trail: Trail) -> None:
+    """Add a served request's tokens and cost, per upstream model, to the metrics."""
+    if metrics is None:
+        return
+    for u in trail.usages:
+        metrics.tokens.labels(u.model, "in").inc(u.tokens_in)
+        metrics.tokens.labels(u.model, "out").inc(u.tokens_out)
+        metrics.cost.labels(u.model).inc(u.cost_usd)
+
+
+async def _settle(
+    store: Store,
+    decision: RouteResponse,
+    trail: Trail,
+    started: float,
+    served: Served | None,
+    metrics: UpstreamMetrics | None = None,
+) -> None:
+    """Book the decision: the real cost of every answered call when the caller got an answer, else nothing.
+    A served request's tokens and cost are counted in `metrics`."""
+    if served is not None:
+        _count_settled(metrics, trail)
     note = trail.note()
     if served is None:
         note = "; ".join(p for p in (note, "not served: no upstream answered, nothing charged") if p)
@@ -275,6 +314,7 @@ async def _relay(
     decision: RouteResponse,
     trail: Trail,
     started: float,
+    metrics: UpstreamMetrics | None,
 ) -> AsyncIterator[bytes]:
     """The upstream's events as SSE, `tierwise` on the first; settled before `[DONE]`.
 
@@ -300,17 +340,23 @@ async def _relay(
     except BaseException:
         trail.usages.append(served.stream.usage())
         with anyio.CancelScope(shield=True):
-            await _settle(store, decision, trail, started, served)
+            await _settle(store, decision, trail, started, served, metrics)
         raise
     trail.usages.append(served.stream.usage())
-    await _settle(store, decision, trail, started, served)
+    await _settle(store, decision, trail, started, served, metrics)
     yield sse("[DONE]")
 
 
-def open_proxy(settings: Settings, environ: Mapping[str, str]) -> Proxy:
+def open_proxy(settings: Settings, environ: Mapping[str, str], metrics: UpstreamMetrics | None = None) -> Proxy:
     """The proxy with the service's one pooled upstream client (close it with `aclose`); `environ` holds the
-    upstreams' keys, read when a call is made (so a rotated key is picked up)."""
+    upstreams' keys, read when a call is made (so a rotated key is picked up). Upstream calls count in `metrics`."""
     client = make_client(
         settings.upstream_timeout_s, settings.upstream_connect_timeout_s, settings.upstream_max_connections
     )
-    return Proxy(Dispatcher(client, RetryPolicy(settings.upstream_retries, settings.upstream_retry_backoff_s), environ))
+    policy = RetryPolicy(
+        settings.upstream_retries,
+        settings.upstream_retry_backoff_s,
+        settings.upstream_max_retry_after_s,
+        settings.upstream_deadline_s,
+    )
+    return Proxy(Dispatcher(client, policy, environ, metrics))

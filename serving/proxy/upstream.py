@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
+import time
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import httpx
@@ -13,6 +17,7 @@ from router.schema import CHARS_PER_TOKEN, ModelPrice, TiersConfig
 
 FailureKind = Literal["timeout", "rate_limited", "server", "connection", "config", "client"]
 RETRYABLE: frozenset[str] = frozenset({"timeout", "rate_limited", "server", "connection"})
+MAX_RETRY_AFTER_S = 86_400.0  # an upstream's Retry-After is read up to a day (a longer one is a day)
 
 
 class UpstreamFailure(Exception):
@@ -21,18 +26,32 @@ class UpstreamFailure(Exception):
     `timeout`, `rate_limited` (429), `server` (5xx or an unreadable answer) and `connection` are retried and then
     fall back; `config` (no upstream, no key, or the upstream refusing our key or model name) falls back at once;
     `client` (the upstream refused the request itself, e.g. a bad tool schema) goes back to the caller as it is.
+    `retry_after_s` is the upstream's Retry-After (429, 503), counted from `at` (monotonic seconds).
     """
 
-    def __init__(self, model: str, kind: FailureKind, message: str, status: int | None = None):
+    def __init__(
+        self,
+        model: str,
+        kind: FailureKind,
+        message: str,
+        status: int | None = None,
+        retry_after_s: float | None = None,
+    ):
         super().__init__(f"{model}: {message}")
         self.model = model
         self.kind = kind
         self.message = message
         self.status = status
+        self.retry_after_s = retry_after_s
+        self.at = time.monotonic()
 
     @property
     def retryable(self) -> bool:
         return self.kind in RETRYABLE
+
+    def retry_in_s(self, now: float) -> float | None:
+        """Seconds from `now` (monotonic) until the upstream said to come back; None when it did not say."""
+        return None if self.retry_after_s is None else max(0.0, self.at + self.retry_after_s - now)
 
 
 @dataclass(frozen=True)
@@ -99,14 +118,40 @@ def answer_chars(body: Mapping[str, Any]) -> int:
     return total
 
 
-def _failure_for_status(model: str, status: int, text: str) -> UpstreamFailure:
+def retry_after_of(headers: Mapping[str, str]) -> float | None:
+    """An answer's wait hint in seconds: OpenAI's `retry-after-ms`, else `Retry-After` as seconds or an HTTP date.
+
+    None when absent or unreadable (the retry policy's own backoff applies then); at most MAX_RETRY_AFTER_S.
+    """
+    for name, per_s in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / per_s
+        except ValueError:
+            continue
+        if math.isfinite(seconds):
+            return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
+    try:
+        when = parsedate_to_datetime(headers.get("retry-after", ""))
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return min(max(0.0, (when - datetime.now(UTC)).total_seconds()), MAX_RETRY_AFTER_S)
+
+
+def _failure_for_status(model: str, status: int, text: str, headers: Mapping[str, str]) -> UpstreamFailure:
     try:
         message = str(json.loads(text)["error"]["message"])
     except (ValueError, KeyError, TypeError):
         message = text.strip()[:300] or f"HTTP {status}"
     detail = f"HTTP {status}: {message}"
     if status == 429:
-        return UpstreamFailure(model, "rate_limited", detail, status)
+        return UpstreamFailure(model, "rate_limited", detail, status, retry_after_of(headers))
+    if status == 503:
+        return UpstreamFailure(model, "server", detail, status, retry_after_of(headers))
     if status == 408 or status >= 500:
         return UpstreamFailure(model, "server" if status != 408 else "timeout", detail, status)
     if status in (401, 403, 404):
@@ -129,14 +174,30 @@ def _payload(ep: Endpoint, body: Mapping[str, Any], stream: bool) -> dict[str, A
     return out
 
 
-async def complete(client: httpx.AsyncClient, ep: Endpoint, body: Mapping[str, Any]) -> tuple[dict[str, Any], Usage]:
-    """One non-streaming call: the upstream's JSON answer and its usage."""
+def bounded(client: httpx.AsyncClient, limit_s: float | None) -> httpx.Timeout:
+    """The client's timeouts, none longer than `limit_s` (what the request's deadline leaves), if given."""
+    t = client.timeout
+    if limit_s is None:
+        return t
+
+    def cap(value: float | None) -> float:
+        return min(value, limit_s) if value is not None else limit_s
+
+    return httpx.Timeout(connect=cap(t.connect), read=cap(t.read), write=cap(t.write), pool=cap(t.pool))
+
+
+async def complete(
+    client: httpx.AsyncClient, ep: Endpoint, body: Mapping[str, Any], limit_s: float | None = None
+) -> tuple[dict[str, Any], Usage]:
+    """One non-streaming call (no timeout past `limit_s`): the upstream's JSON answer and its usage."""
     try:
-        resp = await client.post(ep.url, json=_payload(ep, body, stream=False), headers=ep.headers())
+        resp = await client.post(
+            ep.url, json=_payload(ep, body, stream=False), headers=ep.headers(), timeout=bounded(client, limit_s)
+        )
     except httpx.HTTPError as exc:
         raise _failure_for_exception(ep.model, exc) from None
     if resp.status_code >= 400:
-        raise _failure_for_status(ep.model, resp.status_code, resp.text)
+        raise _failure_for_status(ep.model, resp.status_code, resp.text, resp.headers)
     try:
         data = resp.json()
     except ValueError:
@@ -162,8 +223,14 @@ class Stream:
         self.raw_usage: Any = None
 
     @classmethod
-    async def open(cls, client: httpx.AsyncClient, ep: Endpoint, body: Mapping[str, Any]) -> Stream:
-        request = client.build_request("POST", ep.url, json=_payload(ep, body, stream=True), headers=ep.headers())
+    async def open(
+        cls, client: httpx.AsyncClient, ep: Endpoint, body: Mapping[str, Any], limit_s: float | None = None
+    ) -> Stream:
+        """Open the stream up to its first event. No timeout is past `limit_s`, each later read's neither (httpx
+        fixes a response's timeouts when it is sent)."""
+        request = client.build_request(
+            "POST", ep.url, json=_payload(ep, body, stream=True), headers=ep.headers(), timeout=bounded(client, limit_s)
+        )
         try:
             response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
@@ -175,7 +242,7 @@ class Stream:
                 text = ""
             finally:
                 await response.aclose()
-            raise _failure_for_status(ep.model, response.status_code, text)
+            raise _failure_for_status(ep.model, response.status_code, text, response.headers)
         stream = cls(ep, body, response)
         try:
             stream._first = await stream._next()

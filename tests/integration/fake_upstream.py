@@ -5,10 +5,12 @@
         up.base_url                                                          # http://127.0.0.1:PORT/v1
         up.requests                                                          # [(model, JSON body), ...] received
     up.max_in_flight                                                     # most delayed replies pending at once
+    up.received                                                          # [(model, monotonic time), ...]
 
 A model with no queued reply answers `up.default` (a quick "ok from <model>" with usage). A `Reply` scripts the
 status, text, usage, latency (before the headers, or before the first chunk), tool calls, and a stream or body that
-dies after some chunks (the connection is dropped without finishing the message).
+dies after some chunks (the connection is dropped without finishing the message), and an error's headers
+(e.g. `Retry-After`).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Reply:
     die_after_chunks: int | None = None
     tool_calls: list[dict[str, Any]] | None = None
     error_message: str = "scripted failure"
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class ConnectionDropped(Exception):
@@ -56,6 +59,7 @@ class FakeUpstream:
     base_url: str = ""
     default: Reply = field(default_factory=Reply)
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    received: list[tuple[str, float]] = field(default_factory=list)
     max_in_flight: int = 0
     _in_flight: int = 0
     _queues: dict[str, deque[Reply]] = field(default_factory=lambda: defaultdict(deque))
@@ -69,15 +73,22 @@ class FakeUpstream:
         with self._lock:
             self._queues.clear()
             self.requests.clear()
+            self.received.clear()
             self.max_in_flight = 0
 
     def calls(self, model: str) -> list[dict[str, Any]]:
         with self._lock:
             return [body for m, body in self.requests if m == model]
 
+    def times(self, model: str) -> list[float]:
+        """When each request for `model` arrived (monotonic seconds)."""
+        with self._lock:
+            return [t for m, t in self.received if m == model]
+
     def _next(self, model: str, body: dict[str, Any]) -> Reply:
         with self._lock:
             self.requests.append((model, body))
+            self.received.append((model, time.monotonic()))
             queue = self._queues.get(model)
             reply = queue.popleft() if queue else self.default
         return replace(reply, text=reply.text.replace("{model}", model))
@@ -95,7 +106,7 @@ class FakeUpstream:
                 self._in_flight -= 1
         if reply.status >= 400:
             error = {"error": {"message": reply.error_message, "type": "scripted", "code": None, "param": None}}
-            return JSONResponse(error, status_code=reply.status)
+            return JSONResponse(error, status_code=reply.status, headers=dict(reply.headers))
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return StreamingResponse(_events(model, reply, include_usage), media_type="text/event-stream")

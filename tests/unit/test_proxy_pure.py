@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 from typing import Any
 
 import pytest
 
 from router.schema import TiersConfigError, parse_tiers
+from serving.proxy.dispatch import RetryPolicy, Trail
 from serving.proxy.fusion import MERGE_PROMPT, merge_request
-from serving.proxy.upstream import UpstreamFailure, endpoint_for, usage_of
+from serving.proxy.upstream import MAX_RETRY_AFTER_S, UpstreamFailure, endpoint_for, retry_after_of, usage_of
 from serving.proxy.wire import ChatMessage, prompt_view
 
 TOML: dict[str, Any] = {
@@ -98,3 +101,44 @@ def test_merge_request_appends_the_answers_after_the_conversation() -> None:
     assert last.startswith(MERGE_PROMPT.split("{n}")[0] + "2 assistants")
     assert "### Answer 1\none" in last and '### Answer 2\n(tool calls) [{"id": "c"}]' in last
     assert len(body["messages"]) == 1  # the caller's request is not changed
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [
+        ({"retry-after": "3"}, 3.0),
+        ({"retry-after": "0.25"}, 0.25),
+        ({"retry-after-ms": "1500"}, 1.5),
+        ({"retry-after-ms": "1500", "retry-after": "9"}, 1.5),  # OpenAI's milliseconds first
+        ({"retry-after-ms": "soon", "retry-after": "9"}, 9.0),
+        ({"retry-after": "-4"}, 0.0),
+        ({"retry-after": "1e300"}, MAX_RETRY_AFTER_S),
+        ({"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, 0.0),  # a date in the past: now
+        ({"retry-after": "inf"}, None),
+        ({"retry-after": "nan"}, None),
+        ({"retry-after": "later"}, None),
+        ({}, None),
+    ],
+)
+def test_retry_after_is_read_as_seconds_milliseconds_or_a_date(headers: dict[str, str], seconds: float | None) -> None:
+    assert retry_after_of(headers) == seconds
+
+
+def test_retry_after_as_a_future_date() -> None:
+    when = datetime.now(UTC) + timedelta(seconds=30)
+    assert 28 <= (retry_after_of({"retry-after": format_datetime(when, usegmt=True)}) or 0) <= 30
+
+
+def test_the_retry_wait_honours_the_hint_within_its_limit() -> None:
+    policy = RetryPolicy(retries=2, backoff_s=0.5, max_retry_after_s=10.0)
+    assert policy.wait_s(1, UpstreamFailure("m", "server", "x", 500)) == 1.0  # no hint: the doubled backoff
+    assert policy.wait_s(0, UpstreamFailure("m", "rate_limited", "x", 429, 0.1)) == 0.5  # never below the backoff
+    assert 3.9 < (policy.wait_s(0, UpstreamFailure("m", "rate_limited", "x", 429, 4.0)) or 0) <= 4.0
+    assert policy.wait_s(0, UpstreamFailure("m", "rate_limited", "x", 429, 11.0)) is None  # over the limit
+
+
+def test_the_forwarded_wait_is_the_soonest_hint_rounded_up() -> None:
+    trail = Trail()
+    assert trail.retry_after_s() is None
+    trail.hinted += [UpstreamFailure("a", "rate_limited", "x", 429, 7.5), UpstreamFailure("b", "server", "x", 503, 2.2)]
+    assert trail.retry_after_s() == 3

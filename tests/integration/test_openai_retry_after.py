@@ -1,0 +1,123 @@
+"""An upstream's Retry-After (429, 503) through the OpenAI SDK: tierwise waits it out before retrying (never past
+the request's deadline, never longer than it is configured to wait), falls back when it will not wait, and when no
+upstream answers, forwards the wait to the caller in a clean OpenAI-format error the SDK itself honours."""
+
+from __future__ import annotations
+
+import time
+
+import openai
+import pytest
+from openai import OpenAI
+
+from tests.integration.conftest import CLIENT_KEY
+from tests.integration.fake_upstream import FakeUpstream, Reply
+from tests.integration.proxy_fixtures import proxy_fixtures
+from tests.integration.test_openai_fallback import ask
+from tests.integration.test_openai_proxy import HARD, get_session, session
+
+DEADLINE_S = 1.5  # the request's deadline the service is started with
+MAX_WAIT_S = 1.0  # the longest Retry-After it waits out
+
+served, up, url, sdk = proxy_fixtures(
+    "retry_after",
+    upstream_timeout_s=5.0,
+    upstream_retry_backoff_s=0.01,
+    upstream_deadline_s=DEADLINE_S,
+    upstream_max_retry_after_s=MAX_WAIT_S,
+)
+
+
+def busy(status: int = 429, hint: dict[str, str] | None = None) -> Reply:
+    """A refusal with the wait `hint` in its headers."""
+    return Reply(status=status, headers=tuple((hint or {}).items()))
+
+
+@pytest.mark.parametrize(
+    "hint",
+    [{"retry-after": "0.4"}, {"retry-after-ms": "400"}, {"retry-after": "0.4", "retry-after-ms": "400"}],
+    ids=["seconds", "ms", "both"],
+)
+@pytest.mark.parametrize("status", [429, 503])
+def test_the_retry_waits_out_the_upstreams_retry_after(
+    sdk: OpenAI, url: str, up: FakeUpstream, status: int, hint: dict[str, str]
+) -> None:
+    up.script("small", busy(status, hint), Reply(text="after the wait"))
+    raw = ask(sdk, session(url))
+    assert raw.parse().choices[0].message.content == "after the wait"  # type: ignore[attr-defined]
+    assert raw.headers["x-tierwise-tier"] == "main"  # type: ignore[attr-defined]
+    first, second = up.times("small")
+    assert second - first >= 0.4  # the policy's own backoff is 0.01 s: the upstream's hint set the wait
+
+
+def test_a_retry_after_over_the_wait_limit_falls_back_at_once(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    sid = session(url, cap_usd=1.0)
+    up.script("small", busy(429, {"retry-after": str(3 * MAX_WAIT_S)}))
+    up.script("medium", Reply(text="from medium"))
+    started = time.monotonic()
+    raw = ask(sdk, sid)
+    assert time.monotonic() - started < 3 * MAX_WAIT_S  # did not wait the 3 s out
+    assert raw.headers["x-tierwise-tier"] == "mid" and len(up.calls("small")) == 1  # type: ignore[attr-defined]
+    assert "Retry-After over the" in get_session(url, sid)["recent_decisions"][0]["reason"]
+
+
+def test_no_upstream_answers_the_wait_is_forwarded_in_openai_shape(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    sid = session(url, cap_usd=1.0)
+    up.script("large", busy(429, {"retry-after": "7"}))  # brain has no fallback; 7 s is over what tierwise waits
+    with pytest.raises(openai.RateLimitError) as err:
+        ask(sdk, sid, HARD)
+    assert err.value.status_code == 429 and err.value.code == "upstream_rate_limited"
+    assert isinstance(err.value.body, dict) and set(err.value.body) >= {"message", "type", "code", "param"}
+    headers = err.value.response.headers
+    assert 6 <= int(headers["retry-after"]) <= 7 and int(headers["retry-after-ms"]) == 1000 * int(
+        headers["retry-after"]
+    )
+    assert len(up.calls("large")) == 1
+    s = get_session(url, sid)
+    assert s["spent_usd"] == 0 and s["reserved_usd"] == pytest.approx(0)
+
+
+def test_an_upstreams_503_with_retry_after_stays_a_503(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    up.script("large", busy(503, {"retry-after": "5"}))
+    with pytest.raises(openai.InternalServerError) as err:
+        ask(sdk, session(url), HARD)
+    assert err.value.status_code == 503 and err.value.code == "upstream_unavailable"
+    assert 4 <= int(err.value.response.headers["retry-after"]) <= 5
+
+
+def test_an_error_without_a_hint_carries_no_retry_after(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    up.script("large", busy(), busy())
+    with pytest.raises(openai.RateLimitError) as err:
+        ask(sdk, session(url), HARD)
+    assert "retry-after" not in err.value.response.headers and len(up.calls("large")) == 2
+
+
+def test_a_wait_past_the_deadline_is_not_made(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    """Within the wait limit, but the request's deadline comes first: no retry, the wait goes to the caller."""
+    up.script("large", Reply(status=429, delay_s=0.8, headers=(("retry-after", "0.9"),)))
+    sid = session(url, cap_usd=1.0)
+    with pytest.raises(openai.RateLimitError) as err:
+        ask(sdk, sid, HARD)
+    assert len(up.calls("large")) == 1 and err.value.response.headers["retry-after"] == "1"
+    assert "would pass the request's deadline" in get_session(url, sid)["recent_decisions"][0]["reason"]
+
+
+def test_the_deadline_bounds_a_slow_upstream(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    """The upstream timeout is 5 s; the request's deadline (1.5 s) cuts the attempt short: a 504."""
+    up.script("large", Reply(delay_s=4.0))
+    started = time.monotonic()
+    with pytest.raises(openai.InternalServerError) as err:
+        ask(sdk, session(url), HARD)
+    assert err.value.status_code == 504
+    assert time.monotonic() - started < DEADLINE_S + 1.0
+
+
+def test_the_sdk_retries_after_the_forwarded_wait_and_gets_its_answer(url: str, up: FakeUpstream) -> None:
+    """The caller's own OpenAI SDK (one retry) reads the forwarded Retry-After and comes back then."""
+    up.script("large", busy(429, {"retry-after": "2"}), Reply(text="second time lucky"))
+    client = OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=1)
+    started = time.monotonic()
+    answer = client.chat.completions.create(model="tierwise", messages=[{"role": "user", "content": HARD}])
+    assert answer.choices[0].message.content == "second time lucky"
+    first, second = up.times("large")
+    assert second - first >= 1.5 and time.monotonic() - started >= 1.5  # the SDK waited the ~2 s it was told
