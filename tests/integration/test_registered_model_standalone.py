@@ -51,8 +51,10 @@ print(json.dumps({
 """
 
 
-def _register(tmp_path: Path) -> str:
-    """Train a tiny int8 router and register it as champion in a SQLite store under tmp_path; return the URI."""
+@pytest.fixture(scope="module")
+def registered(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny int8 router registered as champion in a SQLite store, once for the module; its URI."""
+    tmp_path = tmp_path_factory.mktemp("standalone")
     try:
         from training.onnx_export import export_onnx
 
@@ -83,8 +85,9 @@ def _pip_install(venv: Path, requirements: Path) -> None:
     """Install the model's requirements and the store's SQL client into venv; skip when pip can't reach an index."""
     names = {line.split("==")[0] for line in requirements.read_text().split()}
     extra = [f"{pkg}=={version(pkg)}" for pkg in ("mlflow-skinny", "sqlalchemy", "alembic") if pkg not in names]
+    # --no-compile: byte-compiling every installed module costs install time, and nothing here tests it.
     proc = subprocess.run(
-        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "-r", str(requirements), *extra],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-compile", "-r", str(requirements), *extra],
         capture_output=True,
         text=True,
         check=False,
@@ -95,8 +98,9 @@ def _pip_install(venv: Path, requirements: Path) -> None:
         pytest.fail(f"pip could not install the model's requirements:\n{proc.stderr[-3000:]}")
 
 
-def test_the_champion_loads_and_scores_in_a_clean_venv(tmp_path: Path) -> None:
-    uri = _register(tmp_path)
+def test_the_champion_loads_and_scores_in_a_clean_venv(registered: str, tmp_path: Path) -> None:
+    uri = registered
+    tracking.configure(uri, "tierwise-standalone")
     model_uri = f"models:/{NAME}@champion"
 
     reqs_dir = tmp_path / "reqs"
@@ -109,7 +113,8 @@ def test_the_champion_loads_and_scores_in_a_clean_venv(tmp_path: Path) -> None:
     assert {"onnxruntime", "tokenizers", "lightgbm"} <= declared
 
     venv = tmp_path / "venv"
-    subprocess.run([sys._base_executable, "-m", "venv", str(venv)], check=True, capture_output=True)
+    base_python = getattr(sys, "_base_executable", sys.executable)  # the interpreter behind this venv
+    subprocess.run([base_python, "-m", "venv", str(venv)], check=True, capture_output=True)
     _pip_install(venv, requirements)
 
     elsewhere = tmp_path / "elsewhere"
@@ -143,11 +148,11 @@ def test_the_champion_loads_and_scores_in_a_clean_venv(tmp_path: Path) -> None:
     assert report["imported"] == []
 
 
-def test_the_service_downloads_the_router_artifact_without_the_embedder_files(tmp_path: Path) -> None:
+def test_the_service_downloads_the_router_artifact_without_the_embedder_files(registered: str, tmp_path: Path) -> None:
     """The model carries ~70 MB of ONNX for standalone use; the service has its own and must not fetch them."""
     from serving.model_source import RegistrySource, _download
 
-    uri = _register(tmp_path)
+    uri = registered
     target = tmp_path / "download"
     target.mkdir()
     local = Path(_download(f"models:/{NAME}/1", str(target), uri))

@@ -22,12 +22,11 @@ import numpy as np
 import pytest
 
 from router import evaluate as ev
-from router.embedders.factory import make_embedder
 from router.embedding_cache import EmbeddingCache
 from router.features import featurize
 from router.model import DifficultyModel
 from router.policy import cheapest_sufficient, tradeoff
-from tests.quality.conftest import CACHE, Trained
+from tests.quality.conftest import CACHE, Trained, shared_embedder
 
 pytestmark = pytest.mark.quality
 
@@ -48,7 +47,7 @@ def _policies(cost: np.ndarray) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def int8_features(trained_torch: Trained) -> np.ndarray:
     prompts = trained_torch.split.table.prompts["prompt"][trained_torch.split.test].tolist()
-    int8 = make_embedder("onnx-int8", onnx_dir=CACHE / "onnx")
+    int8 = shared_embedder("onnx-int8")
     spec = trained_torch.artifact.features.model_copy(update={"embedder_id": int8.id})
     return featurize(prompts, spec, int8, EmbeddingCache(CACHE / "embeddings.sqlite"))
 
@@ -58,7 +57,7 @@ def test_int8_changes_decisions_about_as_much_as_retraining_does(trained_torch: 
     split, artifact = trained_torch.split, trained_torch.artifact
     prompts = split.table.prompts["prompt"]
     cost = artifact.expected_cost(prompts[split.test].tolist())
-    torch_emb = make_embedder("torch")
+    torch_emb = shared_embedder("torch")
     X_train = featurize(
         prompts[split.train].tolist(), artifact.features, torch_emb, EmbeddingCache(CACHE / "embeddings.sqlite")
     )
@@ -104,6 +103,6 @@ def test_int8_aiq_is_not_worse_than_torch_beyond_the_reseeding_spread(trained_to
     std 0.0010. int8 minus torch at seed 0: -0.0015 on a Zen 1 EPYC (AVX2), +0.0046 on an AVX-512 VNNI Xeon,
     +0.0032 (mean over seeds) on an AVX-512 VNNI EPYC. The tolerance is the reseeding range, rounded up.
     """
-    aiq_torch = trained_torch.result.table.loc["router", "AIQ"]
-    aiq_int8 = trained_int8.result.table.loc["router", "AIQ"]
+    aiq_torch = trained_torch.result.table["AIQ"].astype(float)["router"]
+    aiq_int8 = trained_int8.result.table["AIQ"].astype(float)["router"]
     assert aiq_int8 >= aiq_torch - AIQ_RESEED_RANGE, (aiq_int8, aiq_torch)

@@ -46,14 +46,10 @@ def test_raising_the_target_never_lowers_the_tier(trained_default):
         prev = cur
 
 
-def test_whitespace_changes_do_not_change_the_route(trained_default):
-    from router.embedders.factory import make_embedder
-    from tests.quality.conftest import CACHE
-
-    embedder = make_embedder("onnx-int8", onnx_dir=CACHE / "onnx")
+def test_whitespace_changes_do_not_change_the_route(trained_default, embedder_int8):
     prompts = trained_default.split.table.prompts["prompt"][trained_default.split.test].tolist()[:40]
     mangled = ["  " + p.replace(" ", "  \n", 3).replace("\n\n", "\n \t\n") + "\n\n" for p in prompts]
     assert all(normalize_text(a) == normalize_text(b) for a, b in zip(prompts, mangled, strict=True))
-    a = trained_default.artifact.predict_quality(prompts, embedder)
-    b = trained_default.artifact.predict_quality(mangled, embedder)
+    a = trained_default.artifact.predict_quality(prompts, embedder_int8)
+    b = trained_default.artifact.predict_quality(mangled, embedder_int8)
     np.testing.assert_allclose(a, b, atol=1e-6)
