@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Request
@@ -10,10 +9,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from infra.settings import Settings
 from infra.store import Store
-from serving.decision_writer import DecisionWriter
 from serving.errors import NotReady
 from serving.metrics import Metrics
 from serving.outcomes import OutcomeRecorder
+from serving.routing import Routing
 from serving.runtime import Runtime
 from serving.security import Principal, require_admin
 
@@ -54,18 +53,6 @@ async def get_principal(
 
 async def get_admin(principal: Annotated[Principal, Depends(get_principal)]) -> Principal:
     return require_admin(principal)
-
-
-@dataclass(frozen=True)
-class Routing:
-    """What a routing handler needs, as one dependency: FastAPI spends tens of microseconds on each one it solves."""
-
-    rt: Runtime
-    store: Store
-    writer: DecisionWriter | None
-    settings: Settings
-    metrics: Metrics
-    caller: Principal
 
 
 async def get_routing(request: Request, caller: Annotated[Principal, Depends(get_principal)]) -> Routing:

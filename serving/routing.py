@@ -302,67 +302,61 @@ def count_decisions(metrics: Metrics | None, decisions: Sequence[RouteResponse])
             metrics.decisions.labels(d.tier, d.model).inc()
 
 
-async def route_request_async(
-    rt: Runtime,
-    store: Store,
-    writer: DecisionWriter | None,
-    principal: Principal,
-    prompts: Sequence[str],
-    opts: RouteOptions,
-    settings: Settings,
-    metrics: Metrics | None = None,
-) -> list[RouteResponse]:
+@dataclass(frozen=True)
+class Routing:
+    """What routing a request on the event loop needs: the model, the store and its group committer, the service's
+    settings and metrics, and the caller."""
+
+    rt: Runtime
+    store: Store
+    writer: DecisionWriter | None
+    settings: Settings
+    metrics: Metrics | None
+    caller: Principal
+
+
+async def route_request_async(ctx: Routing, prompts: Sequence[str], opts: RouteOptions) -> list[RouteResponse]:
     """`route_request` from the event loop: a sessionless request is scored and decided right here (under a
     millisecond of CPU; the threadpool hops of a sync handler cost about 0.25 ms) and its decisions are group-committed
-    by `writer` before it answers. A bigger request (INLINE_PROMPTS, INLINE_CHARS) is scored in the threadpool; a
+    by the writer before it answers. A bigger request (INLINE_PROMPTS, INLINE_CHARS) is scored in the threadpool; a
     session's reservation is a locking transaction: that one goes to the threadpool whole."""
-    out, pending = await _decide(rt, store, writer, principal, prompts, opts, settings, metrics)
-    if writer is not None and pending is not None:
-        await writer.write(pending)
-        count_decisions(metrics, out)
+    out, pending = await _decide(ctx, prompts, opts)
+    if ctx.writer is not None and pending is not None:
+        await ctx.writer.write(pending)
+        count_decisions(ctx.metrics, out)
     return out
 
 
 async def route_request_started(
-    rt: Runtime,
-    store: Store,
-    writer: DecisionWriter | None,
-    principal: Principal,
-    prompts: Sequence[str],
-    opts: RouteOptions,
-    settings: Settings,
-    metrics: Metrics | None = None,
+    ctx: Routing, prompts: Sequence[str], opts: RouteOptions
 ) -> tuple[list[RouteResponse], asyncio.Future[None]]:
     """`route_request_async` with the commit of its decisions started, not awaited: whoever acknowledges anything of
     them must await the returned future first (the proxy overlaps it with the upstream call)."""
-    out, pending = await _decide(rt, store, writer, principal, prompts, opts, settings, metrics)
-    if writer is None or pending is None:
+    out, pending = await _decide(ctx, prompts, opts)
+    if ctx.writer is None or pending is None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return out, done
 
     async def commit(rows: list[DecisionRow], into: DecisionWriter) -> None:
         await into.write(rows)
-        count_decisions(metrics, out)
+        count_decisions(ctx.metrics, out)
 
-    return out, asyncio.ensure_future(commit(pending, writer))
+    return out, asyncio.ensure_future(commit(pending, ctx.writer))
 
 
 async def _decide(
-    rt: Runtime,
-    store: Store,
-    writer: DecisionWriter | None,
-    principal: Principal,
-    prompts: Sequence[str],
-    opts: RouteOptions,
-    settings: Settings,
-    metrics: Metrics | None,
+    ctx: Routing, prompts: Sequence[str], opts: RouteOptions
 ) -> tuple[list[RouteResponse], list[DecisionRow] | None]:
-    """The responses, and the decisions left for `writer` to write (None: written already, in the threadpool)."""
-    if writer is None or opts.session_id is not None:
-        return await run_in_threadpool(route_request, rt, store, principal, prompts, opts, settings, metrics), None
+    """The responses, and the decisions left for the writer to write (None: written already, in the threadpool)."""
+    args = (ctx.rt, ctx.store, ctx.caller, prompts, opts, ctx.settings, ctx.metrics)
+    if ctx.writer is None or opts.session_id is not None:
+        return await run_in_threadpool(route_request, *args), None
     pending: list[DecisionRow] = []
-    args = (rt, store, principal, prompts, opts, settings, metrics, pending.extend)
     inline = len(prompts) <= INLINE_PROMPTS and sum(len(p) for p in prompts) <= INLINE_CHARS
-    out = route_request(*args) if inline else await run_in_threadpool(route_request, *args)
+    out = (
+        route_request(*args, pending.extend)
+        if inline
+        else await run_in_threadpool(route_request, *args, pending.extend)
+    )
     return out, pending

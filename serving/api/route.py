@@ -30,19 +30,14 @@ ERRORS: dict[int | str, dict[str, object]] = {
 @router.post("/route", responses=ERRORS)
 async def route_one(req: RouteRequest, ctx: RoutingDep) -> RouteResponse:
     """Choose the tier for one prompt."""
-    [out] = await route_request_async(
-        ctx.rt, ctx.store, ctx.writer, ctx.caller, [req.prompt], req, ctx.settings, ctx.metrics
-    )
+    [out] = await route_request_async(ctx, [req.prompt], req)
     return out
 
 
 @router.post("/route/batch", responses=ERRORS)
 async def route_batch(req: RouteBatchRequest, ctx: RoutingDep) -> RouteBatchResponse:
     """Choose the tier for each of up to `max_batch` prompts."""
-    out = await route_request_async(
-        ctx.rt, ctx.store, ctx.writer, ctx.caller, req.prompts, req, ctx.settings, ctx.metrics
-    )
-    return RouteBatchResponse(decisions=out)
+    return RouteBatchResponse(decisions=await route_request_async(ctx, req.prompts, req))
 
 
 def tier_infos(rt: RuntimeDep) -> list[TierInfo]:

@@ -34,7 +34,7 @@ from serving.proxy.wire import (
     sse,
     upstream_body,
 )
-from serving.routing import route_request_started
+from serving.routing import Routing, route_request_started
 from serving.runtime import Runtime
 from serving.schemas import RouteOptions, RouteResponse
 from serving.security import Principal
@@ -148,9 +148,8 @@ class Proxy:
         if "\x00" in prompt:
             raise ProxyError(400, "messages must not contain NUL characters", "invalid_request_error", None, "messages")
         # The decision's commit runs while the upstream answers; it is awaited before anything is answered or settled.
-        [decision], committed = await route_request_started(
-            rt, store, self.writer, principal, [prompt], opts, settings, metrics
-        )
+        ctx = Routing(rt, store, self.writer, settings, metrics, principal)
+        [decision], committed = await route_request_started(ctx, [prompt], opts)
         trail = Trail()
         started = time.perf_counter()
         try:
