@@ -8,7 +8,7 @@ import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
@@ -19,6 +19,7 @@ from router.embedders.factory import make_embedder
 from router.embedders.protocol import Embedder
 from serving.api import admin, decisions, drift, openai_compat, ops, outcomes, route, sessions, ui
 from serving.decision_writer import DecisionWriter
+from serving.deps import single_valued_query
 from serving.docs import install_docs
 from serving.drift import drift_collector
 from serving.errors import install_handlers
@@ -112,6 +113,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # served from installed files by install_docs, not from CDNs
         redoc_url=None,
+        dependencies=[Depends(single_valued_query)],
     )
     app.state.settings = settings
     app.state.keys = keys

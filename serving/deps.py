@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from infra.settings import Settings
@@ -15,6 +16,18 @@ from serving.outcomes import OutcomeRecorder
 from serving.routing import Routing
 from serving.runtime import Runtime
 from serving.security import Principal, require_admin
+
+
+async def single_valued_query(request: Request) -> None:
+    """Refuse a query parameter given more than once (every one of ours is single-valued): Starlette would
+    silently keep the last value, so `?mean_cost_usd=x&mean_cost_usd=2` would pass with x unchecked."""
+    seen: set[str] = set()
+    for key, _ in request.query_params.multi_items():
+        if key in seen:
+            raise RequestValidationError(
+                [{"loc": ("query", key), "msg": "given more than once; send it once", "type": "query_repeated"}]
+            )
+        seen.add(key)
 
 
 async def get_settings(request: Request) -> Settings:

@@ -263,3 +263,14 @@ def test_every_refusal_is_documented(client: TestClient) -> None:
             if "413" in documented and not path.startswith("/v1/"):
                 schema = op["responses"]["413"]["content"]["application/json"]["schema"]
                 assert schema == {"$ref": "#/components/schemas/ErrorResponse"}, (method, path, "413")
+
+
+def test_a_repeated_query_parameter_is_refused(edge: TestClient) -> None:
+    # Starlette keeps the last of repeated values, which would let an unchecked first value through
+    once = edge.get("/admin/drift?mean_cost_usd=0.001", headers=A)
+    assert once.status_code == 200, once.text
+    twice = edge.get("/admin/drift?mean_cost_usd=oops&mean_cost_usd=0.001", headers=A)
+    assert twice.status_code == 422, twice.text
+    assert twice.json()["detail"][0]["loc"] == ["query", "mean_cost_usd"]
+    v1 = edge.get("/v1/models?x=1&x=2", headers=C)
+    assert v1.status_code == 400 and v1.json()["error"]["param"] == "x", v1.text

@@ -43,7 +43,15 @@ def test_the_door_never_answers_5xx_and_keeps_to_its_spec(
     strategies = [op.as_strategy(generation_mode=mode) for op in operations for mode in GenerationMode]
     seen: Counter[int] = Counter()
 
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    # derandomize: the same bounded sample on every run and machine, so the coverage assertions below cannot
+    # flake (a random seed once drew no positive chat request with user text: nothing reached the upstream)
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=st.one_of(strategies))
     def check(case) -> None:  # type: ignore[no-untyped-def]
         response = case.call_and_validate(headers=bearer(ADMIN_KEY), checks=CHECKS)

@@ -51,7 +51,15 @@ def test_answers_conform_to_the_spec(client_factory: Callable[..., TestClient]) 
     ]
     seen: Counter[int] = Counter()
 
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+    # derandomize: the same bounded sample on every run and machine, so the coverage assertions below cannot
+    # flake (a random seed once drew no positive chat request with user text: nothing reached the upstream)
+    @settings(
+        max_examples=MAX_EXAMPLES,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(case=st.one_of(strategies))
     def check(case) -> None:  # type: ignore[no-untyped-def]
         # A failed check raises (schemathesis' FailureGroup); hypothesis shrinks it and reports the curl line.
