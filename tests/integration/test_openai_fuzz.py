@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 import schemathesis
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from tests.integration.conftest import ADMIN_KEY, bearer
 from tests.integration.fake_upstream import FakeUpstream, fake_upstream
 from tests.integration.proxy_fixtures import write_proxy_tiers
-from tests.integration.test_serving_fuzz import CHECKS
+from tests.integration.test_serving_fuzz import CHECKS, fuzz_settings
 
 MAX_EXAMPLES = 300
 # The door answers a request that breaks the schema 400 (OpenAI's status for it), or 413 for its size.
@@ -43,15 +43,7 @@ def test_the_door_never_answers_5xx_and_keeps_to_its_spec(
     strategies = [op.as_strategy(generation_mode=mode) for op in operations for mode in GenerationMode]
     seen: Counter[int] = Counter()
 
-    # derandomize: the same bounded sample on every run and machine, so the coverage assertions below cannot
-    # flake (a random seed once drew no positive chat request with user text: nothing reached the upstream)
-    @settings(
-        max_examples=MAX_EXAMPLES,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz_settings(MAX_EXAMPLES)
     @given(case=st.one_of(strategies))
     def check(case) -> None:  # type: ignore[no-untyped-def]
         response = case.call_and_validate(headers=bearer(ADMIN_KEY), checks=CHECKS)

@@ -33,6 +33,20 @@ CHECKS = [
 # Not positive_data_acceptance: some schema-valid requests are 422 by design (a tier name the live tiers
 # don't have, a prompt with a NUL character, metadata with NaN), and the spec cannot list them.
 MAX_EXAMPLES = 400
+
+
+def fuzz_settings(max_examples: int) -> settings:
+    """A bounded, derandomized hypothesis run: the same sample on every run and machine, so a fuzz test's coverage
+    assertions cannot flake (a random seed once drew no chat request with user text, so none reached the upstream)."""
+    return settings(
+        max_examples=max_examples,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+
+
 # A schema-violating request may also be refused for its size (413) before it is validated.
 CONFIG = schemathesis.Config.from_dict(
     {"checks": {"negative_data_rejection": {"expected-statuses": ["400", "401", "403", "404", "413", "422"]}}}
@@ -51,15 +65,7 @@ def test_answers_conform_to_the_spec(client_factory: Callable[..., TestClient]) 
     ]
     seen: Counter[int] = Counter()
 
-    # derandomize: the same bounded sample on every run and machine, so the coverage assertions below cannot
-    # flake (a random seed once drew no positive chat request with user text: nothing reached the upstream)
-    @settings(
-        max_examples=MAX_EXAMPLES,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=list(HealthCheck),
-    )
+    @fuzz_settings(MAX_EXAMPLES)
     @given(case=st.one_of(strategies))
     def check(case) -> None:  # type: ignore[no-untyped-def]
         # A failed check raises (schemathesis' FailureGroup); hypothesis shrinks it and reports the curl line.
