@@ -28,8 +28,9 @@ from serving.runtime import Runtime
 from serving.schemas import RouteOptions, RouteResponse
 from serving.security import Principal, check_owner
 
-# A sessionless request of at most this many prompts and characters is routed on the event loop (about 0.3 ms for
-# a short prompt); a bigger one in the threadpool, so it never holds the loop for long.
+# With a cheap embedder (Runtime.inline_scoring: the static one), a sessionless request of at most this many prompts
+# and characters is routed on the event loop (about 0.3 ms for a short prompt); a bigger one, or any request with a
+# transformer embedder (milliseconds per prompt, GIL released), in the threadpool, so it never holds the loop long.
 INLINE_PROMPTS = 8
 INLINE_CHARS = 16_384
 
@@ -353,7 +354,7 @@ async def _decide(
     if ctx.writer is None or opts.session_id is not None:
         return await run_in_threadpool(route_request, *args), None
     pending: list[DecisionRow] = []
-    inline = len(prompts) <= INLINE_PROMPTS and sum(len(p) for p in prompts) <= INLINE_CHARS
+    inline = ctx.rt.inline_scoring and len(prompts) <= INLINE_PROMPTS and sum(len(p) for p in prompts) <= INLINE_CHARS
     out = (
         route_request(*args, pending.extend)
         if inline

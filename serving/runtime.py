@@ -30,6 +30,9 @@ class Runtime:
 
     router: Router
     version: str
+    # Scoring a short request costs well under a millisecond of CPU (the static embedder), so the service may score it
+    # on the event loop; a transformer embedder (ONNX, torch) takes milliseconds and releases the GIL: threadpool.
+    inline_scoring: bool = False
 
     @property
     def tiers(self) -> TiersConfig:
@@ -73,4 +76,5 @@ def build_runtime(loaded: LoadedModel, tiers_path: Path, embedder: Embedder, num
         logger.warning("tiers file %s not found; serving the tiers the model was trained with", tiers_path)
         tiers = loaded.artifact.tiers
     loaded.artifact.check_tiers(tiers)
-    return Runtime(Router(loaded.artifact, tiers, embedder, num_threads), loaded.version)
+    inline = backend_of(embedder.id) == "static"
+    return Runtime(Router(loaded.artifact, tiers, embedder, num_threads), loaded.version, inline_scoring=inline)

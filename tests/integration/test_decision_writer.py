@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
@@ -113,17 +114,21 @@ def test_nothing_to_write_returns_at_once(store: Store) -> None:
 @pytest.mark.parametrize(
     ("path", "body"),
     [
-        ("/route", {"prompt": "easy question 2: alpha beta"}),  # scored on the event loop
+        ("/route", {"prompt": "easy question 2: alpha beta"}),  # on the event loop with a cheap embedder
         ("/route", {"prompt": "easy question 2: " + "alpha " * (INLINE_CHARS // 6 + 1)}),  # too long: threadpool
         ("/route/batch", {"prompts": ["easy question 2: alpha beta"] * INLINE_PROMPTS}),
         ("/route/batch", {"prompts": ["easy question 2: alpha beta"] * (INLINE_PROMPTS + 1)}),
         ("/route", {"prompt": "easy question 2: alpha beta", "session_id": "s1"}),  # a reservation: threadpool
     ],
 )
+@pytest.mark.parametrize("inline_scoring", [True, False], ids=["cheap-embedder", "transformer-embedder"])
 def test_every_path_stores_its_decisions_before_answering(
-    client_factory: Callable[..., TestClient], store: Store, path: str, body: dict[str, Any]
+    client_factory: Callable[..., TestClient], store: Store, path: str, body: dict[str, Any], inline_scoring: bool
 ) -> None:
     client = client_factory(store=store)
+    runtime = client.app.state.runtime  # type: ignore[attr-defined]
+    assert runtime is not None, "the test app has no model loaded"
+    client.app.state.runtime = dataclasses.replace(runtime, inline_scoring=inline_scoring)  # type: ignore[attr-defined]
     r = client.post(path, json=body, headers=bearer(CLIENT_KEY))
     assert r.status_code == 200, r.text
     ids = [d["decision_id"] for d in r.json().get("decisions", [r.json()])]
