@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -270,9 +270,8 @@ def _read_table(path: Path) -> pd.DataFrame:
     raise OutcomeLogError(path, f"unsupported format '{suffix}': use .parquet, .csv or .jsonl")
 
 
-def read_jsonl_objects(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    """(line number, object) for each non-blank line; a bad line raises OutcomeLogError naming it."""
-    records = []
+def iter_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line, streamed; a bad line raises OutcomeLogError naming it."""
     with path.open() as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -283,12 +282,11 @@ def read_jsonl_objects(path: Path) -> list[tuple[int, dict[str, Any]]]:
                 raise OutcomeLogError(path, f"invalid JSON: {exc.msg}", row=lineno) from None
             if not isinstance(rec, dict):
                 raise OutcomeLogError(path, "each line must be a JSON object", row=lineno)
-            records.append((lineno, rec))
-    return records
+            yield lineno, rec
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
-    return pd.DataFrame.from_records([rec for _, rec in read_jsonl_objects(path)])
+    return pd.DataFrame.from_records([rec for _, rec in iter_jsonl_objects(path)])
 
 
 def _first_bad(path: Path, mask: pd.Series, column: str, message: str) -> None:

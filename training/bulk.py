@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from router.routing import Router
-from router.schema import OutcomeLogError
+from router.schema import OutcomeLogError, iter_jsonl_objects
 
 Row = dict[str, str]
 Record = dict[str, Any]
@@ -45,10 +45,8 @@ def decisions_json(
     return out
 
 
-def _row(path: Path, rec: Any, row: int) -> Row:
+def _row(path: Path, rec: dict[str, Any], row: int) -> Row:
     """One input record as {"prompt_id", "prompt"}; a bad one raises naming the file and row."""
-    if not isinstance(rec, dict):
-        raise OutcomeLogError(path, "each line must be a JSON object", row=row)
     prompt = rec.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise OutcomeLogError(path, "expected a non-empty prompt", row=row, column="prompt")
@@ -58,18 +56,11 @@ def _row(path: Path, rec: Any, row: int) -> Row:
 
 def _jsonl_chunks(path: Path, rows_per_chunk: int) -> Iterator[list[Row]]:
     chunk: list[Row] = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise OutcomeLogError(path, f"invalid JSON: {exc.msg}", row=lineno) from None
-            chunk.append(_row(path, rec, lineno))
-            if len(chunk) == rows_per_chunk:
-                yield chunk
-                chunk = []
+    for lineno, rec in iter_jsonl_objects(path):
+        chunk.append(_row(path, rec, lineno))
+        if len(chunk) == rows_per_chunk:
+            yield chunk
+            chunk = []
     if chunk:
         yield chunk
 

@@ -62,6 +62,16 @@ def test_a_bad_row_is_named_by_file_and_row(router: Router, tmp_path: Path):
         route_file(router, src, tmp_path / "out.jsonl", 0.7, show_progress=False)
 
 
+@pytest.mark.parametrize(
+    ("line", "message"), [("[1, 2]", "each line must be a JSON object"), ("{oops", "invalid JSON")]
+)
+def test_a_line_that_is_no_json_object_is_named_by_row(router: Router, tmp_path: Path, line: str, message: str):
+    src = tmp_path / "mine.jsonl"
+    src.write_text('{"prompt": "fine"}\n' + line + "\n")
+    with pytest.raises(OutcomeLogError, match=rf"mine.jsonl, row 2: {message}"):
+        route_file(router, src, tmp_path / "out.jsonl", 0.7, show_progress=False)
+
+
 def test_a_parquet_input_without_prompts_is_refused(router: Router, tmp_path: Path):
     src = tmp_path / "mine.parquet"
     pd.DataFrame({"text": ["a"]}).to_parquet(src)
