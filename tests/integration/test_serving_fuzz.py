@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from typing import Any
 
 import schemathesis
 from fastapi.testclient import TestClient
@@ -35,16 +36,27 @@ CHECKS = [
 MAX_EXAMPLES = 400
 
 
-def fuzz_settings(max_examples: int) -> settings:
-    """A bounded, derandomized hypothesis run: the same sample on every run and machine, so a fuzz test's coverage
-    assertions cannot flake (a random seed once drew no chat request with user text, so none reached the upstream)."""
-    return settings(
+def run_fuzz(strategies: list[st.SearchStrategy[Any]], max_examples: int) -> Counter[int]:
+    """Call and validate (CHECKS) a bounded, derandomized sample of the cases, the status codes seen; a failed check
+    raises (schemathesis' FailureGroup), hypothesis shrinks it and reports the curl line. Derandomized: the same sample
+    on every run and machine, so a test's coverage assertions cannot flake (a random seed once drew no chat request
+    with user text, so none reached the upstream)."""
+    seen: Counter[int] = Counter()
+
+    @settings(
         max_examples=max_examples,
         deadline=None,
         database=None,
         derandomize=True,
         suppress_health_check=list(HealthCheck),
     )
+    @given(case=st.one_of(strategies))
+    def check(case) -> None:  # type: ignore[no-untyped-def]
+        response = case.call_and_validate(headers=bearer(ADMIN_KEY), checks=CHECKS)
+        seen[response.status_code] += 1
+
+    check()
+    return seen
 
 
 # A schema-violating request may also be refused for its size (413) before it is validated.
@@ -63,14 +75,5 @@ def test_answers_conform_to_the_spec(client_factory: Callable[..., TestClient]) 
         for result in schema.get_all_operations()
         for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
     ]
-    seen: Counter[int] = Counter()
-
-    @fuzz_settings(MAX_EXAMPLES)
-    @given(case=st.one_of(strategies))
-    def check(case) -> None:  # type: ignore[no-untyped-def]
-        # A failed check raises (schemathesis' FailureGroup); hypothesis shrinks it and reports the curl line.
-        response = case.call_and_validate(headers=bearer(ADMIN_KEY), checks=CHECKS)
-        seen[response.status_code] += 1
-
-    check()
+    seen = run_fuzz(strategies, MAX_EXAMPLES)
     assert {200, 422} <= set(seen), seen
