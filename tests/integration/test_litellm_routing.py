@@ -211,12 +211,17 @@ def test_bad_options_are_the_callers_error(tierwise: str) -> None:
         complete(router, "async", EASY, {"tierwise": {"min_tier": "platinum"}})
 
 
-def test_a_retry_keeps_its_decision_and_skips_the_deployment_that_failed(tierwise: str, api: httpx.Client) -> None:
-    model_list = [
+def flaky_brain_deployments() -> list[dict[str, Any]]:
+    """Two brain deployments, the first rate-limited (brain-a), and a default group."""
+    return [
         deployment("brain-a", "brain", reply="litellm.RateLimitError"),
         deployment("brain-b", "brain"),
         deployment("dep-default", group="default"),
     ]
+
+
+def test_a_retry_keeps_its_decision_and_skips_the_deployment_that_failed(tierwise: str, api: httpx.Client) -> None:
+    model_list = flaky_brain_deployments()
     api.put("/sessions/retry", json={"cap_usd": 10.0})
     for seed in range(4):  # whichever of the two the first pick is, the answer comes from brain-b
         router = litellm.Router(model_list=model_list, num_retries=2, retry_after=0)
@@ -364,11 +369,7 @@ def test_a_failed_call_releases_its_reservation(tierwise: str, api: httpx.Client
 
 def test_a_retried_call_is_charged_for_the_try_that_answered(tierwise: str, api: httpx.Client) -> None:
     """The failed first try must not release the decision: the retry that answers pays for it."""
-    model_list = [
-        deployment("brain-a", "brain", reply="litellm.RateLimitError"),
-        deployment("brain-b", "brain"),
-        deployment("dep-default", group="default"),
-    ]
+    model_list = flaky_brain_deployments()
     api.put("/sessions/retry-paid", json={"cap_usd": 10.0})
     costs = []
     for seed in range(4):  # at least one seed tries brain-a first
