@@ -317,14 +317,12 @@ class Routing:
 
 
 async def route_request_async(ctx: Routing, prompts: Sequence[str], opts: RouteOptions) -> list[RouteResponse]:
-    """`route_request` from the event loop: a sessionless request is scored and decided right here (under a
-    millisecond of CPU; the threadpool hops of a sync handler cost about 0.25 ms) and its decisions are group-committed
-    by the writer before it answers. A bigger request (INLINE_PROMPTS, INLINE_CHARS) is scored in the threadpool; a
-    session's reservation is a locking transaction: that one goes to the threadpool whole."""
+    """`route_request` from the event loop: with a cheap embedder (Runtime.inline_scoring) a small sessionless request
+    is scored and decided right here (under a millisecond of CPU; the threadpool hops of a sync handler cost about
+    0.25 ms), else in the threadpool; its decisions are group-committed by the writer before it answers. A session's
+    reservation is a locking transaction: that one goes to the threadpool whole."""
     out, pending = await _decide(ctx, prompts, opts)
-    if ctx.writer is not None and pending is not None:
-        await ctx.writer.write(pending)
-        count_decisions(ctx.metrics, out)
+    await _commit(ctx, out, pending)
     return out
 
 
@@ -338,12 +336,14 @@ async def route_request_started(
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return out, done
+    return out, asyncio.ensure_future(_commit(ctx, out, pending))
 
-    async def commit(rows: list[DecisionRow], into: DecisionWriter) -> None:
-        await into.write(rows)
+
+async def _commit(ctx: Routing, out: list[RouteResponse], pending: list[DecisionRow] | None) -> None:
+    """Group-commit the decisions `_decide` left to the writer (None: written already), then count them."""
+    if ctx.writer is not None and pending is not None:
+        await ctx.writer.write(pending)
         count_decisions(ctx.metrics, out)
-
-    return out, asyncio.ensure_future(commit(pending, ctx.writer))
 
 
 async def _decide(
