@@ -10,7 +10,9 @@ from __future__ import annotations
 import glob
 import os
 import pwd
+import random
 import shutil
+import socket
 import subprocess
 import tempfile
 import uuid
@@ -20,7 +22,26 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from bench.process import free_port
+
+def _port_outside_the_ephemeral_range() -> int:
+    """A free port below the kernel's ephemeral range, so nothing can take it before the server starts.
+
+    The server is configured (its URL handed to a service) while stopped, and started later. A port from
+    `bind(("127.0.0.1", 0))` is one the kernel may hand out again, to the next `free_port()` or as the local
+    port of an outgoing connection, including a client retrying this very port, which then connects to
+    itself and holds it: `pg_ctl start` failed so in CI. Ports below the range are only ever taken on request.
+    """
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in [{max(1024, low - 12000)}, {low})")
 
 
 def _bin_dir() -> Path | None:
@@ -39,7 +60,7 @@ class PgServer:
         assert bin_dir is not None, PgServer.unavailable()
         self.bin_dir = bin_dir
         self.root = Path(tempfile.mkdtemp(prefix="tierwise-pg-"))
-        self.port = free_port()
+        self.port = _port_outside_the_ephemeral_range()
         if os.geteuid() == 0:
             user = pwd.getpwnam("postgres")
             os.chown(self.root, user.pw_uid, user.pw_gid)
@@ -62,7 +83,11 @@ class PgServer:
         cmd = [str(self.bin_dir / tool), *args]
         if os.geteuid() == 0:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+        done = subprocess.run(cmd, capture_output=True, timeout=60, text=True)
+        if done.returncode != 0:
+            log = self.root / "log"
+            tail = log.read_text(errors="replace")[-2000:] if log.is_file() else "(no server log)"
+            raise RuntimeError(f"{tool} exited {done.returncode}: {done.stderr.strip()}\nserver log:\n{tail}")
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
