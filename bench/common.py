@@ -117,6 +117,27 @@ def time_calls(fn: Any, reps: int, warmup: int) -> dict[str, float]:
     return summarize_ms(samples)
 
 
+def time_paired(base: Any, extra: Any, reps: int, warmup: int) -> dict[str, Any]:
+    """What `extra()` costs beyond `base()`: the calls alternate, so drift in the machine's load hits both alike.
+
+    Returns each one's latency summary and the median of the paired differences (extra - base, ms), which is
+    the cost of what `extra` adds; a difference of two p50s measured minutes apart mostly measures the load.
+    """
+    for _ in range(warmup):
+        base()
+        extra()
+    a, b = [], []
+    for _ in range(reps):
+        start = time.perf_counter_ns()
+        base()
+        mid = time.perf_counter_ns()
+        extra()
+        b.append((time.perf_counter_ns() - mid) / 1e6)
+        a.append((mid - start) / 1e6)
+    diff = np.subtract(b, a)
+    return {"base": summarize_ms(a), "extra": summarize_ms(b), "paired_diff_p50_ms": round(float(np.median(diff)), 4)}
+
+
 def _children() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from bench import service
-from bench.common import ONNX_DIR, REPO, load_avg, machine_info, time_calls, write_json
+from bench.common import ONNX_DIR, REPO, load_avg, machine_info, time_calls, time_paired, write_json
 from bench.serve_load import PROMPT
 from bench.static_router import static_router_dir
 from infra.settings import Settings
@@ -139,24 +139,25 @@ def bookkeeping(artifact_dir: Path, reps: int, warmup: int) -> dict[str, Any]:
             novelty=0.5,
         )
 
-    parts: dict[str, Any] = {
-        "assess without a novelty reference": time_calls(lambda: plain.assess(prompts), reps, warmup),
-        f"assess with novelty ({ref.n_reference} reference rows)": time_calls(
-            lambda: checked.assess(prompts), reps, warmup
-        ),
-    }
+    novelty = time_paired(lambda: plain.assess(prompts), lambda: checked.assess(prompts), reps, warmup)
     with tempfile.TemporaryDirectory(prefix="tierwise-bench-bookkeeping-") as tmp:
         store = Store(f"sqlite:///{Path(tmp) / 'b.db'}")
         store.migrate()
         store.decision_commit = "async"
-        for evidence in (False, True):
-            label = f"build + write the decision row, {'with' if evidence else 'without'} the OPE evidence"
-            parts[label] = time_calls(lambda e=evidence: store.record_decisions([row(e)]), reps, warmup)
+        evidence = time_paired(
+            lambda: store.record_decisions([row(False)]), lambda: store.record_decisions([row(True)]), reps, warmup
+        )
         store.dispose()
-    p50 = [v["p50_ms"] for v in parts.values()]
-    novelty_ms, evidence_ms = p50[1] - p50[0], p50[3] - p50[2]
+    parts: dict[str, Any] = {
+        "assess without a novelty reference": novelty["base"],
+        f"assess with novelty ({ref.n_reference} reference rows)": novelty["extra"],
+        "build + write the decision row, without the OPE evidence": evidence["base"],
+        "build + write the decision row, with the OPE evidence": evidence["extra"],
+    }
+    novelty_ms, evidence_ms = novelty["paired_diff_p50_ms"], evidence["paired_diff_p50_ms"]
     return {
         "latency": parts,
+        "method": "each pair of calls alternates (base, then with the bookkeeping); cost = median paired difference",
         "novelty_p50_ms": round(novelty_ms, 3),
         "evidence_p50_ms": round(evidence_ms, 3),
         "bookkeeping_p50_ms": round(novelty_ms + evidence_ms, 3),
@@ -348,6 +349,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bulk-sizes", type=int, nargs="+", default=None)
     parser.add_argument("--dask-rows", type=int, default=None)
     parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace only the parts run in the existing --out file; the others are kept, marked as carried over",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("httpx", "alembic", "distributed", "mlflow"):
@@ -355,9 +361,23 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(REPO)
     report = run(args.quick, args.seconds, args.bulk_sizes, args.dask_rows, tuple(args.parts))
     report["argv"] = sys.argv
+    if args.merge and args.out.is_file():
+        report = merged(json.loads(args.out.read_text()), report, tuple(args.parts))
     write_json(args.out, report)
     print(json.dumps(report["summary"], indent=1))
     return 0
+
+
+def merged(previous: dict[str, Any], new: dict[str, Any], parts: tuple[str, ...]) -> dict[str, Any]:
+    """`new` over `previous` (whose other parts and notes stay); `carried_over` names the run (date, commit) that
+    measured each part kept."""
+    run = previous.get("machine", {})
+    origin = f"from the run of {run.get('date')} (commit {str(run.get('git_commit'))[:7]})"
+    kept = [p for p in PARTS if p not in parts and p in previous]
+    out = {**previous, **new}
+    out["carried_over"] = {p: previous.get("carried_over", {}).get(p, origin) for p in kept}
+    out["summary"] = summary(out)
+    return out
 
 
 def summary(report: dict[str, Any]) -> dict[str, Any]:
