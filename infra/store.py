@@ -301,6 +301,11 @@ class Store:
     decision_commit: str = "durable"
     _async_engine: Engine | None = None
 
+    @property
+    def decision_commit_is_local(self) -> bool:
+        """A sessionless decision's commit waits for neither the disk nor the network (SQLite file, async)."""
+        return self.decision_commit == "async" and self._sqlite_file
+
     def _decision_engine(self) -> Engine:
         if self.decision_commit != "async" or not self._sqlite_file:
             return self.engine

@@ -5,6 +5,11 @@ Nothing is acknowledged earlier than before (a decision is in the store, visible
 answers; durable or not as `decision_commit` says), but under load one commit (one fsync in the durable mode)
 and one statement carry many decisions, and the event loop never waits for the disk. A batch the store refuses
 is retried request by request, so one request's refused value fails that request alone.
+
+Where a commit waits for neither the disk nor the network (`Store.decision_commit_is_local`: SQLite with
+decision_commit=async, about 0.1 ms), the write commits on the event loop instead: the two thread hops cost
+more than such a commit, and grouping saves little where a commit does not wait. The stores whose commit
+waits (durable SQLite's fsync, PostgreSQL's round trip) keep the thread and the grouping.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ class DecisionWriter:
     async def write(self, rows: Sequence[DecisionRow]) -> None:
         """Return once `rows` are committed; raise what the store raised for them."""
         if not rows:
+            return
+        if self.store.decision_commit_is_local:
+            self.store.record_decisions(rows)
             return
         loop = asyncio.get_running_loop()
         pending = _Pending(rows, loop.create_future(), loop)

@@ -7,6 +7,7 @@ import dataclasses
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -103,6 +104,39 @@ def test_close_writes_what_is_queued_and_a_closed_writer_starts_again(store: Sto
     asyncio.run(writer.write([later]))
     writer.close()
     assert set(store.get_decisions([r.id for r in [*rows, later]])) == {r.id for r in [*rows, later]}
+
+
+@pytest.mark.parametrize("mode", ["async", "durable"])
+def test_a_commit_that_waits_for_nothing_is_made_on_the_loop(tmp_path: Path, mode: str) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'local.db'}")
+    store.migrate()
+    store.decision_commit = mode
+    writer = DecisionWriter(store)
+    rows, refused = [_row(), _row()], [_row()]
+    record = store.record_decisions
+
+    def picky_record(batch: Sequence[DecisionRow]) -> None:
+        if batch[0].id == refused[0].id:
+            raise ValueError("refused value")
+        record(batch)
+
+    store.record_decisions = picky_record  # type: ignore[method-assign]
+
+    async def main() -> bool:
+        await writer.write(rows)
+        with pytest.raises(ValueError, match="refused value"):
+            await writer.write(refused)
+        return writer._thread is not None
+
+    try:
+        threaded = asyncio.run(main())
+    finally:
+        writer.close()
+        store.dispose()
+    assert store.decision_commit_is_local == (mode == "async")
+    assert threaded == (mode == "durable")  # no thread hop where the commit waits for nothing
+    stored = Store(store.url).get_decisions([r.id for r in [*rows, *refused]])
+    assert set(stored) == {r.id for r in rows}
 
 
 def test_nothing_to_write_returns_at_once(store: Store) -> None:
