@@ -224,12 +224,12 @@ def train(
 
 
 def _load_artifact(s: Settings, model_uri: str | None) -> RouterArtifact:
-    from training import tracking
-
     if model_uri and Path(model_uri).exists():
         from router.artifact import find_artifact
 
         return RouterArtifact.load(find_artifact(model_uri))
+    from training import tracking  # MLflow (about a second of imports): only for a registry URI
+
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar above the answer
     tracking.configure(s.mlflow_tracking_uri, s.experiment_name)
     uri = model_uri or f"models:/{s.registered_model}@{s.model_alias}"

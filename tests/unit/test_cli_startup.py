@@ -1,0 +1,54 @@
+"""The `tierwise` process's fixed cost: routing from a local artifact loads no MLflow (issue 12, bulk routing's
+whole-command throughput)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+import training
+from infra.settings import get_settings
+from router.features import FeatureSpec
+from router.model import DifficultyModel
+from tests.conftest import HashingEmbedder, make_log
+from training import cli
+from training.data import split_log
+from training.fit import train_router
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings(monkeypatch, tmp_path):
+    monkeypatch.setenv("TIERWISE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
+
+
+def test_route_from_a_local_artifact_needs_no_mlflow(tmp_path, tiers, monkeypatch):
+    emb = HashingEmbedder()
+    split = split_log(make_log(150), tiers, 0.3, 0)
+    artifact_dir = train_router(
+        split, emb, None, FeatureSpec(embedder_id=emb.id), DifficultyModel(n_estimators=20)
+    ).save(tmp_path / "artifact")
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    # training.tracking (MLflow, about a second of imports) cannot be imported in this test.
+    monkeypatch.delattr(training, "tracking", raising=False)
+    monkeypatch.setitem(sys.modules, "training.tracking", None)
+    batch = tmp_path / "prompts.jsonl"
+    batch.write_text("\n".join(json.dumps({"prompt_id": f"q{i}", "prompt": f"question {i}"}) for i in range(3)))
+    out = tmp_path / "decisions.jsonl"
+    args = ["route", "--batch", str(batch), "--out", str(out), "--model-uri", str(artifact_dir), "--tiers", "none"]
+    res = CliRunner().invoke(cli.app, args)
+    assert res.exit_code == 0, res.output
+    assert [json.loads(line)["prompt_id"] for line in out.read_text().splitlines()] == ["q0", "q1", "q2"]
+
+
+def test_a_registry_uri_still_goes_through_mlflow(monkeypatch):
+    monkeypatch.delattr(training, "tracking", raising=False)
+    monkeypatch.setitem(sys.modules, "training.tracking", None)
+    with pytest.raises(ImportError):
+        cli._load_artifact(get_settings(), "models:/tierwise-router@champion")
