@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import json
 import logging
 import os
@@ -25,7 +27,20 @@ from router.routing import Router
 from router.schema import OutcomeLogError, TiersConfigError, load_outcomes, load_tiers
 from training.bulk import decisions_json
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="tierwise: a learned LLM router.")
+
+class _Cli(typer.Typer):
+    """The `tierwise` app. Run as a process (the console script, `python -m training.cli`), it freezes every object
+    at exit (gc.freeze, an atexit handler), so the interpreter's teardown does not walk and free the import-time
+    objects of numpy, SciPy, scikit-learn, pandas and LightGBM one reference cycle at a time: about 0.4 s of every
+    command on 2 cores. Other atexit handlers, explicit closes and the flush of stdout run as before. CliRunner
+    (the tests) calls the command, not this."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        atexit.register(gc.freeze)
+        return super().__call__(*args, **kwargs)
+
+
+app = _Cli(add_completion=False, no_args_is_help=True, help="tierwise: a learned LLM router.")
 logger = logging.getLogger("tierwise")
 
 OutcomesOpt = Annotated[Path | None, typer.Option("--outcomes", help="outcome log: .parquet, .csv or .jsonl")]

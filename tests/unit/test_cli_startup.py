@@ -1,8 +1,9 @@
-"""The `tierwise` process's fixed cost: routing from a local artifact loads no MLflow (issue 12, bulk routing's
-whole-command throughput)."""
+"""The `tierwise` process's fixed cost: routing from a local artifact loads no MLflow, and the process skips the
+garbage collector's teardown walk (issue 12, bulk routing's whole-command throughput)."""
 
 from __future__ import annotations
 
+import gc
 import json
 import sys
 
@@ -52,3 +53,11 @@ def test_a_registry_uri_still_goes_through_mlflow(monkeypatch):
     monkeypatch.setitem(sys.modules, "training.tracking", None)
     with pytest.raises(ImportError):
         cli._load_artifact(get_settings(), "models:/tierwise-router@champion")
+
+
+def test_the_cli_process_freezes_its_objects_at_exit(monkeypatch):
+    registered = []
+    monkeypatch.setattr(cli.atexit, "register", registered.append)
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # typer's __call__ installs its own
+    cli.app(["settings", "seed"], standalone_mode=False)
+    assert registered == [gc.freeze]
