@@ -47,7 +47,7 @@ class RetryPolicy:
 @dataclass
 class Trail:
     """What serving one request took: the failures on the way, the usage of every answered call, the tiers that
-    failed, and the fusion members left out."""
+    failed, and the fusion members left out; `sent` is set once a request to an upstream is on the wire."""
 
     failures: list[str] = field(default_factory=list)
     usages: list[Usage] = field(default_factory=list)
@@ -57,6 +57,12 @@ class Trail:
     skipped: list[str] = field(default_factory=list)
     hinted: list[UpstreamFailure] = field(default_factory=list)
     deadline: float = math.inf
+    sent: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def trace(self, step: str, _info: dict[str, Any]) -> None:
+        """httpx's trace hook for every call made for the request: sets `sent` once a request body is sent."""
+        if step.endswith("send_request_body.complete"):
+            self.sent.set()
 
     def left_s(self) -> float:
         """Seconds left before the request's deadline (monotonic)."""
@@ -195,9 +201,13 @@ class Dispatcher:
     ) -> Served:
         """Call one model for `tier`: its opened stream, or its completion (its usage added to the trail)."""
         if stream:
-            opened = await self._retrying(model, tiers, lambda ep, s: Stream.open(self.client, ep, body, s), trail)
+            opened = await self._retrying(
+                model, tiers, lambda ep, s: Stream.open(self.client, ep, body, s, trail.trace), trail
+            )
             return Served(tier, stream=opened)
-        data, usage = await self._retrying(model, tiers, lambda ep, s: complete(self.client, ep, body, s), trail)
+        data, usage = await self._retrying(
+            model, tiers, lambda ep, s: complete(self.client, ep, body, s, trail.trace), trail
+        )
         trail.usages.append(usage)
         return Served(tier, body=data)
 
@@ -213,7 +223,10 @@ class Dispatcher:
         if tier.judge is None:
             raise UpstreamFailure(tier.model, "config", f"fusion tier '{tier.name}' has no judge to merge its answers")
         results = await asyncio.gather(
-            *(self._retrying(m, tiers, lambda ep, s: complete(self.client, ep, body, s), trail) for m in tier.members),
+            *(
+                self._retrying(m, tiers, lambda ep, s: complete(self.client, ep, body, s, trail.trace), trail)
+                for m in tier.members
+            ),
             return_exceptions=True,
         )
         answers, refused = [], []

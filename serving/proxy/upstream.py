@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -18,6 +18,8 @@ from router.schema import CHARS_PER_TOKEN, ModelPrice, TiersConfig
 FailureKind = Literal["timeout", "rate_limited", "server", "connection", "config", "client"]
 RETRYABLE: frozenset[str] = frozenset({"timeout", "rate_limited", "server", "connection"})
 MAX_RETRY_AFTER_S = 86_400.0  # an upstream's Retry-After is read up to a day (a longer one is a day)
+Trace = Callable[[str, dict[str, Any]], Awaitable[None]]
+"""httpx's `trace` request extension: awaited at each step of a call, e.g. `http11.send_request_body.complete`."""
 
 
 class UpstreamFailure(Exception):
@@ -186,13 +188,26 @@ def bounded(client: httpx.AsyncClient, limit_s: float | None) -> httpx.Timeout:
     return httpx.Timeout(connect=cap(t.connect), read=cap(t.read), write=cap(t.write), pool=cap(t.pool))
 
 
+def _extensions(trace: Trace | None) -> dict[str, Any] | None:
+    return None if trace is None else {"trace": trace}
+
+
 async def complete(
-    client: httpx.AsyncClient, ep: Endpoint, body: Mapping[str, Any], limit_s: float | None = None
+    client: httpx.AsyncClient,
+    ep: Endpoint,
+    body: Mapping[str, Any],
+    limit_s: float | None = None,
+    trace: Trace | None = None,
 ) -> tuple[dict[str, Any], Usage]:
-    """One non-streaming call (no timeout past `limit_s`): the upstream's JSON answer and its usage."""
+    """One non-streaming call (no timeout past `limit_s`, each step of it told to `trace`): the upstream's JSON
+    answer and its usage."""
     try:
         resp = await client.post(
-            ep.url, json=_payload(ep, body, stream=False), headers=ep.headers(), timeout=bounded(client, limit_s)
+            ep.url,
+            json=_payload(ep, body, stream=False),
+            headers=ep.headers(),
+            timeout=bounded(client, limit_s),
+            extensions=_extensions(trace),
         )
     except httpx.HTTPError as exc:
         raise _failure_for_exception(ep.model, exc) from None
@@ -224,12 +239,22 @@ class Stream:
 
     @classmethod
     async def open(
-        cls, client: httpx.AsyncClient, ep: Endpoint, body: Mapping[str, Any], limit_s: float | None = None
+        cls,
+        client: httpx.AsyncClient,
+        ep: Endpoint,
+        body: Mapping[str, Any],
+        limit_s: float | None = None,
+        trace: Trace | None = None,
     ) -> Stream:
         """Open the stream up to its first event. No timeout is past `limit_s`, each later read's neither (httpx
-        fixes a response's timeouts when it is sent)."""
+        fixes a response's timeouts when it is sent); each step of the call is told to `trace`."""
         request = client.build_request(
-            "POST", ep.url, json=_payload(ep, body, stream=True), headers=ep.headers(), timeout=bounded(client, limit_s)
+            "POST",
+            ep.url,
+            json=_payload(ep, body, stream=True),
+            headers=ep.headers(),
+            timeout=bounded(client, limit_s),
+            extensions=_extensions(trace),
         )
         try:
             response = await client.send(request, stream=True)
