@@ -18,6 +18,7 @@ from router.model import FORMAT_VERSION, DifficultyModel
 from router.novelty import NoveltyReference
 from router.policy import DefaultKnob
 from router.schema import CHARS_PER_TOKEN, TiersConfig, TiersConfigError, parse_tiers, tiers_to_dict
+from router.task_hint import TaskPrior
 from router.text import normalize_text
 
 ARTIFACT_FILE = "router.json"
@@ -61,6 +62,9 @@ class RouterArtifact:
     guarantee: QualityGuarantee | None = None
     # The operating point the model routes with when a request sets no knob (None: trained before it was stored).
     default_knob: DefaultKnob | None = None
+    # Each tier's mean score per category of the log, blended in when a request names its task (None: the log
+    # had no categories, or the model was trained before task hints existed).
+    task_prior: TaskPrior | None = None
 
     @property
     def tier_names(self) -> list[str]:
@@ -134,6 +138,7 @@ class RouterArtifact:
             "tokens_out": dict(self.tokens_out),
             "guarantee": self.guarantee.to_dict() if self.guarantee else None,
             "default_knob": self.default_knob.to_dict() if self.default_knob else None,
+            "task_prior": self.task_prior.to_dict() if self.task_prior else None,
         }
         if self.novelty is not None:
             self.novelty.save(directory / "novelty")
@@ -157,6 +162,7 @@ class RouterArtifact:
             novelty=NoveltyReference.load(directory / "novelty"),
             guarantee=QualityGuarantee.from_dict(meta["guarantee"]) if meta.get("guarantee") else None,
             default_knob=DefaultKnob.from_dict(meta["default_knob"]) if meta.get("default_knob") else None,
+            task_prior=TaskPrior.from_dict(meta["task_prior"]) if meta.get("task_prior") else None,
         )
 
 

@@ -12,6 +12,7 @@ import numpy as np
 from sklearn.neighbors import NearestNeighbors
 
 from router.policy import cheapest_sufficient, lambda_grid, tradeoff
+from router.task_hint import TaskPrior
 
 
 def split_by_group(groups: Sequence[str], test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -248,9 +249,10 @@ def task_prior(categories: np.ndarray, scores: np.ndarray, train: np.ndarray) ->
     cats = np.asarray(categories).astype(str)
     glob = np.nanmean(scores[train], axis=0)
     out = np.tile(glob, (len(cats), 1))
-    for cat in np.unique(cats[train]):
-        rows = train & (cats == cat)
-        out[cats == cat] = np.nanmean(scores[rows], axis=0)
+    names = [str(j) for j in range(scores.shape[1])]
+    prior = TaskPrior.fit(cats[train], scores[train], names, min_prompts=1)
+    for cat, means in (prior.means if prior is not None else {}).items():
+        out[cats == cat] = means
     return np.where(np.isfinite(out), out, glob)
 
 

@@ -56,14 +56,27 @@ class Router:
             )
         return quality
 
-    def assess(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """Predicted quality and expected cost per tier (n, k), and each prompt's novelty (None without a reference)."""
+    def assess(
+        self, prompts: Sequence[str], tasks: Sequence[str | None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Predicted quality and expected cost per tier (n, k), and each prompt's novelty (None without a reference).
+
+        `tasks`, one hint (or None) a prompt: a task the model's log had as a category blends its prior in
+        (router.task_hint); others change nothing.
+        """
         if self.embedder is None:
             raise ValueError("this Router was built without an embedder; it can decide but not score")
         quality, novelty = self.artifact.predict_quality_and_novelty(
             prompts, self.embedder, self.cache, self.num_threads
         )
+        if tasks is not None and self.artifact.task_prior is not None:
+            quality, _ = self.artifact.task_prior.blend(quality, tasks)
         return quality, self.expected_cost(prompts), novelty
+
+    def knows_task(self, task: str | None) -> bool:
+        """Whether a task hint changes this model's predictions (a category of its log with enough prompts)."""
+        prior = self.artifact.task_prior
+        return task is not None and prior is not None and task in prior.means
 
     def expected_cost(self, prompts: Sequence[str]) -> np.ndarray:
         """Expected cost per tier at the live prices, (n, k)."""

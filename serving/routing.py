@@ -111,6 +111,15 @@ def boundary_tiers(
     return near
 
 
+def task_hint_note(rt: Runtime, task: str | None) -> str:
+    """What the request's task hint did, for the reason ("" without one)."""
+    if task is None:
+        return ""
+    if rt.router.knows_task(task):
+        return f"; task hint {task!r}: its tiers' mean scores in the training log blended in (router.task_hint)"
+    return f"; task hint {task!r} is not a task this model knows (GET /tiers lists them): ignored"
+
+
 def route(
     rt: Runtime,
     store: Store,
@@ -138,7 +147,8 @@ def route(
         raise Invalid(str(exc.args[0]), ("body", "min_tier")) from None
     target, cost_weight = rt.router.knob(opts.quality_target, opts.cost_weight_per_usd, default_target)
     point = guarantee_point(rt.router.artifact.guarantee, opts)
-    quality, cost, novelty = rt.router.assess(prompts)
+    quality, cost, novelty = rt.router.assess(prompts, None if opts.task is None else [opts.task] * len(prompts))
+    hint = task_hint_note(rt, opts.task)
 
     names = rt.tiers.names
     how = epsilon if isinstance(epsilon, Exploration) else Exploration(rate=epsilon)
@@ -154,7 +164,7 @@ def route(
             else budget_left - sum(float(cost[i, d.tier_index]) for i, d in enumerate(decisions))
         )
         for i, d in enumerate(decisions):
-            choice, served, reason = d.tier_index, d.tier_index, d.reason
+            choice, served, reason = d.tier_index, d.tier_index, d.reason + hint
             probs = np.zeros(len(names))
             probs[choice] = 1.0
             # Never where the policy must be conservative: an out-of-distribution prompt, or a quality guarantee.
@@ -178,7 +188,7 @@ def route(
                     slack = None if slack is None else slack - extra
                     reason = (
                         f"explored: served {names[served]} (probability {draw.propensity:.3g}) instead of the "
-                        f"policy's choice, so off-policy evaluation can learn about it; the policy: {d.reason}"
+                        f"policy's choice, so off-policy evaluation can learn about it; the policy: {d.reason}{hint}"
                     )
                     if metrics is not None:
                         metrics.explored.inc()

@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from router.schema import OutcomeBase
+from router.task_hint import MAX_TASK_CHARS
 
 
 def _storable(value: str) -> str:
@@ -117,6 +118,12 @@ class RouteOptions(Strict):
         description="route at the model's operating point calibrated (Learn then Test) to lose at most epsilon of "
         "the top tier's mean quality with confidence 1 - delta; excludes quality_target and cost_weight_per_usd",
     )
+    task: Annotated[Text, StringConstraints(min_length=1, max_length=MAX_TASK_CHARS)] | None = Field(
+        None,
+        description="the prompt's task, if the caller knows it, as named in the training log's category column "
+        "(GET /tiers lists the ones this model knows): its per-tier mean score is blended into the prediction. "
+        "A task the model does not know is ignored, and the reason says so",
+    )
 
 
 class RouteRequest(RouteOptions):
@@ -155,6 +162,9 @@ class TierInfo(BaseModel):
 class TiersResponse(BaseModel):
     tiers: list[TierInfo]
     router_version: str
+    tasks: list[str] = Field(
+        default_factory=list, description="the task hints this model knows (`task` on /route), with enough prompts"
+    )
 
 
 class OutcomeIn(OutcomeBase):

@@ -14,6 +14,7 @@ from router.embedding_cache import EmbeddingCache
 from router.features import FeatureSpec, featurize
 from router.model import DifficultyModel
 from router.shared_difficulty import SharedDifficulty
+from router.task_hint import TaskPrior
 from training.data import Pool, Split
 from training.evaluation import EvalResult
 
@@ -52,8 +53,16 @@ def train_router(
         shared = fit_shared_difficulty(X, pool, features, embedder, cache, model.random_state, model.n_jobs)
         easiness = shared.oof_easiness_[: pool.n_train]
         model.fit(X, table.scores[split.train], split.tiers.names, shared=shared, train_easiness=easiness)
+    categories = table.prompts["category"].to_numpy()[split.train]  # "" where the log has none
+    task_prior = TaskPrior.fit(categories, table.scores[split.train], split.tiers.names)
+    if task_prior is not None:
+        logger.info("task hints: %d categories of the log (%s)", len(task_prior.means), ", ".join(task_prior.means))
     return RouterArtifact(
-        model=model, features=features, tiers=split.tiers, tokens_out=estimate_tokens_out(split.log, split.tiers)
+        model=model,
+        features=features,
+        tiers=split.tiers,
+        tokens_out=estimate_tokens_out(split.log, split.tiers),
+        task_prior=task_prior,
     )
 
 

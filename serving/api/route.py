@@ -57,4 +57,5 @@ def tier_infos(rt: RuntimeDep) -> list[TierInfo]:
 @router.get("/tiers")
 def list_tiers(rt: RuntimeDep, _: Caller) -> TiersResponse:
     """The tiers, cheapest first, with their models and prices (USD per 1M tokens)."""
-    return TiersResponse(tiers=tier_infos(rt), router_version=rt.version)
+    prior = rt.router.artifact.task_prior
+    return TiersResponse(tiers=tier_infos(rt), router_version=rt.version, tasks=sorted(prior.means) if prior else [])
