@@ -89,6 +89,8 @@ decisions = sa.Table(
     # Migration 0003: the logging distribution and per-tier expected costs, for off-policy evaluation.
     sa.Column("propensities", sa.JSON, nullable=True),
     sa.Column("expected_costs", sa.JSON, nullable=True),
+    # Migration 0004: the request's task hint, the category `export_outcomes` gives its outcomes.
+    sa.Column("task", sa.String(128), nullable=True),
     sa.Index("ix_decisions_created_at", "created_at"),
 )
 
@@ -164,6 +166,7 @@ class DecisionRow:
     prompt_hash: str | None = None
     propensities: dict[str, float] | None = None
     expected_costs: dict[str, float] | None = None
+    task: str | None = None
 
 
 class OutcomeRow(OutcomeBase):
@@ -492,12 +495,22 @@ class Store:
         """Every stored outcome in the training contract, for `tierwise train --from-store`."""
         with self.engine.connect() as conn:
             # Rows kept without text (prompt storage hash or none) cannot be embedded: training skips them.
-            query = outcomes.select().where(outcomes.c.prompt.is_not(None)).order_by(outcomes.c.created_at)
+            # The settled decision's task hint, if any, is the outcome's category (migration 0004).
+            query = (
+                sa.select(outcomes, decisions.c.task)
+                .select_from(outcomes.outerjoin(decisions, outcomes.c.decision_id == decisions.c.id))
+                .where(outcomes.c.prompt.is_not(None))
+                .order_by(outcomes.c.created_at)
+            )
             rows = conn.execute(query).all()
         shared = [name for name in Outcome.model_fields if name in outcomes.c]
         # Not re-validated here: training checks the exported log like any other (router.schema.validate_outcomes).
         return [
-            Outcome.model_construct(**{name: r._mapping[name] for name in shared}, timestamp=r.created_at.isoformat())
+            Outcome.model_construct(
+                **{name: r._mapping[name] for name in shared},
+                timestamp=r.created_at.isoformat(),
+                category=r._mapping["task"],
+            )
             for r in rows
         ]
 

@@ -215,6 +215,7 @@ def route(
                     propensities={n: float(p) for n, p in zip(names, probs, strict=True)},
                     expected_costs={n: float(c) for n, c in zip(names, cost[i], strict=True)},
                     novelty=None if novelty is None else float(novelty[i]),
+                    task=opts.task,
                 )
             )
         return rows

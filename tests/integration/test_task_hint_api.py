@@ -66,3 +66,17 @@ def test_the_batch_applies_the_task_to_every_prompt(hinted: TestClient) -> None:
 def test_a_bad_task_is_a_422(hinted: TestClient, task: object) -> None:
     r = hinted.post("/route", json={"prompt": PROMPT, "task": task}, headers=C)
     assert r.status_code == 422 and "task" in r.text
+
+
+def test_an_outcome_of_a_hinted_decision_exports_the_task_as_its_category(hinted: TestClient) -> None:
+    """`tierwise train --from-store` then keeps a prior per task in the callers' own vocabulary."""
+    ids = {}
+    for task in ("summarise-email", None):
+        body = {"prompt": f"{PROMPT} {task}", **({"task": task} if task else {})}
+        d = hinted.post("/route", json=body, headers=C).json()
+        r = hinted.post("/outcomes", json={"decision_id": d["decision_id"], "score": 0.5, "cost_usd": 0.001}, headers=C)
+        assert r.status_code in (200, 201), r.text
+        ids[task] = body["prompt"]
+    exported = {o.prompt: o.category for o in hinted.app.state.store.export_outcomes()}  # type: ignore[attr-defined]
+    assert exported[ids["summarise-email"]] == "summarise-email"
+    assert exported[ids[None]] is None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -126,4 +127,30 @@ def test_migration_0003_round_trip(url: str) -> None:
         assert conn.execute(sa.text("SELECT prompt FROM decisions")).scalar_one() == ""
     run("upgrade", "head")
     assert store.get_decisions(["d1"])["d1"].propensities is None  # dropped by the downgrade
+    store.dispose()
+
+
+def test_migration_0004_round_trip(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from infra.store import MIGRATIONS
+
+    store = Store(url)
+    store.migrate()
+    store.record_decisions([dataclasses.replace(decision(1), task="code-review")])
+    assert store.get_decisions(["d1"])["d1"].task == "code-review"
+
+    def run(step: str, revision: str) -> None:
+        cfg = Config()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        with store.engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            getattr(command, step)(cfg, revision)
+
+    run("downgrade", "0003")
+    with store.engine.connect() as conn:
+        assert "task" not in {c["name"] for c in sa.inspect(conn).get_columns("decisions")}
+    run("upgrade", "head")
+    assert store.get_decisions(["d1"])["d1"].task is None  # dropped by the downgrade
     store.dispose()
