@@ -71,11 +71,11 @@ class TaskPrior:
         Q = np.array(quality, dtype=float, copy=True)
         if len(tasks) != len(Q):
             raise ValueError(f"{len(tasks)} task hints for {len(Q)} prompts")
-        known = np.array([t is not None and t in self.means for t in tasks], dtype=bool)
-        for i in np.flatnonzero(known):
-            task = tasks[i]
-            assert task is not None
-            Q[i] = self.router_weight * Q[i] + (1.0 - self.router_weight) * np.asarray(self.means[task])
+        known = np.zeros(len(Q), dtype=bool)
+        for i, task in enumerate(tasks):
+            if task is not None and task in self.means:
+                known[i] = True
+                Q[i] = self.router_weight * Q[i] + (1.0 - self.router_weight) * np.asarray(self.means[task])
         return Q, known
 
     def to_dict(self) -> dict[str, Any]:
