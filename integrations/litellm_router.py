@@ -6,7 +6,7 @@ group), or when the tier is mapped to a model group with `tier_groups={"<tier>":
 groups are served by a random deployment of that group, as LiteLLM's default shuffle would.
 
 Per request, `metadata={"tierwise": {...}}` carries /route's options (session_id, quality_target,
-cost_weight_per_usd, min_tier, max_cost_usd, metadata); after the pick, `metadata["tierwise_decision"]` holds what
+cost_weight_per_usd, min_tier, max_cost_usd, task, metadata); after the pick, `metadata["tierwise_decision"]` holds what
 was chosen and why (a `Decision`). tierwise being down never blocks a call: a timeout, a refused connection, a
 5xx, 429 or 413 serves the configured fallback deployment and logs a warning. A refusal that is the caller's to
 fix is raised instead: 402 (the session's spend cap, which a fallback must not bypass) as LiteLLM's
