@@ -55,6 +55,7 @@ from router.prompt_structure import question_text, structure_features
 from router.schema import CHARS_PER_TOKEN, TiersConfig, load_tiers
 from router.shared_difficulty import SharedDifficulty
 from router.stacking import StackedQuality, out_of_fold
+from router.task_hint import TaskPrior
 from router.text import normalize_text, text_features, text_window
 from training.data import Pool, stratified_sample
 from training.evaluation import logreg_predictor
@@ -401,6 +402,7 @@ def fit_predict_methods(
         enc = category_encoding(sp.categories, Y, tr, seed)
         timed("(c) router + structure + category", lambda: booster(np.hstack([X, st, enc])))
         timed("(d) blend router/prior 50:50", lambda: 0.5 * preds["router"] + 0.5 * prior_te)
+        timed("task hint (the service's)", lambda: task_hint(sp, Y, tr, te, preds["router"]))
         timed("(d) router boosted from the prior", lambda: prior_boost(X, enc))
         timed("(d) router + structure boosted from the prior", lambda: prior_boost(np.hstack([X, st]), enc))
         timed("(d) blend IRT/prior, learned w", lambda: _learned_blend(sp, X, seed, preds["(a) IRT r=1"]))
@@ -409,6 +411,13 @@ def fit_predict_methods(
         timed("(c) router, question view + structure", lambda: booster(np.hstack([q_emb, tf, st])))
         timed("(c) router, tail + question views", lambda: booster(np.hstack([emb, q_emb, tf, st])))
     return preds, timings
+
+
+def task_hint(sp: SplitData, Y: np.ndarray, tr: np.ndarray, te: np.ndarray, router_te: np.ndarray) -> np.ndarray:
+    """What the service does with each test prompt's category as the request's task hint (router/task_hint.py):
+    the 50:50 blend for a category with enough train prompts, the router alone for any other."""
+    prior = TaskPrior.fit(sp.categories[tr], Y[tr], [str(j) for j in range(Y.shape[1])])
+    return router_te if prior is None else prior.blend(router_te, list(sp.categories[te]))[0]
 
 
 def oof_bases(
