@@ -235,6 +235,10 @@ def evaluate_artifact(
             others["task prior"] = ev.task_prior(cats, split.table.scores, train)[test]
     router = Router(artifact, embedder=embedder, cache=cache)
     pred, pred_cost = router.score([p for p, t in zip(prompts, test, strict=True) if t])
+    if baselines and artifact.task_prior is not None:
+        # What callers would get by sending each prompt's category as its task hint (router/task_hint.py).
+        hints = split.table.prompts["category"].to_numpy().astype(str)[test]
+        others["router + task hint"] = artifact.task_prior.blend(pred, list(hints))[0]
     return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others, n_boot, seed)
 
 

@@ -15,6 +15,7 @@ from router.schema import parse_tiers
 from router.task_hint import ROUTER_WEIGHT, TaskPrior
 from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
 from training.data import split_log
+from training.evaluation import evaluate_artifact
 from training.fit import train_router
 
 NAMES = ("cheap", "top")
@@ -76,3 +77,7 @@ def test_training_keeps_the_logs_categories_and_the_router_uses_them(tmp_path: P
     assert hinted[0] == pytest.approx(ROUTER_WEIGHT * plain[0] + (1 - ROUTER_WEIGHT) * np.asarray(hard))
     assert (hinted[1] == plain[1]).all()
     assert router.knows_task("hard") and not router.knows_task("unknown task") and not router.knows_task(None)
+    # The evaluation shows what callers would get by sending each prompt's category as its task hint.
+    table = evaluate_artifact(loaded, split, emb, None, seed=0, n_boot=20).table
+    assert np.isfinite(table.loc["router + task hint", "AIQ"])
+    assert np.isfinite(table.loc["router + task hint", "router_minus_AIQ"])
