@@ -94,7 +94,7 @@ def route_options(req: ChatCompletionRequest, headers: Mapping[str, str], tier_n
         value = headers.get(header)
         if value is None:
             continue
-        if name == "session_id" or (name == "min_tier" and not value.strip().isdigit()):
+        if name in ("session_id", "task") or (name == "min_tier" and not value.strip().isdigit()):
             raw[name] = value.strip()
         elif name == "min_tier":
             raw[name] = int(value)

@@ -21,6 +21,7 @@ KNOB_HEADERS: dict[str, str] = {
     "x-tierwise-cost-weight": "cost_weight_per_usd",
     "x-tierwise-min-tier": "min_tier",
     "x-tierwise-max-cost-usd": "max_cost_usd",
+    "x-tierwise-task": "task",
 }
 """Request headers carrying /route's options, for clients that can set headers but not body fields."""
 

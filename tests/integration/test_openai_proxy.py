@@ -125,6 +125,14 @@ def test_knobs_by_extra_body_and_headers(sdk: OpenAI, url: str, up: FakeUpstream
     sid = session(url)
     sdk.chat.completions.create(model="tierwise", messages=messages, extra_headers={"X-Tierwise-Session-Id": sid})  # type: ignore[arg-type]
     assert len(get_session(url, sid)["recent_decisions"]) == 1
+    # The task hint, by header and by body (this model knows no tasks: ignored, and the reason says so).
+    for task, by_header in (("poetry", True), ("sonnets", False)):
+        hinted = session(url)
+        headers = {"X-Tierwise-Session-Id": hinted} | ({"X-Tierwise-Task": task} if by_header else {})
+        body = {} if by_header else {"tierwise": {"task": task}}
+        sdk.chat.completions.create(model="tierwise", messages=messages, extra_headers=headers, extra_body=body)  # type: ignore[arg-type]
+        [decision] = get_session(url, hinted)["recent_decisions"]
+        assert f"task hint {task!r} is not a task this model knows" in decision["reason"]
 
 
 @pytest.mark.parametrize(
