@@ -105,52 +105,42 @@ def test_purge_and_delete_session(url: str) -> None:
     store.dispose()
 
 
-def test_migration_0003_round_trip(url: str) -> None:
+def alembic(store: Store, step: str, revision: str) -> None:
+    """`alembic upgrade|downgrade <revision>` on the store's database."""
     from alembic import command
     from alembic.config import Config
 
     from infra.store import MIGRATIONS
 
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with store.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        getattr(command, step)(cfg, revision)
+
+
+def test_migration_0003_round_trip(url: str) -> None:
     store = Store(url, PromptPolicy("none"))
     store.migrate()
     store.record_decisions([decision(1)])
 
-    def run(step: str, revision: str) -> None:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        with store.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            getattr(command, step)(cfg, revision)
-
-    run("downgrade", "0002")
+    alembic(store, "downgrade", "0002")
     with store.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT prompt FROM decisions")).scalar_one() == ""
-    run("upgrade", "head")
+    alembic(store, "upgrade", "head")
     assert store.get_decisions(["d1"])["d1"].propensities is None  # dropped by the downgrade
     store.dispose()
 
 
 def test_migration_0004_round_trip(url: str) -> None:
-    from alembic import command
-    from alembic.config import Config
-
-    from infra.store import MIGRATIONS
-
     store = Store(url)
     store.migrate()
     store.record_decisions([dataclasses.replace(decision(1), task="code-review")])
     assert store.get_decisions(["d1"])["d1"].task == "code-review"
 
-    def run(step: str, revision: str) -> None:
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        with store.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            getattr(command, step)(cfg, revision)
-
-    run("downgrade", "0003")
+    alembic(store, "downgrade", "0003")
     with store.engine.connect() as conn:
         assert "task" not in {c["name"] for c in sa.inspect(conn).get_columns("decisions")}
-    run("upgrade", "head")
+    alembic(store, "upgrade", "head")
     assert store.get_decisions(["d1"])["d1"].task is None  # dropped by the downgrade
     store.dispose()

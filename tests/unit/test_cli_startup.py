@@ -12,29 +12,12 @@ from typer.testing import CliRunner
 
 import training
 from infra.settings import get_settings
-from router.features import FeatureSpec
-from router.model import DifficultyModel
-from tests.conftest import HashingEmbedder, make_log
+from tests.conftest import HashingEmbedder
+from tests.unit.test_cli import _fresh_settings, artifact_dir  # noqa: F401 - the fixtures
 from training import cli
-from training.data import split_log
-from training.fit import train_router
 
 
-@pytest.fixture(autouse=True)
-def _fresh_settings(monkeypatch, tmp_path):
-    monkeypatch.setenv("TIERWISE_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    get_settings.cache_clear()
-    yield
-    get_settings.cache_clear()
-
-
-def test_route_from_a_local_artifact_needs_no_mlflow(tmp_path, tiers, monkeypatch):
-    emb = HashingEmbedder()
-    split = split_log(make_log(150), tiers, 0.3, 0)
-    artifact_dir = train_router(
-        split, emb, None, FeatureSpec(embedder_id=emb.id), DifficultyModel(n_estimators=20)
-    ).save(tmp_path / "artifact")
+def test_route_from_a_local_artifact_needs_no_mlflow(tmp_path, artifact_dir, monkeypatch):  # noqa: F811
     monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
     # training.tracking (MLflow, about a second of imports) cannot be imported in this test.
     monkeypatch.delattr(training, "tracking", raising=False)
