@@ -17,6 +17,11 @@ SessionPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")]
 
 
 def _view(store: Store, row: SessionRow, recent: int = 20) -> SessionResponse:
+    """The session with its recent decisions. The decisions are read first and the session's totals after them:
+    a settlement marks its decision and charges the session in one transaction, so every decision shown settled
+    is in `spent_usd` (read the other way round, a settlement landing in between showed settled but unspent)."""
+    decisions = store.recent_decisions(row.id, recent)
+    row = store.get_session(row.id) or row
     return SessionResponse(
         session_id=row.id,
         cap_usd=row.cap_usd,
@@ -34,7 +39,7 @@ def _view(store: Store, row: SessionRow, recent: int = 20) -> SessionResponse:
                 settled=d.settled,
                 reason=d.reason,
             )
-            for d in store.recent_decisions(row.id, recent)
+            for d in decisions
         ],
     )
 

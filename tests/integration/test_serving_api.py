@@ -373,3 +373,32 @@ def test_openapi_lists_every_endpoint(client: TestClient) -> None:
         "/metrics",
         "/ping",
     }
+
+
+def test_a_session_view_never_shows_a_settled_decision_missing_from_spent(client: TestClient) -> None:
+    """A settlement marks its decision and charges the session in one transaction; the view reads the decisions
+    first, so one landing between its two reads can leave a decision unsettled-looking, never settled but unspent."""
+    client.put("/sessions/view-race", json={"cap_usd": 1.0}, headers=C)
+    d = client.post("/route", json={"prompt": "What is 2+2?", "session_id": "view-race"}, headers=C).json()
+    store: Store = client.app.state.store  # type: ignore[attr-defined]
+    read, get = store.recent_decisions, store.get_session
+    calls: list[str] = []
+
+    def settle_between(name: str, fn):  # type: ignore[no-untyped-def]
+        def wrapped(*args, **kwargs):  # type: ignore[no-untyped-def]
+            out = fn(*args, **kwargs)
+            calls.append(name)
+            if len(calls) == 1:  # the settlement lands right after the view's first read, whichever it is
+                store.settle_decision(
+                    d["decision_id"], cost_usd=0.25, tokens_in=1, tokens_out=1, latency_ms=1.0, served_model="m"
+                )
+            return out
+
+        return wrapped
+
+    store.recent_decisions = settle_between("decisions", read)  # type: ignore[method-assign]
+    store.get_session = settle_between("session", get)  # type: ignore[method-assign]
+    view = client.get("/sessions/view-race", headers=C).json()
+    store.recent_decisions, store.get_session = read, get  # type: ignore[method-assign]
+    shown = sum(0.25 for x in view["recent_decisions"] if x["settled"])
+    assert view["spent_usd"] >= shown - 1e-12, view
