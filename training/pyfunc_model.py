@@ -35,9 +35,13 @@ class TierwisePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,mi
         model_input: pd.DataFrame,
         params: dict[str, Any] | None = None,  # noqa: ARG002
     ) -> pd.DataFrame:
-        """Quality and cost per tier for each prompt of the 'prompt' column."""
+        """Quality and cost per tier for each prompt of the 'prompt' column; an optional 'task' column is each
+        prompt's task hint (router/task_hint.py: a task the model knows is blended in, others change nothing)."""
         prompts = model_input["prompt"].astype(str).tolist()
         quality = self.artifact.predict_quality(prompts, self.embedder)
+        if "task" in model_input.columns and self.artifact.task_prior is not None:
+            tasks = [None if pd.isna(t) else str(t) for t in model_input["task"]]
+            quality, _ = self.artifact.task_prior.blend(quality, tasks)
         cost = self.artifact.expected_cost(prompts)
         out = {f"quality_{n}": quality[:, j] for j, n in enumerate(self.artifact.tier_names)}
         out.update({f"expected_cost_usd_{n}": cost[:, j] for j, n in enumerate(self.artifact.tier_names)})

@@ -26,8 +26,9 @@ import sqlalchemy as sa
 from mlflow import MlflowClient
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.exceptions import MlflowException
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
+from mlflow.types.schema import ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 import router
@@ -283,7 +284,10 @@ def log_and_register(
             python_model=str(PYFUNC_CODE),
             artifacts=artifacts,
             code_paths=[str(code)],
-            signature=infer_signature(example, sig_out),
+            signature=ModelSignature(
+                inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "task", required=False)]),
+                outputs=infer_signature(example, sig_out).outputs,
+            ),
             input_example=example,
             pip_requirements=pip_requirements(backend),
             registered_model_name=registered_model,

@@ -39,11 +39,14 @@ SCRIPT = """
 import importlib.util, json, sys
 import mlflow, pandas as pd
 model = mlflow.pyfunc.load_model(sys.argv[1])
-out = model.predict(pd.DataFrame({"prompt": json.loads(sys.argv[2])}))
+prompts = json.loads(sys.argv[2])
+out = model.predict(pd.DataFrame({"prompt": prompts}))
+hinted = model.predict(pd.DataFrame({"prompt": prompts, "task": ["hard"] + [None] * (len(prompts) - 1)}))
 import router
 print(json.dumps({
     "columns": list(out.columns),
     "values": out.to_numpy().tolist(),
+    "hinted": hinted.to_numpy().tolist(),
     "router_file": router.__file__,
     "installed": {m: importlib.util.find_spec(m) is not None for m in ("torch", "sentence_transformers", "training")},
     "imported": sorted({k.split(".")[0] for k in sys.modules} & {"torch", "sentence_transformers", "training"}),
@@ -142,6 +145,12 @@ def test_the_champion_loads_and_scores_in_a_clean_venv(registered: str, tmp_path
     for row in values:
         assert all(0.0 <= q <= 1.0 for q in row[: len(tiers)]), row
         assert all(c > 0 for c in row[len(tiers) :]), row
+    # An optional task column is each prompt's task hint: "hard" (a category of make_log) moves the first prompt's
+    # quality toward that category's means (brain high, main low); a missing hint changes nothing.
+    hinted = report["hinted"]
+    assert hinted[0][: len(tiers)] != values[0][: len(tiers)]
+    assert hinted[0][len(tiers) - 1] - hinted[0][0] > values[0][len(tiers) - 1] - values[0][0]
+    assert hinted[1] == values[1] and hinted[0][len(tiers) :] == values[0][len(tiers) :]
     # The code came with the model, not from this checkout; neither torch nor training code was needed.
     assert not Path(report["router_file"]).is_relative_to(REPO), report["router_file"]
     assert report["installed"] == {"torch": False, "sentence_transformers": False, "training": False}
