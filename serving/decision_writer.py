@@ -43,10 +43,13 @@ class DecisionWriter:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    async def write(self, rows: Sequence[DecisionRow]) -> None:
-        """Return once `rows` are committed; raise what the store raised for them."""
+    async def write(self, rows: Sequence[DecisionRow], after: asyncio.Event | None = None) -> None:
+        """Return once `rows` are committed; raise what the store raised for them. With `after`, the rows are
+        committed only once it is set (the proxy: once its upstream request is on the wire)."""
         if not rows:
             return
+        if after is not None:
+            await after.wait()
         if self.store.decision_commit_is_local:
             self.store.record_decisions(rows)
             return

@@ -338,22 +338,25 @@ async def route_request_async(ctx: Routing, prompts: Sequence[str], opts: RouteO
 
 
 async def route_request_started(
-    ctx: Routing, prompts: Sequence[str], opts: RouteOptions
+    ctx: Routing, prompts: Sequence[str], opts: RouteOptions, after: asyncio.Event | None = None
 ) -> tuple[list[RouteResponse], asyncio.Future[None]]:
     """`route_request_async` with the commit of its decisions started, not awaited: whoever acknowledges anything of
-    them must await the returned future first (the proxy overlaps it with the upstream call)."""
+    them must await the returned future first (the proxy overlaps it with the upstream call). With `after`, the
+    commit is queued only once that event is set (DecisionWriter.write)."""
     out, pending = await _decide(ctx, prompts, opts)
     if ctx.writer is None or pending is None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return out, done
-    return out, asyncio.ensure_future(_commit(ctx, out, pending))
+    return out, asyncio.ensure_future(_commit(ctx, out, pending, after))
 
 
-async def _commit(ctx: Routing, out: list[RouteResponse], pending: list[DecisionRow] | None) -> None:
+async def _commit(
+    ctx: Routing, out: list[RouteResponse], pending: list[DecisionRow] | None, after: asyncio.Event | None = None
+) -> None:
     """Group-commit the decisions `_decide` left to the writer (None: written already), then count them."""
     if ctx.writer is not None and pending is not None:
-        await ctx.writer.write(pending)
+        await ctx.writer.write(pending, after)
         count_decisions(ctx.metrics, out)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from infra.settings import Settings
-from infra.store import DecisionRow, Store
+from infra.store import Store
 from router.schema import Tier
 from serving.decision_writer import DecisionWriter
 from serving.metrics import Metrics, UpstreamMetrics
@@ -147,12 +147,13 @@ class Proxy:
                              "invalid_request_error", None, "messages")  # fmt: skip
         if "\x00" in prompt:
             raise ProxyError(400, "messages must not contain NUL characters", "invalid_request_error", None, "messages")
-        # The decision's commit runs while the upstream answers (queued once the request is sent: see WhenSent); it
-        # is awaited before anything is answered or settled.
+        # The decision's commit runs while the upstream answers, and is awaited before anything is answered or
+        # settled. It is queued only once the upstream request is on the wire (`trail.sent`): committing takes the
+        # writer thread about a millisecond of CPU, most of it holding the GIL, and started at once it delayed
+        # sending the request by about that much (bench.proxy).
         trail = Trail()
-        writer = WhenSent(self.writer, trail.sent) if self.writer is not None else None
-        ctx = Routing(rt, store, writer, settings, metrics, principal)
-        [decision], committed = await route_request_started(ctx, [prompt], opts)
+        ctx = Routing(rt, store, self.writer, settings, metrics, principal)
+        [decision], committed = await route_request_started(ctx, [prompt], opts, after=trail.sent)
         started = time.perf_counter()
         try:
             served = await while_committing(
@@ -194,25 +195,6 @@ class Proxy:
             media_type="text/event-stream",
             headers={**headers_out, "Cache-Control": "no-cache"},
         )
-
-
-class WhenSent(DecisionWriter):
-    """The app's group committer for one proxied request: its decision is queued once `sent` is set (its request to
-    the upstream is on the wire, or the call ended), not as soon as it is decided.
-
-    Committing takes the writer thread about a millisecond of CPU, most of it holding the GIL; started at once, it
-    competed with sending the upstream request, which then left about a millisecond later (bench.proxy). The commit
-    still overlaps the upstream's answer, and is still awaited before anything is answered.
-    """
-
-    def __init__(self, writer: DecisionWriter, sent: asyncio.Event):
-        super().__init__(writer.store, writer.max_batch_rows)  # its own queue stays unused: `write` hands on
-        self._writer = writer
-        self._sent = sent
-
-    async def write(self, rows: Sequence[DecisionRow]) -> None:
-        await self._sent.wait()
-        await self._writer.write(rows)
 
 
 async def while_committing(

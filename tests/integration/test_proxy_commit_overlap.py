@@ -19,7 +19,7 @@ from serving.app import create_app
 from serving.decision_writer import DecisionWriter
 from serving.model_source import LocalSource
 from serving.proxy.dispatch import Dispatcher, RetryPolicy, Trail
-from serving.proxy.service import WhenSent, while_committing
+from serving.proxy.service import while_committing
 from serving.proxy.upstream import make_client
 from tests.conftest import HashingEmbedder
 from tests.integration.conftest import CLIENT_KEY, bearer
@@ -79,7 +79,7 @@ def test_a_proxied_decision_is_queued_only_once_its_request_is_sent(tmp_path: Pa
 
     async def main() -> tuple[bool, bool]:
         sent = asyncio.Event()
-        write = asyncio.ensure_future(WhenSent(writer, sent).write([row]))
+        write = asyncio.ensure_future(writer.write([row], after=sent))
         await asyncio.sleep(0.05)
         held = not write.done() and writer._thread is None  # nothing queued: the writer thread never started
         sent.set()
