@@ -223,6 +223,7 @@ def evaluate_artifact(
     cache the router reads the test prompts' embeddings back rather than embedding them again.
     """
     prompts = split.table.prompts["prompt"].tolist()
+    cats = split.table.prompts["category"].to_numpy().astype(str)
     train, test = split.train, split.test
     others: dict[str, np.ndarray] = {}
     if baselines:
@@ -230,15 +231,13 @@ def evaluate_artifact(
         emb = X[:, : artifact.features.embedding_dim]
         others["kNN (k=25)"] = ev.knn_predictor(emb[train], split.table.scores[train])(emb[test])
         others["logistic regression"] = logreg_predictor(X[train], split.table.scores[train], seed)(X[test])
-        cats = split.table.prompts["category"].to_numpy().astype(str)
         if len(set(cats[train]) - {""}) > 1:
             others["task prior"] = ev.task_prior(cats, split.table.scores, train)[test]
     router = Router(artifact, embedder=embedder, cache=cache)
     pred, pred_cost = router.score([p for p, t in zip(prompts, test, strict=True) if t])
     if baselines and artifact.task_prior is not None:
         # What callers would get by sending each prompt's category as its task hint (router/task_hint.py).
-        hints = split.table.prompts["category"].to_numpy().astype(str)[test]
-        others["router + task hint"] = artifact.task_prior.blend(pred, list(hints))[0]
+        others["router + task hint"] = artifact.task_prior.blend(pred, list(cats[test]))[0]
     return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others, n_boot, seed)
 
 
