@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +19,7 @@ from router.model import FORMAT_VERSION, DifficultyModel
 from router.novelty import NoveltyReference
 from router.policy import DefaultKnob
 from router.schema import CHARS_PER_TOKEN, TiersConfig, TiersConfigError, parse_tiers, tiers_to_dict
+from router.task_classifier import TASK_CLASSIFIER_FILE, TaskClassifier
 from router.task_hint import TaskPrior
 from router.text import normalize_text
 
@@ -83,10 +85,11 @@ class RouterArtifact:
         embedder: Embedder,
         cache: EmbeddingCache | None = None,
         num_threads: int | None = None,
+        tasks: Sequence[str | None] | None = None,
     ) -> np.ndarray:
-        """Predicted score per tier, (n, k)."""
+        """Predicted score per tier, (n, k): the boosters' with the task prior blended in (`quality_of`)."""
         X = featurize(prompts, self.features, embedder, cache)
-        return self.model.predict_quality(X, num_threads=num_threads)
+        return self.quality_of(X, tasks, num_threads)
 
     def predict_quality_and_novelty(
         self,
@@ -94,13 +97,25 @@ class RouterArtifact:
         embedder: Embedder,
         cache: EmbeddingCache | None = None,
         num_threads: int | None = None,
+        tasks: Sequence[str | None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Predicted score per tier (n, k) and each prompt's novelty (n,), None without a reference: one embedding."""
         X = featurize(prompts, self.features, embedder, cache)
-        quality = self.model.predict_quality(X, num_threads=num_threads)
+        quality = self.quality_of(X, tasks, num_threads)
         if self.novelty is None:
             return quality, None
         return quality, self.novelty.score(X[:, : self.features.embedding_dim])
+
+    def quality_of(
+        self, X: np.ndarray, tasks: Sequence[str | None] | None = None, num_threads: int | None = None
+    ) -> np.ndarray:
+        """Predicted score per tier of feature rows (n, k): the boosters' prediction, blended with each prompt's
+        task prior (a known hint in `tasks`, else the classifier's guess; router/task_hint.py) when the model
+        has one."""
+        quality = self.model.predict_quality(X, num_threads=num_threads)
+        if self.task_prior is None:
+            return quality
+        return self.task_prior.blend(quality, tasks, X)[0]
 
     def expected_cost(self, prompts: Sequence[str], tiers: TiersConfig | None = None) -> np.ndarray:
         """Expected cost per tier, (n, k): input at characters / 4 tokens plus the tier's mean output."""
@@ -142,6 +157,8 @@ class RouterArtifact:
         }
         if self.novelty is not None:
             self.novelty.save(directory / "novelty")
+        if self.task_prior is not None and self.task_prior.classifier is not None:
+            self.task_prior.classifier.save(directory / TASK_CLASSIFIER_FILE)
         (directory / ARTIFACT_FILE).write_text(json.dumps(meta, indent=1))
         return directory
 
@@ -162,8 +179,16 @@ class RouterArtifact:
             novelty=NoveltyReference.load(directory / "novelty"),
             guarantee=QualityGuarantee.from_dict(meta["guarantee"]) if meta.get("guarantee") else None,
             default_knob=DefaultKnob.from_dict(meta["default_knob"]) if meta.get("default_knob") else None,
-            task_prior=TaskPrior.from_dict(meta["task_prior"]) if meta.get("task_prior") else None,
+            task_prior=_load_task_prior(directory, meta.get("task_prior")),
         )
+
+
+def _load_task_prior(directory: Path, meta: dict[str, Any] | None) -> TaskPrior | None:
+    """The saved task prior with its classifier (a model trained before the classifier existed has none)."""
+    if not meta:
+        return None
+    path = directory / TASK_CLASSIFIER_FILE
+    return TaskPrior.from_dict(meta, TaskClassifier.load(path) if path.is_file() else None)
 
 
 def find_artifact(root: Path | str) -> Path:

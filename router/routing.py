@@ -61,16 +61,14 @@ class Router:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Predicted quality and expected cost per tier (n, k), and each prompt's novelty (None without a reference).
 
-        `tasks`, one hint (or None) a prompt: a task the model's log had as a category blends its prior in
-        (router.task_hint); others change nothing.
+        `tasks`, one hint (or None) a prompt: a task the model's log had as a category blends that task's prior in
+        instead of the one the model guesses from the prompt (router.task_hint); others change nothing.
         """
         if self.embedder is None:
             raise ValueError("this Router was built without an embedder; it can decide but not score")
         quality, novelty = self.artifact.predict_quality_and_novelty(
-            prompts, self.embedder, self.cache, self.num_threads
+            prompts, self.embedder, self.cache, self.num_threads, tasks
         )
-        if tasks is not None and self.artifact.task_prior is not None:
-            quality, _ = self.artifact.task_prior.blend(quality, tasks)
         return quality, self.expected_cost(prompts), novelty
 
     def knows_task(self, task: str | None) -> bool:

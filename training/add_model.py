@@ -53,4 +53,8 @@ def add_models(
         logger.info(notes[-1])
     if artifact.guarantee is not None:  # calibrated on the old tier's predictions
         notes.append("the quality guarantee was dropped: it was calibrated with the old model's predictions")
-    return replace(artifact, model=model, tiers=tiers, tokens_out=tokens_out, guarantee=None), notes
+    task_prior = artifact.task_prior.without_tiers(swapped) if artifact.task_prior is not None else None
+    return (
+        replace(artifact, model=model, tiers=tiers, tokens_out=tokens_out, guarantee=None, task_prior=task_prior),
+        notes,
+    )

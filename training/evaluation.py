@@ -234,10 +234,11 @@ def evaluate_artifact(
         if len(set(cats[train]) - {""}) > 1:
             others["task prior"] = ev.task_prior(cats, split.table.scores, train)[test]
     router = Router(artifact, embedder=embedder, cache=cache)
-    pred, pred_cost = router.score([p for p, t in zip(prompts, test, strict=True) if t])
+    test_prompts = [p for p, t in zip(prompts, test, strict=True) if t]
+    pred, pred_cost = router.score(test_prompts)
     if baselines and artifact.task_prior is not None:
         # What callers would get by sending each prompt's category as its task hint (router/task_hint.py).
-        others["router + task hint"] = artifact.task_prior.blend(pred, list(cats[test]))[0]
+        others["router + task hint"] = router.assess(test_prompts, list(cats[test]))[0]
     return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others, n_boot, seed)
 
 

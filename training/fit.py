@@ -54,9 +54,14 @@ def train_router(
         easiness = shared.oof_easiness_[: pool.n_train]
         model.fit(X, table.scores[split.train], split.tiers.names, shared=shared, train_easiness=easiness)
     categories = table.prompts["category"].to_numpy()[split.train]  # "" where the log has none
-    task_prior = TaskPrior.fit(categories, table.scores[split.train], split.tiers.names)
+    task_prior = TaskPrior.fit(
+        categories, table.scores[split.train], split.tiers.names, features=X, seed=model.random_state
+    )
     if task_prior is not None:
-        logger.info("task hints: %d categories of the log (%s)", len(task_prior.means), ", ".join(task_prior.means))
+        guessed = "guessed from the prompt when no hint names one" if task_prior.classifier else "hints only"
+        logger.info(
+            "task prior: %d categories of the log (%s); %s", len(task_prior.means), ", ".join(task_prior.means), guessed
+        )
     return RouterArtifact(
         model=model,
         features=features,

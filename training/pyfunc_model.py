@@ -36,12 +36,13 @@ class TierwisePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,mi
         params: dict[str, Any] | None = None,  # noqa: ARG002
     ) -> pd.DataFrame:
         """Quality and cost per tier for each prompt of the 'prompt' column; an optional 'task' column is each
-        prompt's task hint (router/task_hint.py: a task the model knows is blended in, others change nothing)."""
+        prompt's task hint (router/task_hint.py: a task the model knows is blended in instead of the one it
+        guesses from the prompt; others change nothing)."""
         prompts = model_input["prompt"].astype(str).tolist()
-        quality = self.artifact.predict_quality(prompts, self.embedder)
-        if "task" in model_input.columns and self.artifact.task_prior is not None:
+        tasks = None
+        if "task" in model_input.columns:
             tasks = [None if pd.isna(t) else str(t) for t in model_input["task"]]
-            quality, _ = self.artifact.task_prior.blend(quality, tasks)
+        quality = self.artifact.predict_quality(prompts, self.embedder, tasks=tasks)
         cost = self.artifact.expected_cost(prompts)
         out = {f"quality_{n}": quality[:, j] for j, n in enumerate(self.artifact.tier_names)}
         out.update({f"expected_cost_usd_{n}": cost[:, j] for j, n in enumerate(self.artifact.tier_names)})

@@ -43,6 +43,10 @@ def test_a_swapped_model_is_learned_from_forty_outcomes(trained):
     np.testing.assert_allclose(after[:, [0, 2]], before[:, [0, 2]])
     assert after[:, 1].mean() > before[:, 1].mean() + 0.1
     assert swapped.tiers.tiers[1].model == "unused" and artifact.tiers.tiers[1].model == "medium"
+    # The task prior's means for mid were the old model's: the swapped tier keeps no prior, the others keep theirs.
+    assert artifact.task_prior is not None and swapped.task_prior is not None
+    for cat, means in swapped.task_prior.means.items():
+        assert np.isnan(means[1]) and means[0] == artifact.task_prior.means[cat][0]
 
 
 def test_nothing_to_add_without_a_swap_or_with_too_few_outcomes(trained):

@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 
 from router.artifact import RouterArtifact
-from router.features import FeatureSpec
+from router.features import FeatureSpec, featurize
 from router.model import DifficultyModel
 from router.routing import Router
 from router.schema import parse_tiers
+from router.task_classifier import TASK_CLASSIFIER_FILE, TaskClassifier
 from router.task_hint import ROUTER_WEIGHT, TaskPrior
 from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
 from training.data import split_log
@@ -68,16 +69,85 @@ def test_training_keeps_the_logs_categories_and_the_router_uses_them(tmp_path: P
     # In the generated log only brain answers hard prompts: the prior says so.
     hard = artifact.task_prior.means["hard"]
     assert hard[-1] > 0.8 and hard[0] < 0.2
+    assert artifact.task_prior.classifier is not None  # fitted on the train prompts' features
     loaded = RouterArtifact.load(artifact.save(tmp_path / "art"))
-    assert loaded.task_prior == artifact.task_prior
+    assert loaded.task_prior == artifact.task_prior and loaded.task_prior is not None
+    assert loaded.task_prior.classifier == artifact.task_prior.classifier
     router = Router(loaded, embedder=emb)
     prompts = ["hard question 7: alpha beta gamma delta omega"] * 2
+    X = featurize(prompts, loaded.features, emb)
+    boosters = loaded.model.predict_quality(X)
     plain, _, _ = router.assess(prompts)
     hinted, _, _ = router.assess(prompts, ["hard", "unknown task"])
-    assert hinted[0] == pytest.approx(ROUTER_WEIGHT * plain[0] + (1 - ROUTER_WEIGHT) * np.asarray(hard))
+    w = ROUTER_WEIGHT
+    assert hinted[0] == pytest.approx(w * boosters[0] + (1 - w) * np.asarray(hard))
+    # Without a (known) hint the classifier's guess is blended in: the same prediction as no hint at all.
+    guessed = loaded.task_prior.classifier.proba(X) @ np.array(
+        [loaded.task_prior.means[c] for c in loaded.task_prior.classifier.labels]
+    )
+    assert plain == pytest.approx(w * boosters + (1 - w) * guessed)
     assert (hinted[1] == plain[1]).all()
     assert router.knows_task("hard") and not router.knows_task("unknown task") and not router.knows_task(None)
     # The evaluation shows what callers would get by sending each prompt's category as its task hint.
     table = evaluate_artifact(loaded, split, emb, None, seed=0, n_boot=20).table
     assert np.isfinite(table.loc["router + task hint", "AIQ"])
     assert np.isfinite(table.loc["router + task hint", "router_minus_AIQ"])
+
+
+def test_a_model_saved_without_a_classifier_uses_hints_only(tmp_path: Path) -> None:
+    """A model trained before the classifier existed (no task_classifier.npz) routes as it did: hints only."""
+    emb, tiers = HashingEmbedder(), parse_tiers(TIERS_TOML)
+    split = split_log(make_log(200, seed=2), tiers, 0.3, seed=0)
+    artifact = train_router(
+        split, emb, None, FeatureSpec(embedder_id=emb.id), DifficultyModel(n_estimators=10, n_jobs=1)
+    )
+    directory = artifact.save(tmp_path / "art")
+    (directory / TASK_CLASSIFIER_FILE).unlink()
+    old = RouterArtifact.load(directory)
+    assert old.task_prior is not None and old.task_prior.classifier is None
+    prompts = ["easy question 1: alpha", "hard question 2: omega"]
+    boosters = old.model.predict_quality(featurize(prompts, old.features, emb))
+    assert old.predict_quality(prompts, emb) == pytest.approx(boosters)
+
+
+def test_priors_prefer_a_known_hint_and_leave_a_tier_without_prior_alone() -> None:
+    rng = np.random.default_rng(0)
+    X = np.vstack([rng.normal(-4, 1, (60, 3)), rng.normal(4, 1, (60, 3))])
+    cats = ["math"] * 60 + ["chat"] * 60
+    scores = np.array([[0.1, 0.9]] * 60 + [[0.8, 0.9]] * 60)
+    prior = TaskPrior.fit(cats, scores, NAMES, features=X)
+    assert prior is not None and prior.classifier is not None
+    probe = np.array([[-4.0, -4.0, -4.0], [4.0, 4.0, 4.0]])
+    p, hinted = prior.priors(None, probe, 2)
+    assert not hinted.any()
+    assert p[0, 0] < 0.2 and p[1, 0] > 0.7 and p[:, 1] == pytest.approx([0.9, 0.9])  # near each class's means
+    p, hinted = prior.priors(["chat", "nonsense"], probe, 2)
+    assert hinted.tolist() == [True, False]
+    assert p[0] == pytest.approx([0.8, 0.9])  # the hint wins over the guess
+    quality = np.full((2, 2), 0.5)
+    swapped = prior.without_tiers([1])
+    out, _ = swapped.blend(quality, None, probe)
+    assert out[:, 1] == pytest.approx([0.5, 0.5])  # tier 1 has no prior any more: the router's prediction stands
+    guess, _ = prior.priors(None, probe, 2)
+    assert out[:, 0] == pytest.approx(ROUTER_WEIGHT * 0.5 + (1 - ROUTER_WEIGHT) * guess[:, 0])
+    assert TaskPrior.from_dict(swapped.to_dict(), swapped.classifier).to_dict() == swapped.to_dict()
+    # Without features only a hint changes anything.
+    out, _ = prior.blend(quality, [None, "math"])
+    assert (out[0] == 0.5).all() and out[1] == pytest.approx([0.3, 0.7])
+
+
+def test_classifier_probabilities_and_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    X = np.vstack([rng.normal(c, 0.5, (40, 4)) for c in (-3, 0, 3)])
+    labels = ["a"] * 40 + ["b"] * 40 + ["c"] * 40
+    clf = TaskClassifier.fit(X, labels)
+    P = clf.proba(X)
+    assert P.shape == (120, 3) and P.sum(axis=1) == pytest.approx(np.ones(120))
+    assert (np.array(clf.labels)[P.argmax(axis=1)] == np.array(labels)).mean() > 0.95
+    two = TaskClassifier.fit(X[:80], labels[:80])  # scikit-learn's one-row binary case, as a softmax
+    assert (np.array(two.labels)[two.proba(X[:80]).argmax(axis=1)] == np.array(labels[:80])).mean() > 0.95
+    clf.save(tmp_path / "c.npz")
+    back = TaskClassifier.load(tmp_path / "c.npz")
+    assert back == clf and back.proba(X) == pytest.approx(P)
+    with pytest.raises(ValueError, match="two tasks"):
+        TaskClassifier.fit(X[:40], labels[:40])
