@@ -9,14 +9,15 @@
   70/30 splits, seeds 0..2, and the cross-benchmark splits (train on two benchmarks, test on the third).
 
 Methods: the router as `make train` fits it (training/fit.py: per-tier DifficultyModel boosters on MiniLM int8
-tail-700 + text features, started from the shared difficulty pooled over all three logs), the same boosters
-without the shared difficulty, kNN (k=25, same embeddings), logistic regression, the task-label prior (per-category train mean per tier), the zero router
+tail-700 + text features, started from the shared difficulty pooled over all three logs; where the log has
+categories, blended 50:50 with the per-category means weighted by a classifier's guess of each prompt's
+category, router/task_hint.py), those boosters alone, the same boosters without the shared difficulty, kNN (k=25, same embeddings), logistic regression, the task-label prior (per-category train mean per tier), the zero router
 (hull of the single tiers), the oracle (λ sweep on true scores), and the issue-10 candidates:
 IRT two-stage (router/irt.py), one pooled booster over (prompt, model) rows (router/pooled.py), the router
 with prompt-structure / category / question-view features (router/prompt_structure.py), and blends with the
 prior; (f) direct gain targets (router/gain.py: per tier, LightGBM on score minus the cheapest's or the next
 cheaper tier's, added to the router's cheapest-tier prediction), (g) stacking (router/stacking.py: a per-tier
-logistic meta-model on 3-fold out-of-fold predictions of router, kNN and task prior) and (h) plain averages of
+logistic meta-model on 3-fold out-of-fold predictions of boosters, kNN and task prior) and (h) plain averages of
 the same bases. IRT and the pooled booster learn from every model in the log, also models behind no tier.
 
 Metrics: AIQ as router/evaluate.py defines it (hull over [0, top-tier cost] / top cost), RouterBench's AIQ
@@ -67,6 +68,8 @@ TEST_SIZE = 0.3
 # One LightGBM / BLAS thread per fit: on a shared, busy machine OpenMP's spinning threads made a
 # booster 30x slower than a single thread (17 s vs 0.5 s for one routerbench tier).
 N_JOBS = 1
+BOOSTERS = "boosters alone (no task prior)"
+"""The router before the task prior is blended in: the per-tier boosters on the shared difficulty."""
 IRT_PARAMS: dict[str, Any] = {"n_jobs": N_JOBS}
 POOLED_PARAMS: dict[str, Any] = {"n_jobs": N_JOBS}
 
@@ -358,7 +361,13 @@ def fit_predict_methods(
     t0 = time.perf_counter()
     shared = shared_difficulty()
     timings["shared difficulty fit"] = time.perf_counter() - t0
-    timed("router", lambda: on_shared("prior"))  # the default (training/fit.py): boosters on the shared difficulty
+    # The default (training/fit.py): boosters on the shared difficulty, then (with categories) the task prior the
+    # classifier guesses from each prompt blended in (router/task_hint.py), as the service predicts without a hint.
+    timed(BOOSTERS, lambda: on_shared("prior"))
+    task_prior = TaskPrior.fit(sp.categories[tr], Y[tr], [str(j) for j in range(Y.shape[1])], features=X[tr], seed=seed)
+    timed(
+        "router", lambda: preds[BOOSTERS] if task_prior is None else task_prior.blend(preds[BOOSTERS], None, X[te])[0]
+    )
     timed("per-tier boosters, no shared difficulty", lambda: booster(X))
     if extras:
         timed("(e) router + shared easiness feature", lambda: on_shared("feature"))
@@ -370,23 +379,23 @@ def fit_predict_methods(
     def gain(reference: Literal["cheapest", "adjacent"]) -> np.ndarray:
         model = GainModel(reference=reference, n_jobs=N_JOBS, random_state=seed)
         model.fit(Xe_tr, Y[tr], [str(j) for j in range(Y.shape[1])])
-        return model.predict_quality(Xe_te, preds["router"][:, 0])
+        return model.predict_quality(Xe_te, preds[BOOSTERS][:, 0])
 
     timed("(f) gain over the cheapest tier", lambda: gain("cheapest"))
     if Y.shape[1] > 2:  # with two tiers the next cheaper tier is the cheapest
         timed("(f) gain over the next cheaper tier", lambda: gain("adjacent"))
-    # (g) stacking and (h) averages of router, kNN and (with categories) the task prior
+    # (g) stacking and (h) averages of the boosters, kNN and (with categories) the task prior
     prior_te = prior_predictor(sp.categories, Y, tr)[te]
     t0 = time.perf_counter()
     oof = oof_bases(sp, X, emb, shared, seed)
     timings["(g) out-of-fold bases"] = time.perf_counter() - t0
-    test_bases = {"router": preds["router"], "kNN": preds["kNN (k=25)"], "prior": prior_te}
+    test_bases = {"boosters": preds[BOOSTERS], "kNN": preds["kNN (k=25)"], "prior": prior_te}
 
     def stacked(bases: tuple[str, ...]) -> np.ndarray:
         meta = StackedQuality().fit([oof[b] for b in bases], Y[tr])
         return meta.predict_quality([test_bases[b] for b in bases])
 
-    for bases in (("router", "kNN"), ("router", "kNN", "prior")) if has_cats else (("router", "kNN"),):
+    for bases in (("boosters", "kNN"), ("boosters", "kNN", "prior")) if has_cats else (("boosters", "kNN"),):
         label = " + ".join(bases)
         timed(f"(g) stacking {label}", lambda b=bases: stacked(b))  # type: ignore[misc]
         timed(f"(h) average {label}", lambda b=bases: np.mean([test_bases[n] for n in b], axis=0))  # type: ignore[misc]
@@ -401,8 +410,12 @@ def fit_predict_methods(
         timed("task prior", lambda: prior_te)
         enc = category_encoding(sp.categories, Y, tr, seed)
         timed("(c) router + structure + category", lambda: booster(np.hstack([X, st, enc])))
-        timed("(d) blend router/prior 50:50", lambda: 0.5 * preds["router"] + 0.5 * prior_te)
-        timed("task hint (the service's)", lambda: task_hint(sp, Y, tr, te, preds["router"]))
+        timed("(d) blend boosters/prior 50:50", lambda: 0.5 * preds[BOOSTERS] + 0.5 * prior_te)
+        if task_prior is not None:  # what the service does with each test prompt's category as its task hint
+            timed(
+                "task hint (the service's)",
+                lambda: task_prior.blend(preds[BOOSTERS], list(sp.categories[te]), X[te])[0],
+            )
         timed("(d) router boosted from the prior", lambda: prior_boost(X, enc))
         timed("(d) router + structure boosted from the prior", lambda: prior_boost(np.hstack([X, st]), enc))
         timed("(d) blend IRT/prior, learned w", lambda: _learned_blend(sp, X, seed, preds["(a) IRT r=1"]))
@@ -413,17 +426,10 @@ def fit_predict_methods(
     return preds, timings
 
 
-def task_hint(sp: SplitData, Y: np.ndarray, tr: np.ndarray, te: np.ndarray, router_te: np.ndarray) -> np.ndarray:
-    """What the service does with each test prompt's category as the request's task hint (router/task_hint.py):
-    the 50:50 blend for a category with enough train prompts, the router alone for any other."""
-    prior = TaskPrior.fit(sp.categories[tr], Y[tr], [str(j) for j in range(Y.shape[1])])
-    return router_te if prior is None else prior.blend(router_te, list(sp.categories[te]))[0]
-
-
 def oof_bases(
     sp: SplitData, X: np.ndarray, emb: np.ndarray, shared: SharedDifficulty, seed: int, folds: int = 3
 ) -> dict[str, np.ndarray]:
-    """Out-of-fold predictions on the train prompts of the router, the kNN and the task prior (stacking's inputs).
+    """Out-of-fold predictions on the train prompts of the boosters, the kNN and the task prior (stacking's inputs).
 
     The router's folds use the shared difficulty's out-of-fold easiness, for fitting and for the held rows alike.
     """
@@ -441,7 +447,7 @@ def oof_bases(
         return np.asarray(prior_predictor(cats, Yt, np.isin(np.arange(len(Yt)), fit))[held])
 
     return {
-        "router": out_of_fold(router, len(Yt), folds, seed),
+        "boosters": out_of_fold(router, len(Yt), folds, seed),
         "kNN": out_of_fold(lambda f, h: ev.knn_predictor(Et[f], Yt[f])(Et[h]), len(Yt), folds, seed),
         "prior": out_of_fold(prior, len(Yt), folds, seed),
     }
