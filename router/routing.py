@@ -40,19 +40,28 @@ class Router:
     def names(self) -> list[str]:
         return self.tiers.names
 
-    def predict_quality(self, prompts: Sequence[str], chunk: int | None = None) -> np.ndarray:
-        """Predicted score per tier, (n, k); with `chunk`, embedded in length-sorted chunks of that many prompts."""
+    def predict_quality(
+        self, prompts: Sequence[str], chunk: int | None = None, tasks: Sequence[str | None] | None = None
+    ) -> np.ndarray:
+        """Predicted score per tier, (n, k); with `chunk`, embedded in length-sorted chunks of that many prompts.
+        `tasks`: one task hint (or None) a prompt, as in `assess`."""
         if self.embedder is None:
             raise ValueError("this Router was built without an embedder; it can decide but not score")
+        if tasks is not None and len(tasks) != len(prompts):
+            raise ValueError(f"{len(tasks)} task hints for {len(prompts)} prompts")
         embedder = self.embedder
         if chunk is None or len(prompts) <= chunk:
-            return self.artifact.predict_quality(prompts, embedder, self.cache, self.num_threads)
+            return self.artifact.predict_quality(prompts, embedder, self.cache, self.num_threads, tasks)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         quality = np.empty((len(prompts), len(self.tiers.tiers)))
         for start in range(0, len(order), chunk):
             idx = order[start : start + chunk]
             quality[idx] = self.artifact.predict_quality(
-                [prompts[i] for i in idx], embedder, self.cache, self.num_threads
+                [prompts[i] for i in idx],
+                embedder,
+                self.cache,
+                self.num_threads,
+                None if tasks is None else [tasks[i] for i in idx],
             )
         return quality
 
@@ -80,9 +89,11 @@ class Router:
         """Expected cost per tier at the live prices, (n, k)."""
         return self.artifact.expected_cost(prompts, self.tiers)
 
-    def score(self, prompts: Sequence[str], chunk: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score(
+        self, prompts: Sequence[str], chunk: int | None = None, tasks: Sequence[str | None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Predicted quality and expected cost per tier, both (n, k)."""
-        return self.predict_quality(prompts, chunk), self.expected_cost(prompts)
+        return self.predict_quality(prompts, chunk, tasks), self.expected_cost(prompts)
 
     def cheapest_allowed(self, cost: np.ndarray, min_tier: int = 0, max_cost_usd: float | None = None) -> np.ndarray:
         """Per prompt, the expected cost of the cheapest tier the request allows; NoTierFits, saying why, if none."""
@@ -166,8 +177,13 @@ class Router:
         return resolve_knob(quality_target, cost_weight, stored, default_target)
 
     def route(
-        self, prompts: Sequence[str], target: float, chunk: int | None = None, cost_weight: float | None = None
+        self,
+        prompts: Sequence[str],
+        target: float,
+        chunk: int | None = None,
+        cost_weight: float | None = None,
+        tasks: Sequence[str | None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, list[Decision]]:
         """Score and decide in one call (bulk routing, benchmarks): quality, cost and the decisions."""
-        quality, cost = self.score(prompts, chunk)
+        quality, cost = self.score(prompts, chunk, tasks)
         return quality, cost, self.decide(quality, cost, target, cost_weight=cost_weight)

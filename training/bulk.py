@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 
 from router.routing import Router
 from router.schema import OutcomeLogError, iter_jsonl_objects
+from router.task_hint import MAX_TASK_CHARS
 
-Row = dict[str, str]
+Row = dict[str, Any]  # {"prompt_id": str, "prompt": str, "task": str | None}
 Record = dict[str, Any]
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -26,8 +27,11 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 def decisions_json(
     router: Router, rows: list[Row], target: float, chunk: int, cost_weight: float | None = None
 ) -> list[Record]:
-    """Decide a tier for each {"prompt_id", "prompt"} row, embedding in length-sorted chunks."""
-    quality, cost, decisions = router.route([r["prompt"] for r in rows], target, chunk, cost_weight)
+    """Decide a tier for each {"prompt_id", "prompt", "task"} row, embedding in length-sorted chunks; a row's task
+    is its task hint (router/task_hint.py), as on `/route`."""
+    tasks = [r.get("task") for r in rows]
+    hinted = tasks if any(t is not None for t in tasks) else None
+    quality, cost, decisions = router.route([r["prompt"] for r in rows], target, chunk, cost_weight, hinted)
     names = router.tiers.tiers
     out = []
     for i, (row, d) in enumerate(zip(rows, decisions, strict=True)):
@@ -46,12 +50,17 @@ def decisions_json(
 
 
 def _row(path: Path, rec: dict[str, Any], row: int) -> Row:
-    """One input record as {"prompt_id", "prompt"}; a bad one raises naming the file and row."""
+    """One input record as {"prompt_id", "prompt", "task"}; a bad one raises naming the file and row."""
     prompt = rec.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise OutcomeLogError(path, "expected a non-empty prompt", row=row, column="prompt")
+    task = rec.get("task")
+    if task is not None and (not isinstance(task, str) or len(task) > MAX_TASK_CHARS):
+        raise OutcomeLogError(
+            path, f"expected the task hint as a string of at most {MAX_TASK_CHARS} characters", row=row, column="task"
+        )
     prompt_id = rec.get("prompt_id")
-    return {"prompt_id": str(row if prompt_id is None else prompt_id), "prompt": prompt}
+    return {"prompt_id": str(row if prompt_id is None else prompt_id), "prompt": prompt, "task": task or None}
 
 
 def _jsonl_chunks(path: Path, rows_per_chunk: int) -> Iterator[list[Row]]:
@@ -73,14 +82,15 @@ def _parquet_chunks(path: Path, rows_per_chunk: int) -> Iterator[list[Row]]:
     names = pf.schema_arrow.names
     if "prompt" not in names:
         raise OutcomeLogError(path, f"no 'prompt' column (columns: {', '.join(names)})", column="prompt")
-    columns = ["prompt_id", "prompt"] if "prompt_id" in names else ["prompt"]
+    columns = [c for c in ("prompt_id", "prompt", "task") if c in names]
     start = 0
     for batch in pf.iter_batches(batch_size=rows_per_chunk, columns=columns):
         prompts = batch.column("prompt").to_pylist()
         ids = batch.column("prompt_id").to_pylist() if "prompt_id" in columns else [None] * len(prompts)
+        tasks = batch.column("task").to_pylist() if "task" in columns else [None] * len(prompts)
         yield [
-            _row(path, {"prompt_id": pid, "prompt": p}, start + i + 1)
-            for i, (pid, p) in enumerate(zip(ids, prompts, strict=True))
+            _row(path, {"prompt_id": pid, "prompt": p, "task": t}, start + i + 1)
+            for i, (pid, p, t) in enumerate(zip(ids, prompts, tasks, strict=True))
         ]
         start += len(prompts)
 

@@ -423,7 +423,10 @@ def purge(
 def route(
     prompt: Annotated[str | None, typer.Argument(help="the prompt to route")] = None,
     batch: Annotated[
-        Path | None, typer.Option("--batch", help='JSONL or Parquet of {"prompt_id", "prompt"}, read in chunks')
+        Path | None,
+        typer.Option(
+            "--batch", help='JSONL or Parquet of {"prompt_id", "prompt", optional "task" hint}, read in chunks'
+        ),
     ] = None,
     out: Annotated[
         Path | None, typer.Option("--out", help="where --batch writes decisions: .parquet, else JSONL (default stdout)")

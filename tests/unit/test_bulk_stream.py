@@ -77,3 +77,31 @@ def test_a_parquet_input_without_prompts_is_refused(router: Router, tmp_path: Pa
     pd.DataFrame({"text": ["a"]}).to_parquet(src)
     with pytest.raises(OutcomeLogError, match=r"mine.parquet, column 'prompt': no 'prompt' column"):
         route_file(router, src, None, 0.7, show_progress=False)
+
+
+@pytest.mark.parametrize("src_suffix", [".jsonl", ".parquet"])
+def test_a_task_column_is_each_rows_task_hint(router: Router, tmp_path: Path, src_suffix: str):
+    rows = _rows(40)
+    for i, r in enumerate(rows):
+        r["task"] = ("hard", None, "no such task")[i % 3]
+    src, out = tmp_path / f"in{src_suffix}", tmp_path / "out.jsonl"
+    if src_suffix == ".jsonl":
+        src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        pd.DataFrame(rows).to_parquet(src, row_group_size=7)
+    route_file(router, src, out, 0.7, rows_per_chunk=9, chunk=4, show_progress=False)
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert got == decisions_json(router, rows, 0.7, 256)
+    hinted, _, _ = router.assess([r["prompt"] for r in rows], [r["task"] for r in rows])
+    plain, _, _ = router.assess([r["prompt"] for r in rows])
+    for i, d in enumerate(got):
+        assert list(d["predicted_quality"].values()) == pytest.approx(hinted[i].tolist(), abs=1e-4)
+    changed = [bool(abs(hinted[i] - plain[i]).max() > 1e-6) for i in range(len(rows))]
+    assert all(changed[0::3]) and not any(changed[1::3]) and not any(changed[2::3])  # only the known task moves
+
+
+def test_a_task_that_is_no_string_is_named_by_row(router: Router, tmp_path: Path):
+    src = tmp_path / "tasks.jsonl"
+    src.write_text('{"prompt": "fine", "task": "hard"}\n{"prompt": "also fine", "task": 7}\n')
+    with pytest.raises(OutcomeLogError, match=r"tasks.jsonl.*row 2.*task"):
+        route_file(router, src, tmp_path / "o.jsonl", 0.7, show_progress=False)
