@@ -14,15 +14,16 @@ from typing import Any
 from bench.common import REPO, replace_between
 
 BEGIN, END = "<!-- quality-table:begin -->", "<!-- quality-table:end -->"
-# Method-minus-router columns: the baselines issue 10 names, then the gain / stacking / averaging candidates.
+# Method-minus-router columns: the baselines issue 10 names, the router without its guessed task prior, the
+# service's task hint, then the gain / stacking / averaging candidates (built on the boosters).
 COLUMNS = (
     ("kNN (k=25)", "kNN"),
     ("task prior", "task prior"),
+    ("boosters alone (no task prior)", "boosters alone"),
+    ("task hint (the service's)", "task hint"),
     ("(f) gain over the cheapest tier", "(f) gain"),
-    ("(g) stacking router + kNN", "(g) stack r+kNN"),
-    ("(g) stacking router + kNN + prior", "(g) stack r+kNN+prior"),
-    ("(h) average router + kNN", "(h) avg r+kNN"),
-    ("(h) average router + kNN + prior", "(h) avg r+kNN+prior"),
+    ("(g) stacking boosters + kNN + prior", "(g) stack b+kNN+prior"),
+    ("(h) average boosters + kNN + prior", "(h) avg b+kNN+prior"),
 )
 
 
