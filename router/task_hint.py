@@ -47,7 +47,7 @@ class TaskPrior:
     tier_names: tuple[str, ...]
     means: dict[str, tuple[float, ...]]
     counts: dict[str, int]
-    router_weight: float = ROUTER_WEIGHT
+    router_weight: float | tuple[float, ...] = ROUTER_WEIGHT  # one for all tiers, or one per tier
     classifier: TaskClassifier | None = None
 
     @classmethod
@@ -116,8 +116,28 @@ class TaskPrior:
         known hint (n,). Without `features` only hinted rows change; a tier without a prior never does."""
         Q = np.asarray(quality, dtype=float)
         prior, hinted = self.priors(tasks, features, len(Q))
-        w = self.router_weight
+        w = np.asarray(self.router_weight, dtype=float)
         return np.where(np.isfinite(prior), w * Q + (1.0 - w) * prior, Q), hinted
+
+    def with_learned_weights(self, router_oof: np.ndarray, prior_oof: np.ndarray, scores: np.ndarray) -> TaskPrior:
+        """The same prior with each tier's router weight learned: the w on a 0.05 grid whose blend of the router's
+        out-of-fold predictions (n, k) and the prompts' out-of-fold priors (n, k) has the least squared error on
+        the train `scores` (n, k). Rows where any of the three is NaN are left out; a tier without rows keeps the
+        current weight."""
+        R, P, S = (np.asarray(a, dtype=float) for a in (router_oof, prior_oof, scores))
+        if not R.shape == P.shape == S.shape or R.shape[1] != len(self.tier_names):
+            raise ValueError(f"out-of-fold shapes {R.shape}, {P.shape}, {S.shape} for {len(self.tier_names)} tiers")
+        current = np.broadcast_to(np.asarray(self.router_weight, dtype=float), (R.shape[1],))
+        grid = np.linspace(0.0, 1.0, 21)
+        weights = []
+        for j in range(R.shape[1]):
+            ok = np.isfinite(R[:, j]) & np.isfinite(P[:, j]) & np.isfinite(S[:, j])
+            if not ok.any():
+                weights.append(float(current[j]))
+                continue
+            err = [float(np.mean((w * R[ok, j] + (1 - w) * P[ok, j] - S[ok, j]) ** 2)) for w in grid]
+            weights.append(round(float(grid[int(np.argmin(err))]), 2))
+        return replace(self, router_weight=tuple(weights))
 
     def without_tiers(self, tiers: Sequence[int]) -> TaskPrior:
         """The same prior with no means for these tier indices (their model changed since the log)."""
@@ -131,7 +151,7 @@ class TaskPrior:
             "tier_names": list(self.tier_names),
             "means": {k: [v if np.isfinite(v) else None for v in m] for k, m in self.means.items()},
             "counts": dict(self.counts),
-            "router_weight": self.router_weight,
+            "router_weight": self.router_weight if isinstance(self.router_weight, float) else list(self.router_weight),
         }
 
     @classmethod
@@ -140,9 +160,13 @@ class TaskPrior:
             tier_names=tuple(d["tier_names"]),
             means={k: tuple(np.nan if x is None else float(x) for x in v) for k, v in d["means"].items()},
             counts={k: int(v) for k, v in d["counts"].items()},
-            router_weight=float(d["router_weight"]),
+            router_weight=_weight(d["router_weight"]),
             classifier=classifier,
         )
+
+
+def _weight(v: float | list[float]) -> float | tuple[float, ...]:
+    return tuple(float(x) for x in v) if isinstance(v, list) else float(v)
 
 
 def _nanmean(S: np.ndarray, fill: np.ndarray) -> np.ndarray:

@@ -79,7 +79,8 @@ def test_training_keeps_the_logs_categories_and_the_router_uses_them(tmp_path: P
     boosters = loaded.model.predict_quality(X)
     plain, _, _ = router.assess(prompts)
     hinted, _, _ = router.assess(prompts, ["hard", "unknown task"])
-    w = ROUTER_WEIGHT
+    w = np.asarray(loaded.task_prior.router_weight)  # learned per tier, out of fold
+    assert w.shape == (3,) and ((w >= 0) & (w <= 1)).all()
     assert hinted[0] == pytest.approx(w * boosters[0] + (1 - w) * np.asarray(hard))
     # Without a (known) hint the classifier's guess is blended in: the same prediction as no hint at all.
     guessed = loaded.task_prior.classifier.proba(X) @ np.array(
@@ -151,3 +152,22 @@ def test_classifier_probabilities_and_round_trip(tmp_path: Path) -> None:
     assert back == clf and back.proba(X) == pytest.approx(P)
     with pytest.raises(ValueError, match="two tasks"):
         TaskClassifier.fit(X[:40], labels[:40])
+
+
+def test_learned_weights_follow_the_better_out_of_fold_predictor() -> None:
+    rng = np.random.default_rng(3)
+    S = rng.random((400, 3))
+    good, noise = S + rng.normal(0, 0.05, S.shape), rng.random(S.shape)
+    prior = TaskPrior(("a", "b", "c"), {"x": (0.5, 0.5, 0.5)}, {"x": 400})
+    # tier 0: the router is right and the prior noise; tier 1: the reverse; tier 2: no usable rows
+    R = np.column_stack([good[:, 0], noise[:, 1], np.full(400, np.nan)])
+    P = np.column_stack([noise[:, 0], good[:, 1], good[:, 2]])
+    learned = prior.with_learned_weights(R, P, S)
+    assert isinstance(learned.router_weight, tuple)
+    w0, w1, w2 = learned.router_weight
+    assert w0 >= 0.9 and w1 <= 0.1 and w2 == ROUTER_WEIGHT
+    assert TaskPrior.from_dict(learned.to_dict()) == learned  # per-tier weights survive the round trip
+    out, _ = learned.blend(np.zeros((1, 3)), ["x"])
+    assert out[0] == pytest.approx([(1 - w) * 0.5 for w in learned.router_weight])
+    with pytest.raises(ValueError, match="out-of-fold shapes"):
+        prior.with_learned_weights(R[:, :2], P[:, :2], S[:, :2])
