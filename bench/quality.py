@@ -56,10 +56,10 @@ from router.prompt_structure import question_text, structure_features
 from router.schema import CHARS_PER_TOKEN, TiersConfig, load_tiers
 from router.shared_difficulty import SharedDifficulty
 from router.stacking import StackedQuality, out_of_fold
-from router.task_hint import TaskPrior
 from router.text import normalize_text, text_features, text_window
 from training.data import Pool, stratified_sample
 from training.evaluation import logreg_predictor
+from training.fit import fit_task_prior
 
 logger = logging.getLogger("bench.quality")
 RESULTS = REPO / "bench" / "results"
@@ -364,7 +364,14 @@ def fit_predict_methods(
     # The default (training/fit.py): boosters on the shared difficulty, then (with categories) the task prior the
     # classifier guesses from each prompt blended in (router/task_hint.py), as the service predicts without a hint.
     timed(BOOSTERS, lambda: on_shared("prior"))
-    task_prior = TaskPrior.fit(sp.categories[tr], Y[tr], [str(j) for j in range(Y.shape[1])], features=X[tr], seed=seed)
+    t0 = time.perf_counter()
+    names = [str(j) for j in range(Y.shape[1])]
+    booster_params = DifficultyModel(n_jobs=N_JOBS, random_state=seed, easiness="prior")
+    e_train = shared.oof_easiness_[: int(tr.sum())]
+    task_prior = fit_task_prior(X[tr], Y[tr], sp.categories[tr], names, booster_params, shared, e_train)
+    timings["task prior fit (out-of-fold weights)"] = time.perf_counter() - t0
+    if task_prior is not None:
+        logger.info("  task prior router weights %s", task_prior.router_weight)
     timed(
         "router", lambda: preds[BOOSTERS] if task_prior is None else task_prior.blend(preds[BOOSTERS], None, X[te])[0]
     )
