@@ -187,18 +187,26 @@ def _decision(row: Any) -> DecisionRow:
     return DecisionRow(**{**values, "prompt": NOT_STORED if values["prompt"] is None else values["prompt"]})
 
 
-def _sqlite_pragmas(synchronous: str) -> Any:
+SQLITE_AUTOCHECKPOINT = 1000  # SQLite's default: WAL pages
+
+
+def _sqlite_pragmas(synchronous: str, autocheckpoint: int) -> Any:
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cur = dbapi_connection.cursor()
         cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA synchronous={synchronous}")
+        if autocheckpoint != SQLITE_AUTOCHECKPOINT:
+            cur.execute(f"PRAGMA wal_autocheckpoint={int(autocheckpoint)}")
         cur.close()
 
     return on_connect
 
 
-def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
-    """An engine for `url`; SQLite gets WAL, full sync (unless told otherwise) and a long busy timeout.
+def make_engine(
+    url: str, sqlite_synchronous: str = "FULL", sqlite_autocheckpoint: int = SQLITE_AUTOCHECKPOINT
+) -> Engine:
+    """An engine for `url`; SQLite gets WAL, full sync (unless told otherwise), a long busy timeout, and a commit
+    that leaves `sqlite_autocheckpoint` pages or more in the WAL checkpoints it (0: never).
 
     Parameters are hidden from error messages: they hold prompts and key hashes, and errors get logged.
     """
@@ -207,7 +215,7 @@ def make_engine(url: str, sqlite_synchronous: str = "FULL") -> Engine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True)
-        sa.event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous))
+        sa.event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous, sqlite_autocheckpoint))
         return engine
     return sa.create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True, hide_parameters=True)
 
@@ -302,6 +310,11 @@ class Store:
     # visible at once to every worker, kept through a crash of the service, lost only if the machine itself
     # goes down within moments of the answer. Reservations against a session always commit durably.
     decision_commit: str = "durable"
+    # SQLite checkpoints its WAL inside whichever commit passes 1000 WAL pages: milliseconds, paid by one request.
+    # Whoever checkpoints the async decisions' WAL off the request path (`checkpoint_decisions`: the service's
+    # DecisionWriter, on its own thread) raises this (before the first decision is written) so that commits
+    # rarely checkpoint, and then only the little the last checkpoint left.
+    decision_autocheckpoint: int = SQLITE_AUTOCHECKPOINT
     _async_engine: Engine | None = None
 
     @property
@@ -313,8 +326,15 @@ class Store:
         if self.decision_commit != "async" or not self._sqlite_file:
             return self.engine
         if self._async_engine is None:
-            self._async_engine = make_engine(self.url, sqlite_synchronous="NORMAL")
+            self._async_engine = make_engine(self.url, "NORMAL", self.decision_autocheckpoint)
         return self._async_engine
+
+    def checkpoint_decisions(self) -> None:
+        """Copy the WAL the async decisions wrote into the database file, as far as no reader needs it (SQLite's
+        PASSIVE checkpoint: it waits for no reader or writer). A no-op unless decisions commit locally."""
+        if self.decision_commit_is_local:
+            with self._decision_engine().connect() as conn:
+                conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def dispose(self) -> None:
         self.engine.dispose()

@@ -139,6 +139,43 @@ def test_a_commit_that_waits_for_nothing_is_made_on_the_loop(tmp_path: Path, mod
     assert set(stored) == {r.id for r in rows}
 
 
+@pytest.mark.parametrize("mode", ["async", "durable"])
+def test_local_commits_leave_the_wal_checkpoint_to_the_writers_thread(tmp_path: Path, mode: str) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'local.db'}")
+    store.migrate()
+    store.decision_commit = mode
+    writer = DecisionWriter(store, checkpoint_interval_s=3600, autocheckpoint=5000)
+    checkpoints: list[str | None] = []
+    checkpoint = store.checkpoint_decisions
+
+    def counted() -> None:
+        checkpoints.append(threading.current_thread().name)
+        checkpoint()
+
+    store.checkpoint_decisions = counted  # type: ignore[method-assign]
+    rows = [_row() for _ in range(20)]
+
+    async def main() -> None:
+        for r in rows:
+            await writer.write([r])
+
+    try:
+        asyncio.run(main())
+        with store._decision_engine().connect() as conn:
+            autocheckpoint = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar()
+        assert checkpoints == []  # not in any commit: the interval has not passed
+    finally:
+        writer.close()  # the last checkpoint, on the checkpointer's thread
+        store.dispose()
+    if mode == "async":
+        assert autocheckpoint == 5000  # commits checkpoint (SQLite's default: 1000 pages) only past 5000 pages
+        assert checkpoints == ["decision-checkpoint"]
+    else:  # each commit waits for the disk anyway: SQLite's own checkpoints, no thread
+        assert autocheckpoint == 1000
+        assert checkpoints == []
+    assert set(Store(store.url).get_decisions([r.id for r in rows])) == {r.id for r in rows}
+
+
 def test_nothing_to_write_returns_at_once(store: Store) -> None:
     writer = DecisionWriter(store)
     asyncio.run(writer.write([]))
