@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from serving.api.lean_route import LeanRoute
 from serving.deps import Caller, RoutingDep, RuntimeDep
 from serving.errors import BODY_ERRORS, CALLER_ERRORS, error
 from serving.routing import route_request_async
@@ -17,7 +18,8 @@ from serving.schemas import (
     TiersResponse,
 )
 
-router = APIRouter(tags=["route"], responses=CALLER_ERRORS)
+# LeanRoute: /route and /route/batch answer a plain request without FastAPI's per-request dependency solving.
+router = APIRouter(tags=["route"], responses=CALLER_ERRORS, route_class=LeanRoute)
 ERRORS: dict[int | str, dict[str, object]] = {
     402: {"model": OverBudgetResponse, "description": "the session's cap leaves no room (status says if it froze)"},
     **BODY_ERRORS,
