@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -284,6 +285,53 @@ def _insert_decisions(conn: Connection, rows: Sequence[DecisionRow], prompts: Pr
         conn.execute(_INSERT_DECISION, values[0] if len(values) == 1 else values)
 
 
+class _LocalDecisionInsert:
+    """Decisions inserted on one held connection of the SQLite decision engine, for the local (async) commits.
+
+    The INSERT is the one SQLAlchemy compiles for `decisions`, and every value goes through its column type's bind
+    processor, so what is stored is what `_insert_decisions` stores; what is skipped is SQLAlchemy's per-call
+    pool checkout, transaction and execution context, which cost more than SQLite's insert and commit themselves.
+    Errors are raised as SQLAlchemy's DBAPIError subclasses, like every other write's.
+    """
+
+    def __init__(self, engine: Engine):
+        self._engine = engine
+        compiled = _INSERT_DECISION.compile(dialect=engine.dialect)
+        self._sql = str(compiled)
+        dialect = engine.dialect
+        self._columns = [
+            (k, decisions.c[k].type.dialect_impl(dialect).bind_processor(dialect)) for k in compiled.positiontup or ()
+        ]
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def insert(self, values: Sequence[dict[str, Any]]) -> None:
+        params = [tuple(v[k] if bind is None else bind(v[k]) for k, bind in self._columns) for v in values]
+        dbapi_error = self._engine.dialect.loaded_dbapi.Error
+        with self._lock:
+            if self._conn is None:
+                self._conn = self._engine.raw_connection()
+            conn = self._conn
+            try:
+                cursor = conn.cursor()
+                try:
+                    cursor.executemany(self._sql, params) if len(params) > 1 else cursor.execute(self._sql, params[0])
+                finally:
+                    cursor.close()
+                conn.commit()
+            except dbapi_error as exc:
+                self.close()  # the pool's reset rolls back what this call began
+                raise sa.exc.DBAPIError.instance(
+                    self._sql, None, exc, dbapi_error, hide_parameters=True, dialect=self._engine.dialect
+                ) from exc
+
+    def close(self) -> None:
+        """Hand the held connection back to the engine's pool."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+
 class Store:
     """Typed access to the three tables. Every method is one short transaction."""
 
@@ -316,6 +364,7 @@ class Store:
     # rarely checkpoint, and then only the little the last checkpoint left.
     decision_autocheckpoint: int = SQLITE_AUTOCHECKPOINT
     _async_engine: Engine | None = None
+    _local_insert: _LocalDecisionInsert | None = None
 
     @property
     def decision_commit_is_local(self) -> bool:
@@ -337,6 +386,8 @@ class Store:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def dispose(self) -> None:
+        if self._local_insert is not None:
+            self._local_insert.close()
         self.engine.dispose()
         if self._async_engine is not None:
             self._async_engine.dispose()
@@ -410,6 +461,11 @@ class Store:
     # ------------------------------------------------------------------ decisions
 
     def record_decisions(self, rows: Sequence[DecisionRow]) -> None:
+        if self.decision_commit_is_local and rows:
+            if self._local_insert is None:
+                self._local_insert = _LocalDecisionInsert(self._decision_engine())
+            self._local_insert.insert([self.prompts.decision(dict(r.__dict__)) for r in rows])
+            return
         with self._decision_engine().begin() as conn:
             if self.decision_commit == "async" and conn.dialect.name == "postgresql":
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")

@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 
+from infra.prompt_policy import prompt_policy
 from infra.store import DecisionRow, Store
 
 
@@ -36,17 +42,23 @@ def test_a_decision_is_visible_to_another_worker_at_once(store: Store, mode: str
 
 
 def _synchronous_settings(store: Store) -> list[str]:
-    """What each decision commit ran under: SQLite's PRAGMA synchronous, or PostgreSQL's synchronous_commit."""
+    """What each decision commit ran under: the PRAGMA synchronous of the SQLite connection it took from its engine
+    (the local commits hold theirs), or PostgreSQL's synchronous_commit in its transaction."""
     seen: list[str] = []
 
+    def checkout(dbapi_connection: Any, *_: object) -> None:
+        cursor = dbapi_connection.cursor()
+        seen.append(str(cursor.execute("PRAGMA synchronous").fetchone()[0]))
+        cursor.close()
+
     def after(conn: sa.Connection, *_: object) -> None:
-        if conn.dialect.name == "sqlite":
-            seen.append(str(conn.exec_driver_sql("PRAGMA synchronous").scalar()))
-        else:
-            seen.append(str(conn.exec_driver_sql("SHOW synchronous_commit").scalar()))
+        seen.append(str(conn.exec_driver_sql("SHOW synchronous_commit").scalar()))
 
     for engine in {store.engine, store._decision_engine()}:
-        sa.event.listen(engine, "after_execute", after)
+        if engine.dialect.name == "sqlite":
+            sa.event.listen(engine, "checkout", checkout)
+        else:
+            sa.event.listen(engine, "after_execute", after)
     store.record_decisions([_row()])
     return seen
 
@@ -63,3 +75,65 @@ def test_the_decision_commit_mode_reaches_the_database(store: Store, mode: str, 
             assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2
         else:
             assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"
+
+
+def _full_row() -> DecisionRow:
+    names = ["small", "large"]
+    return DecisionRow(
+        id=uuid.uuid4().hex,
+        prompt="What is 2 + 2? ünïcode ✓",
+        tier="small",
+        model="small-model",
+        expected_cost_usd=1e-5,
+        router_version="v1",
+        reason="explored: served small",
+        owner="k" * 64,
+        metadata={"team": "a", "n": [1, 2.5, None]},
+        created_at=datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC),
+        propensity=0.25,
+        explored=True,
+        predicted_quality=dict(zip(names, [0.1, 0.9], strict=True)),
+        propensities=dict(zip(names, [0.25, 0.75], strict=True)),
+        expected_costs=dict(zip(names, [1e-5, 3e-4], strict=True)),
+        novelty=0.5,
+        task="math",
+    )
+
+
+@pytest.mark.parametrize("prompts", ["text", "hash"])
+def test_a_local_commit_stores_what_a_durable_one_stores(tmp_path: Path, prompts: str) -> None:
+    """The local (SQLite, async) commits insert on a held connection, not through SQLAlchemy's execute: the same
+    columns, byte for byte, as the durable path writes (a None metadata included)."""
+    stored: dict[str, dict[str, Any]] = {}
+    for mode in ("durable", "async"):
+        url = f"sqlite:///{tmp_path / mode}.db"
+        store = Store(url, prompt_policy(prompts, SecretStr("secret-key-of-32-characters-long!")))
+        store.migrate()
+        store.decision_commit = mode
+        full, bare = _full_row(), replace(_row(), created_at=datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC))
+        store.record_decisions([full])
+        store.record_decisions([bare, replace(full, id=uuid.uuid4().hex, metadata=None)])  # executemany
+        assert store.decision_commit_is_local == (mode == "async")
+        store.dispose()
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT * FROM decisions ORDER BY rowid").mappings().all()
+        engine.dispose()
+        stored[mode] = {str(i): {k: v for k, v in r.items() if k != "id"} for i, r in enumerate(rows)}
+    assert len(stored["durable"]) == 3
+    assert stored["async"] == stored["durable"]
+
+
+def test_a_refused_local_commit_raises_the_stores_error_and_the_next_one_commits(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'local.db'}")
+    store.migrate()
+    store.decision_commit = "async"
+    first = _row()
+    store.record_decisions([first])
+    with pytest.raises(sa.exc.IntegrityError):
+        store.record_decisions([_row(), first])  # a repeated id: nothing of the batch is stored
+    after = _row()
+    store.record_decisions([after])
+    store.dispose()
+    assert set(Store(store.url).get_decisions([first.id, after.id])) == {first.id, after.id}
+    assert len(Store(store.url).get_decisions([first.id, after.id, "x" * 32])) == 2
