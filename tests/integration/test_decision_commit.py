@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
 
-from infra.prompt_policy import prompt_policy
+from infra.prompt_policy import PromptStorage, prompt_policy
 from infra.store import DecisionRow, Store
 
 
@@ -100,8 +100,8 @@ def _full_row() -> DecisionRow:
     )
 
 
-@pytest.mark.parametrize("prompts", ["text", "hash"])
-def test_a_local_commit_stores_what_a_durable_one_stores(tmp_path: Path, prompts: str) -> None:
+@pytest.mark.parametrize("prompts", ["text", "hash", "none"])
+def test_a_local_commit_stores_what_a_durable_one_stores(tmp_path: Path, prompts: PromptStorage) -> None:
     """The local (SQLite, async) commits insert on a held connection, not through SQLAlchemy's execute: the same
     columns, byte for byte, as the durable path writes (a None metadata included)."""
     stored: dict[str, dict[str, Any]] = {}
