@@ -117,7 +117,9 @@ def task_hint_note(rt: Runtime, task: str | None) -> str:
         return ""
     if rt.router.knows_task(task):
         return f"; task hint {task!r}: its tiers' mean scores in the training log blended in (router.task_hint)"
-    return f"; task hint {task!r} is not a task this model knows (GET /tiers lists them): ignored"
+    prior = rt.router.artifact.task_prior
+    fallback = "the model's own guess of the task is used" if prior and prior.classifier else "ignored"
+    return f"; task hint {task!r} is not a task this model knows (GET /tiers lists them): {fallback}"
 
 
 def route(

@@ -11,10 +11,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from router.artifact import RouterArtifact
+from router.features import featurize
 from router.schema import parse_tiers
 from router.task_hint import ROUTER_WEIGHT, TaskPrior
 from serving.model_source import LocalSource
-from tests.conftest import TIERS_TOML, make_log
+from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
 from tests.integration.conftest import CLIENT_KEY, bearer
 from training.data import pivot_log
 
@@ -60,6 +61,32 @@ def test_the_batch_applies_the_task_to_every_prompt(hinted: TestClient) -> None:
     body = {"prompts": [PROMPT, "easy question 1: beta"], "task": "easy"}
     out = hinted.post("/route/batch", json=body, headers=C).json()["decisions"]
     assert all("task hint 'easy'" in d["reason"] for d in out)
+
+
+@pytest.fixture
+def guessing(client_factory: Callable[..., TestClient], artifact_dir: Path, tmp_path: Path) -> TestClient:
+    """The tests' router with a task prior that also guesses the task (a classifier on the router's features)."""
+    tiers = parse_tiers(TIERS_TOML)
+    table = pivot_log(make_log(200), tiers)
+    artifact = RouterArtifact.load(artifact_dir)
+    X = featurize(table.prompts["prompt"].tolist(), artifact.features, HashingEmbedder())
+    prior = TaskPrior.fit(table.prompts["category"].to_numpy(), table.scores, tiers.names, features=X)
+    assert prior is not None and prior.classifier is not None
+    return client_factory(source=LocalSource(dataclasses.replace(artifact, task_prior=prior).save(tmp_path / "g")))
+
+
+def test_without_a_known_hint_the_guessed_task_prior_is_blended_in(guessing: TestClient) -> None:
+    art = guessing.app.state.runtime.router.artifact  # type: ignore[attr-defined]
+    plain = guessing.post("/route", json={"prompt": PROMPT}, headers=C).json()
+    unknown = guessing.post("/route", json={"prompt": PROMPT, "task": "poetry"}, headers=C).json()
+    names = list(plain["predicted_quality"])
+    X = featurize([PROMPT], art.features, HashingEmbedder())
+    boosters, guessed = art.model.predict_quality(X)[0], art.task_prior.priors(None, X, 1)[0][0]
+    expected = ROUTER_WEIGHT * boosters + (1 - ROUTER_WEIGHT) * guessed
+    assert [plain["predicted_quality"][n] for n in names] == pytest.approx(expected.tolist(), abs=1e-6)
+    assert not np.allclose(boosters, expected)  # the guess moved the prediction
+    assert unknown["predicted_quality"] == pytest.approx(plain["predicted_quality"])
+    assert "not a task this model knows" in unknown["reason"] and "own guess of the task is used" in unknown["reason"]
 
 
 @pytest.mark.parametrize("task", ["", "x" * 129, 3])
