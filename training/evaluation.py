@@ -217,7 +217,8 @@ def evaluate_artifact(
     baselines: bool = True,
     n_boot: int = N_BOOT,
 ) -> EvalResult:
-    """Evaluate a fitted router on the split's test prompts (with kNN, logistic-regression and task-prior baselines).
+    """Evaluate a fitted router on the split's test prompts (with kNN, logistic-regression and task-prior baselines,
+    and the router's boosters without the guessed task prior).
 
     The router scores through `Router`, like the service; the baselines' features come first, so with a
     cache the router reads the test prompts' embeddings back rather than embedding them again.
@@ -233,6 +234,9 @@ def evaluate_artifact(
         others["logistic regression"] = logreg_predictor(X[train], split.table.scores[train], seed)(X[test])
         if len(set(cats[train]) - {""}) > 1:
             others["task prior"] = ev.task_prior(cats, split.table.scores, train)[test]
+        if artifact.task_prior is not None and artifact.task_prior.classifier is not None:
+            # The router before its guessed task prior is blended in: what the classifier and the means add.
+            others["boosters alone (no task prior)"] = artifact.model.predict_quality(X[test])
     router = Router(artifact, embedder=embedder, cache=cache)
     test_prompts = [p for p, t in zip(prompts, test, strict=True) if t]
     pred, pred_cost = router.score(test_prompts)
