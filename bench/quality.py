@@ -538,6 +538,7 @@ def summarise(arrs: dict[str, np.ndarray], ref: dict[str, np.ndarray] | None) ->
 
 def run(quick: bool, n_boot: int, out_dir: Path, only: str | None = None) -> dict[str, Any]:
     t_start = time.perf_counter()
+    machine = machine_info()  # the commit the run started on, not the one checked out when it ends
     threadpool_limits(N_JOBS)
     feats = Features(REPO / ".cache" / "embeddings.sqlite", REPO / ".cache" / "onnx")
     wanted = [w.strip() for w in only.split(",")] if only else []
@@ -567,8 +568,8 @@ def run(quick: bool, n_boot: int, out_dir: Path, only: str | None = None) -> dic
                 "seconds": round(time.perf_counter() - t0, 1),
             }
         )
-        write_results(per_split, draws, quick, n_boot, out_dir, time.perf_counter() - t_start)
-    return write_results(per_split, draws, quick, n_boot, out_dir, time.perf_counter() - t_start)
+        write_results(per_split, draws, quick, n_boot, out_dir, time.perf_counter() - t_start, machine)
+    return write_results(per_split, draws, quick, n_boot, out_dir, time.perf_counter() - t_start, machine)
 
 
 def write_results(
@@ -578,8 +579,9 @@ def write_results(
     n_boot: int,
     out_dir: Path,
     seconds: float,
+    machine: dict[str, Any],
 ) -> dict[str, Any]:
-    """Aggregate groups over their splits and (re)write quality.json and quality.md."""
+    """Aggregate groups over their splits and (re)write quality.json and quality.md; `machine` as at the start."""
     groups = {}
     for group, runs in draws.items():
         common = [m for m in runs[0] if all(m in r for r in runs)]
@@ -589,7 +591,7 @@ def write_results(
             "methods": {m: summarise(a, mean["router"] if m != "router" else None) for m, a in mean.items()},
         }
     result = {
-        "machine": machine_info(),
+        "machine": machine,
         "quick": quick,
         "n_boot": n_boot,
         "seeds": list(SEEDS[:1] if quick else SEEDS),
