@@ -1,26 +1,22 @@
 """TaskPrior: what the log's tasks add to the router's prediction, named by a caller's hint or guessed (issue 10).
 
 When the outcome log has a `category` column, training keeps each tier's mean train score per category
-(`TaskPrior.fit`). A request may name its task (`task` on `/route`, `X-Tierwise-Task` on `/v1`); for a task the
-model knows, each tier's predicted quality becomes ROUTER_WEIGHT × the router's prediction + (1 − ROUTER_WEIGHT)
-× the category's mean. An absent or unknown task gets the classifier's guess below (or, for a model without one,
-the router's prediction as it is), so routing never depends on the hint.
+(`TaskPrior.fit`) and a classifier that guesses a prompt's category from the router's features
+(router/task_classifier.py). Each tier's predicted quality becomes w × the boosters' prediction + (1 − w) × the
+prompt's prior: the named task's means when a request's hint (`task` on `/route`, `X-Tierwise-Task` on `/v1`)
+is a task the model knows, else the categories' means weighted by the classifier's probabilities. The weight w
+is learned per tier out of fold at training (`with_learned_weights`, called by training/fit.fit_task_prior);
+ROUTER_WEIGHT (a half) is the default before that, and what models trained before learned weights carry. A model
+without a classifier (trained before it existed) blends hinted prompts only, so routing never depends on a hint.
 
-Why a blend and why 50:50: in `make quality` (bench/results/quality.md, row "(d) blend router/prior 50:50", the
-per-category means of `task_prior` below), the blend is ahead of the router alone on llmrouter_dc (official split
-+0.014 AIQ [+0.001, +0.032]; random splits +0.012 [+0.009, +0.016]), routerbench with 11 tiers (+0.009 [+0.005,
-+0.012]) and routellm's prompt split (+0.002 [+0.001, +0.003] AIQ, APGR share +0.025 [+0.015, +0.033]), and
-within the CI of it on routerbench with 3 tiers (+0.001 [−0.001, +0.002]). Where the test task is one the log
-never saw (routellm's cross-benchmark splits), the suite blended with the overall mean and lost up to 0.005;
-here an unknown task is simply ignored. Weights learned per tier on out-of-fold predictions ("(d) blend
-IRT/prior, learned w") were no better than the fixed half.
+Why: on the shared logs the per-tier boosters were noisier than the plain per-task mean (the task-label prior beat
+them on llmrouter_dc and routerbench with 11 tiers). In the full `make quality` run the guessed prior adds +0.010
+AIQ [+0.005, +0.014] on routerbench 11 tiers, +0.011 [+0.008, +0.015] on llmrouter_dc random splits and +0.003
+on routellm → mmlu, ties routerbench 3 tiers and routellm's prompt split, and costs −0.004 [−0.010, +0.004] on
+routellm → gsm8k, a task training never saw (bench/results/quality.md: "router" against "boosters alone").
 
-Without a hint, a prompt still gets a prior: the model's `TaskClassifier` (router/task_classifier.py) says which
-of the log's tasks the prompt looks like, and the blend uses those tasks' means weighted by its probabilities.
-That is the router's default prediction when the log has categories (`make quality`: "router" against
-"boosters alone"); a hint replaces the classifier's guess with the named task. A tier whose model was swapped
-after training (`tierwise train --add-model`) has no prior (its means are the old model's): the router's
-prediction stands for it.
+A tier whose model was swapped after training (`tierwise add-model`) has no prior (NaN means: its means are the
+old model's): the boosters' prediction stands for it.
 """
 
 from __future__ import annotations
