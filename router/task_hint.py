@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -96,8 +97,7 @@ class TaskPrior:
         k = len(self.tier_names)
         prior = np.full((n, k), np.nan)
         if self.classifier is not None and features is not None:
-            M = np.array([self.means[label] for label in self.classifier.labels], dtype=float)
-            prior = self.classifier.proba(features) @ M  # a NaN tier (no prior) stays NaN
+            prior = self.classifier.proba(features) @ self._label_means  # a NaN tier (no prior) stays NaN
         hinted = np.zeros(n, dtype=bool)
         for i, task in enumerate(tasks or ()):
             if task is not None and task in self.means:
@@ -112,7 +112,7 @@ class TaskPrior:
         known hint (n,). Without `features` only hinted rows change; a tier without a prior never does."""
         Q = np.asarray(quality, dtype=float)
         prior, hinted = self.priors(tasks, features, len(Q))
-        w = np.asarray(self.router_weight, dtype=float)
+        w = self._weights
         return np.where(np.isfinite(prior), w * Q + (1.0 - w) * prior, Q), hinted
 
     def with_learned_weights(self, router_oof: np.ndarray, prior_oof: np.ndarray, scores: np.ndarray) -> TaskPrior:
@@ -134,6 +134,16 @@ class TaskPrior:
             err = [float(np.mean((w * R[ok, j] + (1 - w) * P[ok, j] - S[ok, j]) ** 2)) for w in grid]
             weights.append(round(float(grid[int(np.argmin(err))]), 2))
         return replace(self, router_weight=tuple(weights))
+
+    @cached_property
+    def _label_means(self) -> np.ndarray:
+        """The means (c, k) in the classifier's label order (computed once: /route calls `priors` per request)."""
+        assert self.classifier is not None
+        return np.array([self.means[label] for label in self.classifier.labels], dtype=float)
+
+    @cached_property
+    def _weights(self) -> np.ndarray:
+        return np.asarray(self.router_weight, dtype=float)
 
     def without_tiers(self, tiers: Sequence[int]) -> TaskPrior:
         """The same prior with no means for these tier indices (their model changed since the log)."""
