@@ -71,7 +71,7 @@ class Router:
         """Predicted quality and expected cost per tier (n, k), and each prompt's novelty (None without a reference).
 
         `tasks`, one hint (or None) a prompt: a task the model's log had as a category blends that task's prior in
-        instead of the one the model guesses from the prompt (router.task_hint); others change nothing.
+        instead of the one the model guesses from the prompt (router.task_hint); any other hint is as no hint.
         """
         if self.embedder is None:
             raise ValueError("this Router was built without an embedder; it can decide but not score")
