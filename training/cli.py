@@ -215,7 +215,7 @@ def train(
     result = TrainResult(
         artifact,
         evaluation,
-        run_params(split, features, model, s.test_size, s.seed, pool),
+        run_params(split, features, model, s.test_size, s.seed, pool, artifact.task_prior),
         split.table.prompts["prompt_id"][split.test].tolist(),
     )
     training_log = tracking.TrainingLog(_dataset_name(s.outcomes_path, from_store), str(s.outcomes_path.resolve()), log)

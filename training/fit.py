@@ -137,10 +137,25 @@ def fit_shared_difficulty(
 
 
 def run_params(
-    split: Split, features: FeatureSpec, model: DifficultyModel, test_size: float, seed: int, pool: Pool | None = None
+    split: Split,
+    features: FeatureSpec,
+    model: DifficultyModel,
+    test_size: float,
+    seed: int,
+    pool: Pool | None = None,
+    task_prior: TaskPrior | None = None,
 ) -> dict[str, Any]:
-    """Everything that defines a run, for MLflow."""
+    """Everything that defines a run, for MLflow (with the fitted task prior: its tasks, whether it guesses them,
+    and each tier's learned blend weight)."""
+    prior: dict[str, Any] = {"task_prior.tasks": len(task_prior.means) if task_prior else 0}
+    if task_prior is not None:
+        prior["task_prior.guesses_task"] = task_prior.classifier is not None
+        weights = task_prior.router_weight
+        per_tier = weights if isinstance(weights, tuple) else (weights,) * len(split.tiers.names)
+        named = zip(split.tiers.names, per_tier, strict=True)
+        prior["task_prior.router_weight"] = ",".join(f"{n}={w:g}" for n, w in named)
     return {
+        **prior,
         "shared_difficulty_pool": pool.describe() if pool and len(pool.prompts) >= MIN_POOL_PROMPTS else "none",
         **{f"model.{k}": v for k, v in model.get_params().items()},
         **{f"features.{k}": v for k, v in features.model_dump().items()},

@@ -77,7 +77,8 @@ def _train(tmp_path: Path, seed: int, n_estimators: int) -> tuple[TrainResult, l
     artifact = train_router(split, emb, cache, features, model)
     evaluation = evaluate_artifact(artifact, split, emb, cache, seed=0)
     prompts = split.table.prompts["prompt"][split.test].tolist()
-    result = TrainResult(artifact, evaluation, run_params(split, features, model, 0.3, 0), prompts)
+    params = run_params(split, features, model, 0.3, 0, task_prior=artifact.task_prior)
+    result = TrainResult(artifact, evaluation, params, prompts)
     return result, prompts
 
 
@@ -92,6 +93,11 @@ def test_train_register_promote_and_serve(tracking_uri: str, tmp_path: Path, mon
     run = client.get_run(reg1.run_id)
     assert run.data.metrics["router_AIQ"] == pytest.approx(first.evaluation.metrics["router_AIQ"])
     assert "model.n_estimators" in run.data.params
+    # The generated log has categories: the task prior (its tasks, learned weights) is a run parameter.
+    assert first.artifact.task_prior is not None and first.artifact.task_prior.classifier is not None
+    assert run.data.params["task_prior.tasks"] == str(len(first.artifact.task_prior.means))
+    assert run.data.params["task_prior.guesses_task"] == "True"
+    assert run.data.params["task_prior.router_weight"].count("=") == len(first.artifact.tier_names)
     artifacts = {a.path for a in client.list_artifacts(reg1.run_id, "plots")}
     assert {"plots/cost_quality.png", "plots/calibration.png"} <= artifacts
 
