@@ -10,7 +10,8 @@ boosters alone +0.0022, minus the task prior +0.0025, minus kNN +0.0191. The sui
 +0.017 [+0.011, +0.023]: the gain over the boosters varies from split to split (+0.002 to +0.013). Each floor is
 this split's value less the 0.005 that reseeding LightGBM alone moves an AIQ (AIQ_RESEED_RANGE in
 test_int8_equivalence.py), rounded down: the router must not fall behind the boosters or the prior beyond that
-noise, and must stay clearly ahead of kNN.
+noise, and must stay clearly ahead of kNN. The kNN floor takes twice that margin: another CPU's int8 rounding
+moves kNN's AIQ as well as the router's, while the other two pairs share the router's features.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.quality
 
 PER_MODEL_TIERS = ROOT / "config" / "tiers.per-model.toml"
 # AIQ of the router minus each method's, point value (paired, same test prompts): at least this much.
-FLOORS = {"boosters alone (no task prior)": -0.003, "task prior": -0.003, "kNN (k=25)": 0.014}
+FLOORS = {"boosters alone (no task prior)": -0.003, "task prior": -0.003, "kNN (k=25)": 0.009}
 
 
 @pytest.fixture(scope="module")
