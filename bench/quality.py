@@ -56,6 +56,7 @@ from router.prompt_structure import question_text, structure_features
 from router.schema import CHARS_PER_TOKEN, TiersConfig, load_tiers
 from router.shared_difficulty import SharedDifficulty
 from router.stacking import StackedQuality, out_of_fold
+from router.task_hint import least_squares_weights
 from router.text import normalize_text, text_features, text_window
 from training.data import Pool, stratified_sample
 from training.evaluation import logreg_predictor
@@ -267,13 +268,6 @@ def category_encoding(cats: np.ndarray, Y: np.ndarray, train: np.ndarray, seed: 
 prior_predictor = ev.task_prior  # the task-label prior: per-category train mean of each tier
 
 
-def oof_blend_weight(pred_oof: np.ndarray, prior_oof: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per column, the weight w in [0, 1] of w * model + (1 - w) * prior with least squared error."""
-    ws = np.linspace(0, 1, 21)
-    errs = np.stack([((w * pred_oof + (1 - w) * prior_oof - y) ** 2).mean(axis=0) for w in ws])
-    return np.asarray(ws[np.argmin(errs, axis=0)])
-
-
 # ----------------------------------------------------------------------------- metrics
 
 
@@ -475,7 +469,7 @@ def _learned_blend(sp: SplitData, X: np.ndarray, seed: int, test_pred: np.ndarra
         mask = np.zeros(len(Y), dtype=bool)
         mask[fit_rows] = True
         prior_oof[held] = prior_predictor(sp.categories, Y, mask)[tr_idx[held]]
-    w = oof_blend_weight(oof, prior_oof, Y[tr_idx])
+    w = least_squares_weights(oof, prior_oof, Y[tr_idx])
     prior = prior_predictor(sp.categories, Y, sp.train)[sp.test]
     return np.asarray(w * test_pred + (1 - w) * prior)
 

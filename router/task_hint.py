@@ -116,24 +116,16 @@ class TaskPrior:
         return np.where(np.isfinite(prior), w * Q + (1.0 - w) * prior, Q), hinted
 
     def with_learned_weights(self, router_oof: np.ndarray, prior_oof: np.ndarray, scores: np.ndarray) -> TaskPrior:
-        """The same prior with each tier's router weight learned: the w on a 0.05 grid whose blend of the router's
-        out-of-fold predictions (n, k) and the prompts' out-of-fold priors (n, k) has the least squared error on
-        the train `scores` (n, k). Rows where any of the three is NaN are left out; a tier without rows keeps the
-        current weight."""
+        """The same prior with each tier's router weight learned (`least_squares_weights` of the router's
+        out-of-fold predictions (n, k), the prompts' out-of-fold priors (n, k) and the train `scores` (n, k)); a
+        tier without complete rows keeps the current weight."""
         R, P, S = (np.asarray(a, dtype=float) for a in (router_oof, prior_oof, scores))
         if not R.shape == P.shape == S.shape or R.shape[1] != len(self.tier_names):
             raise ValueError(f"out-of-fold shapes {R.shape}, {P.shape}, {S.shape} for {len(self.tier_names)} tiers")
-        current = np.broadcast_to(np.asarray(self.router_weight, dtype=float), (R.shape[1],))
-        grid = np.linspace(0.0, 1.0, 21)
-        weights = []
-        for j in range(R.shape[1]):
-            ok = np.isfinite(R[:, j]) & np.isfinite(P[:, j]) & np.isfinite(S[:, j])
-            if not ok.any():
-                weights.append(float(current[j]))
-                continue
-            err = [float(np.mean((w * R[ok, j] + (1 - w) * P[ok, j] - S[ok, j]) ** 2)) for w in grid]
-            weights.append(round(float(grid[int(np.argmin(err))]), 2))
-        return replace(self, router_weight=tuple(weights))
+        learned = least_squares_weights(R, P, S)
+        current = np.broadcast_to(self._weights, learned.shape)
+        weights = np.where(np.isfinite(learned), np.round(learned, 2), current)
+        return replace(self, router_weight=tuple(float(w) for w in weights))
 
     @cached_property
     def _label_means(self) -> np.ndarray:
@@ -169,6 +161,17 @@ class TaskPrior:
             router_weight=_weight(d["router_weight"]),
             classifier=classifier,
         )
+
+
+def least_squares_weights(pred: np.ndarray, prior: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Per column, the w on a 0.05 grid over [0, 1] whose blend w * pred + (1 - w) * prior has the least squared
+    error against `scores` (all (n, k)); rows where any of the three is NaN are left out of that column, and a
+    column without rows gets NaN."""
+    ok = np.isfinite(pred) & np.isfinite(prior) & np.isfinite(scores)
+    n = ok.sum(axis=0)
+    grid = np.linspace(0.0, 1.0, 21)
+    errs = np.stack([np.where(ok, (w * pred + (1 - w) * prior - scores) ** 2, 0.0).sum(axis=0) for w in grid])
+    return np.where(n > 0, grid[np.argmin(errs, axis=0)], np.nan)
 
 
 def _weight(v: float | list[float]) -> float | tuple[float, ...]:
