@@ -60,7 +60,7 @@ from router.task_hint import least_squares_weights
 from router.text import normalize_text, text_features, text_window
 from training.data import Pool, stratified_sample
 from training.evaluation import logreg_predictor
-from training.fit import fit_task_prior
+from training.fit import fit_task_prior, out_of_fold_boosters
 
 logger = logging.getLogger("bench.quality")
 RESULTS = REPO / "bench" / "results"
@@ -358,11 +358,17 @@ def fit_predict_methods(
     # The default (training/fit.py): boosters on the shared difficulty, then (with categories) the task prior the
     # classifier guesses from each prompt blended in (router/task_hint.py), as the service predicts without a hint.
     timed(BOOSTERS, lambda: on_shared("prior"))
+    # Out-of-fold predictions of the boosters, kNN and task-label prior: the task prior's weights and (g) stacking.
+    t0 = time.perf_counter()
+    oof = oof_bases(sp, X, emb, shared, seed)
+    timings["(g) out-of-fold bases"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     names = [str(j) for j in range(Y.shape[1])]
     booster_params = DifficultyModel(n_jobs=N_JOBS, random_state=seed, easiness="prior")
     e_train = shared.oof_easiness_[: int(tr.sum())]
-    task_prior = fit_task_prior(X[tr], Y[tr], sp.categories[tr], names, booster_params, shared, e_train)
+    task_prior = fit_task_prior(
+        X[tr], Y[tr], sp.categories[tr], names, booster_params, shared, e_train, boosters_oof=oof["boosters"]
+    )
     timings["task prior fit (out-of-fold weights)"] = time.perf_counter() - t0
     if task_prior is not None:
         logger.info("  task prior router weights %s", task_prior.router_weight)
@@ -387,9 +393,6 @@ def fit_predict_methods(
         timed("(f) gain over the next cheaper tier", lambda: gain("adjacent"))
     # (g) stacking and (h) averages of the boosters, kNN and (with categories) the task prior
     prior_te = prior_predictor(sp.categories, Y, tr)[te]
-    t0 = time.perf_counter()
-    oof = oof_bases(sp, X, emb, shared, seed)
-    timings["(g) out-of-fold bases"] = time.perf_counter() - t0
     test_bases = {"boosters": preds[BOOSTERS], "kNN": preds["kNN (k=25)"], "prior": prior_te}
 
     def stacked(bases: tuple[str, ...]) -> np.ndarray:
@@ -432,23 +435,20 @@ def oof_bases(
 ) -> dict[str, np.ndarray]:
     """Out-of-fold predictions on the train prompts of the boosters, the kNN and the task prior (stacking's inputs).
 
-    The router's folds use the shared difficulty's out-of-fold easiness, for fitting and for the held rows alike.
+    The boosters' folds (training.fit.out_of_fold_boosters) use the shared difficulty's out-of-fold easiness, for
+    fitting and for the held rows alike.
     """
     tr = sp.train
     Xt, Et, Yt, cats = X[tr], emb[tr], sp.scores[tr], sp.categories[tr]
     e = shared.oof_easiness_[: len(Yt)]
     names = [str(j) for j in range(Yt.shape[1])]
-
-    def router(fit: np.ndarray, held: np.ndarray) -> np.ndarray:
-        model = DifficultyModel(n_jobs=N_JOBS, random_state=seed)
-        model.fit(Xt[fit], Yt[fit], names, shared=shared, train_easiness=e[fit])
-        return np.asarray(model.predict_quality(Xt[held], easiness=e[held]))
+    booster_params = DifficultyModel(n_jobs=N_JOBS, random_state=seed)
 
     def prior(fit: np.ndarray, held: np.ndarray) -> np.ndarray:
         return np.asarray(prior_predictor(cats, Yt, np.isin(np.arange(len(Yt)), fit))[held])
 
     return {
-        "boosters": out_of_fold(router, len(Yt), folds, seed),
+        "boosters": out_of_fold_boosters(Xt, Yt, names, booster_params, shared, e, folds),
         "kNN": out_of_fold(lambda f, h: ev.knn_predictor(Et[f], Yt[f])(Et[h]), len(Yt), folds, seed),
         "prior": out_of_fold(prior, len(Yt), folds, seed),
     }

@@ -85,6 +85,7 @@ def fit_task_prior(
     shared: SharedDifficulty | None = None,
     easiness: np.ndarray | None = None,
     folds: int = TASK_PRIOR_FOLDS,
+    boosters_oof: np.ndarray | None = None,
 ) -> TaskPrior | None:
     """The log's task prior (router/task_hint.py) for train features X (n, d) and scores (n, k): per-category
     means, the classifier that guesses a prompt's category, and each tier's blend weight learned out of fold.
@@ -93,12 +94,35 @@ def fit_task_prior(
     parameters, on the same shared difficulty and out-of-fold easiness) with the out-of-fold guessed priors. The
     learned weights run 0-0.6 (mostly 0.15-0.45) on routerbench and llmrouter_dc, 0.4-0.55 on routellm; in a
     one-seed run of the suite's splits they were at or above the fixed half on all 7 groups tried, each difference
-    inside its CI.
+    inside its CI. `boosters_oof`: those boosters' predictions when the caller has them already
+    (`out_of_fold_boosters` with the same arguments).
     """
     seed = model.random_state
     prior = TaskPrior.fit(categories, scores, tier_names, features=X, seed=seed)
     if prior is None or prior.classifier is None or len(X) < 10 * folds:
         return prior
+
+    def priors(fit: np.ndarray, held: np.ndarray) -> np.ndarray:
+        p = TaskPrior.fit(categories[fit], scores[fit], tier_names, features=X[fit], seed=seed)
+        return p.priors(None, X[held], len(held))[0] if p is not None else np.full((len(held), len(tier_names)), np.nan)
+
+    if boosters_oof is None:
+        boosters_oof = out_of_fold_boosters(X, scores, tier_names, model, shared, easiness, folds)
+    prior_oof = out_of_fold(priors, len(X), folds, seed)
+    return prior.with_learned_weights(boosters_oof, prior_oof, scores)
+
+
+def out_of_fold_boosters(
+    X: np.ndarray,
+    scores: np.ndarray,
+    tier_names: list[str],
+    model: DifficultyModel,
+    shared: SharedDifficulty | None = None,
+    easiness: np.ndarray | None = None,
+    folds: int = TASK_PRIOR_FOLDS,
+) -> np.ndarray:
+    """Each train prompt's per-tier prediction (n, k) by boosters with `model`'s parameters fitted without its fold;
+    with a shared difficulty, on the prompts' out-of-fold `easiness` for fitting and for the held rows alike."""
 
     def boosters(fit: np.ndarray, held: np.ndarray) -> np.ndarray:
         m = DifficultyModel(**model.get_params())
@@ -107,13 +131,7 @@ def fit_task_prior(
         m.fit(X[fit], scores[fit], tier_names, shared=shared, train_easiness=easiness[fit])
         return np.asarray(m.predict_quality(X[held], easiness=easiness[held]))
 
-    def priors(fit: np.ndarray, held: np.ndarray) -> np.ndarray:
-        p = TaskPrior.fit(categories[fit], scores[fit], tier_names, features=X[fit], seed=seed)
-        return p.priors(None, X[held], len(held))[0] if p is not None else np.full((len(held), len(tier_names)), np.nan)
-
-    router_oof = out_of_fold(boosters, len(X), folds, seed)
-    prior_oof = out_of_fold(priors, len(X), folds, seed)
-    return prior.with_learned_weights(router_oof, prior_oof, scores)
+    return out_of_fold(boosters, len(X), folds, model.random_state)
 
 
 def fit_shared_difficulty(
