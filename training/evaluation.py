@@ -237,12 +237,11 @@ def evaluate_artifact(
         if artifact.task_prior is not None and artifact.task_prior.classifier is not None:
             # The router before its guessed task prior is blended in: what the classifier and the means add.
             others["boosters alone (no task prior)"] = artifact.model.predict_quality(X[test])
+        if artifact.task_prior is not None:
+            # What callers would get by sending each prompt's category as its task hint (router/task_hint.py).
+            others["router + task hint"] = artifact.quality_of(X[test], list(cats[test]))
     router = Router(artifact, embedder=embedder, cache=cache)
-    test_prompts = [p for p, t in zip(prompts, test, strict=True) if t]
-    pred, pred_cost = router.score(test_prompts)
-    if baselines and artifact.task_prior is not None:
-        # What callers would get by sending each prompt's category as its task hint (router/task_hint.py).
-        others["router + task hint"] = router.assess(test_prompts, list(cats[test]))[0]
+    pred, pred_cost = router.score([p for p, t in zip(prompts, test, strict=True) if t])
     return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others, n_boot, seed)
 
 
