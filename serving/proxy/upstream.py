@@ -6,17 +6,20 @@ import json
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
+import anyio
 import httpx
 
 from router.schema import CHARS_PER_TOKEN, ModelPrice, TiersConfig
 
 FailureKind = Literal["timeout", "rate_limited", "server", "connection", "config", "client"]
 RETRYABLE: frozenset[str] = frozenset({"timeout", "rate_limited", "server", "connection"})
+DRAIN_S = 0.05  # how long a stream's body is read past `[DONE]` for its end, to keep the connection
 MAX_RETRY_AFTER_S = 86_400.0  # an upstream's Retry-After is read up to a day (a longer one is a day)
 Trace = Callable[[str, dict[str, Any]], Awaitable[None]]
 """httpx's `trace` request extension: awaited at each step of a call, e.g. `http11.send_request_body.complete`."""
@@ -286,6 +289,7 @@ class Stream:
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
+                    await self._drain()
                     return None
                 try:
                     event = json.loads(data)
@@ -302,6 +306,16 @@ class Stream:
         except httpx.HTTPError as exc:
             raise _failure_for_exception(self.ep.model, exc) from None
         return None
+
+    async def _drain(self) -> None:
+        """Read what follows `[DONE]` (normally only the end of the body), so that the connection goes back to the
+        pool: a response closed before its end closes its connection, and the next call to this upstream would pay
+        a new TCP (and TLS) handshake. An upstream that keeps sending or holds the body open after `[DONE]` is not
+        waited for past DRAIN_S (its connection is closed then, as it would have been); a failure here is none of
+        the answer's."""
+        with anyio.move_on_after(DRAIN_S), suppress(httpx.HTTPError):
+            async for _ in self._lines:
+                pass
 
     async def events(self) -> AsyncIterator[dict[str, Any]]:
         try:

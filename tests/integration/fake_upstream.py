@@ -6,11 +6,12 @@
         up.requests                                                          # [(model, JSON body), ...] received
     up.max_in_flight                                                     # most delayed replies pending at once
     up.received                                                          # [(model, monotonic time), ...]
+    up.peers                                                             # the client port of each request
 
 A model with no queued reply answers `up.default` (a quick "ok from <model>" with usage). A `Reply` scripts the
 status, text, usage, latency (before the headers, or before the first chunk), tool calls, and a stream or body that
-dies after some chunks (the connection is dropped without finishing the message), and an error's headers
-(e.g. `Retry-After`).
+dies after some chunks (the connection is dropped without finishing the message), a stream body held open after
+`[DONE]`, and an error's headers (e.g. `Retry-After`).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class Reply:
     tool_calls: list[dict[str, Any]] | None = None
     error_message: str = "scripted failure"
     headers: tuple[tuple[str, str], ...] = ()
+    linger_s: float = 0.0  # a stream's body stays open this long after [DONE]
 
 
 class ConnectionDropped(Exception):
@@ -60,6 +62,7 @@ class FakeUpstream:
     default: Reply = field(default_factory=Reply)
     requests: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     received: list[tuple[str, float]] = field(default_factory=list)
+    peers: list[int] = field(default_factory=list)  # the client's port per request: a new port, a new connection
     max_in_flight: int = 0
     _in_flight: int = 0
     _queues: dict[str, deque[Reply]] = field(default_factory=lambda: defaultdict(deque))
@@ -74,6 +77,7 @@ class FakeUpstream:
             self._queues.clear()
             self.requests.clear()
             self.received.clear()
+            self.peers.clear()
             self.max_in_flight = 0
 
     def calls(self, model: str) -> list[dict[str, Any]]:
@@ -96,6 +100,7 @@ class FakeUpstream:
     async def handle(self, request: Request) -> Response:
         body = await request.json()
         model = str(body.get("model"))
+        self.peers.append(request.client.port if request.client else -1)
         reply = self._next(model, body)
         if reply.delay_s:
             self._in_flight += 1  # one event loop: no lock needed
@@ -172,6 +177,8 @@ async def _events(model: str, reply: Reply, include_usage: bool) -> AsyncIterato
         }
         yield f"data: {json.dumps(event)}\n\n".encode()
     yield b"data: [DONE]\n\n"
+    if reply.linger_s:
+        await asyncio.sleep(reply.linger_s)
 
 
 async def _dying_body(reply: Reply) -> AsyncIterator[bytes]:

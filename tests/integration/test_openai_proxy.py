@@ -4,6 +4,7 @@ routing, the `tierwise` field and headers, tools passed through, settlement on t
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 
@@ -175,6 +176,27 @@ def test_streaming_relays_chunks_and_settles_before_done(sdk: OpenAI, url: str, 
     s = get_session(url, sid)  # read right after [DONE]: settled already
     assert s["spent_usd"] == pytest.approx(cost("small", 40, 8)) and s["reserved_usd"] == pytest.approx(0)
     assert s["recent_decisions"][0]["settled"] is True
+
+
+def test_a_streamed_answer_leaves_its_upstream_connection_open_for_the_next_call(sdk: OpenAI, up: FakeUpstream) -> None:
+    # The upstream's body is read to its end after [DONE]: a stream closed before it would close its pooled
+    # connection, and every call after a streamed one would pay a new TCP (and, to a real upstream, TLS) handshake.
+    messages = [{"role": "user", "content": EASY}]
+    for _ in range(3):
+        assert list(sdk.chat.completions.create(model="tierwise", messages=messages, stream=True))  # type: ignore[arg-type]
+        assert sdk.chat.completions.create(model="tierwise", messages=messages).choices  # type: ignore[arg-type]
+    assert len(up.peers) == 6
+    assert len(set(up.peers)) == 1, f"new upstream connections: {up.peers}"
+
+
+def test_an_upstream_holding_its_stream_open_after_done_does_not_hold_the_caller(sdk: OpenAI, up: FakeUpstream) -> None:
+    up.script("small", Reply(text="done early", linger_s=3.0))  # longer than the proxy's upstream timeout
+    started = time.monotonic()
+    chunks = list(
+        sdk.chat.completions.create(model="tierwise", messages=[{"role": "user", "content": EASY}], stream=True)
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "done early"
+    assert time.monotonic() - started < 3.0  # the caller's stream ended before the upstream's body did
 
 
 def test_streaming_usage_chunk_reaches_a_caller_who_asked(sdk: OpenAI, up: FakeUpstream) -> None:
