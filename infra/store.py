@@ -10,21 +10,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from infra.prompt_policy import NOT_STORED, PromptPolicy
 from router.schema import Outcome, OutcomeBase
 from router.text import normalize_text
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
+Execute = Callable[..., Any]
+"""Runs a statement with its bind values in the current transaction: SQLAlchemy's `Connection.execute`, or a held
+DBAPI connection's (`_HeldConnection.transaction`); either result has `rowcount` and `fetchone()`."""
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 SPENT_CEILING_USD = 1e15
@@ -285,45 +290,131 @@ def _insert_decisions(conn: Connection, rows: Sequence[DecisionRow], prompts: Pr
         conn.execute(_INSERT_DECISION, values[0] if len(values) == 1 else values)
 
 
-class _LocalDecisionInsert:
-    """Decisions inserted on one held connection of the SQLite decision engine, for the local (async) commits.
+# Settling a decision: its served usage, then its reservation released and its cost booked on its session, once.
+_SERVED_COLUMNS = ("cost_usd", "tokens_in", "tokens_out", "latency_ms", "served_model")
+_RECORD_SERVED = (
+    decisions.update()
+    .where(decisions.c.id == sa.bindparam("d_id"))
+    .values(
+        {
+            **{c: sa.bindparam(f"s_{c}", type_=decisions.c[c].type) for c in _SERVED_COLUMNS},
+            "reason": sa.func.coalesce(sa.bindparam("s_reason", type_=decisions.c.reason.type), decisions.c.reason),
+        }
+    )
+)
+_MARK_SETTLED = (
+    decisions.update()
+    .where(decisions.c.id == sa.bindparam("d_id"), decisions.c.settled == sa.false())
+    .values(settled=True)
+)
+_RESERVATION_OF = sa.select(decisions.c.session_id, decisions.c.reserved_usd).where(
+    decisions.c.id == sa.bindparam("d_id")
+)
+_cost = sa.bindparam("b_cost", type_=sa.Float)
+_left = sessions.c.reserved_usd - sa.bindparam("b_reserved", type_=sa.Float)
+_BOOK_COST = (
+    sessions.update()
+    .where(sessions.c.id == sa.bindparam("b_session"))
+    .values(
+        reserved_usd=sa.case((_left < 0, 0.0), else_=_left),
+        # Compared before adding, so the sum can never overflow (PostgreSQL refuses it, SQLite makes it inf).
+        spent_usd=sa.case(
+            (sessions.c.spent_usd > SPENT_CEILING_USD - _cost, SPENT_CEILING_USD), else_=sessions.c.spent_usd + _cost
+        ),
+        updated_at=sa.bindparam("b_now", type_=sessions.c.updated_at.type),
+    )
+)
 
-    The INSERT is the one SQLAlchemy compiles for `decisions`, and every value goes through its column type's bind
-    processor, so what is stored is what `_insert_decisions` stores; what is skipped is SQLAlchemy's per-call
-    pool checkout, transaction and execution context, which cost more than SQLite's insert and commit themselves.
-    Errors are raised as SQLAlchemy's DBAPIError subclasses, like every other write's.
-    """
+
+def _settle(execute: Execute, decision_id: str, cost_usd: float) -> None:
+    """Release a decision's reservation and book its actual cost, once; spend saturates at a ceiling."""
+    if not execute(_MARK_SETTLED, {"d_id": decision_id}).rowcount:
+        return
+    session_id, reserved = execute(_RESERVATION_OF, {"d_id": decision_id}).fetchone()
+    if session_id is None:
+        return
+    cost = min(cost_usd, SPENT_CEILING_USD) if cost_usd >= 0 else 0.0  # NaN -> 0, inf -> the ceiling
+    execute(_BOOK_COST, {"b_session": session_id, "b_reserved": reserved, "b_cost": cost, "b_now": _now()})
+
+
+class _RawStatement:
+    """A SQLAlchemy statement compiled once for a held DBAPI connection: its SQL and, per positional parameter, the
+    bind name and its type's bind processor, so a value is stored as SQLAlchemy would store it."""
+
+    def __init__(self, stmt: sa.ClauseElement, dialect: sa.Dialect):
+        compiled = cast(SQLCompiler, stmt.compile(dialect=dialect))
+        self.sql = str(compiled)
+        self._defaults = compiled.params  # the literals the statement carries as parameters
+        self._binds = [
+            (k, compiled.binds[k].type.dialect_impl(dialect).bind_processor(dialect))
+            for k in compiled.positiontup or ()
+        ]
+
+    def params(self, values: dict[str, Any]) -> tuple[Any, ...]:
+        merged = {**self._defaults, **values}
+        return tuple(merged[k] if bind is None else bind(merged[k]) for k, bind in self._binds)
+
+
+class _HeldConnection:
+    """One DBAPI connection of a SQLite engine, held for the hot writes (the local decision commits, the proxy's
+    settlements): each call is one transaction of precompiled statements, and skips SQLAlchemy's per-call pool
+    checkout, transaction and execution context, which cost more than SQLite's statements and commit themselves.
+    What is stored is what the SQLAlchemy path stores (same statements, same bind processors); errors are raised as
+    SQLAlchemy's DBAPIError subclasses, like every other write's."""
 
     def __init__(self, engine: Engine):
         self._engine = engine
-        compiled = _INSERT_DECISION.compile(dialect=engine.dialect)
-        self._sql = str(compiled)
-        dialect = engine.dialect
-        self._columns = [
-            (k, decisions.c[k].type.dialect_impl(dialect).bind_processor(dialect)) for k in compiled.positiontup or ()
-        ]
+        self._statements: dict[int, _RawStatement] = {}
         self._conn: Any = None
         self._lock = threading.Lock()
 
-    def insert(self, values: Sequence[dict[str, Any]]) -> None:
-        params = [tuple(v[k] if bind is None else bind(v[k]) for k, bind in self._columns) for v in values]
+    def _compiled(self, stmt: sa.ClauseElement) -> _RawStatement:
+        raw = self._statements.get(id(stmt))
+        if raw is None:  # statements are module constants: their id is stable
+            raw = self._statements[id(stmt)] = _RawStatement(stmt, self._engine.dialect)
+        return raw
+
+    def transaction(self, work: Callable[[Execute], T]) -> T:
+        """`work(execute)` in one transaction, committed; `execute(stmt, values)` returns the DBAPI cursor
+        (`rowcount`, `fetchone`) or, given a list of values, runs the statement for each."""
         dbapi_error = self._engine.dialect.loaded_dbapi.Error
         with self._lock:
             if self._conn is None:
                 self._conn = self._engine.raw_connection()
             conn = self._conn
-            try:
+            cursors: list[Any] = []
+            last_sql: list[str] = []
+
+            def execute(stmt: sa.ClauseElement, values: dict[str, Any] | Sequence[dict[str, Any]]) -> Any:
+                raw = self._compiled(stmt)
+                last_sql[:] = [raw.sql]
                 cursor = conn.cursor()
+                cursors.append(cursor)
+                if isinstance(values, dict):
+                    return cursor.execute(raw.sql, raw.params(values))
+                return cursor.executemany(raw.sql, [raw.params(v) for v in values])
+
+            try:
                 try:
-                    cursor.executemany(self._sql, params) if len(params) > 1 else cursor.execute(self._sql, params[0])
+                    result = work(execute)
                 finally:
-                    cursor.close()
+                    for cursor in cursors:
+                        cursor.close()
                 conn.commit()
             except dbapi_error as exc:
                 self.close()  # the pool's reset rolls back what this call began
                 raise sa.exc.DBAPIError.instance(
-                    self._sql, None, exc, dbapi_error, hide_parameters=True, dialect=self._engine.dialect
+                    last_sql[0] if last_sql else "",
+                    None,
+                    exc,
+                    dbapi_error,
+                    hide_parameters=True,
+                    dialect=self._engine.dialect,
                 ) from exc
+            except BaseException:
+                self.close()
+                raise
+            return result
 
     def close(self) -> None:
         """Hand the held connection back to the engine's pool."""
@@ -341,6 +432,8 @@ class Store:
         self.prompts = prompts or PromptPolicy()
         parsed = sa.make_url(url)
         self._sqlite_file = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+        # SQLite file: a held connection per engine for the hot writes (sessionless decisions, the proxy's settlements)
+        self._held: dict[int, _HeldConnection] = {}
 
     def migrate(self) -> None:
         """Bring the schema to the newest alembic revision."""
@@ -364,7 +457,6 @@ class Store:
     # rarely checkpoint, and then only the little the last checkpoint left.
     decision_autocheckpoint: int = SQLITE_AUTOCHECKPOINT
     _async_engine: Engine | None = None
-    _local_insert: _LocalDecisionInsert | None = None
 
     @property
     def decision_commit_is_local(self) -> bool:
@@ -378,6 +470,12 @@ class Store:
             self._async_engine = make_engine(self.url, "NORMAL", self.decision_autocheckpoint)
         return self._async_engine
 
+    def _held_connection(self, engine: Engine) -> _HeldConnection:
+        held = self._held.get(id(engine))
+        if held is None:
+            held = self._held[id(engine)] = _HeldConnection(engine)
+        return held
+
     def checkpoint_decisions(self) -> None:
         """Copy the WAL the async decisions wrote into the database file, as far as no reader needs it (SQLite's
         PASSIVE checkpoint: it waits for no reader or writer). A no-op unless decisions commit locally."""
@@ -386,8 +484,8 @@ class Store:
                 conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
 
     def dispose(self) -> None:
-        if self._local_insert is not None:
-            self._local_insert.close()
+        for held in self._held.values():
+            held.close()
         self.engine.dispose()
         if self._async_engine is not None:
             self._async_engine.dispose()
@@ -461,10 +559,11 @@ class Store:
     # ------------------------------------------------------------------ decisions
 
     def record_decisions(self, rows: Sequence[DecisionRow]) -> None:
-        if self.decision_commit_is_local and rows:
-            if self._local_insert is None:
-                self._local_insert = _LocalDecisionInsert(self._decision_engine())
-            self._local_insert.insert([self.prompts.decision(dict(r.__dict__)) for r in rows])
+        if self._sqlite_file and rows:
+            values = [self.prompts.decision(dict(r.__dict__)) for r in rows]
+            self._held_connection(self._decision_engine()).transaction(
+                lambda execute: execute(_INSERT_DECISION, values[0] if len(values) == 1 else values)
+            )
             return
         with self._decision_engine().begin() as conn:
             if self.decision_commit == "async" and conn.dialect.name == "postgresql":
@@ -504,7 +603,7 @@ class Store:
                     continue
                 new += 1
                 if r.decision_id is not None:
-                    self._settle(conn, r.decision_id, r.cost_usd)
+                    _settle(conn.execute, r.decision_id, r.cost_usd)
         return new
 
     def settle_decision(
@@ -520,52 +619,36 @@ class Store:
     ) -> None:
         """Write what serving a decision took (the proxy, once the upstream answered or failed) and book its cost on
         its session once: the reservation is released and `cost_usd` spent; a later outcome charges nothing more.
-        `cost_usd` None: the call failed, nothing is charged and the decision keeps no cost."""
-        values: dict[str, Any] = {
-            "cost_usd": cost_usd,
-            "tokens_in": tokens_in,
-            "tokens_out": tokens_out,
-            "latency_ms": latency_ms,
-            "served_model": served_model,
+        `cost_usd` None: the call failed, nothing is charged and the decision keeps no cost. `reason` None keeps
+        the decision's reason.
+
+        On a SQLite file this runs on a held connection (the proxy settles every answer before sending it, and
+        SQLAlchemy's per-transaction overhead was most of the settlement's time); durable either way."""
+        served = {
+            "s_cost_usd": cost_usd,
+            "s_tokens_in": tokens_in,
+            "s_tokens_out": tokens_out,
+            "s_latency_ms": latency_ms,
+            "s_served_model": served_model,
+            "s_reason": reason,
+            "d_id": decision_id,
         }
-        if reason is not None:
-            values["reason"] = reason
+
+        def work(execute: Execute) -> None:
+            execute(_RECORD_SERVED, served)
+            _settle(execute, decision_id, cost_usd or 0.0)
+
+        if self._sqlite_file:
+            self._held_connection(self.engine).transaction(work)
+            return
         with self.engine.begin() as conn:
-            conn.execute(decisions.update().where(decisions.c.id == decision_id).values(**values))
-            self._settle(conn, decision_id, cost_usd or 0.0)
+            work(conn.execute)
 
     def _decision_hash(self, conn: Connection, r: OutcomeRow) -> str | None:
         """The stored prompt hash of an outcome's decision, when the outcome has no text of its own to hash."""
         if self.prompts.mode != "hash" or r.decision_id is None or r.prompt != NOT_STORED:
             return None
         return conn.execute(sa.select(decisions.c.prompt_hash).where(decisions.c.id == r.decision_id)).scalar()
-
-    @staticmethod
-    def _settle(conn: Connection, decision_id: str, cost_usd: float) -> None:
-        """Release a decision's reservation and book its actual cost, once; spend saturates at a ceiling."""
-        done = conn.execute(
-            decisions.update()
-            .where(decisions.c.id == decision_id, decisions.c.settled == sa.false())
-            .values(settled=True)
-        ).rowcount
-        if not done:
-            return
-        d = conn.execute(
-            sa.select(decisions.c.session_id, decisions.c.reserved_usd).where(decisions.c.id == decision_id)
-        ).one()
-        if d.session_id is None:
-            return
-        cost = min(cost_usd, SPENT_CEILING_USD) if cost_usd >= 0 else 0.0  # NaN -> 0, inf -> the ceiling
-        left = sessions.c.reserved_usd - d.reserved_usd
-        # Compared before adding, so the sum can never overflow (PostgreSQL refuses it, SQLite makes it inf).
-        spent = sa.case(
-            (sessions.c.spent_usd > SPENT_CEILING_USD - cost, SPENT_CEILING_USD), else_=sessions.c.spent_usd + cost
-        )
-        conn.execute(
-            sessions.update()
-            .where(sessions.c.id == d.session_id)
-            .values(reserved_usd=sa.case((left < 0, 0.0), else_=left), spent_usd=spent, updated_at=_now())
-        )
 
     def export_outcomes(self) -> list[Outcome]:
         """Every stored outcome in the training contract, for `tierwise train --from-store`."""
