@@ -104,5 +104,6 @@ async def post_usage(
         tokens_out=usage.tokens_out,
         latency_ms=usage.latency_ms,
         served_model=usage.served_model,
+        sessionless=d.session_id is None,
     )
     return _view((await run_in_threadpool(store.get_decisions, [decision_id]))[decision_id], booked=True)

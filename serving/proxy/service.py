@@ -309,6 +309,7 @@ async def _settle(
             latency_ms=(time.perf_counter() - started) * 1000,
             served_model=served.tier.model if served is not None else None,
             reason=reason,
+            sessionless=decision.session_id is None,
         )
     except SQLAlchemyError as exc:  # the answer is the caller's either way; the reservation stays booked
         logger.error("could not settle decision %s (%s): its reservation stays", decision.decision_id, describe(exc))

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from pydantic import SecretStr
 
 from infra.prompt_policy import PromptStorage, prompt_policy
-from infra.store import DecisionRow, Store
+from infra.store import DecisionRow, Store, _insert_decisions
 
 
 def _row() -> DecisionRow:
@@ -101,27 +101,71 @@ def _full_row() -> DecisionRow:
 
 
 @pytest.mark.parametrize("prompts", ["text", "hash", "none"])
-def test_a_local_commit_stores_what_a_durable_one_stores(tmp_path: Path, prompts: PromptStorage) -> None:
-    """The local (SQLite, async) commits insert on a held connection, not through SQLAlchemy's execute: the same
-    columns, byte for byte, as the durable path writes (a None metadata included)."""
+def test_a_held_connection_commit_stores_what_sqlalchemy_stores(tmp_path: Path, prompts: PromptStorage) -> None:
+    """On a SQLite file sessionless decisions (durable or async) insert on a held connection, not through
+    SQLAlchemy's execute: the same columns, byte for byte, as SQLAlchemy's insert writes (a None metadata
+    included), which a session's decisions and PostgreSQL still use."""
     stored: dict[str, dict[str, Any]] = {}
-    for mode in ("durable", "async"):
+    for mode in ("sqlalchemy", "durable", "async"):
         url = f"sqlite:///{tmp_path / mode}.db"
         store = Store(url, prompt_policy(prompts, SecretStr("secret-key-of-32-characters-long!")))
         store.migrate()
-        store.decision_commit = mode
         full, bare = _full_row(), replace(_row(), created_at=datetime(2026, 1, 2, 3, 4, 6, tzinfo=UTC))
-        store.record_decisions([full])
-        store.record_decisions([bare, replace(full, id=uuid.uuid4().hex, metadata=None)])  # executemany
-        assert store.decision_commit_is_local == (mode == "async")
+        batches = [[full], [bare, replace(full, id=uuid.uuid4().hex, metadata=None)]]  # the second: executemany
+        if mode == "sqlalchemy":
+            for batch in batches:
+                with store.engine.begin() as conn:
+                    _insert_decisions(conn, batch, store.prompts)
+        else:
+            store.decision_commit = mode
+            for batch in batches:
+                store.record_decisions(batch)
+            assert store.decision_commit_is_local == (mode == "async")
         store.dispose()
         engine = sa.create_engine(url)
         with engine.connect() as conn:
             rows = conn.exec_driver_sql("SELECT * FROM decisions ORDER BY rowid").mappings().all()
         engine.dispose()
         stored[mode] = {str(i): {k: v for k, v in r.items() if k != "id"} for i, r in enumerate(rows)}
-    assert len(stored["durable"]) == 3
-    assert stored["async"] == stored["durable"]
+    assert len(stored["sqlalchemy"]) == 3
+    assert stored["durable"] == stored["sqlalchemy"]
+    assert stored["async"] == stored["sqlalchemy"]
+
+
+@pytest.mark.parametrize("mode", ["durable", "async"])
+def test_a_settlement_books_once_in_either_commit_mode(store: Store, mode: str) -> None:
+    """The proxy's settlement (a held connection on SQLite, SQLAlchemy on PostgreSQL): the served usage is written,
+    a session's reservation released and the cost booked once; a sessionless decision books on no session."""
+    store.migrate()
+    store.decision_commit = mode
+    sessionless = _row()
+    store.record_decisions([sessionless])
+    booked = replace(_row(), session_id="s-settle", reserved_usd=0.5)
+    with store.lock_session("s-settle", None) as locked:
+        locked.reserve([booked])
+    for decision, cost in ((sessionless, 0.2), (booked, 0.3), (booked, 7.0)):  # the last: a second settlement
+        store.settle_decision(
+            decision.id,
+            cost_usd=cost,
+            tokens_in=12,
+            tokens_out=3,
+            latency_ms=20.5,
+            served_model="small-model",
+            reason=None if decision is sessionless else "routed; served",
+            sessionless=decision.session_id is None,
+        )
+    other = Store(store.url)  # another worker sees it at once
+    try:
+        got = other.get_decisions([sessionless.id, booked.id])
+        session = other.get_session("s-settle")
+    finally:
+        other.dispose()
+    assert got[sessionless.id].settled and got[sessionless.id].cost_usd == pytest.approx(0.2)
+    assert got[sessionless.id].reason == sessionless.reason  # None keeps the decision's reason
+    assert (got[booked.id].tokens_in, got[booked.id].tokens_out, got[booked.id].served_model) == (12, 3, "small-model")
+    assert got[booked.id].reason == "routed; served"
+    assert session is not None
+    assert session.spent_usd == pytest.approx(0.3) and session.reserved_usd == pytest.approx(0.0)  # booked once
 
 
 def test_a_refused_local_commit_raises_the_stores_error_and_the_next_one_commits(tmp_path: Path) -> None:
