@@ -9,6 +9,7 @@ tierwise. Derived, from p50s of the same run:
 - routing_ms = /route - /ping (the routing work without the HTTP round trip)
 - overhead_ms = proxy - upstream; target: overhead_ms <= 3 ms + routing_ms
 - first_byte_delay_ms = proxy first byte - upstream first byte - routing_ms; target <= 5 ms
+With the default (durable) decision commit, then again with decision_commit=async (`async_commit`).
 The router is the tests' small model with their hashing embedder (routing time differs with the ONNX embedder; the
 overhead beyond routing does not depend on it). The store is SQLite, in a temporary directory.
 """
@@ -55,14 +56,14 @@ def _first_byte_ms(client: httpx.Client, url: str, body: dict[str, Any], headers
     return elapsed
 
 
-def run(reps: int = 200, warmup: int = 20, delay_ms: float = 20.0) -> dict[str, Any]:
+def run(reps: int = 200, warmup: int = 20, delay_ms: float = 20.0, decision_commit: str = "durable") -> dict[str, Any]:
     delay_s = delay_ms / 1000
     samples: dict[str, list[float]] = {k: [] for k in ("upstream", "proxy", "route", "ping", "upstream_fb", "proxy_fb")}
     with tempfile.TemporaryDirectory() as tmp_dir, fake_upstream() as up:
         tmp = Path(tmp_dir)
         up.default = Reply(text="a fixed answer in three chunks", delay_s=delay_s, first_byte_delay_s=0.0)
         artifact = train_artifact(HashingEmbedder(), tmp / "artifact")
-        settings = proxy_settings(tmp, up, upstream_retries=0, api_keys={})
+        settings = proxy_settings(tmp, up, upstream_retries=0, api_keys={}, decision_commit=decision_commit)
         app = create_app(settings=settings, model_source=LocalSource(artifact), embedder=HashingEmbedder())
         with live_server(lambda: app) as url, httpx.Client(timeout=30) as client:
             auth = bearer(CLIENT_KEY)
@@ -101,6 +102,7 @@ def run(reps: int = 200, warmup: int = 20, delay_ms: float = 20.0) -> dict[str, 
     return {
         "what": "OpenAI-compatible proxy over a fake upstream with a fixed delay, concurrency 1, one run",
         "command": f"python -m bench.proxy --reps {reps} --warmup {warmup} --delay-ms {delay_ms}",
+        "decision_commit": decision_commit,
         "upstream_delay_ms": delay_ms,
         "latency": latency,
         "routing_ms": round(routing, 3),
@@ -126,6 +128,15 @@ def run(reps: int = 200, warmup: int = 20, delay_ms: float = 20.0) -> dict[str, 
     }
 
 
+def both_commits(reps: int = 200, warmup: int = 20, delay_ms: float = 20.0) -> dict[str, Any]:
+    """`run` with the default (durable) decision commit, and under `async_commit` with decision_commit=async (a
+    sessionless decision and its settlement wait for no disk)."""
+    report = run(reps, warmup, delay_ms)
+    async_commit = run(reps, warmup, delay_ms, "async")
+    report["async_commit"] = {k: v for k, v in async_commit.items() if k not in ("what", "command", "machine")}
+    return report
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reps", type=int, default=200)
@@ -135,9 +146,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would be timed too
-    report = run(args.reps, args.warmup, args.delay_ms)
+    report = both_commits(args.reps, args.warmup, args.delay_ms)
     write_json(args.out, report)
-    logger.info("wrote %s: %s", args.out, [(t["name"], t["value"], t["met"]) for t in report["targets"]])
+    for name, r in (("durable", report), ("async", report["async_commit"])):
+        logger.info("%s: %s", name, [(t["name"], t["value"], t["met"]) for t in r["targets"]])
+    logger.info("wrote %s", args.out)
 
 
 if __name__ == "__main__":

@@ -167,6 +167,10 @@ def summarize(results: dict[str, Any], machine: dict[str, Any]) -> dict[str, Any
         keys = ("routing_ms", "overhead_p50_ms", "first_byte_delay_beyond_routing_p50_ms")
         out["proxy_ms"] = {k: px[k] for k in keys}
         targets += [{"name": f"proxy {t['name']}", "value": t["value"], "met": t["met"]} for t in px["targets"]]
+        targets += [
+            {"name": f"proxy (decision_commit=async) {t['name']}", "value": t["value"], "met": t["met"]}
+            for t in px["async_commit"]["targets"]
+        ]
     out["targets"] = targets
     return out
 
@@ -235,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
         ("serve", "serve", serve_part),
         ("serve", "serve_pg", serve_pg_part),
         ("bulk", "bulk", lambda: bulk.run(champion_model(), bulk_n)),
-        ("proxy", "proxy", lambda: proxy.run(30 if args.quick else 200, 5 if args.quick else 20)),
+        ("proxy", "proxy", lambda: proxy.both_commits(30 if args.quick else 200, 5 if args.quick else 20)),
         ("fastpath", "fastpath", lambda: fastpath.run(args.quick, args.seconds)),
     ]
     with LoadSampler() as sampler:
