@@ -356,9 +356,9 @@ class _RawStatement:
 
 
 class _HeldConnection:
-    """One DBAPI connection of a SQLite engine, held for the hot writes (the local decision commits, the proxy's
-    settlements): each call is one transaction of precompiled statements, and skips SQLAlchemy's per-call pool
-    checkout, transaction and execution context, which cost more than SQLite's statements and commit themselves.
+    """One DBAPI connection of a SQLite engine, held for the hot writes (sessionless decisions, settlements): each
+    call is one transaction of precompiled statements, and skips SQLAlchemy's per-call pool checkout, transaction
+    and execution context, which cost more than SQLite's statements and commit themselves.
     What is stored is what the SQLAlchemy path stores (same statements, same bind processors); errors are raised as
     SQLAlchemy's DBAPIError subclasses, like every other write's."""
 
