@@ -11,7 +11,11 @@ routerbench_subset (config/tiers.toml) and llmrouter_dc (config/tiers.llmrouter_
   other tiers keep the shared-difficulty router's predictions);
 - compared, on the full test outcomes, with the router trained on all of m's outcomes: AIQ and the
   difference, and for m's column: mean predicted minus mean realised score, ECE (10 bins), Brier score
-  and Spearman correlation of predicted with realised score.
+  and Spearman correlation of predicted with realised score;
+- the shipped router blends the boosters with the guessed task prior (router/task_hint.py): the few-rows path
+  is also blended with that prior, either without m's tier (what add-model did before) or with m's per-task
+  means from its N outcomes (TaskPrior.with_tier_outcomes, what it does now), and compared with the full-data
+  router with its prior ("full_data + task prior (shipped)").
 Repeats: `--draws` random sets of N prompts. Writes bench/results/add_model.json.
 """
 
@@ -33,7 +37,9 @@ from router import evaluate as ev
 from router.model import DifficultyModel, fit_logistic_1d
 from router.schema import load_tiers
 from router.shared_difficulty import SharedDifficulty
+from router.task_hint import TaskPrior
 from router.text import text_features
+from training.fit import fit_task_prior
 
 logger = logging.getLogger("bench.add_model")
 NS = (25, 50, 100, 200)
@@ -57,6 +63,12 @@ def aiq_of(P: np.ndarray, sp: bq.SplitData) -> float:
     te = sp.test
     W = np.zeros((0, int(te.sum())))
     return float(bq.curve_metrics(bq.lambda_choices(P, sp.pred_cost[te]), sp.scores[te], sp.costs[te], W)["AIQ"][0])
+
+
+def _summary(runs: list[dict[str, float]], draws: int) -> dict[str, Any]:
+    """Means over the draws, the worst draw's ΔAIQ and the number of draws."""
+    mean = {key: round(float(np.mean([r[key] for r in runs])), 4) for key in runs[0]}
+    return mean | {"d_aiq_min": round(min(r["d_aiq"] for r in runs), 4), "draws": draws}
 
 
 def run(draws: int, seed: int, feats: bq.Features) -> dict[str, Any]:
@@ -98,6 +110,19 @@ def run_dataset(name: str, tiers_path: str, draws: int, seed: int, feats: bq.Fea
         "full_router_without_shared_aiq": round(aiq_of(P_plain, sp), 4),
         "held_out": {},
     }
+    # The shipped router blends the boosters with the guessed task prior (router/task_hint.py); its arms are
+    # compared with the full-data router that has one.
+    cats = np.asarray(sp.categories).astype(str)
+    prior = fit_task_prior(
+        X[tr], Y[tr], cats[tr], tier_names, DifficultyModel(n_jobs=1, random_state=seed), shared_full,
+        shared_full.oof_easiness_[: int(tr.sum())],
+    )  # fmt: skip
+
+    def shipped(P: np.ndarray, task_prior: TaskPrior) -> np.ndarray:
+        return np.asarray(task_prior.blend(P, None, X[te])[0])
+
+    if prior is not None:
+        res["full_router_with_prior_aiq"] = round(aiq_of(shipped(P_full, prior), sp), 4)
     logger.info("%s: full router AIQ %.4f (%.0f s)", name, res["full_router_aiq"], time.perf_counter() - t0)
     S_te = Y[te]
     rng = np.random.default_rng(seed)
@@ -114,6 +139,16 @@ def run_dataset(name: str, tiers_path: str, draws: int, seed: int, feats: bq.Fea
         b0 = float(np.median([b for i, (_, b) in enumerate(base.easiness_calibration_) if i != j]))
         rows: dict[str, Any] = {
             "full_data": {"aiq": res["full_router_aiq"], **column_metrics(P_full[:, j], S_te[:, j])},
+            **(
+                {
+                    "full_data + task prior (shipped)": {
+                        "aiq": res["full_router_with_prior_aiq"],
+                        **column_metrics(shipped(P_full, prior)[:, j], S_te[:, j]),
+                    }
+                }
+                if prior is not None
+                else {}
+            ),
             "full_data, shared difficulty without the model": {
                 "aiq": round(aiq_of(P_base, sp), 4),
                 **column_metrics(P_base[:, j], S_te[:, j]),
@@ -123,6 +158,7 @@ def run_dataset(name: str, tiers_path: str, draws: int, seed: int, feats: bq.Fea
         for n in NS:
             variants = ["few-rows path", "plain booster, no shared difficulty"]
             variants += ["booster from the prior"] if n >= 100 else []
+            with_prior: dict[str, list[dict[str, float]]] = {}
             for variant in variants:
                 runs = []
                 for _ in range(draws):
@@ -144,13 +180,24 @@ def run_dataset(name: str, tiers_path: str, draws: int, seed: int, feats: bq.Fea
                     runs.append(
                         {"aiq": a_, "d_aiq": a_ - res["full_router_aiq"], **column_metrics(P[:, j], S_te[:, j])}
                     )
-                rows[f"N={n} {variant}"] = {
-                    key: round(float(np.mean([r[key] for r in runs])), 4) for key in runs[0]
-                } | {
-                    "d_aiq_min": round(min(r["d_aiq"] for r in runs), 4),
-                    "draws": draws,
-                }
+                    if prior is not None and variant == "few-rows path":  # the shipped add-model path, both ways
+                        for how, tp in (
+                            ("+ task prior without the tier (before)", prior.without_tiers([j])),
+                            (
+                                "+ task prior from its N outcomes",
+                                prior.with_tier_outcomes(j, cats[tr][keep], y_tr[keep]),
+                            ),
+                        ):
+                            Pb = shipped(P, tp)
+                            ab = aiq_of(Pb, sp)
+                            d = ab - res["full_router_with_prior_aiq"]
+                            with_prior.setdefault(how, []).append(
+                                {"aiq": ab, "d_aiq": d, **column_metrics(Pb[:, j], S_te[:, j])}
+                            )
+                rows[f"N={n} {variant}"] = _summary(runs, draws)
                 logger.info("%s %s N=%d %s: %s", name, model_name, n, variant, rows[f"N={n} {variant}"])
+            for how, runs in with_prior.items():
+                rows[f"N={n} few-rows path {how}"] = _summary(runs, draws)
         if j == 0:  # the shortcut above equals DifficultyModel's own few-rows path
             keep = rng.choice(n_tr, size=100, replace=False)
             Ytr = Y[tr].copy()
@@ -179,7 +226,13 @@ def to_markdown(result: dict[str, Any]) -> str:
     for name, res in result["datasets"].items():
         lines += [
             f"## {name} ({res['n_train']} train / {res['n_test']} test prompts; full-data router AIQ "
-            f"{res['full_router_aiq']:.4f}, without the shared difficulty {res['full_router_without_shared_aiq']:.4f})",
+            f"{res['full_router_aiq']:.4f}, without the shared difficulty {res['full_router_without_shared_aiq']:.4f}"
+            + (
+                f", with the task prior (shipped) {res['full_router_with_prior_aiq']:.4f}; the rows '+ task prior' "
+                "are against that one)"
+                if "full_router_with_prior_aiq" in res
+                else ")"
+            ),
             "",
             "| held-out model | setting | ΔAIQ [worst] | pred − realised | ECE | Spearman ρ |",
             "|---|---|---|---|---|---|",

@@ -15,8 +15,9 @@ AIQ [+0.005, +0.014] on routerbench 11 tiers, +0.011 [+0.008, +0.015] on llmrout
 on routellm → mmlu, ties routerbench 3 tiers and routellm's prompt split, and costs −0.004 [−0.010, +0.004] on
 routellm → gsm8k, a task training never saw (bench/results/quality.md: "router" against "boosters alone").
 
-A tier whose model was swapped after training (`tierwise add-model`) has no prior (NaN means: its means are the
-old model's): the boosters' prediction stands for it.
+A tier whose model was swapped after training (`tierwise add-model`) gets its means from the new model's outcomes
+(`with_tier_outcomes`, shrunk toward its overall mean), or no prior when those have no category (NaN means: the
+boosters' prediction stands for it).
 """
 
 from __future__ import annotations
@@ -136,6 +137,29 @@ class TaskPrior:
     @cached_property
     def _weights(self) -> np.ndarray:
         return np.asarray(self.router_weight, dtype=float)
+
+    def with_tier_outcomes(
+        self, tier: int, categories: Sequence[str] | np.ndarray, scores: Sequence[float] | np.ndarray
+    ) -> TaskPrior:
+        """The same prior with tier `tier`'s means taken from a new model's few outcomes (`tierwise add-model`):
+        per task, the mean of its outcomes in that task shrunk toward the mean of all of them by MIN_PROMPTS
+        pseudo-outcomes ((sum + MIN_PROMPTS × overall) / (n + MIN_PROMPTS)); a task it has no outcome in gets
+        the overall mean. The tier keeps its learned router weight. No scores: the tier has no prior."""
+        cats = np.asarray(categories).astype(str)
+        y = np.asarray(scores, dtype=float)
+        if len(cats) != len(y):
+            raise ValueError(f"{len(cats)} categories for {len(y)} scores")
+        ok = np.isfinite(y)
+        if not ok.any():
+            return self.without_tiers([tier])
+        cats, y = cats[ok], y[ok]
+        overall = float(y.mean())
+        means = {}
+        for task, m in self.means.items():
+            rows = cats == task
+            new = (float(y[rows].sum()) + MIN_PROMPTS * overall) / (int(rows.sum()) + MIN_PROMPTS)
+            means[task] = tuple(new if j == tier else v for j, v in enumerate(m))
+        return replace(self, means=means)
 
     def without_tiers(self, tiers: Sequence[int]) -> TaskPrior:
         """The same prior with no means for these tier indices (their model changed since the log)."""

@@ -13,7 +13,7 @@ from router.model import DifficultyModel
 from router.routing import Router
 from router.schema import parse_tiers
 from router.task_classifier import TASK_CLASSIFIER_FILE, TaskClassifier
-from router.task_hint import ROUTER_WEIGHT, TaskPrior
+from router.task_hint import MIN_PROMPTS, ROUTER_WEIGHT, TaskPrior
 from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
 from training.data import split_log
 from training.evaluation import evaluate_artifact
@@ -135,6 +135,24 @@ def test_priors_prefer_a_known_hint_and_leave_a_tier_without_prior_alone() -> No
     # Without features only a hint changes anything.
     out, _ = prior.blend(quality, [None, "math"])
     assert (out[0] == 0.5).all() and out[1] == pytest.approx([0.3, 0.7])
+
+
+def test_a_new_models_means_come_from_its_few_outcomes_shrunk_toward_their_mean() -> None:
+    prior = TaskPrior(
+        NAMES, {"math": (0.2, 0.9), "chat": (0.8, 0.7), "code": (0.5, 0.5)}, {"math": 40, "chat": 40, "code": 40}
+    )
+    cats = ["math"] * 10 + ["chat"] * 30 + ["other"] * 10
+    y = np.array([0.0] * 10 + [1.0] * 30 + [0.5] * 9 + [np.nan])  # a NaN score is left out
+    new = prior.with_tier_outcomes(0, cats, y)
+    overall = (0 + 30 + 4.5) / 49
+    assert new.means["math"][0] == pytest.approx((0 + MIN_PROMPTS * overall) / (10 + MIN_PROMPTS))
+    assert new.means["chat"][0] == pytest.approx((30 + MIN_PROMPTS * overall) / (30 + MIN_PROMPTS))
+    assert new.means["code"][0] == pytest.approx(overall)  # no outcome in the task: the overall mean
+    assert [m[1] for m in new.means.values()] == [0.9, 0.7, 0.5]  # the other tier is untouched
+    assert new.router_weight == prior.router_weight and new.counts == prior.counts
+    assert np.isnan(prior.with_tier_outcomes(1, ["math"], [np.nan]).means["math"][1])  # no score: no prior
+    with pytest.raises(ValueError, match="2 categories for 1 scores"):
+        prior.with_tier_outcomes(0, ["a", "b"], [1.0])
 
 
 def test_classifier_probabilities_and_round_trip(tmp_path: Path) -> None:
