@@ -13,8 +13,8 @@ routerbench_subset (config/tiers.toml) and llmrouter_dc (config/tiers.llmrouter_
   difference, and for m's column: mean predicted minus mean realised score, ECE (10 bins), Brier score
   and Spearman correlation of predicted with realised score;
 - the shipped router blends the boosters with the guessed task prior (router/task_hint.py): the few-rows path
-  is also blended with that prior, either without m's tier (what add-model did before) or with m's per-task
-  means from its N outcomes (TaskPrior.with_tier_outcomes, what it does now), and compared with the full-data
+  is also blended with that prior, either without m's tier (what add-model ships) or with m's per-task means
+  from its N outcomes (TaskPrior.with_tier_outcomes, measured, not shipped), and compared with the full-data
   router with its prior ("full_data + task prior (shipped)").
 Repeats: `--draws` random sets of N prompts. Writes bench/results/add_model.json.
 """
@@ -182,7 +182,7 @@ def run_dataset(name: str, tiers_path: str, draws: int, seed: int, feats: bq.Fea
                     )
                     if prior is not None and variant == "few-rows path":  # the shipped add-model path, both ways
                         for how, tp in (
-                            ("+ task prior without the tier (before)", prior.without_tiers([j])),
+                            ("+ task prior without the tier (shipped)", prior.without_tiers([j])),
                             (
                                 "+ task prior from its N outcomes",
                                 prior.with_tier_outcomes(j, cats[tr][keep], y_tr[keep]),

@@ -15,9 +15,11 @@ AIQ [+0.005, +0.014] on routerbench 11 tiers, +0.011 [+0.008, +0.015] on llmrout
 on routellm → mmlu, ties routerbench 3 tiers and routellm's prompt split, and costs −0.004 [−0.010, +0.004] on
 routellm → gsm8k, a task training never saw (bench/results/quality.md: "router" against "boosters alone").
 
-A tier whose model was swapped after training (`tierwise add-model`) gets its means from the new model's outcomes
-(`with_tier_outcomes`, shrunk toward its overall mean), or no prior when those have no category (NaN means: the
-boosters' prediction stands for it).
+A tier whose model was swapped after training (`tierwise add-model`) has no prior (NaN means: its means are the
+old model's): the boosters' prediction stands for it. Means from the new model's few outcomes
+(`with_tier_outcomes`) were measured and not shipped: in bench/results/add_model.md they are within the draws'
+noise of no prior (mean ΔAIQ over 6 held-out models −0.0029 vs −0.0034 at N = 100, −0.0059 vs −0.0044 at N = 50)
+and worsen the tier's calibration on llmrouter_dc (ECE 0.06 → 0.11–0.14).
 """
 
 from __future__ import annotations
@@ -141,10 +143,11 @@ class TaskPrior:
     def with_tier_outcomes(
         self, tier: int, categories: Sequence[str] | np.ndarray, scores: Sequence[float] | np.ndarray
     ) -> TaskPrior:
-        """The same prior with tier `tier`'s means taken from a new model's few outcomes (`tierwise add-model`):
-        per task, the mean of its outcomes in that task shrunk toward the mean of all of them by MIN_PROMPTS
-        pseudo-outcomes ((sum + MIN_PROMPTS × overall) / (n + MIN_PROMPTS)); a task it has no outcome in gets
-        the overall mean. The tier keeps its learned router weight. No scores: the tier has no prior."""
+        """The same prior with tier `tier`'s means taken from a new model's few outcomes (measured for
+        `tierwise add-model` by bench/quality_add_model.py; not shipped, see the module's docstring): per task,
+        the mean of its outcomes in that task shrunk toward the mean of all of them by MIN_PROMPTS pseudo-outcomes
+        ((sum + MIN_PROMPTS × overall) / (n + MIN_PROMPTS)); a task it has no outcome in gets the overall mean.
+        The tier keeps its learned router weight. No scores: the tier has no prior."""
         cats = np.asarray(categories).astype(str)
         y = np.asarray(scores, dtype=float)
         if len(cats) != len(y):

@@ -1,8 +1,9 @@
 """A model swapped in behind a tier, learned from its few outcomes without retraining (issue 10, item 2).
 
 The trained router keeps every other tier; the swapped tier is refitted from the new model's outcomes alone on
-top of the shared difficulty (DifficultyModel.refit_tier): from 100 outcomes the router is within 0.01 AIQ of one
-trained on all of them for 4 of 6 held-out models (bench/results/add_model.md).
+top of the shared difficulty (DifficultyModel.refit_tier), and keeps no task prior (its means were the old
+model's). From 100 outcomes the shipped router (with the task prior) is within 0.01 AIQ of one trained on all of
+them for 5 of 6 held-out models (gemma-2-9b-it on llmrouter_dc: −0.013; bench/results/add_model.md).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def add_models(
         raise NothingToAdd(
             "no tier's model differs from the one the router was trained with: swap one in the tiers file"
         )
-    model, notes, task_prior = artifact.model, [], artifact.task_prior
+    model, notes = artifact.model, []
     tokens_out = dict(artifact.tokens_out)
     for j in swapped:
         tier = tiers.tiers[j]
@@ -51,18 +52,9 @@ def add_models(
         how = "calibrated shared easiness" if model.boosters_[j] is None else "shared easiness and a booster"
         notes.append(f"tier {tier.name}: {tier.model} from {len(rows)} outcomes ({how})")
         logger.info(notes[-1])
-        if task_prior is None:
-            continue
-        if "category" in rows and rows["category"].notna().any():  # its own per-task means, from these outcomes
-            task_prior = task_prior.with_tier_outcomes(
-                j, rows["category"].fillna("").to_numpy(), rows["score"].to_numpy()
-            )
-            notes.append(f"tier {tier.name}: task prior from its outcomes' categories")
-        else:  # the old model's means are not this one's
-            task_prior = task_prior.without_tiers([j])
-            notes.append(f"tier {tier.name}: no task prior (its outcomes have no category)")
     if artifact.guarantee is not None:  # calibrated on the old tier's predictions
         notes.append("the quality guarantee was dropped: it was calibrated with the old model's predictions")
+    task_prior = artifact.task_prior.without_tiers(swapped) if artifact.task_prior is not None else None
     return (
         replace(artifact, model=model, tiers=tiers, tokens_out=tokens_out, guarantee=None, task_prior=task_prior),
         notes,
