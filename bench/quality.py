@@ -496,6 +496,17 @@ def within_category_rho(P: np.ndarray, S: np.ndarray, cats: np.ndarray) -> float
     return total / weight if weight else float("nan")
 
 
+MIN_APGR_CATEGORY = 30  # test prompts a category needs for its own APGR
+
+
+def _apgr_categories(cats: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The test prompts' benchmarks (a category's part before '/': `mmlu/anatomy` is MMLU) with their own APGR
+    (when there are two or more), with their row masks."""
+    bench = np.array([str(c).split("/", 1)[0] for c in cats])
+    names = [c for c in np.unique(bench) if (bench == c).sum() >= MIN_APGR_CATEGORY]
+    return [(str(c), bench == c) for c in names] if len(names) > 1 else []
+
+
 def evaluate_split(
     sp: SplitData, preds: dict[str, np.ndarray], n_boot: int, seed: int
 ) -> dict[str, dict[str, np.ndarray]]:
@@ -511,6 +522,8 @@ def evaluate_split(
         out[name]["within_category_rho"] = np.full(n_boot + 1, rho)
         if S.shape[1] == 2:
             out[name]["APGR_share"] = apgr_share(P[:, 1] - P[:, 0], S, W, seed)
+            for cat, m in _apgr_categories(sp.categories[te]):  # RouteLLM reports APGR per benchmark
+                out[name][f"APGR_share:{cat}"] = apgr_share(P[m, 1] - P[m, 0], S[m], W[:, m], seed)
     out["zero router"] = curve_metrics(lambda_choices(PC, PC)[:1], S, C, W, extra_points=True)
     if S.shape[1] == 2:
         out["zero router"]["APGR_share"] = np.full(n_boot + 1, 0.5)
@@ -579,7 +592,10 @@ def write_results(
     groups = {}
     for group, runs in draws.items():
         common = [m for m in runs[0] if all(m in r for r in runs)]
-        mean = {m: {k: np.mean([r[m][k] for r in runs], axis=0) for k in runs[0][m]} for m in common}
+        mean = {
+            m: {k: np.mean([r[m][k] for r in runs], axis=0) for k in runs[0][m] if all(k in r[m] for r in runs)}
+            for m in common
+        }
         groups[group] = {
             "n_splits": len(runs),
             "methods": {m: summarise(a, mean["router"] if m != "router" else None) for m, a in mean.items()},
@@ -602,6 +618,25 @@ def write_results(
 
 def _fmt(v: list[float] | None) -> str:
     return "" if v is None else f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+
+
+def _apgr_by_category(methods: dict[str, Any]) -> list[str]:
+    """A group's APGR share per benchmark, as RouteLLM reports it: empty when it has none."""
+    cats = sorted({k.split(":", 1)[1] for v in methods.values() for k in v if k.startswith("APGR_share:")})
+    if not cats:
+        return []
+    head = "| method | " + " | ".join(f"APGR share {c} | Δ vs router" for c in cats) + " |"
+    lines = [
+        f"APGR share per benchmark (those with ≥ {MIN_APGR_CATEGORY} test prompts), as RouteLLM reports it:",
+        "",
+        head,
+    ]
+    lines.append("|---" * (head.count("|") - 1) + "|")
+    rows = [(m, v) for m, v in methods.items() if f"APGR_share:{cats[0]}" in v]
+    for m, v in sorted(rows, key=lambda kv: -kv[1][f"APGR_share:{cats[0]}"][0]):
+        cells = [f"{_fmt(v.get(f'APGR_share:{c}'))} | {_fmt(v.get(f'd_APGR_share:{c}'))}" for c in cats]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -634,6 +669,7 @@ def to_markdown(result: dict[str, Any]) -> str:
             row += f" {rho:.3f} |" if np.isfinite(rho) else " – |"
             lines.append(row)
         lines.append("")
+        lines += _apgr_by_category(g["methods"])
     lines += [
         "## Per split",
         "",
