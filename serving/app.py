@@ -91,7 +91,6 @@ def create_app(
             )
             tasks.append(asyncio.create_task(replayer))
         app.state.proxy = open_proxy(settings, os.environ, metrics.upstream)
-        app.state.proxy.writer = app.state.writer
         try:
             yield
         finally:

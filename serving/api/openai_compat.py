@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 from router.policy import NoTierFits
-from serving.deps import Caller, MetricsDep, RuntimeDep, SettingsDep, StoreDep
+from serving.deps import Caller, RoutingDep, RuntimeDep
 from serving.errors import Invalid, OverBudget, ServiceError, refusal_class
 from serving.proxy.service import Proxy, ProxyError
 from serving.proxy.wire import (
@@ -128,18 +128,10 @@ router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute, respo
         },
     },
 )
-async def chat_completions(
-    req: ChatCompletionRequest,
-    request: Request,
-    rt: RuntimeDep,
-    store: StoreDep,
-    caller: Caller,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-) -> Response:
+async def chat_completions(req: ChatCompletionRequest, request: Request, ctx: RoutingDep) -> Response:
     """Route the conversation (system text + last user turn) to a tier, answer with that tier's upstream."""
     proxy: Proxy = request.app.state.proxy
-    return await proxy.chat(req, request.headers, rt, store, caller, settings, metrics)
+    return await proxy.chat(req, request.headers, ctx)
 
 
 @router.get("/models")

@@ -19,8 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from infra.settings import Settings
 from infra.store import Store
 from router.schema import Tier
-from serving.decision_writer import DecisionWriter
-from serving.metrics import Metrics, UpstreamMetrics
+from serving.metrics import UpstreamMetrics
 from serving.outcomes import describe
 from serving.proxy.dispatch import Dispatcher, RetryPolicy, Served, Trail
 from serving.proxy.upstream import UpstreamFailure, make_client
@@ -37,7 +36,6 @@ from serving.proxy.wire import (
 from serving.routing import Routing, route_request_started
 from serving.runtime import Runtime
 from serving.schemas import RouteOptions, RouteResponse
-from serving.security import Principal
 
 logger = logging.getLogger(__name__)
 
@@ -125,21 +123,14 @@ class Proxy:
     """The door's state, made once in the app's lifespan: the dispatcher with its pooled client."""
 
     dispatcher: Dispatcher
-    writer: DecisionWriter | None = None  # the app's group committer: routing then stays on the event loop
 
     async def aclose(self) -> None:
         await self.dispatcher.client.aclose()
 
-    async def chat(
-        self,
-        req: ChatCompletionRequest,
-        headers: Mapping[str, str],
-        rt: Runtime,
-        store: Store,
-        principal: Principal,
-        settings: Settings,
-        metrics: Metrics | None = None,
-    ) -> Response:
+    async def chat(self, req: ChatCompletionRequest, headers: Mapping[str, str], ctx: Routing) -> Response:
+        """Route the request's prompt view with `ctx` (the model, the store and its committer, the caller),
+        serve it upstream, settle the decision and answer."""
+        rt, store = ctx.rt, ctx.store
         opts = route_options(req, headers, rt.tiers.names)
         prompt = prompt_view(req.messages)
         if not prompt.strip():
@@ -152,7 +143,6 @@ class Proxy:
         # writer thread about a millisecond of CPU, most of it holding the GIL, and started at once it delayed
         # sending the request by about that much (bench.proxy).
         trail = Trail()
-        ctx = Routing(rt, store, self.writer, settings, metrics, principal)
         [decision], committed = await route_request_started(ctx, [prompt], opts, after=trail.sent)
         started = time.perf_counter()
         try:
