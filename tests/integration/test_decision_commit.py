@@ -79,13 +79,9 @@ def test_the_decision_commit_mode_reaches_the_database(store: Store, mode: str, 
 
 def _full_row() -> DecisionRow:
     names = ["small", "large"]
-    return DecisionRow(
-        id=uuid.uuid4().hex,
+    return replace(
+        _row(),
         prompt="What is 2 + 2? ünïcode ✓",
-        tier="small",
-        model="small-model",
-        expected_cost_usd=1e-5,
-        router_version="v1",
         reason="explored: served small",
         owner="k" * 64,
         metadata={"team": "a", "n": [1, 2.5, None]},
@@ -115,7 +111,7 @@ def test_a_held_connection_commit_stores_what_sqlalchemy_stores(tmp_path: Path, 
         if mode == "sqlalchemy":
             for batch in batches:
                 with store.engine.begin() as conn:
-                    _insert_decisions(conn, batch, store.prompts)
+                    _insert_decisions(conn.execute, batch, store.prompts)
         else:
             store.decision_commit = mode
             for batch in batches:
