@@ -234,12 +234,13 @@ def evaluate_artifact(
         others["logistic regression"] = logreg_predictor(X[train], split.table.scores[train], seed)(X[test])
         if len(set(cats[train]) - {""}) > 1:
             others["task prior"] = ev.task_prior(cats, split.table.scores, train)[test]
-        if artifact.task_prior is not None and artifact.task_prior.classifier is not None:
-            # The router before its guessed task prior is blended in: what the classifier and the means add.
-            others["boosters alone (no task prior)"] = artifact.model.predict_quality(X[test])
         if artifact.task_prior is not None:
+            boosters = artifact.model.predict_quality(X[test])
+            if artifact.task_prior.classifier is not None:
+                # The router before its guessed task prior is blended in: what the classifier and the means add.
+                others["boosters alone (no task prior)"] = boosters
             # What callers would get by sending each prompt's category as its task hint (router/task_hint.py).
-            others["router + task hint"] = artifact.quality_of(X[test], list(cats[test]))
+            others["router + task hint"] = artifact.task_prior.blend(boosters, list(cats[test]), X[test])[0]
     router = Router(artifact, embedder=embedder, cache=cache)
     pred, pred_cost = router.score([p for p, t in zip(prompts, test, strict=True) if t])
     return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others, n_boot, seed)
