@@ -80,6 +80,11 @@ class Router:
         )
         return quality, self.expected_cost(prompts), novelty
 
+    def guesses_task(self) -> bool:
+        """Whether the model guesses a prompt's task when no hint names one it knows (router.task_hint)."""
+        prior = self.artifact.task_prior
+        return prior is not None and prior.classifier is not None
+
     def knows_task(self, task: str | None) -> bool:
         """Whether a task hint changes this model's predictions (a category of its log with enough prompts)."""
         prior = self.artifact.task_prior

@@ -117,8 +117,7 @@ def task_hint_note(rt: Runtime, task: str | None) -> str:
         return ""
     if rt.router.knows_task(task):
         return f"; task hint {task!r}: its tiers' mean scores in the training log blended in (router.task_hint)"
-    prior = rt.router.artifact.task_prior
-    fallback = "the model's own guess of the task is used" if prior and prior.classifier else "ignored"
+    fallback = "the model's own guess of the task is used" if rt.router.guesses_task() else "ignored"
     return f"; task hint {task!r} is not a task this model knows (GET /tiers lists them): {fallback}"
 
 
