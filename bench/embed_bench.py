@@ -1,6 +1,7 @@
-"""Embedding micro-benchmark: single-prompt latency p50/p99 per backend, short and long prompts, 1 thread.
+"""Embedding micro-benchmark: single-prompt latency p50/p99 per backend, short and long prompts, 1 thread; and
+bulk encoding with int8 on every core (how training and `tierwise route --batch` embed many texts).
 
-python bench/embed_bench.py --out bench/results/embed.json
+python -m bench.embed_bench --out bench/results/embed.json
 """
 
 from __future__ import annotations
@@ -50,6 +51,45 @@ def time_single(embedder: Embedder, text: str, reps: int, warmup: int) -> dict[s
     }
 
 
+BULK_TEXTS = 240
+
+
+def bulk_texts(n: int = BULK_TEXTS) -> list[str]:
+    """n few-shot-like texts of about 100 to 256 word pieces (training embeds the log's prompts' last 700 characters)."""
+    return [
+        " ".join(
+            f"Example {i}.{j}: {3 * j + i} apples and {j} pears make {4 * j + i} fruit." for j in range(6 + i % 12)
+        )
+        + f" Question {i}: how many fruit?"
+        for i in range(n)
+    ]
+
+
+def time_bulk(onnx_dir: Path, threads: int) -> dict[str, Any]:
+    """Seconds to embed BULK_TEXTS texts with int8 and `threads` threads: one encode([text]) per text (a run on
+    `threads` intra-op threads each, how encode(texts) worked before) against one encode(texts) (texts spread over
+    `threads` worker threads, one intra-op thread each); the best of 3 each, alternating."""
+    texts = bulk_texts()
+    embedder = make_embedder("onnx-int8", onnx_dir=onnx_dir, num_threads=threads)
+    embedder.encode(texts[:threads])  # load both sessions
+    one_by_one, spread = [], []
+    for _ in range(3):
+        start = time.perf_counter()
+        a = np.vstack([embedder.encode([t]) for t in texts])
+        one_by_one.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        b = embedder.encode(texts)
+        spread.append(time.perf_counter() - start)
+    return {
+        "texts": len(texts),
+        "threads": threads,
+        "one_text_per_run_on_intra_op_threads_s": round(min(one_by_one), 3),
+        "texts_spread_over_worker_threads_s": round(min(spread), 3),
+        "speedup": round(min(one_by_one) / min(spread), 2),
+        "max_abs_difference": float(np.abs(a - b).max()),
+    }
+
+
 def count_tokens(onnx_dir: Path, text: str, max_length: int = 256) -> int:
     """MiniLM word pieces in text after truncation, special tokens included."""
     from tokenizers import Tokenizer
@@ -88,6 +128,7 @@ def run(backends: list[str], onnx_dir: Path, reps: int, warmup: int, threads: in
         },
         "latency": results,
         "p50_speedup_vs_torch": speedup,
+        "bulk": time_bulk(onnx_dir, os.cpu_count() or 1) if "onnx-int8" in backends else None,
     }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,12 @@ class OnnxEmbedder:
     (cosine down to 0.988 between batched and single runs). One sequence per run keeps
     encode(texts)[i] == encode([texts[i]]), so training and serving see the same vectors, and on
     this machine it was not slower.
+
+    `num_threads` (default 1) is the intra-op threads of one run, which is how one text is embedded. Many texts one
+    sequence at a time (int8) are spread over `num_threads` worker threads instead, each running one sequence on a
+    second session with one intra-op thread: two intra-op threads on one ~170-token sequence are far from twice as
+    fast, two sequences at once nearly are (`python -m bench.embed_bench`, part "bulk"). A text's vector does not
+    depend on the path (tests/unit/test_onnx_embedder.py; bit for bit on the machines measured).
     """
 
     def __init__(
@@ -53,6 +60,7 @@ class OnnxEmbedder:
         self.max_length = max_length
         self.batch_size = batch_size
         self._session: Any = None
+        self._single_thread_session: Any = None
         self._tokenizer: Tokenizer | None = None
         self._lock = threading.Lock()
 
@@ -68,8 +76,6 @@ class OnnxEmbedder:
         """Create the tokenizer and the inference session once; safe to call from several threads."""
         with self._lock:
             if self._session is None or self._tokenizer is None:
-                import onnxruntime as ort
-
                 for path in (self.model_file, self.tokenizer_file):
                     if not path.is_file():
                         raise FileNotFoundError(f"{path} is missing; build the embedder with `make setup`")
@@ -77,15 +83,8 @@ class OnnxEmbedder:
                 # tokenizer.json ships with 128-token truncation and fixed padding; MiniLM reads 256.
                 tokenizer.enable_truncation(max_length=self.max_length)
                 tokenizer.no_padding()
-                options = ort.SessionOptions()
                 # One intra-op thread by default: serving scales with worker processes, not threads.
-                options.intra_op_num_threads = self.num_threads or 1
-                options.inter_op_num_threads = 1
-                options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-                session = ort.InferenceSession(
-                    str(self.model_file), sess_options=options, providers=["CPUExecutionProvider"]
-                )
+                session = self._new_session(self.num_threads or 1)
                 recipe = session.get_modelmeta().custom_metadata_map.get(RECIPE_KEY)
                 if self.quantized and recipe != INT8_RECIPE:
                     raise StaleOnnxFile(
@@ -96,6 +95,23 @@ class OnnxEmbedder:
                 self._session = session
                 self._tokenizer = tokenizer
         return self._session, self._tokenizer
+
+    def _new_session(self, intra_op_threads: int) -> Any:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(str(self.model_file), sess_options=options, providers=["CPUExecutionProvider"])
+
+    def _single_thread(self) -> Any:
+        """The session with one intra-op thread that the worker threads share (after `_load`; created once)."""
+        with self._lock:
+            if self._single_thread_session is None:
+                self._single_thread_session = self._new_session(1)
+        return self._single_thread_session
 
     def _run_one(self, session: Any, token_ids: list[int]) -> np.ndarray:
         """Embed one tokenized text: no padding, so the mask is all ones."""
@@ -118,8 +134,15 @@ class OnnxEmbedder:
         encodings = tokenizer.encode_batch(list(texts))
         batch_size = self.batch_size or (1 if self.quantized else 32)
         if batch_size == 1:
-            for i, encoding in enumerate(encodings):
-                result[i] = self._run_one(session, encoding.ids)[0]
+            workers = min(self.num_threads or 1, len(texts))
+            if workers == 1:
+                for i, encoding in enumerate(encodings):
+                    result[i] = self._run_one(session, encoding.ids)[0]
+                return result
+            single = self._single_thread()  # ONNX Runtime sessions take concurrent runs
+            with ThreadPoolExecutor(workers, thread_name_prefix="tierwise-embed") as pool:
+                for i, vector in enumerate(pool.map(lambda e: self._run_one(single, e.ids)[0], encodings)):
+                    result[i] = vector
             return result
         # Length-sorted chunks: each chunk is padded only to its own longest member.
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))

@@ -111,10 +111,14 @@ def test_batch_equals_single(onnx_dir: Path, batch_size: int | None) -> None:
     np.testing.assert_allclose(embedder.encode(PROMPTS), single, atol=1e-5)
 
 
-def test_int8_batch_equals_single(onnx_dir: Path) -> None:
-    embedder = make_embedder("onnx-int8", onnx_dir=onnx_dir)
+@pytest.mark.parametrize("num_threads", [None, 2, 3])
+def test_int8_batch_equals_single(onnx_dir: Path, num_threads: int | None) -> None:
+    """With several threads the texts run on worker threads over a one-thread session; a text's vector is the same
+    as when it is embedded alone (one run on the session with `num_threads` intra-op threads)."""
+    embedder = make_embedder("onnx-int8", onnx_dir=onnx_dir, num_threads=num_threads)
     single = np.vstack([embedder.encode([p]) for p in PROMPTS])
     np.testing.assert_allclose(embedder.encode(PROMPTS), single, atol=1e-5)
+    np.testing.assert_allclose(embedder.encode(PROMPTS[::-1])[::-1], single, atol=1e-5)  # order is kept
 
 
 def test_long_texts_are_truncated_to_256_word_pieces(onnx_embedder: OnnxEmbedder) -> None:
