@@ -187,10 +187,13 @@ def _stage_model_files(result: TrainResult, onnx_dir: Path | None, tmp: Path) ->
         embedder_dir = tmp / "embedder"
         embedder_dir.mkdir()
         for src in embedder_files(backend, onnx_dir):
+            # The file itself, not a symlink to it (os.link links a symlink, and MLflow refuses an artifact that
+            # resolves outside its directory); MLflow copies it again, so no need to copy 70 MB twice.
+            real = src.resolve()
             try:
-                os.link(src, embedder_dir / src.name)  # MLflow copies it again: no need to copy 70 MB twice
+                os.link(real, embedder_dir / src.name)
             except OSError:
-                shutil.copyfile(src, embedder_dir / src.name)
+                shutil.copyfile(real, embedder_dir / src.name)
         artifacts[PACKAGED_EMBEDDER] = str(embedder_dir)
     code = tmp / "code" / "router"
     shutil.copytree(Path(router.__file__).parent, code, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
