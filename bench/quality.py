@@ -562,21 +562,26 @@ def run(quick: bool, n_boot: int, out_dir: Path, only: str | None = None) -> dic
         preds, timings = fit_predict_methods(sp, feats, seed, extras)
         metrics = evaluate_split(sp, preds, n_boot, seed)
         draws.setdefault(sp.group, []).append(metrics)
-        per_split.append(
-            {
-                "group": sp.group,
-                "split": sp.name,
-                "n_train": int(sp.train.sum()),
-                "n_test": int(sp.test.sum()),
-                "n_tiers": len(sp.tier_cols),
-                "n_models_in_log": int(sp.all_scores.shape[1]),
-                "fit_seconds": {k: round(v, 2) for k, v in timings.items()},
-                "methods": {m: summarise(a, metrics["router"] if m != "router" else None) for m, a in metrics.items()},
-                "seconds": round(time.perf_counter() - t0, 1),
-            }
-        )
+        per_split.append(split_record(sp, metrics, time.perf_counter() - t0, timings))
         write_results(per_split, draws, quick, n_boot, out_dir, time.perf_counter() - t_start, machine)
     return write_results(per_split, draws, quick, n_boot, out_dir, time.perf_counter() - t_start, machine)
+
+
+def split_record(
+    sp: SplitData, metrics: dict[str, dict[str, np.ndarray]], seconds: float, timings: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """One split's entry of quality.json: its sizes, every method's metrics (against the router) and its time."""
+    return {
+        "group": sp.group,
+        "split": sp.name,
+        "n_train": int(sp.train.sum()),
+        "n_test": int(sp.test.sum()),
+        "n_tiers": len(sp.tier_cols),
+        "n_models_in_log": int(sp.all_scores.shape[1]),
+        **({} if timings is None else {"fit_seconds": {k: round(v, 2) for k, v in timings.items()}}),
+        "methods": {m: summarise(a, metrics["router"] if m != "router" else None) for m, a in metrics.items()},
+        "seconds": round(seconds, 1),
+    }
 
 
 def write_results(
