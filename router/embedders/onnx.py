@@ -39,9 +39,10 @@ class OnnxEmbedder:
 
     `num_threads` (default 1) is the intra-op threads of one run, which is how one text is embedded. Many texts one
     sequence at a time (int8) are spread over `num_threads` worker threads instead, each running one sequence on a
-    second session with one intra-op thread: two intra-op threads on one ~170-token sequence are far from twice as
-    fast, two sequences at once nearly are (`python -m bench.embed_bench`, part "bulk"). A text's vector does not
-    depend on the path (tests/unit/test_onnx_embedder.py; bit for bit on the machines measured).
+    second session with one intra-op thread. On 2 cores (300 routerbench prompts, against one thread) two intra-op
+    threads on each sequence were 1.4-1.7x faster, two sequences at once 1.75-2.0x (`python -m bench.embed_bench`,
+    part "bulk", compares the two). A text's vector does not depend on the path (tests/unit/test_onnx_embedder.py;
+    bit for bit on the machine measured).
     """
 
     def __init__(
