@@ -52,7 +52,10 @@ def proxy_settings(tmp: Path, up: FakeUpstream, fusion: bool = False, **fields: 
         "reload_signal_path": tmp / "reload-generation",
         "quality_target": 0.7,
         "api_keys": KEYS,
-        "upstream_timeout_s": 1.0,
+        # Not a test of timeouts (those set their own): room for a slow, busy machine. With 1 s, a streamed call's
+        # first attempt failed before its first event once in a full run on 2 cores (2026-11-26; its retry got the
+        # default reply); a 1 s timeout in a test process of 2.4 GB is the likely cause, not a proven one.
+        "upstream_timeout_s": 5.0,
         "upstream_retries": 1,
         "upstream_retry_backoff_s": 0.01,
     }

@@ -79,7 +79,8 @@ def test_completion_is_routed_served_and_settled(tierwise: str, api: httpx.Clien
 def test_streaming_through_litellm(tierwise: str, up: FakeUpstream) -> None:
     up.script("large", Reply(text="one two three four", chunks=4))
     chunks = list(litellm.completion(**provider(tierwise), messages=user(HARD), stream=True))
-    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "one two three four"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks)
+    assert text == "one two three four", (up.requests, getattr(chunks[0], "tierwise", None))
     assert chunks[0].tierwise["tier"] == "brain", "the first chunk carries the decision"
 
 

@@ -190,7 +190,7 @@ def test_a_streamed_answer_leaves_its_upstream_connection_open_for_the_next_call
 
 
 def test_an_upstream_holding_its_stream_open_after_done_does_not_hold_the_caller(sdk: OpenAI, up: FakeUpstream) -> None:
-    up.script("small", Reply(text="done early", linger_s=3.0))  # longer than the proxy's upstream timeout
+    up.script("small", Reply(text="done early", linger_s=3.0))  # the relay's drain gives up after upstream.DRAIN_S
     started = time.monotonic()
     chunks = list(
         sdk.chat.completions.create(model="tierwise", messages=[{"role": "user", "content": EASY}], stream=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 
 import mlflow
@@ -40,8 +40,9 @@ def registry(artifact_dir: Path, tmp_path: Path) -> Iterator[tuple[str, MlflowCl
     mlflow.set_registry_uri(None)  # the service set both
 
 
-def mlflow_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("Mlflow")]
+def mlflow_threads(besides: Collection[threading.Thread] = ()) -> list[str]:
+    """MLflow's threads alive now, leaving out `besides` (threads an earlier test left to the garbage collector)."""
+    return [t.name for t in threading.enumerate() if t.name.startswith("Mlflow") and t not in besides]
 
 
 def test_reloads_do_not_grow_the_thread_count(
@@ -49,6 +50,9 @@ def test_reloads_do_not_grow_the_thread_count(
 ) -> None:
     uri, mlflow_client = registry
     client = client_factory(source=RegistrySource(uri, NAME, "champion"))
+    # Threads of this process's earlier MLflow calls (a model logged by another test) live until a garbage
+    # collection, whenever it runs: they are not this test's (seen in a full run, 2026-11-26).
+    earlier = set(threading.enumerate())
     # Without the collector, threads that only a garbage collection would end stay alive, whenever it runs.
     gc.disable()
     try:
@@ -62,7 +66,7 @@ def test_reloads_do_not_grow_the_thread_count(
     finally:
         gc.enable()
     assert counts[-1] <= counts[1] + SLACK_THREADS, counts
-    assert mlflow_threads() == []
+    assert mlflow_threads(besides=earlier) == []
 
 
 def test_a_reload_with_the_alias_unmoved_downloads_nothing(
