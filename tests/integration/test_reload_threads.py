@@ -49,10 +49,10 @@ def test_reloads_do_not_grow_the_thread_count(
     client_factory: Callable[..., TestClient], registry: tuple[str, MlflowClient]
 ) -> None:
     uri, mlflow_client = registry
-    client = client_factory(source=RegistrySource(uri, NAME, "champion"))
-    # Threads of this process's earlier MLflow calls (a model logged by another test) live until a garbage
-    # collection, whenever it runs: they are not this test's (seen in a full run, 2026-11-26).
+    # Threads of this process's earlier MLflow calls (this test's registry fixture, a model logged by another test)
+    # live until a garbage collection, whenever it runs: they are not the service's (a full run, 2026-11-26).
     earlier = set(threading.enumerate())
+    client = client_factory(source=RegistrySource(uri, NAME, "champion"))
     # Without the collector, threads that only a garbage collection would end stay alive, whenever it runs.
     gc.disable()
     try:
