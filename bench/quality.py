@@ -338,14 +338,6 @@ def fit_predict_methods(
         model = IrtModel(random_state=seed, **{**IRT_PARAMS, **kw}).fit(X[tr], Yall[tr], all_names)
         return model.predict_quality(X[te])[:, sp.tier_cols]
 
-    def shared_difficulty() -> SharedDifficulty:
-        pool = pool_for(sp, seed)
-        rest = pool.prompts[pool.n_train :]
-        Xp = np.vstack([X[tr], np.hstack([feats.view(rest, "tail700"), text_features(rest)])])
-        return SharedDifficulty(n_jobs=N_JOBS, random_state=seed).fit(
-            Xp, pool.scores.to_numpy(dtype=float), [str(c) for c in pool.scores.columns]
-        )
-
     def on_shared(easiness: str) -> np.ndarray:
         names = [str(j) for j in range(Y.shape[1])]
         model = DifficultyModel(n_jobs=N_JOBS, random_state=seed, easiness=easiness)  # type: ignore[arg-type]
@@ -353,7 +345,7 @@ def fit_predict_methods(
         return model.fit(X[tr], Y[tr], names, shared=shared, train_easiness=e).predict_quality(X[te])
 
     t0 = time.perf_counter()
-    shared = shared_difficulty()
+    shared = shared_difficulty_for(sp, X, feats, seed)
     timings["shared difficulty fit"] = time.perf_counter() - t0
     # The default (training/fit.py): boosters on the shared difficulty, then (with categories) the task prior the
     # classifier guesses from each prompt blended in (router/task_hint.py), as the service predicts without a hint.
@@ -428,6 +420,17 @@ def fit_predict_methods(
         timed("(c) router, question view + structure", lambda: booster(np.hstack([q_emb, tf, st])))
         timed("(c) router, tail + question views", lambda: booster(np.hstack([emb, q_emb, tf, st])))
     return preds, timings
+
+
+def shared_difficulty_for(sp: SplitData, X: np.ndarray, feats: Features, seed: int) -> SharedDifficulty:
+    """The shared difficulty `make train` fits for the split: its train prompts (features X of all its prompts) and
+    the other logs' pool (pool_for)."""
+    pool = pool_for(sp, seed)
+    rest = pool.prompts[pool.n_train :]
+    Xp = np.vstack([X[sp.train], np.hstack([feats.view(rest, "tail700"), text_features(rest)])])
+    return SharedDifficulty(n_jobs=N_JOBS, random_state=seed).fit(
+        Xp, pool.scores.to_numpy(dtype=float), [str(c) for c in pool.scores.columns]
+    )
 
 
 def oof_bases(

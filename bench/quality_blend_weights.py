@@ -25,11 +25,9 @@ from threadpoolctl import threadpool_limits
 
 import bench.quality as q
 from router.model import DifficultyModel
-from router.shared_difficulty import SharedDifficulty
-from router.stacking import out_of_fold
 from router.task_hint import TaskPrior, least_squares_weights
 from router.text import text_features
-from training.fit import fit_task_prior, out_of_fold_boosters
+from training.fit import fit_task_prior, out_of_fold_boosters, out_of_fold_priors
 
 logger = logging.getLogger("bench.quality_blend_weights")
 
@@ -52,12 +50,7 @@ def per_task_weights(
 def split_predictions(sp: q.SplitData, feats: q.Features, seed: int) -> dict[str, np.ndarray]:
     tr, te, Y = sp.train, sp.test, sp.scores
     X = np.hstack([feats.view(sp.prompts, "tail700"), text_features(sp.prompts)])
-    pool = q.pool_for(sp, seed)
-    rest = pool.prompts[pool.n_train :]
-    Xp = np.vstack([X[tr], np.hstack([feats.view(rest, "tail700"), text_features(rest)])])
-    shared = SharedDifficulty(n_jobs=q.N_JOBS, random_state=seed).fit(
-        Xp, pool.scores.to_numpy(dtype=float), [str(c) for c in pool.scores.columns]
-    )
+    shared = q.shared_difficulty_for(sp, X, feats, seed)
     names = [str(j) for j in range(Y.shape[1])]
     e = shared.oof_easiness_[: int(tr.sum())]
     params = DifficultyModel(n_jobs=q.N_JOBS, random_state=seed, easiness="prior")
@@ -67,13 +60,7 @@ def split_predictions(sp: q.SplitData, feats: q.Features, seed: int) -> dict[str
     cats, Xt, Yt = sp.categories[tr], X[tr], Y[tr]
     prior = fit_task_prior(Xt, Yt, cats, names, params, shared, e, boosters_oof=B)
     assert prior is not None and prior.classifier is not None, "this bench needs a log with categories"
-
-    def guessed(fit: np.ndarray, held: np.ndarray) -> np.ndarray:
-        p = TaskPrior.fit(cats[fit], Yt[fit], names, features=Xt[fit], seed=seed)
-        assert p is not None
-        return np.asarray(p.priors(None, Xt[held], len(held))[0])
-
-    P = out_of_fold(guessed, len(Xt), 3, seed)
+    P = out_of_fold_priors(Xt, Yt, cats, names, seed)  # what the shipped weights were learned from
     prior_te = prior.priors(None, X[te], int(te.sum()))[0]
     proba = prior.classifier.proba(X[te])
 

@@ -101,15 +101,28 @@ def fit_task_prior(
     prior = TaskPrior.fit(categories, scores, tier_names, features=X, seed=seed)
     if prior is None or prior.classifier is None or len(X) < 10 * folds:
         return prior
+    if boosters_oof is None:
+        boosters_oof = out_of_fold_boosters(X, scores, tier_names, model, shared, easiness, folds)
+    prior_oof = out_of_fold_priors(X, scores, categories, tier_names, seed, folds)
+    return prior.with_learned_weights(boosters_oof, prior_oof, scores)
+
+
+def out_of_fold_priors(
+    X: np.ndarray,
+    scores: np.ndarray,
+    categories: np.ndarray,
+    tier_names: list[str],
+    seed: int,
+    folds: int = TASK_PRIOR_FOLDS,
+) -> np.ndarray:
+    """Each train prompt's guessed task prior (n, k) from a TaskPrior (means and classifier) fitted without its
+    fold; NaN where a fold's prior has nothing to say."""
 
     def priors(fit: np.ndarray, held: np.ndarray) -> np.ndarray:
         p = TaskPrior.fit(categories[fit], scores[fit], tier_names, features=X[fit], seed=seed)
         return p.priors(None, X[held], len(held))[0] if p is not None else np.full((len(held), len(tier_names)), np.nan)
 
-    if boosters_oof is None:
-        boosters_oof = out_of_fold_boosters(X, scores, tier_names, model, shared, easiness, folds)
-    prior_oof = out_of_fold(priors, len(X), folds, seed)
-    return prior.with_learned_weights(boosters_oof, prior_oof, scores)
+    return out_of_fold(priors, len(X), folds, seed)
 
 
 def out_of_fold_boosters(
