@@ -422,10 +422,12 @@ def fit_predict_methods(
     return preds, timings
 
 
-def shared_difficulty_for(sp: SplitData, X: np.ndarray, feats: Features, seed: int) -> SharedDifficulty:
+def shared_difficulty_for(
+    sp: SplitData, X: np.ndarray, feats: Features, seed: int, drop_model: str | None = None
+) -> SharedDifficulty:
     """The shared difficulty `make train` fits for the split: its train prompts (features X of all its prompts) and
-    the other logs' pool (pool_for)."""
-    pool = pool_for(sp, seed)
+    the other logs' pool (pool_for; `drop_model` leaves one model's outcomes out)."""
+    pool = pool_for(sp, seed, drop_model)
     rest = pool.prompts[pool.n_train :]
     Xp = np.vstack([X[sp.train], np.hstack([feats.view(rest, "tail700"), text_features(rest)])])
     return SharedDifficulty(n_jobs=N_JOBS, random_state=seed).fit(

@@ -86,12 +86,7 @@ def run_dataset(name: str, tiers_path: str, draws: int, seed: int, feats: bq.Fea
     tier_names = [str(j) for j in range(Y.shape[1])]
 
     def shared_for(drop: str | None) -> SharedDifficulty:
-        pool = bq.pool_for(sp, seed, drop_model=drop)
-        Xp = np.hstack([feats.view(pool.prompts, "tail700"), text_features(pool.prompts)])
-        scores = pool.scores
-        return SharedDifficulty(n_jobs=1, random_state=seed).fit(
-            Xp, scores.to_numpy(dtype=float), [str(c) for c in scores.columns]
-        )
+        return bq.shared_difficulty_for(sp, X, feats, seed, drop_model=drop)
 
     def fit(Ytr: np.ndarray, shared: SharedDifficulty | None, **kw: Any) -> np.ndarray:
         model = DifficultyModel(n_jobs=1, random_state=seed, **kw)
