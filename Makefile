@@ -95,6 +95,10 @@ clean:  ## the venvs and the checkout's .cache; your stores (`tierwise settings 
 quality: setup $(DATA) $(TEST_ONNX)  ## routing-quality suite on all three datasets, bootstrap CIs (bench/results/quality.md; 37 min on 2 shared cores)
 	$(BIN)/python -m bench.quality
 
+.PHONY: static-fit
+static-fit: setup $(DATA) $(TEST_ONNX)  ## static embedder plain / fitted to the teacher vs int8 on every quality split (bench/results/static_fit/; ~15 min)
+	$(BIN)/python -m bench.static_fit
+
 .PHONY: readme-eval
 readme-eval: setup $(DATA)  ## the README's evaluation table: evaluate the champion, write bench/results/evaluation.json, render it
 	$(BIN)/tierwise evaluate --json-out bench/results/evaluation.json

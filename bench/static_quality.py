@@ -4,8 +4,9 @@
 
 - routerbench_subset (config/tiers.toml), 5 split seeds: int8 vs static vs text features alone.
 - llmrouter_dc (every model a tier), its own split minus the test texts that also occur in train, 3 model seeds.
-- A tokenlearn-style fit of the static vectors to the teacher on llmrouter_dc's train prompts (ridge towards the
-  distilled vectors, solved by conjugate gradients): what fitting to the log's own prompts would buy.
+- A tokenlearn-style fit of the static vectors to the teacher on llmrouter_dc's train prompts (training/fit_static:
+  ridge towards the distilled vectors, conjugate gradients): what fitting to the log's own prompts buys. Every
+  group of the suite, and fits on other logs: bench/static_fit.py.
 Writes bench/results/static_quality.json.
 """
 
@@ -16,8 +17,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
-from tokenizers import Tokenizer
 
 from bench.common import ONNX_DIR, REPO, machine_info, write_json
 from router import evaluate as ev
@@ -29,7 +28,7 @@ from router.model import DifficultyModel
 from router.schema import TiersConfig, load_outcomes, load_tiers
 from router.text import normalize_text, text_features, text_window
 from training.data import PromptTable, pivot_log, split_log
-from training.distill_static import teacher_token_vectors, zipf_sif_weights
+from training.fit_static import bag_of_pieces, base_vectors, ridge_to_teacher, static_tokenizer
 
 CACHE = EmbeddingCache(REPO / ".cache" / "embeddings.sqlite")
 
@@ -97,40 +96,15 @@ def llmrouter() -> dict[str, Any]:
     return _summary(out, "its split minus leaking texts, LightGBM seeds 0-2")
 
 
-def fit_to_teacher(table: PromptTable, train: np.ndarray, alpha: float = 1e-2, iters: int = 60) -> np.ndarray:
-    """Static vectors fitted so a text's token mean matches the int8 teacher on the train prompts; all texts encoded."""
-    tok = Tokenizer.from_file(str(ONNX_DIR / "tokenizer.json"))
-    tok.no_padding()
-    tok.no_truncation()
-    base = teacher_token_vectors(ONNX_DIR / "minilm-fp32.onnx", tok) * zipf_sif_weights(tok.get_vocab_size())[:, None]
+def fit_to_teacher(table: PromptTable, train: np.ndarray) -> np.ndarray:
+    """Static vectors fitted so a text's token mean matches the int8 teacher on the train prompts (training/fit_static,
+    what `tierwise build-embedder --fit-on` does); all texts encoded."""
+    tok = static_tokenizer(ONNX_DIR)
     texts = [text_window(p, 700) for p in table.prompts["prompt"]]
     teacher = embed_cached(make_embedder("onnx-int8", ONNX_DIR), texts, CACHE)
-
-    def bag(rows: list[str]) -> sp.csr_matrix:
-        ids = [e.ids[:512] for e in tok.encode_batch(rows, add_special_tokens=False)]
-        r = np.repeat(np.arange(len(ids)), [len(i) for i in ids])
-        v = np.concatenate([np.full(len(i), 1 / max(len(i), 1)) for i in ids])
-        return sp.csr_matrix((v, (r, np.concatenate(ids))), shape=(len(ids), tok.get_vocab_size()))
-
-    B_all = bag(texts)
-    B, T = B_all[train], teacher[train]
-    BV = B @ base
-    base = base * float((BV * T).sum() / (BV**2).sum())
-
-    def A(X: np.ndarray) -> np.ndarray:
-        return np.asarray(B.T @ (B @ X) + alpha * X)
-
-    X = base.copy()
-    r = np.asarray(B.T @ T) + alpha * base - A(X)
-    p, rr = r.copy(), (r * r).sum(0)
-    for _ in range(iters):
-        Ap = A(p)
-        a = rr / np.maximum((p * Ap).sum(0), 1e-30)
-        X += p * a
-        r -= Ap * a
-        rn = (r * r).sum(0)
-        p, rr = r + p * (rn / np.maximum(rr, 1e-30)), rn
-    E = np.asarray(B_all @ X)
+    B_all = bag_of_pieces(tok, texts)
+    W = ridge_to_teacher(B_all[train], teacher[train], base_vectors(ONNX_DIR, tok))
+    E = np.asarray(B_all @ W)
     return np.asarray(E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12), dtype=np.float32)
 
 

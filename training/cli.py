@@ -25,7 +25,7 @@ from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.routing import Router
 from router.schema import OutcomeLogError, TiersConfigError, load_outcomes, load_tiers
-from training.bulk import decisions_json
+from training.bulk import decisions_json, read_chunks
 
 
 class _Cli(typer.Typer):
@@ -512,21 +512,59 @@ def add_model(
 def build_embedder(
     out: Annotated[Path | None, typer.Option(help="where to write them; default: TIERWISE_CACHE_DIR/onnx")] = None,
     force: Annotated[bool, typer.Option("--force", help="rebuild even when the files are up to date")] = False,
+    fit_on: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--fit-on",
+            help="fit the static embedder to the int8 teacher on the prompts of these JSONL/Parquet files (a "
+            "'prompt' column, e.g. your outcome log); repeatable",
+        ),
+    ] = None,
 ) -> None:
-    """Export the bundled MiniLM to ONNX (fp32, int8) with its tokenizer.json, and distil the static embedder."""
+    """Export the bundled MiniLM to ONNX (fp32, int8) with its tokenizer.json, and distil the static embedder;
+    with --fit-on, fit the static embedder to the int8 teacher on your prompts (training/fit_static.py)."""
     from training.distill_static import build_static
     from training.onnx_export import export_onnx, missing_build_deps
 
-    out_dir = out or get_settings().cache_dir / "onnx"
+    s = get_settings()
+    out_dir = out or s.cache_dir / "onnx"
     missing = missing_build_deps()
     if missing:
         _fail(f"building the ONNX embedder needs {', '.join(missing)}: pip install 'tierwise[train]'")
+    # Read the corpus first: a bad file fails before minutes of building.
+    corpus = _corpus_texts(fit_on, s.tail_chars) if fit_on else None
     # The quantizer logs every skipped tensor on the root logger at INFO: keep the root at WARNING.
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("training.onnx_export").setLevel(logging.INFO)
-    logging.getLogger("training.distill_static").setLevel(logging.INFO)
+    for name in ("training.onnx_export", "training.distill_static", "training.fit_static"):
+        logging.getLogger(name).setLevel(logging.INFO)
     for path in (*export_onnx(out_dir, force=force), build_static(out_dir, force=force)):
         typer.echo(f"{path}: {path.stat().st_size / 1e6:.1f} MB")
+    if corpus is not None:
+        from training.fit_static import fit_static
+
+        teacher = make_embedder("onnx-int8", onnx_dir=out_dir, num_threads=os.cpu_count())
+        meta = fit_static(out_dir, corpus, teacher, EmbeddingCache(s.cache_dir / "embeddings.sqlite"))
+        typer.echo(
+            f"static embedder fitted on {meta['fit']['prompts']} prompts: recipe {meta['recipe']}, mean cosine to the "
+            f"teacher {meta['fit']['mean_cosine_to_teacher_on_corpus']:.3f}; route with TIERWISE_EMBEDDER=static "
+            "(a model trained on another static build is refused)"
+        )
+
+
+def _corpus_texts(paths: list[Path], tail_chars: int | None) -> list[str]:
+    """The distinct texts of the files' prompts (JSONL or Parquet with a 'prompt' column) a fit embeds; a bad file
+    or row, or too few prompts, fails with one line naming it."""
+    from training.fit_static import corpus_texts
+
+    prompts: list[str] = []
+    try:
+        for path in paths:
+            for chunk in read_chunks(path, 4096):
+                prompts += [row["prompt"] for row in chunk]
+        return corpus_texts(prompts, tail_chars)
+    except (OutcomeLogError, ValueError) as exc:
+        _fail(f"--fit-on: {exc}")
+        raise
 
 
 @app.command("settings")

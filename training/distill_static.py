@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 SIF_COEFFICIENT = 1e-4
 
 
+FITTED_RECIPE_PREFIX = "m2v-zipf-fit-"
+"""Recipes of builds fitted to the teacher on a corpus (training/fit_static.py); `make setup` keeps them."""
+
+
 def recipe_name(dims: int) -> str:
     """The recipe, named in the embedder id so vectors of different builds never mix."""
     return f"m2v-pca{dims}-zipf"
@@ -82,18 +86,24 @@ def distill(onnx_dir: Path, out: Path, dims: int = 256) -> Path:
 
 
 def build_static(onnx_dir: Path, dims: int = 256, force: bool = False) -> Path:
-    """Distil into `onnx_dir` beside the ONNX files, unless a build of this recipe newer than the teacher is there."""
-    vectors, meta = onnx_dir / VECTORS_FILE, onnx_dir / META_FILE
+    """Distil into `onnx_dir` beside the ONNX files, unless a build of this recipe newer than the teacher is there.
+
+    A build fitted to the teacher on a corpus (`tierwise build-embedder --fit-on`) counts as up to date too: only
+    `force` replaces it with the plain distillation.
+    """
+    vectors, meta_file = onnx_dir / VECTORS_FILE, onnx_dir / META_FILE
     teacher = onnx_dir / "minilm-fp32.onnx"
+    meta = json.loads(meta_file.read_text()) if vectors.exists() and meta_file.exists() else {}
+    recipe = str(meta.get("recipe", ""))
     fresh = (
-        vectors.exists()
-        and meta.exists()
+        bool(meta)
         and vectors.stat().st_mtime > teacher.stat().st_mtime
-        and json.loads(meta.read_text()).get("recipe") == recipe_name(dims)
-        and json.loads(meta.read_text()).get("format_version") == FORMAT_VERSION
+        and (recipe == recipe_name(dims) or recipe.startswith(FITTED_RECIPE_PREFIX))
+        and meta.get("format_version") == FORMAT_VERSION
     )
     if fresh and not force:
-        logger.info("static embedder in %s is up to date", onnx_dir)
+        kind = "fitted to the teacher on a corpus" if recipe.startswith(FITTED_RECIPE_PREFIX) else "distilled"
+        logger.info("static embedder in %s is up to date (%s)", onnx_dir, kind)
         return vectors
     distill(onnx_dir, onnx_dir, dims)
     return vectors
