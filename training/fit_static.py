@@ -11,7 +11,7 @@ same `text_window` of the prompt the router's features embed), W0 the distilled 
 dimensions, Zipf-SIF weighted, scaled to T by least squares). Solved by conjugate gradients, all dimensions at
 once. Word pieces the corpus never shows keep their distilled vector; the ridge keeps rare ones near it.
 
-What it buys (python -m bench.static_fit, bench/results/static_fit.json): fitted on the log's own prompts, the
+What it buys (make static-fit, bench/results/static_fit/): fitted on prompts like the test traffic, the
 static embedder routes within the noise of MiniLM int8 where the plain distillation fell short; fitted on other
 logs' prompts it routes like the plain one. So fit it on prompts like the traffic it will route.
 """
