@@ -16,6 +16,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PATH=/opt/build-venv/bin:$PATH
+# LightGBM's wheel links the OpenMP runtime (libgomp.so.1), which the slim image does not have.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/build-venv \
     && pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}"
 WORKDIR /src
@@ -34,7 +39,11 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH
-RUN python -m venv /opt/venv \
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && python -m venv /opt/venv \
     && groupadd --system --gid 10001 tierwise \
     && useradd --system --uid 10001 --gid 10001 --create-home --home-dir /home/tierwise tierwise \
     && mkdir -p /opt/tierwise /var/lib/tierwise /app \

@@ -97,6 +97,15 @@ def test_runtime_stage_installs_the_core_package_only(stages: dict[str, list[Ins
     assert env_of(runtime)["TIERWISE_CACHE_DIR"] == "/opt/tierwise", "the embedder files must be <cache dir>/onnx"
 
 
+@pytest.mark.parametrize("stage", ["builder", "runtime"])
+def test_both_stages_install_the_openmp_runtime_lightgbm_links(stages: dict[str, list[Instruction]], stage: str) -> None:
+    """LightGBM's wheel needs libgomp.so.1, which python:*-slim lacks: without it the builder's `tierwise
+    build-embedder` and the service fail at import (found building the image on a bookworm base, 2026-11-26)."""
+    runs = " ".join(args_of(stages[stage], "RUN"))
+    assert re.search(r"apt-get install -y --no-install-recommends [^&]*\blibgomp1\b", runs), runs
+    assert runs.index("libgomp1") < runs.index("pip install"), "the OpenMP runtime must be there before anything runs"
+
+
 def test_runtime_runs_as_non_root_on_all_interfaces_with_a_health_check(stages: dict[str, list[Instruction]]) -> None:
     runtime = stages["runtime"]
     user = args_of(runtime, "USER")[-1]
