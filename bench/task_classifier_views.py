@@ -51,7 +51,9 @@ def guesses(sp_: SplitData, feats: Features) -> tuple[np.ndarray, dict[str, np.n
     vec = _tfidf()
     T_tr = vec.fit_transform([p for p, t in zip(sp_.prompts, tr, strict=True) if t])
     T_te = vec.transform([p for p, t in zip(sp_.prompts, te, strict=True) if t])
-    out["TF-IDF word 1-2 + char 2-5 n-grams"] = LogisticRegression(C=10, max_iter=1000).fit(T_tr, cats[tr]).predict(T_te)
+    out["TF-IDF word 1-2 + char 2-5 n-grams"] = (
+        LogisticRegression(C=10, max_iter=1000).fit(T_tr, cats[tr]).predict(T_te)
+    )
     mean, scale = X[tr].mean(0), X[tr].std(0) + 1e-12
     both_tr = sp.hstack([T_tr, sp.csr_matrix((X[tr] - mean) / scale * 0.1)]).tocsr()
     both_te = sp.hstack([T_te, sp.csr_matrix((X[te] - mean) / scale * 0.1)]).tocsr()

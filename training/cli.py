@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Annotated, Any
@@ -556,12 +557,13 @@ def _corpus_texts(paths: list[Path], tail_chars: int | None) -> list[str]:
     or row, or too few prompts, fails with one line naming it."""
     from training.fit_static import corpus_texts
 
-    prompts: list[str] = []
-    try:
+    def prompts() -> Iterator[str]:
         for path in paths:
             for chunk in read_chunks(path, 4096):
-                prompts += [row["prompt"] for row in chunk]
-        return corpus_texts(prompts, tail_chars)
+                yield from (row["prompt"] for row in chunk)
+
+    try:
+        return corpus_texts(prompts(), tail_chars)
     except (OutcomeLogError, ValueError) as exc:
         _fail(f"--fit-on: {exc}")
         raise

@@ -98,7 +98,9 @@ def test_runtime_stage_installs_the_core_package_only(stages: dict[str, list[Ins
 
 
 @pytest.mark.parametrize("stage", ["builder", "runtime"])
-def test_both_stages_install_the_openmp_runtime_lightgbm_links(stages: dict[str, list[Instruction]], stage: str) -> None:
+def test_both_stages_install_the_openmp_runtime_lightgbm_links(
+    stages: dict[str, list[Instruction]], stage: str
+) -> None:
     """LightGBM's wheel needs libgomp.so.1, which python:*-slim lacks: without it the builder's `tierwise
     build-embedder` and the service fail at import (found building the image on a bookworm base, 2026-11-26)."""
     runs = " ".join(args_of(stages[stage], "RUN"))

@@ -85,6 +85,18 @@ def test_the_corpus_is_named_by_its_distinct_texts_and_must_be_large_enough() ->
     with pytest.raises(ValueError, match=f"at least {MIN_PROMPTS} distinct prompts, got 3"):
         corpus_texts(["a", "b", "c", "a", "  "])
     assert corpus_texts(a) == sorted(a)
+    windowed = corpus_texts(["x" * 900 + "tail"] * 2 + a, tail_chars=700)  # as the features embed it, once
+    assert len(windowed) == len(a) + 1 and "x" * 696 + "tail" in windowed
+
+
+def test_a_large_corpus_is_sampled_the_same_whatever_its_order() -> None:
+    texts = [f"prompt number {i}" for i in range(3 * MIN_PROMPTS)]
+    rng = np.random.default_rng(0)
+    shuffled = [texts[i] for i in rng.permutation(len(texts))] + texts[:10]  # and some repeats
+    a = corpus_texts(iter(texts), max_prompts=MIN_PROMPTS)
+    b = corpus_texts(iter(shuffled), max_prompts=MIN_PROMPTS)
+    assert a == b and len(a) == MIN_PROMPTS and set(a) <= set(texts)
+    assert corpus_texts(iter(texts), max_prompts=10 * MIN_PROMPTS) == sorted(texts)
 
 
 def _fake_build(tmp_path: Path, recipe: str) -> Path:
