@@ -99,6 +99,10 @@ quality: setup $(DATA) $(TEST_ONNX)  ## routing-quality suite on all three datas
 static-fit: setup $(DATA) $(TEST_ONNX)  ## static embedder plain / fitted to the teacher vs int8 on every quality split (bench/results/static_fit/; ~15 min)
 	$(BIN)/python -m bench.static_fit
 
+.PHONY: container-smoke
+container-smoke:  ## build the image and check a container serves MODEL_DIR=<a model dir> (docker/smoke.sh; needs a Docker engine)
+	bash docker/smoke.sh
+
 .PHONY: readme-eval
 readme-eval: setup $(DATA)  ## the README's evaluation table: evaluate the champion, write bench/results/evaluation.json, render it
 	$(BIN)/tierwise evaluate --json-out bench/results/evaluation.json
