@@ -43,7 +43,14 @@ from router.embedders.factory import make_embedder
 from router.embedding_cache import EmbeddingCache, embed_cached
 from router.model import DifficultyModel
 from router.text import normalize_text, text_features, text_window
-from training.fit_static import bag_of_pieces, base_vectors, mean_cosine, ridge_to_teacher, static_tokenizer
+from training.fit_static import (
+    bag_of_pieces,
+    base_vectors,
+    mean_cosine,
+    ridge_to_teacher,
+    static_embeddings,
+    static_tokenizer,
+)
 
 logger = logging.getLogger("bench.static_fit")
 TAIL = 700
@@ -83,8 +90,7 @@ class Views:
         return self._fits[key]
 
     def encode(self, W: np.ndarray, texts: list[str]) -> np.ndarray:
-        E = np.asarray(bag_of_pieces(self.tok, texts) @ W.astype(np.float32))
-        return np.asarray(E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+        return static_embeddings(bag_of_pieces(self.tok, texts), W)
 
     def for_split(self, sp: SplitData) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         """Each view's embeddings of the split's prompts, and each fitted view's mean cosine to the teacher on the

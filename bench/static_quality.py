@@ -28,7 +28,7 @@ from router.model import DifficultyModel
 from router.schema import TiersConfig, load_outcomes, load_tiers
 from router.text import normalize_text, text_features, text_window
 from training.data import PromptTable, pivot_log, split_log
-from training.fit_static import bag_of_pieces, base_vectors, ridge_to_teacher, static_tokenizer
+from training.fit_static import bag_of_pieces, base_vectors, ridge_to_teacher, static_embeddings, static_tokenizer
 
 CACHE = EmbeddingCache(REPO / ".cache" / "embeddings.sqlite")
 
@@ -103,9 +103,7 @@ def fit_to_teacher(table: PromptTable, train: np.ndarray) -> np.ndarray:
     texts = [text_window(p, 700) for p in table.prompts["prompt"]]
     teacher = embed_cached(make_embedder("onnx-int8", ONNX_DIR), texts, CACHE)
     B_all = bag_of_pieces(tok, texts)
-    W = ridge_to_teacher(B_all[train], teacher[train], base_vectors(ONNX_DIR, tok))
-    E = np.asarray(B_all @ W)
-    return np.asarray(E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+    return static_embeddings(B_all, ridge_to_teacher(B_all[train], teacher[train], base_vectors(ONNX_DIR, tok)))
 
 
 def _summary(out: dict[str, list[float]], how: str) -> dict[str, Any]:

@@ -183,9 +183,13 @@ def fit_static(
     return meta
 
 
+def static_embeddings(B: sp.csr_matrix, W: np.ndarray) -> np.ndarray:
+    """Unit rows of B @ W: the texts of a bag of pieces embedded with static vectors W, as StaticEmbedder does."""
+    E = np.asarray(B @ np.asarray(W, dtype=np.float32))
+    return np.asarray(E / np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12), dtype=np.float32)
+
+
 def mean_cosine(B: sp.csr_matrix, W: np.ndarray, T: np.ndarray) -> float:
     """Mean cosine between each text's static embedding (its row of B times W) and the teacher's (rows of T)."""
-    E = np.asarray(B @ np.asarray(W, dtype=np.float32))
-    E /= np.maximum(np.linalg.norm(E, axis=1, keepdims=True), 1e-12)
     Tn = T / np.maximum(np.linalg.norm(T, axis=1, keepdims=True), 1e-12)
-    return float((E * Tn).sum(axis=1).mean())
+    return float((static_embeddings(B, W) * Tn).sum(axis=1).mean())
