@@ -39,7 +39,8 @@ class OnnxEmbedder:
 
     `num_threads` (default 1) is the intra-op threads of one run, which is how one text is embedded. Many texts one
     sequence at a time (int8) are spread over `num_threads` worker threads instead, each running one sequence on a
-    second session with one intra-op thread. On 2 cores (300 routerbench prompts, against one thread) two intra-op
+    session with one intra-op thread (sessions are created per thread count on first use, so bulk-only use never
+    holds the `num_threads` one, ~70 MB for int8). On 2 cores (300 routerbench prompts, against one thread) two intra-op
     threads on each sequence were 1.4-1.7x faster, two sequences at once 1.75-2.0x (`python -m bench.embed_bench`,
     part "bulk", compares the two). A text's vector does not depend on the path (tests/unit/test_onnx_embedder.py;
     bit for bit on the machine measured).
@@ -60,8 +61,7 @@ class OnnxEmbedder:
         self.num_threads = num_threads
         self.max_length = max_length
         self.batch_size = batch_size
-        self._session: Any = None
-        self._single_thread_session: Any = None
+        self._sessions: dict[int, Any] = {}  # by intra-op threads, each created on first use
         self._tokenizer: Tokenizer | None = None
         self._lock = threading.Lock()
 
@@ -73,10 +73,10 @@ class OnnxEmbedder:
     def dim(self) -> int:
         return EMBEDDING_DIM
 
-    def _load(self) -> tuple[Any, Tokenizer]:
-        """Create the tokenizer and the inference session once; safe to call from several threads."""
+    def _load_tokenizer(self) -> Tokenizer:
+        """Create the tokenizer once; safe to call from several threads."""
         with self._lock:
-            if self._session is None or self._tokenizer is None:
+            if self._tokenizer is None:
                 for path in (self.model_file, self.tokenizer_file):
                     if not path.is_file():
                         raise FileNotFoundError(f"{path} is missing; build the embedder with `make setup`")
@@ -84,8 +84,20 @@ class OnnxEmbedder:
                 # tokenizer.json ships with 128-token truncation and fixed padding; MiniLM reads 256.
                 tokenizer.enable_truncation(max_length=self.max_length)
                 tokenizer.no_padding()
-                # One intra-op thread by default: serving scales with worker processes, not threads.
-                session = self._new_session(self.num_threads or 1)
+                self._tokenizer = tokenizer
+        return self._tokenizer
+
+    def _session(self, intra_op_threads: int) -> Any:
+        """The inference session with this many intra-op threads, created on first use and then shared (ONNX
+        Runtime sessions take concurrent runs). Only the sessions a path uses exist: bulk int8 embedding on
+        several worker threads uses one-thread sessions only, so it never builds the `num_threads` one."""
+        session = self._sessions.get(intra_op_threads)
+        if session is not None:
+            return session
+        self._load_tokenizer()
+        with self._lock:
+            if intra_op_threads not in self._sessions:
+                session = self._new_session(intra_op_threads)
                 recipe = session.get_modelmeta().custom_metadata_map.get(RECIPE_KEY)
                 if self.quantized and recipe != INT8_RECIPE:
                     raise StaleOnnxFile(
@@ -93,9 +105,8 @@ class OnnxEmbedder:
                         f"{INT8_RECIPE!r}; rebuild it with `make setup` "
                         f"(tierwise build-embedder --out {self.model_file.parent} --force)"
                     )
-                self._session = session
-                self._tokenizer = tokenizer
-        return self._session, self._tokenizer
+                self._sessions[intra_op_threads] = session
+            return self._sessions[intra_op_threads]
 
     def _new_session(self, intra_op_threads: int) -> Any:
         import onnxruntime as ort
@@ -107,13 +118,6 @@ class OnnxEmbedder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return ort.InferenceSession(str(self.model_file), sess_options=options, providers=["CPUExecutionProvider"])
 
-    def _single_thread(self) -> Any:
-        """The session with one intra-op thread that the worker threads share (after `_load`; created once)."""
-        with self._lock:
-            if self._single_thread_session is None:
-                self._single_thread_session = self._new_session(1)
-        return self._single_thread_session
-
     def _run_one(self, session: Any, token_ids: list[int]) -> np.ndarray:
         """Embed one tokenized text: no padding, so the mask is all ones."""
         ids = np.asarray([token_ids], dtype=np.int64)
@@ -122,29 +126,30 @@ class OnnxEmbedder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Return an (n, 384) float32 array of unit vectors, one per text, in input order."""
-        session, tokenizer = (
-            (self._session, self._tokenizer)
-            if self._session is not None and self._tokenizer is not None
-            else self._load()
-        )
+        tokenizer = self._tokenizer or self._load_tokenizer()
+        # One intra-op thread by default: serving scales with worker processes, not threads.
+        threads = self.num_threads or 1
         if len(texts) == 1:
-            return self._run_one(session, tokenizer.encode(texts[0]).ids)
+            return self._run_one(self._session(threads), tokenizer.encode(texts[0]).ids)
         result = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
         if not texts:
             return result
         encodings = tokenizer.encode_batch(list(texts))
         batch_size = self.batch_size or (1 if self.quantized else 32)
         if batch_size == 1:
-            workers = min(self.num_threads or 1, len(texts))
+            # Many texts one sequence at a time: `threads` worker threads, each running one sequence on the
+            # one-thread session (with threads == 1 that is the loop below, on the same session).
+            single = self._session(1)
+            workers = min(threads, len(texts))
             if workers == 1:
                 for i, encoding in enumerate(encodings):
-                    result[i] = self._run_one(session, encoding.ids)[0]
+                    result[i] = self._run_one(single, encoding.ids)[0]
                 return result
-            single = self._single_thread()  # ONNX Runtime sessions take concurrent runs
             with ThreadPoolExecutor(workers, thread_name_prefix="tierwise-embed") as pool:
                 for i, vector in enumerate(pool.map(lambda e: self._run_one(single, e.ids)[0], encodings)):
                     result[i] = vector
             return result
+        session = self._session(threads)
         # Length-sorted chunks: each chunk is padded only to its own longest member.
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
         for start in range(0, len(order), batch_size):

@@ -121,6 +121,17 @@ def test_int8_batch_equals_single(onnx_dir: Path, num_threads: int | None) -> No
     np.testing.assert_allclose(embedder.encode(PROMPTS[::-1])[::-1], single, atol=1e-5)  # order is kept
 
 
+def test_bulk_int8_on_worker_threads_holds_only_the_one_thread_session(onnx_dir: Path) -> None:
+    """Embedding many texts with num_threads=2 runs them on one-thread sessions only: the two-thread session (for
+    one text at a time) is created when a single text is embedded, not before."""
+    embedder = make_embedder("onnx-int8", onnx_dir=onnx_dir, num_threads=2)
+    assert isinstance(embedder, OnnxEmbedder)
+    embedder.encode(PROMPTS)
+    assert sorted(embedder._sessions) == [1]
+    embedder.encode(PROMPTS[:1])
+    assert sorted(embedder._sessions) == [1, 2]
+
+
 def test_long_texts_are_truncated_to_256_word_pieces(onnx_embedder: OnnxEmbedder) -> None:
     a, b = onnx_embedder.encode([LONG, LONG + " And then the train arrives in a completely different city."])
     np.testing.assert_allclose(a, b, atol=1e-6)
