@@ -200,6 +200,11 @@ class Settings(BaseSettings):
     )
     guarantee_delta: float = Field(0.1, gt=0, lt=1, description="the service default quality guarantee's δ")
 
+    @property
+    def tiers_path_named(self) -> bool:
+        """True when the tiers path was set (TIERWISE_TIERS_PATH or an argument), not left at its default."""
+        return "tiers_path" in self.model_fields_set
+
     @model_validator(mode="after")
     def _hash_needs_a_key(self) -> Settings:
         if self.prompt_storage == "hash" and not (self.prompt_hash_key and self.prompt_hash_key.get_secret_value()):

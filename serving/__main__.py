@@ -34,7 +34,9 @@ def preflight(settings: Settings) -> str | None:
         return None
     try:
         embedder = make_embedder(settings.embedder, onnx_dir=settings.cache_dir / "onnx")
-        build_runtime(loaded, settings.tiers_path, embedder, settings.intra_op_threads)
+        build_runtime(
+            loaded, settings.tiers_path, embedder, settings.intra_op_threads, tiers_path_named=settings.tiers_path_named
+        )
     except Exception as exc:  # EmbedderMismatch, TiersConfigError, missing or unreadable ONNX files
         return f"{loaded.version}: {first_line(exc)}"
     return None

@@ -62,7 +62,13 @@ class ModelManager:
 
     def _load(self) -> Runtime:
         loaded = self.source.load()
-        runtime = build_runtime(loaded, self.settings.tiers_path, self.embedder, self.settings.intra_op_threads)
+        runtime = build_runtime(
+            loaded,
+            self.settings.tiers_path,
+            self.embedder,
+            self.settings.intra_op_threads,
+            tiers_path_named=self.settings.tiers_path_named,
+        )
         runtime.score(["warm up"])
         previous = self.state.runtime
         self.state.runtime = runtime

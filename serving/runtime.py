@@ -67,13 +67,23 @@ def check_embedder(artifact: RouterArtifact, embedder: Embedder) -> None:
     )
 
 
-def build_runtime(loaded: LoadedModel, tiers_path: Path, embedder: Embedder, num_threads: int) -> Runtime:
-    """Check the model against the live tiers file and the embedder, then wrap them together."""
+def build_runtime(
+    loaded: LoadedModel, tiers_path: Path, embedder: Embedder, num_threads: int, *, tiers_path_named: bool = True
+) -> Runtime:
+    """Check the model against the live tiers file and the embedder, then wrap them together.
+
+    Without a tiers file the model's own tiers serve: said as a warning when the file was named
+    (TIERWISE_TIERS_PATH), as information when it is the default path (e.g. the container has none, by design).
+    """
     check_embedder(loaded.artifact, embedder)
     if tiers_path.is_file():
         tiers = load_tiers(tiers_path)
     else:
-        logger.warning("tiers file %s not found; serving the tiers the model was trained with", tiers_path)
+        logger.log(
+            logging.WARNING if tiers_path_named else logging.INFO,
+            "tiers file %s not found; serving the tiers the model was trained with",
+            tiers_path,
+        )
         tiers = loaded.artifact.tiers
     loaded.artifact.check_tiers(tiers)
     inline = backend_of(embedder.id) == "static"
