@@ -103,6 +103,10 @@ static-fit: setup $(DATA) $(TEST_ONNX)  ## static embedder plain / fitted to the
 container-smoke:  ## build the image and check a container serves MODEL_DIR=<a model dir> (docker/smoke.sh; needs a Docker engine)
 	bash docker/smoke.sh
 
+.PHONY: compose-smoke
+compose-smoke: .venv/.stamp-dev $(DATA)  ## compose.yaml end to end: healthy, train from the host against its MLflow, serve, store (docker/compose_smoke.sh; needs Docker + compose v2)
+	bash docker/compose_smoke.sh
+
 .PHONY: readme-eval
 readme-eval: setup $(DATA)  ## the README's evaluation table: evaluate the champion, write bench/results/evaluation.json, render it
 	$(BIN)/tierwise evaluate --json-out bench/results/evaluation.json

