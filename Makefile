@@ -6,6 +6,9 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
+# Two stamps: `make train`, `serve` and `setup` need the train extra only; tests, linters and benchmarks add the
+# dev extra (LiteLLM, Dask, Playwright, schemathesis, mypy, ...) on top of it.
+TRAIN_STAMP := $(VENV)/.stamp-train
 STAMP := $(VENV)/.stamp-dev
 UI_STAMP := $(VENV)/.stamp-ui
 SERVE_VENV := .venv-serve
@@ -19,14 +22,18 @@ TEST_ONNX := .cache/onnx/minilm-int8.onnx
 
 .PHONY: setup serve-install data train evaluate serve mlflow-ui test test-fast browser lint bench bench-int8 clean
 
-$(STAMP): pyproject.toml
+$(TRAIN_STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
+	$(BIN)/pip install -q -e ".[train]"
+	touch $@
+
+$(STAMP): $(TRAIN_STAMP)
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
-$(UI_STAMP): $(STAMP)
+$(UI_STAMP): $(TRAIN_STAMP)
 	$(BIN)/pip install -q -e ".[ui]"
 	touch $@
 
@@ -34,17 +41,17 @@ $(TEST_ONNX): $(STAMP) training/onnx_export.py router/embedders/onnx.py training
 	$(BIN)/tierwise build-embedder
 	mkdir -p .cache/onnx && cp -p "$$($(BIN)/tierwise settings cache_dir)"/onnx/* .cache/onnx/ && touch $@
 
-$(DATA): | $(STAMP)
+$(DATA): | $(TRAIN_STAMP)
 	$(BIN)/tierwise data --source $(TIERWISE_DATA_DIR)
 
-setup: $(STAMP)  ## venv with the train and dev extras; ONNX embedder (fp32 + int8) in the per-user cache
+setup: $(TRAIN_STAMP)  ## venv with the train extra; ONNX embedder (fp32 + int8) in the per-user cache
 	$(BIN)/tierwise build-embedder
 
 serve-install:  ## a serving-only venv (.venv-serve): core dependencies, no torch; needs the ONNX files built
 	$(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/pip install -q .
 
-data: $(STAMP)  ## copy the staged outcome logs into data/ (or download RouterBench)
+data: $(TRAIN_STAMP)  ## copy the staged outcome logs into data/ (or download RouterBench)
 	$(BIN)/tierwise data --source $(TIERWISE_DATA_DIR)
 
 train: setup $(DATA)  ## train, evaluate, log to MLflow, register; prints the cost–quality table
