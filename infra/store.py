@@ -223,7 +223,13 @@ def make_engine(
         engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True)
         sa.event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous, sqlite_autocheckpoint))
         return engine
-    return sa.create_engine(url, pool_size=10, max_overflow=40, pool_pre_ping=True, hide_parameters=True)
+    # Text travels as UTF-8 whatever the database's encoding: on a SQL_ASCII database libpq would hand psycopg bytes,
+    # and SQLAlchemy's first query (the server's version) fails with "cannot use a string pattern on a bytes-like
+    # object" (MLflow's server failed so on such a database). On a UTF8 database this is the default anyway.
+    utf8 = {"client_encoding": "utf8"} if parsed.get_driver_name() in ("psycopg", "psycopg2") else {}
+    return sa.create_engine(
+        url, connect_args=utf8, pool_size=10, max_overflow=40, pool_pre_ping=True, hide_parameters=True
+    )
 
 
 class LockedSession:
