@@ -182,6 +182,10 @@ def run_dataset(name: str, tiers_path: str, draws: int, seed: int, feats: bq.Fea
                                 "+ task prior from its N outcomes",
                                 prior.with_tier_outcomes(j, cats[tr][keep], y_tr[keep]),
                             ),
+                            (
+                                "+ task prior from its N outcomes and the other tiers' profiles",
+                                prior.with_tier_profile(j, cats[tr][keep], y_tr[keep]),
+                            ),
                         ):
                             Pb = shipped(P, tp)
                             ab = aiq_of(Pb, sp)

@@ -15,11 +15,13 @@ AIQ [+0.005, +0.014] on routerbench 11 tiers, +0.011 [+0.008, +0.015] on llmrout
 on routellm → mmlu, ties routerbench 3 tiers and routellm's prompt split, and costs −0.004 [−0.010, +0.004] on
 routellm → gsm8k, a task training never saw (bench/results/quality.md: "router" against "boosters alone").
 
-A tier whose model was swapped after training (`tierwise add-model`) has no prior (NaN means: its means are the
-old model's): the boosters' prediction stands for it. Means from the new model's few outcomes
-(`with_tier_outcomes`) were measured and not shipped: in bench/results/add_model.md they are within the draws'
-noise of no prior (mean ΔAIQ over 6 held-out models −0.0029 vs −0.0034 at N = 100, −0.0059 vs −0.0044 at N = 50)
-and worsen the tier's calibration on llmrouter_dc (ECE 0.06 → 0.11–0.14).
+A tier whose model was swapped after training (`tierwise add-model`) loses the old model's means. When the new
+model's outcomes carry categories, `with_tier_profile` gives it means from them: each task's mean of its outcomes
+shrunk toward its *task profile*, a convex combination of the other tiers' means (which known models it behaves
+like, task by task) fitted on those few outcomes; without categories it has no prior (NaN) and the boosters'
+prediction stands for it. The plain shrunk means (`with_tier_outcomes`, toward its overall mean) were within the
+draws' noise of no prior and worsened calibration on llmrouter_dc; the profile is measured against both in
+bench/results/add_model.md.
 """
 
 from __future__ import annotations
@@ -164,6 +166,36 @@ class TaskPrior:
             means[task] = tuple(new if j == tier else v for j, v in enumerate(m))
         return replace(self, means=means)
 
+    def with_tier_profile(
+        self, tier: int, categories: Sequence[str] | np.ndarray, scores: Sequence[float] | np.ndarray
+    ) -> TaskPrior:
+        """Like `with_tier_outcomes`, but each task's mean is shrunk toward what the new model's task profile
+        predicts instead of toward its overall mean: its per-task means modelled as c + Σ_i w_i × (tier i's means),
+        w ≥ 0 and Σ w = 1 over the other tiers (which known models it behaves like, task by task), fitted by least
+        squares on its few outcomes. A task it has no outcome in gets that profile's value."""
+        cats = np.asarray(categories).astype(str)
+        y = np.asarray(scores, dtype=float)
+        if len(cats) != len(y):
+            raise ValueError(f"{len(cats)} categories for {len(y)} scores")
+        tasks = list(self.means)
+        M = np.array([self.means[t] for t in tasks], dtype=float)  # (tasks, k)
+        others = [i for i in range(M.shape[1]) if i != tier and np.isfinite(M[:, i]).all()]
+        ok = np.isfinite(y) & np.isin(cats, tasks)
+        if not ok.any() or not others:
+            return self.with_tier_outcomes(tier, categories, scores)
+        row = {t: r for r, t in enumerate(tasks)}
+        A = M[[row[c] for c in cats[ok]]][:, others]  # each outcome's task means of the other tiers
+        b = y[ok]
+        weights = _simplex_least_squares(A - A.mean(axis=0), b - b.mean())
+        c = float(b.mean() - A.mean(axis=0) @ weights)
+        profile = np.clip(c + M[:, others] @ weights, 0.0, 1.0)
+        means = {}
+        for r, task in enumerate(tasks):
+            rows = ok & (cats == task)
+            new = (float(y[rows].sum()) + MIN_PROMPTS * profile[r]) / (int(rows.sum()) + MIN_PROMPTS)
+            means[task] = tuple(new if j == tier else v for j, v in enumerate(self.means[task]))
+        return replace(self, means=means)
+
     def without_tiers(self, tiers: Sequence[int]) -> TaskPrior:
         """The same prior with no means for these tier indices (their model changed since the log)."""
         drop = set(tiers)
@@ -188,6 +220,25 @@ class TaskPrior:
             router_weight=_weight(d["router_weight"]),
             classifier=classifier,
         )
+
+
+def _simplex_least_squares(A: np.ndarray, b: np.ndarray, steps: int = 500) -> np.ndarray:
+    """argmin ||A w - b||² over w ≥ 0, Σ w = 1 (projected gradient with the Lipschitz step)."""
+    k = A.shape[1]
+    w = np.full(k, 1.0 / k)
+    lipschitz = float(np.linalg.norm(A, 2) ** 2) or 1.0
+    for _ in range(steps):
+        w = _project_to_simplex(w - (A.T @ (A @ w - b)) / lipschitz)
+    return w
+
+
+def _project_to_simplex(v: np.ndarray) -> np.ndarray:
+    """The Euclidean projection of v onto {w ≥ 0, Σ w = 1} (Duchi et al. 2008)."""
+    u = np.sort(v)[::-1]
+    cumulative = np.cumsum(u) - 1.0
+    rho = np.nonzero(u - cumulative / np.arange(1, len(v) + 1) > 0)[0][-1]
+    projected: np.ndarray = np.maximum(v - cumulative[rho] / (rho + 1.0), 0.0)
+    return projected
 
 
 def least_squares_weights(pred: np.ndarray, prior: np.ndarray, scores: np.ndarray) -> np.ndarray:

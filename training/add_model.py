@@ -1,9 +1,10 @@
 """A model swapped in behind a tier, learned from its few outcomes without retraining (issue 10, item 2).
 
 The trained router keeps every other tier; the swapped tier is refitted from the new model's outcomes alone on
-top of the shared difficulty (DifficultyModel.refit_tier), and keeps no task prior (its means were the old
-model's). From 100 outcomes the shipped router (with the task prior) is within 0.01 AIQ of one trained on all of
-them for 5 of 6 held-out models (gemma-2-9b-it on llmrouter_dc: −0.013; bench/results/add_model.md).
+top of the shared difficulty (DifficultyModel.refit_tier). Its task prior (the old model's per-task means) is
+replaced: when the new rows carry categories, by the new model's per-task means shrunk toward its task profile
+(TaskPrior.with_tier_profile: which of the other tiers' models it behaves like, task by task, fitted on its few
+outcomes); without categories the tier keeps no prior. bench/results/add_model.md measures both on two split seeds.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
+import numpy as np
 import pandas as pd
 
 from router.artifact import RouterArtifact, estimate_tokens_out
@@ -55,6 +57,18 @@ def add_models(
     if artifact.guarantee is not None:  # calibrated on the old tier's predictions
         notes.append("the quality guarantee was dropped: it was calibrated with the old model's predictions")
     task_prior = artifact.task_prior.without_tiers(swapped) if artifact.task_prior is not None else None
+    if task_prior is not None and "category" in log.columns:
+        for j in swapped:
+            rows = log[(log["model"] == tiers.tiers[j].model) & log["category"].notna()]
+            rows = rows.drop_duplicates("prompt_id", keep="last")
+            categories = rows["category"].astype(str).to_numpy()
+            known = np.isin(categories, list(task_prior.means))
+            if known.any():
+                task_prior = task_prior.with_tier_profile(j, categories, rows["score"].to_numpy(float))
+                notes.append(
+                    f"tier {tiers.tiers[j].name}: task prior from {int(known.sum())} outcomes in known tasks and its "
+                    "task profile"
+                )
     return (
         replace(artifact, model=model, tiers=tiers, tokens_out=tokens_out, guarantee=None, task_prior=task_prior),
         notes,

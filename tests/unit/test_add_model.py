@@ -43,8 +43,22 @@ def test_a_swapped_model_is_learned_from_forty_outcomes(trained):
     np.testing.assert_allclose(after[:, [0, 2]], before[:, [0, 2]])
     assert after[:, 1].mean() > before[:, 1].mean() + 0.1
     assert swapped.tiers.tiers[1].model == "unused" and artifact.tiers.tiers[1].model == "medium"
-    # The task prior's means for mid were the old model's: the swapped tier keeps no prior, the others keep theirs.
+    # The task prior's means for mid were the old model's: they are replaced by the new model's (its outcomes
+    # carry categories), which solves the hard task as the large model does; the other tiers keep theirs.
     assert artifact.task_prior is not None and swapped.task_prior is not None
+    old_means, new_means = artifact.task_prior.means, swapped.task_prior.means
+    assert new_means["hard"][1] > old_means["hard"][1] + 0.4
+    assert abs(new_means["hard"][1] - old_means["hard"][2]) < 0.15
+    for cat, means in new_means.items():
+        assert (means[0], means[2]) == (old_means[cat][0], old_means[cat][2])
+    assert any("task prior from 40 outcomes" in n for n in notes)
+
+
+def test_without_categories_the_swapped_tier_keeps_no_task_prior(trained):
+    log, emb, artifact = trained
+    new = log[log["model"] == "large"].head(40).assign(model="unused").drop(columns="category")
+    swapped, _ = add_models(artifact, _swapped_tiers(), new, emb, None)
+    assert swapped.task_prior is not None and artifact.task_prior is not None
     for cat, means in swapped.task_prior.means.items():
         assert np.isnan(means[1]) and means[0] == artifact.task_prior.means[cat][0]
 

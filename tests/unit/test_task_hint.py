@@ -155,6 +155,39 @@ def test_a_new_models_means_come_from_its_few_outcomes_shrunk_toward_their_mean(
         prior.with_tier_outcomes(0, ["a", "b"], [1.0])
 
 
+def test_a_new_models_task_profile_beats_its_raw_task_means_from_few_outcomes() -> None:
+    """A new model that behaves like 0.7 x tier 0 + 0.3 x tier 2 (+0.05) on 12 tasks, 36 outcomes (3 a task): the
+    profile's means are closer to its true per-task rates than the shrunk raw means, over 40 draws."""
+    rng = np.random.default_rng(0)
+    tasks = [f"t{i}" for i in range(12)]
+    M = rng.uniform(0.1, 0.8, size=(12, 3))
+    truth = np.clip(0.7 * M[:, 0] + 0.3 * M[:, 2] + 0.05, 0, 1)
+    prior = TaskPrior(("a", "b", "c"), {t: tuple(M[i]) for i, t in enumerate(tasks)}, dict.fromkeys(tasks, 100))
+    raw_err, profile_err = [], []
+    for _ in range(40):
+        cats = np.repeat(tasks, 3)
+        y = (rng.random(len(cats)) < np.repeat(truth, 3)).astype(float)
+        raw = prior.with_tier_outcomes(1, cats, y)
+        profile = prior.with_tier_profile(1, cats, y)
+        raw_err.append(np.abs([raw.means[t][1] for t in tasks] - truth).mean())
+        profile_err.append(np.abs([profile.means[t][1] for t in tasks] - truth).mean())
+        assert all(profile.means[t][0] == prior.means[t][0] for t in tasks)  # other tiers untouched
+    # 0.57-0.90 of the raw error over 20 generated problems (seeds 0-19); a wrong profile (all weight on tier 2)
+    # gives 1.5 and fails.
+    assert np.mean(profile_err) < 0.92 * np.mean(raw_err), (np.mean(profile_err), np.mean(raw_err))
+
+
+def test_the_profile_is_a_convex_combination_and_needs_known_tasks() -> None:
+    from router.task_hint import _simplex_least_squares
+
+    A = np.random.default_rng(1).random((200, 4))
+    w = _simplex_least_squares(A - A.mean(0), (A @ [0.5, 0.5, 0, 0]) - (A @ [0.5, 0.5, 0, 0]).mean())
+    assert w.min() >= 0 and abs(w.sum() - 1) < 1e-9 and np.allclose(w, [0.5, 0.5, 0, 0], atol=0.02)
+    prior = TaskPrior(("a", "b"), {"x": (0.2, 0.4)}, {"x": 50})
+    # no outcome in a known task: what with_tier_outcomes gives (the overall mean of its outcomes)
+    assert prior.with_tier_profile(1, ["unknown"], [1.0]).means == prior.with_tier_outcomes(1, ["unknown"], [1.0]).means
+
+
 def test_classifier_probabilities_and_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     X = np.vstack([rng.normal(c, 0.5, (40, 4)) for c in (-3, 0, 3)])
