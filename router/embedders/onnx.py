@@ -126,7 +126,7 @@ class OnnxEmbedder:
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """Return an (n, 384) float32 array of unit vectors, one per text, in input order."""
-        tokenizer = self._tokenizer or self._load_tokenizer()
+        tokenizer = self._tokenizer if self._tokenizer is not None else self._load_tokenizer()
         # One intra-op thread by default: serving scales with worker processes, not threads.
         threads = self.num_threads or 1
         if len(texts) == 1:
