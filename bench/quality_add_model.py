@@ -13,9 +13,11 @@ routerbench_subset (config/tiers.toml) and llmrouter_dc (config/tiers.llmrouter_
   difference, and for m's column: mean predicted minus mean realised score, ECE (10 bins), Brier score
   and Spearman correlation of predicted with realised score;
 - the shipped router blends the boosters with the guessed task prior (router/task_hint.py): the few-rows path
-  is also blended with that prior, either without m's tier (what add-model ships) or with m's per-task means
-  from its N outcomes (TaskPrior.with_tier_outcomes, measured, not shipped), and compared with the full-data
-  router with its prior ("full_data + task prior (shipped)").
+  is also blended with that prior, with m's tier given (a) no means (add-model without categories), (b) its N
+  outcomes' per-task means shrunk toward their mean (TaskPrior.with_tier_outcomes, not shipped), (c) the same
+  shrunk toward its task profile (TaskPrior.with_tier_profile: what add-model and `tierwise train` ship for a
+  few-outcome tier), (d) their raw per-task means (what `tierwise train` did before), each compared with the
+  full-data router with its prior ("full_data + task prior (shipped)").
 Repeats: `--draws` random sets of N prompts. Writes bench/results/add_model.json.
 """
 
@@ -25,6 +27,7 @@ import argparse
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -113,6 +116,19 @@ def run_dataset(name: str, tiers_path: str, draws: int, seed: int, feats: bq.Fea
         shared_full.oof_easiness_[: int(tr.sum())],
     )  # fmt: skip
 
+    def raw_means(task_prior: TaskPrior, j: int, keep: np.ndarray) -> TaskPrior:
+        """Tier j's means as TaskPrior.fit took them from its N outcomes alone (no shrinkage): what `tierwise
+        train` gave a few-outcome tier before it used the task profile."""
+        S = Y[tr].copy()
+        S[:, j] = np.nan
+        S[keep, j] = Y[tr][keep, j]
+        fitted = TaskPrior.fit(cats[tr], S, tier_names)
+        assert fitted is not None
+        means = {
+            t: tuple(fitted.means[t][j] if i == j else v for i, v in enumerate(m)) for t, m in task_prior.means.items()
+        }
+        return replace(task_prior, means=means)
+
     def shipped(P: np.ndarray, task_prior: TaskPrior) -> np.ndarray:
         return np.asarray(task_prior.blend(P, None, X[te])[0])
 
@@ -177,15 +193,16 @@ def run_dataset(name: str, tiers_path: str, draws: int, seed: int, feats: bq.Fea
                     )
                     if prior is not None and variant == "few-rows path":  # the shipped add-model path, both ways
                         for how, tp in (
-                            ("+ task prior without the tier (shipped)", prior.without_tiers([j])),
+                            ("+ task prior without the tier (no categories)", prior.without_tiers([j])),
                             (
                                 "+ task prior from its N outcomes",
                                 prior.with_tier_outcomes(j, cats[tr][keep], y_tr[keep]),
                             ),
                             (
-                                "+ task prior from its N outcomes and the other tiers' profiles",
+                                "+ task prior from its N outcomes and its task profile (shipped)",
                                 prior.with_tier_profile(j, cats[tr][keep], y_tr[keep]),
                             ),
+                            ("+ raw task means of its N outcomes (train before)", raw_means(prior, j, keep)),
                         ):
                             Pb = shipped(P, tp)
                             ab = aiq_of(Pb, sp)

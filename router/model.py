@@ -29,6 +29,15 @@ logger = logging.getLogger(__name__)
 FORMAT_VERSION = 1
 
 
+def few_outcome_tiers(counts: np.ndarray, few_rows: int) -> np.ndarray:
+    """Which tiers (by their outcome counts) are "new": fewer than `few_rows` outcomes, and fewer than half the
+    best-covered tier's (a small log keeps its boosters). On a shared difficulty such a tier gets no booster of its
+    own; its task prior comes from its task profile (TaskPrior.with_tier_profile, training/fit.fit_task_prior)."""
+    counts = np.asarray(counts)
+    few: np.ndarray = counts < min(few_rows, 0.5 * counts.max())
+    return few
+
+
 @dataclass(eq=False, kw_only=True)
 class DifficultyModel(BoostParams):
     """One LightGBM booster per tier, objective cross_entropy (0/1 or graded labels in [0, 1]).
@@ -80,8 +89,7 @@ class DifficultyModel(BoostParams):
         for j, name in enumerate(self.tier_names_):
             if counts[j] < 10:
                 raise ValueError(f"tier '{name}' has only {int(counts[j])} outcomes; need at least 10")
-        # a tier is "new" when it has few outcomes, also next to the others: a small log keeps its boosters
-        few = (counts < min(self.few_rows, 0.5 * counts.max())) & (e is not None) & (self.easiness == "prior")
+        few = few_outcome_tiers(counts, self.few_rows) & (e is not None) & (self.easiness == "prior")
         slopes: list[float] = []
         for j in np.argsort(few, kind="stable"):  # tiers with many rows first: their slopes are the prior
             have = np.isfinite(Y[:, j])

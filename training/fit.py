@@ -12,7 +12,7 @@ from router.artifact import RouterArtifact, estimate_tokens_out
 from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
 from router.features import FeatureSpec, featurize
-from router.model import DifficultyModel
+from router.model import DifficultyModel, few_outcome_tiers
 from router.shared_difficulty import SharedDifficulty
 from router.stacking import out_of_fold
 from router.task_hint import TaskPrior
@@ -88,7 +88,8 @@ def fit_task_prior(
     boosters_oof: np.ndarray | None = None,
 ) -> TaskPrior | None:
     """The log's task prior (router/task_hint.py) for train features X (n, d) and scores (n, k): per-category
-    means, the classifier that guesses a prompt's category, and each tier's blend weight learned out of fold.
+    means, the classifier that guesses a prompt's category, and each tier's blend weight learned out of fold. A
+    tier with few outcomes (`few_outcome_tiers`) takes its means from its task profile.
 
     The weight compares, on the train prompts, the boosters' out-of-fold predictions (boosters with `model`'s
     parameters, on the same shared difficulty and out-of-fold easiness) with the out-of-fold guessed priors. The
@@ -99,12 +100,21 @@ def fit_task_prior(
     """
     seed = model.random_state
     prior = TaskPrior.fit(categories, scores, tier_names, features=X, seed=seed)
-    if prior is None or prior.classifier is None or len(X) < 10 * folds:
-        return prior
-    if boosters_oof is None:
-        boosters_oof = out_of_fold_boosters(X, scores, tier_names, model, shared, easiness, folds)
-    prior_oof = out_of_fold_priors(X, scores, categories, tier_names, seed, folds)
-    return prior.with_learned_weights(boosters_oof, prior_oof, scores)
+    if prior is None:
+        return None
+    if prior.classifier is not None and len(X) >= 10 * folds:
+        if boosters_oof is None:
+            boosters_oof = out_of_fold_boosters(X, scores, tier_names, model, shared, easiness, folds)
+        prior_oof = out_of_fold_priors(X, scores, categories, tier_names, seed, folds)
+        prior = prior.with_learned_weights(boosters_oof, prior_oof, scores)
+    # A tier with few outcomes (a model just swapped in): its per-task means from its task profile, as add-model
+    # gives it, not the raw means of a handful of outcomes per task.
+    S = np.asarray(scores, dtype=float)
+    cats = np.asarray(categories).astype(str)
+    for j in np.flatnonzero(few_outcome_tiers(np.isfinite(S).sum(axis=0), model.few_rows)):
+        has = np.isfinite(S[:, j])
+        prior = prior.with_tier_profile(int(j), cats[has], S[has, j])
+    return prior
 
 
 def out_of_fold_priors(

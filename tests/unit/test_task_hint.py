@@ -188,6 +188,30 @@ def test_the_profile_is_a_convex_combination_and_needs_known_tasks() -> None:
     assert prior.with_tier_profile(1, ["unknown"], [1.0]).means == prior.with_tier_outcomes(1, ["unknown"], [1.0]).means
 
 
+def test_training_gives_a_few_outcome_tier_its_task_profile_means() -> None:
+    """fit_task_prior: a tier with 40 outcomes next to tiers with 600 (a model just swapped in) takes its per-task
+    means from its task profile, not the raw means of its handful of outcomes per task; the others keep theirs."""
+    from training.fit import fit_task_prior
+
+    rng = np.random.default_rng(0)
+    n, tasks = 600, np.array(["a", "b", "c", "d"])
+    cats = tasks[rng.integers(0, 4, n)]
+    rates = {"a": (0.2, 0.3, 0.9), "b": (0.5, 0.6, 0.9), "c": (0.7, 0.8, 0.95), "d": (0.1, 0.2, 0.6)}
+    S = np.array([[float(rng.random() < r) for r in rates[c]] for c in cats])
+    S[40:, 1] = np.nan  # tier 1 has 40 outcomes
+    X = rng.normal(size=(n, 5)).astype(np.float32)
+    model = DifficultyModel(n_estimators=5, n_jobs=1)
+    prior = fit_task_prior(X, S, cats, ["lo", "mid", "hi"], model, folds=2)
+    raw = TaskPrior.fit(cats, S, ["lo", "mid", "hi"])
+    assert prior is not None and raw is not None
+    has = np.isfinite(S[:, 1])
+    expected = raw.with_tier_profile(1, cats[has], S[has, 1])
+    for t in tasks:
+        assert prior.means[t][1] == pytest.approx(expected.means[t][1])
+        assert (prior.means[t][0], prior.means[t][2]) == (raw.means[t][0], raw.means[t][2])
+    assert any(prior.means[t][1] != pytest.approx(raw.means[t][1]) for t in tasks)
+
+
 def test_classifier_probabilities_and_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     X = np.vstack([rng.normal(c, 0.5, (40, 4)) for c in (-3, 0, 3)])
