@@ -191,7 +191,7 @@ def run_dataset(name: str, tiers_path: str, draws: int, seed: int, feats: bq.Fea
                     runs.append(
                         {"aiq": a_, "d_aiq": a_ - res["full_router_aiq"], **column_metrics(P[:, j], S_te[:, j])}
                     )
-                    if prior is not None and variant == "few-rows path":  # the shipped add-model path, both ways
+                    if prior is not None and variant == "few-rows path":  # the few-outcome tier's prior, four ways
                         for how, tp in (
                             ("+ task prior without the tier (no categories)", prior.without_tiers([j])),
                             (
