@@ -150,21 +150,11 @@ class TaskPrior:
         the mean of its outcomes in that task shrunk toward the mean of all of them by MIN_PROMPTS pseudo-outcomes
         ((sum + MIN_PROMPTS × overall) / (n + MIN_PROMPTS)); a task it has no outcome in gets the overall mean.
         The tier keeps its learned router weight. No scores: the tier has no prior."""
-        cats = np.asarray(categories).astype(str)
-        y = np.asarray(scores, dtype=float)
-        if len(cats) != len(y):
-            raise ValueError(f"{len(cats)} categories for {len(y)} scores")
+        cats, y = _outcome_arrays(categories, scores)
         ok = np.isfinite(y)
         if not ok.any():
             return self.without_tiers([tier])
-        cats, y = cats[ok], y[ok]
-        overall = float(y.mean())
-        means = {}
-        for task, m in self.means.items():
-            rows = cats == task
-            new = (float(y[rows].sum()) + MIN_PROMPTS * overall) / (int(rows.sum()) + MIN_PROMPTS)
-            means[task] = tuple(new if j == tier else v for j, v in enumerate(m))
-        return replace(self, means=means)
+        return self._with_tier_shrunk(tier, cats[ok], y[ok], [float(y[ok].mean())] * len(self.means))
 
     def with_tier_profile(
         self, tier: int, categories: Sequence[str] | np.ndarray, scores: Sequence[float] | np.ndarray
@@ -173,10 +163,7 @@ class TaskPrior:
         predicts instead of toward its overall mean: its per-task means modelled as c + Σ_i w_i × (tier i's means),
         w ≥ 0 and Σ w = 1 over the other tiers (which known models it behaves like, task by task), fitted by least
         squares on its few outcomes. A task it has no outcome in gets that profile's value."""
-        cats = np.asarray(categories).astype(str)
-        y = np.asarray(scores, dtype=float)
-        if len(cats) != len(y):
-            raise ValueError(f"{len(cats)} categories for {len(y)} scores")
+        cats, y = _outcome_arrays(categories, scores)
         tasks = list(self.means)
         M = np.array([self.means[t] for t in tasks], dtype=float)  # (tasks, k)
         others = [i for i in range(M.shape[1]) if i != tier and np.isfinite(M[:, i]).all()]
@@ -189,11 +176,16 @@ class TaskPrior:
         weights = _simplex_least_squares(A - A.mean(axis=0), b - b.mean())
         c = float(b.mean() - A.mean(axis=0) @ weights)
         profile = np.clip(c + M[:, others] @ weights, 0.0, 1.0)
+        return self._with_tier_shrunk(tier, cats[ok], b, [float(v) for v in profile])
+
+    def _with_tier_shrunk(self, tier: int, cats: np.ndarray, y: np.ndarray, targets: Sequence[float]) -> TaskPrior:
+        """Tier `tier`'s mean in each task (in `means` order): its outcomes' (cats, y) mean there shrunk toward that
+        task's target by MIN_PROMPTS pseudo-outcomes, (sum + MIN_PROMPTS × target) / (n + MIN_PROMPTS)."""
         means = {}
-        for r, task in enumerate(tasks):
-            rows = ok & (cats == task)
-            new = (float(y[rows].sum()) + MIN_PROMPTS * profile[r]) / (int(rows.sum()) + MIN_PROMPTS)
-            means[task] = tuple(new if j == tier else v for j, v in enumerate(self.means[task]))
+        for target, (task, m) in zip(targets, self.means.items(), strict=True):
+            rows = cats == task
+            new = (float(y[rows].sum()) + MIN_PROMPTS * target) / (int(rows.sum()) + MIN_PROMPTS)
+            means[task] = tuple(new if j == tier else v for j, v in enumerate(m))
         return replace(self, means=means)
 
     def without_tiers(self, tiers: Sequence[int]) -> TaskPrior:
@@ -220,6 +212,17 @@ class TaskPrior:
             router_weight=_weight(d["router_weight"]),
             classifier=classifier,
         )
+
+
+def _outcome_arrays(
+    categories: Sequence[str] | np.ndarray, scores: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """A new model's outcomes as (categories as str, scores as float) arrays of the same length."""
+    cats = np.asarray(categories).astype(str)
+    y = np.asarray(scores, dtype=float)
+    if len(cats) != len(y):
+        raise ValueError(f"{len(cats)} categories for {len(y)} scores")
+    return cats, y
 
 
 def _simplex_least_squares(A: np.ndarray, b: np.ndarray, steps: int = 500) -> np.ndarray:
