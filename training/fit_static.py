@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from tokenizers import Tokenizer
 
 from router.embedders.protocol import MINILM_ID, Embedder
-from router.embedders.static import FORMAT_VERSION, META_FILE, TOKENIZER_FILE, VECTORS_FILE
+from router.embedders.static import FORMAT_VERSION, META_FILE, VECTORS_FILE, static_tokenizer
 from router.embedding_cache import EmbeddingCache, embed_cached
 from router.text import text_window
 from training.distill_static import FITTED_RECIPE_PREFIX, teacher_token_vectors, zipf_sif_weights
@@ -61,14 +61,6 @@ def corpus_digest(texts: Sequence[str]) -> str:
         h.update(t.encode())
         h.update(b"\0")
     return h.hexdigest()[:12]
-
-
-def static_tokenizer(onnx_dir: Path) -> Tokenizer:
-    """The word-piece tokenizer as the static embedder uses it (no padding, no truncation)."""
-    tokenizer = Tokenizer.from_file(str(onnx_dir / TOKENIZER_FILE))
-    tokenizer.no_padding()
-    tokenizer.no_truncation()
-    return tokenizer
 
 
 def base_vectors(onnx_dir: Path, tokenizer: Tokenizer) -> np.ndarray:

@@ -28,6 +28,15 @@ class StaleStaticFile(RuntimeError):
     """The static vectors on disk were built by another recipe or format than this code reads."""
 
 
+def static_tokenizer(directory: Path) -> Tokenizer:
+    """The word-piece tokenizer of a static build as the embedder reads it (no padding, no truncation: the embedder
+    cuts at its own max_tokens); training/fit_static.py fits on the same pieces."""
+    tokenizer = Tokenizer.from_file(str(directory / TOKENIZER_FILE))
+    tokenizer.no_padding()
+    tokenizer.no_truncation()
+    return tokenizer
+
+
 class StaticEmbedder:
     """Mean of the (SIF-weighted) static vectors of a text's word pieces, L2-normalised; loaded on first encode."""
 
@@ -66,9 +75,7 @@ class StaticEmbedder:
         with self._lock:
             if self._vectors is None or self._tokenizer is None:
                 self._read_meta()
-                tokenizer = Tokenizer.from_file(str(self.directory / TOKENIZER_FILE))
-                tokenizer.no_padding()
-                tokenizer.no_truncation()
+                tokenizer = static_tokenizer(self.directory)
                 vectors = np.load(self.directory / VECTORS_FILE).astype(np.float32)
                 if vectors.shape[0] < tokenizer.get_vocab_size():
                     raise StaleStaticFile(f"{self.directory}: {vectors.shape[0]} vectors for a larger vocabulary")
