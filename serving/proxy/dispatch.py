@@ -9,12 +9,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import httpx
-
 from router.schema import Tier, TiersConfig
 from serving.metrics import UpstreamMetrics
 from serving.proxy.fusion import merge_request
-from serving.proxy.upstream import Endpoint, Stream, UpstreamFailure, Usage, complete, endpoint_for
+from serving.proxy.upstream import Endpoint, Stream, UpstreamClient, UpstreamFailure, Usage, complete, endpoint_for
 
 T = TypeVar("T")
 
@@ -59,10 +57,9 @@ class Trail:
     deadline: float = math.inf
     sent: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def trace(self, step: str, _info: dict[str, Any]) -> None:
-        """httpx's trace hook for every call made for the request: sets `sent` once a request body is sent."""
-        if step.endswith("send_request_body.complete"):
-            self.sent.set()
+    def mark_sent(self) -> None:
+        """Told by every call made for the request once its body is on the wire: sets `sent`."""
+        self.sent.set()
 
     def left_s(self) -> float:
         """Seconds left before the request's deadline (monotonic)."""
@@ -103,7 +100,7 @@ class Served:
 class Dispatcher:
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        client: UpstreamClient,
         policy: RetryPolicy,
         environ: Mapping[str, str],
         metrics: UpstreamMetrics | None = None,
@@ -202,11 +199,11 @@ class Dispatcher:
         """Call one model for `tier`: its opened stream, or its completion (its usage added to the trail)."""
         if stream:
             opened = await self._retrying(
-                model, tiers, lambda ep, s: Stream.open(self.client, ep, body, s, trail.trace), trail
+                model, tiers, lambda ep, s: Stream.open(self.client, ep, body, s, trail.mark_sent), trail
             )
             return Served(tier, stream=opened)
         data, usage = await self._retrying(
-            model, tiers, lambda ep, s: complete(self.client, ep, body, s, trail.trace), trail
+            model, tiers, lambda ep, s: complete(self.client, ep, body, s, trail.mark_sent), trail
         )
         trail.usages.append(usage)
         return Served(tier, body=data)
@@ -224,7 +221,7 @@ class Dispatcher:
             raise UpstreamFailure(tier.model, "config", f"fusion tier '{tier.name}' has no judge to merge its answers")
         results = await asyncio.gather(
             *(
-                self._retrying(m, tiers, lambda ep, s: complete(self.client, ep, body, s, trail.trace), trail)
+                self._retrying(m, tiers, lambda ep, s: complete(self.client, ep, body, s, trail.mark_sent), trail)
                 for m in tier.members
             ),
             return_exceptions=True,

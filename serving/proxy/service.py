@@ -22,7 +22,7 @@ from router.schema import Tier
 from serving.metrics import UpstreamMetrics
 from serving.outcomes import describe
 from serving.proxy.dispatch import Dispatcher, RetryPolicy, Served, Trail
-from serving.proxy.upstream import UpstreamFailure, make_client
+from serving.proxy.upstream import UpstreamClient, UpstreamFailure
 from serving.proxy.wire import (
     KNOB_HEADERS,
     MODEL,
@@ -349,7 +349,7 @@ async def _relay(
 def open_proxy(settings: Settings, environ: Mapping[str, str], metrics: UpstreamMetrics | None = None) -> Proxy:
     """The proxy with the service's one pooled upstream client (close it with `aclose`); `environ` holds the
     upstreams' keys, read when a call is made (so a rotated key is picked up). Upstream calls count in `metrics`."""
-    client = make_client(
+    client = UpstreamClient(
         settings.upstream_timeout_s, settings.upstream_connect_timeout_s, settings.upstream_max_connections
     )
     policy = RetryPolicy(

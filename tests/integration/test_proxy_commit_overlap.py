@@ -20,7 +20,7 @@ from serving.decision_writer import DecisionWriter
 from serving.model_source import LocalSource
 from serving.proxy.dispatch import Dispatcher, RetryPolicy, Trail
 from serving.proxy.service import while_committing
-from serving.proxy.upstream import make_client
+from serving.proxy.upstream import UpstreamClient
 from tests.conftest import HashingEmbedder
 from tests.integration.conftest import CLIENT_KEY, bearer
 from tests.integration.fake_upstream import FakeUpstream, Reply, fake_upstream
@@ -102,7 +102,7 @@ def test_the_trace_tells_when_the_upstream_request_is_on_the_wire(tmp_path: Path
                              "tiers": [{"name": "main", "model": "small"}]})  # fmt: skip
 
         async def main() -> tuple[bool, bool]:
-            client = make_client(5.0, 1.0, 4)
+            client = UpstreamClient(5.0, 1.0, 4)
             trail = Trail()
             body = {"messages": [{"role": "user", "content": "hi"}]}
             call = asyncio.ensure_future(
