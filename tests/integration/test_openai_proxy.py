@@ -199,6 +199,17 @@ def test_an_upstream_holding_its_stream_open_after_done_does_not_hold_the_caller
     assert time.monotonic() - started < 3.0  # the caller's stream ended before the upstream's body did
 
 
+def test_a_streamed_event_longer_than_a_read_buffer_arrives_whole(sdk: OpenAI, up: FakeUpstream) -> None:
+    # One SSE line of ~600 KB (a big tool call or a long answer in one chunk): aiohttp's own readline would refuse
+    # a line over its buffer ("Chunk too big"); the relay splits the body into lines itself.
+    text = "".join(f"{i:06d} " for i in range(86_000))
+    up.script("small", Reply(text=text, chunks=1))
+    chunks = list(
+        sdk.chat.completions.create(model="tierwise", messages=[{"role": "user", "content": EASY}], stream=True)
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+
+
 def test_streaming_usage_chunk_reaches_a_caller_who_asked(sdk: OpenAI, up: FakeUpstream) -> None:
     up.script("small", Reply(usage=(3, 4)))
     chunks = list(
