@@ -9,11 +9,11 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
 from router.policy import NoTierFits
+from serving.api.lean_route import LeanRoute
 from serving.deps import Caller, RoutingDep, RuntimeDep
 from serving.errors import Invalid, OverBudget, ServiceError, refusal_class
 from serving.proxy.service import Proxy, ProxyError
@@ -71,8 +71,9 @@ def _openai_error(exc: Exception) -> JSONResponse:
     return JSONResponse(error_body("internal error", "api_error", "internal_error"), status_code=500)
 
 
-class OpenAIRoute(APIRoute):
-    """A route whose refusals, from its dependencies (auth, the model) and body validation too, are OpenAI errors."""
+class OpenAIRoute(LeanRoute):
+    """A route whose refusals, from its dependencies (auth, the model) and body validation too, are OpenAI errors;
+    a plain request takes LeanRoute's path past FastAPI's per-request machinery."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import fastapi.routing
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -102,6 +103,20 @@ def client_factory(
     yield make
     for c in opened:
         c.__exit__(None, None, None)
+
+
+@pytest.fixture
+def solved(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The paths of the requests FastAPI solved dependencies for (its own path; LeanRoute skips it)."""
+    seen: list[str] = []
+    solve = fastapi.routing.solve_dependencies  # type: ignore[attr-defined]
+
+    async def counted(*, request: Any, **kw: Any) -> Any:
+        seen.append(request.url.path)
+        return await solve(request=request, **kw)
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counted)
+    yield seen
 
 
 @pytest.fixture

@@ -4,10 +4,9 @@ FastAPI would; every other request takes FastAPI's own path."""
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import fastapi.routing
 import pytest
 from fastapi.testclient import TestClient
 
@@ -16,20 +15,6 @@ from tests.integration.conftest import CLIENT_KEY, bearer
 
 JSON = {"Content-Type": "application/json"}
 ID = re.compile(rb'"decision_id":"[0-9a-f]{32}"')
-
-
-@pytest.fixture
-def solved(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
-    """The paths of the requests FastAPI solved dependencies for (its own path)."""
-    seen: list[str] = []
-    solve = fastapi.routing.solve_dependencies  # type: ignore[attr-defined]
-
-    async def counted(*, request: Any, **kw: Any) -> Any:
-        seen.append(request.url.path)
-        return await solve(request=request, **kw)
-
-    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counted)
-    yield seen
 
 
 BODIES = [
