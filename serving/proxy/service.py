@@ -348,9 +348,10 @@ async def _relay(
 
 def open_proxy(settings: Settings, environ: Mapping[str, str], metrics: UpstreamMetrics | None = None) -> Proxy:
     """The proxy with the service's one pooled upstream client (close it with `aclose`); `environ` holds the
-    upstreams' keys, read when a call is made (so a rotated key is picked up). Upstream calls count in `metrics`."""
+    upstreams' keys, read when a call is made (so a rotated key is picked up), and any forward proxy for them
+    (HTTPS_PROXY, NO_PROXY, ...: read now). Upstream calls count in `metrics`."""
     client = UpstreamClient(
-        settings.upstream_timeout_s, settings.upstream_connect_timeout_s, settings.upstream_max_connections
+        settings.upstream_timeout_s, settings.upstream_connect_timeout_s, settings.upstream_max_connections, environ
     )
     policy = RetryPolicy(
         settings.upstream_retries,

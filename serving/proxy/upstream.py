@@ -7,9 +7,12 @@ about a third of what the door added to an upstream's latency (bench/proxy.py).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
@@ -17,6 +20,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from types import SimpleNamespace
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
@@ -187,6 +191,26 @@ def _payload(ep: Endpoint, body: Mapping[str, Any], stream: bool) -> dict[str, A
     return out
 
 
+def env_proxies(environ: Mapping[str, str]) -> dict[str, str]:
+    """The proxies an environment names, by scheme (`http`, `https`, `all`, and `no` for NO_PROXY), as urllib reads
+    them: from `<scheme>_proxy` variables, the lowercase name over the uppercase one."""
+    out: dict[str, str] = {}
+    for name, value in environ.items():
+        if value and len(name) > 6 and name.lower().endswith("_proxy"):
+            scheme = name[:-6].lower()
+            if name.islower() or scheme not in out:
+                out[scheme] = value
+    return out
+
+
+def _no_proxy_covers(host: str, port: int | None, no_proxy: str) -> bool:
+    """Whether NO_PROXY (comma-separated hosts, domains with or without a leading dot, `host:port`, or `*`) covers
+    the host."""
+    names = [n.strip().lower().lstrip(".") for n in no_proxy.split(",") if n.strip()]
+    candidates = [host.lower()] + ([f"{host.lower()}:{port}"] if port is not None else [])
+    return any(n == "*" or c == n or c.endswith("." + n) for n in names for c in candidates)
+
+
 async def _on_chunk_sent(
     _session: aiohttp.ClientSession, ctx: SimpleNamespace, _params: aiohttp.TraceRequestChunkSentParams
 ) -> None:
@@ -203,16 +227,38 @@ class UpstreamClient:
     caps them all.
     """
 
-    def __init__(self, timeout_s: float, connect_timeout_s: float, max_connections: int):
+    def __init__(
+        self,
+        timeout_s: float,
+        connect_timeout_s: float,
+        max_connections: int,
+        environ: Mapping[str, str] | None = None,
+    ):
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
-        trace = aiohttp.TraceConfig()
-        trace.on_request_chunk_sent.append(_on_chunk_sent)
-        self.session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=max_connections, limit_per_host=0),
-            timeout=self.timeout(None),
-            trace_configs=[trace],
+        self._proxies = env_proxies(os.environ if environ is None else environ)
+        self._proxy_of: dict[str, str | None] = {}
+        self.max_connections = max_connections
+        self._trace = aiohttp.TraceConfig()
+        self._trace.on_request_chunk_sent.append(_on_chunk_sent)
+        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, aiohttp.ClientSession] = (
+            weakref.WeakKeyDictionary()
         )
+
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled session of the running event loop, made on first use. An aiohttp session and its connections
+        belong to one loop: the service has one, but a harness may call the app from another loop than the one its
+        lifespan ran on (a second TestClient, schemathesis' ASGI calls); that loop gets a session of its own."""
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=0),
+                timeout=self.timeout(None),
+                trace_configs=[self._trace],
+            )
+            self._sessions[loop] = session
+        return session
 
     def timeout(self, limit_s: float | None) -> aiohttp.ClientTimeout:
         """The client's timeouts, none longer than `limit_s`, if given."""
@@ -227,20 +273,42 @@ class UpstreamClient:
             sock_read=cap(self.timeout_s),
         )
 
+    def proxy_for(self, url: str) -> str | None:
+        """The forward proxy the environment names for `url`: `<scheme>_proxy` or `all_proxy`, unless `no_proxy`
+        covers its host; as httpx (trust_env) and urllib read them, once, when the client is made."""
+        if url not in self._proxy_of:
+            parts = urlsplit(url)
+            bypass = _no_proxy_covers(parts.hostname or "", parts.port, self._proxies.get("no", ""))
+            self._proxy_of[url] = None if bypass else self._proxies.get(parts.scheme) or self._proxies.get("all")
+        return self._proxy_of[url]
+
     async def post(
         self, ep: Endpoint, payload: Mapping[str, Any], limit_s: float | None, on_sent: OnSent | None
     ) -> aiohttp.ClientResponse:
-        """POST `payload` to the endpoint: the response with its headers read, its body not yet; a call that gives
-        no response is an UpstreamFailure."""
+        """POST `payload` to the endpoint (through the environment's proxy for it, if any): the response with its
+        headers read, its body not yet; a call that gives no response is an UpstreamFailure."""
         try:
-            return await self.session.post(
-                ep.url, json=payload, headers=ep.headers(), timeout=self.timeout(limit_s), trace_request_ctx=on_sent
+            return await self.session().post(
+                ep.url,
+                json=payload,
+                headers=ep.headers(),
+                timeout=self.timeout(limit_s),
+                proxy=self.proxy_for(ep.url),
+                trace_request_ctx=on_sent,
             )
         except HTTP_ERRORS as exc:
             raise _failure_for_exception(ep.model, exc) from None
 
     async def aclose(self) -> None:
-        await self.session.close()
+        """Close the running loop's session; another loop's is closed on that loop if it still runs."""
+        here = asyncio.get_running_loop()
+        sessions = list(self._sessions.items())
+        self._sessions.clear()
+        for loop, session in sessions:
+            if loop is here:
+                await session.close()
+            elif loop.is_running():
+                asyncio.run_coroutine_threadsafe(session.close(), loop)
 
 
 async def _error_text(resp: aiohttp.ClientResponse) -> str:
