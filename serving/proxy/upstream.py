@@ -287,13 +287,18 @@ class UpstreamClient:
     ) -> aiohttp.ClientResponse:
         """POST `payload` to the endpoint (through the environment's proxy for it, if any): the response with its
         headers read, its body not yet; a call that gives no response is an UpstreamFailure."""
+        proxy = self.proxy_for(ep.url)
+        if proxy is not None and urlsplit(proxy).scheme not in ("http", "https"):
+            raise UpstreamFailure(
+                ep.model, "config", f"the environment's proxy for it, {proxy!r}, is not an http(s) forward proxy"
+            )
         try:
             return await self.session().post(
                 ep.url,
                 json=payload,
                 headers=ep.headers(),
                 timeout=self.timeout(limit_s),
-                proxy=self.proxy_for(ep.url),
+                proxy=proxy,
                 trace_request_ctx=on_sent,
             )
         except HTTP_ERRORS as exc:

@@ -88,6 +88,19 @@ def test_a_call_goes_through_the_proxy_unless_no_proxy_covers_its_host(no_proxy:
             assert [model for model, _ in up.requests] == ["small"]
 
 
+def test_a_proxy_that_is_not_http_is_a_config_failure_naming_it() -> None:
+    async def call() -> None:
+        client = UpstreamClient(5.0, 1.0, 4, {"ALL_PROXY": "socks5://127.0.0.1:1080"})
+        try:
+            await complete(client, Endpoint("small", UNREACHABLE, "small", None, PRICE), BODY)
+        finally:
+            await client.aclose()
+
+    with pytest.raises(UpstreamFailure) as failed:
+        asyncio.run(call())
+    assert failed.value.kind == "config" and "socks5://127.0.0.1:1080" in failed.value.message
+
+
 def test_the_door_answers_from_another_event_loop_than_its_lifespans(tmp_path: Path, artifact_dir: Path) -> None:
     # The lifespan's TestClient pools an upstream connection on its loop; a second TestClient (no lifespan) calls the
     # app on loops of its own, as schemathesis' ASGI calls do. One shared aiohttp session answered those 500
