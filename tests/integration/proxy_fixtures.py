@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 from openai import OpenAI
 
 from infra.settings import Settings
@@ -71,6 +72,19 @@ def proxied_tierwise(
     app = create_app(settings=settings, model_source=LocalSource(artifact_dir), embedder=HashingEmbedder())
     with live_server(lambda: app) as url:
         yield url
+
+
+@contextmanager
+def door_client(tmp: Path, artifact_dir: Path, **fields: Any) -> Iterator[tuple[TestClient, FakeUpstream]]:
+    """tierwise in a TestClient (lifespan run) on the trained test router, its upstreams a fake; yields both."""
+    with fake_upstream() as up:
+        app = create_app(
+            settings=proxy_settings(tmp, up, **fields),
+            model_source=LocalSource(artifact_dir),
+            embedder=HashingEmbedder(),
+        )
+        with TestClient(app) as client:
+            yield client, up
 
 
 def proxy_fixtures(name: str, fusion: bool = False, **fields: Any) -> tuple[Callable[..., Any], ...]:

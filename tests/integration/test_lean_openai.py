@@ -11,13 +11,10 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from serving.app import create_app
 from serving.deps import get_settings as settings_dep
-from serving.model_source import LocalSource
-from tests.conftest import HashingEmbedder
 from tests.integration.conftest import CLIENT_KEY, bearer
-from tests.integration.fake_upstream import FakeUpstream, Reply, fake_upstream
-from tests.integration.proxy_fixtures import proxy_settings
+from tests.integration.fake_upstream import FakeUpstream, Reply
+from tests.integration.proxy_fixtures import door_client
 
 PATH = "/v1/chat/completions"
 JSON = {"Content-Type": "application/json"}
@@ -26,14 +23,8 @@ CHAT = {"model": "tierwise", "messages": [{"role": "user", "content": "easy ques
 
 @pytest.fixture
 def door(tmp_path: Path, artifact_dir: Path) -> Iterator[tuple[TestClient, FakeUpstream]]:
-    with fake_upstream() as up:
-        app = create_app(
-            settings=proxy_settings(tmp_path, up, upstream_retries=0),
-            model_source=LocalSource(artifact_dir),
-            embedder=HashingEmbedder(),
-        )
-        with TestClient(app) as client:
-            yield client, up
+    with door_client(tmp_path, artifact_dir, upstream_retries=0) as door:
+        yield door
 
 
 def _full_path(client: TestClient) -> None:

@@ -11,13 +11,10 @@ import pytest
 from fastapi.testclient import TestClient
 
 from router.schema import ModelPrice
-from serving.app import create_app
-from serving.model_source import LocalSource
 from serving.proxy.upstream import Endpoint, UpstreamClient, UpstreamFailure, complete, env_proxies
-from tests.conftest import HashingEmbedder
 from tests.integration.conftest import CLIENT_KEY, bearer
 from tests.integration.fake_upstream import Reply, fake_upstream
-from tests.integration.proxy_fixtures import proxy_settings
+from tests.integration.proxy_fixtures import door_client
 
 BODY = {"messages": [{"role": "user", "content": "hi"}]}
 PRICE = ModelPrice(input_per_1m=1.0, output_per_1m=2.0)
@@ -106,16 +103,10 @@ def test_the_door_answers_from_another_event_loop_than_its_lifespans(tmp_path: P
     # app on loops of its own, as schemathesis' ASGI calls do. One shared aiohttp session answered those 500
     # ("attached to a different loop").
     chat = {"model": "tierwise", "messages": [{"role": "user", "content": "easy question 2: alpha beta"}]}
-    with fake_upstream() as up:
-        app = create_app(
-            settings=proxy_settings(tmp_path, up, upstream_retries=0),
-            model_source=LocalSource(artifact_dir),
-            embedder=HashingEmbedder(),
-        )
-        with TestClient(app) as client:
-            assert client.post("/v1/chat/completions", json=chat, headers=bearer(CLIENT_KEY)).status_code == 200
-            other = TestClient(app)
-            answers = [other.post("/v1/chat/completions", json=chat, headers=bearer(CLIENT_KEY)) for _ in range(2)]
-            assert [a.status_code for a in answers] == [200, 200], answers[0].text
-            assert client.post("/v1/chat/completions", json=chat, headers=bearer(CLIENT_KEY)).status_code == 200
+    with door_client(tmp_path, artifact_dir, upstream_retries=0) as (client, up):
+        assert client.post("/v1/chat/completions", json=chat, headers=bearer(CLIENT_KEY)).status_code == 200
+        other = TestClient(client.app)
+        answers = [other.post("/v1/chat/completions", json=chat, headers=bearer(CLIENT_KEY)) for _ in range(2)]
+        assert [a.status_code for a in answers] == [200, 200], answers[0].text
+        assert client.post("/v1/chat/completions", json=chat, headers=bearer(CLIENT_KEY)).status_code == 200
         assert len(up.requests) == 4
