@@ -78,7 +78,7 @@ def test_a_call_goes_through_the_proxy_unless_no_proxy_covers_its_host(no_proxy:
         if no_proxy:
             with pytest.raises(UpstreamFailure) as failed:
                 asyncio.run(call())
-            assert failed.value.kind == "connection"
+            assert failed.value.kind in ("connection", "timeout")  # NXDOMAIN, or a resolver that never answers
             assert up.requests == []
         else:
             assert asyncio.run(call()) == "via the proxy"
