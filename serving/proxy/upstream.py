@@ -355,9 +355,13 @@ async def complete(
 
 async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
     """The body's lines as they arrive (split at \\n, a trailing \\r dropped), with no limit on a line's length."""
-    pending = b""
+    pending = bytearray()
     async for chunk in resp.content.iter_any():
-        *lines, pending = (pending + chunk).split(b"\n")
+        pending += chunk
+        if b"\n" not in chunk:  # a long line arriving in pieces is appended, not split and copied again each time
+            continue
+        *lines, rest = pending.split(b"\n")
+        pending = bytearray(rest)
         for line in lines:
             yield line.removesuffix(b"\r").decode(errors="replace")
     if pending:
