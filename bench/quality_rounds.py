@@ -27,9 +27,8 @@ from threadpoolctl import threadpool_limits
 from bench import quality as bq
 from bench.common import REPO, machine_info
 from router.model import DifficultyModel
-from router.stacking import out_of_fold
 from router.text import text_features
-from training.fit import fit_task_prior
+from training.fit import fit_task_prior, out_of_fold_boosters
 
 logger = logging.getLogger("bench.quality_rounds")
 MAX_ROUNDS = 3000
@@ -39,9 +38,8 @@ DEFAULT = "fixed 800"
 
 @dataclass(eq=False, kw_only=True)
 class CVRounds(DifficultyModel):
-    """DifficultyModel whose per-tier round count is chosen by 3-fold cross-validation (module docstring)."""
-
-    chosen_: list[int] | None = None
+    """DifficultyModel whose per-tier round count is chosen by 3-fold cross-validation (module docstring); the counts
+    it chose, in fitting order, are in `chosen_`."""
 
     def _train_one(self, X: np.ndarray, y: np.ndarray, init: np.ndarray | None = None) -> lgb.Booster:
         params = {**self.lgb_params(), "metric": "cross_entropy"}
@@ -56,9 +54,7 @@ class CVRounds(DifficultyModel):
             callbacks=[lgb.early_stopping(PATIENCE, verbose=False)],
         )
         rounds = len(res["valid cross_entropy-mean"])  # type: ignore[arg-type]  # a list without return_cvbooster
-        if self.chosen_ is None:
-            self.chosen_ = []
-        self.chosen_.append(rounds)
+        self.chosen_: list[int] = [*getattr(self, "chosen_", []), rounds]
         return lgb.train(self.lgb_params(), lgb.Dataset(X, label=y, init_score=init), num_boost_round=rounds)
 
 
@@ -79,20 +75,14 @@ def router_predictions(sp: bq.SplitData, feats: bq.Features, seed: int) -> tuple
     names = [str(j) for j in range(Y.shape[1])]
     preds: dict[str, np.ndarray] = {}
     info: dict[str, Any] = {}
+    has_cats = len(set(sp.categories[tr])) > 1
     for label, model in variants(seed).items():
         t0 = time.perf_counter()
         boosters = model.fit(X[tr], Y[tr], names, shared=shared, train_easiness=e_tr).predict_quality(X[te])
         if isinstance(model, CVRounds):
             info["cv rounds"] = model.chosen_
-
-        def oof_fit(fit: np.ndarray, held: np.ndarray, m: DifficultyModel = model) -> np.ndarray:
-            fresh = type(m)(**{k: v for k, v in m.get_params().items() if k != "chosen_"})
-            fresh.fit(X[tr][fit], Y[tr][fit], names, shared=shared, train_easiness=e_tr[fit])
-            return np.asarray(fresh.predict_quality(X[tr][held], easiness=e_tr[held]))
-
-        has_cats = len(set(sp.categories[tr])) > 1
         if has_cats:
-            oof = out_of_fold(oof_fit, int(tr.sum()), 3, seed)
+            oof = out_of_fold_boosters(X[tr], Y[tr], names, model, shared, e_tr)
             prior = fit_task_prior(X[tr], Y[tr], sp.categories[tr], names, model, shared, e_tr, boosters_oof=oof)
             preds[label] = boosters if prior is None else prior.blend(boosters, None, X[te])[0]
         else:

@@ -148,7 +148,7 @@ def out_of_fold_boosters(
     with a shared difficulty, on the prompts' out-of-fold `easiness` for fitting and for the held rows alike."""
 
     def boosters(fit: np.ndarray, held: np.ndarray) -> np.ndarray:
-        m = DifficultyModel(**model.get_params())
+        m = type(model)(**model.get_params())
         if shared is None or easiness is None:
             return np.asarray(m.fit(X[fit], scores[fit], tier_names).predict_quality(X[held]))
         m.fit(X[fit], scores[fit], tier_names, shared=shared, train_easiness=easiness[fit])
