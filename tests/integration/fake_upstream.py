@@ -64,6 +64,7 @@ class FakeUpstream:
     received: list[tuple[str, float]] = field(default_factory=list)
     peers: list[int] = field(default_factory=list)  # the client's port per request: a new port, a new connection
     max_in_flight: int = 0
+    left_early: int = 0  # requests whose caller hung up during the reply's delay (the fake stops working on them)
     _in_flight: int = 0
     _queues: dict[str, deque[Reply]] = field(default_factory=lambda: defaultdict(deque))
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -79,6 +80,7 @@ class FakeUpstream:
             self.received.clear()
             self.peers.clear()
             self.max_in_flight = 0
+            self.left_early = 0
 
     def calls(self, model: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -106,7 +108,9 @@ class FakeUpstream:
             self._in_flight += 1  # one event loop: no lock needed
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
             try:
-                await asyncio.sleep(reply.delay_s)
+                if await _caller_left_within(request, reply.delay_s):
+                    self.left_early += 1
+                    return Response(status_code=499)  # nobody reads it: the connection is gone
             finally:
                 self._in_flight -= 1
         if reply.status >= 400:
@@ -118,6 +122,17 @@ class FakeUpstream:
         if reply.die_after_chunks is not None:
             return StreamingResponse(_dying_body(reply), media_type="application/json")
         return JSONResponse(completion(model, reply))
+
+
+async def _caller_left_within(request: Request, seconds: float) -> bool:
+    """Wait `seconds`, or less if the caller hangs up first (checked every 50 ms); whether it hung up."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while (left := deadline - loop.time()) > 0:
+        if await request.is_disconnected():
+            return True
+        await asyncio.sleep(min(0.05, left))
+    return False
 
 
 def completion(model: str, reply: Reply) -> dict[str, Any]:

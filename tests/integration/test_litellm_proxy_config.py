@@ -73,7 +73,7 @@ def test_one_model_serving_two_tiers_is_refused() -> None:
 
 async def settled(url: str, sid: str) -> dict[str, Any]:
     """The session once nothing is reserved, polled from the call's event loop (LiteLLM's async callbacks run there)."""
-    for _ in range(100):
+    for _ in range(400):
         s = await asyncio.to_thread(get_session, url, sid)
         if s["recent_decisions"] and s["reserved_usd"] == 0:
             return s

@@ -190,13 +190,13 @@ def test_a_streamed_answer_leaves_its_upstream_connection_open_for_the_next_call
 
 
 def test_an_upstream_holding_its_stream_open_after_done_does_not_hold_the_caller(sdk: OpenAI, up: FakeUpstream) -> None:
-    up.script("small", Reply(text="done early", linger_s=3.0))  # the relay's drain gives up after upstream.DRAIN_S
+    up.script("small", Reply(text="done early", linger_s=60.0))  # the relay's drain gives up after upstream.DRAIN_S
     started = time.monotonic()
     chunks = list(
         sdk.chat.completions.create(model="tierwise", messages=[{"role": "user", "content": EASY}], stream=True)
     )
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "done early"
-    assert time.monotonic() - started < 3.0  # the caller's stream ended before the upstream's body did
+    assert time.monotonic() - started < 20.0  # the caller's stream ended long before the upstream's body did
 
 
 def test_a_streamed_event_longer_than_a_read_buffer_arrives_whole(sdk: OpenAI, up: FakeUpstream) -> None:
