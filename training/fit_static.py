@@ -32,7 +32,7 @@ import scipy.sparse as sp
 from tokenizers import Tokenizer
 
 from router.embedders.protocol import MINILM_ID, Embedder
-from router.embedders.static import FORMAT_VERSION, META_FILE, VECTORS_FILE, static_tokenizer
+from router.embedders.static import FORMAT_VERSION, META_FILE, VECTORS_FILE, static_tokenizer, text_pieces
 from router.embedding_cache import EmbeddingCache, embed_cached
 from router.text import text_window
 from training.distill_static import FITTED_RECIPE_PREFIX, teacher_token_vectors, zipf_sif_weights
@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 ALPHA = 1e-2
 """Ridge strength toward the distilled vectors (per word piece, in units of the mean-pooled squared error)."""
 ITERATIONS = 60
-MAX_TOKENS = 512  # as StaticEmbedder reads them
 MIN_PROMPTS = 50
 MAX_PROMPTS = 50_000
 """A larger corpus is sampled down to this many distinct prompts (memory: the teacher's vectors and the bag of
@@ -71,7 +70,7 @@ def base_vectors(onnx_dir: Path, tokenizer: Tokenizer) -> np.ndarray:
 
 def bag_of_pieces(tokenizer: Tokenizer, texts: Sequence[str]) -> sp.csr_matrix:
     """(texts x vocabulary) word-piece frequencies of each text (rows sum to 1; an empty text's row is empty)."""
-    ids = [e.ids[:MAX_TOKENS] for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+    ids = text_pieces(tokenizer, texts)
     lengths = np.array([len(i) for i in ids])
     cols = np.concatenate([np.asarray(i, dtype=np.int64) for i in ids]) if lengths.sum() else np.zeros(0, np.int64)
     vals = np.repeat(1.0 / np.maximum(lengths, 1), lengths)

@@ -22,6 +22,7 @@ TOKENIZER_FILE = "tokenizer.json"
 FORMAT_VERSION = 1
 # Up to this many texts are summed by gathering their rows; more by one sparse product (bulk routing).
 SMALL_BATCH = 8
+MAX_TOKENS = 512  # a text's first this many word pieces are embedded
 
 
 class StaleStaticFile(RuntimeError):
@@ -37,10 +38,15 @@ def static_tokenizer(directory: Path) -> Tokenizer:
     return tokenizer
 
 
+def text_pieces(tokenizer: Tokenizer, texts: Sequence[str], max_tokens: int = MAX_TOKENS) -> list[list[int]]:
+    """Each text's word-piece ids as the static embedder sums them: no special tokens, the first `max_tokens`."""
+    return [e.ids[:max_tokens] for e in tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+
+
 class StaticEmbedder:
     """Mean of the (SIF-weighted) static vectors of a text's word pieces, L2-normalised; loaded on first encode."""
 
-    def __init__(self, directory: Path, max_tokens: int = 512):
+    def __init__(self, directory: Path, max_tokens: int = MAX_TOKENS):
         self.directory = Path(directory)
         self.max_tokens = max_tokens
         self._vectors: np.ndarray | None = None
@@ -92,8 +98,7 @@ class StaticEmbedder:
         out = np.zeros((len(texts), vectors.shape[1]), dtype=np.float32)
         if not texts:
             return out
-        encodings = tokenizer.encode_batch(list(texts), add_special_tokens=False)
-        ids = [e.ids[: self.max_tokens] for e in encodings]
+        ids = text_pieces(tokenizer, texts, self.max_tokens)
         lengths = np.array([len(i) for i in ids])
         have = lengths > 0
         if have.any():
