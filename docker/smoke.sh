@@ -8,22 +8,33 @@
 #   BUILD_ARGS  extra `docker build` arguments, e.g. a PYTHON_IMAGE mirror where Docker Hub is out of reach
 #   NETWORK     "bridge" (default: the port published on 127.0.0.1) or "host" (engines without a bridge)
 #   PORT        the host port (default 8765)
+#   TIERS       the tiers file the model was trained with (default config/tiers.toml); the smoke mounts a copy
+#               whose every model's upstream is a stand-in (docker/fake_upstream.py, run from the same image in
+#               the service container's network namespace, on UP_PORT, default 9000)
 #
 # Checks: the image has no torch and runs as uid 10001; /readyz turns ready; /route answers 200 with a tier for a
-# client key and 401 without one; the container's health check turns healthy. Exits non-zero naming the first
-# check that failed; the container is removed either way.
+# client key and 401 without one; the OpenAI-compatible door lists its models and answers a chat completion, plain
+# and streamed, with the stand-in upstream's text; the container's health check turns healthy. Exits non-zero naming
+# the first check that failed; the containers are removed either way.
 set -euo pipefail
 
 MODEL_DIR=${MODEL_DIR:?set MODEL_DIR to a tierwise model directory}
 IMAGE=${IMAGE:-tierwise:smoke}
 NETWORK=${NETWORK:-bridge}
 PORT=${PORT:-8765}
+UP_PORT=${UP_PORT:-9000}
+HERE=$(cd "$(dirname "$0")" && pwd)
+TIERS=${TIERS:-$HERE/../config/tiers.toml}
 NAME=tierwise-smoke-$$
 KEY=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 SHA=$(printf %s "$KEY" | sha256sum | cut -d' ' -f1)
 
 fail() { echo "container smoke: FAILED: $*" >&2; docker logs "$NAME" 2>&1 | tail -20 >&2 || true; exit 1; }
-trap 'docker rm -f "$NAME" >/dev/null 2>&1 || true' EXIT
+work=$(mktemp -d)
+trap 'docker rm -f "$NAME" "$NAME-up" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+# The tiers as trained, every model's upstream the stand-in.
+sed "/^\[models\./a base_url = \"http://127.0.0.1:$UP_PORT/v1\"" "$TIERS" >"$work/tiers.toml"
+chmod a+r "$work/tiers.toml"
 
 # shellcheck disable=SC2086  # BUILD_ARGS is a list of arguments
 docker build ${BUILD_ARGS:-} -t "$IMAGE" "$(dirname "$0")/.."
@@ -40,8 +51,12 @@ fi
 docker run -d --name "$NAME" "${net[@]}" \
   -e "TIERWISE_API_KEYS={\"$SHA\":\"client\"}" \
   -e TIERWISE_LOCAL_MODEL_PATH=/models/router \
+  -e TIERWISE_TIERS_PATH=/config/tiers.toml \
   -v "$(cd "$MODEL_DIR" && pwd):/models/router:ro" \
+  -v "$work/tiers.toml:/config/tiers.toml:ro" \
   "$IMAGE" >/dev/null
+docker run -d --name "$NAME-up" --network "container:$NAME" -v "$HERE/fake_upstream.py:/fake_upstream.py:ro" \
+  "$IMAGE" python /fake_upstream.py "$UP_PORT" >/dev/null
 
 url=http://127.0.0.1:$PORT
 for _ in $(seq 60); do
@@ -59,6 +74,21 @@ head -n -1 <<<"$answer" | python3 -c "import json, sys; assert json.load(sys.std
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' -XPOST "$url/route" -d "$body")" = 401 ] \
   || fail "/route without a key was not refused with 401"
 
+auth=(-H "Authorization: Bearer $KEY" -H 'content-type: application/json')
+models=$(curl -s "${auth[@]}" "$url/v1/models")
+python3 -c "import json, sys; assert 'tierwise' in {m['id'] for m in json.load(sys.stdin)['data']}" <<<"$models" \
+  || fail "/v1/models did not list tierwise: $models"
+chat='{"model": "tierwise", "messages": [{"role": "user", "content": "What is 2 + 2?"}]}'
+answer=$(curl -s -w '\n%{http_code}' "${auth[@]}" -XPOST "$url/v1/chat/completions" -d "$chat")
+[ "$(tail -n1 <<<"$answer")" = 200 ] || fail "/v1/chat/completions answered $(tail -n1 <<<"$answer"): $answer"
+head -n -1 <<<"$answer" | python3 -c "import json, sys; assert json.load(sys.stdin)['choices'][0]['message']['content'] == 'smoke answer'" \
+  || fail "/v1/chat/completions did not relay the upstream's answer: $answer"
+stream='{"model": "tierwise", "stream": true, "messages": [{"role": "user", "content": "What is 2 + 2?"}]}'
+streamed=$(curl -s -N "${auth[@]}" -XPOST "$url/v1/chat/completions" -d "$stream")
+if ! grep -q 'smoke answer' <<<"$streamed" || ! grep -q '^data: \[DONE\]' <<<"$streamed"; then
+  fail "the streamed chat completion did not relay the upstream's answer: $streamed"
+fi
+
 for _ in $(seq 90); do
   health=$(docker inspect --format '{{.State.Health.Status}}' "$NAME")
   [ "$health" = healthy ] && break
@@ -66,4 +96,5 @@ for _ in $(seq 90); do
 done
 [ "$health" = healthy ] || fail "the health check is '$health', not healthy"
 
-echo "container smoke: passed ($IMAGE: uid 10001, no torch, ready, /route 200 with a key and 401 without, healthy)"
+echo "container smoke: passed ($IMAGE: uid 10001, no torch, ready, /route 200 with a key and 401 without," \
+  "/v1/models and a chat completion (plain and streamed) through a stand-in upstream, healthy)"
