@@ -21,7 +21,7 @@ import json
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -50,6 +50,7 @@ class Reply:
     error_message: str = "scripted failure"
     headers: tuple[tuple[str, str], ...] = ()
     linger_s: float = 0.0  # a stream's body stays open this long after [DONE]
+    until_in_flight: int = 0  # the delay ends once this many requests have been in their delays at once
 
 
 class ConnectionDropped(Exception):
@@ -108,7 +109,8 @@ class FakeUpstream:
             self._in_flight += 1  # one event loop: no lock needed
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
             try:
-                if await _caller_left_within(request, reply.delay_s):
+                met = (lambda: self.max_in_flight >= reply.until_in_flight) if reply.until_in_flight else None
+                if await _caller_left_within(request, reply.delay_s, met):
                     self.left_early += 1
                     return Response(status_code=499)  # nobody reads it: the connection is gone
             finally:
@@ -124,13 +126,16 @@ class FakeUpstream:
         return JSONResponse(completion(model, reply))
 
 
-async def _caller_left_within(request: Request, seconds: float) -> bool:
-    """Wait `seconds`, or less if the caller hangs up first (checked every 50 ms); whether it hung up."""
+async def _caller_left_within(request: Request, seconds: float, met: Callable[[], bool] | None = None) -> bool:
+    """Wait `seconds`, or less if the caller hangs up first or `met()` turns true (checked every 50 ms); whether
+    the caller hung up."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while (left := deadline - loop.time()) > 0:
         if await request.is_disconnected():
             return True
+        if met is not None and met():
+            return False
         await asyncio.sleep(min(0.05, left))
     return False
 

@@ -55,7 +55,10 @@ def proxy_settings(tmp: Path, up: FakeUpstream, fusion: bool = False, **fields: 
         "api_keys": KEYS,
         # Not a test of timeouts (those set their own): room for a slow, busy machine. With 1 s, a streamed call's
         # first attempt failed before its first event once in a full run on 2 cores (2026-11-26; its retry got the
-        # default reply); a 1 s timeout in a test process of 2.4 GB is the likely cause, not a proven one.
+        # default reply). The test process stalls: a run of tests/integration alone (2026-11-27, a fast Xeon) saw 19
+        # full garbage collections of over 0.1 s, the longest 2.0 s (gc.callbacks; 2.7 million objects tracked by
+        # the end), and every thread, the service's and the fake upstream's included, waits them out. So no test
+        # tells two outcomes apart by less than several seconds.
         "upstream_timeout_s": 5.0,
         "upstream_retries": 1,
         "upstream_retry_backoff_s": 0.01,

@@ -29,8 +29,9 @@ def ask_panel(sdk: OpenAI, sid: str, **kwargs: object) -> object:
 
 def test_members_answer_in_parallel_and_the_judge_merges(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
     sid = session(url, cap_usd=1.0)
-    up.script("small", Reply(text="answer A", usage=(10, 3), delay_s=0.4))
-    up.script("medium", Reply(text="answer B", usage=(11, 4), delay_s=0.4))
+    # Each member's answer waits until both are in flight (or 30 s): called one after the other, they would not meet.
+    up.script("small", Reply(text="answer A", usage=(10, 3), delay_s=30.0, until_in_flight=2))
+    up.script("medium", Reply(text="answer B", usage=(11, 4), delay_s=30.0, until_in_flight=2))
     up.script("large", Reply(text="merged answer", usage=(60, 9)))
     raw = ask_panel(sdk, sid)
     answer = raw.parse()  # type: ignore[attr-defined]

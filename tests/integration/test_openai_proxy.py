@@ -13,6 +13,7 @@ import openai
 import pytest
 from openai import AsyncOpenAI, OpenAI
 
+from serving.proxy import upstream
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer
 from tests.integration.fake_upstream import FakeUpstream, Reply
 from tests.integration.proxy_fixtures import proxied_tierwise, proxy_fixtures
@@ -178,9 +179,13 @@ def test_streaming_relays_chunks_and_settles_before_done(sdk: OpenAI, url: str, 
     assert s["recent_decisions"][0]["settled"] is True
 
 
-def test_a_streamed_answer_leaves_its_upstream_connection_open_for_the_next_call(sdk: OpenAI, up: FakeUpstream) -> None:
+def test_a_streamed_answer_leaves_its_upstream_connection_open_for_the_next_call(
+    sdk: OpenAI, up: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The upstream's body is read to its end after [DONE]: a stream closed before it would close its pooled
     # connection, and every call after a streamed one would pay a new TCP (and, to a real upstream, TLS) handshake.
+    # The read past [DONE] gives up after upstream.DRAIN_S (50 ms); here 10 s, so a stalled machine does not close it.
+    monkeypatch.setattr(upstream, "DRAIN_S", 10.0)
     messages = [{"role": "user", "content": EASY}]
     for _ in range(3):
         assert list(sdk.chat.completions.create(model="tierwise", messages=messages, stream=True))  # type: ignore[arg-type]

@@ -73,10 +73,10 @@ def test_a_store_that_cannot_record_the_decision_stops_the_upstream_call(
         r = client.post("/v1/chat/completions", json=CHAT, headers=bearer(CLIENT_KEY))
         assert r.status_code == 503, r.text
         assert r.json()["error"]["code"] == "store_unavailable"
-        assert len(up.requests) == 1  # the call was made (the commit waits for it to be sent) ...
-        deadline = time.monotonic() + 20.0
+        deadline = time.monotonic() + 20.0  # the fake upstream's thread notices the hang-up within 50 ms
         while up.left_early == 0 and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert len(up.requests) == 1  # the call was made (the commit waits for it to be sent) ...
         assert up.left_early == 1  # ... and abandoned, not waited for
 
 
@@ -134,6 +134,9 @@ def test_the_trace_tells_when_the_upstream_request_is_on_the_wire(tmp_path: Path
                 await client.aclose()
 
         assert asyncio.run(main())
+        deadline = time.monotonic() + 20.0  # the fake upstream's thread reads the request in its own time
+        while not up.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert len(up.requests) == 1
 
 

@@ -32,8 +32,9 @@ N_SCRAPES = 12
 N_TIERS_READS = 40
 RELOAD_CHECK_INTERVAL_S = 0.5
 # The stated bound is the check interval plus one model load. A reload of this small router took 0.02-0.05 s
-# (8 reloads, load average 10 on 2 cores); the allowance is 60 times that.
-LOAD_ALLOWANCE_S = 3.0
+# (8 reloads, load average 10 on 2 cores); the test waits up to 60 s for it (a stalled machine is no failure) and
+# checks that every worker got there, each with one load.
+FOLLOW_WAIT_S = 60.0
 
 pytestmark = pytest.mark.skipif(
     not (ONNX_DIR / "minilm-int8.onnx").is_file(), reason=f"needs the int8 ONNX embedder in {ONNX_DIR} (make setup)"
@@ -136,6 +137,14 @@ def test_a_model_for_another_embedder_stops_the_service_with_one_line(tmp_path: 
     assert "trained with embedder 'test/hashing:hash'" in line and f"'{MINILM_ID}:onnx-fp32'" in line
 
 
+def until_every_worker_serves(service: Service, model: str) -> None:
+    """Wait (up to FOLLOW_WAIT_S) until N_TIERS_READS reads in a row, from both workers, see `model` as brain's."""
+    deadline = time.monotonic() + FOLLOW_WAIT_S
+    while set(seen := brain_models(service, N_TIERS_READS)) != {model}:
+        assert time.monotonic() < deadline, f"not every worker serves {model}: {seen}"
+        time.sleep(RELOAD_CHECK_INTERVAL_S)
+
+
 def brain_models(service: Service, n: int) -> list[str]:
     """The brain tier's model as `n` requests, each on a new connection (so both workers answer), see it."""
     out = []
@@ -154,15 +163,14 @@ def reload_once(service: Service) -> httpx.Response:
 
 @pytest.mark.parametrize("model", ["unused"])
 def test_one_reload_reaches_every_worker(service: Service, model: str) -> None:
-    """One POST /admin/reload, answered by one worker; after the stated bound every worker serves the new tiers."""
+    """One POST /admin/reload, answered by one worker; then every worker serves the new tiers, each loaded once."""
     original = write_tiers(service.tiers_path).read_text()
     assert set(brain_models(service, N_TIERS_READS)) == {"large"}
     loads_before = service.log.read_text().count('"msg": "model loaded"')
     write_tiers(service.tiers_path, {"brain": model})
     try:
         assert reload_once(service).json()["tiers"][2]["model"] == model
-        time.sleep(RELOAD_CHECK_INTERVAL_S + LOAD_ALLOWANCE_S)
-        assert set(brain_models(service, N_TIERS_READS)) == {model}
+        until_every_worker_serves(service, model)
         # Each of the two workers loaded the new tiers exactly once: the one asked, and the one that followed.
         loads = service.log.read_text().split('"msg": "model loaded"')[loads_before + 1 :]
         assert len(loads) == 2 and all(model in line.split("\n", 1)[0] for line in loads), loads
@@ -171,5 +179,4 @@ def test_one_reload_reaches_every_worker(service: Service, model: str) -> None:
     finally:
         service.tiers_path.write_text(original)
         reload_once(service)
-        time.sleep(RELOAD_CHECK_INTERVAL_S + LOAD_ALLOWANCE_S)
-    assert set(brain_models(service, N_TIERS_READS)) == {"large"}
+    until_every_worker_serves(service, "large")
