@@ -44,10 +44,11 @@ class Upstream(BaseHTTPRequestHandler):
         self._send(200 if self.path == "/health" else 404, b"{}", "application/json")
 
     def do_POST(self) -> None:
-        body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+        raw = self.rfile.read(int(self.headers.get("content-length", 0)))
         if not self.path.endswith("/chat/completions"):
             self._send(404, b"{}", "application/json")
             return
+        body = json.loads(raw or b"{}")
         model = str(body.get("model"))
         if not body.get("stream"):
             self._send(200, json.dumps(completion(model)).encode(), "application/json")
