@@ -49,10 +49,13 @@ cleanup() {
 }
 trap cleanup EXIT
 status() { curl -s -o /dev/null -w '%{http_code}' "$@" || true; }
+# Ready means every worker: /readyz 200 on 10 requests in a row, each on a new connection (any of the workers).
 wait_ready() {
-  for _ in $(seq "$1"); do
-    [ "$(status "$url/readyz")" = 200 ] && return 0
-    sleep 1
+  local in_a_row=0
+  for _ in $(seq $(($1 * 5))); do
+    if [ "$(status "$url/readyz")" = 200 ]; then in_a_row=$((in_a_row + 1)); else in_a_row=0; fi
+    [ "$in_a_row" -ge 10 ] && return 0
+    sleep 0.2
   done
   return 1
 }

@@ -1,7 +1,10 @@
 """Load, reload and poll the model: build a new Runtime off to the side, then swap it in one assignment.
 
 A reload asked of one worker reaches the others through the shared reload generation (`ReloadSignal`):
-the worker that reloaded bumps it, and every worker's `watch` loop reloads when it sees it move.
+the worker that reloaded bumps it, and every worker's `watch` loop reloads when it sees it move. So does the first
+model a worker's alias poll finds (a service started before its first training): the other workers load it within
+their check interval instead of their own next poll, so a multi-worker service does not answer 503 from some
+workers, for up to a poll interval, after /readyz turned 200 on another.
 """
 
 from __future__ import annotations
@@ -152,6 +155,7 @@ class ModelManager:
                 current = self.state.runtime.version if self.state.runtime else None
                 if version != current:
                     logger.info("model source moved from %s to %s; reloading", current, version)
-                    await run_in_threadpool(self.reload_here)
+                    # A later move: every worker polls for itself. The first model: tell the others now.
+                    await run_in_threadpool(self.reload_here if current is not None else self.reload)
             except Exception as exc:  # keep polling; the old model keeps serving
                 logger.error("alias poll failed: %s", exc)

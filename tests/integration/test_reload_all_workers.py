@@ -79,3 +79,34 @@ def test_an_app_started_without_a_model_becomes_ready_when_one_appears(
     shutil.copytree(artifact_dir, later)
     wait_for(lambda: client.get("/readyz").status_code == 200, "the load was never retried")
     assert client.post("/route", json={"prompt": "What is 2+2?"}, headers=C).status_code == 200
+
+
+class Appearing:
+    """A registry alias that names no model until `ready` (a service started before its first training)."""
+
+    def __init__(self, path: Path):
+        self.inner, self.ready = LocalSource(path), False
+
+    def resolve(self) -> str:
+        if not self.ready:
+            raise LookupError("no champion yet")
+        return "tierwise-router/1"
+
+    def load(self):  # type: ignore[no-untyped-def]
+        loaded = self.inner.load() if self.ready else self.resolve()
+        return type(loaded)(loaded.artifact, self.resolve())
+
+
+def test_the_first_model_one_worker_polls_reaches_the_others(
+    client_factory: Callable[..., TestClient], artifact_dir: Path, tmp_path: Path
+) -> None:
+    """The follower never polls the alias itself; it follows the poller's bump (generation 1). Without the bump
+    the generation stays 0 (the follower's own load retry, backing off, bumps nothing)."""
+    source = Appearing(artifact_dir)
+    poller = client_factory(source=source, reload_interval_s=CHECK_S, reload_check_interval_s=CHECK_S)
+    follower = client_factory(source=source, reload_check_interval_s=CHECK_S)
+    assert [c.get("/readyz").status_code for c in (poller, follower)] == [503, 503]
+    source.ready = True
+    wait_for(lambda: follower.app.state.manager._seen == 1, "the follower never saw the first model's bump")
+    assert ReloadSignal(tmp_path / "reload-generation").read() == 1
+    assert [c.get("/readyz").status_code for c in (poller, follower)] == [200, 200]
