@@ -2,9 +2,10 @@
 
 A reload asked of one worker reaches the others through the shared reload generation (`ReloadSignal`):
 the worker that reloaded bumps it, and every worker's `watch` loop reloads when it sees it move. So does the first
-model a worker's alias poll finds (a service started before its first training): the other workers load it within
-their check interval instead of their own next poll, so a multi-worker service does not answer 503 from some
-workers, for up to a poll interval, after /readyz turned 200 on another.
+model a worker loads after starting without one (a service started before its first training; found by its load
+retry or its alias poll): the other workers load it within their check interval instead of their own next retry
+or poll, so a multi-worker service does not answer 503 from some workers, for seconds, after /readyz turned 200
+on another.
 """
 
 from __future__ import annotations
@@ -52,11 +53,15 @@ class ModelManager:
         """
         with self._lock:
             runtime = self._load()
-            try:
-                self._seen = self.signal.bump()
-            except OSError as exc:
-                logger.error("reloaded this worker only; cannot write %s: %s", self.signal.path, exc)
+            self._bump()
             return runtime
+
+    def _bump(self) -> None:
+        """Move the shared generation on (the lock held): every other worker loads what this one just loaded."""
+        try:
+            self._seen = self.signal.bump()
+        except OSError as exc:
+            logger.error("reloaded this worker only; cannot write %s: %s", self.signal.path, exc)
 
     def reload_here(self) -> Runtime:
         """Reload this worker only (the alias poll: every worker polls for itself)."""
@@ -127,6 +132,8 @@ class ModelManager:
                 self._load()
             except Exception as exc:  # still not ready; say why on /readyz
                 self.state.load_error = str(exc)
+                return
+            self._bump()  # the first model: the other workers, still unready, load it now too
 
     async def watch(self, interval_s: float) -> None:
         """Every `interval_s`: follow the shared reload generation, and retry the load while no model is loaded.
