@@ -93,8 +93,9 @@ class Appearing:
         return "tierwise-router/1"
 
     def load(self):  # type: ignore[no-untyped-def]
-        loaded = self.inner.load() if self.ready else self.resolve()
-        return type(loaded)(loaded.artifact, self.resolve())
+        version = self.resolve()  # raises until ready
+        loaded = self.inner.load()
+        return type(loaded)(loaded.artifact, version)
 
 
 def test_the_first_model_one_worker_polls_reaches_the_others(
