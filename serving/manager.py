@@ -63,10 +63,21 @@ class ModelManager:
         except OSError as exc:
             logger.error("reloaded this worker only; cannot write %s: %s", self.signal.path, exc)
 
-    def reload_here(self) -> Runtime:
-        """Reload this worker only (the alias poll: every worker polls for itself)."""
+    def load_version(self, version: str) -> None:
+        """The alias poll found `version`: load it here unless this worker already has it.
+
+        Every worker polls for itself, so a later move is loaded here only. The first model is announced (bumped)
+        for the workers that don't poll. Decided under the lock: a load retry may have brought the first model
+        since the poll looked, and then this worker neither loads nor bumps again.
+        """
         with self._lock:
-            return self._load()
+            current = self.state.runtime.version if self.state.runtime else None
+            if version == current:
+                return
+            logger.info("model source moved from %s to %s; reloading", current, version)
+            self._load()
+            if current is None:
+                self._bump()
 
     def _load(self) -> Runtime:
         loaded = self.source.load()
@@ -161,8 +172,6 @@ class ModelManager:
                 version = await run_in_threadpool(self.source.resolve)
                 current = self.state.runtime.version if self.state.runtime else None
                 if version != current:
-                    logger.info("model source moved from %s to %s; reloading", current, version)
-                    # A later move: every worker polls for itself. The first model: tell the others now.
-                    await run_in_threadpool(self.reload_here if current is not None else self.reload)
+                    await run_in_threadpool(self.load_version, version)
             except Exception as exc:  # keep polling; the old model keeps serving
                 logger.error("alias poll failed: %s", exc)

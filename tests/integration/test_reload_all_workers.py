@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from serving.model_source import LocalSource
@@ -59,13 +60,30 @@ def test_a_refused_reload_changes_no_app(client_factory: Callable[..., TestClien
     assert [brain_model(a) for a in apps] == ["large", "large"]
 
 
-def test_each_app_reloads_once_per_bump(client_factory: Callable[..., TestClient], tmp_path: Path) -> None:
+def counted_reads(signal: ReloadSignal, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record every read of `signal` from now on (the watch loop reads it once per check)."""
+    reads: list[int] = []
+    original = signal.read
+
+    def read() -> int:
+        reads.append(original())
+        return reads[-1]
+
+    monkeypatch.setattr(signal, "read", read)
+    return reads
+
+
+def test_each_app_reloads_once_per_bump(
+    client_factory: Callable[..., TestClient], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     leader, follower = (client_factory(reload_check_interval_s=CHECK_S) for _ in range(2))
     before = leader.app.state.runtime, follower.app.state.runtime
     assert leader.post("/admin/reload", headers=A).status_code == 200
     wait_for(lambda: follower.app.state.runtime is not before[1], "the follower did not reload")
     after = leader.app.state.runtime, follower.app.state.runtime
-    time.sleep(CHECK_S * 10)  # several more checks: nobody reloads again
+    # Several more checks by each app (counted, not slept: a stalled machine can't hide a second reload)
+    checks = [counted_reads(c.app.state.manager.signal, monkeypatch) for c in (leader, follower)]
+    wait_for(lambda: min(len(c) for c in checks) >= 5, "the apps stopped checking the generation")
     assert (leader.app.state.runtime, follower.app.state.runtime) == after
     assert after[0] is not before[0]
 
@@ -110,6 +128,10 @@ def test_the_first_model_one_worker_polls_reaches_the_others(
     source.ready = True
     signal = ReloadSignal(tmp_path / "reload-generation")
     managers = [c.app.state.manager for c in (poller, follower)]
-    wait_for(lambda: signal.read() >= 1 and all(m._seen == signal.read() for m in managers), "a worker never followed")
+
+    def followed() -> bool:  # a follower marks the generation seen before its load ends: wait for the model too
+        return signal.read() >= 1 and all(m._seen == signal.read() and m.state.runtime is not None for m in managers)
+
+    wait_for(followed, "a worker never followed")
     assert 1 <= signal.read() <= 2
     assert [c.get("/readyz").status_code for c in (poller, follower)] == [200, 200]
