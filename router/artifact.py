@@ -76,7 +76,8 @@ class RouterArtifact:
         """A live tiers config may swap models and prices, but not rename, add or reorder tiers."""
         if tiers.names != self.tier_names:
             raise TiersConfigError(
-                f"the model was trained for tiers {self.tier_names}, the config has {tiers.names}; retrain"
+                f"the model was trained for tiers {self.tier_names}, the config has {tiers.names}: use the tiers "
+                "file it was trained with, or train a model for these tiers"
             )
 
     def predict_quality(

@@ -188,10 +188,12 @@ def gap_metrics(curve: Curve, weak: tuple[float, float], strong: tuple[float, fl
     weak to the strong cost. APGR is the mean PGR over x in [0, 1]; CPT(p) is the least x, in % of
     the strong cost range, at which PGR reaches p. With two tiers and a fixed cost ratio this is
     RouteLLM's definition; with more tiers, cost is the honest axis.
+    All three are undefined (NaN) when the strong reference does not cost more and score higher than the weak
+    one (e.g. a log where every tier scores the same): there is no gap to recover.
     """
     (cw, qw), (cs, qs) = weak, strong
-    if qs <= qw or cs <= cw:
-        raise ValueError("the strong reference must cost more and score higher than the weak one")
+    if not (qs > qw and cs > cw):
+        return GapMetrics(apgr=float("nan"), cpt50=float("nan"), cpt80=float("nan"))
     xs = np.linspace(0, 1, 1001)
     q = np.array([hull_quality_at(curve, cw + x * (cs - cw)) for x in xs])
     pgr = np.nan_to_num((q - qw) / (qs - qw), nan=0.0)

@@ -27,6 +27,8 @@ from router.shared_difficulty import SharedDifficulty
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+MIN_TIER_OUTCOMES = 10
+"""The fewest training outcomes a tier's booster is fitted from."""
 
 
 def few_outcome_tiers(counts: np.ndarray, few_rows: int) -> np.ndarray:
@@ -87,8 +89,8 @@ class DifficultyModel(BoostParams):
         self.calibrators_: list[tuple[list[float], list[float]] | None] = []
         counts = np.isfinite(Y).sum(axis=0)
         for j, name in enumerate(self.tier_names_):
-            if counts[j] < 10:
-                raise ValueError(f"tier '{name}' has only {int(counts[j])} outcomes; need at least 10")
+            if counts[j] < MIN_TIER_OUTCOMES:
+                raise ValueError(f"tier '{name}' has only {int(counts[j])} outcomes; need at least {MIN_TIER_OUTCOMES}")
         few = few_outcome_tiers(counts, self.few_rows) & (e is not None) & (self.easiness == "prior")
         slopes: list[float] = []
         for j in np.argsort(few, kind="stable"):  # tiers with many rows first: their slopes are the prior

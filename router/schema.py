@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import tomllib
@@ -265,24 +266,52 @@ def _read_table(path: Path) -> pd.DataFrame:
         raise
     except pd.errors.EmptyDataError:
         return pd.DataFrame()
+    except UnicodeDecodeError:
+        raise OutcomeLogError(path, _first_non_utf8_line(path)) from None
     except Exception as exc:  # any parser failure becomes one clear line
         raise OutcomeLogError(path, f"cannot be read as {suffix.lstrip('.')}: {exc}") from None
     raise OutcomeLogError(path, f"unsupported format '{suffix}': use .parquet, .csv or .jsonl")
 
 
+def _not_utf8(lineno: int, raw: bytes, exc: UnicodeDecodeError) -> str:
+    return (
+        f"line {lineno} is not UTF-8 (byte {raw[exc.start]:#04x}, the line's byte {exc.start + 1}); "
+        "save the file as UTF-8"
+    )
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """(line number, text) of a UTF-8 file (gzip when it ends in .gz); a line that is not UTF-8 is named."""
+    with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                yield lineno, raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise OutcomeLogError(path, _not_utf8(lineno, raw, exc)) from None
+
+
+def _first_non_utf8_line(path: Path) -> str:
+    """Why a text file failed to decode, naming its first line that is not UTF-8."""
+    try:
+        for _ in _text_lines(path):
+            pass
+    except OutcomeLogError as exc:
+        return str(exc).removeprefix(f"{path}: ")
+    return "not UTF-8; save the file as UTF-8"
+
+
 def iter_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for each non-blank line, streamed; a bad line raises OutcomeLogError naming it."""
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise OutcomeLogError(path, f"invalid JSON: {exc.msg}", row=lineno) from None
-            if not isinstance(rec, dict):
-                raise OutcomeLogError(path, "each line must be a JSON object", row=lineno)
-            yield lineno, rec
+    for lineno, line in _text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise OutcomeLogError(path, f"invalid JSON: {exc.msg}", row=lineno) from None
+        if not isinstance(rec, dict):
+            raise OutcomeLogError(path, "each line must be a JSON object", row=lineno)
+        yield lineno, rec
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:

@@ -25,7 +25,7 @@ from router.embedding_cache import EmbeddingCache
 from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.routing import Router
-from router.schema import OutcomeLogError, TiersConfigError, load_outcomes, load_tiers
+from router.schema import OutcomeLogError, TiersConfig, TiersConfigError, load_outcomes, load_tiers
 from training.bulk import decisions_json, read_chunks
 
 
@@ -142,6 +142,15 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _load_log(s: Settings, tiers: TiersConfig) -> tuple[TiersConfig, pd.DataFrame]:
+    """The outcome log, checked against `tiers`; a bad file or row is one line."""
+    try:
+        return tiers, load_outcomes(s.outcomes_path, tiers)
+    except OutcomeLogError as exc:
+        _fail(str(exc))
+        raise
+
+
 def _load_inputs(s: Settings, from_store: bool) -> tuple[Any, pd.DataFrame]:
     try:
         tiers = load_tiers(s.tiers_path)
@@ -175,7 +184,7 @@ def train(
 ) -> None:
     """Train a router on an outcome log, evaluate it, log it to MLflow and register it."""
     from training import tracking
-    from training.data import load_pool_logs, pool_logs, split_log
+    from training.data import load_pool_logs, pool_logs, split_log, too_few_outcomes
     from training.evaluation import evaluate_artifact, with_default_knob
     from training.fit import TrainResult, run_params, train_router
     from training.gate import CHECKS
@@ -188,6 +197,8 @@ def train(
     s = _settings(outcomes_path=outcomes, tiers_path=tiers, test_size=test_size, seed=seed)
     tier_cfg, log = _load_inputs(s, from_store)
     split = split_log(log, tier_cfg, s.test_size, s.seed)
+    if (short := too_few_outcomes(split)) is not None:
+        _fail(f"{s.outcomes_path} with {s.tiers_path}: {short}")
     embedder = _embedder(s, s.embedder)
     client = _dask_client(dask)
     if client is not None:  # the prompts are embedded on the workers; the boosters are fitted here
@@ -239,6 +250,29 @@ def train(
         close(client)
 
 
+@app.command()
+def promote(
+    version: Annotated[str, typer.Argument(help="the registered model's version to serve, e.g. a challenger's")],
+) -> None:
+    """Move the served alias (TIERWISE_MODEL_ALIAS, default `champion`) to VERSION, bypassing the gate.
+
+    For a model the gate kept as challenger on purpose, e.g. one trained for new tiers: change the service's tiers
+    file first, then promote; a service polling the alias (or POST /admin/reload) loads it.
+    """
+    from mlflow.exceptions import MlflowException
+
+    from training import tracking
+
+    s = _settings()
+    tracking.configure(s.mlflow_tracking_uri, s.experiment_name)
+    try:
+        tracking.promote(s.registered_model, version, s.model_alias)
+    except MlflowException as exc:
+        where = _without_password(s.mlflow_tracking_uri)
+        _fail(f"cannot promote {s.registered_model} version {version} in {where}: {exc.message}")
+    typer.echo(f"{s.registered_model} version {version} is now '{s.model_alias}'")
+
+
 def _load_artifact(s: Settings, model_uri: str | None) -> RouterArtifact:
     if model_uri and Path(model_uri).exists():
         from router.artifact import find_artifact
@@ -255,6 +289,21 @@ def _load_artifact(s: Settings, model_uri: str | None) -> RouterArtifact:
     except Exception as exc:  # any registry failure is one line for the user
         _fail(f"cannot load model {uri} from {s.mlflow_tracking_uri}: {exc}. Run `make train` first.")
         raise
+
+
+def _tiers_for(s: Settings, artifact: RouterArtifact) -> TiersConfig:
+    """The tiers file when it exists (a swapped model or price applies), else the tiers the model was trained with.
+
+    A file that renames, adds or reorders the model's tiers is refused in one line naming it.
+    """
+    if not s.tiers_path.is_file():
+        return artifact.tiers
+    tiers = _load_tiers(s)
+    try:
+        artifact.check_tiers(tiers)
+    except TiersConfigError as exc:
+        _fail(f"{s.tiers_path}: {exc}")
+    return tiers
 
 
 @app.command()
@@ -275,7 +324,7 @@ def evaluate(
     With --from-store: off-policy estimates on the service's logged traffic instead (the logging policy, the
     logged model at other operating points, and --model-uri as a candidate when given).
     """
-    from training.data import split_log
+    from training.data import split_log, too_few_outcomes
     from training.evaluation import evaluate_artifact
     from training.report import format_table
 
@@ -285,8 +334,10 @@ def evaluate(
         _evaluate_from_store(s, model_uri, since_days)
         return
     artifact = _load_artifact(s, model_uri)
-    tier_cfg, log = _load_inputs(s, False)
+    tier_cfg, log = _load_log(s, _tiers_for(s, artifact))
     split = split_log(log, tier_cfg, s.test_size, s.seed)
+    if (short := too_few_outcomes(split, "test", minimum=1)) is not None:
+        _fail(f"{s.outcomes_path} with {s.tiers_path}: {short}")
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     result = evaluate_artifact(artifact, split, embedder, EmbeddingCache(s.cache_dir / "embeddings.sqlite"), s.seed)
     typer.echo(format_table(result))
@@ -319,7 +370,7 @@ def calibrate(
     With --from-store: λ for --mean-cost-usd on the service's logged traffic (realised cost by off-policy
     estimate where the log has exploration).
     """
-    from training.data import split_log
+    from training.data import split_log, too_few_outcomes
     from training.evaluation import calibrate_knob
 
     if sum(x is not None for x in (top_share, mean_cost_usd, quality_share)) != 1:
@@ -334,8 +385,10 @@ def calibrate(
         _calibrate_from_store(s, top_share, mean_cost_usd, since_days)
         return
     artifact = _load_artifact(s, model_uri)
-    tier_cfg, log = _load_inputs(s, False)
+    tier_cfg, log = _load_log(s, _tiers_for(s, artifact))
     split = split_log(log, tier_cfg, s.test_size, s.seed)
+    if (short := too_few_outcomes(split, "test", minimum=1)) is not None:
+        _fail(f"{s.outcomes_path} with {s.tiers_path}: {short}")
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     router = Router(artifact, embedder=embedder, cache=EmbeddingCache(s.cache_dir / "embeddings.sqlite"))
     if register or quality_share is not None:
@@ -378,16 +431,30 @@ def _store_knob(
         typer.echo(f"registered {s.registered_model} version {version} with this operating point as '{s.model_alias}'")
 
 
+def _store_tier_names(s: Settings) -> list[str]:
+    """The tier order of the logged decisions: the tiers file's, else (no file) the champion's."""
+    if s.tiers_path.is_file():
+        return _load_tiers(s).names
+    return _load_artifact(s, None).tier_names
+
+
+def _load_tiers(s: Settings) -> TiersConfig:
+    try:
+        return load_tiers(s.tiers_path)
+    except TiersConfigError as exc:
+        _fail(str(exc))
+        raise
+
+
 def _evaluate_from_store(s: Settings, model_uri: str | None, since_days: float | None) -> None:
     from training.ope_cli import evaluate_from_store
 
     candidate = None
     if model_uri is not None:
         artifact = _load_artifact(s, model_uri)
-        tier_cfg = load_tiers(s.tiers_path) if s.tiers_path.is_file() else artifact.tiers
-        candidate = Router(artifact, tier_cfg, _embedder(s, backend_of(artifact.features.embedder_id)))
+        candidate = Router(artifact, _tiers_for(s, artifact), _embedder(s, backend_of(artifact.features.embedder_id)))
     try:
-        typer.echo(evaluate_from_store(s, candidate, since_days, n_boot=1000))
+        typer.echo(evaluate_from_store(s, _store_tier_names(s), candidate, since_days, n_boot=1000))
     except (ValueError, TiersConfigError) as exc:
         _fail(str(exc))
 
@@ -398,7 +465,7 @@ def _calibrate_from_store(s: Settings, top_share: float | None, mean_cost: float
     if mean_cost is None:
         _fail(f"--from-store calibrates λ for --mean-cost-usd; --top-share {top_share} is for the held-out log")
     try:
-        typer.echo(calibrate_from_store(s, float(mean_cost or 0.0), since, n_boot=1000))
+        typer.echo(calibrate_from_store(s, _store_tier_names(s), float(mean_cost or 0.0), since, n_boot=1000))
     except (ValueError, TiersConfigError) as exc:
         _fail(str(exc))
 
@@ -448,12 +515,10 @@ def route(
         _fail("the prompt is empty")
     if dask is not None and batch is None:
         _fail("--dask routes a --batch file")
+    if out is not None and not out.parent.is_dir():
+        _fail(f"--out {out}: the folder {out.parent} does not exist")
     artifact = _load_artifact(s, model_uri)
-    try:
-        tier_cfg = load_tiers(s.tiers_path) if s.tiers_path.is_file() else artifact.tiers
-        artifact.check_tiers(tier_cfg)
-    except TiersConfigError as exc:
-        _fail(str(exc))
+    tier_cfg = _tiers_for(s, artifact)
     backend = backend_of(artifact.features.embedder_id)
     embedder = _embedder(s, backend)
     try:
@@ -478,6 +543,8 @@ def route(
                 close(client)
     except (StaleOnnxFile, OutcomeLogError) as exc:
         _fail(str(exc))
+    except OSError as exc:  # the input or the output file: a full disk, a permission, a folder gone meanwhile
+        _fail(f"{exc.filename or batch}: {exc.strerror or exc}")
     if n == 0:
         _fail(f"{batch}: no prompts")
     if out:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 
 from router import evaluate as ev
+from router.model import MIN_TIER_OUTCOMES
 from router.schema import TiersConfig, load_outcomes
 from router.text import normalize_text
 
@@ -74,6 +75,27 @@ def split_log(log: pd.DataFrame, tiers: TiersConfig, test_size: float, seed: int
     train, test = ev.split_by_group(groups, test_size, seed)
     logger.info("prompts: %d train, %d test", train.sum(), test.sum())
     return Split(table, train, test, used, tiers)
+
+
+def too_few_outcomes(split: Split, part: str = "training", minimum: int = MIN_TIER_OUTCOMES) -> str | None:
+    """Which tiers have fewer than `minimum` outcomes in the split's `part` ("training" or "test"), in words.
+
+    None when every tier has enough. Checked before any fitting or scoring, so a log that cannot train (a booster
+    needs MIN_TIER_OUTCOMES) or be evaluated (every tier needs realised scores) says so at once.
+    """
+    rows = split.train if part == "training" else split.test
+    counts = np.isfinite(split.table.scores[rows]).sum(axis=0)
+    short = [
+        f"tier '{t.name}' ({t.model}) has {int(c)}"
+        for t, c in zip(split.tiers.tiers, counts, strict=True)
+        if c < minimum
+    ]
+    if not short:
+        return None
+    return (
+        f"{'; '.join(short)} outcomes in the {part} split; each tier needs at least {minimum} "
+        "(log more outcomes of its model, or leave the tier out of the tiers file)"
+    )
 
 
 @dataclass(frozen=True)

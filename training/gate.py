@@ -34,6 +34,8 @@ class GateEvidence:
     evaluation: EvalResult
     champion_aiq: float | None = None
     n_prompts: int | None = None  # prompts in the whole log, for messages
+    tiers: tuple[str, ...] | None = None  # the tiers this model routes
+    champion_tiers: tuple[str, ...] | None = None  # the tiers the current champion routes (None: no champion)
 
     @property
     def n_test(self) -> int:
@@ -101,7 +103,33 @@ def not_worse_than_champion(evidence: GateEvidence) -> CheckResult | None:
     )
 
 
-CHECKS: tuple[Check, ...] = (enough_test_prompts, beats_zero_router, beats_best_single_tier, not_worse_than_champion)
+def same_tiers_as_champion(evidence: GateEvidence) -> CheckResult | None:
+    """Routes the champion's tiers (None without a champion or without the tier names to compare).
+
+    A model for other tiers cannot be compared with the champion, and a service set up for the champion's tiers
+    would refuse it: it is not promoted behind the service's back. `tierwise promote VERSION` moves the alias once
+    the service's tiers file names the new tiers.
+    """
+    if evidence.champion_tiers is None or evidence.tiers is None:
+        return None
+    ok = evidence.champion_tiers == evidence.tiers
+    detail = f"routes the champion's tiers {list(evidence.tiers)}"
+    if not ok:
+        detail = (
+            f"the champion routes tiers {list(evidence.champion_tiers)}, this model {list(evidence.tiers)}: they "
+            "cannot be compared, and a service set up for the champion's tiers would refuse this model; once the "
+            "service's tiers file names these tiers, promote it with `tierwise promote VERSION`"
+        )
+    return CheckResult("same_tiers_as_champion", ok, detail)
+
+
+CHECKS: tuple[Check, ...] = (
+    enough_test_prompts,
+    beats_zero_router,
+    beats_best_single_tier,
+    same_tiers_as_champion,
+    not_worse_than_champion,
+)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from infra.prompt_policy import prompt_policy
 from infra.settings import Settings
 from infra.store import Store
 from router.routing import Router
-from router.schema import TiersConfigError, load_tiers
+from router.schema import TiersConfigError
 from training.gate import Check
 from training.ope_data import LoggedTraffic, load_traffic
 from training.ope_eval import calibrate_traffic, evaluate_traffic, format_rows
@@ -26,12 +26,12 @@ def open_store(s: Settings) -> Store:
     return store
 
 
-def traffic_from_store(s: Settings, since_days: float | None = None) -> LoggedTraffic:
-    """The logged decisions with outcomes, in the tiers file's tier order; ValueError when there are none."""
+def traffic_from_store(s: Settings, tier_names: list[str], since_days: float | None = None) -> LoggedTraffic:
+    """The logged decisions with outcomes, in the order of `tier_names`; ValueError when there are none."""
     since = datetime.now(UTC) - timedelta(days=since_days) if since_days else None
     store = open_store(s)
     try:
-        traffic = load_traffic(store, load_tiers(s.tiers_path).names, since)
+        traffic = load_traffic(store, tier_names, since)
     finally:
         store.dispose()
     if not len(traffic.logged):
@@ -40,8 +40,10 @@ def traffic_from_store(s: Settings, since_days: float | None = None) -> LoggedTr
     return traffic
 
 
-def evaluate_from_store(s: Settings, candidate: Router | None, since_days: float | None, n_boot: int) -> str:
-    traffic = traffic_from_store(s, since_days)
+def evaluate_from_store(
+    s: Settings, tier_names: list[str], candidate: Router | None, since_days: float | None, n_boot: int
+) -> str:
+    traffic = traffic_from_store(s, tier_names, since_days)
     rows = evaluate_traffic(traffic, candidate, s.quality_target, n_boot=n_boot, seed=s.seed)
     header = (
         f"off-policy estimates on {traffic.describe()}\n"
@@ -51,8 +53,11 @@ def evaluate_from_store(s: Settings, candidate: Router | None, since_days: float
     return header + format_rows(rows)
 
 
-def calibrate_from_store(s: Settings, mean_cost_usd: float, since_days: float | None, n_boot: int) -> str:
-    return calibrate_traffic(traffic_from_store(s, since_days), mean_cost_usd, n_boot=n_boot, seed=s.seed)
+def calibrate_from_store(
+    s: Settings, tier_names: list[str], mean_cost_usd: float, since_days: float | None, n_boot: int
+) -> str:
+    traffic = traffic_from_store(s, tier_names, since_days)
+    return calibrate_traffic(traffic, mean_cost_usd, n_boot=n_boot, seed=s.seed)
 
 
 def purge(s: Settings, older_than_days: float | None) -> str:
@@ -71,7 +76,7 @@ def purge(s: Settings, older_than_days: float | None) -> str:
 def gate_check_from_store(s: Settings, candidate: Router) -> Check:
     """The gate's off-policy check on the service's logged traffic; it abstains when the store has none to offer."""
     try:
-        traffic: LoggedTraffic | None = traffic_from_store(s)
+        traffic: LoggedTraffic | None = traffic_from_store(s, candidate.names)
     except (ValueError, SQLAlchemyError, TiersConfigError, OSError) as exc:
         logger.info("gate: no logged traffic for the off-policy check (%s)", str(exc).splitlines()[0][:200])
         traffic = None

@@ -131,6 +131,19 @@ def champion_version(client: MlflowClient, name: str, alias: str = CHAMPION) -> 
         return None
 
 
+def registered_tiers(version: Any | None) -> tuple[str, ...] | None:
+    """The tier names a registered model version routes, from its `tierwise.tiers` tag (None when unknown)."""
+    tag = (version.tags or {}).get("tierwise.tiers") if version is not None else None
+    return tuple(pair.split("=", 1)[0] for pair in tag.split(",")) if tag else None
+
+
+def promote(registered_model: str, version: str, alias: str = CHAMPION) -> None:
+    """Point `alias` at `version` of the registered model; MlflowException when there is no such version."""
+    client = MlflowClient()
+    client.get_model_version(registered_model, version)
+    client.set_registered_model_alias(registered_model, alias, version)
+
+
 def download_artifact(model_uri: str, dst: Path) -> RouterArtifact:
     """Fetch a registered model's router artifact (only that, not the embedder files) and load it."""
     dst.mkdir(parents=True, exist_ok=True)
@@ -299,10 +312,16 @@ def log_and_register(
         new_aiq = ev.metrics[AIQ_METRIC]
         mv_version = str(info.registered_model_version)
         n_prompts = result.params.get("n_prompts")
-        evidence = GateEvidence(ev, champion_aiq_on_this_split, int(n_prompts) if n_prompts is not None else None)
+        client = MlflowClient()
+        evidence = GateEvidence(
+            ev,
+            champion_aiq_on_this_split,
+            int(n_prompts) if n_prompts is not None else None,
+            tiers=tuple(result.artifact.tier_names),
+            champion_tiers=registered_tiers(champion_version(client, registered_model, champion_alias)),
+        )
         verdict = run_gate(evidence, champion_alias, checks)
         alias, message = verdict.alias, verdict.message
-        client = MlflowClient()
         client.set_registered_model_alias(registered_model, alias, mv_version)
         description = describe(result, log, message)
         client.update_model_version(registered_model, mv_version, description=description)

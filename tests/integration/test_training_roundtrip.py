@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
+from typer.testing import CliRunner
 
 from infra.settings import Settings
 from router.embedding_cache import EmbeddingCache
@@ -23,7 +24,7 @@ from serving.app import create_app
 from serving.model_source import RegistrySource
 from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
 from tests.integration.conftest import PG_URL, write_tiers
-from training import tracking
+from training import cli, tracking
 from training.data import split_log
 from training.evaluation import evaluate_artifact
 from training.fit import TrainResult, run_params, train_router
@@ -67,8 +68,8 @@ def _training_log(tmp_path: Path) -> tracking.TrainingLog:
     return tracking.TrainingLog("generated", str(tmp_path / "outcomes.parquet"), LOG)
 
 
-def _train(tmp_path: Path, seed: int, n_estimators: int) -> tuple[TrainResult, list[str]]:
-    tiers = parse_tiers(TIERS_TOML)
+def _train(tmp_path: Path, seed: int, n_estimators: int, toml: dict = TIERS_TOML) -> tuple[TrainResult, list[str]]:
+    tiers = parse_tiers(toml)
     emb = HashingEmbedder()
     split = split_log(LOG, tiers, 0.3, seed=0)
     cache = EmbeddingCache(tmp_path / "emb.sqlite")
@@ -193,3 +194,31 @@ def test_training_promotes_the_alias_the_service_serves(tmp_path: Path, monkeypa
         NAME, split, EmbeddingCache(tmp_path / "emb.sqlite"), 0, lambda backend: HashingEmbedder(), alias="prod"
     )
     assert measured == pytest.approx(reg.new_aiq)
+
+
+def test_a_model_for_other_tiers_stays_challenger_until_promoted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run for other tiers than the champion's is not compared with it and not promoted behind the service's
+    back (a service set up for the champion's tiers would refuse it); `tierwise promote` moves the alias."""
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracking.configure(uri, "tierwise-test")
+    three, prompts = _train(tmp_path, seed=0, n_estimators=30)
+    assert tracking.log_and_register(three, NAME, None, prompts, _training_log(tmp_path)).alias == "champion"
+    two_tiers = {"models": TIERS_TOML["models"], "tiers": [TIERS_TOML["tiers"][0], TIERS_TOML["tiers"][2]]}
+    two, _ = _train(tmp_path, seed=0, n_estimators=30, toml=two_tiers)
+    reg = tracking.log_and_register(two, NAME, None, prompts, _training_log(tmp_path))
+    assert reg.alias == "challenger" and reg.verdict is not None, reg.message
+    assert [c.name for c in reg.verdict.failed] == ["same_tiers_as_champion"], reg.message
+    client = MlflowClient()
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("TIERWISE_REGISTERED_MODEL", NAME)
+    res = CliRunner().invoke(cli.app, ["promote", reg.version])
+    assert res.exit_code == 0, res.output
+    assert str(client.get_model_version_by_alias(NAME, "champion").version) == reg.version
+    res = CliRunner().invoke(cli.app, ["promote", "99"])
+    assert res.exit_code == 2 and "cannot promote" in res.output and "version 99" in res.output
+    mlflow.end_run()

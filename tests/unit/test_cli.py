@@ -147,3 +147,75 @@ def test_calibrate_prints_the_setting_and_what_it_realises(tmp_path, artifact_di
     if "--quality-share" in args:  # --register needs the registry, not a local artifact
         res = runner.invoke(cli.app, ["calibrate", *args, "--register", "--model-uri", str(artifact_dir)])
         assert res.exit_code == 2 and "leave out --model-uri" in res.output
+
+
+def _tiers_file(path, tiers: list[dict]) -> str:
+    models = "".join(
+        f"[models.{m}]\ninput_per_1m = {p['input_per_1m']}\noutput_per_1m = {p['output_per_1m']}\n"
+        for m, p in TIERS_TOML["models"].items()
+    )
+    path.write_text(models + "".join(f'[[tiers]]\nname = "{t["name"]}"\nmodel = "{t["model"]}"\n' for t in tiers))
+    return str(path)
+
+
+def test_train_refuses_a_tier_without_enough_outcomes_before_fitting(tmp_path, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("fitted or embedded a log that cannot train")
+
+    monkeypatch.setattr(cli, "make_embedder", never)
+    log = make_log(150)
+    log = log[log["model"] != "medium"]  # the mid tier's model has no outcomes at all
+    path = tmp_path / "mine.parquet"
+    log.to_parquet(path)
+    res = runner.invoke(
+        cli.app, ["train", "--outcomes", str(path), "--tiers", _tiers_file(tmp_path / "t.toml", TIERS_TOML["tiers"])]
+    )
+    assert res.exit_code == 2, res.output
+    assert "mine.parquet" in res.output and "tier 'mid' (medium) has 0 outcomes in the training split" in res.output
+    assert "Traceback" not in res.output
+
+
+def test_evaluate_and_calibrate_refuse_tiers_the_model_was_not_trained_for(tmp_path, artifact_dir, monkeypatch):
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    log = tmp_path / "log.parquet"
+    make_log(150).to_parquet(log)
+    two = _tiers_file(tmp_path / "two.toml", [TIERS_TOML["tiers"][0], TIERS_TOML["tiers"][2]])
+    common = ["--model-uri", str(artifact_dir), "--outcomes", str(log), "--tiers", two]
+    for args in (["evaluate", *common], ["calibrate", "--top-share", "0.3", *common]):
+        res = runner.invoke(cli.app, args)
+        assert res.exit_code == 2, res.output
+        assert "two.toml: the model was trained for tiers ['main', 'mid', 'brain']" in res.output, res.output
+
+
+def test_evaluate_refuses_a_tier_with_no_outcomes_in_the_log(tmp_path, artifact_dir, monkeypatch):
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    log = tmp_path / "log.parquet"
+    make_log(150).query("model != 'medium'").to_parquet(log)  # the log of a tier's swapped-in model is not in yet
+    tiers = _tiers_file(tmp_path / "t.toml", TIERS_TOML["tiers"])
+    res = runner.invoke(
+        cli.app, ["evaluate", "--model-uri", str(artifact_dir), "--outcomes", str(log), "--tiers", tiers]
+    )
+    assert res.exit_code == 2 and "tier 'mid' (medium) has 0 outcomes in the test split" in res.output, res.output
+
+
+def test_route_batch_names_a_line_that_is_not_utf8_and_a_missing_output_folder(tmp_path, artifact_dir, monkeypatch):
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    batch = tmp_path / "prompts.jsonl"
+    batch.write_bytes(b'{"prompt_id": "a", "prompt": "ok"}\n{"prompt_id": "b", "prompt": "caf\xe9"}\n')
+    res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--model-uri", str(artifact_dir)])
+    assert res.exit_code == 2 and "prompts.jsonl: line 2 is not UTF-8 (byte 0xe9" in res.output, res.output
+    batch.write_text('{"prompt_id": "a", "prompt": "ok"}\n')
+    out = tmp_path / "no" / "such" / "out.jsonl"
+    res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--out", str(out), "--model-uri", str(artifact_dir)])
+    assert res.exit_code == 2 and f"the folder {out.parent} does not exist" in res.output, res.output
+
+
+def test_a_csv_log_that_is_not_utf8_names_its_line(tmp_path):
+    path = tmp_path / "excel.csv"
+    make_log(5).to_csv(path, index=False)
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[3] = lines[3].replace(b"question", "quéstion".encode("latin-1"), 1)
+    path.write_bytes(b"".join(lines))
+    tiers = _tiers_file(tmp_path / "t.toml", TIERS_TOML["tiers"])
+    res = runner.invoke(cli.app, ["train", "--outcomes", str(path), "--tiers", tiers])
+    assert res.exit_code == 2 and "excel.csv: line 4 is not UTF-8 (byte 0xe9" in res.output, res.output

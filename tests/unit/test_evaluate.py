@@ -48,6 +48,13 @@ def test_gap_metrics_by_hand():
     assert gm.apgr == pytest.approx(0.5, abs=1e-3) and gm.cpt50 == pytest.approx(50.0)
 
 
+def test_gap_metrics_are_undefined_without_a_gap():
+    # every tier scores the same (a log of all 1.0): nothing to recover, so NaN rather than an error
+    flat = ev.Curve(np.array([0.0, 10.0]), np.array([1.0, 1.0]))
+    gm = ev.gap_metrics(flat, (0.0, 1.0), (10.0, 1.0))
+    assert np.isnan([gm.apgr, gm.cpt50, gm.cpt80]).all()
+
+
 def test_ece_by_hand():
     pred = np.array([0.1, 0.1, 0.9, 0.9])
     actual = np.array([0.0, 1.0, 1.0, 1.0])

@@ -73,3 +73,21 @@ def test_a_new_check_is_one_more_callable(good: EvalResult) -> None:
     verdict = run_gate(GateEvidence(good), checks=[*CHECKS, refuse])
     assert verdict.alias == "challenger" and [c.name for c in verdict.failed] == ["off_policy"]
     assert "FAIL off_policy: DR lower bound" in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("champion_tiers", "alias"),
+    [(None, "champion"), (("main", "mid", "brain"), "champion"), (("cheap", "strong"), "challenger")],
+)
+def test_a_model_for_other_tiers_than_the_champions_is_not_promoted(
+    good: EvalResult, champion_tiers: tuple[str, ...] | None, alias: str
+) -> None:
+    """A champion routing other tiers can't be compared, and the service set up for them would refuse the model."""
+    evidence = GateEvidence(good, n_prompts=700, tiers=("main", "mid", "brain"), champion_tiers=champion_tiers)
+    verdict = run_gate(evidence)
+    assert verdict.alias == alias, verdict.message
+    checked = {c.name: c for c in verdict.checks}
+    assert ("same_tiers_as_champion" in checked) == (champion_tiers is not None)
+    if alias == "challenger":
+        assert [c.name for c in verdict.failed] == ["same_tiers_as_champion"]
+        assert "['cheap', 'strong']" in verdict.message and "tierwise promote" in verdict.message
