@@ -1,7 +1,9 @@
 """The one typed settings object. Only entry points build it; library functions take plain arguments.
 
-Nothing is relative to the working directory but the inputs you name (the outcome log, the tiers file): the
-build cache and the stores live in per-user directories (platformdirs), so `tierwise` works from anywhere.
+Nothing is relative to the working directory but the inputs (the outcome log, the tiers file, and the logs pooled
+into the shared difficulty, `pool_paths`, by default the checkout's `data/`: run elsewhere, they are skipped with a
+warning): the build cache and the stores live in per-user directories (platformdirs), so `tierwise` works from
+anywhere.
 """
 
 from __future__ import annotations

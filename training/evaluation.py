@@ -257,6 +257,11 @@ def calibrate_knob(router: Router, split: Split, top_share: float | None, mean_c
     if top_share is not None:
         knob = target_for_top_share(pred, cost, top_share)
         choice, setting = cheapest_sufficient(pred, cost, knob), f"TIERWISE_QUALITY_TARGET={knob:.4f}"
+        if router.knob(None, None, knob)[1] is not None:  # a stored operating point wins over the setting
+            setting = (
+                f'"quality_target": {knob:.4f} in /route (this model routes by its stored operating point, '
+                "which TIERWISE_QUALITY_TARGET does not change)"
+            )
     else:
         knob = lambda_for_cost(pred, cost, float(mean_cost_usd or 0.0), split.table.costs[sel])
         choice, setting = tradeoff(pred, cost, knob), f'"cost_weight_per_usd": {knob:.6g} in /route'

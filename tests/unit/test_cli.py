@@ -219,3 +219,24 @@ def test_a_csv_log_that_is_not_utf8_names_its_line(tmp_path):
     tiers = _tiers_file(tmp_path / "t.toml", TIERS_TOML["tiers"])
     res = runner.invoke(cli.app, ["train", "--outcomes", str(path), "--tiers", tiers])
     assert res.exit_code == 2 and "excel.csv: line 4 is not UTF-8 (byte 0xe9" in res.output, res.output
+
+
+def test_calibrate_top_share_on_a_model_with_a_stored_operating_point_names_the_request_knob(
+    tmp_path, artifact_dir, monkeypatch
+):
+    """TIERWISE_QUALITY_TARGET does nothing for a model that carries a λ: calibrate says what does."""
+    from router.artifact import RouterArtifact, find_artifact
+    from router.policy import DefaultKnob
+
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    art = RouterArtifact.load(find_artifact(str(artifact_dir)))
+    art.default_knob = DefaultKnob(0.5, 1000.0, "test", 36, 0.9, 0.001)
+    with_knob = art.save(tmp_path / "with_knob")
+    log = tmp_path / "log.parquet"
+    make_log(150).to_parquet(log)
+    tiers = _tiers_file(tmp_path / "t.toml", TIERS_TOML["tiers"])
+    args = ["calibrate", "--top-share", "0.3", "--model-uri", str(with_knob), "--outcomes", str(log), "--tiers", tiers]
+    res = runner.invoke(cli.app, args)
+    assert res.exit_code == 0, res.output
+    assert '"quality_target": ' in res.output and "TIERWISE_QUALITY_TARGET does not change" in res.output
+    assert "TIERWISE_QUALITY_TARGET=" not in res.output
