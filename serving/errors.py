@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -22,6 +23,28 @@ def first_line(exc: BaseException) -> str:
     """An exception as one line: SQLAlchemy's messages go on with hints and links."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+UNION_MEMBER = re.compile(r"^(list|function-(after|before|wrap|plain)|model|dict)\[")
+"""How pydantic names a union member in an error's loc, e.g. `list[function-after[_check(), OutcomeIn]]`."""
+
+
+def union_member_errors(errors: list[dict[str, Any]], body: Any) -> list[dict[str, Any]]:
+    """Of a body typed `Item | list[Item]`, only the errors of the member the body's JSON type chose, with
+    pydantic's member names left out of `loc`: `["body", "score"]` for one object, `["body", 2, "score"]` for the
+    third of a list, instead of an error for each member (one of them "Input should be a valid list")."""
+
+    def member(e: dict[str, Any]) -> str | None:
+        loc = e["loc"]
+        tagged = len(loc) > 1 and loc[0] == "body" and isinstance(loc[1], str) and UNION_MEMBER.match(loc[1])
+        return loc[1] if tagged else None
+
+    if not any(member(e) for e in errors):
+        return errors
+    wants_list = isinstance(body, list)
+    kept = [e for e in errors if (m := member(e)) is None or m.startswith("list[") == wants_list]
+    tidy = [{**e, "loc": [e["loc"][0], *e["loc"][2:]]} if member(e) else e for e in kept]
+    return tidy or errors
 
 
 def refusal_class(exc: BaseException) -> str:
@@ -133,4 +156,4 @@ def install_handlers(app: FastAPI) -> None:
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
         ]
-        return JSONResponse({"detail": errors}, status_code=422)
+        return JSONResponse({"detail": union_member_errors(errors, exc.body)}, status_code=422)

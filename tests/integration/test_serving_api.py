@@ -216,6 +216,20 @@ def test_outcomes_bad_input(client: TestClient, body: dict, status: int) -> None
     assert client.post("/outcomes", json=body, headers=C).status_code == status
 
 
+def test_an_invalid_outcome_gets_one_error_at_its_own_field(client: TestClient) -> None:
+    """A body may be one outcome or a list: the error is the chosen shape's, at the field, without pydantic's
+    names for the union's members in `loc` and without a second "Input should be a valid list" error."""
+    good = {"prompt": "p", "model": "small", "score": 1, "cost_usd": 0}
+    one = client.post("/outcomes", json={**good, "score": 1.5}, headers=C)
+    assert one.status_code == 422
+    assert [e["loc"] for e in one.json()["detail"]] == [["body", "score"]], one.json()
+    many = client.post("/outcomes", json=[good, {**good, "cost_usd": -1}], headers=C)
+    assert many.status_code == 422
+    assert [e["loc"] for e in many.json()["detail"]] == [["body", 1, "cost_usd"]], many.json()
+    neither = client.post("/outcomes", json="score", headers=C)
+    assert neither.status_code == 422 and all(e["loc"][0] == "body" for e in neither.json()["detail"])
+
+
 def test_outcome_for_another_clients_decision_is_forbidden(client: TestClient) -> None:
     d = client.post("/route", json={"prompt": EASY}, headers=C).json()
     r = client.post("/outcomes", json={"decision_id": d["decision_id"], "score": 1, "cost_usd": 0}, headers=OTHER)
@@ -274,7 +288,7 @@ def test_reload_swaps_tier_model(client: TestClient, tmp_path: Path) -> None:
         "[[tiers]]\nname='other'\nmodel='small'\n[models.small]\ninput_per_1m=1\noutput_per_1m=1\n"
     )
     r = client.post("/admin/reload", headers=A)
-    assert r.status_code == 409 and "retrain" in r.json()["detail"]
+    assert r.status_code == 409 and "train a model for these tiers" in r.json()["detail"]
     assert client.post("/route", json={"prompt": HARD}, headers=C).json()["model"] == "unused"
 
 
