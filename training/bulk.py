@@ -101,6 +101,8 @@ def read_chunks(path: Path, rows_per_chunk: int) -> Iterator[list[Row]]:
         raise OutcomeLogError(path, "no such file")
     if path.suffix.lower() in PARQUET_SUFFIXES:
         return _parquet_chunks(path, rows_per_chunk)
+    if path.suffix.lower() in (".csv", ".tsv", ".xlsx"):
+        raise OutcomeLogError(path, "a batch of prompts is JSONL (one JSON object a line) or Parquet, not CSV")
     return _jsonl_chunks(path, rows_per_chunk)
 
 

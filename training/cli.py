@@ -379,6 +379,10 @@ def calibrate(
         _fail("--register writes into the registered model's alias; leave out --model-uri")
     if top_share is not None and not 0 <= top_share <= 1:
         _fail("--top-share must be in [0, 1]")
+    if quality_share is not None and not 0 < quality_share <= 1:
+        _fail("--quality-share must be in (0, 1]: a share of the top tier's quality")
+    if mean_cost_usd is not None and not mean_cost_usd > 0:
+        _fail("--mean-cost-usd must be above 0")
     _setup_logging()
     s = _settings(outcomes_path=outcomes, tiers_path=tiers)
     if from_store:

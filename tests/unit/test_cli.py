@@ -240,3 +240,23 @@ def test_calibrate_top_share_on_a_model_with_a_stored_operating_point_names_the_
     assert res.exit_code == 0, res.output
     assert '"quality_target": ' in res.output and "TIERWISE_QUALITY_TARGET does not change" in res.output
     assert "TIERWISE_QUALITY_TARGET=" not in res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--quality-share", "1.5"], "--quality-share must be in (0, 1]"),
+        (["--mean-cost-usd", "-1"], "--mean-cost-usd must be above 0"),
+    ],
+)
+def test_calibrate_refuses_a_share_or_cost_out_of_range(args, says):
+    res = runner.invoke(cli.app, ["calibrate", *args])
+    assert res.exit_code == 2 and says in res.output, res.output
+
+
+def test_route_batch_says_a_csv_is_not_a_batch_format(tmp_path, artifact_dir, monkeypatch):
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    batch = tmp_path / "prompts.csv"
+    batch.write_text("prompt_id,prompt\na,hello\n")
+    res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--model-uri", str(artifact_dir)])
+    assert res.exit_code == 2 and "prompts.csv: a batch of prompts is JSONL" in res.output, res.output
