@@ -142,21 +142,26 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def _load_log(s: Settings, tiers: TiersConfig) -> tuple[TiersConfig, pd.DataFrame]:
+def _load_tiers(s: Settings) -> TiersConfig:
+    try:
+        return load_tiers(s.tiers_path)
+    except TiersConfigError as exc:
+        _fail(str(exc))
+        raise
+
+
+def _load_log(s: Settings, tiers: TiersConfig) -> pd.DataFrame:
     """The outcome log, checked against `tiers`; a bad file or row is one line."""
     try:
-        return tiers, load_outcomes(s.outcomes_path, tiers)
+        return load_outcomes(s.outcomes_path, tiers)
     except OutcomeLogError as exc:
         _fail(str(exc))
         raise
 
 
 def _load_inputs(s: Settings, from_store: bool) -> tuple[Any, pd.DataFrame]:
-    try:
-        tiers = load_tiers(s.tiers_path)
-        log = load_outcomes(s.outcomes_path, tiers)
-    except (OutcomeLogError, TiersConfigError) as exc:
-        _fail(str(exc))
+    tiers = _load_tiers(s)
+    log = _load_log(s, tiers)
     if from_store:
         from infra.store import Store
         from router.schema import outcomes_to_frame, validate_outcomes
@@ -334,10 +339,11 @@ def evaluate(
         _evaluate_from_store(s, model_uri, since_days)
         return
     artifact = _load_artifact(s, model_uri)
-    tier_cfg, log = _load_log(s, _tiers_for(s, artifact))
-    split = split_log(log, tier_cfg, s.test_size, s.seed)
+    tier_cfg = _tiers_for(s, artifact)
+    split = split_log(_load_log(s, tier_cfg), tier_cfg, s.test_size, s.seed)
     if (short := too_few_outcomes(split, "test", minimum=1)) is not None:
-        _fail(f"{s.outcomes_path} with {s.tiers_path}: {short}")
+        tiers_used = s.tiers_path if s.tiers_path.is_file() else "the model's tiers"
+        _fail(f"{s.outcomes_path} with {tiers_used}: {short}")
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     result = evaluate_artifact(artifact, split, embedder, EmbeddingCache(s.cache_dir / "embeddings.sqlite"), s.seed)
     typer.echo(format_table(result))
@@ -389,10 +395,11 @@ def calibrate(
         _calibrate_from_store(s, top_share, mean_cost_usd, since_days)
         return
     artifact = _load_artifact(s, model_uri)
-    tier_cfg, log = _load_log(s, _tiers_for(s, artifact))
-    split = split_log(log, tier_cfg, s.test_size, s.seed)
+    tier_cfg = _tiers_for(s, artifact)
+    split = split_log(_load_log(s, tier_cfg), tier_cfg, s.test_size, s.seed)
     if (short := too_few_outcomes(split, "test", minimum=1)) is not None:
-        _fail(f"{s.outcomes_path} with {s.tiers_path}: {short}")
+        tiers_used = s.tiers_path if s.tiers_path.is_file() else "the model's tiers"
+        _fail(f"{s.outcomes_path} with {tiers_used}: {short}")
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     router = Router(artifact, embedder=embedder, cache=EmbeddingCache(s.cache_dir / "embeddings.sqlite"))
     if register or quality_share is not None:
@@ -440,14 +447,6 @@ def _store_tier_names(s: Settings) -> list[str]:
     if s.tiers_path.is_file():
         return _load_tiers(s).names
     return _load_artifact(s, None).tier_names
-
-
-def _load_tiers(s: Settings) -> TiersConfig:
-    try:
-        return load_tiers(s.tiers_path)
-    except TiersConfigError as exc:
-        _fail(str(exc))
-        raise
 
 
 def _evaluate_from_store(s: Settings, model_uri: str | None, since_days: float | None) -> None:
