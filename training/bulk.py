@@ -12,9 +12,11 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from router.policy import Decision
 from router.routing import Router
 from router.schema import OutcomeLogError, iter_jsonl_objects
 from router.task_hint import MAX_TASK_CHARS
@@ -32,6 +34,13 @@ def decisions_json(
     tasks = [r.get("task") for r in rows]
     hinted = tasks if any(t is not None for t in tasks) else None
     quality, cost, decisions = router.route([r["prompt"] for r in rows], target, chunk, cost_weight, hinted)
+    return decision_records(router, rows, quality, cost, decisions)
+
+
+def decision_records(
+    router: Router, rows: list[Row], quality: np.ndarray, cost: np.ndarray, decisions: list[Decision]
+) -> list[Record]:
+    """The JSON record of each row's decision: its tier, model, every tier's predicted quality, cost and reason."""
     names = router.tiers.tiers
     out = []
     for i, (row, d) in enumerate(zip(rows, decisions, strict=True)):

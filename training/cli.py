@@ -26,7 +26,7 @@ from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.routing import Router
 from router.schema import OutcomeLogError, TiersConfig, TiersConfigError, load_outcomes, load_tiers
-from training.bulk import decisions_json, read_chunks
+from training.bulk import decision_records, read_chunks
 
 
 class _Cli(typer.Typer):
@@ -527,10 +527,12 @@ def route(
     try:
         router = Router(artifact, tier_cfg, embedder)
         knob_target, cost_weight = router.knob(target, None, s.quality_target)  # --target, else the stored λ
-        if batch is None:
-            [decision] = decisions_json(
-                router, [{"prompt_id": "-", "prompt": prompt or ""}], knob_target, chunk, cost_weight
+        if batch is None:  # as the service routes it: a prompt unlike the training prompts gets the conservative tier
+            quality, cost, novelty = router.assess([prompt or ""])
+            decisions = router.decide(
+                quality, cost, knob_target, cost_weight=cost_weight, novelty=novelty, novelty_limit=s.novelty_limit
             )
+            [decision] = decision_records(router, [{"prompt_id": "-", "prompt": prompt}], quality, cost, decisions)
             typer.echo(json.dumps(decision, indent=2))
             return
         client = _dask_client(dask)

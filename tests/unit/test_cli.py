@@ -260,3 +260,27 @@ def test_route_batch_says_a_csv_is_not_a_batch_format(tmp_path, artifact_dir, mo
     batch.write_text("prompt_id,prompt\na,hello\n")
     res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--model-uri", str(artifact_dir)])
     assert res.exit_code == 2 and "prompts.csv: a batch of prompts is JSONL" in res.output, res.output
+
+
+@pytest.mark.parametrize(("limit", "ood"), [("0.000001", True), ("2", False)])
+def test_route_one_prompt_falls_back_out_of_distribution_as_the_service_does(
+    tmp_path, artifact_dir, monkeypatch, limit, ood
+):
+    """`tierwise route PROMPT` decides like POST /route: past TIERWISE_NOVELTY_LIMIT, the conservative tier."""
+    from dataclasses import replace
+
+    from router.artifact import RouterArtifact, find_artifact
+    from router.features import featurize
+    from router.novelty import NoveltyReference
+
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    monkeypatch.setenv("TIERWISE_NOVELTY_LIMIT", limit)
+    art = RouterArtifact.load(find_artifact(str(artifact_dir)))
+    X = featurize(list(make_log(300, seed=4)["prompt"].unique()), art.features, HashingEmbedder())
+    referenced = replace(art, novelty=NoveltyReference(n_reference=100).fit(X[:, :384])).save(tmp_path / "ref")
+    res = runner.invoke(cli.app, ["route", "easy question 3", "--model-uri", str(referenced), "--tiers", "none"])
+    assert res.exit_code == 0, res.output
+    decision = json.loads(res.output)
+    assert decision["reason"].startswith("out of distribution") == ood, decision
+    if ood:
+        assert decision["tier"] == "brain"  # the priciest tier: the documented conservative choice
