@@ -341,6 +341,7 @@ def validate_outcomes(df: pd.DataFrame, path: Path | str, known_models: Iterable
         df[col] = df[col].astype(str)
     _first_bad(path, df["prompt"].str.strip().eq(""), "prompt", "prompt is empty")
     _first_bad(path, df["model"].str.strip().eq(""), "model", "model is empty")
+    _one_text_per_prompt_id(path, df)
     for col, lo, hi in (("score", 0.0, 1.0), ("cost_usd", 0.0, np.inf)):
         values = pd.to_numeric(df[col], errors="coerce")
         _first_bad(path, values.isna() & df[col].notna(), col, f"not a number: {col}")
@@ -367,6 +368,22 @@ def validate_outcomes(df: pd.DataFrame, path: Path | str, known_models: Iterable
         )
     keep = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in df.columns]
     return df[keep]
+
+
+def _one_text_per_prompt_id(path: Path, df: pd.DataFrame) -> None:
+    """A prompt_id names one prompt: a row giving an earlier row's prompt_id another text is refused, naming both."""
+    first_text = df.groupby("prompt_id", sort=False)["prompt"].transform("first")
+    other = df["prompt"].ne(first_text).to_numpy()
+    if other.any():
+        row = int(np.flatnonzero(other)[0])
+        prompt_id = df["prompt_id"].iloc[row]
+        first_row = int(np.flatnonzero(df["prompt_id"].eq(prompt_id).to_numpy())[0])
+        raise OutcomeLogError(
+            path,
+            f"prompt_id '{prompt_id}' has another prompt text than in row {first_row + 1}: one prompt_id, one prompt",
+            row=row + 1,
+            column="prompt",
+        )
 
 
 def deduplicate_outcomes(df: pd.DataFrame) -> pd.DataFrame:

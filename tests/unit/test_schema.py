@@ -85,6 +85,17 @@ def test_duplicates_are_averaged(tmp_path, tiers):
     assert row.cost_usd.iloc[0] == pytest.approx(log.cost_usd[0] * 2)
 
 
+def test_a_prompt_id_with_two_prompt_texts_is_refused_naming_both_rows(tmp_path, tiers):
+    log = make_log(5).reset_index(drop=True)
+    same_id = log.index[log["prompt_id"] == log["prompt_id"][0]]
+    assert len(same_id) >= 2  # one row per model of the first prompt
+    log.loc[same_id[1], "prompt"] = "another prompt under the same id"
+    with pytest.raises(OutcomeLogError) as err:
+        load_outcomes(write(log, tmp_path / "log.csv"), tiers)
+    msg = str(err.value)
+    assert f"row {same_id[1] + 1}, column 'prompt'" in msg and f"than in row {same_id[0] + 1}" in msg, msg
+
+
 def test_fusion_tier_is_priced_as_sum_of_parts():
     data = {
         **TIERS_TOML,
