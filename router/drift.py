@@ -58,14 +58,14 @@ def quality_check(tier: str, predicted: np.ndarray, realised: np.ndarray, gap_li
     gap = float(diff.mean()) if n else float("nan")
     se = float(diff.std(ddof=1)) / math.sqrt(n) if n > 1 else float("inf")
     alert = n >= min_n and abs(gap) - GAP_Z * se > gap_limit
+    measured = f"{gap:+.3f} (± {GAP_Z:g} × {se:.3f}) over {n} outcomes" if n > 1 else f"not measured: {n} outcomes"
     return Check(
         f"quality:{tier}",
         gap,
         gap_limit,
         n,
         bool(alert),
-        f"{tier}: predicted minus realised quality {gap:+.3f} (± {GAP_Z:g} × {se:.3f}) over {n} outcomes; "
-        f"alert beyond ±{gap_limit:g} (needs {min_n})",
+        f"{tier}: predicted minus realised quality {measured}; alert beyond ±{gap_limit:g} (needs {min_n})",
     )
 
 

@@ -90,6 +90,8 @@ def test_quality_and_cost_checks() -> None:
     assert not quality_check("mid", pred, rng.random(200) < 0.8, 0.1, 30).alert
     assert quality_check("mid", pred, rng.random(200) < 0.5, 0.1, 30).alert
     assert not quality_check("mid", pred[:10], np.zeros(10), 0.1, 30).alert  # too few outcomes to judge
+    empty = quality_check("mid", pred[:0], np.zeros(0), 0.1, 30)  # a tier nothing was routed to yet
+    assert not empty.alert and "not measured: 0 outcomes" in empty.detail and "nan" not in empty.detail
     assert not cost_check(np.full(100, 1.1), np.ones(100), 0.25, 30).alert
     assert cost_check(np.full(100, 2.0), np.ones(100), 0.25, 30).alert
     assert cost_check(np.full(100, 0.5), np.ones(100), 0.25, 30).alert
