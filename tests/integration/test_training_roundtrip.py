@@ -210,7 +210,7 @@ def test_a_model_for_other_tiers_stays_challenger_until_promoted(
     two, _ = _train(tmp_path, seed=0, n_estimators=30, toml=two_tiers)
     reg = tracking.log_and_register(two, NAME, None, prompts, _training_log(tmp_path))
     assert reg.alias == "challenger" and reg.verdict is not None, reg.message
-    assert [c.name for c in reg.verdict.failed] == ["same_tiers_as_champion"], reg.message
+    assert "same_tiers_as_champion" in [c.name for c in reg.verdict.failed], reg.message
     client = MlflowClient()
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
 
