@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterator
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pandas as pd
 import typer
@@ -27,6 +27,9 @@ from router.model import DifficultyModel
 from router.routing import Router
 from router.schema import OutcomeLogError, TiersConfig, TiersConfigError, load_outcomes, load_tiers
 from training.bulk import decision_records, read_chunks
+
+if TYPE_CHECKING:
+    from training.data import Split
 
 
 class _Cli(typer.Typer):
@@ -311,6 +314,18 @@ def _tiers_for(s: Settings, artifact: RouterArtifact) -> TiersConfig:
     return tiers
 
 
+def _held_out_split(s: Settings, artifact: RouterArtifact) -> Split:
+    """The log split as training split it, in the tiers `artifact` routes; a tier without test outcomes is one line."""
+    from training.data import split_log, too_few_outcomes
+
+    tier_cfg = _tiers_for(s, artifact)
+    split = split_log(_load_log(s, tier_cfg), tier_cfg, s.test_size, s.seed)
+    if (short := too_few_outcomes(split, "test", minimum=1)) is not None:
+        tiers_used = s.tiers_path if s.tiers_path.is_file() else "the model's tiers"
+        _fail(f"{s.outcomes_path} with {tiers_used}: {short}")
+    return split
+
+
 @app.command()
 def evaluate(
     outcomes: OutcomesOpt = None,
@@ -329,7 +344,6 @@ def evaluate(
     With --from-store: off-policy estimates on the service's logged traffic instead (the logging policy, the
     logged model at other operating points, and --model-uri as a candidate when given).
     """
-    from training.data import split_log, too_few_outcomes
     from training.evaluation import evaluate_artifact
     from training.report import format_table
 
@@ -339,11 +353,7 @@ def evaluate(
         _evaluate_from_store(s, model_uri, since_days)
         return
     artifact = _load_artifact(s, model_uri)
-    tier_cfg = _tiers_for(s, artifact)
-    split = split_log(_load_log(s, tier_cfg), tier_cfg, s.test_size, s.seed)
-    if (short := too_few_outcomes(split, "test", minimum=1)) is not None:
-        tiers_used = s.tiers_path if s.tiers_path.is_file() else "the model's tiers"
-        _fail(f"{s.outcomes_path} with {tiers_used}: {short}")
+    split = _held_out_split(s, artifact)
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     result = evaluate_artifact(artifact, split, embedder, EmbeddingCache(s.cache_dir / "embeddings.sqlite"), s.seed)
     typer.echo(format_table(result))
@@ -376,7 +386,6 @@ def calibrate(
     With --from-store: λ for --mean-cost-usd on the service's logged traffic (realised cost by off-policy
     estimate where the log has exploration).
     """
-    from training.data import split_log, too_few_outcomes
     from training.evaluation import calibrate_knob
 
     if sum(x is not None for x in (top_share, mean_cost_usd, quality_share)) != 1:
@@ -395,11 +404,7 @@ def calibrate(
         _calibrate_from_store(s, top_share, mean_cost_usd, since_days)
         return
     artifact = _load_artifact(s, model_uri)
-    tier_cfg = _tiers_for(s, artifact)
-    split = split_log(_load_log(s, tier_cfg), tier_cfg, s.test_size, s.seed)
-    if (short := too_few_outcomes(split, "test", minimum=1)) is not None:
-        tiers_used = s.tiers_path if s.tiers_path.is_file() else "the model's tiers"
-        _fail(f"{s.outcomes_path} with {tiers_used}: {short}")
+    split = _held_out_split(s, artifact)
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     router = Router(artifact, embedder=embedder, cache=EmbeddingCache(s.cache_dir / "embeddings.sqlite"))
     if register or quality_share is not None:
@@ -456,8 +461,9 @@ def _evaluate_from_store(s: Settings, model_uri: str | None, since_days: float |
     if model_uri is not None:
         artifact = _load_artifact(s, model_uri)
         candidate = Router(artifact, _tiers_for(s, artifact), _embedder(s, backend_of(artifact.features.embedder_id)))
+    tier_names = candidate.names if candidate is not None else _store_tier_names(s)  # checked against the file
     try:
-        typer.echo(evaluate_from_store(s, _store_tier_names(s), candidate, since_days, n_boot=1000))
+        typer.echo(evaluate_from_store(s, tier_names, candidate, since_days, n_boot=1000))
     except (ValueError, TiersConfigError) as exc:
         _fail(str(exc))
 
