@@ -45,6 +45,7 @@ from training.gate import CHAMPION, CHECKS, Check, GateEvidence, Verdict, run_ga
 logger = logging.getLogger(__name__)
 
 AIQ_METRIC = "router_AIQ"
+TIERS_TAG = "tierwise.tiers"  # a model version's tiers, `name=model,...`
 COST_95_METRIC = "router_cost_for_95pct_top_pct"
 # MLflow 3 files an experiment under "model training" (not GenAI) by this tag.
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
@@ -132,8 +133,9 @@ def champion_version(client: MlflowClient, name: str, alias: str = CHAMPION) -> 
 
 
 def registered_tiers(version: Any | None) -> tuple[str, ...] | None:
-    """The tier names a registered model version routes, from its `tierwise.tiers` tag (None when unknown)."""
-    tag = (version.tags or {}).get("tierwise.tiers") if version is not None else None
+    """The tier names a registered model version routes, from its TIERS_TAG (`headline_tags` writes it as
+    `name=model,...`); None when unknown."""
+    tag = (version.tags or {}).get(TIERS_TAG) if version is not None else None
     return tuple(pair.split("=", 1)[0] for pair in tag.split(",")) if tag else None
 
 
@@ -220,7 +222,7 @@ def headline_tags(result: TrainResult, log: TrainingLog) -> dict[str, str]:
     return {
         "tierwise.dataset": log.name,
         "tierwise.embedder": result.artifact.features.embedder_id,
-        "tierwise.tiers": ",".join(f"{t.name}={t.model}" for t in result.artifact.tiers.tiers),
+        TIERS_TAG: ",".join(f"{t.name}={t.model}" for t in result.artifact.tiers.tiers),
         "tierwise.aiq": f"{metrics[AIQ_METRIC]:.4f}",
         "tierwise.cost_for_95pct_top_pct": "never" if cost95 is None else f"{cost95:.1f}",
     }
