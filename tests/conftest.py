@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -42,6 +43,18 @@ TIERS_TOML: dict[str, Any] = {
         {"name": "brain", "model": "large"},
     ],
 }
+
+
+def write_tiers(path: Path, overrides: dict[str, str] | None = None, tiers: list[dict] | None = None) -> Path:
+    """Write the test tiers as TOML (`tiers`, default TIERS_TOML's), with `overrides` {tier name: model} swapped in."""
+    lines = []
+    for t in TIERS_TOML["tiers"] if tiers is None else tiers:
+        model = (overrides or {}).get(t["name"], t["model"])
+        lines += ["[[tiers]]", f'name = "{t["name"]}"', f'model = "{model}"', ""]
+    for name, price in TIERS_TOML["models"].items():
+        lines += [f'[models."{name}"]', *(f"{k} = {v}" for k, v in price.items()), ""]
+    path.write_text("\n".join(lines))
+    return path
 
 
 class HashingEmbedder:

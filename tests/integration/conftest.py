@@ -22,7 +22,7 @@ from router.schema import parse_tiers
 from serving.app import create_app
 from serving.model_source import LocalSource
 from serving.security import hash_key
-from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
+from tests.conftest import TIERS_TOML, HashingEmbedder, make_log, write_tiers
 from tests.integration.live_server import live_server
 from training.data import pivot_log
 
@@ -33,18 +33,6 @@ KEYS = {hash_key(CLIENT_KEY): "client", hash_key(OTHER_KEY): "client", hash_key(
 
 def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
-
-
-def write_tiers(path: Path, overrides: dict[str, str] | None = None) -> Path:
-    """Write the test tiers as TOML, with `overrides` {tier name: model} swapped in."""
-    lines = []
-    for t in TIERS_TOML["tiers"]:
-        model = (overrides or {}).get(t["name"], t["model"])
-        lines += ["[[tiers]]", f'name = "{t["name"]}"', f'model = "{model}"', ""]
-    for name, price in TIERS_TOML["models"].items():
-        lines += [f'[models."{name}"]', *(f"{k} = {v}" for k, v in price.items()), ""]
-    path.write_text("\n".join(lines))
-    return path
 
 
 def train_artifact(embedder: Embedder, out_dir: Path, n_prompts: int = 200) -> Path:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 from infra.settings import get_settings
 from router.features import FeatureSpec
 from router.model import DifficultyModel
-from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
+from tests.conftest import TIERS_TOML, HashingEmbedder, make_log, write_tiers
 from training import cli
 from training.data import split_log
 from training.fit import train_router
@@ -128,14 +128,7 @@ def test_calibrate_prints_the_setting_and_what_it_realises(tmp_path, artifact_di
     monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
     log = tmp_path / "log.parquet"
     make_log(150).to_parquet(log)
-    tiers_file = tmp_path / "tiers.toml"
-    tiers_file.write_text(
-        "".join(
-            f"[models.{m}]\ninput_per_1m = {p['input_per_1m']}\noutput_per_1m = {p['output_per_1m']}\n"
-            for m, p in TIERS_TOML["models"].items()
-        )
-        + "".join(f'[[tiers]]\nname = "{t["name"]}"\nmodel = "{t["model"]}"\n' for t in TIERS_TOML["tiers"])
-    )
+    tiers_file = str(write_tiers(tmp_path / "tiers.toml"))
     res = runner.invoke(
         cli.app,
         ["calibrate", *args, "--model-uri", str(artifact_dir), "--outcomes", str(log), "--tiers", str(tiers_file)],
@@ -149,15 +142,6 @@ def test_calibrate_prints_the_setting_and_what_it_realises(tmp_path, artifact_di
         assert res.exit_code == 2 and "leave out --model-uri" in res.output
 
 
-def _tiers_file(path, tiers: list[dict]) -> str:
-    models = "".join(
-        f"[models.{m}]\ninput_per_1m = {p['input_per_1m']}\noutput_per_1m = {p['output_per_1m']}\n"
-        for m, p in TIERS_TOML["models"].items()
-    )
-    path.write_text(models + "".join(f'[[tiers]]\nname = "{t["name"]}"\nmodel = "{t["model"]}"\n' for t in tiers))
-    return str(path)
-
-
 def test_train_refuses_a_tier_without_enough_outcomes_before_fitting(tmp_path, monkeypatch):
     def never(*args, **kwargs):
         raise AssertionError("fitted or embedded a log that cannot train")
@@ -167,9 +151,7 @@ def test_train_refuses_a_tier_without_enough_outcomes_before_fitting(tmp_path, m
     log = log[log["model"] != "medium"]  # the mid tier's model has no outcomes at all
     path = tmp_path / "mine.parquet"
     log.to_parquet(path)
-    res = runner.invoke(
-        cli.app, ["train", "--outcomes", str(path), "--tiers", _tiers_file(tmp_path / "t.toml", TIERS_TOML["tiers"])]
-    )
+    res = runner.invoke(cli.app, ["train", "--outcomes", str(path), "--tiers", str(write_tiers(tmp_path / "t.toml"))])
     assert res.exit_code == 2, res.output
     assert "mine.parquet" in res.output and "tier 'mid' (medium) has 0 outcomes in the training split" in res.output
     assert "Traceback" not in res.output
@@ -179,7 +161,7 @@ def test_evaluate_and_calibrate_refuse_tiers_the_model_was_not_trained_for(tmp_p
     monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
     log = tmp_path / "log.parquet"
     make_log(150).to_parquet(log)
-    two = _tiers_file(tmp_path / "two.toml", [TIERS_TOML["tiers"][0], TIERS_TOML["tiers"][2]])
+    two = str(write_tiers(tmp_path / "two.toml", tiers=[TIERS_TOML["tiers"][0], TIERS_TOML["tiers"][2]]))
     common = ["--model-uri", str(artifact_dir), "--outcomes", str(log), "--tiers", two]
     for args in (["evaluate", *common], ["calibrate", "--top-share", "0.3", *common]):
         res = runner.invoke(cli.app, args)
@@ -191,7 +173,7 @@ def test_evaluate_refuses_a_tier_with_no_outcomes_in_the_log(tmp_path, artifact_
     monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
     log = tmp_path / "log.parquet"
     make_log(150).query("model != 'medium'").to_parquet(log)  # the log of a tier's swapped-in model is not in yet
-    tiers = _tiers_file(tmp_path / "t.toml", TIERS_TOML["tiers"])
+    tiers = str(write_tiers(tmp_path / "t.toml"))
     res = runner.invoke(
         cli.app, ["evaluate", "--model-uri", str(artifact_dir), "--outcomes", str(log), "--tiers", tiers]
     )
@@ -216,7 +198,7 @@ def test_a_csv_log_that_is_not_utf8_names_its_line(tmp_path):
     lines = path.read_bytes().splitlines(keepends=True)
     lines[3] = lines[3].replace(b"question", "quéstion".encode("latin-1"), 1)
     path.write_bytes(b"".join(lines))
-    tiers = _tiers_file(tmp_path / "t.toml", TIERS_TOML["tiers"])
+    tiers = str(write_tiers(tmp_path / "t.toml"))
     res = runner.invoke(cli.app, ["train", "--outcomes", str(path), "--tiers", tiers])
     assert res.exit_code == 2 and "excel.csv: line 4 is not UTF-8 (byte 0xe9" in res.output, res.output
 
@@ -234,7 +216,7 @@ def test_calibrate_top_share_on_a_model_with_a_stored_operating_point_names_the_
     with_knob = art.save(tmp_path / "with_knob")
     log = tmp_path / "log.parquet"
     make_log(150).to_parquet(log)
-    tiers = _tiers_file(tmp_path / "t.toml", TIERS_TOML["tiers"])
+    tiers = str(write_tiers(tmp_path / "t.toml"))
     args = ["calibrate", "--top-share", "0.3", "--model-uri", str(with_knob), "--outcomes", str(log), "--tiers", tiers]
     res = runner.invoke(cli.app, args)
     assert res.exit_code == 0, res.output
