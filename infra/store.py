@@ -267,6 +267,32 @@ class LockedSession:
         return self.row
 
 
+class OutcomeConflict(Exception):
+    """An outcome id already stored with other content: a second outcome under a reused id, not a retry."""
+
+    def __init__(self, outcome_id: str, fields: Sequence[str]):
+        super().__init__(
+            f"outcome_id {outcome_id} is already recorded with a different {', '.join(fields)}; "
+            "a retry must repeat the outcome it retries, and a new outcome needs a new outcome_id"
+        )
+        self.outcome_id = outcome_id
+        self.fields = tuple(fields)
+
+
+# What makes two outcomes under one id the same outcome (a retry); usage and latency are extras a retry may lack.
+_OUTCOME_IDENTITY = ("decision_id", "prompt_id", "model", "score", "cost_usd", "session_id")
+
+
+def _differing_fields(conn: Connection, values: dict[str, Any]) -> list[str]:
+    """Which of the outcome's identifying fields differ from the stored outcome of the same id."""
+    stored = conn.execute(
+        sa.select(*(outcomes.c[name] for name in _OUTCOME_IDENTITY)).where(outcomes.c.id == values["id"])
+    ).first()
+    if stored is None:  # deleted between the insert and this read (retention): nothing to compare with
+        return []
+    return [name for name, old in zip(_OUTCOME_IDENTITY, stored, strict=True) if old != values[name]]
+
+
 def _insert_new_outcome(conn: Connection, values: dict[str, Any]) -> bool:
     """Insert one outcome unless its id is stored already (ON CONFLICT DO NOTHING); whether it was new."""
     if conn.dialect.name == "postgresql":
@@ -603,7 +629,9 @@ class Store:
     def record_outcomes(self, rows: Sequence[OutcomeRow]) -> int:
         """Insert outcomes whose id is new, settling their decisions' reservations; return how many were new.
 
-        An id already stored (a retry, even a concurrent one) is skipped by the insert itself, never an error.
+        An id already stored with the same outcome (a retry, even a concurrent one) is skipped by the insert itself.
+        An id stored with another score, model, cost, decision, prompt or session raises OutcomeConflict and
+        writes nothing of `rows`.
         """
         new = 0
         with self.engine.begin() as conn:
@@ -611,6 +639,8 @@ class Store:
                 values = {**r.model_dump(), "prompt_id": prompt_id_of(r.prompt), "created_at": _now()}
                 values = self.prompts.outcome(values, self._decision_hash(conn, r))
                 if not _insert_new_outcome(conn, values):
+                    if differ := _differing_fields(conn, values):
+                        raise OutcomeConflict(r.id, differ)
                     continue
                 new += 1
                 if r.decision_id is not None:

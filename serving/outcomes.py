@@ -25,9 +25,18 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
-from infra.store import DecisionRow, OutcomeRow, Store
+from infra.store import DecisionRow, OutcomeConflict, OutcomeRow, Store
 from router.schema import TiersConfig
-from serving.errors import Forbidden, Invalid, NotFound, ServiceError, StoreUnavailable, first_line, refusal_class
+from serving.errors import (
+    Conflict,
+    Forbidden,
+    Invalid,
+    NotFound,
+    ServiceError,
+    StoreUnavailable,
+    first_line,
+    refusal_class,
+)
 from serving.metrics import Metrics
 from serving.schemas import OutcomeIn, OutcomesResponse, RejectedOutcome, SpoolStatus
 from serving.security import Principal, check_owner
@@ -50,6 +59,8 @@ def is_outage(exc: BaseException) -> bool:
 
 def is_refusal(exc: BaseException) -> bool:
     """Whether the store refused the data itself: retrying the same record can never succeed."""
+    if isinstance(exc, OutcomeConflict):
+        return True
     return isinstance(exc, DataError | IntegrityError | UnicodeEncodeError) and not is_outage(exc)
 
 
@@ -85,6 +96,8 @@ class OutcomeRecorder:
         try:
             rows = self._resolve(records, tiers)
             new = self.store.record_outcomes(rows)
+        except OutcomeConflict as exc:
+            raise Conflict(f"{exc}; nothing was written") from None
         except (SQLAlchemyError, UnicodeEncodeError) as exc:
             if is_refusal(exc):
                 # Only the class: a driver's message may quote the refused value.
@@ -222,12 +235,14 @@ class OutcomeRecorder:
                 rejects.append((r, exc.detail, None))
         try:
             self.store.record_outcomes([row for _, row in resolved])
-        except (SQLAlchemyError, UnicodeEncodeError) as exc:
+        except (SQLAlchemyError, UnicodeEncodeError, OutcomeConflict) as exc:
             if not is_refusal(exc):
                 raise
             for r, row in resolved:
                 try:
                     self.store.record_outcomes([row])
+                except OutcomeConflict as conflict:  # names the id and fields, never their values
+                    rejects.append((r, str(conflict), None))
                 except (SQLAlchemyError, UnicodeEncodeError) as one:
                     if not is_refusal(one):
                         raise

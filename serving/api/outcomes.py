@@ -21,6 +21,7 @@ router = APIRouter(
     status_code=201,
     responses={
         202: {"model": OutcomesResponse, "description": "store unreachable: spooled, replayed later"},
+        **error(409, "an outcome_id already recorded with another score, model, cost or decision; nothing written"),
         422: {"description": "invalid, an unknown model, or refused by the store; nothing was written"},
     },
 )
@@ -32,7 +33,8 @@ def post_outcomes(
     settings: SettingsDep,
     response: Response,
 ) -> OutcomesResponse:
-    """Record realised outcomes (one or a list); durable before the answer, idempotent by outcome_id."""
+    """Record realised outcomes (one or a list); durable before the answer, idempotent by outcome_id: a retry of
+    the same outcome is recorded once (201, `recorded` 0); a different outcome under a stored id is refused (409)."""
     items = body if isinstance(body, list) else [body]
     if not items:
         return OutcomesResponse(outcome_ids=[], recorded=0)

@@ -2,7 +2,8 @@
 
 Client mistakes are 4xx before anything is written; only an unreachable store spools; a spooled record the
 store refuses is quarantined (counted, logged, listed by GET /admin/spool) and never blocks the rest;
-concurrent retries are one success; huge costs cannot break a session; the spool drains on a timer.
+concurrent retries are one success, another outcome under a stored id is a 409 (or, spooled, quarantined); huge
+costs cannot break a session; the spool drains on a timer.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ SECRET = "SECRET-PROMPT-TEXT"
 def metric(client: TestClient, name: str) -> float:
     lines = [x for x in client.get("/metrics").text.splitlines() if x.startswith(name + " ")]
     return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def stored_scores(store: Store) -> dict[str, float]:
+    with store.engine.connect() as conn:
+        return dict(conn.execute(sa.select(outcomes.c.id, outcomes.c.score)).tuples().all())
 
 
 def stored_ids(store: Store) -> set[str]:
@@ -229,6 +235,52 @@ def test_concurrent_retries_of_one_outcome_are_one_success(
     assert client.app.state.recorder.spool.pending() == 0
     assert metric(client, "tierwise_outcome_store_errors_total") == 0
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_another_outcome_under_a_stored_id_is_refused_and_a_retry_is_not(
+    client_factory: Callable[..., TestClient], db_url: str
+) -> None:
+    client = client_factory(database_url=db_url)
+    store: Store = client.app.state.store
+    client.put("/sessions/s", json={"cap_usd": 1.0}, headers=C)
+    d = client.post("/route", json={"prompt": HARD, "session_id": "s"}, headers=C).json()
+    first = {"outcome_id": "o-1", "decision_id": d["decision_id"], "score": 0.25, "cost_usd": 0.002}
+    assert client.post("/outcomes", json=first, headers=C).json()["recorded"] == 1
+    assert client.post("/outcomes", json=first, headers=C).json()["recorded"] == 0  # a retry
+    for changed, field in [({"score": 1}, "score"), ({"cost_usd": 0.003}, "cost_usd")]:
+        r = client.post("/outcomes", json={**first, **changed}, headers=C)
+        assert r.status_code == 409, r.text
+        assert "o-1" in r.json()["detail"] and field in r.json()["detail"]
+    other = {"outcome_id": "o-1", "prompt": EASY, "model": "small", "score": 0.25, "cost_usd": 0.002}
+    r = client.post("/outcomes", json=other, headers=C)
+    assert r.status_code == 409 and "decision_id" in r.json()["detail"]
+    # A list holding a conflict writes none of it, the new outcome beside it included.
+    fresh = {"outcome_id": "o-2", "prompt": EASY, "model": "small", "score": 1, "cost_usd": 0}
+    assert client.post("/outcomes", json=[fresh, {**first, "score": 1}], headers=C).status_code == 409
+    assert stored_scores(store) == {"o-1": 0.25}
+    assert client.get("/sessions/s", headers=C).json()["spent_usd"] == pytest.approx(0.002)
+
+
+def test_a_spooled_outcome_that_conflicts_with_a_stored_one_is_set_aside(
+    client_factory: Callable[..., TestClient], outage: Outage
+) -> None:
+    client = client_factory(database_url=outage.url)
+    store: Store = client.app.state.store
+    stored = {"outcome_id": "twice", "prompt": EASY, "model": "small", "score": 1, "cost_usd": 0}
+    retried = {**stored, "outcome_id": "retried"}
+    for body in (stored, retried):
+        assert client.post("/outcomes", json=body, headers=C).status_code == 201
+    outage.down(store)
+    for body in ({**stored, "score": 0}, retried, {**stored, "outcome_id": "new"}):
+        assert client.post("/outcomes", json=body, headers=C).status_code == 202
+    outage.up(store)
+    client.app.state.recorder.replay(client.app.state.runtime.tiers)
+    assert stored_ids(store) == {"twice", "retried", "new"}
+    assert stored_scores(store)["twice"] == 1
+    status = client.get("/admin/spool", headers=A).json()
+    assert status["pending"] == 0 and status["rejected"] == 1
+    [rejected] = status["last_rejected"]
+    assert rejected["outcome_id"] == "twice" and "different score" in rejected["reason"]
 
 
 def test_store_errors_never_log_prompts_or_key_hashes(
