@@ -68,20 +68,25 @@ FAILURE_ANSWERS: dict[str, tuple[int, str, str]] = {
 }
 
 
-def failure_error(failure: UpstreamFailure, retry_after_s: int | None = None) -> ProxyError:
-    """The caller's error when no upstream answered. When the last upstream said when to come back (429, 503),
-    so does the answer: `Retry-After` (whole seconds; `retry_after_s`, the soonest any upstream tried said) and
-    `retry-after-ms`, which the OpenAI SDKs read before retrying; an upstream's 503 stays a 503 then."""
+def failure_error(failure: UpstreamFailure, trail: Trail) -> ProxyError:
+    """The caller's error when no upstream answered: the tiers tried (and fallbacks skipped), then the last failure.
+    When the last upstream said when to come back (429, 503), so does the answer: `Retry-After` (whole seconds, the
+    soonest any upstream tried said) and `retry-after-ms`, which the OpenAI SDKs read before retrying; an upstream's
+    503 stays a 503 then."""
     if failure.kind == "client":  # the upstream refused the request itself: the caller's to fix
         return ProxyError(failure.status or 400, failure.message, "invalid_request_error", "upstream_refused")
     status, type_, code = FAILURE_ANSWERS[failure.kind]
+    tried = f"tier(s) tried: {', '.join(trail.failed_tiers)}"
+    if trail.skipped:
+        tried += f"; skipped (over the max cost or the session's cap): {', '.join(trail.skipped)}"
+    message = f"no upstream answered ({tried}); last: {failure}"
+    retry_after_s = trail.retry_after_s()
     if failure.retry_after_s is None or retry_after_s is None:
-        return ProxyError(status, f"no upstream answered; last: {failure}", type_, code)
+        return ProxyError(status, message, type_, code)
     if failure.status == 503:
         status, code = 503, "upstream_unavailable"
     headers = {"Retry-After": str(retry_after_s), "retry-after-ms": str(retry_after_s * 1000)}
-    message = f"no upstream answered; last: {failure}; retry after {retry_after_s} s"
-    return ProxyError(status, message, type_, code, headers=headers)
+    return ProxyError(status, f"{message}; retry after {retry_after_s} s", type_, code, headers=headers)
 
 
 def route_options(req: ChatCompletionRequest, headers: Mapping[str, str], tier_names: list[str]) -> RouteOptions:
@@ -160,7 +165,7 @@ class Proxy:
             )
         except UpstreamFailure as failure:
             await _settle(store, decision, trail, started, None)
-            raise failure_error(failure, trail.retry_after_s()) from None
+            raise failure_error(failure, trail) from None
         except BaseException:  # cancelled (the caller left) or a bug: release the reservation, charge nothing
             with anyio.CancelScope(shield=True):
                 if await _stored(committed):  # a row never stored needs no settling

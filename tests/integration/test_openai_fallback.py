@@ -85,10 +85,21 @@ def test_nothing_answers_one_clean_error_nothing_charged(
         ask(sdk, sid, HARD)
     assert err.value.status_code == status
     assert set(err.value.body) >= {"message", "type", "code", "param"}  # type: ignore[arg-type]
+    assert "no upstream answered (tier(s) tried: brain); last: large" in err.value.body["message"]  # type: ignore[index]
     assert len(up.calls("large")) == 2 and up.calls("small") == up.calls("medium") == []
     s = get_session(url, sid)
     assert s["spent_usd"] == 0 and s["reserved_usd"] == pytest.approx(0)
     assert "not served" in s["recent_decisions"][0]["reason"]
+
+
+def test_when_every_tier_fails_the_error_names_each_tier_tried(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    for model in ("small", "medium", "large"):
+        up.script(model, Reply(status=503), Reply(status=503))
+    with pytest.raises(openai.APIStatusError) as err:
+        ask(sdk, session(url, cap_usd=1.0))
+    assert err.value.status_code == 502
+    assert "no upstream answered (tier(s) tried: main, mid, brain); last: large" in err.value.body["message"]  # type: ignore[index]
+    assert [len(up.calls(m)) for m in ("small", "medium", "large")] == [2, 2, 2]
 
 
 def test_the_upstream_refusing_the_request_goes_back_as_is(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
@@ -132,8 +143,10 @@ def test_falling_back_never_spends_past_the_sessions_cap(sdk: OpenAI, url: str, 
     sid = session(url, cap_usd=2 * routed["expected_cost_usd"])  # room for main, not for mid (5x its price) or brain
     up.script("small", Reply(status=503), Reply(status=503))
     up.script("medium", Reply(text="from medium", usage=(20, 10)))
-    with pytest.raises(openai.APIStatusError):
+    with pytest.raises(openai.APIStatusError) as err:
         ask(sdk, sid)
+    message = err.value.body["message"]  # type: ignore[index]
+    assert "(tier(s) tried: main; skipped (over the max cost or the session's cap): mid, brain)" in message
     assert up.calls("medium") == [] and up.calls("large") == []
     s = get_session(url, sid)
     assert s["spent_usd"] == 0 and s["reserved_usd"] == pytest.approx(0)
