@@ -8,7 +8,7 @@ carries a CSRF token derived from that session.
 from __future__ import annotations
 
 import math
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
@@ -37,6 +37,9 @@ SECURITY_HEADERS = {
 }
 
 router = APIRouter(prefix="/ui", include_in_schema=False)
+
+SESSION_FILTERS = ("all", "open", "frozen")
+MAX_OFFSET = 10**9
 
 
 def signer(request: Request) -> Signer:
@@ -116,21 +119,27 @@ def dashboard(
     request: Request,
     store: StoreDep,
     settings: SettingsDep,
-    sessions: Annotated[Literal["all", "open", "frozen"], Query()] = "all",
-    offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
-    confirmed: Annotated[str | None, Query(max_length=128)] = None,
+    sessions: Annotated[str, Query()] = "all",
+    offset: Annotated[str, Query()] = "0",
+    confirmed: Annotated[str | None, Query()] = None,
 ) -> Response:
-    """The page; without a valid login, a redirect to the login form."""
+    """The page; without a valid login, a redirect to the login form. A hand-edited query is refused as a page."""
     login = logged_in(request)
     if login is None:
         return see("/ui/login")
     token, _ = login
+    if sessions not in SESSION_FILTERS:
+        return refusal(request, 400, f"sessions must be one of {', '.join(SESSION_FILTERS)} (got {sessions[:32]!r}).")
+    if not (offset.isascii() and offset.isdigit()) or len(offset) > 10 or int(offset) > MAX_OFFSET:
+        return refusal(request, 400, f"offset must be a whole number from 0 to {MAX_OFFSET} (got {offset[:32]!r}).")
+    if confirmed is not None and len(confirmed) > 128:
+        return refusal(request, 400, "confirmed names a session id: at most 128 characters.")
     view = build_dashboard(
         store,
         request.app.state.runtime,
         settings,
         session_filter=sessions,
-        offset=offset,
+        offset=int(offset),
         load_error=request.app.state.load_error,
     )
     return page(request, "dashboard.html", {"d": view, "csrf": signer(request).csrf(token), "confirmed": confirmed})

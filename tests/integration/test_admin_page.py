@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from infra.store import DecisionRow
-from serving.api.ui import LOGIN_COOKIE, SESSION_COOKIE
+from serving.api.ui import CSP, LOGIN_COOKIE, SESSION_COOKIE
 from serving.security import KeyRing, hash_key
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, bearer
 from tests.integration.proxy_fixtures import write_proxy_tiers
@@ -201,10 +201,24 @@ def test_savings_are_na_where_prompts_are_not_stored_and_text_is_escaped(client:
     assert "<script>alert(1)</script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
 
 
-@pytest.mark.parametrize("params", [{"sessions": "nope"}, {"offset": "-1"}, {"offset": "x"}, {"confirmed": "y" * 500}])
-def test_bad_query_parameters_are_4xx(client: TestClient, params: dict[str, str]) -> None:
+@pytest.mark.parametrize(
+    ("params", "named"),
+    [
+        ({"sessions": "nope"}, "sessions must be one of all, open, frozen"),
+        ({"offset": "-1"}, "offset must be a whole number"),
+        ({"offset": "x"}, "offset must be a whole number"),
+        ({"offset": "\u00b2"}, "offset must be a whole number"),  # a digit to str.isdigit that int() refuses
+        ({"offset": "9" * 40}, "offset must be a whole number"),
+        ({"confirmed": "y" * 500}, "confirmed names a session id"),
+    ],
+)
+def test_bad_query_parameters_are_a_400_page_naming_them(
+    client: TestClient, params: dict[str, str], named: str
+) -> None:
     log_in(client)
-    assert client.get("/ui", params=params).status_code == 422
+    r = client.get("/ui", params=params)
+    assert r.status_code == 400 and r.headers["content-type"].startswith("text/html")
+    assert named in r.text and r.headers["Content-Security-Policy"] == CSP
 
 
 def test_the_stylesheet_is_served_and_the_page_is_not_in_the_api_spec(client: TestClient) -> None:
