@@ -7,9 +7,11 @@ import re
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
+from starlette.exceptions import HTTPException
 
 from router.features import EmbedderMismatch
 from router.policy import NoTierFits
@@ -45,6 +47,15 @@ def union_member_errors(errors: list[dict[str, Any]], body: Any) -> list[dict[st
     kept = [e for e in errors if (m := member(e)) is None or m.startswith("list[") == wants_list]
     tidy = [{**e, "loc": [e["loc"][0], *e["loc"][2:]]} if member(e) else e for e in kept]
     return tidy or errors
+
+
+def body_read_detail(exc: HTTPException) -> str:
+    """FastAPI's refusal of a body it could not read, with its cause when that is text that is not UTF-8 (FastAPI
+    says only "There was an error parsing the body")."""
+    cause = exc.__cause__
+    if exc.status_code == 400 and isinstance(cause, UnicodeDecodeError):
+        return f"the body is not valid UTF-8 (byte {cause.start}): send JSON encoded as UTF-8"
+    return str(exc.detail)
 
 
 def refusal_class(exc: BaseException) -> str:
@@ -150,6 +161,12 @@ def install_handlers(app: FastAPI) -> None:
         request.app.state.metrics.store_errors.inc()
         logger.error("store error: %s", exc)
         return _answer(503, "the decision store is unavailable; retry")
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
+            return _answer(400, body_read_detail(exc))
+        return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:

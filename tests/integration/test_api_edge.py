@@ -63,6 +63,15 @@ def test_client_mistakes_are_422_not_store_errors(
     assert edge.app.state.store.recent_decisions("s") == []
 
 
+@pytest.mark.parametrize("path", ["/route", "/route/batch", "/outcomes", "/v1/chat/completions"])
+def test_a_body_that_is_not_utf8_is_a_400_saying_so(client: TestClient, path: str) -> None:
+    r = client.post(path, content=b'{"prompt": "caf\xe9"}', headers={**C, **JSON})
+    assert r.status_code == 400
+    body = r.json()
+    message = body["error"]["message"] if path.startswith("/v1") else body["detail"]
+    assert message == "the body is not valid UTF-8 (byte 15): send JSON encoded as UTF-8"
+
+
 def test_metadata_size_cap(edge: TestClient) -> None:
     fits = {"k": "v" * (MAX_METADATA_BYTES - 20)}
     too_big = {"k": "v" * MAX_METADATA_BYTES}
