@@ -83,7 +83,7 @@ class OutcomeRecorder:
         """Store the outcomes (or spool them when the store is unreachable); every id is durable on return."""
         records = [
             {
-                "outcome_id": item.outcome_id or uuid.uuid4().hex,
+                "outcome_id": outcome_id_of(item),
                 **item.model_dump(exclude={"outcome_id"}),
                 "owner": principal.key_hash,
                 "admin": principal.is_admin,
@@ -97,7 +97,7 @@ class OutcomeRecorder:
             rows = self._resolve(records, tiers)
             new = self.store.record_outcomes(rows)
         except OutcomeConflict as exc:
-            raise Conflict(f"{exc}; nothing was written") from None
+            raise Conflict(f"{conflict_detail(exc)}; nothing was written") from None
         except (SQLAlchemyError, UnicodeEncodeError) as exc:
             if is_refusal(exc):
                 # Only the class: a driver's message may quote the refused value.
@@ -242,13 +242,35 @@ class OutcomeRecorder:
                 try:
                     self.store.record_outcomes([row])
                 except OutcomeConflict as conflict:  # names the id and fields, never their values
-                    rejects.append((r, str(conflict), None))
+                    rejects.append((r, conflict_detail(conflict), None))
                 except (SQLAlchemyError, UnicodeEncodeError) as one:
                     if not is_refusal(one):
                         raise
                     rejects.append((r, describe(one), f"the store refused it: {refusal_class(one)}"))
         for r, reason, logged in rejects:
             self._quarantine(r, reason, logged)
+
+
+DECISION_OUTCOME = "decision:"
+"""The outcome id of an outcome posted for a decision without one: a retry of it is recorded once."""
+
+
+def outcome_id_of(item: OutcomeIn) -> str:
+    """The client's outcome id; else, for a decision's outcome, one derived from the decision; else a new one."""
+    if item.outcome_id is not None:
+        return item.outcome_id
+    return DECISION_OUTCOME + item.decision_id if item.decision_id is not None else uuid.uuid4().hex
+
+
+def conflict_detail(exc: OutcomeConflict) -> str:
+    """Why an outcome was refused as a conflict, in the terms the client used."""
+    if not exc.outcome_id.startswith(DECISION_OUTCOME):
+        return str(exc)
+    decision = exc.outcome_id.removeprefix(DECISION_OUTCOME)
+    return (
+        f"decision {decision} already has an outcome with a different {', '.join(exc.fields)}; a retry must repeat "
+        "it, and more than one outcome for a decision needs an outcome_id on each"
+    )
 
 
 def _revalidate(r: Record) -> tuple[Record | None, str]:

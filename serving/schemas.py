@@ -179,7 +179,8 @@ class OutcomeIn(OutcomeBase):
     outcome_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")] | None = Field(
         None,
         description="client-chosen id (1-128 of A-Z a-z 0-9 . _ : -); a retry with the same id is recorded once, "
-        "another outcome under a stored id is refused (409)",
+        "another outcome under a stored id is refused (409). Default: `decision:<decision_id>` for a decision's "
+        "outcome (so it too is recorded once), else a new id",
     )
     decision_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:\-]{1,32}$")] | None = Field(
         None, description="the decision_id /route answered"

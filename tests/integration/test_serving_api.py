@@ -184,8 +184,17 @@ def test_outcome_settles_reservation(client: TestClient) -> None:
     after = client.get("/sessions/s", headers=C).json()
     assert after["reserved_usd"] == pytest.approx(0) and after["spent_usd"] == pytest.approx(0.002)
     assert after["recent_decisions"][0]["settled"] is True
-    # A second outcome for the same decision is recorded but does not settle twice.
-    client.post("/outcomes", json={"decision_id": d["decision_id"], "score": 0, "cost_usd": 0.002}, headers=C)
+    assert r.json()["outcome_ids"] == [f"decision:{d['decision_id']}"]
+    # Without outcome ids, a decision's outcome is one outcome: posted again, a retry (recorded once); posted with
+    # another score, refused. With its own outcome_id, a second outcome is recorded but does not settle twice.
+    retry = client.post("/outcomes", json={"decision_id": d["decision_id"], "score": 1, "cost_usd": 0.002}, headers=C)
+    assert retry.status_code == 201 and retry.json()["recorded"] == 0
+    other = {"decision_id": d["decision_id"], "score": 0, "cost_usd": 0.002}
+    refused = client.post("/outcomes", json=other, headers=C)
+    assert refused.status_code == 409
+    assert f"decision {d['decision_id']} already has an outcome with a different score" in refused.json()["detail"]
+    second = client.post("/outcomes", json={**other, "outcome_id": "second-judge"}, headers=C)
+    assert second.status_code == 201 and second.json()["recorded"] == 1
     assert client.get("/sessions/s", headers=C).json()["spent_usd"] == pytest.approx(0.002)
 
 
