@@ -1,4 +1,7 @@
-"""The int8 ONNX embedder routes like torch (issue 5).
+"""The int8 ONNX embedder routes like full precision (issue 5).
+
+The full-precision reference is the fp32 ONNX export, which embeds like torch (tests/unit/test_onnx_embedder.py) and
+costs CI less; the numbers below were measured against torch, and the fp32 reference's are in the tests' comments.
 
 Measured 2026-11-25 (949 held-out prompts; bench/int8_agreement.py has every number):
 - AIQ 0.8139 trained and evaluated on int8 vs 0.8154 on torch on a Zen 1 EPYC; on AVX-512 VNNI CPUs int8 scored
@@ -45,29 +48,29 @@ def _policies(cost: np.ndarray) -> dict[str, object]:
 
 
 @pytest.fixture(scope="module")
-def int8_features(trained_torch: Trained) -> np.ndarray:
-    prompts = trained_torch.split.table.prompts["prompt"][trained_torch.split.test].tolist()
+def int8_features(trained_fp32: Trained) -> np.ndarray:
+    prompts = trained_fp32.split.table.prompts["prompt"][trained_fp32.split.test].tolist()
     int8 = shared_embedder("onnx-int8")
-    spec = trained_torch.artifact.features.model_copy(update={"embedder_id": int8.id})
+    spec = trained_fp32.artifact.features.model_copy(update={"embedder_id": int8.id})
     return featurize(prompts, spec, int8, EmbeddingCache(CACHE / "embeddings.sqlite"))
 
 
-def test_int8_changes_decisions_about_as_much_as_retraining_does(trained_torch: Trained, int8_features: np.ndarray):
-    """The torch-trained router fed int8 features agrees with itself about as often as a reseeded twin does."""
-    split, artifact = trained_torch.split, trained_torch.artifact
+def test_int8_changes_decisions_about_as_much_as_retraining_does(trained_fp32: Trained, int8_features: np.ndarray):
+    """The fp32-trained router fed int8 features agrees with itself about as often as a reseeded twin does."""
+    split, artifact = trained_fp32.split, trained_fp32.artifact
     prompts = split.table.prompts["prompt"]
     cost = artifact.expected_cost(prompts[split.test].tolist())
-    torch_emb = shared_embedder("torch")
+    fp32 = shared_embedder("onnx-fp32")
     X_train = featurize(
-        prompts[split.train].tolist(), artifact.features, torch_emb, EmbeddingCache(CACHE / "embeddings.sqlite")
+        prompts[split.train].tolist(), artifact.features, fp32, EmbeddingCache(CACHE / "embeddings.sqlite")
     )
     twin = DifficultyModel(random_state=1).fit(X_train, split.table.scores[split.train], split.tiers.names)
-    p_torch = artifact.model.predict_quality(trained_torch.X_test)
+    p_fp32 = artifact.model.predict_quality(trained_fp32.X_test)
     p_int8 = artifact.model.predict_quality(int8_features)
-    p_twin = twin.predict_quality(trained_torch.X_test)
+    p_twin = twin.predict_quality(trained_fp32.X_test)
     rows = []
     for name, rule in _policies(cost).items():
-        a, b, c = rule(p_torch), rule(p_int8), rule(p_twin)  # type: ignore[operator]
+        a, b, c = rule(p_fp32), rule(p_int8), rule(p_twin)  # type: ignore[operator]
         same_int8, same_twin = (a == b).mean(), (a == c).mean()
         print(f"{name}: same tier with int8 {same_int8:.3f}, with a reseeded twin {same_twin:.3f}")  # noqa: T201 - shown with -s
         rows.append((name, same_int8, same_twin))
@@ -76,33 +79,35 @@ def test_int8_changes_decisions_about_as_much_as_retraining_does(trained_torch: 
     assert all(same_int8 >= same_twin - 0.02 for _, same_int8, same_twin in rows), rows
 
 
-def test_int8_keeps_clear_decisions_and_realised_quality(trained_torch: Trained, int8_features: np.ndarray):
-    split, artifact = trained_torch.split, trained_torch.artifact
+def test_int8_keeps_clear_decisions_and_realised_quality(trained_fp32: Trained, int8_features: np.ndarray):
+    split, artifact = trained_fp32.split, trained_fp32.artifact
     table, test = split.table, split.test
     cost = artifact.expected_cost(table.prompts["prompt"][test].tolist())
     complete = np.isfinite(table.scores[test]).all(axis=1) & np.isfinite(table.costs[test]).all(axis=1)
     S, C = table.scores[test][complete], table.costs[test][complete]
-    p_torch = artifact.model.predict_quality(trained_torch.X_test)
+    p_fp32 = artifact.model.predict_quality(trained_fp32.X_test)
     p_int8 = artifact.model.predict_quality(int8_features)
     scale = float(np.median(cost))
     for m in (0, 0.01, 0.1, 0.3, 1, 10):
         lam = m / scale
-        a, b = tradeoff(p_torch, cost, lam), tradeoff(p_int8, cost, lam)
-        utility = np.sort(p_torch - lam * cost, axis=1)
+        a, b = tradeoff(p_fp32, cost, lam), tradeoff(p_int8, cost, lam)
+        utility = np.sort(p_fp32 - lam * cost, axis=1)
         clear = utility[:, -1] - utility[:, -2] >= 0.05
-        (_, q_torch), (_, q_int8) = ev.realised(a[complete], S, C), ev.realised(b[complete], S, C)
-        print(f"lam*{m:g}: same tier where clear {(a == b)[clear].mean():.3f}; quality {q_torch:.4f} vs {q_int8:.4f}")  # noqa: T201
+        (_, q_fp32), (_, q_int8) = ev.realised(a[complete], S, C), ev.realised(b[complete], S, C)
+        print(f"lam*{m:g}: same tier where clear {(a == b)[clear].mean():.3f}; quality {q_fp32:.4f} vs {q_int8:.4f}")  # noqa: T201
         assert (a == b)[clear].mean() >= 0.95, (m, (a == b)[clear].mean(), clear.mean())
-        assert abs(q_int8 - q_torch) <= 0.01, (m, q_torch, q_int8)  # measured <= 0.0032
+        # One-sided, as the AIQ test below: int8 realising *more* quality is no failure. |difference| measured
+        # <= 0.0032 against torch on a Zen 1; 0.0063 (int8 above) and 0.0053 (int8 below) against fp32 on a Zen 3.
+        assert q_int8 >= q_fp32 - 0.01, (m, q_fp32, q_int8)
 
 
-def test_int8_aiq_is_not_worse_than_torch_beyond_the_reseeding_spread(trained_torch: Trained, trained_int8: Trained):
-    """One-sided: int8 numerics differ from CPU to CPU, and int8 scoring *better* than torch is no failure.
+def test_int8_aiq_is_not_worse_than_fp32_beyond_the_reseeding_spread(trained_fp32: Trained, trained_int8: Trained):
+    """One-sided: int8 numerics differ from CPU to CPU, and int8 scoring *better* than fp32 is no failure.
 
     Measured (bench/aiq_spread.py, 10 LightGBM seeds on one split): torch AIQ std 0.0011, range 0.0041; int8
     std 0.0010. int8 minus torch at seed 0: -0.0015 on a Zen 1 EPYC (AVX2), +0.0046 on an AVX-512 VNNI Xeon,
     +0.0032 (mean over seeds) on an AVX-512 VNNI EPYC. The tolerance is the reseeding range, rounded up.
     """
-    aiq_torch = trained_torch.result.table["AIQ"].astype(float)["router"]
+    aiq_fp32 = trained_fp32.result.table["AIQ"].astype(float)["router"]
     aiq_int8 = trained_int8.result.table["AIQ"].astype(float)["router"]
-    assert aiq_int8 >= aiq_torch - AIQ_RESEED_RANGE, (aiq_int8, aiq_torch)
+    assert aiq_int8 >= aiq_fp32 - AIQ_RESEED_RANGE, (aiq_int8, aiq_fp32)
