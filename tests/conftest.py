@@ -45,13 +45,19 @@ TIERS_TOML: dict[str, Any] = {
 }
 
 
-def write_tiers(path: Path, overrides: dict[str, str] | None = None, tiers: list[dict] | None = None) -> Path:
-    """Write the test tiers as TOML (`tiers`, default TIERS_TOML's), with `overrides` {tier name: model} swapped in."""
+def write_tiers(
+    path: Path,
+    overrides: dict[str, str] | None = None,
+    tiers: list[dict] | None = None,
+    prices: dict[str, dict[str, float]] | None = None,
+) -> Path:
+    """Write the test tiers as TOML (`tiers`, default TIERS_TOML's), with `overrides` {tier name: model} swapped in
+    and `prices` {model: {input_per_1m, output_per_1m}} replacing TIERS_TOML's."""
     lines = []
     for t in TIERS_TOML["tiers"] if tiers is None else tiers:
         model = (overrides or {}).get(t["name"], t["model"])
         lines += ["[[tiers]]", f'name = "{t["name"]}"', f'model = "{model}"', ""]
-    for name, price in TIERS_TOML["models"].items():
+    for name, price in (TIERS_TOML["models"] | (prices or {})).items():
         lines += [f'[models."{name}"]', *(f"{k} = {v}" for k, v in price.items()), ""]
     path.write_text("\n".join(lines))
     return path

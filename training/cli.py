@@ -314,11 +314,11 @@ def _tiers_for(s: Settings, artifact: RouterArtifact) -> TiersConfig:
     return tiers
 
 
-def _held_out_split(s: Settings, artifact: RouterArtifact) -> Split:
-    """The log split as training split it, in the tiers `artifact` routes; a tier without test outcomes is one line."""
+def _held_out_split(s: Settings, tier_cfg: TiersConfig) -> Split:
+    """The log split as training split it, in the tiers the model routes (`_tiers_for`); a tier without test
+    outcomes is one line."""
     from training.data import split_log, too_few_outcomes
 
-    tier_cfg = _tiers_for(s, artifact)
     split = split_log(_load_log(s, tier_cfg), tier_cfg, s.test_size, s.seed)
     if (short := too_few_outcomes(split, "test", minimum=1)) is not None:
         tiers_used = s.tiers_path if s.tiers_path.is_file() else "the model's tiers"
@@ -353,7 +353,7 @@ def evaluate(
         _evaluate_from_store(s, model_uri, since_days)
         return
     artifact = _load_artifact(s, model_uri)
-    split = _held_out_split(s, artifact)
+    split = _held_out_split(s, _tiers_for(s, artifact))
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     result = evaluate_artifact(artifact, split, embedder, EmbeddingCache(s.cache_dir / "embeddings.sqlite"), s.seed)
     typer.echo(format_table(result))
@@ -404,9 +404,11 @@ def calibrate(
         _calibrate_from_store(s, top_share, mean_cost_usd, since_days)
         return
     artifact = _load_artifact(s, model_uri)
-    split = _held_out_split(s, artifact)
+    tier_cfg = _tiers_for(s, artifact)
+    split = _held_out_split(s, tier_cfg)
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
-    router = Router(artifact, embedder=embedder, cache=EmbeddingCache(s.cache_dir / "embeddings.sqlite"))
+    # The live tiers' prices, as the service routes with: λ per USD means the same there.
+    router = Router(artifact, tier_cfg, embedder=embedder, cache=EmbeddingCache(s.cache_dir / "embeddings.sqlite"))
     if register or quality_share is not None:
         _store_knob(s, router, split, mean_cost_usd, quality_share, register)
         return
@@ -436,7 +438,7 @@ def _store_knob(
     except ValueError as exc:
         _fail(str(exc))
         raise
-    lam = router.artifact.reference_cost_usd(knob.reference_tokens_in)
+    lam = router.artifact.reference_cost_usd(knob.reference_tokens_in, router.tiers)
     typer.echo(
         f"{goal}: λ {knob.cost_weight:.4g} per top-tier reference cost ({knob.cost_weight / lam:.6g} per USD)\n"
         f"on {knob.n_prompts} held-out prompts: quality {knob.realised_quality:.4f}, "

@@ -241,9 +241,10 @@ def evaluate_artifact(
                 others["boosters alone (no task prior)"] = boosters
             # What callers would get by sending each prompt's category as its task hint (router/task_hint.py).
             others["router + task hint"] = artifact.task_prior.blend(boosters, list(cats[test]), X[test])[0]
-    router = Router(artifact, embedder=embedder, cache=cache)
+    # At the split's tiers' prices (a tiers file may have changed them since training), as the service routes.
+    router = Router(artifact, split.tiers, embedder=embedder, cache=cache)
     pred, pred_cost = router.score([p for p, t in zip(prompts, test, strict=True) if t])
-    return evaluate_router(pred, pred_cost, split.table, test, artifact.tiers, others, n_boot, seed)
+    return evaluate_router(pred, pred_cost, split.table, test, split.tiers, others, n_boot, seed)
 
 
 def calibrate_knob(router: Router, split: Split, top_share: float | None, mean_cost_usd: float | None) -> str:
@@ -296,9 +297,11 @@ def calibrate_default_knob(
     scores: np.ndarray,
     costs: np.ndarray,
     goal: KnobGoal = DEFAULT_GOAL,
+    tiers: TiersConfig | None = None,
 ) -> DefaultKnob:
     """λ for `goal` on held-out prompts (predicted quality and expected cost decide, realised outcomes measure),
-    stored per reference cost (the top tier's expected cost for the prompts' mean input tokens)."""
+    stored per reference cost (the top tier's expected cost for the prompts' mean input tokens, at the prices of
+    `tiers`, default the model's: those `pred_cost` was computed with)."""
     top = int(np.argmax(costs.mean(axis=0)))
     if goal.kind == "quality":
         lam = lambda_reaching(pred, pred_cost, scores, costs, goal.share * float(scores[:, top].mean()))
@@ -307,7 +310,7 @@ def calibrate_default_knob(
     real_cost, real_q = ev.realised(tradeoff(pred, pred_cost, lam), scores, costs)
     tokens_in = float(np.mean([len(normalize_text(p)) for p in prompts])) / CHARS_PER_TOKEN
     return DefaultKnob(
-        cost_weight=lam * artifact.reference_cost_usd(tokens_in),
+        cost_weight=lam * artifact.reference_cost_usd(tokens_in, tiers),
         reference_tokens_in=tokens_in,
         goal=str(goal),
         n_prompts=len(prompts),
@@ -322,7 +325,7 @@ def held_out_knob(router: Router, split: Split, goal: KnobGoal = DEFAULT_GOAL) -
     prompts = split.table.prompts["prompt"][sel].tolist()
     pred, cost = router.score(prompts)
     S, C = split.table.scores[sel], split.table.costs[sel]
-    return calibrate_default_knob(router.artifact, prompts, pred, cost, S, C, goal)
+    return calibrate_default_knob(router.artifact, prompts, pred, cost, S, C, goal, router.tiers)
 
 
 def goal_for_mean_cost(split: Split, mean_cost_usd: float) -> KnobGoal:

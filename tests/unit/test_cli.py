@@ -8,11 +8,15 @@ import pytest
 from typer.testing import CliRunner
 
 from infra.settings import get_settings
+from router.artifact import RouterArtifact
 from router.features import FeatureSpec
 from router.model import DifficultyModel
+from router.routing import Router
+from router.schema import load_outcomes, load_tiers
 from tests.conftest import TIERS_TOML, HashingEmbedder, make_log, write_tiers
 from training import cli
 from training.data import split_log
+from training.evaluation import calibrate_knob
 from training.fit import train_router
 
 runner = CliRunner()
@@ -140,6 +144,35 @@ def test_calibrate_prints_the_setting_and_what_it_realises(tmp_path, artifact_di
     if "--quality-share" in args:  # --register needs the registry, not a local artifact
         res = runner.invoke(cli.app, ["calibrate", *args, "--register", "--model-uri", str(artifact_dir)])
         assert res.exit_code == 2 and "leave out --model-uri" in res.output
+
+
+def test_calibrate_prices_with_the_tiers_file_as_the_service_does(tmp_path, artifact_dir, monkeypatch):
+    """The model was trained at TIERS_TOML's prices; the tiers file now makes mid ten times dearer. The λ the
+    service will apply per USD must come from the prices it routes with: the file's."""
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    log = tmp_path / "log.parquet"
+    make_log(150).to_parquet(log)
+    dearer = write_tiers(tmp_path / "tiers.toml", prices={"medium": {"input_per_1m": 10.0, "output_per_1m": 20.0}})
+    args = ["calibrate", "--mean-cost-usd", "0.00005", "--model-uri", str(artifact_dir), "--outcomes", str(log)]
+    res = runner.invoke(cli.app, [*args, "--tiers", str(dearer)])
+    assert res.exit_code == 0, res.output
+    artifact = RouterArtifact.load(artifact_dir)
+    live = load_tiers(dearer)
+    settings = get_settings()
+    split = split_log(load_outcomes(log, live), live, settings.test_size, settings.seed)
+    with_live = calibrate_knob(Router(artifact, live, HashingEmbedder()), split, None, 0.00005)
+    with_trained = calibrate_knob(Router(artifact, None, HashingEmbedder()), split, None, 0.00005)
+    assert with_live != with_trained  # the file's prices change the answer
+    assert res.output.strip().endswith(with_live)
+    # evaluate too: the router's curve at the file's prices.
+    out = tmp_path / "eval.json"
+    common = ["--model-uri", str(artifact_dir), "--outcomes", str(log), "--json-out", str(out)]
+    router_rows = []
+    for tiers in (dearer, write_tiers(tmp_path / "trained.toml")):
+        res = runner.invoke(cli.app, ["evaluate", *common, "--tiers", str(tiers)])
+        assert res.exit_code == 0, res.output
+        router_rows.append(next(r for r in json.loads(out.read_text())["table"] if r["method"] == "router"))
+    assert router_rows[0] != router_rows[1]
 
 
 def test_train_refuses_a_tier_without_enough_outcomes_before_fitting(tmp_path, monkeypatch):
