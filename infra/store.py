@@ -271,9 +271,12 @@ class OutcomeConflict(Exception):
     """An outcome id already stored with other content: a second outcome under a reused id, not a retry."""
 
     def __init__(self, outcome_id: str, fields: Sequence[str]):
+        """`fields`: what differs; empty when the stored outcome is another client's (whose values stay unsaid)."""
         super().__init__(
             f"outcome_id {outcome_id} is already recorded with a different {', '.join(fields)}; "
             "a retry must repeat the outcome it retries, and a new outcome needs a new outcome_id"
+            if fields
+            else f"outcome_id {outcome_id} is already taken by another client's outcome; choose another outcome_id"
         )
         self.outcome_id = outcome_id
         self.fields = tuple(fields)
@@ -283,14 +286,27 @@ class OutcomeConflict(Exception):
 _OUTCOME_IDENTITY = ("decision_id", "prompt_id", "model", "score", "cost_usd", "session_id")
 
 
-def _differing_fields(conn: Connection, values: dict[str, Any]) -> list[str]:
-    """Which of the outcome's identifying fields differ from the stored outcome of the same id."""
+def _conflict(conn: Connection, values: dict[str, Any]) -> OutcomeConflict | None:
+    """Why the outcome is not a retry of the stored outcome of the same id, or None when it is one.
+
+    A decision's outcome is not compared by prompt_id: the decision fixes the prompt, and its prompt_id depends on
+    settings (prompt storage, the hash key) a restart between a post and its retry may change."""
     stored = conn.execute(
-        sa.select(*(outcomes.c[name] for name in _OUTCOME_IDENTITY)).where(outcomes.c.id == values["id"])
+        sa.select(outcomes.c.owner, *(outcomes.c[name] for name in _OUTCOME_IDENTITY)).where(
+            outcomes.c.id == values["id"]
+        )
     ).first()
     if stored is None:  # deleted between the insert and this read (retention): nothing to compare with
-        return []
-    return [name for name, old in zip(_OUTCOME_IDENTITY, stored, strict=True) if old != values[name]]
+        return None
+    if stored[0] != values["owner"]:
+        return OutcomeConflict(values["id"], ())
+    skip = {"prompt_id"} if values["decision_id"] is not None else set()
+    differ = [
+        name
+        for name, old in zip(_OUTCOME_IDENTITY, stored[1:], strict=True)
+        if name not in skip and old != values[name]
+    ]
+    return OutcomeConflict(values["id"], differ) if differ else None
 
 
 def _insert_new_outcome(conn: Connection, values: dict[str, Any]) -> bool:
@@ -630,8 +646,8 @@ class Store:
         """Insert outcomes whose id is new, settling their decisions' reservations; return how many were new.
 
         An id already stored with the same outcome (a retry, even a concurrent one) is skipped by the insert itself.
-        An id stored with another score, model, cost, decision, prompt or session raises OutcomeConflict and
-        writes nothing of `rows`.
+        An id stored with another score, model, cost, decision, prompt or session, or by another owner, raises
+        OutcomeConflict and writes nothing of `rows`.
         """
         new = 0
         with self.engine.begin() as conn:
@@ -639,8 +655,8 @@ class Store:
                 values = {**r.model_dump(), "prompt_id": prompt_id_of(r.prompt), "created_at": _now()}
                 values = self.prompts.outcome(values, self._decision_hash(conn, r))
                 if not _insert_new_outcome(conn, values):
-                    if differ := _differing_fields(conn, values):
-                        raise OutcomeConflict(r.id, differ)
+                    if (conflict := _conflict(conn, values)) is not None:
+                        raise conflict
                     continue
                 new += 1
                 if r.decision_id is not None:

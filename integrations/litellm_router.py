@@ -276,17 +276,23 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
 
     # -- the outcome -----------------------------------------------------------------------------------------------
 
-    def post_score(self, metadata: Mapping[str, Any], response: Any, score: float) -> dict[str, Any] | None:
+    def post_score(
+        self, metadata: Mapping[str, Any], response: Any, score: float, outcome_id: str | None = None
+    ) -> dict[str, Any] | None:
         """Post the call's outcome to tierwise: the caller's score with LiteLLM's cost and usage of `response`.
 
+        Without `outcome_id` the call has one outcome: posting it again is a retry (recorded once), and another
+        score for the same call is refused (409). To record more than one (two judges), give each its own id.
         Returns tierwise's answer, or None when there is nothing to post (tierwise did not decide the call).
         """
-        outcome = outcome_of(metadata, response, score)
+        outcome = outcome_of(metadata, response, score, outcome_id)
         return self.client.post_outcome(outcome) if outcome else None
 
-    async def apost_score(self, metadata: Mapping[str, Any], response: Any, score: float) -> dict[str, Any] | None:
+    async def apost_score(
+        self, metadata: Mapping[str, Any], response: Any, score: float, outcome_id: str | None = None
+    ) -> dict[str, Any] | None:
         """`post_score` from async code."""
-        outcome = outcome_of(metadata, response, score)
+        outcome = outcome_of(metadata, response, score, outcome_id)
         return await self.client.apost_outcome(outcome) if outcome else None
 
 
@@ -320,16 +326,20 @@ def _outcome(decision: Any, score: float, cost_usd: Any, usage: Any, latency_ms:
     return {k: v for k, v in body.items() if v is not None}
 
 
-def outcome_of(metadata: Mapping[str, Any], response: Any, score: float) -> dict[str, Any] | None:
-    """The /outcomes body for a routed call, from its metadata, its LiteLLM response and the caller's score."""
+def outcome_of(
+    metadata: Mapping[str, Any], response: Any, score: float, outcome_id: str | None = None
+) -> dict[str, Any] | None:
+    """The /outcomes body for a routed call, from its metadata, its LiteLLM response and the caller's score
+    (under `outcome_id` when given)."""
     hidden = getattr(response, "_hidden_params", None) or {}
-    return _outcome(
+    body = _outcome(
         decision_of(metadata),
         score,
         hidden.get("response_cost"),
         getattr(response, "usage", None),
         hidden.get("_response_ms"),
     )
+    return body if body is None or outcome_id is None else {**body, "outcome_id": outcome_id}
 
 
 ScoreFn = Callable[[list[dict[str, Any]], Any], float | None]

@@ -38,7 +38,7 @@ from serving.errors import (
     refusal_class,
 )
 from serving.metrics import Metrics
-from serving.schemas import OutcomeIn, OutcomesResponse, RejectedOutcome, SpoolStatus
+from serving.schemas import DECISION_OUTCOME, OutcomeIn, OutcomesResponse, RejectedOutcome, SpoolStatus
 from serving.security import Principal, check_owner
 from serving.spool import Record, Spool
 
@@ -251,10 +251,6 @@ class OutcomeRecorder:
             self._quarantine(r, reason, logged)
 
 
-DECISION_OUTCOME = "decision:"
-"""The outcome id of an outcome posted for a decision without one: a retry of it is recorded once."""
-
-
 def outcome_id_of(item: OutcomeIn) -> str:
     """The client's outcome id; else, for a decision's outcome, one derived from the decision; else a new one."""
     if item.outcome_id is not None:
@@ -264,7 +260,7 @@ def outcome_id_of(item: OutcomeIn) -> str:
 
 def conflict_detail(exc: OutcomeConflict) -> str:
     """Why an outcome was refused as a conflict, in the terms the client used."""
-    if not exc.outcome_id.startswith(DECISION_OUTCOME):
+    if not exc.outcome_id.startswith(DECISION_OUTCOME) or not exc.fields:
         return str(exc)
     decision = exc.outcome_id.removeprefix(DECISION_OUTCOME)
     return (

@@ -167,6 +167,11 @@ class TiersResponse(BaseModel):
     )
 
 
+DECISION_OUTCOME = "decision:"
+"""The outcome id of an outcome posted for a decision without one (`decision:<decision_id>`): a retry of it is
+recorded once. Reserved: no other outcome may take such an id."""
+
+
 class OutcomeIn(OutcomeBase):
     """One realised outcome: by `decision_id`, or by `prompt` and `model`.
 
@@ -205,6 +210,12 @@ class OutcomeIn(OutcomeBase):
 
     @model_validator(mode="after")
     def _by_decision_or_prompt(self) -> OutcomeIn:
+        oid = self.outcome_id
+        if oid is not None and oid.startswith(DECISION_OUTCOME) and oid != DECISION_OUTCOME + (self.decision_id or ""):
+            raise ValueError(
+                f"outcome_id {oid} is reserved for the outcome of decision {oid.removeprefix(DECISION_OUTCOME)}: "
+                "post it with that decision_id, or choose another outcome_id"
+            )
         if self.decision_id is None and (self.prompt is None or self.model is None):
             raise ValueError("give decision_id, or both prompt and model")
         if self.decision_id is None and self.cost_usd is None:

@@ -28,7 +28,7 @@ from integrations.litellm_router import (  # noqa: E402
     TierwiseSettler,
     prompt_view,
 )
-from integrations.tierwise_http import TierwiseClient  # noqa: E402
+from integrations.tierwise_http import TierwiseClient, TierwiseRefused  # noqa: E402
 from tests.integration.conftest import CLIENT_KEY, bearer  # noqa: E402
 
 HARD = "hard question 1: omega sigma alpha beta gamma"
@@ -250,6 +250,13 @@ def test_post_score_settles_the_session_with_litellms_cost(tierwise: str, api: h
     after = api.get("/sessions/paid").json()
     assert after["spent_usd"] == pytest.approx(cost) and after["reserved_usd"] == 0
     assert [d["settled"] for d in after["recent_decisions"]] == [True]
+    # The call's outcome is one outcome: again, a retry; another score, only under its own id.
+    assert plugin.post_score(md, resp, 0.9)["recorded"] == 0  # type: ignore[index]
+    with pytest.raises(TierwiseRefused) as refused:
+        plugin.post_score(md, resp, 0.2)
+    assert "already has an outcome with a different score" in str(refused.value)
+    assert plugin.post_score(md, resp, 0.2, outcome_id="second-judge")["recorded"] == 1  # type: ignore[index]
+    assert api.get("/sessions/paid").json()["spent_usd"] == pytest.approx(cost)
     # A fallback call has no decision: nothing to post.
     assert plugin.post_score({DECISION_KEY: {"decision_id": None}}, resp, 0.9) is None
 

@@ -259,6 +259,28 @@ def test_another_outcome_under_a_stored_id_is_refused_and_a_retry_is_not(
     assert client.post("/outcomes", json=[fresh, {**first, "score": 1}], headers=C).status_code == 409
     assert stored_scores(store) == {"o-1": 0.25}
     assert client.get("/sessions/s", headers=C).json()["spent_usd"] == pytest.approx(0.002)
+    # Another client's id is taken, and what its outcome holds is not said.
+    r = client.post("/outcomes", json={**fresh, "outcome_id": "o-1"}, headers=OTHER)
+    assert r.status_code == 409 and "taken by another client's outcome" in r.json()["detail"]
+    assert not any(name in r.json()["detail"] for name in ("score", "model", "decision_id"))
+    # A decision's own outcome id is reserved for that decision's outcome.
+    r = client.post("/outcomes", json={**fresh, "outcome_id": f"decision:{d['decision_id']}"}, headers=C)
+    assert r.status_code == 422 and "is reserved for the outcome of decision" in r.text
+    assert stored_scores(store) == {"o-1": 0.25}
+
+
+def test_a_retry_after_a_restart_with_other_prompt_storage_is_still_a_retry(
+    client_factory: Callable[..., TestClient], db_url: str
+) -> None:
+    """A decision's outcome is one outcome whatever prompt id the storage setting gives it."""
+    before = client_factory(database_url=db_url)
+    d = before.post("/route", json={"prompt": HARD}, headers=C).json()
+    body = {"decision_id": d["decision_id"], "score": 1, "cost_usd": 0.001}
+    assert before.post("/outcomes", json=body, headers=C).json()["recorded"] == 1
+    after = client_factory(database_url=db_url, prompt_storage="hash", prompt_hash_key="k" * 32)
+    r = after.post("/outcomes", json=body, headers=C)
+    assert r.status_code == 201 and r.json()["recorded"] == 0
+    assert after.post("/outcomes", json={**body, "score": 0}, headers=C).status_code == 409
 
 
 def test_a_spooled_outcome_that_conflicts_with_a_stored_one_is_set_aside(
