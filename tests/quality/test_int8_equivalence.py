@@ -93,12 +93,17 @@ def test_int8_keeps_clear_decisions_and_realised_quality(trained_fp32: Trained, 
         a, b = tradeoff(p_fp32, cost, lam), tradeoff(p_int8, cost, lam)
         utility = np.sort(p_fp32 - lam * cost, axis=1)
         clear = utility[:, -1] - utility[:, -2] >= 0.05
-        (_, q_fp32), (_, q_int8) = ev.realised(a[complete], S, C), ev.realised(b[complete], S, C)
-        print(f"lam*{m:g}: same tier where clear {(a == b)[clear].mean():.3f}; quality {q_fp32:.4f} vs {q_int8:.4f}")  # noqa: T201
+        (c_fp32, q_fp32), (c_int8, q_int8) = ev.realised(a[complete], S, C), ev.realised(b[complete], S, C)
+        print(  # noqa: T201 - shown with -s
+            f"lam*{m:g}: same tier where clear {(a == b)[clear].mean():.3f}; quality {q_fp32:.4f} vs {q_int8:.4f}; "
+            f"cost {c_fp32:.6g} vs {c_int8:.6g} ({c_int8 / c_fp32 - 1:+.1%})"
+        )
         assert (a == b)[clear].mean() >= 0.95, (m, (a == b)[clear].mean(), clear.mean())
-        # One-sided, as the AIQ test below: int8 realising *more* quality is no failure. |difference| measured
-        # <= 0.0032 against torch on a Zen 1; 0.0063 (int8 above) and 0.0053 (int8 below) against fp32 on a Zen 3.
+        # One-sided, as the AIQ test below: int8 realising more quality, or spending less, is no failure; it may
+        # not buy its quality with cost. |quality difference| measured <= 0.0032 against torch on a Zen 1; against
+        # fp32 on a Zen 3, 0.0063 above and 0.0053 below, cost -5.4% to +3.0%.
         assert q_int8 >= q_fp32 - 0.01, (m, q_fp32, q_int8)
+        assert c_int8 <= c_fp32 * 1.15, (m, c_fp32, c_int8)
 
 
 def test_int8_aiq_is_not_worse_than_fp32_beyond_the_reseeding_spread(trained_fp32: Trained, trained_int8: Trained):
