@@ -341,9 +341,9 @@ def _insert_decisions(execute: Execute, rows: Sequence[DecisionRow], prompts: Pr
 
 # Settling a decision: its served usage, then its reservation released and its cost booked on its session, once.
 _SERVED_COLUMNS = ("cost_usd", "tokens_in", "tokens_out", "latency_ms", "served_model")
-_RECORD_SERVED = (
+_RECORD_SERVED = (  # only on a decision not settled yet: the first settlement's usage is the one kept
     decisions.update()
-    .where(decisions.c.id == sa.bindparam("d_id"))
+    .where(decisions.c.id == sa.bindparam("d_id"), decisions.c.settled == sa.false())
     .values(
         {
             **{c: sa.bindparam(f"s_{c}", type_=decisions.c[c].type) for c in _SERVED_COLUMNS},
@@ -677,6 +677,7 @@ class Store:
     ) -> None:
         """Write what serving a decision took (the proxy, once the upstream answered or failed) and book its cost on
         its session once: the reservation is released and `cost_usd` spent; a later outcome charges nothing more.
+        A decision already settled (by an outcome, or an earlier settlement) keeps what it has: nothing is written.
         `cost_usd` None: the call failed, nothing is charged and the decision keeps no cost. `reason` None keeps
         the decision's reason. `sessionless`: the caller knows the decision reserved nothing on a session; its
         settlement is then committed like the decision was (decision_commit).

@@ -76,6 +76,24 @@ def test_an_outcome_settled_decision_is_not_charged_again(client: TestClient) ->
     assert session(client)["spent_usd"] == pytest.approx(0.001)
 
 
+def test_a_settlement_racing_an_outcome_changes_nothing_once_the_outcome_settled(client: TestClient) -> None:
+    """POST /decisions/{id}/usage checks `settled`, then writes: an outcome may settle the decision in between. The
+    late settlement must not rewrite the decision, or a retry of that outcome would resolve another model."""
+    d = routed(client)
+    outcome = {"decision_id": d["decision_id"], "score": 1, "cost_usd": 0.001}
+    assert client.post("/outcomes", json=outcome, headers=C).json()["recorded"] == 1
+    other = next(m for m in ("small", "large") if m != d["model"])
+    store = client.app.state.store  # type: ignore[attr-defined]
+    store.settle_decision(
+        d["decision_id"], cost_usd=0.5, tokens_in=1, tokens_out=1, latency_ms=1.0, served_model=other
+    )  # what the racing usage call writes after its check
+    [row] = store.get_decisions([d["decision_id"]]).values()
+    assert row.served_model is None and row.cost_usd is None
+    assert session(client)["spent_usd"] == pytest.approx(0.001)
+    retry = client.post("/outcomes", json=outcome, headers=C)
+    assert retry.status_code == 201 and retry.json()["recorded"] == 0
+
+
 def test_served_model_is_kept_and_used_by_a_later_outcome(client: TestClient) -> None:
     d = routed(client)
     served = next(m for m in ("small", "large") if m != d["model"])
