@@ -47,8 +47,11 @@ class PromptPolicy:
         return {**values, "prompt": None, "prompt_hash": self.digest(values["prompt"]) if self.mode == "hash" else None}
 
     def outcome(self, values: dict[str, Any], decision_hash: str | None = None) -> dict[str, Any]:
-        """An outcome row's values as stored; `decision_hash` is its decision's stored prompt hash, if any."""
-        if self.mode == "text":
+        """An outcome row's values as stored; `decision_hash` is its decision's stored prompt hash, if any.
+
+        An outcome of a decision stored without its text (under an earlier hash or none setting) has no text to
+        keep in any mode: never the placeholder, which training would read as the prompt."""
+        if self.mode == "text" and values["prompt"] != NOT_STORED:
             return values
         if self.mode == "hash" and values["prompt"] != NOT_STORED:
             prompt_id = self.digest(values["prompt"])[:32]

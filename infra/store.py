@@ -702,7 +702,7 @@ class Store:
 
     def _decision_hash(self, conn: Connection, r: OutcomeRow) -> str | None:
         """The stored prompt hash of an outcome's decision, when the outcome has no text of its own to hash."""
-        if self.prompts.mode != "hash" or r.decision_id is None or r.prompt != NOT_STORED:
+        if r.decision_id is None or r.prompt != NOT_STORED:
             return None
         return conn.execute(sa.select(decisions.c.prompt_hash).where(decisions.c.id == r.decision_id)).scalar()
 

@@ -74,6 +74,28 @@ def test_what_is_kept_of_a_prompt(url: str, mode: str) -> None:
     store.dispose()
 
 
+@pytest.mark.parametrize("before", ["hash", "none"])
+def test_outcomes_of_decisions_kept_without_text_have_none_after_a_switch_to_text(url: str, before: str) -> None:
+    """A decision stored without text reads back as the placeholder; its outcome, recorded once the service
+    stores text again, must not store the placeholder as a prompt (training would learn from it)."""
+    earlier = Store(url, PromptPolicy(before, b"secret" if before == "hash" else None))  # type: ignore[arg-type]
+    earlier.migrate()
+    earlier.record_decisions([decision(1)])
+    earlier.dispose()
+    store = Store(url, PromptPolicy("text"))
+    d1 = store.get_decisions(["d1"])["d1"]
+    assert d1.prompt == NOT_STORED
+    store.record_outcomes(
+        [OutcomeRow(id="o1", decision_id="d1", prompt=d1.prompt, model="small", score=1, cost_usd=0.01)]
+    )
+    [row] = stored(store)[1]
+    assert row.prompt is None
+    expected = PromptPolicy("hash", b"secret").digest(PROMPT)[:32] if before == "hash" else "d1"
+    assert row.prompt_id == expected  # joins the outcomes recorded while the decision's setting held
+    assert store.export_outcomes() == []
+    store.dispose()
+
+
 def test_hash_mode_needs_a_key() -> None:
     with pytest.raises(ValueError, match="needs a key"):
         PromptPolicy("hash")
