@@ -97,8 +97,8 @@ def route_options(req: ChatCompletionRequest, headers: Mapping[str, str], tier_n
         value = headers.get(header)
         if value is None:
             continue
-        if name in ("session_id", "task") or (name == "min_tier" and not value.strip().isdigit()):
-            raw[name] = value.strip()
+        if name in ("session_id", "task") or (name == "min_tier" and not (value.isascii() and value.strip().isdigit())):
+            raw[name] = value.strip()  # a min_tier that is not a whole number is a tier name
         elif name == "min_tier":
             raw[name] = int(value)
         else:

@@ -345,12 +345,22 @@ async def complete(
     finally:
         resp.release()
     try:
-        data = json.loads(raw)
+        data = strict_json(raw)
     except ValueError:
         raise UpstreamFailure(ep.model, "server", "answered with something that is not JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
         raise UpstreamFailure(ep.model, "server", "answered JSON that is not a chat completion")
     return data, usage_of(ep, data.get("usage"), body, answer_chars(data))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(text: str | bytes) -> Any:
+    """JSON as the standard has it: Python's NaN, Infinity and -Infinity are refused (an answer holding them could
+    not be passed on as JSON)."""
+    return json.loads(text, parse_constant=_no_constant)
 
 
 async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
@@ -382,6 +392,7 @@ class Stream:
         self._first: dict[str, Any] | None = None
         self.chars = 0
         self.raw_usage: Any = None
+        self.finished = False  # a choice's finish_reason or [DONE] came: the answer is whole
 
     @classmethod
     async def open(
@@ -416,10 +427,11 @@ class Stream:
                     continue
                 data = line[5:].strip()
                 if data == "[DONE]":
+                    self.finished = True
                     await self._drain()
                     return None
                 try:
-                    event = json.loads(data)
+                    event = strict_json(data)
                 except ValueError:
                     raise UpstreamFailure(self.ep.model, "server", "sent an event that is not JSON") from None
                 if not isinstance(event, dict):
@@ -428,10 +440,15 @@ class Stream:
                     raise UpstreamFailure(self.ep.model, "server", f"sent an error event: {event['error']}")
                 if event.get("usage"):
                     self.raw_usage = event["usage"]
+                choices = event.get("choices")
+                if isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
+                    self.finished = True
                 self.chars += answer_chars(event)
                 return event
         except HTTP_ERRORS as exc:
             raise _failure_for_exception(self.ep.model, exc) from None
+        if not self.finished:  # cut short cleanly (an upstream or a proxy before it gave up): not an answer
+            raise UpstreamFailure(self.ep.model, "server", "the stream ended before its answer did (no [DONE])")
         return None
 
     async def _drain(self) -> None:

@@ -49,6 +49,9 @@ class ChatCompletionRequest(BaseModel):
     )
     messages: list[ChatMessage] = Field(min_length=1)
     stream: StrictBool = False
+    stream_options: dict[str, Any] | None = Field(
+        None, description="as OpenAI's (`include_usage`); tierwise always asks the upstream for usage"
+    )
     tierwise: RouteOptions | None = Field(
         None, description="routing options (OpenAI SDK: `extra_body={'tierwise': {...}}`); stripped before the upstream"
     )

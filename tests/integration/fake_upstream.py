@@ -50,6 +50,8 @@ class Reply:
     error_message: str = "scripted failure"
     headers: tuple[tuple[str, str], ...] = ()
     linger_s: float = 0.0  # a stream's body stays open this long after [DONE]
+    cut_after_chunks: int | None = None  # a stream's body ends cleanly after this many pieces: no finish, no [DONE]
+    extra: dict[str, Any] | None = None  # merged into a completion's JSON as Python's json writes it (NaN included)
     until_in_flight: int = 0  # the delay ends once this many requests have been in their delays at once
 
 
@@ -123,6 +125,8 @@ class FakeUpstream:
             return StreamingResponse(_events(model, reply, include_usage), media_type="text/event-stream")
         if reply.die_after_chunks is not None:
             return StreamingResponse(_dying_body(reply), media_type="application/json")
+        if reply.extra is not None:
+            return Response(json.dumps({**completion(model, reply), **reply.extra}), media_type="application/json")
         return JSONResponse(completion(model, reply))
 
 
@@ -181,6 +185,8 @@ async def _events(model: str, reply: Reply, include_usage: bool) -> AsyncIterato
     for i, piece in enumerate(_pieces(reply.text, reply.chunks)):
         if reply.die_after_chunks is not None and i >= reply.die_after_chunks:
             raise ConnectionDropped(model)
+        if reply.cut_after_chunks is not None and i >= reply.cut_after_chunks:
+            return
         if reply.chunk_delay_s:
             await asyncio.sleep(reply.chunk_delay_s)
         yield _chunk(model, {"content": piece})

@@ -132,6 +132,30 @@ def test_a_stream_dying_midway_is_an_error_event_and_not_charged(sdk: OpenAI, ur
     assert "mid-stream" in s["recent_decisions"][0]["reason"]
 
 
+def test_a_stream_cut_short_cleanly_is_an_error_event_and_not_charged(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    """A body that ends before any finish_reason or [DONE] (an upstream, or a proxy before it, gave up) is not an
+    answer: no truncated text passed off as whole, nothing charged."""
+    sid = session(url, cap_usd=1.0)
+    up.script("small", Reply(text="a b c d e f", chunks=6, cut_after_chunks=2))
+    with pytest.raises(openai.APIError) as err:
+        list(ask(sdk, sid, stream=True).parse())  # type: ignore[attr-defined]
+    assert "the stream ended before its answer did" in str(err.value)
+    s = get_session(url, sid)
+    assert s["spent_usd"] == 0 and s["reserved_usd"] == pytest.approx(0)
+
+
+def test_an_answer_holding_nan_is_an_upstream_failure_and_falls_back(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    """Python reads NaN from JSON, the caller's JSON could not carry it: a broken answer, retried, then fallback."""
+    sid = session(url, cap_usd=1.0)
+    broken = Reply(extra={"system_fingerprint": float("nan")})
+    up.script("small", broken, broken)
+    up.script("medium", Reply(text="from medium", usage=(20, 10)))
+    answer = ask(sdk, sid).parse()  # type: ignore[attr-defined]
+    assert answer.choices[0].message.content == "from medium"
+    reason = get_session(url, sid)["recent_decisions"][0]["reason"]
+    assert "fell back from tier(s) main" in reason and "not JSON" in reason
+
+
 def routed_easy(url: str) -> dict:
     routed = httpx.post(f"{url}/route", json={"prompt": EASY}, headers=bearer(CLIENT_KEY)).json()
     assert routed["tier"] == "main"

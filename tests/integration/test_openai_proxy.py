@@ -148,6 +148,8 @@ def test_knobs_by_extra_body_and_headers(sdk: OpenAI, url: str, up: FakeUpstream
         ({"extra_body": {"tierwise": {"min_tier": "nope"}}}, 400, "min_tier"),
         ({"messages": [{"role": "assistant", "content": "no user text"}]}, 400, "messages"),
         ({"messages": []}, 400, "messages"),
+        ({"stream": True, "stream_options": "yes"}, 400, "stream_options"),
+        ({"stream": True, "stream_options": ["include_usage"]}, 400, "stream_options"),
     ],
 )
 def test_bad_requests_are_openai_errors(sdk: OpenAI, up: FakeUpstream, kwargs: dict, status: int, param: str) -> None:
@@ -159,6 +161,15 @@ def test_bad_requests_are_openai_errors(sdk: OpenAI, up: FakeUpstream, kwargs: d
     assert isinstance(body, dict) and set(body) >= {"message", "type", "code", "param"}  # the SDK unwraps "error"
     assert param in (body["param"] or "")
     assert up.requests == []  # refused before any upstream call
+
+
+def test_a_min_tier_header_that_only_looks_like_a_number_is_a_400(url: str, up: FakeUpstream) -> None:
+    """'²' (latin-1 0xB2) is a digit to str.isdigit and not to int(): a tier name, unknown."""
+    body = {"model": "tierwise", "messages": [{"role": "user", "content": EASY}]}
+    headers = [(b"authorization", f"Bearer {CLIENT_KEY}".encode()), (b"x-tierwise-min-tier", b"\xb2")]
+    r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=headers)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "min_tier" and up.requests == []
 
 
 def test_streaming_relays_chunks_and_settles_before_done(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
