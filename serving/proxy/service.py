@@ -159,7 +159,7 @@ class Proxy:
                     upstream_body(req),
                     req.stream,
                     trail,
-                    affordable(rt, prompt, decision, opts.max_cost_usd),
+                    affordable(rt, prompt, decision, opts.max_cost_usd, lambda: _usage_info(trail)["cost_usd"]),
                 ),
                 trail.sent,
             )
@@ -229,10 +229,12 @@ async def _stored(committed: asyncio.Future[None]) -> bool:
 
 
 def affordable(
-    rt: Runtime, prompt: str, decision: RouteResponse, max_cost_usd: float | None
+    rt: Runtime, prompt: str, decision: RouteResponse, max_cost_usd: float | None, spent: Callable[[], float]
 ) -> Callable[[Tier], bool] | None:
-    """Which fallback tiers the request can pay for: expected cost within its max cost and within what the session's
-    cap left (the decision's reservation plus the budget left after it). None when nothing limits it."""
+    """Which fallback tiers the request can pay for: what it has spent already (`spent()`: calls that answered,
+    e.g. the members of a fusion tier whose judge failed) plus the tier's expected cost, within its max cost and
+    within what the session's cap left (the decision's reservation plus the budget left after it). None when
+    nothing limits it."""
     if max_cost_usd is None and decision.budget_left_usd is None:
         return None
     cost = dict(zip(rt.tiers.names, rt.router.expected_cost([prompt])[0], strict=True))
@@ -240,7 +242,7 @@ def affordable(
         max_cost_usd if max_cost_usd is not None else float("inf"),
         decision.expected_cost_usd + decision.budget_left_usd if decision.budget_left_usd is not None else float("inf"),
     )
-    return lambda tier: float(cost[tier.name]) <= limit
+    return lambda tier: spent() + float(cost[tier.name]) <= limit
 
 
 def _info(decision: RouteResponse, served: Served, trail: Trail) -> dict[str, Any]:
@@ -268,7 +270,7 @@ def _usage_info(trail: Trail) -> dict[str, Any]:
 
 
 def _count_settled(metrics: UpstreamMetrics | None, trail: Trail) -> None:
-    """Add a served request's tokens and cost, per upstream model, to the metrics."""
+    """Add a settled request's tokens and cost, per upstream model, to the metrics."""
     if metrics is None:
         return
     for u in trail.usages:
@@ -285,22 +287,29 @@ async def _settle(
     served: Served | None,
     metrics: UpstreamMetrics | None = None,
 ) -> None:
-    """Book the decision: the real cost of every answered call when the caller got an answer, else nothing.
-    A served request's tokens and cost are counted in `metrics`."""
-    if served is not None:
+    """Book the decision: the real cost of every call that answered, also when the caller got no answer (the
+    members of a fusion tier whose judge failed cost what they cost); nothing when no call answered. The tokens and
+    cost booked are counted in `metrics`."""
+    charged = served is not None or bool(trail.usages)
+    if charged:
         _count_settled(metrics, trail)
     note = trail.note()
     if served is None:
-        note = "; ".join(p for p in (note, "not served: no upstream answered, nothing charged") if p)
+        what = (
+            f"charged the {len(trail.usages)} call(s) that answered"
+            if trail.usages
+            else "no upstream answered, nothing charged"
+        )
+        note = "; ".join(p for p in (note, f"not served: {what}") if p)
     reason = f"{decision.reason}; {note}" if note else None
     usage = _usage_info(trail)
     try:
         await run_in_threadpool(
             store.settle_decision,
             decision.decision_id,
-            cost_usd=usage["cost_usd"] if served is not None else None,
-            tokens_in=usage["tokens_in"] if served is not None else None,
-            tokens_out=usage["tokens_out"] if served is not None else None,
+            cost_usd=usage["cost_usd"] if charged else None,
+            tokens_in=usage["tokens_in"] if charged else None,
+            tokens_out=usage["tokens_out"] if charged else None,
             latency_ms=(time.perf_counter() - started) * 1000,
             served_model=served.tier.model if served is not None else None,
             reason=reason,

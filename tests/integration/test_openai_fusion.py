@@ -88,3 +88,19 @@ def test_every_member_failing_fails_the_tier(sdk: OpenAI, url: str, up: FakeUpst
     assert err.value.status_code == 502 and "every member" in err.value.message
     assert up.calls("large") == []  # no judge without answers
     assert get_session(url, sid)["spent_usd"] == 0
+
+
+def test_a_failing_judge_still_books_what_the_members_cost(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    """The members answered and their upstreams bill them: a session's cap must see that spend, or a panel whose
+    judge keeps failing would burn member tokens that no cap counts."""
+    sid = session(url, cap_usd=1.0)
+    up.script("small", Reply(text="answer A", usage=(1000, 300)))
+    up.script("medium", Reply(text="answer B", usage=(1100, 400)))
+    up.script("large", Reply(status=503), Reply(status=503))  # the judge, and its retry
+    with pytest.raises(openai.APIStatusError) as err:
+        ask_panel(sdk, sid)
+    assert err.value.status_code == 502
+    s = get_session(url, sid)
+    assert s["spent_usd"] == pytest.approx(cost("small", 1000, 300) + cost("medium", 1100, 400))
+    assert s["reserved_usd"] == pytest.approx(0)
+    assert "not served: charged the 2 call(s) that answered" in s["recent_decisions"][0]["reason"]

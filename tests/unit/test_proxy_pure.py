@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from types import SimpleNamespace
 from typing import Any
 
+import numpy as np
 import pytest
 
 from router.schema import TiersConfigError, parse_tiers
 from serving.proxy.dispatch import RetryPolicy, Trail
 from serving.proxy.fusion import MERGE_PROMPT, merge_request
+from serving.proxy.service import affordable
 from serving.proxy.upstream import MAX_RETRY_AFTER_S, UpstreamFailure, endpoint_for, retry_after_of, usage_of
 from serving.proxy.wire import ChatMessage, prompt_view
 
@@ -142,3 +145,21 @@ def test_the_forwarded_wait_is_the_soonest_hint_rounded_up() -> None:
     assert trail.retry_after_s() is None
     trail.hinted += [UpstreamFailure("a", "rate_limited", "x", 429, 7.5), UpstreamFailure("b", "server", "x", 503, 2.2)]
     assert trail.retry_after_s() == 3
+
+
+def test_a_fallback_is_affordable_only_with_what_the_request_spent_already() -> None:
+    """The session's cap left 3.0 for the request (its reservation 1.0 plus 2.0); mid is expected at 2.0."""
+    rt: Any = SimpleNamespace(
+        tiers=SimpleNamespace(names=["main", "mid"]),
+        router=SimpleNamespace(expected_cost=lambda _: np.array([[1.0, 2.0]])),
+    )
+    decision: Any = SimpleNamespace(expected_cost_usd=1.0, budget_left_usd=2.0)
+    mid: Any = SimpleNamespace(name="mid")
+    spent = [0.0]
+    check = affordable(rt, "p", decision, None, lambda: spent[0])
+    assert check is not None and check(mid)
+    spent[0] = 1.5  # a fusion tier's members answered before its judge failed
+    assert not check(mid)
+    capped = affordable(rt, "p", SimpleNamespace(expected_cost_usd=1.0, budget_left_usd=None), 2.5, lambda: 0.6)  # type: ignore[arg-type]
+    assert capped is not None and not capped(mid)  # 0.6 + 2.0 over the request's max cost
+    assert affordable(rt, "p", SimpleNamespace(expected_cost_usd=1.0, budget_left_usd=None), None, lambda: 9.0) is None  # type: ignore[arg-type]
