@@ -545,6 +545,38 @@ class Store:
             row = conn.execute(sessions.select().where(sessions.c.id == session_id)).first()
         return _session(row) if row else None
 
+    def grow_reservation(self, decision_id: str, session_id: str, total_usd: float) -> bool:
+        """Raise a decision's reservation on its session to `total_usd` (what serving it may now cost: the proxy
+        falling back to a dearer tier) if the session's cap leaves room, on the locked session row; whether it
+        could. Nothing changes when it can't: the session is frozen, the cap has no room, or the decision is
+        settled or unknown. A reservation already as large stays."""
+        with self.engine.begin() as conn:
+            locked = conn.execute(
+                sessions.update().where(sessions.c.id == session_id).values(status=sessions.c.status)
+            ).rowcount
+            decision = conn.execute(
+                sa.select(decisions.c.reserved_usd, decisions.c.settled).where(
+                    decisions.c.id == decision_id, decisions.c.session_id == session_id
+                )
+            ).first()
+            if not locked or decision is None or decision.settled:
+                return False
+            row = _session(conn.execute(sessions.select().where(sessions.c.id == session_id)).one())
+            extra = total_usd - decision.reserved_usd
+            if extra <= 0:
+                return True
+            left = row.budget_left_usd
+            # Within a billionth of the cap counts as fitting: cap − spent − reserved rounds (1.0 − 0.8 < 0.2).
+            if row.status != "open" or (left is not None and extra > left + 1e-9 * (row.cap_usd or 0.0)):
+                return False
+            conn.execute(
+                sessions.update()
+                .where(sessions.c.id == session_id)
+                .values(reserved_usd=sessions.c.reserved_usd + extra, updated_at=_now())
+            )
+            conn.execute(decisions.update().where(decisions.c.id == decision_id).values(reserved_usd=total_usd))
+            return True
+
     def confirm(self, session_id: str, new_cap_usd: float) -> SessionRow | None:
         """Reopen a session with a new cap."""
         with self.engine.begin() as conn:

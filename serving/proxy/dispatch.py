@@ -117,7 +117,7 @@ class Dispatcher:
         body: dict[str, Any],
         stream: bool,
         trail: Trail,
-        affordable: Callable[[Tier], bool] | None = None,
+        affordable: Callable[[Tier], Awaitable[bool]] | None = None,
     ) -> Served:
         """The answer of `first`, else of its fallbacks in order; raises the last failure when none answers.
 
@@ -128,7 +128,7 @@ class Dispatcher:
         trail.deadline = min(trail.deadline, time.monotonic() + self.policy.deadline_s)
         last: UpstreamFailure | None = None
         for tier in [first, *tiers.fallbacks(first.name)]:
-            if tier is not first and affordable is not None and not affordable(tier):
+            if tier is not first and affordable is not None and not await affordable(tier):
                 trail.skipped.append(tier.name)
                 continue
             if last is not None and self.metrics is not None:

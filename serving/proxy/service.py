@@ -159,7 +159,7 @@ class Proxy:
                     upstream_body(req),
                     req.stream,
                     trail,
-                    affordable(rt, prompt, decision, opts.max_cost_usd, lambda: _usage_info(trail)["cost_usd"]),
+                    affordable(rt, prompt, decision, opts.max_cost_usd, lambda: _usage_info(trail)["cost_usd"], store),
                 ),
                 trail.sent,
             )
@@ -229,12 +229,18 @@ async def _stored(committed: asyncio.Future[None]) -> bool:
 
 
 def affordable(
-    rt: Runtime, prompt: str, decision: RouteResponse, max_cost_usd: float | None, spent: Callable[[], float]
-) -> Callable[[Tier], bool] | None:
+    rt: Runtime,
+    prompt: str,
+    decision: RouteResponse,
+    max_cost_usd: float | None,
+    spent: Callable[[], float],
+    store: Store,
+) -> Callable[[Tier], Awaitable[bool]] | None:
     """Which fallback tiers the request can pay for: what it has spent already (`spent()`: calls that answered,
-    e.g. the members of a fusion tier whose judge failed) plus the tier's expected cost, within its max cost and
-    within what the session's cap left (the decision's reservation plus the budget left after it). None when
-    nothing limits it."""
+    e.g. the members of a fusion tier whose judge failed) plus the tier's expected cost, within its max cost and,
+    on a capped session, within the cap as it is now: the decision's reservation grows to that sum on the locked
+    session row, or the tier is skipped (other requests may have reserved what was left when this one was
+    routed). None when nothing limits it."""
     if max_cost_usd is None and decision.budget_left_usd is None:
         return None
     cost = dict(zip(rt.tiers.names, rt.router.expected_cost([prompt])[0], strict=True))
@@ -242,7 +248,16 @@ def affordable(
         max_cost_usd if max_cost_usd is not None else float("inf"),
         decision.expected_cost_usd + decision.budget_left_usd if decision.budget_left_usd is not None else float("inf"),
     )
-    return lambda tier: spent() + float(cost[tier.name]) <= limit
+
+    async def check(tier: Tier) -> bool:
+        need = spent() + float(cost[tier.name])
+        if need > limit:
+            return False
+        if decision.session_id is None or decision.budget_left_usd is None:
+            return True
+        return await run_in_threadpool(store.grow_reservation, decision.decision_id, decision.session_id, need)
+
+    return check
 
 
 def _info(decision: RouteResponse, served: Served, trail: Trail) -> dict[str, Any]:

@@ -3,6 +3,9 @@ reason), one clean OpenAI-format error with the right status when nothing answer
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import httpx
 import openai
 import pytest
@@ -178,6 +181,38 @@ def test_falling_back_never_spends_past_the_sessions_cap(sdk: OpenAI, url: str, 
         "fallback skipped (over the request's max cost or the session's cap): mid, brain"
         in (s["recent_decisions"][0]["reason"])
     )
+
+
+def test_a_fallback_gets_only_the_room_the_cap_has_now(url: str, up: FakeUpstream) -> None:
+    """Two requests share a capped session. A is routed to main; then B takes, for mid, what A's routing saw left.
+    When A's main fails, falling back to mid must not spend past the cap: B holds that room now."""
+    main_cost = routed_easy(url)["expected_cost_usd"]
+    as_mid = {"prompt": EASY, "min_tier": "mid", "cost_weight_per_usd": 1e9}
+    mid = httpx.post(f"{url}/route", json=as_mid, headers=bearer(CLIENT_KEY)).json()
+    assert mid["tier"] == "mid"
+    sid = session(url, cap_usd=main_cost + mid["expected_cost_usd"] * 1.0001)
+    # A's main answers 503 only once B's call to mid is in flight too (or after 30 s); B's answer comes then, and
+    # costs at least what B reserved: settled or not, B leaves A no room.
+    up.script("small", Reply(status=503, delay_s=30.0, until_in_flight=2), Reply(status=503))
+    dear = (int(20 * mid["expected_cost_usd"] * 1e6) + 1, 0)  # tokens in at $1 per million: 20x the reservation
+    up.script("medium", Reply(text="for B", usage=dear, delay_s=30.0, until_in_flight=2), Reply(text="for A"))
+
+    def chat(model: str) -> httpx.Response:
+        body = {"model": model, "messages": [{"role": "user", "content": EASY}], "tierwise": {"session_id": sid}}
+        return httpx.post(f"{url}/v1/chat/completions", json=body, headers=bearer(CLIENT_KEY), timeout=60)
+
+    with ThreadPoolExecutor(2) as pool:
+        a = pool.submit(chat, "tierwise")
+        deadline = time.monotonic() + 30
+        while not up.calls("small") and time.monotonic() < deadline:  # A routed, reserved and called main
+            time.sleep(0.01)
+        b = pool.submit(chat, "tierwise/mid")
+        answer_a, answer_b = a.result(), b.result()
+    assert answer_b.status_code == 200, answer_b.text
+    assert answer_a.status_code == 502, answer_a.text
+    assert "skipped (over the max cost or the session's cap): mid, brain" in answer_a.json()["error"]["message"]
+    assert len(up.calls("medium")) == 1 and up.calls("large") == []  # only B's
+    assert get_session(url, sid)["reserved_usd"] == pytest.approx(0)
 
 
 def test_falling_back_respects_the_requests_max_cost(sdk: OpenAI, url: str, up: FakeUpstream) -> None:

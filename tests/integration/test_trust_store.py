@@ -96,6 +96,28 @@ def test_outcomes_of_decisions_kept_without_text_have_none_after_a_switch_to_tex
     store.dispose()
 
 
+def test_a_reservation_grows_only_into_the_room_the_cap_has(url: str) -> None:
+    """The proxy's fallback to a dearer tier: the decision's reservation grows on the locked session, or not at all."""
+    store = Store(url)
+    store.migrate()
+    with store.lock_session("s", None) as locked:
+        locked.set_cap(1.0)
+        locked.reserve([decision(1, "s", reserved=0.3), decision(2, "s", reserved=0.5)])
+    assert not store.grow_reservation("d1", "s", 0.6)  # 0.3 more, 0.2 left
+    assert store.get_session("s").reserved_usd == pytest.approx(0.8)  # type: ignore[union-attr]
+    assert store.grow_reservation("d1", "s", 0.5) and store.grow_reservation("d1", "s", 0.4)  # the second: no change
+    assert store.get_session("s").reserved_usd == pytest.approx(1.0)  # type: ignore[union-attr]
+    assert store.get_decisions(["d1"])["d1"].reserved_usd == pytest.approx(0.5)
+    assert not store.grow_reservation("d1", "other", 0.5) and not store.grow_reservation("d9", "s", 0.1)
+    store.record_outcomes([OutcomeRow(id="o", decision_id="d2", prompt=PROMPT, model="small", score=1, cost_usd=0.1)])
+    assert not store.grow_reservation("d2", "s", 0.6)  # settled
+    assert store.get_session("s").reserved_usd == pytest.approx(0.5)  # type: ignore[union-attr]
+    with store.lock_session("s", None) as locked:
+        locked.freeze()
+    assert not store.grow_reservation("d1", "s", 0.55)  # frozen, though the cap has room
+    store.dispose()
+
+
 def test_hash_mode_needs_a_key() -> None:
     with pytest.raises(ValueError, match="needs a key"):
         PromptPolicy("hash")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from types import SimpleNamespace
@@ -148,18 +149,21 @@ def test_the_forwarded_wait_is_the_soonest_hint_rounded_up() -> None:
 
 
 def test_a_fallback_is_affordable_only_with_what_the_request_spent_already() -> None:
-    """The session's cap left 3.0 for the request (its reservation 1.0 plus 2.0); mid is expected at 2.0."""
+    """The session's cap left 3.0 for the request (its reservation 1.0 plus 2.0); mid is expected at 2.0. (On a
+    stored session the store has the last word: tests/integration/test_openai_fallback.py.)"""
     rt: Any = SimpleNamespace(
         tiers=SimpleNamespace(names=["main", "mid"]),
         router=SimpleNamespace(expected_cost=lambda _: np.array([[1.0, 2.0]])),
     )
-    decision: Any = SimpleNamespace(expected_cost_usd=1.0, budget_left_usd=2.0)
     mid: Any = SimpleNamespace(name="mid")
+    store: Any = None  # not asked: no session
+    decision: Any = SimpleNamespace(expected_cost_usd=1.0, budget_left_usd=2.0, session_id=None)
     spent = [0.0]
-    check = affordable(rt, "p", decision, None, lambda: spent[0])
-    assert check is not None and check(mid)
+    check = affordable(rt, "p", decision, None, lambda: spent[0], store)
+    assert check is not None and asyncio.run(check(mid))
     spent[0] = 1.5  # a fusion tier's members answered before its judge failed
-    assert not check(mid)
-    capped = affordable(rt, "p", SimpleNamespace(expected_cost_usd=1.0, budget_left_usd=None), 2.5, lambda: 0.6)  # type: ignore[arg-type]
-    assert capped is not None and not capped(mid)  # 0.6 + 2.0 over the request's max cost
-    assert affordable(rt, "p", SimpleNamespace(expected_cost_usd=1.0, budget_left_usd=None), None, lambda: 9.0) is None  # type: ignore[arg-type]
+    assert not asyncio.run(check(mid))
+    uncapped: Any = SimpleNamespace(expected_cost_usd=1.0, budget_left_usd=None, session_id=None)
+    capped = affordable(rt, "p", uncapped, 2.5, lambda: 0.6, store)
+    assert capped is not None and not asyncio.run(capped(mid))  # 0.6 + 2.0 over the request's max cost
+    assert affordable(rt, "p", uncapped, None, lambda: 9.0, store) is None
