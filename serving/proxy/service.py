@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from infra.settings import Settings
 from infra.store import Store
@@ -185,7 +186,7 @@ class Proxy:
             info.update(_usage_info(trail))
             return JSONResponse({**served.body, "tierwise": info}, headers=headers_out)
         include_usage = bool((upstream_body(req).get("stream_options") or {}).get("include_usage"))
-        return StreamingResponse(
+        return ClosingStreamingResponse(
             _relay(served, info, include_usage, store, decision, trail, started, counted),
             media_type="text/event-stream",
             headers={**headers_out, "Cache-Control": "no-cache"},
@@ -332,6 +333,22 @@ async def _settle(
         )
     except SQLAlchemyError as exc:  # the answer is the caller's either way; the reservation stays booked
         logger.error("could not settle decision %s (%s): its reservation stays", decision.decision_id, describe(exc))
+
+
+class ClosingStreamingResponse(StreamingResponse):
+    """A StreamingResponse that closes its body iterator however the response ends. Starlette's never does: a
+    caller who leaves while a write to it is blocked (it stopped reading) cancels the response in `send`, with the
+    iterator paused at its `yield`; its cleanup (the relay's settlement, the upstream's connection) then waited for
+    the garbage collector."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                with anyio.CancelScope(shield=True):
+                    await close()
 
 
 async def _relay(

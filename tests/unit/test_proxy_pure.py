@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from types import SimpleNamespace
@@ -167,3 +168,42 @@ def test_a_fallback_is_affordable_only_with_what_the_request_spent_already() -> 
     capped = affordable(rt, "p", uncapped, 2.5, lambda: 0.6, store)
     assert capped is not None and not asyncio.run(capped(mid))  # 0.6 + 2.0 over the request's max cost
     assert affordable(rt, "p", uncapped, None, lambda: 9.0, store) is None
+
+
+def test_a_caller_leaving_during_a_blocked_write_closes_the_relay_at_once() -> None:
+    """uvicorn's ASGI 2.3: on a disconnect Starlette cancels the response; a write blocked on a caller who stopped
+    reading takes the cancellation in `send`, with the body paused at its `yield`. Its cleanup (the relay's
+    settlement) must run then, not when the garbage collector finds it (Starlette 1.10's StreamingResponse fails
+    this test: its body is still paused when the response is done)."""
+    from serving.proxy.service import ClosingStreamingResponse
+
+    cleaned: list[str] = []
+
+    async def body() -> Any:
+        try:
+            yield b"data: first\n\n"
+            yield b"data: second\n\n"
+        finally:
+            cleaned.append("settled")
+
+    async def scenario() -> None:
+        written = asyncio.Event()
+
+        async def send(message: dict[str, Any]) -> None:
+            if message.get("body"):
+                written.set()
+                await asyncio.sleep(3600)  # the socket's buffer is full: the write waits for a reader who left
+
+        async def receive() -> dict[str, Any]:
+            await written.wait()
+            return {"type": "http.disconnect"}
+
+        scope = {"type": "http", "asgi": {"spec_version": "2.3"}, "method": "POST", "path": "/", "headers": []}
+        await ClosingStreamingResponse(body())(scope, receive, send)
+        assert cleaned == ["settled"]  # right when the response is done, with the garbage collector off
+
+    gc.disable()
+    try:
+        asyncio.run(scenario())
+    finally:
+        gc.enable()
