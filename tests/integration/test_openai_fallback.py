@@ -124,27 +124,27 @@ def test_streaming_falls_back_before_the_first_byte(sdk: OpenAI, url: str, up: F
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "streamed by medium"
 
 
-def test_a_stream_dying_midway_is_an_error_event_and_not_charged(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+@pytest.mark.parametrize(
+    ("reply", "says"),
+    [
+        (Reply(text="a b c d e f", chunks=6, die_after_chunks=2), "mid-stream"),
+        # A body that ends cleanly before any finish_reason or [DONE] (an upstream, or a proxy before it, gave up)
+        # is no answer either: no truncated text passed off as whole.
+        (Reply(text="a b c d e f", chunks=6, cut_after_chunks=2), "the stream ended before its answer did"),
+    ],
+    ids=["dropped", "cut-short"],
+)
+def test_a_stream_failing_midway_is_an_error_event_and_not_charged(
+    sdk: OpenAI, url: str, up: FakeUpstream, reply: Reply, says: str
+) -> None:
     sid = session(url, cap_usd=1.0)
-    up.script("small", Reply(text="a b c d e f", chunks=6, die_after_chunks=2))
+    up.script("small", reply)
     with pytest.raises(openai.APIError) as err:
         list(ask(sdk, sid, stream=True).parse())  # type: ignore[attr-defined]
-    assert "mid-stream" in str(err.value)
+    assert "mid-stream" in str(err.value) and says in str(err.value)
     s = get_session(url, sid)
     assert s["spent_usd"] == 0 and s["reserved_usd"] == pytest.approx(0)
     assert "mid-stream" in s["recent_decisions"][0]["reason"]
-
-
-def test_a_stream_cut_short_cleanly_is_an_error_event_and_not_charged(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
-    """A body that ends before any finish_reason or [DONE] (an upstream, or a proxy before it, gave up) is not an
-    answer: no truncated text passed off as whole, nothing charged."""
-    sid = session(url, cap_usd=1.0)
-    up.script("small", Reply(text="a b c d e f", chunks=6, cut_after_chunks=2))
-    with pytest.raises(openai.APIError) as err:
-        list(ask(sdk, sid, stream=True).parse())  # type: ignore[attr-defined]
-    assert "the stream ended before its answer did" in str(err.value)
-    s = get_session(url, sid)
-    assert s["spent_usd"] == 0 and s["reserved_usd"] == pytest.approx(0)
 
 
 def test_an_answer_holding_nan_is_an_upstream_failure_and_falls_back(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
