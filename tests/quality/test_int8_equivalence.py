@@ -100,10 +100,12 @@ def test_int8_keeps_clear_decisions_and_realised_quality(trained_fp32: Trained, 
         )
         assert (a == b)[clear].mean() >= 0.95, (m, (a == b)[clear].mean(), clear.mean())
         # One-sided, as the AIQ test below: int8 realising more quality, or spending less, is no failure; it may
-        # not buy its quality with cost. |quality difference| measured <= 0.0032 against torch on a Zen 1; against
-        # fp32 on a Zen 3, 0.0063 above and 0.0053 below, cost -5.4% to +3.0%.
+        # not buy its quality with cost. Measured on a Zen 3 against fp32 at these six knobs: int8 quality -0.0053
+        # to +0.0063, cost -5.4% to +3.0%; five reseeded fp32 twins (the noise floor) quality -0.0042 to +0.0148,
+        # cost -13.6% to +3.7%. |quality difference| <= 0.0032 against torch on a Zen 1. The cost bound is about
+        # twice the largest reseeding move: it catches a systematic shift to dearer tiers, not a retrain's noise.
         assert q_int8 >= q_fp32 - 0.01, (m, q_fp32, q_int8)
-        assert c_int8 <= c_fp32 * 1.15, (m, c_fp32, c_int8)
+        assert c_int8 <= c_fp32 * 1.3, (m, c_fp32, c_int8)
 
 
 def test_int8_aiq_is_not_worse_than_fp32_beyond_the_reseeding_spread(trained_fp32: Trained, trained_int8: Trained):
