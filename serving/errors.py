@@ -49,13 +49,13 @@ def union_member_errors(errors: list[dict[str, Any]], body: Any) -> list[dict[st
     return tidy or errors
 
 
-def body_read_detail(exc: HTTPException) -> str:
-    """FastAPI's refusal of a body it could not read, with its cause when that is text that is not UTF-8 (FastAPI
-    says only "There was an error parsing the body")."""
+def not_utf8_detail(exc: HTTPException) -> str | None:
+    """What to say of FastAPI's refusal of a body that is not UTF-8 (FastAPI says only "There was an error parsing
+    the body"); None for any other refusal."""
     cause = exc.__cause__
     if exc.status_code == 400 and isinstance(cause, UnicodeDecodeError):
         return f"the body is not valid UTF-8 (byte {cause.start}): send JSON encoded as UTF-8"
-    return str(exc.detail)
+    return None
 
 
 def refusal_class(exc: BaseException) -> str:
@@ -164,8 +164,8 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        if exc.status_code == 400 and isinstance(exc.__cause__, UnicodeDecodeError):
-            return _answer(400, body_read_detail(exc))
+        if (detail := not_utf8_detail(exc)) is not None:
+            return _answer(400, detail)
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)

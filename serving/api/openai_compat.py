@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from router.policy import NoTierFits
 from serving.api.lean_route import LeanRoute
 from serving.deps import Caller, RoutingDep, RuntimeDep
-from serving.errors import Invalid, OverBudget, ServiceError, body_read_detail, refusal_class
+from serving.errors import Invalid, OverBudget, ServiceError, not_utf8_detail, refusal_class
 from serving.proxy.service import Proxy, ProxyError
 from serving.proxy.wire import (
     MODEL,
@@ -60,7 +60,8 @@ def _openai_error(exc: Exception) -> JSONResponse:
         return JSONResponse(error_body(exc.detail, type_, code), status_code=exc.status, headers=headers)
     if isinstance(exc, HTTPException):  # FastAPI's own refusals, e.g. a body that is not JSON at all
         type_ = "invalid_request_error" if exc.status_code < 500 else "api_error"
-        return JSONResponse(error_body(body_read_detail(exc), type_, None), status_code=exc.status_code)
+        message = not_utf8_detail(exc) or str(exc.detail)
+        return JSONResponse(error_body(message, type_, None), status_code=exc.status_code)
     if isinstance(exc, NoTierFits):
         return JSONResponse(error_body(str(exc), "invalid_request_error", "no_tier_fits"), status_code=400)
     if isinstance(exc, DBAPIError):
