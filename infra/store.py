@@ -97,6 +97,8 @@ decisions = sa.Table(
     sa.Column("expected_costs", sa.JSON, nullable=True),
     # Migration 0004: the request's task hint, the category `export_outcomes` gives its outcomes.
     sa.Column("task", sa.String(128), nullable=True),
+    # Migration 0005: who serves the decision; "proxy" when the OpenAI-compatible door calls the model and settles it.
+    sa.Column("served_by", sa.String(16), nullable=True),
     sa.Index("ix_decisions_created_at", "created_at"),
 )
 
@@ -127,6 +129,9 @@ def prompt_id_of(prompt: str) -> str:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+SERVED_BY_PROXY = "proxy"  # decisions.served_by of a decision the OpenAI-compatible door serves and settles
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,7 @@ class DecisionRow:
     propensities: dict[str, float] | None = None
     expected_costs: dict[str, float] | None = None
     task: str | None = None
+    served_by: str | None = None  # SERVED_BY_PROXY: the door settles it, an outcome does not (migration 0005)
 
 
 class OutcomeRow(OutcomeBase):
@@ -356,6 +362,9 @@ _MARK_SETTLED = (
     .where(decisions.c.id == sa.bindparam("d_id"), decisions.c.settled == sa.false())
     .values(settled=True)
 )
+# An outcome settles its decision only if the caller serves it: the proxy settles its own with the upstream's usage,
+# and an outcome posted while the proxy still streams would otherwise book the caller's cost in its place.
+_MARK_SETTLED_BY_OUTCOME = _MARK_SETTLED.where(decisions.c.served_by.is_(None))
 _RESERVATION_OF = sa.select(decisions.c.session_id, decisions.c.reserved_usd).where(
     decisions.c.id == sa.bindparam("d_id")
 )
@@ -375,9 +384,10 @@ _BOOK_COST = (
 )
 
 
-def _settle(execute: Execute, decision_id: str, cost_usd: float) -> None:
-    """Release a decision's reservation and book its actual cost, once; spend saturates at a ceiling."""
-    if not execute(_MARK_SETTLED, {"d_id": decision_id}).rowcount:
+def _settle(execute: Execute, decision_id: str, cost_usd: float, by_outcome: bool = False) -> None:
+    """Release a decision's reservation and book its actual cost, once; spend saturates at a ceiling. `by_outcome`:
+    settle only a decision its caller serves (not the proxy's)."""
+    if not execute(_MARK_SETTLED_BY_OUTCOME if by_outcome else _MARK_SETTLED, {"d_id": decision_id}).rowcount:
         return
     session_id, reserved = execute(_RESERVATION_OF, {"d_id": decision_id}).fetchone()
     if session_id is None:
@@ -676,6 +686,7 @@ class Store:
 
     def record_outcomes(self, rows: Sequence[OutcomeRow]) -> int:
         """Insert outcomes whose id is new, settling their decisions' reservations; return how many were new.
+        A decision the proxy serves is not settled by an outcome (the proxy books the upstream's real cost).
 
         An id already stored with the same outcome (a retry, even a concurrent one) is skipped by the insert itself.
         An id stored with another score, model, cost, decision, prompt or session, or by another owner, raises
@@ -692,7 +703,7 @@ class Store:
                     continue
                 new += 1
                 if r.decision_id is not None:
-                    _settle(conn.execute, r.decision_id, r.cost_usd)
+                    _settle(conn.execute, r.decision_id, r.cost_usd, by_outcome=True)
         return new
 
     def settle_decision(

@@ -25,7 +25,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
-from infra.store import DecisionRow, OutcomeConflict, OutcomeRow, Store
+from infra.store import SERVED_BY_PROXY, DecisionRow, OutcomeConflict, OutcomeRow, Store
 from router.schema import TiersConfig
 from serving.errors import (
     Conflict,
@@ -144,6 +144,11 @@ class OutcomeRecorder:
             if cost is None:
                 cost, tokens_in, tokens_out = d.cost_usd, d.tokens_in, d.tokens_out
                 latency_ms = latency_ms if latency_ms is not None else d.latency_ms
+            if cost is None and d.served_by == SERVED_BY_PROXY:
+                raise Conflict(
+                    f"decision {d.id} is still being served by the proxy: its cost is settled when the answer ends; "
+                    "post the outcome then, or give cost_usd"
+                )
             if cost is None:
                 raise Invalid(f"decision {d.id} has no settled cost (the proxy did not serve it): give cost_usd")
         elif session is not None:

@@ -133,6 +133,7 @@ def route(
     rng: np.random.Generator | None = None,
     novelty_limit: float | None = OOD_NOVELTY,
     record: Callable[[Sequence[DecisionRow]], None] | None = None,
+    served_by: str | None = None,
 ) -> list[RouteResponse]:
     """Decide a tier for each prompt; with a session, reserve the expected cost atomically or freeze.
 
@@ -140,7 +141,8 @@ def route(
     exploration spends only the slack the policy's decisions leave under it, so it never passes the cap.
     Requests with a quality guarantee and out-of-distribution prompts never explore. `epsilon` is ε, or the whole
     `Exploration` (uniform and boundary) that `exploration_rate` gives for the request. Sessionless decisions go
-    to `record` when given (the caller then writes them before answering), else to the store at once.
+    to `record` when given (the caller then writes them before answering), else to the store at once. `served_by`
+    is stored on each decision (infra.store.SERVED_BY_PROXY: the door serves and settles it).
     """
     try:
         min_tier = rt.tier_index(opts.min_tier)
@@ -217,6 +219,7 @@ def route(
                     expected_costs={n: float(c) for n, c in zip(names, cost[i], strict=True)},
                     novelty=None if novelty is None else float(novelty[i]),
                     task=opts.task,
+                    served_by=served_by,
                 )
             )
         return rows
@@ -284,6 +287,7 @@ def route_request(
     settings: Settings,
     metrics: Metrics | None = None,
     record: Callable[[Sequence[DecisionRow]], None] | None = None,
+    served_by: str | None = None,
 ) -> list[RouteResponse]:
     """The service's one way to route a request, for /route, /route/batch and the OpenAI-compatible door alike:
     size limits, the request's exploration, the service's default quality guarantee and novelty limit, then `route`,
@@ -303,6 +307,7 @@ def route_request(
         None,
         settings.novelty_limit,
         record,
+        served_by,
     )
     if record is None:
         count_decisions(metrics, out)
@@ -326,6 +331,7 @@ class Routing:
     settings: Settings
     metrics: Metrics | None
     caller: Principal
+    served_by: str | None = None  # stored on the decisions (infra.store.SERVED_BY_PROXY for the door's)
 
 
 async def route_request_async(ctx: Routing, prompts: Sequence[str], opts: RouteOptions) -> list[RouteResponse]:
@@ -367,12 +373,12 @@ async def _decide(
     """The responses, and the decisions left for the writer to write (None: written already, in the threadpool)."""
     args = (ctx.rt, ctx.store, ctx.caller, prompts, opts, ctx.settings, ctx.metrics)
     if ctx.writer is None or opts.session_id is not None:
-        return await run_in_threadpool(route_request, *args), None
+        return await run_in_threadpool(route_request, *args, None, ctx.served_by), None
     pending: list[DecisionRow] = []
     inline = ctx.rt.inline_scoring and len(prompts) <= INLINE_PROMPTS and sum(len(p) for p in prompts) <= INLINE_CHARS
     out = (
-        route_request(*args, pending.extend)
+        route_request(*args, pending.extend, ctx.served_by)
         if inline
-        else await run_in_threadpool(route_request, *args, pending.extend)
+        else await run_in_threadpool(route_request, *args, pending.extend, ctx.served_by)
     )
     return out, pending

@@ -15,9 +15,9 @@ from fastapi import APIRouter, Path
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
-from infra.store import DecisionRow
+from infra.store import SERVED_BY_PROXY, DecisionRow
 from serving.deps import Caller, RuntimeDep, StoreDep
-from serving.errors import BODY_ERRORS, CALLER_ERRORS, Forbidden, Invalid, NotFound, error
+from serving.errors import BODY_ERRORS, CALLER_ERRORS, Conflict, Forbidden, Invalid, NotFound, error
 from serving.schemas import MAX_LATENCY_MS, MAX_OUTCOME_COST_USD, MAX_TOKENS, Usd, _storable
 
 router = APIRouter(prefix="/decisions", tags=["decisions"], responses=CALLER_ERRORS)
@@ -75,6 +75,7 @@ def _view(d: DecisionRow, booked: bool) -> UsageSettled:
         **BODY_ERRORS,
         **error(403, "another client's decision"),
         **error(404, "unknown decision_id"),
+        **error(409, "a decision the proxy serves: it settles it with the upstream's usage"),
         422: {"description": "invalid usage (a negative, non-finite or too large number, an unknown field or model)"},
     },
 )
@@ -85,7 +86,8 @@ async def post_usage(
 
     The first settlement books `cost_usd` on the decision's session and releases its reservation; any later one
     (a retry, a release after a settlement, a decision an outcome or the proxy already settled) changes nothing
-    and answers `booked: false` with what is stored.
+    and answers `booked: false` with what is stored. A decision the proxy is still serving is refused (409): the
+    proxy settles it with the upstream's usage.
     """
     if usage.served_model is not None and usage.served_model not in rt.tiers.known_models:
         raise Invalid(f"served_model '{usage.served_model}' is not in the tiers config")
@@ -96,6 +98,8 @@ async def post_usage(
         raise Forbidden(f"decision {decision_id} belongs to another client")
     if d.settled:
         return _view(d, booked=False)
+    if d.served_by == SERVED_BY_PROXY:
+        raise Conflict(f"decision {decision_id} is served by the proxy, which settles it with the upstream's usage")
     await run_in_threadpool(
         store.settle_decision,
         decision_id,

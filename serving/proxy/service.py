@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import suppress
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from infra.settings import Settings
-from infra.store import Store
+from infra.store import SERVED_BY_PROXY, Store
 from router.schema import Tier
 from serving.metrics import UpstreamMetrics
 from serving.outcomes import describe
@@ -124,7 +124,7 @@ def route_options(req: ChatCompletionRequest, headers: Mapping[str, str], tier_n
         raise ProxyError(400, f"tierwise option {param}: {err['msg']}", "invalid_request_error", None, param) from None
 
 
-@dataclass
+@dataclasses.dataclass
 class Proxy:
     """The door's state, made once in the app's lifespan: the dispatcher with its pooled client."""
 
@@ -149,6 +149,8 @@ class Proxy:
         # writer thread about a millisecond of CPU, most of it holding the GIL, and started at once it delayed
         # sending the request by about that much (bench.proxy).
         trail = Trail()
+        # The door settles its decisions itself (`_settle`): an outcome posted before that does not (migration 0005).
+        ctx = dataclasses.replace(ctx, served_by=SERVED_BY_PROXY)
         [decision], committed = await route_request_started(ctx, [prompt], opts, after=trail.sent)
         started = time.perf_counter()
         try:

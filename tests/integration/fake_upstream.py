@@ -11,7 +11,7 @@
 A model with no queued reply answers `up.default` (a quick "ok from <model>" with usage). A `Reply` scripts the
 status, text, usage, latency (before the headers, or before the first chunk), tool calls, and a stream or body that
 dies after some chunks (the connection is dropped without finishing the message), a stream body held open after
-`[DONE]`, and an error's headers (e.g. `Retry-After`).
+`[DONE]`, a stream paused after its first chunk until the test says, and an error's headers (e.g. `Retry-After`).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ class Reply:
     cut_after_chunks: int | None = None  # a stream's body ends cleanly after this many pieces: no finish, no [DONE]
     extra: dict[str, Any] | None = None  # merged into a completion's JSON as Python's json writes it (NaN included)
     until_in_flight: int = 0  # the delay ends once this many requests have been in their delays at once
+    hold: threading.Event | None = None  # a stream pauses after its first chunk until this is set (at most 30 s)
 
 
 class ConnectionDropped(Exception):
@@ -182,6 +183,10 @@ async def _events(model: str, reply: Reply, include_usage: bool) -> AsyncIterato
     if reply.first_byte_delay_s:
         await asyncio.sleep(reply.first_byte_delay_s)
     yield _chunk(model, {"role": "assistant", "content": ""})
+    if reply.hold is not None:
+        deadline = time.monotonic() + 30.0
+        while not reply.hold.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
     for i, piece in enumerate(_pieces(reply.text, reply.chunks)):
         if reply.die_after_chunks is not None and i >= reply.die_after_chunks:
             raise ConnectionDropped(model)

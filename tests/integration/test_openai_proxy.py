@@ -4,6 +4,7 @@ routing, the `tierwise` field and headers, tools passed through, settlement on t
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -274,6 +275,41 @@ def test_settles_the_session_and_an_outcome_needs_only_a_score(sdk: OpenAI, url:
     # An outcome that names no decision still needs its cost.
     r = httpx.post(f"{url}/outcomes", json={"prompt": HARD, "model": "large", "score": 1}, headers=bearer(CLIENT_KEY))
     assert r.status_code == 422
+
+
+def test_an_outcome_posted_while_the_answer_streams_leaves_the_settlement_to_the_proxy(
+    sdk: OpenAI, url: str, up: FakeUpstream
+) -> None:
+    # A client that scores the answer (with its own guess of the cost) before the stream has ended must not settle
+    # the decision: the door books the upstream's real cost when the answer ends.
+    sid = session(url, cap_usd=1.0)
+    hold = threading.Event()
+    up.script("small", Reply(text="one two three", usage=(400, 80), hold=hold))
+    try:
+        stream = iter(
+            sdk.chat.completions.create(
+                model="tierwise",
+                messages=[{"role": "user", "content": EASY}],
+                stream=True,
+                extra_body={"tierwise": {"session_id": sid}},
+            )
+        )
+        decision_id = next(stream).model_extra["tierwise"]["decision_id"]  # the upstream now waits for `hold`
+        assert get_session(url, sid)["recent_decisions"][0]["settled"] is False
+        outcome = {"decision_id": decision_id, "score": 0.7}
+        r = httpx.post(f"{url}/outcomes", json=outcome, headers=bearer(CLIENT_KEY))
+        assert r.status_code == 409 and "still being served by the proxy" in r.json()["detail"], r.text
+        usage = httpx.post(f"{url}/decisions/{decision_id}/usage", json={"cost_usd": 0.0}, headers=bearer(CLIENT_KEY))
+        assert usage.status_code == 409 and "served by the proxy" in usage.json()["detail"], usage.text
+        r = httpx.post(f"{url}/outcomes", json={**outcome, "cost_usd": 0.0}, headers=bearer(CLIENT_KEY))
+        assert r.status_code == 201 and r.json()["recorded"] == 1, r.text
+        assert get_session(url, sid)["recent_decisions"][0]["settled"] is False  # the outcome settled nothing
+    finally:
+        hold.set()
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "one two three"
+    s = get_session(url, sid)
+    assert s["spent_usd"] == pytest.approx(cost("small", 400, 80)) and s["reserved_usd"] == pytest.approx(0)
+    assert s["recent_decisions"][0]["settled"] is True
 
 
 def test_frozen_session_is_a_402_through_the_sdk(sdk: OpenAI, url: str, up: FakeUpstream) -> None:

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from infra.prompt_policy import NOT_STORED, PromptPolicy
-from infra.store import DecisionRow, OutcomeRow, Store, decisions, outcomes
+from infra.store import SERVED_BY_PROXY, DecisionRow, OutcomeRow, Store, decisions, outcomes
 
 PROMPT = "What is the capital of France?"
 
@@ -187,4 +187,38 @@ def test_migration_0004_round_trip(url: str) -> None:
         assert "task" not in {c["name"] for c in sa.inspect(conn).get_columns("decisions")}
     alembic(store, "upgrade", "head")
     assert store.get_decisions(["d1"])["d1"].task is None  # dropped by the downgrade
+    store.dispose()
+
+
+def test_an_outcome_does_not_settle_a_decision_the_proxy_serves(url: str) -> None:
+    store = Store(url)
+    store.migrate()
+    with store.lock_session("s", None) as locked:
+        locked.reserve([dataclasses.replace(decision(1, "s", 0.01), served_by=SERVED_BY_PROXY), decision(2, "s", 0.01)])
+    for i in (1, 2):  # the client's own cost, posted before the proxy settled d1
+        store.record_outcomes(
+            [OutcomeRow(id=f"o{i}", decision_id=f"d{i}", prompt=PROMPT, model="small", score=1, cost_usd=0.0)]
+        )
+    got = store.get_decisions(["d1", "d2"])
+    assert got["d1"].served_by == SERVED_BY_PROXY and got["d2"].served_by is None
+    assert not got["d1"].settled and got["d2"].settled  # the caller-served one is settled by its outcome
+    session = store.get_session("s")
+    assert session is not None and session.reserved_usd == pytest.approx(0.01) and session.spent_usd == 0
+    store.settle_decision(
+        "d1", cost_usd=0.004, tokens_in=40, tokens_out=8, latency_ms=12.0, served_model="small", reason=None
+    )
+    session = store.get_session("s")
+    assert session is not None and session.reserved_usd == pytest.approx(0) and session.spent_usd == 0.004
+    store.dispose()
+
+
+def test_migration_0005_round_trip(url: str) -> None:
+    store = Store(url)
+    store.migrate()
+    store.record_decisions([dataclasses.replace(decision(1), served_by=SERVED_BY_PROXY)])
+    alembic(store, "downgrade", "0004")
+    with store.engine.connect() as conn:
+        assert "served_by" not in {c["name"] for c in sa.inspect(conn).get_columns("decisions")}
+    alembic(store, "upgrade", "head")
+    assert store.get_decisions(["d1"])["d1"].served_by is None  # dropped by the downgrade
     store.dispose()
