@@ -87,7 +87,8 @@ async def post_usage(
     The first settlement books `cost_usd` on the decision's session and releases its reservation; any later one
     (a retry, a release after a settlement, a decision an outcome or the proxy already settled) changes nothing
     and answers `booked: false` with what is stored. A decision the proxy is still serving is refused (409): the
-    proxy settles it with the upstream's usage.
+    proxy settles it with the upstream's usage; only the admin key may settle it (a reservation a crashed
+    service left behind).
     """
     if usage.served_model is not None and usage.served_model not in rt.tiers.known_models:
         raise Invalid(f"served_model '{usage.served_model}' is not in the tiers config")
@@ -98,7 +99,7 @@ async def post_usage(
         raise Forbidden(f"decision {decision_id} belongs to another client")
     if d.settled:
         return _view(d, booked=False)
-    if d.served_by == SERVED_BY_PROXY:
+    if d.served_by == SERVED_BY_PROXY and not caller.is_admin:  # an admin may release one a crash left reserved
         raise Conflict(f"decision {decision_id} is served by the proxy, which settles it with the upstream's usage")
     await run_in_threadpool(
         store.settle_decision,

@@ -312,6 +312,32 @@ def test_an_outcome_posted_while_the_answer_streams_leaves_the_settlement_to_the
     assert s["recent_decisions"][0]["settled"] is True
 
 
+def test_only_the_admin_may_settle_a_door_decision_by_hand(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    # A service that died mid-answer leaves the door's reservation in place: the operator releases it.
+    sid = session(url, cap_usd=1.0)
+    hold = threading.Event()
+    up.script("small", Reply(text="one two three", usage=(400, 80), hold=hold))
+    try:
+        stream = iter(
+            sdk.chat.completions.create(
+                model="tierwise",
+                messages=[{"role": "user", "content": EASY}],
+                stream=True,
+                extra_body={"tierwise": {"session_id": sid}},
+            )
+        )
+        decision_id = next(stream).model_extra["tierwise"]["decision_id"]
+        release = {"cost_usd": None}
+        r = httpx.post(f"{url}/decisions/{decision_id}/usage", json=release, headers=bearer(ADMIN_KEY))
+        assert r.status_code == 200 and r.json()["booked"] is True, r.text
+        assert get_session(url, sid)["reserved_usd"] == pytest.approx(0)
+    finally:
+        hold.set()
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "one two three"
+    s = get_session(url, sid)  # the first settlement counts: the door's, after the admin's release, books nothing
+    assert s["spent_usd"] == 0 and s["reserved_usd"] == pytest.approx(0)
+
+
 def test_frozen_session_is_a_402_through_the_sdk(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
     sid = session(url, cap_usd=1e-9)
     with pytest.raises(openai.APIStatusError) as err:
