@@ -19,6 +19,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 EmbedderBackend = Literal["torch", "onnx-fp32", "onnx-int8", "static"]
 
 
+MAX_RETENTION_DAYS = 100_000  # about 270 years: a cutoff date Python can still compute
+
+
 class Settings(BaseSettings):
     """Every knob of tierwise, read from TIERWISE_* environment variables (and MLFLOW_TRACKING_URI)."""
 
@@ -46,7 +49,7 @@ class Settings(BaseSettings):
     )
     pool_max_prompts: int = Field(3000, ge=0, description="prompts taken from each pooled log, by category")
     test_size: float = Field(0.3, gt=0, lt=1)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="the split's and the models' random seed")
 
     # tracking and registry
     mlflow_tracking_uri: str = Field(
@@ -149,7 +152,10 @@ class Settings(BaseSettings):
     )
     prompt_hash_key: SecretStr | None = Field(None, description="the HMAC key of prompt_storage=hash (required then)")
     retention_days: float | None = Field(
-        None, gt=0, description="`tierwise purge` deletes decisions and outcomes older than this; None = keep"
+        None,
+        gt=0,
+        le=MAX_RETENTION_DAYS,
+        description="`tierwise purge` deletes decisions and outcomes older than this; None = keep",
     )
     purge_interval_s: float = Field(
         3600.0, gt=0, description="with retention_days, the service purges older decisions and outcomes this often"

@@ -96,8 +96,8 @@ class ModelPrice(BaseModel):
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
-    input_per_1m: float = Field(ge=0)
-    output_per_1m: float = Field(ge=0)
+    input_per_1m: float = Field(ge=0, allow_inf_nan=False)
+    output_per_1m: float = Field(ge=0, allow_inf_nan=False)
     base_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+(/\S*)?$")] | None = None
     api_key_env: Annotated[str, StringConstraints(pattern=ENV_NAME)] | None = None
     upstream_model: Annotated[str, StringConstraints(min_length=1)] | None = None
@@ -117,8 +117,8 @@ class Tier(BaseModel):
     model: str = ""
     members: tuple[str, ...] = ()
     judge: str | None = None
-    input_per_1m: float = Field(0.0, ge=0)
-    output_per_1m: float = Field(0.0, ge=0)
+    input_per_1m: float = Field(0.0, ge=0, allow_inf_nan=False)
+    output_per_1m: float = Field(0.0, ge=0, allow_inf_nan=False)
     fallback: tuple[str, ...] | None = Field(
         None, description="tiers the proxy falls back to, in order, when this one fails; default: every tier above"
     )
@@ -177,10 +177,30 @@ class TiersConfig:
         return set(self.models) | {t.model for t in self.tiers}
 
 
+def _check_spelling(raw: Mapping[str, Any], model: type[BaseModel], where: str) -> None:
+    """Refuse a key that is a known field written another way (`base-url`, `API_KEY_ENV`): ignored, it would leave
+    the setting unset without a word."""
+    fields = set(model.model_fields)
+    for key in raw:
+        meant = str(key).replace("-", "_").lower()
+        if key not in fields and meant in fields:
+            raise TiersConfigError(f"{where}: unknown key '{key}'; did you mean '{meant}'?")
+
+
 def _price_tier(raw: Mapping[str, Any], models: Mapping[str, ModelPrice], path: Path) -> Tier:
     data = dict(raw)
     name = data.get("name", "?")
     kind = data.get("kind", "single")
+    where = f"{path}: tier '{name}'"
+    if not isinstance(data.get("model", ""), str):
+        raise TiersConfigError(f"{where}: model must be one model's name (a string)")
+    members = data.get("members", [])
+    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+        raise TiersConfigError(f"{where}: members must be a list of model names")
+    if not isinstance(data.get("judge", ""), str | None):
+        raise TiersConfigError(f"{where}: judge must be one model's name (a string)")
+    if kind == "single" and (members or data.get("judge")):
+        raise TiersConfigError(f'{where}: members and judge belong to a fusion tier (kind = "fusion")')
     if kind == "fusion":
         parts = [*data.get("members", []), *([data["judge"]] if data.get("judge") else [])]
         if len(data.get("members", [])) < 2:
@@ -214,8 +234,14 @@ def _first_error(exc: ValidationError) -> str:
 def parse_tiers(data: Mapping[str, Any], path: Path | str = "<tiers>") -> TiersConfig:
     """Build a TiersConfig from parsed TOML."""
     path = Path(path)
+    raw_models = data.get("models", {})
+    if not isinstance(raw_models, Mapping):
+        raise TiersConfigError(f'{path}: models must be a table of model names ([models."<name>"])')
     models = {}
-    for name, raw in data.get("models", {}).items():
+    for name, raw in raw_models.items():
+        if not isinstance(raw, Mapping):
+            raise TiersConfigError(f'{path}: [models."{name}"] must be a table (input_per_1m = ..., and so on)')
+        _check_spelling(raw, ModelPrice, f'{path}: [models."{name}"]')
         try:
             models[name] = ModelPrice(**raw)
         except ValidationError as exc:
@@ -223,6 +249,9 @@ def parse_tiers(data: Mapping[str, Any], path: Path | str = "<tiers>") -> TiersC
     raw_tiers = data.get("tiers")
     if not isinstance(raw_tiers, list) or not raw_tiers:
         raise TiersConfigError(f"{path}: expected a non-empty [[tiers]] list")
+    for i, t in enumerate(raw_tiers, 1):
+        if not isinstance(t, Mapping):
+            raise TiersConfigError(f"{path}: [[tiers]] entry {i} must be a table (name = ..., model = ...)")
     tiers = tuple(_price_tier(t, models, path) for t in raw_tiers)
     try:
         return TiersConfig(tiers=tiers, models=models)
@@ -233,12 +262,18 @@ def parse_tiers(data: Mapping[str, Any], path: Path | str = "<tiers>") -> TiersC
 def load_tiers(path: Path | str) -> TiersConfig:
     """Read a tiers TOML file."""
     path = Path(path)
+    if path.is_dir():
+        raise TiersConfigError(f"{path}: is a folder, not a tiers file")
     if not path.is_file():
         raise TiersConfigError(f"{path}: tiers file not found")
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise TiersConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise TiersConfigError(f"{path}: not UTF-8 (byte {exc.start + 1} of the file); TOML is UTF-8") from None
+    except OSError as exc:
+        raise TiersConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     return parse_tiers(data, path)
 
 
@@ -318,7 +353,7 @@ def _read_jsonl(path: Path) -> pd.DataFrame:
     return pd.DataFrame.from_records([rec for _, rec in iter_jsonl_objects(path)])
 
 
-def _first_bad(path: Path, mask: pd.Series, column: str, message: str) -> None:
+def _first_bad(path: Path | str, mask: pd.Series, column: str, message: str) -> None:
     if mask.any():
         row = int(np.flatnonzero(mask.to_numpy())[0]) + 1
         raise OutcomeLogError(path, message, row=row, column=column)
@@ -329,7 +364,6 @@ def validate_outcomes(df: pd.DataFrame, path: Path | str, known_models: Iterable
 
     Rows are numbered from 1, counting data rows (not the header).
     """
-    path = Path(path)
     if df.empty:
         raise OutcomeLogError(path, "the outcome log is empty")
     missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
@@ -370,7 +404,7 @@ def validate_outcomes(df: pd.DataFrame, path: Path | str, known_models: Iterable
     return df[keep]
 
 
-def _one_text_per_prompt_id(path: Path, df: pd.DataFrame) -> None:
+def _one_text_per_prompt_id(path: Path | str, df: pd.DataFrame) -> None:
     """A prompt_id names one prompt: a row giving an earlier row's prompt_id another text is refused, naming both."""
     first_text = df.groupby("prompt_id", sort=False)["prompt"].transform("first")
     other = df["prompt"].ne(first_text).to_numpy()

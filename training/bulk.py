@@ -7,6 +7,7 @@ vectorised call (embedding, text features, boosters), decided and written before
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -126,10 +127,14 @@ def count_rows(path: Path) -> int | None:
 
 
 class DecisionSink:
-    """Decisions out as JSONL (a file or stdout) or Parquet (by the file's suffix), one chunk at a time."""
+    """Decisions out as JSONL (a file or stdout) or Parquet (by the file's suffix), one chunk at a time.
+
+    A file is written beside `path` under a temporary name and renamed onto it by `close(commit=True)`: a run that
+    fails (a bad row, a full disk) leaves what was at `path` as it was, and never empties the input it reads."""
 
     def __init__(self, path: Path | None, tier_names: list[str]):
-        self.path = path
+        self.target = path
+        self.path = None if path is None else path.with_name(f".{path.name}.{os.getpid()}.partial")
         self.written = 0
         self._parquet = path is not None and path.suffix.lower() in PARQUET_SUFFIXES
         self._writer: pq.ParquetWriter | None = None
@@ -146,7 +151,7 @@ class DecisionSink:
         )
         self._text: IO[str] | None = None
         if not self._parquet:
-            self._text = path.open("w") if path is not None else sys.stdout
+            self._text = self.path.open("w") if self.path is not None else sys.stdout
 
     def write(self, records: list[Record]) -> None:
         if self._parquet:
@@ -158,15 +163,26 @@ class DecisionSink:
             self._text.write("".join(json.dumps(r) + "\n" for r in records))
         self.written += len(records)
 
-    def close(self) -> None:
-        if self._parquet:
-            if self._writer is None:  # no rows: still a valid, empty file
-                self._writer = pq.ParquetWriter(str(self.path), self._schema, compression="zstd")
-            self._writer.close()
-        elif self._text is not None and self.path is not None:
-            self._text.close()
-        elif self._text is not None:
-            self._text.flush()
+    def close(self, commit: bool = True) -> None:
+        """Finish the output; a file is renamed onto its target only with `commit` (and if it closed), else deleted."""
+        try:
+            if self._parquet:
+                if self._writer is None:  # no rows: still a valid, empty file
+                    self._writer = pq.ParquetWriter(str(self.path), self._schema, compression="zstd")
+                self._writer.close()
+            elif self._text is not None and self.path is not None:
+                self._text.close()
+            elif self._text is not None:
+                self._text.flush()
+        except BaseException:
+            commit = False
+            raise
+        finally:
+            if self.path is not None and self.target is not None:
+                if commit:
+                    os.replace(self.path, self.target)
+                else:
+                    self.path.unlink(missing_ok=True)
 
 
 def progress_bar(total: int | None, enabled: bool | None = None) -> Any:
@@ -180,14 +196,17 @@ def progress_bar(total: int | None, enabled: bool | None = None) -> Any:
 def write_decisions(
     chunks: Iterable[list[Record]], out: Path | None, tier_names: list[str], progress: Callable[[int], object]
 ) -> int:
-    """Write decided chunks as they come; how many decisions were written."""
+    """Write decided chunks as they come; how many decisions were written. A file `out` is replaced only when every
+    chunk was written and there was at least one decision (an input with no prompts leaves it as it was)."""
     sink = DecisionSink(out, tier_names)
+    done = False
     try:
         for records in chunks:
             sink.write(records)
             progress(len(records))
+        done = True
     finally:
-        sink.close()
+        sink.close(commit=done and sink.written > 0)
     return sink.written
 
 

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
 import json
 import logging
+import math
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import pandas as pd
 import typer
 from pydantic import ValidationError
 
-from infra.settings import Settings, get_settings
+from infra.settings import MAX_RETENTION_DAYS, Settings, get_settings
 from router.artifact import RouterArtifact
 from router.embedders.factory import backend_of, make_embedder
 from router.embedders.onnx import StaleOnnxFile
@@ -32,6 +35,9 @@ if TYPE_CHECKING:
     from training.data import Split
 
 
+CommandFn = TypeVar("CommandFn", bound=Callable[..., Any])
+
+
 class _Cli(typer.Typer):
     """The `tierwise` app. Run as a process (the console script, `python -m training.cli`), it freezes every object
     at exit (gc.freeze, an atexit handler), so the interpreter's teardown does not walk and free the import-time
@@ -42,6 +48,21 @@ class _Cli(typer.Typer):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         atexit.register(gc.freeze)
         return super().__call__(*args, **kwargs)
+
+    def command(self, *args: Any, **kwargs: Any) -> Callable[[CommandFn], CommandFn]:
+        """Register a command that turns bad input it did not catch itself into one line (`_input_errors`)."""
+        register = super().command(*args, **kwargs)
+
+        def decorate(f: CommandFn) -> CommandFn:
+            @functools.wraps(f)
+            def guarded(*a: Any, **k: Any) -> Any:
+                with _input_errors():
+                    return f(*a, **k)
+
+            register(guarded)
+            return f
+
+        return decorate
 
 
 app = _Cli(add_completion=False, no_args_is_help=True, help="tierwise: a learned LLM router.")
@@ -66,6 +87,34 @@ SinceDaysOpt = Annotated[float | None, typer.Option("--since-days", help="with -
 def _fail(message: str) -> None:
     typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+def _named_file(flag: str, path: Path | None) -> None:
+    """A file the user named with `flag` must be one (an unnamed default may be absent)."""
+    if path is not None and path.is_dir():
+        _fail(f"{flag} {path}: is a folder, not a file")
+    if path is not None and not path.exists():
+        _fail(f"{flag} {path}: no such file")
+
+
+@contextmanager
+def _input_errors() -> Iterator[None]:
+    """What a command's inputs can raise that the command did not turn into a line of its own: a file it cannot
+    read or write (named), a log or tiers file the checks refused (their messages name file, row and field), a
+    database URL or file that is none. Anything else is a bug and keeps its traceback."""
+    import sqlalchemy as sa
+
+    try:
+        yield
+    except (OutcomeLogError, TiersConfigError) as exc:
+        _fail(str(exc))
+    except OSError as exc:
+        where = exc.filename if exc.filename is not None else "a file"
+        _fail(f"{where}: {exc.strerror or exc}")
+    except sa.exc.ArgumentError as exc:
+        _fail(f"not a database URL: {exc}")
+    except sa.exc.DatabaseError as exc:
+        _fail(f"the database refused: {type(exc.orig).__name__}: {str(exc.orig).splitlines()[0] if exc.orig else exc}")
 
 
 FLAG_OF_FIELD = {"quality_target": "--target", "outcomes_path": "--outcomes", "tiers_path": "--tiers"}
@@ -156,10 +205,17 @@ def _load_tiers(s: Settings) -> TiersConfig:
 def _load_log(s: Settings, tiers: TiersConfig) -> pd.DataFrame:
     """The outcome log, checked against `tiers`; a bad file or row is one line."""
     try:
-        return load_outcomes(s.outcomes_path, tiers)
+        log = load_outcomes(s.outcomes_path, tiers)
     except OutcomeLogError as exc:
         _fail(str(exc))
         raise
+    tier_costs = log.loc[log["model"].isin([t.model for t in tiers.tiers]), "cost_usd"]
+    if len(tier_costs) and not (tier_costs > 0).any():
+        _fail(
+            f"{s.outcomes_path}: every outcome of the tiers' models has cost_usd 0; tierwise weighs quality against "
+            "cost, so it needs what the calls cost"
+        )
+    return log
 
 
 def _load_inputs(s: Settings, from_store: bool) -> tuple[Any, pd.DataFrame]:
@@ -175,7 +231,9 @@ def _load_inputs(s: Settings, from_store: bool) -> tuple[Any, pd.DataFrame]:
         where = _without_password(s.database_url)
         if not rows:
             _fail(f"the outcome store {where} holds no outcomes")
-        extra = validate_outcomes(outcomes_to_frame(rows), where, tiers.known_models)
+        # Any model: outcomes of a model swapped out of the tiers are history the shared difficulty still learns
+        # from (split_log leaves models behind no tier out of the tiers' own fit). Rows count oldest first.
+        extra = validate_outcomes(outcomes_to_frame(rows), f"the outcome store {where}", None)
         logger.info("adding %d outcomes from the store %s", len(extra), where)
         log = pd.concat([log, extra], ignore_index=True).drop_duplicates(["prompt_id", "model"], keep="last")
     return tiers, log
@@ -220,7 +278,12 @@ def train(
     model = DifficultyModel(calibration=s.calibration, random_state=s.seed)
     pool = None
     if s.pool_paths and s.pool_max_prompts > 0:
-        pool = pool_logs(log, split, load_pool_logs(s.pool_paths), s.pool_max_prompts, s.seed)
+        try:
+            others = load_pool_logs(s.pool_paths)
+        except OutcomeLogError as exc:
+            _fail(f"{exc} (a log pooled into the shared difficulty: TIERWISE_POOL_PATHS; '[]' pools none)")
+            raise
+        pool = pool_logs(log, split, others, s.pool_max_prompts, s.seed)
     artifact = train_router(split, embedder, cache, features, model, pool)
     evaluation = evaluate_artifact(artifact, split, embedder, cache, s.seed)
     from training.trust import trust_metrics, with_trust
@@ -285,7 +348,11 @@ def _load_artifact(s: Settings, model_uri: str | None) -> RouterArtifact:
     if model_uri and Path(model_uri).exists():
         from router.artifact import find_artifact
 
-        return RouterArtifact.load(find_artifact(model_uri))
+        try:
+            return RouterArtifact.load(find_artifact(model_uri))
+        except (OSError, ValueError, KeyError, TypeError) as exc:  # no router.json, or one that is no model's
+            _fail(f"--model-uri {model_uri}: not a tierwise model folder ({type(exc).__name__}: {exc})")
+            raise
     from training import tracking  # MLflow (about a second of imports): only for a registry URI
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar above the answer
@@ -349,6 +416,11 @@ def evaluate(
 
     _setup_logging()
     s = _settings(outcomes_path=outcomes, tiers_path=tiers, test_size=test_size, seed=seed)
+    _named_file("--tiers", tiers)
+    if json_out is not None and not json_out.parent.is_dir():
+        _fail(f"--json-out {json_out}: the folder {json_out.parent} does not exist")
+    if json_out is not None and json_out.is_dir():
+        _fail(f"--json-out {json_out}: is a folder, not a file")
     if from_store:
         _evaluate_from_store(s, model_uri, since_days)
         return
@@ -396,10 +468,11 @@ def calibrate(
         _fail("--top-share must be in [0, 1]")
     if quality_share is not None and not 0 < quality_share <= 1:
         _fail("--quality-share must be in (0, 1]: a share of the top tier's quality")
-    if mean_cost_usd is not None and not mean_cost_usd > 0:
-        _fail("--mean-cost-usd must be above 0")
+    if mean_cost_usd is not None and not 0 < mean_cost_usd < math.inf:
+        _fail("--mean-cost-usd must be a finite number above 0")
     _setup_logging()
     s = _settings(outcomes_path=outcomes, tiers_path=tiers)
+    _named_file("--tiers", tiers)
     if from_store:
         _calibrate_from_store(s, top_share, mean_cost_usd, since_days)
         return
@@ -490,8 +563,8 @@ def purge(
     """Delete decisions and outcomes past the retention period from the decision store (run it from cron)."""
     from training.ope_cli import purge as purge_store
 
-    if older_than_days is not None and older_than_days <= 0:
-        _fail("--older-than-days must be > 0")
+    if older_than_days is not None and not 0 < older_than_days <= MAX_RETENTION_DAYS:
+        _fail(f"--older-than-days must be above 0 and at most {MAX_RETENTION_DAYS}")
     try:
         typer.echo(purge_store(_settings(), older_than_days))
     except ValueError as exc:
@@ -513,7 +586,7 @@ def route(
     model_uri: ModelUriOpt = None,
     tiers: TiersOpt = None,
     target: Annotated[float | None, typer.Option("--target", help="quality target in [0, 1]")] = None,
-    chunk: Annotated[int, typer.Option(help="prompts per embedding chunk in --batch")] = 256,
+    chunk: Annotated[int, typer.Option(min=1, help="prompts per embedding chunk in --batch")] = 256,
     dask: DaskOpt = None,
 ) -> None:
     """Route one prompt, or a batch file of prompts (streamed: any length), with the champion (or --model-uri)."""
@@ -528,6 +601,9 @@ def route(
         _fail("--dask routes a --batch file")
     if out is not None and not out.parent.is_dir():
         _fail(f"--out {out}: the folder {out.parent} does not exist")
+    if out is not None and batch is not None and out.resolve() == batch.resolve():
+        _fail(f"--out {out} is the --batch file: give another path (the decisions would replace the prompts)")
+    _named_file("--tiers", tiers)
     artifact = _load_artifact(s, model_uri)
     tier_cfg = _tiers_for(s, artifact)
     backend = backend_of(artifact.features.embedder_id)
@@ -576,6 +652,8 @@ def add_model(
 
     _setup_logging()
     s = _settings(outcomes_path=outcomes, tiers_path=tiers)
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {out}: is a file; give a folder for the new model")
     artifact = _load_artifact(s, model_uri)
     tier_cfg, log = _load_inputs(s, False)
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))

@@ -105,3 +105,18 @@ def test_a_task_that_is_no_string_is_named_by_row(router: Router, tmp_path: Path
     src.write_text('{"prompt": "fine", "task": "hard"}\n{"prompt": "also fine", "task": 7}\n')
     with pytest.raises(OutcomeLogError, match=r"tasks.jsonl.*row 2.*task"):
         route_file(router, src, tmp_path / "o.jsonl", 0.7, show_progress=False)
+
+
+@pytest.mark.parametrize("out_suffix", [".jsonl", ".parquet"])
+def test_a_failed_run_leaves_the_old_output_as_it_was(router: Router, tmp_path: Path, out_suffix: str):
+    # rows_per_chunk=2: the first chunk is written before the bad row 3 is read
+    src, out = tmp_path / "mine.jsonl", tmp_path / f"out{out_suffix}"
+    src.write_text('{"prompt": "fine"}\n{"prompt": "fine too"}\n{"prompt_id": "x", "prompt": "  "}\n')
+    out.write_bytes(b"the previous run's decisions\n")
+    with pytest.raises(OutcomeLogError, match=r"row 3"):
+        route_file(router, src, out, 0.7, rows_per_chunk=2, show_progress=False)
+    assert out.read_bytes() == b"the previous run's decisions\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["mine.jsonl", out.name])  # no partial file left
+    src.write_text("")  # no prompts: nothing replaces the output either
+    assert route_file(router, src, out, 0.7, show_progress=False) == 0
+    assert out.read_bytes() == b"the previous run's decisions\n"

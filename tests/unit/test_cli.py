@@ -54,12 +54,13 @@ def test_train_names_the_bad_file_row_and_column(tmp_path):
 
 def test_route_batch_writes_one_decision_per_prompt(tmp_path, artifact_dir, monkeypatch):
     monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    monkeypatch.chdir(tmp_path)  # no config/tiers.toml here: the model's own tiers
     batch = tmp_path / "prompts.jsonl"
     batch.write_text("\n".join(json.dumps({"prompt_id": f"q{i}", "prompt": f"hard question {i}"}) for i in range(5)))
     out = tmp_path / "decisions.jsonl"
     res = runner.invoke(
         cli.app,
-        ["route", "--batch", str(batch), "--out", str(out), "--model-uri", str(artifact_dir), "--tiers", "none"],
+        ["route", "--batch", str(batch), "--out", str(out), "--model-uri", str(artifact_dir)],
     )
     assert res.exit_code == 0, res.output
     rows = [json.loads(line) for line in out.read_text().splitlines()]
@@ -111,6 +112,106 @@ def test_from_store_adds_the_service_outcomes(tmp_path, tiers):
     added = log[log["prompt"] == "brand new prompt  from production"]
     assert len(log) == 30 * 3 + 2
     assert sorted(added["model"]) == ["large", "small"] and added["prompt_id"].nunique() == 1
+
+
+def test_from_store_keeps_outcomes_of_a_model_swapped_out_of_the_tiers(tmp_path, tiers):
+    from infra.store import OutcomeRow, Store
+
+    log_path = tmp_path / "log.parquet"
+    make_log(30).to_parquet(log_path)
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = Store(url)
+    store.migrate()
+    old = OutcomeRow(id="o1", prompt="a prompt from production", model="retired-model", score=1.0, cost_usd=0.01)
+    store.record_outcomes([old])
+    settings = cli._settings(outcomes_path=log_path, tiers_path=write_tiers(tmp_path / "t.toml"), database_url=url)
+    _, log = cli._load_inputs(settings, from_store=True)  # refused the whole store before (an unknown model)
+    assert log[log["model"] == "retired-model"]["prompt"].tolist() == ["a prompt from production"]
+
+
+def test_route_batch_refuses_to_write_over_its_input_and_a_bad_chunk(tmp_path, artifact_dir, monkeypatch):
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    batch = tmp_path / "prompts.jsonl"
+    text = "".join(json.dumps({"prompt_id": f"q{i}", "prompt": f"question {i}"}) + "\n" for i in range(3))
+    batch.write_text(text)
+    model = ["--model-uri", str(artifact_dir)]
+    res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--out", str(tmp_path / "." / batch.name), *model])
+    assert res.exit_code == 2 and "is the --batch file" in res.output, res.output
+    assert batch.read_text() == text  # emptied before the check
+    for chunk in ("0", "-5"):  # 0 was a ValueError, -5 routed every prompt on zero predictions
+        res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--chunk", chunk, *model])
+        assert res.exit_code == 2 and "--chunk" in res.output and "Traceback" not in res.output, res.output
+
+
+@pytest.mark.parametrize("command", [["route", "hello"], ["evaluate"], ["calibrate", "--top-share", "0.3"]])
+def test_a_tiers_file_named_but_missing_is_an_error(tmp_path, artifact_dir, command):
+    # It was silently replaced by the model's own tiers.
+    for named, says in ((tmp_path / "nosuch.toml", "no such file"), (tmp_path, "is a folder")):
+        res = runner.invoke(cli.app, [*command, "--model-uri", str(artifact_dir), "--tiers", str(named)])
+        assert res.exit_code == 2 and f"--tiers {named}: {says}" in res.output, res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["train", "--seed", "-1"], "--seed: Input should be greater than or equal to 0"),
+        (["purge", "--older-than-days", "inf"], "--older-than-days must be above 0 and at most 100000"),
+        (["purge", "--older-than-days", "nan"], "--older-than-days must be above 0 and at most 100000"),
+    ],
+)
+def test_out_of_range_numbers_are_one_line(args, says):
+    res = runner.invoke(cli.app, args)
+    assert res.exit_code == 2 and says in res.output and "Traceback" not in res.output, res.output
+
+
+def test_outputs_and_models_that_cannot_be_are_refused_up_front(tmp_path, artifact_dir):
+    res = runner.invoke(
+        cli.app, ["evaluate", "--model-uri", str(artifact_dir), "--json-out", str(tmp_path / "nodir" / "e.json")]
+    )
+    assert res.exit_code == 2 and "--json-out" in res.output and "does not exist" in res.output, res.output
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    res = runner.invoke(cli.app, ["add-model", "--out", str(afile), "--model-uri", str(artifact_dir)])
+    assert res.exit_code == 2 and "is a file; give a folder" in res.output, res.output
+    for content in (None, "{not json", "{}"):
+        folder = tmp_path / f"model-{content is None}-{len(content or '')}"
+        folder.mkdir()
+        if content is not None:
+            (folder / "router.json").write_text(content)
+        res = runner.invoke(cli.app, ["route", "hello", "--model-uri", str(folder)])
+        assert res.exit_code == 2 and "not a tierwise model folder" in res.output, res.output
+
+
+def test_a_log_whose_calls_cost_nothing_is_one_line(tmp_path):
+    log = make_log(60)
+    log["cost_usd"] = 0.0
+    path = tmp_path / "free.parquet"
+    log.to_parquet(path)
+    res = runner.invoke(cli.app, ["train", "--outcomes", str(path), "--tiers", str(write_tiers(tmp_path / "t.toml"))])
+    assert res.exit_code == 2 and "free.parquet: every outcome of the tiers' models has cost_usd 0" in res.output
+
+
+def test_a_bad_pooled_log_is_one_line_naming_the_setting(tmp_path, monkeypatch):
+    log_path, bad = tmp_path / "log.parquet", tmp_path / "trunc.parquet"
+    make_log(60).to_parquet(log_path)
+    bad.write_bytes(b"PAR1 not really")
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    monkeypatch.setenv("TIERWISE_POOL_PATHS", json.dumps([str(bad)]))
+    get_settings.cache_clear()
+    tiers = str(write_tiers(tmp_path / "t.toml"))
+    res = runner.invoke(cli.app, ["train", "--outcomes", str(log_path), "--tiers", tiers])
+    assert res.exit_code == 2 and "trunc.parquet" in res.output and "TIERWISE_POOL_PATHS" in res.output, res.output
+
+
+def test_a_file_the_command_cannot_read_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    # What no command checks itself (here the store's database) still ends in one line, through the command guard.
+    bad_db = tmp_path / "tierwise.db"
+    bad_db.write_bytes(b"this is not a database" * 100)
+    for url, says in ((f"sqlite:///{bad_db}", "the database refused"), ("notaurl", "not a database URL")):
+        monkeypatch.setenv("TIERWISE_DATABASE_URL", url)
+        get_settings.cache_clear()
+        res = runner.invoke(cli.app, ["purge", "--older-than-days", "1"])
+        assert res.exit_code == 2 and says in res.output and "Traceback" not in res.output, res.output
 
 
 def test_bad_flag_value_is_one_line():
@@ -261,7 +362,9 @@ def test_calibrate_top_share_on_a_model_with_a_stored_operating_point_names_the_
     ("args", "says"),
     [
         (["--quality-share", "1.5"], "--quality-share must be in (0, 1]"),
-        (["--mean-cost-usd", "-1"], "--mean-cost-usd must be above 0"),
+        (["--mean-cost-usd", "-1"], "--mean-cost-usd must be a finite number above 0"),
+        (["--mean-cost-usd", "inf"], "--mean-cost-usd must be a finite number above 0"),
+        (["--mean-cost-usd", "nan"], "--mean-cost-usd must be a finite number above 0"),
     ],
 )
 def test_calibrate_refuses_a_share_or_cost_out_of_range(args, says):
@@ -293,7 +396,8 @@ def test_route_one_prompt_falls_back_out_of_distribution_as_the_service_does(
     art = RouterArtifact.load(find_artifact(str(artifact_dir)))
     X = featurize(list(make_log(300, seed=4)["prompt"].unique()), art.features, HashingEmbedder())
     referenced = replace(art, novelty=NoveltyReference(n_reference=100).fit(X[:, :384])).save(tmp_path / "ref")
-    res = runner.invoke(cli.app, ["route", "easy question 3", "--model-uri", str(referenced), "--tiers", "none"])
+    monkeypatch.chdir(tmp_path)  # no config/tiers.toml here: the model's own tiers
+    res = runner.invoke(cli.app, ["route", "easy question 3", "--model-uri", str(referenced)])
     assert res.exit_code == 0, res.output
     decision = json.loads(res.output)
     assert decision["reason"].startswith("out of distribution") == ood, decision

@@ -19,13 +19,14 @@ from training import cli
 
 def test_route_from_a_local_artifact_needs_no_mlflow(tmp_path, artifact_dir, monkeypatch):  # noqa: F811
     monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    monkeypatch.chdir(tmp_path)  # no config/tiers.toml here: the model's own tiers
     # training.tracking (MLflow, about a second of imports) cannot be imported in this test.
     monkeypatch.delattr(training, "tracking", raising=False)
     monkeypatch.setitem(sys.modules, "training.tracking", None)
     batch = tmp_path / "prompts.jsonl"
     batch.write_text("\n".join(json.dumps({"prompt_id": f"q{i}", "prompt": f"question {i}"}) for i in range(3)))
     out = tmp_path / "decisions.jsonl"
-    args = ["route", "--batch", str(batch), "--out", str(out), "--model-uri", str(artifact_dir), "--tiers", "none"]
+    args = ["route", "--batch", str(batch), "--out", str(out), "--model-uri", str(artifact_dir)]
     res = CliRunner().invoke(cli.app, args)
     assert res.exit_code == 0, res.output
     assert [json.loads(line)["prompt_id"] for line in out.read_text().splitlines()] == ["q0", "q1", "q2"]

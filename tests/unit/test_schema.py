@@ -126,6 +126,44 @@ def test_bad_tiers(tiers, needle):
         parse_tiers({"models": TIERS_TOML["models"], "tiers": tiers})
 
 
+@pytest.mark.parametrize(
+    ("data", "needle"),
+    [
+        ({"models": 3, "tiers": [{"name": "a", "model": "small"}]}, "models must be a table"),
+        ({"models": {"small": 5}, "tiers": [{"name": "a", "model": "small"}]}, r'\[models."small"\] must be a table'),
+        ({"tiers": [1, 2]}, r"\[\[tiers\]\] entry 1 must be a table"),
+        ({"tiers": [{"name": "a", "model": ["small"]}]}, "tier 'a': model must be one model's name"),
+        ({"tiers": [{"name": "p", "kind": "fusion", "members": "ab"}]}, "members must be a list of model names"),
+        ({"tiers": [{"name": "a", "model": "small", "members": ["medium"]}]}, "belong to a fusion tier"),
+        ({"tiers": [{"name": "a", "model": "x", "input_per_1m": float("inf"), "output_per_1m": 1}]}, "finite"),
+        (
+            {
+                "models": {"x": {"input_per_1m": 1, "output_per_1m": float("inf")}},
+                "tiers": [{"name": "a", "model": "x"}],
+            },
+            "finite",
+        ),
+        (
+            {"models": {"x": {"input_per_1m": 1, "output_per_1m": 1, "base-url": "http://h/v1"}}, "tiers": []},
+            "unknown key 'base-url'; did you mean 'base_url'",
+        ),
+    ],
+)
+def test_a_tiers_file_of_the_wrong_shape_is_one_line(data, needle):
+    # Each of these raised a TypeError, AttributeError or a silently ignored setting before.
+    with pytest.raises(TiersConfigError, match=needle):
+        parse_tiers({"models": TIERS_TOML["models"], **data})
+
+
+def test_a_tiers_file_that_cannot_be_read_is_one_line(tmp_path):
+    latin1 = tmp_path / "latin1.toml"
+    latin1.write_bytes(b'[[tiers]]\nname = "caf\xe9"\nmodel = "small"\n')
+    with pytest.raises(TiersConfigError, match=r"latin1.toml: not UTF-8 \(byte 22"):
+        load_tiers(latin1)
+    with pytest.raises(TiersConfigError, match="is a folder"):
+        load_tiers(tmp_path)
+
+
 def test_shipped_configs_load():
     root = Path(__file__).resolve().parents[2] / "config"
     three = load_tiers(root / "tiers.toml")
