@@ -59,14 +59,16 @@ def lambda_grid(cost: np.ndarray) -> np.ndarray:
 def lambda_reaching(
     quality: np.ndarray, cost: np.ndarray, scores: np.ndarray, costs: np.ndarray, min_quality: float
 ) -> float:
-    """The λ on `lambda_grid` with the least realised mean cost whose realised mean quality reaches `min_quality`.
+    """The λ ≥ 0 on `lambda_grid` with the least realised mean cost whose realised mean quality reaches `min_quality`.
 
     Decisions use predicted `quality` and expected `cost`; `scores` and `costs` are the realised outcomes.
-    0 when no setting reaches it.
+    0 when no setting reaches it. Never negative: a negative λ rewards spending (on a small log whose predictions
+    are upside down it could reach the quality by buying the dearest tier, and was stored as the operating point).
     """
     rows = np.arange(len(quality))
     best_lam, best_c = 0.0, np.inf
-    for lam in lambda_grid(cost):
+    grid = lambda_grid(cost)
+    for lam in grid[grid >= 0]:
         choice = tradeoff(quality, cost, float(lam))
         c, q = float(costs[rows, choice].mean()), float(scores[rows, choice].mean())
         if q >= min_quality and c < best_c:

@@ -123,3 +123,12 @@ def test_lambda_reaching_is_the_cheapest_setting_that_reaches_the_quality() -> N
     cheaper = [g for g in lambda_grid(c) if costs[rows, tradeoff(q, c, g)].mean() < costs[rows, choice].mean()]
     assert all(scores[rows, tradeoff(q, c, g)].mean() < 0.8 for g in cheaper)
     assert lambda_reaching(q, c, scores, costs, min_quality=2.0) == 0.0  # unreachable: the neutral setting
+
+
+def test_lambda_reaching_never_rewards_spending() -> None:
+    # Predictions upside down: only a negative λ (buy the dearer tier) reaches the quality; the neutral 0 instead.
+    q = np.tile([0.9, 0.5], (20, 1))
+    c = np.tile([1.0, 10.0], (20, 1))
+    scores = np.tile([0.0, 1.0], (20, 1))
+    assert scores[np.arange(20), tradeoff(q, c, -1.0)].mean() == 1.0  # what a negative λ would have bought
+    assert lambda_reaching(q, c, scores, c, min_quality=0.5) == 0.0
