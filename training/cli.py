@@ -769,6 +769,8 @@ def import_routerbench_cmd(
     """Convert RouterBench's native wide format into a tierwise outcome log."""
     from training.importers import import_routerbench
 
+    if out.suffix.lower() != ".parquet":
+        _fail(f"--out {out}: the outcome log is written as Parquet; name it .parquet")
     try:
         df = import_routerbench(raw)
     except OutcomeLogError as exc:

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import ast
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from router.schema import REQUIRED_COLUMNS, OutcomeLogError, validate_outcomes
@@ -29,13 +31,36 @@ def _prompt_text(raw: str) -> str:
 
 
 def _read(path: Path) -> pd.DataFrame:
-    name = path.name
-    if name.endswith((".pkl", ".pickle")):
-        frame: pd.DataFrame = pd.read_pickle(path)
-        return frame
-    if name.endswith((".csv", ".csv.gz")):
-        return pd.read_csv(path)
-    raise OutcomeLogError(path, "RouterBench files are .pkl or .csv(.gz)")
+    name = path.name.lower()
+    if not name.endswith((".pkl", ".pickle", ".csv", ".csv.gz")):
+        raise OutcomeLogError(path, "RouterBench files are .pkl or .csv(.gz)")
+    if path.is_dir():
+        raise OutcomeLogError(path, "is a folder, not a RouterBench file")
+    if not path.exists():
+        raise OutcomeLogError(path, "file not found")
+    pickled = name.endswith((".pkl", ".pickle"))
+    try:
+        frame = pd.read_pickle(path) if pickled else pd.read_csv(path)
+    except OSError:
+        raise
+    except Exception as exc:  # a truncated pickle, a malformed CSV: one line
+        raise OutcomeLogError(path, f"cannot be read as {'a pickle' if pickled else 'CSV'}: {exc}") from None
+    if not isinstance(frame, pd.DataFrame):
+        raise OutcomeLogError(path, f"holds a {type(frame).__name__}, not RouterBench's table (a pandas DataFrame)")
+    return frame
+
+
+Flag = Callable[[pd.Series], pd.Series]
+
+
+def _numbers(wide: pd.DataFrame, column: str, path: Path | str, bad: Flag, says: str) -> Any:
+    """A wide column as numbers; an entry that is no number, or that `bad` flags, is refused by its row there."""
+    values = pd.to_numeric(wide[column], errors="coerce")
+    for mask, message in ((values.isna() & wide[column].notna(), "not a number"), (bad(values), says)):
+        if mask.any():
+            row = int(np.flatnonzero(mask.to_numpy())[0]) + 1
+            raise OutcomeLogError(path, f"{message}: {wide[column].iloc[row - 1]!r}", row=row, column=column)
+    return values.to_numpy()
 
 
 def import_routerbench_frame(wide: pd.DataFrame, path: Path | str = "<routerbench>") -> pd.DataFrame:
@@ -62,8 +87,10 @@ def import_routerbench_frame(wide: pd.DataFrame, path: Path | str = "<routerbenc
     for model in models:
         part = base.copy()
         part["model"] = model
-        part["score"] = pd.to_numeric(wide[model], errors="coerce").to_numpy()
-        part["cost_usd"] = pd.to_numeric(wide[model + COST_SUFFIX], errors="coerce").to_numpy()
+        # Checked here, by the row and column of the file (an empty cell is a missing outcome, dropped as upstream).
+        part["score"] = _numbers(wide, model, path, lambda v: (v < 0) | (v > 1), "score must be in [0, 1]")
+        cost = model + COST_SUFFIX
+        part["cost_usd"] = _numbers(wide, cost, path, lambda v: (v < 0) | np.isinf(v), "cost must be finite, >= 0")
         frames.append(part)
     long = pd.concat(frames, ignore_index=True)
     long = long.dropna(subset=["score", "cost_usd"]).reset_index(drop=True)

@@ -38,6 +38,47 @@ def test_wide_frame_to_long_rows():
         import_routerbench_frame(wide.drop(columns=["eval_name"]))
 
 
+@pytest.mark.parametrize(
+    ("column", "values", "says"),
+    [
+        ("m2", [0.0, "yes"], r"row 2, column 'm2': not a number: 'yes'"),  # the model was dropped silently
+        ("m1", [1.0, 7.0], r"row 2, column 'm1': score must be in \[0, 1\]"),  # was named by its long-table row
+        ("m1|total_cost", [0.1, -0.2], r"row 2, column 'm1\|total_cost': cost must be finite"),
+    ],
+)
+def test_a_bad_entry_is_named_by_its_row_and_column_in_the_file(column: str, values: list, says: str):
+    wide = pd.DataFrame(
+        {
+            "sample_id": ["arc.1", "arc.2"],
+            "prompt": ["['Q1?']", "['Q2?']"],
+            "eval_name": ["arc", "arc"],
+            "m1": [1.0, 0.0],
+            "m2": [0.0, 1.0],
+            "m1|total_cost": [0.1, 0.2],
+            "m2|total_cost": [1.0, 2.0],
+        }
+    )
+    wide[column] = values
+    with pytest.raises(OutcomeLogError, match=f"wide.csv, {says}"):
+        import_routerbench_frame(wide, "wide.csv")
+
+
+def test_a_file_that_is_no_routerbench_table_is_one_line(tmp_path: Path):
+    truncated, listed, bad_csv = tmp_path / "t.pkl", tmp_path / "l.pkl", tmp_path / "b.csv"
+    pd.DataFrame({"a": range(100)}).to_pickle(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    pd.to_pickle([1, 2], listed)
+    bad_csv.write_text('a,b\n1,"unterminated\n')
+    for path, says in (
+        (truncated, "cannot be read as a pickle"),
+        (listed, "holds a list, not RouterBench's table"),
+        (bad_csv, "cannot be read as CSV"),
+        (tmp_path / "none.csv", "file not found"),
+    ):
+        with pytest.raises(OutcomeLogError, match=f"{path.name}: {says}"):
+            import_routerbench([path])
+
+
 def _raw_and_staged() -> tuple[list[Path], Path]:
     raw = sorted((Settings().data_dir / "routerbench_subset" / "raw").glob("*.csv.gz"))
     staged = ROOT / "data" / "routerbench_subset" / "outcomes.parquet"
