@@ -8,6 +8,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from router.schema import OutcomeLogError
 from training.importers import import_routerbench
 
 logger = logging.getLogger(__name__)
@@ -24,14 +28,23 @@ MODELS_TOML = Path(__file__).resolve().parent.parent / "config" / "routerbench_m
 
 
 def copy_staged(source: Path, dest: Path) -> list[str]:
-    """Copy every dataset folder (outcomes.parquet + models.toml) under `source` into `dest`."""
+    """Copy every dataset folder (outcomes.parquet + models.toml) under `source` into `dest`; a log that is no
+    Parquet file (truncated, empty) is refused before anything of it is copied."""
+    datasets = sorted(p for p in source.iterdir() if (p / "outcomes.parquet").is_file())
+    for ds in datasets:
+        try:
+            pq.ParquetFile(ds / "outcomes.parquet")
+        except (OSError, pa.ArrowException) as exc:
+            raise OutcomeLogError(ds / "outcomes.parquet", f"not a readable Parquet file: {exc}") from None
     copied = []
-    for ds in sorted(p for p in source.iterdir() if (p / "outcomes.parquet").is_file()):
+    for ds in datasets:
         target = dest / ds.name
         target.mkdir(parents=True, exist_ok=True)
         for name in ("outcomes.parquet", "models.toml"):
             if (ds / name).is_file():
-                shutil.copyfile(ds / name, target / name)
+                tmp = target / f".{name}.partial"
+                shutil.copyfile(ds / name, tmp)
+                tmp.replace(target / name)
         copied.append(ds.name)
     return copied
 
@@ -61,7 +74,11 @@ def download_routerbench(dest: Path, cache_dir: Path, base_url: str = ROUTERBENC
         files.append(path)
     out = dest / ROUTERBENCH_DIR
     out.mkdir(parents=True, exist_ok=True)
-    import_routerbench(files).to_parquet(out / "outcomes.parquet", index=False)
+    try:
+        log = import_routerbench(files)
+    except OutcomeLogError as exc:  # a downloaded file damaged since: say how to fetch it again
+        raise OutcomeLogError(raw_dir, f"{exc}; delete this folder to download the files again") from None
+    log.to_parquet(out / "outcomes.parquet", index=False)
     shutil.copyfile(MODELS_TOML, out / "models.toml")
     return out
 
@@ -73,5 +90,9 @@ def fetch_data(source: Path | None, dest: Path, cache_dir: Path, base_url: str =
         if names:
             return f"copied {', '.join(names)} from {source} into {dest}"
     logger.info("no staged data at %s; downloading RouterBench from its original source", source)
-    out = download_routerbench(dest, cache_dir, base_url)
+    try:
+        out = download_routerbench(dest, cache_dir, base_url)
+    except OSError as exc:
+        where = "is not a folder" if source is not None and not source.is_dir() else "holds no dataset folders"
+        raise OSError(f"{source} {where} (TIERWISE_DATA_DIR, --source), and {exc}") from exc
     return f"downloaded and imported RouterBench into {out}"

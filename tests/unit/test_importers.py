@@ -123,3 +123,34 @@ def test_a_failed_download_names_the_url_and_leaves_no_partial_file(tmp_path: Pa
         fetch_data(None, tmp_path / "data", tmp_path / "cache", missing)
     assert not list((tmp_path / "cache").rglob("*.part"))
     assert not (tmp_path / "data" / "routerbench_subset" / "outcomes.parquet").exists()
+
+
+def test_a_failed_download_says_the_staged_folder_was_not_there_either(tmp_path: Path):
+    # `data --source nosuchdir` fell back to the download and named only its URL.
+    missing = (tmp_path / "empty").as_uri() + "/"
+    with pytest.raises(
+        OSError, match=r"nosuchdir is not a folder \(TIERWISE_DATA_DIR, --source\), and cannot download"
+    ):
+        fetch_data(tmp_path / "nosuchdir", tmp_path / "data", tmp_path / "cache", missing)
+
+
+def test_a_staged_log_that_is_no_parquet_file_is_refused_before_copying(tmp_path: Path):
+    for name, content in (("good", None), ("broken", b"PAR1 truncated")):
+        (tmp_path / "staged" / name).mkdir(parents=True)
+        path = tmp_path / "staged" / name / "outcomes.parquet"
+        if content is None:
+            pd.DataFrame({"a": [1]}).to_parquet(path)
+        else:
+            path.write_bytes(content)
+    with pytest.raises(OutcomeLogError, match=r"broken/outcomes.parquet: not a readable Parquet file"):
+        fetch_data(tmp_path / "staged", tmp_path / "data", tmp_path / "cache")
+    assert not (tmp_path / "data").exists()  # nothing of it copied
+
+
+def test_a_damaged_download_in_the_cache_says_how_to_fetch_it_again(tmp_path: Path):
+    raw_dir = tmp_path / "cache" / "routerbench_raw"
+    raw_dir.mkdir(parents=True)
+    for name in ROUTERBENCH_FILES:
+        (raw_dir / name).write_text("")
+    with pytest.raises(OutcomeLogError, match="delete this folder to download the files again"):
+        fetch_data(None, tmp_path / "data", tmp_path / "cache", "file:///nowhere/")
