@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     model_alias: str = "champion"
 
     # routing policy
-    quality_target: float = Field(0.8, ge=0, le=1)
+    quality_target: float = Field(0.8, ge=0, le=1, allow_inf_nan=False)
 
     # serving
     host: str = "127.0.0.1"

@@ -289,12 +289,13 @@ def tiers_to_dict(cfg: TiersConfig) -> dict[str, Any]:
 
 
 def _read_table(path: Path) -> pd.DataFrame:
-    suffix = "".join(path.suffixes[-2:]) if path.suffix == ".gz" else path.suffix
+    suffix = ("".join(path.suffixes[-2:]) if path.suffix.lower() == ".gz" else path.suffix).lower()
     try:
         if suffix == ".parquet":
             return pd.read_parquet(path)
         if suffix in (".csv", ".csv.gz"):
-            return pd.read_csv(path, keep_default_na=True)
+            # Only an empty cell is missing: a prompt or id that reads "NA" or "None" is that text.
+            return pd.read_csv(path, keep_default_na=False, na_values=[""])
         if suffix in (".jsonl", ".ndjson", ".jsonl.gz"):
             return _read_jsonl(path)
     except OutcomeLogError:
@@ -371,6 +372,8 @@ def validate_outcomes(df: pd.DataFrame, path: Path | str, known_models: Iterable
         raise OutcomeLogError(path, f"missing required column(s) {missing}", column=missing[0])
     df = df.reset_index(drop=True)
     for col in ("prompt_id", "prompt", "model"):
+        nested = df[col].map(lambda v: isinstance(v, list | tuple | dict | np.ndarray))
+        _first_bad(path, nested, col, f"{col} must be text, not a list or an object")  # was written as its repr
         _first_bad(path, df[col].isna(), col, "value is missing")
         df[col] = df[col].astype(str)
     _first_bad(path, df["prompt"].str.strip().eq(""), "prompt", "prompt is empty")

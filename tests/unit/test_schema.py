@@ -40,6 +40,7 @@ def test_reads_every_format(tmp_path, tiers, suffix):
         ("prompt", "   ", "prompt is empty"),
         ("model", "mystery-model", "not in the tiers config"),
         ("score", "abc", "not a number"),
+        ("prompt", ["hi"], "prompt must be text, not a list"),  # was stored as the text "['hi']"
     ],
 )
 def test_bad_value_names_file_row_and_column(tmp_path, tiers, column, value, needle):
@@ -52,6 +53,15 @@ def test_bad_value_names_file_row_and_column(tmp_path, tiers, column, value, nee
     msg = str(err.value)
     assert str(path) in msg and "row 8" in msg and f"column '{column}'" in msg and needle in msg
     assert "\n" not in msg
+
+
+def test_a_csv_cell_reading_na_or_none_is_text_and_the_suffix_any_case(tmp_path, tiers):
+    log = make_log(5)
+    log.loc[0, "prompt_id"], log.loc[1, "prompt"] = "NA", "None"
+    log.loc[log["prompt_id"] == log.loc[1, "prompt_id"], "prompt"] = "None"  # the same text for each of its models
+    path = write(log, tmp_path / "log.csv").rename(tmp_path / "LOG.CSV")
+    df = load_outcomes(path, tiers)
+    assert "NA" in set(df["prompt_id"]) and "None" in set(df["prompt"])  # pandas read both as missing
 
 
 def test_missing_column_and_empty_file(tmp_path, tiers):
