@@ -231,8 +231,8 @@ def _load_inputs(s: Settings, from_store: bool) -> tuple[Any, pd.DataFrame]:
         where = _without_password(s.database_url)
         if not rows:
             _fail(f"the outcome store {where} holds no outcomes")
-        # Any model: outcomes of a model swapped out of the tiers are history the shared difficulty still learns
-        # from (split_log leaves models behind no tier out of the tiers' own fit). Rows count oldest first.
+        # Any model: outcomes of a model swapped out of the tiers are history, not a typo; like a log's models behind
+        # no tier, split_log leaves them out of the tiers' fit. Rows count oldest first.
         extra = validate_outcomes(outcomes_to_frame(rows), f"the outcome store {where}", None)
         logger.info("adding %d outcomes from the store %s", len(extra), where)
         log = pd.concat([log, extra], ignore_index=True).drop_duplicates(["prompt_id", "model"], keep="last")
