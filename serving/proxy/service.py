@@ -36,7 +36,7 @@ from serving.proxy.wire import (
 )
 from serving.routing import Routing, route_request_started
 from serving.runtime import Runtime
-from serving.schemas import RouteOptions, RouteResponse
+from serving.schemas import RouteOptions, RouteResponse, _storable
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +142,10 @@ class Proxy:
         if not prompt.strip():
             raise ProxyError(400, "no text to route: the messages have no system text and no user text",
                              "invalid_request_error", None, "messages")  # fmt: skip
-        if "\x00" in prompt:
-            raise ProxyError(400, "messages must not contain NUL characters", "invalid_request_error", None, "messages")
+        try:
+            _storable(prompt)  # as /route refuses it: NUL (PostgreSQL) or a lone surrogate (no tokenizer, no UTF-8)
+        except ValueError as exc:
+            raise ProxyError(400, f"messages {exc}", "invalid_request_error", None, "messages") from None
         # The decision's commit runs while the upstream answers, and is awaited before anything is answered or
         # settled. It is queued only once the upstream request is on the wire (`trail.sent`): committing takes the
         # writer thread about a millisecond of CPU, most of it holding the GIL, and started at once it delayed

@@ -164,6 +164,25 @@ def test_bad_requests_are_openai_errors(sdk: OpenAI, up: FakeUpstream, kwargs: d
     assert up.requests == []  # refused before any upstream call
 
 
+@pytest.mark.parametrize(
+    "messages",
+    [
+        '[{"role": "user", "content": "hi \\ud800"}]',  # a lone surrogate: was a 500 (the tokenizer's TypeError)
+        '[{"role": "system", "content": "be \\udfff brief"}, {"role": "user", "content": "hi"}]',
+        '[{"role": "user", "content": [{"type": "text", "text": "hi \\ud800"}]}]',
+        '[{"role": "user", "content": "hi \\u0000"}]',
+    ],
+)
+@pytest.mark.parametrize("stream", ["false", "true"])
+def test_text_no_store_can_keep_is_a_400(url: str, up: FakeUpstream, messages: str, stream: str) -> None:
+    body = f'{{"model": "tierwise", "stream": {stream}, "messages": {messages}}}'.encode()
+    headers = {**bearer(CLIENT_KEY), "content-type": "application/json"}
+    r = httpx.post(f"{url}/v1/chat/completions", content=body, headers=headers)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "messages" and r.json()["error"]["type"] == "invalid_request_error"
+    assert up.requests == []
+
+
 def test_a_min_tier_header_that_only_looks_like_a_number_is_a_400(url: str, up: FakeUpstream) -> None:
     """'²' (latin-1 0xB2) is a digit to str.isdigit and not to int(): a tier name, unknown."""
     body = {"model": "tierwise", "messages": [{"role": "user", "content": EASY}]}
