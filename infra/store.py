@@ -384,16 +384,17 @@ _BOOK_COST = (
 )
 
 
-def _settle(execute: Execute, decision_id: str, cost_usd: float, by_outcome: bool = False) -> None:
+def _settle(execute: Execute, decision_id: str, cost_usd: float, by_outcome: bool = False) -> bool:
     """Release a decision's reservation and book its actual cost, once; spend saturates at a ceiling. `by_outcome`:
-    settle only a decision its caller serves (not the proxy's)."""
+    settle only a decision its caller serves (not the proxy's). Whether this call settled it."""
     if not execute(_MARK_SETTLED_BY_OUTCOME if by_outcome else _MARK_SETTLED, {"d_id": decision_id}).rowcount:
-        return
+        return False
     session_id, reserved = execute(_RESERVATION_OF, {"d_id": decision_id}).fetchone()
     if session_id is None:
-        return
+        return True
     cost = min(cost_usd, SPENT_CEILING_USD) if cost_usd >= 0 else 0.0  # NaN -> 0, inf -> the ceiling
     execute(_BOOK_COST, {"b_session": session_id, "b_reserved": reserved, "b_cost": cost, "b_now": _now()})
+    return True
 
 
 class _RawStatement:
@@ -717,13 +718,13 @@ class Store:
         served_model: str | None,
         reason: str | None = None,
         sessionless: bool = False,
-    ) -> None:
+    ) -> bool:
         """Write what serving a decision took (the proxy, once the upstream answered or failed) and book its cost on
         its session once: the reservation is released and `cost_usd` spent; a later outcome charges nothing more.
         A decision already settled (by an outcome, or an earlier settlement) keeps what it has: nothing is written.
         `cost_usd` None: the call failed, nothing is charged and the decision keeps no cost. `reason` None keeps
         the decision's reason. `sessionless`: the caller knows the decision reserved nothing on a session; its
-        settlement is then committed like the decision was (decision_commit).
+        settlement is then committed like the decision was (decision_commit). Whether this call settled it.
 
         On a SQLite file this runs on a held connection: the proxy settles every answer before sending it, and
         SQLAlchemy's per-transaction overhead was most of the settlement's time."""
@@ -737,11 +738,11 @@ class Store:
             "d_id": decision_id,
         }
 
-        def work(execute: Execute) -> None:
+        def work(execute: Execute) -> bool:
             execute(_RECORD_SERVED, served)
-            _settle(execute, decision_id, cost_usd or 0.0)
+            return _settle(execute, decision_id, cost_usd or 0.0)
 
-        self._write(work, sessionless=sessionless)
+        return self._write(work, sessionless=sessionless)
 
     def _decision_hash(self, conn: Connection, r: OutcomeRow) -> str | None:
         """The stored prompt hash of an outcome's decision, when the outcome has no text of its own to hash."""

@@ -138,19 +138,22 @@ class OutcomeRecorder:
                 raise NotFound(f"unknown decision_id {r['decision_id']}")
             if not r["admin"] and d.owner is not None and d.owner != r["owner"]:
                 raise Forbidden(f"decision {d.id} belongs to another client")
+            if d.served_by == SERVED_BY_PROXY and not d.settled:
+                # Until the answer ends, neither the model that answered (a fallback changes it) nor the real cost
+                # is known: an outcome taken now would credit the routed model, and its retry would be a conflict.
+                raise Conflict(
+                    f"decision {d.id} is still being served by the proxy: post its outcome once the answer has ended "
+                    "(the proxy then settles the cost and the model that answered)"
+                )
             # A decision the proxy served knows the model that answered (after a fallback, not the routed one),
             # and its settled cost and usage.
             prompt, model, session = prompt or d.prompt, model or d.served_model or d.model, d.session_id
             if cost is None:
                 cost, tokens_in, tokens_out = d.cost_usd, d.tokens_in, d.tokens_out
                 latency_ms = latency_ms if latency_ms is not None else d.latency_ms
-            if cost is None and d.served_by == SERVED_BY_PROXY:
-                raise Conflict(
-                    f"decision {d.id} is still being served by the proxy: its cost is settled when the answer ends; "
-                    "post the outcome then, or give cost_usd"
-                )
             if cost is None:
-                raise Invalid(f"decision {d.id} has no settled cost (the proxy did not serve it): give cost_usd")
+                why = "no upstream answered it, nothing was charged" if d.served_by else "the proxy did not serve it"
+                raise Invalid(f"decision {d.id} has no settled cost ({why}): give cost_usd")
         elif session is not None:
             owner = self.store.get_session(session)
             if owner is not None:

@@ -101,7 +101,7 @@ async def post_usage(
         return _view(d, booked=False)
     if d.served_by == SERVED_BY_PROXY and not caller.is_admin:  # an admin may release one a crash left reserved
         raise Conflict(f"decision {decision_id} is served by the proxy, which settles it with the upstream's usage")
-    await run_in_threadpool(
+    booked = await run_in_threadpool(
         store.settle_decision,
         decision_id,
         cost_usd=usage.cost_usd,
@@ -111,4 +111,5 @@ async def post_usage(
         served_model=usage.served_model,
         sessionless=d.session_id is None,
     )
-    return _view((await run_in_threadpool(store.get_decisions, [decision_id]))[decision_id], booked=True)
+    # `booked` only for the request whose settlement took effect: of concurrent posts, one books, the rest see it.
+    return _view((await run_in_threadpool(store.get_decisions, [decision_id]))[decision_id], booked=booked)

@@ -296,14 +296,15 @@ def test_settles_the_session_and_an_outcome_needs_only_a_score(sdk: OpenAI, url:
     assert r.status_code == 422
 
 
-def test_an_outcome_posted_while_the_answer_streams_leaves_the_settlement_to_the_proxy(
-    sdk: OpenAI, url: str, up: FakeUpstream
-) -> None:
-    # A client that scores the answer (with its own guess of the cost) before the stream has ended must not settle
-    # the decision: the door books the upstream's real cost when the answer ends.
+def test_an_outcome_waits_until_the_door_has_settled_the_answer(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    # While the answer streams, neither the real cost nor the model that answered (a fallback changes it) is known:
+    # an outcome then is a 409 (with or without the client's own cost), and so is a client's usage post. Before,
+    # an outcome with the client's cost settled the session with it, credited the routed model, and its identical
+    # retry after the stream was a 409.
     sid = session(url, cap_usd=1.0)
     hold = threading.Event()
-    up.script("small", Reply(text="one two three", usage=(400, 80), hold=hold))
+    up.script("small", Reply(status=503), Reply(status=503))  # main fails: the door falls back to mid (medium)
+    up.script("medium", Reply(text="one two three", usage=(400, 80), hold=hold))
     try:
         stream = iter(
             sdk.chat.completions.create(
@@ -316,19 +317,24 @@ def test_an_outcome_posted_while_the_answer_streams_leaves_the_settlement_to_the
         decision_id = next(stream).model_extra["tierwise"]["decision_id"]  # the upstream now waits for `hold`
         assert get_session(url, sid)["recent_decisions"][0]["settled"] is False
         outcome = {"decision_id": decision_id, "score": 0.7}
-        r = httpx.post(f"{url}/outcomes", json=outcome, headers=bearer(CLIENT_KEY))
-        assert r.status_code == 409 and "still being served by the proxy" in r.json()["detail"], r.text
+        for body in (outcome, {**outcome, "cost_usd": 0.0}):
+            r = httpx.post(f"{url}/outcomes", json=body, headers=bearer(CLIENT_KEY))
+            assert r.status_code == 409 and "still being served by the proxy" in r.json()["detail"], r.text
         usage = httpx.post(f"{url}/decisions/{decision_id}/usage", json={"cost_usd": 0.0}, headers=bearer(CLIENT_KEY))
         assert usage.status_code == 409 and "served by the proxy" in usage.json()["detail"], usage.text
-        r = httpx.post(f"{url}/outcomes", json={**outcome, "cost_usd": 0.0}, headers=bearer(CLIENT_KEY))
-        assert r.status_code == 201 and r.json()["recorded"] == 1, r.text
-        assert get_session(url, sid)["recent_decisions"][0]["settled"] is False  # the outcome settled nothing
+        assert get_session(url, sid)["recent_decisions"][0]["settled"] is False  # nothing settled it
     finally:
         hold.set()
     assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "one two three"
     s = get_session(url, sid)
-    assert s["spent_usd"] == pytest.approx(cost("small", 400, 80)) and s["reserved_usd"] == pytest.approx(0)
-    assert s["recent_decisions"][0]["settled"] is True
+    assert s["spent_usd"] == pytest.approx(cost("medium", 400, 80)) and s["reserved_usd"] == pytest.approx(0)
+    # Then the outcome takes the door's settlement (the model that answered, the real cost); its retry is one.
+    recorded = [httpx.post(f"{url}/outcomes", json=outcome, headers=bearer(CLIENT_KEY)) for _ in range(2)]
+    assert [(r.status_code, r.json()["recorded"]) for r in recorded] == [(201, 1), (201, 0)]
+    same = httpx.post(f"{url}/outcomes", json={**outcome, "model": "medium"}, headers=bearer(CLIENT_KEY))
+    assert same.status_code == 201 and same.json()["recorded"] == 0, same.text  # stored as medium's
+    routed = httpx.post(f"{url}/outcomes", json={**outcome, "model": "small"}, headers=bearer(CLIENT_KEY))
+    assert routed.status_code == 409 and "model" in routed.json()["detail"], routed.text
 
 
 def test_only_the_admin_may_settle_a_door_decision_by_hand(sdk: OpenAI, url: str, up: FakeUpstream) -> None:

@@ -222,3 +222,17 @@ def test_migration_0005_round_trip(url: str) -> None:
     alembic(store, "upgrade", "head")
     assert store.get_decisions(["d1"])["d1"].served_by is None  # dropped by the downgrade
     store.dispose()
+
+
+def test_only_the_settlement_that_took_effect_says_so(url: str) -> None:
+    # POST /decisions/{id}/usage answers `booked` from this: of concurrent posts all four said booked (1 run in 10).
+    store = Store(url)
+    store.migrate()
+    with store.lock_session("s", None) as locked:
+        locked.reserve([decision(1, "s", 0.01)])
+    usage = {"tokens_in": 1, "tokens_out": 1, "latency_ms": 1.0, "served_model": "small"}
+    assert store.settle_decision("d1", cost_usd=0.1, **usage) is True
+    assert store.settle_decision("d1", cost_usd=0.2, **usage) is False
+    session = store.get_session("s")
+    assert session is not None and session.spent_usd == pytest.approx(0.1)
+    store.dispose()
