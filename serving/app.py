@@ -90,7 +90,7 @@ def create_app(
                 settings.spool_replay_interval_s, lambda: app.state.runtime.tiers if app.state.runtime else None
             )
             tasks.append(asyncio.create_task(replayer))
-        app.state.proxy = open_proxy(settings, os.environ, metrics.upstream)
+        app.state.proxy = open_proxy(settings, os.environ, metrics.upstream, app.state.recorder)
         try:
             yield
         finally:

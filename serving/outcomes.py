@@ -12,6 +12,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.exc import (
@@ -113,6 +114,17 @@ class OutcomeRecorder:
             except Exception:  # the outcomes above are committed: answer 201 whatever the replay did; the timer retries
                 logger.exception("inline spool replay failed; the replay timer will retry")
         return OutcomesResponse(outcome_ids=ids, recorded=new)
+
+    def settle_decision(self, decision_id: str, **usage: Any) -> None:
+        """The proxy's settlement of a decision it served (`Store.settle_decision`). With the store unreachable it is
+        spooled and replayed like an outcome: an answered call's real cost is booked once the store is back."""
+        try:
+            self.store.settle_decision(decision_id, **usage)
+        except SQLAlchemyError as exc:
+            if not is_outage(exc):
+                raise
+            self._spool([{"kind": SETTLEMENT, "outcome_id": SETTLEMENT + decision_id, "decision_id": decision_id,
+                          **usage}], exc)  # fmt: skip
 
     def _spool(self, records: list[Record], exc: BaseException) -> None:
         self.metrics.store_errors.inc()
@@ -228,7 +240,16 @@ class OutcomeRecorder:
         """
         rejects: list[tuple[Record, str, str | None]] = []
         valid: list[Record] = []
-        for r in records:
+        for r in [r for r in records if r.get("kind") == SETTLEMENT]:  # first: the outcomes may be for them
+            try:
+                self.store.settle_decision(**_settlement_of(r))  # once: a replayed batch settles nothing again
+            except (ValueError, TypeError) as exc:
+                rejects.append((r, f"invalid settlement: {exc}", None))
+            except (SQLAlchemyError, UnicodeEncodeError) as exc:
+                if not is_refusal(exc):
+                    raise
+                rejects.append((r, describe(exc), f"the store refused it: {refusal_class(exc)}"))
+        for r in [r for r in records if r.get("kind") != SETTLEMENT]:
             checked, reason = _revalidate(r)
             if checked is None:
                 rejects.append((r, reason, None))
@@ -275,6 +296,28 @@ def conflict_detail(exc: OutcomeConflict) -> str:
         f"decision {decision} already has an outcome with a different {', '.join(exc.fields)}; a retry must repeat "
         "it, and more than one outcome for a decision needs an outcome_id on each"
     )
+
+
+SETTLEMENT = "settlement:"  # a spooled record's kind, and its id's prefix: the proxy's settlement of a decision
+_SETTLEMENT_NUMBERS = {"cost_usd": float, "tokens_in": int, "tokens_out": int, "latency_ms": float}
+_SETTLEMENT_TEXTS = ("served_model", "reason")
+
+
+def _settlement_of(r: Record) -> dict[str, Any]:
+    """A spooled settlement's `Store.settle_decision` arguments, checked (ValueError or TypeError if not)."""
+    if not isinstance(r.get("decision_id"), str) or not isinstance(r.get("sessionless", False), bool):
+        raise ValueError("no decision_id or sessionless flag")
+    out: dict[str, Any] = {"decision_id": r["decision_id"], "sessionless": r.get("sessionless", False)}
+    for name, kind in _SETTLEMENT_NUMBERS.items():
+        value = r.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
+            raise ValueError(f"{name} is not a number >= 0")
+        out[name] = None if value is None else kind(value)
+    for name in _SETTLEMENT_TEXTS:
+        if r.get(name) is not None and not isinstance(r[name], str):
+            raise TypeError(f"{name} is not text")
+        out[name] = r.get(name)
+    return out
 
 
 def _revalidate(r: Record) -> tuple[Record | None, str]:

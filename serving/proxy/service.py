@@ -20,8 +20,9 @@ from starlette.types import Receive, Scope, Send
 from infra.settings import Settings
 from infra.store import SERVED_BY_PROXY, Store
 from router.schema import Tier
+from serving.errors import ServiceError
 from serving.metrics import UpstreamMetrics
-from serving.outcomes import describe
+from serving.outcomes import OutcomeRecorder, describe
 from serving.proxy.dispatch import Dispatcher, RetryPolicy, Served, Trail
 from serving.proxy.upstream import UpstreamClient, UpstreamFailure
 from serving.proxy.wire import (
@@ -38,6 +39,7 @@ from serving.routing import Routing, route_request_started
 from serving.runtime import Runtime
 from serving.schemas import RouteOptions, RouteResponse, _storable
 
+Settle = Callable[..., Any]  # Store.settle_decision, or OutcomeRecorder.settle_decision (spools in an outage)
 logger = logging.getLogger(__name__)
 
 
@@ -126,9 +128,11 @@ def route_options(req: ChatCompletionRequest, headers: Mapping[str, str], tier_n
 
 @dataclasses.dataclass
 class Proxy:
-    """The door's state, made once in the app's lifespan: the dispatcher with its pooled client."""
+    """The door's state, made once in the app's lifespan: the dispatcher with its pooled client, and the outcome
+    recorder whose spool keeps a settlement the store could not take (None: settle on the store, or log)."""
 
     dispatcher: Dispatcher
+    recorder: OutcomeRecorder | None = None
 
     async def aclose(self) -> None:
         await self.dispatcher.client.aclose()
@@ -137,6 +141,7 @@ class Proxy:
         """Route the request's prompt view with `ctx` (the model, the store and its committer, the caller),
         serve it upstream, settle the decision and answer."""
         rt, store = ctx.rt, ctx.store
+        settle: Settle = self.recorder.settle_decision if self.recorder is not None else store.settle_decision
         opts = route_options(req, headers, rt.tiers.names)
         prompt = prompt_view(req.messages)
         if not prompt.strip():
@@ -169,12 +174,12 @@ class Proxy:
                 trail.sent,
             )
         except UpstreamFailure as failure:
-            await _settle(store, decision, trail, started, None)
+            await _settle(settle, decision, trail, started, None)
             raise failure_error(failure, trail) from None
         except BaseException:  # cancelled (the caller left) or a bug: release the reservation, charge nothing
             with anyio.CancelScope(shield=True):
                 if await _stored(committed):  # a row never stored needs no settling
-                    await _settle(store, decision, trail, started, None)
+                    await _settle(settle, decision, trail, started, None)
             raise
         info = _info(decision, served, trail)
         headers_out = {
@@ -186,12 +191,12 @@ class Proxy:
             headers_out["X-Tierwise-Left-Out"] = ",".join(trail.left_out)
         counted = self.dispatcher.metrics
         if served.body is not None:
-            await _settle(store, decision, trail, started, served, counted)
+            await _settle(settle, decision, trail, started, served, counted)
             info.update(_usage_info(trail))
             return JSONResponse({**served.body, "tierwise": info}, headers=headers_out)
         include_usage = bool((upstream_body(req).get("stream_options") or {}).get("include_usage"))
         return ClosingStreamingResponse(
-            _relay(served, info, include_usage, store, decision, trail, started, counted),
+            _relay(served, info, include_usage, settle, decision, trail, started, counted),
             media_type="text/event-stream",
             headers={**headers_out, "Cache-Control": "no-cache"},
         )
@@ -300,7 +305,7 @@ def _count_settled(metrics: UpstreamMetrics | None, trail: Trail) -> None:
 
 
 async def _settle(
-    store: Store,
+    settle: Settle,
     decision: RouteResponse,
     trail: Trail,
     started: float,
@@ -325,7 +330,7 @@ async def _settle(
     usage = _usage_info(trail)
     try:
         await run_in_threadpool(
-            store.settle_decision,
+            settle,
             decision.decision_id,
             cost_usd=usage["cost_usd"] if charged else None,
             tokens_in=usage["tokens_in"] if charged else None,
@@ -335,7 +340,9 @@ async def _settle(
             reason=reason,
             sessionless=decision.session_id is None,
         )
-    except SQLAlchemyError as exc:  # the answer is the caller's either way; the reservation stays booked
+    except (SQLAlchemyError, ServiceError) as exc:  # the answer is the caller's either way
+        # With the store unreachable the settlement is spooled (OutcomeRecorder.settle_decision); this is a store
+        # that refused it, or a spool that could not be written: the reservation stays booked.
         logger.error("could not settle decision %s (%s): its reservation stays", decision.decision_id, describe(exc))
 
 
@@ -359,7 +366,7 @@ async def _relay(
     served: Served,
     info: dict[str, Any],
     include_usage: bool,
-    store: Store,
+    settle: Settle,
     decision: RouteResponse,
     trail: Trail,
     started: float,
@@ -382,21 +389,26 @@ async def _relay(
             yield sse(event)
     except UpstreamFailure as failure:
         trail.failures.append(f"{failure.model} mid-stream: {failure.message}")
-        await _settle(store, decision, trail, started, None)
+        await _settle(settle, decision, trail, started, None)
         logger.warning("upstream %s failed mid-stream: %s", failure.model, failure.message)
         yield sse(error_body(f"the upstream failed mid-stream: {failure}", "api_error", "upstream_error"))
         return
     except BaseException:
         trail.usages.append(served.stream.usage())
         with anyio.CancelScope(shield=True):
-            await _settle(store, decision, trail, started, served, metrics)
+            await _settle(settle, decision, trail, started, served, metrics)
         raise
     trail.usages.append(served.stream.usage())
-    await _settle(store, decision, trail, started, served, metrics)
+    await _settle(settle, decision, trail, started, served, metrics)
     yield sse("[DONE]")
 
 
-def open_proxy(settings: Settings, environ: Mapping[str, str], metrics: UpstreamMetrics | None = None) -> Proxy:
+def open_proxy(
+    settings: Settings,
+    environ: Mapping[str, str],
+    metrics: UpstreamMetrics | None = None,
+    recorder: OutcomeRecorder | None = None,
+) -> Proxy:
     """The proxy with the service's one pooled upstream client (close it with `aclose`); `environ` holds the
     upstreams' keys, read when a call is made (so a rotated key is picked up), and any forward proxy for them
     (HTTPS_PROXY, NO_PROXY, ...: read now). Upstream calls count in `metrics`."""
@@ -409,4 +421,4 @@ def open_proxy(settings: Settings, environ: Mapping[str, str], metrics: Upstream
         settings.upstream_max_retry_after_s,
         settings.upstream_deadline_s,
     )
-    return Proxy(Dispatcher(client, policy, environ, metrics))
+    return Proxy(Dispatcher(client, policy, environ, metrics), recorder)

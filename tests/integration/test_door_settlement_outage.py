@@ -1,0 +1,84 @@
+"""The door's settlement of an answered call survives a store outage: it is spooled like an outcome and booked on
+the session when the store is back (it was logged and lost: the real cost never booked, the reservation stuck)."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+import sqlalchemy as sa
+from openai import OpenAI
+
+from serving.app import create_app
+from serving.model_source import LocalSource
+from tests.conftest import HashingEmbedder
+from tests.integration.conftest import CLIENT_KEY, bearer
+from tests.integration.fake_upstream import Reply, fake_upstream
+from tests.integration.live_server import live_server
+from tests.integration.proxy_fixtures import proxy_settings
+
+EASY = "easy question 2: alpha beta gamma delta omega"
+SMALL = (0.2, 0.2)  # the test tiers' price of model small, USD per 1M tokens in and out
+
+
+def test_a_settlement_the_store_cannot_take_is_spooled_and_booked_later(tmp_path: Path, artifact_dir: Path) -> None:
+    with fake_upstream() as up:
+        app = create_app(proxy_settings(tmp_path, up), LocalSource(artifact_dir), embedder=HashingEmbedder())
+        with live_server(lambda: app) as url:
+            sid = f"s-{uuid.uuid4().hex[:8]}"
+            assert httpx.put(f"{url}/sessions/{sid}", json={"cap_usd": 1.0}, headers=bearer(CLIENT_KEY)).is_success
+            hold = threading.Event()
+            up.script("small", Reply(text="one two three", usage=(400, 80), hold=hold))
+            sdk = OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0)
+            stream = iter(
+                sdk.chat.completions.create(
+                    model="tierwise",
+                    messages=[{"role": "user", "content": EASY}],
+                    stream=True,
+                    extra_body={"tierwise": {"session_id": sid}},
+                )
+            )
+            decision_id = next(stream).model_extra["tierwise"]["decision_id"]  # routed and stored; upstream held
+            store = app.state.store
+            good = store.engine
+            store.engine = sa.create_engine(f"sqlite:///{tmp_path}/missing/dir/db.sqlite")  # the store goes away
+            try:
+                hold.set()
+                assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "one two three"
+                assert app.state.recorder.spool.pending() == 1  # the settlement, kept
+            finally:
+                store.engine = good
+            session = store.get_session(sid)
+            assert session is not None and session.spent_usd == 0 and session.reserved_usd > 0
+            assert app.state.recorder.replay(app.state.runtime.tiers) == 1
+            real = (400 * SMALL[0] + 80 * SMALL[1]) / 1e6
+            session = store.get_session(sid)
+            assert session is not None and session.spent_usd == pytest.approx(real)
+            assert session.reserved_usd == pytest.approx(0)
+            settled = store.get_decisions([decision_id])[decision_id]
+            assert settled.settled and settled.served_model == "small" and settled.tokens_out == 80
+            assert app.state.recorder.replay(app.state.runtime.tiers) == 0  # nothing left, nothing booked twice
+            assert store.get_session(sid).spent_usd == pytest.approx(real)  # type: ignore[union-attr]
+
+
+def test_a_spooled_settlement_that_is_no_settlement_is_set_aside(tmp_path: Path) -> None:
+    from infra.store import Store
+    from router.schema import parse_tiers
+    from serving.metrics import Metrics
+    from serving.outcomes import SETTLEMENT, OutcomeRecorder
+    from serving.spool import Spool
+    from tests.conftest import TIERS_TOML
+
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.migrate()
+    recorder = OutcomeRecorder(store, Spool(tmp_path / "spool.jsonl"), Metrics())
+    bad = {"kind": SETTLEMENT, "outcome_id": SETTLEMENT + "d1", "decision_id": "d1", "cost_usd": "lots"}
+    unknown = {"kind": SETTLEMENT, "outcome_id": SETTLEMENT + "d2", "decision_id": "d2", "cost_usd": 0.1}
+    recorder.spool.append([bad, unknown])
+    assert recorder.replay(parse_tiers(TIERS_TOML)) == 2  # both taken: one set aside, one settling nothing
+    count, last = recorder.spool.rejected()
+    assert count == 1 and last[0]["outcome_id"] == SETTLEMENT + "d1" and "cost_usd" in last[0]["reason"]
+    assert not recorder.spool.has_pending()
