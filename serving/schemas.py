@@ -238,7 +238,7 @@ class RejectedOutcome(BaseModel):
 
 
 class SpoolStatus(BaseModel):
-    pending: int = Field(description="acknowledged outcomes waiting in the spool for the store")
+    pending: int = Field(description="acknowledged outcomes (and proxy settlements) waiting in the spool for the store")
     rejected: int = Field(description="spooled outcomes the store refused, kept in the rejected file")
     last_rejected: list[RejectedOutcome] = Field(description="the newest rejections (no prompt text)")
 
