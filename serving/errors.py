@@ -114,8 +114,10 @@ def error(status: int, description: str) -> dict[int | str, dict[str, Any]]:
 CALLER_ERRORS = error(401, "missing or unknown API key") | error(
     503, "no model loaded yet, or the store is unavailable"
 )
-BODY_ERRORS = error(400, "the body could not be read (e.g. JSON nested too deeply)") | error(
-    413, "the body is over max_body_bytes, or a prompt or batch is over its limit"
+BODY_ERRORS = (
+    error(400, "the body could not be read (e.g. JSON nested too deeply)")
+    | error(413, "the body is over max_body_bytes, or a prompt or batch is over its limit")
+    | error(415, "the body is sent as another Content-Type than application/json")
 )
 
 
@@ -169,9 +171,14 @@ def install_handlers(app: FastAPI) -> None:
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Only loc, msg and type: the offending input may be NaN or huge, and the answer must be valid JSON.
         errors = [
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
         ]
+        content_type = request.headers.get("content-type", "")
+        if content_type and "json" not in content_type.lower() and any(e["loc"][:1] == ["body"] for e in errors):
+            # FastAPI reads no JSON from a text/plain or form body and says "Input should be a valid dictionary".
+            detail = f"the body must be sent as Content-Type: application/json, not {content_type[:100]!r}"
+            return JSONResponse({"detail": detail}, status_code=415)
         return JSONResponse({"detail": union_member_errors(errors, exc.body)}, status_code=422)

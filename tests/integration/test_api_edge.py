@@ -72,6 +72,17 @@ def test_a_body_that_is_not_utf8_is_a_400_saying_so(client: TestClient, path: st
     assert message == "the body is not valid UTF-8 (byte 15): send JSON encoded as UTF-8"
 
 
+@pytest.mark.parametrize("path", ["/route", "/route/batch", "/outcomes"])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+def test_a_json_body_sent_as_another_content_type_is_a_415_saying_so(
+    client: TestClient, path: str, content_type: str
+) -> None:
+    # It was a 422 "Input should be a valid dictionary", which sends the client looking at its JSON.
+    r = client.post(path, content=b'{"prompt": "x"}', headers={**C, "content-type": content_type})
+    assert r.status_code == 415, r.text
+    assert r.json()["detail"] == f"the body must be sent as Content-Type: application/json, not '{content_type}'"
+
+
 def test_metadata_size_cap(edge: TestClient) -> None:
     fits = {"k": "v" * (MAX_METADATA_BYTES - 20)}
     too_big = {"k": "v" * MAX_METADATA_BYTES}
