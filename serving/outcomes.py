@@ -80,8 +80,11 @@ class OutcomeRecorder:
         self.spool = spool
         self.metrics = metrics
 
-    def record(self, items: Sequence[OutcomeIn], principal: Principal, tiers: TiersConfig) -> OutcomesResponse:
-        """Store the outcomes (or spool them when the store is unreachable); every id is durable on return."""
+    def record(
+        self, items: Sequence[OutcomeIn], principal: Principal, tiers: TiersConfig, listed: bool = False
+    ) -> OutcomesResponse:
+        """Store the outcomes (or spool them when the store is unreachable); every id is durable on return.
+        `listed`: the body was a list, so an error's loc names the item's index."""
         records = [
             {
                 "outcome_id": outcome_id_of(item),
@@ -91,8 +94,8 @@ class OutcomeRecorder:
             }
             for item in items
         ]
-        for r in records:
-            _check_model(r["model"], tiers)  # what can be checked without the store, before acknowledging
+        for i, r in enumerate(records):  # what can be checked without the store, before acknowledging
+            _check_model(r["model"], tiers, ("body", i, "model") if listed else ("body", "model"))
         ids = [r["outcome_id"] for r in records]
         try:
             rows = self._resolve(records, tiers)
@@ -334,6 +337,6 @@ def _revalidate(r: Record) -> tuple[Record | None, str]:
     return {**item.model_dump(), "outcome_id": r["outcome_id"], "owner": owner, "admin": r["admin"]}, ""
 
 
-def _check_model(model: str | None, tiers: TiersConfig) -> None:
+def _check_model(model: str | None, tiers: TiersConfig, loc: tuple[str | int, ...] = ("body", "model")) -> None:
     if model is not None and model not in tiers.known_models:
-        raise Invalid(f"model '{model}' is not in the tiers config")
+        raise Invalid(f"model '{model}' is not in the tiers config", loc)

@@ -47,7 +47,7 @@ def post_outcomes(
     for i, item in enumerate(items):
         if item.prompt is not None and len(item.prompt) > settings.max_prompt_chars:
             raise TooLarge(f"outcome {i}: prompt has {len(item.prompt)} characters, over {settings.max_prompt_chars}")
-    out = recorder.record(items, caller, rt.tiers)
+    out = recorder.record(items, caller, rt.tiers, listed=isinstance(body, list))
     if out.spooled:
         response.status_code = 202
     return out

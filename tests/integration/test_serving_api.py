@@ -235,6 +235,10 @@ def test_an_invalid_outcome_gets_one_error_at_its_own_field(client: TestClient) 
     many = client.post("/outcomes", json=[good, {**good, "cost_usd": -1}], headers=C)
     assert many.status_code == 422
     assert [e["loc"] for e in many.json()["detail"]] == [["body", 1, "cost_usd"]], many.json()
+    unknown = client.post("/outcomes", json={**good, "model": "gpt-99"}, headers=C)
+    assert [e["loc"] for e in unknown.json()["detail"]] == [["body", "model"]], unknown.json()
+    unknown = client.post("/outcomes", json=[good, {**good, "model": "gpt-99"}], headers=C)  # was ["body"]
+    assert [e["loc"] for e in unknown.json()["detail"]] == [["body", 1, "model"]], unknown.json()
     neither = client.post("/outcomes", json="score", headers=C)
     assert neither.status_code == 422 and all(e["loc"][0] == "body" for e in neither.json()["detail"])
 
