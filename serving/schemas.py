@@ -211,7 +211,11 @@ class OutcomeIn(OutcomeBase):
     @model_validator(mode="after")
     def _by_decision_or_prompt(self) -> OutcomeIn:
         oid = self.outcome_id
-        if oid is not None and oid.startswith(DECISION_OUTCOME) and oid != DECISION_OUTCOME + (self.decision_id or ""):
+        if (
+            oid is not None
+            and oid.startswith(DECISION_OUTCOME)
+            and (self.decision_id is None or oid != DECISION_OUTCOME + self.decision_id)  # "decision:" alone too
+        ):
             raise ValueError(
                 f"outcome_id {oid} is reserved for the outcome of decision {oid.removeprefix(DECISION_OUTCOME)}: "
                 "post it with that decision_id, or choose another outcome_id"
