@@ -195,7 +195,7 @@ def _price_tier(raw: Mapping[str, Any], models: Mapping[str, ModelPrice], path: 
     if not isinstance(data.get("model", ""), str):
         raise TiersConfigError(f"{where}: model must be one model's name (a string)")
     members = data.get("members", [])
-    if not isinstance(members, list) or not all(isinstance(m, str) for m in members):
+    if not isinstance(members, list | tuple) or not all(isinstance(m, str) for m in members):
         raise TiersConfigError(f"{where}: members must be a list of model names")
     if not isinstance(data.get("judge", ""), str | None):
         raise TiersConfigError(f"{where}: judge must be one model's name (a string)")
@@ -288,14 +288,21 @@ def tiers_to_dict(cfg: TiersConfig) -> dict[str, Any]:
 # --------------------------------------------------------------------------- outcome log
 
 
+TEXT_COLUMNS = ("prompt_id", "prompt", "model", "category", "session_id", "timestamp")
+NUMBER_COLUMNS = ("score", "cost_usd", "tokens_in", "tokens_out", "latency_ms")
+NA_NUMBERS = ("NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL", "null", "None", "<NA>", "#N/A")
+
+
 def _read_table(path: Path) -> pd.DataFrame:
     suffix = ("".join(path.suffixes[-2:]) if path.suffix.lower() == ".gz" else path.suffix).lower()
     try:
         if suffix == ".parquet":
             return pd.read_parquet(path)
         if suffix in (".csv", ".csv.gz"):
-            # Only an empty cell is missing: a prompt or id that reads "NA" or "None" is that text.
-            return pd.read_csv(path, keep_default_na=False, na_values=[""])
+            # In a text column only an empty cell is missing (a prompt or id reading "NA" or "None" is that text); a
+            # number column also takes the usual spellings of a missing number (R writes NA, pandas may write NaN).
+            na = {c: [""] for c in TEXT_COLUMNS} | {c: ["", *NA_NUMBERS] for c in NUMBER_COLUMNS}
+            return pd.read_csv(path, keep_default_na=False, na_values=na)
         if suffix in (".jsonl", ".ndjson", ".jsonl.gz"):
             return _read_jsonl(path)
     except OutcomeLogError:

@@ -6,7 +6,7 @@ import logging
 import re
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, params
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -88,6 +88,10 @@ NotFound = _refusal("NotFound", 404, "The session or decision the request names 
 ReloadFailed = _refusal("ReloadFailed", 409, "A reload was refused; the loaded model stays.")
 Conflict = _refusal("Conflict", 409, "The request contradicts what is stored: an outcome id reused.")
 StoreUnavailable = _refusal("StoreUnavailable", 503, "The store is unreachable and the request cannot wait.")
+NotSettledYet = _refusal(
+    "NotSettledYet", 503, "A decision the proxy serves is not settled yet: its outcome is taken once it is (retry)."
+)
+RETRY_NOT_SETTLED_S = 5  # Retry-After of NotSettledYet: an answer ending, or a spooled settlement replayed
 
 
 class Invalid(ServiceError):
@@ -121,15 +125,30 @@ BODY_ERRORS = (
 )
 
 
-def _answer(status: int, detail: str, body: dict[str, Any] | None = None) -> JSONResponse:
+def _answer(
+    status: int, detail: str, body: dict[str, Any] | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     content = {"detail": detail, **(body or {})}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    if status == 401:
+        headers = {**(headers or {}), "WWW-Authenticate": "Bearer"}
     return JSONResponse(content, status_code=status, headers=headers)
 
 
 def invalid(msg: str, loc: tuple[str | int, ...] = ("body",)) -> JSONResponse:
     """A 422 in the shape of FastAPI's validation errors, so every 422 has one documented shape."""
     return JSONResponse({"detail": [{"loc": list(loc), "msg": msg, "type": "value_error"}]}, status_code=422)
+
+
+def _is_json(content_type: str) -> bool:
+    """FastAPI's rule for a body it reads as JSON: application/json or application/*+json, any parameters."""
+    kind = content_type.split(";", 1)[0].strip().lower()
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+def _json_route(request: Request) -> bool:
+    """Whether the request's route takes a JSON body (not a form, as the admin page's do)."""
+    field = getattr(request.scope.get("route"), "body_field", None)
+    return field is not None and not isinstance(getattr(field, "field_info", None), params.Form)
 
 
 def install_handlers(app: FastAPI) -> None:
@@ -139,7 +158,8 @@ def install_handlers(app: FastAPI) -> None:
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         if isinstance(exc, Invalid):
             return invalid(exc.detail, exc.loc)
-        return _answer(exc.status, exc.detail, exc.body)
+        retry = {"Retry-After": str(RETRY_NOT_SETTLED_S)} if isinstance(exc, NotSettledYet) else None
+        return _answer(exc.status, exc.detail, exc.body, retry)
 
     @app.exception_handler(NoTierFits)
     async def no_tier_fits(_: Request, exc: NoTierFits) -> JSONResponse:
@@ -177,7 +197,12 @@ def install_handlers(app: FastAPI) -> None:
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
         ]
         content_type = request.headers.get("content-type", "")
-        if content_type and "json" not in content_type.lower() and any(e["loc"][:1] == ["body"] for e in errors):
+        if (
+            content_type
+            and _json_route(request)
+            and not _is_json(content_type)
+            and any(e["loc"][:1] == ["body"] for e in errors)
+        ):
             # FastAPI reads no JSON from a text/plain or form body and says "Input should be a valid dictionary".
             detail = f"the body must be sent as Content-Type: application/json, not {content_type[:100]!r}"
             return JSONResponse({"detail": detail}, status_code=415)

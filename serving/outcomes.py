@@ -12,6 +12,7 @@ import asyncio
 import logging
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -33,6 +34,7 @@ from serving.errors import (
     Forbidden,
     Invalid,
     NotFound,
+    NotSettledYet,
     ServiceError,
     StoreUnavailable,
     first_line,
@@ -156,9 +158,10 @@ class OutcomeRecorder:
             if d.served_by == SERVED_BY_PROXY and not d.settled:
                 # Until the answer ends, neither the model that answered (a fallback changes it) nor the real cost
                 # is known: an outcome taken now would credit the routed model, and its retry would be a conflict.
-                raise Conflict(
-                    f"decision {d.id} is still being served by the proxy: post its outcome once the answer has ended "
-                    "(the proxy then settles the cost and the model that answered)"
+                raise NotSettledYet(
+                    f"decision {d.id} is still being served by the proxy (or its settlement waits in the spool): "
+                    "post its outcome again once the answer has ended; the proxy then settles the cost and the model "
+                    "that answered"
                 )
             # A decision the proxy served knows the model that answered (after a fallback, not the routed one),
             # and its settled cost and usage.
@@ -260,9 +263,17 @@ class OutcomeRecorder:
                 valid.append(checked)
         found = self.store.get_decisions([r["decision_id"] for r in valid if r["decision_id"]])
         resolved: list[tuple[Record, OutcomeRow]] = []
+        later: list[Record] = []
         for r in valid:
             try:
                 resolved.append((r, self._resolve_one(r, found, tiers)))
+            except NotSettledYet as exc:  # the door's settlement may come (an answer ending, a spooled settlement)
+                age = datetime.now(UTC) - found[r["decision_id"]].created_at
+                young = age < timedelta(seconds=SETTLEMENT_WAIT_S)
+                if young:
+                    later.append(r)
+                else:
+                    rejects.append((r, exc.detail, None))
             except ServiceError as exc:
                 rejects.append((r, exc.detail, None))
         try:
@@ -281,6 +292,14 @@ class OutcomeRecorder:
                     rejects.append((r, describe(one), f"the store refused it: {refusal_class(one)}"))
         for r, reason, logged in rejects:
             self._quarantine(r, reason, logged)
+        if later:  # behind the rest, for the next replay (the batch is through: it is not re-read)
+            self.spool.append(_raw(records, later))
+
+
+def _raw(records: list[Record], picked: list[Record]) -> list[Record]:
+    """The spooled records (as first written) of the revalidated ones in `picked`, by outcome id."""
+    ids = {r["outcome_id"] for r in picked}
+    return [r for r in records if r.get("outcome_id") in ids and r.get("kind") != SETTLEMENT]
 
 
 def outcome_id_of(item: OutcomeIn) -> str:
@@ -302,6 +321,7 @@ def conflict_detail(exc: OutcomeConflict) -> str:
 
 
 SETTLEMENT = "settlement:"  # a spooled record's kind, and its id's prefix: the proxy's settlement of a decision
+SETTLEMENT_WAIT_S = 3600  # a spooled outcome waits this long for its door decision's settlement, then is set aside
 _SETTLEMENT_NUMBERS = {"cost_usd": float, "tokens_in": int, "tokens_out": int, "latency_ms": float}
 _SETTLEMENT_TEXTS = ("served_model", "reason")
 

@@ -129,12 +129,14 @@ def count_rows(path: Path) -> int | None:
 class DecisionSink:
     """Decisions out as JSONL (a file or stdout) or Parquet (by the file's suffix), one chunk at a time.
 
-    A file is written beside `path` under a temporary name and renamed onto it by `close(commit=True)`: a run that
-    fails (a bad row, a full disk) leaves what was at `path` as it was, and never empties the input it reads."""
+    A regular file (or a new one) is written beside `path` under a temporary name and renamed onto it by
+    `close(commit=True)`: a run that fails (a bad row, a full disk) leaves what was at `path` as it was. Anything
+    else (a symlink, /dev/stdout, a pipe) is written in place, as it was asked."""
 
     def __init__(self, path: Path | None, tier_names: list[str]):
-        self.target = path
-        self.path = None if path is None else path.with_name(f".{path.name}.{os.getpid()}.partial")
+        in_place = path is None or path.is_symlink() or (path.exists() and not path.is_file())
+        self.target = None if in_place else path
+        self.path = path if in_place or path is None else path.with_name(f".{path.name}.{os.getpid()}.partial")
         self.written = 0
         self._parquet = path is not None and path.suffix.lower() in PARQUET_SUFFIXES
         self._writer: pq.ParquetWriter | None = None

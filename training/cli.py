@@ -109,12 +109,14 @@ def _input_errors() -> Iterator[None]:
     except (OutcomeLogError, TiersConfigError) as exc:
         _fail(str(exc))
     except OSError as exc:
-        where = exc.filename if exc.filename is not None else "a file"
-        _fail(f"{where}: {exc.strerror or exc}")
+        if exc.filename is None:  # a network error, or a bug: not a file the user named
+            raise
+        _fail(f"{exc.filename}: {exc.strerror or exc}")
     except sa.exc.ArgumentError as exc:
         _fail(f"not a database URL: {exc}")
     except sa.exc.DatabaseError as exc:
-        _fail(f"the database refused: {type(exc.orig).__name__}: {str(exc.orig).splitlines()[0] if exc.orig else exc}")
+        cause = exc.orig if exc.orig is not None else exc
+        _fail(f"the database refused: {type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}")
 
 
 FLAG_OF_FIELD = {"quality_target": "--target", "outcomes_path": "--outcomes", "tiers_path": "--tiers"}
@@ -209,13 +211,16 @@ def _load_log(s: Settings, tiers: TiersConfig) -> pd.DataFrame:
     except OutcomeLogError as exc:
         _fail(str(exc))
         raise
-    tier_costs = log.loc[log["model"].isin([t.model for t in tiers.tiers]), "cost_usd"]
-    if len(tier_costs) and not (tier_costs > 0).any():
-        _fail(
-            f"{s.outcomes_path}: every outcome of the tiers' models has cost_usd 0; tierwise weighs quality against "
-            "cost, so it needs what the calls cost"
-        )
     return log
+
+
+def _check_costs(where: object, costs: Any) -> None:
+    """Refuse outcomes of the tiers' models that all cost 0: AIQ and λ are per cost (a ZeroDivisionError)."""
+    if len(costs) and not (costs[costs == costs] > 0).any():
+        _fail(
+            f"{where}: every outcome of the tiers' models has cost_usd 0; tierwise weighs quality against cost, so it "
+            "needs what the calls cost"
+        )
 
 
 def _load_inputs(s: Settings, from_store: bool) -> tuple[Any, pd.DataFrame]:
@@ -236,6 +241,7 @@ def _load_inputs(s: Settings, from_store: bool) -> tuple[Any, pd.DataFrame]:
         extra = validate_outcomes(outcomes_to_frame(rows), f"the outcome store {where}", None)
         logger.info("adding %d outcomes from the store %s", len(extra), where)
         log = pd.concat([log, extra], ignore_index=True).drop_duplicates(["prompt_id", "model"], keep="last")
+    _check_costs(s.outcomes_path, log.loc[log["model"].isin([t.model for t in tiers.tiers]), "cost_usd"])
     return tiers, log
 
 
@@ -265,6 +271,7 @@ def train(
     split = split_log(log, tier_cfg, s.test_size, s.seed)
     if (short := too_few_outcomes(split)) is not None:
         _fail(f"{s.outcomes_path} with {s.tiers_path}: {short}")
+    _check_costs(f"{s.outcomes_path} (its held-out prompts)", split.table.costs[split.test].ravel())
     embedder = _embedder(s, s.embedder)
     client = _dask_client(dask)
     if client is not None:  # the prompts are embedded on the workers; the boosters are fitted here
@@ -387,6 +394,7 @@ def _held_out_split(s: Settings, tier_cfg: TiersConfig) -> Split:
     from training.data import split_log, too_few_outcomes
 
     split = split_log(_load_log(s, tier_cfg), tier_cfg, s.test_size, s.seed)
+    _check_costs(f"{s.outcomes_path} (its held-out prompts)", split.table.costs[split.test].ravel())
     if (short := too_few_outcomes(split, "test", minimum=1)) is not None:
         tiers_used = s.tiers_path if s.tiers_path.is_file() else "the model's tiers"
         _fail(f"{s.outcomes_path} with {tiers_used}: {short}")

@@ -295,6 +295,15 @@ def test_no_form_input_is_a_5xx(client: TestClient, session: str, cap: str, csrf
     assert client.post("/ui/login", data={"key": key, "csrf": csrf}).status_code < 500
 
 
+def test_a_form_field_over_its_limit_is_not_called_a_content_type_error(client: TestClient) -> None:
+    # A form's body error went through the JSON endpoints' rule and was a 415 "must be application/json".
+    c = TestClient(client.app, follow_redirects=False)
+    csrf = csrf_of(c.get("/ui/login").text)  # the same token the logged-in page's forms carry
+    log_in(c)
+    r = c.post("/ui/sessions/s/confirm", data={"new_cap_usd": "1" * 100, "csrf": csrf})
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:1] == ["body"], r.text  # not a 415
+
+
 def test_two_login_tabs_both_work(client: TestClient) -> None:
     first, second = (csrf_of(client.get("/ui/login").text) for _ in range(2))
     assert first == second

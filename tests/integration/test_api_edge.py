@@ -73,7 +73,7 @@ def test_a_body_that_is_not_utf8_is_a_400_saying_so(client: TestClient, path: st
 
 
 @pytest.mark.parametrize("path", ["/route", "/route/batch", "/outcomes"])
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded"])
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", "text/json"])
 def test_a_json_body_sent_as_another_content_type_is_a_415_saying_so(
     client: TestClient, path: str, content_type: str
 ) -> None:

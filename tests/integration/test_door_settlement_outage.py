@@ -82,3 +82,42 @@ def test_a_spooled_settlement_that_is_no_settlement_is_set_aside(tmp_path: Path)
     count, last = recorder.spool.rejected()
     assert count == 1 and last[0]["outcome_id"] == SETTLEMENT + "d1" and "cost_usd" in last[0]["reason"]
     assert not recorder.spool.has_pending()
+
+
+def test_a_spooled_outcome_waits_for_its_door_decisions_settlement(tmp_path: Path) -> None:
+    # Spooled (202) while the store was down and the answer still streaming: at replay the decision may not be
+    # settled yet (its settlement spooled behind it, or the answer still going). It was set aside for good.
+    from datetime import UTC, datetime, timedelta
+
+    from infra.store import SERVED_BY_PROXY, DecisionRow, Store
+    from router.schema import parse_tiers
+    from serving.metrics import Metrics
+    from serving.outcomes import SETTLEMENT_WAIT_S, OutcomeRecorder
+    from serving.schemas import OutcomeIn
+    from serving.spool import Spool
+    from tests.conftest import TIERS_TOML
+
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.migrate()
+    old = datetime.now(UTC) - timedelta(seconds=SETTLEMENT_WAIT_S + 60)
+    for name, created in (("fresh", datetime.now(UTC)), ("stale", old)):
+        row = DecisionRow(id=name, prompt=EASY, tier="main", model="small", expected_cost_usd=0.01,
+                          router_version="1", reason="r", served_by=SERVED_BY_PROXY, created_at=created)  # fmt: skip
+        store.record_decisions([row])
+    recorder = OutcomeRecorder(store, Spool(tmp_path / "spool.jsonl"), Metrics())
+    tiers = parse_tiers(TIERS_TOML)
+
+    def spooled(decision: str) -> dict:
+        item = OutcomeIn(decision_id=decision, score=0.5).model_dump()
+        return {**item, "outcome_id": f"decision:{decision}", "owner": None, "admin": True}
+
+    recorder.spool.append([spooled("fresh"), spooled("stale")])
+    recorder.replay(tiers)
+    count, last = recorder.spool.rejected()
+    assert count == 1 and last[0]["outcome_id"] == "decision:stale"  # an hour without a settlement: set aside
+    assert recorder.spool.pending() == 1 and store.export_outcomes() == []  # the fresh one waits
+    usage = {"tokens_in": 40, "tokens_out": 8, "latency_ms": 5.0, "served_model": "medium"}
+    store.settle_decision("fresh", cost_usd=0.002, **usage)  # the door's settlement arrives
+    recorder.replay(tiers)
+    assert not recorder.spool.has_pending()
+    assert [(o.model, o.cost_usd, o.score) for o in store.export_outcomes()] == [("medium", 0.002, 0.5)]

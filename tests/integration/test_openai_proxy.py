@@ -298,7 +298,7 @@ def test_settles_the_session_and_an_outcome_needs_only_a_score(sdk: OpenAI, url:
 
 def test_an_outcome_waits_until_the_door_has_settled_the_answer(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
     # While the answer streams, neither the real cost nor the model that answered (a fallback changes it) is known:
-    # an outcome then is a 409 (with or without the client's own cost), and so is a client's usage post. Before,
+    # an outcome then is a 503 to retry (with or without the client's own cost), a client's usage post a 409. Before,
     # an outcome with the client's cost settled the session with it, credited the routed model, and its identical
     # retry after the stream was a 409.
     sid = session(url, cap_usd=1.0)
@@ -317,9 +317,10 @@ def test_an_outcome_waits_until_the_door_has_settled_the_answer(sdk: OpenAI, url
         decision_id = next(stream).model_extra["tierwise"]["decision_id"]  # the upstream now waits for `hold`
         assert get_session(url, sid)["recent_decisions"][0]["settled"] is False
         outcome = {"decision_id": decision_id, "score": 0.7}
-        for body in (outcome, {**outcome, "cost_usd": 0.0}):
+        for body in (outcome, {**outcome, "cost_usd": 0.0}):  # "not yet", not a conflict: a 503 to retry
             r = httpx.post(f"{url}/outcomes", json=body, headers=bearer(CLIENT_KEY))
-            assert r.status_code == 409 and "still being served by the proxy" in r.json()["detail"], r.text
+            assert r.status_code == 503 and "still being served by the proxy" in r.json()["detail"], r.text
+            assert r.headers["retry-after"] == "5"
         usage = httpx.post(f"{url}/decisions/{decision_id}/usage", json={"cost_usd": 0.0}, headers=bearer(CLIENT_KEY))
         assert usage.status_code == 409 and "served by the proxy" in usage.json()["detail"], usage.text
         assert get_session(url, sid)["recent_decisions"][0]["settled"] is False  # nothing settled it

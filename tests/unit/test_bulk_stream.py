@@ -120,3 +120,12 @@ def test_a_failed_run_leaves_the_old_output_as_it_was(router: Router, tmp_path: 
     src.write_text("")  # no prompts: nothing replaces the output either
     assert route_file(router, src, out, 0.7, show_progress=False) == 0
     assert out.read_bytes() == b"the previous run's decisions\n"
+
+
+def test_a_symlinked_output_is_written_through_not_replaced(router: Router, tmp_path: Path):
+    src, real, link = tmp_path / "in.jsonl", tmp_path / "real.jsonl", tmp_path / "link.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in _rows(5)))
+    real.write_text("old\n")
+    link.symlink_to(real)
+    assert route_file(router, src, link, 0.7, show_progress=False) == 5
+    assert link.is_symlink() and len(real.read_text().splitlines()) == 5  # the link kept, its file written

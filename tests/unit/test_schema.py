@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from router.schema import OutcomeLogError, TiersConfigError, load_outcomes, load_tiers, parse_tiers
+from router.schema import OutcomeLogError, TiersConfigError, load_outcomes, load_tiers, parse_tiers, tiers_to_dict
 from tests.conftest import TIERS_TOML, make_log
 
 
@@ -59,9 +59,12 @@ def test_a_csv_cell_reading_na_or_none_is_text_and_the_suffix_any_case(tmp_path,
     log = make_log(5)
     log.loc[0, "prompt_id"], log.loc[1, "prompt"] = "NA", "None"
     log.loc[log["prompt_id"] == log.loc[1, "prompt_id"], "prompt"] = "None"  # the same text for each of its models
+    log["tokens_in"] = [str(10 + i) for i in range(len(log))]
+    log.loc[2, "tokens_in"] = "NA"  # a missing number as R writes it stays a missing number
     path = write(log, tmp_path / "log.csv").rename(tmp_path / "LOG.CSV")
     df = load_outcomes(path, tiers)
     assert "NA" in set(df["prompt_id"]) and "None" in set(df["prompt"])  # pandas read both as missing
+    assert df["tokens_in"].isna().sum() == 1
 
 
 def test_missing_column_and_empty_file(tmp_path, tiers):
@@ -163,6 +166,18 @@ def test_a_tiers_file_of_the_wrong_shape_is_one_line(data, needle):
     # Each of these raised a TypeError, AttributeError or a silently ignored setting before.
     with pytest.raises(TiersConfigError, match=needle):
         parse_tiers({"models": TIERS_TOML["models"], **data})
+
+
+def test_tiers_round_trip_through_their_dict():
+    data = {
+        **TIERS_TOML,
+        "tiers": [
+            *TIERS_TOML["tiers"],
+            {"name": "panel", "kind": "fusion", "members": ["small", "medium"], "judge": "large"},
+        ],
+    }
+    cfg = parse_tiers(data)
+    assert parse_tiers(tiers_to_dict(cfg)) == cfg  # members come back as a tuple
 
 
 def test_a_tiers_file_that_cannot_be_read_is_one_line(tmp_path):
