@@ -21,10 +21,11 @@ router = APIRouter(
     status_code=201,
     responses={
         202: {"model": OutcomesResponse, "description": "store unreachable: spooled, replayed later"},
+        **error(409, "an outcome_id already recorded with another score, model, cost or decision; nothing written"),
         **error(
-            409,
-            "an outcome_id already recorded with another score, model, cost or decision, or no cost_usd for a "
-            "decision the proxy is still serving; nothing written",
+            503,
+            "no model loaded, the store unavailable, or a decision the proxy has not settled yet (Retry-After: "
+            "post it again then)",
         ),
         422: {"description": "invalid, an unknown model, or refused by the store; nothing was written"},
     },
