@@ -194,9 +194,16 @@ class OutcomeRecorder:
     # ------------------------------------------------------------------ replay
 
     def replay(self, tiers: TiersConfig, max_batches: int | None = None) -> int:
-        """Write spooled outcomes to the store; ones it refuses go to the rejected file. Never raises for the store."""
+        """Write spooled outcomes to the store; ones it refuses go to the rejected file. Never raises for the store.
+        How many it took, not counting outcomes put back to wait for their door decision's settlement."""
+        waiting = 0
+
+        def write(batch: list[Record]) -> None:
+            nonlocal waiting
+            waiting += self._write_batch(batch, tiers)
+
         try:
-            n = self.spool.drain(lambda batch: self._write_batch(batch, tiers), self._quarantine, max_batches)
+            n = self.spool.drain(write, self._quarantine, max_batches) - waiting
         except (SQLAlchemyError, OSError) as exc:
             self.metrics.store_errors.inc()
             logger.warning("spool replay stopped, will retry (%s); %s", describe(exc), self.spool.path)
@@ -238,11 +245,12 @@ class OutcomeRecorder:
             logged or reason,
         )
 
-    def _write_batch(self, records: list[Record], tiers: TiersConfig) -> None:
+    def _write_batch(self, records: list[Record], tiers: TiersConfig) -> int:
         """Write one batch in one transaction; on a refusal, one record per transaction, quarantining refusals.
 
         An outage (or any error that is not the record's fault) raises: the drain stops and keeps the batch.
-        Quarantining waits until the batch is through, so a retried batch is not quarantined again.
+        Quarantining waits until the batch is through, so a retried batch is not quarantined again. Returns how
+        many outcomes it put back in the spool to wait for their door decision's settlement.
         """
         rejects: list[tuple[Record, str, str | None]] = []
         valid: list[Record] = []
@@ -294,6 +302,7 @@ class OutcomeRecorder:
             self._quarantine(r, reason, logged)
         if later:  # behind the rest, for the next replay (the batch is through: it is not re-read)
             self.spool.append(_raw(records, later))
+        return len(later)
 
 
 def _raw(records: list[Record], picked: list[Record]) -> list[Record]:

@@ -60,6 +60,13 @@ class ProxyError(Exception):
         self.body = error_body(message, type_, code, param)
         self.headers = headers
 
+    def naming(self, decision_id: str) -> ProxyError:
+        """This error with the decision it settled (a header, and `decision_id` in the error), so the caller can
+        find that decision (GET /sessions, the admin page) as it would an answered one."""
+        self.headers = {**(self.headers or {}), "X-Tierwise-Decision-Id": decision_id}
+        self.body["error"]["decision_id"] = decision_id
+        return self
+
 
 # The answer to a request no upstream answered, by the last failure's kind.
 FAILURE_ANSWERS: dict[str, tuple[int, str, str]] = {
@@ -175,7 +182,7 @@ class Proxy:
             )
         except UpstreamFailure as failure:
             await _settle(settle, decision, trail, started, None)
-            raise failure_error(failure, trail) from None
+            raise failure_error(failure, trail).naming(decision.decision_id) from None
         except BaseException:  # cancelled (the caller left) or a bug: release the reservation, charge nothing
             with anyio.CancelScope(shield=True):
                 if await _stored(committed):  # a row never stored needs no settling

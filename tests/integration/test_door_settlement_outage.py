@@ -112,12 +112,12 @@ def test_a_spooled_outcome_waits_for_its_door_decisions_settlement(tmp_path: Pat
         return {**item, "outcome_id": f"decision:{decision}", "owner": None, "admin": True}
 
     recorder.spool.append([spooled("fresh"), spooled("stale")])
-    recorder.replay(tiers)
+    assert recorder.replay(tiers) == 1  # taken: the stale one (set aside); the fresh one is back in the spool
     count, last = recorder.spool.rejected()
     assert count == 1 and last[0]["outcome_id"] == "decision:stale"  # an hour without a settlement: set aside
     assert recorder.spool.pending() == 1 and store.export_outcomes() == []  # the fresh one waits
     usage = {"tokens_in": 40, "tokens_out": 8, "latency_ms": 5.0, "served_model": "medium"}
     store.settle_decision("fresh", cost_usd=0.002, **usage)  # the door's settlement arrives
-    recorder.replay(tiers)
+    assert recorder.replay(tiers) == 1
     assert not recorder.spool.has_pending()
     assert [(o.model, o.cost_usd, o.score) for o in store.export_outcomes()] == [("medium", 0.002, 0.5)]

@@ -93,6 +93,9 @@ def test_nothing_answers_one_clean_error_nothing_charged(
     s = get_session(url, sid)
     assert s["spent_usd"] == 0 and s["reserved_usd"] == pytest.approx(0)
     assert "not served" in s["recent_decisions"][0]["reason"]
+    decision_id = s["recent_decisions"][0]["decision_id"]  # the error names the decision it settled
+    assert err.value.response.headers["x-tierwise-decision-id"] == decision_id
+    assert err.value.body["decision_id"] == decision_id  # type: ignore[index]
 
 
 def test_when_every_tier_fails_the_error_names_each_tier_tried(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
