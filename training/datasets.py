@@ -93,6 +93,8 @@ def fetch_data(source: Path | None, dest: Path, cache_dir: Path, base_url: str =
     try:
         out = download_routerbench(dest, cache_dir, base_url)
     except OSError as exc:
-        where = "is not a folder" if source is not None and not source.is_dir() else "holds no dataset folders"
+        if source is None:
+            raise
+        where = "holds no dataset folders" if source.is_dir() else "is not a folder"
         raise OSError(f"{source} {where} (TIERWISE_DATA_DIR, --source), and {exc}") from exc
     return f"downloaded and imported RouterBench into {out}"
