@@ -90,6 +90,20 @@ def door_client(tmp: Path, artifact_dir: Path, **fields: Any) -> Iterator[tuple[
             yield client, up
 
 
+def streamed_in_session(sdk: OpenAI, session_id: str, prompt: str) -> tuple[Iterator[Any], str]:
+    """A streamed door call in `session_id` with its first chunk read: the rest of the stream, and the decision id
+    that chunk carries (the decision is routed and stored by then)."""
+    stream = iter(
+        sdk.chat.completions.create(
+            model="tierwise",
+            messages=[{"role": "user", "content": prompt}],
+            stream=True,
+            extra_body={"tierwise": {"session_id": session_id}},
+        )
+    )
+    return stream, next(stream).model_extra["tierwise"]["decision_id"]
+
+
 def proxy_fixtures(name: str, fusion: bool = False, **fields: Any) -> tuple[Callable[..., Any], ...]:
     """A test module's fixtures, `served, up, url, sdk = proxy_fixtures("name", ...)`: one live tierwise and fake
     upstream per module (`served`), the upstream reset for each test (`up`), the service's URL (`url`) and the

@@ -18,7 +18,7 @@ from tests.conftest import HashingEmbedder
 from tests.integration.conftest import CLIENT_KEY, bearer
 from tests.integration.fake_upstream import Reply, fake_upstream
 from tests.integration.live_server import live_server
-from tests.integration.proxy_fixtures import proxy_settings
+from tests.integration.proxy_fixtures import proxy_settings, streamed_in_session
 
 EASY = "easy question 2: alpha beta gamma delta omega"
 SMALL = (0.2, 0.2)  # the test tiers' price of model small, USD per 1M tokens in and out
@@ -33,15 +33,7 @@ def test_a_settlement_the_store_cannot_take_is_spooled_and_booked_later(tmp_path
             hold = threading.Event()
             up.script("small", Reply(text="one two three", usage=(400, 80), hold=hold))
             sdk = OpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0)
-            stream = iter(
-                sdk.chat.completions.create(
-                    model="tierwise",
-                    messages=[{"role": "user", "content": EASY}],
-                    stream=True,
-                    extra_body={"tierwise": {"session_id": sid}},
-                )
-            )
-            decision_id = next(stream).model_extra["tierwise"]["decision_id"]  # routed and stored; upstream held
+            stream, decision_id = streamed_in_session(sdk, sid, EASY)  # routed and stored; upstream held
             store = app.state.store
             good = store.engine
             store.engine = sa.create_engine(f"sqlite:///{tmp_path}/missing/dir/db.sqlite")  # the store goes away

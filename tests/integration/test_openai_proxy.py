@@ -17,7 +17,7 @@ from openai import AsyncOpenAI, OpenAI
 from serving.proxy import upstream
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer
 from tests.integration.fake_upstream import FakeUpstream, Reply
-from tests.integration.proxy_fixtures import proxied_tierwise, proxy_fixtures
+from tests.integration.proxy_fixtures import proxied_tierwise, proxy_fixtures, streamed_in_session
 
 HARD = "hard question 1: omega sigma alpha beta gamma"
 EASY = "easy question 2: alpha beta gamma delta omega"
@@ -306,15 +306,7 @@ def test_an_outcome_waits_until_the_door_has_settled_the_answer(sdk: OpenAI, url
     up.script("small", Reply(status=503), Reply(status=503))  # main fails: the door falls back to mid (medium)
     up.script("medium", Reply(text="one two three", usage=(400, 80), hold=hold))
     try:
-        stream = iter(
-            sdk.chat.completions.create(
-                model="tierwise",
-                messages=[{"role": "user", "content": EASY}],
-                stream=True,
-                extra_body={"tierwise": {"session_id": sid}},
-            )
-        )
-        decision_id = next(stream).model_extra["tierwise"]["decision_id"]  # the upstream now waits for `hold`
+        stream, decision_id = streamed_in_session(sdk, sid, EASY)  # the upstream now waits for `hold`
         assert get_session(url, sid)["recent_decisions"][0]["settled"] is False
         outcome = {"decision_id": decision_id, "score": 0.7}
         for body in (outcome, {**outcome, "cost_usd": 0.0}):  # "not yet", not a conflict: a 503 to retry
@@ -344,15 +336,7 @@ def test_only_the_admin_may_settle_a_door_decision_by_hand(sdk: OpenAI, url: str
     hold = threading.Event()
     up.script("small", Reply(text="one two three", usage=(400, 80), hold=hold))
     try:
-        stream = iter(
-            sdk.chat.completions.create(
-                model="tierwise",
-                messages=[{"role": "user", "content": EASY}],
-                stream=True,
-                extra_body={"tierwise": {"session_id": sid}},
-            )
-        )
-        decision_id = next(stream).model_extra["tierwise"]["decision_id"]
+        stream, decision_id = streamed_in_session(sdk, sid, EASY)
         release = {"cost_usd": None}
         r = httpx.post(f"{url}/decisions/{decision_id}/usage", json=release, headers=bearer(ADMIN_KEY))
         assert r.status_code == 200 and r.json()["booked"] is True, r.text

@@ -176,18 +176,24 @@ def test_migration_0003_round_trip(url: str) -> None:
     store.dispose()
 
 
-def test_migration_0004_round_trip(url: str) -> None:
+def assert_decision_column_round_trip(url: str, column: str, value: str, before: str) -> None:
+    """A decision stored with `column` = `value`; downgraded to revision `before`, the column is gone; upgraded to
+    head again, it is back and empty (the downgrade dropped the value)."""
     store = Store(url)
     store.migrate()
-    store.record_decisions([dataclasses.replace(decision(1), task="code-review")])
-    assert store.get_decisions(["d1"])["d1"].task == "code-review"
+    store.record_decisions([dataclasses.replace(decision(1), **{column: value})])
+    assert getattr(store.get_decisions(["d1"])["d1"], column) == value
 
-    alembic(store, "downgrade", "0003")
+    alembic(store, "downgrade", before)
     with store.engine.connect() as conn:
-        assert "task" not in {c["name"] for c in sa.inspect(conn).get_columns("decisions")}
+        assert column not in {c["name"] for c in sa.inspect(conn).get_columns("decisions")}
     alembic(store, "upgrade", "head")
-    assert store.get_decisions(["d1"])["d1"].task is None  # dropped by the downgrade
+    assert getattr(store.get_decisions(["d1"])["d1"], column) is None
     store.dispose()
+
+
+def test_migration_0004_round_trip(url: str) -> None:
+    assert_decision_column_round_trip(url, "task", "code-review", "0003")
 
 
 def test_an_outcome_does_not_settle_a_decision_the_proxy_serves(url: str) -> None:
@@ -213,15 +219,7 @@ def test_an_outcome_does_not_settle_a_decision_the_proxy_serves(url: str) -> Non
 
 
 def test_migration_0005_round_trip(url: str) -> None:
-    store = Store(url)
-    store.migrate()
-    store.record_decisions([dataclasses.replace(decision(1), served_by=SERVED_BY_PROXY)])
-    alembic(store, "downgrade", "0004")
-    with store.engine.connect() as conn:
-        assert "served_by" not in {c["name"] for c in sa.inspect(conn).get_columns("decisions")}
-    alembic(store, "upgrade", "head")
-    assert store.get_decisions(["d1"])["d1"].served_by is None  # dropped by the downgrade
-    store.dispose()
+    assert_decision_column_round_trip(url, "served_by", SERVED_BY_PROXY, "0004")
 
 
 def test_only_the_settlement_that_took_effect_says_so(url: str) -> None:
