@@ -89,6 +89,14 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+def _output_file(flag: str, path: Path | None) -> None:
+    """A file the command will write must be able to be one: its folder exists, and it is no folder itself."""
+    if path is not None and not path.parent.is_dir():
+        _fail(f"{flag} {path}: the folder {path.parent} does not exist")
+    if path is not None and path.is_dir():
+        _fail(f"{flag} {path}: is a folder, not a file")
+
+
 def _named_file(flag: str, path: Path | None) -> None:
     """A file the user named with `flag` must be one (an unnamed default may be absent)."""
     if path is not None and path.is_dir():
@@ -425,10 +433,7 @@ def evaluate(
     _setup_logging()
     s = _settings(outcomes_path=outcomes, tiers_path=tiers, test_size=test_size, seed=seed)
     _named_file("--tiers", tiers)
-    if json_out is not None and not json_out.parent.is_dir():
-        _fail(f"--json-out {json_out}: the folder {json_out.parent} does not exist")
-    if json_out is not None and json_out.is_dir():
-        _fail(f"--json-out {json_out}: is a folder, not a file")
+    _output_file("--json-out", json_out)
     if from_store:
         _evaluate_from_store(s, model_uri, since_days)
         return
@@ -607,8 +612,7 @@ def route(
         _fail("the prompt is empty")
     if dask is not None and batch is None:
         _fail("--dask routes a --batch file")
-    if out is not None and not out.parent.is_dir():
-        _fail(f"--out {out}: the folder {out.parent} does not exist")
+    _output_file("--out", out)
     if out is not None and batch is not None and out.resolve() == batch.resolve():
         _fail(f"--out {out} is the --batch file: give another path (the decisions would replace the prompts)")
     _named_file("--tiers", tiers)
