@@ -301,14 +301,8 @@ class OutcomeRecorder:
         for r, reason, logged in rejects:
             self._quarantine(r, reason, logged)
         if later:  # behind the rest, for the next replay (the batch is through: it is not re-read)
-            self.spool.append(_raw(records, later))
+            self.spool.append(later)  # as revalidated: the shape `record` spools
         return len(later)
-
-
-def _raw(records: list[Record], picked: list[Record]) -> list[Record]:
-    """The spooled records (as first written) of the revalidated ones in `picked`, by outcome id."""
-    ids = {r["outcome_id"] for r in picked}
-    return [r for r in records if r.get("outcome_id") in ids and r.get("kind") != SETTLEMENT]
 
 
 def outcome_id_of(item: OutcomeIn) -> str:
