@@ -121,6 +121,12 @@ class Settings(BaseSettings):
         description="a request's time for every attempt, retry wait and fallback until its answer starts; a retry "
         "that would start past it (an upstream's Retry-After included) is not made",
     )
+    session_answer_tokens: int = Field(
+        4096,
+        ge=1,
+        description="in a session with a cap, the door limits an answer the caller did not limit to this many tokens "
+        "(and to what the cap leaves), and holds that worst case on the session until the call ends",
+    )
     upstream_max_retry_after_s: float = Field(
         10.0,
         ge=0,

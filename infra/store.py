@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -257,6 +258,17 @@ class LockedSession:
         _insert_decisions(self._conn.execute, rows, self._prompts)
         self.row = SessionRow(**{**self.row.__dict__, "reserved_usd": self.row.reserved_usd + total})
         return self.row
+
+    def held_in_flight(self) -> float:
+        """What the session's unsettled decisions hold beyond their expected cost: the worst cases of the proxy's
+        calls in flight (answers as long as their limit), released when they settle."""
+        beyond = decisions.c.reserved_usd - decisions.c.expected_cost_usd
+        held = self._conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(beyond), 0.0)).where(
+                decisions.c.session_id == self.row.id, sa.not_(decisions.c.settled), beyond > 0
+            )
+        ).scalar_one()
+        return float(held)
 
     def freeze(self) -> None:
         self._conn.execute(
@@ -557,10 +569,17 @@ class Store:
         return _session(row) if row else None
 
     def grow_reservation(self, decision_id: str, session_id: str, total_usd: float) -> bool:
-        """Raise a decision's reservation on its session to `total_usd` (what serving it may now cost: the proxy
-        falling back to a dearer tier) if the session's cap leaves room, on the locked session row; whether it
-        could. Nothing changes when it can't: the session is frozen, the cap has no room, or the decision is
-        settled or unknown. A reservation already as large stays."""
+        """Raise a decision's reservation on its session to `total_usd` if the cap leaves room; whether it could
+        (`grow_reservation_within` with no range)."""
+        return self.grow_reservation_within(decision_id, session_id, total_usd, total_usd) is not None
+
+    def grow_reservation_within(
+        self, decision_id: str, session_id: str, least_usd: float, most_usd: float
+    ) -> float | None:
+        """Raise a decision's reservation on its session toward `most_usd`, as far as the cap leaves room, on the
+        locked session row (the proxy holding a call's worst case, or falling back to a dearer tier); the
+        reservation then, or None when not even `least_usd` fits. Nothing changes then: the session is frozen,
+        the cap has no room, or the decision is settled or unknown. A reservation already as large stays."""
         with self.engine.begin() as conn:
             locked = conn.execute(
                 sessions.update().where(sessions.c.id == session_id).values(status=sessions.c.status)
@@ -571,22 +590,27 @@ class Store:
                 )
             ).first()
             if not locked or decision is None or decision.settled:
-                return False
+                return None
             row = _session(conn.execute(sessions.select().where(sessions.c.id == session_id)).one())
-            extra = total_usd - decision.reserved_usd
-            if extra <= 0:
-                return True
+            held = float(decision.reserved_usd)
+            if row.status != "open":
+                return None
+            most_usd = max(most_usd, least_usd)
+            if most_usd <= held:
+                return held
             left = row.budget_left_usd
             # Within a billionth of the cap counts as fitting: cap − spent − reserved rounds (1.0 − 0.8 < 0.2).
-            if row.status != "open" or (left is not None and extra > left + 1e-9 * (row.cap_usd or 0.0)):
-                return False
+            room = math.inf if left is None else held + left + 1e-9 * (row.cap_usd or 0.0)
+            if least_usd > room:
+                return None
+            total = max(min(most_usd, room), held)
             conn.execute(
                 sessions.update()
                 .where(sessions.c.id == session_id)
-                .values(reserved_usd=sessions.c.reserved_usd + extra, updated_at=_now())
+                .values(reserved_usd=sessions.c.reserved_usd + (total - held), updated_at=_now())
             )
-            conn.execute(decisions.update().where(decisions.c.id == decision_id).values(reserved_usd=total_usd))
-            return True
+            conn.execute(decisions.update().where(decisions.c.id == decision_id).values(reserved_usd=total))
+            return total
 
     def confirm(self, session_id: str, new_cap_usd: float) -> SessionRow | None:
         """Reopen a session with a new cap."""

@@ -105,9 +105,18 @@ class Invalid(ServiceError):
 
 
 class OverBudget(ServiceError):
-    """The session's cap leaves no room for the request (402); the body says whether the session froze."""
+    """The session's cap leaves no room for the request (402); the body says whether the session froze.
+    `retry_after_s`: when room comes back by itself (calls in flight end), answered as `Retry-After`."""
 
     status = 402
+
+    def __init__(self, detail: str, body: dict[str, Any] | None = None, retry_after_s: int | None = None):
+        super().__init__(detail, body)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return None if self.retry_after_s is None else {"Retry-After": str(self.retry_after_s)}
 
 
 def error(status: int, description: str) -> dict[int | str, dict[str, Any]]:
@@ -159,6 +168,8 @@ def install_handlers(app: FastAPI) -> None:
         if isinstance(exc, Invalid):
             return invalid(exc.detail, exc.loc)
         retry = {"Retry-After": str(RETRY_NOT_SETTLED_S)} if isinstance(exc, NotSettledYet) else None
+        if isinstance(exc, OverBudget):
+            retry = exc.headers
         return _answer(exc.status, exc.detail, exc.body, retry)
 
     @app.exception_handler(NoTierFits)

@@ -43,7 +43,13 @@ def check_sizes(prompts: Sequence[str], max_chars: int, max_batch: int) -> None:
             raise TooLarge(f"prompt {i} has {len(p)} characters, over the limit of {max_chars}")
 
 
-def over_budget(row: SessionRow, detail: str, needed_usd: float | None = None) -> OverBudget:
+# Retry-After of a request the door's calls in flight leave no room for: a chat answer takes seconds.
+RETRY_IN_FLIGHT_S = 2
+
+
+def over_budget(
+    row: SessionRow, detail: str, needed_usd: float | None = None, retry_after_s: int | None = None
+) -> OverBudget:
     return OverBudget(
         detail,
         body={
@@ -54,6 +60,7 @@ def over_budget(row: SessionRow, detail: str, needed_usd: float | None = None) -
             "status": row.status,
             "needed_usd": needed_usd,
         },
+        retry_after_s=retry_after_s,
     )
 
 
@@ -243,10 +250,22 @@ def route(
             floor = rt.router.cheapest_allowed(cost, min_tier, opts.max_cost_usd)
             left = locked.row.budget_left_usd
             if left is not None and float(floor.sum()) > left:
-                if left < float(floor.min()):
+                # The worst cases the door holds for its calls in flight come back when they end: what they hold
+                # makes a request wait (402, session open), never freeze the session.
+                held = locked.held_in_flight()
+                if left + held < float(floor.min()):
                     # Not even one of these prompts fits: the session is spent, as a single /route finds it.
                     locked.freeze()
                     refusal = frozen_error(locked.row)
+                elif left < float(floor.min()):
+                    refusal = over_budget(
+                        locked.row,
+                        f"session {locked.row.id} has ${left:.6g} left now: calls in flight hold ${held:.6g} of "
+                        "its cap until they end (the proxy's worst case of each answer); nothing was reserved and "
+                        "the session stays open: retry when they end",
+                        float(floor.min()),
+                        retry_after_s=RETRY_IN_FLIGHT_S,
+                    )
                 else:
                     refusal = over_budget(
                         locked.row,

@@ -50,7 +50,8 @@ def _openai_error(exc: Exception) -> JSONResponse:
                                        err.get("type"), param), status_code=400)  # fmt: skip
     if isinstance(exc, OverBudget):
         code = "session_frozen" if (exc.body or {}).get("status") == "frozen" else "over_budget"
-        return JSONResponse(error_body(exc.detail, "insufficient_quota", code, session=exc.body), status_code=402)
+        return JSONResponse(error_body(exc.detail, "insufficient_quota", code, session=exc.body), status_code=402,
+                            headers=exc.headers)  # fmt: skip
     if isinstance(exc, Invalid):
         param = ".".join(str(p) for p in exc.loc[1:]) or None
         return JSONResponse(error_body(exc.detail, "invalid_request_error", None, param), status_code=400)

@@ -21,7 +21,11 @@ from serving.schemas import (
 # LeanRoute: /route and /route/batch answer a plain request without FastAPI's per-request dependency solving.
 router = APIRouter(tags=["route"], responses=CALLER_ERRORS, route_class=LeanRoute)
 ERRORS: dict[int | str, dict[str, object]] = {
-    402: {"model": OverBudgetResponse, "description": "the session's cap leaves no room (status says if it froze)"},
+    402: {
+        "model": OverBudgetResponse,
+        "description": "the session's cap leaves no room (status says if it froze; Retry-After when the door's calls "
+        "in flight hold the room)",
+    },
     **BODY_ERRORS,
     **error(403, "the session belongs to another client"),
 }

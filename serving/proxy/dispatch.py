@@ -54,6 +54,7 @@ class Trail:
     members: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     hinted: list[UpstreamFailure] = field(default_factory=list)
+    answer_limit: int | None = None  # the answer-length limit the last tier tried was sent with (a capped session)
     deadline: float = math.inf
     sent: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -88,6 +89,14 @@ class Trail:
         return "; ".join(parts)
 
 
+class NoRoom(Exception):
+    """No tier the request may be served by fits what it may spend (the session's cap, its max cost)."""
+
+
+Prepare = Callable[[Tier, dict[str, Any]], Awaitable[dict[str, Any] | None]]
+"""The body to send a tier (its answer's length limited to what the request may spend), or None: skip the tier."""
+
+
 @dataclass
 class Served:
     """The answer of the tier that served: a JSON completion, or an opened stream."""
@@ -117,30 +126,33 @@ class Dispatcher:
         body: dict[str, Any],
         stream: bool,
         trail: Trail,
-        affordable: Callable[[Tier], Awaitable[bool]] | None = None,
+        prepare: Prepare | None = None,
     ) -> Served:
         """The answer of `first`, else of its fallbacks in order; raises the last failure when none answers.
 
         A `client` failure (the upstream refused the request itself) is raised at once: another tier would too.
-        A fallback that is not `affordable` (its expected cost over the request's max cost or what the session's cap
-        leaves) is skipped and said so: falling back never spends past a cap. The policy's deadline starts now.
+        Each tier gets the body `prepare` gives it; one `prepare` skips (over the request's max cost or what the
+        session's cap leaves) is said so: no tier spends past a cap. NoRoom when every tier was skipped. The
+        policy's deadline starts now.
         """
         trail.deadline = min(trail.deadline, time.monotonic() + self.policy.deadline_s)
         last: UpstreamFailure | None = None
         for tier in [first, *tiers.fallbacks(first.name)]:
-            if tier is not first and affordable is not None and not await affordable(tier):
+            sent = body if prepare is None else await prepare(tier, body)
+            if sent is None:
                 trail.skipped.append(tier.name)
                 continue
             if last is not None and self.metrics is not None:
                 self.metrics.fallbacks.labels(trail.failed_tiers[-1], tier.name).inc()
             try:
-                return await self._serve_tier(tiers, tier, body, stream, trail)
+                return await self._serve_tier(tiers, tier, sent, stream, trail)
             except UpstreamFailure as failure:
                 if failure.kind == "client":
                     raise
                 last = failure
                 trail.failed_tiers.append(tier.name)
-        assert last is not None
+        if last is None:
+            raise NoRoom(f"tier(s) {', '.join(trail.skipped)} cost more than the request may spend")
         raise last
 
     async def _attempt(self, ep: Endpoint, call: Callable[[Endpoint, float], Awaitable[T]], trail: Trail) -> T:

@@ -20,10 +20,11 @@ from starlette.types import Receive, Scope, Send
 from infra.settings import Settings
 from infra.store import SERVED_BY_PROXY, Store
 from router.schema import Tier
-from serving.errors import ServiceError
+from serving.errors import OverBudget, ServiceError
 from serving.metrics import UpstreamMetrics
 from serving.outcomes import OutcomeRecorder, describe
-from serving.proxy.dispatch import Dispatcher, RetryPolicy, Served, Trail
+from serving.proxy.answer_bound import asked_limit, with_limit, worst_case
+from serving.proxy.dispatch import Dispatcher, NoRoom, Prepare, RetryPolicy, Served, Trail
 from serving.proxy.upstream import UpstreamClient, UpstreamFailure
 from serving.proxy.wire import (
     KNOB_HEADERS,
@@ -35,7 +36,7 @@ from serving.proxy.wire import (
     sse,
     upstream_body,
 )
-from serving.routing import Routing, route_request_started
+from serving.routing import RETRY_IN_FLIGHT_S, Routing, over_budget, route_request_started
 from serving.runtime import Runtime
 from serving.schemas import RouteOptions, RouteResponse, _storable
 
@@ -176,13 +177,25 @@ class Proxy:
                     upstream_body(req),
                     req.stream,
                     trail,
-                    affordable(rt, prompt, decision, opts.max_cost_usd, lambda: _usage_info(trail)["cost_usd"], store),
+                    prepare_for(
+                        rt,
+                        prompt,
+                        decision,
+                        opts.max_cost_usd,
+                        lambda: _usage_info(trail)["cost_usd"],
+                        store,
+                        trail,
+                        ctx.settings.session_answer_tokens,
+                    ),
                 ),
                 trail.sent,
             )
         except UpstreamFailure as failure:
             await _settle(settle, decision, trail, started, None)
             raise failure_error(failure, trail).naming(decision.decision_id) from None
+        except NoRoom as exc:
+            await _settle(settle, decision, trail, started, None)
+            raise await _no_room(store, decision, exc) from None
         except BaseException:  # cancelled (the caller left) or a bug: release the reservation, charge nothing
             with anyio.CancelScope(shield=True):
                 if await _stored(committed):  # a row never stored needs no settling
@@ -245,36 +258,60 @@ async def _stored(committed: asyncio.Future[None]) -> bool:
     return True
 
 
-def affordable(
+def prepare_for(
     rt: Runtime,
     prompt: str,
     decision: RouteResponse,
     max_cost_usd: float | None,
     spent: Callable[[], float],
     store: Store,
-) -> Callable[[Tier], Awaitable[bool]] | None:
-    """Which fallback tiers the request can pay for: what it has spent already (`spent()`: calls that answered,
-    e.g. the members of a fusion tier whose judge failed) plus the tier's expected cost, within its max cost and,
-    on a capped session, within the cap as it is now: the decision's reservation grows to that sum on the locked
-    session row, or the tier is skipped (other requests may have reserved what was left when this one was
-    routed). None when nothing limits it."""
-    if max_cost_usd is None and decision.budget_left_usd is None:
+    trail: Trail,
+    answer_tokens: int,
+) -> Prepare | None:
+    """What each tier the request may be served by is sent, or None to skip it (None: send the body as it is).
+
+    A fallback's expected cost plus what the request has spent already (calls that answered, e.g. the members of a
+    fusion tier whose judge failed) must be within its max cost. On a capped session every tier, the routed one
+    too, holds its worst case (answer_bound): the decision's reservation grows, on the locked session row, to what
+    the request has spent plus the tier's worst case with the caller's answer limit (else `answer_tokens`), or as far
+    as the cap leaves room, and the body's limit is lowered to that. A tier is skipped when the cap has no room, on
+    top of what was spent, for its expected cost (at least its input and one answer token; at most its worst case):
+    other requests may have reserved what was left when this one was routed."""
+    capped = decision.session_id is not None and decision.budget_left_usd is not None
+    if max_cost_usd is None and not capped:
         return None
     cost = dict(zip(rt.tiers.names, rt.router.expected_cost([prompt])[0], strict=True))
-    limit = min(
-        max_cost_usd if max_cost_usd is not None else float("inf"),
-        decision.expected_cost_usd + decision.budget_left_usd if decision.budget_left_usd is not None else float("inf"),
-    )
 
-    async def check(tier: Tier) -> bool:
-        need = spent() + float(cost[tier.name])
-        if need > limit:
-            return False
-        if decision.session_id is None or decision.budget_left_usd is None:
-            return True
-        return await run_in_threadpool(store.grow_reservation, decision.decision_id, decision.session_id, need)
+    async def prepare(tier: Tier, body: dict[str, Any]) -> dict[str, Any] | None:
+        if tier.name != decision.tier and max_cost_usd is not None and spent() + float(cost[tier.name]) > max_cost_usd:
+            return None
+        if not capped:
+            return body
+        assert decision.session_id is not None
+        worst, want, paid = worst_case(rt.tiers, tier, body), asked_limit(body) or answer_tokens, spent()
+        held = await run_in_threadpool(
+            store.grow_reservation_within,
+            decision.decision_id,
+            decision.session_id,
+            paid + min(max(float(cost[tier.name]), worst.usd(1)), worst.usd(want)),
+            paid + worst.usd(want),
+        )
+        if held is None:
+            return None
+        trail.answer_limit = int(min(want, worst.tokens_within(held - paid)))
+        return with_limit(body, trail.answer_limit)
 
-    return check
+    return prepare
+
+
+async def _no_room(store: Store, decision: RouteResponse, exc: NoRoom) -> OverBudget:
+    """The 402 of a request no tier fits once its worst case is counted (its input alone, or what is left after
+    a fallback's spend): the session as it is now, left open; nothing was charged."""
+    detail = f"{exc} in session {decision.session_id}: nothing was charged and the session stays open"
+    row = None if decision.session_id is None else await run_in_threadpool(store.get_session, decision.session_id)
+    if row is None:
+        return OverBudget(detail)
+    return over_budget(row, detail, retry_after_s=RETRY_IN_FLIGHT_S if row.reserved_usd > 0 else None)
 
 
 def _info(decision: RouteResponse, served: Served, trail: Trail) -> dict[str, Any]:
@@ -287,6 +324,8 @@ def _info(decision: RouteResponse, served: Served, trail: Trail) -> dict[str, An
         "session_id": decision.session_id,
         "fallback_from": list(trail.failed_tiers),
     }
+    if trail.answer_limit is not None:
+        info["max_tokens"] = trail.answer_limit
     if served.tier.kind == "fusion":
         info["fusion"] = {"answered": list(trail.members), "left_out": list(trail.left_out), "judge": served.tier.judge}
     return info

@@ -54,6 +54,7 @@ class Reply:
     extra: dict[str, Any] | None = None  # merged into a completion's JSON as Python's json writes it (NaN included)
     until_in_flight: int = 0  # the delay ends once this many requests have been in their delays at once
     hold: threading.Event | None = None  # a stream pauses after its first chunk until this is set (at most 30 s)
+    finish_reason: str = "stop"  # "length" when the request's max_tokens cut the answer (set by the fake)
 
 
 class ConnectionDropped(Exception):
@@ -101,7 +102,7 @@ class FakeUpstream:
             self.received.append((model, time.monotonic()))
             queue = self._queues.get(model)
             reply = queue.popleft() if queue else self.default
-        return replace(reply, text=reply.text.replace("{model}", model))
+        return _within_limit(replace(reply, text=reply.text.replace("{model}", model)), body)
 
     async def handle(self, request: Request) -> Response:
         body = await request.json()
@@ -131,6 +132,15 @@ class FakeUpstream:
         return JSONResponse(completion(model, reply))
 
 
+def _within_limit(reply: Reply, body: dict[str, Any]) -> Reply:
+    """As a real upstream answers: an answer over the request's `max_completion_tokens` (else `max_tokens`) is cut
+    there (its usage says so, its text is cut at 4 characters a token) and finishes for "length"."""
+    limit = body.get("max_completion_tokens", body.get("max_tokens"))
+    if not isinstance(limit, int) or reply.usage is None or reply.usage[1] <= limit:
+        return reply
+    return replace(reply, usage=(reply.usage[0], limit), text=reply.text[: 4 * limit], finish_reason="length")
+
+
 async def _caller_left_within(request: Request, seconds: float, met: Callable[[], bool] | None = None) -> bool:
     """Wait `seconds`, or less if the caller hangs up first or `met()` turns true (checked every 50 ms); whether
     the caller hung up."""
@@ -154,7 +164,9 @@ def completion(model: str, reply: Reply) -> dict[str, Any]:
         "object": "chat.completion",
         "created": int(time.time()),
         "model": model,
-        "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if reply.tool_calls else "stop"}],
+        "choices": [
+            {"index": 0, "message": message, "finish_reason": "tool_calls" if reply.tool_calls else reply.finish_reason}
+        ],
     }
     if reply.usage is not None:
         p, c = reply.usage
@@ -195,7 +207,7 @@ async def _events(model: str, reply: Reply, include_usage: bool) -> AsyncIterato
         if reply.chunk_delay_s:
             await asyncio.sleep(reply.chunk_delay_s)
         yield _chunk(model, {"content": piece})
-    yield _chunk(model, {}, "stop")
+    yield _chunk(model, {}, reply.finish_reason)
     if include_usage and reply.usage is not None:
         p, c = reply.usage
         usage = {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}

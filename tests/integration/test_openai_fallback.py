@@ -11,6 +11,9 @@ import openai
 import pytest
 from openai import OpenAI
 
+from router.schema import parse_tiers
+from serving.proxy.answer_bound import worst_case
+from tests.conftest import TIERS_TOML
 from tests.integration.conftest import CLIENT_KEY, bearer
 from tests.integration.fake_upstream import FakeUpstream, Reply
 from tests.integration.proxy_fixtures import proxy_fixtures
@@ -162,6 +165,12 @@ def test_an_answer_holding_nan_is_an_upstream_failure_and_falls_back(sdk: OpenAI
     assert "fell back from tier(s) main" in reason and "not JSON" in reason
 
 
+def held_at_most(messages: list[dict[str, str]], tier: str, max_tokens: int) -> float:
+    """The worst case a door call in a capped session holds on `tier` with an answer of at most `max_tokens`."""
+    tiers = parse_tiers(TIERS_TOML)
+    return worst_case(tiers, tiers.tier(tier), {"messages": messages}).usd(max_tokens)
+
+
 def routed_easy(url: str) -> dict:
     routed = httpx.post(f"{url}/route", json={"prompt": EASY}, headers=bearer(CLIENT_KEY)).json()
     assert routed["tier"] == "main"
@@ -193,19 +202,23 @@ def test_a_fallback_gets_only_the_room_the_cap_has_now(url: str, up: FakeUpstrea
     as_mid = {"prompt": EASY, "min_tier": "mid", "cost_weight_per_usd": 1e9}
     mid = httpx.post(f"{url}/route", json=as_mid, headers=bearer(CLIENT_KEY)).json()
     assert mid["tier"] == "mid"
-    sid = session(url, cap_usd=main_cost + mid["expected_cost_usd"] * 1.0001)
+    # A limits its answer to 100 tokens: it holds main's worst case of that, short of mid's; B holds the rest.
+    messages = [{"role": "user", "content": EASY}]
+    a_holds = max(main_cost, held_at_most(messages, "main", 100))
+    assert held_at_most(messages, "mid", 100) > a_holds
+    sid = session(url, cap_usd=a_holds + max(mid["expected_cost_usd"], held_at_most(messages, "mid", 1)) * 1.0001)
     # A's main answers 503 only once B's call to mid is in flight too (or after 30 s); B's answer comes then, and
     # costs at least what B reserved: settled or not, B leaves A no room.
     up.script("small", Reply(status=503, delay_s=30.0, until_in_flight=2), Reply(status=503))
     dear = (int(20 * mid["expected_cost_usd"] * 1e6) + 1, 0)  # tokens in at $1 per million: 20x the reservation
     up.script("medium", Reply(text="for B", usage=dear, delay_s=30.0, until_in_flight=2), Reply(text="for A"))
 
-    def chat(model: str) -> httpx.Response:
-        body = {"model": model, "messages": [{"role": "user", "content": EASY}], "tierwise": {"session_id": sid}}
+    def chat(model: str, **limit: int) -> httpx.Response:
+        body = {"model": model, "messages": messages, "tierwise": {"session_id": sid}, **limit}
         return httpx.post(f"{url}/v1/chat/completions", json=body, headers=bearer(CLIENT_KEY), timeout=60)
 
     with ThreadPoolExecutor(2) as pool:
-        a = pool.submit(chat, "tierwise")
+        a = pool.submit(chat, "tierwise", max_tokens=100)
         deadline = time.monotonic() + 30
         while not up.calls("small") and time.monotonic() < deadline:  # A routed, reserved and called main
             time.sleep(0.01)

@@ -104,3 +104,26 @@ def test_a_failing_judge_still_books_what_the_members_cost(sdk: OpenAI, url: str
     assert s["spent_usd"] == pytest.approx(cost("small", 1000, 300) + cost("medium", 1100, 400))
     assert s["reserved_usd"] == pytest.approx(0)
     assert "not served: charged the 2 call(s) that answered" in s["recent_decisions"][0]["reason"]
+
+
+def test_in_a_capped_session_every_call_of_the_panel_is_limited_to_what_the_cap_leaves(
+    sdk: OpenAI, url: str, up: FakeUpstream
+) -> None:
+    """Members and judge each get the same answer limit, the one whose worst case (members' answers, the judge
+    reading them and answering) fits the cap; answers that would run to 2,000 tokens stay within it."""
+    cap = 0.01
+    sid = session(url, cap_usd=cap)
+    long = "word " * 2000
+    up.script("small", Reply(text=long, usage=(10, 2000)))
+    up.script("medium", Reply(text=long, usage=(11, 2000)))
+    answer = ask_panel(sdk, sid).parse()  # type: ignore[attr-defined]
+    limit = answer.model_extra["tierwise"]["max_tokens"]
+    # small 0.2 + medium 2.0 out, the judge (large) reading both answers at 10.0 and writing at 30.0, per 1M tokens
+    assert 100 < limit < (cap / ((0.2 + 2.0 + 2 * 10.0 + 30.0) / 1e6))
+    sent = [body for _, body in up.requests]
+    assert sorted(b["model"] for b in sent[:2]) == ["medium", "small"] and sent[2]["model"] == "large"
+    assert all(b["max_tokens"] == limit for b in sent)
+    spent = get_session(url, sid)
+    assert spent["reserved_usd"] == pytest.approx(0) and spent["spent_usd"] <= cap
+    # what each call was charged: the members' answers cut at the limit
+    assert spent["spent_usd"] >= cost("small", 10, limit) + cost("medium", 11, limit)

@@ -118,6 +118,29 @@ def test_a_reservation_grows_only_into_the_room_the_cap_has(url: str) -> None:
     store.dispose()
 
 
+def test_a_worst_case_is_held_as_far_as_the_cap_has_room_and_counted_as_in_flight(url: str) -> None:
+    """The proxy holding a call's worst case: the reservation grows toward the most, at least the least, or not at
+    all; what unsettled decisions hold beyond their expected cost is what calls in flight hold."""
+    store = Store(url)
+    store.migrate()
+    with store.lock_session("s", None) as locked:
+        locked.set_cap(1.0)
+        locked.reserve([decision(1, "s", reserved=0.01), decision(2, "s", reserved=0.01)])
+    assert store.grow_reservation_within("d1", "s", 0.02, 5.0) == pytest.approx(0.99)  # all the room there is
+    assert store.get_session("s").reserved_usd == pytest.approx(1.0)  # type: ignore[union-attr]
+    assert store.grow_reservation_within("d2", "s", 0.02, 0.5) is None  # no room for its least
+    assert store.grow_reservation_within("d2", "s", 0.005, 0.01) == pytest.approx(0.01)  # holds enough already
+    assert store.grow_reservation_within("d2", "s", 0.02, 0.015) is None  # a most under the least is the least
+    with store.lock_session("s", None) as locked:
+        assert locked.held_in_flight() == pytest.approx(0.98)  # d1's 0.99 beyond its expected 0.01
+    store.record_outcomes([OutcomeRow(id="o", decision_id="d1", prompt=PROMPT, model="small", score=1, cost_usd=0.3)])
+    with store.lock_session("s", None) as locked:
+        assert locked.held_in_flight() == pytest.approx(0.0)  # settled: released
+        assert locked.row.spent_usd == pytest.approx(0.3) and locked.row.reserved_usd == pytest.approx(0.01)
+    assert store.grow_reservation_within("d2", "s", 0.02, 5.0) == pytest.approx(0.7)
+    store.dispose()
+
+
 def test_hash_mode_needs_a_key() -> None:
     with pytest.raises(ValueError, match="needs a key"):
         PromptPolicy("hash")

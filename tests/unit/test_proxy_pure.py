@@ -15,7 +15,7 @@ import pytest
 from router.schema import TiersConfigError, parse_tiers
 from serving.proxy.dispatch import RetryPolicy, Trail
 from serving.proxy.fusion import MERGE_PROMPT, merge_request
-from serving.proxy.service import affordable
+from serving.proxy.service import prepare_for
 from serving.proxy.upstream import MAX_RETRY_AFTER_S, UpstreamFailure, endpoint_for, retry_after_of, usage_of
 from serving.proxy.wire import ChatMessage, prompt_view
 
@@ -149,25 +149,39 @@ def test_the_forwarded_wait_is_the_soonest_hint_rounded_up() -> None:
     assert trail.retry_after_s() == 3
 
 
-def test_a_fallback_is_affordable_only_with_what_the_request_spent_already() -> None:
-    """The session's cap left 3.0 for the request (its reservation 1.0 plus 2.0); mid is expected at 2.0. (On a
-    stored session the store has the last word: tests/integration/test_openai_fallback.py.)"""
-    rt: Any = SimpleNamespace(
-        tiers=SimpleNamespace(names=["main", "mid"]),
-        router=SimpleNamespace(expected_cost=lambda _: np.array([[1.0, 2.0]])),
-    )
-    mid: Any = SimpleNamespace(name="mid")
-    store: Any = None  # not asked: no session
-    decision: Any = SimpleNamespace(expected_cost_usd=1.0, budget_left_usd=2.0, session_id=None)
-    spent = [0.0]
-    check = affordable(rt, "p", decision, None, lambda: spent[0], store)
-    assert check is not None and asyncio.run(check(mid))
-    spent[0] = 1.5  # a fusion tier's members answered before its judge failed
-    assert not asyncio.run(check(mid))
-    uncapped: Any = SimpleNamespace(expected_cost_usd=1.0, budget_left_usd=None, session_id=None)
-    capped = affordable(rt, "p", uncapped, 2.5, lambda: 0.6, store)
-    assert capped is not None and not asyncio.run(capped(mid))  # 0.6 + 2.0 over the request's max cost
-    assert affordable(rt, "p", uncapped, None, lambda: 9.0, store) is None
+class RoomStore:
+    """The store's side of holding a worst case: `room` USD the decision may hold in all (its reservation plus what
+    the cap leaves). On a stored session: tests/integration/test_openai_fallback.py, test_door_answer_bound.py."""
+
+    def __init__(self, room: float):
+        self.room = room
+
+    def grow_reservation_within(self, decision_id: str, session_id: str, least: float, most: float) -> float | None:
+        return None if least > self.room else min(max(most, least), self.room)
+
+
+def test_a_tier_is_sent_what_the_cap_leaves_after_what_the_request_spent_already() -> None:
+    """The session's cap leaves 3.0 for the request (its reservation 1.0 plus 2.0); mid is expected at 2.0 and its
+    answer tokens cost 1.0 each (no input price)."""
+    prices = {"a": {"input_per_1m": 0.0, "output_per_1m": 1e5}, "b": {"input_per_1m": 0.0, "output_per_1m": 1e6}}
+    cfg = parse_tiers({"models": prices, "tiers": [{"name": "main", "model": "a"}, {"name": "mid", "model": "b"}]})
+    rt: Any = SimpleNamespace(tiers=cfg, router=SimpleNamespace(expected_cost=lambda _: np.array([[1.0, 2.0]])))
+    mid, body = cfg.tier("mid"), {"messages": [{"role": "user", "content": "p"}]}
+    decision: Any = SimpleNamespace(tier="main", expected_cost_usd=1.0, budget_left_usd=2.0, session_id="s",
+                                    decision_id="d")  # fmt: skip
+    spent, trail = [0.0], Trail()
+    prepare = prepare_for(rt, "p", decision, None, lambda: spent[0], RoomStore(3.0), trail, 4096)  # type: ignore[arg-type]
+    assert prepare is not None
+    assert asyncio.run(prepare(mid, body)) == {**body, "max_tokens": 3} and trail.answer_limit == 3
+    assert asyncio.run(prepare(mid, {**body, "max_tokens": 2})) == {**body, "max_tokens": 2}  # the caller's, lower
+    spent[0] = 1.5  # a fusion tier's members answered before its judge failed: no room for mid's expected 2.0
+    assert asyncio.run(prepare(mid, body)) is None
+    assert asyncio.run(prepare(mid, {**body, "max_tokens": 1})) == {**body, "max_tokens": 1}  # 1.5 + 1.0 fits
+    uncapped: Any = SimpleNamespace(tier="main", expected_cost_usd=1.0, budget_left_usd=None, session_id=None)
+    limited = prepare_for(rt, "p", uncapped, 2.5, lambda: 0.6, None, trail, 4096)  # type: ignore[arg-type]
+    assert limited is not None and asyncio.run(limited(mid, body)) is None  # 0.6 + 2.0 over the request's max cost
+    assert asyncio.run(limited(cfg.tier("main"), body)) == body  # the routed tier: routing checked it
+    assert prepare_for(rt, "p", uncapped, None, lambda: 9.0, None, trail, 4096) is None  # type: ignore[arg-type]
 
 
 def test_a_caller_leaving_during_a_blocked_write_closes_the_relay_at_once() -> None:

@@ -1,0 +1,93 @@
+"""What a door call can cost at most, as a function of its answer-length limit, and the limit a budget leaves.
+
+In a capped session the door holds a call's *worst case* on the session (not its expected cost), so the cap bounds
+what the call can spend: the prompt's input tokens (estimated at characters / 4 of the messages, as a usage the
+upstream does not report is) plus `max_tokens` answer tokens at the output price, for each of the `n` choices asked.
+A fusion tier's worst case is every member's plus the judge's, whose input holds the members' answers (at most
+`max_tokens` each). The limit is the caller's (`max_completion_tokens`, else `max_tokens`), else the service's
+`session_answer_tokens`, lowered to what the cap leaves; it is sent to the upstream in the field the caller used
+(`max_tokens` when the caller sent none).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from router.schema import CHARS_PER_TOKEN, Tier, TiersConfig
+from serving.proxy.fusion import MERGE_PROMPT
+
+LIMIT_FIELDS = ("max_completion_tokens", "max_tokens")
+"""The request fields that limit an answer's length, in the order they are read (OpenAI's newer one first)."""
+
+
+@dataclass(frozen=True)
+class WorstCase:
+    """Serving a tier with an answer limit of `t` tokens costs at most `fixed_usd + per_token_usd * t`."""
+
+    fixed_usd: float
+    per_token_usd: float
+
+    def usd(self, tokens: int) -> float:
+        return self.fixed_usd + self.per_token_usd * tokens
+
+    def tokens_within(self, usd: float) -> float:
+        """The largest answer limit whose worst case fits in `usd` (inf when answer tokens are free)."""
+        if self.per_token_usd <= 0:
+            return math.inf if usd >= self.fixed_usd else -math.inf
+        # A hair of slack so a budget computed as usd(t) gives back t, not t - 1, through rounding.
+        return math.floor((usd - self.fixed_usd) / self.per_token_usd + 1e-9)
+
+
+def _input_tokens(body: Mapping[str, Any]) -> float:
+    return len(json.dumps(body.get("messages", []), ensure_ascii=False)) / CHARS_PER_TOKEN
+
+
+def _choices(body: Mapping[str, Any]) -> int:
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
+
+
+def worst_case(tiers: TiersConfig, tier: Tier, body: Mapping[str, Any]) -> WorstCase:
+    """The worst case of serving `tier` the request `body`, at the catalogue prices the door settles with."""
+    tokens_in, n = _input_tokens(body), _choices(body)
+
+    def price(model: str) -> tuple[float, float]:
+        p = tiers.models.get(model)
+        if p is None:  # a single tier's own price (the door refuses a model without an upstream anyway)
+            return tier.input_per_1m / 1e6, tier.output_per_1m / 1e6
+        return p.input_per_1m / 1e6, p.output_per_1m / 1e6
+
+    if tier.kind == "single":
+        p_in, p_out = price(tier.model)
+        return WorstCase(tokens_in * p_in, n * p_out)
+    fixed = per_token = 0.0
+    for member in tier.members:
+        p_in, p_out = price(member)
+        fixed += tokens_in * p_in
+        per_token += n * p_out
+    if tier.judge is not None:
+        p_in, p_out = price(tier.judge)
+        # The judge reads the conversation, the merge prompt and each member's first answer (a heading each).
+        merge_tokens = (len(MERGE_PROMPT) + 32 * len(tier.members)) / CHARS_PER_TOKEN
+        fixed += (tokens_in + merge_tokens) * p_in
+        per_token += len(tier.members) * p_in + n * p_out
+    return WorstCase(fixed, per_token)
+
+
+def asked_limit(body: Mapping[str, Any]) -> int | None:
+    """The answer-length limit the caller sent (a positive whole number), else None."""
+    for name in LIMIT_FIELDS:
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+    return None
+
+
+def with_limit(body: Mapping[str, Any], tokens: int) -> dict[str, Any]:
+    """`body` with its answer limited to `tokens`, in the field the caller used (`max_tokens` when none)."""
+    used = [name for name in LIMIT_FIELDS if name in body]
+    return {**body, **dict.fromkeys(used or ["max_tokens"], tokens)}

@@ -1,0 +1,56 @@
+"""The worst case of a door call as a function of its answer limit, and the limit a budget leaves."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from router.schema import parse_tiers
+from serving.proxy.answer_bound import WorstCase, asked_limit, with_limit, worst_case
+from serving.proxy.fusion import MERGE_PROMPT
+from tests.conftest import TIERS_TOML
+
+MESSAGES = [{"role": "user", "content": "x" * 400}]
+TOKENS_IN = len(json.dumps(MESSAGES)) / 4
+
+
+def test_a_single_tier_pays_its_input_and_each_choices_answer() -> None:
+    tiers = parse_tiers(TIERS_TOML)
+    w = worst_case(tiers, tiers.tier("mid"), {"messages": MESSAGES, "n": 3})
+    assert w.fixed_usd == pytest.approx(TOKENS_IN * 1.0 / 1e6)  # medium: 1.0 in, 2.0 out per 1M
+    assert w.per_token_usd == pytest.approx(3 * 2.0 / 1e6)
+    assert worst_case(tiers, tiers.tier("mid"), {"messages": MESSAGES, "n": "3"}).per_token_usd == pytest.approx(2e-6)
+
+
+def test_a_fusion_tier_pays_its_members_and_a_judge_reading_their_answers() -> None:
+    raw = {**TIERS_TOML, "tiers": [*TIERS_TOML["tiers"][:2], {"name": "brain", "kind": "fusion",
+           "members": ["small", "medium"], "judge": "large"}]}  # fmt: skip
+    tiers = parse_tiers(raw)
+    w = worst_case(tiers, tiers.tier("brain"), {"messages": MESSAGES})
+    merge_tokens = (len(MERGE_PROMPT) + 64) / 4
+    assert w.fixed_usd == pytest.approx((TOKENS_IN * (0.2 + 1.0) + (TOKENS_IN + merge_tokens) * 10.0) / 1e6)
+    assert w.per_token_usd == pytest.approx((0.2 + 2.0 + 2 * 10.0 + 30.0) / 1e6)
+
+
+def test_the_limit_a_budget_leaves() -> None:
+    w = WorstCase(fixed_usd=1e-4, per_token_usd=3e-6)
+    assert w.tokens_within(w.usd(123)) == 123  # no token lost to rounding
+    assert w.tokens_within(w.usd(123) - 1e-12) == 122
+    assert w.tokens_within(5e-5) < 1  # not even the input
+    assert WorstCase(1e-4, 0.0).tokens_within(1e-4) == math.inf  # free answer tokens
+    assert WorstCase(1e-4, 0.0).tokens_within(5e-5) == -math.inf
+
+
+def test_the_callers_limit_and_the_field_it_is_sent_in() -> None:
+    assert asked_limit({"max_tokens": 50}) == 50
+    assert asked_limit({"max_completion_tokens": 20, "max_tokens": 50}) == 20  # OpenAI's newer field first
+    assert asked_limit({"max_tokens": 0}) is None and asked_limit({"max_tokens": True}) is None
+    assert asked_limit({"max_tokens": "50"}) is None and asked_limit({}) is None
+    assert with_limit({"messages": []}, 7) == {"messages": [], "max_tokens": 7}
+    assert with_limit({"max_completion_tokens": 99}, 7) == {"max_completion_tokens": 7}
+    assert with_limit({"max_tokens": 99, "max_completion_tokens": 99}, 7) == {
+        "max_tokens": 7,
+        "max_completion_tokens": 7,
+    }
