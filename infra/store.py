@@ -239,6 +239,18 @@ def make_engine(
     )
 
 
+def _held_in_flight(conn: Connection, session_id: str) -> float:
+    """What a session's unsettled decisions hold beyond their expected cost: the worst cases of the proxy's calls
+    in flight (answers as long as their limit), released when they settle."""
+    beyond = decisions.c.reserved_usd - decisions.c.expected_cost_usd
+    held = conn.execute(
+        sa.select(sa.func.coalesce(sa.func.sum(beyond), 0.0)).where(
+            decisions.c.session_id == session_id, sa.not_(decisions.c.settled), beyond > 0
+        )
+    ).scalar_one()
+    return float(held)
+
+
 class LockedSession:
     """A session row locked for the rest of the transaction: check its owner, then set its cap, reserve
     against it, or freeze it. Raising inside the `with` rolls everything back, a session it created too."""
@@ -260,15 +272,8 @@ class LockedSession:
         return self.row
 
     def held_in_flight(self) -> float:
-        """What the session's unsettled decisions hold beyond their expected cost: the worst cases of the proxy's
-        calls in flight (answers as long as their limit), released when they settle."""
-        beyond = decisions.c.reserved_usd - decisions.c.expected_cost_usd
-        held = self._conn.execute(
-            sa.select(sa.func.coalesce(sa.func.sum(beyond), 0.0)).where(
-                decisions.c.session_id == self.row.id, sa.not_(decisions.c.settled), beyond > 0
-            )
-        ).scalar_one()
-        return float(held)
+        """What the session's unsettled decisions hold beyond their expected cost (`_held_in_flight`)."""
+        return _held_in_flight(self._conn, self.row.id)
 
     def freeze(self) -> None:
         self._conn.execute(
@@ -567,6 +572,12 @@ class Store:
         with self.engine.connect() as conn:
             row = conn.execute(sessions.select().where(sessions.c.id == session_id)).first()
         return _session(row) if row else None
+
+    def session_and_held(self, session_id: str) -> tuple[SessionRow | None, float]:
+        """A session and what calls in flight hold of it beyond their expected cost (0.0 for no session)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sessions.select().where(sessions.c.id == session_id)).first()
+            return (_session(row), _held_in_flight(conn, session_id)) if row else (None, 0.0)
 
     def grow_reservation(self, decision_id: str, session_id: str, total_usd: float) -> bool:
         """Raise a decision's reservation on its session to `total_usd` if the cap leaves room; whether it could

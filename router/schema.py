@@ -92,7 +92,9 @@ class ModelPrice(BaseModel):
 
     `base_url` is the upstream's API root (the proxy posts to `<base_url>/chat/completions`), `api_key_env` the
     environment variable holding its key (sent as a bearer token; none when absent), `upstream_model` the name the
-    upstream knows the model by (default: the catalogue name).
+    upstream knows the model by (default: the catalogue name), `answer_limit_field` the request field that limits
+    an answer's length there (default `max_tokens`; OpenAI's reasoning models take only `max_completion_tokens`):
+    a caller's limit, or the one the proxy sets in a capped session, is sent in it.
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -101,6 +103,7 @@ class ModelPrice(BaseModel):
     base_url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s/]+(/\S*)?$")] | None = None
     api_key_env: Annotated[str, StringConstraints(pattern=ENV_NAME)] | None = None
     upstream_model: Annotated[str, StringConstraints(min_length=1)] | None = None
+    answer_limit_field: Literal["max_tokens", "max_completion_tokens"] | None = None
 
 
 class Tier(BaseModel):

@@ -267,12 +267,14 @@ def route(
                         retry_after_s=RETRY_IN_FLIGHT_S,
                     )
                 else:
+                    waiting = f" (calls in flight hold ${held:.6g} more until they end)" if held > 0 else ""
                     refusal = over_budget(
                         locked.row,
                         f"these {len(prompts)} prompts need at least ${float(floor.sum()):.6g} at their cheapest "
-                        f"allowed tiers, but session {locked.row.id} has ${left:.6g} left; nothing was reserved "
-                        "and the session stays open: send fewer prompts",
+                        f"allowed tiers, but session {locked.row.id} has ${left:.6g} left{waiting}; nothing was "
+                        "reserved and the session stays open: send fewer prompts",
                         float(floor.sum()),
+                        retry_after_s=RETRY_IN_FLIGHT_S if held > 0 else None,
                     )
             else:
                 decided = decide(left)

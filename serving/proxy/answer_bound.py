@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from router.schema import CHARS_PER_TOKEN, Tier, TiersConfig
-from serving.proxy.fusion import MERGE_PROMPT
+from serving.proxy.fusion import JUDGE_CHARS_PER_ANSWER_TOKEN, MERGE_PROMPT
 
 LIMIT_FIELDS = ("max_completion_tokens", "max_tokens")
 """The request fields that limit an answer's length, in the order they are read (OpenAI's newer one first)."""
@@ -42,8 +42,9 @@ class WorstCase:
         return math.floor((usd - self.fixed_usd) / self.per_token_usd + 1e-9)
 
 
-def _input_tokens(body: Mapping[str, Any]) -> float:
-    return len(json.dumps(body.get("messages", []), ensure_ascii=False)) / CHARS_PER_TOKEN
+def _input_tokens(body: Mapping[str, Any]) -> int:
+    """The messages' tokens as the proxy estimates a usage the upstream does not report (rounded up)."""
+    return math.ceil(len(json.dumps(body.get("messages", []), ensure_ascii=False)) / CHARS_PER_TOKEN)
 
 
 def _choices(body: Mapping[str, Any]) -> int:
@@ -71,10 +72,11 @@ def worst_case(tiers: TiersConfig, tier: Tier, body: Mapping[str, Any]) -> Worst
         per_token += n * p_out
     if tier.judge is not None:
         p_in, p_out = price(tier.judge)
-        # The judge reads the conversation, the merge prompt and each member's first answer (a heading each).
-        merge_tokens = (len(MERGE_PROMPT) + 32 * len(tier.members)) / CHARS_PER_TOKEN
+        # The judge reads the conversation, the merge prompt and each member's first answer (a heading each), an
+        # answer cut at JUDGE_CHARS_PER_ANSWER_TOKEN characters (escaped) a token of the limit (fusion.merge_request).
+        merge_tokens = (len(json.dumps(MERGE_PROMPT)) + 32 * len(tier.members)) / CHARS_PER_TOKEN
         fixed += (tokens_in + merge_tokens) * p_in
-        per_token += len(tier.members) * p_in + n * p_out
+        per_token += len(tier.members) * JUDGE_CHARS_PER_ANSWER_TOKEN / CHARS_PER_TOKEN * p_in + n * p_out
     return WorstCase(fixed, per_token)
 
 
@@ -91,3 +93,18 @@ def with_limit(body: Mapping[str, Any], tokens: int) -> dict[str, Any]:
     """`body` with its answer limited to `tokens`, in the field the caller used (`max_tokens` when none)."""
     used = [name for name in LIMIT_FIELDS if name in body]
     return {**body, **dict.fromkeys(used or ["max_tokens"], tokens)}
+
+
+def in_field(body: Mapping[str, Any], field: str | None) -> dict[str, Any]:
+    """`body` with its answer limit, if it has one, sent in `field` alone (the upstream's `answer_limit_field`;
+    None: as it is)."""
+    limit = asked_limit(body)
+    if field is None or limit is None:
+        return dict(body)
+    return {**{k: v for k, v in body.items() if k not in LIMIT_FIELDS}, field: limit}
+
+
+def answer_tokens_at_most(body: Mapping[str, Any]) -> int | None:
+    """The most answer tokens a request can be charged for (its limit times its choices), None without a limit."""
+    limit = asked_limit(body)
+    return None if limit is None else limit * _choices(body)

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 from router.schema import Tier, TiersConfig
 from serving.metrics import UpstreamMetrics
+from serving.proxy.answer_bound import asked_limit
 from serving.proxy.fusion import merge_request
 from serving.proxy.upstream import Endpoint, Stream, UpstreamClient, UpstreamFailure, Usage, complete, endpoint_for
 
@@ -256,4 +257,5 @@ class Dispatcher:
             if refused:
                 raise refused[0]
             raise UpstreamFailure(tier.model, "server", f"every member of fusion tier '{tier.name}' failed")
-        return await self._answer(tiers, tier, tier.judge, merge_request(body, answers), stream, trail)
+        judged = merge_request(body, answers, asked_limit(body))
+        return await self._answer(tiers, tier, tier.judge, judged, stream, trail)

@@ -29,11 +29,38 @@ def answer_text(completion: Mapping[str, Any]) -> str:
     return f"(tool calls) {json.dumps(calls, ensure_ascii=False)}" if calls else ""
 
 
-def merge_request(body: Mapping[str, Any], answers: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+JUDGE_CHARS_PER_ANSWER_TOKEN = 8
+"""With an answer limit of t tokens, each answer the judge reads is at most 8·t characters as JSON (escaped): twice
+the 4 characters a token the proxy's estimates count, so only an answer far denser than text is cut."""
+
+
+def fit(text: str, max_json_chars: int) -> str:
+    """`text`, cut so it is at most `max_json_chars` characters once escaped as a JSON string."""
+
+    def size(t: str) -> int:
+        return len(json.dumps(t, ensure_ascii=False)) - 2
+
+    if size(text) <= max_json_chars:
+        return text
+    lo, hi = 0, min(len(text), max_json_chars)  # the longest prefix that fits, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if size(text[:mid]) <= max_json_chars else (lo, mid - 1)
+    return text[:lo]
+
+
+def merge_request(
+    body: Mapping[str, Any], answers: Sequence[Mapping[str, Any]], answer_limit: int | None = None
+) -> dict[str, Any]:
     """The judge's request: the caller's request with MERGE_PROMPT and the answers appended as one user message.
 
-    Members are not named to the judge (so it weighs the answers, not the brands); their order is the tier's.
+    Members are not named to the judge (so it weighs the answers, not the brands); their order is the tier's. With
+    an answer limit (the caller's, or a capped session's), each answer is cut at JUDGE_CHARS_PER_ANSWER_TOKEN
+    characters a token of it, so the judge's input is bounded as the proxy holds it.
     """
-    listed = "\n\n".join(f"### Answer {i}\n{answer_text(a)}" for i, a in enumerate(answers, start=1))
+    texts = [answer_text(a) for a in answers]
+    if answer_limit is not None:
+        texts = [fit(t, JUDGE_CHARS_PER_ANSWER_TOKEN * answer_limit) for t in texts]
+    listed = "\n\n".join(f"### Answer {i}\n{t}" for i, t in enumerate(texts, start=1))
     merge = {"role": "user", "content": MERGE_PROMPT.format(n=len(answers), answers=listed)}
     return {**body, "messages": [*body.get("messages", []), merge]}

@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import suppress
 from typing import Any
 
@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 from infra.settings import Settings
 from infra.store import SERVED_BY_PROXY, Store
 from router.schema import Tier
-from serving.errors import OverBudget, ServiceError
+from serving.errors import ServiceError
 from serving.metrics import UpstreamMetrics
 from serving.outcomes import OutcomeRecorder, describe
 from serving.proxy.answer_bound import asked_limit, with_limit, worst_case
@@ -195,7 +195,7 @@ class Proxy:
             raise failure_error(failure, trail).naming(decision.decision_id) from None
         except NoRoom as exc:
             await _settle(settle, decision, trail, started, None)
-            raise await _no_room(store, decision, exc) from None
+            raise (await _no_room(store, decision, exc)).naming(decision.decision_id) from None
         except BaseException:  # cancelled (the caller left) or a bug: release the reservation, charge nothing
             with anyio.CancelScope(shield=True):
                 if await _stored(committed):  # a row never stored needs no settling
@@ -216,7 +216,10 @@ class Proxy:
             return JSONResponse({**served.body, "tierwise": info}, headers=headers_out)
         include_usage = bool((upstream_body(req).get("stream_options") or {}).get("include_usage"))
         return ClosingStreamingResponse(
-            _relay(served, info, include_usage, settle, decision, trail, started, counted),
+            RelayBody(
+                _relay(served, info, include_usage, settle, decision, trail, started, counted),
+                lambda: _settle_unstarted(served, settle, decision, trail, started, counted),
+            ),
             media_type="text/event-stream",
             headers={**headers_out, "Cache-Control": "no-cache"},
         )
@@ -298,20 +301,25 @@ def prepare_for(
         )
         if held is None:
             return None
-        trail.answer_limit = int(min(want, worst.tokens_within(held - paid)))
+        # At least one token: `held` covers the least asked, which covers one (up to rounding in the subtraction).
+        trail.answer_limit = int(max(1, min(want, worst.tokens_within(held - paid))))
         return with_limit(body, trail.answer_limit)
 
     return prepare
 
 
-async def _no_room(store: Store, decision: RouteResponse, exc: NoRoom) -> OverBudget:
+async def _no_room(store: Store, decision: RouteResponse, exc: NoRoom) -> ProxyError:
     """The 402 of a request no tier fits once its worst case is counted (its input alone, or what is left after
-    a fallback's spend): the session as it is now, left open; nothing was charged."""
-    detail = f"{exc} in session {decision.session_id}: nothing was charged and the session stays open"
-    row = None if decision.session_id is None else await run_in_threadpool(store.get_session, decision.session_id)
-    if row is None:
-        return OverBudget(detail)
-    return over_budget(row, detail, retry_after_s=RETRY_IN_FLIGHT_S if row.reserved_usd > 0 else None)
+    a fallback's spend): the session as it is now, left open, with `Retry-After` when calls in flight hold some of
+    it; nothing was charged."""
+    message = f"{exc} in session {decision.session_id}: nothing was charged and the session stays open"
+    assert decision.session_id is not None  # only a capped session's tiers are skipped for want of room
+    row, held = await run_in_threadpool(store.session_and_held, decision.session_id)
+    wait = {"Retry-After": str(RETRY_IN_FLIGHT_S)} if held > 0 else None
+    error = ProxyError(402, message, "insufficient_quota", "over_budget", headers=wait)
+    if row is not None:
+        error.body["error"]["session"] = over_budget(row, message).body
+    return error
 
 
 def _info(decision: RouteResponse, served: Served, trail: Trail) -> dict[str, Any]:
@@ -375,17 +383,20 @@ async def _settle(
     reason = f"{decision.reason}; {note}" if note else None
     usage = _usage_info(trail)
     try:
-        await run_in_threadpool(
-            settle,
-            decision.decision_id,
-            cost_usd=usage["cost_usd"] if charged else None,
-            tokens_in=usage["tokens_in"] if charged else None,
-            tokens_out=usage["tokens_out"] if charged else None,
-            latency_ms=(time.perf_counter() - started) * 1000,
-            served_model=served.tier.model if served is not None else None,
-            reason=reason,
-            sessionless=decision.session_id is None,
-        )
+        # Shielded: a caller who leaves as the answer ends cancels the response, and a settlement cancelled there
+        # left the decision's reservation (its worst case, in a capped session) held for good.
+        with anyio.CancelScope(shield=True):
+            await run_in_threadpool(
+                settle,
+                decision.decision_id,
+                cost_usd=usage["cost_usd"] if charged else None,
+                tokens_in=usage["tokens_in"] if charged else None,
+                tokens_out=usage["tokens_out"] if charged else None,
+                latency_ms=(time.perf_counter() - started) * 1000,
+                served_model=served.tier.model if served is not None else None,
+                reason=reason,
+                sessionless=decision.session_id is None,
+            )
     except (SQLAlchemyError, ServiceError) as exc:  # the answer is the caller's either way
         # With the store unreachable the settlement is spooled (OutcomeRecorder.settle_decision); this is a store
         # that refused it, or a spool that could not be written: the reservation stays booked.
@@ -408,6 +419,45 @@ class ClosingStreamingResponse(StreamingResponse):
                     await close()
 
 
+class RelayBody:
+    """The relay's events, and its settlement when the response ends before the relay started: a caller who left
+    while the upstream's first event was coming has its response cancelled before the body is first read (uvicorn's
+    ASGI 2.3), and closing a generator that never started runs none of it."""
+
+    def __init__(self, relay: AsyncGenerator[bytes, None], unstarted: Callable[[], Awaitable[None]]):
+        self._relay = relay
+        self._unstarted: Callable[[], Awaitable[None]] | None = unstarted
+
+    def __aiter__(self) -> RelayBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        self._unstarted = None  # the relay settles from here on, however it ends
+        return await self._relay.__anext__()
+
+    async def aclose(self) -> None:
+        unstarted, self._unstarted = self._unstarted, None
+        if unstarted is not None:
+            await unstarted()
+        await self._relay.aclose()
+
+
+async def _settle_unstarted(
+    served: Served,
+    settle: Settle,
+    decision: RouteResponse,
+    trail: Trail,
+    started: float,
+    metrics: UpstreamMetrics | None,
+) -> None:
+    """A stream nobody read: its upstream connection closed, the call charged as a caller who left is (the
+    upstream's usage, else an estimate of its input and the text it sent)."""
+    assert served.stream is not None
+    await served.stream.aclose()
+    trail.usages.append(served.stream.usage())
+    await _settle(settle, decision, trail, started, served, metrics)
+
+
 async def _relay(
     served: Served,
     info: dict[str, Any],
@@ -417,7 +467,7 @@ async def _relay(
     trail: Trail,
     started: float,
     metrics: UpstreamMetrics | None,
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     """The upstream's events as SSE, `tierwise` on the first; settled before `[DONE]`.
 
     Usage is asked of the upstream always; its usage-only chunk reaches the caller only if the caller asked too.

@@ -26,6 +26,7 @@ import aiohttp
 import anyio
 
 from router.schema import CHARS_PER_TOKEN, ModelPrice, TiersConfig
+from serving.proxy.answer_bound import answer_tokens_at_most, in_field
 
 FailureKind = Literal["timeout", "rate_limited", "server", "connection", "config", "client"]
 RETRYABLE: frozenset[str] = frozenset({"timeout", "rate_limited", "server", "connection"})
@@ -117,6 +118,8 @@ def usage_of(ep: Endpoint, usage: Any, body: Mapping[str, Any], answer_chars: in
     except (TypeError, KeyError, ValueError):
         prompt_chars = len(json.dumps(body.get("messages", []), ensure_ascii=False))
         tokens_in, tokens_out = round(prompt_chars / CHARS_PER_TOKEN), round(answer_chars / CHARS_PER_TOKEN)
+        most = answer_tokens_at_most(body)  # an upstream that honours the limit sent no more than that
+        tokens_out = tokens_out if most is None else min(tokens_out, most)
         estimated = True
     tokens_in, tokens_out = max(tokens_in, 0), max(tokens_out, 0)
     cost = (tokens_in * ep.price.input_per_1m + tokens_out * ep.price.output_per_1m) / 1e6
@@ -183,7 +186,7 @@ def _failure_for_exception(model: str, exc: BaseException) -> UpstreamFailure:
 
 
 def _payload(ep: Endpoint, body: Mapping[str, Any], stream: bool) -> dict[str, Any]:
-    out = {**body, "model": ep.upstream_model, "stream": stream}
+    out = {**in_field(body, ep.price.answer_limit_field), "model": ep.upstream_model, "stream": stream}
     if stream:
         out["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
     else:

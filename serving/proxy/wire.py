@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from serving.schemas import RouteOptions
 
@@ -52,6 +52,10 @@ class ChatCompletionRequest(BaseModel):
     stream_options: dict[str, Any] | None = Field(
         None, description="as OpenAI's (`include_usage`); tierwise always asks the upstream for usage"
     )
+    # Read by the door: what an answer may cost depends on them (serving.proxy.answer_bound).
+    n: StrictInt | None = Field(None, ge=1, description="choices to generate, as OpenAI's")
+    max_tokens: StrictInt | None = Field(None, ge=1, description="as OpenAI's; lowered in a capped session")
+    max_completion_tokens: StrictInt | None = Field(None, ge=1, description="as OpenAI's; lowered in a capped session")
     tierwise: RouteOptions | None = Field(
         None, description="routing options (OpenAI SDK: `extra_body={'tierwise': {...}}`); stripped before the upstream"
     )

@@ -5,7 +5,10 @@ cap does."""
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -126,3 +129,52 @@ def test_without_a_cap_the_answer_is_not_limited(url: str, up: FakeUpstream, ses
     [(_, sent)] = up.requests
     assert "max_tokens" not in sent and "max_completion_tokens" not in sent
     assert "max_tokens" not in r.json()["tierwise"]
+
+
+def test_a_caller_who_leaves_before_the_first_event_releases_what_the_call_held(url: str, up: FakeUpstream) -> None:
+    """The settlement of a stream whose caller left was cancelled with the response: the call's worst case stayed
+    held for good, and the session answered 402 "retry" to everything after (a review's find)."""
+    sid = session(url, cap_usd=0.01)
+    up.script("small", Reply(text="hello " * 50, usage=(10, 50), first_byte_delay_s=1.5))
+    body = json.dumps({"model": "tierwise", "stream": True, "messages": [{"role": "user", "content": EASY}],
+                       "tierwise": {"session_id": sid}}).encode()  # fmt: skip
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as caller:
+        caller.sendall(
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: tierwise\r\nContent-Type: application/json\r\n"
+            + f"Authorization: Bearer {CLIENT_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        deadline = time.monotonic() + 30
+        while not get_session(url, sid)["reserved_usd"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert get_session(url, sid)["reserved_usd"] > 0  # routed, its worst case held
+    # the caller has left, before the upstream's first event
+    deadline = time.monotonic() + 30
+    while get_session(url, sid)["reserved_usd"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    after = get_session(url, sid)
+    assert after["reserved_usd"] == 0 and after["recent_decisions"][0]["settled"]
+    assert route(url, sid).status_code == 200
+
+
+@pytest.mark.parametrize(("field", "value"), [("n", 3.0), ("max_tokens", 50.0), ("max_tokens", 0),
+                                              ("max_completion_tokens", "50"), ("n", True)])  # fmt: skip
+def test_what_bounds_an_answer_must_be_a_whole_number(url: str, up: FakeUpstream, field: str, value: object) -> None:
+    """A lax upstream reads `n: 3.0` as 3 choices, which the door had counted as 1; a limit it cannot read was
+    replaced by the default one."""
+    r = chat(url, session(url, cap_usd=1.0), **{field: value})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == field and up.requests == []
+
+
+def test_an_upstream_without_usage_is_charged_no_more_answer_than_the_limit(url: str, up: FakeUpstream) -> None:
+    """Without usage the door estimates the answer at characters / 4: an upstream that honours the limit with
+    long tokens (6 characters each here) was charged past it, and past the cap."""
+    messages = [{"role": "user", "content": EASY}]
+    sid = session(url, cap_usd=1.0)
+    up.default = Reply(text=" hello" * 40, usage=None)  # 40 tokens of 6 characters: 60 by the estimate
+    r = chat(url, sid, max_tokens=40)
+    assert r.status_code == 200, r.text
+    assert r.json()["tierwise"]["max_tokens"] == 40 and r.json()["tierwise"]["tokens_out"] == 40
+    assert get_session(url, sid)["spent_usd"] <= worst(messages, "main", 40)  # what the call held

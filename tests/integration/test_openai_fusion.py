@@ -3,11 +3,13 @@ returned; the cost is the sum of the real usages; a member that fails (dies mid-
 
 from __future__ import annotations
 
+import json
+
 import openai
 import pytest
 from openai import OpenAI
 
-from serving.proxy.fusion import MERGE_PROMPT
+from serving.proxy.fusion import JUDGE_CHARS_PER_ANSWER_TOKEN, MERGE_PROMPT
 from tests.integration.fake_upstream import FakeUpstream, Reply
 from tests.integration.proxy_fixtures import proxy_fixtures
 from tests.integration.test_openai_proxy import EASY, cost, get_session, session
@@ -127,3 +129,22 @@ def test_in_a_capped_session_every_call_of_the_panel_is_limited_to_what_the_cap_
     assert spent["reserved_usd"] == pytest.approx(0) and spent["spent_usd"] <= cap
     # what each call was charged: the members' answers cut at the limit
     assert spent["spent_usd"] >= cost("small", 10, limit) + cost("medium", 11, limit)
+
+
+def test_the_judge_reads_no_more_of_each_answer_than_the_cap_holds(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    """Answers dense in characters that JSON escapes (a control character is 6 characters escaped) made the judge's
+    input, estimated at characters / 4 of its messages, pass what the cap held for it (a review's find)."""
+    cap = 0.01
+    sid = session(url, cap_usd=cap)
+    dense = "\x01" * 20_000
+    up.script("small", Reply(text=dense, usage=(10, 5000)))
+    up.script("medium", Reply(text=dense, usage=(11, 5000)))
+    up.script("large", Reply(text="merged " * 3000, usage=None))  # no usage: the door estimates the judge's call
+    answer = ask_panel(sdk, sid).parse()  # type: ignore[attr-defined]
+    limit = answer.model_extra["tierwise"]["max_tokens"]
+    merge = up.calls("large")[0]["messages"][-1]["content"]
+    for part in merge.split("### Answer ")[1:]:
+        answer_text = part.split("\n", 1)[1].rstrip("\n")
+        assert len(json.dumps(answer_text)) - 2 <= JUDGE_CHARS_PER_ANSWER_TOKEN * limit
+    spent = get_session(url, sid)
+    assert spent["reserved_usd"] == pytest.approx(0) and spent["spent_usd"] <= cap * (1 + 1e-9)

@@ -8,12 +8,19 @@ import math
 import pytest
 
 from router.schema import parse_tiers
-from serving.proxy.answer_bound import WorstCase, asked_limit, with_limit, worst_case
-from serving.proxy.fusion import MERGE_PROMPT
+from serving.proxy.answer_bound import (
+    WorstCase,
+    answer_tokens_at_most,
+    asked_limit,
+    in_field,
+    with_limit,
+    worst_case,
+)
+from serving.proxy.fusion import MERGE_PROMPT, fit, merge_request
 from tests.conftest import TIERS_TOML
 
 MESSAGES = [{"role": "user", "content": "x" * 400}]
-TOKENS_IN = len(json.dumps(MESSAGES)) / 4
+TOKENS_IN = math.ceil(len(json.dumps(MESSAGES)) / 4)
 
 
 def test_a_single_tier_pays_its_input_and_each_choices_answer() -> None:
@@ -21,7 +28,6 @@ def test_a_single_tier_pays_its_input_and_each_choices_answer() -> None:
     w = worst_case(tiers, tiers.tier("mid"), {"messages": MESSAGES, "n": 3})
     assert w.fixed_usd == pytest.approx(TOKENS_IN * 1.0 / 1e6)  # medium: 1.0 in, 2.0 out per 1M
     assert w.per_token_usd == pytest.approx(3 * 2.0 / 1e6)
-    assert worst_case(tiers, tiers.tier("mid"), {"messages": MESSAGES, "n": "3"}).per_token_usd == pytest.approx(2e-6)
 
 
 def test_a_fusion_tier_pays_its_members_and_a_judge_reading_their_answers() -> None:
@@ -29,9 +35,10 @@ def test_a_fusion_tier_pays_its_members_and_a_judge_reading_their_answers() -> N
            "members": ["small", "medium"], "judge": "large"}]}  # fmt: skip
     tiers = parse_tiers(raw)
     w = worst_case(tiers, tiers.tier("brain"), {"messages": MESSAGES})
-    merge_tokens = (len(MERGE_PROMPT) + 64) / 4
+    merge_tokens = (len(json.dumps(MERGE_PROMPT)) + 64) / 4
     assert w.fixed_usd == pytest.approx((TOKENS_IN * (0.2 + 1.0) + (TOKENS_IN + merge_tokens) * 10.0) / 1e6)
-    assert w.per_token_usd == pytest.approx((0.2 + 2.0 + 2 * 10.0 + 30.0) / 1e6)
+    # each member's answer is read by the judge at up to 8 characters (2 estimated tokens) per answer token
+    assert w.per_token_usd == pytest.approx((0.2 + 2.0 + 2 * 2 * 10.0 + 30.0) / 1e6)
 
 
 def test_the_limit_a_budget_leaves() -> None:
@@ -54,3 +61,25 @@ def test_the_callers_limit_and_the_field_it_is_sent_in() -> None:
         "max_tokens": 7,
         "max_completion_tokens": 7,
     }
+
+
+def test_a_limit_is_sent_in_the_field_the_upstream_reads() -> None:
+    assert in_field({"max_tokens": 9, "x": 1}, "max_completion_tokens") == {"max_completion_tokens": 9, "x": 1}
+    assert in_field({"max_completion_tokens": 9, "max_tokens": 20}, "max_tokens") == {"max_tokens": 9}
+    assert in_field({"max_tokens": 9}, None) == {"max_tokens": 9} and in_field({"x": 1}, "max_tokens") == {"x": 1}
+    assert answer_tokens_at_most({"max_tokens": 9, "n": 2}) == 18 and answer_tokens_at_most({"n": 2}) is None
+
+
+@pytest.mark.parametrize("text", ["plain words " * 50, '"quoted"' * 60, "\x01" * 300, "é" * 400])
+def test_an_answer_is_cut_to_what_the_judge_may_read(text: str) -> None:
+    cut = fit(text, 200)
+    assert text.startswith(cut) and len(json.dumps(cut, ensure_ascii=False)) - 2 <= 200
+    assert len(json.dumps(text[: len(cut) + 1], ensure_ascii=False)) - 2 > 200  # the longest prefix that fits
+    assert fit("short", 200) == "short"
+
+
+def test_the_judge_is_sent_each_answer_cut_at_the_limit() -> None:
+    answers = [{"choices": [{"message": {"content": "a" * 1000}}]}, {"choices": [{"message": {"content": "b"}}]}]
+    merge = merge_request({"messages": []}, answers, answer_limit=10)["messages"][-1]["content"]
+    assert "### Answer 1\n" + "a" * 80 + "\n\n### Answer 2\nb" in merge and "a" * 81 not in merge
+    assert "a" * 1000 in merge_request({"messages": []}, answers)["messages"][-1]["content"]

@@ -221,3 +221,49 @@ def test_a_caller_leaving_during_a_blocked_write_closes_the_relay_at_once() -> N
         asyncio.run(scenario())
     finally:
         gc.enable()
+
+
+def test_a_relay_closed_before_it_started_settles_once() -> None:
+    """A caller gone before the response starts (ASGI 2.3 cancels the response before its body is read): closing
+    a generator that never started runs none of it, so the relay's settlement runs from RelayBody.aclose."""
+    from serving.proxy.service import RelayBody
+
+    settled: list[str] = []
+
+    async def relay() -> Any:
+        try:
+            yield b"data: first\n\n"
+        finally:
+            settled.append("by the relay")
+
+    async def unstarted() -> None:
+        settled.append("unstarted")
+
+    async def scenario(read: bool) -> None:
+        body = RelayBody(relay(), unstarted)
+        if read:
+            assert [chunk async for chunk in body] == [b"data: first\n\n"]
+        await body.aclose()
+        await body.aclose()  # a second close settles nothing more
+
+    asyncio.run(scenario(read=False))
+    assert settled == ["unstarted"]
+    settled.clear()
+    asyncio.run(scenario(read=True))
+    assert settled == ["by the relay"]
+
+
+def test_a_model_that_reads_another_limit_field_is_sent_it() -> None:
+    from serving.proxy.upstream import _payload
+
+    toml = {
+        **TOML,
+        "models": {**TOML["models"], "a": {**TOML["models"]["a"], "answer_limit_field": "max_completion_tokens"}},
+    }
+    ep = endpoint_for("a", parse_tiers(toml), {"A_KEY": "k"})
+    sent = _payload(ep, {"messages": [], "max_tokens": 30}, stream=False)
+    assert sent["max_completion_tokens"] == 30 and "max_tokens" not in sent and sent["model"] == "a"
+    plain = _payload(endpoint_for("b", parse_tiers(TOML), {}), {"messages": [], "max_tokens": 30}, stream=False)
+    assert plain["max_tokens"] == 30 and "max_completion_tokens" not in plain
+    with pytest.raises(TiersConfigError, match="answer_limit_field"):
+        parse_tiers({**TOML, "models": {**TOML["models"], "a": {**TOML["models"]["a"], "answer_limit_field": "max"}}})
