@@ -285,9 +285,12 @@ class OverBudgetResponse(BaseModel):
     cap_usd: float | None
     status: Literal["open", "frozen"] = Field(
         description="frozen: every /route in the session answers 402 until an admin confirms a new cap; "
-        "open: only this batch was refused (nothing reserved); a smaller batch or a single /route may fit"
+        "open: only this request was refused (nothing reserved); a smaller batch or a single /route may fit, or, "
+        "with Retry-After, the room the door's calls in flight hold comes back when they end"
     )
-    needed_usd: float | None = Field(None, description="the least this batch would cost at the cheapest allowed tiers")
+    needed_usd: float | None = Field(
+        None, description="the least this request would cost at the cheapest allowed tiers"
+    )
 
 
 class DeletedSession(BaseModel):
