@@ -251,6 +251,19 @@ def _held_in_flight(conn: Connection, session_id: str) -> float:
     return float(held)
 
 
+def _holding(conn: Connection, session_id: str, limit: int = 10) -> list[str]:
+    """The oldest unsettled decisions of a session that hold more than their expected cost (the proxy's calls in
+    flight, or a reservation a crashed service left: the admin key releases one with POST /decisions/{id}/usage)."""
+    beyond = decisions.c.reserved_usd - decisions.c.expected_cost_usd
+    rows = conn.execute(
+        sa.select(decisions.c.id)
+        .where(decisions.c.session_id == session_id, sa.not_(decisions.c.settled), beyond > 0)
+        .order_by(decisions.c.created_at)
+        .limit(limit)
+    )
+    return [r.id for r in rows]
+
+
 class LockedSession:
     """A session row locked for the rest of the transaction: check its owner, then set its cap, reserve
     against it, or freeze it. Raising inside the `with` rolls everything back, a session it created too."""
@@ -274,6 +287,10 @@ class LockedSession:
     def held_in_flight(self) -> float:
         """What the session's unsettled decisions hold beyond their expected cost (`_held_in_flight`)."""
         return _held_in_flight(self._conn, self.row.id)
+
+    def holding(self) -> list[str]:
+        """The decisions that hold it (`_holding`)."""
+        return _holding(self._conn, self.row.id)
 
     def freeze(self) -> None:
         self._conn.execute(
@@ -401,9 +418,22 @@ _BOOK_COST = (
 )
 
 
+# The session row a decision books on, locked before the decision's (as every other writer locks them: the session
+# first), so a settlement and the proxy growing a reservation on the same decision cannot deadlock on PostgreSQL.
+_LOCK_SESSION_OF = (
+    sessions.update()
+    .where(
+        sessions.c.id
+        == sa.select(decisions.c.session_id).where(decisions.c.id == sa.bindparam("d_id")).scalar_subquery()
+    )
+    .values(status=sessions.c.status)
+)
+
+
 def _settle(execute: Execute, decision_id: str, cost_usd: float, by_outcome: bool = False) -> bool:
     """Release a decision's reservation and book its actual cost, once; spend saturates at a ceiling. `by_outcome`:
-    settle only a decision its caller serves (not the proxy's). Whether this call settled it."""
+    settle only a decision its caller serves (not the proxy's). Whether this call settled it. The caller has
+    locked the decision's session (`_LOCK_SESSION_OF`) before touching the decision."""
     if not execute(_MARK_SETTLED_BY_OUTCOME if by_outcome else _MARK_SETTLED, {"d_id": decision_id}).rowcount:
         return False
     session_id, reserved = execute(_RESERVATION_OF, {"d_id": decision_id}).fetchone()
@@ -573,11 +603,13 @@ class Store:
             row = conn.execute(sessions.select().where(sessions.c.id == session_id)).first()
         return _session(row) if row else None
 
-    def session_and_held(self, session_id: str) -> tuple[SessionRow | None, float]:
-        """A session and what calls in flight hold of it beyond their expected cost (0.0 for no session)."""
+    def session_and_holding(self, session_id: str) -> tuple[SessionRow | None, float, list[str]]:
+        """A session, what calls in flight hold of it beyond their expected cost, and the decisions that hold it."""
         with self.engine.connect() as conn:
             row = conn.execute(sessions.select().where(sessions.c.id == session_id)).first()
-            return (_session(row), _held_in_flight(conn, session_id)) if row else (None, 0.0)
+            if row is None:
+                return None, 0.0, []
+            return _session(row), _held_in_flight(conn, session_id), _holding(conn, session_id)
 
     def grow_reservation(self, decision_id: str, session_id: str, total_usd: float) -> bool:
         """Raise a decision's reservation on its session to `total_usd` if the cap leaves room; whether it could
@@ -739,6 +771,7 @@ class Store:
                     continue
                 new += 1
                 if r.decision_id is not None:
+                    conn.execute(_LOCK_SESSION_OF, {"d_id": r.decision_id})
                     _settle(conn.execute, r.decision_id, r.cost_usd, by_outcome=True)
         return new
 
@@ -774,6 +807,8 @@ class Store:
         }
 
         def work(execute: Execute) -> bool:
+            if not sessionless:
+                execute(_LOCK_SESSION_OF, {"d_id": decision_id})
             execute(_RECORD_SERVED, served)
             return _settle(execute, decision_id, cost_usd or 0.0)
 

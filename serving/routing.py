@@ -48,20 +48,21 @@ RETRY_IN_FLIGHT_S = 2
 
 
 def over_budget(
-    row: SessionRow, detail: str, needed_usd: float | None = None, retry_after_s: int | None = None
+    row: SessionRow,
+    detail: str,
+    needed_usd: float | None = None,
+    retry_after_s: int | None = None,
+    held_by: list[str] | None = None,
 ) -> OverBudget:
-    return OverBudget(
-        detail,
-        body={
-            "session_id": row.id,
-            "spent_usd": row.spent_usd,
-            "reserved_usd": row.reserved_usd,
-            "cap_usd": row.cap_usd,
-            "status": row.status,
-            "needed_usd": needed_usd,
-        },
-        retry_after_s=retry_after_s,
-    )
+    body = {
+        "session_id": row.id,
+        "spent_usd": row.spent_usd,
+        "reserved_usd": row.reserved_usd,
+        "cap_usd": row.cap_usd,
+        "status": row.status,
+        "needed_usd": needed_usd,
+    }
+    return OverBudget(detail, body={**body, "held_by": held_by} if held_by else body, retry_after_s=retry_after_s)
 
 
 def frozen_error(row: SessionRow) -> OverBudget:
@@ -265,6 +266,7 @@ def route(
                         "the session stays open: retry when they end",
                         float(floor.min()),
                         retry_after_s=RETRY_IN_FLIGHT_S,
+                        held_by=locked.holding(),
                     )
                 else:
                     waiting = f" (calls in flight hold ${held:.6g} more until they end)" if held > 0 else ""
@@ -275,6 +277,7 @@ def route(
                         "reserved and the session stays open: send fewer prompts",
                         float(floor.sum()),
                         retry_after_s=RETRY_IN_FLIGHT_S if held > 0 else None,
+                        held_by=locked.holding() if held > 0 else None,
                     )
             else:
                 decided = decide(left)

@@ -291,6 +291,11 @@ class OverBudgetResponse(BaseModel):
     needed_usd: float | None = Field(
         None, description="the least this request would cost at the cheapest allowed tiers"
     )
+    held_by: list[str] | None = Field(
+        None,
+        description="with Retry-After: the oldest decisions (up to 10) whose calls in flight hold the room; one a "
+        "crashed service left is released by the admin key with POST /decisions/{id}/usage",
+    )
 
 
 class DeletedSession(BaseModel):

@@ -1,24 +1,25 @@
 """What a door call can cost at most, as a function of its answer-length limit, and the limit a budget leaves.
 
 In a capped session the door holds a call's *worst case* on the session (not its expected cost), so the cap bounds
-what the call can spend: the prompt's input tokens (estimated at characters / 4 of the messages, as a usage the
-upstream does not report is) plus `max_tokens` answer tokens at the output price, for each of the `n` choices asked.
-A fusion tier's worst case is every member's plus the judge's, whose input holds the members' answers (at most
-`max_tokens` each). The limit is the caller's (`max_completion_tokens`, else `max_tokens`), else the service's
-`session_answer_tokens`, lowered to what the cap leaves; it is sent to the upstream in the field the caller used
-(`max_tokens` when the caller sent none).
+what the call can spend: the request's input tokens (`input_tokens`: its messages and tool definitions by the
+estimate of serving.proxy.tokens, which a usage the upstream does not report is booked at, plus an allowance per
+image) plus `max_tokens` answer tokens at the output price, for each of the `n` choices asked. A fusion tier's
+worst case is every member's plus the judge's, whose input holds the members' answers (cut to twice the limit
+each). The limit is the caller's (`max_completion_tokens`, else `max_tokens`), else the service's
+`session_answer_tokens`, lowered to what the cap leaves; it is sent in the field the caller used (`max_tokens` when
+the caller sent none), or the upstream model's `answer_limit_field`.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from router.schema import CHARS_PER_TOKEN, Tier, TiersConfig
-from serving.proxy.fusion import JUDGE_CHARS_PER_ANSWER_TOKEN, MERGE_PROMPT
+from router.schema import Tier, TiersConfig
+from serving.proxy.fusion import JUDGE_TOKENS_PER_ANSWER_TOKEN, MERGE_PROMPT
+from serving.proxy.tokens import json_tokens
 
 LIMIT_FIELDS = ("max_completion_tokens", "max_tokens")
 """The request fields that limit an answer's length, in the order they are read (OpenAI's newer one first)."""
@@ -42,9 +43,26 @@ class WorstCase:
         return math.floor((usd - self.fixed_usd) / self.per_token_usd + 1e-9)
 
 
-def _input_tokens(body: Mapping[str, Any]) -> int:
-    """The messages' tokens as the proxy estimates a usage the upstream does not report (rounded up)."""
-    return math.ceil(len(json.dumps(body.get("messages", []), ensure_ascii=False)) / CHARS_PER_TOKEN)
+IMAGE_TOKENS = 1_600
+"""What the proxy holds for each part of a message that is not text (an image, audio) besides its JSON: about the
+most a provider bills for one high-detail image."""
+TOOL_FIELDS = ("tools", "functions", "tool_choice", "response_format")
+"""Request fields the upstream reads as input besides the messages (their JSON is counted)."""
+
+
+def input_tokens(body: Mapping[str, Any]) -> int:
+    """The most input tokens the proxy expects a request to be billed: its messages and tool definitions as JSON
+    (serving.proxy.tokens), and IMAGE_TOKENS for each part of a message that is not text."""
+    messages = body.get("messages") or []
+    parts = sum(
+        1
+        for m in messages
+        if isinstance(m, dict) and isinstance(m.get("content"), list)
+        for p in m["content"]
+        if not (isinstance(p, dict) and p.get("type") == "text")
+    )
+    extra = {k: body[k] for k in TOOL_FIELDS if k in body}
+    return json_tokens(messages) + (json_tokens(extra) if extra else 0) + IMAGE_TOKENS * parts
 
 
 def _choices(body: Mapping[str, Any]) -> int:
@@ -54,7 +72,7 @@ def _choices(body: Mapping[str, Any]) -> int:
 
 def worst_case(tiers: TiersConfig, tier: Tier, body: Mapping[str, Any]) -> WorstCase:
     """The worst case of serving `tier` the request `body`, at the catalogue prices the door settles with."""
-    tokens_in, n = _input_tokens(body), _choices(body)
+    tokens_in, n = input_tokens(body), _choices(body)
 
     def price(model: str) -> tuple[float, float]:
         p = tiers.models.get(model)
@@ -73,10 +91,10 @@ def worst_case(tiers: TiersConfig, tier: Tier, body: Mapping[str, Any]) -> Worst
     if tier.judge is not None:
         p_in, p_out = price(tier.judge)
         # The judge reads the conversation, the merge prompt and each member's first answer (a heading each), an
-        # answer cut at JUDGE_CHARS_PER_ANSWER_TOKEN characters (escaped) a token of the limit (fusion.merge_request).
-        merge_tokens = (len(json.dumps(MERGE_PROMPT)) + 32 * len(tier.members)) / CHARS_PER_TOKEN
+        # answer cut at JUDGE_TOKENS_PER_ANSWER_TOKEN tokens a token of the limit (fusion.merge_request).
+        merge_tokens = json_tokens(MERGE_PROMPT) + 8 * len(tier.members)
         fixed += (tokens_in + merge_tokens) * p_in
-        per_token += len(tier.members) * JUDGE_CHARS_PER_ANSWER_TOKEN / CHARS_PER_TOKEN * p_in + n * p_out
+        per_token += len(tier.members) * JUDGE_TOKENS_PER_ANSWER_TOKEN * p_in + n * p_out
     return WorstCase(fixed, per_token)
 
 

@@ -314,11 +314,11 @@ async def _no_room(store: Store, decision: RouteResponse, exc: NoRoom) -> ProxyE
     it; nothing was charged."""
     message = f"{exc} in session {decision.session_id}: nothing was charged and the session stays open"
     assert decision.session_id is not None  # only a capped session's tiers are skipped for want of room
-    row, held = await run_in_threadpool(store.session_and_held, decision.session_id)
+    row, held, holding = await run_in_threadpool(store.session_and_holding, decision.session_id)
     wait = {"Retry-After": str(RETRY_IN_FLIGHT_S)} if held > 0 else None
     error = ProxyError(402, message, "insufficient_quota", "over_budget", headers=wait)
     if row is not None:
-        error.body["error"]["session"] = over_budget(row, message).body
+        error.body["error"]["session"] = over_budget(row, message, held_by=holding).body
     return error
 
 

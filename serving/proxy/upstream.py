@@ -26,7 +26,7 @@ import aiohttp
 import anyio
 
 from router.schema import CHARS_PER_TOKEN, ModelPrice, TiersConfig
-from serving.proxy.answer_bound import answer_tokens_at_most, in_field
+from serving.proxy.answer_bound import answer_tokens_at_most, in_field, input_tokens
 
 FailureKind = Literal["timeout", "rate_limited", "server", "connection", "config", "client"]
 RETRYABLE: frozenset[str] = frozenset({"timeout", "rate_limited", "server", "connection"})
@@ -116,8 +116,7 @@ def usage_of(ep: Endpoint, usage: Any, body: Mapping[str, Any], answer_chars: in
         tokens_in, tokens_out = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
         estimated = False
     except (TypeError, KeyError, ValueError):
-        prompt_chars = len(json.dumps(body.get("messages", []), ensure_ascii=False))
-        tokens_in, tokens_out = round(prompt_chars / CHARS_PER_TOKEN), round(answer_chars / CHARS_PER_TOKEN)
+        tokens_in, tokens_out = input_tokens(body), round(answer_chars / CHARS_PER_TOKEN)
         most = answer_tokens_at_most(body)  # an upstream that honours the limit sent no more than that
         tokens_out = tokens_out if most is None else min(tokens_out, most)
         estimated = True

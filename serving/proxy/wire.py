@@ -26,6 +26,10 @@ KNOB_HEADERS: dict[str, str] = {
 """Request headers carrying /route's options, for clients that can set headers but not body fields."""
 
 
+MAX_CHOICES = 128  # OpenAI's own limit on `n`
+MAX_ANSWER_TOKENS = 2**31 - 1  # far past any model's; keeps the worst-case arithmetic finite
+
+
 class TextPart(BaseModel):
     """One part of a multimodal message; only `text` parts reach the router."""
 
@@ -53,9 +57,13 @@ class ChatCompletionRequest(BaseModel):
         None, description="as OpenAI's (`include_usage`); tierwise always asks the upstream for usage"
     )
     # Read by the door: what an answer may cost depends on them (serving.proxy.answer_bound).
-    n: StrictInt | None = Field(None, ge=1, description="choices to generate, as OpenAI's")
-    max_tokens: StrictInt | None = Field(None, ge=1, description="as OpenAI's; lowered in a capped session")
-    max_completion_tokens: StrictInt | None = Field(None, ge=1, description="as OpenAI's; lowered in a capped session")
+    n: StrictInt | None = Field(None, ge=1, le=MAX_CHOICES, description="choices to generate, as OpenAI's")
+    max_tokens: StrictInt | None = Field(
+        None, ge=1, le=MAX_ANSWER_TOKENS, description="as OpenAI's; lowered in a capped session"
+    )
+    max_completion_tokens: StrictInt | None = Field(
+        None, ge=1, le=MAX_ANSWER_TOKENS, description="as OpenAI's; lowered in a capped session"
+    )
     tierwise: RouteOptions | None = Field(
         None, description="routing options (OpenAI SDK: `extra_body={'tierwise': {...}}`); stripped before the upstream"
     )

@@ -75,9 +75,10 @@ def test_concurrent_long_answers_never_spend_past_the_cap(sdk: OpenAI, url: str,
             assert r.headers["retry-after"] == "2"
             error = r.json()["error"]
             assert error["code"] == "over_budget" and error["session"]["status"] == "open"
-            assert "calls in flight hold" in error["message"]
+            assert "calls in flight hold" in error["message"] and error["session"]["held_by"] == [decision_id]
         busy = route(url, sid)  # /route waits for the door's call too; the session stays open
         assert busy.status_code == 402 and busy.json()["status"] == "open" and busy.headers["retry-after"] == "2"
+        assert busy.json()["held_by"] == [decision_id]  # what holds the room (an admin may release one left behind)
         assert get_session(url, sid)["status"] == "open"
     finally:
         hold.set()
@@ -159,10 +160,11 @@ def test_a_caller_who_leaves_before_the_first_event_releases_what_the_call_held(
 
 
 @pytest.mark.parametrize(("field", "value"), [("n", 3.0), ("max_tokens", 50.0), ("max_tokens", 0),
-                                              ("max_completion_tokens", "50"), ("n", True)])  # fmt: skip
+                                              ("max_completion_tokens", "50"), ("n", True), ("n", 129),
+                                              ("max_tokens", 10**400), ("max_completion_tokens", 2**31)])  # fmt: skip
 def test_what_bounds_an_answer_must_be_a_whole_number(url: str, up: FakeUpstream, field: str, value: object) -> None:
     """A lax upstream reads `n: 3.0` as 3 choices, which the door had counted as 1; a limit it cannot read was
-    replaced by the default one."""
+    replaced by the default one; a limit of 10**400 overflowed the worst-case arithmetic (a 500)."""
     r = chat(url, session(url, cap_usd=1.0), **{field: value})
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == field and up.requests == []
@@ -178,3 +180,15 @@ def test_an_upstream_without_usage_is_charged_no_more_answer_than_the_limit(url:
     assert r.status_code == 200, r.text
     assert r.json()["tierwise"]["max_tokens"] == 40 and r.json()["tierwise"]["tokens_out"] == 40
     assert get_session(url, sid)["spent_usd"] <= worst(messages, "main", 40)  # what the call held
+
+
+def test_a_prompt_in_chinese_is_held_at_about_a_token_a_character(url: str, up: FakeUpstream) -> None:
+    """Input held at characters / 4 let a prompt in Chinese (about a token a character) spend past the cap: the
+    upstream billed 4 times the input the door had held for it (a review's find)."""
+    cap = 3e-4
+    sid = session(url, cap_usd=cap)
+    prompt = "请解释为什么天空是蓝色的" * 84  # 1,008 characters, no ASCII
+    up.default = Reply(text="答" * 4000, usage=(len(prompt), 4000))  # a token a character, as tokenizers bill it
+    r = chat(url, sid, messages=[{"role": "user", "content": prompt}])
+    assert r.status_code == 200, r.text
+    assert get_session(url, sid)["spent_usd"] <= cap * (1 + 1e-9)

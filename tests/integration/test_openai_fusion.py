@@ -9,7 +9,8 @@ import openai
 import pytest
 from openai import OpenAI
 
-from serving.proxy.fusion import JUDGE_CHARS_PER_ANSWER_TOKEN, MERGE_PROMPT
+from serving.proxy.fusion import JUDGE_TOKENS_PER_ANSWER_TOKEN, MERGE_PROMPT
+from serving.proxy.tokens import text_tokens
 from tests.integration.fake_upstream import FakeUpstream, Reply
 from tests.integration.proxy_fixtures import proxy_fixtures
 from tests.integration.test_openai_proxy import EASY, cost, get_session, session
@@ -145,6 +146,6 @@ def test_the_judge_reads_no_more_of_each_answer_than_the_cap_holds(sdk: OpenAI, 
     merge = up.calls("large")[0]["messages"][-1]["content"]
     for part in merge.split("### Answer ")[1:]:
         answer_text = part.split("\n", 1)[1].rstrip("\n")
-        assert len(json.dumps(answer_text)) - 2 <= JUDGE_CHARS_PER_ANSWER_TOKEN * limit
+        assert text_tokens(json.dumps(answer_text, ensure_ascii=False)[1:-1]) <= JUDGE_TOKENS_PER_ANSWER_TOKEN * limit
     spent = get_session(url, sid)
     assert spent["reserved_usd"] == pytest.approx(0) and spent["spent_usd"] <= cap * (1 + 1e-9)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -138,6 +140,45 @@ def test_a_worst_case_is_held_as_far_as_the_cap_has_room_and_counted_as_in_fligh
         assert locked.held_in_flight() == pytest.approx(0.0)  # settled: released
         assert locked.row.spent_usd == pytest.approx(0.3) and locked.row.reserved_usd == pytest.approx(0.01)
     assert store.grow_reservation_within("d2", "s", 0.02, 5.0) == pytest.approx(0.7)
+    store.dispose()
+
+
+def test_a_settlement_and_a_growing_reservation_of_one_decision_do_not_deadlock(url: str) -> None:
+    """The proxy grows a decision's reservation (session row, then decision) while the decision is settled (an
+    admin's release, a cancelled call): settling locked the decision, then the session, and PostgreSQL answered
+    one of them DeadlockDetected (a review's find). Both lock the session first now."""
+    store = Store(url)
+    store.migrate()
+    with store.lock_session("s", None) as locked:
+        locked.set_cap(1.0)
+        locked.reserve([decision(1, "s", reserved=0.01)])
+    grower, paused = threading.current_thread(), threading.Event()
+
+    @sa.event.listens_for(store.engine, "after_cursor_execute")
+    def slow(conn, cursor, statement, params, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        if (
+            threading.current_thread() is grower
+            and statement.lstrip().upper().startswith("SELECT")
+            and "settled" in statement
+        ):
+            paused.set()
+            time.sleep(0.5)  # the grow holds the session row and has read the decision unsettled
+
+    out: dict[str, object] = {}
+
+    def settle() -> None:
+        paused.wait(10)
+        out["settled"] = store.settle_decision(
+            "d1", cost_usd=0.005, tokens_in=1, tokens_out=1, latency_ms=1.0, served_model="small"
+        )
+
+    settler = threading.Thread(target=settle)
+    settler.start()
+    out["grown"] = store.grow_reservation_within("d1", "s", 0.02, 0.9)
+    settler.join(30)
+    assert out == {"grown": 0.9, "settled": True}
+    session = store.get_session("s")
+    assert session is not None and session.spent_usd == pytest.approx(0.005) and session.reserved_usd == 0
     store.dispose()
 
 

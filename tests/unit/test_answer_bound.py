@@ -9,18 +9,21 @@ import pytest
 
 from router.schema import parse_tiers
 from serving.proxy.answer_bound import (
+    IMAGE_TOKENS,
     WorstCase,
     answer_tokens_at_most,
     asked_limit,
     in_field,
+    input_tokens,
     with_limit,
     worst_case,
 )
 from serving.proxy.fusion import MERGE_PROMPT, fit, merge_request
+from serving.proxy.tokens import json_tokens, text_tokens
 from tests.conftest import TIERS_TOML
 
 MESSAGES = [{"role": "user", "content": "x" * 400}]
-TOKENS_IN = math.ceil(len(json.dumps(MESSAGES)) / 4)
+TOKENS_IN = math.ceil(len(json.dumps(MESSAGES)) / 4)  # all ASCII
 
 
 def test_a_single_tier_pays_its_input_and_each_choices_answer() -> None:
@@ -35,9 +38,9 @@ def test_a_fusion_tier_pays_its_members_and_a_judge_reading_their_answers() -> N
            "members": ["small", "medium"], "judge": "large"}]}  # fmt: skip
     tiers = parse_tiers(raw)
     w = worst_case(tiers, tiers.tier("brain"), {"messages": MESSAGES})
-    merge_tokens = (len(json.dumps(MERGE_PROMPT)) + 64) / 4
+    merge_tokens = math.ceil(len(json.dumps(MERGE_PROMPT)) / 4) + 16
     assert w.fixed_usd == pytest.approx((TOKENS_IN * (0.2 + 1.0) + (TOKENS_IN + merge_tokens) * 10.0) / 1e6)
-    # each member's answer is read by the judge at up to 8 characters (2 estimated tokens) per answer token
+    # each member's answer is read by the judge at up to 2 estimated tokens per answer token
     assert w.per_token_usd == pytest.approx((0.2 + 2.0 + 2 * 2 * 10.0 + 30.0) / 1e6)
 
 
@@ -70,16 +73,28 @@ def test_a_limit_is_sent_in_the_field_the_upstream_reads() -> None:
     assert answer_tokens_at_most({"max_tokens": 9, "n": 2}) == 18 and answer_tokens_at_most({"n": 2}) is None
 
 
-@pytest.mark.parametrize("text", ["plain words " * 50, '"quoted"' * 60, "\x01" * 300, "é" * 400])
+@pytest.mark.parametrize("text", ["plain words " * 50, '"quoted"' * 60, "\x01" * 300, "é" * 400, "漢字" * 300])
 def test_an_answer_is_cut_to_what_the_judge_may_read(text: str) -> None:
-    cut = fit(text, 200)
-    assert text.startswith(cut) and len(json.dumps(cut, ensure_ascii=False)) - 2 <= 200
-    assert len(json.dumps(text[: len(cut) + 1], ensure_ascii=False)) - 2 > 200  # the longest prefix that fits
-    assert fit("short", 200) == "short"
+    def size(t: str) -> int:
+        return text_tokens(json.dumps(t, ensure_ascii=False)[1:-1])
+
+    cut = fit(text, 50)
+    assert text.startswith(cut) and size(cut) <= 50
+    assert size(text[: len(cut) + 1]) > 50  # the longest prefix that fits
+    assert fit("short", 50) == "short"
+
+
+def test_text_costs_a_token_per_4_ascii_characters_and_one_per_other_character() -> None:
+    assert text_tokens("abcd" * 10) == 10 and text_tokens("abcde") == 2
+    assert text_tokens("漢字かな") == 4 and text_tokens("ab漢") == 2
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url"}]}]}
+    assert input_tokens(body) == json_tokens(body["messages"]) + IMAGE_TOKENS
+    tools = {"tools": [{"type": "function", "function": {"name": "f"}}]}
+    assert input_tokens({**body, **tools}) == input_tokens(body) + json_tokens(tools)
 
 
 def test_the_judge_is_sent_each_answer_cut_at_the_limit() -> None:
     answers = [{"choices": [{"message": {"content": "a" * 1000}}]}, {"choices": [{"message": {"content": "b"}}]}]
     merge = merge_request({"messages": []}, answers, answer_limit=10)["messages"][-1]["content"]
-    assert "### Answer 1\n" + "a" * 80 + "\n\n### Answer 2\nb" in merge and "a" * 81 not in merge
+    assert "### Answer 1\n" + "a" * 80 + "\n\n### Answer 2\nb" in merge and "a" * 81 not in merge  # 2 x 10 tokens
     assert "a" * 1000 in merge_request({"messages": []}, answers)["messages"][-1]["content"]
