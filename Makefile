@@ -22,19 +22,19 @@ TEST_ONNX := .cache/onnx/minilm-int8.onnx
 
 .PHONY: setup serve-install data train evaluate serve mlflow-ui test test-fast browser lint bench bench-int8 clean
 
-$(TRAIN_STAMP): pyproject.toml
+# scripts/venv_install.py installs with uv (pip's indexes and constraints passed on), else with pip.
+$(TRAIN_STAMP): pyproject.toml scripts/venv_install.py
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==2.13.0 $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
-	$(BIN)/pip install -q -e ".[train]"
+	$(if $(TORCH_INDEX_URL),$(BIN)/pip install -q torch==2.13.0 --index-url $(TORCH_INDEX_URL))
+	$(BIN)/python scripts/venv_install.py torch==2.13.0 -e ".[train]"
 	touch $@
 
 $(STAMP): $(TRAIN_STAMP)
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/python scripts/venv_install.py -e ".[dev]"
 	touch $@
 
 $(UI_STAMP): $(TRAIN_STAMP)
-	$(BIN)/pip install -q -e ".[ui]"
+	$(BIN)/python scripts/venv_install.py -e ".[ui]"
 	touch $@
 
 $(TEST_ONNX): $(STAMP) training/onnx_export.py router/embedders/onnx.py training/distill_static.py router/embedders/static.py
@@ -49,7 +49,7 @@ setup: $(TRAIN_STAMP)  ## venv with the train extra; ONNX embedder (fp32 + int8)
 
 serve-install:  ## a serving-only venv (.venv-serve): core dependencies, no torch; needs the ONNX files built
 	$(PYTHON) -m venv $(SERVE_VENV)
-	$(SERVE_VENV)/bin/pip install -q .
+	$(SERVE_VENV)/bin/python scripts/venv_install.py .
 
 data: $(TRAIN_STAMP)  ## copy the staged outcome logs into data/ (or download RouterBench)
 	$(BIN)/tierwise data --source $(TIERWISE_DATA_DIR)
@@ -81,7 +81,7 @@ test-fast: $(STAMP)  ## unit tests only
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy router
-	$(BIN)/mypy serving training infra
+	$(BIN)/mypy serving training infra scripts
 
 bench: setup $(DATA) $(TEST_ONNX)  ## benchmarks: JSON under bench/results/
 	$(BIN)/python -m bench.run_all
