@@ -139,6 +139,11 @@ class Metrics:
             "Outcomes spooled to the local file while the store was down",
             registry=self.registry,
         )
+        self.settlements_spooled = Counter(
+            "tierwise_settlements_spooled",
+            "The proxy's settlements of its decisions spooled to the local file while the store was down",
+            registry=self.registry,
+        )
         self.replayed = Counter(
             "tierwise_outcomes_replayed",
             "Spooled outcomes replayed: written, already in the store, or quarantined",

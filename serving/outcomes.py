@@ -129,17 +129,18 @@ class OutcomeRecorder:
             if not is_outage(exc):
                 raise
             self._spool([{"kind": SETTLEMENT, "outcome_id": SETTLEMENT + decision_id, "decision_id": decision_id,
-                          **usage}], exc)  # fmt: skip
+                          **usage}], exc, settlement=True)  # fmt: skip
 
-    def _spool(self, records: list[Record], exc: BaseException) -> None:
+    def _spool(self, records: list[Record], exc: BaseException, settlement: bool = False) -> None:
         self.metrics.store_errors.inc()
-        logger.error("outcome store unreachable (%s); spooling %d outcome(s)", describe(exc), len(records))
+        what = "the proxy's settlement(s)" if settlement else "outcome(s)"
+        logger.error("outcome store unreachable (%s); spooling %d %s", describe(exc), len(records), what)
         try:
             self.spool.append(records)
         except OSError as err:
             logger.error("cannot write the outcome spool %s: %s", self.spool.path, err)
             raise StoreUnavailable("the outcome store is unreachable and the spool is unwritable; retry") from None
-        self.metrics.spooled.inc(len(records))
+        (self.metrics.settlements_spooled if settlement else self.metrics.spooled).inc(len(records))
 
     def _resolve(self, records: Sequence[Record], tiers: TiersConfig) -> list[OutcomeRow]:
         """Fill prompt, model and session from each decision; check ownership and the model name."""

@@ -41,6 +41,8 @@ def test_a_settlement_the_store_cannot_take_is_spooled_and_booked_later(tmp_path
                 hold.set()
                 assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == "one two three"
                 assert app.state.recorder.spool.pending() == 1  # the settlement, kept
+                metrics = app.state.recorder.metrics
+                assert metrics.settlements_spooled._value.get() == 1 and metrics.spooled._value.get() == 0
             finally:
                 store.engine = good
             session = store.get_session(sid)
