@@ -26,7 +26,7 @@ PASSED_ON = {
 # pip settings that do not change what gets installed.
 IGNORED = {"cert", "client-cert", "timeout", "default-timeout", "disable-pip-version-check", "progress-bar",
            "quiet", "verbose", "no-input", "root-user-action", "no-cache-dir", "cache-dir", "retries"}  # fmt: skip
-# Where a single-valued setting comes from when several scopes set it: the highest precedence first.
+# The scopes of `pip config list`, highest precedence first: as in pip, the highest scope that sets a value wins.
 SCOPES = (":env:", "site", "user", "global")
 
 
