@@ -239,27 +239,26 @@ def make_engine(
     )
 
 
+_BEYOND_EXPECTED = decisions.c.reserved_usd - decisions.c.expected_cost_usd
+
+
+def _in_flight(session_id: str) -> tuple[sa.ColumnElement[bool], ...]:
+    """A session's unsettled decisions that hold more than their expected cost: the worst cases of the proxy's calls
+    in flight (answers as long as their limit), released when they settle, or a reservation a crashed service left
+    (the admin key releases one with POST /decisions/{id}/usage)."""
+    return decisions.c.session_id == session_id, sa.not_(decisions.c.settled), _BEYOND_EXPECTED > 0
+
+
 def _held_in_flight(conn: Connection, session_id: str) -> float:
-    """What a session's unsettled decisions hold beyond their expected cost: the worst cases of the proxy's calls
-    in flight (answers as long as their limit), released when they settle."""
-    beyond = decisions.c.reserved_usd - decisions.c.expected_cost_usd
-    held = conn.execute(
-        sa.select(sa.func.coalesce(sa.func.sum(beyond), 0.0)).where(
-            decisions.c.session_id == session_id, sa.not_(decisions.c.settled), beyond > 0
-        )
-    ).scalar_one()
-    return float(held)
+    """What the decisions in flight (`_in_flight`) hold beyond their expected cost."""
+    total = sa.func.coalesce(sa.func.sum(_BEYOND_EXPECTED), 0.0)
+    return float(conn.execute(sa.select(total).where(*_in_flight(session_id))).scalar_one())
 
 
 def _holding(conn: Connection, session_id: str, limit: int = 10) -> list[str]:
-    """The oldest unsettled decisions of a session that hold more than their expected cost (the proxy's calls in
-    flight, or a reservation a crashed service left: the admin key releases one with POST /decisions/{id}/usage)."""
-    beyond = decisions.c.reserved_usd - decisions.c.expected_cost_usd
+    """The oldest decisions in flight (`_in_flight`)."""
     rows = conn.execute(
-        sa.select(decisions.c.id)
-        .where(decisions.c.session_id == session_id, sa.not_(decisions.c.settled), beyond > 0)
-        .order_by(decisions.c.created_at)
-        .limit(limit)
+        sa.select(decisions.c.id).where(*_in_flight(session_id)).order_by(decisions.c.created_at).limit(limit)
     )
     return [r.id for r in rows]
 
@@ -610,11 +609,6 @@ class Store:
             if row is None:
                 return None, 0.0, []
             return _session(row), _held_in_flight(conn, session_id), _holding(conn, session_id)
-
-    def grow_reservation(self, decision_id: str, session_id: str, total_usd: float) -> bool:
-        """Raise a decision's reservation on its session to `total_usd` if the cap leaves room; whether it could
-        (`grow_reservation_within` with no range)."""
-        return self.grow_reservation_within(decision_id, session_id, total_usd, total_usd) is not None
 
     def grow_reservation_within(
         self, decision_id: str, session_id: str, least_usd: float, most_usd: float

@@ -98,6 +98,11 @@ def test_outcomes_of_decisions_kept_without_text_have_none_after_a_switch_to_tex
     store.dispose()
 
 
+def grow(store: Store, decision_id: str, session_id: str, total_usd: float) -> float | None:
+    """Grow a reservation to exactly `total_usd` (the least and the most asked are the same)."""
+    return store.grow_reservation_within(decision_id, session_id, total_usd, total_usd)
+
+
 def test_a_reservation_grows_only_into_the_room_the_cap_has(url: str) -> None:
     """The proxy's fallback to a dearer tier: the decision's reservation grows on the locked session, or not at all."""
     store = Store(url)
@@ -105,18 +110,18 @@ def test_a_reservation_grows_only_into_the_room_the_cap_has(url: str) -> None:
     with store.lock_session("s", None) as locked:
         locked.set_cap(1.0)
         locked.reserve([decision(1, "s", reserved=0.3), decision(2, "s", reserved=0.5)])
-    assert not store.grow_reservation("d1", "s", 0.6)  # 0.3 more, 0.2 left
+    assert grow(store, "d1", "s", 0.6) is None  # 0.3 more, 0.2 left
     assert store.get_session("s").reserved_usd == pytest.approx(0.8)  # type: ignore[union-attr]
-    assert store.grow_reservation("d1", "s", 0.5) and store.grow_reservation("d1", "s", 0.4)  # the second: no change
+    assert grow(store, "d1", "s", 0.5) is not None and grow(store, "d1", "s", 0.4) is not None  # the second: no change
     assert store.get_session("s").reserved_usd == pytest.approx(1.0)  # type: ignore[union-attr]
     assert store.get_decisions(["d1"])["d1"].reserved_usd == pytest.approx(0.5)
-    assert not store.grow_reservation("d1", "other", 0.5) and not store.grow_reservation("d9", "s", 0.1)
+    assert grow(store, "d1", "other", 0.5) is None and grow(store, "d9", "s", 0.1) is None
     store.record_outcomes([OutcomeRow(id="o", decision_id="d2", prompt=PROMPT, model="small", score=1, cost_usd=0.1)])
-    assert not store.grow_reservation("d2", "s", 0.6)  # settled
+    assert grow(store, "d2", "s", 0.6) is None  # settled
     assert store.get_session("s").reserved_usd == pytest.approx(0.5)  # type: ignore[union-attr]
     with store.lock_session("s", None) as locked:
         locked.freeze()
-    assert not store.grow_reservation("d1", "s", 0.55)  # frozen, though the cap has room
+    assert grow(store, "d1", "s", 0.55) is None  # frozen, though the cap has room
     store.dispose()
 
 
