@@ -74,6 +74,11 @@ class ServiceError(Exception):
         self.detail = detail
         self.body = body
 
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """Headers the refusal is answered with (e.g. `Retry-After`), None for none."""
+        return None
+
 
 def _refusal(name: str, status: int, doc: str) -> type[ServiceError]:
     return type(name, (ServiceError,), {"status": status, "__doc__": doc, "__module__": __name__})
@@ -88,10 +93,17 @@ NotFound = _refusal("NotFound", 404, "The session or decision the request names 
 ReloadFailed = _refusal("ReloadFailed", 409, "A reload was refused; the loaded model stays.")
 Conflict = _refusal("Conflict", 409, "The request contradicts what is stored: an outcome id reused.")
 StoreUnavailable = _refusal("StoreUnavailable", 503, "The store is unreachable and the request cannot wait.")
-NotSettledYet = _refusal(
-    "NotSettledYet", 503, "A decision the proxy serves is not settled yet: its outcome is taken once it is (retry)."
-)
 RETRY_NOT_SETTLED_S = 5  # Retry-After of NotSettledYet: an answer ending, or a spooled settlement replayed
+
+
+class NotSettledYet(ServiceError):
+    """A decision the proxy serves is not settled yet: its outcome is taken once it is (retry)."""
+
+    status = 503
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"Retry-After": str(RETRY_NOT_SETTLED_S)}
 
 
 class Invalid(ServiceError):
@@ -167,10 +179,7 @@ def install_handlers(app: FastAPI) -> None:
     async def service_error(_: Request, exc: ServiceError) -> JSONResponse:
         if isinstance(exc, Invalid):
             return invalid(exc.detail, exc.loc)
-        retry = {"Retry-After": str(RETRY_NOT_SETTLED_S)} if isinstance(exc, NotSettledYet) else None
-        if isinstance(exc, OverBudget):
-            retry = exc.headers
-        return _answer(exc.status, exc.detail, exc.body, retry)
+        return _answer(exc.status, exc.detail, exc.body, exc.headers)
 
     @app.exception_handler(NoTierFits)
     async def no_tier_fits(_: Request, exc: NoTierFits) -> JSONResponse:
