@@ -53,11 +53,11 @@ from router.model import DifficultyModel
 from router.pooled import PooledModel
 from router.prior_boost import PriorBoostModel
 from router.prompt_structure import question_text, structure_features
-from router.schema import CHARS_PER_TOKEN, TiersConfig, load_tiers
+from router.schema import TiersConfig, load_tiers
 from router.shared_difficulty import SharedDifficulty
 from router.stacking import StackedQuality, out_of_fold
 from router.task_hint import least_squares_weights
-from router.text import normalize_text, text_features, text_window
+from router.text import normalize_text, prompt_tokens, text_features, text_window
 from training.data import Pool, stratified_sample
 from training.evaluation import logreg_predictor
 from training.fit import fit_task_prior, out_of_fold_boosters
@@ -117,7 +117,7 @@ def pivot(log: pd.DataFrame, tiers: TiersConfig, source: str) -> dict[str, Any]:
     all_models = list(scores.columns)
     tok_out = estimate_tokens_out(log[log["model"].isin(models)], tiers)
     prompts = first["prompt"][complete].tolist()
-    tokens_in = np.array([len(normalize_text(p)) for p in prompts]) / CHARS_PER_TOKEN
+    tokens_in = prompt_tokens(prompts)
     pred_cost = np.stack(
         [tokens_in * t.input_per_1m / 1e6 + tok_out[t.name] * t.output_per_1m / 1e6 for t in tiers.tiers], axis=1
     )

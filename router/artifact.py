@@ -18,10 +18,10 @@ from router.guarantee import QualityGuarantee
 from router.model import FORMAT_VERSION, DifficultyModel
 from router.novelty import NoveltyReference
 from router.policy import DefaultKnob
-from router.schema import CHARS_PER_TOKEN, TiersConfig, TiersConfigError, parse_tiers, tiers_to_dict
+from router.schema import TiersConfig, TiersConfigError, parse_tiers, tiers_to_dict
 from router.task_classifier import TASK_CLASSIFIER_FILE, TaskClassifier
 from router.task_hint import TaskPrior
-from router.text import normalize_text
+from router.text import prompt_tokens
 
 ARTIFACT_FILE = "router.json"
 # The keys a packaged (MLflow pyfunc) model keeps the router artifact and the ONNX embedder files under.
@@ -31,8 +31,8 @@ PACKAGED_ROUTER, PACKAGED_EMBEDDER = "router", "embedder"
 def estimate_tokens_out(log: pd.DataFrame, tiers: TiersConfig) -> dict[str, float]:
     """Mean output tokens per tier from the log: the tokens_out column, else what the cost implies.
 
-    Without token counts, output tokens are the cost left after pricing the input at
-    characters / 4, divided by the output price.
+    Without token counts, output tokens are the cost left after pricing the input at its estimate
+    (router.text.token_estimate), divided by the output price.
     """
     out: dict[str, float] = {}
     for tier in tiers.tiers:
@@ -43,7 +43,7 @@ def estimate_tokens_out(log: pd.DataFrame, tiers: TiersConfig) -> dict[str, floa
         if "tokens_out" in rows and rows["tokens_out"].notna().any():
             out[tier.name] = float(rows["tokens_out"].mean())
             continue
-        tokens_in = rows["prompt"].map(lambda p: len(normalize_text(p))) / CHARS_PER_TOKEN
+        tokens_in = prompt_tokens(rows["prompt"].tolist())
         residual = rows["cost_usd"] - tokens_in * tier.input_per_1m / 1e6
         per_token = tier.output_per_1m / 1e6
         out[tier.name] = float(np.clip(residual / per_token, 0, None).mean()) if per_token > 0 else 0.0
@@ -118,13 +118,18 @@ class RouterArtifact:
             return quality
         return self.task_prior.blend(quality, tasks, X)[0]
 
-    def expected_cost(self, prompts: Sequence[str], tiers: TiersConfig | None = None) -> np.ndarray:
-        """Expected cost per tier, (n, k): input at characters / 4 tokens plus the tier's mean output."""
+    def expected_cost(
+        self, prompts: Sequence[str], tiers: TiersConfig | None = None, tokens_in: Sequence[float] | None = None
+    ) -> np.ndarray:
+        """Expected cost per tier, (n, k): the input (`tokens_in` per prompt, when the caller counted what it sends,
+        else the prompt's estimate, router.text.prompt_tokens) plus the tier's mean output."""
         tiers = tiers or self.tiers
         self.check_tiers(tiers)
-        tokens_in = np.array([len(normalize_text(p)) for p in prompts], dtype=float) / CHARS_PER_TOKEN
+        counts = prompt_tokens(prompts) if tokens_in is None else np.asarray(tokens_in, dtype=float).reshape(-1)
+        if len(counts) != len(prompts):
+            raise ValueError(f"{len(counts)} input token counts for {len(prompts)} prompts")
         cols = [
-            tokens_in * t.input_per_1m / 1e6 + self.tokens_out.get(t.name, 0.0) * t.output_per_1m / 1e6
+            counts * t.input_per_1m / 1e6 + self.tokens_out.get(t.name, 0.0) * t.output_per_1m / 1e6
             for t in tiers.tiers
         ]
         return np.stack(cols, axis=1) if cols else np.zeros((len(prompts), 0))

@@ -66,19 +66,23 @@ class Router:
         return quality
 
     def assess(
-        self, prompts: Sequence[str], tasks: Sequence[str | None] | None = None
+        self,
+        prompts: Sequence[str],
+        tasks: Sequence[str | None] | None = None,
+        tokens_in: Sequence[float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Predicted quality and expected cost per tier (n, k), and each prompt's novelty (None without a reference).
 
         `tasks`, one hint (or None) a prompt: a task the model's log had as a category blends that task's prior in
         instead of the one the model guesses from the prompt (router.task_hint); any other hint is as no hint.
+        `tokens_in`, the input tokens each call sends when the caller counted them (else estimated from the prompt).
         """
         if self.embedder is None:
             raise ValueError("this Router was built without an embedder; it can decide but not score")
         quality, novelty = self.artifact.predict_quality_and_novelty(
             prompts, self.embedder, self.cache, self.num_threads, tasks
         )
-        return quality, self.expected_cost(prompts), novelty
+        return quality, self.expected_cost(prompts, tokens_in), novelty
 
     def guesses_task(self) -> bool:
         """Whether the model guesses a prompt's task when no hint names one it knows (router.task_hint)."""
@@ -90,9 +94,9 @@ class Router:
         prior = self.artifact.task_prior
         return task is not None and prior is not None and task in prior.means
 
-    def expected_cost(self, prompts: Sequence[str]) -> np.ndarray:
-        """Expected cost per tier at the live prices, (n, k)."""
-        return self.artifact.expected_cost(prompts, self.tiers)
+    def expected_cost(self, prompts: Sequence[str], tokens_in: Sequence[float] | None = None) -> np.ndarray:
+        """Expected cost per tier at the live prices, (n, k) (`tokens_in`: RouterArtifact.expected_cost)."""
+        return self.artifact.expected_cost(prompts, self.tiers, tokens_in)
 
     def score(
         self, prompts: Sequence[str], chunk: int | None = None, tasks: Sequence[str | None] | None = None

@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from router.schema import CHARS_PER_TOKEN
+
 
 def normalize_text(prompt: str) -> str:
     """Collapse whitespace runs so that layout changes never change a prompt's features."""
@@ -23,6 +25,20 @@ def text_window(prompt: str, tail_chars: int | None) -> str:
     if tail_chars is None or len(text) <= tail_chars:
         return text
     return text[-tail_chars:]
+
+
+def token_estimate(text: str) -> float:
+    """Tokens a text is billed as, where nothing counted them: ASCII at CHARS_PER_TOKEN characters a token (English
+    and code with a BPE tokenizer), every other character a token of its own (Chinese, Japanese and Korean run about
+    one a character; characters / 4 would count a quarter of that). The one estimate of input and answer tokens:
+    routing's expected cost, the door's hold on a capped session and its usage when an upstream reports none."""
+    ascii_chars = len(text.encode("ascii", "ignore"))
+    return ascii_chars / CHARS_PER_TOKEN + (len(text) - ascii_chars)
+
+
+def prompt_tokens(prompts: Sequence[str]) -> np.ndarray:
+    """`token_estimate` of each normalised prompt, (n,) float."""
+    return np.array([token_estimate(normalize_text(p)) for p in prompts], dtype=float)
 
 
 _CODE_RE = re.compile(r"\b(def|return|class|import|function|for|while)\b|[{}\[\]();=]")

@@ -158,7 +158,11 @@ def route(
         raise Invalid(str(exc.args[0]), ("body", "min_tier")) from None
     target, cost_weight = rt.router.knob(opts.quality_target, opts.cost_weight_per_usd, default_target)
     point = guarantee_point(rt.router.artifact.guarantee, opts)
-    quality, cost, novelty = rt.router.assess(prompts, None if opts.task is None else [opts.task] * len(prompts))
+    quality, cost, novelty = rt.router.assess(
+        prompts,
+        None if opts.task is None else [opts.task] * len(prompts),
+        None if opts.input_tokens is None else [opts.input_tokens] * len(prompts),
+    )
     hint = task_hint_note(rt, opts.task)
 
     names = rt.tiers.names

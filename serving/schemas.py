@@ -95,6 +95,9 @@ class GuaranteeRequest(Strict):
     )
 
 
+MAX_INPUT_TOKENS = 2**31 - 1  # far past any model's context; keeps the cost arithmetic finite
+
+
 class RouteOptions(Strict):
     session_id: SessionId | None = None
     quality_target: Share | None = Field(
@@ -126,12 +129,28 @@ class RouteOptions(Strict):
     )
 
 
+    input_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_INPUT_TOKENS)] | None = Field(
+        None,
+        description="input tokens the call will send, when the caller counted them and they are more than the prompt's "
+        "(a whole conversation, tool definitions, images): every tier's expected cost, and so the policy's cost and "
+        "a session's reservation, prices this input instead of the prompt's estimate (ASCII at 4 characters a token, "
+        "any other character a token). /route only: a batch's prompts have one each. The OpenAI-compatible door "
+        "counts its messages itself",
+    )
+
+
 class RouteRequest(RouteOptions):
     prompt: Prompt
 
 
 class RouteBatchRequest(RouteOptions):
     prompts: list[Prompt] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _one_count_per_prompt(self) -> RouteBatchRequest:
+        if self.input_tokens is not None:
+            raise ValueError("input_tokens is a single prompt's count: send it with /route")
+        return self
 
 
 class RouteResponse(BaseModel):

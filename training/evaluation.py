@@ -25,8 +25,8 @@ from router.policy import (
     tradeoff,
 )
 from router.routing import Router
-from router.schema import CHARS_PER_TOKEN, TiersConfig
-from router.text import normalize_text
+from router.schema import TiersConfig
+from router.text import prompt_tokens
 from training.data import PromptTable, Split
 
 logger = logging.getLogger(__name__)
@@ -308,7 +308,7 @@ def calibrate_default_knob(
     else:
         lam = lambda_for_cost(pred, pred_cost, goal.share * float(costs[:, top].mean()), costs)
     real_cost, real_q = ev.realised(tradeoff(pred, pred_cost, lam), scores, costs)
-    tokens_in = float(np.mean([len(normalize_text(p)) for p in prompts])) / CHARS_PER_TOKEN
+    tokens_in = float(prompt_tokens(prompts).mean())
     return DefaultKnob(
         cost_weight=lam * artifact.reference_cost_usd(tokens_in, tiers),
         reference_tokens_in=tokens_in,

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
+import numpy as np
 import pandas as pd
 
 
@@ -37,13 +38,20 @@ class TierwisePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,mi
     ) -> pd.DataFrame:
         """Quality and cost per tier for each prompt of the 'prompt' column; an optional 'task' column is each
         prompt's task hint (router/task_hint.py: a task the model knows is blended in instead of the one it
-        guesses from the prompt; others change nothing)."""
+        guesses from the prompt; others change nothing), an optional 'input_tokens' column the input tokens each
+        call sends, as on /route (missing: estimated from the prompt)."""
+        from router.text import prompt_tokens
+
         prompts = model_input["prompt"].astype(str).tolist()
         tasks = None
         if "task" in model_input.columns:
             tasks = [None if pd.isna(t) else str(t) for t in model_input["task"]]
+        tokens_in = None
+        if "input_tokens" in model_input.columns:
+            counted = pd.to_numeric(model_input["input_tokens"], errors="coerce").to_numpy(dtype=float)
+            tokens_in = np.where(np.isnan(counted), prompt_tokens(prompts), counted)
         quality = self.artifact.predict_quality(prompts, self.embedder, tasks=tasks)
-        cost = self.artifact.expected_cost(prompts)
+        cost = self.artifact.expected_cost(prompts, tokens_in=tokens_in)
         out = {f"quality_{n}": quality[:, j] for j, n in enumerate(self.artifact.tier_names)}
         out.update({f"expected_cost_usd_{n}": cost[:, j] for j, n in enumerate(self.artifact.tier_names)})
         return pd.DataFrame(out)

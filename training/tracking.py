@@ -303,7 +303,13 @@ def log_and_register(
             artifacts=artifacts,
             code_paths=[str(code)],
             signature=ModelSignature(
-                inputs=Schema([ColSpec("string", "prompt"), ColSpec("string", "task", required=False)]),
+                inputs=Schema(
+                    [
+                        ColSpec("string", "prompt"),
+                        ColSpec("string", "task", required=False),
+                        ColSpec("double", "input_tokens", required=False),
+                    ]
+                ),
                 outputs=infer_signature(example, sig_out).outputs,
             ),
             input_example=example,

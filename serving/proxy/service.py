@@ -23,7 +23,7 @@ from router.schema import Tier
 from serving.errors import ServiceError
 from serving.metrics import UpstreamMetrics
 from serving.outcomes import OutcomeRecorder, describe
-from serving.proxy.answer_bound import asked_limit, with_limit, worst_case
+from serving.proxy.answer_bound import asked_limit, input_tokens, with_limit, worst_case
 from serving.proxy.dispatch import Dispatcher, NoRoom, Prepare, RetryPolicy, Served, Trail
 from serving.proxy.upstream import UpstreamClient, UpstreamFailure
 from serving.proxy.wire import (
@@ -164,6 +164,10 @@ class Proxy:
         # writer thread about a millisecond of CPU, most of it holding the GIL, and started at once it delayed
         # sending the request by about that much (bench.proxy).
         trail = Trail()
+        # Routing prices the input the door sends (the whole conversation, tools, images), as its hold does.
+        body = upstream_body(req)
+        tokens_in = max(1, input_tokens(body))
+        opts = opts.model_copy(update={"input_tokens": tokens_in})
         # The door settles its decisions itself (`_settle`): an outcome posted before that does not (migration 0005).
         ctx = dataclasses.replace(ctx, served_by=SERVED_BY_PROXY)
         [decision], committed = await route_request_started(ctx, [prompt], opts, after=trail.sent)
@@ -174,12 +178,13 @@ class Proxy:
                 self.dispatcher.serve(
                     rt.tiers,
                     rt.tiers.tier(decision.tier),
-                    upstream_body(req),
+                    body,
                     req.stream,
                     trail,
                     prepare_for(
                         rt,
                         prompt,
+                        tokens_in,
                         decision,
                         opts.max_cost_usd,
                         lambda: _usage_info(trail)["cost_usd"],
@@ -264,6 +269,7 @@ async def _stored(committed: asyncio.Future[None]) -> bool:
 def prepare_for(
     rt: Runtime,
     prompt: str,
+    tokens_in: int,
     decision: RouteResponse,
     max_cost_usd: float | None,
     spent: Callable[[], float],
@@ -272,6 +278,8 @@ def prepare_for(
     answer_tokens: int,
 ) -> Prepare | None:
     """What each tier the request may be served by is sent, or None to skip it (None: send the body as it is).
+
+    Expected costs are routing's (`tokens_in`: the input the door counted, as routing priced it).
 
     A fallback's expected cost plus what the request has spent already (calls that answered, e.g. the members of a
     fusion tier whose judge failed) must be within its max cost. On a capped session every tier, the routed one
@@ -283,7 +291,7 @@ def prepare_for(
     capped = decision.session_id is not None and decision.budget_left_usd is not None
     if max_cost_usd is None and not capped:
         return None
-    cost = dict(zip(rt.tiers.names, rt.router.expected_cost([prompt])[0], strict=True))
+    cost = dict(zip(rt.tiers.names, rt.router.expected_cost([prompt], [tokens_in])[0], strict=True))
 
     async def prepare(tier: Tier, body: dict[str, Any]) -> dict[str, Any] | None:
         if tier.name != decision.tier and max_cost_usd is not None and spent() + float(cost[tier.name]) > max_cost_usd:

@@ -1,4 +1,5 @@
-"""The proxy's estimate of how many tokens a text costs, where the upstream does not say (or has not yet)."""
+"""The proxy's count of what a text costs, where the upstream does not say (or has not yet): whole tokens of the
+one estimate routing uses too (router.text.token_estimate), rounded up."""
 
 from __future__ import annotations
 
@@ -6,15 +7,12 @@ import json
 import math
 from typing import Any
 
-from router.schema import CHARS_PER_TOKEN
+from router.text import token_estimate
 
 
 def text_tokens(text: str) -> int:
-    """Tokens `text` may cost: ASCII at 4 characters a token (English and code with a BPE tokenizer), every other
-    character a token of its own (Chinese, Japanese and Korean run about one a character; characters / 4 would
-    count a quarter of that)."""
-    ascii_chars = len(text.encode("ascii", "ignore"))
-    return math.ceil(ascii_chars / CHARS_PER_TOKEN) + len(text) - ascii_chars
+    """`token_estimate` of `text`, rounded up to whole tokens."""
+    return math.ceil(token_estimate(text))
 
 
 def json_tokens(value: Any) -> int:

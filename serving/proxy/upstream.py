@@ -25,7 +25,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import anyio
 
-from router.schema import CHARS_PER_TOKEN, ModelPrice, TiersConfig
+from router.schema import ModelPrice, TiersConfig
+from router.text import token_estimate
 from serving.proxy.answer_bound import answer_tokens_at_most, in_field, input_tokens
 
 FailureKind = Literal["timeout", "rate_limited", "server", "connection", "config", "client"]
@@ -110,13 +111,14 @@ class Usage:
     estimated: bool = False
 
 
-def usage_of(ep: Endpoint, usage: Any, body: Mapping[str, Any], answer_chars: int) -> Usage:
-    """Cost one call from its `usage` and the catalogue price; without usage, estimate at characters / 4."""
+def usage_of(ep: Endpoint, usage: Any, body: Mapping[str, Any], answer_tokens: float) -> Usage:
+    """Cost one call from its `usage` and the catalogue price; without usage, from the estimates of its input
+    (answer_bound.input_tokens) and of its answer (`answer_tokens`, the sum of `answer_token_estimate`)."""
     try:
         tokens_in, tokens_out = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
         estimated = False
     except (TypeError, KeyError, ValueError):
-        tokens_in, tokens_out = input_tokens(body), round(answer_chars / CHARS_PER_TOKEN)
+        tokens_in, tokens_out = input_tokens(body), math.ceil(answer_tokens)
         most = answer_tokens_at_most(body)  # an upstream that honours the limit sent no more than that
         tokens_out = tokens_out if most is None else min(tokens_out, most)
         estimated = True
@@ -125,15 +127,16 @@ def usage_of(ep: Endpoint, usage: Any, body: Mapping[str, Any], answer_chars: in
     return Usage(ep.model, tokens_in, tokens_out, cost, estimated)
 
 
-def answer_chars(body: Mapping[str, Any]) -> int:
-    """Characters of the answer's message contents (for a usage estimate)."""
-    total = 0
+def answer_token_estimate(body: Mapping[str, Any]) -> float:
+    """The answer's message contents in tokens (router.text.token_estimate; for a usage estimate). Unrounded, so
+    that the estimates of a stream's chunks add up to the whole answer's."""
+    total = 0.0
     for choice in body.get("choices") or []:
         if not isinstance(choice, dict):
             continue
         msg = choice.get("message") or choice.get("delta")
         content = msg.get("content") if isinstance(msg, dict) else None
-        total += len(content) if isinstance(content, str) else 0
+        total += token_estimate(content) if isinstance(content, str) else 0.0
     return total
 
 
@@ -352,7 +355,7 @@ async def complete(
         raise UpstreamFailure(ep.model, "server", "answered with something that is not JSON") from None
     if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
         raise UpstreamFailure(ep.model, "server", "answered JSON that is not a chat completion")
-    return data, usage_of(ep, data.get("usage"), body, answer_chars(data))
+    return data, usage_of(ep, data.get("usage"), body, answer_token_estimate(data))
 
 
 def _no_constant(name: str) -> Any:
@@ -392,7 +395,7 @@ class Stream:
         self._response = response
         self._lines = _lines(response)
         self._first: dict[str, Any] | None = None
-        self.chars = 0
+        self.answer_tokens = 0.0
         self.raw_usage: Any = None
         self.finished = False  # a choice's finish_reason or [DONE] came: the answer is whole
 
@@ -445,7 +448,7 @@ class Stream:
                 choices = event.get("choices")
                 if isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
                     self.finished = True
-                self.chars += answer_chars(event)
+                self.answer_tokens += answer_token_estimate(event)
                 return event
         except HTTP_ERRORS as exc:
             raise _failure_for_exception(self.ep.model, exc) from None
@@ -474,7 +477,7 @@ class Stream:
             await self.aclose()
 
     def usage(self) -> Usage:
-        return usage_of(self.ep, self.raw_usage, self.body, self.chars)
+        return usage_of(self.ep, self.raw_usage, self.body, self.answer_tokens)
 
     async def aclose(self) -> None:
         """Release the response: its connection goes back to the pool if its body was read to the end, else it is

@@ -123,6 +123,22 @@ def test_json_ints_are_still_floats(client: TestClient) -> None:
     assert client.post("/route", json={"prompt": EASY, "min_tier": 1, "max_cost_usd": 1}, headers=C).status_code == 200
 
 
+def test_input_tokens_price_what_the_call_sends(client: TestClient, edge: TestClient) -> None:
+    """A caller who counted its call's input (a conversation beyond the prompt) gets every tier priced at it, and a
+    session reserves that; a batch has no single count, and a count must be a whole number of tokens."""
+    plain = client.post("/route", json={"prompt": EASY, "min_tier": 2}, headers=C).json()
+    counted = client.post("/route", json={"prompt": EASY, "min_tier": 2, "input_tokens": 10**6}, headers=C).json()
+    assert counted["tier"] == plain["tier"] and counted["expected_cost_usd"] > plain["expected_cost_usd"] + 1.0
+    r = edge.post("/route", json={"prompt": EASY, "min_tier": 2, "input_tokens": 10**6, "session_id": "t"}, headers=C)
+    assert r.status_code == 200, r.text
+    assert edge.get("/sessions/t", headers=C).json()["reserved_usd"] == pytest.approx(r.json()["expected_cost_usd"])
+    batch = client.post("/route/batch", json={"prompts": [EASY, HARD], "input_tokens": 50}, headers=C)
+    assert batch.status_code == 422 and "input_tokens is a single prompt's count" in batch.text
+    for bad in (0, 1.5, "100", True):
+        r = client.post("/route", json={"prompt": EASY, "input_tokens": bad}, headers=C)
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "input_tokens"], (bad, r.text)
+
+
 @pytest.mark.parametrize(
     "body", [{"prompt": "x", "min_tier": "nope"}, {"prompt": "x", "min_tier": 9}, {"prompt": HARD, "max_cost_usd": 0}]
 )

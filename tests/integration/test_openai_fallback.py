@@ -12,7 +12,7 @@ import pytest
 from openai import OpenAI
 
 from router.schema import parse_tiers
-from serving.proxy.answer_bound import worst_case
+from serving.proxy.answer_bound import input_tokens, worst_case
 from tests.conftest import TIERS_TOML
 from tests.integration.conftest import CLIENT_KEY, bearer
 from tests.integration.fake_upstream import FakeUpstream, Reply
@@ -171,8 +171,8 @@ def held_at_most(messages: list[dict[str, str]], tier: str, max_tokens: int) -> 
     return worst_case(tiers, tiers.tier(tier), {"messages": messages}).usd(max_tokens)
 
 
-def routed_easy(url: str) -> dict:
-    routed = httpx.post(f"{url}/route", json={"prompt": EASY}, headers=bearer(CLIENT_KEY)).json()
+def routed_easy(url: str, **options: int) -> dict:
+    routed = httpx.post(f"{url}/route", json={"prompt": EASY, **options}, headers=bearer(CLIENT_KEY)).json()
     assert routed["tier"] == "main"
     return routed
 
@@ -198,12 +198,14 @@ def test_falling_back_never_spends_past_the_sessions_cap(sdk: OpenAI, url: str, 
 def test_a_fallback_gets_only_the_room_the_cap_has_now(url: str, up: FakeUpstream) -> None:
     """Two requests share a capped session. A is routed to main; then B takes, for mid, what A's routing saw left.
     When A's main fails, falling back to mid must not spend past the cap: B holds that room now."""
-    main_cost = routed_easy(url)["expected_cost_usd"]
-    as_mid = {"prompt": EASY, "min_tier": "mid", "cost_weight_per_usd": 1e9}
+    # Expected costs as the door prices them: the input it sends (its messages as it counts them), not the prompt's.
+    messages = [{"role": "user", "content": EASY}]
+    door_input = input_tokens({"messages": messages})
+    main_cost = routed_easy(url, input_tokens=door_input)["expected_cost_usd"]
+    as_mid = {"prompt": EASY, "min_tier": "mid", "cost_weight_per_usd": 1e9, "input_tokens": door_input}
     mid = httpx.post(f"{url}/route", json=as_mid, headers=bearer(CLIENT_KEY)).json()
     assert mid["tier"] == "mid"
     # A limits its answer to 100 tokens: it holds main's worst case of that, short of mid's; B holds the rest.
-    messages = [{"role": "user", "content": EASY}]
     a_holds = max(main_cost, held_at_most(messages, "main", 100))
     assert held_at_most(messages, "mid", 100) > a_holds
     sid = session(url, cap_usd=a_holds + max(mid["expected_cost_usd"], held_at_most(messages, "mid", 1)) * 1.0001)

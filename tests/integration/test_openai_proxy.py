@@ -15,6 +15,7 @@ import pytest
 from openai import AsyncOpenAI, OpenAI
 
 from serving.proxy import upstream
+from serving.proxy.answer_bound import input_tokens
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer
 from tests.integration.fake_upstream import FakeUpstream, Reply
 from tests.integration.proxy_fixtures import proxied_tierwise, proxy_fixtures, streamed_in_session
@@ -82,6 +83,32 @@ def test_prompt_view_is_system_plus_last_user_turn(sdk: OpenAI, up: FakeUpstream
     assert raw.headers["x-tierwise-tier"] == "main"  # scored on the last (easy) turn, not the earlier hard one
     [(_, body)] = up.requests
     assert body["messages"] == messages  # the whole conversation reaches the upstream untouched
+
+
+def test_routing_prices_the_whole_conversation_the_door_sends(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    """The door routes on the prompt view but prices every turn it sends (as its hold on a session counts them):
+    its decision's expected cost is /route's for the same view with `input_tokens` = the door's count."""
+    messages = [
+        {"role": "user", "content": "an earlier question " * 300},
+        {"role": "assistant", "content": "an earlier answer"},
+        {"role": "user", "content": EASY},
+    ]
+    sid = session(url, cap_usd=100.0)
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="tierwise",
+        messages=messages,  # type: ignore[arg-type]
+        extra_body={"tierwise": {"session_id": sid, "input_tokens": 1}},  # the door counts for itself
+    )
+    decision_id = raw.headers["x-tierwise-decision-id"]
+    [door] = [d for d in get_session(url, sid)["recent_decisions"] if d["decision_id"] == decision_id]
+    counted = input_tokens({"messages": messages})
+    assert counted > 1500
+    at_count = httpx.post(f"{url}/route", json={"prompt": EASY, "input_tokens": counted}, headers=bearer(CLIENT_KEY))
+    view_only = httpx.post(f"{url}/route", json={"prompt": EASY}, headers=bearer(CLIENT_KEY))
+    assert at_count.status_code == view_only.status_code == 200, at_count.text
+    assert door["tier"] == at_count.json()["tier"]
+    assert door["expected_cost_usd"] == pytest.approx(at_count.json()["expected_cost_usd"])
+    assert door["expected_cost_usd"] > view_only.json()["expected_cost_usd"] * 10  # the earlier turns cost too
 
 
 def test_tools_and_unknown_fields_pass_through_untouched(sdk: OpenAI, up: FakeUpstream) -> None:

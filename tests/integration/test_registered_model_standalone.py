@@ -42,11 +42,13 @@ model = mlflow.pyfunc.load_model(sys.argv[1])
 prompts = json.loads(sys.argv[2])
 out = model.predict(pd.DataFrame({"prompt": prompts}))
 hinted = model.predict(pd.DataFrame({"prompt": prompts, "task": ["hard"] + [None] * (len(prompts) - 1)}))
+counted = model.predict(pd.DataFrame({"prompt": prompts, "input_tokens": [1e6] + [None] * (len(prompts) - 1)}))
 import router
 print(json.dumps({
     "columns": list(out.columns),
     "values": out.to_numpy().tolist(),
     "hinted": hinted.to_numpy().tolist(),
+    "counted": counted.to_numpy().tolist(),
     "router_file": router.__file__,
     "installed": {m: importlib.util.find_spec(m) is not None for m in ("torch", "sentence_transformers", "training")},
     "imported": sorted({k.split(".")[0] for k in sys.modules} & {"torch", "sentence_transformers", "training"}),
@@ -156,6 +158,11 @@ def test_the_champion_loads_and_scores_in_a_clean_venv(registered: str, tmp_path
     assert hinted[0][: len(tiers)] != values[0][: len(tiers)]
     assert hinted[0][len(tiers) - 1] - hinted[0][0] > values[0][len(tiers) - 1] - values[0][0]
     assert hinted[1] == values[1] and hinted[0][len(tiers) :] == values[0][len(tiers) :]
+    # An optional input_tokens column prices what each call sends (a million tokens: dollars at these prices); a
+    # missing count is the prompt's estimate, and quality does not depend on it.
+    counted = report["counted"]
+    assert all(c > v + 0.1 for c, v in zip(counted[0][len(tiers) :], values[0][len(tiers) :], strict=True)), counted
+    assert counted[1] == values[1] and counted[0][: len(tiers)] == values[0][: len(tiers)]
     # The code came with the model, not from this checkout; neither torch nor training code was needed.
     assert not Path(report["router_file"]).is_relative_to(REPO), report["router_file"]
     assert report["installed"] == {"torch": False, "sentence_transformers": False, "training": False}

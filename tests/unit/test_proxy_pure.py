@@ -16,7 +16,14 @@ from router.schema import TiersConfigError, parse_tiers
 from serving.proxy.dispatch import RetryPolicy, Trail
 from serving.proxy.fusion import MERGE_PROMPT, merge_request
 from serving.proxy.service import prepare_for
-from serving.proxy.upstream import MAX_RETRY_AFTER_S, UpstreamFailure, endpoint_for, retry_after_of, usage_of
+from serving.proxy.upstream import (
+    MAX_RETRY_AFTER_S,
+    UpstreamFailure,
+    answer_token_estimate,
+    endpoint_for,
+    retry_after_of,
+    usage_of,
+)
 from serving.proxy.wire import ChatMessage, prompt_view
 
 TOML: dict[str, Any] = {
@@ -90,8 +97,14 @@ def test_usage_is_costed_at_catalogue_prices_or_estimated() -> None:
     u = usage_of(ep, {"prompt_tokens": 1000, "completion_tokens": 500}, {}, 0)
     assert (u.tokens_in, u.tokens_out, u.estimated) == (1000, 500, False)
     assert u.cost_usd == pytest.approx((1000 * 3.0 + 500 * 4.0) / 1e6)
-    guess = usage_of(ep, None, {"messages": [{"role": "user", "content": "x" * 400}]}, 400)
+    answer = {"choices": [{"message": {"content": "x" * 400}}]}
+    guess = usage_of(ep, None, {"messages": [{"role": "user", "content": "x" * 400}]}, answer_token_estimate(answer))
     assert guess.estimated and guess.tokens_out == 100 and guess.tokens_in > 100
+    # the one estimate routing uses: a CJK character is a token, not a quarter of one
+    assert answer_token_estimate({"choices": [{"message": {"content": "你好世界"}}]}) == 4
+    # a stream's chunks, unrounded, add up to the whole answer's estimate: 4 x 2 ASCII characters are 2 tokens, not 4
+    chunks = [{"choices": [{"delta": {"content": "ab"}}]}] * 4
+    assert usage_of(ep, None, {}, sum(answer_token_estimate(c) for c in chunks)).tokens_out == 2
 
 
 def test_merge_request_appends_the_answers_after_the_conversation() -> None:
@@ -165,12 +178,12 @@ def test_a_tier_is_sent_what_the_cap_leaves_after_what_the_request_spent_already
     answer tokens cost 1.0 each (no input price)."""
     prices = {"a": {"input_per_1m": 0.0, "output_per_1m": 1e5}, "b": {"input_per_1m": 0.0, "output_per_1m": 1e6}}
     cfg = parse_tiers({"models": prices, "tiers": [{"name": "main", "model": "a"}, {"name": "mid", "model": "b"}]})
-    rt: Any = SimpleNamespace(tiers=cfg, router=SimpleNamespace(expected_cost=lambda _: np.array([[1.0, 2.0]])))
+    rt: Any = SimpleNamespace(tiers=cfg, router=SimpleNamespace(expected_cost=lambda _p, _t: np.array([[1.0, 2.0]])))
     mid, body = cfg.tier("mid"), {"messages": [{"role": "user", "content": "p"}]}
     decision: Any = SimpleNamespace(tier="main", expected_cost_usd=1.0, budget_left_usd=2.0, session_id="s",
                                     decision_id="d")  # fmt: skip
     spent, trail = [0.0], Trail()
-    prepare = prepare_for(rt, "p", decision, None, lambda: spent[0], RoomStore(3.0), trail, 4096)  # type: ignore[arg-type]
+    prepare = prepare_for(rt, "p", 1, decision, None, lambda: spent[0], RoomStore(3.0), trail, 4096)  # type: ignore[arg-type]
     assert prepare is not None
     assert asyncio.run(prepare(mid, body)) == {**body, "max_tokens": 3} and trail.answer_limit == 3
     assert asyncio.run(prepare(mid, {**body, "max_tokens": 2})) == {**body, "max_tokens": 2}  # the caller's, lower
@@ -178,10 +191,10 @@ def test_a_tier_is_sent_what_the_cap_leaves_after_what_the_request_spent_already
     assert asyncio.run(prepare(mid, body)) is None
     assert asyncio.run(prepare(mid, {**body, "max_tokens": 1})) == {**body, "max_tokens": 1}  # 1.5 + 1.0 fits
     uncapped: Any = SimpleNamespace(tier="main", expected_cost_usd=1.0, budget_left_usd=None, session_id=None)
-    limited = prepare_for(rt, "p", uncapped, 2.5, lambda: 0.6, None, trail, 4096)  # type: ignore[arg-type]
+    limited = prepare_for(rt, "p", 1, uncapped, 2.5, lambda: 0.6, None, trail, 4096)  # type: ignore[arg-type]
     assert limited is not None and asyncio.run(limited(mid, body)) is None  # 0.6 + 2.0 over the request's max cost
     assert asyncio.run(limited(cfg.tier("main"), body)) == body  # the routed tier: routing checked it
-    assert prepare_for(rt, "p", uncapped, None, lambda: 9.0, None, trail, 4096) is None  # type: ignore[arg-type]
+    assert prepare_for(rt, "p", 1, uncapped, None, lambda: 9.0, None, trail, 4096) is None  # type: ignore[arg-type]
 
 
 def test_a_caller_leaving_during_a_blocked_write_closes_the_relay_at_once() -> None:
