@@ -119,7 +119,10 @@ class RouterArtifact:
         return self.task_prior.blend(quality, tasks, X)[0]
 
     def expected_cost(
-        self, prompts: Sequence[str], tiers: TiersConfig | None = None, tokens_in: Sequence[float] | None = None
+        self,
+        prompts: Sequence[str],
+        tiers: TiersConfig | None = None,
+        tokens_in: Sequence[float] | np.ndarray | None = None,
     ) -> np.ndarray:
         """Expected cost per tier, (n, k): the input (`tokens_in` per prompt, when the caller counted what it sends,
         else the prompt's estimate, router.text.prompt_tokens) plus the tier's mean output."""
