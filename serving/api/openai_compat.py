@@ -57,8 +57,8 @@ def _openai_error(exc: Exception) -> JSONResponse:
         return JSONResponse(error_body(exc.detail, "invalid_request_error", None, param), status_code=400)
     if isinstance(exc, ServiceError):
         type_, code = SERVICE_ERRORS.get(exc.status, ("invalid_request_error", "refused"))
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(error_body(exc.detail, type_, code), status_code=exc.status, headers=headers)
+        headers = {**(exc.headers or {}), **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
+        return JSONResponse(error_body(exc.detail, type_, code), status_code=exc.status, headers=headers or None)
     if isinstance(exc, HTTPException):  # FastAPI's own refusals, e.g. a body that is not JSON at all
         type_ = "invalid_request_error" if exc.status_code < 500 else "api_error"
         message = not_utf8_detail(exc) or str(exc.detail)

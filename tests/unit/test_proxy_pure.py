@@ -280,3 +280,15 @@ def test_a_model_that_reads_another_limit_field_is_sent_it() -> None:
     assert plain["max_tokens"] == 30 and "max_completion_tokens" not in plain
     with pytest.raises(TiersConfigError, match="answer_limit_field"):
         parse_tiers({**TOML, "models": {**TOML["models"], "a": {**TOML["models"]["a"], "answer_limit_field": "max"}}})
+
+
+def test_a_refusal_keeps_its_headers_as_an_openai_error() -> None:
+    """A refusal that says when to retry says it on the door too; a 401 still names the scheme."""
+    from serving.api.openai_compat import _openai_error
+    from serving.errors import NotSettledYet, Unauthorized
+
+    waiting = _openai_error(NotSettledYet("not settled yet"))
+    assert waiting.status_code == 503 and waiting.headers["retry-after"] == "5"
+    refused = _openai_error(Unauthorized("no key"))
+    assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+    assert "retry-after" not in refused.headers
