@@ -88,7 +88,7 @@ class SplitData:
     models: list[str]  # the models of all_scores' columns
     source: str  # the shared dataset's name
     costs: np.ndarray  # (n, k) realised cost per tier
-    pred_cost: np.ndarray  # (n, k) expected cost per tier (characters / 4 and mean output tokens)
+    pred_cost: np.ndarray  # (n, k) expected cost per tier (router.text.prompt_tokens and mean output tokens)
     train: np.ndarray
     test: np.ndarray
 

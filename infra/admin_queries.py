@@ -48,13 +48,15 @@ class TierUsage:
 
 @dataclass(frozen=True)
 class CostSample:
-    """One recent decision's tier and cost, its prompt ('' where prompts are not stored), and the expected cost per
-    tier recorded when it was decided (None on decisions older than migration 0003)."""
+    """One recent decision's tier and cost, its prompt ('' where prompts are not stored), the expected cost per
+    tier recorded when it was decided (None on decisions older than migration 0003), and the input tokens its
+    caller counted (None: estimated from the prompt, or older than migration 0006)."""
 
     tier: str
     cost_usd: float
     prompt: str
     expected_costs: dict[str, float] | None = None
+    input_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -89,13 +91,21 @@ def tier_usage(engine: Engine, since: datetime) -> list[TierUsage]:
 def cost_sample(engine: Engine, since: datetime, limit: int) -> list[CostSample]:
     """The `limit` most recent decisions at or after `since`: tier, cost, prompt and recorded expected costs."""
     q = (
-        sa.select(decisions.c.tier, decision_cost_usd().label("cost"), decisions.c.prompt, decisions.c.expected_costs)
+        sa.select(
+            decisions.c.tier,
+            decision_cost_usd().label("cost"),
+            decisions.c.prompt,
+            decisions.c.expected_costs,
+            decisions.c.input_tokens,
+        )
         .where(decisions.c.created_at >= since)
         .order_by(decisions.c.created_at.desc())
         .limit(max(1, int(limit)))
     )
     with engine.connect() as conn:
-        return [CostSample(r.tier, float(r.cost), r.prompt or "", r.expected_costs) for r in conn.execute(q)]
+        return [
+            CostSample(r.tier, float(r.cost), r.prompt or "", r.expected_costs, r.input_tokens) for r in conn.execute(q)
+        ]
 
 
 @dataclass(frozen=True)

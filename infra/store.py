@@ -100,6 +100,8 @@ decisions = sa.Table(
     sa.Column("task", sa.String(128), nullable=True),
     # Migration 0005: who serves the decision; "proxy" when the OpenAI-compatible door calls the model and settles it.
     sa.Column("served_by", sa.String(16), nullable=True),
+    # Migration 0006: the input tokens the caller counted (/route's input_tokens; the door's), NULL if estimated.
+    sa.Column("input_tokens", sa.Integer, nullable=True),
     sa.Index("ix_decisions_created_at", "created_at"),
 )
 
@@ -180,6 +182,7 @@ class DecisionRow:
     expected_costs: dict[str, float] | None = None
     task: str | None = None
     served_by: str | None = None  # SERVED_BY_PROXY: the door settles it, an outcome does not (migration 0005)
+    input_tokens: int | None = None  # the input the caller counted and routing priced (migration 0006)
 
 
 class OutcomeRow(OutcomeBase):

@@ -67,7 +67,9 @@ def _text(content: Any) -> str:
 def prompt_view(messages: Sequence[Mapping[str, Any]]) -> str:
     """The text tierwise routes on: the system messages and the last user turn, text parts only.
 
-    The same view as the proxy's (serving/proxy/wire.py), so a prompt routes alike through either door.
+    The same view as the proxy's (serving/proxy/wire.py), so a prompt is scored alike through either door. The
+    proxy also prices the whole conversation it sends (its `input_tokens` count); here the prompt is priced on its
+    own unless the caller passes `input_tokens` among the /route options (metadata["tierwise"]).
     """
     system = [_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")]
     user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")

@@ -131,6 +131,8 @@ class RouterArtifact:
         counts = prompt_tokens(prompts) if tokens_in is None else np.asarray(tokens_in, dtype=float).reshape(-1)
         if len(counts) != len(prompts):
             raise ValueError(f"{len(counts)} input token counts for {len(prompts)} prompts")
+        if not (np.isfinite(counts) & (counts >= 0)).all():
+            raise ValueError("input token counts must be finite and at least 0")
         cols = [
             counts * t.input_per_1m / 1e6 + self.tokens_out.get(t.name, 0.0) * t.output_per_1m / 1e6
             for t in tiers.tiers

@@ -155,13 +155,16 @@ def decide(
     max_cost_usd: float | None = None,
     budget_usd: float | None = None,
     cost_weight: float | None = None,
+    rank_cost: Sequence[float] | None = None,
 ) -> Decision:
     """Route one prompt: the cheapest sufficient tier (or, with `cost_weight` = λ per USD, the tier
-    maximising predicted quality − λ·cost), then the request's overrides and budget.
+    maximising predicted quality − λ·cost), then the request's overrides and budget. `rank_cost`, when given, is
+    the cost the choice trades quality against (the scale λ was calibrated on); `cost` still sets what fits.
 
     Raises NoTierFits when the constraints exclude every tier.
     """
     q, c = np.asarray(quality, dtype=float), np.asarray(cost, dtype=float)
+    r = c if rank_cost is None else np.asarray(rank_cost, dtype=float)
 
     def choose(qm: np.ndarray, cm: np.ndarray) -> int:
         if cost_weight is None:
@@ -170,17 +173,17 @@ def decide(
         utility = np.where(allowed, qm - cost_weight * np.where(allowed, cm, 0.0), -np.inf)
         return int(np.argmax(utility))
 
-    free = choose(q, c)
+    free = choose(q, r)
     unbudgeted = allowed_tiers(c, min_tier, max_cost_usd)
     mask = unbudgeted & allowed_tiers(c, budget_usd=budget_usd)
     if not mask.any():
         raise no_tier_fits(names, min_tier, max_cost_usd, budget_usd)
-    pick = choose(np.where(mask, q, -np.inf), np.where(mask, c, np.inf))
+    pick = choose(np.where(mask, q, -np.inf), np.where(mask, r, np.inf))
     if pick == free:
         if cost_weight is not None:
             reason = (
                 f"{names[pick]} maximises predicted quality - {cost_weight:.6g} x cost "
-                f"({q[pick]:.2f} at ${c[pick]:.6g})"
+                f"({q[pick]:.2f} at ${r[pick]:.6g}{'' if r is c else ', the prompt alone'})"
             )
         elif q[pick] >= target:
             reason = f"{names[pick]} is the cheapest tier predicted to reach the target {target:.2f} ({q[pick]:.2f})"

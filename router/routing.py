@@ -99,10 +99,14 @@ class Router:
         return self.artifact.expected_cost(prompts, self.tiers, tokens_in)
 
     def score(
-        self, prompts: Sequence[str], chunk: int | None = None, tasks: Sequence[str | None] | None = None
+        self,
+        prompts: Sequence[str],
+        chunk: int | None = None,
+        tasks: Sequence[str | None] | None = None,
+        tokens_in: Sequence[float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Predicted quality and expected cost per tier, both (n, k)."""
-        return self.predict_quality(prompts, chunk, tasks), self.expected_cost(prompts)
+        """Predicted quality and expected cost per tier, both (n, k) (`tokens_in`: RouterArtifact.expected_cost)."""
+        return self.predict_quality(prompts, chunk, tasks), self.expected_cost(prompts, tokens_in)
 
     def cheapest_allowed(self, cost: np.ndarray, min_tier: int = 0, max_cost_usd: float | None = None) -> np.ndarray:
         """Per prompt, the expected cost of the cheapest tier the request allows; NoTierFits, saying why, if none."""
@@ -124,6 +128,7 @@ class Router:
         novelty: np.ndarray | None = None,
         novelty_limit: float | None = OOD_NOVELTY,
         guarantee: OperatingPoint | None = None,
+        guarantee_cost: np.ndarray | None = None,
     ) -> list[Decision]:
         """One decision per prompt; NoTierFits when the request's constraints exclude every tier for some prompt.
 
@@ -133,7 +138,9 @@ class Router:
 
         A prompt whose novelty reaches `novelty_limit` is unlike the training prompts, so its predictions are not
         to be trusted: it gets the conservative choice, the most expensive tier the request allows (see
-        `conservative`). With a `guarantee`, the knob is its calibrated λ and the reason states the guarantee.
+        `conservative`). With a `guarantee`, the knob is its calibrated λ and the reason states the guarantee; λ
+        trades quality against `guarantee_cost` (default `cost`), the cost scale it was calibrated on (the prompts'
+        own estimate, where a caller counted another input: it still sets what fits a budget or max cost).
         """
         floor = self.cheapest_allowed(cost, min_tier, max_cost_usd)
         if budget_usd is not None and float(floor.sum()) > budget_usd:
@@ -153,7 +160,17 @@ class Router:
                 if guarantee.cost_weight_per_usd is None:
                     d = self.conservative(c, min_tier, max_cost_usd, share)
                 else:
-                    d = decide(q, c, self.names, target, min_tier, max_cost_usd, share, guarantee.cost_weight_per_usd)
+                    d = decide(
+                        q,
+                        c,
+                        self.names,
+                        target,
+                        min_tier,
+                        max_cost_usd,
+                        share,
+                        guarantee.cost_weight_per_usd,
+                        None if guarantee_cost is None else guarantee_cost[i],
+                    )
                 d = Decision(d.tier_index, f"{guarantee.describe()}; {d.reason}")
             else:
                 d = decide(q, c, self.names, target, min_tier, max_cost_usd, share, cost_weight)

@@ -27,7 +27,7 @@ OPTIONAL_COLUMNS: tuple[str, ...] = (
     "timestamp",
 )
 CHARS_PER_TOKEN = 4.0
-"""Token estimate used where the log has no token counts: characters / 4, as the public logs do."""
+"""ASCII characters a token where nothing counted the tokens, as the public logs do (router.text.token_estimate)."""
 
 
 class OutcomeBase(BaseModel):

@@ -19,13 +19,13 @@ from infra.settings import Settings
 from infra.store import DecisionRow, SessionRow, Store
 from router.exploration import explore
 from router.novelty import OOD_NOVELTY
-from router.policy import Decision
+from router.policy import Decision, NoTierFits
 from serving.decision_writer import DecisionWriter
 from serving.errors import Invalid, OverBudget, TooLarge
 from serving.guarantee import guarantee_point, with_default_guarantee
 from serving.metrics import Metrics
 from serving.runtime import Runtime
-from serving.schemas import RouteOptions, RouteResponse
+from serving.schemas import CountedRouteOptions, RouteOptions, RouteResponse
 from serving.security import Principal, check_owner
 
 # With a cheap embedder (Runtime.inline_scoring: the static one), a sessionless request of at most this many prompts
@@ -129,6 +129,14 @@ def task_hint_note(rt: Runtime, task: str | None) -> str:
     return f"; task hint {task!r} is not a task this model knows (GET /tiers lists them): {fallback}"
 
 
+def _cheapest(rt: Runtime, cost: np.ndarray, min_tier: int, max_cost_usd: float | None) -> float:
+    """The least any of these prompts costs at its cheapest allowed tier (inf when the constraints allow none)."""
+    try:
+        return float(rt.router.cheapest_allowed(cost, min_tier, max_cost_usd).min())
+    except NoTierFits:
+        return float("inf")
+
+
 def route(
     rt: Runtime,
     store: Store,
@@ -158,11 +166,16 @@ def route(
         raise Invalid(str(exc.args[0]), ("body", "min_tier")) from None
     target, cost_weight = rt.router.knob(opts.quality_target, opts.cost_weight_per_usd, default_target)
     point = guarantee_point(rt.router.artifact.guarantee, opts)
+    counted = opts.input_tokens if isinstance(opts, CountedRouteOptions) else None
     quality, cost, novelty = rt.router.assess(
         prompts,
         None if opts.task is None else [opts.task] * len(prompts),
-        None if opts.input_tokens is None else [opts.input_tokens] * len(prompts),
+        None if counted is None else [counted] * len(prompts),
     )
+    # The prompts' own expected cost, where the caller counted a larger (or smaller) input: the cost scale the
+    # model's operating points were calibrated on (a guarantee trades quality against it), and what says whether
+    # a session is spent (a large counted input makes a request wait or shrink, never freezes the session).
+    bare = cost if counted is None else rt.router.expected_cost(prompts)
     hint = task_hint_note(rt, opts.task)
 
     names = rt.tiers.names
@@ -232,13 +245,24 @@ def route(
                     novelty=None if novelty is None else float(novelty[i]),
                     task=opts.task,
                     served_by=served_by,
+                    input_tokens=counted,
                 )
             )
         return rows
 
     def decide(budget_usd: float | None) -> list[Decision]:
         return rt.router.decide(
-            quality, cost, target, min_tier, opts.max_cost_usd, cost_weight, budget_usd, novelty, novelty_limit, point
+            quality,
+            cost,
+            target,
+            min_tier,
+            opts.max_cost_usd,
+            cost_weight,
+            budget_usd,
+            novelty,
+            novelty_limit,
+            point,
+            guarantee_cost=None if bare is cost else bare,
         )
 
     session: SessionRow | None = None
@@ -258,10 +282,19 @@ def route(
                 # The worst cases the door holds for its calls in flight come back when they end: what they hold
                 # makes a request wait (402, session open), never freeze the session.
                 held = locked.held_in_flight()
-                if left + held < float(floor.min()):
+                if left + held < min(float(floor.min()), _cheapest(rt, bare, min_tier, opts.max_cost_usd)):
                     # Not even one of these prompts fits: the session is spent, as a single /route finds it.
                     locked.freeze()
                     refusal = frozen_error(locked.row)
+                elif left + held < float(floor.min()):
+                    refusal = over_budget(
+                        locked.row,
+                        f"the call's input of {counted} tokens needs at least ${float(floor.min()):.6g} at "
+                        f"its cheapest allowed tier, but session {locked.row.id} has ${left:.6g} left"
+                        + (f" (and ${held:.6g} held by calls in flight)" if held > 0 else "")
+                        + "; nothing was reserved and the session stays open: send a shorter input",
+                        float(floor.min()),
+                    )
                 elif left < float(floor.min()):
                     refusal = over_budget(
                         locked.row,

@@ -129,28 +129,24 @@ class RouteOptions(Strict):
     )
 
 
+class CountedRouteOptions(RouteOptions):
+    """/route's options with the count of one call's input (a batch's prompts would need one each)."""
+
     input_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_INPUT_TOKENS)] | None = Field(
         None,
         description="input tokens the call will send, when the caller counted them and they are more than the prompt's "
         "(a whole conversation, tool definitions, images): every tier's expected cost, and so the policy's cost and "
         "a session's reservation, prices this input instead of the prompt's estimate (ASCII at 4 characters a token, "
-        "any other character a token). /route only: a batch's prompts have one each. The OpenAI-compatible door "
-        "counts its messages itself",
+        "any other character a token). The OpenAI-compatible door counts its messages itself",
     )
 
 
-class RouteRequest(RouteOptions):
+class RouteRequest(CountedRouteOptions):
     prompt: Prompt
 
 
 class RouteBatchRequest(RouteOptions):
     prompts: list[Prompt] = Field(min_length=1)
-
-    @model_validator(mode="after")
-    def _one_count_per_prompt(self) -> RouteBatchRequest:
-        if self.input_tokens is not None:
-            raise ValueError("input_tokens is a single prompt's count: send it with /route")
-        return self
 
 
 class RouteResponse(BaseModel):

@@ -29,6 +29,8 @@ class LoggedTraffic:
     router_versions: list[str]
     names: list[str]
     skipped: dict[str, int] = field(default_factory=dict)
+    # Per decision, the input tokens its caller counted and routing priced (None: estimated from the prompt).
+    input_tokens: list[int | None] = field(default_factory=list)
 
     @property
     def explored(self) -> int:
@@ -59,6 +61,7 @@ def load_traffic(store: Store, names: list[str], since: datetime | None = None, 
             decisions.c.propensities,
             decisions.c.predicted_quality,
             decisions.c.expected_costs,
+            decisions.c.input_tokens,
             outcomes.c.score,
             outcomes.c.cost_usd,
         )
@@ -76,6 +79,7 @@ def load_traffic(store: Store, names: list[str], since: datetime | None = None, 
     keep: list[tuple[int, list[float], list[float], list[float], float, float]] = []
     prompts: list[str | None] = []
     versions: list[str] = []
+    counted: list[int | None] = []
     for r in rows:
         if r.propensities is None or r.predicted_quality is None or r.expected_costs is None:
             skipped["without propensities (logged before migration 0003)"] += 1
@@ -96,6 +100,7 @@ def load_traffic(store: Store, names: list[str], since: datetime | None = None, 
         )
         prompts.append(None if r.prompt is None or r.prompt == NOT_STORED else r.prompt)
         versions.append(r.router_version)
+        counted.append(r.input_tokens)
     k = len(names)
     action = np.array([x[0] for x in keep], dtype=int)
     mu_arr = np.array([x[1] for x in keep], dtype=float).reshape(-1, k)
@@ -108,4 +113,4 @@ def load_traffic(store: Store, names: list[str], since: datetime | None = None, 
         predicted_cost=np.array([x[3] for x in keep], dtype=float).reshape(-1, k),
         logging_probs=mu_arr,
     )
-    return LoggedTraffic(logged, prompts, versions, names, dict(skipped))
+    return LoggedTraffic(logged, prompts, versions, names, dict(skipped), counted)

@@ -16,6 +16,7 @@ import numpy as np
 from router.ope import LoggedDecisions, PolicyEstimate, Unsupported, compare, estimate, one_hot
 from router.policy import lambda_for_cost, lambda_grid, tradeoff
 from router.routing import Router
+from router.text import prompt_tokens
 from training.ope_data import LoggedTraffic
 
 DEFAULT_SHARES = (0.25, 0.5, 0.75)
@@ -56,8 +57,12 @@ def candidate_policy(router: Router, traffic: LoggedTraffic, target: float) -> t
             "the store kept no prompt text (TIERWISE_PROMPT_STORAGE=hash or none): a candidate model cannot "
             "score the logged traffic; only the logged model's operating points can be evaluated"
         )
-    prompts = [p for p in traffic.prompts if p is not None]
-    quality, cost = router.score(prompts)
+    counts = traffic.input_tokens or [None] * len(traffic.prompts)
+    kept = [(p, n) for p, n in zip(traffic.prompts, counts, strict=True) if p is not None]
+    prompts = [p for p, _ in kept]
+    # Priced as the service priced each logged decision: at the input its caller counted, else the prompt's estimate.
+    tokens_in = [e if n is None else float(n) for (_, n), e in zip(kept, prompt_tokens(prompts), strict=True)]
+    quality, cost = router.score(prompts, tokens_in=tokens_in)
     t, lam = router.knob(None, None, target)  # the candidate's own default operating point, as the service uses it
     choices = np.array([d.tier_index for d in router.decide(quality, cost, t, cost_weight=lam)])
     sub = traffic.logged.take(have).with_predictions(quality, cost)

@@ -10,6 +10,7 @@ from infra import admin_queries as q
 from infra.settings import Settings
 from infra.store import Store
 from router.schema import Tier
+from router.text import prompt_tokens
 from serving.drift import DriftReport, drift_report
 from serving.errors import first_line
 from serving.runtime import Runtime
@@ -86,15 +87,22 @@ def model_source_label(settings: Settings, version: str | None) -> str:
 def savings(runtime: Runtime, samples: list[q.CostSample], window_total: int) -> Savings | None:
     """Cost of the sampled decisions against the top tier's expected cost for the same prompts.
 
-    A stored prompt is priced by the runtime (router.expected_cost, today's prices); a decision whose prompt is not
-    stored, by the top tier's expected cost it recorded when it was decided. None when neither is there for any.
+    A stored prompt is priced by the runtime (router.expected_cost, today's prices, at the input its caller counted
+    where it did); a decision whose prompt is not stored, by the top tier's expected cost it recorded when it was
+    decided. None when neither is there for any.
     """
     top = runtime.tiers.names[-1]
     texts = [s for s in samples if s.prompt.strip()]
     recorded = [s for s in samples if not s.prompt.strip() and s.expected_costs and top in s.expected_costs]
     if not texts and not recorded:
         return None
-    top_cost = float(runtime.router.expected_cost([s.prompt for s in texts])[:, -1].sum()) if texts else 0.0
+    top_cost = 0.0
+    if texts:
+        prompts = [s.prompt for s in texts]
+        counted = [
+            e if s.input_tokens is None else s.input_tokens for s, e in zip(texts, prompt_tokens(prompts), strict=True)
+        ]
+        top_cost = float(runtime.router.expected_cost(prompts, counted)[:, -1].sum())
     top_cost += sum(float(s.expected_costs[top]) for s in recorded if s.expected_costs)
     covered = texts + recorded
     return Savings(

@@ -160,6 +160,11 @@ def test_savings_compare_with_the_top_tier_for_the_same_prompts(artifact_dir: Pa
     assert got.saved_usd == pytest.approx(got.top_cost_usd - 0.007)
     assert got.saved_share == pytest.approx(got.saved_usd / got.top_cost_usd)
     assert savings(runtime, [q.CostSample("main", 1.0, ""), q.CostSample("main", 1.0, "  ", {"mid": 1.0})], 2) is None
+    # A decision whose caller counted its input (a door conversation) is priced at that count, as it was routed.
+    counted = savings(runtime, [q.CostSample("main", 0.001, prompts[0], None, 50_000)], window_total=1)
+    assert counted is not None
+    assert counted.top_cost_usd == pytest.approx(float(artifact.expected_cost(prompts[:1], tokens_in=[50_000])[0, -1]))
+    assert counted.top_cost_usd > 100 * top[0]
 
 
 def test_sessions_table_is_what_the_page_reads(store: Store) -> None:

@@ -123,7 +123,7 @@ def test_json_ints_are_still_floats(client: TestClient) -> None:
     assert client.post("/route", json={"prompt": EASY, "min_tier": 1, "max_cost_usd": 1}, headers=C).status_code == 200
 
 
-def test_input_tokens_price_what_the_call_sends(client: TestClient, edge: TestClient) -> None:
+def test_input_tokens_price_what_the_call_sends(client: TestClient, edge: TestClient, store: Store) -> None:
     """A caller who counted its call's input (a conversation beyond the prompt) gets every tier priced at it, and a
     session reserves that; a batch has no single count, and a count must be a whole number of tokens."""
     plain = client.post("/route", json={"prompt": EASY, "min_tier": 2}, headers=C).json()
@@ -132,11 +132,25 @@ def test_input_tokens_price_what_the_call_sends(client: TestClient, edge: TestCl
     r = edge.post("/route", json={"prompt": EASY, "min_tier": 2, "input_tokens": 10**6, "session_id": "t"}, headers=C)
     assert r.status_code == 200, r.text
     assert edge.get("/sessions/t", headers=C).json()["reserved_usd"] == pytest.approx(r.json()["expected_cost_usd"])
+    assert store.get_decisions([r.json()["decision_id"]])[r.json()["decision_id"]].input_tokens == 10**6  # for OPE
     batch = client.post("/route/batch", json={"prompts": [EASY, HARD], "input_tokens": 50}, headers=C)
-    assert batch.status_code == 422 and "input_tokens is a single prompt's count" in batch.text
+    assert batch.status_code == 422 and batch.json()["detail"][0]["loc"] == ["body", "input_tokens"], batch.text
     for bad in (0, 1.5, "100", True):
         r = client.post("/route", json={"prompt": EASY, "input_tokens": bad}, headers=C)
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "input_tokens"], (bad, r.text)
+
+
+def test_an_input_too_large_for_the_cap_waits_and_never_freezes_the_session(edge: TestClient) -> None:
+    """A counted input no tier can afford within what is left is refused (402, session open): the session is not
+    spent, a request with a smaller input still routes. Only a prompt that does not fit on its own freezes it."""
+    assert edge.put("/sessions/big", json={"cap_usd": 1.0}, headers=C).status_code == 200
+    r = edge.post("/route", json={"prompt": EASY, "session_id": "big", "input_tokens": 10_000_000}, headers=C)
+    assert r.status_code == 402, r.text
+    body = r.json()
+    assert body["status"] == "open" and body["needed_usd"] > 1.0 and body["reserved_usd"] == 0, body
+    assert "input of 10000000 tokens" in body["detail"] and "stays open" in body["detail"]
+    assert edge.get("/sessions/big", headers=C).json()["status"] == "open"
+    assert edge.post("/route", json={"prompt": EASY, "session_id": "big"}, headers=C).status_code == 200
 
 
 @pytest.mark.parametrize(

@@ -171,7 +171,7 @@ def test_what_bounds_an_answer_must_be_a_whole_number(url: str, up: FakeUpstream
 
 
 def test_an_upstream_without_usage_is_charged_no_more_answer_than_the_limit(url: str, up: FakeUpstream) -> None:
-    """Without usage the door estimates the answer at characters / 4: an upstream that honours the limit with
+    """Without usage the door estimates the answer (ASCII at characters / 4): an upstream that honours the limit with
     long tokens (6 characters each here) was charged past it, and past the cap."""
     messages = [{"role": "user", "content": EASY}]
     sid = session(url, cap_usd=1.0)

@@ -97,7 +97,7 @@ def test_routing_prices_the_whole_conversation_the_door_sends(sdk: OpenAI, url: 
     raw = sdk.chat.completions.with_raw_response.create(
         model="tierwise",
         messages=messages,  # type: ignore[arg-type]
-        extra_body={"tierwise": {"session_id": sid, "input_tokens": 1}},  # the door counts for itself
+        extra_body={"tierwise": {"session_id": sid}},
     )
     decision_id = raw.headers["x-tierwise-decision-id"]
     [door] = [d for d in get_session(url, sid)["recent_decisions"] if d["decision_id"] == decision_id]
@@ -109,6 +109,33 @@ def test_routing_prices_the_whole_conversation_the_door_sends(sdk: OpenAI, url: 
     assert door["tier"] == at_count.json()["tier"]
     assert door["expected_cost_usd"] == pytest.approx(at_count.json()["expected_cost_usd"])
     assert door["expected_cost_usd"] > view_only.json()["expected_cost_usd"] * 10  # the earlier turns cost too
+    # The door counts for itself: a count of the caller's is refused, naming the field.
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.chat.completions.create(model="tierwise", messages=messages, extra_body={"tierwise": {"input_tokens": 9}})  # type: ignore[arg-type]
+    assert refused.value.body["param"] == "tierwise.input_tokens"  # type: ignore[index]
+
+
+def test_a_conversation_too_long_for_the_cap_waits_and_never_freezes_the_session(
+    sdk: OpenAI, url: str, up: FakeUpstream
+) -> None:
+    """Routing prices the whole conversation: one the cap cannot afford is a 402 that leaves the session open, and a
+    short call after it is served (a review's find: it froze the session, spent nothing, until an admin confirmed)."""
+    sid = session(url, cap_usd=0.001)
+    up.default = Reply(text="ok", usage=(10, 2))
+    earlier = [{"role": "user", "content": "earlier context " * 3000}, {"role": "assistant", "content": "noted"}]
+    with pytest.raises(openai.APIStatusError) as refused:
+        sdk.chat.completions.create(
+            model="tierwise",
+            messages=[*earlier, {"role": "user", "content": EASY}],  # type: ignore[list-item]
+            extra_body={"tierwise": {"session_id": sid}},
+        )
+    assert refused.value.status_code == 402
+    assert refused.value.body["code"] == "over_budget" and "stays open" in refused.value.body["message"]  # type: ignore[index]
+    assert get_session(url, sid)["status"] == "open" and up.requests == []
+    short = sdk.chat.completions.create(
+        model="tierwise", messages=[{"role": "user", "content": EASY}], extra_body={"tierwise": {"session_id": sid}}
+    )
+    assert short.choices[0].message.content == "ok"
 
 
 def test_tools_and_unknown_fields_pass_through_untouched(sdk: OpenAI, up: FakeUpstream) -> None:

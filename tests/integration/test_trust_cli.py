@@ -24,7 +24,7 @@ from training import cli
 from training.data import pivot_log, split_log
 from training.fit import train_router
 from training.ope_data import load_traffic
-from training.ope_eval import Refusal, evaluate_traffic, gate_difference
+from training.ope_eval import Refusal, candidate_policy, evaluate_traffic, gate_difference
 
 runner = CliRunner()
 NAMES = ["main", "mid", "brain"]
@@ -154,6 +154,32 @@ def test_a_candidate_is_evaluated_on_the_prompts_with_text(env: str, tmp_path: P
     rows = evaluate_traffic(load_traffic(store, NAMES), candidate, target=0.7, n_boot=50)
     [cand] = [r for r in rows if r.name.startswith("candidate")]
     assert isinstance(cand, Refusal) and "no prompt text" in cand.reason
+    store.dispose()
+
+
+def test_a_candidate_prices_each_logged_decision_at_the_input_its_caller_counted(env: str) -> None:
+    """A door decision was priced on the whole conversation (decisions.input_tokens): a candidate re-scoring its
+    stored prompt view must price it so too, or it evaluates a policy the service would not run (a review's find)."""
+    fill_store(env, epsilon=0.3, n=40)
+    tiers = parse_tiers(TIERS_TOML)
+    emb = HashingEmbedder()
+    split = split_log(make_log(300, seed=1), tiers, 0.3, 0)
+    candidate = Router(
+        train_router(split, emb, None, FeatureSpec(embedder_id=emb.id), DifficultyModel(n_estimators=20)), tiers, emb
+    )
+    store = Store(env)
+    with store.engine.begin() as conn:  # d0 was a conversation of 20,000 input tokens, its prompt view the same text
+        conn.execute(decisions.update().where(decisions.c.id == "d0").values(input_tokens=20_000))
+    traffic = load_traffic(store, NAMES)
+    assert sorted(n for n in traffic.input_tokens if n is not None) == [20_000]
+    _, sub = candidate_policy(candidate, traffic, 0.7)
+    prompts = [p for p in traffic.prompts if p is not None]
+    at = traffic.input_tokens.index(20_000)
+    expected = candidate.expected_cost([prompts[at]], [20_000])[0]
+    np.testing.assert_allclose(sub.predicted_cost[at], expected)
+    others = [i for i, n in enumerate(traffic.input_tokens) if n is None]
+    np.testing.assert_allclose(sub.predicted_cost[others], candidate.expected_cost([prompts[i] for i in others]))
+    assert (sub.predicted_cost[at] > 100 * candidate.expected_cost([prompts[at]])[0]).all()
     store.dispose()
 
 

@@ -245,7 +245,7 @@ def test_migration_0003_round_trip(url: str) -> None:
     store.dispose()
 
 
-def assert_decision_column_round_trip(url: str, column: str, value: str, before: str) -> None:
+def assert_decision_column_round_trip(url: str, column: str, value: object, before: str) -> None:
     """A decision stored with `column` = `value`; downgraded to revision `before`, the column is gone; upgraded to
     head again, it is back and empty (the downgrade dropped the value)."""
     store = Store(url)
@@ -289,6 +289,10 @@ def test_an_outcome_does_not_settle_a_decision_the_proxy_serves(url: str) -> Non
 
 def test_migration_0005_round_trip(url: str) -> None:
     assert_decision_column_round_trip(url, "served_by", SERVED_BY_PROXY, "0004")
+
+
+def test_migration_0006_round_trip(url: str) -> None:
+    assert_decision_column_round_trip(url, "input_tokens", 12_345, "0005")
 
 
 def test_only_the_settlement_that_took_effect_says_so(url: str) -> None:

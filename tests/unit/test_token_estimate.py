@@ -43,3 +43,28 @@ def test_expected_cost_prices_the_counted_input_when_given() -> None:
     np.testing.assert_allclose(counted, [[1000 + 20, 3000 + 80], [1 + 20, 3 + 80]])
     with pytest.raises(ValueError, match="1 input token counts for 2 prompts"):
         art.expected_cost(["a", "b"], tokens_in=[5])
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="finite and at least 0"):
+            art.expected_cost(["a"], tokens_in=[bad])
+
+
+def test_a_guarantee_trades_quality_against_the_cost_scale_it_was_calibrated_on() -> None:
+    """A guarantee's λ was calibrated on the prompts' own expected costs: a caller's larger input count must not
+    make it pick a cheaper tier than the guarantee allows (a review's find), while what fits still uses the count."""
+    from router.guarantee import OperatingPoint
+    from router.routing import Router
+
+    router = Router(_artifact())
+    point = OperatingPoint(0.05, 0.1, 5.0, 500, 0.04, 0.5)
+    quality = np.array([[0.80, 0.97]])
+    own = np.array([[0.0022, 0.0086]])  # brain's 0.17 more quality is worth its $0.0064 more at λ = 5 per USD
+    counted = own * 100  # a long conversation: at λ = 5, brain's $0.64 more outweighs its quality
+    [plain] = router.decide(quality, own, 0.9, guarantee=point)
+    [naive] = router.decide(quality, counted, 0.9, guarantee=point)
+    [scaled] = router.decide(quality, counted, 0.9, guarantee=point, guarantee_cost=own)
+    assert router.names[plain.tier_index] == "brain" and router.names[naive.tier_index] == "main"
+    assert scaled.tier_index == plain.tier_index and "the prompt alone" in scaled.reason
+    # what fits is still the counted cost: a budget below brain's counted cost downgrades
+    [fits] = router.decide(quality, counted, 0.9, budget_usd=float(counted[0, 0]) + 1e-9, guarantee=point,
+                           guarantee_cost=own)  # fmt: skip
+    assert router.names[fits.tier_index] == "main"
