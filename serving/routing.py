@@ -282,17 +282,24 @@ def route(
                 # The worst cases the door holds for its calls in flight come back when they end: what they hold
                 # makes a request wait (402, session open), never freeze the session.
                 held = locked.held_in_flight()
-                if left + held < min(float(floor.min()), _cheapest(rt, bare, min_tier, opts.max_cost_usd)):
+                # Whether the session is spent is judged on what it can still buy at all: a prompt at the cheapest
+                # tier, its input as estimated or as counted. A request that asks for more (a min_tier, a large
+                # counted input) gets an open 402 and may ask again for less; it never freezes the session.
+                if left + held < min(_cheapest(rt, cost, 0, None), _cheapest(rt, bare, 0, None)):
                     # Not even one of these prompts fits: the session is spent, as a single /route finds it.
                     locked.freeze()
                     refusal = frozen_error(locked.row)
                 elif left + held < float(floor.min()):
+                    asks = [f"min_tier {rt.tiers.names[min_tier]}"] * (min_tier > 0)
+                    asks += [f"an input of {counted} tokens as counted"] * (counted is not None)
                     refusal = over_budget(
                         locked.row,
-                        f"the call's input of {counted} tokens needs at least ${float(floor.min()):.6g} at "
-                        f"its cheapest allowed tier, but session {locked.row.id} has ${left:.6g} left"
+                        f"this request needs at least ${float(floor.min()):.6g} at its cheapest allowed tier"
+                        + (f" ({' and '.join(asks)})" if asks else "")
+                        + f", but session {locked.row.id} has ${left:.6g} left"
                         + (f" (and ${held:.6g} held by calls in flight)" if held > 0 else "")
-                        + "; nothing was reserved and the session stays open: send a shorter input",
+                        + "; nothing was reserved and the session stays open: ask for less (a lower min_tier, a "
+                        "shorter input)",
                         float(floor.min()),
                     )
                 elif left < float(floor.min()):

@@ -148,9 +148,20 @@ def test_an_input_too_large_for_the_cap_waits_and_never_freezes_the_session(edge
     assert r.status_code == 402, r.text
     body = r.json()
     assert body["status"] == "open" and body["needed_usd"] > 1.0 and body["reserved_usd"] == 0, body
-    assert "input of 10000000 tokens" in body["detail"] and "stays open" in body["detail"]
+    assert "an input of 10000000 tokens as counted" in body["detail"] and "stays open" in body["detail"]
     assert edge.get("/sessions/big", headers=C).json()["status"] == "open"
     assert edge.post("/route", json={"prompt": EASY, "session_id": "big"}, headers=C).status_code == 200
+
+
+def test_a_min_tier_the_cap_cannot_afford_waits_and_never_freezes_the_session(edge: TestClient) -> None:
+    """A session that can still pay for the cheapest tier is not spent: a request whose min_tier it cannot afford
+    is a 402 that leaves it open (a review's find: it froze the session), and a request without it routes."""
+    main, _, brain = costs(edge, EASY)
+    assert edge.put("/sessions/mt", json={"cap_usd": (main + brain) / 2}, headers=C).status_code == 200
+    r = edge.post("/route", json={"prompt": EASY, "session_id": "mt", "min_tier": 2}, headers=C)
+    assert r.status_code == 402 and r.json()["status"] == "open", r.text
+    assert "min_tier brain" in r.json()["detail"]
+    assert edge.post("/route", json={"prompt": EASY, "session_id": "mt"}, headers=C).status_code == 200
 
 
 @pytest.mark.parametrize(
