@@ -19,7 +19,7 @@ from infra.settings import Settings
 from infra.store import DecisionRow, SessionRow, Store
 from router.exploration import explore
 from router.novelty import OOD_NOVELTY
-from router.policy import Decision, NoTierFits
+from router.policy import Decision
 from serving.decision_writer import DecisionWriter
 from serving.errors import Invalid, OverBudget, TooLarge
 from serving.guarantee import guarantee_point, with_default_guarantee
@@ -129,14 +129,6 @@ def task_hint_note(rt: Runtime, task: str | None) -> str:
     return f"; task hint {task!r} is not a task this model knows (GET /tiers lists them): {fallback}"
 
 
-def _cheapest(rt: Runtime, cost: np.ndarray, min_tier: int, max_cost_usd: float | None) -> float:
-    """The least any of these prompts costs at its cheapest allowed tier (inf when the constraints allow none)."""
-    try:
-        return float(rt.router.cheapest_allowed(cost, min_tier, max_cost_usd).min())
-    except NoTierFits:
-        return float("inf")
-
-
 def route(
     rt: Runtime,
     store: Store,
@@ -172,9 +164,9 @@ def route(
         None if opts.task is None else [opts.task] * len(prompts),
         None if counted is None else [counted] * len(prompts),
     )
-    # The prompts' own expected cost, where the caller counted a larger (or smaller) input: the cost scale the
-    # model's operating points were calibrated on (a guarantee trades quality against it), and what says whether
-    # a session is spent (a large counted input makes a request wait or shrink, never freezes the session).
+    # The prompts' own expected cost, where the caller counted a larger (or smaller) input: the cost scale a
+    # guarantee was calibrated on (it trades quality against it), and, with the counted cost, what says whether a
+    # session is spent (a large counted input makes a request wait or shrink, never freezes the session).
     bare = cost if counted is None else rt.router.expected_cost(prompts)
     hint = task_hint_note(rt, opts.task)
 
@@ -285,7 +277,7 @@ def route(
                 # Whether the session is spent is judged on what it can still buy at all: a prompt at the cheapest
                 # tier, its input as estimated or as counted. A request that asks for more (a min_tier, a large
                 # counted input) gets an open 402 and may ask again for less; it never freezes the session.
-                if left + held < min(_cheapest(rt, cost, 0, None), _cheapest(rt, bare, 0, None)):
+                if left + held < min(float(rt.router.cheapest_allowed(c).min()) for c in (cost, bare)):
                     # Not even one of these prompts fits: the session is spent, as a single /route finds it.
                     locked.freeze()
                     refusal = frozen_error(locked.row)
