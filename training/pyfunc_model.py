@@ -48,7 +48,10 @@ class TierwisePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,mi
             tasks = [None if pd.isna(t) else str(t) for t in model_input["task"]]
         tokens_in = None
         if "input_tokens" in model_input.columns:
-            counted = pd.to_numeric(model_input["input_tokens"], errors="coerce").to_numpy(dtype=float)
+            try:
+                counted = pd.to_numeric(model_input["input_tokens"]).to_numpy(dtype=float, na_value=np.nan)
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"the input_tokens column must hold numbers (or nothing): {exc}") from None
             tokens_in = np.where(np.isnan(counted), prompt_tokens(prompts), counted)
         quality = self.artifact.predict_quality(prompts, self.embedder, tasks=tasks)
         cost = self.artifact.expected_cost(prompts, tokens_in=tokens_in)

@@ -28,7 +28,7 @@ from mlflow.data.pandas_dataset import from_pandas
 from mlflow.exceptions import MlflowException
 from mlflow.models import ModelSignature, infer_signature
 from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
-from mlflow.types.schema import ColSpec, Schema
+from mlflow.types.schema import AnyType, ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 import router
@@ -307,7 +307,8 @@ def log_and_register(
                     [
                         ColSpec("string", "prompt"),
                         ColSpec("string", "task", required=False),
-                        ColSpec("double", "input_tokens", required=False),
+                        # any type: whole numbers, floats or None (MLflow refuses int64 for double); predict checks
+                        ColSpec(AnyType(), "input_tokens", required=False),  # type: ignore[no-untyped-call]
                     ]
                 ),
                 outputs=infer_signature(example, sig_out).outputs,

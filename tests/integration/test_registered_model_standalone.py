@@ -43,12 +43,20 @@ prompts = json.loads(sys.argv[2])
 out = model.predict(pd.DataFrame({"prompt": prompts}))
 hinted = model.predict(pd.DataFrame({"prompt": prompts, "task": ["hard"] + [None] * (len(prompts) - 1)}))
 counted = model.predict(pd.DataFrame({"prompt": prompts, "input_tokens": [1e6] + [None] * (len(prompts) - 1)}))
+whole = model.predict(pd.DataFrame({"prompt": prompts, "input_tokens": [10**6] + [40] * (len(prompts) - 1)}))
+try:
+    model.predict(pd.DataFrame({"prompt": prompts, "input_tokens": ["many"] * len(prompts)}))
+    refused = ""
+except Exception as exc:
+    refused = str(exc)
 import router
 print(json.dumps({
     "columns": list(out.columns),
     "values": out.to_numpy().tolist(),
     "hinted": hinted.to_numpy().tolist(),
     "counted": counted.to_numpy().tolist(),
+    "whole": whole.to_numpy().tolist(),
+    "refused": refused,
     "router_file": router.__file__,
     "installed": {m: importlib.util.find_spec(m) is not None for m in ("torch", "sentence_transformers", "training")},
     "imported": sorted({k.split(".")[0] for k in sys.modules} & {"torch", "sentence_transformers", "training"}),
@@ -163,6 +171,8 @@ def test_the_champion_loads_and_scores_in_a_clean_venv(registered: str, tmp_path
     counted = report["counted"]
     assert all(c > v + 0.1 for c, v in zip(counted[0][len(tiers) :], values[0][len(tiers) :], strict=True)), counted
     assert counted[1] == values[1] and counted[0][: len(tiers)] == values[0][: len(tiers)]
+    assert report["whole"][0] == counted[0]  # whole numbers (int64) are taken as they are
+    assert "input_tokens column must hold numbers" in report["refused"], report["refused"]
     # The code came with the model, not from this checkout; neither torch nor training code was needed.
     assert not Path(report["router_file"]).is_relative_to(REPO), report["router_file"]
     assert report["installed"] == {"torch": False, "sentence_transformers": False, "training": False}
