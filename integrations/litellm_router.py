@@ -81,17 +81,11 @@ def priced_options(
 ) -> Mapping[str, Any]:
     """/route's options with `input_tokens`: the call's messages and tool definitions counted as the
     OpenAI-compatible door counts them (serving/proxy/answer_bound.input_tokens), so a conversation is priced alike
-    through either door. A count the caller gave, or a call without messages, is left as it is; a field that is not
-    JSON (LiteLLM takes a pydantic class as `response_format`) is not counted, and the messages alone are."""
+    through either door. A count the caller gave, or a call without messages, is left as it is."""
     if not messages or "input_tokens" in options:
         return options
-    extra = {k: request[k] for k in TOOL_FIELDS if request and k in request}
-    for body in ({"messages": list(messages), **extra}, {"messages": list(messages)}):
-        try:
-            return {**options, "input_tokens": min(max(1, input_tokens(body)), MAX_INPUT_TOKENS)}
-        except (TypeError, ValueError):  # not JSON: count less
-            continue
-    return options
+    body = {"messages": list(messages), **{k: request[k] for k in TOOL_FIELDS if request and k in request}}
+    return {**options, "input_tokens": min(max(1, input_tokens(body)), MAX_INPUT_TOKENS)}
 
 
 def _metadata(request_kwargs: dict[str, Any] | None) -> dict[str, Any]:

@@ -437,20 +437,3 @@ def test_a_retried_call_is_charged_for_the_try_that_answered(tierwise: str, api:
 )
 def test_prompt_view(messages: list[dict[str, Any]], view: str) -> None:
     assert prompt_view(messages) == view
-
-
-def test_a_field_that_is_not_json_is_not_counted() -> None:
-    """LiteLLM takes a pydantic class as `response_format`: the count leaves it out instead of failing the call."""
-    from pydantic import BaseModel
-
-    from integrations.litellm_router import priced_options
-
-    class Answer(BaseModel):
-        text: str
-
-    messages = [{"role": "user", "content": EASY}]
-    plain = priced_options({}, messages, None)
-    assert plain["input_tokens"] == input_tokens({"messages": messages})
-    assert priced_options({}, messages, {"response_format": Answer}) == plain
-    assert priced_options({"input_tokens": 3}, messages, None) == {"input_tokens": 3}
-    assert priced_options({"session_id": "s"}, None, None) == {"session_id": "s"}
