@@ -30,7 +30,6 @@ from integrations.litellm_router import (
     TIER_FIELD,
     Decision,
     TierwiseSettler,
-    priced_options,
     prompt_view,
     refusal,
     shared_settler,
@@ -109,7 +108,6 @@ class TierwiseRoutingPlugin:
             message = f"metadata[{OPTIONS_KEY!r}] must be a dict of /route options"
             raise BadRequestError(message=message, model="", llm_provider="tierwise")
         prompt = prompt_view(context.structured_messages)
-        options = priced_options(options, context.structured_messages, None)
         answer: Mapping[str, Any] | None = None
         why = "no text to route on"
         if prompt:

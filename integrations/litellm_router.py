@@ -33,8 +33,6 @@ from litellm.router import Router
 from litellm.types.router import CustomRoutingStrategyBase
 
 from integrations.tierwise_http import TierwiseClient, TierwiseRefused, TierwiseUnavailable
-from serving.proxy.answer_bound import TOOL_FIELDS, input_tokens
-from serving.schemas import MAX_INPUT_TOKENS
 
 logger = logging.getLogger(__name__)
 
@@ -69,23 +67,13 @@ def _text(content: Any) -> str:
 def prompt_view(messages: Sequence[Mapping[str, Any]]) -> str:
     """The text tierwise routes on: the system messages and the last user turn, text parts only.
 
-    The same view as the proxy's (serving/proxy/wire.py), so a prompt is scored alike through either door.
+    The same view as the proxy's (serving/proxy/wire.py), so a prompt is scored alike through either door. The
+    proxy also prices the whole conversation it sends (its `input_tokens` count); here the prompt is priced on its
+    own unless the caller passes `input_tokens` among the /route options (metadata["tierwise"]).
     """
     system = [_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")]
     user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
     return "\n\n".join(t for t in [*system, user] if t.strip())
-
-
-def priced_options(
-    options: Mapping[str, Any], messages: Sequence[Mapping[str, Any]] | None, request: Mapping[str, Any] | None
-) -> Mapping[str, Any]:
-    """/route's options with `input_tokens`: the call's messages and tool definitions counted as the
-    OpenAI-compatible door counts them (serving/proxy/answer_bound.input_tokens), so a conversation is priced alike
-    through either door. A count the caller gave, or a call without messages, is left as it is."""
-    if not messages or "input_tokens" in options:
-        return options
-    body = {"messages": list(messages), **{k: request[k] for k in TOOL_FIELDS if request and k in request}}
-    return {**options, "input_tokens": min(max(1, input_tokens(body)), MAX_INPUT_TOKENS)}
 
 
 def _metadata(request_kwargs: dict[str, Any] | None) -> dict[str, Any]:
@@ -162,7 +150,6 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
         md, options, trace_id, decision = self._request(request_kwargs)
         if decision is None:
             prompt = self._prompt(messages, input)
-            options = priced_options(options, messages, request_kwargs)
             try:
                 answer: Mapping[str, Any] | Exception | None = self.client.route(prompt, options) if prompt else None
             except (TierwiseUnavailable, TierwiseRefused) as e:
@@ -183,7 +170,6 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
         md, options, trace_id, decision = self._request(request_kwargs)
         if decision is None:
             prompt = self._prompt(messages, input)
-            options = priced_options(options, messages, request_kwargs)
             try:
                 answer: Mapping[str, Any] | Exception | None = (
                     await self.client.aroute(prompt, options) if prompt else None

@@ -29,7 +29,6 @@ from integrations.litellm_router import (  # noqa: E402
     prompt_view,
 )
 from integrations.tierwise_http import TierwiseClient, TierwiseRefused  # noqa: E402
-from serving.proxy.answer_bound import input_tokens  # noqa: E402
 from tests.integration.conftest import CLIENT_KEY, bearer  # noqa: E402
 
 HARD = "hard question 1: omega sigma alpha beta gamma"
@@ -116,26 +115,6 @@ def test_route_options_travel_in_metadata(tierwise: str) -> None:
     md: dict[str, Any] = {"tierwise": {"min_tier": "brain"}}
     resp = complete(router, "sync", EASY, md)
     assert md[DECISION_KEY]["tier"] == "brain" and resp._hidden_params["model_id"] == "dep-brain"
-
-
-def test_a_conversation_is_priced_as_the_openai_door_prices_it(tierwise: str, api: httpx.Client) -> None:
-    """The strategy scores the prompt view and prices the whole conversation and tool definitions it sends, counted
-    as the door counts them: the decision's expected cost is /route's at that count; a caller's own count stands."""
-    earlier = [{"role": "user", "content": "an earlier question " * 300}, {"role": "assistant", "content": "ok"}]
-    messages = [*earlier, {"role": "user", "content": EASY}]
-    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
-    assert api.put("/sessions/priced", json={"cap_usd": 10.0}).status_code == 200
-    router, _ = make_router(tierwise)
-    counted = input_tokens({"messages": messages, "tools": tools})
-    for md, expected_count in (
-        ({"tierwise": {"session_id": "priced"}}, counted),
-        ({"tierwise": {"session_id": "priced", "input_tokens": 7}}, 7),
-    ):
-        router.completion(model="tierwise", messages=messages, tools=tools, metadata=md)
-        decision_id = md[DECISION_KEY]["decision_id"]
-        [got] = [d for d in api.get("/sessions/priced").json()["recent_decisions"] if d["decision_id"] == decision_id]
-        routed = api.post("/route", json={"prompt": EASY, "input_tokens": expected_count, "min_tier": got["tier"]})
-        assert got["expected_cost_usd"] == pytest.approx(routed.json()["expected_cost_usd"]), expected_count
 
 
 def test_tiers_mapped_to_model_groups(tierwise: str) -> None:
