@@ -122,15 +122,21 @@ class RouterArtifact:
         self,
         prompts: Sequence[str],
         tiers: TiersConfig | None = None,
-        tokens_in: Sequence[float] | np.ndarray | None = None,
+        tokens_in: Sequence[float | None] | np.ndarray | None = None,
     ) -> np.ndarray:
-        """Expected cost per tier, (n, k): the input (`tokens_in` per prompt, when the caller counted what it sends,
-        else the prompt's estimate, router.text.prompt_tokens) plus the tier's mean output."""
+        """Expected cost per tier, (n, k): the input (`tokens_in` per prompt, when the caller counted what it sends;
+        for a prompt whose count is None, or with no counts, the prompt's estimate, router.text.prompt_tokens) plus
+        the tier's mean output."""
         tiers = tiers or self.tiers
         self.check_tiers(tiers)
-        counts = prompt_tokens(prompts) if tokens_in is None else np.asarray(tokens_in, dtype=float).reshape(-1)
-        if len(counts) != len(prompts):
-            raise ValueError(f"{len(counts)} input token counts for {len(prompts)} prompts")
+        if tokens_in is None:
+            counts = prompt_tokens(prompts)
+        else:
+            if len(tokens_in) != len(prompts):
+                raise ValueError(f"{len(tokens_in)} input token counts for {len(prompts)} prompts")
+            estimated = [i for i, n in enumerate(tokens_in) if n is None]
+            counts = np.array([0.0 if n is None else n for n in tokens_in], dtype=float)
+            counts[estimated] = prompt_tokens([prompts[i] for i in estimated])
         if not (np.isfinite(counts) & (counts >= 0)).all():
             raise ValueError("input token counts must be finite and at least 0")
         cols = [

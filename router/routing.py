@@ -69,7 +69,7 @@ class Router:
         self,
         prompts: Sequence[str],
         tasks: Sequence[str | None] | None = None,
-        tokens_in: Sequence[float] | None = None,
+        tokens_in: Sequence[float | None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Predicted quality and expected cost per tier (n, k), and each prompt's novelty (None without a reference).
 
@@ -94,7 +94,7 @@ class Router:
         prior = self.artifact.task_prior
         return task is not None and prior is not None and task in prior.means
 
-    def expected_cost(self, prompts: Sequence[str], tokens_in: Sequence[float] | None = None) -> np.ndarray:
+    def expected_cost(self, prompts: Sequence[str], tokens_in: Sequence[float | None] | None = None) -> np.ndarray:
         """Expected cost per tier at the live prices, (n, k) (`tokens_in`: RouterArtifact.expected_cost)."""
         return self.artifact.expected_cost(prompts, self.tiers, tokens_in)
 
@@ -103,7 +103,7 @@ class Router:
         prompts: Sequence[str],
         chunk: int | None = None,
         tasks: Sequence[str | None] | None = None,
-        tokens_in: Sequence[float] | None = None,
+        tokens_in: Sequence[float | None] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Predicted quality and expected cost per tier, both (n, k) (`tokens_in`: RouterArtifact.expected_cost)."""
         return self.predict_quality(prompts, chunk, tasks), self.expected_cost(prompts, tokens_in)

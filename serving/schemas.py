@@ -95,7 +95,9 @@ class GuaranteeRequest(Strict):
     )
 
 
-MAX_INPUT_TOKENS = 2**31 - 1  # far past any model's context; keeps the cost arithmetic finite
+MAX_TOKENS = 2**31 - 1
+"""The most tokens a request may count or ask for (input_tokens, max_tokens): far past any model's context, it keeps
+the cost arithmetic finite and fits the store's integer columns."""
 
 
 class RouteOptions(Strict):
@@ -132,7 +134,7 @@ class RouteOptions(Strict):
 class CountedRouteOptions(RouteOptions):
     """/route's options with the count of one call's input (a batch's prompts would need one each)."""
 
-    input_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_INPUT_TOKENS)] | None = Field(
+    input_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS)] | None = Field(
         None,
         description="input tokens the call will send, when the caller counted them and they are more than the prompt's "
         "(a whole conversation, tool definitions, images): every tier's expected cost, and so the policy's cost and "

@@ -16,7 +16,6 @@ import numpy as np
 from router.ope import LoggedDecisions, PolicyEstimate, Unsupported, compare, estimate, one_hot
 from router.policy import lambda_for_cost, lambda_grid, tradeoff
 from router.routing import Router
-from router.text import prompt_tokens
 from training.ope_data import LoggedTraffic
 
 DEFAULT_SHARES = (0.25, 0.5, 0.75)
@@ -61,8 +60,7 @@ def candidate_policy(router: Router, traffic: LoggedTraffic, target: float) -> t
     kept = [(p, n) for p, n in zip(traffic.prompts, counts, strict=True) if p is not None]
     prompts = [p for p, _ in kept]
     # Priced as the service priced each logged decision: at the input its caller counted, else the prompt's estimate.
-    tokens_in = [e if n is None else float(n) for (_, n), e in zip(kept, prompt_tokens(prompts), strict=True)]
-    quality, cost = router.score(prompts, tokens_in=tokens_in)
+    quality, cost = router.score(prompts, tokens_in=[n for _, n in kept])
     t, lam = router.knob(None, None, target)  # the candidate's own default operating point, as the service uses it
     choices = np.array([d.tier_index for d in router.decide(quality, cost, t, cost_weight=lam)])
     sub = traffic.logged.take(have).with_predictions(quality, cost)

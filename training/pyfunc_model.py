@@ -40,8 +40,6 @@ class TierwisePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,mi
         prompt's task hint (router/task_hint.py: a task the model knows is blended in instead of the one it
         guesses from the prompt; others change nothing), an optional 'input_tokens' column the input tokens each
         call sends, as on /route (missing: estimated from the prompt)."""
-        from router.text import prompt_tokens
-
         prompts = model_input["prompt"].astype(str).tolist()
         tasks = None
         if "task" in model_input.columns:
@@ -52,7 +50,7 @@ class TierwisePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,mi
                 counted = pd.to_numeric(model_input["input_tokens"]).to_numpy(dtype=float, na_value=np.nan)
             except (TypeError, ValueError) as exc:
                 raise ValueError(f"the input_tokens column must hold numbers (or nothing): {exc}") from None
-            tokens_in = np.where(np.isnan(counted), prompt_tokens(prompts), counted)
+            tokens_in = [None if np.isnan(n) else float(n) for n in counted]
         quality = self.artifact.predict_quality(prompts, self.embedder, tasks=tasks)
         cost = self.artifact.expected_cost(prompts, tokens_in=tokens_in)
         out = {f"quality_{n}": quality[:, j] for j, n in enumerate(self.artifact.tier_names)}

@@ -38,7 +38,7 @@ from serving.proxy.wire import (
 )
 from serving.routing import RETRY_IN_FLIGHT_S, Routing, over_budget, route_request_started
 from serving.runtime import Runtime
-from serving.schemas import MAX_INPUT_TOKENS, CountedRouteOptions, RouteOptions, RouteResponse, _storable
+from serving.schemas import MAX_TOKENS, CountedRouteOptions, RouteOptions, RouteResponse, _storable
 
 Settle = Callable[..., Any]  # Store.settle_decision, or OutcomeRecorder.settle_decision (spools in an outage)
 logger = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ class Proxy:
         trail = Trail()
         # Routing prices the input the door sends (the whole conversation, tools, images), as its hold does.
         body = upstream_body(req)
-        tokens_in = min(max(1, input_tokens(body)), MAX_INPUT_TOKENS)  # a count past any context prices as the most
+        tokens_in = min(max(1, input_tokens(body)), MAX_TOKENS)  # a count past any context prices as the most
         given = {name: getattr(opts, name) for name in opts.model_fields_set}
         opts = CountedRouteOptions(**given, input_tokens=tokens_in)
         # The door settles its decisions itself (`_settle`): an outcome posted before that does not (migration 0005).

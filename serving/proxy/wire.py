@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from serving.schemas import RouteOptions
+from serving.schemas import MAX_TOKENS, RouteOptions
 
 MODEL = "tierwise"
 TIER_PREFIX = "tierwise/"
@@ -27,7 +27,6 @@ KNOB_HEADERS: dict[str, str] = {
 
 
 MAX_CHOICES = 128  # OpenAI's own limit on `n`
-MAX_ANSWER_TOKENS = 2**31 - 1  # far past any model's; keeps the worst-case arithmetic finite
 
 
 class TextPart(BaseModel):
@@ -59,10 +58,10 @@ class ChatCompletionRequest(BaseModel):
     # Read by the door: what an answer may cost depends on them (serving.proxy.answer_bound).
     n: StrictInt | None = Field(None, ge=1, le=MAX_CHOICES, description="choices to generate, as OpenAI's")
     max_tokens: StrictInt | None = Field(
-        None, ge=1, le=MAX_ANSWER_TOKENS, description="as OpenAI's; lowered in a capped session"
+        None, ge=1, le=MAX_TOKENS, description="as OpenAI's; lowered in a capped session"
     )
     max_completion_tokens: StrictInt | None = Field(
-        None, ge=1, le=MAX_ANSWER_TOKENS, description="as OpenAI's; lowered in a capped session"
+        None, ge=1, le=MAX_TOKENS, description="as OpenAI's; lowered in a capped session"
     )
     tierwise: RouteOptions | None = Field(
         None, description="routing options (OpenAI SDK: `extra_body={'tierwise': {...}}`); stripped before the upstream"

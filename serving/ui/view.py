@@ -10,7 +10,6 @@ from infra import admin_queries as q
 from infra.settings import Settings
 from infra.store import Store
 from router.schema import Tier
-from router.text import prompt_tokens
 from serving.drift import DriftReport, drift_report
 from serving.errors import first_line
 from serving.runtime import Runtime
@@ -98,11 +97,8 @@ def savings(runtime: Runtime, samples: list[q.CostSample], window_total: int) ->
         return None
     top_cost = 0.0
     if texts:
-        prompts = [s.prompt for s in texts]
-        counted = [
-            e if s.input_tokens is None else s.input_tokens for s, e in zip(texts, prompt_tokens(prompts), strict=True)
-        ]
-        top_cost = float(runtime.router.expected_cost(prompts, counted)[:, -1].sum())
+        counted = [s.input_tokens for s in texts]
+        top_cost = float(runtime.router.expected_cost([s.prompt for s in texts], counted)[:, -1].sum())
     top_cost += sum(float(s.expected_costs[top]) for s in recorded if s.expected_costs)
     covered = texts + recorded
     return Savings(

@@ -41,6 +41,8 @@ def test_expected_cost_prices_the_counted_input_when_given() -> None:
     np.testing.assert_allclose(estimated, [[2 + 20, 6 + 80], [4 + 20, 12 + 80]])
     counted = art.expected_cost(["abcdefgh", "你好世界"], tokens_in=[1000, 1])
     np.testing.assert_allclose(counted, [[1000 + 20, 3000 + 80], [1 + 20, 3 + 80]])
+    mixed = art.expected_cost(["abcdefgh", "你好世界"], tokens_in=[1000, None])  # None: that prompt's estimate
+    np.testing.assert_allclose(mixed, [[1000 + 20, 3000 + 80], [4 + 20, 12 + 80]])
     with pytest.raises(ValueError, match="1 input token counts for 2 prompts"):
         art.expected_cost(["a", "b"], tokens_in=[5])
     for bad in (-1.0, float("inf"), float("nan")):
