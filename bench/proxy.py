@@ -2,7 +2,9 @@
 
     python -m bench.proxy [--reps 200] [--delay-ms 20]     # writes bench/results/proxy.json
 
-A fake upstream (tests/integration/fake_upstream.py) answers after a fixed delay. Each round calls, one after the
+A fake upstream (tests/integration/fake_upstream.py) answers after a fixed delay, from a process of its own as a
+real upstream does (`--upstream-in-process` serves it from a thread of this process instead, where its work holds the
+interpreter lock tierwise's threads need: 0.6-0.7 ms more overhead on a 2-core Xeon). Each round calls, one after the
 other and over kept-alive connections: the upstream directly, tierwise's /v1/chat/completions (route, call, settle),
 /route and /ping. Streaming rounds measure the time to the first byte of the first event, directly and through
 tierwise. Derived, from p50s of the same run:
@@ -20,7 +22,8 @@ import argparse
 import logging
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,7 @@ from serving.app import create_app
 from serving.model_source import LocalSource
 from tests.conftest import HashingEmbedder
 from tests.integration.conftest import CLIENT_KEY, bearer, train_artifact
-from tests.integration.fake_upstream import Reply, fake_upstream
+from tests.integration.fake_upstream import Reply, fake_upstream, fake_upstream_process
 from tests.integration.live_server import live_server
 from tests.integration.proxy_fixtures import proxy_settings
 
@@ -56,19 +59,37 @@ def _first_byte_ms(client: httpx.Client, url: str, body: dict[str, Any], headers
     return elapsed
 
 
-def run(reps: int = 200, warmup: int = 20, delay_ms: float = 20.0, decision_commit: str = "durable") -> dict[str, Any]:
+@contextmanager
+def _upstream(reply: Reply, in_process: bool) -> Iterator[str]:
+    """The fake upstream's base URL: in a process of its own (as a real upstream is), or in this one."""
+    if not in_process:
+        with fake_upstream_process(reply) as base_url:
+            yield base_url
+        return
+    with fake_upstream() as up:
+        up.default = reply
+        yield up.base_url
+
+
+def run(
+    reps: int = 200,
+    warmup: int = 20,
+    delay_ms: float = 20.0,
+    decision_commit: str = "durable",
+    upstream_in_process: bool = False,
+) -> dict[str, Any]:
     delay_s = delay_ms / 1000
     samples: dict[str, list[float]] = {k: [] for k in ("upstream", "proxy", "route", "ping", "upstream_fb", "proxy_fb")}
-    with tempfile.TemporaryDirectory() as tmp_dir, fake_upstream() as up:
+    reply = Reply(text="a fixed answer in three chunks", delay_s=delay_s, first_byte_delay_s=0.0)
+    with tempfile.TemporaryDirectory() as tmp_dir, _upstream(reply, upstream_in_process) as upstream_base:
         tmp = Path(tmp_dir)
-        up.default = Reply(text="a fixed answer in three chunks", delay_s=delay_s, first_byte_delay_s=0.0)
         artifact = train_artifact(HashingEmbedder(), tmp / "artifact")
-        settings = proxy_settings(tmp, up, upstream_retries=0, api_keys={}, decision_commit=decision_commit)
+        settings = proxy_settings(tmp, upstream_base, upstream_retries=0, api_keys={}, decision_commit=decision_commit)
         app = create_app(settings=settings, model_source=LocalSource(artifact), embedder=HashingEmbedder())
         with live_server(lambda: app) as url, httpx.Client(timeout=30) as client:
             auth = bearer(CLIENT_KEY)
             chat = {"messages": [{"role": "user", "content": PROMPT}]}
-            upstream_url = f"{up.base_url}/chat/completions"
+            upstream_url = f"{upstream_base}/chat/completions"
             proxy_url = f"{url}/v1/chat/completions"
 
             def timed(name: str, call: Callable[[], Any]) -> None:
@@ -101,8 +122,10 @@ def run(reps: int = 200, warmup: int = 20, delay_ms: float = 20.0, decision_comm
     first_byte = p50["proxy_fb"] - p50["upstream_fb"] - routing
     return {
         "what": "OpenAI-compatible proxy over a fake upstream with a fixed delay, concurrency 1, one run",
-        "command": f"python -m bench.proxy --reps {reps} --warmup {warmup} --delay-ms {delay_ms}",
+        "command": f"python -m bench.proxy --reps {reps} --warmup {warmup} --delay-ms {delay_ms}"
+        + (" --upstream-in-process" if upstream_in_process else ""),
         "decision_commit": decision_commit,
+        "upstream": "this process (shares tierwise's interpreter lock)" if upstream_in_process else "its own process",
         "upstream_delay_ms": delay_ms,
         "latency": latency,
         "routing_ms": round(routing, 3),
@@ -128,11 +151,13 @@ def run(reps: int = 200, warmup: int = 20, delay_ms: float = 20.0, decision_comm
     }
 
 
-def both_commits(reps: int = 200, warmup: int = 20, delay_ms: float = 20.0) -> dict[str, Any]:
+def both_commits(
+    reps: int = 200, warmup: int = 20, delay_ms: float = 20.0, upstream_in_process: bool = False
+) -> dict[str, Any]:
     """`run` with the default (durable) decision commit, and under `async_commit` with decision_commit=async (a
     sessionless decision and its settlement wait for no disk)."""
-    report = run(reps, warmup, delay_ms)
-    async_commit = run(reps, warmup, delay_ms, "async")
+    report = run(reps, warmup, delay_ms, upstream_in_process=upstream_in_process)
+    async_commit = run(reps, warmup, delay_ms, "async", upstream_in_process)
     report["async_commit"] = {k: v for k, v in async_commit.items() if k not in ("what", "command", "machine")}
     return report
 
@@ -142,11 +167,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--reps", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--delay-ms", type=float, default=20.0)
+    parser.add_argument(
+        "--upstream-in-process",
+        action="store_true",
+        help="serve the fake upstream from this process, as before 2026-11-27 (its work then competes with "
+        "tierwise's for one interpreter lock)",
+    )
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "proxy.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would be timed too
-    report = both_commits(args.reps, args.warmup, args.delay_ms)
+    report = both_commits(args.reps, args.warmup, args.delay_ms, args.upstream_in_process)
     write_json(args.out, report)
     for name, r in (("durable", report), ("async", report["async_commit"])):
         logger.info("%s: %s", name, [(t["name"], t["value"], t["met"]) for t in r["targets"]])

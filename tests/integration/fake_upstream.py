@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import threading
 import time
 from collections import defaultdict, deque
@@ -31,6 +33,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from bench.process import REPO
 from tests.integration.live_server import live_server
 
 
@@ -238,3 +241,32 @@ def fake_upstream() -> Iterator[FakeUpstream]:
     with live_server(lambda: app) as url:
         up.base_url = f"{url}/v1"
         yield up
+
+
+@contextmanager
+def fake_upstream_process(reply: Reply) -> Iterator[str]:
+    """A fake upstream answering `reply` to every request, in a process of its own, as a real upstream is: its
+    work then shares no interpreter lock with the caller's (bench.proxy); yields its base URL."""
+    args = [sys.executable, "-m", "tests.integration.fake_upstream", str(reply.delay_s), reply.text]
+    with subprocess.Popen(args, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as child:
+        assert child.stdout is not None and child.stdin is not None
+        base_url = child.stdout.readline().strip()
+        if not base_url.startswith("http://"):
+            child.kill()
+            raise RuntimeError(f"the fake upstream process did not start (it printed {base_url!r})")
+        try:
+            yield base_url
+        finally:
+            child.stdin.close()  # it serves until its stdin closes
+            try:
+                child.wait(30)
+            except subprocess.TimeoutExpired:
+                child.kill()
+
+
+if __name__ == "__main__":  # python -m tests.integration.fake_upstream DELAY_S TEXT: serve until stdin closes
+    with fake_upstream() as _up:
+        _up.default = Reply(text=sys.argv[2], delay_s=float(sys.argv[1]), first_byte_delay_s=0.0)
+        sys.stdout.write(_up.base_url + "\n")
+        sys.stdout.flush()
+        sys.stdin.read()

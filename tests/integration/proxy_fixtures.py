@@ -45,10 +45,11 @@ def write_proxy_tiers(path: Path, base_url: str, fusion: bool = False, key_env: 
     return path
 
 
-def proxy_settings(tmp: Path, up: FakeUpstream, fusion: bool = False, **fields: Any) -> Settings:
+def proxy_settings(tmp: Path, up: FakeUpstream | str, fusion: bool = False, **fields: Any) -> Settings:
+    """The proxy tests' settings, every upstream at `up` (a fake upstream, or the base URL of one elsewhere)."""
     base: dict[str, Any] = {
         "database_url": f"sqlite:///{tmp / 'serve.db'}",
-        "tiers_path": write_proxy_tiers(tmp / "tiers.toml", up.base_url, fusion),
+        "tiers_path": write_proxy_tiers(tmp / "tiers.toml", up if isinstance(up, str) else up.base_url, fusion),
         "spool_path": tmp / "spool.jsonl",
         "reload_signal_path": tmp / "reload-generation",
         "quality_target": 0.7,
