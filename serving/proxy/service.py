@@ -40,7 +40,7 @@ from serving.routing import RETRY_IN_FLIGHT_S, Routing, over_budget, route_reque
 from serving.runtime import Runtime
 from serving.schemas import MAX_TOKENS, CountedRouteOptions, RouteOptions, RouteResponse, _storable
 
-Settle = Callable[..., Any]  # Store.settle_decision, or OutcomeRecorder.settle_decision (spools in an outage)
+Settle = Callable[..., Awaitable[Any]]  # Store.settle_decision, or OutcomeRecorder's (spools in an outage), awaited
 logger = logging.getLogger(__name__)
 
 
@@ -145,11 +145,21 @@ class Proxy:
     async def aclose(self) -> None:
         await self.dispatcher.client.aclose()
 
+    def settler(self, store: Store, on_loop: bool) -> Settle:
+        """The decision's settlement: on the event loop where its commit waits for neither the disk nor the network
+        (a sessionless decision on SQLite with decision_commit=async: ~0.1 ms, less than the two thread hops, as the
+        decision's own commit does), else in the threadpool."""
+        book: Callable[..., Any] = self.recorder.settle_decision if self.recorder is not None else store.settle_decision
+
+        async def settle(decision_id: str, **usage: Any) -> Any:
+            return book(decision_id, **usage) if on_loop else await run_in_threadpool(book, decision_id, **usage)
+
+        return settle
+
     async def chat(self, req: ChatCompletionRequest, headers: Mapping[str, str], ctx: Routing) -> Response:
         """Route the request's prompt view with `ctx` (the model, the store and its committer, the caller),
         serve it upstream, settle the decision and answer."""
         rt, store = ctx.rt, ctx.store
-        settle: Settle = self.recorder.settle_decision if self.recorder is not None else store.settle_decision
         opts = route_options(req, headers, rt.tiers.names)
         prompt = prompt_view(req.messages)
         if not prompt.strip():
@@ -172,6 +182,7 @@ class Proxy:
         # The door settles its decisions itself (`_settle`): an outcome posted before that does not (migration 0005).
         ctx = dataclasses.replace(ctx, served_by=SERVED_BY_PROXY)
         [decision], committed = await route_request_started(ctx, [prompt], opts, after=trail.sent)
+        settle = self.settler(store, on_loop=decision.session_id is None and store.decision_commit_is_local)
         started = time.perf_counter()
         try:
             served = await while_committing(
@@ -395,8 +406,7 @@ async def _settle(
         # Shielded: a caller who leaves as the answer ends cancels the response, and a settlement cancelled there
         # left the decision's reservation (its worst case, in a capped session) held for good.
         with anyio.CancelScope(shield=True):
-            await run_in_threadpool(
-                settle,
+            await settle(
                 decision.decision_id,
                 cost_usd=usage["cost_usd"] if charged else None,
                 tokens_in=usage["tokens_in"] if charged else None,

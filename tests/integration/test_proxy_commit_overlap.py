@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -32,12 +33,14 @@ DELAY_S = 2.0
 
 
 @contextmanager
-def proxy_over(tmp_path: Path, artifact_dir: Path, delay_s: float) -> Iterator[tuple[TestClient, FakeUpstream]]:
+def proxy_over(
+    tmp_path: Path, artifact_dir: Path, delay_s: float, **fields: Any
+) -> Iterator[tuple[TestClient, FakeUpstream]]:
     """The proxy in front of a fake upstream that answers after `delay_s` (and waits for it: no upstream timeout
-    cuts it short)."""
+    cuts it short); `fields` are more settings."""
     with fake_upstream() as up:
         up.default = Reply(text="an answer", delay_s=delay_s)
-        settings = proxy_settings(tmp_path, up, upstream_timeout_s=4 * delay_s)
+        settings = proxy_settings(tmp_path, up, upstream_timeout_s=max(4 * delay_s, 5.0), **fields)
         app = create_app(settings, LocalSource(artifact_dir), embedder=HashingEmbedder())
         with TestClient(app) as client:
             yield client, up
@@ -56,6 +59,28 @@ def test_the_answer_comes_with_its_decision_stored_and_settled(proxied: tuple[Te
     decision_id = r.headers["x-tierwise-decision-id"]
     stored = client.app.state.store.get_decisions([decision_id])[decision_id]  # type: ignore[attr-defined]
     assert stored.settled and stored.cost_usd is not None and stored.cost_usd > 0
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("decision_commit", ["durable", "async"])
+def test_every_answer_comes_settled_whichever_commit(
+    tmp_path: Path, artifact_dir: Path, decision_commit: str, stream: bool
+) -> None:
+    """Under decision_commit=async on SQLite a sessionless settlement commits on the event loop (it waits for no
+    disk), in the threadpool otherwise: either way the decision is settled, with the upstream's cost, by the time
+    the answer (or the stream's [DONE]) reaches the caller, and the caller's outcome is taken at once."""
+    with proxy_over(tmp_path, artifact_dir, 0.01, decision_commit=decision_commit) as (client, _):
+        store = client.app.state.store  # type: ignore[attr-defined]
+        assert store.decision_commit_is_local is (decision_commit == "async")
+        r = client.post("/v1/chat/completions", json={**CHAT, "stream": stream}, headers=bearer(CLIENT_KEY))
+        assert r.status_code == 200, r.text
+        if stream:
+            assert r.text.rstrip().endswith("data: [DONE]")
+        decision_id = r.headers["x-tierwise-decision-id"]
+        stored = store.get_decisions([decision_id])[decision_id]
+        assert stored.settled and stored.cost_usd is not None and stored.cost_usd > 0
+        posted = client.post("/outcomes", json={"decision_id": decision_id, "score": 1.0}, headers=bearer(CLIENT_KEY))
+        assert posted.status_code == 201, posted.text  # 409 while the door has not settled it
 
 
 def test_a_store_that_cannot_record_the_decision_stops_the_upstream_call(
