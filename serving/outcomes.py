@@ -41,7 +41,16 @@ from serving.errors import (
     refusal_class,
 )
 from serving.metrics import Metrics
-from serving.schemas import DECISION_OUTCOME, OutcomeIn, OutcomesResponse, RejectedOutcome, SpoolStatus
+from serving.schemas import (
+    DECISION_OUTCOME,
+    MAX_LATENCY_MS,
+    MAX_OUTCOME_COST_USD,
+    MAX_TOKENS,
+    OutcomeIn,
+    OutcomesResponse,
+    RejectedOutcome,
+    SpoolStatus,
+)
 from serving.security import Principal, check_owner
 from serving.spool import Record, Spool
 
@@ -326,7 +335,13 @@ def conflict_detail(exc: OutcomeConflict) -> str:
 
 SETTLEMENT = "settlement:"  # a spooled record's kind, and its id's prefix: the proxy's settlement of a decision
 SETTLEMENT_WAIT_S = 3600  # a spooled outcome waits this long for its door decision's settlement, then is set aside
-_SETTLEMENT_NUMBERS = {"cost_usd": float, "tokens_in": int, "tokens_out": int, "latency_ms": float}
+# Each number's type and bound: what /outcomes accepts for an outcome's (the door's own settlements stay within them).
+_SETTLEMENT_NUMBERS = {
+    "cost_usd": (float, MAX_OUTCOME_COST_USD),
+    "tokens_in": (int, MAX_TOKENS),
+    "tokens_out": (int, MAX_TOKENS),
+    "latency_ms": (float, MAX_LATENCY_MS),
+}
 _SETTLEMENT_TEXTS = ("served_model", "reason")
 
 
@@ -335,10 +350,11 @@ def _settlement_of(r: Record) -> dict[str, Any]:
     if not isinstance(r.get("decision_id"), str) or not isinstance(r.get("sessionless", False), bool):
         raise ValueError("no decision_id or sessionless flag")
     out: dict[str, Any] = {"decision_id": r["decision_id"], "sessionless": r.get("sessionless", False)}
-    for name, kind in _SETTLEMENT_NUMBERS.items():
+    for name, (kind, most) in _SETTLEMENT_NUMBERS.items():
         value = r.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float) or value < 0):
-            raise ValueError(f"{name} is not a number >= 0")
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if value is not None and not (number and 0 <= value <= most):
+            raise ValueError(f"{name} is not a number from 0 to {most:g}")  # NaN fails the range too
         out[name] = None if value is None else kind(value)
     for name in _SETTLEMENT_TEXTS:
         if r.get(name) is not None and not isinstance(r[name], str):

@@ -79,7 +79,6 @@ Prompt = Annotated[str, StringConstraints(min_length=1, pattern=r"\S"), AfterVal
 
 MAX_OUTCOME_COST_USD = 1e6
 MAX_LATENCY_MS = 86_400_000.0
-MAX_TOKENS = 2**31 - 1
 
 
 class Strict(BaseModel):

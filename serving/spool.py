@@ -90,7 +90,7 @@ def parse_line(line: bytes) -> tuple[list[Record], bytes | None]:
         return [], None
     try:
         record = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep for the parser, no record of ours
         record = None
     if isinstance(record, dict):
         return [record], None

@@ -78,6 +78,34 @@ def test_a_spooled_settlement_that_is_no_settlement_is_set_aside(tmp_path: Path)
     assert not recorder.spool.has_pending()
 
 
+def test_a_spooled_settlement_out_of_range_is_set_aside_and_the_rest_replays(tmp_path: Path) -> None:
+    """A settlement whose number no column takes (10**19 tokens, 1e400 USD, NaN) is set aside, as one that is no
+    number is: it raised OverflowError at every replay, and the acknowledged outcomes spooled behind it were never
+    written."""
+    from infra.store import Store
+    from router.schema import parse_tiers
+    from serving.metrics import Metrics
+    from serving.outcomes import SETTLEMENT, OutcomeRecorder
+    from serving.schemas import OutcomeIn
+    from serving.spool import Spool
+    from tests.conftest import TIERS_TOML
+
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.migrate()
+    recorder = OutcomeRecorder(store, Spool(tmp_path / "spool.jsonl"), Metrics())
+    bad = [
+        {"kind": SETTLEMENT, "outcome_id": f"{SETTLEMENT}d{i}", "decision_id": f"d{i}", field: value}
+        for i, (field, value) in enumerate((("tokens_in", 10**19), ("cost_usd", 10**400), ("latency_ms", float("nan"))))
+    ]
+    acked = {**OutcomeIn(prompt=EASY, model="small", score=0.5, cost_usd=0.001).model_dump(), "outcome_id": "acked"}
+    recorder.spool.append([*bad, {**acked, "owner": None, "admin": True}])
+    assert recorder.replay(parse_tiers(TIERS_TOML)) == 4
+    count, last = recorder.spool.rejected()
+    assert count == 3 and {r["outcome_id"] for r in last} == {b["outcome_id"] for b in bad}
+    assert not recorder.spool.has_pending()
+    assert [(o.model, o.score) for o in store.export_outcomes()] == [("small", 0.5)]  # the acknowledged one
+
+
 def test_a_spooled_outcome_waits_for_its_door_decisions_settlement(tmp_path: Path) -> None:
     # Spooled (202) while the store was down and the answer still streaming: at replay the decision may not be
     # settled yet (its settlement spooled behind it, or the answer still going). It was set aside for good.

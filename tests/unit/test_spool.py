@@ -217,3 +217,9 @@ def test_a_torn_line_is_quarantined_once_even_when_its_batch_is_retried(tmp_path
     assert sink.rejected == []
     assert spool.drain(sink.write, sink.quarantine) == 2
     assert len(sink.rejected) == 1 and sink.ids == ["X1", "X2"]
+
+
+def test_a_line_nested_past_the_parsers_depth_is_a_torn_line() -> None:
+    """json.loads raises RecursionError, not ValueError, on a line nested ~200,000 deep: it stopped every replay."""
+    records, torn = parse_line(b"[" * 200_000 + b"]" * 200_000)
+    assert records == [] and torn is not None
