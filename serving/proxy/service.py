@@ -420,6 +420,8 @@ async def _settle(
         # With the store unreachable the settlement is spooled (OutcomeRecorder.settle_decision); this is a store
         # that refused it, or a spool that could not be written: the reservation stays booked.
         logger.error("could not settle decision %s (%s): its reservation stays", decision.decision_id, describe(exc))
+    except Exception:  # a bug, or a value no check foresaw: still the caller paid for the answer it is getting
+        logger.exception("could not settle decision %s: its reservation stays", decision.decision_id)
 
 
 class ClosingStreamingResponse(StreamingResponse):

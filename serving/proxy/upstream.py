@@ -11,6 +11,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -28,6 +29,7 @@ import anyio
 from router.schema import ModelPrice, TiersConfig
 from router.text import token_estimate
 from serving.proxy.answer_bound import answer_tokens_at_most, in_field, input_tokens
+from serving.schemas import MAX_TOKENS
 
 FailureKind = Literal["timeout", "rate_limited", "server", "connection", "config", "client"]
 RETRYABLE: frozenset[str] = frozenset({"timeout", "rate_limited", "server", "connection"})
@@ -56,6 +58,7 @@ class UpstreamFailure(Exception):
         status: int | None = None,
         retry_after_s: float | None = None,
     ):
+        message = storable_text(message)  # the upstream's words go into the caller's error and the stored reason
         super().__init__(f"{model}: {message}")
         self.model = model
         self.kind = kind
@@ -117,12 +120,13 @@ def usage_of(ep: Endpoint, usage: Any, body: Mapping[str, Any], answer_tokens: f
     try:
         tokens_in, tokens_out = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
         estimated = False
-    except (TypeError, KeyError, ValueError):
+    except (TypeError, KeyError, ValueError, OverflowError):  # OverflowError: an infinite count
         tokens_in, tokens_out = input_tokens(body), math.ceil(answer_tokens)
         most = answer_tokens_at_most(body)  # an upstream that honours the limit sent no more than that
         tokens_out = tokens_out if most is None else min(tokens_out, most)
         estimated = True
-    tokens_in, tokens_out = max(tokens_in, 0), max(tokens_out, 0)
+    # Within the store's integer columns: a count past MAX_TOKENS is no real usage, and its settlement was refused.
+    tokens_in, tokens_out = min(max(tokens_in, 0), MAX_TOKENS), min(max(tokens_out, 0), MAX_TOKENS)
     cost = (tokens_in * ep.price.input_per_1m + tokens_out * ep.price.output_per_1m) / 1e6
     return Usage(ep.model, tokens_in, tokens_out, cost, estimated)
 
@@ -162,6 +166,15 @@ def retry_after_of(headers: Mapping[str, str]) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return min(max(0.0, (when - datetime.now(UTC)).total_seconds()), MAX_RETRY_AFTER_S)
+
+
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(text: str) -> str:
+    """`text` as every store keeps it: NUL characters (PostgreSQL refuses them) and lone surrogates (not UTF-8)
+    replaced by U+FFFD."""
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def _failure_for_status(model: str, status: int, text: str, headers: Mapping[str, str]) -> UpstreamFailure:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import math
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from types import SimpleNamespace
@@ -22,9 +23,11 @@ from serving.proxy.upstream import (
     answer_token_estimate,
     endpoint_for,
     retry_after_of,
+    storable_text,
     usage_of,
 )
 from serving.proxy.wire import ChatMessage, prompt_view
+from serving.schemas import MAX_TOKENS
 
 TOML: dict[str, Any] = {
     "models": {
@@ -105,6 +108,26 @@ def test_usage_is_costed_at_catalogue_prices_or_estimated() -> None:
     # a stream's chunks, unrounded, add up to the whole answer's estimate: 4 x 2 ASCII characters are 2 tokens, not 4
     chunks = [{"choices": [{"delta": {"content": "ab"}}]}] * 4
     assert usage_of(ep, None, {}, sum(answer_token_estimate(c) for c in chunks)).tokens_out == 2
+
+
+def test_absurd_usage_is_kept_within_the_stores_columns() -> None:
+    """An upstream's usage past any context (10**19 tokens) or infinite: the settlement stays storable (it failed
+    the door's settlement with an OverflowError or PostgreSQL's integer range, a 500 after a paid answer)."""
+    ep = endpoint_for("b", parse_tiers(TOML), {})
+    huge = usage_of(ep, {"prompt_tokens": 10**19, "completion_tokens": 5}, {}, 0)
+    assert (huge.tokens_in, huge.tokens_out, huge.estimated) == (MAX_TOKENS, 5, False)
+    assert math.isfinite(huge.cost_usd)
+    infinite = usage_of(ep, {"prompt_tokens": float("inf"), "completion_tokens": 5}, {}, 0)
+    assert infinite.estimated and infinite.tokens_in <= MAX_TOKENS
+
+
+def test_an_upstreams_unstorable_text_is_replaced() -> None:
+    """A lone surrogate or NUL in an upstream's error message reaches the stored reason and the caller's error:
+    neither UTF-8 nor PostgreSQL takes it."""
+    failure = UpstreamFailure("small", "server", "bad \ud800 input\x00 here")
+    assert failure.message == "bad \ufffd input\ufffd here"
+    failure.message.encode("utf-8")  # would raise UnicodeEncodeError with the surrogate
+    assert storable_text("é 中 ok") == "é 中 ok"
 
 
 def test_merge_request_appends_the_answers_after_the_conversation() -> None:
