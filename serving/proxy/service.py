@@ -125,13 +125,27 @@ def route_options(req: ChatCompletionRequest, headers: Mapping[str, str], tier_n
             names = ", ".join([MODEL, *(TIER_PREFIX + n for n in tier_names)])
             raise ProxyError(404, f"model '{req.model}' does not exist; use one of {names}", "invalid_request_error",
                              "model_not_found", "model")  # fmt: skip
-        raw.setdefault("min_tier", tier)
+        # `tierwise/<tier>` routes from that tier up: a lower min_tier (a client's default header) does not lower it
+        raw["min_tier"] = _higher_floor(raw.get("min_tier"), tier, tier_names)
     try:
         return RouteOptions.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err["loc"])
         raise ProxyError(400, f"tierwise option {param}: {err['msg']}", "invalid_request_error", None, param) from None
+
+
+def _higher_floor(asked: Any, model_tier: str, tier_names: list[str]) -> Any:
+    """The higher of a request's min_tier (an index or a name) and its model's tier; a min_tier naming no tier is
+    kept, to be refused as on /route."""
+    if asked is None:
+        return model_tier
+    at = asked if isinstance(asked, int) and not isinstance(asked, bool) else None
+    if isinstance(asked, str) and asked in tier_names:
+        at = tier_names.index(asked)
+    if at is None or at >= len(tier_names):
+        return asked
+    return tier_names[max(at, tier_names.index(model_tier))]
 
 
 @dataclasses.dataclass

@@ -14,7 +14,7 @@ import os
 import re
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +34,7 @@ from serving.schemas import MAX_TOKENS
 FailureKind = Literal["timeout", "rate_limited", "server", "connection", "config", "client"]
 RETRYABLE: frozenset[str] = frozenset({"timeout", "rate_limited", "server", "connection"})
 DRAIN_S = 0.05  # how long a stream's body is read past `[DONE]` for its end, to keep the connection
+AFTER_FINISH_S = 2.0  # how long a whole answer's stream waits for its usage chunk or `[DONE]`
 MAX_RETRY_AFTER_S = 86_400.0  # an upstream's Retry-After is read up to a day (a longer one is a day)
 OnSent = Callable[[], None]
 """Called once a call's request body is handed to the connection (its first chunk: a JSON body is one)."""
@@ -139,9 +140,21 @@ def answer_token_estimate(body: Mapping[str, Any]) -> float:
         if not isinstance(choice, dict):
             continue
         msg = choice.get("message") or choice.get("delta")
-        content = msg.get("content") if isinstance(msg, dict) else None
-        total += token_estimate(content) if isinstance(content, str) else 0.0
+        total += sum(token_estimate(text) for text in _answer_texts(msg)) if isinstance(msg, dict) else 0.0
     return total
+
+
+def _answer_texts(msg: Mapping[str, Any]) -> Iterator[str]:
+    """What a message (or a stream's delta) answers in text: its content, a refusal, and the names and arguments of
+    its tool calls (or legacy function call), which an upstream bills as answer tokens too."""
+    for key in ("content", "refusal"):
+        if isinstance(msg.get(key), str):
+            yield msg[key]
+    calls = msg.get("tool_calls")
+    functions = [c.get("function") for c in calls if isinstance(c, dict)] if isinstance(calls, list) else []
+    for function in [*functions, msg.get("function_call")]:
+        if isinstance(function, dict):
+            yield from (function[k] for k in ("name", "arguments") if isinstance(function.get(k), str))
 
 
 def retry_after_of(headers: Mapping[str, str]) -> float | None:
@@ -375,10 +388,17 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is past a float's range")
+    return value
+
+
 def strict_json(text: str | bytes) -> Any:
-    """JSON as the standard has it: Python's NaN, Infinity and -Infinity are refused (an answer holding them could
-    not be passed on as JSON)."""
-    return json.loads(text, parse_constant=_no_constant)
+    """JSON as the standard has it: Python's NaN, Infinity and -Infinity are refused, and so is a number past a
+    float's range (-1e400 would be read as -inf): an answer holding them could not be passed on as JSON."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
 
 
 async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
@@ -410,7 +430,10 @@ class Stream:
         self._first: dict[str, Any] | None = None
         self.answer_tokens = 0.0
         self.raw_usage: Any = None
-        self.finished = False  # a choice's finish_reason or [DONE] came: the answer is whole
+        self.finished = False  # every asked choice's finish_reason, or [DONE], came: the answer is whole
+        n = body.get("n")
+        self._choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+        self._finished_choices: set[Any] = set()
 
     @classmethod
     async def open(
@@ -437,10 +460,20 @@ class Stream:
             raise UpstreamFailure(ep.model, "server", "the stream ended before its first event")
         return stream
 
+    async def _line(self) -> str | None:
+        """The body's next line, None at its end. Once the answer is whole only its usage chunk and `[DONE]` are
+        still due: an upstream that sends nothing more for AFTER_FINISH_S is taken to have ended (it held the
+        body open, and the caller, who has the whole answer, waited for the read timeout)."""
+        if not self.finished:
+            return await anext(self._lines, None)
+        with anyio.move_on_after(AFTER_FINISH_S):
+            return await anext(self._lines, None)
+        return None
+
     async def _next(self) -> dict[str, Any] | None:
         """The next JSON event, or None at `[DONE]` or the end of the stream."""
         try:
-            async for line in self._lines:
+            while (line := await self._line()) is not None:
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -459,11 +492,15 @@ class Stream:
                 if event.get("usage"):
                     self.raw_usage = event["usage"]
                 choices = event.get("choices")
-                if isinstance(choices, list) and any(isinstance(c, dict) and c.get("finish_reason") for c in choices):
-                    self.finished = True
+                for c in choices if isinstance(choices, list) else []:
+                    if isinstance(c, dict) and c.get("finish_reason"):
+                        self._finished_choices.add(c.get("index", 0))
+                self.finished = self.finished or len(self._finished_choices) >= self._choices
                 self.answer_tokens += answer_token_estimate(event)
                 return event
         except HTTP_ERRORS as exc:
+            if self.finished:  # the answer was whole: a connection lost after it takes nothing from it
+                return None
             raise _failure_for_exception(self.ep.model, exc) from None
         if not self.finished:  # cut short cleanly (an upstream or a proxy before it gave up): not an answer
             raise UpstreamFailure(self.ep.model, "server", "the stream ended before its answer did (no [DONE])")

@@ -58,6 +58,9 @@ class Reply:
     until_in_flight: int = 0  # the delay ends once this many requests have been in their delays at once
     hold: threading.Event | None = None  # a stream pauses after its first chunk until this is set (at most 30 s)
     finish_reason: str = "stop"  # "length" when the request's max_tokens cut the answer (set by the fake)
+    # a stream's end after its finish and usage: "done" ([DONE]), "drop" (the connection dropped), "hang" (the
+    # body held open, for at most 30 s, with no [DONE])
+    after_finish: str = "done"
 
 
 class ConnectionDropped(Exception):
@@ -222,6 +225,11 @@ async def _events(model: str, reply: Reply, include_usage: bool) -> AsyncIterato
             "usage": usage,
         }
         yield f"data: {json.dumps(event)}\n\n".encode()
+    if reply.after_finish == "drop":
+        raise ConnectionDropped(model)
+    if reply.after_finish == "hang":
+        await asyncio.sleep(30)
+        return
     yield b"data: [DONE]\n\n"
     if reply.linger_s:
         await asyncio.sleep(reply.linger_s)

@@ -153,6 +153,22 @@ def test_a_stream_failing_midway_is_an_error_event_and_not_charged(
     assert "mid-stream" in s["recent_decisions"][0]["reason"]
 
 
+@pytest.mark.parametrize("after_finish", ["drop", "hang"])
+def test_a_whole_streamed_answer_without_done_ends_cleanly_and_is_charged(
+    sdk: OpenAI, url: str, up: FakeUpstream, after_finish: str
+) -> None:
+    """The answer finished and its usage came, then the upstream dropped the connection or held the body open with
+    no [DONE]: the caller has the whole answer, so the stream ends cleanly (it ended in an error event, after the
+    read timeout when held open) and its usage is charged (nothing was)."""
+    sid = session(url, cap_usd=1.0)
+    up.script("small", Reply(text="a whole answer", usage=(100, 50), after_finish=after_finish))
+    start = time.monotonic()
+    chunks = list(ask(sdk, sid, stream=True).parse())  # type: ignore[attr-defined]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "a whole answer"
+    assert time.monotonic() - start < TIMEOUT_S  # not held until the read timeout
+    assert get_session(url, sid)["spent_usd"] == pytest.approx(cost("small", 100, 50))
+
+
 def test_an_answer_holding_nan_is_an_upstream_failure_and_falls_back(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
     """Python reads NaN from JSON, the caller's JSON could not carry it: a broken answer, retried, then fallback."""
     sid = session(url, cap_usd=1.0)

@@ -4,29 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import math
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from types import SimpleNamespace
 from typing import Any
 
+import aiohttp
 import numpy as np
 import pytest
 
 from router.schema import TiersConfigError, parse_tiers
 from serving.proxy.dispatch import RetryPolicy, Trail
 from serving.proxy.fusion import MERGE_PROMPT, merge_request
-from serving.proxy.service import prepare_for
+from serving.proxy.service import prepare_for, route_options
 from serving.proxy.upstream import (
     MAX_RETRY_AFTER_S,
+    Stream,
     UpstreamFailure,
     answer_token_estimate,
     endpoint_for,
     retry_after_of,
     storable_text,
+    strict_json,
     usage_of,
 )
-from serving.proxy.wire import ChatMessage, prompt_view
+from serving.proxy.wire import ChatCompletionRequest, ChatMessage, prompt_view
 from serving.schemas import MAX_TOKENS
 
 TOML: dict[str, Any] = {
@@ -128,6 +132,71 @@ def test_an_upstreams_unstorable_text_is_replaced() -> None:
     assert failure.message == "bad \ufffd input\ufffd here"
     failure.message.encode("utf-8")  # would raise UnicodeEncodeError with the surrogate
     assert storable_text("é 中 ok") == "é 中 ok"
+
+
+def test_a_tool_call_answer_is_estimated_by_its_arguments() -> None:
+    """An upstream bills a tool call's name and arguments as answer tokens: without usage they were booked as 0."""
+    call = {"function": {"name": "get_weather", "arguments": "x" * 400}}
+    answer = {"choices": [{"message": {"content": None, "tool_calls": [call]}}]}
+    assert answer_token_estimate(answer) == pytest.approx(100 + len("get_weather") / 4)
+    piece = {"choices": [{"delta": {"tool_calls": [{"index": 0, "function": {"arguments": "x" * 40}}]}}]}
+    assert answer_token_estimate(piece) == pytest.approx(10)
+    legacy = {"choices": [{"message": {"function_call": {"name": "f", "arguments": "y" * 8}}}]}
+    assert answer_token_estimate(legacy) == pytest.approx(2.25)
+    assert answer_token_estimate({"choices": [{"message": {"refusal": "no" * 8}}]}) == pytest.approx(4)
+
+
+def test_a_number_past_a_floats_range_is_no_json() -> None:
+    """-1e400 is read by Python as -inf, which the caller's JSON cannot carry (a 500 after a charged call)."""
+    with pytest.raises(ValueError, match="range"):
+        strict_json('{"logprob": -1e400}')
+    assert strict_json('{"a": 1e300, "b": 123456789012345678901234567890}')["b"] == 123456789012345678901234567890
+
+
+def test_a_tier_model_sets_a_floor_no_lower_min_tier_lowers() -> None:
+    names = ["main", "mid", "brain"]
+    headers = {"X-Tierwise-Min-Tier": "main"}
+    for model, body_floor, head, floor in [
+        ("tierwise/brain", {"min_tier": "main"}, {}, "brain"),
+        ("tierwise/mid", None, headers, "mid"),
+        ("tierwise/main", {"min_tier": 2}, {}, "brain"),  # a higher floor asked for stays
+        ("tierwise/mid", {"min_tier": "nope"}, {}, "nope"),  # refused later, as on /route
+    ]:
+        req = ChatCompletionRequest.model_validate(
+            {"model": model, "messages": [{"role": "user", "content": "hi"}], "tierwise": body_floor}
+        )
+        assert route_options(req, head, names).min_tier == floor, (model, body_floor, head)
+
+
+def _stream_of(body: dict[str, Any], *events: dict[str, Any], then: BaseException) -> Stream:
+    """A Stream over a body sending `events` as SSE, then raising `then` (a dropped connection)."""
+
+    async def iter_any() -> Any:
+        for event in events:
+            yield f"data: {json.dumps(event)}\n\n".encode()
+        raise then
+
+    response = SimpleNamespace(content=SimpleNamespace(iter_any=iter_any), release=lambda: None)
+    return Stream(endpoint_for("b", parse_tiers(TOML), {}), body, response)  # type: ignore[arg-type]
+
+
+def test_a_stream_is_whole_once_every_asked_choice_finished() -> None:
+    """A connection dropped after the answer finished ends the stream (the caller has it all); dropped while one
+    of n = 2 choices is still open, it is a failure, as before any finish."""
+    dropped = aiohttp.ServerDisconnectedError()
+
+    def chunk(index: int, finish: str | None) -> dict[str, Any]:
+        return {"choices": [{"index": index, "delta": {"content": "x"}, "finish_reason": finish}]}
+
+    async def read(stream: Stream) -> list[dict[str, Any]]:
+        return [e async for e in stream.events()]
+
+    whole = _stream_of({"n": 2}, chunk(0, None), chunk(1, None), chunk(0, "stop"), chunk(1, "stop"), then=dropped)
+    assert len(asyncio.run(read(whole))) == 4 and whole.finished
+    half = _stream_of({"n": 2}, chunk(0, None), chunk(1, None), chunk(0, "stop"), then=dropped)
+    with pytest.raises(UpstreamFailure):
+        asyncio.run(read(half))
+    assert not half.finished
 
 
 def test_merge_request_appends_the_answers_after_the_conversation() -> None:
