@@ -487,7 +487,7 @@ class Stream:
                     raise UpstreamFailure(self.ep.model, "server", "sent an event that is not JSON") from None
                 if not isinstance(event, dict):
                     raise UpstreamFailure(self.ep.model, "server", "sent an event that is not a JSON object")
-                if "error" in event:
+                if event.get("error"):  # as OpenAI's SDK reads a stream: `"error": null` is no error
                     raise UpstreamFailure(self.ep.model, "server", f"sent an error event: {event['error']}")
                 if event.get("usage"):
                     self.raw_usage = event["usage"]

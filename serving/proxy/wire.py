@@ -47,7 +47,7 @@ class ChatCompletionRequest(BaseModel):
     """A chat completion request; `model` is `tierwise` or `tierwise/<tier>`, `tierwise` holds /route's options."""
 
     model_config = ConfigDict(extra="allow")
-    model: Annotated[StrictStr, Field(pattern=r"^tierwise(/.+)?$")] = Field(
+    model: StrictStr = Field(  # another name is a 404 model_not_found naming the ones there are, as OpenAI's
         description="`tierwise` (routed), or `tierwise/<tier>` (routed, at least that tier)"
     )
     messages: list[ChatMessage] = Field(min_length=1)

@@ -193,6 +193,8 @@ def test_a_stream_is_whole_once_every_asked_choice_finished() -> None:
 
     whole = _stream_of({"n": 2}, chunk(0, None), chunk(1, None), chunk(0, "stop"), chunk(1, "stop"), then=dropped)
     assert len(asyncio.run(read(whole))) == 4 and whole.finished
+    nulls = _stream_of({}, {**chunk(0, None), "error": None}, {**chunk(0, "stop"), "error": None}, then=dropped)
+    assert len(asyncio.run(read(nulls))) == 2  # `"error": null` is no error event, as OpenAI's SDK reads it
     half = _stream_of({"n": 2}, chunk(0, None), chunk(1, None), chunk(0, "stop"), then=dropped)
     with pytest.raises(UpstreamFailure):
         asyncio.run(read(half))
