@@ -846,9 +846,17 @@ class Store:
         """Delete decisions and outcomes created before `before`; how many of each.
 
         An unsettled decision's reservation is released from its session first, so a purge never leaves
-        money reserved for a decision that no longer exists.
+        money reserved for a decision that no longer exists. The sessions are locked before their reservations
+        are summed, as a settlement locks its session before it settles: a settlement committed meanwhile was
+        released twice (PostgreSQL), leaving the session's cap room another decision still held.
         """
+        unsettled = sa.select(decisions.c.session_id).where(
+            decisions.c.created_at < before, decisions.c.settled == sa.false(), decisions.c.session_id.is_not(None)
+        )
         with self.engine.begin() as conn:
+            conn.execute(
+                sa.select(sessions.c.id).where(sessions.c.id.in_(unsettled)).order_by(sessions.c.id).with_for_update()
+            ).all()
             stale = conn.execute(
                 sa.select(decisions.c.session_id, sa.func.sum(decisions.c.reserved_usd))
                 .where(decisions.c.created_at < before, decisions.c.settled == sa.false())

@@ -218,6 +218,39 @@ def test_purge_and_delete_session(url: str) -> None:
     store.dispose()
 
 
+def test_a_purge_waits_for_a_settlement_in_flight_and_releases_nothing_twice(pg_url: str) -> None:
+    """A settlement holding its session's lock commits while a purge runs: the purge must sum the reservations
+    after it (it summed them before, then released the settled decision's 0.3 again once the lock came free,
+    showing the session 0.3 of cap room that d2, still in flight, holds)."""
+    from infra.store import _LOCK_SESSION_OF, _settle
+
+    store = Store(pg_url)
+    store.migrate()
+    with store.lock_session("s", None) as locked:
+        locked.reserve([decision(1, "s", reserved=0.3), decision(2, "s", reserved=0.3)])
+    with store.engine.begin() as conn:
+        conn.execute(
+            decisions.update().where(decisions.c.id == "d1").values(created_at=datetime(2020, 1, 1, tzinfo=UTC))
+        )
+    settling = store.engine.connect()
+    tx = settling.begin()
+    settling.execute(_LOCK_SESSION_OF, {"d_id": "d1"})  # the settlement of d1 has its session's lock ...
+    assert _settle(settling.execute, "d1", 0.2)
+    purged: list[tuple[int, int]] = []
+    purge = threading.Thread(target=lambda: purged.append(store.purge(datetime(2021, 1, 1, tzinfo=UTC))))
+    purge.start()
+    time.sleep(0.5)  # ... while the purge starts, and waits for it
+    tx.commit()
+    settling.close()
+    purge.join(30)
+    assert purged == [(1, 0)]
+    session = store.get_session("s")
+    assert session is not None
+    assert session.spent_usd == pytest.approx(0.2)
+    assert session.reserved_usd == pytest.approx(0.3)  # d2's, still held
+    store.dispose()
+
+
 def alembic(store: Store, step: str, revision: str) -> None:
     """`alembic upgrade|downgrade <revision>` on the store's database."""
     from alembic import command
