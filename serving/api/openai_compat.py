@@ -140,4 +140,17 @@ async def chat_completions(req: ChatCompletionRequest, request: Request, ctx: Ro
 @router.get("/models")
 async def list_models(rt: RuntimeDep, _: Caller) -> ModelList:
     """`tierwise` (routed), and `tierwise/<tier>` for each tier (routed, at least that tier)."""
-    return ModelList(data=[ModelCard(id=MODEL), *(ModelCard(id=TIER_PREFIX + n) for n in rt.tiers.names)])
+    return ModelList(data=_models(rt.tiers.names))
+
+
+@router.get("/models/{model:path}", responses=_errors(404))
+async def retrieve_model(model: str, rt: RuntimeDep, _: Caller) -> ModelCard:
+    """One of the models `GET /v1/models` lists (the OpenAI SDK's `models.retrieve`); another is a 404."""
+    for card in _models(rt.tiers.names):
+        if card.id == model:
+            return card
+    raise ProxyError(404, f"model '{model}' does not exist", "invalid_request_error", "model_not_found", "model")
+
+
+def _models(tier_names: list[str]) -> list[ModelCard]:
+    return [ModelCard(id=MODEL), *(ModelCard(id=TIER_PREFIX + n) for n in tier_names)]

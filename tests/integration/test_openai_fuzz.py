@@ -35,7 +35,7 @@ def test_the_door_never_answers_5xx_and_keeps_to_its_spec(
     client = client_factory(tiers_path=tiers, max_prompt_chars=500, max_body_bytes=4096)
     schema = schemathesis.openapi.from_asgi("/openapi.json", client.app, config=CONFIG).include(path_regex="^/v1/")
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} == {"/v1/chat/completions", "/v1/models"}
+    assert {op.path for op in operations} == {"/v1/chat/completions", "/v1/models", "/v1/models/{model}"}
     strategies = [op.as_strategy(generation_mode=mode) for op in operations for mode in GenerationMode]
     chat = next(op for op in operations if op.path == "/v1/chat/completions")
     # The sample may hold no chat request with user text (see run_fuzz): one valid request is always checked, so a

@@ -49,6 +49,10 @@ def get_session(url: str, sid: str) -> dict:
 
 def test_models_lists_tierwise_and_each_tier(sdk: OpenAI) -> None:
     assert [m.id for m in sdk.models.list()] == ["tierwise", "tierwise/main", "tierwise/mid", "tierwise/brain"]
+    assert sdk.models.retrieve("tierwise/mid").id == "tierwise/mid"  # the SDK's retrieve: GET /v1/models/{id}
+    with pytest.raises(openai.NotFoundError) as err:
+        sdk.models.retrieve("gpt-4o")
+    assert isinstance(err.value.body, dict) and err.value.body["code"] == "model_not_found"
 
 
 @pytest.mark.parametrize(("prompt", "tier", "model"), [(EASY, "main", "small"), (HARD, "brain", "large")])
