@@ -108,6 +108,7 @@ def route_options(req: ChatCompletionRequest, headers: Mapping[str, str], tier_n
         value = headers.get(header)
         if value is None:
             continue
+        value = _utf8(value)
         if name in ("session_id", "task") or (name == "min_tier" and not (value.isascii() and value.strip().isdigit())):
             raw[name] = value.strip()  # a min_tier that is not a whole number is a tier name
         elif name == "min_tier":
@@ -133,6 +134,15 @@ def route_options(req: ChatCompletionRequest, headers: Mapping[str, str], tier_n
         err = exc.errors()[0]
         param = ".".join(str(p) for p in err["loc"])
         raise ProxyError(400, f"tierwise option {param}: {err['msg']}", "invalid_request_error", None, param) from None
+
+
+def _utf8(value: str) -> str:
+    """A header value as its sender wrote it: HTTP hands over bytes, which Starlette reads as Latin-1, so a task
+    or session id sent in UTF-8 ("café") arrived garbled ("cafÃ©"); bytes that are no UTF-8 stay as read."""
+    try:
+        return value.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return value
 
 
 def _higher_floor(asked: Any, model_tier: str, tier_names: list[str]) -> Any:

@@ -201,6 +201,14 @@ def test_a_stream_is_whole_once_every_asked_choice_finished() -> None:
     assert not half.finished
 
 
+def test_a_header_sent_in_utf8_is_read_as_sent() -> None:
+    req = ChatCompletionRequest.model_validate({"model": "tierwise", "messages": [{"role": "user", "content": "hi"}]})
+    as_starlette_reads_it = "café-Ω".encode().decode("latin-1")
+    opts = route_options(req, {"x-tierwise-task": as_starlette_reads_it}, ["main"])
+    assert opts.task == "café-Ω"
+    assert route_options(req, {"x-tierwise-task": "caf\xe9"}, ["main"]).task == "caf\xe9"  # Latin-1 kept
+
+
 def test_merge_request_appends_the_answers_after_the_conversation() -> None:
     body = {"messages": [{"role": "user", "content": "q"}], "temperature": 0.1}
     answers = [
