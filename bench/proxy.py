@@ -5,9 +5,9 @@
 A fake upstream (tests/integration/fake_upstream.py) answers after a fixed delay, from a process of its own as a
 real upstream does (`--upstream-in-process` serves it from a thread of this process instead, where its work holds the
 interpreter lock tierwise's threads need; on a 2-core Xeon, 2026-11-27, it added 0.2-1.2 ms of overhead beyond routing
-in 4 of 5 alternating comparisons and 0.35 ms less in the fifth: a real but noisy cost). Each round calls, one after the other and over
-kept-alive connections: the upstream directly, tierwise's /v1/chat/completions (route, call, settle),
-/route and /ping. Streaming rounds measure the time to the first byte of the first event, directly and through
+in 4 of 5 alternating comparisons and 0.35 ms less in the fifth: a real but noisy cost). Each round calls, one after
+the other and over kept-alive connections: the upstream directly, tierwise's /v1/chat/completions (route, call,
+settle), /route and /ping. Streaming rounds measure the time to the first byte of the first event, directly and through
 tierwise. Derived, from p50s of the same run:
 - routing_ms = /route - /ping (the routing work without the HTTP round trip)
 - overhead_ms = proxy - upstream; target: overhead_ms <= 3 ms + routing_ms
