@@ -20,7 +20,7 @@ DATA := data/routerbench_subset/outcomes.parquet
 # The tests' and benchmarks' copy of the ONNX embedder (they read it from the checkout).
 TEST_ONNX := .cache/onnx/minilm-int8.onnx
 
-.PHONY: setup serve-install data train evaluate serve mlflow-ui test test-fast browser lint bench bench-int8 clean
+.PHONY: setup serve-install data train evaluate serve mlflow-ui test test-fast browser wrk lint bench bench-int8 clean
 
 # scripts/venv_install.py installs with uv (pip's indexes and constraints passed on), else with pip.
 $(TRAIN_STAMP): pyproject.toml scripts/venv_install.py
@@ -83,8 +83,13 @@ lint: $(STAMP)
 	$(BIN)/mypy router
 	$(BIN)/mypy serving training infra scripts
 
-bench: setup $(DATA) $(TEST_ONNX)  ## benchmarks: JSON under bench/results/
+bench: setup $(DATA) $(TEST_ONNX) wrk  ## benchmarks: JSON under bench/results/
 	$(BIN)/python -m bench.run_all
+
+wrk:  ## Debian's wrk, the HTTP load generator the service benchmarks judge their ratios with
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null); } || \
+	  echo "wrk not installed: the service benchmarks will use their own load generator and not judge their ratios"
 
 bench-int8: setup $(DATA) $(TEST_ONNX)  ## how often int8 and torch features route alike (bench/results/int8_agreement.json)
 	$(BIN)/python -m bench.int8_agreement

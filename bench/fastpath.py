@@ -384,17 +384,23 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
     """Each target with its measured value and whether it was met."""
     rows: list[dict[str, Any]] = []
 
-    def add(name: str, value: float | None, ok: bool | None, where: str) -> None:
-        rows.append({"target": name, "value": value, "met": ok, "from": where})
+    def add(name: str, value: float | None, ok: bool | None, where: str, why: str | None = None) -> None:
+        rows.append({"target": name, "value": value, "met": ok, "from": where, **({"why": why} if why else {})})
 
     for commit, s in report.get("serve", {}).items():
         r = s["ratios"]
+        # The in-process httpx load generator costs more CPU per request than /ping itself: /ping's req/s and
+        # latency are then the generator's, and every ratio to them flatters /route (AMX Xeon, 2026-11-27: c=8
+        # 57% of /ping's req/s with it, 14.5% with wrk). Judged only with wrk.
+        judged = str(s.get("load_generator", "")).startswith("wrk")
+        why = None if judged else "not judged: /ping was measured with the httpx load generator (install wrk)"
         for key in ("route_c1_p50_over_ping_c1_p50", "route_c1_p99_over_route_c1_p50"):
             if key in r:
-                add(f"{key} <= {TARGETS[key]}", r[key], r[key] <= TARGETS[key], f"serve[{commit}]")
+                met = r[key] <= TARGETS[key] if judged else None
+                add(f"{key} <= {TARGETS[key]}", r[key], met, f"serve[{commit}]", why)
         key = "route_c8_rps_over_ping_c8_rps"
         if key in r:
-            add(f"{key} >= {TARGETS[key]}", r[key], r[key] >= TARGETS[key], f"serve[{commit}]")
+            add(f"{key} >= {TARGETS[key]}", r[key], r[key] >= TARGETS[key] if judged else None, f"serve[{commit}]", why)
     if "inprocess" in report:
         v = report["inprocess"]["latency"]["route (embed + features + predict + decide)"]["p50_ms"]
         add("in-process route p50 <= 1 ms (30 tokens)", v, v <= TARGETS["inprocess_route_p50_ms"], "inprocess")
