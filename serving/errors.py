@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from router.features import EmbedderMismatch
 from router.policy import NoTierFits
 from router.schema import TiersConfigError
+from serving.proxy.wire import error_body
 from serving.schemas import ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -208,6 +209,11 @@ def install_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if (detail := not_utf8_detail(exc)) is not None:
             return _answer(400, detail)
+        if exc.status_code == 404 and request.url.path.startswith("/v1/"):
+            # Under the OpenAI-compatible door a path no route matches (an unknown endpoint, or a model id with a
+            # character the path converter refuses, a newline) is OpenAI's 404, as the door's own are.
+            body = error_body("no such endpoint or model under /v1", "invalid_request_error", "not_found")
+            return JSONResponse(body, status_code=404)
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)

@@ -53,6 +53,10 @@ def test_models_lists_tierwise_and_each_tier(sdk: OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as err:
         sdk.models.retrieve("gpt-4o")
     assert isinstance(err.value.body, dict) and err.value.body["code"] == "model_not_found"
+    # an id no path converter takes (a newline: the fuzzer's find) and an unknown endpoint are OpenAI 404s too
+    for path in ("/v1/models/a%0Ab", "/v1/embeddings"):
+        r = httpx.get(f"{sdk.base_url}".rstrip("/").removesuffix("/v1") + path, headers=bearer(CLIENT_KEY))
+        assert r.status_code == 404 and r.json()["error"]["code"] == "not_found", (path, r.text)
 
 
 @pytest.mark.parametrize(("prompt", "tier", "model"), [(EASY, "main", "small"), (HARD, "brain", "large")])
