@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -21,16 +22,23 @@ from pydantic import (
 from router.schema import OutcomeBase
 from router.task_hint import MAX_TASK_CHARS
 
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""The characters no store can keep: NUL (PostgreSQL refuses it) and lone surrogates (not UTF-8)."""
+
 
 def _storable(value: str) -> str:
-    """Refuse text no store can keep: NUL characters (PostgreSQL) and lone surrogates (not UTF-8)."""
-    if "\x00" in value:
-        raise ValueError("must not contain NUL characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (no lone surrogates)") from None
+    """Refuse text no store can keep (UNSTORABLE)."""
+    if (found := UNSTORABLE.search(value)) is not None:
+        if found.group() == "\x00":
+            raise ValueError("must not contain NUL characters")
+        raise ValueError("must be valid Unicode (no lone surrogates)")
     return value
+
+
+def storable_text(text: str) -> str:
+    """`text` with each character no store can keep (UNSTORABLE) replaced by U+FFFD: for text the service passes
+    on rather than judges (an upstream's error message)."""
+    return UNSTORABLE.sub("\ufffd", text)
 
 
 Text = Annotated[str, AfterValidator(_storable)]

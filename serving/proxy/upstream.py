@@ -11,7 +11,6 @@ import asyncio
 import json
 import math
 import os
-import re
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
@@ -29,7 +28,7 @@ import anyio
 from router.schema import ModelPrice, TiersConfig
 from router.text import token_estimate
 from serving.proxy.answer_bound import answer_tokens_at_most, in_field, input_tokens
-from serving.schemas import MAX_TOKENS
+from serving.schemas import MAX_TOKENS, storable_text
 
 FailureKind = Literal["timeout", "rate_limited", "server", "connection", "config", "client"]
 RETRYABLE: frozenset[str] = frozenset({"timeout", "rate_limited", "server", "connection"})
@@ -179,15 +178,6 @@ def retry_after_of(headers: Mapping[str, str]) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return min(max(0.0, (when - datetime.now(UTC)).total_seconds()), MAX_RETRY_AFTER_S)
-
-
-_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
-
-
-def storable_text(text: str) -> str:
-    """`text` as every store keeps it: NUL characters (PostgreSQL refuses them) and lone surrogates (not UTF-8)
-    replaced by U+FFFD."""
-    return _UNSTORABLE.sub("\ufffd", text)
 
 
 def _failure_for_status(model: str, status: int, text: str, headers: Mapping[str, str]) -> UpstreamFailure:

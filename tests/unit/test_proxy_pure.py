@@ -26,12 +26,11 @@ from serving.proxy.upstream import (
     answer_token_estimate,
     endpoint_for,
     retry_after_of,
-    storable_text,
     strict_json,
     usage_of,
 )
 from serving.proxy.wire import ChatCompletionRequest, ChatMessage, prompt_view
-from serving.schemas import MAX_TOKENS
+from serving.schemas import MAX_TOKENS, storable_text
 
 TOML: dict[str, Any] = {
     "models": {
