@@ -65,14 +65,15 @@ def input_tokens(body: Mapping[str, Any]) -> int:
     return json_tokens(messages) + (json_tokens(extra) if extra else 0) + IMAGE_TOKENS * parts
 
 
-def _choices(body: Mapping[str, Any]) -> int:
+def choices(body: Mapping[str, Any]) -> int:
+    """How many choices a request asks for (`n`, else 1)."""
     n = body.get("n")
     return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
 
 
 def worst_case(tiers: TiersConfig, tier: Tier, body: Mapping[str, Any]) -> WorstCase:
     """The worst case of serving `tier` the request `body`, at the catalogue prices the door settles with."""
-    tokens_in, n = input_tokens(body), _choices(body)
+    tokens_in, n = input_tokens(body), choices(body)
 
     def price(model: str) -> tuple[float, float]:
         p = tiers.models.get(model)
@@ -125,4 +126,4 @@ def in_field(body: Mapping[str, Any], field: str | None) -> dict[str, Any]:
 def answer_tokens_at_most(body: Mapping[str, Any]) -> int | None:
     """The most answer tokens a request can be charged for (its limit times its choices), None without a limit."""
     limit = asked_limit(body)
-    return None if limit is None else limit * _choices(body)
+    return None if limit is None else limit * choices(body)

@@ -27,7 +27,7 @@ import anyio
 
 from router.schema import ModelPrice, TiersConfig
 from router.text import token_estimate
-from serving.proxy.answer_bound import answer_tokens_at_most, in_field, input_tokens
+from serving.proxy.answer_bound import answer_tokens_at_most, choices, in_field, input_tokens
 from serving.schemas import MAX_TOKENS, storable_text
 
 FailureKind = Literal["timeout", "rate_limited", "server", "connection", "config", "client"]
@@ -421,8 +421,7 @@ class Stream:
         self.answer_tokens = 0.0
         self.raw_usage: Any = None
         self.finished = False  # every asked choice's finish_reason, or [DONE], came: the answer is whole
-        n = body.get("n")
-        self._choices = n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+        self._choices = choices(body)
         self._finished_choices: set[Any] = set()
 
     @classmethod
@@ -481,8 +480,8 @@ class Stream:
                     raise UpstreamFailure(self.ep.model, "server", f"sent an error event: {event['error']}")
                 if event.get("usage"):
                     self.raw_usage = event["usage"]
-                choices = event.get("choices")
-                for c in choices if isinstance(choices, list) else []:
+                listed = event.get("choices")
+                for c in listed if isinstance(listed, list) else []:
                     if isinstance(c, dict) and c.get("finish_reason"):
                         self._finished_choices.add(c.get("index", 0))
                 self.finished = self.finished or len(self._finished_choices) >= self._choices
