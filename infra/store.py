@@ -404,6 +404,9 @@ _MARK_SETTLED_BY_OUTCOME = _MARK_SETTLED.where(decisions.c.served_by.is_(None))
 _RESERVATION_OF = sa.select(decisions.c.session_id, decisions.c.reserved_usd).where(
     decisions.c.id == sa.bindparam("d_id")
 )
+_HOLD_OF = sa.select(decisions.c.reserved_usd, decisions.c.expected_cost_usd).where(
+    decisions.c.id == sa.bindparam("d_id")
+)
 _cost = sa.bindparam("b_cost", type_=sa.Float)
 _left = sessions.c.reserved_usd - sa.bindparam("b_reserved", type_=sa.Float)
 _BOOK_COST = (
@@ -783,13 +786,17 @@ class Store:
         served_model: str | None,
         reason: str | None = None,
         sessionless: bool = False,
+        at_hold: bool = False,
     ) -> bool:
         """Write what serving a decision took (the proxy, once the upstream answered or failed) and book its cost on
         its session once: the reservation is released and `cost_usd` spent; a later outcome charges nothing more.
         A decision already settled (by an outcome, or an earlier settlement) keeps what it has: nothing is written.
         `cost_usd` None: the call failed, nothing is charged and the decision keeps no cost. `reason` None keeps
         the decision's reason. `sessionless`: the caller knows the decision reserved nothing on a session; its
-        settlement is then committed like the decision was (decision_commit). Whether this call settled it.
+        settlement is then committed like the decision was (decision_commit). `at_hold`: the call was answered but
+        what it cost is lost (a spooled settlement that could not be read); its cost is the decision's hold on its
+        session, the most the call could cost, or its expected cost when it held nothing, so no cap is undercounted
+        and the session's room is not held for good. Whether this call settled it.
 
         On a SQLite file this runs on a held connection: the proxy settles every answer before sending it, and
         SQLAlchemy's per-transaction overhead was most of the settlement's time."""
@@ -806,8 +813,12 @@ class Store:
         def work(execute: Execute) -> bool:
             if not sessionless:
                 execute(_LOCK_SESSION_OF, {"d_id": decision_id})
-            execute(_RECORD_SERVED, served)
-            return _settle(execute, decision_id, cost_usd or 0.0)
+            cost = cost_usd
+            if at_hold:
+                hold = execute(_HOLD_OF, {"d_id": decision_id}).fetchone()
+                cost = (float(hold[0]) or float(hold[1])) if hold else None
+            execute(_RECORD_SERVED, {**served, "s_cost_usd": cost})
+            return _settle(execute, decision_id, cost or 0.0)
 
         return self._write(work, sessionless=sessionless)
 

@@ -255,6 +255,22 @@ class OutcomeRecorder:
             logged or reason,
         )
 
+    def _settle_at_hold(self, r: Record, why: str) -> None:
+        """A spooled settlement that cannot be read still stands for an answered call: book the decision at its
+        hold (`Store.settle_decision(at_hold=True)`), so its session's room is not held until an admin releases it.
+        An outage raises (the batch is retried; a decision settles once); a refusal is logged."""
+        decision_id = r.get("decision_id")
+        if not isinstance(decision_id, str):
+            return  # no decision to settle: the set-aside record is all there is
+        reason = f"the door's settlement could not be read ({why}); booked at the decision's hold"
+        try:
+            self.store.settle_decision(decision_id, cost_usd=None, tokens_in=None, tokens_out=None, latency_ms=None,
+                                       served_model=None, reason=reason, at_hold=True)  # fmt: skip
+        except (SQLAlchemyError, UnicodeEncodeError) as exc:
+            if not is_refusal(exc):
+                raise
+            logger.error("decision %r could not be booked at its hold: %s", decision_id[:80], describe(exc))
+
     def _write_batch(self, records: list[Record], tiers: TiersConfig) -> int:
         """Write one batch in one transaction; on a refusal, one record per transaction, quarantining refusals.
 
@@ -269,6 +285,7 @@ class OutcomeRecorder:
                 self.store.settle_decision(**_settlement_of(r))  # once: a replayed batch settles nothing again
             except (ValueError, TypeError) as exc:
                 rejects.append((r, f"invalid settlement: {exc}", None))
+                self._settle_at_hold(r, str(exc))
             except (SQLAlchemyError, UnicodeEncodeError) as exc:
                 if not is_refusal(exc):
                     raise

@@ -106,6 +106,43 @@ def test_a_spooled_settlement_out_of_range_is_set_aside_and_the_rest_replays(tmp
     assert [(o.model, o.score) for o in store.export_outcomes()] == [("small", 0.5)]  # the acknowledged one
 
 
+def test_a_set_aside_settlement_books_its_decision_at_the_hold(tmp_path: Path) -> None:
+    """A spooled settlement that cannot be read still stands for a call that was answered. It used to leave its
+    decision's reservation held on the session until an admin released it; now the decision is booked at its hold
+    (the most the call could cost; a sessionless one at its expected cost), once."""
+    from infra.store import SERVED_BY_PROXY, DecisionRow, Store
+    from router.schema import parse_tiers
+    from serving.metrics import Metrics
+    from serving.outcomes import SETTLEMENT, OutcomeRecorder
+    from serving.spool import Spool
+    from tests.conftest import TIERS_TOML
+
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    store.migrate()
+
+    def decision(name: str, **kw: object) -> DecisionRow:
+        return DecisionRow(id=name, prompt=EASY, tier="main", model="small", expected_cost_usd=0.01,
+                           router_version="1", reason="routed", served_by=SERVED_BY_PROXY, **kw)  # fmt: skip
+
+    with store.lock_session("s", owner=None) as locked:
+        locked.reserve([decision("held", session_id="s", reserved_usd=0.05)])
+    store.record_decisions([decision("loose")])
+    session = store.get_session("s")
+    assert session is not None and session.reserved_usd == pytest.approx(0.05)
+    recorder = OutcomeRecorder(store, Spool(tmp_path / "spool.jsonl"), Metrics())
+    corrupt = [{"kind": SETTLEMENT, "outcome_id": f"{SETTLEMENT}{d}", "decision_id": d, "tokens_in": 10**19}
+               for d in ("held", "loose", "held")]  # fmt: skip
+    recorder.spool.append([*corrupt, {"kind": SETTLEMENT, "outcome_id": "x", "decision_id": 7}])
+    recorder.replay(parse_tiers(TIERS_TOML))
+    assert recorder.spool.rejected()[0] == 3  # each is still set aside with its reason (the twin counted once)
+    session = store.get_session("s")
+    assert session is not None
+    assert session.reserved_usd == pytest.approx(0) and session.spent_usd == pytest.approx(0.05)  # booked once
+    found = store.get_decisions(["held", "loose"])
+    assert found["held"].cost_usd == pytest.approx(0.05) and found["loose"].cost_usd == pytest.approx(0.01)
+    assert all("booked at the decision's hold" in (d.reason or "") for d in found.values())
+
+
 def test_a_spooled_outcome_waits_for_its_door_decisions_settlement(tmp_path: Path) -> None:
     # Spooled (202) while the store was down and the answer still streaming: at replay the decision may not be
     # settled yet (its settlement spooled behind it, or the answer still going). It was set aside for good.
