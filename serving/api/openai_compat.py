@@ -39,13 +39,26 @@ SERVICE_ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
+def _union_member(part: object) -> bool:
+    """Whether a step of pydantic's error location names the member of a union it tried (`str`,
+    `list[TextPart]`), not a field: OpenAI's `param` is the field's path (`messages.0.content`)."""
+    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "none") or "[" in part)
+
+
 def _openai_error(exc: Exception) -> JSONResponse:
     """Any refusal of the service as OpenAI's `{"error": {...}}` with its status."""
     if isinstance(exc, ProxyError):
         return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
     if isinstance(exc, RequestValidationError):
-        err = exc.errors()[0] if exc.errors() else {}
-        param = ".".join(str(p) for p in err.get("loc", ())[1:]) or None
+        # The most specific error: of a union's members, the one that got furthest (a list of parts whose part is
+        # wrong, rather than "not a string").
+        err: dict[str, Any] = max(exc.errors(), key=lambda e: len(e.get("loc", ())), default={})
+        if err.get("type") == "json_invalid":  # its loc is ("body", <character position>): no parameter
+            where = err.get("loc", ("body", "?"))[-1]
+            why = (err.get("ctx") or {}).get("error", "invalid")
+            return JSONResponse(error_body(f"the body is not valid JSON: {why} at character {where}",
+                                           "invalid_request_error", "json_invalid"), status_code=400)  # fmt: skip
+        param = ".".join(str(p) for p in err.get("loc", ())[1:] if not _union_member(p)) or None
         return JSONResponse(error_body(f"{param or 'body'}: {err.get('msg', 'invalid')}", "invalid_request_error",
                                        err.get("type"), param), status_code=400)  # fmt: skip
     if isinstance(exc, OverBudget):

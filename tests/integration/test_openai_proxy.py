@@ -213,6 +213,9 @@ def test_knobs_by_extra_body_and_headers(sdk: OpenAI, url: str, up: FakeUpstream
         ({"messages": []}, 400, "messages"),
         ({"stream": True, "stream_options": "yes"}, 400, "stream_options"),
         ({"stream": True, "stream_options": ["include_usage"]}, 400, "stream_options"),
+        # the field's path, not pydantic's union members ("messages.0.content.str")
+        ({"messages": [{"role": "user", "content": 7}]}, 400, "messages.0.content"),
+        ({"messages": [{"role": "user", "content": [{"type": 1}]}]}, 400, "messages.0.content.0.type"),
     ],
 )
 def test_bad_requests_are_openai_errors(sdk: OpenAI, up: FakeUpstream, kwargs: dict, status: int, param: str) -> None:
@@ -223,7 +226,18 @@ def test_bad_requests_are_openai_errors(sdk: OpenAI, up: FakeUpstream, kwargs: d
     body = err.value.body
     assert isinstance(body, dict) and set(body) >= {"message", "type", "code", "param"}  # the SDK unwraps "error"
     assert param in (body["param"] or "")
+    assert "[" not in (body["param"] or "") and not (body["param"] or "").endswith(".str")
     assert up.requests == []  # refused before any upstream call
+
+
+def test_a_body_that_is_no_json_names_no_parameter(url: str, up: FakeUpstream) -> None:
+    headers = {**bearer(CLIENT_KEY), "content-type": "application/json"}
+    r = httpx.post(f"{url}/v1/chat/completions", content=b'{"model": "tierwise", ', headers=headers)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] is None and error["code"] == "json_invalid"  # was param "22", the character position
+    assert error["message"].startswith("the body is not valid JSON") and "22" in error["message"]
+    assert up.requests == []
 
 
 @pytest.mark.parametrize(
