@@ -64,15 +64,26 @@ def _text(content: Any) -> str:
     return ""
 
 
+def _parts_named(content: Any) -> str:
+    """Content with no text but other parts (an image alone) as their types, e.g. `[image_url]`."""
+    if not isinstance(content, list):
+        return ""
+    return " ".join(f"[{p.get('type')}]" for p in content if isinstance(p, dict) and p.get("type") != "text")
+
+
 def prompt_view(messages: Sequence[Mapping[str, Any]]) -> str:
-    """The text tierwise routes on: the system messages and the last user turn, text parts only.
+    """The text tierwise routes on: the system messages and the last user turn, text parts only; a last user turn
+    with no text (an image alone) as its parts' types.
 
     The same view as the proxy's (serving/proxy/wire.py), so a prompt is scored alike through either door. The
     proxy also prices the whole conversation it sends (its `input_tokens` count); here the prompt is priced on its
     own unless the caller passes `input_tokens` among the /route options (metadata["tierwise"]).
     """
     system = [_text(m.get("content")) for m in messages if m.get("role") in ("system", "developer")]
-    user = next((_text(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), "")
+    last = next((m.get("content") for m in reversed(messages) if m.get("role") == "user"), None)
+    user = _text(last)
+    if not user.strip():
+        user = _parts_named(last)
     return "\n\n".join(t for t in [*system, user] if t.strip())
 
 

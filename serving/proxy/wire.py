@@ -112,15 +112,26 @@ def text_of(message: ChatMessage) -> str:
     return "\n".join(p.text for p in message.content if p.type == "text" and p.text)
 
 
+def parts_named(message: ChatMessage) -> str:
+    """A message with no text but other parts (an image alone) as their types, e.g. `[image_url]`; else ""."""
+    if isinstance(message.content, str) or not message.content:
+        return ""
+    return " ".join(f"[{p.type}]" for p in message.content if p.type != "text")
+
+
 def prompt_view(messages: list[ChatMessage]) -> str:
     """What the router scores: the system (and developer) messages, then the last user turn, blank-line separated.
 
     The router was trained on single prompts; the last user turn is the request being answered now, and the system
-    message says what kind of work it is. Earlier turns are not scored (they would drown the question).
+    message says what kind of work it is. Earlier turns are not scored (they would drown the question). A last user
+    turn with no text (an image alone) is scored as its parts' types (`parts_named`), which the novelty check
+    judges like any prompt.
     """
     system = [text_of(m) for m in messages if m.role in ("system", "developer")]
     users = [m for m in messages if m.role == "user"]
     last_user = text_of(users[-1]) if users else ""
+    if users and not last_user.strip():
+        last_user = parts_named(users[-1])
     return "\n\n".join(t for t in (*system, last_user) if t.strip())
 
 

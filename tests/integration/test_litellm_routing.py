@@ -412,6 +412,10 @@ def test_a_retried_call_is_charged_for_the_try_that_answered(tierwise: str, api:
             "look",
         ),
         ([{"role": "assistant", "content": "only"}], ""),
+        (  # no text: the parts' types, as the proxy's view
+            [{"role": "system", "content": "S"}, {"role": "user", "content": [{"type": "image_url", "image_url": {}}]}],
+            "S\n\n[image_url]",
+        ),
     ],
 )
 def test_prompt_view(messages: list[dict[str, Any]], view: str) -> None:

@@ -93,6 +93,17 @@ def test_prompt_view_is_system_plus_last_user_turn(sdk: OpenAI, up: FakeUpstream
     assert body["messages"] == messages  # the whole conversation reaches the upstream untouched
 
 
+def test_an_image_alone_is_routed_and_answered(sdk: OpenAI, up: FakeUpstream) -> None:
+    """A user turn holding only an image is OpenAI's to answer: it was a 400 "no text to route". It is scored as its
+    parts' types (`[image_url]`) and sent upstream untouched."""
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    messages = [{"role": "user", "content": [image]}]
+    raw = sdk.chat.completions.with_raw_response.create(model="tierwise", messages=messages)  # type: ignore[arg-type]
+    assert raw.headers["x-tierwise-tier"] in ("main", "mid", "brain") and raw.parse().choices[0].message.content
+    [(_, body)] = up.requests
+    assert body["messages"] == messages
+
+
 def test_routing_prices_the_whole_conversation_the_door_sends(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
     """The door routes on the prompt view but prices every turn it sends (as its hold on a session counts them):
     its decision's expected cost is /route's for the same view with `input_tokens` = the door's count."""

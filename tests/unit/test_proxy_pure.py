@@ -96,6 +96,11 @@ def test_prompt_view_is_system_then_last_user_text() -> None:
     ]
     assert prompt_view(messages) == "sys\n\nlast"
     assert prompt_view([ChatMessage(role="assistant", content="x")]) == ""
+    image_only = {"role": "user", "content": [{"type": "image_url", "image_url": {}}, {"type": "input_audio"}]}
+    with_space = {"role": "user", "content": [{"type": "text", "text": " "}, {"type": "image_url", "image_url": {}}]}
+    for turn in (image_only, with_space):  # no text: the parts' types, so an image alone is routed, not refused
+        view = prompt_view([ChatMessage(role="system", content="sys"), ChatMessage.model_validate(turn)])
+        assert view == "sys\n\n" + ("[image_url] [input_audio]" if turn is image_only else "[image_url]")
 
 
 def test_usage_is_costed_at_catalogue_prices_or_estimated() -> None:
