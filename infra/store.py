@@ -841,14 +841,19 @@ class Store:
             )
             rows = conn.execute(query).all()
         shared = [name for name in Outcome.model_fields if name in outcomes.c]
+        # Texts that differ only in whitespace share a prompt_id (`prompt_id_of`), and their features are the same
+        # (router.text.normalize_text); the training contract wants one text per prompt_id: the first stored.
+        text_of: dict[str, str] = {}
         # Not re-validated here: training checks the exported log like any other (router.schema.validate_outcomes).
         return [
             Outcome.model_construct(
-                **{name: r._mapping[name] for name in shared},
+                **{name: r._mapping[name] for name in shared if name != "prompt"},
+                prompt=text_of.setdefault(r.prompt_id, r.prompt),
                 timestamp=r.created_at.isoformat(),
                 category=r._mapping["task"],
             )
             for r in rows
+            if r.prompt.strip()  # blank to Python: older services took U+001C..U+001F as text; nothing to embed
         ]
 
     # ------------------------------------------------------------------ retention

@@ -83,7 +83,19 @@ Metadata = Annotated[
         "finite numbers, no NUL characters, at most 32 levels deep"
     ),
 ]
-Prompt = Annotated[str, StringConstraints(min_length=1, pattern=r"\S"), AfterValidator(_storable)]
+
+
+def _not_blank(value: str) -> str:
+    """Refuse a prompt that is only whitespace by Python's reckoning, as training does (`router.schema`): the
+    pattern below is checked by pydantic's regex engine, whose whitespace leaves out U+001C to U+001F."""
+    if not value.strip():
+        raise ValueError("must not be blank (only whitespace)")
+    return value
+
+
+Prompt = Annotated[
+    str, StringConstraints(min_length=1, pattern=r"\S"), AfterValidator(_not_blank), AfterValidator(_storable)
+]
 
 MAX_OUTCOME_COST_USD = 1e6
 MAX_LATENCY_MS = 86_400_000.0

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from infra.settings import Settings
-from infra.store import Store
+from infra.store import OutcomeRow, Store
 from serving.app import create_app
 from serving.model_source import LocalSource
 from tests.conftest import HashingEmbedder
@@ -68,6 +68,7 @@ def test_route_overrides(client: TestClient) -> None:
         ({}, 422),
         ({"prompt": ""}, 422),
         ({"prompt": "   "}, 422),
+        ({"prompt": "\x1c\x1f"}, 422),  # blank to Python (and so to training), not to pydantic's regex: was 200
         ({"prompt": 3}, 422),
         ({"prompt": "x", "quality_target": 2}, 422),
         ({"prompt": "x", "min_tier": "nope"}, 422),
@@ -210,6 +211,26 @@ def test_outcomes_idempotent_and_by_prompt(client: TestClient) -> None:
     assert len(rows) == 2 and rows[0].prompt_id == rows[1].prompt_id
 
 
+def test_prompts_differing_only_in_whitespace_export_as_one_valid_log(client: TestClient) -> None:
+    """They share a prompt_id (whitespace is collapsed); the export gave them their own texts, and the training
+    contract (one text per prompt_id) refused the whole store: `tierwise train --from-store` trained nothing."""
+    from router.schema import outcomes_to_frame, validate_outcomes
+
+    for i, prompt in enumerate((f"{EASY}.", f"{EASY}.\n", f" {EASY}.")):
+        decision = client.post("/route", json={"prompt": prompt}, headers=C).json()["decision_id"]
+        outcome = {"decision_id": decision, "score": 1, "cost_usd": 0.001}
+        assert client.post("/outcomes", json=outcome, headers=C).status_code == 201
+        more = {"prompt": prompt, "model": "large", "score": 0.5, "cost_usd": 0.01, "outcome_id": f"o{i}"}
+        assert client.post("/outcomes", json=more, headers=C).status_code == 201
+    store: Store = client.app.state.store
+    store.record_outcomes(
+        [OutcomeRow(id="old", prompt="\x1c", model="small", score=1.0, cost_usd=0.0)]
+    )  # an older service's
+    rows = store.export_outcomes()
+    assert len(rows) == 6 and {r.prompt for r in rows} == {f"{EASY}."}  # the first stored text; the blank one left out
+    assert len(validate_outcomes(outcomes_to_frame(rows), "the store", None)) == 6
+
+
 @pytest.mark.parametrize(
     ("body", "status"),
     [
@@ -218,6 +239,7 @@ def test_outcomes_idempotent_and_by_prompt(client: TestClient) -> None:
         ({"prompt": "p", "model": "small", "score": 2, "cost_usd": 0}, 422),
         ({"prompt": "p", "model": "small", "score": 1, "cost_usd": -1}, 422),
         ({"prompt": "p", "model": "gpt-99", "score": 1, "cost_usd": 0}, 422),
+        ({"prompt": "\x1f\x1e", "model": "small", "score": 1, "cost_usd": 0}, 422),  # was 201, then broke training
         ({"decision_id": "nope", "score": 1, "cost_usd": 0}, 404),
     ],
 )
