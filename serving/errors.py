@@ -92,6 +92,7 @@ Unauthorized = _refusal("Unauthorized", 401, "The API key is missing or unknown.
 Forbidden = _refusal("Forbidden", 403, "The key may not do this (an admin route, another client's session).")
 NotFound = _refusal("NotFound", 404, "The session or decision the request names is not stored.")
 ReloadFailed = _refusal("ReloadFailed", 409, "A reload was refused; the loaded model stays.")
+RegistryUnavailable = _refusal("RegistryUnavailable", 503, "The model registry is unreachable; the loaded model stays.")
 Conflict = _refusal("Conflict", 409, "The request contradicts what is stored: an outcome id reused.")
 StoreUnavailable = _refusal("StoreUnavailable", 503, "The store is unreachable and the request cannot wait.")
 RETRY_NOT_SETTLED_S = 5  # Retry-After of NotSettledYet: an answer ending, or a spooled settlement replayed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -9,13 +11,18 @@ from router.features import EmbedderMismatch
 from router.schema import TiersConfigError
 from serving.api.route import tier_infos
 from serving.deps import Admin, RecorderDep, StoreDep
-from serving.errors import CALLER_ERRORS, NotFound, ReloadFailed, error
+from serving.errors import CALLER_ERRORS, NotFound, RegistryUnavailable, ReloadFailed, error, first_line
 from serving.schemas import DeletedSession, ReloadResponse, SpoolStatus
 
+logger = logging.getLogger(__name__)
 router = APIRouter(prefix="/admin", tags=["admin"], responses=CALLER_ERRORS | error(403, "needs an admin key"))
 
 
-@router.post("/reload", responses=error(409, "the new tiers or model were refused; the old one serves"))
+@router.post(
+    "/reload",
+    responses=error(409, "the new tiers or model were refused; the old one serves")
+    | error(503, "the model registry is unreachable; the old model serves"),
+)
 async def reload(request: Request, _: Admin) -> ReloadResponse:
     """Re-read the tiers file and re-resolve the model alias; swap without dropping requests.
 
@@ -28,6 +35,13 @@ async def reload(request: Request, _: Admin) -> ReloadResponse:
         rt = await run_in_threadpool(request.app.state.manager.reload)
     except (TiersConfigError, EmbedderMismatch, FileNotFoundError, ValueError) as exc:
         raise ReloadFailed(f"reload refused, still serving the previous model: {exc}") from None
+    except ConnectionError as exc:  # model_source.check_reachable
+        raise RegistryUnavailable(f"reload failed, still serving the previous model: {exc}") from None
+    except Exception as exc:  # the registry's own refusals (an alias or version gone, a model that will not load)
+        logger.exception("reload failed; the previous model serves")
+        raise ReloadFailed(
+            f"reload refused, still serving the previous model: {type(exc).__name__}: {first_line(exc)}"
+        ) from None
     return ReloadResponse(
         router_version=rt.version,
         previous_version=previous.version if previous else None,

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from serving.model_source import RegistrySource
-from tests.integration.conftest import ADMIN_KEY, bearer
+from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, bearer
 
 NAME = "tierwise-threads"
 N_RELOADS = 30
@@ -79,3 +79,36 @@ def test_a_reload_with_the_alias_unmoved_downloads_nothing(
     assert client.post("/admin/reload", headers=bearer(ADMIN_KEY)).status_code == 200
     assert client.app.state.runtime is not first  # a new Runtime (the tiers file is re-read) ...
     assert client.app.state.runtime.router.artifact is first.router.artifact  # ... around the same artifact
+
+
+def test_a_reload_the_registry_refuses_is_a_409_and_the_model_stays(
+    client_factory: Callable[..., TestClient], registry: tuple[str, MlflowClient]
+) -> None:
+    """The alias deleted (or any refusal of MLflow's) was a 500 with two tracebacks in the log."""
+    uri, mlflow_client = registry
+    client = client_factory(source=RegistrySource(uri, NAME, "champion"))
+    mlflow_client.delete_registered_model_alias(NAME, "champion")
+    r = client.post("/admin/reload", headers=bearer(ADMIN_KEY))
+    assert r.status_code == 409, r.text
+    assert "still serving the previous model" in r.json()["detail"] and "champion" in r.json()["detail"]
+    assert client.get("/readyz").json()["router_version"] == f"{NAME}/1"
+    assert client.post("/route", json={"prompt": "2+2?"}, headers=bearer(CLIENT_KEY)).status_code == 200
+
+
+def test_a_reload_with_the_registry_unreachable_is_a_503(
+    client_factory: Callable[..., TestClient], registry: tuple[str, MlflowClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import serving.model_source as model_source
+
+    uri, _ = registry
+    source = RegistrySource(uri, NAME, "champion")
+    client = client_factory(source=source)
+
+    def unreachable(tracking_uri: str, timeout_s: int = 5) -> None:
+        raise ConnectionError("tracking store unreachable: connection refused")
+
+    source._clients.clear()  # the next call connects again
+    monkeypatch.setattr(model_source, "check_reachable", unreachable)
+    r = client.post("/admin/reload", headers=bearer(ADMIN_KEY))
+    assert r.status_code == 503 and "still serving the previous model" in r.json()["detail"], r.text
+    assert client.get("/readyz").json()["router_version"] == f"{NAME}/1"
