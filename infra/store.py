@@ -435,6 +435,14 @@ _LOCK_SESSION_OF = (
 )
 
 
+def _lock_sessions(conn: Connection, session_ids: sa.Select[Any]) -> None:
+    """Lock the sessions `session_ids` selects, in id order: whatever locks several sessions in one transaction
+    takes them in this order first, so two such transactions cannot deadlock (a no-op on SQLite)."""
+    conn.execute(
+        sa.select(sessions.c.id).where(sessions.c.id.in_(session_ids)).order_by(sessions.c.id).with_for_update()
+    ).all()
+
+
 def _settle(execute: Execute, decision_id: str, cost_usd: float, by_outcome: bool = False) -> bool:
     """Release a decision's reservation and book its actual cost, once; spend saturates at a ceiling. `by_outcome`:
     settle only a decision its caller serves (not the proxy's). Whether this call settled it. The caller has
@@ -762,7 +770,12 @@ class Store:
         """
         new = 0
         with self.engine.begin() as conn:
-            for r in rows:
+            # Every lock in one order (sessions by id, then decisions and outcome ids): two requests settling the
+            # same decisions listed in other orders deadlocked on PostgreSQL, and one was spooled as an outage.
+            decided = sorted({r.decision_id for r in rows if r.decision_id is not None})
+            if decided:
+                _lock_sessions(conn, sa.select(decisions.c.session_id).where(decisions.c.id.in_(decided)))
+            for r in sorted(rows, key=lambda r: (r.decision_id or "", r.id)):
                 values = {**r.model_dump(), "prompt_id": prompt_id_of(r.prompt), "created_at": _now()}
                 values = self.prompts.outcome(values, self._decision_hash(conn, r))
                 if not _insert_new_outcome(conn, values):
@@ -870,9 +883,7 @@ class Store:
             decisions.c.created_at < before, decisions.c.settled == sa.false(), decisions.c.session_id.is_not(None)
         )
         with self.engine.begin() as conn:
-            conn.execute(
-                sa.select(sessions.c.id).where(sessions.c.id.in_(unsettled)).order_by(sessions.c.id).with_for_update()
-            ).all()
+            _lock_sessions(conn, unsettled)
             stale = conn.execute(
                 sa.select(decisions.c.session_id, sa.func.sum(decisions.c.reserved_usd))
                 .where(decisions.c.created_at < before, decisions.c.settled == sa.false())
