@@ -19,7 +19,7 @@ from router.embedders.factory import make_embedder
 from router.embedders.protocol import Embedder
 from serving.api import admin, decisions, drift, openai_compat, ops, outcomes, route, sessions, ui
 from serving.decision_writer import DecisionWriter
-from serving.deps import single_valued_query
+from serving.deps import checked_query
 from serving.docs import install_docs
 from serving.drift import drift_collector
 from serving.errors import install_handlers
@@ -112,7 +112,7 @@ def create_app(
         lifespan=lifespan,
         docs_url=None,  # served from installed files by install_docs, not from CDNs
         redoc_url=None,
-        dependencies=[Depends(single_valued_query)],
+        dependencies=[Depends(checked_query)],
     )
     app.state.settings = settings
     app.state.keys = keys

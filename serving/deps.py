@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from infra.settings import Settings
@@ -17,10 +18,19 @@ from serving.routing import Routing
 from serving.runtime import Runtime
 from serving.security import Principal, require_admin
 
+LENIENT_QUERY_PREFIXES = ("/v1/", "/ui")  # `checked_query` lets their unknown query parameters pass
 
-async def single_valued_query(request: Request) -> None:
+
+async def checked_query(request: Request) -> None:
     """Refuse a query parameter given more than once (every one of ours is single-valued): Starlette would
-    silently keep the last value, so `?mean_cost_usd=x&mean_cost_usd=2` would pass with x unchecked."""
+    silently keep the last value, so `?mean_cost_usd=x&mean_cost_usd=2` would pass with x unchecked.
+
+    Refuse one the endpoint does not take, where a knob could be meant (`POST /route?session_id=s` was routed
+    without its session, so past the session's cap): on a write, or on a read that takes query parameters. The
+    OpenAI-compatible door (/v1) takes what OpenAI's clients add (Azure's `api-version`), the admin page (/ui) what
+    browsers and links add, and plain reads (/metrics, the health checks) what scrapers and probes add."""
+    if not request.scope["query_string"]:
+        return
     seen: set[str] = set()
     for key, _ in request.query_params.multi_items():
         if key in seen:
@@ -28,6 +38,26 @@ async def single_valued_query(request: Request) -> None:
                 [{"loc": ("query", key), "msg": "given more than once; send it once", "type": "query_repeated"}]
             )
         seen.add(key)
+    route = request.scope.get("route")
+    if not isinstance(route, APIRoute) or route.path.startswith(LENIENT_QUERY_PREFIXES):
+        return
+    taken = _query_names(route)
+    unknown = sorted(seen - taken)
+    if unknown and (taken or request.method not in ("GET", "HEAD")):
+        takes = f"takes only {', '.join(sorted(taken))}" if taken else "takes none"
+        msg = f"unknown query parameter; this endpoint {takes}"
+        raise RequestValidationError([{"loc": ("query", unknown[0]), "msg": msg, "type": "query_unknown"}])
+
+
+def _query_names(route: APIRoute) -> set[str]:
+    """The query parameters a route and its dependencies declare, by the name a client sends."""
+    names: set[str] = set()
+    todo = [route.dependant]
+    while todo:
+        dependant = todo.pop()
+        names.update(p.alias for p in dependant.query_params)
+        todo.extend(dependant.dependencies)
+    return names
 
 
 async def get_settings(request: Request) -> Settings:

@@ -335,3 +335,35 @@ def test_a_repeated_query_parameter_is_refused(edge: TestClient) -> None:
     assert twice.json()["detail"][0]["loc"] == ["query", "mean_cost_usd"]
     v1 = edge.get("/v1/models?x=1&x=2", headers=C)
     assert v1.status_code == 400 and v1.json()["error"]["param"] == "x", v1.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "takes"),
+    [
+        ("post", "/route?session_id=s&min_tier=brain", {"prompt": "hi"}, "takes none"),  # was routed sessionless: 200
+        ("post", "/outcomes?score=1", {"prompt": "p", "model": "small", "score": 1, "cost_usd": 0}, "takes none"),
+        ("get", "/admin/drift?window=5", None, "takes only mean_cost_usd"),
+    ],
+)
+def test_an_unknown_query_parameter_is_refused_where_a_knob_could_be_meant(
+    edge: TestClient, method: str, path: str, body: dict | None, takes: str
+) -> None:
+    r = edge.request(method.upper(), path, json=body, headers=A)
+    assert r.status_code == 422, r.text
+    [error] = r.json()["detail"]
+    assert error["loc"][0] == "query" and takes in error["msg"] and error["type"] == "query_unknown"
+
+
+def test_query_parameters_clients_and_probes_add_pass(edge: TestClient) -> None:
+    assert edge.get("/metrics?name[]=tierwise_decisions_total").status_code == 200  # a scraper's filter
+    assert edge.get("/healthz?probe=1").status_code == 200
+    assert edge.get("/v1/models?api-version=2024-10-21", headers=C).status_code == 200  # Azure's OpenAI clients
+    body = {"model": "tierwise", "messages": [{"role": "user", "content": "hi"}]}
+    r = edge.post("/v1/chat/completions?api-version=2024-10-21", json=body, headers=C)
+    assert r.status_code != 422 and "query" not in r.text, r.text
+
+
+@pytest.mark.parametrize("value", ["inf", "Infinity", "1e309", "nan"])
+def test_admin_drift_refuses_a_mean_cost_that_is_no_finite_number(edge: TestClient, value: str) -> None:
+    r = edge.get(f"/admin/drift?mean_cost_usd={value}", headers=A)  # was 200, promising "$inf per request"
+    assert r.status_code == 422, r.text
