@@ -42,7 +42,11 @@ def storable_text(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_storable)]
-SessionId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")]
+# A session id: 1-128 of these characters, not only dots (a path holding `.` or `..` is rewritten by clients and
+# browsers, so such a session could be made by /route and never reached by /sessions/{id} or the admin page).
+SESSION_ID_PATTERN = r"^[A-Za-z0-9._:\-]*[A-Za-z0-9_:\-][A-Za-z0-9._:\-]*$"
+SESSION_ID_MAX = 128
+SessionId = Annotated[str, StringConstraints(max_length=SESSION_ID_MAX, pattern=SESSION_ID_PATTERN)]
 # Strict numbers: a JSON int is a float, but `false` is not 0 and `true` is not 1.
 Usd = Annotated[StrictFloat, Field(ge=0, allow_inf_nan=False)]
 Share = Annotated[StrictFloat, Field(ge=0, le=1, allow_inf_nan=False)]
@@ -283,12 +287,15 @@ class SpoolStatus(BaseModel):
     last_rejected: list[RejectedOutcome] = Field(description="the newest rejections (no prompt text)")
 
 
+MAX_CAP_USD = 1e9  # a session's cap: past any bill, and short enough for the admin page's forms
+
+
 class CapRequest(Strict):
-    cap_usd: Usd
+    cap_usd: Annotated[Usd, Field(le=MAX_CAP_USD)]
 
 
 class ConfirmRequest(Strict):
-    new_cap_usd: Usd
+    new_cap_usd: Annotated[Usd, Field(le=MAX_CAP_USD)]
 
 
 class DecisionInfo(BaseModel):

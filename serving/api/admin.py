@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 from router.features import EmbedderMismatch
 from router.schema import TiersConfigError
 from serving.api.route import tier_infos
+from serving.api.sessions import SessionPath
 from serving.deps import Admin, RecorderDep, StoreDep
 from serving.errors import CALLER_ERRORS, NotFound, RegistryUnavailable, ReloadFailed, error, first_line
 from serving.schemas import DeletedSession, ReloadResponse, SpoolStatus
@@ -56,7 +57,7 @@ def spool_status(_: Admin, recorder: RecorderDep) -> SpoolStatus:
 
 
 @router.delete("/sessions/{session_id}", responses=error(404, "nothing is stored for this session"))
-def delete_session(session_id: str, _: Admin, store: StoreDep) -> DeletedSession:
+def delete_session(session_id: SessionPath, _: Admin, store: StoreDep) -> DeletedSession:
     """Delete a session with every decision and outcome recorded in it (prompt text included), for good.
 
     Outcomes still waiting in the local spool (store outages) are written when it replays; call again after.

@@ -9,11 +9,18 @@ from fastapi import APIRouter, Path
 from infra.store import SessionRow, Store
 from serving.deps import Admin, Caller, StoreDep
 from serving.errors import BODY_ERRORS, CALLER_ERRORS, NotFound, error
-from serving.schemas import CapRequest, ConfirmRequest, DecisionInfo, SessionResponse
+from serving.schemas import (
+    SESSION_ID_MAX,
+    SESSION_ID_PATTERN,
+    CapRequest,
+    ConfirmRequest,
+    DecisionInfo,
+    SessionResponse,
+)
 from serving.security import Principal, check_owner
 
 router = APIRouter(prefix="/sessions", tags=["sessions"], responses=CALLER_ERRORS)
-SessionPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:\-]{1,128}$")]
+SessionPath = Annotated[str, Path(max_length=SESSION_ID_MAX, pattern=SESSION_ID_PATTERN)]
 
 
 def _view(store: Store, row: SessionRow, recent: int = 20) -> SessionResponse:

@@ -367,3 +367,26 @@ def test_query_parameters_clients_and_probes_add_pass(edge: TestClient) -> None:
 def test_admin_drift_refuses_a_mean_cost_that_is_no_finite_number(edge: TestClient, value: str) -> None:
     r = edge.get(f"/admin/drift?mean_cost_usd={value}", headers=A)  # was 200, promising "$inf per request"
     assert r.status_code == 422, r.text
+
+
+@pytest.mark.parametrize("sid", [".", "..", "..."])
+def test_a_session_id_of_dots_only_is_refused(edge: TestClient, sid: str) -> None:
+    """`/route` made such a session, which clients and browsers could not reach: they rewrite `/sessions/..`."""
+    r = edge.post("/route", json={"prompt": "hi", "session_id": sid}, headers=C)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "session_id"], r.text
+    assert edge.post("/route", json={"prompt": "hi", "session_id": "a.b..c"}, headers=C).status_code == 200
+    assert edge.put("/sessions/%2E%2E", json={"cap_usd": 1.0}, headers=C).status_code == 422
+
+
+def test_a_cap_past_any_bill_is_refused(edge: TestClient) -> None:
+    """1e100 was taken, and broke the admin page's confirm form (a 101-character prefilled value; 1e308: inf)."""
+    assert edge.put("/sessions/s", json={"cap_usd": 1e100}, headers=C).status_code == 422
+    assert edge.put("/sessions/s", json={"cap_usd": 1e9}, headers=C).status_code == 200
+
+
+@pytest.mark.parametrize("sid", ["%00", "x" * 5000, "bad%20id"])
+def test_deleting_a_session_checks_its_id(edge: TestClient, sid: str) -> None:
+    """A plain str: 404 on SQLite and, on PostgreSQL, a 422 blaming a body the request does not have (NUL)."""
+    r = edge.delete(f"/admin/sessions/{sid}", headers=A)
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["path", "session_id"], r.text
+    assert len(r.text) < 2000  # the id is not echoed back whole
