@@ -224,13 +224,18 @@ def install_handlers(app: FastAPI) -> None:
             {"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()
         ]
         content_type = request.headers.get("content-type", "")
+        # A body sent without a Content-Type is not read as JSON either.
+        sent = (
+            content_type or request.headers.get("content-length", "0") != "0" or "transfer-encoding" in request.headers
+        )
         if (
-            content_type
+            sent
             and _json_route(request)
             and not _is_json(content_type)
             and any(e["loc"][:1] == ["body"] for e in errors)
         ):
             # FastAPI reads no JSON from a text/plain or form body and says "Input should be a valid dictionary".
-            detail = f"the body must be sent as Content-Type: application/json, not {content_type[:100]!r}"
+            sent_as = f"not {content_type[:100]!r}" if content_type else "and none was given"
+            detail = f"the body must be sent as Content-Type: application/json, {sent_as}"
             return JSONResponse({"detail": detail}, status_code=415)
         return JSONResponse({"detail": union_member_errors(errors, exc.body)}, status_code=422)

@@ -83,6 +83,17 @@ def test_a_json_body_sent_as_another_content_type_is_a_415_saying_so(
     assert r.json()["detail"] == f"the body must be sent as Content-Type: application/json, not '{content_type}'"
 
 
+@pytest.mark.parametrize("path", ["/route", "/outcomes"])
+def test_a_json_body_sent_without_a_content_type_is_a_415_saying_so(client: TestClient, path: str) -> None:
+    # It was a 422 "Input should be a valid dictionary or object"; with no body at all it stays a 422.
+    r = client.post(path, content=b'{"prompt": "x"}', headers=C)
+    assert "content-type" not in r.request.headers
+    assert r.status_code == 415, r.text
+    assert r.json()["detail"] == "the body must be sent as Content-Type: application/json, and none was given"
+    empty = client.post(path, headers=C)
+    assert empty.status_code == 422, empty.text
+
+
 def test_metadata_size_cap(edge: TestClient) -> None:
     fits = {"k": "v" * (MAX_METADATA_BYTES - 20)}
     too_big = {"k": "v" * MAX_METADATA_BYTES}
