@@ -230,16 +230,40 @@ def make_engine(
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=True)
+        engine = sa.create_engine(
+            url, connect_args={"timeout": LOCK_WAIT_S, "check_same_thread": False}, hide_parameters=True
+        )
         sa.event.listen(engine, "connect", _sqlite_pragmas(sqlite_synchronous, sqlite_autocheckpoint))
         return engine
     # Text travels as UTF-8 whatever the database's encoding: on a SQL_ASCII database libpq would hand psycopg bytes,
     # and SQLAlchemy's first query (the server's version) fails with "cannot use a string pattern on a bytes-like
     # object" (MLflow's server failed so on such a database). On a UTF8 database this is the default anyway.
     utf8 = {"client_encoding": "utf8"} if parsed.get_driver_name() in ("psycopg", "psycopg2") else {}
-    return sa.create_engine(
+    engine = sa.create_engine(
         url, connect_args=utf8, pool_size=10, max_overflow=40, pool_pre_ping=True, hide_parameters=True
     )
+    if parsed.get_backend_name() == "postgresql":
+        sa.event.listen(engine, "connect", _pg_lock_timeout)
+    return engine
+
+
+LOCK_WAIT_S = 30
+"""The longest a statement waits for a lock another transaction holds: SQLite's busy timeout, PostgreSQL's
+`lock_timeout`. Past it the write fails as an outage (a /route answers 503, an outcome is spooled); without it a
+request on PostgreSQL waited as long as a stuck transaction held its session's row, and committed a decision after
+its client had given up."""
+
+
+def _pg_lock_timeout(dbapi_conn: Any, _: Any) -> None:
+    """Set `lock_timeout` (LOCK_WAIT_S) for the connection's session, outside any transaction."""
+    autocommit = dbapi_conn.autocommit
+    dbapi_conn.autocommit = True
+    cursor = dbapi_conn.cursor()
+    try:
+        cursor.execute(f"SET lock_timeout = {int(LOCK_WAIT_S * 1000)}")
+    finally:
+        cursor.close()
+        dbapi_conn.autocommit = autocommit
 
 
 _BEYOND_EXPECTED = decisions.c.reserved_usd - decisions.c.expected_cost_usd

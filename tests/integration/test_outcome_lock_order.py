@@ -7,11 +7,15 @@ one PostgreSQL aborted was spooled as an outage (202), and its settlement waited
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
+import sqlalchemy as sa
+from fastapi.testclient import TestClient
 
 from infra.store import DecisionRow, OutcomeRow, Store
+from tests.integration.conftest import CLIENT_KEY, bearer
 
 PAIRS = 10
 
@@ -64,3 +68,62 @@ def test_outcome_lists_in_opposite_orders_do_not_deadlock(pg_store: Store) -> No
     for session in ("A", "B"):
         row = pg_store.get_session(session)
         assert row is not None and row.reserved_usd == pytest.approx(0) and row.spent_usd == pytest.approx(0.01 * PAIRS)
+
+
+HOLD_S = 8.0  # the blocker's longest hold: a request answering sooner did not wait for it
+
+
+@contextmanager
+def session_row_locked(url: str, session_id: str) -> Iterator[None]:
+    """Another transaction holds the session's row (FOR UPDATE) until the block ends, or HOLD_S at most."""
+    locked, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        engine = sa.create_engine(url)
+        try:
+            with engine.begin() as conn:
+                conn.execute(sa.text("SELECT id FROM sessions WHERE id = :s FOR UPDATE"), {"s": session_id}).all()
+                locked.set()
+                release.wait(HOLD_S)
+        finally:
+            engine.dispose()
+
+    thread = threading.Thread(target=hold)
+    thread.start()
+    assert locked.wait(30)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join()
+
+
+def test_a_lock_held_too_long_fails_as_an_outage_not_a_wait_without_end(
+    pg_url: str, client_factory: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A transaction holding a session's row made /route and /outcomes wait as long as it held it (75 s in the
+    review); the decision was committed after its client had given up, its reservation never to be settled. Past
+    LOCK_WAIT_S the request now fails as an outage: /route a 503, an outcome spooled (202), nothing lost."""
+    import infra.store
+
+    monkeypatch.setattr(infra.store, "LOCK_WAIT_S", 1)
+    store = Store(pg_url)
+    store.migrate()
+    client = client_factory(store=store)
+    key = bearer(CLIENT_KEY)
+    try:
+        assert client.put("/sessions/held", json={"cap_usd": 1.0}, headers=key).status_code == 200
+        with session_row_locked(pg_url, "held"):
+            r = client.post("/route", json={"prompt": "2+2?", "session_id": "held"}, headers=key)
+            assert r.status_code == 503, r.text  # without the timeout: 200 once the blocker let go
+        routed = client.post("/route", json={"prompt": "2+2?", "session_id": "held"}, headers=key)
+        assert routed.status_code == 200, routed.text
+        outcome = {"decision_id": routed.json()["decision_id"], "score": 1, "cost_usd": 0.001}
+        with session_row_locked(pg_url, "held"):
+            r = client.post("/outcomes", json=outcome, headers=key)
+            assert r.status_code == 202 and r.json()["spooled"], r.text  # acknowledged, kept in the spool
+        client.app.state.recorder.replay(client.app.state.runtime.tiers)
+        session = store.get_session("held")
+        assert session is not None and session.spent_usd == pytest.approx(0.001)
+    finally:
+        store.dispose()
