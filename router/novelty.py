@@ -36,11 +36,16 @@ class NoveltyReference:
     k: int = 5
     random_state: int = 0
 
+    @property
+    def min_prompts(self) -> int:
+        """The fewest training prompts (embeddings) a reference can be fitted on."""
+        return 2 * self.k + 10
+
     def fit(self, embeddings: np.ndarray) -> NoveltyReference:
         """Split the training embeddings (n, d) into reference rows and held-out calibration rows."""
         E = np.asarray(embeddings, dtype=np.float32)
-        if E.ndim != 2 or len(E) < 2 * self.k + 10:
-            raise ValueError(f"a novelty reference needs at least {2 * self.k + 10} embeddings (n, d), got {E.shape}")
+        if E.ndim != 2 or len(E) < self.min_prompts:
+            raise ValueError(f"a novelty reference needs at least {self.min_prompts} embeddings (n, d), got {E.shape}")
         order = np.random.default_rng(self.random_state).permutation(len(E))
         n_cal = min(self.max_calibration, max(self.k + 5, int(round(len(E) * self.calibration_share))))
         cal, ref = order[:n_cal], order[n_cal:][: self.n_reference]

@@ -27,6 +27,7 @@ from router.embedders.onnx import StaleOnnxFile
 from router.embedding_cache import EmbeddingCache
 from router.features import FeatureSpec
 from router.model import DifficultyModel
+from router.novelty import NoveltyReference
 from router.routing import Router
 from router.schema import OutcomeLogError, TiersConfig, TiersConfigError, load_outcomes, load_tiers
 from training.bulk import decision_records, read_chunks
@@ -131,9 +132,26 @@ FLAG_OF_FIELD = {"quality_target": "--target", "outcomes_path": "--outcomes", "t
 """CLI flags whose name is not the settings field's."""
 
 
+def _environment() -> Settings:
+    """The settings from the environment and defaults; a bad TIERWISE_* value is one line naming the variable."""
+    from pydantic_settings import SettingsError
+
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        # A field that failed makes the fields defaulted from it fail too ("default_factory_not_called"): noise.
+        errors = [e for e in exc.errors() if e["type"] != "default_factory_not_called"] or exc.errors()
+        where = "_".join(str(part) for part in errors[0]["loc"][:1]).upper()
+        _fail(f"TIERWISE_{where}: {errors[0]['msg']}")
+        raise
+    except SettingsError as exc:  # a value pydantic-settings could not even parse (JSON of a list field)
+        _fail(f"the environment's TIERWISE_* settings: {exc}")
+        raise
+
+
 def _settings(**overrides: Any) -> Settings:
     """The settings with CLI flags applied, validated like the environment (a bad flag is one line)."""
-    fields = get_settings().model_dump() | {k: v for k, v in overrides.items() if v is not None}
+    fields = _environment().model_dump() | {k: v for k, v in overrides.items() if v is not None}
     try:
         return Settings.model_validate(fields)
     except ValidationError as exc:
@@ -264,7 +282,7 @@ def train(
 ) -> None:
     """Train a router on an outcome log, evaluate it, log it to MLflow and register it."""
     from training import tracking
-    from training.data import load_pool_logs, pool_logs, split_log, too_few_outcomes
+    from training.data import cannot_compare_tiers, load_pool_logs, pool_logs, split_log, too_few_outcomes
     from training.evaluation import evaluate_artifact, with_default_knob
     from training.fit import TrainResult, run_params, train_router
     from training.gate import CHECKS
@@ -277,7 +295,8 @@ def train(
     s = _settings(outcomes_path=outcomes, tiers_path=tiers, test_size=test_size, seed=seed)
     tier_cfg, log = _load_inputs(s, from_store)
     split = split_log(log, tier_cfg, s.test_size, s.seed)
-    if (short := too_few_outcomes(split)) is not None:
+    short = too_few_outcomes(split) or cannot_compare_tiers(split)
+    if short is not None:
         _fail(f"{s.outcomes_path} with {s.tiers_path}: {short}")
     _check_costs(f"{s.outcomes_path} (its held-out prompts)", split.table.costs[split.test].ravel())
     embedder = _embedder(s, s.embedder)
@@ -299,6 +318,12 @@ def train(
             _fail(f"{exc} (a log pooled into the shared difficulty: TIERWISE_POOL_PATHS; '[]' pools none)")
             raise
         pool = pool_logs(log, split, others, s.pool_max_prompts, s.seed)
+    n_prompts, least = len(pool.prompts) if pool is not None else int(split.train.sum()), NoveltyReference().min_prompts
+    if n_prompts < least:  # checked before the fit: the novelty reference is fitted after it
+        _fail(
+            f"{s.outcomes_path} with {s.tiers_path}: {n_prompts} training prompts; the novelty check (is a prompt "
+            f"like the ones trained on?) needs at least {least}"
+        )
     artifact = train_router(split, embedder, cache, features, model, pool)
     evaluation = evaluate_artifact(artifact, split, embedder, cache, s.seed)
     from training.trust import trust_metrics, with_trust
@@ -399,11 +424,12 @@ def _tiers_for(s: Settings, artifact: RouterArtifact) -> TiersConfig:
 def _held_out_split(s: Settings, tier_cfg: TiersConfig) -> Split:
     """The log split as training split it, in the tiers the model routes (`_tiers_for`); a tier without test
     outcomes is one line."""
-    from training.data import split_log, too_few_outcomes
+    from training.data import cannot_compare_tiers, split_log, too_few_outcomes
 
     split = split_log(_load_log(s, tier_cfg), tier_cfg, s.test_size, s.seed)
     _check_costs(f"{s.outcomes_path} (its held-out prompts)", split.table.costs[split.test].ravel())
-    if (short := too_few_outcomes(split, "test", minimum=1)) is not None:
+    short = too_few_outcomes(split, "test", minimum=1) or cannot_compare_tiers(split)
+    if short is not None:
         tiers_used = s.tiers_path if s.tiers_path.is_file() else "the model's tiers"
         _fail(f"{s.outcomes_path} with {tiers_used}: {short}")
     return split
@@ -697,7 +723,7 @@ def build_embedder(
     from training.distill_static import build_static
     from training.onnx_export import export_onnx, missing_build_deps
 
-    s = get_settings()
+    s = _environment()
     out_dir = out or s.cache_dir / "onnx"
     missing = missing_build_deps()
     if missing:
@@ -746,7 +772,7 @@ def show_settings(
     ] = None,
 ) -> None:
     """Print the effective settings (environment and defaults): where the stores, caches and inputs are."""
-    values = get_settings().model_dump(mode="json")
+    values = _environment().model_dump(mode="json")
     values["api_keys"] = f"{len(values['api_keys'])} key(s)"
     if name is not None:
         if name not in values:
@@ -766,7 +792,7 @@ def data(
     from training.datasets import fetch_data
 
     _setup_logging()
-    s = get_settings()
+    s = _environment()
     try:
         typer.echo(fetch_data(source or s.data_dir, Path("data"), s.cache_dir))
     except (OSError, OutcomeLogError) as exc:

@@ -98,6 +98,31 @@ def too_few_outcomes(split: Split, part: str = "training", minimum: int = MIN_TI
     )
 
 
+def cannot_compare_tiers(split: Split) -> str | None:
+    """Why the split's held-out prompts cannot compare its tiers, in words; None when they can.
+
+    The evaluation (and so the champion gate) prices each tier's quality against its cost on the same prompts: it
+    needs two tiers, held-out prompts with an outcome of every tier's model, and tiers that differ in cost there.
+    A production log (only the served tier's outcome) has no such prompts: it trains beside a log that does."""
+    if len(split.tiers.tiers) < 2:
+        return "the tiers file has one tier; routing chooses between at least two"
+    table = split.table
+    complete = split.test & np.isfinite(table.scores).all(axis=1) & np.isfinite(table.costs).all(axis=1)
+    if not complete.any():
+        return (
+            "no held-out prompt has an outcome of every tier's model; the evaluation compares the tiers on the same "
+            "prompts: log some prompts on every tier (a log of served traffic has only the served tier's outcome: "
+            "train it beside one that has, as --from-store does with --outcomes)"
+        )
+    means = table.costs[complete].mean(axis=0)
+    if np.ptp(means) <= 1e-12 * max(float(np.abs(means).max()), 1e-300):
+        return (
+            f"every tier's mean cost on the held-out prompts is ${float(means[0]):.6g}; tierwise weighs quality "
+            "against cost, so the tiers' models must differ in what they cost"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class Pool:
     """Outcome logs pooled for the shared difficulty: one row per prompt, every model's score (NaN where unseen).

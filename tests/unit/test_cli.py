@@ -403,3 +403,67 @@ def test_route_one_prompt_falls_back_out_of_distribution_as_the_service_does(
     assert decision["reason"].startswith("out of distribution") == ood, decision
     if ood:
         assert decision["tier"] == "brain"  # the priciest tier: the documented conservative choice
+
+
+def _one_model_per_prompt(log):
+    """A log of served traffic: each prompt has the outcome of one model only (the one it was routed to)."""
+    models = sorted(log["model"].unique())
+    index = log["prompt_id"].str[1:].astype(int)
+    return log[log["model"] == [models[i % len(models)] for i in index]].reset_index(drop=True)
+
+
+@pytest.mark.parametrize(
+    ("shape", "says"),
+    [
+        ("served traffic", "no held-out prompt has an outcome of every tier's model"),  # was an IndexError
+        ("equal costs", "every tier's mean cost on the held-out prompts is $0.002"),  # a ValueError (max_cost)
+        ("one tier", "the tiers file has one tier"),
+        ("24 prompts", "training prompts; the novelty check"),  # passed the size check, then a ValueError
+    ],
+)
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_log_that_cannot_compare_tiers_is_one_line_before_any_fit(
+    tmp_path, artifact_dir, monkeypatch, shape, says, command
+):
+    monkeypatch.setenv("TIERWISE_POOL_PATHS", "[]")
+    get_settings.cache_clear()
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    # 24 prompts: every tier keeps enough outcomes (the booster's minimum) in the 17 training prompts
+    log = make_log(300 if shape != "24 prompts" else 24, seed=3)
+    if shape == "served traffic":
+        log = _one_model_per_prompt(log)
+    if shape == "equal costs":
+        log["cost_usd"] = 0.002
+    path = tmp_path / "log.parquet"
+    log.to_parquet(path)
+    tiers = tmp_path / "t.toml"
+    if shape == "one tier":
+        tiers.write_text('[[tiers]]\nname = "only"\nmodel = "small"\ninput_per_1m = 1\noutput_per_1m = 1\n')
+        log[log["model"] == "small"].to_parquet(path)
+    else:
+        write_tiers(tiers)
+    if command == "evaluate" and shape in ("24 prompts", "one tier"):
+        pytest.skip("evaluate fits nothing (the novelty reference is training's) and keeps the model's tiers")
+    args = [command, "--outcomes", str(path), "--tiers", str(tiers)]
+    if command == "evaluate":
+        args += ["--model-uri", str(artifact_dir)]
+    res = runner.invoke(cli.app, args)
+    assert res.exit_code == 2, res.output
+    assert says in res.output and "Traceback" not in res.output, res.output
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("TIERWISE_SEED", "abc", "TIERWISE_SEED: Input should be a valid integer"),
+        ("TIERWISE_EMBEDDER", "foo", "TIERWISE_EMBEDDER: Input should be"),
+        ("TIERWISE_POOL_PATHS", "notjson", 'error parsing value for field "pool_paths"'),
+    ],
+)
+@pytest.mark.parametrize("command", [["settings"], ["route", "hi"]])
+def test_a_bad_environment_value_is_one_line_naming_the_variable(monkeypatch, variable, value, says, command):
+    monkeypatch.setenv(variable, value)
+    get_settings.cache_clear()
+    res = runner.invoke(cli.app, command)
+    assert res.exit_code == 2 and says in res.output and "Traceback" not in res.output, res.output
+    assert "default_factory_not_called" not in res.output
