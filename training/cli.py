@@ -123,6 +123,8 @@ def _input_errors() -> Iterator[None]:
         _fail(f"{exc.filename}: {exc.strerror or exc}")
     except sa.exc.ArgumentError as exc:
         _fail(f"not a database URL: {exc}")
+    except ModuleNotFoundError as exc:  # a database URL's driver (mysql://: MySQLdb), or an extra not installed
+        _fail(f"{exc}: install it (a database URL's driver, or pip install 'tierwise[train]')")
     except sa.exc.DatabaseError as exc:
         cause = exc.orig if exc.orig is not None else exc
         _fail(f"the database refused: {type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}")
@@ -159,6 +161,20 @@ def _settings(**overrides: Any) -> Settings:
         field = str(err["loc"][0])
         _fail(f"{FLAG_OF_FIELD.get(field, '--' + field.replace('_', '-'))}: {err['msg']}")
         raise
+
+
+def _tracking(s: Settings) -> None:
+    """Point MLflow at the settings' tracking store (training.tracking.configure); a URI MLflow cannot use (no
+    scheme it knows, a database driver not installed) is one line naming it."""
+    from mlflow.exceptions import MlflowException
+
+    from training import tracking
+
+    try:
+        tracking.configure(s.mlflow_tracking_uri, s.experiment_name)
+    except (MlflowException, ImportError) as exc:
+        uri, why = _without_password(s.mlflow_tracking_uri), (str(exc).strip().splitlines() or [""])[0][:300]
+        _fail(f"MLFLOW_TRACKING_URI {uri}: MLflow cannot use it: {type(exc).__name__}: {why}")
 
 
 def _without_password(url: str) -> str:
@@ -324,6 +340,7 @@ def train(
             f"{s.outcomes_path} with {s.tiers_path}: {n_prompts} training prompts; the novelty check (is a prompt "
             f"like the ones trained on?) needs at least {least}"
         )
+    _tracking(s)  # before the fit: a tracking store MLflow cannot use fails at once
     artifact = train_router(split, embedder, cache, features, model, pool)
     evaluation = evaluate_artifact(artifact, split, embedder, cache, s.seed)
     from training.trust import trust_metrics, with_trust
@@ -331,7 +348,6 @@ def train(
     artifact = with_trust(artifact, split, embedder, cache, evaluation, s.seed, pool)  # novelty reference, guarantee
     artifact = with_default_knob(artifact, split, embedder, cache)  # the operating point the service routes with
     evaluation.metrics.update(trust_metrics(artifact))
-    tracking.configure(s.mlflow_tracking_uri, s.experiment_name)
     champion_aiq = tracking.champion_aiq(
         s.registered_model, split, cache, s.seed, lambda backend: _embedder(s, backend), alias=s.model_alias
     )
@@ -375,7 +391,7 @@ def promote(
     from training import tracking
 
     s = _settings()
-    tracking.configure(s.mlflow_tracking_uri, s.experiment_name)
+    _tracking(s)
     try:
         tracking.promote(s.registered_model, version, s.model_alias)
     except MlflowException as exc:
@@ -396,7 +412,7 @@ def _load_artifact(s: Settings, model_uri: str | None) -> RouterArtifact:
     from training import tracking  # MLflow (about a second of imports): only for a registry URI
 
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bar above the answer
-    tracking.configure(s.mlflow_tracking_uri, s.experiment_name)
+    _tracking(s)
     uri = model_uri or f"models:/{s.registered_model}@{s.model_alias}"
     try:
         with tempfile.TemporaryDirectory() as tmp:

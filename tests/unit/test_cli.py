@@ -467,3 +467,24 @@ def test_a_bad_environment_value_is_one_line_naming_the_variable(monkeypatch, va
     res = runner.invoke(cli.app, command)
     assert res.exit_code == 2 and says in res.output and "Traceback" not in res.output, res.output
     assert "default_factory_not_called" not in res.output
+
+
+@pytest.mark.parametrize("uri", ["notaurl://", "mysql://u@127.0.0.1/x"])
+def test_a_tracking_store_mlflow_cannot_use_is_one_line_before_any_fit(tmp_path, monkeypatch, uri):
+    """It was a traceback (UnsupportedModelRegistryStoreURIException, or the driver's ModuleNotFoundError), in train
+    only after the embedding, the fit and the evaluation."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("TIERWISE_POOL_PATHS", "[]")
+    get_settings.cache_clear()
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+
+    def no_fit(*a, **k):
+        raise AssertionError("fitted before the tracking store was checked")
+
+    monkeypatch.setattr("training.fit.train_router", no_fit)
+    path = tmp_path / "log.parquet"
+    make_log(60).to_parquet(path)
+    for args in (["train", "--outcomes", str(path), "--tiers", str(write_tiers(tmp_path / "t.toml"))], ["route", "hi"]):
+        res = runner.invoke(cli.app, args)
+        assert res.exit_code == 2, res.output
+        assert f"MLFLOW_TRACKING_URI {uri}: MLflow cannot use it" in res.output and "Traceback" not in res.output
