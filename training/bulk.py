@@ -21,6 +21,7 @@ from router.policy import Decision
 from router.routing import Router
 from router.schema import OutcomeLogError, iter_jsonl_objects
 from router.task_hint import MAX_TASK_CHARS
+from router.text import is_unicode_text
 
 Row = dict[str, Any]  # {"prompt_id": str, "prompt": str, "task": str | None}
 Record = dict[str, Any]
@@ -64,6 +65,8 @@ def _row(path: Path, rec: dict[str, Any], row: int) -> Row:
     prompt = rec.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise OutcomeLogError(path, "expected a non-empty prompt", row=row, column="prompt")
+    if not is_unicode_text(prompt):
+        raise OutcomeLogError(path, "the prompt is not valid Unicode (a lone surrogate)", row=row, column="prompt")
     task = rec.get("task")
     if task is not None and (not isinstance(task, str) or len(task) > MAX_TASK_CHARS):
         raise OutcomeLogError(

@@ -30,6 +30,7 @@ from router.model import DifficultyModel
 from router.novelty import NoveltyReference
 from router.routing import Router
 from router.schema import OutcomeLogError, TiersConfig, TiersConfigError, load_outcomes, load_tiers
+from router.text import is_unicode_text
 from training.bulk import decision_records, read_chunks
 
 if TYPE_CHECKING:
@@ -652,6 +653,8 @@ def route(
         _fail("give either a PROMPT or --batch FILE")
     if prompt is not None and not prompt.strip():
         _fail("the prompt is empty")
+    if prompt is not None and not is_unicode_text(prompt):
+        _fail("the prompt is not valid UTF-8 text (bytes UTF-8 cannot decode, or a lone surrogate)")
     if dask is not None and batch is None:
         _fail("--dask routes a --batch file")
     _output_file("--out", out)

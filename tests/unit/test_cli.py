@@ -488,3 +488,15 @@ def test_a_tracking_store_mlflow_cannot_use_is_one_line_before_any_fit(tmp_path,
         res = runner.invoke(cli.app, args)
         assert res.exit_code == 2, res.output
         assert f"MLFLOW_TRACKING_URI {uri}: MLflow cannot use it" in res.output and "Traceback" not in res.output
+
+
+def test_a_prompt_that_is_no_unicode_text_is_one_line(tmp_path, artifact_dir, monkeypatch):
+    """A lone surrogate (JSON's "\\ud800", or command-line bytes that are no UTF-8) was the tokenizer's TypeError."""
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text('{"prompt": "fine"}\n{"prompt_id": "s", "prompt": "bad \\ud800 surrogate"}\n')
+    model = ["--model-uri", str(artifact_dir)]
+    res = runner.invoke(cli.app, ["route", "--batch", str(batch), *model])
+    assert res.exit_code == 2 and "batch.jsonl, row 2, column 'prompt': the prompt is not valid Unicode" in res.output
+    res = runner.invoke(cli.app, ["route", "caf\udce9 prompt", *model])  # b"caf\xe9" as Python reads argv
+    assert res.exit_code == 2 and "the prompt is not valid UTF-8 text" in res.output and "Traceback" not in res.output
