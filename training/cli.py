@@ -477,6 +477,7 @@ def evaluate(
     s = _settings(outcomes_path=outcomes, tiers_path=tiers, test_size=test_size, seed=seed)
     _named_file("--tiers", tiers)
     _output_file("--json-out", json_out)
+    _check_since_days(since_days)
     if from_store:
         _evaluate_from_store(s, model_uri, since_days)
         return
@@ -526,6 +527,7 @@ def calibrate(
         _fail("--quality-share must be in (0, 1]: a share of the top tier's quality")
     if mean_cost_usd is not None and not 0 < mean_cost_usd < math.inf:
         _fail("--mean-cost-usd must be a finite number above 0")
+    _check_since_days(since_days)
     _setup_logging()
     s = _settings(outcomes_path=outcomes, tiers_path=tiers)
     _named_file("--tiers", tiers)
@@ -583,6 +585,12 @@ def _store_tier_names(s: Settings) -> list[str]:
     if s.tiers_path.is_file():
         return _load_tiers(s).names
     return _load_artifact(s, None).tier_names
+
+
+def _check_since_days(since_days: float | None) -> None:
+    """--since-days, like --older-than-days: above 0 and at most MAX_RETENTION_DAYS (inf and NaN are neither)."""
+    if since_days is not None and not 0 < since_days <= MAX_RETENTION_DAYS:
+        _fail(f"--since-days must be above 0 and at most {MAX_RETENTION_DAYS}")
 
 
 def _evaluate_from_store(s: Settings, model_uri: str | None, since_days: float | None) -> None:

@@ -157,6 +157,12 @@ def test_a_tiers_file_named_but_missing_is_an_error(tmp_path, artifact_dir, comm
         (["train", "--seed", "-1"], "--seed: Input should be greater than or equal to 0"),
         (["purge", "--older-than-days", "inf"], "--older-than-days must be above 0 and at most 100000"),
         (["purge", "--older-than-days", "nan"], "--older-than-days must be above 0 and at most 100000"),
+        # was an OverflowError traceback (inf, 1e12), a message naming no flag (nan), everything (0), or the future
+        *(
+            ([command, "--from-store", *more, "--since-days", days], "--since-days must be above 0 and at most 100000")
+            for command, more in (("evaluate", []), ("calibrate", ["--top-share", "0.3"]))
+            for days in ("inf", "1e12", "nan", "0", "-3")
+        ),
     ],
 )
 def test_out_of_range_numbers_are_one_line(args, says):
