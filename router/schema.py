@@ -270,9 +270,11 @@ def load_tiers(path: Path | str) -> TiersConfig:
     if not path.is_file():
         raise TiersConfigError(f"{path}: tiers file not found")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark, as Windows editors write
     except tomllib.TOMLDecodeError as exc:
         raise TiersConfigError(f"{path}: not valid TOML: {exc}") from None
+    except RecursionError:
+        raise TiersConfigError(f"{path}: not a tiers file: arrays or tables nested too deep to read") from None
     except UnicodeDecodeError as exc:
         raise TiersConfigError(f"{path}: not UTF-8 (byte {exc.start + 1} of the file); TOML is UTF-8") from None
     except OSError as exc:

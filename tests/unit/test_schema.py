@@ -212,3 +212,15 @@ def test_one_outcome_shape_everywhere():
     assert issubclass(Outcome, OutcomeBase) and issubclass(OutcomeRow, OutcomeBase)
     assert set(outcomes.c.keys()) == set(OutcomeRow.model_fields) | {"prompt_id", "created_at"}
     assert issubclass(OutcomeIn, OutcomeBase) and base <= set(OutcomeIn.model_fields)
+
+
+def test_a_tiers_file_nested_too_deep_or_with_a_byte_order_mark(tmp_path):
+    from tests.conftest import write_tiers
+
+    deep = tmp_path / "deep.toml"
+    deep.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(TiersConfigError, match="nested too deep"):  # was a RecursionError traceback
+        load_tiers(deep)
+    bom = tmp_path / "bom.toml"
+    bom.write_bytes(b"\xef\xbb\xbf" + write_tiers(tmp_path / "t.toml").read_bytes())  # was "not valid TOML"
+    assert load_tiers(bom).names == ["main", "mid", "brain"]
