@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import errno
 import functools
 import gc
 import json
@@ -491,7 +492,8 @@ def evaluate(
 
         what = model_uri or f"{s.registered_model}@{s.model_alias}"
         source = f"`tierwise evaluate` of {what} on {s.outcomes_path} (seed {s.seed}, test size {s.test_size})"
-        json_out.write_text(json.dumps(result_to_json(result, source), indent=1))
+        with _written("--json-out", json_out) as path:
+            path.write_text(json.dumps(result_to_json(result, source), indent=1))
 
 
 @app.command()
@@ -585,6 +587,36 @@ def _store_tier_names(s: Settings) -> list[str]:
     if s.tiers_path.is_file():
         return _load_tiers(s).names
     return _load_artifact(s, None).tier_names
+
+
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EPIPE, errno.EROFS}
+
+
+def _failed_file(exc: OSError, read: Path | None, written: Path | None) -> str:
+    """Which file an error on an open file (no filename) is about: a full disk or a closed pipe is the output's
+    (`--out`, else standard output), anything else the input's."""
+    if exc.errno in _WRITE_ERRNOS or read is None:
+        return f"--out {written}" if written is not None else "standard output"
+    return str(read)
+
+
+@contextmanager
+def _written(flag: str, target: Path) -> Iterator[Path]:
+    """Where to write `target`: a temporary file beside it, renamed onto it once written, so a failed write (a full
+    disk) leaves the old file whole; the failure is one line naming the flag and file. A target that is no regular
+    file (a device, a pipe) is written directly."""
+    direct = target.exists() and not target.is_file()
+    tmp = target if direct else target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        if not direct:
+            os.replace(tmp, target)
+    except BaseException as exc:
+        if not direct:
+            tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            _fail(f"{flag} {target}: cannot write it: {exc.strerror or exc}")
+        raise
 
 
 def _check_since_days(since_days: float | None) -> None:
@@ -698,7 +730,7 @@ def route(
     except (StaleOnnxFile, OutcomeLogError) as exc:
         _fail(str(exc))
     except OSError as exc:  # the input or the output file: a full disk, a permission, a folder gone meanwhile
-        _fail(f"{exc.filename or batch}: {exc.strerror or exc}")
+        _fail(f"{exc.filename or _failed_file(exc, batch, out)}: {exc.strerror or exc}")
     if n == 0:
         _fail(f"{batch}: no prompts")
     if out:
@@ -836,12 +868,15 @@ def import_routerbench_cmd(
 
     if out.suffix.lower() != ".parquet":
         _fail(f"--out {out}: the outcome log is written as Parquet; name it .parquet")
+    if out.is_dir():
+        _fail(f"--out {out}: is a folder, not a file")
     try:
         df = import_routerbench(raw)
     except OutcomeLogError as exc:
         _fail(str(exc))
     out.parent.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(out, index=False)
+    with _written("--out", out) as path:
+        df.to_parquet(path, index=False)
     typer.echo(
         f"wrote {len(df)} outcomes ({df['prompt_id'].nunique()} prompts, {df['model'].nunique()} models) to {out}"
     )

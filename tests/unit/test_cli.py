@@ -506,3 +506,47 @@ def test_a_prompt_that_is_no_unicode_text_is_one_line(tmp_path, artifact_dir, mo
     assert res.exit_code == 2 and "batch.jsonl, row 2, column 'prompt': the prompt is not valid Unicode" in res.output
     res = runner.invoke(cli.app, ["route", "caf\udce9 prompt", *model])  # b"caf\xe9" as Python reads argv
     assert res.exit_code == 2 and "the prompt is not valid UTF-8 text" in res.output and "Traceback" not in res.output
+
+
+def test_an_output_that_cannot_be_written_keeps_the_old_file_and_is_one_line(tmp_path, artifact_dir, monkeypatch):
+    """--json-out was written in place: a full disk left half a JSON file where the old one was, with a traceback."""
+    import pathlib
+
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    log = tmp_path / "log.parquet"
+    make_log(150).to_parquet(log)
+    out = tmp_path / "eval.json"
+    out.write_text('{"previous": "evaluation"}')
+    tiers = write_tiers(tmp_path / "t.toml")
+    args = ["evaluate", "--model-uri", str(artifact_dir), "--outcomes", str(log), "--json-out", str(out)]
+    real_write = pathlib.Path.write_text
+
+    def full_disk(self, data, *a, **k):
+        real_write(self, data[:100], *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
+    res = runner.invoke(cli.app, [*args, "--tiers", str(tiers)])
+    monkeypatch.undo()
+    assert res.exit_code == 2, res.output
+    assert f"--json-out {out}: cannot write it: No space left on device" in res.output
+    assert json.loads(out.read_text()) == {"previous": "evaluation"}
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".eval")] == []  # no temporary file left
+
+
+def test_import_routerbench_refuses_a_folder_as_its_output(tmp_path):
+    folder = tmp_path / "log.parquet"
+    folder.mkdir()
+    res = runner.invoke(cli.app, ["import-routerbench", str(tmp_path / "raw.csv"), "--out", str(folder)])
+    assert res.exit_code == 2 and "is a folder, not a file" in res.output, res.output  # was IsADirectoryError
+
+
+def test_a_full_output_is_named_not_the_input(tmp_path, artifact_dir, monkeypatch):
+    """A write error on an open file has no filename: it was blamed on the --batch file (or printed as "None")."""
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text('{"prompt": "easy question 1: alpha"}\n')
+    res = runner.invoke(
+        cli.app, ["route", "--batch", str(batch), "--out", "/dev/full", "--model-uri", str(artifact_dir)]
+    )
+    assert res.exit_code == 2 and "--out /dev/full: No space left on device" in res.output, res.output
