@@ -206,6 +206,9 @@ class DifficultyModel(BoostParams):
             "n_features_in": self.n_features_in_,
             "calibrators": self.calibrators_,
             "easiness_calibration": self.easiness_calibration_,
+            # Which tiers have a booster file: a missing one is a damaged model, and a stray one (a folder written
+            # over) is not read (models saved before this key: whichever files are there).
+            "boosters": [booster is not None for booster in self.boosters_],
         }
         (directory / "difficulty_model.json").write_text(json.dumps(meta, indent=1))
 
@@ -222,10 +225,17 @@ class DifficultyModel(BoostParams):
         model.easiness_calibration_ = [(float(a), float(b)) for a, b in meta.get("easiness_calibration", [])]
         shared_dir = directory / "shared_difficulty"
         model.shared_ = SharedDifficulty.load(shared_dir) if shared_dir.is_dir() else None
-        model.boosters_ = [
-            lgb.Booster(model_file=str(path)) if (path := directory / f"tier_{j}.txt").is_file() else None
-            for j in range(len(model.tier_names_))
-        ]
+        paths = [directory / f"tier_{j}.txt" for j in range(len(model.tier_names_))]
+        saved = meta.get("boosters") or [path.is_file() for path in paths]
+        missing = [path.name for path, has in zip(paths, saved, strict=True) if has and not path.is_file()]
+        if missing:
+            raise ValueError(f"{directory}: {', '.join(missing)} missing: the model is incomplete")
+        try:
+            model.boosters_ = [
+                lgb.Booster(model_file=str(path)) if has else None for path, has in zip(paths, saved, strict=True)
+            ]
+        except lgb.basic.LightGBMError as exc:
+            raise ValueError(f"{directory}: a booster file is damaged: {exc}") from None
         return model
 
 

@@ -408,7 +408,8 @@ def _load_artifact(s: Settings, model_uri: str | None) -> RouterArtifact:
 
         try:
             return RouterArtifact.load(find_artifact(model_uri))
-        except (OSError, ValueError, KeyError, TypeError) as exc:  # no router.json, or one that is no model's
+        # No router.json, one that is no model's, or damaged parts (a JSON file holding a list: AttributeError)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             _fail(f"--model-uri {model_uri}: not a tierwise model folder ({type(exc).__name__}: {exc})")
             raise
     from training import tracking  # MLflow (about a second of imports): only for a registry URI

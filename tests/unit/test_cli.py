@@ -550,3 +550,33 @@ def test_a_full_output_is_named_not_the_input(tmp_path, artifact_dir, monkeypatc
         cli.app, ["route", "--batch", str(batch), "--out", "/dev/full", "--model-uri", str(artifact_dir)]
     )
     assert res.exit_code == 2 and "--out /dev/full: No space left on device" in res.output, res.output
+
+
+@pytest.mark.parametrize("damage", ["booster deleted", "booster garbled", "json a list", "stray booster"])
+def test_a_damaged_model_folder_is_one_line_or_read_as_saved(tmp_path, artifact_dir, monkeypatch, damage):
+    """A garbled booster (LightGBMError) or a part holding a JSON list (AttributeError) was a traceback; a deleted
+    booster was read as no booster (the tier predicted 0.5, exit 0); a stray file from an older model was read."""
+    import shutil
+
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    before = runner.invoke(cli.app, ["route", "easy question 1: alpha", "--model-uri", str(artifact_dir)])
+    assert before.exit_code == 0, before.output
+    parts = artifact_dir / "difficulty_model"
+    if damage == "booster deleted":
+        (parts / "tier_0.txt").unlink()
+    elif damage == "booster garbled":
+        (parts / "tier_0.txt").write_text("not a booster")
+    elif damage == "json a list":
+        (parts / "difficulty_model.json").write_text("[]")
+    else:  # a booster file the saved model does not list (a model written over an older one's folder)
+        meta = json.loads((parts / "difficulty_model.json").read_text())
+        meta["boosters"][0] = False
+        (parts / "difficulty_model.json").write_text(json.dumps(meta))
+        shutil.copy(parts / "tier_1.txt", parts / "tier_0.txt")
+    res = runner.invoke(cli.app, ["route", "easy question 1: alpha", "--model-uri", str(artifact_dir)])
+    if damage == "stray booster":
+        assert res.exit_code == 0 and RouterArtifact.load(artifact_dir).model.boosters_[0] is None, res.output
+        return
+    assert res.exit_code == 2 and "not a tierwise model folder" in res.output and "Traceback" not in res.output
+    if damage.startswith("booster"):
+        assert "tier_0.txt" in res.output or "booster file is damaged" in res.output, res.output
