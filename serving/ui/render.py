@@ -7,6 +7,8 @@ from pathlib import Path
 
 from fastapi.templating import Jinja2Templates
 
+from serving.schemas import MAX_CAP_USD
+
 UI_DIR = Path(__file__).resolve().parent
 
 
@@ -23,6 +25,12 @@ def plain(value: float) -> str:
     return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
 
 
+def next_cap(cap: float | None) -> float:
+    """The cap a confirm form offers for a frozen session: twice its cap (1 USD with none), within the bound a cap
+    may have (MAX_CAP_USD), so the offered value is one the form accepts."""
+    return min(cap * 2, MAX_CAP_USD) if cap else 1.0
+
+
 def pct(share: float) -> str:
     return f"{share * 100:.1f}%"
 
@@ -30,5 +38,5 @@ def pct(share: float) -> str:
 @lru_cache
 def templates() -> Jinja2Templates:
     t = Jinja2Templates(directory=UI_DIR / "templates")  # autoescapes .html
-    t.env.filters.update(usd=usd, pct=pct, plain=plain)
+    t.env.filters.update(usd=usd, pct=pct, plain=plain, next_cap=next_cap)
     return t

@@ -350,3 +350,15 @@ def test_an_unusable_signing_secret_is_a_503_naming_it(
     c = client_factory(ui_secret_path=secret)
     r = c.get("/ui/login")
     assert r.status_code == 503 and str(secret) in r.json()["detail"]
+
+
+def test_the_confirm_form_offers_a_cap_it_accepts(client: TestClient) -> None:
+    """It offered twice the cap, past the 1e9 USD a cap may be for a session capped above 5e8 (refused: 422)."""
+    session = freeze(client)
+    assert client.put(f"/sessions/{session}", json={"cap_usd": 8e8}, headers=C).status_code == 200
+    html = log_in(client).get("/ui").text
+    offered = re.search(rf'/ui/sessions/{session}/confirm".*?name="new_cap_usd"[^>]*value="([^"]+)"', html, re.S)
+    assert offered is not None and float(offered.group(1)) == 1e9, html
+    r = confirm(client, session, offered.group(1))
+    assert r.status_code == 303, r.text  # type: ignore[attr-defined]
+    assert status_of(client, session) == ("open", 1e9)
