@@ -28,8 +28,9 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-UNION_MEMBER = re.compile(r"^(list|function-(after|before|wrap|plain)|model|dict)\[")
-"""How pydantic names a union member in an error's loc, e.g. `list[function-after[_check(), OutcomeIn]]`."""
+UNION_MEMBER = re.compile(r"^(list|function-(after|before|wrap|plain)|model|dict)\[|^(str|int|float|bool|none)$")
+"""How pydantic names a union member in an error's loc, e.g. `list[function-after[_check(), OutcomeIn]]`, or `str`
+for `str | list[...]`."""
 
 
 def union_member_errors(errors: list[dict[str, Any]], body: Any) -> list[dict[str, Any]]:

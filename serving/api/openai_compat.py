@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException
 from router.policy import NoTierFits
 from serving.api.lean_route import LeanRoute
 from serving.deps import Caller, RoutingDep, RuntimeDep
-from serving.errors import Invalid, OverBudget, ServiceError, not_utf8_detail, refusal_class
+from serving.errors import UNION_MEMBER, Invalid, OverBudget, ServiceError, not_utf8_detail, refusal_class
 from serving.proxy.service import Proxy, ProxyError
 from serving.proxy.wire import (
     MODEL,
@@ -39,12 +39,6 @@ SERVICE_ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
-def _union_member(part: object) -> bool:
-    """Whether a step of pydantic's error location names the member of a union it tried (`str`,
-    `list[TextPart]`), not a field: OpenAI's `param` is the field's path (`messages.0.content`)."""
-    return isinstance(part, str) and (part in ("str", "int", "float", "bool", "none") or "[" in part)
-
-
 def _openai_error(exc: Exception) -> JSONResponse:
     """Any refusal of the service as OpenAI's `{"error": {...}}` with its status."""
     if isinstance(exc, ProxyError):
@@ -58,7 +52,9 @@ def _openai_error(exc: Exception) -> JSONResponse:
             why = (err.get("ctx") or {}).get("error", "invalid")
             return JSONResponse(error_body(f"the body is not valid JSON: {why} at character {where}",
                                            "invalid_request_error", "json_invalid"), status_code=400)  # fmt: skip
-        param = ".".join(str(p) for p in err.get("loc", ())[1:] if not _union_member(p)) or None
+        # OpenAI's `param` is the field's path (`messages.0.content`), without the union members pydantic tried.
+        loc = err.get("loc", ())[1:]
+        param = ".".join(str(p) for p in loc if not (isinstance(p, str) and UNION_MEMBER.match(p))) or None
         return JSONResponse(error_body(f"{param or 'body'}: {err.get('msg', 'invalid')}", "invalid_request_error",
                                        err.get("type"), param), status_code=400)  # fmt: skip
     if isinstance(exc, OverBudget):
