@@ -108,6 +108,11 @@ def _named_file(flag: str, path: Path | None) -> None:
         _fail(f"{flag} {path}: no such file")
 
 
+def _first_line(exc: BaseException) -> str:
+    """An error's message as one line (drivers and MLflow go on with hints and links)."""
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
 @contextmanager
 def _input_errors() -> Iterator[None]:
     """What a command's inputs can raise that the command did not turn into a line of its own: a file it cannot
@@ -129,7 +134,7 @@ def _input_errors() -> Iterator[None]:
         _fail(f"{exc}: install it (a database URL's driver, or pip install 'tierwise[train]')")
     except sa.exc.DatabaseError as exc:
         cause = exc.orig if exc.orig is not None else exc
-        _fail(f"the database refused: {type(cause).__name__}: {(str(cause).splitlines() or [''])[0]}")
+        _fail(f"the database refused: {type(cause).__name__}: {_first_line(cause)}")
 
 
 FLAG_OF_FIELD = {"quality_target": "--target", "outcomes_path": "--outcomes", "tiers_path": "--tiers"}
@@ -175,8 +180,8 @@ def _tracking(s: Settings) -> None:
     try:
         tracking.configure(s.mlflow_tracking_uri, s.experiment_name)
     except (MlflowException, ImportError) as exc:
-        uri, why = _without_password(s.mlflow_tracking_uri), (str(exc).strip().splitlines() or [""])[0][:300]
-        _fail(f"MLFLOW_TRACKING_URI {uri}: MLflow cannot use it: {type(exc).__name__}: {why}")
+        uri = _without_password(s.mlflow_tracking_uri)
+        _fail(f"MLFLOW_TRACKING_URI {uri}: MLflow cannot use it: {type(exc).__name__}: {_first_line(exc)[:300]}")
 
 
 def _without_password(url: str) -> str:
@@ -479,7 +484,7 @@ def evaluate(
     s = _settings(outcomes_path=outcomes, tiers_path=tiers, test_size=test_size, seed=seed)
     _named_file("--tiers", tiers)
     _output_file("--json-out", json_out)
-    _check_since_days(since_days)
+    _check_days("--since-days", since_days)
     if from_store:
         _evaluate_from_store(s, model_uri, since_days)
         return
@@ -530,7 +535,7 @@ def calibrate(
         _fail("--quality-share must be in (0, 1]: a share of the top tier's quality")
     if mean_cost_usd is not None and not 0 < mean_cost_usd < math.inf:
         _fail("--mean-cost-usd must be a finite number above 0")
-    _check_since_days(since_days)
+    _check_days("--since-days", since_days)
     _setup_logging()
     s = _settings(outcomes_path=outcomes, tiers_path=tiers)
     _named_file("--tiers", tiers)
@@ -620,10 +625,11 @@ def _written(flag: str, target: Path) -> Iterator[Path]:
         raise
 
 
-def _check_since_days(since_days: float | None) -> None:
-    """--since-days, like --older-than-days: above 0 and at most MAX_RETENTION_DAYS (inf and NaN are neither)."""
-    if since_days is not None and not 0 < since_days <= MAX_RETENTION_DAYS:
-        _fail(f"--since-days must be above 0 and at most {MAX_RETENTION_DAYS}")
+def _check_days(flag: str, days: float | None) -> None:
+    """A number of days (--since-days, --older-than-days): above 0 and at most MAX_RETENTION_DAYS (inf and NaN are
+    neither)."""
+    if days is not None and not 0 < days <= MAX_RETENTION_DAYS:
+        _fail(f"{flag} must be above 0 and at most {MAX_RETENTION_DAYS}")
 
 
 def _evaluate_from_store(s: Settings, model_uri: str | None, since_days: float | None) -> None:
@@ -660,8 +666,7 @@ def purge(
     """Delete decisions and outcomes past the retention period from the decision store (run it from cron)."""
     from training.ope_cli import purge as purge_store
 
-    if older_than_days is not None and not 0 < older_than_days <= MAX_RETENTION_DAYS:
-        _fail(f"--older-than-days must be above 0 and at most {MAX_RETENTION_DAYS}")
+    _check_days("--older-than-days", older_than_days)
     try:
         typer.echo(purge_store(_settings(), older_than_days))
     except ValueError as exc:

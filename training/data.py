@@ -27,6 +27,11 @@ class PromptTable:
     model_scores: pd.DataFrame  # (n, all models) for the best-single-model baseline
     model_costs: pd.DataFrame
 
+    @property
+    def complete(self) -> np.ndarray:
+        """The prompts with every tier's score and cost: the ones tiers can be compared on."""
+        return np.asarray(np.isfinite(self.scores).all(axis=1) & np.isfinite(self.costs).all(axis=1))
+
 
 def pivot_log(log: pd.DataFrame, tiers: TiersConfig) -> PromptTable:
     """One row per prompt_id with the realised score and cost of each tier (and of every model)."""
@@ -107,7 +112,7 @@ def cannot_compare_tiers(split: Split) -> str | None:
     if len(split.tiers.tiers) < 2:
         return "the tiers file has one tier; routing chooses between at least two"
     table = split.table
-    complete = split.test & np.isfinite(table.scores).all(axis=1) & np.isfinite(table.costs).all(axis=1)
+    complete = split.test & table.complete
     if not complete.any():
         return (
             "no held-out prompt has an outcome of every tier's model; the evaluation compares the tiers on the same "

@@ -120,8 +120,7 @@ def evaluate_router(
     get `n_boot` paired bootstrap draws over prompts (decisions fixed, prompts resampled): the CIs in the table
     and the evidence the champion gate reads.
     """
-    complete = np.isfinite(table.scores).all(axis=1) & np.isfinite(table.costs).all(axis=1)
-    sel = test & complete
+    sel = test & table.complete
     S, C = table.scores[sel], table.costs[sel]
     P, PC = pred[sel[test]], pred_cost[sel[test]]
     names = tiers.names
@@ -321,7 +320,7 @@ def calibrate_default_knob(
 
 def held_out_knob(router: Router, split: Split, goal: KnobGoal = DEFAULT_GOAL) -> DefaultKnob:
     """The operating point for `goal`, calibrated on the split's complete held-out prompts."""
-    sel = split.test & np.isfinite(split.table.scores).all(axis=1) & np.isfinite(split.table.costs).all(axis=1)
+    sel = split.test & split.table.complete
     prompts = split.table.prompts["prompt"][sel].tolist()
     pred, cost = router.score(prompts)
     S, C = split.table.scores[sel], split.table.costs[sel]

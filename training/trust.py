@@ -57,7 +57,7 @@ def fit_guarantee(
     Reuses the evaluation's test predictions when they cover the same prompts, else scores them again.
     """
     table = split.table
-    sel = split.test & np.isfinite(table.scores).all(axis=1) & np.isfinite(table.costs).all(axis=1)
+    sel = split.test & table.complete
     if not sel.any():
         logger.warning("no held-out prompt has every tier's outcome: the model carries no quality guarantee")
         return None
