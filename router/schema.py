@@ -63,7 +63,7 @@ class Outcome(OutcomeBase):
 
 
 class OutcomeLogError(ValueError):
-    """A bad outcome log: names the file, the row (1-based data row) and the column."""
+    """A bad outcome log: names the file, the row (1-based: a data row, or a JSONL file's line) and the column."""
 
     def __init__(self, path: Path | str, message: str, row: int | None = None, column: str | None = None):
         self.path = str(path)
@@ -298,22 +298,24 @@ NUMBER_COLUMNS = ("score", "cost_usd", "tokens_in", "tokens_out", "latency_ms")
 NA_NUMBERS = ("NA", "N/A", "n/a", "NaN", "nan", "-NaN", "-nan", "NULL", "null", "None", "<NA>", "#N/A")
 
 
-def _read_table(path: Path) -> pd.DataFrame:
+def _read_table(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """The file's table, with the numbers its rows have in the file when they are not its data rows 1..n (a JSONL
+    file's line numbers: blank lines are skipped, not rows)."""
     suffix = ("".join(path.suffixes[-2:]) if path.suffix.lower() == ".gz" else path.suffix).lower()
     try:
         if suffix == ".parquet":
-            return pd.read_parquet(path)
+            return pd.read_parquet(path), None
         if suffix in (".csv", ".csv.gz"):
             # In a text column only an empty cell is missing (a prompt or id reading "NA" or "None" is that text); a
             # number column also takes the usual spellings of a missing number (R writes NA, pandas may write NaN).
             na = {c: [""] for c in TEXT_COLUMNS} | {c: ["", *NA_NUMBERS] for c in NUMBER_COLUMNS}
-            return pd.read_csv(path, keep_default_na=False, na_values=na)
+            return pd.read_csv(path, keep_default_na=False, na_values=na), None
         if suffix in (".jsonl", ".ndjson", ".jsonl.gz"):
             return _read_jsonl(path)
     except OutcomeLogError:
         raise
     except pd.errors.EmptyDataError:
-        return pd.DataFrame()
+        return pd.DataFrame(), None
     except UnicodeDecodeError:
         raise OutcomeLogError(path, _first_non_utf8_line(path)) from None
     except Exception as exc:  # any parser failure becomes one clear line
@@ -362,20 +364,29 @@ def iter_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield lineno, rec
 
 
-def _read_jsonl(path: Path) -> pd.DataFrame:
-    return pd.DataFrame.from_records([rec for _, rec in iter_jsonl_objects(path)])
+def _read_jsonl(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
+    lines, records = [], []
+    for lineno, rec in iter_jsonl_objects(path):
+        lines.append(lineno)
+        records.append(rec)
+    return pd.DataFrame.from_records(records), np.asarray(lines, dtype=np.int64)
 
 
-def _first_bad(path: Path | str, mask: pd.Series, column: str, message: str) -> None:
+def _first_bad(path: Path | str, mask: pd.Series, column: str, message: str, rows: np.ndarray) -> None:
     if mask.any():
-        row = int(np.flatnonzero(mask.to_numpy())[0]) + 1
-        raise OutcomeLogError(path, message, row=row, column=column)
+        raise OutcomeLogError(path, message, row=int(rows[np.flatnonzero(mask.to_numpy())[0]]), column=column)
 
 
-def validate_outcomes(df: pd.DataFrame, path: Path | str, known_models: Iterable[str] | None = None) -> pd.DataFrame:
+def validate_outcomes(
+    df: pd.DataFrame,
+    path: Path | str,
+    known_models: Iterable[str] | None = None,
+    row_numbers: np.ndarray | None = None,
+) -> pd.DataFrame:
     """Check a raw outcome table against the contract; return it with canonical dtypes.
 
-    Rows are numbered from 1, counting data rows (not the header).
+    Errors name a row by `row_numbers` (its number in the file, e.g. a JSONL line), by default counting data rows
+    from 1 (not the header).
     """
     if df.empty:
         raise OutcomeLogError(path, "the outcome log is empty")
@@ -383,34 +394,38 @@ def validate_outcomes(df: pd.DataFrame, path: Path | str, known_models: Iterable
     if missing:
         raise OutcomeLogError(path, f"missing required column(s) {missing}", column=missing[0])
     df = df.reset_index(drop=True)
+    rows = np.arange(1, len(df) + 1) if row_numbers is None else row_numbers
+
+    def first_bad(mask: pd.Series, column: str, message: str) -> None:
+        _first_bad(path, mask, column, message, rows)
+
     for col in ("prompt_id", "prompt", "model"):
         nested = df[col].map(lambda v: isinstance(v, list | tuple | dict | np.ndarray))
-        _first_bad(path, nested, col, f"{col} must be text, not a list or an object")  # was written as its repr
-        _first_bad(path, df[col].isna(), col, "value is missing")
+        first_bad(nested, col, f"{col} must be text, not a list or an object")  # was written as its repr
+        first_bad(df[col].isna(), col, "value is missing")
         df[col] = df[col].astype(str)
-    _first_bad(path, df["prompt"].str.strip().eq(""), "prompt", "prompt is empty")
-    _first_bad(path, df["model"].str.strip().eq(""), "model", "model is empty")
-    _one_text_per_prompt_id(path, df)
+    first_bad(df["prompt"].str.strip().eq(""), "prompt", "prompt is empty")
+    first_bad(df["model"].str.strip().eq(""), "model", "model is empty")
+    _one_text_per_prompt_id(path, df, rows)
     for col, lo, hi in (("score", 0.0, 1.0), ("cost_usd", 0.0, np.inf)):
         values = pd.to_numeric(df[col], errors="coerce")
-        _first_bad(path, values.isna() & df[col].notna(), col, f"not a number: {col}")
-        _first_bad(path, values.isna(), col, f"{col} is missing or NaN")
+        first_bad(values.isna() & df[col].notna(), col, f"not a number: {col}")
+        first_bad(values.isna(), col, f"{col} is missing or NaN")
         if col == "score":
-            _first_bad(path, (values < lo) | (values > hi), col, "score must be in [0, 1]")
+            first_bad((values < lo) | (values > hi), col, "score must be in [0, 1]")
         else:
-            _first_bad(path, values < lo, col, "cost_usd must be >= 0")
-            _first_bad(path, ~np.isfinite(values), col, "cost_usd must be finite")
+            first_bad(values < lo, col, "cost_usd must be >= 0")
+            first_bad(~np.isfinite(values), col, "cost_usd must be finite")
         df[col] = values.astype(float)
     for col in ("tokens_in", "tokens_out", "latency_ms"):
         if col in df.columns:
             values = pd.to_numeric(df[col], errors="coerce")
-            _first_bad(path, values.isna() & df[col].notna(), col, f"not a number: {col}")
-            _first_bad(path, values < 0, col, f"{col} must be >= 0")
+            first_bad(values.isna() & df[col].notna(), col, f"not a number: {col}")
+            first_bad(values < 0, col, f"{col} must be >= 0")
             df[col] = values
     if known_models is not None:
         known = set(known_models)
-        _first_bad(
-            path,
+        first_bad(
             ~df["model"].isin(known),
             "model",
             "model is not in the tiers config (no tier uses it and [models] does not list it)",
@@ -419,7 +434,7 @@ def validate_outcomes(df: pd.DataFrame, path: Path | str, known_models: Iterable
     return df[keep]
 
 
-def _one_text_per_prompt_id(path: Path | str, df: pd.DataFrame) -> None:
+def _one_text_per_prompt_id(path: Path | str, df: pd.DataFrame, rows: np.ndarray) -> None:
     """A prompt_id names one prompt: a row giving an earlier row's prompt_id another text is refused, naming both."""
     first_text = df.groupby("prompt_id", sort=False)["prompt"].transform("first")
     other = df["prompt"].ne(first_text).to_numpy()
@@ -429,8 +444,8 @@ def _one_text_per_prompt_id(path: Path | str, df: pd.DataFrame) -> None:
         first_row = int(np.flatnonzero(df["prompt_id"].eq(prompt_id).to_numpy())[0])
         raise OutcomeLogError(
             path,
-            f"prompt_id '{prompt_id}' has another prompt text than in row {first_row + 1}: one prompt_id, one prompt",
-            row=row + 1,
+            f"prompt_id '{prompt_id}' has another prompt text than in row {rows[first_row]}: one prompt_id, one prompt",
+            row=int(rows[row]),
             column="prompt",
         )
 
@@ -455,8 +470,8 @@ def load_outcomes(path: Path | str, tiers: TiersConfig | None = None) -> pd.Data
     path = Path(path)
     if not path.is_file():
         raise OutcomeLogError(path, "file not found")
-    raw = _read_table(path)
-    df = validate_outcomes(raw, path, tiers.known_models if tiers else None)
+    raw, row_numbers = _read_table(path)
+    df = validate_outcomes(raw, path, tiers.known_models if tiers else None, row_numbers)
     return deduplicate_outcomes(df)
 
 

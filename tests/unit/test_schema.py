@@ -86,6 +86,21 @@ def test_bad_jsonl_line_names_the_line(tmp_path, tiers):
         load_outcomes(path, tiers)
 
 
+def test_a_jsonl_rows_error_names_its_line_past_blank_lines(tmp_path, tiers):
+    """Blank lines are skipped, not rows: a check on a record names the line the user finds it on."""
+    records = make_log(3).to_dict("records")
+    records[2]["score"] = 7.0
+    records[1]["prompt_id"], records[1]["prompt"] = records[0]["prompt_id"], "another text"
+    lines = [json.dumps(r) for r in records]
+    path = tmp_path / "log.jsonl"
+    path.write_text(f"\n{lines[0]}\n\n{lines[2]}\n")
+    with pytest.raises(OutcomeLogError, match=r"row 4, column 'score'.*score must be in"):
+        load_outcomes(path, tiers)
+    path.write_text(f"{lines[0]}\n   \n\n{lines[1]}\n")
+    with pytest.raises(OutcomeLogError, match=r"row 4, column 'prompt'.*than in row 1:"):
+        load_outcomes(path, tiers)
+
+
 def test_duplicates_are_averaged(tmp_path, tiers):
     log = make_log(5)
     dup = log.iloc[[0]].copy()
