@@ -364,9 +364,24 @@ def iter_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield lineno, rec
 
 
+def is_unicode_text(text: str) -> bool:
+    """Whether `text` is Unicode a tokenizer and a store take: no lone surrogate (JSON's "\\ud800", or a command
+    line's bytes that are no UTF-8, which Python keeps as surrogates)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _read_jsonl(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     lines, records = [], []
     for lineno, rec in iter_jsonl_objects(path):
+        for column, value in rec.items():
+            if isinstance(value, str) and not is_unicode_text(value):
+                raise OutcomeLogError(
+                    path, "not valid Unicode text (a lone surrogate such as \\ud800)", row=lineno, column=column
+                )
         lines.append(lineno)
         records.append(rec)
     return pd.DataFrame.from_records(records), np.asarray(lines, dtype=np.int64)

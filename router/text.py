@@ -10,16 +10,6 @@ import numpy as np
 from router.schema import CHARS_PER_TOKEN
 
 
-def is_unicode_text(text: str) -> bool:
-    """Whether `text` is Unicode a tokenizer and a store take: no lone surrogate (JSON's "\\ud800", or a command
-    line's bytes that are no UTF-8, which Python keeps as surrogates)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def normalize_text(prompt: str) -> str:
     """Collapse whitespace runs so that layout changes never change a prompt's features."""
     return " ".join(prompt.split())

@@ -19,9 +19,8 @@ import pyarrow.parquet as pq
 
 from router.policy import Decision
 from router.routing import Router
-from router.schema import OutcomeLogError, iter_jsonl_objects
+from router.schema import OutcomeLogError, is_unicode_text, iter_jsonl_objects
 from router.task_hint import MAX_TASK_CHARS
-from router.text import is_unicode_text
 
 Row = dict[str, Any]  # {"prompt_id": str, "prompt": str, "task": str | None}
 Record = dict[str, Any]

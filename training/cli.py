@@ -30,8 +30,7 @@ from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.novelty import NoveltyReference
 from router.routing import Router
-from router.schema import OutcomeLogError, TiersConfig, TiersConfigError, load_outcomes, load_tiers
-from router.text import is_unicode_text
+from router.schema import OutcomeLogError, TiersConfig, TiersConfigError, is_unicode_text, load_outcomes, load_tiers
 from training.bulk import decision_records, read_chunks
 
 if TYPE_CHECKING:

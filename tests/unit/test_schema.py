@@ -239,3 +239,13 @@ def test_a_tiers_file_nested_too_deep_or_with_a_byte_order_mark(tmp_path):
     bom = tmp_path / "bom.toml"
     bom.write_bytes(b"\xef\xbb\xbf" + write_tiers(tmp_path / "t.toml").read_bytes())  # was "not valid TOML"
     assert load_tiers(bom).names == ["main", "mid", "brain"]
+
+
+def test_a_lone_surrogate_in_a_jsonl_log_names_its_line_and_column(tmp_path, tiers):
+    """JSON may escape a lone surrogate ("\\ud800"), which no store or tokenizer takes: named, not a parser's crash."""
+    lines = [json.dumps(r) for r in make_log(2).to_dict("records")]
+    lines[1] = lines[1].replace('"prompt": "', '"prompt": "\\ud800', 1)
+    path = tmp_path / "log.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(OutcomeLogError, match=r"row 2, column 'prompt': not valid Unicode text"):
+        load_outcomes(path, tiers)
