@@ -8,10 +8,13 @@ carries a CSRF token derived from that session.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from serving.api.sessions import SessionPath, confirm_session
@@ -36,7 +39,26 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
 }
 
-router = APIRouter(prefix="/ui", include_in_schema=False)
+
+class PageRoute(APIRoute):
+    """A route of the page: a request FastAPI's checks refuse (a query parameter given twice, a session id no
+    session may have, a form field over its limit) is answered with a refusal page a browser shows, not JSON."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def page_or_refusal(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except RequestValidationError as exc:
+                first = exc.errors()[0]
+                where = " ".join(str(part) for part in first.get("loc", ()))
+                return refusal(request, 400, f"{where}: {first.get('msg', 'refused')}")
+
+        return page_or_refusal
+
+
+router = APIRouter(prefix="/ui", include_in_schema=False, route_class=PageRoute)
 
 SESSION_FILTERS = ("all", "open", "frozen")
 MAX_OFFSET = 10**9

@@ -301,7 +301,28 @@ def test_a_form_field_over_its_limit_is_not_called_a_content_type_error(client: 
     csrf = csrf_of(c.get("/ui/login").text)  # the same token the logged-in page's forms carry
     log_in(c)
     r = c.post("/ui/sessions/s/confirm", data={"new_cap_usd": "1" * 100, "csrf": csrf})
-    assert r.status_code == 422 and r.json()["detail"][0]["loc"][:1] == ["body"], r.text  # not a 415
+    assert r.status_code == 400 and r.headers["content-type"].startswith("text/html"), r.text  # not a 415
+    assert "body new_cap_usd: String should have at most 64 characters" in r.text
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "named"),
+    [
+        ("get", "/ui?sessions=all&sessions=frozen", "query sessions: given more than once"),
+        ("get", "/ui?offset=1&offset=2", "query offset: given more than once"),
+        ("post", "/ui/sessions/a%20b/confirm", "path session_id: String should match pattern"),
+    ],
+)
+def test_a_request_fastapi_refuses_is_a_400_page_naming_it(
+    client: TestClient, method: str, path: str, named: str
+) -> None:
+    """A browser shows a page, not JSON: a repeated query parameter or a session id no session may have."""
+    c = TestClient(client.app, follow_redirects=False)
+    csrf = csrf_of(c.get("/ui/login").text)
+    log_in(c)
+    r = c.request(method, path, data={"new_cap_usd": "1", "csrf": csrf} if method == "post" else None)
+    assert r.status_code == 400 and r.headers["content-type"].startswith("text/html"), r.text
+    assert named in r.text and r.headers["Content-Security-Policy"] == CSP
 
 
 def test_two_login_tabs_both_work(client: TestClient) -> None:
