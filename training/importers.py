@@ -73,13 +73,18 @@ def import_routerbench_frame(wide: pd.DataFrame, path: Path | str = "<routerbenc
     ]
     if not models:
         raise OutcomeLogError(path, "no '<model>|total_cost' columns with a matching score column")
+    prompts = wide["prompt"].astype(str).map(_prompt_text)
+    # Checked by the file's row, as the scores are: the log's own check would name a row of the reshaped table.
+    for mask, message in ((wide["prompt"].isna(), "value is missing"), (prompts.str.strip().eq(""), "prompt is empty")):
+        if mask.any():
+            raise OutcomeLogError(path, message, row=int(np.flatnonzero(mask.to_numpy())[0]) + 1, column="prompt")
     base = pd.DataFrame(
         {
             "prompt_id": [
                 f"{sid}@{hashlib.sha1(str(raw).encode()).hexdigest()[:8]}"
                 for sid, raw in zip(wide["sample_id"], wide["prompt"], strict=True)
             ],
-            "prompt": wide["prompt"].astype(str).map(_prompt_text),
+            "prompt": prompts,
             "category": wide["eval_name"].astype(str),
         }
     )

@@ -44,6 +44,8 @@ def test_wide_frame_to_long_rows():
         ("m2", [0.0, "yes"], r"row 2, column 'm2': not a number: 'yes'"),  # the model was dropped silently
         ("m1", [1.0, 7.0], r"row 2, column 'm1': score must be in \[0, 1\]"),  # was named by its long-table row
         ("m1|total_cost", [0.1, -0.2], r"row 2, column 'm1\|total_cost': cost must be finite"),
+        ("prompt", ["['Q1?']", "['  ']"], r"row 2, column 'prompt': prompt is empty"),  # was the long table's row 4
+        ("prompt", ["['Q1?']", None], r"row 2, column 'prompt': value is missing"),  # was imported as the text 'None'
     ],
 )
 def test_a_bad_entry_is_named_by_its_row_and_column_in_the_file(column: str, values: list, says: str):
