@@ -71,9 +71,12 @@ def choices(body: Mapping[str, Any]) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) and n >= 1 else 1
 
 
-def worst_case(tiers: TiersConfig, tier: Tier, body: Mapping[str, Any]) -> WorstCase:
-    """The worst case of serving `tier` the request `body`, at the catalogue prices the door settles with."""
-    tokens_in, n = input_tokens(body), choices(body)
+def worst_case(tiers: TiersConfig, tier: Tier, body: Mapping[str, Any], tokens_in: int | None = None) -> WorstCase:
+    """The worst case of serving `tier` the request `body`, at the catalogue prices the door settles with.
+
+    `tokens_in`: the body's input as the door counted it already (`input_tokens`, which walks the whole conversation
+    as JSON); counted here when not given."""
+    tokens_in, n = input_tokens(body) if tokens_in is None else tokens_in, choices(body)
 
     def price(model: str) -> tuple[float, float]:
         p = tiers.models.get(model)

@@ -335,7 +335,7 @@ def prepare_for(
         if not capped:
             return body
         assert decision.session_id is not None
-        worst, want, paid = worst_case(rt.tiers, tier, body), asked_limit(body) or answer_tokens, spent()
+        worst, want, paid = worst_case(rt.tiers, tier, body, tokens_in), asked_limit(body) or answer_tokens, spent()
         held = await run_in_threadpool(
             store.grow_reservation_within,
             decision.decision_id,

@@ -33,6 +33,15 @@ def test_a_single_tier_pays_its_input_and_each_choices_answer() -> None:
     assert w.per_token_usd == pytest.approx(3 * 2.0 / 1e6)
 
 
+def test_an_input_the_door_counted_already_is_priced_as_given() -> None:
+    """The door counts a request's input once (routing and the hold price the same count): a long conversation is
+    not walked again for each tier a capped session's call may be served by."""
+    tiers = parse_tiers(TIERS_TOML)
+    body = {"messages": MESSAGES}
+    assert worst_case(tiers, tiers.tier("mid"), body, input_tokens(body)) == worst_case(tiers, tiers.tier("mid"), body)
+    assert worst_case(tiers, tiers.tier("mid"), body, 1_000_000).fixed_usd == pytest.approx(1.0)
+
+
 def test_a_fusion_tier_pays_its_members_and_a_judge_reading_their_answers() -> None:
     raw = {**TIERS_TOML, "tiers": [*TIERS_TOML["tiers"][:2], {"name": "brain", "kind": "fusion",
            "members": ["small", "medium"], "judge": "large"}]}  # fmt: skip
