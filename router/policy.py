@@ -175,10 +175,11 @@ def decide(
 
     free = choose(q, r)
     unbudgeted = allowed_tiers(c, min_tier, max_cost_usd)
-    mask = unbudgeted & allowed_tiers(c, budget_usd=budget_usd)
+    mask = unbudgeted if budget_usd is None else unbudgeted & allowed_tiers(c, budget_usd=budget_usd)
     if not mask.any():
         raise no_tier_fits(names, min_tier, max_cost_usd, budget_usd)
-    pick = choose(np.where(mask, q, -np.inf), np.where(mask, r, np.inf))
+    # Every tier allowed (most requests): the choice among them is the free one, without choosing twice.
+    pick = free if mask.all() else choose(np.where(mask, q, -np.inf), np.where(mask, r, np.inf))
     if pick == free:
         if cost_weight is not None:
             reason = (
