@@ -51,8 +51,8 @@ class PageRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as exc:
-                first = exc.errors()[0]
-                where = " ".join(str(part) for part in first.get("loc", ()))
+                first = next(iter(exc.errors()), {})
+                where = " ".join(str(part) for part in first.get("loc", ())) or "the request"
                 return refusal(request, 400, f"{where}: {first.get('msg', 'refused')}")
 
         return page_or_refusal
