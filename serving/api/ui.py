@@ -51,7 +51,7 @@ class PageRoute(APIRoute):
             try:
                 return await handler(request)
             except RequestValidationError as exc:
-                first = next(iter(exc.errors()), {})
+                first: dict[str, Any] = next(iter(exc.errors()), {})
                 where = " ".join(str(part) for part in first.get("loc", ())) or "the request"
                 return refusal(request, 400, f"{where}: {first.get('msg', 'refused')}")
 
