@@ -48,7 +48,7 @@ def measure(name: str, tiers_path: str) -> dict[str, Any]:
     emb = make_embedder("onnx-int8", onnx_dir=REPO / ".cache" / "onnx")
     cache = EmbeddingCache(REPO / ".cache" / "embeddings.sqlite")
     art = train_router(split, emb, cache, FeatureSpec(embedder_id=emb.id), DifficultyModel(n_jobs=1, random_state=0))
-    sel = split.test & np.isfinite(split.table.scores).all(axis=1) & np.isfinite(split.table.costs).all(axis=1)
+    sel = split.test & split.table.complete
     prompts = split.table.prompts["prompt"][sel].tolist()
     P, PC = Router(art, embedder=emb, cache=cache).score(prompts)
     S, C = split.table.scores[sel], split.table.costs[sel]

@@ -73,7 +73,7 @@ def score_dataset(
 ) -> Scored:
     """Train a router on the complete prompts `choose_train(categories)` marks, then score every complete prompt."""
     table = pivot_log(log[log["model"].isin([t.model for t in tiers.tiers])], tiers)
-    complete = np.isfinite(table.scores).all(axis=1) & np.isfinite(table.costs).all(axis=1)
+    complete = table.complete
     prompts = table.prompts["prompt"][complete].tolist()
     cats = table.prompts["category"].to_numpy()[complete]
     train = np.asarray(choose_train(cats), dtype=bool)

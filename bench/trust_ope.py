@@ -108,7 +108,7 @@ def build_world(log: pd.DataFrame, tiers: TiersConfig, seed: int, embedder: Any,
     """Train the router on the prompts outside a random 2,000-prompt production sample; score the sample."""
     used = log[log["model"].isin([t.model for t in tiers.tiers])]
     table = pivot_log(used, tiers)
-    complete = np.isfinite(table.scores).all(axis=1) & np.isfinite(table.costs).all(axis=1)
+    complete = table.complete
     rng = np.random.default_rng(seed)
     idx = rng.permutation(np.flatnonzero(complete))
     logged = np.zeros(len(complete), dtype=bool)
