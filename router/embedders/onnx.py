@@ -31,19 +31,22 @@ class StaleOnnxFile(RuntimeError):
 class OnnxEmbedder:
     """all-MiniLM-L6-v2 exported to ONNX (fp32 or int8), loaded on first encode.
 
-    batch_size defaults to 32 for fp32 and 1 for int8: dynamic quantization scales each MatMul input
+    batch_size defaults to 8 for fp32 and 1 for int8: dynamic quantization scales each MatMul input
     by the max over the whole batch, so batching int8 makes a text's vector depend on its neighbours
     (cosine down to 0.988 between batched and single runs). One sequence per run keeps
     encode(texts)[i] == encode([texts[i]]), so training and serving see the same vectors, and on
     this machine it was not slower.
 
-    `num_threads` (default 1) is the intra-op threads of one run, which is how one text is embedded. Many texts one
-    sequence at a time (int8) are spread over `num_threads` worker threads instead, each running one sequence on a
+    `num_threads` (default 1) is the intra-op threads of one run, which is how one text is embedded. Many texts are
+    cut into length-sorted chunks of `batch_size` that run `num_threads` at a time on worker threads, each chunk on a
     session with one intra-op thread (sessions are created per thread count on first use, so bulk-only use never
     holds the `num_threads` one, ~70 MB for int8). On 2 cores (300 routerbench prompts, against one thread) two intra-op
     threads on each sequence were 1.4-1.7x faster, two sequences at once 1.75-2.0x (`python -m bench.embed_bench`,
-    part "bulk", compares the two). A text's vector does not depend on the path (tests/unit/test_onnx_embedder.py;
-    bit for bit on the machine measured).
+    part "bulk", compares the two). For fp32, chunks of 8 on two workers embedded 1.28x as many routerbench prompts a
+    second as chunks of 32 on two intra-op threads (70.0 vs 54.7, 88% of them at the 256-token cut) and 1.22x as many
+    short ones (their last 15 words; 730 vs 600); chunks of one were as fast on the long ones (66.9) and slower
+    on the short (442) (Zen 5, 2 cores, 400 prompts, 2026-11-28). A text's vector does not depend on the path
+    (tests/unit/test_onnx_embedder.py; bit for bit on the machine measured).
     """
 
     def __init__(
@@ -118,10 +121,16 @@ class OnnxEmbedder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         return ort.InferenceSession(str(self.model_file), sess_options=options, providers=["CPUExecutionProvider"])
 
-    def _run_one(self, session: Any, token_ids: list[int]) -> np.ndarray:
-        """Embed one tokenized text: no padding, so the mask is all ones."""
-        ids = np.asarray([token_ids], dtype=np.int64)
-        out: np.ndarray = session.run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+    def _run_chunk(self, session: Any, encodings: list[Any]) -> np.ndarray:
+        """Embed tokenized texts in one run, each padded to the chunk's longest (a chunk of one is unpadded)."""
+        width = max(len(e.ids) for e in encodings)
+        ids = np.zeros((len(encodings), width), dtype=np.int64)
+        mask = np.zeros((len(encodings), width), dtype=np.int64)
+        for row, encoding in enumerate(encodings):
+            n = len(encoding.ids)
+            ids[row, :n] = encoding.ids
+            mask[row, :n] = 1
+        out: np.ndarray = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
         return out
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
@@ -130,36 +139,24 @@ class OnnxEmbedder:
         # One intra-op thread by default: serving scales with worker processes, not threads.
         threads = self.num_threads or 1
         if len(texts) == 1:
-            return self._run_one(self._session(threads), tokenizer.encode(texts[0]).ids)
+            return self._run_chunk(self._session(threads), [tokenizer.encode(texts[0])])
         result = np.zeros((len(texts), EMBEDDING_DIM), dtype=np.float32)
         if not texts:
             return result
         encodings = tokenizer.encode_batch(list(texts))
-        batch_size = self.batch_size or (1 if self.quantized else 32)
-        if batch_size == 1:
-            # Many texts one sequence at a time: `threads` worker threads, each running one sequence on the
-            # one-thread session (with threads == 1 that is the loop below, on the same session).
-            single = self._session(1)
-            workers = min(threads, len(texts))
-            if workers == 1:
-                for i, encoding in enumerate(encodings):
-                    result[i] = self._run_one(single, encoding.ids)[0]
-                return result
-            with ThreadPoolExecutor(workers, thread_name_prefix="tierwise-embed") as pool:
-                for i, vector in enumerate(pool.map(lambda e: self._run_one(single, e.ids)[0], encodings)):
-                    result[i] = vector
-            return result
-        session = self._session(threads)
-        # Length-sorted chunks: each chunk is padded only to its own longest member.
+        batch_size = self.batch_size or (1 if self.quantized else 8)
+        # Length-sorted chunks, each padded only to its own longest member, run `threads` at a time on worker
+        # threads over the one-thread session (with threads == 1, one after another on it).
         order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            width = len(encodings[chunk[-1]].ids)
-            ids = np.zeros((len(chunk), width), dtype=np.int64)
-            mask = np.zeros((len(chunk), width), dtype=np.int64)
-            for row, i in enumerate(chunk):
-                n = len(encodings[i].ids)
-                ids[row, :n] = encodings[i].ids
-                mask[row, :n] = 1
-            result[chunk] = session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        single = self._session(1)
+        workers = min(threads, len(chunks))
+        if workers == 1:
+            for chunk in chunks:
+                result[chunk] = self._run_chunk(single, [encodings[i] for i in chunk])
+            return result
+        with ThreadPoolExecutor(workers, thread_name_prefix="tierwise-embed") as pool:
+            runs = pool.map(lambda chunk: self._run_chunk(single, [encodings[i] for i in chunk]), chunks)
+            for chunk, vectors in zip(chunks, runs, strict=True):
+                result[chunk] = vectors
         return result

@@ -103,12 +103,16 @@ def test_encoding_is_deterministic(onnx_embedder: OnnxEmbedder) -> None:
     np.testing.assert_array_equal(onnx_embedder.encode(PROMPTS), onnx_embedder.encode(PROMPTS))
 
 
-@pytest.mark.parametrize("batch_size", [None, 2, 32])
-def test_batch_equals_single(onnx_dir: Path, batch_size: int | None) -> None:
-    """Padding and length-sorted chunking don't change a text's vector (fp32; int8 runs one text at a time)."""
-    embedder = OnnxEmbedder(onnx_dir / "minilm-fp32.onnx", onnx_dir / "tokenizer.json", False, batch_size=batch_size)
+@pytest.mark.parametrize(("batch_size", "num_threads"), [(None, None), (None, 2), (2, None), (2, 3), (32, 2)])
+def test_batch_equals_single(onnx_dir: Path, batch_size: int | None, num_threads: int | None) -> None:
+    """Padding, length-sorted chunking and worker threads don't change a text's vector or its place (fp32; int8 runs
+    one text at a time)."""
+    embedder = OnnxEmbedder(
+        onnx_dir / "minilm-fp32.onnx", onnx_dir / "tokenizer.json", False, num_threads, batch_size=batch_size
+    )
     single = np.vstack([embedder.encode([p]) for p in PROMPTS])
     np.testing.assert_allclose(embedder.encode(PROMPTS), single, atol=1e-5)
+    np.testing.assert_allclose(embedder.encode(PROMPTS[::-1])[::-1], single, atol=1e-5)
 
 
 @pytest.mark.parametrize("num_threads", [None, 2, 3])
