@@ -8,6 +8,10 @@ tests/unit/test_venv_install.py). A pip setting this does not know how to pass o
 a uv install that fails: pip installs instead, as before.
 
     python scripts/venv_install.py torch==2.13.0 -e ".[train]"
+    python scripts/venv_install.py --python other-venv/bin/python -r requirements.txt   # into another venv
+
+With `--python`, uv comes from (and is installed into) the venv this runs in, not the target, so the target gets
+only what is asked for.
 """
 
 from __future__ import annotations
@@ -59,10 +63,12 @@ def run(cmd: Sequence[str]) -> bool:
 
 def main(args: Sequence[str]) -> int:
     python = sys.executable
+    if args[:1] == ["--python"] and len(args) > 1:
+        python, args = args[1], args[2:]
     config = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False)
     options = uv_options(config.stdout) if config.returncode == 0 else None
-    if options is not None and run([python, "-m", "pip", "install", "-q", "uv"]):
-        if run([python, "-m", "uv", "pip", "install", "-q", "--python", python, *options, *args]):
+    if options is not None and run([sys.executable, "-m", "pip", "install", "-q", "uv"]):
+        if run([sys.executable, "-m", "uv", "pip", "install", "-q", "--python", python, *options, *args]):
             return 0
         sys.stderr.write("uv could not install these; pip will\n")
     elif options is None:

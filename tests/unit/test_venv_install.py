@@ -59,3 +59,24 @@ def test_pip_installs_when_uv_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     assert venv_install.main(["-e", ".[train]"]) == 0
     assert [c[2:4] for c in calls] == [["pip", "install"], ["uv", "pip"], ["pip", "install"], ["pip", "install"]]
     assert calls[-1][-2:] == ["-e", ".[train]"]
+
+
+def test_another_venv_gets_the_packages_and_this_one_keeps_uv(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--python: uv is installed into (and run from) this interpreter; the target gets the packages, and pip's
+    fallback installs into the target."""
+    calls: list[list[str]] = []
+
+    def run(cmd: list[str]) -> bool:
+        calls.append(cmd)
+        return cmd[2] != "uv"  # uv's install fails, so pip's fallback runs too
+
+    monkeypatch.setattr(venv_install, "run", run)
+    monkeypatch.setattr(
+        venv_install.subprocess, "run", lambda *a, **k: type("R", (), {"returncode": 0, "stdout": ""})()
+    )
+    assert venv_install.main(["--python", "/elsewhere/bin/python", "-r", "req.txt"]) == 0
+    here = venv_install.sys.executable
+    assert calls[0][:4] == [here, "-m", "pip", "install"] and calls[0][-1] == "uv"
+    assert calls[1][:3] == [here, "-m", "uv"] and calls[1][calls[1].index("--python") + 1] == "/elsewhere/bin/python"
+    assert [c[0] for c in calls[2:]] == ["/elsewhere/bin/python"] * 2
+    assert all(c[-2:] == ["-r", "req.txt"] for c in (calls[1], calls[3]))
