@@ -41,6 +41,7 @@ from scipy.stats import norm
 ESTIMATORS = ("ips", "snips", "dr", "switch")
 FOLDS = 5  # cross-fitting folds of the reward model
 MIN_CALIBRATION_ROWS = 30  # a tier with fewer served outcomes in the other folds keeps its raw prediction
+MIN_LOGGED = 30  # fewer logged decisions with outcomes than this: no estimate (the bootstrap cannot say how wrong)
 # SLOPE's intervals: value ± SLOPE_WIDTH × z × standard error. The paper's bound uses 2; 1 keeps DR more often
 # when the direct method looks biased (a biased reward model is the risk SWITCH takes).
 SLOPE_WIDTH = 1.0
@@ -178,6 +179,17 @@ def check_support(target: np.ndarray, logged: LoggedDecisions, names: Sequence[s
         f"policy picks a tier ({label}) the logging policy could not have chosen (zero propensity); "
         "log with exploration (TIERWISE_EXPLORATION_RATE > 0) to evaluate policies that differ from it"
     )
+
+
+def check_evidence(target: np.ndarray, logged: LoggedDecisions) -> None:
+    """Raise Unsupported when no logged decision was served a tier the target picks for it (an effective sample
+    size of 0): every estimate would be the reward model's predictions alone, with an interval from resampling
+    them, which reads as evidence and is none."""
+    if not (np.asarray(target)[np.arange(len(logged)), logged.action] > 0).any():
+        raise Unsupported(
+            f"none of the {len(logged)} logged decisions with an outcome was served a tier this policy picks for "
+            "it (effective sample size 0): the log holds no evidence about it"
+        )
 
 
 def weights(target: np.ndarray, logged: LoggedDecisions) -> np.ndarray:
@@ -329,12 +341,15 @@ def _prepare(
     policies: Sequence[np.ndarray], logged: LoggedDecisions, names: Sequence[str] | None, recalibrate: bool, seed: int
 ) -> tuple[LoggedDecisions, list[float]]:
     """Check support, recalibrate the reward model, and the SWITCH thresholds the policies' weights suggest."""
-    if not len(logged):
-        raise ValueError("no logged decisions with outcomes to estimate from")
+    if len(logged) < MIN_LOGGED:
+        raise ValueError(
+            f"{len(logged)} logged decisions with outcomes: off-policy estimates need at least {MIN_LOGGED}"
+        )
     for policy in policies:
         if policy.shape != np.shape(logged.predicted_quality):
             raise ValueError(f"target must have shape {np.shape(logged.predicted_quality)}, not {policy.shape}")
         check_support(policy, logged, names)
+        check_evidence(policy, logged)
     mu = logged.logging_distribution()
     taus = sorted({t for policy in policies for t in _switch_taus(policy, mu)}, reverse=True)
     if len(taus) > MAX_SWITCH_CANDIDATES + 1:
@@ -368,6 +383,8 @@ def estimate(
     notes = []
     if q.ess < 0.1 * len(logged):
         notes.append(f"effective sample size {q.ess:.0f} of {len(logged)}: few logged decisions agree with it")
+    if not 0 <= q.dr.value <= 1:
+        notes.append(f"DR quality {q.dr.value:.4f} is outside [0, 1]: too few logged decisions agree with it to tell")
     return PolicyEstimate(name, replace(q, dm=raw), c, notes)
 
 

@@ -1,9 +1,10 @@
 """Logged traffic from the decision store, as off-policy evaluation's input (router.ope.LoggedDecisions).
 
-A decision counts when it has an outcome (its latest, by decision_id) and the evidence migration 0003 keeps:
-the logging distribution over tiers, the per-tier predictions and expected costs. Decisions without them
-(logged before 0003), with a tier the current tiers config does not know, or without an outcome are
-skipped and counted, so the report can say what the estimate stands on.
+A decision counts when it has an outcome (its latest, by decision_id) from the model of the tier it routed to, and
+the evidence migration 0003 keeps: the logging distribution over tiers, the per-tier predictions and expected costs.
+Decisions without them (logged before 0003), with a tier the current tiers config does not know, answered by another
+model (a fallback: the outcome is not the routed tier's) or without an outcome are skipped and counted, so the
+report can say what the estimate stands on.
 """
 
 from __future__ import annotations
@@ -31,17 +32,15 @@ class LoggedTraffic:
     skipped: dict[str, int] = field(default_factory=dict)
     # Per decision, the input tokens its caller counted and routing priced (None: estimated from the prompt).
     input_tokens: list[int | None] = field(default_factory=list)
-
-    @property
-    def explored(self) -> int:
-        return int((self.logged.propensity < 1).sum())
+    explored: int = 0  # decisions whose tier was drawn by exploration, not the policy's own choice
 
     def describe(self) -> str:
         skipped = ", ".join(f"{n} {why}" for why, n in self.skipped.items() if n) or "none"
         versions = Counter(self.router_versions).most_common(3)
+        uncertain = int((self.logged.propensity < 1).sum())
         return (
-            f"{len(self.logged)} logged decisions with outcomes ({self.explored} with propensity < 1), "
-            f"router versions {', '.join(f'{v} ({n})' for v, n in versions)}; skipped: {skipped}"
+            f"{len(self.logged)} logged decisions with outcomes ({self.explored} explored, {uncertain} with "
+            f"propensity < 1), router versions {', '.join(f'{v} ({n})' for v, n in versions)}; skipped: {skipped}"
         )
 
 
@@ -62,6 +61,9 @@ def load_traffic(store: Store, names: list[str], since: datetime | None = None, 
             decisions.c.predicted_quality,
             decisions.c.expected_costs,
             decisions.c.input_tokens,
+            decisions.c.explored,
+            decisions.c.model.label("routed_model"),
+            outcomes.c.model.label("answered_model"),
             outcomes.c.score,
             outcomes.c.cost_usd,
         )
@@ -70,12 +72,23 @@ def load_traffic(store: Store, names: list[str], since: datetime | None = None, 
         .order_by(decisions.c.created_at.desc())
         .limit(limit)
     )
+    unanswered = (
+        sa.select(sa.func.count())
+        .select_from(decisions)
+        .where(~sa.exists().where(outcomes.c.decision_id == decisions.c.id))
+    )
     if since is not None:
         query = query.where(decisions.c.created_at >= since)
+        unanswered = unanswered.where(decisions.c.created_at >= since)
     with store.engine.connect() as conn:
         rows = conn.execute(query).all()
+        without_outcome = int(conn.execute(unanswered).scalar_one())
     index = {n: j for j, n in enumerate(names)}
     skipped: Counter[str] = Counter()
+    if without_outcome:
+        # Left out by the join: what the estimates assume of them (outcomes missing at random) is the caller's to judge.
+        skipped["without an outcome yet"] = without_outcome
+    explored = 0
     keep: list[tuple[int, list[float], list[float], list[float], float, float]] = []
     prompts: list[str | None] = []
     versions: list[str] = []
@@ -87,6 +100,10 @@ def load_traffic(store: Store, names: list[str], since: datetime | None = None, 
         if r.tier not in index or set(r.propensities) != set(names) or set(r.expected_costs) != set(names):
             skipped["with other tiers than the current config"] += 1
             continue
+        if r.answered_model != r.routed_model:
+            skipped["answered by another model than the routed tier's (a fallback)"] += 1
+            continue
+        explored += bool(r.explored)
         mu = [float(r.propensities[n]) for n in names]
         keep.append(
             (
@@ -113,4 +130,4 @@ def load_traffic(store: Store, names: list[str], since: datetime | None = None, 
         predicted_cost=np.array([x[3] for x in keep], dtype=float).reshape(-1, k),
         logging_probs=mu_arr,
     )
-    return LoggedTraffic(logged, prompts, versions, names, dict(skipped), counted)
+    return LoggedTraffic(logged, prompts, versions, names, dict(skipped), counted, explored)

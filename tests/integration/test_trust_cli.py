@@ -220,3 +220,50 @@ def test_the_champion_gate_runs_the_off_policy_check(env: str) -> None:
     result = check(None)  # type: ignore[arg-type]  # the check reads the store's traffic, not the held-out evidence
     assert result is not None and result.name == "off_policy_dr" and result.passed is False
     assert off_policy_gate_check(candidate, traffic, 0.7, 1000, 0.01)(None) is None  # type: ignore[arg-type]
+
+
+def test_what_the_estimates_leave_out_is_counted(env: str) -> None:
+    """An outcome answered by another tier's model (the proxy's fallback) is no evidence about the routed tier, and
+    decisions without an outcome are counted, not silently dropped (both found by a review)."""
+    fill_store(env, epsilon=0.3, n=100)
+    engine = sa.create_engine(env)
+    with engine.begin() as conn:
+        routed = dict(conn.execute(sa.select(decisions.c.id, decisions.c.model)).all())
+        fallback = [f"d{i}" for i in range(10) if routed[f"d{i}"] != "large"]
+        conn.execute(outcomes.update().where(outcomes.c.decision_id.in_(fallback)).values(model="large"))
+        conn.execute(outcomes.delete().where(outcomes.c.decision_id.in_([f"d{i}" for i in range(10, 17)])))
+        explored = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(decisions)
+            .where(decisions.c.explored, decisions.c.id.not_in([*fallback, *(f"d{i}" for i in range(10, 17))]))
+        ).scalar_one()
+    assert fallback
+    traffic = load_traffic(Store(env), NAMES)
+    assert len(traffic.logged) == 100 - len(fallback) - 7 and traffic.explored == explored
+    assert traffic.skipped == {
+        "without an outcome yet": 7,
+        "answered by another model than the routed tier's (a fallback)": len(fallback),
+    }
+    res = runner.invoke(cli.app, ["evaluate", "--from-store"])
+    assert res.exit_code == 0, res.output
+    assert f"{len(traffic.logged)} logged decisions with outcomes ({explored} explored" in res.output
+    assert "7 without an outcome yet" in res.output and f"{len(fallback)} answered by another model" in res.output
+
+
+def test_a_tiny_log_or_one_without_evidence_gets_no_estimate(env: str) -> None:
+    fill_store(env, epsilon=0.3, n=12)
+    for args in (["evaluate", "--from-store"], ["calibrate", "--from-store", "--mean-cost-usd", "0.001"]):
+        res = runner.invoke(cli.app, args)
+        assert res.exit_code == 2 and "off-policy estimates need at least 30" in res.output, res.output
+    engine = sa.create_engine(env)
+    with engine.begin() as conn:
+        conn.execute(decisions.delete())
+        conn.execute(outcomes.delete())
+    fill_store(env, epsilon=0.3, n=300)
+    with engine.begin() as conn:  # no outcome of a main decision came back
+        main = sa.select(decisions.c.id).where(decisions.c.tier == "main")
+        conn.execute(outcomes.delete().where(outcomes.c.decision_id.in_(main)))
+    res = runner.invoke(cli.app, ["evaluate", "--from-store"])
+    assert res.exit_code == 0, res.output
+    [always_main] = [line for line in res.output.splitlines() if line.startswith("always main")]
+    assert "refused" in always_main and "effective sample size 0" in always_main

@@ -163,3 +163,35 @@ def test_switch_trusts_a_calibrated_model_and_falls_back_to_dr_on_a_biased_one()
     assert np.std(err["switch"]) < np.std(err["dr"])  # the direct method where weights are large cuts the variance
     assert np.mean(np.isinf(biased_tau)) >= 0.9
     assert abs(np.mean(err["biased"])) < 0.1  # far from the -0.3 the biased direct method alone would say
+
+
+def test_a_log_too_small_or_without_evidence_gets_no_estimate() -> None:
+    """A review found `evaluate --from-store` on one logged decision printing a quality of 2.69 [2.69, 2.69], and a
+    policy no logged outcome speaks for getting the reward model's guess with a confident-looking interval."""
+    logged, _, target = bandit(29, np.random.default_rng(3), epsilon=0.3)
+    with pytest.raises(ValueError, match="29 logged decisions with outcomes: off-policy estimates need at least 30"):
+        estimate("t", target, logged)
+    logged, _, _ = bandit(200, np.random.default_rng(4), epsilon=0.3)
+    sub = logged.take(logged.action != 0)  # no outcome of tier 0 came back, though every decision could have served it
+    assert (logged.action == 0).any() and (sub.logging_distribution()[:, 0] > 0).all()
+    with pytest.raises(Unsupported, match="effective sample size 0"):
+        estimate("always 0", one_hot(np.zeros(len(sub), dtype=int), K), sub)
+    with pytest.raises(Unsupported, match="effective sample size 0"):
+        compare(one_hot(np.zeros(len(sub), dtype=int), K), sub.logging_distribution(), sub)
+    assert estimate("always 1", one_hot(np.ones(len(sub), dtype=int), K), sub, n_boot=20).quality.ess > 0
+
+
+def test_an_estimate_outside_the_score_range_says_so() -> None:
+    """Two rarely served successes under a low prediction put DR's quality above 1: noted, not passed off."""
+    n = 30
+    action = np.zeros(n, dtype=int)
+    action[:2] = 2
+    mu = np.tile([0.95, 0.0, 0.05], (n, 1))  # tier 2 explored at 5%
+    rows = np.arange(n)
+    predicted = np.tile([0.5, 0.5, 0.1], (n, 1))
+    quality = np.where(action == 2, 1.0, 0.5)
+    cost = np.tile([0.1, 0.5, 2.0], (n, 1))
+    logged = LoggedDecisions(action, mu[rows, action], quality, cost[rows, action], predicted, cost, mu)
+    est = estimate("always 2", one_hot(np.full(n, 2), K), logged, n_boot=20, recalibrate=False)
+    assert est.quality.dr.value > 1
+    assert any("outside [0, 1]" in note for note in est.notes), est.notes
