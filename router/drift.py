@@ -80,17 +80,21 @@ def recalibrated_lambda(
     """λ whose estimated realised mean cost on recent traffic is the target.
 
     `pred` and `expected_cost` are (n, k) as the router saw them, `served` the tier each prompt got and
-    `realised_cost` what it cost. A candidate λ's spend is estimated per prompt doubly robustly with a
-    deterministic logger (Dudík et al. 2011): the realised cost where λ picks the tier that was served, else the
-    expected cost scaled by the realised / expected ratio of that tier. With `groups` (a label per prompt, e.g.
-    novel or not), ratios are per group and tier, since prompts of another kind may answer at other lengths. A
-    (group, tier) with fewer than 10 outcomes takes its group's ratio, a group with fewer than 10 the overall one.
+    `realised_cost` what it cost (NaN where no outcome came back). A candidate λ's spend is estimated per prompt
+    doubly robustly with a deterministic logger (Dudík et al. 2011): the realised cost where λ picks the tier that
+    was served and its cost is known, else the expected cost scaled by the realised / expected ratio of that tier.
+    The ratios come from the prompts with a realised cost only: counting the others at their expected cost would pull
+    every ratio toward 1. With `groups` (a label per prompt, e.g. novel or not), ratios are per group and tier, since
+    prompts of another kind may answer at other lengths. A (group, tier) with fewer than 10 outcomes takes its
+    group's ratio, a group with fewer than 10 the overall one.
     """
     rows = np.arange(len(served))
     exp_served = expected_cost[rows, served]
+    seen = np.isfinite(realised_cost)
     labels = np.zeros(len(served), dtype=int) if groups is None else np.unique(groups, return_inverse=True)[1]
 
     def ratio(m: np.ndarray, default: float) -> float:
+        m = m & seen
         return (
             float(realised_cost[m].sum() / exp_served[m].sum())
             if m.sum() >= 10 and exp_served[m].sum() > 0
@@ -105,7 +109,7 @@ def recalibrated_lambda(
         for j in range(expected_cost.shape[1]):
             scale[in_g, j] = ratio(in_g & (served == j), group_ratio)
     paid = expected_cost * scale
-    paid[rows, served] = realised_cost
+    paid[rows[seen], served[seen]] = realised_cost[seen]
     return lambda_for_cost(pred, expected_cost, target_mean_cost, paid)
 
 

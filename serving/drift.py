@@ -75,7 +75,8 @@ def _recent_novelty(store: Store, version: str, window: int) -> tuple[np.ndarray
 
 
 def _recent_outcomes(store: Store, version: str, window: int) -> list[tuple[str, Any, float, float, float]]:
-    """The newest `window` outcomes of decisions this model version made: tier, predictions, score and costs."""
+    """The newest `window` outcomes of decisions this model version made, answered by the model of the tier they
+    routed to (a fallback's outcome speaks for another tier, at another price): tier, predictions, score and costs."""
     q = (
         sa.select(
             decisions.c.tier,
@@ -85,7 +86,7 @@ def _recent_outcomes(store: Store, version: str, window: int) -> list[tuple[str,
             decisions.c.expected_cost_usd,
         )
         .join(decisions, outcomes.c.decision_id == decisions.c.id)
-        .where(decisions.c.router_version == version)
+        .where(decisions.c.router_version == version, outcomes.c.model == decisions.c.model)
         .order_by(outcomes.c.created_at.desc())
         .limit(window)
     )
@@ -128,8 +129,8 @@ def suggest_cost_weight(
     store: Store, runtime: Runtime, window: int, target_mean_cost_usd: float, novelty_limit: float = 0.99
 ) -> Recalibration:
     """λ for a mean cost on the newest `window` decisions (router/drift.recalibrated_lambda on their recorded
-    per-tier predictions and expected costs; realised costs where an outcome came back; novel and familiar
-    prompts' cost ratios apart)."""
+    per-tier predictions and expected costs; realised costs where an outcome from the routed tier's model came
+    back, the rest estimated from those; novel and familiar prompts' cost ratios apart)."""
     q = (
         sa.select(
             decisions.c.tier,
@@ -137,6 +138,8 @@ def suggest_cost_weight(
             decisions.c.expected_costs,
             outcomes.c.cost_usd,
             decisions.c.novelty,
+            decisions.c.model.label("routed_model"),
+            outcomes.c.model.label("answered_model"),
         )
         .outerjoin(outcomes, outcomes.c.decision_id == decisions.c.id)
         .where(decisions.c.router_version == runtime.version)
@@ -146,7 +149,7 @@ def suggest_cost_weight(
     names = runtime.tiers.names
     pred, cost, served, paid, novel = [], [], [], [], []
     with store.engine.connect() as conn:
-        for tier, pq, ec, realised, nov in conn.execute(q):
+        for tier, pq, ec, realised, nov, routed_model, answered_model in conn.execute(q):
             if not (
                 isinstance(pq, dict) and isinstance(ec, dict) and tier in names and set(names) <= pq.keys() & ec.keys()
             ):
@@ -154,7 +157,8 @@ def suggest_cost_weight(
             pred.append([float(pq[n]) for n in names])
             cost.append([float(ec[n]) for n in names])
             served.append(names.index(tier))
-            paid.append(float(ec[tier]) if realised is None else float(realised))
+            answered = realised is not None and answered_model == routed_model
+            paid.append(float(realised) if answered else math.nan)  # NaN: no outcome of the routed tier's model
             novel.append(nov is not None and nov >= novelty_limit)
     n = len(pred)
     if n < 30:

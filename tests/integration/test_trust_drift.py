@@ -113,6 +113,39 @@ def test_admin_drift_fires_on_unseen_traffic_and_broken_promises(trusted: Callab
     assert 'tierwise_drift_alert{check="cost"} 1.0' in metrics
 
 
+def test_an_outcome_from_another_model_is_no_evidence_about_the_routed_tier(
+    trusted: Callable[..., TestClient],
+) -> None:
+    """After a fallback the outcome is the answering model's (a review's find: it was credited to the routed tier,
+    and raised false quality and cost alerts). It counts in neither check, nor in a recalibration's cost ratios."""
+    client = trusted(drift_window=100)
+    out = client.post("/route/batch", json={"prompts": KNOWN[:60]}, headers=C).json()["decisions"]
+    models = [t["model"] for t in TIERS_TOML["tiers"]]
+    other = {m: models[(i + 1) % len(models)] for i, m in enumerate(models)}
+    body = [
+        {
+            "decision_id": d["decision_id"],
+            "model": other[d["model"]],
+            "score": 0.0,
+            "cost_usd": 50 * d["expected_cost_usd"],
+        }
+        for d in out
+    ]
+    assert client.post("/outcomes", json=body, headers=C).status_code == 201
+    report = drift_of(client)
+    assert report["alerts"] == [] and report["cost"]["n"] == 0
+    assert all(report[f"quality:{t}"]["n"] == 0 for t in {d["tier"] for d in out})
+    # The same failures from the routed models themselves do alert.
+    out = client.post("/route/batch", json={"prompts": KNOWN[60:120]}, headers=C).json()["decisions"]
+    body = [
+        {"decision_id": d["decision_id"], "model": d["model"], "score": 0.0, "cost_usd": 50 * d["expected_cost_usd"]}
+        for d in out
+    ]
+    assert client.post("/outcomes", json=body, headers=C).status_code == 201
+    report = drift_of(client)
+    assert report["cost"]["alert"] and report["cost"]["n"] == 60
+
+
 def test_drift_without_traffic_or_reference(client: TestClient) -> None:
     """A model without a novelty reference (trained before it existed) still reports the other checks."""
     r = client.get("/admin/drift", headers=A).json()

@@ -138,3 +138,29 @@ def test_recalibrated_lambda_spends_the_realised_cost_where_lambda_keeps_the_ser
     spend = float(realised[np.arange(n), tradeoff(pred, expected, lam)].mean())
     # Off only by the cheap tier, priced at the dear tier's ratio (about 1.6): about 2% here.
     assert abs(spend / target - 1) < 0.05
+
+
+def test_recalibrated_lambda_learns_its_cost_ratios_from_the_outcomes_that_came_back() -> None:
+    """Every tier answers at twice its expected cost and only 30% of decisions have an outcome yet: the ratios come
+    from those, so λ meets the target as with every outcome back. Decisions without one entered at their expected
+    cost pulled each ratio toward 1, and the λ overspent by a third (a review's find)."""
+    rng = np.random.default_rng(1)
+    n = 2000
+    base = rng.random(n)
+    pred = np.stack([base, np.clip(base + 0.3 * rng.random(n), 0, 1)], axis=1)
+    expected = np.stack([np.full(n, 1.0), np.full(n, 10.0)], axis=1) * 1e-4
+    realised = 2 * expected
+    served = tradeoff(pred, expected, 150.0)
+    paid = realised[np.arange(n), served]
+    target = 1e-3
+
+    def spend(lam: float) -> float:
+        return float(realised[np.arange(n), tradeoff(pred, expected, lam)].mean())
+
+    partial = np.where(rng.random(n) < 0.3, paid, np.nan)
+    assert {0, 1} <= set(served[np.isfinite(partial)])
+    full_lam = recalibrated_lambda(pred, expected, served, paid, target)
+    assert abs(spend(full_lam) / target - 1) < 0.02
+    assert recalibrated_lambda(pred, expected, served, partial, target) == pytest.approx(full_lam)
+    at_expected = np.where(np.isfinite(partial), partial, expected[np.arange(n), served])  # what serving passed
+    assert spend(recalibrated_lambda(pred, expected, served, at_expected, target)) > 1.1 * target
