@@ -171,13 +171,45 @@ class Router:
                         guarantee.cost_weight_per_usd,
                         None if guarantee_cost is None else guarantee_cost[i],
                     )
-                d = Decision(d.tier_index, f"{guarantee.describe()}; {d.reason}")
+                d = Decision(
+                    d.tier_index,
+                    f"{guarantee.describe()}{self._uncovered(d, q, c, guarantee, guarantee_cost, i)}; {d.reason}",
+                )
             else:
                 d = decide(q, c, self.names, target, min_tier, max_cost_usd, share, cost_weight)
             out.append(d)
             if budget_usd is not None:
                 budget_usd = max(budget_usd - float(c[d.tier_index]), 0.0)
         return out
+
+    def _uncovered(
+        self,
+        d: Decision,
+        quality: Sequence[float],
+        cost: Sequence[float],
+        guarantee: OperatingPoint,
+        guarantee_cost: np.ndarray | None,
+        i: int,
+    ) -> str:
+        """What to add to a guaranteed decision's reason when the request's limits (max_cost_usd, the session's budget)
+        chose a cheaper tier than the guarantee's operating point would: it was calibrated without them, so it does
+        not cover that decision."""
+        if guarantee.cost_weight_per_usd is None:
+            return ""
+        free = decide(
+            quality,
+            cost,
+            self.names,
+            0.0,
+            cost_weight=guarantee.cost_weight_per_usd,
+            rank_cost=None if guarantee_cost is None else guarantee_cost[i],
+        )
+        if cost[d.tier_index] >= cost[free.tier_index]:
+            return ""
+        return (
+            f", which does not cover this decision: its operating point picks {self.names[free.tier_index]}, "
+            "and the request's cost limits chose a cheaper tier"
+        )
 
     def conservative(
         self, cost: np.ndarray, min_tier: int = 0, max_cost_usd: float | None = None, budget_usd: float | None = None

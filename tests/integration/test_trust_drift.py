@@ -86,6 +86,21 @@ def test_quality_guarantee_on_request(trusted: Callable[..., TestClient]) -> Non
     assert bad.status_code == 422
 
 
+def test_a_guarantee_says_when_the_request_s_cost_limit_overrides_it(trusted: Callable[..., TestClient]) -> None:
+    """The guarantee was calibrated without caps: where max_cost_usd picks a cheaper tier than its operating point
+    would, the reason says the guarantee does not cover that decision (a review found it claimed it)."""
+    client = trusted()
+    guaranteed = {"quality_guarantee": {"epsilon": 0.05}}
+    free = [client.post("/route", json={"prompt": p, **guaranteed}, headers=C).json() for p in KNOWN[:40]]
+    dear = [d for d in free if d["tier"] != "main"]
+    assert dear and all("does not cover" not in d["reason"] for d in free)
+    for d, prompt in [(d, KNOWN[free.index(d)]) for d in dear[:5]]:
+        cap = d["expected_cost_usd"] * 0.99
+        capped = client.post("/route", json={"prompt": prompt, **guaranteed, "max_cost_usd": cap}, headers=C).json()
+        assert capped["reason"].startswith("guarantee: loses at most 0.05"), capped
+        assert f"does not cover this decision: its operating point picks {d['tier']}" in capped["reason"], capped
+
+
 def drift_of(client: TestClient) -> dict[str, Any]:
     r = client.get("/admin/drift", headers=A)
     assert r.status_code == 200, r.text
