@@ -893,6 +893,12 @@ class Store:
             if r.prompt.strip()  # blank to Python: older services took U+001C..U+001F as text; nothing to embed
         ]
 
+    def count_outcomes_without_text(self) -> int:
+        """Stored outcomes that `export_outcomes` leaves out: kept without prompt text (prompt storage hash or none)."""
+        query = sa.select(sa.func.count()).select_from(outcomes).where(outcomes.c.prompt.is_(None))
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     # ------------------------------------------------------------------ retention
 
     def purge(self, before: datetime) -> tuple[int, int]:

@@ -282,8 +282,18 @@ def _load_inputs(s: Settings, from_store: bool) -> tuple[Any, pd.DataFrame]:
         store.migrate()
         rows = store.export_outcomes()
         where = _without_password(s.database_url)
+        textless = store.count_outcomes_without_text()
+        if not rows and textless:
+            _fail(
+                f"the outcome store {where} holds {textless} outcomes, none with prompt text (they were kept under "
+                "TIERWISE_PROMPT_STORAGE=hash or none): nothing to train on"
+            )
         if not rows:
             _fail(f"the outcome store {where} holds no outcomes")
+        if textless:
+            logger.warning(
+                "leaving out %d outcomes the store kept without prompt text: they cannot be embedded", textless
+            )
         # Any model: outcomes of a model swapped out of the tiers are history, not a typo; like a log's models behind
         # no tier, split_log leaves them out of the tiers' fit. Rows count oldest first.
         extra = validate_outcomes(outcomes_to_frame(rows), f"the outcome store {where}", None)

@@ -267,3 +267,20 @@ def test_a_tiny_log_or_one_without_evidence_gets_no_estimate(env: str) -> None:
     assert res.exit_code == 0, res.output
     [always_main] = [line for line in res.output.splitlines() if line.startswith("always main")]
     assert "refused" in always_main and "effective sample size 0" in always_main
+
+
+def test_train_from_a_store_kept_without_text_says_so(env: str, tmp_path: Path) -> None:
+    """A review found `train --from-store` on a hash store failing with "holds no outcomes" though it held them."""
+    from infra.prompt_policy import PromptPolicy
+
+    store = Store(env, PromptPolicy("hash", b"secret"))
+    store.migrate()
+    store.record_outcomes(
+        [OutcomeRow(id=f"o{i}", prompt=f"prompt {i}", model="small", score=1, cost_usd=0.01) for i in range(3)]
+    )
+    store.dispose()
+    log = tmp_path / "log.csv"
+    make_log(60, seed=0).to_csv(log, index=False)
+    res = runner.invoke(cli.app, ["train", "--outcomes", str(log), "--from-store"])
+    assert res.exit_code == 2, res.output
+    assert "holds 3 outcomes, none with prompt text" in res.output and "TIERWISE_PROMPT_STORAGE" in res.output

@@ -61,11 +61,12 @@ def test_what_is_kept_of_a_prompt(url: str, mode: str) -> None:
     everything = repr([r._mapping for r in ds]) + repr([r._mapping for r in os_])
     if mode == "text":
         assert d1.prompt == PROMPT and {r.prompt for r in os_} == {PROMPT}
-        assert len(store.export_outcomes()) == 2
+        assert len(store.export_outcomes()) == 2 and store.count_outcomes_without_text() == 0
         return
     assert "capital of France" not in everything  # the text is nowhere in the database
     assert d1.prompt == NOT_STORED
     assert store.export_outcomes() == []  # nothing to train on without text
+    assert store.count_outcomes_without_text() == 2  # and said so
     assert ds[0].propensities == {"main": 0.9, "mid": 0.05, "brain": 0.05}
     if mode == "hash":
         assert ds[0].prompt_hash == policy.digest(PROMPT) != PromptPolicy("hash", b"other").digest(PROMPT)
