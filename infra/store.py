@@ -7,6 +7,7 @@ transaction, which takes SQLite's write lock and PostgreSQL's row lock) before i
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import math
@@ -216,6 +217,21 @@ def _sqlite_pragmas(synchronous: str, autocheckpoint: int) -> Any:
         cur.close()
 
     return on_connect
+
+
+def require_existing(url: str) -> None:
+    """For a command that reads or maintains the store the service writes (`evaluate`/`calibrate`/`train
+    --from-store`, `purge`): a SQLite URL naming no file is a typo, not a store to create empty (a purge from cron
+    would report "deleted 0" for good). FileNotFoundError naming the file; other databases are left to connect."""
+    parsed = sa.make_url(url)
+    path = parsed.database
+    if parsed.get_backend_name() == "sqlite" and path and path != ":memory:" and not Path(path).is_file():
+        raise FileNotFoundError(
+            errno.ENOENT,
+            "no such SQLite database: TIERWISE_DATABASE_URL names a file that does not exist (the service creates "
+            "its store when it first starts)",
+            path,
+        )
 
 
 def make_engine(

@@ -275,9 +275,10 @@ def _load_inputs(s: Settings, from_store: bool) -> tuple[Any, pd.DataFrame]:
     tiers = _load_tiers(s)
     log = _load_log(s, tiers)
     if from_store:
-        from infra.store import Store
+        from infra.store import Store, require_existing
         from router.schema import outcomes_to_frame, validate_outcomes
 
+        require_existing(s.database_url)
         store = Store(s.database_url)
         store.migrate()
         rows = store.export_outcomes()

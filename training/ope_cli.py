@@ -9,7 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from infra.prompt_policy import prompt_policy
 from infra.settings import Settings
-from infra.store import Store
+from infra.store import Store, require_existing
 from router.routing import Router
 from router.schema import TiersConfigError
 from training.gate import Check
@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 
 
 def open_store(s: Settings) -> Store:
+    """The service's store, which must exist (`require_existing`), migrated to this code's schema."""
+    require_existing(s.database_url)
     store = Store(s.database_url, prompt_policy(s.prompt_storage, s.prompt_hash_key))
     store.migrate()
     return store

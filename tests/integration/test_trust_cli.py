@@ -114,8 +114,31 @@ def test_calibrate_from_store(env: str) -> None:
 
 
 def test_empty_store_is_one_line(env: str) -> None:
+    Store(env).migrate()  # the service's store, before any traffic
     res = runner.invoke(cli.app, ["evaluate", "--from-store"])
     assert res.exit_code == 2 and "no logged decisions" in res.output and "Traceback" not in res.output
+
+
+def test_a_store_url_naming_no_file_is_refused_not_created(
+    env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A review found a mistyped SQLite URL making a new empty store: a purge from cron then "deleted 0" for good."""
+    typo = tmp_path / "typo" / "dir" / "store.db"
+    monkeypatch.setenv("TIERWISE_DATABASE_URL", f"sqlite:///{typo}")
+    monkeypatch.setenv("TIERWISE_RETENTION_DAYS", "7")
+    get_settings.cache_clear()
+    log = tmp_path / "log.csv"
+    make_log(60, seed=0).to_csv(log, index=False)
+    for args in (
+        ["purge"],
+        ["evaluate", "--from-store"],
+        ["calibrate", "--from-store", "--mean-cost-usd", "0.001"],
+        ["train", "--outcomes", str(log), "--from-store"],
+    ):
+        res = runner.invoke(cli.app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert f"{typo}: no such SQLite database" in res.output and "TIERWISE_DATABASE_URL" in res.output, res.output
+    assert not (tmp_path / "typo").exists()
 
 
 def test_purge(env: str, monkeypatch: pytest.MonkeyPatch) -> None:
