@@ -80,6 +80,7 @@ def import_routerbench_frame(wide: pd.DataFrame, path: Path | str = "<routerbenc
             raise OutcomeLogError(path, message, row=int(np.flatnonzero(mask.to_numpy())[0]) + 1, column="prompt")
     base = pd.DataFrame(
         {
+            "file_row": np.arange(1, len(wide) + 1),  # errors name the row of the file, not of the long table
             "prompt_id": [
                 f"{sid}@{hashlib.sha1(str(raw).encode()).hexdigest()[:8]}"
                 for sid, raw in zip(wide["sample_id"], wide["prompt"], strict=True)
@@ -98,12 +99,14 @@ def import_routerbench_frame(wide: pd.DataFrame, path: Path | str = "<routerbenc
         part["cost_usd"] = _numbers(wide, cost, path, lambda v: (v < 0) | np.isinf(v), "cost must be finite, >= 0")
         frames.append(part)
     long = pd.concat(frames, ignore_index=True)
-    long = long.dropna(subset=["score", "cost_usd"]).reset_index(drop=True)
-    return long[[*REQUIRED_COLUMNS, "category"]]
+    long = long.dropna(subset=["score", "cost_usd"]).drop_duplicates(["prompt_id", "model"], keep="first")
+    rows = long["file_row"].to_numpy()
+    return validate_outcomes(long[[*REQUIRED_COLUMNS, "category"]].reset_index(drop=True), path, row_numbers=rows)
 
 
 def import_routerbench(paths: Sequence[Path]) -> pd.DataFrame:
-    """Import and validate RouterBench files; rows with a missing score or cost are dropped (as upstream)."""
+    """Import and validate RouterBench files, each checked as its own file; rows with a missing score or cost are
+    dropped (as upstream), and a prompt's outcome from a model in several files is the first file's."""
     frames = [import_routerbench_frame(_read(Path(p)), p) for p in paths]
     out = pd.concat(frames, ignore_index=True).drop_duplicates(["prompt_id", "model"], keep="first")
-    return validate_outcomes(out.reset_index(drop=True), paths[0] if len(paths) == 1 else "<routerbench import>")
+    return out.reset_index(drop=True)

@@ -156,3 +156,23 @@ def test_a_damaged_download_in_the_cache_says_how_to_fetch_it_again(tmp_path: Pa
         (raw_dir / name).write_text("")
     with pytest.raises(OutcomeLogError, match="delete this folder to download the files again"):
         fetch_data(None, tmp_path / "data", tmp_path / "cache", "file:///nowhere/")
+
+
+def test_an_error_in_the_second_of_several_files_names_that_file_and_its_row(tmp_path: Path):
+    """The checks of the whole log ran on the files' concatenation, whose errors named neither file (review)."""
+    good = {
+        "sample_id": ["arc.1", "arc.2"],
+        "prompt": ["['Q1?']", "['Q2?']"],
+        "eval_name": ["arc", "arc"],
+        "m1": [1.0, 0.0],
+        "m1|total_cost": [0.1, 0.2],
+    }
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    pd.DataFrame(good).to_csv(a, index=False)
+    # A model column named by blanks: the log's own check ("model is empty") is the one that refuses it.
+    pd.DataFrame(
+        good | {"m1": [None, 1.0], "m1|total_cost": [None, 0.2], " ": [None, 1.0], " |total_cost": [None, 1.0]}
+    ).to_csv(b, index=False)
+    with pytest.raises(OutcomeLogError, match=r"b\.csv, row 2, column 'model': model is empty"):
+        import_routerbench([a, b])
+    assert len(import_routerbench([a, a])) == 2  # the same outcomes in two files: the first file's, once
