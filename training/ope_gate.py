@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from router.ope import Unsupported
 from router.routing import Router
 from training.gate import Check, CheckResult, GateEvidence
 from training.ope_data import LoggedTraffic
@@ -50,7 +49,7 @@ def ope_check(
         )
     try:
         diff, low, high, n = gate_difference(candidate, traffic, target, n_boot=n_boot, seed=seed)
-    except Unsupported as exc:
+    except ValueError as exc:  # Unsupported, or fewer logged decisions than any estimate needs (router.ope)
         return OpeCheck(None, f"abstained: {exc}")
     metrics = {"ope_dr_quality_diff": diff, "ope_dr_quality_diff_low": low, "ope_dr_quality_diff_high": high}
     metrics["ope_decisions"] = float(n)

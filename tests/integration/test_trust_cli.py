@@ -307,3 +307,18 @@ def test_train_from_a_store_kept_without_text_says_so(env: str, tmp_path: Path) 
     res = runner.invoke(cli.app, ["train", "--outcomes", str(log), "--from-store"])
     assert res.exit_code == 2, res.output
     assert "holds 3 outcomes, none with prompt text" in res.output and "TIERWISE_PROMPT_STORAGE" in res.output
+
+
+def test_the_gate_abstains_on_a_log_too_small_for_any_estimate(env: str) -> None:
+    """TIERWISE_OPE_GATE_MIN_DECISIONS may be set below what an estimate needs: the gate abstains, it does not fail."""
+    from training.ope_gate import ope_check
+
+    tiers = parse_tiers(TIERS_TOML)
+    emb = HashingEmbedder()
+    split = split_log(make_log(300, seed=1), tiers, 0.3, 0)
+    candidate = Router(
+        train_router(split, emb, None, FeatureSpec(embedder_id=emb.id), DifficultyModel(n_estimators=20)), tiers, emb
+    )
+    fill_store(env, epsilon=0.3, n=12)
+    check = ope_check(candidate, load_traffic(Store(env), NAMES), 0.7, min_decisions=5, max_loss=0.01, n_boot=20)
+    assert check.passed is None and "need at least 30" in check.detail, check.detail
