@@ -75,6 +75,15 @@ def fill_store(url: str, epsilon: float, n: int = 300, seed: int = 0) -> tuple[n
     return scores, costs
 
 
+def candidate_router(n_estimators: int) -> Router:
+    """A router trained on a generated log (another seed than the logged traffic's), to judge on that traffic."""
+    tiers = parse_tiers(TIERS_TOML)
+    emb = HashingEmbedder()
+    split = split_log(make_log(300, seed=1), tiers, 0.3, 0)
+    model = DifficultyModel(n_estimators=n_estimators)
+    return Router(train_router(split, emb, None, FeatureSpec(embedder_id=emb.id), model), tiers, emb)
+
+
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     url = f"sqlite:///{tmp_path / 'store.db'}"
@@ -184,12 +193,7 @@ def test_a_candidate_prices_each_logged_decision_at_the_input_its_caller_counted
     """A door decision was priced on the whole conversation (decisions.input_tokens): a candidate re-scoring its
     stored prompt view must price it so too, or it evaluates a policy the service would not run (a review's find)."""
     fill_store(env, epsilon=0.3, n=40)
-    tiers = parse_tiers(TIERS_TOML)
-    emb = HashingEmbedder()
-    split = split_log(make_log(300, seed=1), tiers, 0.3, 0)
-    candidate = Router(
-        train_router(split, emb, None, FeatureSpec(embedder_id=emb.id), DifficultyModel(n_estimators=20)), tiers, emb
-    )
+    candidate = candidate_router(20)
     store = Store(env)
     with store.engine.begin() as conn:  # d0 was a conversation of 20,000 input tokens, its prompt view the same text
         conn.execute(decisions.update().where(decisions.c.id == "d0").values(input_tokens=20_000))
@@ -209,12 +213,7 @@ def test_a_candidate_prices_each_logged_decision_at_the_input_its_caller_counted
 def test_ope_gate_check(env: str) -> None:
     from training.ope_gate import ope_check
 
-    tiers = parse_tiers(TIERS_TOML)
-    emb = HashingEmbedder()
-    split = split_log(make_log(300, seed=1), tiers, 0.3, 0)
-    good = Router(
-        train_router(split, emb, None, FeatureSpec(embedder_id=emb.id), DifficultyModel(n_estimators=30)), tiers, emb
-    )
+    good = candidate_router(30)
     fill_store(env, epsilon=0.3, n=400)
     store = Store(env)
     traffic = load_traffic(store, NAMES)
@@ -313,12 +312,7 @@ def test_the_gate_abstains_on_a_log_too_small_for_any_estimate(env: str) -> None
     """TIERWISE_OPE_GATE_MIN_DECISIONS may be set below what an estimate needs: the gate abstains, it does not fail."""
     from training.ope_gate import ope_check
 
-    tiers = parse_tiers(TIERS_TOML)
-    emb = HashingEmbedder()
-    split = split_log(make_log(300, seed=1), tiers, 0.3, 0)
-    candidate = Router(
-        train_router(split, emb, None, FeatureSpec(embedder_id=emb.id), DifficultyModel(n_estimators=20)), tiers, emb
-    )
+    candidate = candidate_router(20)
     fill_store(env, epsilon=0.3, n=12)
     check = ope_check(candidate, load_traffic(Store(env), NAMES), 0.7, min_decisions=5, max_loss=0.01, n_boot=20)
     assert check.passed is None and "need at least 30" in check.detail, check.detail
