@@ -8,7 +8,6 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException
 
@@ -22,6 +21,7 @@ from serving.proxy.wire import (
     TIER_PREFIX,
     ChatCompletionOut,
     ChatCompletionRequest,
+    DoorJSONResponse,
     ModelCard,
     ModelList,
     OpenAIError,
@@ -39,10 +39,10 @@ SERVICE_ERRORS: dict[int, tuple[str, str]] = {
 }
 
 
-def _openai_error(exc: Exception) -> JSONResponse:
+def _openai_error(exc: Exception) -> DoorJSONResponse:
     """Any refusal of the service as OpenAI's `{"error": {...}}` with its status."""
     if isinstance(exc, ProxyError):
-        return JSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
+        return DoorJSONResponse(exc.body, status_code=exc.status, headers=exc.headers)
     if isinstance(exc, RequestValidationError):
         # The most specific error: of a union's members, the one that got furthest (a list of parts whose part is
         # wrong, rather than "not a string").
@@ -50,36 +50,46 @@ def _openai_error(exc: Exception) -> JSONResponse:
         if err.get("type") == "json_invalid":  # its loc is ("body", <character position>): no parameter
             where = err.get("loc", ("body", "?"))[-1]
             why = (err.get("ctx") or {}).get("error", "invalid")
-            return JSONResponse(error_body(f"the body is not valid JSON: {why} at character {where}",
-                                           "invalid_request_error", "json_invalid"), status_code=400)  # fmt: skip
+            return DoorJSONResponse(
+                error_body(
+                    f"the body is not valid JSON: {why} at character {where}", "invalid_request_error", "json_invalid"
+                ),
+                status_code=400,
+            )
         # OpenAI's `param` is the field's path (`messages.0.content`), without the union members pydantic tried.
         loc = err.get("loc", ())[1:]
         param = ".".join(str(p) for p in loc if not (isinstance(p, str) and UNION_MEMBER.match(p))) or None
-        return JSONResponse(error_body(f"{param or 'body'}: {err.get('msg', 'invalid')}", "invalid_request_error",
-                                       err.get("type"), param), status_code=400)  # fmt: skip
+        return DoorJSONResponse(
+            error_body(
+                f"{param or 'body'}: {err.get('msg', 'invalid')}", "invalid_request_error", err.get("type"), param
+            ),
+            status_code=400,
+        )
     if isinstance(exc, OverBudget):
         code = "session_frozen" if (exc.body or {}).get("status") == "frozen" else "over_budget"
-        return JSONResponse(error_body(exc.detail, "insufficient_quota", code, session=exc.body), status_code=402,
-                            headers=exc.headers)  # fmt: skip
+        return DoorJSONResponse(
+            error_body(exc.detail, "insufficient_quota", code, session=exc.body), status_code=402, headers=exc.headers
+        )
     if isinstance(exc, Invalid):
         param = ".".join(str(p) for p in exc.loc[1:]) or None
-        return JSONResponse(error_body(exc.detail, "invalid_request_error", None, param), status_code=400)
+        return DoorJSONResponse(error_body(exc.detail, "invalid_request_error", None, param), status_code=400)
     if isinstance(exc, ServiceError):
         type_, code = SERVICE_ERRORS.get(exc.status, ("invalid_request_error", "refused"))
         headers = {**(exc.headers or {}), **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
-        return JSONResponse(error_body(exc.detail, type_, code), status_code=exc.status, headers=headers or None)
+        return DoorJSONResponse(error_body(exc.detail, type_, code), status_code=exc.status, headers=headers or None)
     if isinstance(exc, HTTPException):  # FastAPI's own refusals, e.g. a body that is not JSON at all
         type_ = "invalid_request_error" if exc.status_code < 500 else "api_error"
         message = not_utf8_detail(exc) or str(exc.detail)
-        return JSONResponse(error_body(message, type_, None), status_code=exc.status_code)
+        return DoorJSONResponse(error_body(message, type_, None), status_code=exc.status_code)
     if isinstance(exc, NoTierFits):
-        return JSONResponse(error_body(str(exc), "invalid_request_error", "no_tier_fits"), status_code=400)
+        return DoorJSONResponse(error_body(str(exc), "invalid_request_error", "no_tier_fits"), status_code=400)
     if isinstance(exc, DBAPIError):
         logger.error("store error on the proxy: %s", refusal_class(exc))
-        return JSONResponse(error_body("the decision store is unavailable; retry", "api_error", "store_unavailable"),
-                            status_code=503)  # fmt: skip
+        return DoorJSONResponse(
+            error_body("the decision store is unavailable; retry", "api_error", "store_unavailable"), status_code=503
+        )
     logger.exception("unhandled error on the OpenAI-compatible door", exc_info=exc)
-    return JSONResponse(error_body("internal error", "api_error", "internal_error"), status_code=500)
+    return DoorJSONResponse(error_body("internal error", "api_error", "internal_error"), status_code=500)
 
 
 class OpenAIRoute(LeanRoute):

@@ -14,7 +14,7 @@ import anyio
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from infra.settings import Settings
@@ -31,6 +31,7 @@ from serving.proxy.wire import (
     MODEL,
     TIER_PREFIX,
     ChatCompletionRequest,
+    DoorJSONResponse,
     error_body,
     prompt_view,
     sse,
@@ -254,7 +255,7 @@ class Proxy:
         if served.body is not None:
             await _settle(settle, decision, trail, started, served, counted)
             info.update(_usage_info(trail))
-            return JSONResponse({**served.body, "tierwise": info}, headers=headers_out)
+            return DoorJSONResponse({**served.body, "tierwise": info}, headers=headers_out)
         include_usage = bool((upstream_body(req).get("stream_options") or {}).get("include_usage"))
         return ClosingStreamingResponse(
             RelayBody(

@@ -192,7 +192,7 @@ def _failure_for_status(model: str, status: int, text: str, headers: Mapping[str
         return UpstreamFailure(model, "server", detail, status, retry_after_of(headers))
     if status == 408 or status >= 500:
         return UpstreamFailure(model, "server" if status != 408 else "timeout", detail, status)
-    if status in (401, 403, 404):
+    if status in (401, 402, 403, 404):  # 402: the provider's account is out of credit, the operator's to fix
         return UpstreamFailure(model, "config", detail, status)
     return UpstreamFailure(model, "client", message, status)
 

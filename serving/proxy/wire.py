@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from starlette.responses import JSONResponse
 
 from serving.schemas import MAX_TOKENS, RouteOptions
 
@@ -66,6 +67,12 @@ class ChatCompletionRequest(BaseModel):
     tierwise: RouteOptions | None = Field(
         None, description="routing options (OpenAI SDK: `extra_body={'tierwise': {...}}`); stripped before the upstream"
     )
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _null_stream_is_false(cls, value: Any) -> Any:
+        """OpenAI's spec lets `stream` be null (not streamed), as `n` or `stream_options`."""
+        return False if value is None else value
 
 
 class ChatCompletionOut(BaseModel):
@@ -144,6 +151,15 @@ def error_body(
     message: str, type_: str, code: str | None = None, param: str | None = None, **extra: Any
 ) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "code": code, "param": param, **extra}}
+
+
+class DoorJSONResponse(JSONResponse):
+    """The door's JSON answers and errors, escaped to ASCII as its stream's events are (`sse`): an upstream's answer
+    or a caller's text holding a lone surrogate (half an emoji) is no UTF-8, and Starlette's JSONResponse, which
+    writes UTF-8, failed on it with a 500 after the answer was charged."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
 
 
 def sse(payload: dict[str, Any] | str) -> bytes:

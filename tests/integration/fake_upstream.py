@@ -135,7 +135,7 @@ class FakeUpstream:
             return StreamingResponse(_dying_body(reply), media_type="application/json")
         if reply.extra is not None:
             return Response(json.dumps({**completion(model, reply), **reply.extra}), media_type="application/json")
-        return JSONResponse(completion(model, reply))
+        return Response(json.dumps(completion(model, reply)), media_type="application/json")  # ASCII, as OpenAI's
 
 
 def _within_limit(reply: Reply, body: dict[str, Any]) -> Reply:

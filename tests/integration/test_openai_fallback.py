@@ -256,3 +256,35 @@ def test_falling_back_respects_the_requests_max_cost(sdk: OpenAI, url: str, up: 
         ask(sdk, session(url), tierwise={"max_cost_usd": limit})
     assert refused.value.status_code == 502  # the upstream's failure, not a routing refusal
     assert len(up.calls("small")) == 2 and up.calls("medium") == [] and up.calls("large") == []
+
+
+def test_a_provider_out_of_credit_falls_back_at_once(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    """An upstream's 402 is the operator's account, not the caller's request: like a refused key it falls back
+    (it was passed on as a 402, which callers read as their own session's cap; a review's find)."""
+    up.script("small", Reply(status=402))
+    up.script("medium", Reply(text="from medium"))
+    raw = ask(sdk, session(url))
+    assert raw.headers["x-tierwise-tier"] == "mid" and len(up.calls("small")) == 1  # type: ignore[attr-defined]
+
+
+def test_half_an_emoji_in_an_answer_or_a_model_name_is_no_500(sdk: OpenAI, url: str, up: FakeUpstream) -> None:
+    """A lone surrogate (JSON's escaped half of an emoji) in the upstream's answer was a 500 after the answer was
+    charged, where the stream passed it on; in the request's model name it was a 500 outside OpenAI's shape."""
+    sid = session(url, cap_usd=1.0)
+    up.script("small", Reply(text="half an emoji \ud83d"))
+    raw = ask(sdk, sid)
+    assert raw.http_response.status_code == 200  # type: ignore[attr-defined]
+    assert raw.parse().choices[0].message.content == "half an emoji \ud83d"  # type: ignore[attr-defined]
+    assert get_session(url, sid)["spent_usd"] > 0
+    body = b'{"model": "tierwise\\ud800", "messages": [{"role": "user", "content": "hi"}]}'
+    headers = {**bearer(CLIENT_KEY), "Content-Type": "application/json"}
+    r = httpx.post(f"{url}/v1/chat/completions", content=body, headers=headers, timeout=60)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found", r.text
+
+
+def test_a_null_stream_is_no_stream(url: str, up: FakeUpstream) -> None:
+    """OpenAI's spec lets `stream` be null; it was refused as "not a valid boolean"."""
+    up.script("small", Reply(text="plain"))
+    body = {"model": "tierwise", "messages": [{"role": "user", "content": EASY}], "stream": None}
+    r = httpx.post(f"{url}/v1/chat/completions", json=body, headers=bearer(CLIENT_KEY), timeout=60)
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == "plain", r.text
