@@ -127,4 +127,5 @@ class TierwiseRoutingPlugin:
             session_id=(answer.get("session_id") if answer else None) or options.get("session_id"),
             trace_id=None,
             tierwise_url=self.client.base_url,
+            tierwise_client=self.client.identity,
         )

@@ -52,6 +52,7 @@ class Decision(TypedDict):
     session_id: str | None
     trace_id: str | None
     tierwise_url: str
+    tierwise_client: str  # TierwiseClient.identity of the client that made it: the settler settles through that one
 
 
 def _text(content: Any) -> str:
@@ -234,6 +235,7 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
                 session_id=session_id,
                 trace_id=trace_id,
                 tierwise_url=self.client.base_url,
+                tierwise_client=self.client.identity,
             )
         tier = str(answer["tier"])
         candidates = self._tier_deployments(tier)
@@ -251,6 +253,7 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
             session_id=answer.get("session_id") or session_id,
             trace_id=trace_id,
             tierwise_url=self.client.base_url,
+            tierwise_client=self.client.identity,
         )
 
     def _serve(self, decision: Decision) -> dict[str, Any]:
@@ -432,8 +435,9 @@ class TierwiseSettler(CustomLogger):
 
     def __init__(self, client: TierwiseClient, remember: int = 10_000) -> None:
         super().__init__()
-        # Each decision is settled on the tierwise that made it (a process may route through several).
-        self.clients: dict[str, TierwiseClient] = {client.base_url: client}
+        # Each decision is settled through the client that made it: its tierwise, with its key (a process may route
+        # through several tierwises, or one with several keys, and a decision belongs to the key that made it).
+        self.clients: dict[str, TierwiseClient] = {client.identity: client}
         self._done: OrderedDict[str, None] = OrderedDict()  # decisions settled here (bounded): no second post
         self._remember = remember
 
@@ -442,8 +446,8 @@ class TierwiseSettler(CustomLogger):
         decision = decision_of((kwargs.get("litellm_params") or {}).get("metadata") or {})
         if not isinstance(decision, Mapping) or not decision.get("decision_id"):
             return None
-        if decision.get("tierwise_url") not in self.clients:
-            return None  # a tierwise no strategy of this process settles
+        if decision.get("tierwise_client") not in self.clients:
+            return None  # a tierwise (or key) no strategy of this process settles
         return None if str(decision["decision_id"]) in self._done else decision
 
     def _body(
@@ -452,7 +456,7 @@ class TierwiseSettler(CustomLogger):
         decision = self._decision(kwargs)
         if decision is None:
             return None
-        did, client = str(decision["decision_id"]), self.clients[decision["tierwise_url"]]
+        did, client = str(decision["decision_id"]), self.clients[decision["tierwise_client"]]
         if not ok:
             return (client, did, {"cost_usd": None}) if _final_failure(kwargs) else None
         if kwargs.get("response_cost") is None:
@@ -505,7 +509,7 @@ def shared_settler(client: TierwiseClient) -> TierwiseSettler:
     global _SETTLER
     if _SETTLER is None:
         _SETTLER = TierwiseSettler(client)
-    _SETTLER.clients[client.base_url] = client
+    _SETTLER.clients[client.identity] = client
     if _SETTLER not in litellm.callbacks:
         litellm.logging_callback_manager.add_litellm_callback(_SETTLER)
     return _SETTLER

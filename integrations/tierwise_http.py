@@ -8,6 +8,7 @@ refusal comes back as `TierwiseRefused` with tierwise's own reason.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,6 +69,12 @@ class TierwiseClient:
     _sync: httpx.Client | None = field(default=None, init=False, repr=False)
     _async: httpx.AsyncClient | None = field(default=None, init=False, repr=False)
     _async_loop: asyncio.AbstractEventLoop | None = field(default=None, init=False, repr=False)
+
+    @property
+    def identity(self) -> str:
+        """The tierwise and the key this client calls it with, as a name that never shows the key: a decision made
+        through this client is settled through it (one process may hold several keys for one tierwise)."""
+        return f"{self.base_url}#{hashlib.sha256((self.api_key or '').encode()).hexdigest()[:16]}"
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}

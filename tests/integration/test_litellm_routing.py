@@ -29,7 +29,7 @@ from integrations.litellm_router import (  # noqa: E402
     prompt_view,
 )
 from integrations.tierwise_http import TierwiseClient, TierwiseRefused  # noqa: E402
-from tests.integration.conftest import CLIENT_KEY, bearer  # noqa: E402
+from tests.integration.conftest import CLIENT_KEY, OTHER_KEY, bearer  # noqa: E402
 
 HARD = "hard question 1: omega sigma alpha beta gamma"
 EASY = "easy question 2: alpha beta gamma delta omega"
@@ -420,3 +420,19 @@ def test_a_retried_call_is_charged_for_the_try_that_answered(tierwise: str, api:
 )
 def test_prompt_view(messages: list[dict[str, Any]], view: str) -> None:
     assert prompt_view(messages) == view
+
+
+def test_each_call_is_settled_with_the_key_that_routed_it(tierwise: str, api: httpx.Client) -> None:
+    """Two tenants' strategies on one tierwise in one process: the settler chose its client by URL, so tenant A's
+    call was settled with tenant B's key (403: the decision belongs to another client) and stayed unsettled."""
+    api.put("/sessions/tenant-a", json={"cap_usd": 10.0})
+    router, _ = make_router(tierwise)  # tenant A: CLIENT_KEY
+    other = litellm.Router(model_list=TAGGED, num_retries=0)
+    other.register_plugin(
+        TierwiseRoutingStrategy(
+            other, TierwiseClient(tierwise, api_key=OTHER_KEY, timeout_s=10.0), fallback_deployment_id="dep-default"
+        )
+    )
+    resp = complete(router, "sync", f"{EASY} (tenant a)", {"tierwise": {"session_id": "tenant-a"}})
+    view = settled_view(api, "tenant-a", 1)
+    assert view["spent_usd"] == pytest.approx(resp._hidden_params["response_cost"]) and view["reserved_usd"] == 0
