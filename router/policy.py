@@ -114,6 +114,8 @@ class Decision:
 
     tier_index: int
     reason: str
+    # The tier the policy picks without the request's limits (min_tier, max_cost_usd, budget), when they moved it.
+    unconstrained: int | None = None
 
 
 def allowed_tiers(
@@ -208,7 +210,7 @@ def decide(
             f"{names[free]} would be chosen but costs ${c[free]:.6g}, over max_cost_usd {max_cost_usd:.6g}; "
             f"{names[pick]} is the best tier that fits"
         )
-    return Decision(pick, reason)
+    return Decision(pick, reason, unconstrained=free)
 
 
 @dataclass(frozen=True)

@@ -172,8 +172,7 @@ class Router:
                         None if guarantee_cost is None else guarantee_cost[i],
                     )
                 d = Decision(
-                    d.tier_index,
-                    f"{guarantee.describe()}{self._uncovered(d, q, c, guarantee, guarantee_cost, i)}; {d.reason}",
+                    d.tier_index, f"{guarantee.describe()}{self._uncovered(d, c)}; {d.reason}", d.unconstrained
                 )
             else:
                 d = decide(q, c, self.names, target, min_tier, max_cost_usd, share, cost_weight)
@@ -182,32 +181,15 @@ class Router:
                 budget_usd = max(budget_usd - float(c[d.tier_index]), 0.0)
         return out
 
-    def _uncovered(
-        self,
-        d: Decision,
-        quality: Sequence[float],
-        cost: Sequence[float],
-        guarantee: OperatingPoint,
-        guarantee_cost: np.ndarray | None,
-        i: int,
-    ) -> str:
+    def _uncovered(self, d: Decision, cost: Sequence[float]) -> str:
         """What to add to a guaranteed decision's reason when the request's limits (max_cost_usd, the session's budget)
         chose a cheaper tier than the guarantee's operating point would: it was calibrated without them, so it does
         not cover that decision."""
-        if guarantee.cost_weight_per_usd is None:
-            return ""
-        free = decide(
-            quality,
-            cost,
-            self.names,
-            0.0,
-            cost_weight=guarantee.cost_weight_per_usd,
-            rank_cost=None if guarantee_cost is None else guarantee_cost[i],
-        )
-        if cost[d.tier_index] >= cost[free.tier_index]:
+        free = d.unconstrained
+        if free is None or cost[d.tier_index] >= cost[free]:
             return ""
         return (
-            f", which does not cover this decision: its operating point picks {self.names[free.tier_index]}, "
+            f", which does not cover this decision: its operating point picks {self.names[free]}, "
             "and the request's cost limits chose a cheaper tier"
         )
 
