@@ -7,7 +7,10 @@ groups are served by a random deployment of that group, as LiteLLM's default shu
 
 Per request, `metadata={"tierwise": {...}}` carries /route's options (session_id, quality_target,
 cost_weight_per_usd, min_tier, max_cost_usd, task, metadata); after the pick, `metadata["tierwise_decision"]` holds what
-was chosen and why (a `Decision`). tierwise being down never blocks a call: a timeout, a refused connection, a
+was chosen and why (a `Decision`), and `metadata["tierwise_decisions"]` the decisions of calls still in flight by
+LiteLLM trace id, so calls sharing one metadata dict are each settled and scored as their own.
+
+tierwise being down never blocks a call: a timeout, a refused connection, a
 5xx, 429 or 413 serves the configured fallback deployment and logs a warning. A refusal that is the caller's to
 fix is raised instead: 402 (the session's spend cap, which a fallback must not bypass) as LiteLLM's
 BudgetExceededError, any other 4xx as BadRequestError with tierwise's reason.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict, cast
@@ -39,7 +43,10 @@ logger = logging.getLogger(__name__)
 TIER_FIELD = "tierwise_tier"
 OPTIONS_KEY = "tierwise"
 DECISION_KEY = "tierwise_decision"
+DECISIONS_KEY = "tierwise_decisions"  # LiteLLM trace id -> Decision, for each call in flight with this metadata
 SIGNALS_KEY = "routing_plugin_signals"  # where LiteLLM puts a routing plugin's signals (integrations/litellm_plugin)
+IN_FLIGHT_KEPT = 1024  # decisions kept per metadata dict (a dict reused forever by unsettled calls stays bounded)
+_IN_FLIGHT_LOCK = threading.Lock()  # calls on several threads may share one metadata dict
 
 
 class Decision(TypedDict):
@@ -96,6 +103,30 @@ def _metadata(request_kwargs: dict[str, Any] | None) -> dict[str, Any]:
     if not isinstance(md, dict):
         md = request_kwargs["metadata"] = {}
     return md
+
+
+def remember(md: dict[str, Any], decision: Decision) -> None:
+    """Write the call's decision into its metadata: the latest under DECISION_KEY, and under its trace id among
+    the calls in flight, which concurrent calls sharing the dict don't overwrite."""
+    with _IN_FLIGHT_LOCK:
+        md[DECISION_KEY] = decision
+        if decision["trace_id"] is None:
+            return
+        calls = md.get(DECISIONS_KEY)
+        if not isinstance(calls, dict):
+            calls = md[DECISIONS_KEY] = {}
+        calls[decision["trace_id"]] = decision
+        while len(calls) > IN_FLIGHT_KEPT:
+            calls.pop(next(iter(calls)))
+
+
+def forget(md: Any, decision: Mapping[str, Any]) -> None:
+    """Drop a settled or scored call from its metadata's calls in flight."""
+    calls = md.get(DECISIONS_KEY) if isinstance(md, dict) else None
+    if isinstance(calls, dict):
+        with _IN_FLIGHT_LOCK:
+            if calls.get(decision.get("trace_id")) is decision:
+                del calls[decision["trace_id"]]
 
 
 def refusal(e: TierwiseRefused, model: str, options: Mapping[str, Any]) -> Exception:
@@ -166,7 +197,8 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
                 answer: Mapping[str, Any] | Exception | None = self.client.route(prompt, options) if prompt else None
             except (TierwiseUnavailable, TierwiseRefused) as e:
                 answer = e
-            decision = md[DECISION_KEY] = self._decide(model, answer, options, trace_id)
+            decision = self._decide(model, answer, options, trace_id)
+            remember(md, decision)
         return self._serve(decision)
 
     async def async_get_available_deployment(  # type: ignore[override]  # as above
@@ -188,7 +220,8 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
                 )
             except (TierwiseUnavailable, TierwiseRefused) as e:
                 answer = e
-            decision = md[DECISION_KEY] = self._decide(model, answer, options, trace_id)
+            decision = self._decide(model, answer, options, trace_id)
+            remember(md, decision)
         return self._serve(decision)
 
     # -- the choice ------------------------------------------------------------------------------------------------
@@ -205,8 +238,8 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
             raise BadRequestError(
                 message=f"metadata[{OPTIONS_KEY!r}] must be a dict of /route options", model="", llm_provider="tierwise"
             )
-        earlier = md.get(DECISION_KEY)
-        same_request = isinstance(earlier, dict) and trace_id is not None and earlier.get("trace_id") == trace_id
+        earlier = decision_of(md, trace_id) if trace_id is not None else None
+        same_request = isinstance(earlier, dict) and earlier.get("trace_id") == trace_id
         return md, options, trace_id, cast(Decision, earlier) if same_request else None
 
     @staticmethod
@@ -300,23 +333,72 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
         Without `outcome_id` the call has one outcome: posting it again is a retry (recorded once), and another
         score for the same call is refused (409). To record more than one (two judges), give each its own id.
         Returns tierwise's answer, or None when there is nothing to post (tierwise did not decide the call).
+        With one metadata dict shared by calls in flight, the response names its call (through the settler, which
+        saw it answer, or the deployment that served it); a ValueError says when it cannot.
         """
-        outcome = outcome_of(metadata, response, score, outcome_id)
-        return self.client.post_outcome(outcome) if outcome else None
+        decision = self._answered_by(metadata, response)
+        outcome = outcome_of({DECISION_KEY: decision}, response, score, outcome_id)
+        answer = self.client.post_outcome(outcome) if outcome else None
+        forget(metadata, decision)
+        return answer
 
     async def apost_score(
         self, metadata: Mapping[str, Any], response: Any, score: float, outcome_id: str | None = None
     ) -> dict[str, Any] | None:
         """`post_score` from async code."""
-        outcome = outcome_of(metadata, response, score, outcome_id)
-        return await self.client.apost_outcome(outcome) if outcome else None
+        decision = self._answered_by(metadata, response)
+        outcome = outcome_of({DECISION_KEY: decision}, response, score, outcome_id)
+        answer = await self.client.apost_outcome(outcome) if outcome else None
+        forget(metadata, decision)
+        return answer
+
+    def _answered_by(self, metadata: Mapping[str, Any], response: Any) -> Any:
+        """The decision of the call that answered `response`: the settler's record of that call, else the one
+        call in flight with `metadata` (or its latest), else the one among them its deployment serves."""
+        hidden = getattr(response, "_hidden_params", None) or {}
+        settler = self.settler or _SETTLER  # the process's settler sees every call, settle=False or not
+        call_id = hidden.get("litellm_call_id")
+        known = settler.answered.get(call_id) if settler and isinstance(call_id, str) else None
+        if known is not None:
+            return known
+        calls = metadata.get(DECISIONS_KEY)
+        if not isinstance(calls, Mapping) or len(calls) <= 1:
+            return decision_of(metadata)
+        served = [d for d in list(calls.values()) if d.get("deployment_id") == hidden.get("model_id")]
+        if len(served) == 1:
+            return served[0]
+        raise ValueError(
+            f"{len(calls)} calls in flight share this metadata dict and {len(served)} of them were served by "
+            f"deployment {hidden.get('model_id')!r}: which one answered this response is unknown; give each call "
+            "its own metadata dict (or let the settler see the call: settle=True)"
+        )
 
 
-def decision_of(metadata: Mapping[str, Any]) -> Any:
-    """The tierwise decision a request's metadata carries: the strategy's, or the routing plugin's signal."""
+def decision_of(metadata: Mapping[str, Any], trace_id: str | None = None) -> Any:
+    """The tierwise decision a request's metadata carries: the strategy's (for `trace_id`'s call, when given), or
+    the routing plugin's signal."""
+    if trace_id is not None:
+        calls = metadata.get(DECISIONS_KEY)
+        mine = calls.get(trace_id) if isinstance(calls, Mapping) else None
+        if isinstance(mine, Mapping):
+            return mine
     signals = metadata.get(SIGNALS_KEY)
     plugin = signals.get(DECISION_KEY) if isinstance(signals, Mapping) else None
-    return metadata.get(DECISION_KEY) or plugin
+    latest = metadata.get(DECISION_KEY)
+    if trace_id is not None and isinstance(latest, Mapping) and latest.get("trace_id") not in (None, trace_id):
+        latest = None  # another call's decision (one metadata dict shared by concurrent calls)
+    return latest or plugin
+
+
+def _trace_id(kwargs: Mapping[str, Any]) -> str | None:
+    """The LiteLLM trace id of the call a callback reports on (one per call, kept by its retries)."""
+    trace = kwargs.get("litellm_trace_id") or (kwargs.get("litellm_params") or {}).get("litellm_trace_id")
+    return trace if isinstance(trace, str) else None
+
+
+def _call_decision(kwargs: Mapping[str, Any]) -> Any:
+    """The decision of the call a LiteLLM callback reports on."""
+    return decision_of((kwargs.get("litellm_params") or {}).get("metadata") or {}, _trace_id(kwargs))
 
 
 def _outcome(decision: Any, score: float, cost_usd: Any, usage: Any, latency_ms: float | None) -> dict[str, Any] | None:
@@ -375,7 +457,7 @@ class TierwiseOutcomeLogger(CustomLogger):
         self.score_fn = score_fn
 
     def _outcome(self, kwargs: Mapping[str, Any], response: Any, start: Any, end: Any) -> dict[str, Any] | None:
-        decision = decision_of((kwargs.get("litellm_params") or {}).get("metadata") or {})
+        decision = _call_decision(kwargs)
         if not isinstance(decision, Mapping) or not decision.get("decision_id"):
             return None
         score = self.score_fn(list(kwargs.get("messages") or []), response)
@@ -439,16 +521,32 @@ class TierwiseSettler(CustomLogger):
         # through several tierwises, or one with several keys, and a decision belongs to the key that made it).
         self.clients: dict[str, TierwiseClient] = {client.identity: client}
         self._done: OrderedDict[str, None] = OrderedDict()  # decisions settled here (bounded): no second post
+        # LiteLLM call id of each answered try -> its decision (bounded), for a score posted later (post_score)
+        self.answered: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._remember = remember
 
     def _decision(self, kwargs: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """The call's decision to settle here: made by a tierwise this settler knows, not settled yet."""
-        decision = decision_of((kwargs.get("litellm_params") or {}).get("metadata") or {})
+        decision = _call_decision(kwargs)
         if not isinstance(decision, Mapping) or not decision.get("decision_id"):
             return None
         if decision.get("tierwise_client") not in self.clients:
             return None  # a tierwise (or key) no strategy of this process settles
         return None if str(decision["decision_id"]) in self._done else decision
+
+    def _answered(self, kwargs: Mapping[str, Any], ok: bool) -> None:
+        """Record which decision an answered try belongs to; drop a call that ended from its metadata's calls in
+        flight (a success, or a failure LiteLLM will not retry)."""
+        decision = _call_decision(kwargs)
+        if not isinstance(decision, Mapping) or not (ok or _final_failure(kwargs)):
+            return
+        call_id = kwargs.get("litellm_call_id")
+        if ok and isinstance(call_id, str):
+            with _IN_FLIGHT_LOCK:
+                self.answered[call_id] = decision
+                while len(self.answered) > self._remember:
+                    self.answered.popitem(last=False)
+        forget((kwargs.get("litellm_params") or {}).get("metadata"), decision)
 
     def _body(
         self, kwargs: Mapping[str, Any], response: Any, start: Any, end: Any, ok: bool
@@ -472,6 +570,7 @@ class TierwiseSettler(CustomLogger):
     def _post(self, kwargs: Any, response: Any, start: Any, end: Any, ok: bool) -> None:
         try:
             todo = self._body(kwargs, response, start, end, ok)
+            self._answered(kwargs, ok)
             if todo:
                 todo[0].settle(todo[1], todo[2])
                 self._mark(todo[1])
@@ -481,6 +580,7 @@ class TierwiseSettler(CustomLogger):
     async def _apost(self, kwargs: Any, response: Any, start: Any, end: Any, ok: bool) -> None:
         try:
             todo = self._body(kwargs, response, start, end, ok)
+            self._answered(kwargs, ok)
             if todo:
                 await todo[0].asettle(todo[1], todo[2])
                 self._mark(todo[1])

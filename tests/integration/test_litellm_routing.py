@@ -20,6 +20,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 litellm = pytest.importorskip("litellm", reason="the litellm extra is not installed (pip install -e '.[litellm]')")
 
 from bench.process import free_port  # noqa: E402
+from integrations import litellm_router  # noqa: E402
 from integrations.litellm_router import (  # noqa: E402
     DECISION_KEY,
     TIER_FIELD,
@@ -257,8 +258,13 @@ def test_post_score_settles_the_session_with_litellms_cost(tierwise: str, api: h
     assert "already has an outcome with a different score" in str(refused.value)
     assert plugin.post_score(md, resp, 0.2, outcome_id="second-judge")["recorded"] == 1  # type: ignore[index]
     assert api.get("/sessions/paid").json()["spent_usd"] == pytest.approx(cost)
-    # A fallback call has no decision: nothing to post.
-    assert plugin.post_score({DECISION_KEY: {"decision_id": None}}, resp, 0.9) is None
+    # A fallback call (nothing to route on) has no decision: nothing to post.
+    fallback_md: dict[str, Any] = {}
+    fallback = router.completion(
+        model="tierwise", messages=[{"role": "assistant", "content": "only"}], metadata=fallback_md
+    )
+    assert fallback_md[DECISION_KEY]["decision_id"] is None
+    assert plugin.post_score(fallback_md, fallback, 0.9) is None
 
 
 def test_the_outcome_logger_posts_what_score_fn_scores(
@@ -436,3 +442,65 @@ def test_each_call_is_settled_with_the_key_that_routed_it(tierwise: str, api: ht
     resp = complete(router, "sync", f"{EASY} (tenant a)", {"tierwise": {"session_id": "tenant-a"}})
     view = settled_view(api, "tenant-a", 1)
     assert view["spent_usd"] == pytest.approx(resp._hidden_params["response_cost"]) and view["reserved_usd"] == 0
+
+
+def test_concurrent_calls_sharing_one_metadata_dict_are_each_settled_and_scored(
+    tierwise: str, api: httpx.Client
+) -> None:
+    """LiteLLM hands the caller's metadata dict along: with one dict shared by concurrent calls, each call's
+    decision overwrote the others' in it, so the settler settled the last decision again and again and the other
+    calls' reservations stayed held. Each call is settled, and scored, as its own decision."""
+    api.put("/sessions/shared-md", json={"cap_usd": 10.0})
+    router, plugin = make_router(tierwise)
+    md: dict[str, Any] = {"tierwise": {"session_id": "shared-md"}}
+    prompts = [f"{p} (shared {i})" for i, p in enumerate((HARD, EASY, HARD, EASY))]
+
+    async def calls() -> tuple[list[Any], dict[str, Any]]:
+        responses = await asyncio.gather(
+            *(
+                router.acompletion(model="tierwise", messages=[{"role": "user", "content": p}], metadata=md)
+                for p in prompts
+            )
+        )
+        return list(responses), await asettled_view(api, "shared-md", 4)
+
+    responses, view = asyncio.run(calls())
+    costs = [r._hidden_params["response_cost"] for r in responses]
+    assert view["spent_usd"] == pytest.approx(sum(costs)) and view["reserved_usd"] == pytest.approx(0)
+    # Each response's score lands on its own decision: four new outcomes, one per decision (a score posted
+    # twice to one decision is a retry, recorded 0; directly re-posting each decision's score is one too).
+    for resp in responses:
+        answer = plugin.post_score(md, resp, 0.5)
+        assert answer is not None and answer["recorded"] == 1
+    for d in view["recent_decisions"]:
+        again = api.post("/outcomes", json={"decision_id": d["decision_id"], "score": 0.5})
+        assert again.status_code == 201 and again.json()["recorded"] == 0
+
+
+def test_without_the_settler_a_shared_metadata_dict_names_its_call_by_deployment_or_refuses(
+    tierwise: str, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """settle=False: no callback saw which call answered; the deployment that served a response names its call
+    among those sharing the dict, and where two share a deployment post_score refuses rather than guess."""
+    # The process's settler (an earlier test's strategy made it) sees every call: here it sees none.
+    monkeypatch.setattr(TierwiseSettler, "_answered", lambda *_: None)
+    monkeypatch.setattr(litellm_router, "_SETTLER", None)
+    api.put("/sessions/shared-nosettle", json={"cap_usd": 10.0})
+    router, plugin = make_router(tierwise, settle=False)
+    md: dict[str, Any] = {"tierwise": {"session_id": "shared-nosettle"}}
+
+    async def calls(*prompts: str) -> list[Any]:
+        messages = [[{"role": "user", "content": p}] for p in prompts]
+        return list(
+            await asyncio.gather(*(router.acompletion(model="tierwise", messages=m, metadata=md) for m in messages))
+        )
+
+    hard, easy = asyncio.run(calls(f"{HARD} (nosettle)", f"{EASY} (nosettle)"))
+    assert hard._hidden_params["model_id"] != easy._hidden_params["model_id"]
+    for resp in (hard, easy):
+        assert plugin.post_score(md, resp, 0.5)["recorded"] == 1  # type: ignore[index]
+    view = api.get("/sessions/shared-nosettle").json()
+    assert all(d["settled"] for d in view["recent_decisions"]) and view["reserved_usd"] == pytest.approx(0)
+    first, second = asyncio.run(calls(f"{HARD} (nosettle 2)", f"{HARD} (nosettle 3)"))
+    with pytest.raises(ValueError, match="2 calls in flight share this metadata dict"):
+        plugin.post_score(md, first, 0.5)
