@@ -28,9 +28,11 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-UNION_MEMBER = re.compile(r"^(list|function-(after|before|wrap|plain)|model|dict)\[|^(str|int|float|bool|none)$")
-"""How pydantic names a union member in an error's loc, e.g. `list[function-after[_check(), OutcomeIn]]`, or `str`
-for `str | list[...]`."""
+UNION_MEMBER = re.compile(
+    r"^(list|function-(after|before|wrap|plain)|model|dict)\[|^(str|int|float|bool|none)$|^constrained-[a-z]+$"
+)
+"""How pydantic names a union member in an error's loc, e.g. `list[function-after[_check(), OutcomeIn]]`, `str`
+for `str | list[...]`, or `constrained-int` for `Annotated[int, Field(ge=0)] | ...`."""
 
 
 def union_member_errors(errors: list[dict[str, Any]], body: Any) -> list[dict[str, Any]]:
@@ -175,6 +177,21 @@ def _json_route(request: Request) -> bool:
     return field is not None and not isinstance(getattr(field, "field_info", None), params.Form)
 
 
+def _door_refusal(request: Request, exc: HTTPException) -> JSONResponse:
+    """Starlette's own refusal under the OpenAI-compatible door (no route took the request) in OpenAI's shape, as
+    the door's own are: a path no route matches (an unknown endpoint, or a model id with a character the path
+    converter refuses, a newline) is a 404, a method the path does not take a 405 naming the ones it does."""
+    if exc.status_code == 404:
+        body = error_body("no such endpoint or model under /v1", "invalid_request_error", "not_found")
+    elif exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow", "")
+        message = f"{request.method} is not allowed on {request.url.path}" + (f": use {allowed}" if allowed else "")
+        body = error_body(message, "invalid_request_error", "method_not_allowed")
+    else:
+        body = error_body(str(exc.detail), "invalid_request_error" if exc.status_code < 500 else "api_error")
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
 def install_handlers(app: FastAPI) -> None:
     """Map every domain error to its 4xx/503; anything else is logged and answered 500."""
 
@@ -211,11 +228,8 @@ def install_handlers(app: FastAPI) -> None:
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if (detail := not_utf8_detail(exc)) is not None:
             return _answer(400, detail)
-        if exc.status_code == 404 and request.url.path.startswith("/v1/"):
-            # Under the OpenAI-compatible door a path no route matches (an unknown endpoint, or a model id with a
-            # character the path converter refuses, a newline) is OpenAI's 404, as the door's own are.
-            body = error_body("no such endpoint or model under /v1", "invalid_request_error", "not_found")
-            return JSONResponse(body, status_code=404)
+        if request.url.path.startswith("/v1/"):
+            return _door_refusal(request, exc)
         return await http_exception_handler(request, exc)
 
     @app.exception_handler(RequestValidationError)

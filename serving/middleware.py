@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.logs import request_id
 from serving.metrics import Metrics
+from serving.proxy.wire import error_body
 
 logger = logging.getLogger("serving.access")
 
@@ -89,7 +90,7 @@ class BodyLimit(HttpMiddleware):
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(send, 413 if declared.isdigit() else 400)
+            await self._refuse(scope, send, 413 if declared.isdigit() else 400)
             return
         chunks: list[bytes] = []
         size = 0
@@ -100,7 +101,7 @@ class BodyLimit(HttpMiddleware):
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > self.max_bytes:
-                await self._refuse(send, 413)
+                await self._refuse(scope, send, 413)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -116,13 +117,15 @@ class BodyLimit(HttpMiddleware):
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, send: Send, status: int) -> None:
+    async def _refuse(self, scope: Scope, send: Send, status: int) -> None:
         detail = (
             f"the request body is over the limit of {self.max_bytes} bytes"
             if status == 413
             else "the Content-Length header is not a number"
         )
-        body = json.dumps({"detail": detail}).encode()
+        door = scope["path"].startswith("/v1/")  # the OpenAI-compatible door: OpenAI's shape, as its other refusals
+        code = "too_large" if status == 413 else None
+        body = json.dumps(error_body(detail, "invalid_request_error", code) if door else {"detail": detail}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})

@@ -59,12 +59,12 @@ def _openai_error(exc: Exception) -> DoorJSONResponse:
         # OpenAI's `param` is the field's path (`messages.0.content`), without the union members pydantic tried.
         loc = err.get("loc", ())[1:]
         param = ".".join(str(p) for p in loc if not (isinstance(p, str) and UNION_MEMBER.match(p))) or None
-        return DoorJSONResponse(
-            error_body(
-                f"{param or 'body'}: {err.get('msg', 'invalid')}", "invalid_request_error", err.get("type"), param
-            ),
-            status_code=400,
-        )
+        if param is None and "param" in (err.get("ctx") or {}):  # a model-wide check that names the field itself
+            param = str(err["ctx"]["param"])
+            message = str(err.get("msg", "invalid"))
+        else:
+            message = f"{param or 'body'}: {err.get('msg', 'invalid')}"
+        return DoorJSONResponse(error_body(message, "invalid_request_error", err.get("type"), param), status_code=400)
     if isinstance(exc, OverBudget):
         code = "session_frozen" if (exc.body or {}).get("status") == "frozen" else "over_budget"
         return DoorJSONResponse(
@@ -144,9 +144,9 @@ router = APIRouter(prefix="/v1", tags=["openai"], route_class=OpenAIRoute, respo
         },
         **_errors(400, 402, 403, 404, 429, 502, 504),
         413: {
-            "description": "the prompt is over max_prompt_chars (an OpenAI-format error), or the body is over "
-            'max_body_bytes (refused before it is read, as everywhere: `{"detail": ...}`)',
-            "content": {"application/json": {"schema": {"type": "object"}}},
+            "description": "the prompt is over max_prompt_chars, or the body is over max_body_bytes (refused "
+            "before it is read)",
+            "model": OpenAIError,
         },
     },
 )

@@ -516,17 +516,22 @@ async def _relay(
 ) -> AsyncGenerator[bytes, None]:
     """The upstream's events as SSE, `tierwise` on the first; settled before `[DONE]`.
 
-    Usage is asked of the upstream always; its usage-only chunk reaches the caller only if the caller asked too.
+    Usage is asked of the upstream always; its usage-only chunk reaches the caller only if the caller asked too,
+    held back until the call is settled and sent last with `tierwise` again, now with what the call cost.
     A failure mid-stream ends the stream with an OpenAI error event and charges nothing; a caller who leaves
     is charged for what was used (the upstream's usage, else an estimate of the text streamed).
     """
     assert served.stream is not None
     first = True
+    usage_chunk: dict[str, Any] | None = None
     try:
         async for event in served.stream.events():
             if first:
                 event, first = {**event, "tierwise": info}, False
-            elif not include_usage and not event.get("choices"):
+            elif not event.get("choices"):
+                if include_usage and usage_chunk is not None:
+                    yield sse(usage_chunk)
+                usage_chunk = event if include_usage else None
                 continue
             yield sse(event)
     except UpstreamFailure as failure:
@@ -542,6 +547,8 @@ async def _relay(
         raise
     trail.usages.append(served.stream.usage())
     await _settle(settle, decision, trail, started, served, metrics)
+    if usage_chunk is not None:
+        yield sse({**usage_chunk, "tierwise": {**info, **_usage_info(trail)}})
     yield sse("[DONE]")
 
 

@@ -7,9 +7,11 @@ is kept as sent and passed to the upstream untouched.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 from starlette.responses import JSONResponse
 
 from serving.schemas import MAX_TOKENS, RouteOptions
@@ -28,6 +30,19 @@ KNOB_HEADERS: dict[str, str] = {
 
 
 MAX_CHOICES = 128  # OpenAI's own limit on `n`
+
+
+def non_finite_number(value: Any, path: tuple[str | int, ...] = ()) -> tuple[tuple[str | int, ...], float] | None:
+    """The path and value of the first NaN or infinity in a parsed JSON body, None if it has none (Python's JSON
+    reader takes them, but no JSON number is one: passed on, they make a body the upstream cannot read)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path, value
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = non_finite_number(item, (*path, key))
+        if found is not None:
+            return found
+    return None
 
 
 class TextPart(BaseModel):
@@ -67,6 +82,21 @@ class ChatCompletionRequest(BaseModel):
     tierwise: RouteOptions | None = Field(
         None, description="routing options (OpenAI SDK: `extra_body={'tierwise': {...}}`); stripped before the upstream"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _json_numbers_only(cls, data: Any) -> Any:
+        """NaN and infinities anywhere in the body (`temperature`, a tool's schema) are refused, named by their path
+        in the error's ctx `param` (a model-wide check has no field location of its own)."""
+        found = non_finite_number(data)
+        if found is not None:
+            param = ".".join(str(p) for p in found[0])
+            raise PydanticCustomError(
+                "non_finite_number",
+                "{param}: {value} is not a JSON number (NaN and Infinity are not JSON)",
+                {"param": param, "value": str(found[1])},
+            )
+        return data
 
     @field_validator("stream", mode="before")
     @classmethod

@@ -227,6 +227,9 @@ def test_knobs_by_extra_body_and_headers(sdk: OpenAI, url: str, up: FakeUpstream
         # the field's path, not pydantic's union members ("messages.0.content.str")
         ({"messages": [{"role": "user", "content": 7}]}, 400, "messages.0.content"),
         ({"messages": [{"role": "user", "content": [{"type": 1}]}]}, 400, "messages.0.content.0.type"),
+        # nor its names of constrained members ("tierwise.min_tier.constrained-int")
+        ({"extra_body": {"tierwise": {"min_tier": -1}}}, 400, "min_tier"),
+        ({"extra_body": {"tierwise": {"min_tier": 1.5}}}, 400, "min_tier"),
     ],
 )
 def test_bad_requests_are_openai_errors(sdk: OpenAI, up: FakeUpstream, kwargs: dict, status: int, param: str) -> None:
@@ -238,7 +241,32 @@ def test_bad_requests_are_openai_errors(sdk: OpenAI, up: FakeUpstream, kwargs: d
     assert isinstance(body, dict) and set(body) >= {"message", "type", "code", "param"}  # the SDK unwraps "error"
     assert param in (body["param"] or "")
     assert "[" not in (body["param"] or "") and not (body["param"] or "").endswith(".str")
+    assert "constrained" not in (body["param"] or "")
     assert up.requests == []  # refused before any upstream call
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "param"),
+    [
+        ("temperature", "NaN", "temperature"),
+        ("top_p", "Infinity", "top_p"),
+        ("logit_bias", '{"50256": -Infinity}', "logit_bias.50256"),
+        ("tools", '[{"type": "function", "function": {"name": "f", "x": [1, NaN]}}]', "tools.0.function.x.1"),
+    ],
+)
+def test_a_number_json_has_not_is_a_400_naming_it(
+    url: str, up: FakeUpstream, field: str, value: str, param: str
+) -> None:
+    """Python's JSON reader takes NaN and Infinity, which no JSON number is: passed on, the upstream got a body that
+    is not JSON (`"temperature": NaN`)."""
+    headers = {**bearer(CLIENT_KEY), "content-type": "application/json"}
+    body = f'{{"model": "tierwise", "messages": [{{"role": "user", "content": "hi"}}], "{field}": {value}}}'
+    r = httpx.post(f"{url}/v1/chat/completions", content=body.encode(), headers=headers)
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param and error["type"] == "invalid_request_error"
+    assert "not a JSON number" in error["message"]
+    assert up.requests == []
 
 
 def test_a_body_that_is_no_json_names_no_parameter(url: str, up: FakeUpstream) -> None:
@@ -344,6 +372,11 @@ def test_streaming_usage_chunk_reaches_a_caller_who_asked(sdk: OpenAI, up: FakeU
         )
     )
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
+    # ... with what the call cost in `tierwise`, known only once it ended (the first chunk names the decision)
+    last, first = chunks[-1].model_extra["tierwise"], chunks[0].model_extra["tierwise"]  # type: ignore[index]
+    assert "cost_usd" not in first and last["decision_id"] == first["decision_id"]
+    assert last["cost_usd"] == pytest.approx(cost("small", 3, 4)) and (last["tokens_in"], last["tokens_out"]) == (3, 4)
+    assert sum(1 for c in chunks if not c.choices) == 1  # one usage chunk, as the upstream sent
 
 
 def test_async_client_plain_and_streaming(url: str, up: FakeUpstream) -> None:
@@ -487,3 +520,18 @@ def test_the_door_routes_with_the_services_exploration_settings(
     infos = [s.model_extra["tierwise"] for s in served]
     assert {i["routed_tier"] for i in infos} != {"main"}, "no request explored past the policy's tier"
     assert any(line.startswith("tierwise_decisions_total") for line in metrics.splitlines())
+
+
+def test_a_method_or_size_refused_before_the_door_is_an_openai_error(url: str, up: FakeUpstream) -> None:
+    """Starlette's 405 and the body limit's 413 answer before the door's route: they were `{"detail": ...}`."""
+    r = httpx.get(f"{url}/v1/chat/completions", headers=bearer(CLIENT_KEY))
+    assert r.status_code == 405 and r.headers["allow"] == "POST", r.text
+    assert r.json()["error"]["code"] == "method_not_allowed" and "use POST" in r.json()["error"]["message"]
+    headers = {**bearer(CLIENT_KEY), "content-type": "application/json"}
+    big = b'{"x": "' + b"v" * 1_100_000 + b'"}'  # over the default max_body_bytes (1 MiB)
+    r = httpx.post(f"{url}/v1/chat/completions", content=big, headers=headers)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "too_large", r.text
+    assert "over the limit" in r.json()["error"]["message"]
+    r = httpx.post(f"{url}/route", content=big, headers=headers)  # tierwise's own API keeps its shape
+    assert r.status_code == 413 and "over the limit" in r.json()["detail"]
+    assert up.requests == []
