@@ -219,6 +219,12 @@ def _sqlite_pragmas(synchronous: str, autocheckpoint: int) -> Any:
     return on_connect
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception as one line: the drivers' (and MLflow's) messages go on with hints and links."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def require_existing(url: str) -> None:
     """For a command that reads or maintains the store the service writes (`evaluate`/`calibrate`/`train
     --from-store`, `purge`): a SQLite URL naming no file is a typo, not a store to create empty (a purge from cron

@@ -9,9 +9,8 @@ import sys
 import uvicorn
 
 from infra.settings import Settings, get_settings
-from infra.store import Store
+from infra.store import Store, first_line
 from router.embedders.factory import make_embedder
-from serving.errors import first_line
 from serving.metrics import reset_multiprocess_dir
 from serving.model_source import source_from_settings
 from serving.runtime import build_runtime

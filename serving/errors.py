@@ -22,12 +22,6 @@ from serving.schemas import ErrorResponse
 logger = logging.getLogger(__name__)
 
 
-def first_line(exc: BaseException) -> str:
-    """An exception as one line: SQLAlchemy's messages go on with hints and links."""
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 UNION_MEMBER = re.compile(
     r"^(list|function-(after|before|wrap|plain)|model|dict)\[|^(str|int|float|bool|none)$|^constrained-[a-z]+$"
 )

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from infra.settings import Settings
+from infra.store import first_line
 from router.artifact import PACKAGED_ROUTER, RouterArtifact, find_artifact
-from serving.errors import first_line
 
 logger = logging.getLogger(__name__)
 

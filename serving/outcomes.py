@@ -27,7 +27,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
-from infra.store import SERVED_BY_PROXY, DecisionRow, OutcomeConflict, OutcomeRow, Store
+from infra.store import SERVED_BY_PROXY, DecisionRow, OutcomeConflict, OutcomeRow, Store, first_line
 from router.schema import TiersConfig
 from serving.errors import (
     Conflict,
@@ -37,7 +37,6 @@ from serving.errors import (
     NotSettledYet,
     ServiceError,
     StoreUnavailable,
-    first_line,
     refusal_class,
 )
 from serving.metrics import Metrics

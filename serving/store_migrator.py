@@ -12,8 +12,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from infra.store import Store
-from serving.errors import first_line
+from infra.store import Store, first_line
 
 logger = logging.getLogger(__name__)
 

@@ -107,17 +107,14 @@ def _named_file(flag: str, path: Path | None) -> None:
         _fail(f"{flag} {path}: no such file")
 
 
-def _first_line(exc: BaseException) -> str:
-    """An error's message as one line (drivers and MLflow go on with hints and links)."""
-    return (str(exc).strip().splitlines() or [""])[0]
-
-
 @contextmanager
 def _input_errors() -> Iterator[None]:
     """What a command's inputs can raise that the command did not turn into a line of its own: a file it cannot
     read or write (named), a log or tiers file the checks refused (their messages name file, row and field), a
     database URL or file that is none. Anything else is a bug and keeps its traceback."""
     import sqlalchemy as sa
+
+    from infra.store import first_line
 
     try:
         yield
@@ -133,7 +130,7 @@ def _input_errors() -> Iterator[None]:
         _fail(f"{exc}: install it (a database URL's driver, or pip install 'tierwise[train]')")
     except sa.exc.DatabaseError as exc:
         cause = exc.orig if exc.orig is not None else exc
-        _fail(f"the database refused: {type(cause).__name__}: {_first_line(cause)}")
+        _fail(f"the database refused: {type(cause).__name__}: {first_line(cause)}")
 
 
 FLAG_OF_FIELD = {"quality_target": "--target", "outcomes_path": "--outcomes", "tiers_path": "--tiers"}
@@ -174,13 +171,14 @@ def _tracking(s: Settings) -> None:
     scheme it knows, a database driver not installed) is one line naming it."""
     from mlflow.exceptions import MlflowException
 
+    from infra.store import first_line
     from training import tracking
 
     try:
         tracking.configure(s.mlflow_tracking_uri, s.experiment_name)
     except (MlflowException, ImportError) as exc:
         uri = _without_password(s.mlflow_tracking_uri)
-        _fail(f"MLFLOW_TRACKING_URI {uri}: MLflow cannot use it: {type(exc).__name__}: {_first_line(exc)[:300]}")
+        _fail(f"MLFLOW_TRACKING_URI {uri}: MLflow cannot use it: {type(exc).__name__}: {first_line(exc)[:300]}")
 
 
 def _without_password(url: str) -> str:

@@ -7,12 +7,13 @@ import logging
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
+from infra.store import first_line
 from router.features import EmbedderMismatch
 from router.schema import TiersConfigError
 from serving.api.route import tier_infos
 from serving.api.sessions import SessionPath
 from serving.deps import Admin, RecorderDep, StoreDep
-from serving.errors import CALLER_ERRORS, NotFound, RegistryUnavailable, ReloadFailed, error, first_line
+from serving.errors import CALLER_ERRORS, NotFound, RegistryUnavailable, ReloadFailed, error
 from serving.schemas import DeletedSession, ReloadResponse, SpoolStatus
 
 logger = logging.getLogger(__name__)

@@ -8,10 +8,9 @@ from datetime import UTC, datetime, timedelta
 
 from infra import admin_queries as q
 from infra.settings import Settings
-from infra.store import Store
+from infra.store import Store, first_line
 from router.schema import Tier
 from serving.drift import DriftReport, drift_report
-from serving.errors import first_line
 from serving.runtime import Runtime
 
 logger = logging.getLogger(__name__)
