@@ -35,6 +35,7 @@ RETRYABLE: frozenset[str] = frozenset({"timeout", "rate_limited", "server", "con
 DRAIN_S = 0.05  # how long a stream's body is read past `[DONE]` for its end, to keep the connection
 AFTER_FINISH_S = 2.0  # how long a whole answer's stream waits for its usage chunk or `[DONE]`
 MAX_RETRY_AFTER_S = 86_400.0  # an upstream's Retry-After is read up to a day (a longer one is a day)
+MAX_JSON_DEPTH = 64  # an upstream's JSON nested deeper is no chat completion (one is ~6 deep, with logprobs ~8)
 OnSent = Callable[[], None]
 """Called once a call's request body is handed to the connection (its first chunk: a JSON body is one)."""
 HTTP_ERRORS = (aiohttp.ClientError, TimeoutError)
@@ -119,6 +120,8 @@ def usage_of(ep: Endpoint, usage: Any, body: Mapping[str, Any], answer_tokens: f
     (answer_bound.input_tokens) and of its answer (`answer_tokens`, the sum of `answer_token_estimate`)."""
     try:
         tokens_in, tokens_out = int(usage["prompt_tokens"]), int(usage["completion_tokens"])
+        if tokens_in < 0 or tokens_out < 0:
+            raise ValueError("a negative token count is no usage")  # it would make an answered call free
         estimated = False
     except (TypeError, KeyError, ValueError, OverflowError):  # OverflowError: an infinite count
         tokens_in, tokens_out = input_tokens(body), math.ceil(answer_tokens)
@@ -135,7 +138,8 @@ def answer_token_estimate(body: Mapping[str, Any]) -> float:
     """The answer's message contents in tokens (router.text.token_estimate; for a usage estimate). Unrounded, so
     that the estimates of a stream's chunks add up to the whole answer's."""
     total = 0.0
-    for choice in body.get("choices") or []:
+    choices = body.get("choices")
+    for choice in choices if isinstance(choices, list) else []:
         if not isinstance(choice, dict):
             continue
         msg = choice.get("message") or choice.get("delta")
@@ -182,7 +186,7 @@ def retry_after_of(headers: Mapping[str, str]) -> float | None:
 
 def _failure_for_status(model: str, status: int, text: str, headers: Mapping[str, str]) -> UpstreamFailure:
     try:
-        message = str(json.loads(text)["error"]["message"])
+        message = str(strict_json(text)["error"]["message"])
     except (ValueError, KeyError, TypeError):
         message = text.strip()[:300] or f"HTTP {status}"
     detail = f"HTTP {status}: {message}"
@@ -387,8 +391,30 @@ def _finite(text: str) -> float:
 
 def strict_json(text: str | bytes) -> Any:
     """JSON as the standard has it: Python's NaN, Infinity and -Infinity are refused, and so is a number past a
-    float's range (-1e400 would be read as -inf): an answer holding them could not be passed on as JSON."""
-    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    float's range (-1e400 would be read as -inf): an answer holding them could not be passed on as JSON. So is JSON
+    nested deeper than MAX_JSON_DEPTH (ValueError for all): deeper, Python's parser or the answer's rendering
+    exhausts the stack (RecursionError, a 500 after the call was charged)."""
+    try:
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+    except RecursionError:
+        raise ValueError("JSON nested too deep to read") from None
+    if _depth_over(value, MAX_JSON_DEPTH):
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _depth_over(value: Any, limit: int) -> bool:
+    """Whether lists and objects nest in `value` deeper than `limit` (iteratively: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 async def _lines(resp: aiohttp.ClientResponse) -> AsyncIterator[str]:
@@ -481,9 +507,14 @@ class Stream:
                 if event.get("usage"):
                     self.raw_usage = event["usage"]
                 listed = event.get("choices")
-                for c in listed if isinstance(listed, list) else []:
+                if listed is not None and not isinstance(listed, list):
+                    raise UpstreamFailure(self.ep.model, "server", "sent an event whose choices are not a list")
+                for c in listed or []:
                     if isinstance(c, dict) and c.get("finish_reason"):
-                        self._finished_choices.add(c.get("index", 0))
+                        index = c.get("index", 0)
+                        if not isinstance(index, int) or isinstance(index, bool):
+                            raise UpstreamFailure(self.ep.model, "server", "sent a choice whose index is no number")
+                        self._finished_choices.add(index)
                 self.finished = self.finished or len(self._finished_choices) >= self._choices
                 self.answer_tokens += answer_token_estimate(event)
                 return event
