@@ -120,13 +120,14 @@ def remember(md: dict[str, Any], decision: Decision) -> None:
             calls.pop(next(iter(calls)))
 
 
-def forget(md: Any, decision: Mapping[str, Any]) -> None:
+def forget(md: Any, decision: Any) -> None:
     """Drop a settled or scored call from its metadata's calls in flight."""
     calls = md.get(DECISIONS_KEY) if isinstance(md, dict) else None
-    if isinstance(calls, dict):
+    if isinstance(calls, dict) and isinstance(decision, Mapping):
         with _IN_FLIGHT_LOCK:
-            if calls.get(decision.get("trace_id")) is decision:
-                del calls[decision["trace_id"]]
+            trace = decision.get("trace_id")
+            if calls.get(trace) is decision:
+                del calls[trace]
 
 
 def refusal(e: TierwiseRefused, model: str, options: Mapping[str, Any]) -> Exception:
@@ -238,7 +239,9 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
             raise BadRequestError(
                 message=f"metadata[{OPTIONS_KEY!r}] must be a dict of /route options", model="", llm_provider="tierwise"
             )
-        earlier = decision_of(md, trace_id) if trace_id is not None else None
+        # Only a call still in flight is retried: a caller may give separate calls one trace id (a conversation's).
+        calls = md.get(DECISIONS_KEY)
+        earlier = calls.get(trace_id) if isinstance(calls, dict) and trace_id is not None else None
         same_request = isinstance(earlier, dict) and earlier.get("trace_id") == trace_id
         return md, options, trace_id, cast(Decision, earlier) if same_request else None
 
@@ -354,7 +357,8 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
 
     def _answered_by(self, metadata: Mapping[str, Any], response: Any) -> Any:
         """The decision of the call that answered `response`: the settler's record of that call, else the one
-        call in flight with `metadata` (or its latest), else the one among them its deployment serves."""
+        call in flight with `metadata` (with none, its latest), else the one among them its deployment serves.
+        None when another deployment than the decision's answered (a LiteLLM fallback to another model group)."""
         hidden = getattr(response, "_hidden_params", None) or {}
         settler = self.settler or _SETTLER  # the process's settler sees every call, settle=False or not
         call_id = hidden.get("litellm_call_id")
@@ -362,13 +366,15 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
         if known is not None:
             return known
         calls = metadata.get(DECISIONS_KEY)
-        if not isinstance(calls, Mapping) or len(calls) <= 1:
-            return decision_of(metadata)
-        served = [d for d in list(calls.values()) if d.get("deployment_id") == hidden.get("model_id")]
+        in_flight = list(calls.values()) if isinstance(calls, Mapping) else []
+        if len(in_flight) <= 1:
+            decision = in_flight[0] if in_flight else decision_of(metadata)
+            return decision if _served_by(decision, hidden.get("model_id")) else None
+        served = [d for d in in_flight if d.get("deployment_id") == hidden.get("model_id")]
         if len(served) == 1:
             return served[0]
         raise ValueError(
-            f"{len(calls)} calls in flight share this metadata dict and {len(served)} of them were served by "
+            f"{len(in_flight)} calls in flight share this metadata dict and {len(served)} of them were served by "
             f"deployment {hidden.get('model_id')!r}: which one answered this response is unknown; give each call "
             "its own metadata dict (or let the settler see the call: settle=True)"
         )
@@ -390,15 +396,30 @@ def decision_of(metadata: Mapping[str, Any], trace_id: str | None = None) -> Any
     return latest or plugin
 
 
+def _served_by(decision: Any, deployment_id: Any) -> bool:
+    """Whether `deployment_id` (None: unknown) may have answered for `decision`: its deployment, when it names one
+    (the routing plugin's decisions name only a tier). A LiteLLM fallback to another model group answers for none."""
+    if not isinstance(decision, Mapping) or not deployment_id or not decision.get("deployment_id"):
+        return True
+    return bool(decision["deployment_id"] == deployment_id)
+
+
+def _answering_deployment(kwargs: Mapping[str, Any]) -> Any:
+    """The deployment (model_info id) of the try a LiteLLM callback reports on."""
+    return ((kwargs.get("litellm_params") or {}).get("model_info") or {}).get("id")
+
+
 def _trace_id(kwargs: Mapping[str, Any]) -> str | None:
     """The LiteLLM trace id of the call a callback reports on (one per call, kept by its retries)."""
     trace = kwargs.get("litellm_trace_id") or (kwargs.get("litellm_params") or {}).get("litellm_trace_id")
     return trace if isinstance(trace, str) else None
 
 
-def _call_decision(kwargs: Mapping[str, Any]) -> Any:
-    """The decision of the call a LiteLLM callback reports on."""
-    return decision_of((kwargs.get("litellm_params") or {}).get("metadata") or {}, _trace_id(kwargs))
+def _call_decision(kwargs: Mapping[str, Any], ok: bool = False) -> Any:
+    """The decision of the call a LiteLLM callback reports on; for an answer (`ok`), None when another deployment
+    than the decision's answered (a LiteLLM fallback to another model group: that answer is none of its tier's)."""
+    decision = decision_of((kwargs.get("litellm_params") or {}).get("metadata") or {}, _trace_id(kwargs))
+    return decision if not ok or _served_by(decision, _answering_deployment(kwargs)) else None
 
 
 def _outcome(decision: Any, score: float, cost_usd: Any, usage: Any, latency_ms: float | None) -> dict[str, Any] | None:
@@ -457,7 +478,7 @@ class TierwiseOutcomeLogger(CustomLogger):
         self.score_fn = score_fn
 
     def _outcome(self, kwargs: Mapping[str, Any], response: Any, start: Any, end: Any) -> dict[str, Any] | None:
-        decision = _call_decision(kwargs)
+        decision = _call_decision(kwargs, ok=True)
         if not isinstance(decision, Mapping) or not decision.get("decision_id"):
             return None
         score = self.score_fn(list(kwargs.get("messages") or []), response)
@@ -525,9 +546,9 @@ class TierwiseSettler(CustomLogger):
         self.answered: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._remember = remember
 
-    def _decision(self, kwargs: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    def _decision(self, kwargs: Mapping[str, Any], ok: bool) -> Mapping[str, Any] | None:
         """The call's decision to settle here: made by a tierwise this settler knows, not settled yet."""
-        decision = _call_decision(kwargs)
+        decision = _call_decision(kwargs, ok)
         if not isinstance(decision, Mapping) or not decision.get("decision_id"):
             return None
         if decision.get("tierwise_client") not in self.clients:
@@ -537,7 +558,7 @@ class TierwiseSettler(CustomLogger):
     def _answered(self, kwargs: Mapping[str, Any], ok: bool) -> None:
         """Record which decision an answered try belongs to; drop a call that ended from its metadata's calls in
         flight (a success, or a failure LiteLLM will not retry)."""
-        decision = _call_decision(kwargs)
+        decision = _call_decision(kwargs, ok)
         if not isinstance(decision, Mapping) or not (ok or _final_failure(kwargs)):
             return
         call_id = kwargs.get("litellm_call_id")
@@ -551,7 +572,7 @@ class TierwiseSettler(CustomLogger):
     def _body(
         self, kwargs: Mapping[str, Any], response: Any, start: Any, end: Any, ok: bool
     ) -> tuple[TierwiseClient, str, dict[str, Any]] | None:
-        decision = self._decision(kwargs)
+        decision = self._decision(kwargs, ok)
         if decision is None:
             return None
         did, client = str(decision["decision_id"]), self.clients[decision["tierwise_client"]]

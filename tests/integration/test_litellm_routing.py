@@ -504,3 +504,64 @@ def test_without_the_settler_a_shared_metadata_dict_names_its_call_by_deployment
     first, second = asyncio.run(calls(f"{HARD} (nosettle 2)", f"{HARD} (nosettle 3)"))
     with pytest.raises(ValueError, match="2 calls in flight share this metadata dict"):
         plugin.post_score(md, first, 0.5)
+
+
+def test_separate_calls_given_one_trace_id_are_each_routed_and_settled(tierwise: str, api: httpx.Client) -> None:
+    """LiteLLM keeps a trace id the caller gives (a conversation's calls in one trace): the second call on the same
+    metadata was taken for a retry of the first, neither routed nor settled."""
+    api.put("/sessions/one-trace", json={"cap_usd": 10.0})
+    router, _ = make_router(tierwise)
+    md: dict[str, Any] = {"tierwise": {"session_id": "one-trace"}}
+    costs = []
+    for i, prompt in enumerate((HARD, EASY)):
+        messages = [{"role": "user", "content": f"{prompt} (trace {i})"}]
+        resp = router.completion(model="tierwise", messages=messages, metadata=md, litellm_trace_id="conversation-1")
+        costs.append(resp._hidden_params["response_cost"])
+        settled_view(api, "one-trace", i + 1)  # each call ends (is settled) before the next
+    view = settled_view(api, "one-trace", 2)
+    assert view["spent_usd"] == pytest.approx(sum(costs)) and view["reserved_usd"] == pytest.approx(0)
+
+
+def test_a_score_lands_on_the_one_call_left_in_flight(
+    tierwise: str, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No settler: two calls share a dict; B's score (named by its deployment) first, then A's, the one call left in
+    flight. A's score went to the latest decision (B's)."""
+    monkeypatch.setattr(TierwiseSettler, "_answered", lambda *_: None)
+    monkeypatch.setattr(litellm_router, "_SETTLER", None)
+    router, plugin = make_router(tierwise, settle=False)
+    md: dict[str, Any] = {"tierwise": {"session_id": "left-in-flight"}}
+    api.put("/sessions/left-in-flight", json={"cap_usd": 10.0})
+    a = complete(router, "sync", f"{EASY} (left a)", md)
+    b = complete(router, "sync", f"{HARD} (left b)", md)
+    ids = {d["deployment_id"]: d["decision_id"] for d in md["tierwise_decisions"].values()}
+    assert set(ids) == {a._hidden_params["model_id"], b._hidden_params["model_id"]}
+    assert plugin.post_score(md, b, 0.9)["recorded"] == 1  # type: ignore[index]
+    assert plugin.post_score(md, a, 0.1)["recorded"] == 1  # type: ignore[index]
+    for resp, score in ((a, 0.1), (b, 0.9)):  # each decision holds its own score: posting it again is a retry
+        body = {"decision_id": ids[resp._hidden_params["model_id"]], "score": score}
+        again = api.post("/outcomes", json=body | {"cost_usd": resp._hidden_params["response_cost"]})
+        assert again.status_code == 201 and again.json()["recorded"] == 0, again.text
+
+
+def test_an_answer_from_a_fallback_group_is_none_of_the_tiers(tierwise: str, api: httpx.Client) -> None:
+    """LiteLLM's fallbacks: every deployment of the tier fails and the `default` group answers. The decision is
+    released, and that answer's score is not posted as the tier's outcome (it was, at the tier's decision)."""
+    api.put("/sessions/fell-back", json={"cap_usd": 10.0})
+    failing = [deployment(f"x-{t}", t, reply="litellm.InternalServerError") for t in TIERS]
+    router = litellm.Router(
+        model_list=[*failing, deployment("dep-default", group="default")],
+        num_retries=0,
+        fallbacks=[{"tierwise": ["default"]}],
+    )
+    plugin = TierwiseRoutingStrategy(
+        router, TierwiseClient(tierwise, api_key=CLIENT_KEY, timeout_s=10.0), fallback_deployment_id="dep-default"
+    )
+    router.register_plugin(plugin)
+    md: dict[str, Any] = {"tierwise": {"session_id": "fell-back"}}
+    resp = complete(router, "sync", f"{HARD} (fell back)", md)
+    assert resp._hidden_params["model_id"] == "dep-default" and md[DECISION_KEY]["decision_id"]
+    view = settled_view(api, "fell-back", 1)
+    assert view["spent_usd"] == 0 and view["reserved_usd"] == pytest.approx(0)  # released, charged nothing
+    assert plugin.post_score(md, resp, 0.9) is None
+    assert api.get("/sessions/fell-back").json()["spent_usd"] == 0
