@@ -1,0 +1,159 @@
+"""A/B (issue 10, item 3, "better views"): does a bag of words and character n-grams see task difficulty that the
+router's MiniLM and text features miss?
+
+`python -m bench.quality_tfidf [--only "routerbench 3 tiers,llmrouter_dc"] [--seeds 0,1,2]` takes the splits of
+bench/quality.py and, per split, fits the router as `make train` does (per-tier boosters on the shared difficulty,
+the task prior blended in where the log has categories) and, beside it, a per-tier ridge regression on TF-IDF word
+(1-2) and character (2-5) n-grams of the train prompts. Methods: the router, the TF-IDF ridge alone, the router's
+blend fed the average of boosters and ridge, and stacking (router/stacking.py, 3-fold out-of-fold) of the
+boosters, kNN and task prior with and without the ridge. AIQ with 200 bootstrap draws over test prompts; groups
+average their seeds' draws; Δ is method minus router, paired. Writes bench/results/quality_tfidf.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from scipy import sparse
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import Ridge
+from threadpoolctl import threadpool_limits
+
+from bench import quality as bq
+from bench.common import machine_info
+from router import evaluate as ev
+from router.model import DifficultyModel
+from router.stacking import StackedQuality, out_of_fold
+from router.text import text_features
+from training.fit import fit_task_prior
+
+logger = logging.getLogger("bench.quality_tfidf")
+RIDGE_ALPHA = 3.0
+
+
+def tfidf_ridge(fit_prompts: list[str], Y: np.ndarray, predict_prompts: list[str]) -> np.ndarray:
+    """Per tier, a ridge regression of the score on TF-IDF word and character n-grams; predictions clipped to
+    [0.01, 0.99] (as a probability for stacking's logits)."""
+    words = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, max_features=100_000)
+    chars = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), min_df=3, sublinear_tf=True, max_features=100_000)
+    X_fit = sparse.hstack([words.fit_transform(fit_prompts), chars.fit_transform(fit_prompts)]).tocsr()
+    X_pred = sparse.hstack([words.transform(predict_prompts), chars.transform(predict_prompts)]).tocsr()
+    out = np.zeros((len(predict_prompts), Y.shape[1]))
+    for j in range(Y.shape[1]):
+        have = np.isfinite(Y[:, j])
+        out[:, j] = Ridge(alpha=RIDGE_ALPHA, solver="sparse_cg").fit(X_fit[have], Y[have, j]).predict(X_pred)
+    return np.clip(out, 0.01, 0.99)
+
+
+def split_predictions(sp: bq.SplitData, feats: bq.Features, seed: int) -> dict[str, np.ndarray]:
+    """Each method's predicted tier quality on the split's test prompts."""
+    tr, te, Y = sp.train, sp.test, sp.scores
+    emb = feats.view(sp.prompts, "tail700")
+    X = np.hstack([emb, text_features(sp.prompts)])
+    shared = bq.shared_difficulty_for(sp, X, feats, seed)
+    names = [str(j) for j in range(Y.shape[1])]
+    easiness = shared.oof_easiness_[: int(tr.sum())]
+    booster = DifficultyModel(n_jobs=bq.N_JOBS, random_state=seed, easiness="prior")
+    boosters = booster.fit(X[tr], Y[tr], names, shared=shared, train_easiness=easiness).predict_quality(X[te])
+    oof = bq.oof_bases(sp, X, emb, shared, seed)
+    params = DifficultyModel(n_jobs=bq.N_JOBS, random_state=seed, easiness="prior")
+    prior_fit = fit_task_prior(
+        X[tr], Y[tr], sp.categories[tr], names, params, shared, easiness, boosters_oof=oof["boosters"]
+    )
+    train_prompts = [sp.prompts[i] for i in np.flatnonzero(tr)]
+    test_prompts = [sp.prompts[i] for i in np.flatnonzero(te)]
+    ridge = tfidf_ridge(train_prompts, Y[tr], test_prompts)
+    oof["tfidf"] = out_of_fold(
+        lambda f, h: tfidf_ridge([train_prompts[i] for i in f], Y[tr][f], [train_prompts[i] for i in h]),
+        len(train_prompts),
+        3,
+        seed,
+    )
+
+    def blended(quality: np.ndarray) -> np.ndarray:
+        return quality if prior_fit is None else prior_fit.blend(quality, None, X[te])[0]
+
+    bases = {
+        "boosters": boosters,
+        "kNN": ev.knn_predictor(emb[tr], Y[tr])(emb[te]),
+        "prior": bq.prior_predictor(sp.categories, Y, tr)[te],
+        "tfidf": ridge,
+    }
+    preds = {
+        "router": blended(boosters),
+        "TF-IDF ridge": ridge,
+        "router, boosters averaged with the ridge": blended(0.5 * boosters + 0.5 * ridge),
+        "kNN (k=25)": bases["kNN"],
+    }
+    combos: list[tuple[str, ...]] = [("boosters", "kNN"), ("boosters", "kNN", "tfidf")]
+    if len(set(sp.categories[tr])) > 1:
+        preds["task prior"] = bases["prior"]
+        combos += [("boosters", "kNN", "prior"), ("boosters", "kNN", "prior", "tfidf")]
+    for combo in combos:
+        meta = StackedQuality().fit([oof[b] for b in combo], Y[tr])
+        preds["stacking " + " + ".join(combo)] = meta.predict_quality([bases[b] for b in combo])
+    return preds
+
+
+def summarise(draws: dict[str, list[dict[str, dict[str, np.ndarray]]]]) -> dict[str, dict[str, list[float]]]:
+    """Per group and method: AIQ, then Δ vs the router with its 95% CI (seeds' b-th draws averaged)."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for group, splits in draws.items():
+        router = np.mean([s["router"]["AIQ"] for s in splits], axis=0)
+        table[group] = {}
+        for name in splits[0]:
+            aiq = np.mean([s[name]["AIQ"] for s in splits], axis=0)
+            lo, hi = np.nanpercentile((aiq - router)[1:], [2.5, 97.5])
+            row = [float(aiq[0]), float(aiq[0] - router[0]), float(lo), float(hi)]
+            table[group][name] = [round(v, 4) for v in row]
+    return table
+
+
+def to_markdown(result: dict[str, Any]) -> str:
+    lines = ["# TF-IDF n-grams beside the router (bench/quality_tfidf.py)", "", str(__doc__).split("\n\n")[1], ""]
+    lines.append(f"Run: `{result['command']}`, {result['runtime_s'] / 60:.1f} min.")
+    for group, rows in result["groups"].items():
+        n = result["splits"][group]
+        lines += ["", f"## {group} ({n} split{'s' if n > 1 else ''})", "", "| method | AIQ | Δ vs router [95% CI] |"]
+        lines.append("|---|---|---|")
+        for name, (aiq, d, lo, hi) in sorted(rows.items(), key=lambda kv: -kv[1][0]):
+            lines.append(f"| {name} | {aiq:.4f} | {d:+.4f} [{lo:+.4f}, {hi:+.4f}] |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=str(__doc__).splitlines()[0])
+    parser.add_argument("--only", default="routerbench 3 tiers,llmrouter_dc,routellm", help="split groups (comma)")
+    parser.add_argument("--seeds", default="0,1,2", help="seeds of the random splits")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    threadpool_limits(bq.N_JOBS)
+    bq.SEEDS = tuple(int(s) for s in args.seeds.split(","))  # type: ignore[assignment]  # the suite has three
+    started, machine = time.perf_counter(), machine_info()
+    feats = bq.Features(bq.REPO / ".cache" / "embeddings.sqlite", bq.REPO / ".cache" / "onnx")
+    wanted = [w.strip() for w in args.only.split(",")]
+    draws: dict[str, list[dict[str, dict[str, np.ndarray]]]] = {}
+    for sp in [s for s in bq.build_splits(False) if any(w in s.group for w in wanted)]:
+        t0 = time.perf_counter()
+        seed = int(sp.name[4:]) if sp.name.startswith("seed") else 0
+        metrics = bq.evaluate_split(sp, split_predictions(sp, feats, seed), 200, seed)
+        draws.setdefault(sp.group, []).append(metrics)
+        logger.info("%s %s: %.0f s", sp.group, sp.name, time.perf_counter() - t0)
+    result = {
+        "machine": machine,
+        "command": f'python -m bench.quality_tfidf --only "{args.only}" --seeds {args.seeds}',
+        "runtime_s": round(time.perf_counter() - started, 1),
+        "splits": {g: len(s) for g, s in draws.items()},
+        "groups": summarise(draws),
+    }
+    (bq.RESULTS / "quality_tfidf.json").write_text(json.dumps(result, indent=1) + "\n")
+    (bq.RESULTS / "quality_tfidf.md").write_text(to_markdown(result))
+
+
+if __name__ == "__main__":
+    main()
