@@ -30,6 +30,7 @@ from integrations.litellm_router import (
     TIER_FIELD,
     Decision,
     TierwiseSettler,
+    prompt_digest,
     prompt_view,
     refusal,
     shared_settler,
@@ -128,4 +129,5 @@ class TierwiseRoutingPlugin:
             trace_id=None,
             tierwise_url=self.client.base_url,
             tierwise_client=self.client.identity,
+            prompt_digest=prompt_digest(prompt),
         )

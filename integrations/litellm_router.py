@@ -23,6 +23,7 @@ posted later (`post_score`, `TierwiseOutcomeLogger`) needs nothing else and char
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 import threading
@@ -47,6 +48,7 @@ DECISIONS_KEY = "tierwise_decisions"  # LiteLLM trace id -> Decision, for each c
 SIGNALS_KEY = "routing_plugin_signals"  # where LiteLLM puts a routing plugin's signals (integrations/litellm_plugin)
 IN_FLIGHT_KEPT = 1024  # decisions kept per metadata dict (a dict reused forever by unsettled calls stays bounded)
 _IN_FLIGHT_LOCK = threading.Lock()  # calls on several threads may share one metadata dict
+AMBIGUOUS: Mapping[str, Any] = {}  # TierwiseSettler.answered's value for a response id seen with several decisions
 
 
 class Decision(TypedDict):
@@ -60,6 +62,12 @@ class Decision(TypedDict):
     trace_id: str | None
     tierwise_url: str
     tierwise_client: str  # TierwiseClient.identity of the client that made it: the settler settles through that one
+    prompt_digest: str  # of the text routed on: a retry (same trace id) routes the same text
+
+
+def prompt_digest(prompt: str) -> str:
+    """A short digest of the text a call was routed on (a retry sends the same text; another call may not)."""
+    return hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def _text(content: Any) -> str:
@@ -191,14 +199,14 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
     ) -> dict[str, Any]:
         if model != self.group:
             return self._any_of(model)
-        md, options, trace_id, decision = self._request(request_kwargs)
+        prompt = self._prompt(messages, input)
+        md, options, trace_id, decision = self._request(request_kwargs, prompt)
         if decision is None:
-            prompt = self._prompt(messages, input)
             try:
                 answer: Mapping[str, Any] | Exception | None = self.client.route(prompt, options) if prompt else None
             except (TierwiseUnavailable, TierwiseRefused) as e:
                 answer = e
-            decision = self._decide(model, answer, options, trace_id)
+            decision = self._decide(model, answer, options, trace_id, prompt)
             remember(md, decision)
         return self._serve(decision)
 
@@ -212,16 +220,16 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
     ) -> dict[str, Any]:
         if model != self.group:
             return self._any_of(model)
-        md, options, trace_id, decision = self._request(request_kwargs)
+        prompt = self._prompt(messages, input)
+        md, options, trace_id, decision = self._request(request_kwargs, prompt)
         if decision is None:
-            prompt = self._prompt(messages, input)
             try:
                 answer: Mapping[str, Any] | Exception | None = (
                     await self.client.aroute(prompt, options) if prompt else None
                 )
             except (TierwiseUnavailable, TierwiseRefused) as e:
                 answer = e
-            decision = self._decide(model, answer, options, trace_id)
+            decision = self._decide(model, answer, options, trace_id, prompt)
             remember(md, decision)
         return self._serve(decision)
 
@@ -229,9 +237,10 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
 
     @staticmethod
     def _request(
-        request_kwargs: dict[str, Any] | None,
+        request_kwargs: dict[str, Any] | None, prompt: str
     ) -> tuple[dict[str, Any], Mapping[str, Any], str | None, Decision | None]:
-        """The request's metadata, its /route options, its trace id, and the decision of an earlier try, if any."""
+        """The request's metadata, its /route options, its trace id, and the decision of an earlier try of the same
+        call, if any: one in flight with this trace id and this prompt."""
         md = _metadata(request_kwargs)
         trace_id = (request_kwargs or {}).get("litellm_trace_id")
         options = md.get(OPTIONS_KEY) or {}
@@ -239,10 +248,15 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
             raise BadRequestError(
                 message=f"metadata[{OPTIONS_KEY!r}] must be a dict of /route options", model="", llm_provider="tierwise"
             )
-        # Only a call still in flight is retried: a caller may give separate calls one trace id (a conversation's).
+        # Only a call still in flight is retried, with the same text: a caller may give separate calls one trace id
+        # (a conversation's), and LiteLLM ends a call (its callbacks, which take it out of flight) after it returned.
         calls = md.get(DECISIONS_KEY)
         earlier = calls.get(trace_id) if isinstance(calls, dict) and trace_id is not None else None
-        same_request = isinstance(earlier, dict) and earlier.get("trace_id") == trace_id
+        same_request = (
+            isinstance(earlier, dict)
+            and earlier.get("trace_id") == trace_id
+            and earlier.get("prompt_digest") == prompt_digest(prompt)
+        )
         return md, options, trace_id, cast(Decision, earlier) if same_request else None
 
     @staticmethod
@@ -252,7 +266,12 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
         return text if isinstance(text, str) and text.strip() else ""
 
     def _decide(
-        self, model: str, answer: Mapping[str, Any] | Exception | None, options: Mapping[str, Any], trace_id: str | None
+        self,
+        model: str,
+        answer: Mapping[str, Any] | Exception | None,
+        options: Mapping[str, Any],
+        trace_id: str | None,
+        prompt: str,
     ) -> Decision:
         """The decision for tierwise's answer; the fallback deployment when tierwise gave none."""
         if isinstance(answer, TierwiseRefused):
@@ -272,6 +291,7 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
                 trace_id=trace_id,
                 tierwise_url=self.client.base_url,
                 tierwise_client=self.client.identity,
+                prompt_digest=prompt_digest(prompt),
             )
         tier = str(answer["tier"])
         candidates = self._tier_deployments(tier)
@@ -290,6 +310,7 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
             trace_id=trace_id,
             tierwise_url=self.client.base_url,
             tierwise_client=self.client.identity,
+            prompt_digest=prompt_digest(prompt),
         )
 
     def _serve(self, decision: Decision) -> dict[str, Any]:
@@ -361,10 +382,12 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
         None when another deployment than the decision's answered (a LiteLLM fallback to another model group)."""
         hidden = getattr(response, "_hidden_params", None) or {}
         settler = self.settler or _SETTLER  # the process's settler sees every call, settle=False or not
-        call_id = hidden.get("litellm_call_id")
-        known = settler.answered.get(call_id) if settler and isinstance(call_id, str) else None
-        if known is not None:
-            return known
+        # A response names its call by LiteLLM's call id; a streamed one (its chunks, or stream_chunk_builder's
+        # answer) only by the upstream's response id, which the settler recorded too.
+        for key in (hidden.get("litellm_call_id"), getattr(response, "id", None)):
+            known = settler.answered.get(key) if settler and isinstance(key, str) else None
+            if known is not None and known is not AMBIGUOUS:
+                return known
         calls = metadata.get(DECISIONS_KEY)
         in_flight = list(calls.values()) if isinstance(calls, Mapping) else []
         if len(in_flight) <= 1:
@@ -542,7 +565,8 @@ class TierwiseSettler(CustomLogger):
         # through several tierwises, or one with several keys, and a decision belongs to the key that made it).
         self.clients: dict[str, TierwiseClient] = {client.identity: client}
         self._done: OrderedDict[str, None] = OrderedDict()  # decisions settled here (bounded): no second post
-        # LiteLLM call id of each answered try -> its decision (bounded), for a score posted later (post_score)
+        # LiteLLM call id and upstream response id of each answered try -> its decision (bounded), for a score
+        # posted later (post_score)
         self.answered: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._remember = remember
 
@@ -555,17 +579,19 @@ class TierwiseSettler(CustomLogger):
             return None  # a tierwise (or key) no strategy of this process settles
         return None if str(decision["decision_id"]) in self._done else decision
 
-    def _answered(self, kwargs: Mapping[str, Any], ok: bool) -> None:
-        """Record which decision an answered try belongs to; drop a call that ended from its metadata's calls in
-        flight (a success, or a failure LiteLLM will not retry)."""
+    def _answered(self, kwargs: Mapping[str, Any], response: Any, ok: bool) -> None:
+        """Record which decision an answered try belongs to (by LiteLLM's call id and the upstream's response id);
+        drop a call that ended from its metadata's calls in flight (a success, or a failure LiteLLM won't retry)."""
         decision = _call_decision(kwargs, ok)
         if not isinstance(decision, Mapping) or not (ok or _final_failure(kwargs)):
             return
-        call_id = kwargs.get("litellm_call_id")
-        if ok and isinstance(call_id, str):
+        keys = [k for k in (kwargs.get("litellm_call_id"), getattr(response, "id", None)) if isinstance(k, str) and k]
+        if ok and keys:
             with _IN_FLIGHT_LOCK:
-                self.answered[call_id] = decision
-                while len(self.answered) > self._remember:
+                for key in keys:  # an upstream that reuses one response id names no call by it
+                    earlier = self.answered.get(key)
+                    self.answered[key] = decision if earlier is None or earlier is decision else AMBIGUOUS
+                while len(self.answered) > 2 * self._remember:
                     self.answered.popitem(last=False)
         forget((kwargs.get("litellm_params") or {}).get("metadata"), decision)
 
@@ -591,7 +617,7 @@ class TierwiseSettler(CustomLogger):
     def _post(self, kwargs: Any, response: Any, start: Any, end: Any, ok: bool) -> None:
         try:
             todo = self._body(kwargs, response, start, end, ok)
-            self._answered(kwargs, ok)
+            self._answered(kwargs, response, ok)
             if todo:
                 todo[0].settle(todo[1], todo[2])
                 self._mark(todo[1])
@@ -601,7 +627,7 @@ class TierwiseSettler(CustomLogger):
     async def _apost(self, kwargs: Any, response: Any, start: Any, end: Any, ok: bool) -> None:
         try:
             todo = self._body(kwargs, response, start, end, ok)
-            self._answered(kwargs, ok)
+            self._answered(kwargs, response, ok)
             if todo:
                 await todo[0].asettle(todo[1], todo[2])
                 self._mark(todo[1])

@@ -60,7 +60,7 @@ def _openai_error(exc: Exception) -> DoorJSONResponse:
         loc = err.get("loc", ())[1:]
         param = ".".join(str(p) for p in loc if not (isinstance(p, str) and UNION_MEMBER.match(p))) or None
         if param is None and "param" in (err.get("ctx") or {}):  # a model-wide check that names the field itself
-            param = str(err["ctx"]["param"])
+            param = str(err["ctx"]["param"]) or None
             message = str(err.get("msg", "invalid"))
         else:
             message = f"{param or 'body'}: {err.get('msg', 'invalid')}"

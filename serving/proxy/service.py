@@ -517,7 +517,8 @@ async def _relay(
     """The upstream's events as SSE, `tierwise` on the first; settled before `[DONE]`.
 
     Usage is asked of the upstream always; its usage-only chunk reaches the caller only if the caller asked too,
-    held back until the call is settled and sent last with `tierwise` again, now with what the call cost.
+    held back until the call is settled and sent last with `tierwise` again, now with what the call cost (another
+    chunk without choices, an Azure-like filter report, passes as it comes).
     A failure mid-stream ends the stream with an OpenAI error event and charges nothing; a caller who leaves
     is charged for what was used (the upstream's usage, else an estimate of the text streamed).
     """
@@ -529,10 +530,13 @@ async def _relay(
             if first:
                 event, first = {**event, "tierwise": info}, False
             elif not event.get("choices"):
-                if include_usage and usage_chunk is not None:
-                    yield sse(usage_chunk)
-                usage_chunk = event if include_usage else None
-                continue
+                if not include_usage:
+                    continue
+                if event.get("usage"):
+                    if usage_chunk is not None:  # an earlier usage chunk: the last one carries the cost
+                        yield sse(usage_chunk)
+                    usage_chunk = event
+                    continue
             yield sse(event)
     except UpstreamFailure as failure:
         trail.failures.append(f"{failure.model} mid-stream: {failure.message}")

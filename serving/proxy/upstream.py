@@ -511,7 +511,8 @@ class Stream:
                     raise UpstreamFailure(self.ep.model, "server", "sent an event whose choices are not a list")
                 for c in listed or []:
                     if isinstance(c, dict) and c.get("finish_reason"):
-                        index = c.get("index", 0)
+                        index = c.get("index")
+                        index = 0 if index is None else index  # absent or null: the one choice there is
                         if not isinstance(index, int) or isinstance(index, bool):
                             raise UpstreamFailure(self.ep.model, "server", "sent a choice whose index is no number")
                         self._finished_choices.add(index)

@@ -90,11 +90,11 @@ class ChatCompletionRequest(BaseModel):
         in the error's ctx `param` (a model-wide check has no field location of its own)."""
         found = non_finite_number(data)
         if found is not None:
-            param = ".".join(str(p) for p in found[0])
+            param = ".".join(str(p) for p in found[0])  # "" when the whole body is NaN
             raise PydanticCustomError(
                 "non_finite_number",
-                "{param}: {value} is not a JSON number (NaN and Infinity are not JSON)",
-                {"param": param, "value": str(found[1])},
+                "{where}: {value} is not a JSON number (NaN and Infinity are not JSON)",
+                {"param": param, "where": param or "body", "value": str(found[1])},
             )
         return data
 

@@ -506,20 +506,63 @@ def test_without_the_settler_a_shared_metadata_dict_names_its_call_by_deployment
         plugin.post_score(md, first, 0.5)
 
 
-def test_separate_calls_given_one_trace_id_are_each_routed_and_settled(tierwise: str, api: httpx.Client) -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_separate_calls_given_one_trace_id_are_each_routed_and_settled(
+    tierwise: str, api: httpx.Client, mode: str
+) -> None:
     """LiteLLM keeps a trace id the caller gives (a conversation's calls in one trace): the second call on the same
-    metadata was taken for a retry of the first, neither routed nor settled."""
-    api.put("/sessions/one-trace", json={"cap_usd": 10.0})
+    metadata was taken for a retry of the first, neither routed nor settled; back to back it still was, as LiteLLM
+    ends a call (its callbacks) after the call returned."""
+    session = f"one-trace-{mode}"
+    api.put(f"/sessions/{session}", json={"cap_usd": 10.0})
     router, _ = make_router(tierwise)
-    md: dict[str, Any] = {"tierwise": {"session_id": "one-trace"}}
-    costs = []
-    for i, prompt in enumerate((HARD, EASY)):
-        messages = [{"role": "user", "content": f"{prompt} (trace {i})"}]
-        resp = router.completion(model="tierwise", messages=messages, metadata=md, litellm_trace_id="conversation-1")
-        costs.append(resp._hidden_params["response_cost"])
-        settled_view(api, "one-trace", i + 1)  # each call ends (is settled) before the next
-    view = settled_view(api, "one-trace", 2)
+    md: dict[str, Any] = {"tierwise": {"session_id": session}}
+    prompts = [[{"role": "user", "content": f"{p} (trace {mode} {i})"}] for i, p in enumerate((HARD, EASY))]
+
+    async def calls() -> tuple[list[Any], dict[str, Any]]:
+        done = [
+            await router.acompletion(model="tierwise", messages=m, metadata=md, litellm_trace_id=f"conv-{mode}")
+            for m in prompts
+        ]
+        return done, await asettled_view(api, session, 2)
+
+    if mode == "async":
+        responses, view = asyncio.run(calls())
+    else:
+        responses = [
+            router.completion(model="tierwise", messages=m, metadata=md, litellm_trace_id=f"conv-{mode}")
+            for m in prompts
+        ]
+        view = settled_view(api, session, 2)
+    assert {r._hidden_params["model_id"] for r in responses} == {"dep-brain", "dep-main"}
+    costs = [r._hidden_params["response_cost"] for r in responses]
     assert view["spent_usd"] == pytest.approx(sum(costs)) and view["reserved_usd"] == pytest.approx(0)
+
+
+def test_streamed_calls_sharing_one_metadata_dict_are_each_scored_as_their_own(
+    tierwise: str, api: httpx.Client
+) -> None:
+    """A streamed answer carries no LiteLLM call id: after both calls ended, each score went to the latest
+    decision. The settler knows each answer by the upstream's response id too."""
+    api.put("/sessions/shared-streams", json={"cap_usd": 10.0})
+    router, plugin = make_router(tierwise)
+    md: dict[str, Any] = {"tierwise": {"session_id": "shared-streams"}}
+
+    async def one(prompt: str) -> Any:
+        messages = [{"role": "user", "content": prompt}]
+        stream = await router.acompletion(model="tierwise", messages=messages, metadata=md, stream=True)
+        return litellm.stream_chunk_builder([c async for c in stream], messages=messages)
+
+    async def calls() -> tuple[list[Any], dict[str, Any]]:
+        answers = await asyncio.gather(one(f"{HARD} (stream a)"), one(f"{EASY} (stream b)"))
+        return list(answers), await asettled_view(api, "shared-streams", 2)
+
+    answers, view = asyncio.run(calls())
+    for answer in answers:
+        assert plugin.post_score(md, answer, 0.5)["recorded"] == 1  # type: ignore[index]
+    for d in view["recent_decisions"]:  # each decision holds one score: posting it again is a retry
+        again = api.post("/outcomes", json={"decision_id": d["decision_id"], "score": 0.5})
+        assert again.status_code == 201 and again.json()["recorded"] == 0, again.text
 
 
 def test_a_score_lands_on_the_one_call_left_in_flight(

@@ -4,10 +4,13 @@ routing, the `tierwise` field and headers, tools passed through, settlement on t
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -16,6 +19,7 @@ from openai import AsyncOpenAI, OpenAI
 
 from serving.proxy import upstream
 from serving.proxy.answer_bound import input_tokens
+from tests.integration import fake_upstream
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer
 from tests.integration.fake_upstream import FakeUpstream, Reply
 from tests.integration.proxy_fixtures import proxied_tierwise, proxy_fixtures, streamed_in_session
@@ -252,6 +256,7 @@ def test_bad_requests_are_openai_errors(sdk: OpenAI, up: FakeUpstream, kwargs: d
         ("top_p", "Infinity", "top_p"),
         ("logit_bias", '{"50256": -Infinity}', "logit_bias.50256"),
         ("tools", '[{"type": "function", "function": {"name": "f", "x": [1, NaN]}}]', "tools.0.function.x.1"),
+        ("temperature", "1e309", "temperature"),  # past a float's range: read as infinity
     ],
 )
 def test_a_number_json_has_not_is_a_400_naming_it(
@@ -267,6 +272,13 @@ def test_a_number_json_has_not_is_a_400_naming_it(
     assert error["param"] == param and error["type"] == "invalid_request_error"
     assert "not a JSON number" in error["message"]
     assert up.requests == []
+
+
+def test_a_body_that_is_nan_names_no_parameter(url: str, up: FakeUpstream) -> None:
+    headers = {**bearer(CLIENT_KEY), "content-type": "application/json"}
+    r = httpx.post(f"{url}/v1/chat/completions", content=b"NaN", headers=headers)
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] is None and r.json()["error"]["message"].startswith("body: nan")
 
 
 def test_a_body_that_is_no_json_names_no_parameter(url: str, up: FakeUpstream) -> None:
@@ -377,6 +389,50 @@ def test_streaming_usage_chunk_reaches_a_caller_who_asked(sdk: OpenAI, up: FakeU
     assert "cost_usd" not in first and last["decision_id"] == first["decision_id"]
     assert last["cost_usd"] == pytest.approx(cost("small", 3, 4)) and (last["tokens_in"], last["tokens_out"]) == (3, 4)
     assert sum(1 for c in chunks if not c.choices) == 1  # one usage chunk, as the upstream sent
+
+
+def _raw_events(events: list[dict]) -> Any:
+    async def gen(model: str, reply: Reply, include_usage: bool) -> AsyncIterator[bytes]:
+        for event in events:
+            yield f"data: {json.dumps(event)}\n\n".encode()
+        yield b"data: [DONE]\n\n"
+
+    return gen
+
+
+def _chunk(content: str | None, finish: str | None = None, index: Any = 0, **more: Any) -> dict[str, Any]:
+    delta = {} if content is None else {"content": content}
+    choices = [{"index": index, "delta": delta, "finish_reason": finish}] if content is not None or finish else []
+    return {"id": "c", "object": "chat.completion.chunk", "model": "m", "choices": choices, **more}
+
+
+def test_the_cost_rides_on_the_usage_chunk_not_on_a_later_empty_one(
+    sdk: OpenAI, up: FakeUpstream, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Azure-like upstream sends a chunk with no choices and no usage after the usage chunk: `tierwise`'s cost
+    went on that one, the usage chunk out without it. And a finished choice whose index is null is index 0."""
+    usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    events = [
+        _chunk(""),
+        _chunk("a", "stop", index=None),
+        _chunk(None, usage=usage),
+        _chunk(None, prompt_filter_results=[]),
+    ]
+    monkeypatch.setattr(fake_upstream, "_events", _raw_events(events))
+    chunks = list(
+        sdk.chat.completions.create(
+            model="tierwise",
+            messages=[{"role": "user", "content": EASY}],
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    with_usage = [c for c in chunks if c.usage is not None]
+    assert len(with_usage) == 1 and with_usage[0].model_extra["tierwise"]["cost_usd"] == pytest.approx(
+        cost("small", 3, 1)
+    )  # type: ignore[index]
+    assert all("cost_usd" not in (c.model_extra or {}).get("tierwise", {}) for c in chunks if c.usage is None)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "a"
 
 
 def test_async_client_plain_and_streaming(url: str, up: FakeUpstream) -> None:
