@@ -373,16 +373,20 @@ def test_a_streamed_event_longer_than_a_read_buffer_arrives_whole(sdk: OpenAI, u
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
 
 
+def _streamed_with_usage(sdk: OpenAI) -> list[Any]:
+    """The chunks of a streamed call that asked for usage (`stream_options.include_usage`)."""
+    stream = sdk.chat.completions.create(
+        model="tierwise",
+        messages=[{"role": "user", "content": EASY}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    return list(stream)
+
+
 def test_streaming_usage_chunk_reaches_a_caller_who_asked(sdk: OpenAI, up: FakeUpstream) -> None:
     up.script("small", Reply(usage=(3, 4)))
-    chunks = list(
-        sdk.chat.completions.create(
-            model="tierwise",
-            messages=[{"role": "user", "content": EASY}],
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-    )
+    chunks = _streamed_with_usage(sdk)
     assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 4
     # ... with what the call cost in `tierwise`, known only once it ended (the first chunk names the decision)
     last, first = chunks[-1].model_extra["tierwise"], chunks[0].model_extra["tierwise"]  # type: ignore[index]
@@ -419,14 +423,7 @@ def test_the_cost_rides_on_the_usage_chunk_not_on_a_later_empty_one(
         _chunk(None, prompt_filter_results=[]),
     ]
     monkeypatch.setattr(fake_upstream, "_events", _raw_events(events))
-    chunks = list(
-        sdk.chat.completions.create(
-            model="tierwise",
-            messages=[{"role": "user", "content": EASY}],
-            stream=True,
-            stream_options={"include_usage": True},
-        )
-    )
+    chunks = _streamed_with_usage(sdk)
     with_usage = [c for c in chunks if c.usage is not None]
     assert len(with_usage) == 1 and with_usage[0].model_extra["tierwise"]["cost_usd"] == pytest.approx(
         cost("small", 3, 1)
