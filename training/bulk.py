@@ -71,7 +71,15 @@ def _row(path: Path, rec: dict[str, Any], row: int) -> Row:
         raise OutcomeLogError(
             path, f"expected the task hint as a string of at most {MAX_TASK_CHARS} characters", row=row, column="task"
         )
+    if isinstance(task, str) and not is_unicode_text(task):
+        raise OutcomeLogError(path, "the task hint is not valid Unicode (a lone surrogate)", row=row, column="task")
     prompt_id = rec.get("prompt_id")
+    if prompt_id is not None and (isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int))):
+        raise OutcomeLogError(path, "expected the prompt_id as a string or an integer", row=row, column="prompt_id")
+    if isinstance(prompt_id, str) and not is_unicode_text(prompt_id):
+        raise OutcomeLogError(
+            path, "the prompt_id is not valid Unicode (a lone surrogate)", row=row, column="prompt_id"
+        )
     return {"prompt_id": str(row if prompt_id is None else prompt_id), "prompt": prompt, "task": task or None}
 
 

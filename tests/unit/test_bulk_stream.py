@@ -107,6 +107,23 @@ def test_a_task_that_is_no_string_is_named_by_row(router: Router, tmp_path: Path
         route_file(router, src, tmp_path / "o.jsonl", 0.7, show_progress=False)
 
 
+@pytest.mark.parametrize(
+    ("line", "column"),
+    [
+        ('{"prompt_id": "\\ud800", "prompt": "x"}', "prompt_id"),  # was a traceback writing Parquet
+        ('{"prompt_id": "s", "prompt": "x", "task": "\\ud800"}', "task"),  # /route/batch refuses it too
+        ('{"prompt_id": true, "prompt": "x"}', "prompt_id"),  # was routed as the id "True"
+        ('{"prompt_id": {"a": 1}, "prompt": "x"}', "prompt_id"),
+        ('{"prompt_id": 1.5, "prompt": "x"}', "prompt_id"),
+    ],
+)
+def test_a_prompt_id_or_task_no_output_can_hold_is_named_by_row(router: Router, tmp_path: Path, line: str, column: str):
+    src = tmp_path / "ids.jsonl"
+    src.write_text('{"prompt_id": 7, "prompt": "an integer id is fine"}\n' + line + "\n")
+    with pytest.raises(OutcomeLogError, match=rf"ids.jsonl.*row 2.*{column}"):
+        route_file(router, src, tmp_path / "o.parquet", 0.7, show_progress=False)
+
+
 @pytest.mark.parametrize("out_suffix", [".jsonl", ".parquet"])
 def test_a_failed_run_leaves_the_old_output_as_it_was(router: Router, tmp_path: Path, out_suffix: str):
     # rows_per_chunk=2: the first chunk is written before the bad row 3 is read
