@@ -294,7 +294,7 @@ def dask_scaling(artifact_dir: Path, n: int, workers: list[int]) -> dict[str, An
                     Path(tmp) / "out.parquet",
                     0.8,
                     show_progress=False,
-                )
+                ).decisions
                 wall = time.perf_counter() - t0
             finally:
                 close(client)

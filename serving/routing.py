@@ -119,16 +119,6 @@ def boundary_tiers(
     return near
 
 
-def task_hint_note(rt: Runtime, task: str | None) -> str:
-    """What the request's task hint did, for the reason ("" without one)."""
-    if task is None:
-        return ""
-    if rt.router.knows_task(task):
-        return f"; task hint {task!r}: its tiers' mean scores in the training log blended in (router.task_hint)"
-    fallback = "the model's own guess of the task is used" if rt.router.guesses_task() else "ignored"
-    return f"; task hint {task!r} is not a task this model knows (GET /tiers lists them): {fallback}"
-
-
 def route(
     rt: Runtime,
     store: Store,
@@ -168,7 +158,7 @@ def route(
     # guarantee was calibrated on (it trades quality against it), and, with the counted cost, what says whether a
     # session is spent (a large counted input makes a request wait or shrink, never freezes the session).
     bare = cost if counted is None else rt.router.expected_cost(prompts)
-    hint = task_hint_note(rt, opts.task)
+    hint = rt.router.task_hint_note(opts.task)
 
     names = rt.tiers.names
     how = epsilon if isinstance(epsilon, Exploration) else Exploration(rate=epsilon)

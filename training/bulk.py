@@ -6,10 +6,14 @@ vectorised call (embedding, text features, boosters), decided and written before
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from hashlib import blake2b
 from pathlib import Path
 from typing import IO, Any
 
@@ -22,7 +26,7 @@ from router.routing import Router
 from router.schema import OutcomeLogError, is_unicode_text, iter_jsonl_objects
 from router.task_hint import MAX_TASK_CHARS
 
-Row = dict[str, Any]  # {"prompt_id": str, "prompt": str, "task": str | None}
+Row = dict[str, Any]  # {"prompt_id": str | None, "prompt": str, "task": str | None, "row": int (1-based)}
 Record = dict[str, Any]
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
@@ -43,9 +47,14 @@ def decision_records(
 ) -> list[Record]:
     """The JSON record of each row's decision: its tier, model, every tier's predicted quality, cost and reason."""
     names = router.tiers.tiers
+    notes: dict[str | None, str] = {}
     out = []
     for i, (row, d) in enumerate(zip(rows, decisions, strict=True)):
         tier = names[d.tier_index]
+        task = row.get("task")
+        note = notes.get(task)
+        if note is None:
+            note = notes[task] = router.task_hint_note(task)
         out.append(
             {
                 "prompt_id": row["prompt_id"],
@@ -53,14 +62,15 @@ def decision_records(
                 "model": tier.model,
                 "predicted_quality": {n: round(q, 4) for n, q in zip(router.names, quality[i].tolist(), strict=True)},
                 "expected_cost_usd": float(cost[i, d.tier_index]),
-                "reason": d.reason,
+                "reason": d.reason + note,
             }
         )
     return out
 
 
 def _row(path: Path, rec: dict[str, Any], row: int) -> Row:
-    """One input record as {"prompt_id", "prompt", "task"}; a bad one raises naming the file and row."""
+    """One input record as a Row (its prompt_id as given, None without; PromptIds fills it in); a bad one raises
+    naming the file and row."""
     prompt = rec.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         raise OutcomeLogError(path, "expected a non-empty prompt", row=row, column="prompt")
@@ -80,7 +90,51 @@ def _row(path: Path, rec: dict[str, Any], row: int) -> Row:
         raise OutcomeLogError(
             path, "the prompt_id is not valid Unicode (a lone surrogate)", row=row, column="prompt_id"
         )
-    return {"prompt_id": str(row if prompt_id is None else prompt_id), "prompt": prompt, "task": task or None}
+    given = None if prompt_id is None else str(prompt_id)
+    return {"prompt_id": given, "prompt": prompt, "task": task or None, "row": row}
+
+
+class PromptIds:
+    """The prompt ids of one batch: every row gives one or none does (each decision's prompt_id is then its row
+    number, which an explicit id could otherwise repeat), and how many rows repeat an earlier row's id (counted
+    from an 8-byte digest a row: 80 MB for 10 million prompts)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._first: tuple[bool, int] | None = None  # (gives an id, row) of the first row
+        self._digests: list[np.ndarray] = []
+
+    def label(self, rows: list[Row]) -> list[Row]:
+        """The rows with their prompt_id filled in (a row number where none is given), checked and counted."""
+        for r in rows:
+            gives = r["prompt_id"] is not None
+            if self._first is None:
+                self._first = (gives, r["row"])
+            elif self._first[0] != gives:
+                had, first = self._first
+                raise OutcomeLogError(
+                    self.path,
+                    f"this row {'gives' if gives else 'gives no'} prompt_id and row {first} "
+                    f"{'does' if had else 'does not'}: give every row a prompt_id or none (each decision's "
+                    "prompt_id is then its row number)",
+                    row=r["row"],
+                    column="prompt_id",
+                )
+            if not gives:
+                r["prompt_id"] = str(r["row"])
+        self._digests.append(
+            np.fromiter(
+                (int.from_bytes(blake2b(r["prompt_id"].encode(), digest_size=8).digest(), "little") for r in rows),
+                dtype=np.uint64,
+                count=len(rows),
+            )
+        )
+        return rows
+
+    def repeated(self) -> int:
+        """How many rows gave a prompt_id an earlier row gave."""
+        digests = np.concatenate(self._digests) if self._digests else np.zeros(0, dtype=np.uint64)
+        return int(len(digests) - len(np.unique(digests)))
 
 
 def _jsonl_chunks(path: Path, rows_per_chunk: int) -> Iterator[list[Row]]:
@@ -136,19 +190,55 @@ def count_rows(path: Path) -> int | None:
     return None
 
 
-class DecisionSink:
-    """Decisions out as JSONL (a file or stdout) or Parquet (by the file's suffix), one chunk at a time.
+OTHER_FORMATS = (".csv", ".tsv", ".xlsx", ".xls", ".feather", ".arrow", ".orc", ".avro")
+COMPRESSIONS = (".bz2", ".xz", ".zst", ".zstd", ".lz4", ".zip", ".7z", ".br", ".snappy")
 
-    A regular file (or a new one) is written beside `path` under a temporary name and renamed onto it by
-    `close(commit=True)`: a run that fails (a bad row, a full disk) leaves what was at `path` as it was. Anything
-    else (a symlink, /dev/stdout, a pipe) is written in place, as it was asked."""
+
+def output_format(path: Path | None) -> str:
+    """How decisions are written to `path`: "parquet" (.parquet, .pq), "jsonl.gz" (gzip: .gz) or "jsonl" (anything
+    else, and standard output); a name promising a format or compression it would not hold raises ValueError."""
+    if path is None:
+        return "jsonl"
+    *before, suffix = ["", *(x.lower() for x in path.suffixes[-2:])]
+    gzipped = suffix == ".gz"
+    if gzipped:
+        suffix = before[-1]
+    if suffix in PARQUET_SUFFIXES and not gzipped:
+        return "parquet"
+    if suffix not in (*PARQUET_SUFFIXES, *OTHER_FORMATS, *COMPRESSIONS):
+        return "jsonl.gz" if gzipped else "jsonl"
+    raise ValueError(
+        "decisions are written as JSONL (gzip when the name ends in .gz) or Parquet (.parquet): "
+        f"name it .jsonl, .jsonl.gz or .parquet, not {''.join(path.suffixes[-2:])}"
+    )
+
+
+class DecisionOutputError(Exception):
+    """The decisions could not be written (an unwritable folder, a full disk, a closed pipe); names the output."""
+
+    def __init__(self, where: str, exc: BaseException):
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        super().__init__(f"{where}: cannot write the decisions: {reason}")
+
+
+class DecisionSink:
+    """Decisions out as JSONL (a file, gzip by its name, or stdout) or Parquet (by the file's suffix), a chunk at a
+    time.
+
+    A regular file (or a new one, or the file a symlink points at) is written beside it under a temporary name and
+    renamed onto it by `close(commit=True)`: a run that fails (a bad row, a full disk, SIGTERM) leaves what was
+    there as it was. Anything else (/dev/stdout, a pipe, a device) is written in place, as it was asked
+    (`in_place`), and what a failed run wrote there stays. A failure of the output raises DecisionOutputError."""
 
     def __init__(self, path: Path | None, tier_names: list[str]):
-        in_place = path is None or path.is_symlink() or (path.exists() and not path.is_file())
-        self.target = None if in_place else path
-        self.path = path if in_place or path is None else path.with_name(f".{path.name}.{os.getpid()}.partial")
+        self.format = output_format(path)
+        self.shown = "standard output" if path is None else f"--out {path}"
+        # A symlink to a regular file: that file is replaced (the link stays); to anything else, written through.
+        real = path.resolve() if path is not None and path.is_symlink() and path.is_file() else path
+        self.in_place = real is None or real.is_symlink() or (real.exists() and not real.is_file())
+        self.target = None if self.in_place else real
+        self.path = real if self.in_place or real is None else real.with_name(f".{real.name}.{os.getpid()}.partial")
         self.written = 0
-        self._parquet = path is not None and path.suffix.lower() in PARQUET_SUFFIXES
         self._writer: pq.ParquetWriter | None = None
         quality = pa.struct([(n, pa.float64()) for n in tier_names])
         self._schema = pa.schema(
@@ -162,39 +252,62 @@ class DecisionSink:
             ]
         )
         self._text: IO[str] | None = None
-        if not self._parquet:
-            self._text = self.path.open("w") if self.path is not None else sys.stdout
+        self._file: IO[bytes] | None = None  # the Parquet file, opened here so its errors are Python's, not Arrow's
+        with self._failing():
+            if self.format == "parquet":
+                assert self.path is not None
+                self._file = self.path.open("wb")
+            else:
+                self._text = self._open_text()
+
+    def _open_text(self) -> IO[str]:
+        if self.path is None:
+            return sys.stdout
+        if self.format == "jsonl.gz":
+            return gzip.open(self.path, "wt", encoding="utf-8")
+        return self.path.open("w", encoding="utf-8")
+
+    def _parquet_writer(self) -> pq.ParquetWriter:
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._file, self._schema, compression="zstd")
+        return self._writer
+
+    @contextmanager
+    def _failing(self) -> Iterator[None]:
+        """Turns an error of the output into DecisionOutputError naming it (not its temporary file)."""
+        try:
+            yield
+        except (OSError, pa.ArrowException) as exc:
+            raise DecisionOutputError(self.shown, exc) from exc
 
     def write(self, records: list[Record]) -> None:
-        if self._parquet:
-            if self._writer is None:
-                self._writer = pq.ParquetWriter(str(self.path), self._schema, compression="zstd")
-            self._writer.write_table(pa.Table.from_pylist(records, schema=self._schema))
-        else:
-            assert self._text is not None
-            self._text.write("".join(json.dumps(r) + "\n" for r in records))
+        with self._failing():
+            if self.format == "parquet":
+                self._parquet_writer().write_table(pa.Table.from_pylist(records, schema=self._schema))
+            else:
+                assert self._text is not None
+                self._text.write("".join(json.dumps(r) + "\n" for r in records))
         self.written += len(records)
 
     def close(self, commit: bool = True) -> None:
         """Finish the output; a file is renamed onto its target only with `commit` (and if it closed), else deleted."""
         try:
-            if self._parquet:
-                if self._writer is None:  # no rows: still a valid, empty file
-                    self._writer = pq.ParquetWriter(str(self.path), self._schema, compression="zstd")
-                self._writer.close()
-            elif self._text is not None and self.path is not None:
-                self._text.close()
-            elif self._text is not None:
-                self._text.flush()
-        except BaseException:
-            commit = False
-            raise
-        finally:
-            if self.path is not None and self.target is not None:
-                if commit:
+            with self._failing():
+                if self._file is not None:
+                    try:
+                        self._parquet_writer().close()  # no rows: still a valid, empty file
+                    finally:
+                        self._file.close()
+                elif self._text is not None and self.path is not None:
+                    self._text.close()
+                elif self._text is not None:
+                    self._text.flush()
+                if self.target is not None and self.path is not None and commit:
                     os.replace(self.path, self.target)
-                else:
-                    self.path.unlink(missing_ok=True)
+                    self.path = None
+        finally:
+            if self.target is not None and self.path is not None:
+                self.path.unlink(missing_ok=True)
 
 
 def progress_bar(total: int | None, enabled: bool | None = None) -> Any:
@@ -217,9 +330,21 @@ def write_decisions(
             sink.write(records)
             progress(len(records))
         done = True
+    except BaseException as exc:
+        if sink.in_place and sink.written:
+            exc.add_note(f"{sink.shown} holds the {sink.written} decisions written before this: incomplete")
+        raise
     finally:
         sink.close(commit=done and sink.written > 0)
     return sink.written
+
+
+@dataclass(frozen=True)
+class BulkRun:
+    """What a bulk run wrote: its decisions, and how many rows repeated an earlier row's prompt_id."""
+
+    decisions: int
+    repeated_ids: int
 
 
 def route_file(
@@ -231,10 +356,12 @@ def route_file(
     rows_per_chunk: int = 4096,
     chunk: int = 256,
     show_progress: bool | None = None,
-) -> int:
-    """Route every prompt of `src` into `out` (JSONL or Parquet; None: JSONL on stdout), streaming; the count."""
+) -> BulkRun:
+    """Route every prompt of `src` into `out` (JSONL or Parquet; None: JSONL on stdout), streaming."""
+    ids = PromptIds(src)
     with progress_bar(count_rows(src), show_progress) as bar:
         decided = (
-            decisions_json(router, rows, target, chunk, cost_weight) for rows in read_chunks(src, rows_per_chunk)
+            decisions_json(router, ids.label(rows), target, chunk, cost_weight)
+            for rows in read_chunks(src, rows_per_chunk)
         )
-        return write_decisions(decided, out, router.names, bar.update)
+        return BulkRun(write_decisions(decided, out, router.names, bar.update), ids.repeated())

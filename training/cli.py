@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -614,6 +615,31 @@ def _failed_file(exc: OSError, read: Path | None, written: Path | None) -> str:
     return str(read)
 
 
+def _with_notes(exc: BaseException, message: str) -> str:
+    """`message` and what the code that raised `exc` noted on it (an output a failed run left incomplete)."""
+    return "; ".join([message, *getattr(exc, "__notes__", [])])
+
+
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (a job scheduler's stop, `kill`) exits with status 143 by raising SystemExit while in the block, so
+    `finally` clauses clean up as they do on Ctrl-C (by default the process just died); the previous handler is
+    restored after."""
+
+    def unwind(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, unwind)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @contextmanager
 def _written(flag: str, target: Path) -> Iterator[Path]:
     """Where to write `target`: a temporary file beside it, renamed onto it once written, so a failed write (a full
@@ -700,7 +726,7 @@ def route(
     dask: DaskOpt = None,
 ) -> None:
     """Route one prompt, or a batch file of prompts (streamed: any length), with the champion (or --model-uri)."""
-    from training.bulk import route_file
+    from training.bulk import DecisionOutputError, output_format, route_file
 
     s = _settings(tiers_path=tiers, quality_target=target)
     if (prompt is None) == (batch is None):
@@ -712,6 +738,10 @@ def route(
     if dask is not None and batch is None:
         _fail("--dask routes a --batch file")
     _output_file("--out", out)
+    try:
+        output_format(out)
+    except ValueError as exc:
+        _fail(f"--out {out}: {exc}")
     if out is not None and batch is not None and out.resolve() == batch.resolve():
         _fail(f"--out {out} is the --batch file: give another path (the decisions would replace the prompts)")
     _named_file("--tiers", tiers)
@@ -731,24 +761,33 @@ def route(
             typer.echo(json.dumps(decision, indent=2))
             return
         client = _dask_client(dask)
-        if client is None:
-            n = route_file(router, batch, out, knob_target, cost_weight, chunk=chunk)
-        else:
-            from training.dask_backend import close, route_file_dask
+        with _sigterm_unwinds():  # SIGTERM unwinds too: a temporary output is removed, the old one kept
+            if client is None:
+                run = route_file(router, batch, out, knob_target, cost_weight, chunk=chunk)
+            else:
+                from training.dask_backend import close, route_file_dask
 
-            try:
-                onnx_dir = s.cache_dir / "onnx"
-                n = route_file_dask(client, artifact, tier_cfg, backend, onnx_dir, batch, out, knob_target, cost_weight)
-            finally:
-                close(client)
-    except (StaleOnnxFile, OutcomeLogError) as exc:
-        _fail(str(exc))
-    except OSError as exc:  # the input or the output file: a full disk, a permission, a folder gone meanwhile
-        _fail(f"{exc.filename or _failed_file(exc, batch, out)}: {exc.strerror or exc}")
-    if n == 0:
+                try:
+                    onnx_dir = s.cache_dir / "onnx"
+                    run = route_file_dask(
+                        client, artifact, tier_cfg, backend, onnx_dir, batch, out, knob_target, cost_weight, chunk=chunk
+                    )
+                finally:
+                    close(client)
+    except (StaleOnnxFile, OutcomeLogError, DecisionOutputError) as exc:
+        _fail(_with_notes(exc, str(exc)))
+    except OSError as exc:  # the input file: a permission, a folder gone meanwhile (the output's: DecisionOutputError)
+        _fail(_with_notes(exc, f"{exc.filename or _failed_file(exc, batch, out)}: {exc.strerror or exc}"))
+    if run.decisions == 0:
         _fail(f"{batch}: no prompts")
+    if run.repeated_ids:
+        typer.echo(
+            f"warning: {run.repeated_ids} rows of {batch} repeat an earlier row's prompt_id; their decisions are in "
+            "input order",
+            err=True,
+        )
     if out:
-        typer.echo(f"wrote {n} decisions to {out}", err=True)
+        typer.echo(f"wrote {run.decisions} decisions to {out}", err=True)
 
 
 @app.command("add-model")

@@ -26,7 +26,17 @@ from router.embedders.factory import make_embedder
 from router.embedders.protocol import Embedder
 from router.routing import Router
 from router.schema import TiersConfig
-from training.bulk import Record, Row, count_rows, decisions_json, progress_bar, read_chunks, write_decisions
+from training.bulk import (
+    BulkRun,
+    PromptIds,
+    Record,
+    Row,
+    count_rows,
+    decisions_json,
+    progress_bar,
+    read_chunks,
+    write_decisions,
+)
 
 IN_FLIGHT_PER_WORKER = 2
 
@@ -109,7 +119,7 @@ def route_file_dask(
     rows_per_chunk: int = 4096,
     chunk: int = 256,
     show_progress: bool | None = None,
-) -> int:
+) -> BulkRun:
     """`training.bulk.route_file` with the chunks decided on the Dask workers; the same records, in input order."""
     [art] = client.scatter([artifact], broadcast=True)
     in_flight = IN_FLIGHT_PER_WORKER * n_workers(client)
@@ -118,9 +128,10 @@ def route_file_dask(
     def submit(rows: list[Row]) -> Any:
         return client.submit(_route_rows, rows, *args, pure=False)
 
+    ids = PromptIds(src)
     with progress_bar(count_rows(src), show_progress) as bar:
-        decided = _ordered(submit, read_chunks(src, rows_per_chunk), in_flight)
-        return write_decisions(decided, out, tiers.names, bar.update)
+        decided = _ordered(submit, (ids.label(rows) for rows in read_chunks(src, rows_per_chunk)), in_flight)
+        return BulkRun(write_decisions(decided, out, tiers.names, bar.update), ids.repeated())
 
 
 class DaskEmbedder:

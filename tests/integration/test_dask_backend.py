@@ -51,10 +51,10 @@ def test_bulk_routing_on_two_workers_equals_one_process(client: Any, artifact: R
     )
     local = Router(artifact, artifact.tiers, make_embedder("static", onnx_dir=ONNX_DIR))
     one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
-    n1 = route_file(local, src, one, 0.7, rows_per_chunk=37, show_progress=False)
+    n1 = route_file(local, src, one, 0.7, rows_per_chunk=37, show_progress=False).decisions
     n2 = route_file_dask(
         client, artifact, artifact.tiers, "static", ONNX_DIR, src, two, 0.7, rows_per_chunk=37, show_progress=False
-    )
+    ).decisions
     assert n1 == n2 == len(log)
     assert two.read_text() == one.read_text()
     # Both workers did some of the work, each loading the embedder once.

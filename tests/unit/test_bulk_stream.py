@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from router.model import DifficultyModel
 from router.routing import Router
 from router.schema import OutcomeLogError
 from tests.conftest import HashingEmbedder, make_log
-from training.bulk import decisions_json, route_file
+from training.bulk import decisions_json, output_format, route_file
 from training.data import split_log
 from training.fit import train_router
 
@@ -44,7 +45,7 @@ def test_streamed_output_equals_the_one_shot_path(router: Router, tmp_path: Path
         src.write_text("".join(json.dumps(r) + "\n" for r in rows))
     else:
         pd.DataFrame(rows).to_parquet(src, row_group_size=17)
-    n = route_file(router, src, out, 0.7, rows_per_chunk=10, chunk=4, show_progress=False)
+    n = route_file(router, src, out, 0.7, rows_per_chunk=10, chunk=4, show_progress=False).decisions
     expected = decisions_json(router, rows, 0.7, 256)
     if out_suffix == ".jsonl":
         got = [json.loads(line) for line in out.read_text().splitlines()]
@@ -135,7 +136,7 @@ def test_a_failed_run_leaves_the_old_output_as_it_was(router: Router, tmp_path: 
     assert out.read_bytes() == b"the previous run's decisions\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["mine.jsonl", out.name])  # no partial file left
     src.write_text("")  # no prompts: nothing replaces the output either
-    assert route_file(router, src, out, 0.7, show_progress=False) == 0
+    assert route_file(router, src, out, 0.7, show_progress=False).decisions == 0
     assert out.read_bytes() == b"the previous run's decisions\n"
 
 
@@ -144,5 +145,108 @@ def test_a_symlinked_output_is_written_through_not_replaced(router: Router, tmp_
     src.write_text("".join(json.dumps(r) + "\n" for r in _rows(5)))
     real.write_text("old\n")
     link.symlink_to(real)
-    assert route_file(router, src, link, 0.7, show_progress=False) == 5
+    assert route_file(router, src, link, 0.7, show_progress=False).decisions == 5
     assert link.is_symlink() and len(real.read_text().splitlines()) == 5  # the link kept, its file written
+
+
+def test_a_failed_run_leaves_the_file_a_symlink_points_at_as_it_was(router: Router, tmp_path: Path):
+    """The link's file was written in place, so a bad row left it truncated to the decisions before it (review
+    finding); it is now written beside that file and renamed onto it, the link kept."""
+    src, real, link = tmp_path / "in.jsonl", tmp_path / "real.jsonl", tmp_path / "link.jsonl"
+    src.write_text('{"prompt": "fine"}\n{"prompt": "fine too"}\n{"prompt": "  "}\n')
+    real.write_text("the previous run's decisions\n")
+    link.symlink_to(real)
+    with pytest.raises(OutcomeLogError, match=r"row 3"):
+        route_file(router, src, link, 0.7, rows_per_chunk=2, show_progress=False)
+    assert real.read_text() == "the previous run's decisions\n" and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "link.jsonl", "real.jsonl"]
+
+
+def test_output_written_in_place_is_named_incomplete_when_the_run_fails(
+    router: Router, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+):
+    """Standard output (or a pipe, a device) cannot be taken back: the error says what it already holds."""
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "fine"}\n{"prompt": "fine too"}\n{"prompt": "  "}\n')
+    with pytest.raises(OutcomeLogError) as failed:
+        route_file(router, src, None, 0.7, rows_per_chunk=2, show_progress=False)
+    assert len(capsys.readouterr().out.splitlines()) == 2
+    assert failed.value.__notes__ == ["standard output holds the 2 decisions written before this: incomplete"]
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_rows_with_and_without_a_prompt_id_are_refused(router: Router, tmp_path: Path, suffix: str):
+    """A row without an id got its row number as id, which another row's id could be: "2" named two decisions."""
+    rows = [{"prompt_id": "2", "prompt": "first"}, {"prompt_id": None, "prompt": "second"}]
+    src = tmp_path / f"in{suffix}"
+    if suffix == ".jsonl":
+        src.write_text(json.dumps(rows[0]) + "\n" + json.dumps({"prompt": "second"}) + "\n")
+    else:
+        pd.DataFrame(rows).to_parquet(src)
+    with pytest.raises(OutcomeLogError, match=r"row 2, column 'prompt_id': this row gives no prompt_id and row 1"):
+        route_file(router, src, tmp_path / "out.jsonl", 0.7, show_progress=False)
+
+
+def test_rows_without_prompt_ids_are_named_by_their_line(router: Router, tmp_path: Path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    src.write_text('{"prompt": "first"}\n\n{"prompt": "second"}\n')
+    assert route_file(router, src, out, 0.7, show_progress=False).repeated_ids == 0
+    assert [json.loads(line)["prompt_id"] for line in out.read_text().splitlines()] == ["1", "3"]
+
+
+def test_repeated_prompt_ids_are_counted(router: Router, tmp_path: Path):
+    src = tmp_path / "in.jsonl"
+    ids: list[object] = ["a", "b", "a", 1, "1", "c", "a"]
+    src.write_text("".join(json.dumps({"prompt_id": i, "prompt": f"prompt {n}"}) + "\n" for n, i in enumerate(ids)))
+    run = route_file(router, src, tmp_path / "out.jsonl", 0.7, rows_per_chunk=3, show_progress=False)
+    assert (run.decisions, run.repeated_ids) == (7, 3)
+
+
+def test_each_decision_says_what_its_task_hint_did(router: Router, tmp_path: Path):
+    """The service's reason says whether a hint was used; the bulk records said nothing (README promises both)."""
+    assert router.knows_task("easy") and not router.knows_task("poetry")
+    src = tmp_path / "in.jsonl"
+    tasks = ["easy", "poetry", None]
+    src.write_text("".join(json.dumps({"prompt": "easy question 1: alpha", "task": t}) + "\n" for t in tasks))
+    out = tmp_path / "out.jsonl"
+    route_file(router, src, out, 0.7, show_progress=False)
+    reasons = [json.loads(line)["reason"] for line in out.read_text().splitlines()]
+    assert "task hint 'easy': its tiers' mean scores in the training log blended in" in reasons[0]
+    assert "task hint 'poetry' is not a task this model knows" in reasons[1]
+    assert "task hint" not in reasons[2]
+
+
+@pytest.mark.parametrize(
+    ("name", "written"),
+    [
+        ("d.jsonl", "jsonl"),
+        ("d", "jsonl"),
+        ("d.json", "jsonl"),
+        ("d.PARQUET", "parquet"),
+        ("d.pq", "parquet"),
+        ("d.jsonl.gz", "jsonl.gz"),
+        ("d.gz", "jsonl.gz"),
+        ("d.csv", None),
+        ("d.csv.gz", None),
+        ("d.parquet.gz", None),
+        ("d.jsonl.zst", None),
+        ("d.xlsx", None),
+    ],
+)
+def test_the_output_name_says_how_it_is_written(name: str, written: str | None):
+    """`--out x.jsonl.gz` wrote plain JSONL and `--out x.csv` JSONL too (review finding)."""
+    if written is None:
+        with pytest.raises(ValueError, match="name it .jsonl, .jsonl.gz or .parquet"):
+            output_format(Path(name))
+    else:
+        assert output_format(Path(name)) == written
+
+
+def test_a_gz_output_is_gzip_and_holds_the_same_decisions(router: Router, tmp_path: Path):
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in _rows(20)))
+    plain, packed = tmp_path / "d.jsonl", tmp_path / "d.jsonl.gz"
+    route_file(router, src, plain, 0.7, show_progress=False)
+    route_file(router, src, packed, 0.7, show_progress=False)
+    assert packed.read_bytes()[:2] == b"\x1f\x8b"
+    assert gzip.decompress(packed.read_bytes()).decode() == plain.read_text()

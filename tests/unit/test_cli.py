@@ -553,7 +553,36 @@ def test_a_full_output_is_named_not_the_input(tmp_path, artifact_dir, monkeypatc
     res = runner.invoke(
         cli.app, ["route", "--batch", str(batch), "--out", "/dev/full", "--model-uri", str(artifact_dir)]
     )
-    assert res.exit_code == 2 and "--out /dev/full: No space left on device" in res.output, res.output
+    assert res.exit_code == 2, res.output
+    assert "--out /dev/full: cannot write the decisions: No space left on device" in res.output, res.output
+
+
+def test_an_output_that_cannot_be_created_is_named_not_the_input_nor_a_temporary_file(
+    tmp_path, artifact_dir, monkeypatch
+):
+    """An --out whose folder cannot take a new file: Parquet blamed the --batch file, JSONL named the hidden
+    temporary file (review finding). A folder removed after the check stands in for an unwritable one (the tests
+    may run as root, who may write anywhere)."""
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text('{"prompt": "easy question 1: alpha"}\n')
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    checked = cli._output_file
+
+    def check_then_remove(flag, path):
+        checked(flag, path)
+        gone.rmdir()
+
+    monkeypatch.setattr(cli, "_output_file", check_then_remove)
+    for name in ("d.parquet", "d.jsonl"):
+        gone.mkdir(exist_ok=True)
+        out = gone / name
+        args = ["route", "--batch", str(batch), "--out", str(out), "--model-uri", str(artifact_dir)]
+        res = runner.invoke(cli.app, args)
+        assert res.exit_code == 2, res.output
+        assert f"--out {out}: cannot write the decisions: No such file or directory" in res.output, res.output
+        assert ".partial" not in res.output and str(batch) not in res.output
 
 
 @pytest.mark.parametrize("damage", ["booster deleted", "booster garbled", "json a list", "stray booster"])
@@ -584,3 +613,81 @@ def test_a_damaged_model_folder_is_one_line_or_read_as_saved(tmp_path, artifact_
     assert res.exit_code == 2 and "not a tierwise model folder" in res.output and "Traceback" not in res.output
     if damage.startswith("booster"):
         assert "tier_0.txt" in res.output or "booster file is damaged" in res.output, res.output
+
+
+def test_sigterm_during_a_batch_keeps_the_old_output_and_leaves_no_partial_file(tmp_path, artifact_dir, monkeypatch):
+    """A SIGTERM (a scheduler's stop) killed the process where it stood: `.NAME.PID.partial` stayed beside --out
+    (review finding). It now unwinds like Ctrl-C, exit status 143."""
+    import os
+    import signal
+
+    calls = []
+
+    class TerminatedMidway(HashingEmbedder):
+        def encode(self, texts):
+            calls.append(len(texts))
+            if len(calls) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)  # delivered here, in the main thread, before encode returns
+            return super().encode(texts)
+
+    def not_unwound(signum, frame):
+        raise RuntimeError("SIGTERM reached the test's handler: the CLI did not handle it")
+
+    previous = signal.signal(signal.SIGTERM, not_unwound)
+    try:
+        monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: TerminatedMidway())
+        batch, out = tmp_path / "prompts.jsonl", tmp_path / "decisions.jsonl"
+        batch.write_text("".join(json.dumps({"prompt": f"hard question {i}"}) + "\n" for i in range(10)))
+        out.write_text("the previous run's decisions\n")
+        args = ["route", "--batch", str(batch), "--out", str(out), "--chunk", "4", "--model-uri", str(artifact_dir)]
+        res = runner.invoke(cli.app, args)
+        assert res.exit_code == 143, (res.output, res.exception)
+        assert len(calls) == 2
+        assert out.read_text() == "the previous run's decisions\n"
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([batch.name, out.name, artifact_dir.name])
+        assert signal.getsignal(signal.SIGTERM) is not_unwound  # the CLI's handler does not outlive the command
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("name", ["decisions.csv", "decisions.jsonl.zst", "decisions.parquet.gz"])
+def test_route_batch_refuses_an_output_name_it_would_not_honour(tmp_path, artifact_dir, monkeypatch, name):
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    batch = tmp_path / "prompts.jsonl"
+    batch.write_text('{"prompt": "hard question 1"}\n')
+    out = tmp_path / name
+    res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--out", str(out), "--model-uri", str(artifact_dir)])
+    assert res.exit_code == 2 and f"--out {out}: decisions are written as JSONL" in res.output, res.output
+    assert not out.exists()
+
+
+def test_route_batch_warns_of_repeated_prompt_ids(tmp_path, artifact_dir, monkeypatch):
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    batch = tmp_path / "prompts.jsonl"
+    batch.write_text("".join(json.dumps({"prompt_id": i % 3, "prompt": f"hard question {i}"}) + "\n" for i in range(7)))
+    res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--model-uri", str(artifact_dir)])
+    assert res.exit_code == 0, res.output
+    assert f"warning: 4 rows of {batch} repeat an earlier row's prompt_id" in res.output
+
+
+def test_route_batch_passes_chunk_to_dask(tmp_path, artifact_dir, monkeypatch):
+    """`--chunk` was dropped on the way to the Dask workers (review finding)."""
+    from training import dask_backend
+    from training.bulk import BulkRun
+
+    seen = {}
+
+    def fake_route_file_dask(*args, **kwargs):
+        seen.update(kwargs)
+        return BulkRun(decisions=1, repeated_ids=0)
+
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    monkeypatch.setattr(cli, "_dask_client", lambda spec: object())
+    monkeypatch.setattr(dask_backend, "route_file_dask", fake_route_file_dask)
+    monkeypatch.setattr(dask_backend, "close", lambda client: None)
+    batch = tmp_path / "prompts.jsonl"
+    batch.write_text('{"prompt": "hard question 1"}\n')
+    args = ["route", "--batch", str(batch), "--chunk", "7", "--dask", "local:1", "--model-uri", str(artifact_dir)]
+    res = runner.invoke(cli.app, args)
+    assert res.exit_code == 0, res.output
+    assert seen["chunk"] == 7
