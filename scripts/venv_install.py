@@ -12,6 +12,11 @@ a uv install that fails: pip installs instead, as before.
 
 With `--python`, uv comes from (and is installed into) the venv this runs in, not the target, so the target gets
 only what is asked for.
+
+Installed modules are compiled to bytecode, as pip does and uv does not by default: where Python may not write
+`__pycache__` (PYTHONDONTWRITEBYTECODE, a read-only venv) every process compiled every module it imported, so
+`tierwise route --batch` on one prompt took 7.6-8.5 s on a Cascade Lake Xeon of our kind (2.7-2.8 s compiled;
+`import lightgbm` alone 9 s against 2.4 s).
 """
 
 from __future__ import annotations
@@ -68,7 +73,8 @@ def main(args: Sequence[str]) -> int:
     config = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True, check=False)
     options = uv_options(config.stdout) if config.returncode == 0 else None
     if options is not None and run([sys.executable, "-m", "pip", "install", "-q", "uv"]):
-        if run([sys.executable, "-m", "uv", "pip", "install", "-q", "--python", python, *options, *args]):
+        uv = [sys.executable, "-m", "uv", "pip", "install", "-q", "--compile-bytecode", "--python", python]
+        if run([*uv, *options, *args]):
             return 0
         sys.stderr.write("uv could not install these; pip will\n")
     elif options is None:

@@ -78,5 +78,6 @@ def test_another_venv_gets_the_packages_and_this_one_keeps_uv(monkeypatch: pytes
     here = venv_install.sys.executable
     assert calls[0][:4] == [here, "-m", "pip", "install"] and calls[0][-1] == "uv"
     assert calls[1][:3] == [here, "-m", "uv"] and calls[1][calls[1].index("--python") + 1] == "/elsewhere/bin/python"
+    assert "--compile-bytecode" in calls[1]  # as pip compiles: no process compiles what it imports
     assert [c[0] for c in calls[2:]] == ["/elsewhere/bin/python"] * 2
     assert all(c[-2:] == ["-r", "req.txt"] for c in (calls[1], calls[3]))
