@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from router.features import EmbedderMismatch
 from router.policy import NoTierFits
 from router.schema import TiersConfigError
-from serving.proxy.wire import error_body
+from serving.proxy.wire import DoorJSONResponse, error_body
 from serving.schemas import ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -182,8 +182,14 @@ def _door_refusal(request: Request, exc: HTTPException) -> JSONResponse:
         message = f"{request.method} is not allowed on {request.url.path}" + (f": use {allowed}" if allowed else "")
         body = error_body(message, "invalid_request_error", "method_not_allowed")
     else:
-        body = error_body(str(exc.detail), "invalid_request_error" if exc.status_code < 500 else "api_error")
-    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        body = http_refusal_body(exc)
+    return DoorJSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
+def http_refusal_body(exc: HTTPException) -> dict[str, Any]:
+    """Starlette's or FastAPI's own refusal (a body that is no JSON, no UTF-8) as an OpenAI error body."""
+    type_ = "invalid_request_error" if exc.status_code < 500 else "api_error"
+    return error_body(not_utf8_detail(exc) or str(exc.detail), type_)
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -14,7 +14,7 @@ from starlette.exceptions import HTTPException
 from router.policy import NoTierFits
 from serving.api.lean_route import LeanRoute
 from serving.deps import Caller, RoutingDep, RuntimeDep
-from serving.errors import UNION_MEMBER, Invalid, OverBudget, ServiceError, not_utf8_detail, refusal_class
+from serving.errors import UNION_MEMBER, Invalid, OverBudget, ServiceError, http_refusal_body, refusal_class
 from serving.proxy.service import Proxy, ProxyError
 from serving.proxy.wire import (
     MODEL,
@@ -78,9 +78,7 @@ def _openai_error(exc: Exception) -> DoorJSONResponse:
         headers = {**(exc.headers or {}), **({"WWW-Authenticate": "Bearer"} if exc.status == 401 else {})}
         return DoorJSONResponse(error_body(exc.detail, type_, code), status_code=exc.status, headers=headers or None)
     if isinstance(exc, HTTPException):  # FastAPI's own refusals, e.g. a body that is not JSON at all
-        type_ = "invalid_request_error" if exc.status_code < 500 else "api_error"
-        message = not_utf8_detail(exc) or str(exc.detail)
-        return DoorJSONResponse(error_body(message, type_, None), status_code=exc.status_code)
+        return DoorJSONResponse(http_refusal_body(exc), status_code=exc.status_code)
     if isinstance(exc, NoTierFits):
         return DoorJSONResponse(error_body(str(exc), "invalid_request_error", "no_tier_fits"), status_code=400)
     if isinstance(exc, DBAPIError):
