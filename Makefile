@@ -27,7 +27,7 @@ $(TRAIN_STAMP): pyproject.toml scripts/venv_install.py
 	$(PYTHON) -m venv $(VENV)
 	$(if $(TORCH_INDEX_URL),$(BIN)/pip install -q torch==2.13.0 --index-url $(TORCH_INDEX_URL))
 	$(BIN)/python scripts/venv_install.py torch==2.13.0 -e ".[train]"
-	$(BIN)/python -m compileall -q -j 0 router training serving infra integrations >/dev/null  # as the installer does
+	$(BIN)/python -m compileall -q -j 0 router training serving infra integrations  # as the installer does
 	touch $@
 
 $(STAMP): $(TRAIN_STAMP)

@@ -94,14 +94,16 @@ class Router:
         prior = self.artifact.task_prior
         return task is not None and prior is not None and task in prior.means
 
-    def task_hint_note(self, task: str | None) -> str:
-        """What a task hint did to a decision, for its reason ("" without one)."""
+    def task_hint_note(self, task: str | None, listed_by: str | None = None) -> str:
+        """What a task hint did to a decision, for its reason ("" without one); `listed_by`, where the caller can
+        read the tasks the model knows (the service's `GET /tiers`)."""
         if task is None:
             return ""
         if self.knows_task(task):
             return f"; task hint {task!r}: its tiers' mean scores in the training log blended in (router.task_hint)"
         fallback = "the model's own guess of the task is used" if self.guesses_task() else "ignored"
-        return f"; task hint {task!r} is not a task this model knows (GET /tiers lists them): {fallback}"
+        listed = f" ({listed_by} lists them)" if listed_by else ""
+        return f"; task hint {task!r} is not a task this model knows{listed}: {fallback}"
 
     def expected_cost(self, prompts: Sequence[str], tokens_in: Sequence[float | None] | None = None) -> np.ndarray:
         """Expected cost per tier at the live prices, (n, k) (`tokens_in`: RouterArtifact.expected_cost)."""

@@ -21,6 +21,7 @@ Installed modules are compiled to bytecode, as pip does and uv does not by defau
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -62,8 +63,17 @@ def uv_options(pip_config_list: str) -> list[str] | None:
     return options
 
 
+COMPILE_TIMEOUT_S = "900"
+"""uv's time limit while compiling the installed modules (60 s by default; a busy slow machine can reach it, and a
+compile uv gives up on fails the install, after which pip, finding everything installed, compiles nothing)."""
+
+
 def run(cmd: Sequence[str]) -> bool:
-    return subprocess.run(list(cmd), check=False).returncode == 0
+    env = {
+        **os.environ,
+        "UV_COMPILE_BYTECODE_TIMEOUT": os.environ.get("UV_COMPILE_BYTECODE_TIMEOUT", COMPILE_TIMEOUT_S),
+    }
+    return subprocess.run(list(cmd), check=False, env=env).returncode == 0
 
 
 def main(args: Sequence[str]) -> int:

@@ -158,7 +158,7 @@ def route(
     # guarantee was calibrated on (it trades quality against it), and, with the counted cost, what says whether a
     # session is spent (a large counted input makes a request wait or shrink, never freezes the session).
     bare = cost if counted is None else rt.router.expected_cost(prompts)
-    hint = rt.router.task_hint_note(opts.task)
+    hint = rt.router.task_hint_note(opts.task, listed_by="GET /tiers")
 
     names = rt.tiers.names
     how = epsilon if isinstance(epsilon, Exploration) else Exploration(rate=epsilon)

@@ -9,9 +9,10 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from hashlib import blake2b
 from pathlib import Path
@@ -97,7 +98,7 @@ def _row(path: Path, rec: dict[str, Any], row: int) -> Row:
 class PromptIds:
     """The prompt ids of one batch: every row gives one or none does (each decision's prompt_id is then its row
     number, which an explicit id could otherwise repeat), and how many rows repeat an earlier row's id (counted
-    from an 8-byte digest a row: 80 MB for 10 million prompts)."""
+    from an 8-byte digest a row: 80 MB for 10 million prompts, 160 MB for a moment while counting)."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -132,9 +133,11 @@ class PromptIds:
         return rows
 
     def repeated(self) -> int:
-        """How many rows gave a prompt_id an earlier row gave."""
+        """How many rows gave a prompt_id an earlier row gave (sorted in place: 8 bytes a row, 16 for a moment)."""
         digests = np.concatenate(self._digests) if self._digests else np.zeros(0, dtype=np.uint64)
-        return int(len(digests) - len(np.unique(digests)))
+        self._digests = [digests]
+        digests.sort()
+        return int(np.count_nonzero(digests[1:] == digests[:-1]))
 
 
 def _jsonl_chunks(path: Path, rows_per_chunk: int) -> Iterator[list[Row]]:
@@ -225,19 +228,19 @@ class DecisionSink:
     """Decisions out as JSONL (a file, gzip by its name, or stdout) or Parquet (by the file's suffix), a chunk at a
     time.
 
-    A regular file (or a new one, or the file a symlink points at) is written beside it under a temporary name and
-    renamed onto it by `close(commit=True)`: a run that fails (a bad row, a full disk, SIGTERM) leaves what was
-    there as it was. Anything else (/dev/stdout, a pipe, a device) is written in place, as it was asked
-    (`in_place`), and what a failed run wrote there stays. A failure of the output raises DecisionOutputError."""
+    A regular file (or a new one) is written beside it under a temporary name and renamed onto it, with the old
+    file's mode (and owner, where allowed), by `close(commit=True)`: a run that fails (a bad row, a full disk,
+    SIGTERM) leaves what was there as it was. Anything else (a symlink, whose target may be standard output or lie
+    in a folder only the file is writable in; a pipe, a device, standard output) is written in place, as it was
+    asked (`in_place`): what a failed run wrote there stays (a Parquet file without its footer, so no reader takes
+    it for a whole one), and the failure says how much. A failure of the output raises DecisionOutputError."""
 
     def __init__(self, path: Path | None, tier_names: list[str]):
         self.format = output_format(path)
         self.shown = "standard output" if path is None else f"--out {path}"
-        # A symlink to a regular file: that file is replaced (the link stays); to anything else, written through.
-        real = path.resolve() if path is not None and path.is_symlink() and path.is_file() else path
-        self.in_place = real is None or real.is_symlink() or (real.exists() and not real.is_file())
-        self.target = None if self.in_place else real
-        self.path = real if self.in_place or real is None else real.with_name(f".{real.name}.{os.getpid()}.partial")
+        self.in_place = path is None or path.is_symlink() or (path.exists() and not path.is_file())
+        self.target = None if self.in_place else path
+        self.path = path if self.in_place or path is None else path.with_name(f".{path.name}.{os.getpid()}.partial")
         self.written = 0
         self._writer: pq.ParquetWriter | None = None
         quality = pa.struct([(n, pa.float64()) for n in tier_names])
@@ -295,19 +298,35 @@ class DecisionSink:
             with self._failing():
                 if self._file is not None:
                     try:
-                        self._parquet_writer().close()  # no rows: still a valid, empty file
+                        if commit:
+                            self._parquet_writer().close()  # no rows: still a valid, empty file
                     finally:
                         self._file.close()
+                        if not commit and self._writer is not None:
+                            with suppress(OSError, ValueError, pa.ArrowException):
+                                self._writer.close()  # its footer goes nowhere: the file is closed
                 elif self._text is not None and self.path is not None:
                     self._text.close()
                 elif self._text is not None:
                     self._text.flush()
                 if self.target is not None and self.path is not None and commit:
+                    _keep_mode_and_owner(self.target, self.path)
                     os.replace(self.path, self.target)
                     self.path = None
         finally:
             if self.target is not None and self.path is not None:
                 self.path.unlink(missing_ok=True)
+
+
+def _keep_mode_and_owner(old: Path, new: Path) -> None:
+    """Give `new` (about to replace `old`) the old file's permission bits, and its owner where this process may."""
+    try:
+        st = old.stat()
+    except FileNotFoundError:
+        return
+    os.chmod(new, stat.S_IMODE(st.st_mode))
+    with suppress(OSError):
+        os.chown(new, st.st_uid, st.st_gid)
 
 
 def progress_bar(total: int | None, enabled: bool | None = None) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import atexit
-import errno
 import functools
 import gc
 import json
@@ -604,17 +603,6 @@ def _store_tier_names(s: Settings) -> list[str]:
     return _load_artifact(s, None).tier_names
 
 
-_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EPIPE, errno.EROFS}
-
-
-def _failed_file(exc: OSError, read: Path | None, written: Path | None) -> str:
-    """Which file an error on an open file (no filename) is about: a full disk or a closed pipe is the output's
-    (`--out`, else standard output), anything else the input's."""
-    if exc.errno in _WRITE_ERRNOS or read is None:
-        return f"--out {written}" if written is not None else "standard output"
-    return str(read)
-
-
 def _with_notes(exc: BaseException, message: str) -> str:
     """`message` and what the code that raised `exc` noted on it (an output a failed run left incomplete)."""
     return "; ".join([message, *getattr(exc, "__notes__", [])])
@@ -717,7 +705,10 @@ def route(
         ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option("--out", help="where --batch writes decisions: .parquet, else JSONL (default stdout)")
+        Path | None,
+        typer.Option(
+            "--out", help="where --batch writes decisions: .parquet, .gz gzipped JSONL, else JSONL (default stdout)"
+        ),
     ] = None,
     model_uri: ModelUriOpt = None,
     tiers: TiersOpt = None,
@@ -742,7 +733,11 @@ def route(
         output_format(out)
     except ValueError as exc:
         _fail(f"--out {out}: {exc}")
-    if out is not None and batch is not None and out.resolve() == batch.resolve():
+    try:
+        same = out is not None and batch is not None and out.resolve() == batch.resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop
+        _fail(f"--out {out}: {exc}")
+    if same:
         _fail(f"--out {out} is the --batch file: give another path (the decisions would replace the prompts)")
     _named_file("--tiers", tiers)
     artifact = _load_artifact(s, model_uri)
@@ -777,7 +772,7 @@ def route(
     except (StaleOnnxFile, OutcomeLogError, DecisionOutputError) as exc:
         _fail(_with_notes(exc, str(exc)))
     except OSError as exc:  # the input file: a permission, a folder gone meanwhile (the output's: DecisionOutputError)
-        _fail(_with_notes(exc, f"{exc.filename or _failed_file(exc, batch, out)}: {exc.strerror or exc}"))
+        _fail(_with_notes(exc, f"{exc.filename or batch}: {exc.strerror or exc}"))
     if run.decisions == 0:
         _fail(f"{batch}: no prompts")
     if run.repeated_ids:

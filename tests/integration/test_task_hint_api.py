@@ -50,6 +50,7 @@ def test_a_known_task_is_blended_in_and_an_unknown_one_ignored(hinted: TestClien
     assert "task hint 'hard'" in known["reason"] and "blended in" in known["reason"]
     assert unknown["predicted_quality"] == pytest.approx(plain["predicted_quality"])
     assert "task hint 'poetry' is not a task this model knows" in unknown["reason"]
+    assert "(GET /tiers lists them)" in unknown["reason"]
     assert "task hint" not in plain["reason"]
     # The decision row keeps what the policy saw (off-policy evaluation reads these).
     row = hinted.app.state.store.get_decisions([known["decision_id"]])[known["decision_id"]]  # type: ignore[attr-defined]

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import stat
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from router.features import FeatureSpec
@@ -145,21 +148,41 @@ def test_a_symlinked_output_is_written_through_not_replaced(router: Router, tmp_
     src.write_text("".join(json.dumps(r) + "\n" for r in _rows(5)))
     real.write_text("old\n")
     link.symlink_to(real)
+    inode = real.stat().st_ino
     assert route_file(router, src, link, 0.7, show_progress=False).decisions == 5
     assert link.is_symlink() and len(real.read_text().splitlines()) == 5  # the link kept, its file written
+    assert real.stat().st_ino == inode  # in place: a shell's open redirection (/dev/stdout -> a file) sees it
 
 
-def test_a_failed_run_leaves_the_file_a_symlink_points_at_as_it_was(router: Router, tmp_path: Path):
-    """The link's file was written in place, so a bad row left it truncated to the decisions before it (review
-    finding); it is now written beside that file and renamed onto it, the link kept."""
-    src, real, link = tmp_path / "in.jsonl", tmp_path / "real.jsonl", tmp_path / "link.jsonl"
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+def test_a_symlinked_output_that_fails_says_what_it_holds_and_a_parquet_one_has_no_footer(
+    router: Router, tmp_path: Path, suffix: str
+):
+    """A symlink is written through (its target may be a shell's redirection, /dev/stdout, or sit in a folder only
+    the file is writable in): a bad row left it truncated without saying so (review finding); the failure now says
+    how many decisions it holds, and a Parquet one is left without its footer, so no reader takes it for whole."""
+    src, real, link = tmp_path / "in.jsonl", tmp_path / f"real{suffix}", tmp_path / f"link{suffix}"
     src.write_text('{"prompt": "fine"}\n{"prompt": "fine too"}\n{"prompt": "  "}\n')
-    real.write_text("the previous run's decisions\n")
-    link.symlink_to(real)
-    with pytest.raises(OutcomeLogError, match=r"row 3"):
+    link.symlink_to(real)  # dangling until written
+    with pytest.raises(OutcomeLogError, match=r"row 3") as failed:
         route_file(router, src, link, 0.7, rows_per_chunk=2, show_progress=False)
-    assert real.read_text() == "the previous run's decisions\n" and link.is_symlink()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl", "link.jsonl", "real.jsonl"]
+    assert failed.value.__notes__ == [f"--out {link} holds the 2 decisions written before this: incomplete"]
+    assert link.is_symlink()
+    if suffix == ".parquet":
+        with pytest.raises(pa.ArrowInvalid):
+            pq.read_table(real)
+    else:
+        assert len(real.read_text().splitlines()) == 2
+
+
+def test_a_replaced_output_keeps_its_mode(router: Router, tmp_path: Path):
+    """The temporary file renamed onto --out had the umask's mode: a private 0600 file became world-readable."""
+    src, out = tmp_path / "in.jsonl", tmp_path / "private.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in _rows(5)))
+    out.write_text("old\n")
+    out.chmod(0o600)
+    assert route_file(router, src, out, 0.7, show_progress=False).decisions == 5
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600 and len(out.read_text().splitlines()) == 5
 
 
 def test_output_written_in_place_is_named_incomplete_when_the_run_fails(
@@ -213,6 +236,7 @@ def test_each_decision_says_what_its_task_hint_did(router: Router, tmp_path: Pat
     reasons = [json.loads(line)["reason"] for line in out.read_text().splitlines()]
     assert "task hint 'easy': its tiers' mean scores in the training log blended in" in reasons[0]
     assert "task hint 'poetry' is not a task this model knows" in reasons[1]
+    assert "GET /tiers" not in reasons[1]  # the service's endpoint means nothing in a bulk file
     assert "task hint" not in reasons[2]
 
 

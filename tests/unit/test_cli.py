@@ -691,3 +691,13 @@ def test_route_batch_passes_chunk_to_dask(tmp_path, artifact_dir, monkeypatch):
     res = runner.invoke(cli.app, args)
     assert res.exit_code == 0, res.output
     assert seen["chunk"] == 7
+
+
+def test_route_batch_names_an_output_symlink_loop(tmp_path, artifact_dir, monkeypatch):
+    """`--out` a symlink to itself was a traceback (RuntimeError: Symlink loop) from the is-it-the-input check."""
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    batch, loop = tmp_path / "prompts.jsonl", tmp_path / "loop.jsonl"
+    batch.write_text('{"prompt": "hard question 1"}\n')
+    loop.symlink_to(loop)
+    res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--out", str(loop), "--model-uri", str(artifact_dir)])
+    assert res.exit_code == 2 and f"--out {loop}:" in res.output and "Traceback" not in res.output, res.output
