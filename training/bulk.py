@@ -310,7 +310,7 @@ class DecisionSink:
                 elif self._text is not None:
                     self._text.flush()
                 if self.target is not None and self.path is not None and commit:
-                    _keep_mode_and_owner(self.target, self.path)
+                    keep_mode_and_owner(self.target, self.path)
                     os.replace(self.path, self.target)
                     self.path = None
         finally:
@@ -318,7 +318,7 @@ class DecisionSink:
                 self.path.unlink(missing_ok=True)
 
 
-def _keep_mode_and_owner(old: Path, new: Path) -> None:
+def keep_mode_and_owner(old: Path, new: Path) -> None:
     """Give `new` (about to replace `old`) the old file's permission bits, and its owner where this process may."""
     try:
         st = old.stat()

@@ -31,7 +31,7 @@ from router.model import DifficultyModel
 from router.novelty import NoveltyReference
 from router.routing import Router
 from router.schema import OutcomeLogError, TiersConfig, TiersConfigError, is_unicode_text, load_outcomes, load_tiers
-from training.bulk import decision_records, read_chunks
+from training.bulk import decision_records, keep_mode_and_owner, read_chunks
 
 if TYPE_CHECKING:
     from training.data import Split
@@ -631,13 +631,15 @@ def _sigterm_unwinds() -> Iterator[None]:
 @contextmanager
 def _written(flag: str, target: Path) -> Iterator[Path]:
     """Where to write `target`: a temporary file beside it, renamed onto it once written, so a failed write (a full
-    disk) leaves the old file whole; the failure is one line naming the flag and file. A target that is no regular
-    file (a device, a pipe) is written directly."""
-    direct = target.exists() and not target.is_file()
+    disk) leaves the old file whole, and keeps its mode; the failure is one line naming the flag and file. A target
+    that is no regular file (a symlink, kept as a link; a device, a pipe) is written directly, as `route --batch`
+    writes its --out (training/bulk.DecisionSink)."""
+    direct = target.is_symlink() or (target.exists() and not target.is_file())
     tmp = target if direct else target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         yield tmp
         if not direct:
+            keep_mode_and_owner(target, tmp)
             os.replace(tmp, target)
     except BaseException as exc:
         if not direct:
