@@ -123,6 +123,8 @@ class PromptIds:
                 )
             if not gives:
                 r["prompt_id"] = str(r["row"])
+        if self._first is None or not self._first[0]:
+            return rows  # row numbers: none repeats, nothing to count
         self._digests.append(
             np.fromiter(
                 (int.from_bytes(blake2b(r["prompt_id"].encode(), digest_size=8).digest(), "little") for r in rows),
