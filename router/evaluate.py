@@ -9,7 +9,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from sklearn.neighbors import NearestNeighbors
 
 from router.policy import cheapest_sufficient, lambda_grid, tradeoff
 from router.task_hint import TaskPrior
@@ -230,6 +229,8 @@ def knn_predictor(train_X: np.ndarray, train_Y: np.ndarray, k: int = 25) -> Call
 
     Neighbours by cosine distance; NaN scores are ignored (0.5 where all k are NaN).
     """
+    from sklearn.neighbors import NearestNeighbors  # evaluation only: routing never imports scikit-learn
+
     nn = NearestNeighbors(n_neighbors=min(k, len(train_X)), metric="cosine", algorithm="brute").fit(train_X)
     filled = np.nan_to_num(train_Y)
     present = np.isfinite(train_Y).astype(float)

@@ -19,9 +19,6 @@ from typing import Any, Literal
 
 import lightgbm as lgb
 import numpy as np
-from scipy.optimize import minimize
-from sklearn.linear_model import Ridge
-from sklearn.model_selection import KFold
 
 from router.boosting import BoostParams, check_features, check_training
 
@@ -76,6 +73,8 @@ def fit_irt(
         gV = g.T @ U + 2 * l2_model * V / k
         return float(loss), np.concatenate([gd, gU.ravel(), gc, gV.ravel()])
 
+    from scipy.optimize import minimize  # training only: serving never imports it (router/lean_lightgbm.py)
+
     res = minimize(loss_grad, x0, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
     return unpack(res.x)
 
@@ -103,6 +102,8 @@ class IrtModel(BoostParams):
 
     def _fit_regressor(self, X: np.ndarray, t: np.ndarray) -> Any:
         if self.regressor == "ridge":
+            from sklearn.linear_model import Ridge  # training only, as above
+
             return Ridge(alpha=self.ridge_alpha).fit(X, t)
         return lgb.train(self.lgb_params("regression"), lgb.Dataset(X, label=t), num_boost_round=self.n_estimators)
 
@@ -123,6 +124,8 @@ class IrtModel(BoostParams):
     def _oof_variance(self, X: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """Out-of-fold residual variance of each latent: how unsure stage 2 is, used to soften predictions."""
         oof = np.zeros_like(targets)
+        from sklearn.model_selection import KFold  # training only, as above
+
         folds = KFold(self.uncertainty_folds, shuffle=True, random_state=self.random_state)
         for tr, held in folds.split(X):
             for i in range(targets.shape[1]):

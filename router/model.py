@@ -18,8 +18,6 @@ from typing import Literal
 
 import lightgbm as lgb
 import numpy as np
-from sklearn.isotonic import IsotonicRegression
-from sklearn.model_selection import KFold
 
 from router.boosting import BoostParams, NotFittedError, check_features, check_training, predict_raw
 from router.shared_difficulty import SharedDifficulty
@@ -154,6 +152,10 @@ class DifficultyModel(BoostParams):
         return X, a + b * e
 
     def _fit_calibrator(self, X: np.ndarray, y: np.ndarray, init: np.ndarray | None) -> tuple[list[float], list[float]]:
+        # scikit-learn in training only: serving loads the thresholds, never scikit-learn (router/lean_lightgbm.py)
+        from sklearn.isotonic import IsotonicRegression
+        from sklearn.model_selection import KFold
+
         oof = np.zeros(len(y))
         folds = KFold(self.calibration_folds, shuffle=True, random_state=self.random_state)
         for train_idx, held_idx in folds.split(X):

@@ -22,7 +22,6 @@ from pathlib import Path
 
 import lightgbm as lgb
 import numpy as np
-from sklearn.model_selection import KFold
 
 from router.boosting import BoostParams, NotFittedError, check_features, check_training, predict_raw
 from router.irt import fit_irt
@@ -60,6 +59,8 @@ class SharedDifficulty(BoostParams):
         oof = np.full(len(X), np.nan)
         if self.oof_folds > 1:
             pred = np.zeros(len(Xs))
+            from sklearn.model_selection import KFold  # training only: serving never imports scikit-learn
+
             folds = KFold(self.oof_folds, shuffle=True, random_state=self.random_state)
             for tr, held in folds.split(Xs):
                 pred[held] = self._regressor(Xs[tr], easiness[tr]).predict(Xs[held])

@@ -10,18 +10,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import KFold
 
 from router.boosting import NotFittedError
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import LogisticRegression
 
 
 def out_of_fold(
     fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray], n: int, folds: int = 3, seed: int = 0
 ) -> np.ndarray:
     """Each of n rows predicted by a model fitted without its fold; `fit_predict(fit_rows, held_rows)` -> (held, k)."""
+    from sklearn.model_selection import KFold  # training only: routing never imports scikit-learn
+
     out: np.ndarray | None = None
     for fit_rows, held_rows in KFold(folds, shuffle=True, random_state=seed).split(np.arange(n)):
         pred = np.asarray(fit_predict(fit_rows, held_rows), dtype=np.float64)
@@ -51,6 +55,8 @@ class StackedQuality:
         Y = np.asarray(Y, dtype=np.float64)
         if not bases or any(np.shape(b) != Y.shape for b in bases):
             raise ValueError(f"need at least one base, each shaped like Y {Y.shape}")
+        from sklearn.linear_model import LogisticRegression  # training only, as above
+
         self.n_bases_ = len(bases)
         self.models_: list[LogisticRegression] = []
         for j in range(Y.shape[1]):

@@ -9,7 +9,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
 
 from router import evaluate as ev
 from router.artifact import RouterArtifact
@@ -54,6 +53,8 @@ class EvalResult:
 
 def logreg_predictor(X: np.ndarray, Y: np.ndarray, seed: int) -> Callable[[np.ndarray], np.ndarray]:
     """Logistic regression per tier on the same features (labels thresholded at 0.5)."""
+    from sklearn.linear_model import LogisticRegression  # a baseline of training: `tierwise route` never imports it
+
     fits = []
     for j in range(Y.shape[1]):
         have = np.isfinite(Y[:, j])
