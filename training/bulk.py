@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
-import stat
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -26,6 +24,7 @@ from router.policy import Decision
 from router.routing import Router
 from router.schema import OutcomeLogError, is_unicode_text, iter_jsonl_objects
 from router.task_hint import MAX_TASK_CHARS
+from training.output_file import replace_with, temporary_beside, written_in_place
 
 Row = dict[str, Any]  # {"prompt_id": str | None, "prompt": str, "task": str | None, "row": int (1-based)}
 Record = dict[str, Any]
@@ -230,19 +229,18 @@ class DecisionSink:
     """Decisions out as JSONL (a file, gzip by its name, or stdout) or Parquet (by the file's suffix), a chunk at a
     time.
 
-    A regular file (or a new one) is written beside it under a temporary name and renamed onto it, with the old
-    file's mode (and owner, where allowed), by `close(commit=True)`: a run that fails (a bad row, a full disk,
-    SIGTERM) leaves what was there as it was. Anything else (a symlink, whose target may be standard output or lie
-    in a folder only the file is writable in; a pipe, a device, standard output) is written in place, as it was
-    asked (`in_place`): what a failed run wrote there stays (a Parquet file without its footer, so no reader takes
-    it for a whole one), and the failure says how much. A failure of the output raises DecisionOutputError."""
+    A file is replaced by a rename once `close(commit=True)` finished it, or written in place where a rename would
+    change what its name means (training/output_file.py; standard output too): what a failed run wrote in place
+    stays (a Parquet file without its footer, so no reader takes it for a whole one), and the failure says how
+    much. A failure of the output raises DecisionOutputError."""
 
     def __init__(self, path: Path | None, tier_names: list[str]):
         self.format = output_format(path)
         self.shown = "standard output" if path is None else f"--out {path}"
-        self.in_place = path is None or path.is_symlink() or (path.exists() and not path.is_file())
+        with self._failing():  # a folder this process may not search
+            self.in_place = path is None or written_in_place(path)
         self.target = None if self.in_place else path
-        self.path = path if self.in_place or path is None else path.with_name(f".{path.name}.{os.getpid()}.partial")
+        self.path = path if self.in_place or path is None else temporary_beside(path, "partial")
         self.written = 0
         self._writer: pq.ParquetWriter | None = None
         quality = pa.struct([(n, pa.float64()) for n in tier_names])
@@ -312,23 +310,11 @@ class DecisionSink:
                 elif self._text is not None:
                     self._text.flush()
                 if self.target is not None and self.path is not None and commit:
-                    keep_mode_and_owner(self.target, self.path)
-                    os.replace(self.path, self.target)
+                    replace_with(self.target, self.path)
                     self.path = None
         finally:
             if self.target is not None and self.path is not None:
                 self.path.unlink(missing_ok=True)
-
-
-def keep_mode_and_owner(old: Path, new: Path) -> None:
-    """Give `new` (about to replace `old`) the old file's permission bits, and its owner where this process may."""
-    try:
-        st = old.stat()
-    except FileNotFoundError:
-        return
-    os.chmod(new, stat.S_IMODE(st.st_mode))
-    with suppress(OSError):
-        os.chown(new, st.st_uid, st.st_gid)
 
 
 def progress_bar(total: int | None, enabled: bool | None = None) -> Any:

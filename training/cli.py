@@ -31,7 +31,8 @@ from router.model import DifficultyModel
 from router.novelty import NoveltyReference
 from router.routing import Router
 from router.schema import OutcomeLogError, TiersConfig, TiersConfigError, is_unicode_text, load_outcomes, load_tiers
-from training.bulk import decision_records, keep_mode_and_owner, read_chunks
+from training.bulk import decision_records, read_chunks
+from training.output_file import replace_with, temporary_beside, written_in_place
 
 if TYPE_CHECKING:
     from training.data import Split
@@ -630,19 +631,17 @@ def _sigterm_unwinds() -> Iterator[None]:
 
 @contextmanager
 def _written(flag: str, target: Path) -> Iterator[Path]:
-    """Where to write `target`: a temporary file beside it, renamed onto it once written, so a failed write (a full
-    disk) leaves the old file whole, and keeps its mode; the failure is one line naming the flag and file. A target
-    that is no regular file (a symlink, kept as a link; a device, a pipe) is written directly, as `route --batch`
-    writes its --out (training/bulk.DecisionSink)."""
-    direct = target.is_symlink() or (target.exists() and not target.is_file())
-    tmp = target if direct else target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    """Where to write `target`: a temporary file beside it, renamed onto it once written, or `target` itself where a
+    rename would change what its name means, as `route --batch` writes its --out (training/output_file.py). A
+    failure of the output is one line naming the flag and file."""
+    tmp: Path | None = None
     try:
+        tmp = target if written_in_place(target) else temporary_beside(target, "tmp")
         yield tmp
-        if not direct:
-            keep_mode_and_owner(target, tmp)
-            os.replace(tmp, target)
+        if tmp != target:
+            replace_with(target, tmp)
     except BaseException as exc:
-        if not direct:
+        if tmp is not None and tmp != target:
             tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             _fail(f"{flag} {target}: cannot write it: {exc.strerror or exc}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from router.model import DifficultyModel
 from router.routing import Router
 from router.schema import OutcomeLogError
 from tests.conftest import HashingEmbedder, make_log
-from training.bulk import decisions_json, output_format, route_file
+from training.bulk import DecisionOutputError, decisions_json, output_format, route_file
 from training.data import split_log
 from training.fit import train_router
 
@@ -152,6 +153,32 @@ def test_a_symlinked_output_is_written_through_not_replaced(router: Router, tmp_
     assert route_file(router, src, link, 0.7, show_progress=False).decisions == 5
     assert link.is_symlink() and len(real.read_text().splitlines()) == 5  # the link kept, its file written
     assert real.stat().st_ino == inode  # in place: a shell's open redirection (/dev/stdout -> a file) sees it
+
+
+def test_a_hard_linked_output_is_written_in_place_so_its_other_name_sees_it(router: Router, tmp_path: Path):
+    """A rename would have left the file's other name holding the old decisions (review finding)."""
+    src, out, other = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "other.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in _rows(5)))
+    out.write_text("old\n")
+    os.link(out, other)
+    assert route_file(router, src, out, 0.7, show_progress=False).decisions == 5
+    assert out.stat().st_ino == other.stat().st_ino and len(other.read_text().splitlines()) == 5
+
+
+def test_an_output_in_a_folder_it_may_not_search_is_a_failure_of_the_output(
+    router: Router, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Checking what --out is (a symlink?) in a folder without search permission raised a bare PermissionError
+    (root may search any folder, so the check's failure is simulated)."""
+    src, out = tmp_path / "in.jsonl", tmp_path / "locked" / "out.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in _rows(2)))
+
+    def is_symlink(self: Path) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "is_symlink", is_symlink)
+    with pytest.raises(DecisionOutputError, match=rf"--out {out}: cannot write the decisions: Permission denied"):
+        route_file(router, src, out, 0.7, show_progress=False)
 
 
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])

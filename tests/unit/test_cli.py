@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 from typer.testing import CliRunner
@@ -539,8 +540,8 @@ def test_an_output_that_cannot_be_written_keeps_the_old_file_and_is_one_line(tmp
 
 
 def test_a_symlinked_json_out_stays_a_link_and_a_replaced_one_keeps_its_mode(tmp_path, artifact_dir, monkeypatch):
-    """--json-out (and the other commands' --out) replaced a symlink with a plain file, and a private file's 0600
-    with the umask's mode (review finding)."""
+    """--json-out (and the other commands' --out) replaced a symlink with a plain file, a private file's 0600 with
+    the umask's mode, and detached a hard-linked file from its other name (review findings)."""
     import stat
 
     monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
@@ -548,16 +549,20 @@ def test_a_symlinked_json_out_stays_a_link_and_a_replaced_one_keeps_its_mode(tmp
     make_log(150).to_parquet(log)
     tiers = write_tiers(tmp_path / "t.toml")
     real, link, private = tmp_path / "real.json", tmp_path / "link.json", tmp_path / "private.json"
+    linked, other_name = tmp_path / "linked.json", tmp_path / "other-name.json"
     real.write_text("{}")
     link.symlink_to(real)
     private.write_text("{}")
     private.chmod(0o600)
-    for out in (link, private):
+    linked.write_text("{}")
+    os.link(linked, other_name)
+    for out in (link, private, linked):
         args = ["evaluate", "--model-uri", str(artifact_dir), "--outcomes", str(log), "--tiers", str(tiers)]
         res = runner.invoke(cli.app, [*args, "--json-out", str(out)])
         assert res.exit_code == 0, res.output
     assert link.is_symlink() and json.loads(real.read_text()) != {}
     assert stat.S_IMODE(private.stat().st_mode) == 0o600 and json.loads(private.read_text()) != {}
+    assert json.loads(other_name.read_text()) != {}  # a hard link is written in place: its other name sees it
 
 
 def test_import_routerbench_refuses_a_folder_as_its_output(tmp_path):
