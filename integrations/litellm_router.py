@@ -570,19 +570,17 @@ class TierwiseSettler(CustomLogger):
         self.answered: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._remember = remember
 
-    def _decision(self, kwargs: Mapping[str, Any], ok: bool) -> Mapping[str, Any] | None:
-        """The call's decision to settle here: made by a tierwise this settler knows, not settled yet."""
-        decision = _call_decision(kwargs, ok)
+    def _to_settle(self, decision: Any) -> Mapping[str, Any] | None:
+        """The call's decision, if it is one to settle here: made by a tierwise this settler knows, not settled yet."""
         if not isinstance(decision, Mapping) or not decision.get("decision_id"):
             return None
         if decision.get("tierwise_client") not in self.clients:
             return None  # a tierwise (or key) no strategy of this process settles
         return None if str(decision["decision_id"]) in self._done else decision
 
-    def _answered(self, kwargs: Mapping[str, Any], response: Any, ok: bool) -> None:
+    def _answered(self, decision: Any, kwargs: Mapping[str, Any], response: Any, ok: bool) -> None:
         """Record which decision an answered try belongs to (by LiteLLM's call id and the upstream's response id);
         drop a call that ended from its metadata's calls in flight (a success, or a failure LiteLLM won't retry)."""
-        decision = _call_decision(kwargs, ok)
         if not isinstance(decision, Mapping) or not (ok or _final_failure(kwargs)):
             return
         keys = [k for k in (kwargs.get("litellm_call_id"), getattr(response, "id", None)) if isinstance(k, str) and k]
@@ -596,9 +594,9 @@ class TierwiseSettler(CustomLogger):
         forget((kwargs.get("litellm_params") or {}).get("metadata"), decision)
 
     def _body(
-        self, kwargs: Mapping[str, Any], response: Any, start: Any, end: Any, ok: bool
+        self, call_decision: Any, kwargs: Mapping[str, Any], response: Any, start: Any, end: Any, ok: bool
     ) -> tuple[TierwiseClient, str, dict[str, Any]] | None:
-        decision = self._decision(kwargs, ok)
+        decision = self._to_settle(call_decision)
         if decision is None:
             return None
         did, client = str(decision["decision_id"]), self.clients[decision["tierwise_client"]]
@@ -616,8 +614,9 @@ class TierwiseSettler(CustomLogger):
 
     def _post(self, kwargs: Any, response: Any, start: Any, end: Any, ok: bool) -> None:
         try:
-            todo = self._body(kwargs, response, start, end, ok)
-            self._answered(kwargs, response, ok)
+            decision = _call_decision(kwargs, ok)  # looked up once per callback
+            todo = self._body(decision, kwargs, response, start, end, ok)
+            self._answered(decision, kwargs, response, ok)
             if todo:
                 todo[0].settle(todo[1], todo[2])
                 self._mark(todo[1])
@@ -626,8 +625,9 @@ class TierwiseSettler(CustomLogger):
 
     async def _apost(self, kwargs: Any, response: Any, start: Any, end: Any, ok: bool) -> None:
         try:
-            todo = self._body(kwargs, response, start, end, ok)
-            self._answered(kwargs, response, ok)
+            decision = _call_decision(kwargs, ok)  # looked up once per callback
+            todo = self._body(decision, kwargs, response, start, end, ok)
+            self._answered(decision, kwargs, response, ok)
             if todo:
                 await todo[0].asettle(todo[1], todo[2])
                 self._mark(todo[1])
