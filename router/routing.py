@@ -45,25 +45,37 @@ class Router:
     ) -> np.ndarray:
         """Predicted score per tier, (n, k); with `chunk`, embedded in length-sorted chunks of that many prompts.
         `tasks`: one task hint (or None) a prompt, as in `assess`."""
+        return self._chunked(prompts, chunk, tasks, novelty=False)[0]
+
+    def _chunked(
+        self, prompts: Sequence[str], chunk: int | None, tasks: Sequence[str | None] | None, novelty: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Predicted quality (n, k) and, with `novelty` and a reference, each prompt's novelty (n,), embedded in
+        length-sorted chunks of `chunk` prompts (all at once without)."""
         if self.embedder is None:
             raise ValueError("this Router was built without an embedder; it can decide but not score")
         if tasks is not None and len(tasks) != len(prompts):
             raise ValueError(f"{len(tasks)} task hints for {len(prompts)} prompts")
-        embedder = self.embedder
+        embedder, art = self.embedder, self.artifact
+        with_novelty = novelty and art.novelty is not None
+
+        def scored(part: Sequence[str], hints: Sequence[str | None] | None) -> tuple[np.ndarray, np.ndarray | None]:
+            if with_novelty:
+                return art.predict_quality_and_novelty(part, embedder, self.cache, self.num_threads, hints)
+            return art.predict_quality(part, embedder, self.cache, self.num_threads, hints), None
+
         if chunk is None or len(prompts) <= chunk:
-            return self.artifact.predict_quality(prompts, embedder, self.cache, self.num_threads, tasks)
+            return scored(prompts, tasks)
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         quality = np.empty((len(prompts), len(self.tiers.tiers)))
+        novel = np.empty(len(prompts)) if with_novelty else None
         for start in range(0, len(order), chunk):
             idx = order[start : start + chunk]
-            quality[idx] = self.artifact.predict_quality(
-                [prompts[i] for i in idx],
-                embedder,
-                self.cache,
-                self.num_threads,
-                None if tasks is None else [tasks[i] for i in idx],
-            )
-        return quality
+            q, n = scored([prompts[i] for i in idx], None if tasks is None else [tasks[i] for i in idx])
+            quality[idx] = q
+            if novel is not None:
+                novel[idx] = n
+        return quality, novel
 
     def assess(
         self,
@@ -234,7 +246,14 @@ class Router:
         chunk: int | None = None,
         cost_weight: float | None = None,
         tasks: Sequence[str | None] | None = None,
-    ) -> tuple[np.ndarray, np.ndarray, list[Decision]]:
-        """Score and decide in one call (bulk routing, benchmarks): quality, cost and the decisions."""
-        quality, cost = self.score(prompts, chunk, tasks)
-        return quality, cost, self.decide(quality, cost, target, cost_weight=cost_weight)
+        novelty_limit: float | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, list[Decision], np.ndarray | None]:
+        """Score and decide in one call (bulk routing, benchmarks): quality, cost, the decisions and each prompt's
+        novelty. With `novelty_limit`, as `/route` decides: a prompt whose novelty reaches it takes the
+        conservative choice (`decide`); None (benchmarks): on the predictions alone, and no novelty."""
+        quality, novelty = self._chunked(prompts, chunk, tasks, novelty=novelty_limit is not None)
+        cost = self.expected_cost(prompts)
+        decisions = self.decide(
+            quality, cost, target, cost_weight=cost_weight, novelty=novelty, novelty_limit=novelty_limit
+        )
+        return quality, cost, decisions, novelty

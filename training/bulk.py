@@ -32,20 +32,33 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
 def decisions_json(
-    router: Router, rows: list[Row], target: float, chunk: int, cost_weight: float | None = None
+    router: Router,
+    rows: list[Row],
+    target: float,
+    chunk: int,
+    cost_weight: float | None = None,
+    novelty_limit: float | None = None,
 ) -> list[Record]:
     """Decide a tier for each {"prompt_id", "prompt", "task"} row, embedding in length-sorted chunks; a row's task
-    is its task hint (router/task_hint.py), as on `/route`."""
+    is its task hint (router/task_hint.py) and, with `novelty_limit`, a prompt unlike the training prompts gets the
+    conservative tier, as on `/route`."""
     tasks = [r.get("task") for r in rows]
     hinted = tasks if any(t is not None for t in tasks) else None
-    quality, cost, decisions = router.route([r["prompt"] for r in rows], target, chunk, cost_weight, hinted)
-    return decision_records(router, rows, quality, cost, decisions)
+    prompts = [r["prompt"] for r in rows]
+    quality, cost, decisions, novelty = router.route(prompts, target, chunk, cost_weight, hinted, novelty_limit)
+    return decision_records(router, rows, quality, cost, decisions, novelty)
 
 
 def decision_records(
-    router: Router, rows: list[Row], quality: np.ndarray, cost: np.ndarray, decisions: list[Decision]
+    router: Router,
+    rows: list[Row],
+    quality: np.ndarray,
+    cost: np.ndarray,
+    decisions: list[Decision],
+    novelty: np.ndarray | None = None,
 ) -> list[Record]:
-    """The JSON record of each row's decision: its tier, model, every tier's predicted quality, cost and reason."""
+    """The JSON record of each row's decision: its tier, model, every tier's predicted quality, cost, the prompt's
+    novelty (null without the check: a model without a reference, or routed on the predictions alone) and reason."""
     names = router.tiers.tiers
     notes: dict[str | None, str] = {}
     out = []
@@ -62,6 +75,7 @@ def decision_records(
                 "model": tier.model,
                 "predicted_quality": {n: round(q, 4) for n, q in zip(router.names, quality[i].tolist(), strict=True)},
                 "expected_cost_usd": float(cost[i, d.tier_index]),
+                "novelty": None if novelty is None else round(float(novelty[i]), 4),
                 "reason": d.reason + note,
             }
         )
@@ -251,6 +265,7 @@ class DecisionSink:
                 ("model", pa.string()),
                 ("predicted_quality", quality),
                 ("expected_cost_usd", pa.float64()),
+                ("novelty", pa.float64()),
                 ("reason", pa.string()),
             ]
         )
@@ -363,12 +378,14 @@ def route_file(
     rows_per_chunk: int = 4096,
     chunk: int = 256,
     show_progress: bool | None = None,
+    novelty_limit: float | None = None,
 ) -> BulkRun:
-    """Route every prompt of `src` into `out` (JSONL or Parquet; None: JSONL on stdout), streaming."""
+    """Route every prompt of `src` into `out` (JSONL or Parquet; None: JSONL on stdout), streaming; `novelty_limit`
+    as in `decisions_json`."""
     ids = PromptIds(src)
     with progress_bar(count_rows(src), show_progress) as bar:
         decided = (
-            decisions_json(router, ids.label(rows), target, chunk, cost_weight)
+            decisions_json(router, ids.label(rows), target, chunk, cost_weight, novelty_limit)
             for rows in read_chunks(src, rows_per_chunk)
         )
         return BulkRun(write_decisions(decided, out, router.names, bar.update), ids.repeated())

@@ -753,20 +753,34 @@ def route(
             decisions = router.decide(
                 quality, cost, knob_target, cost_weight=cost_weight, novelty=novelty, novelty_limit=s.novelty_limit
             )
-            [decision] = decision_records(router, [{"prompt_id": "-", "prompt": prompt}], quality, cost, decisions)
+            [decision] = decision_records(
+                router, [{"prompt_id": "-", "prompt": prompt}], quality, cost, decisions, novelty
+            )
             typer.echo(json.dumps(decision, indent=2))
             return
         client = _dask_client(dask)
         with _sigterm_unwinds():  # SIGTERM unwinds too: a temporary output is removed, the old one kept
             if client is None:
-                run = route_file(router, batch, out, knob_target, cost_weight, chunk=chunk)
+                run = route_file(
+                    router, batch, out, knob_target, cost_weight, chunk=chunk, novelty_limit=s.novelty_limit
+                )
             else:
                 from training.dask_backend import close, route_file_dask
 
                 try:
                     onnx_dir = s.cache_dir / "onnx"
                     run = route_file_dask(
-                        client, artifact, tier_cfg, backend, onnx_dir, batch, out, knob_target, cost_weight, chunk=chunk
+                        client,
+                        artifact,
+                        tier_cfg,
+                        backend,
+                        onnx_dir,
+                        batch,
+                        out,
+                        knob_target,
+                        cost_weight,
+                        chunk=chunk,
+                        novelty_limit=s.novelty_limit,
                     )
                 finally:
                     close(client)

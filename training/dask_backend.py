@@ -86,9 +86,10 @@ def _route_rows(
     target: float,
     cost_weight: float | None,
     chunk: int,
+    novelty_limit: float | None,
 ) -> list[Record]:
     router = Router(artifact, tiers, worker_embedder(backend, onnx_dir), num_threads=1)
-    return decisions_json(router, rows, target, chunk, cost_weight)
+    return decisions_json(router, rows, target, chunk, cost_weight, novelty_limit)
 
 
 def _encode(texts: Sequence[str], backend: str, onnx_dir: str) -> np.ndarray:
@@ -119,11 +120,12 @@ def route_file_dask(
     rows_per_chunk: int = 4096,
     chunk: int = 256,
     show_progress: bool | None = None,
+    novelty_limit: float | None = None,
 ) -> BulkRun:
     """`training.bulk.route_file` with the chunks decided on the Dask workers; the same records, in input order."""
     [art] = client.scatter([artifact], broadcast=True)
     in_flight = IN_FLIGHT_PER_WORKER * n_workers(client)
-    args = (art, tiers, backend, str(onnx_dir), target, cost_weight, chunk)
+    args = (art, tiers, backend, str(onnx_dir), target, cost_weight, chunk, novelty_limit)
 
     def submit(rows: list[Row]) -> Any:
         return client.submit(_route_rows, rows, *args, pure=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,8 @@ import pytest
 
 from router.artifact import RouterArtifact
 from router.embedders.factory import embedder_files, make_embedder
+from router.features import featurize
+from router.novelty import NoveltyReference
 from router.routing import Router
 from tests.conftest import make_log
 from tests.integration.conftest import train_artifact
@@ -61,6 +64,16 @@ def test_bulk_routing_on_two_workers_equals_one_process(client: Any, artifact: R
     loaded = client.run(lambda: worker_embedder.cache_info().currsize)
     assert sorted(loaded.values()) == [1, 1]
     assert len({json.loads(line)["tier"] for line in one.read_text().splitlines()}) > 1
+    # With the service's out-of-distribution fallback (a low limit, so that some prompts take it), the same too.
+    embedder = make_embedder("static", onnx_dir=ONNX_DIR)
+    X = featurize(list(make_log(300, seed=4)["prompt"].unique()), artifact.features, embedder)
+    ref = replace(artifact, novelty=NoveltyReference(n_reference=100).fit(X[:, : artifact.features.embedding_dim]))
+    local = Router(ref, ref.tiers, embedder)
+    route_file(local, src, one, 0.7, rows_per_chunk=37, show_progress=False, novelty_limit=0.5)
+    route_file_dask(client, ref, ref.tiers, "static", ONNX_DIR, src, two, 0.7, show_progress=False, novelty_limit=0.5)
+    assert two.read_text() == one.read_text()
+    reasons = [json.loads(line)["reason"] for line in one.read_text().splitlines()]
+    assert 0 < sum(r.startswith("out of distribution") for r in reasons) < len(reasons)
 
 
 def test_dask_embedder_equals_the_local_embedder(client: Any):

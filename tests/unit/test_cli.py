@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
@@ -410,6 +411,15 @@ def test_route_one_prompt_falls_back_out_of_distribution_as_the_service_does(
     assert decision["reason"].startswith("out of distribution") == ood, decision
     if ood:
         assert decision["tier"] == "brain"  # the priciest tier: the documented conservative choice
+    # --batch decides each prompt the same way (it routed on the predictions alone)
+    batch, out = tmp_path / "prompts.jsonl", tmp_path / "decisions.parquet"
+    batch.write_text(
+        "".join(json.dumps({"prompt_id": i, "prompt": p}) + "\n" for i, p in enumerate(["x", "easy question 3"]))
+    )
+    res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--out", str(out), "--model-uri", str(referenced)])
+    assert res.exit_code == 0, res.output
+    from_batch = pq.read_table(out).to_pylist()[1]
+    assert {**from_batch, "prompt_id": "-"} == decision and 0 <= decision["novelty"] <= 1
 
 
 def _one_model_per_prompt(log):
