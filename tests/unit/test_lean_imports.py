@@ -29,23 +29,32 @@ def _heavy_loaded() -> str:
     return f"sorted(m for m in sys.modules if any(m == h or m.startswith(h + '.') for h in {HEAVY!r}))"
 
 
-def test_serving_and_routing_a_batch_load_no_training_libraries(tmp_path, artifact_dir):  # noqa: F811
+def test_the_service_loads_no_training_libraries():
+    seen = _run(f"""
+        import json, sys
+        import serving.app
+        print(json.dumps({{"heavy": {_heavy_loaded()}}}))
+    """)
+    assert seen["heavy"] == []
+
+
+def test_routing_a_batch_with_the_tierwise_command_loads_no_training_libraries(tmp_path, artifact_dir):  # noqa: F811
+    """Its own process (the service's would hide a `tierwise` command that imports scikit-learn: review finding)."""
     batch = tmp_path / "prompts.jsonl"
     batch.write_text("\n".join(json.dumps({"prompt_id": f"q{i}", "prompt": f"question {i}"}) for i in range(3)))
     out = tmp_path / "decisions.jsonl"
     seen = _run(f"""
         import json, sys
-        import serving.app
-        import training.tracking  # how `tierwise route` loads the champion from the registry
         from training import cli
+        import training.tracking  # how `tierwise route` loads the champion from the registry
         from tests.conftest import HashingEmbedder
         cli.make_embedder = lambda *a, **k: HashingEmbedder()
         cli.app(["route", "--batch", {str(batch)!r}, "--out", {str(out)!r}, "--model-uri", {str(artifact_dir)!r}],
                 standalone_mode=False)
-        print(json.dumps({{"heavy": {_heavy_loaded()}}}))
+        print(json.dumps({{"heavy": {_heavy_loaded()}, "serving": "serving" in sys.modules}}))
     """)
     assert [json.loads(line)["prompt_id"] for line in out.read_text().splitlines()] == ["q0", "q1", "q2"]
-    assert seen["heavy"] == []
+    assert seen == {"heavy": [], "serving": False}
 
 
 def test_lightgbm_trains_without_its_sklearn_layer_and_sklearn_stays_importable():
@@ -74,3 +83,47 @@ def test_a_process_that_loaded_sklearn_first_keeps_lightgbms_estimators():
         print(json.dumps({"sklearn_layer": lightgbm.compat.SKLEARN_INSTALLED}))
     """)
     assert seen == {"sklearn_layer": True}
+
+
+def test_only_the_importing_thread_is_kept_from_sklearn():
+    """The lean import hid scikit-learn from every thread of the process while LightGBM loaded (review finding)."""
+    seen = _run("""
+        import json, sys, threading
+        from router.lean_lightgbm import _NoSklearnForThisThread
+        sys.meta_path.insert(0, _NoSklearnForThisThread())
+        try:
+            import sklearn
+            mine = "imported"
+        except ModuleNotFoundError:
+            mine = "refused"
+        other = {}
+        def load():
+            from sklearn.linear_model import Ridge
+            other["ok"] = Ridge.__name__
+        t = threading.Thread(target=load)
+        t.start(); t.join()
+        print(json.dumps({"other": other.get("ok"), "mine": mine}))
+    """)
+    assert seen == {"other": "Ridge", "mine": "refused"}
+
+
+def test_a_failed_lean_import_leaves_no_half_imported_lightgbm():
+    seen = _run("""
+        import json, sys
+        class Broken:
+            def find_spec(self, name, path=None, target=None):
+                if name == "lightgbm.engine":
+                    raise ImportError("simulated")
+        sys.meta_path.insert(0, Broken())
+        from router.lean_lightgbm import import_lightgbm_lean
+        try:
+            import_lightgbm_lean()
+            failed = False
+        except ImportError:
+            failed = True
+        left = sorted(m for m in sys.modules if m.split(".")[0] == "lightgbm")
+        sys.meta_path.pop(0)
+        import sklearn, lightgbm
+        print(json.dumps({"failed": failed, "left": left, "sklearn_layer": lightgbm.compat.SKLEARN_INSTALLED}))
+    """)
+    assert seen == {"failed": True, "left": [], "sklearn_layer": True}
