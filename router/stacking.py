@@ -20,14 +20,19 @@ if TYPE_CHECKING:
     from sklearn.linear_model import LogisticRegression
 
 
+def fold_rows(n: int, folds: int = 3, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The (fit rows, held rows) of each fold of n rows, as `out_of_fold` uses them."""
+    from sklearn.model_selection import KFold  # training only: routing never imports scikit-learn
+
+    return list(KFold(folds, shuffle=True, random_state=seed).split(np.arange(n)))
+
+
 def out_of_fold(
     fit_predict: Callable[[np.ndarray, np.ndarray], np.ndarray], n: int, folds: int = 3, seed: int = 0
 ) -> np.ndarray:
     """Each of n rows predicted by a model fitted without its fold; `fit_predict(fit_rows, held_rows)` -> (held, k)."""
-    from sklearn.model_selection import KFold  # training only: routing never imports scikit-learn
-
     out: np.ndarray | None = None
-    for fit_rows, held_rows in KFold(folds, shuffle=True, random_state=seed).split(np.arange(n)):
+    for fit_rows, held_rows in fold_rows(n, folds, seed):
         pred = np.asarray(fit_predict(fit_rows, held_rows), dtype=np.float64)
         if out is None:
             out = np.full((n, pred.shape[1]), np.nan)

@@ -12,9 +12,9 @@ from router.artifact import RouterArtifact, estimate_tokens_out
 from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
 from router.features import FeatureSpec, featurize
-from router.model import DifficultyModel, few_outcome_tiers
+from router.model import MIN_TIER_OUTCOMES, DifficultyModel, few_outcome_tiers
 from router.shared_difficulty import SharedDifficulty
-from router.stacking import out_of_fold
+from router.stacking import fold_rows, out_of_fold
 from router.task_hint import TaskPrior
 from training.data import Pool, Split
 from training.evaluation import EvalResult
@@ -102,7 +102,17 @@ def fit_task_prior(
     prior = TaskPrior.fit(categories, scores, tier_names, features=X, seed=seed)
     if prior is None:
         return None
-    if prior.classifier is not None and len(X) >= 10 * folds:
+    learn = prior.classifier is not None and len(X) >= 10 * folds
+    thin = _thin_in_a_fold(scores, tier_names, folds, seed) if learn else None
+    if thin:
+        logger.warning(
+            "task prior: tier %s has fewer than %d outcomes in some of the %d folds that learn the blend weights; "
+            "every tier keeps the default weight",
+            thin,
+            MIN_TIER_OUTCOMES,
+            folds,
+        )
+    if learn and not thin:
         if boosters_oof is None:
             boosters_oof = out_of_fold_boosters(X, scores, tier_names, model, shared, easiness, folds)
         prior_oof = out_of_fold_priors(X, scores, categories, tier_names, seed, folds)
@@ -115,6 +125,17 @@ def fit_task_prior(
         has = np.isfinite(S[:, j])
         prior = prior.with_tier_profile(int(j), cats[has], S[has, j])
     return prior
+
+
+def _thin_in_a_fold(scores: np.ndarray, tier_names: list[str], folds: int, seed: int) -> str | None:
+    """The first tier with fewer than MIN_TIER_OUTCOMES outcomes in some fold's fitting rows (a model swapped in
+    with a dozen outcomes), whose out-of-fold boosters cannot be fitted; None when every tier has enough."""
+    have = np.isfinite(np.asarray(scores, dtype=float))
+    for fit, _ in fold_rows(len(have), folds, seed):
+        short = np.flatnonzero(have[fit].sum(axis=0) < MIN_TIER_OUTCOMES)
+        if len(short):
+            return tier_names[int(short[0])]
+    return None
 
 
 def out_of_fold_priors(

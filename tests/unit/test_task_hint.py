@@ -212,6 +212,25 @@ def test_training_gives_a_few_outcome_tier_its_task_profile_means() -> None:
     assert any(prior.means[t][1] != pytest.approx(raw.means[t][1]) for t in tasks)
 
 
+def test_a_tier_with_a_dozen_outcomes_keeps_the_default_weights_instead_of_failing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With 12 outcomes, a fold's fit rows held fewer than DifficultyModel's 10 for that tier, and learning the
+    blend weights out of fold raised a ValueError through `tierwise train` (new-user finding)."""
+    from training.fit import fit_task_prior
+
+    rng = np.random.default_rng(0)
+    n, tasks = 300, np.array(["a", "b", "c"])
+    cats = tasks[rng.integers(0, 3, n)]
+    S = (rng.random((n, 3)) < [0.3, 0.6, 0.9]).astype(float)
+    S[12:, 1] = np.nan  # tier 1 has 12 outcomes: some of 5 folds fit on 9
+    X = rng.normal(size=(n, 5)).astype(np.float32)
+    prior = fit_task_prior(X, S, cats, ["lo", "mid", "hi"], DifficultyModel(n_estimators=5, n_jobs=1), folds=5)
+    default = TaskPrior.fit(cats, S, ["lo", "mid", "hi"], features=X)
+    assert prior is not None and default is not None and prior.router_weight == default.router_weight
+    assert "tier mid has fewer than 10 outcomes in some of the 5 folds" in caplog.text
+
+
 def test_classifier_probabilities_and_round_trip(tmp_path: Path) -> None:
     rng = np.random.default_rng(1)
     X = np.vstack([rng.normal(c, 0.5, (40, 4)) for c in (-3, 0, 3)])
