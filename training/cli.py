@@ -364,8 +364,8 @@ def train(
     artifact = with_trust(artifact, split, embedder, cache, evaluation, s.seed, pool)  # novelty reference, guarantee
     artifact = with_default_knob(artifact, split, embedder, cache)  # the operating point the service routes with
     evaluation.metrics.update(trust_metrics(artifact))
-    champion_aiq = tracking.champion_aiq(
-        s.registered_model, split, cache, s.seed, lambda backend: _embedder(s, backend), alias=s.model_alias
+    champion = tracking.champion_comparison(
+        s.registered_model, split, cache, s.seed, lambda backend: _embedder(s, backend), artifact, alias=s.model_alias
     )
     result = TrainResult(
         artifact,
@@ -377,7 +377,7 @@ def train(
     reg = tracking.log_and_register(
         result,
         s.registered_model,
-        champion_aiq,
+        champion,
         split.table.prompts["prompt"][split.test].tolist(),
         training_log,
         onnx_dir=s.cache_dir / "onnx",

@@ -28,11 +28,24 @@ WARN_TEST_PROMPTS = 200
 
 
 @dataclass(frozen=True)
+class ChampionComparison:
+    """The new model and the current champion, each scored the same way on the same held-out prompts: this run's
+    test prompts that the champion's run held out too (`n_prompts`; none of them trained either model), or, when
+    the champion's run did not record its held-out prompts, all of this run's (`shared_known` False: the champion
+    may have trained on some of them)."""
+
+    new_aiq: float
+    champion_aiq: float
+    n_prompts: int
+    shared_known: bool = True
+
+
+@dataclass(frozen=True)
 class GateEvidence:
-    """What the checks read: the held-out evaluation and the current champion's AIQ on the same split."""
+    """What the checks read: the held-out evaluation and the comparison with the current champion."""
 
     evaluation: EvalResult
-    champion_aiq: float | None = None
+    champion: ChampionComparison | None = None
     n_prompts: int | None = None  # prompts in the whole log, for messages
     tiers: tuple[str, ...] | None = None  # the tiers this model routes
     champion_tiers: tuple[str, ...] | None = None  # the tiers the current champion routes (None: no champion)
@@ -91,16 +104,32 @@ def beats_best_single_tier(evidence: GateEvidence) -> CheckResult:
 
 
 def not_worse_than_champion(evidence: GateEvidence) -> CheckResult | None:
-    """At least the current champion's AIQ, both measured on this run's test split (None without a champion)."""
-    if evidence.champion_aiq is None:
+    """At least the current champion's AIQ on prompts neither trained on (None without a champion to compare).
+
+    The champion is scored on this run's held-out prompts that its own run held out too: re-scoring it on prompts
+    it trained on (a grown log draws another split) flattered it and kept better retrains out. Fewer than
+    MIN_TEST_PROMPTS such prompts cannot show the new model is not worse: it stays a challenger."""
+    c = evidence.champion
+    if c is None:
         return None
-    new, old = float(evidence.aiq_draws("router")[0]), evidence.champion_aiq
-    ok = new >= old
-    return CheckResult(
-        "not_worse_than_champion",
-        ok,
-        f"AIQ {new:.4f} {'>=' if ok else '<'} the champion's {old:.4f} on this test split",
+    name = "not_worse_than_champion"
+    if c.n_prompts < MIN_TEST_PROMPTS:
+        return CheckResult(
+            name,
+            False,
+            f"only {c.n_prompts} of this run's held-out prompts were held out from the champion too (needs "
+            f"{MIN_TEST_PROMPTS} to compare without the champion's training prompts); `tierwise promote` it if you "
+            "know it is better",
+        )
+    ok = c.new_aiq >= c.champion_aiq
+    where = (
+        f"on the {c.n_prompts} held-out prompts neither model trained on"
+        if c.shared_known
+        else f"on this test split ({c.n_prompts} prompts; the champion's run did not record its held-out prompts, "
+        "so it may have trained on some)"
     )
+    sign = ">=" if ok else "<"
+    return CheckResult(name, ok, f"AIQ {c.new_aiq:.4f} {sign} the champion's {c.champion_aiq:.4f} {where}")
 
 
 def same_tiers_as_champion(evidence: GateEvidence) -> CheckResult | None:

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,16 @@ from router.policy import DefaultKnob
 from training.data import Split
 from training.evaluation import evaluate_artifact
 from training.fit import TrainResult
-from training.gate import CHAMPION, CHECKS, Check, GateEvidence, Verdict, run_gate
+from training.gate import (
+    CHAMPION,
+    CHECKS,
+    MIN_TEST_PROMPTS,
+    ChampionComparison,
+    Check,
+    GateEvidence,
+    Verdict,
+    run_gate,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -154,6 +163,54 @@ def download_artifact(model_uri: str, dst: Path) -> RouterArtifact:
     return RouterArtifact.load(find_artifact(local))
 
 
+TEST_PROMPT_IDS = "evaluation/test_prompt_ids.txt"
+"""The run artifact listing the prompt ids the run held out (one a line)."""
+
+
+def held_out_ids(run_id: str) -> set[str] | None:
+    """The prompt ids a training run held out (TEST_PROMPT_IDS), None when the run did not record them."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = MlflowClient().download_artifacts(run_id, TEST_PROMPT_IDS, tmp)
+            return {line for line in Path(path).read_text(encoding="utf-8").splitlines() if line}
+    except (MlflowException, OSError) as exc:
+        logger.warning("the champion's run %s has no readable %s (%s)", run_id, TEST_PROMPT_IDS, exc)
+        return None
+
+
+def champion_comparison(
+    registered_model: str,
+    split: Split,
+    cache: EmbeddingCache | None,
+    seed: int,
+    embedder_for: Callable[[str], Embedder],
+    new: RouterArtifact,
+    alias: str = CHAMPION,
+) -> ChampionComparison | None:
+    """The new model and the current champion scored on the same held-out prompts (None when there is no champion
+    or it can't be scored): this split's test prompts that the champion's run held out too, so neither trained on
+    them (training.gate.ChampionComparison); with fewer than MIN_TEST_PROMPTS of them, neither is scored.
+
+    `embedder_for(backend)` builds the embedder of a backend; `alias` is the one the service serves.
+    """
+    version = champion_version(MlflowClient(), registered_model, alias)
+    if version is None:
+        return None
+    ids = held_out_ids(version.run_id)
+    shared = split
+    if ids is not None:
+        held = split.table.prompts["prompt_id"].astype(str).isin(ids).to_numpy()
+        shared = replace(split, test=split.test & held)
+    n = int((shared.test & shared.table.complete).sum())
+    if n < MIN_TEST_PROMPTS:
+        return ChampionComparison(np.nan, np.nan, n, ids is not None)
+    champ = champion_aiq(registered_model, shared, cache, seed, embedder_for, alias)
+    if champ is None:
+        return None
+    mine = evaluate_artifact(new, shared, embedder_for(backend_of(new.features.embedder_id)), cache, seed)
+    return ChampionComparison(float(mine.draws["router"]["AIQ"][0]), champ, n, ids is not None)
+
+
 def champion_aiq(
     registered_model: str,
     split: Split,
@@ -162,7 +219,8 @@ def champion_aiq(
     embedder_for: Callable[[str], Embedder],
     alias: str = CHAMPION,
 ) -> float | None:
-    """The current champion's AIQ re-measured on this run's test split (None when there is none or it can't be).
+    """The current champion's AIQ on `split`'s test prompts (None when there is none or it can't be scored),
+    computed as the gate computes the new model's (bootstrap row 0: the test set as it is).
 
     `embedder_for(backend)` builds the embedder of the champion's backend; `alias` is the one the service serves.
     """
@@ -185,7 +243,7 @@ def champion_aiq(
         )
         return None
     result = evaluate_artifact(champ, split, embedder, cache, seed, baselines=False)
-    return result.metrics[AIQ_METRIC]
+    return float(result.draws["router"]["AIQ"][0])
 
 
 def _flat_params(params: dict[str, Any]) -> dict[str, str]:
@@ -251,7 +309,7 @@ def describe(result: TrainResult, log: TrainingLog, promotion: str) -> str:
 def log_and_register(
     result: TrainResult,
     registered_model: str,
-    champion_aiq_on_this_split: float | None,
+    champion: ChampionComparison | None,
     input_prompts: list[str],
     log: TrainingLog,
     onnx_dir: Path | None = None,
@@ -287,7 +345,7 @@ def log_and_register(
         mlflow.log_text(ev.table.round(4).to_string(), "evaluation/table.txt")
         mlflow.log_text(ev.table.to_csv(), "evaluation/table.csv")
         mlflow.log_text(ev.per_category.to_csv(index=False), "evaluation/per_category.csv")
-        mlflow.log_text("\n".join(result.test_prompt_ids), "evaluation/test_prompt_ids.txt")
+        mlflow.log_text("\n".join(str(i) for i in result.test_prompt_ids), TEST_PROMPT_IDS)
         artifacts, code = _stage_model_files(result, onnx_dir, Path(tmp))
         example = pd.DataFrame({"prompt": input_prompts[:3]})
         quality = result.artifact.model.predict_quality(np.zeros((1, result.artifact.model.n_features_in_)))
@@ -324,7 +382,7 @@ def log_and_register(
         client = MlflowClient()
         evidence = GateEvidence(
             ev,
-            champion_aiq_on_this_split,
+            champion,
             int(n_prompts) if n_prompts is not None else None,
             tiers=tuple(result.artifact.tier_names),
             champion_tiers=registered_tiers(champion_version(client, registered_model, champion_alias)),
@@ -347,7 +405,8 @@ def log_and_register(
             }
         )
         mlflow.set_tag(MLFLOW_RUN_NOTE, description)
-        return Registration(run.info.run_id, mv_version, alias, new_aiq, champion_aiq_on_this_split, message, verdict)
+        champ_aiq = None if champion is None or champion.n_prompts < MIN_TEST_PROMPTS else champion.champion_aiq
+        return Registration(run.info.run_id, mv_version, alias, new_aiq, champ_aiq, message, verdict)
 
 
 def gate_tags(verdict: Verdict) -> dict[str, str]:

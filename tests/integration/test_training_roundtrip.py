@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -28,6 +29,7 @@ from training import cli, tracking
 from training.data import split_log
 from training.evaluation import evaluate_artifact
 from training.fit import TrainResult, run_params, train_router
+from training.gate import ChampionComparison
 
 NAME = "tierwise-router-test"
 
@@ -79,7 +81,7 @@ def _train(tmp_path: Path, seed: int, n_estimators: int, toml: dict = TIERS_TOML
     evaluation = evaluate_artifact(artifact, split, emb, cache, seed=0)
     prompts = split.table.prompts["prompt"][split.test].tolist()
     params = run_params(split, features, model, 0.3, 0, task_prior=artifact.task_prior)
-    result = TrainResult(artifact, evaluation, params, prompts)
+    result = TrainResult(artifact, evaluation, params, split.table.prompts["prompt_id"][split.test].tolist())
     return result, prompts
 
 
@@ -119,7 +121,11 @@ def test_train_register_promote_and_serve(tracking_uri: str, tmp_path: Path, mon
     # A worse model (one tree) becomes challenger; the champion alias stays on version 1.
     weak, _ = _train(tmp_path, seed=1, n_estimators=1)
     reg2 = tracking.log_and_register(
-        weak, NAME, champion_aiq_on_this_split=reg1.new_aiq + 1.0, input_prompts=prompts, log=_training_log(tmp_path)
+        weak,
+        NAME,
+        ChampionComparison(new_aiq=reg1.new_aiq, champion_aiq=reg1.new_aiq + 1.0, n_prompts=100),
+        input_prompts=prompts,
+        log=_training_log(tmp_path),
     )
     assert reg2.alias == "challenger" and "challenger" in reg2.message
     assert str(client.get_model_version_by_alias(NAME, "champion").version) == "1"
@@ -167,15 +173,43 @@ def test_a_champion_whose_embedder_is_gone_is_replaced(tmp_path: Path, monkeypat
     split = split_log(LOG, parse_tiers(TIERS_TOML), 0.3, seed=0)
     cache = EmbeddingCache(tmp_path / "emb.sqlite")
 
-    same = tracking.champion_aiq(NAME, split, cache, 0, lambda backend: HashingEmbedder())
-    assert same == pytest.approx(old.evaluation.metrics["router_AIQ"])
+    same = tracking.champion_comparison(NAME, split, cache, 0, lambda backend: HashingEmbedder(), old.artifact)
+    assert same is not None and same.shared_known
+    assert same.champion_aiq == same.new_aiq == pytest.approx(old.evaluation.metrics["router_AIQ"])
     upgraded = HashingEmbedder(name="test/hashing:hash+v2")
-    gone = tracking.champion_aiq(NAME, split, cache, 0, lambda backend: upgraded)
+    gone = tracking.champion_comparison(NAME, split, cache, 0, lambda backend: upgraded, old.artifact)
     assert gone is None
     # So the next run replaces it without a comparison with the old champion (the baseline checks still apply).
     weaker, _ = _train(tmp_path, seed=1, n_estimators=10)
     reg = tracking.log_and_register(weaker, NAME, gone, prompts, _training_log(tmp_path))
     assert reg.alias == "champion" and reg.version == "2"
+    mlflow.end_run()
+
+
+def test_the_champion_is_compared_only_on_prompts_it_did_not_train_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another split (a grown log, another seed) held out prompts the champion trained on; re-scored on them it
+    looked better than it is, and better retrains stayed challengers (new-user finding)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tracking, "MIN_TEST_PROMPTS", 10)  # this small log shares ~30 held-out prompts
+    tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", "tierwise-test")
+    champ, prompts = _train(tmp_path, seed=0, n_estimators=20)
+    tracking.log_and_register(champ, NAME, None, prompts, _training_log(tmp_path))
+    tiers, cache, emb = parse_tiers(TIERS_TOML), EmbeddingCache(tmp_path / "emb.sqlite"), HashingEmbedder()
+    old = split_log(LOG, tiers, 0.3, seed=0)
+    new = split_log(LOG, tiers, 0.5, seed=1)
+    both = new.test & old.test & new.table.complete
+    assert 0 < both.sum() < (new.test & new.table.complete).sum()  # some of the new test prompts trained the champion
+    compared = tracking.champion_comparison(NAME, new, cache, 0, lambda backend: emb, champ.artifact)
+    assert compared is not None and compared.shared_known and compared.n_prompts == both.sum()
+    on_both = evaluate_artifact(champ.artifact, replace(new, test=both), emb, cache, seed=0)
+    assert compared.champion_aiq == compared.new_aiq == on_both.draws["router"]["AIQ"][0]
+    # A champion whose run did not record its held-out prompts is compared on the whole split, and the check says so.
+    monkeypatch.setattr(tracking, "held_out_ids", lambda run_id: None)
+    legacy = tracking.champion_comparison(NAME, new, cache, 0, lambda backend: emb, champ.artifact)
+    assert legacy is not None and not legacy.shared_known
+    assert legacy.n_prompts == (new.test & new.table.complete).sum()
     mlflow.end_run()
 
 

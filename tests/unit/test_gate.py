@@ -13,7 +13,7 @@ from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
 from training.data import split_log
 from training.evaluation import EvalResult, evaluate_artifact
 from training.fit import train_router
-from training.gate import CHECKS, CheckResult, GateEvidence, run_gate
+from training.gate import CHECKS, ChampionComparison, CheckResult, GateEvidence, run_gate
 
 TWO_TIERS = {"models": TIERS_TOML["models"], "tiers": [TIERS_TOML["tiers"][0], TIERS_TOML["tiers"][2]]}
 
@@ -59,11 +59,20 @@ def test_a_router_without_signal_is_challenger_even_on_a_large_log(tmp_path) -> 
     assert "beats_zero_router" in {c.name for c in verdict.failed}
 
 
-@pytest.mark.parametrize(("champion_aiq", "alias"), [(0.0, "champion"), (1.0, "challenger")])
+@pytest.mark.parametrize(("champion_aiq", "alias"), [(0.0, "champion"), (0.8, "champion"), (0.8 + 1e-9, "challenger")])
 def test_a_previous_champion_must_not_be_better(good: EvalResult, champion_aiq: float, alias: str) -> None:
-    verdict = run_gate(GateEvidence(good, champion_aiq=champion_aiq), champion_alias="champion")
+    compared = ChampionComparison(new_aiq=0.8, champion_aiq=champion_aiq, n_prompts=120)
+    verdict = run_gate(GateEvidence(good, compared), champion_alias="champion")
     assert verdict.alias == alias
-    assert "not_worse_than_champion" in {c.name for c in verdict.checks}
+    [check] = [c for c in verdict.checks if c.name == "not_worse_than_champion"]
+    assert "on the 120 held-out prompts neither model trained on" in check.detail
+
+
+def test_too_few_prompts_held_out_from_both_keep_the_new_model_a_challenger(good: EvalResult) -> None:
+    compared = ChampionComparison(new_aiq=float("nan"), champion_aiq=float("nan"), n_prompts=12)
+    verdict = run_gate(GateEvidence(good, compared), champion_alias="champion")
+    [check] = [c for c in verdict.checks if c.name == "not_worse_than_champion"]
+    assert verdict.alias == "challenger" and not check.passed and "only 12 of this run's held-out" in check.detail
 
 
 def test_a_new_check_is_one_more_callable(good: EvalResult) -> None:
