@@ -308,8 +308,10 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
         if suffix in (".csv", ".csv.gz"):
             # In a text column only an empty cell is missing (a prompt or id reading "NA" or "None" is that text); a
             # number column also takes the usual spellings of a missing number (R writes NA, pandas may write NaN).
+            # A text column is read as text: an id "01" or a model "7" is not the number 1 or 7.0.
             na = {c: [""] for c in TEXT_COLUMNS} | {c: ["", *NA_NUMBERS] for c in NUMBER_COLUMNS}
-            return pd.read_csv(path, keep_default_na=False, na_values=na), None
+            text = dict.fromkeys(TEXT_COLUMNS, str)
+            return pd.read_csv(path, keep_default_na=False, na_values=na, dtype=text), None
         if suffix in (".jsonl", ".ndjson", ".jsonl.gz"):
             return _read_jsonl(path)
     except OutcomeLogError:

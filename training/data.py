@@ -36,11 +36,15 @@ class PromptTable:
 def pivot_log(log: pd.DataFrame, tiers: TiersConfig) -> PromptTable:
     """One row per prompt_id with the realised score and cost of each tier (and of every model)."""
     first = log.drop_duplicates("prompt_id").set_index("prompt_id")
+    # A prompt's category: the first of its rows that gives one (a model's rows may come without).
+    category = None
+    if "category" in log:
+        category = log.groupby("prompt_id", sort=False)["category"].first().reindex(first.index)
     prompts = pd.DataFrame(
         {
             "prompt_id": first.index,
             "prompt": first["prompt"].to_numpy(),
-            "category": first["category"].fillna("").astype(str).to_numpy() if "category" in first else "",
+            "category": category.fillna("").astype(str).to_numpy() if category is not None else "",
         }
     )
     scores = log.pivot(index="prompt_id", columns="model", values="score").reindex(prompts["prompt_id"])

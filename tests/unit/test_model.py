@@ -80,3 +80,14 @@ def test_features_refuse_another_embedder(embedder):
 def test_text_window_takes_the_normalised_tail():
     assert text_window("  a \n\n b   c ", None) == "a b c"
     assert text_window("x" * 50 + " question?", 9) == "question?"
+
+
+def test_a_prompts_category_comes_from_any_of_its_rows(outcome_log, tiers):
+    """Only each prompt's first row was read: a log whose first model's rows lack the category lost its task prior
+    without a word (new-user finding)."""
+    log = outcome_log.copy()
+    first_rows = ~log.duplicated("prompt_id")
+    log.loc[first_rows, "category"] = None
+    table = pivot_log(log, tiers)
+    expected = outcome_log.drop_duplicates("prompt_id").set_index("prompt_id")["category"]
+    assert table.prompts["category"].tolist() == expected.reindex(table.prompts["prompt_id"]).tolist()

@@ -67,6 +67,26 @@ def test_a_csv_cell_reading_na_or_none_is_text_and_the_suffix_any_case(tmp_path,
     assert df["tokens_in"].isna().sum() == 1
 
 
+def test_csv_ids_and_model_names_that_look_like_numbers_stay_text(tmp_path):
+    """pandas read "01" and "1" as the same id 1, and a model "7" as 7.0 (not the tiers' "7"): false errors and
+    rewritten ids (new-user finding)."""
+    tiers = parse_tiers(
+        {
+            "models": {
+                "7": {"input_per_1m": 0.2, "output_per_1m": 0.2},
+                "70.5": {"input_per_1m": 9, "output_per_1m": 9},
+            },
+            "tiers": [{"name": "small", "model": "7"}, {"name": "big", "model": "70.5"}],
+        }
+    )
+    log = make_log(6)
+    log = log[log["model"].isin(["small", "large"])].replace({"model": {"small": "7", "large": "70.5"}})
+    ids = {pid: f"0{i}" if i % 2 else str(i) for i, pid in enumerate(log["prompt_id"].unique())}
+    log["prompt_id"] = log["prompt_id"].map(ids)
+    df = load_outcomes(write(log, tmp_path / "log.csv"), tiers)
+    assert set(df["prompt_id"]) == set(ids.values()) and set(df["model"]) == {"7", "70.5"}
+
+
 def test_missing_column_and_empty_file(tmp_path, tiers):
     path = write(make_log(5).drop(columns=["cost_usd"]), tmp_path / "log.csv")
     with pytest.raises(OutcomeLogError, match=r"missing required column.*cost_usd"):
