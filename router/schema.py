@@ -333,11 +333,12 @@ def _not_utf8(lineno: int, raw: bytes, exc: UnicodeDecodeError) -> str:
 
 
 def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(line number, text) of a UTF-8 file (gzip when it ends in .gz); a line that is not UTF-8 is named."""
+    """(line number, text) of a UTF-8 file (gzip when it ends in .gz), without the byte-order mark a Windows
+    editor may start it with; a line that is not UTF-8 is named."""
     with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as fh:
         for lineno, raw in enumerate(fh, start=1):
             try:
-                yield lineno, raw.decode("utf-8")
+                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
             except UnicodeDecodeError as exc:
                 raise OutcomeLogError(path, _not_utf8(lineno, raw, exc)) from None
 

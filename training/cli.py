@@ -435,8 +435,28 @@ def _load_artifact(s: Settings, model_uri: str | None) -> RouterArtifact:
         with tempfile.TemporaryDirectory() as tmp:
             return tracking.download_artifact(uri, Path(tmp))
     except Exception as exc:  # any registry failure is one line for the user
-        _fail(f"cannot load model {uri} from {s.mlflow_tracking_uri}: {exc}. Run `make train` first.")
+        _fail(f"cannot load model {uri} from {s.mlflow_tracking_uri}: {str(exc).rstrip('.')}. {_no_model_hint(s, uri)}")
         raise
+
+
+def _no_model_hint(s: Settings, uri: str) -> str:
+    """What to do when `uri` can't be loaded: pick the version that exists (a first model the gate kept as a
+    challenger), else train one."""
+    if uri != f"models:/{s.registered_model}@{s.model_alias}":
+        return "Check --model-uri."
+    from mlflow import MlflowClient
+
+    try:
+        versions = list(MlflowClient().search_model_versions(f"name='{s.registered_model}'"))
+    except Exception:  # the registry itself is down or missing: the message above says so
+        versions = []
+    if not versions:
+        return "Train one first: `tierwise train` (or `make train`)."
+    latest = max(versions, key=lambda v: int(v.version))
+    return (
+        f"No version is '{s.model_alias}' yet (the champion gate kept them all as challengers): route with "
+        f"--model-uri models:/{s.registered_model}/{latest.version}, or `tierwise promote {latest.version}`."
+    )
 
 
 def _tiers_for(s: Settings, artifact: RouterArtifact) -> TiersConfig:

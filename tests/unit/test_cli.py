@@ -738,3 +738,19 @@ def test_route_batch_names_an_output_symlink_loop(tmp_path, artifact_dir, monkey
     loop.symlink_to(loop)
     res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--out", str(loop), "--model-uri", str(artifact_dir)])
     assert res.exit_code == 2 and f"--out {loop}:" in res.output and "Traceback" not in res.output, res.output
+
+
+def test_route_without_a_champion_says_how_to_use_the_challenger_or_train(tmp_path):
+    """A first model the gate kept as challenger: route said "Run `make train` first", which the user had just
+    done (new-user finding)."""
+    from mlflow import MlflowClient
+
+    res = runner.invoke(cli.app, ["route", "hello"])
+    assert res.exit_code == 2 and "Train one first: `tierwise train`" in res.output, res.output
+    settings = get_settings()
+    MlflowClient(settings.mlflow_tracking_uri).create_registered_model(settings.registered_model)
+    MlflowClient(settings.mlflow_tracking_uri).create_model_version(settings.registered_model, str(tmp_path))
+    res = runner.invoke(cli.app, ["route", "hello"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and f"--model-uri models:/{settings.registered_model}/1" in out, out
+    assert "tierwise promote 1" in out and ".." not in out

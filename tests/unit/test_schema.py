@@ -87,6 +87,12 @@ def test_csv_ids_and_model_names_that_look_like_numbers_stay_text(tmp_path):
     assert set(df["prompt_id"]) == set(ids.values()) and set(df["model"]) == {"7", "70.5"}
 
 
+def test_a_jsonl_log_starting_with_a_byte_order_mark_is_read(tmp_path, tiers):
+    path = write(make_log(5), tmp_path / "log.jsonl")
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # as a Windows editor saves it
+    assert len(load_outcomes(path, tiers)) == len(make_log(5))
+
+
 def test_missing_column_and_empty_file(tmp_path, tiers):
     path = write(make_log(5).drop(columns=["cost_usd"]), tmp_path / "log.csv")
     with pytest.raises(OutcomeLogError, match=r"missing required column.*cost_usd"):
