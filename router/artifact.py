@@ -50,6 +50,15 @@ def estimate_tokens_out(log: pd.DataFrame, tiers: TiersConfig) -> dict[str, floa
     return out
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """How training split its log (training.data.split_log): the test share and the seed. `tierwise evaluate` and
+    `calibrate` draw the same split by default, so they score the model on prompts it did not train on."""
+
+    test_size: float
+    seed: int
+
+
 @dataclass
 class RouterArtifact:
     """A fitted DifficultyModel with its feature spec, tier names and output-token estimates."""
@@ -67,6 +76,8 @@ class RouterArtifact:
     # Each tier's mean score per category of the log, blended in when a request names its task (None: the log
     # had no categories, or the model was trained before task hints existed).
     task_prior: TaskPrior | None = None
+    # How its log was split (None: trained before it was stored).
+    held_out: HeldOut | None = None
 
     @property
     def tier_names(self) -> list[str]:
@@ -171,6 +182,7 @@ class RouterArtifact:
             "guarantee": self.guarantee.to_dict() if self.guarantee else None,
             "default_knob": self.default_knob.to_dict() if self.default_knob else None,
             "task_prior": self.task_prior.to_dict() if self.task_prior else None,
+            "held_out": vars(self.held_out) if self.held_out else None,
         }
         if self.novelty is not None:
             self.novelty.save(directory / "novelty")
@@ -197,6 +209,9 @@ class RouterArtifact:
             guarantee=QualityGuarantee.from_dict(meta["guarantee"]) if meta.get("guarantee") else None,
             default_knob=DefaultKnob.from_dict(meta["default_knob"]) if meta.get("default_knob") else None,
             task_prior=_load_task_prior(directory, meta.get("task_prior")),
+            held_out=HeldOut(float(meta["held_out"]["test_size"]), int(meta["held_out"]["seed"]))
+            if meta.get("held_out")
+            else None,
         )
 
 

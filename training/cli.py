@@ -13,6 +13,7 @@ import signal
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
@@ -22,7 +23,7 @@ import typer
 from pydantic import ValidationError
 
 from infra.settings import MAX_RETENTION_DAYS, Settings, get_settings
-from router.artifact import RouterArtifact
+from router.artifact import HeldOut, RouterArtifact
 from router.embedders.factory import backend_of, make_embedder
 from router.embedders.onnx import StaleOnnxFile
 from router.embedding_cache import EmbeddingCache
@@ -363,6 +364,7 @@ def train(
 
     artifact = with_trust(artifact, split, embedder, cache, evaluation, s.seed, pool)  # novelty reference, guarantee
     artifact = with_default_knob(artifact, split, embedder, cache)  # the operating point the service routes with
+    artifact = replace(artifact, held_out=HeldOut(s.test_size, s.seed))  # evaluate and calibrate draw it again
     evaluation.metrics.update(trust_metrics(artifact))
     champion = tracking.champion_comparison(
         s.registered_model, split, cache, s.seed, lambda backend: _embedder(s, backend), artifact, alias=s.model_alias
@@ -474,6 +476,28 @@ def _tiers_for(s: Settings, artifact: RouterArtifact) -> TiersConfig:
     return tiers
 
 
+def _as_trained(s: Settings, artifact: RouterArtifact, test_size: float | None, seed: int | None) -> Settings:
+    """The settings with the test size and seed the model's log was split with, unless --test-size or --seed names
+    another; a warning when the split drawn may hold prompts the model trained on."""
+    trained = artifact.held_out
+    if trained is None:
+        typer.echo(
+            f"warning: the model does not record how its log was split; held-out prompts drawn with seed {s.seed} "
+            f"and test size {s.test_size} (if it was trained with others, some of them trained it)",
+            err=True,
+        )
+        return s
+    if test_size is None and seed is None:
+        return s.model_copy(update={"test_size": trained.test_size, "seed": trained.seed})
+    if (s.test_size, s.seed) != (trained.test_size, trained.seed):
+        typer.echo(
+            f"warning: the model's log was split with seed {trained.seed} and test size {trained.test_size}; with "
+            f"seed {s.seed} and test size {s.test_size}, some held-out prompts trained it",
+            err=True,
+        )
+    return s
+
+
 def _held_out_split(s: Settings, tier_cfg: TiersConfig) -> Split:
     """The log split as training split it, in the tiers the model routes (`_tiers_for`); a tier without test
     outcomes is one line."""
@@ -518,6 +542,7 @@ def evaluate(
         _evaluate_from_store(s, model_uri, since_days)
         return
     artifact = _load_artifact(s, model_uri)
+    s = _as_trained(s, artifact, test_size, seed)
     split = _held_out_split(s, _tiers_for(s, artifact))
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     result = evaluate_artifact(artifact, split, embedder, EmbeddingCache(s.cache_dir / "embeddings.sqlite"), s.seed)
@@ -572,6 +597,7 @@ def calibrate(
         _calibrate_from_store(s, top_share, mean_cost_usd, since_days)
         return
     artifact = _load_artifact(s, model_uri)
+    s = _as_trained(s, artifact, None, None)
     tier_cfg = _tiers_for(s, artifact)
     split = _held_out_split(s, tier_cfg)
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))

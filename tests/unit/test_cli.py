@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 
 import pyarrow.parquet as pq
 import pytest
@@ -754,3 +755,33 @@ def test_route_without_a_champion_says_how_to_use_the_challenger_or_train(tmp_pa
     out = " ".join(res.output.split())
     assert res.exit_code == 2 and f"--model-uri models:/{settings.registered_model}/1" in out, out
     assert "tierwise promote 1" in out and ".." not in out
+
+
+def test_evaluate_and_calibrate_draw_the_split_the_model_was_trained_with(tmp_path, artifact_dir, monkeypatch):
+    """They drew the settings' split (seed 0, test size 0.3) whatever the model was trained with: its training
+    prompts among the held-out ones, and a significant-looking win measured on them (new-user finding)."""
+    from router.artifact import HeldOut, RouterArtifact, find_artifact
+
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    log = tmp_path / "log.parquet"
+    make_log(150).to_parquet(log)
+    art = RouterArtifact.load(find_artifact(str(artifact_dir)))
+    model = art.save(tmp_path / "trained")
+    marked = replace(art, held_out=HeldOut(0.5, 7)).save(tmp_path / "marked")
+    assert RouterArtifact.load(marked).held_out == HeldOut(0.5, 7)
+    common = ["--outcomes", str(log), "--tiers", str(write_tiers(tmp_path / "t.toml"))]
+
+    def evaluate(uri, *more):
+        out = tmp_path / "e.json"
+        res = runner.invoke(cli.app, ["evaluate", "--model-uri", str(uri), *common, "--json-out", str(out), *more])
+        assert res.exit_code == 0, res.output
+        return json.loads(out.read_text())["source"], res.output
+
+    source, said = evaluate(marked)
+    assert "seed 7, test size 0.5" in source and "warning" not in said
+    source, said = evaluate(marked, "--seed", "0")
+    assert "seed 0, test size 0.3" in source and "the model's log was split with seed 7 and test size 0.5" in said
+    source, said = evaluate(model)  # a model from before the split was stored
+    assert "seed 0, test size 0.3" in source and "does not record how its log was split" in said
+    res = runner.invoke(cli.app, ["calibrate", "--top-share", "0.3", "--model-uri", str(marked), *common])
+    assert res.exit_code == 0 and "warning" not in res.output, res.output
