@@ -187,7 +187,12 @@ def load_pool_logs(paths: list[Path]) -> list[pd.DataFrame]:
     logs = []
     for path in paths:
         if not Path(path).is_file():
-            logger.warning("pooled log %s is missing (run `make data`); the shared difficulty goes without it", path)
+            logger.warning(
+                "pooled log %s (TIERWISE_POOL_PATHS, relative to the working directory) is missing: the shared "
+                "difficulty goes without it (in a checkout, `make data` brings the shared logs; "
+                "TIERWISE_POOL_PATHS='[]' trains on your log alone, without this warning)",
+                path,
+            )
             continue
         logs.append(load_outcomes(path))
     return logs
