@@ -40,7 +40,12 @@ class TierwisePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,mi
         prompt's task hint (router/task_hint.py: a task the model knows is blended in instead of the one it
         guesses from the prompt; others change nothing), an optional 'input_tokens' column the input tokens each
         call sends, as on /route (missing: estimated from the prompt)."""
-        prompts = model_input["prompt"].astype(str).tolist()
+        prompts = list(model_input["prompt"])
+        bad = [i for i, p in enumerate(prompts) if not isinstance(p, str) or not p.strip()]
+        if bad:  # as /route and `tierwise route` refuse them: no prediction for a prompt that is not there
+            first = prompts[bad[0]]
+            what = "blank" if isinstance(first, str) else f"not text ({first!r})"
+            raise ValueError(f"row {bad[0]} of the 'prompt' column is {what}; {len(bad)} such rows: give each a prompt")
         tasks = None
         if "task" in model_input.columns:
             tasks = [None if pd.isna(t) else str(t) for t in model_input["task"]]

@@ -51,6 +51,13 @@ try:
     refused = ""
 except Exception as exc:
     refused = str(exc)
+blanks = []
+for bad in (["", "ok"], ["ok", "   "], ["ok", None]):
+    try:
+        model.predict(pd.DataFrame({"prompt": bad}))
+        blanks.append("")
+    except Exception as exc:
+        blanks.append(str(exc))
 import router
 print(json.dumps({
     "columns": list(out.columns),
@@ -59,6 +66,7 @@ print(json.dumps({
     "counted": counted.to_numpy().tolist(),
     "whole": whole.to_numpy().tolist(),
     "refused": refused,
+    "blanks": blanks,
     "router_file": router.__file__,
     "installed": {m: importlib.util.find_spec(m) is not None for m in ("torch", "sentence_transformers", "training")},
     "imported": sorted({k.split(".")[0] for k in sys.modules} & {"torch", "sentence_transformers", "training"}),
@@ -176,6 +184,9 @@ def test_the_champion_loads_and_scores_in_a_clean_venv(registered: str, tmp_path
     assert counted[1] == values[1] and counted[0][: len(tiers)] == values[0][: len(tiers)]
     assert report["whole"][0] == counted[0]  # whole numbers (int64) are taken as they are
     assert "input_tokens column must hold numbers" in report["refused"], report["refused"]
+    # A blank or missing prompt is refused naming its row, as /route refuses it (it was scored, or a traceback).
+    rows = [msg.split(" of the 'prompt' column")[0] for msg in report["blanks"]]
+    assert rows == ["row 0", "row 1", "row 1"], report["blanks"]
     # The code came with the model, not from this checkout; neither torch nor training code was needed.
     assert not Path(report["router_file"]).is_relative_to(REPO), report["router_file"]
     assert report["installed"] == {"torch": False, "sentence_transformers": False, "training": False}
