@@ -442,12 +442,16 @@ def validate_outcomes(
             first_bad(values < 0, col, f"{col} must be >= 0")
             df[col] = values
     if known_models is not None:
-        known = set(known_models)
-        first_bad(
-            ~df["model"].isin(known),
-            "model",
-            "model is not in the tiers config (no tier uses it and [models] does not list it)",
-        )
+        unknown = ~df["model"].isin(set(known_models))
+        if unknown.any():
+            names = sorted(set(df.loc[unknown, "model"]))
+            listed = ", ".join(repr(n) for n in names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+            first_bad(
+                unknown,
+                "model",
+                f"model {df.loc[unknown, 'model'].iloc[0]!r} is not in the tiers config (no tier uses it and "
+                f"[models] does not list it); the log's models not in it: {listed}",
+            )
     keep = [c for c in (*REQUIRED_COLUMNS, *OPTIONAL_COLUMNS) if c in df.columns]
     return df[keep]
 

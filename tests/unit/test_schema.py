@@ -38,7 +38,7 @@ def test_reads_every_format(tmp_path, tiers, suffix):
         ("cost_usd", -1.0, "cost_usd must be >= 0"),
         ("cost_usd", float("nan"), "missing or NaN"),
         ("prompt", "   ", "prompt is empty"),
-        ("model", "mystery-model", "not in the tiers config"),
+        ("model", "mystery-model", "model 'mystery-model' is not in the tiers config"),
         ("score", "abc", "not a number"),
         ("prompt", ["hi"], "prompt must be text, not a list"),  # was stored as the text "['hi']"
     ],
