@@ -303,7 +303,7 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
     file's line numbers: blank lines are skipped, not rows)."""
     suffix = ("".join(path.suffixes[-2:]) if path.suffix.lower() == ".gz" else path.suffix).lower()
     try:
-        if suffix == ".parquet":
+        if suffix in (".parquet", ".pq"):
             return pd.read_parquet(path), None
         if suffix in (".csv", ".csv.gz"):
             # In a text column only an empty cell is missing (a prompt or id reading "NA" or "None" is that text); a
@@ -490,6 +490,8 @@ def deduplicate_outcomes(df: pd.DataFrame) -> pd.DataFrame:
 def load_outcomes(path: Path | str, tiers: TiersConfig | None = None) -> pd.DataFrame:
     """Read, validate and deduplicate one outcome log (Parquet, CSV or JSONL)."""
     path = Path(path)
+    if path.is_dir():
+        raise OutcomeLogError(path, "is a folder, not a file: give the outcome log's file")
     if not path.is_file():
         raise OutcomeLogError(path, "file not found")
     raw, row_numbers = _read_table(path)

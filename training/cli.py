@@ -802,7 +802,7 @@ def route(
             [decision] = decision_records(
                 router, [{"prompt_id": "-", "prompt": prompt}], quality, cost, decisions, novelty
             )
-            typer.echo(json.dumps(decision, indent=2))
+            typer.echo(json.dumps(decision, indent=2, ensure_ascii=False))  # tier names as written
             return
         client = _dask_client(dask)
         with _sigterm_unwinds():  # SIGTERM unwinds too: a temporary output is removed, the old one kept

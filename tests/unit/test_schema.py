@@ -93,6 +93,13 @@ def test_a_jsonl_log_starting_with_a_byte_order_mark_is_read(tmp_path, tiers):
     assert len(load_outcomes(path, tiers)) == len(make_log(5))
 
 
+def test_a_pq_log_is_parquet_and_a_folder_is_named_as_one(tmp_path, tiers):
+    path = write(make_log(5), tmp_path / "log.parquet").rename(tmp_path / "log.pq")  # as --out x.pq writes it
+    assert len(load_outcomes(path, tiers)) == len(make_log(5))
+    with pytest.raises(OutcomeLogError, match="is a folder, not a file"):  # it said "file not found"
+        load_outcomes(tmp_path, tiers)
+
+
 def test_missing_column_and_empty_file(tmp_path, tiers):
     path = write(make_log(5).drop(columns=["cost_usd"]), tmp_path / "log.csv")
     with pytest.raises(OutcomeLogError, match=r"missing required column.*cost_usd"):
