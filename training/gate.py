@@ -190,7 +190,8 @@ def size_warnings(evidence: GateEvidence) -> list[str]:
     n_tiers = evidence.evaluation.test_scores.shape[1] if evidence.evaluation.test_scores is not None else "?"
     whole = f"the log has {evidence.n_prompts} prompts" if evidence.n_prompts is not None else "the log"
     return [
-        f"{whole} ({n} held out) over {n_tiers} tiers: too small to tell a router from the random mix "
+        f"{whole} ({n} held out with an outcome of every tier, the prompts the checks compare on) over {n_tiers} "
+        "tiers: too small to tell a router from the random mix "
         f"(under {WARN_TEST_PROMPTS} held-out prompts the CIs are wider than typical differences); "
         "log more outcomes before trusting this model"
     ]

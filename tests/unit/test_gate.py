@@ -36,7 +36,10 @@ def test_a_40_prompt_two_model_log_is_not_champion_and_says_why(tmp_path) -> Non
     assert "enough_test_prompts" in failed
     assert "kept as challenger" in verdict.message and "enough_test_prompts" in verdict.message
     (warning,) = verdict.warnings
-    assert "40 prompts (12 held out) over 2 tiers" in warning
+    assert (
+        "40 prompts (12 held out with an outcome of every tier, the prompts the checks compare on) over 2 tiers"
+        in warning
+    )
 
 
 @pytest.fixture(scope="module")
