@@ -476,6 +476,14 @@ def _tiers_for(s: Settings, artifact: RouterArtifact) -> TiersConfig:
     return tiers
 
 
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two existing paths are one file (a hard link of it too); False when either does not exist."""
+    try:
+        return os.path.samefile(a, b)
+    except FileNotFoundError:
+        return False
+
+
 def _as_trained(s: Settings, artifact: RouterArtifact, test_size: float | None, seed: int | None) -> Settings:
     """The settings with the test size and seed the model's log was split with, unless --test-size or --seed names
     another; a warning when the split drawn may hold prompts the model trained on."""
@@ -781,7 +789,7 @@ def route(
     except ValueError as exc:
         _fail(f"--out {out}: {exc}")
     try:
-        same = out is not None and batch is not None and out.resolve() == batch.resolve()
+        same = out is not None and batch is not None and (out.resolve() == batch.resolve() or _same_file(out, batch))
     except (OSError, RuntimeError) as exc:  # a symlink loop
         _fail(f"--out {out}: {exc}")
     if same:

@@ -141,6 +141,11 @@ def test_route_batch_refuses_to_write_over_its_input_and_a_bad_chunk(tmp_path, a
     res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--out", str(tmp_path / "." / batch.name), *model])
     assert res.exit_code == 2 and "is the --batch file" in res.output, res.output
     assert batch.read_text() == text  # emptied before the check
+    alias = tmp_path / "alias.jsonl"
+    os.link(batch, alias)  # a hard link is written in place, so it was emptied before it was read (review finding)
+    res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--out", str(alias), *model])
+    assert res.exit_code == 2 and "is the --batch file" in res.output, res.output
+    assert batch.read_text() == text
     for chunk in ("0", "-5"):  # 0 was a ValueError, -5 routed every prompt on zero predictions
         res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--chunk", chunk, *model])
         assert res.exit_code == 2 and "--chunk" in res.output and "Traceback" not in res.output, res.output
