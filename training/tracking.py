@@ -7,6 +7,7 @@ only tierwise's serving dependencies (no torch unless the embedder is torch).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -37,6 +38,7 @@ from router.embedders.factory import FILE_BACKENDS, backend_of, embedder_files
 from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
 from router.policy import DefaultKnob
+from router.text import normalize_text
 from training.data import Split
 from training.evaluation import evaluate_artifact
 from training.fit import TrainResult
@@ -164,18 +166,54 @@ def download_artifact(model_uri: str, dst: Path) -> RouterArtifact:
 
 
 TEST_PROMPT_IDS = "evaluation/test_prompt_ids.txt"
-"""The run artifact listing the prompt ids the run held out (one a line)."""
+"""The run artifact listing the prompt ids the run held out (one a line), for people."""
+TEST_PROMPT_DIGESTS = "evaluation/test_prompt_digests.json"
+"""The run artifact holding `prompt_digest` of each prompt the run held out: what the champion gate matches on."""
 
 
-def held_out_ids(run_id: str) -> set[str] | None:
-    """The prompt ids a training run held out (TEST_PROMPT_IDS), None when the run did not record them."""
+def prompt_digest(prompt: str) -> str:
+    """A short key of a prompt's normalised text, the split's own grouping (training.data.split_log): the same
+    prompt under another id, or in a re-exported log, has the same key."""
+    return hashlib.blake2b(normalize_text(prompt).encode(), digest_size=8).hexdigest()
+
+
+def held_out_digests(run_id: str) -> set[str] | None:
+    """The prompt digests a training run held out (TEST_PROMPT_DIGESTS), None when it did not record them (runs
+    from before they were; a recalibrated version's run carries its original run's)."""
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            path = MlflowClient().download_artifacts(run_id, TEST_PROMPT_IDS, tmp)
-            return {line for line in Path(path).read_text(encoding="utf-8").splitlines() if line}
-    except (MlflowException, OSError) as exc:
-        logger.warning("the champion's run %s has no readable %s (%s)", run_id, TEST_PROMPT_IDS, exc)
+            path = MlflowClient().download_artifacts(run_id, TEST_PROMPT_DIGESTS, tmp)
+            digests = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (MlflowException, OSError, ValueError) as exc:
+        logger.warning("the champion's run %s has no readable %s (%s)", run_id, TEST_PROMPT_DIGESTS, exc)
         return None
+    return {str(d) for d in digests} if isinstance(digests, list) else None
+
+
+def _comparable_champion(
+    registered_model: str, alias: str, tiers: list[str], embedder_for: Callable[[str], Embedder]
+) -> tuple[Any, RouterArtifact, Embedder] | None:
+    """The champion's registry version, artifact and embedder, when it can be scored against a model for `tiers`:
+    None without a champion, for other tiers, or when its embedder is one this tierwise no longer builds (then it
+    can't be served either, and the new model may replace it without a comparison)."""
+    version = champion_version(MlflowClient(), registered_model, alias)
+    if version is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        champ = download_artifact(f"models:/{registered_model}@{alias}", Path(tmp))
+    if champ.tier_names != tiers:
+        logger.info("the champion routes tiers %s, this run %s: it cannot be compared", champ.tier_names, tiers)
+        return None
+    embedder = embedder_for(backend_of(champ.features.embedder_id))
+    if embedder.id != champ.features.embedder_id:
+        logger.warning(
+            "the champion was trained with embedder '%s', which this tierwise no longer builds (it builds '%s'): "
+            "it cannot be compared, nor served",
+            champ.features.embedder_id,
+            embedder.id,
+        )
+        return None
+    return version, champ, embedder
 
 
 def champion_comparison(
@@ -188,27 +226,30 @@ def champion_comparison(
     alias: str = CHAMPION,
 ) -> ChampionComparison | None:
     """The new model and the current champion scored on the same held-out prompts (None when there is no champion
-    or it can't be scored): this split's test prompts that the champion's run held out too, so neither trained on
-    them (training.gate.ChampionComparison); with fewer than MIN_TEST_PROMPTS of them, neither is scored.
+    or it can't be compared): this split's test prompts that the champion's run held out too (by prompt digest),
+    so neither trained on them (training.gate.ChampionComparison); with fewer than MIN_TEST_PROMPTS, neither is
+    scored.
 
     `embedder_for(backend)` builds the embedder of a backend; `alias` is the one the service serves.
     """
-    version = champion_version(MlflowClient(), registered_model, alias)
-    if version is None:
+    found = _comparable_champion(registered_model, alias, split.tiers.names, embedder_for)
+    if found is None:
         return None
-    ids = held_out_ids(version.run_id)
+    version, champ, champ_embedder = found
+    digests = held_out_digests(version.run_id)
     shared = split
-    if ids is not None:
-        held = split.table.prompts["prompt_id"].astype(str).isin(ids).to_numpy()
+    if digests is not None:
+        held = split.table.prompts["prompt"].map(prompt_digest).isin(digests).to_numpy()
         shared = replace(split, test=split.test & held)
     n = int((shared.test & shared.table.complete).sum())
     if n < MIN_TEST_PROMPTS:
-        return ChampionComparison(np.nan, np.nan, n, ids is not None)
-    champ = champion_aiq(registered_model, shared, cache, seed, embedder_for, alias)
-    if champ is None:
-        return None
-    mine = evaluate_artifact(new, shared, embedder_for(backend_of(new.features.embedder_id)), cache, seed)
-    return ChampionComparison(float(mine.draws["router"]["AIQ"][0]), champ, n, ids is not None)
+        return ChampionComparison(np.nan, np.nan, n, digests is not None)
+    theirs = evaluate_artifact(champ, shared, champ_embedder, cache, seed, baselines=False)
+    new_embedder = embedder_for(backend_of(new.features.embedder_id))
+    mine = evaluate_artifact(new, shared, new_embedder, cache, seed, baselines=False)
+    return ChampionComparison(
+        float(mine.draws["router"]["AIQ"][0]), float(theirs.draws["router"]["AIQ"][0]), n, digests is not None
+    )
 
 
 def champion_aiq(
@@ -224,24 +265,10 @@ def champion_aiq(
 
     `embedder_for(backend)` builds the embedder of the champion's backend; `alias` is the one the service serves.
     """
-    if champion_version(MlflowClient(), registered_model, alias) is None:
+    found = _comparable_champion(registered_model, alias, split.tiers.names, embedder_for)
+    if found is None:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        champ = download_artifact(f"models:/{registered_model}@{alias}", Path(tmp))
-    if champ.tier_names != split.tiers.names:
-        logger.info(
-            "the champion routes tiers %s, this run %s: it cannot be compared", champ.tier_names, split.tiers.names
-        )
-        return None
-    embedder = embedder_for(backend_of(champ.features.embedder_id))
-    if embedder.id != champ.features.embedder_id:
-        logger.warning(
-            "the champion was trained with embedder '%s', which this tierwise no longer builds (it builds '%s'): "
-            "it cannot be compared, nor served",
-            champ.features.embedder_id,
-            embedder.id,
-        )
-        return None
+    _, champ, embedder = found
     result = evaluate_artifact(champ, split, embedder, cache, seed, baselines=False)
     return float(result.draws["router"]["AIQ"][0])
 
@@ -319,7 +346,9 @@ def log_and_register(
     """Log params, metrics, the dataset, plots, tables and the model in one run; register it; set the alias.
 
     A model that passes every gate check (training/gate.py) becomes `champion_alias` (the alias the service
-    serves), else `challenger`; the run's tags say which checks failed and why.
+    serves), else `challenger`; the run's tags say which checks failed and why. `input_prompts` are the held-out
+    prompts: their digests are recorded (the next run's gate compares on them), the first three are the model's
+    input example.
     """
     from training.plots import calibration_figure, cost_quality_figure  # matplotlib only where a run is logged
 
@@ -346,6 +375,7 @@ def log_and_register(
         mlflow.log_text(ev.table.to_csv(), "evaluation/table.csv")
         mlflow.log_text(ev.per_category.to_csv(index=False), "evaluation/per_category.csv")
         mlflow.log_text("\n".join(str(i) for i in result.test_prompt_ids), TEST_PROMPT_IDS)
+        mlflow.log_text(json.dumps(sorted({prompt_digest(p) for p in input_prompts})), TEST_PROMPT_DIGESTS)
         artifacts, code = _stage_model_files(result, onnx_dir, Path(tmp))
         example = pd.DataFrame({"prompt": input_prompts[:3]})
         quality = result.artifact.model.predict_quality(np.zeros((1, result.artifact.model.n_features_in_)))
@@ -441,6 +471,9 @@ def register_recalibrated(registered_model: str, alias: str, knob: DefaultKnob) 
         )
         with mlflow.start_run(run_name=f"calibrate-{registered_model}-v{old.version}", tags=tags) as run:
             mlflow.log_artifacts(str(local), "model")
+            held = held_out_digests(old.run_id) if old.run_id else None
+            if held is not None:  # the same model, so the same held-out prompts: the next gate compares on them
+                mlflow.log_text(json.dumps(sorted(held)), TEST_PROMPT_DIGESTS)
             mlflow.log_params({f"default_knob.{k}": v for k, v in knob.to_dict().items()})
             mlflow.set_tag(MLFLOW_RUN_NOTE, note)
             new = client.create_model_version(

@@ -96,4 +96,9 @@ def test_stored_operating_point_round_trip(tmp_path: Path, monkeypatch: pytest.M
     assert version == "2"
     assert str(MlflowClient().get_model_version_by_alias(NAME, "champion").version) == "2"
     assert _fresh_process_knob(uri, f"models:/{NAME}@champion")["knob"] == pytest.approx(new_knob.to_dict())
+    # The same model, so the same held-out prompts: the next gate compares on them (review finding: it fell back
+    # to the whole test split, prompts the champion trained on included).
+    runs = [MlflowClient().get_model_version(NAME, v).run_id for v in ("1", "2")]
+    assert runs[0] != runs[1] and tracking.held_out_digests(runs[1]) == tracking.held_out_digests(runs[0])
+    assert tracking.held_out_digests(runs[1]) == {tracking.prompt_digest(p) for p in prompts}
     mlflow.end_run()

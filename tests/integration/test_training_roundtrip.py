@@ -179,6 +179,11 @@ def test_a_champion_whose_embedder_is_gone_is_replaced(tmp_path: Path, monkeypat
     upgraded = HashingEmbedder(name="test/hashing:hash+v2")
     gone = tracking.champion_comparison(NAME, split, cache, 0, lambda backend: upgraded, old.artifact)
     assert gone is None
+    # Even with no held-out prompt in common (another log), it is replaced, not kept for want of a comparison.
+    recorded = tracking.held_out_digests
+    monkeypatch.setattr(tracking, "held_out_digests", lambda run_id: set())
+    assert tracking.champion_comparison(NAME, split, cache, 0, lambda backend: upgraded, old.artifact) is None
+    monkeypatch.setattr(tracking, "held_out_digests", recorded)
     # So the next run replaces it without a comparison with the old champion (the baseline checks still apply).
     weaker, _ = _train(tmp_path, seed=1, n_estimators=10)
     reg = tracking.log_and_register(weaker, NAME, gone, prompts, _training_log(tmp_path))
@@ -206,7 +211,7 @@ def test_the_champion_is_compared_only_on_prompts_it_did_not_train_on(
     on_both = evaluate_artifact(champ.artifact, replace(new, test=both), emb, cache, seed=0)
     assert compared.champion_aiq == compared.new_aiq == on_both.draws["router"]["AIQ"][0]
     # A champion whose run did not record its held-out prompts is compared on the whole split, and the check says so.
-    monkeypatch.setattr(tracking, "held_out_ids", lambda run_id: None)
+    monkeypatch.setattr(tracking, "held_out_digests", lambda run_id: None)
     legacy = tracking.champion_comparison(NAME, new, cache, 0, lambda backend: emb, champ.artifact)
     assert legacy is not None and not legacy.shared_known
     assert legacy.n_prompts == (new.test & new.table.complete).sum()
