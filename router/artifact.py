@@ -57,6 +57,7 @@ class HeldOut:
 
     test_size: float
     seed: int
+    n_prompts: int | None = None  # prompts in the log it split: another count is another log (a grown one)
 
 
 @dataclass
@@ -209,10 +210,15 @@ class RouterArtifact:
             guarantee=QualityGuarantee.from_dict(meta["guarantee"]) if meta.get("guarantee") else None,
             default_knob=DefaultKnob.from_dict(meta["default_knob"]) if meta.get("default_knob") else None,
             task_prior=_load_task_prior(directory, meta.get("task_prior")),
-            held_out=HeldOut(float(meta["held_out"]["test_size"]), int(meta["held_out"]["seed"]))
-            if meta.get("held_out")
-            else None,
+            held_out=_load_held_out(meta.get("held_out")),
         )
+
+
+def _load_held_out(meta: dict[str, Any] | None) -> HeldOut | None:
+    if not meta:
+        return None
+    n = meta.get("n_prompts")
+    return HeldOut(float(meta["test_size"]), int(meta["seed"]), None if n is None else int(n))
 
 
 def _load_task_prior(directory: Path, meta: dict[str, Any] | None) -> TaskPrior | None:

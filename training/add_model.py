@@ -70,6 +70,15 @@ def add_models(
                     "task profile"
                 )
     return (
-        replace(artifact, model=model, tiers=tiers, tokens_out=tokens_out, guarantee=None, task_prior=task_prior),
+        # held_out=None: the swapped tiers learned from every outcome of their models, held-out prompts included
+        replace(
+            artifact,
+            model=model,
+            tiers=tiers,
+            tokens_out=tokens_out,
+            guarantee=None,
+            task_prior=task_prior,
+            held_out=None,
+        ),
         notes,
     )

@@ -364,7 +364,8 @@ def train(
 
     artifact = with_trust(artifact, split, embedder, cache, evaluation, s.seed, pool)  # novelty reference, guarantee
     artifact = with_default_knob(artifact, split, embedder, cache)  # the operating point the service routes with
-    artifact = replace(artifact, held_out=HeldOut(s.test_size, s.seed))  # evaluate and calibrate draw it again
+    held_out = HeldOut(s.test_size, s.seed, len(split.table.prompts))
+    artifact = replace(artifact, held_out=held_out)  # evaluate and calibrate draw it again
     evaluation.metrics.update(trust_metrics(artifact))
     champion = tracking.champion_comparison(
         s.registered_model, split, cache, s.seed, lambda backend: _embedder(s, backend), artifact, alias=s.model_alias
@@ -448,16 +449,22 @@ def _no_model_hint(s: Settings, uri: str) -> str:
         return "Check --model-uri."
     from mlflow import MlflowClient
 
+    client = MlflowClient()
     try:
-        versions = list(MlflowClient().search_model_versions(f"name='{s.registered_model}'"))
+        client.get_model_version_by_alias(s.registered_model, s.model_alias)
+        return "The registry lists it: its files could not be read (see above)."
+    except Exception:  # no such alias (or no registry): which versions there are says what to do
+        pass
+    try:
+        versions = list(client.search_model_versions(f"name='{s.registered_model}'"))
     except Exception:  # the registry itself is down or missing: the message above says so
         versions = []
     if not versions:
         return "Train one first: `tierwise train` (or `make train`)."
     latest = max(versions, key=lambda v: int(v.version))
     return (
-        f"No version is '{s.model_alias}' yet (the champion gate kept them all as challengers): route with "
-        f"--model-uri models:/{s.registered_model}/{latest.version}, or `tierwise promote {latest.version}`."
+        f"No version is '{s.model_alias}' (the champion gate keeps a model that fails a check as a challenger): "
+        f"route with --model-uri models:/{s.registered_model}/{latest.version}, or `tierwise promote {latest.version}`."
     )
 
 
@@ -485,8 +492,9 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def _as_trained(s: Settings, artifact: RouterArtifact, test_size: float | None, seed: int | None) -> Settings:
-    """The settings with the test size and seed the model's log was split with, unless --test-size or --seed names
-    another; a warning when the split drawn may hold prompts the model trained on."""
+    """The settings with the test size and seed the model's log was split with, each unless its flag names another
+    (the environment's TIERWISE_SEED and TIERWISE_TEST_SIZE are training's); a warning when the split drawn may
+    hold prompts the model trained on."""
     trained = artifact.held_out
     if trained is None:
         typer.echo(
@@ -495,8 +503,12 @@ def _as_trained(s: Settings, artifact: RouterArtifact, test_size: float | None, 
             err=True,
         )
         return s
-    if test_size is None and seed is None:
-        return s.model_copy(update={"test_size": trained.test_size, "seed": trained.seed})
+    s = s.model_copy(
+        update={
+            "test_size": trained.test_size if test_size is None else s.test_size,
+            "seed": trained.seed if seed is None else s.seed,
+        }
+    )
     if (s.test_size, s.seed) != (trained.test_size, trained.seed):
         typer.echo(
             f"warning: the model's log was split with seed {trained.seed} and test size {trained.test_size}; with "
@@ -506,12 +518,20 @@ def _as_trained(s: Settings, artifact: RouterArtifact, test_size: float | None, 
     return s
 
 
-def _held_out_split(s: Settings, tier_cfg: TiersConfig) -> Split:
+def _held_out_split(s: Settings, tier_cfg: TiersConfig, trained: HeldOut | None = None) -> Split:
     """The log split as training split it, in the tiers the model routes (`_tiers_for`); a tier without test
-    outcomes is one line."""
+    outcomes is one line, and a log of another size than the model's (`trained`: a grown log, or one without the
+    store's outcomes it learned from) a warning: its split is another."""
     from training.data import cannot_compare_tiers, split_log, too_few_outcomes
 
     split = split_log(_load_log(s, tier_cfg), tier_cfg, s.test_size, s.seed)
+    n = len(split.table.prompts)
+    if trained is not None and trained.n_prompts is not None and n != trained.n_prompts:
+        typer.echo(
+            f"warning: the model was trained on a log of {trained.n_prompts} prompts, {s.outcomes_path} has {n}: "
+            "its split is another, so some held-out prompts may have trained the model",
+            err=True,
+        )
     _check_costs(f"{s.outcomes_path} (its held-out prompts)", split.table.costs[split.test].ravel())
     short = too_few_outcomes(split, "test", minimum=1) or cannot_compare_tiers(split)
     if short is not None:
@@ -551,7 +571,7 @@ def evaluate(
         return
     artifact = _load_artifact(s, model_uri)
     s = _as_trained(s, artifact, test_size, seed)
-    split = _held_out_split(s, _tiers_for(s, artifact))
+    split = _held_out_split(s, _tiers_for(s, artifact), artifact.held_out)
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     result = evaluate_artifact(artifact, split, embedder, EmbeddingCache(s.cache_dir / "embeddings.sqlite"), s.seed)
     typer.echo(format_table(result))
@@ -607,7 +627,7 @@ def calibrate(
     artifact = _load_artifact(s, model_uri)
     s = _as_trained(s, artifact, None, None)
     tier_cfg = _tiers_for(s, artifact)
-    split = _held_out_split(s, tier_cfg)
+    split = _held_out_split(s, tier_cfg, artifact.held_out)
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     # The live tiers' prices, as the service routes with: λ per USD means the same there.
     router = Router(artifact, tier_cfg, embedder=embedder, cache=EmbeddingCache(s.cache_dir / "embeddings.sqlite"))

@@ -39,7 +39,8 @@ def pivot_log(log: pd.DataFrame, tiers: TiersConfig) -> PromptTable:
     # A prompt's category: the first of its rows that gives one (a model's rows may come without).
     category = None
     if "category" in log:
-        category = log.groupby("prompt_id", sort=False)["category"].first().reindex(first.index)
+        given = log["category"].where(log["category"].astype(str).str.strip() != "")  # a blank one is none
+        category = given.groupby(log["prompt_id"], sort=False).first().reindex(first.index)
     prompts = pd.DataFrame(
         {
             "prompt_id": first.index,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from router.artifact import HeldOut
 from router.features import FeatureSpec
 from router.model import DifficultyModel
 from router.schema import parse_tiers
@@ -36,8 +38,10 @@ def test_a_swapped_model_is_learned_from_forty_outcomes(trained):
     assert artifact.model.shared_ is not None
     # the new model behind mid solves what the large model solves: 40 of its outcomes
     new = log[log["model"] == "large"].head(40).assign(model="unused")
-    swapped, notes = add_models(artifact, _swapped_tiers(), new, emb, None)
+    split_from = replace(artifact, held_out=HeldOut(0.3, 0, 300))
+    swapped, notes = add_models(split_from, _swapped_tiers(), new, emb, None)
     assert notes[0].startswith("tier mid: unused from 40 outcomes")
+    assert swapped.held_out is None  # its new tier learned from held-out prompts too: evaluate warns (review finding)
     hard = [p for p in log["prompt"].unique() if p.startswith("hard")][:50]
     before, after = artifact.predict_quality(hard, emb), swapped.predict_quality(hard, emb)
     np.testing.assert_allclose(after[:, [0, 2]], before[:, [0, 2]])

@@ -760,6 +760,11 @@ def test_route_without_a_champion_says_how_to_use_the_challenger_or_train(tmp_pa
     out = " ".join(res.output.split())
     assert res.exit_code == 2 and f"--model-uri models:/{settings.registered_model}/1" in out, out
     assert "tierwise promote 1" in out and ".." not in out
+    # A champion whose files can't be read is not "kept as a challenger" (review finding).
+    MlflowClient(settings.mlflow_tracking_uri).set_registered_model_alias(settings.registered_model, "champion", "1")
+    res = runner.invoke(cli.app, ["route", "hello"])
+    out = " ".join(res.output.split())
+    assert res.exit_code == 2 and "The registry lists it" in out and "challenger" not in out, out
 
 
 def test_evaluate_and_calibrate_draw_the_split_the_model_was_trained_with(tmp_path, artifact_dir, monkeypatch):
@@ -784,8 +789,11 @@ def test_evaluate_and_calibrate_draw_the_split_the_model_was_trained_with(tmp_pa
 
     source, said = evaluate(marked)
     assert "seed 7, test size 0.5" in source and "warning" not in said
-    source, said = evaluate(marked, "--seed", "0")
-    assert "seed 0, test size 0.3" in source and "the model's log was split with seed 7 and test size 0.5" in said
+    source, said = evaluate(marked, "--seed", "0")  # the test size is still the model's
+    assert "seed 0, test size 0.5" in source and "the model's log was split with seed 7 and test size 0.5" in said
+    grown = replace(art, held_out=HeldOut(0.5, 7, n_prompts=1)).save(tmp_path / "grown")
+    source, said = evaluate(grown)  # another log than the one it split: another split (review finding)
+    assert "seed 7, test size 0.5" in source and "the model was trained on a log of 1 prompts" in said
     source, said = evaluate(model)  # a model from before the split was stored
     assert "seed 0, test size 0.3" in source and "does not record how its log was split" in said
     res = runner.invoke(cli.app, ["calibrate", "--top-share", "0.3", "--model-uri", str(marked), *common])
