@@ -177,30 +177,55 @@ def prompt_digest(prompt: str) -> str:
     return hashlib.blake2b(normalize_text(prompt).encode(), digest_size=8).hexdigest()
 
 
+def _run_text(run_id: str, path: str) -> str | None:
+    """A text artifact of a run, None when it has none (or it can't be read)."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            return Path(MlflowClient().download_artifacts(run_id, path, tmp)).read_text(encoding="utf-8")
+    except (MlflowException, OSError) as exc:
+        logger.info("run %s has no readable %s (%s)", run_id, path, exc)
+        return None
+
+
 def held_out_digests(run_id: str) -> set[str] | None:
     """The prompt digests a training run held out (TEST_PROMPT_DIGESTS), None when it did not record them (runs
     from before they were; a recalibrated version's run carries its original run's)."""
+    text = _run_text(run_id, TEST_PROMPT_DIGESTS)
     try:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = MlflowClient().download_artifacts(run_id, TEST_PROMPT_DIGESTS, tmp)
-            digests = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (MlflowException, OSError, ValueError) as exc:
-        logger.warning("the champion's run %s has no readable %s (%s)", run_id, TEST_PROMPT_DIGESTS, exc)
+        digests = json.loads(text) if text is not None else None
+    except ValueError:
         return None
     return {str(d) for d in digests} if isinstance(digests, list) else None
+
+
+def held_out_by_champion(run_id: str, split: Split) -> np.ndarray | None:
+    """Which of `split`'s prompts the champion's run held out: by prompt digest, else (a run from before digests)
+    by prompt id; None when the run recorded neither."""
+    digests = held_out_digests(run_id)
+    if digests is not None:
+        return np.asarray(split.table.prompts["prompt"].map(prompt_digest).isin(digests).to_numpy())
+    ids = _run_text(run_id, TEST_PROMPT_IDS)
+    if ids is None:
+        return None
+    return np.asarray(split.table.prompts["prompt_id"].astype(str).isin(set(ids.splitlines())).to_numpy())
 
 
 def _comparable_champion(
     registered_model: str, alias: str, tiers: list[str], embedder_for: Callable[[str], Embedder]
 ) -> tuple[Any, RouterArtifact, Embedder] | None:
     """The champion's registry version, artifact and embedder, when it can be scored against a model for `tiers`:
-    None without a champion, for other tiers, or when its embedder is one this tierwise no longer builds (then it
-    can't be served either, and the new model may replace it without a comparison)."""
+    None without a champion, for other tiers, when its files can't be read, or when its embedder is one this
+    tierwise no longer builds (in the last two cases it can't be served either, and the new model may replace it
+    without a comparison)."""
     version = champion_version(MlflowClient(), registered_model, alias)
     if version is None:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        champ = download_artifact(f"models:/{registered_model}@{alias}", Path(tmp))
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            champ = download_artifact(f"models:/{registered_model}@{alias}", Path(tmp))
+    except (MlflowException, OSError, ValueError, KeyError) as exc:
+        logger.warning("the champion's files cannot be read (%s): it cannot be compared, nor served", exc)
+        return None
     if champ.tier_names != tiers:
         logger.info("the champion routes tiers %s, this run %s: it cannot be compared", champ.tier_names, tiers)
         return None
@@ -236,41 +261,17 @@ def champion_comparison(
     if found is None:
         return None
     version, champ, champ_embedder = found
-    digests = held_out_digests(version.run_id)
-    shared = split
-    if digests is not None:
-        held = split.table.prompts["prompt"].map(prompt_digest).isin(digests).to_numpy()
-        shared = replace(split, test=split.test & held)
+    held = held_out_by_champion(version.run_id, split)
+    shared = split if held is None else replace(split, test=split.test & held)
     n = int((shared.test & shared.table.complete).sum())
     if n < MIN_TEST_PROMPTS:
-        return ChampionComparison(np.nan, np.nan, n, digests is not None)
+        return ChampionComparison(np.nan, np.nan, n, held is not None)
     theirs = evaluate_artifact(champ, shared, champ_embedder, cache, seed, baselines=False)
     new_embedder = embedder_for(backend_of(new.features.embedder_id))
     mine = evaluate_artifact(new, shared, new_embedder, cache, seed, baselines=False)
     return ChampionComparison(
-        float(mine.draws["router"]["AIQ"][0]), float(theirs.draws["router"]["AIQ"][0]), n, digests is not None
+        float(mine.draws["router"]["AIQ"][0]), float(theirs.draws["router"]["AIQ"][0]), n, held is not None
     )
-
-
-def champion_aiq(
-    registered_model: str,
-    split: Split,
-    cache: EmbeddingCache | None,
-    seed: int,
-    embedder_for: Callable[[str], Embedder],
-    alias: str = CHAMPION,
-) -> float | None:
-    """The current champion's AIQ on `split`'s test prompts (None when there is none or it can't be scored),
-    computed as the gate computes the new model's (bootstrap row 0: the test set as it is).
-
-    `embedder_for(backend)` builds the embedder of the champion's backend; `alias` is the one the service serves.
-    """
-    found = _comparable_champion(registered_model, alias, split.tiers.names, embedder_for)
-    if found is None:
-        return None
-    _, champ, embedder = found
-    result = evaluate_artifact(champ, split, embedder, cache, seed, baselines=False)
-    return float(result.draws["router"]["AIQ"][0])
 
 
 def _flat_params(params: dict[str, Any]) -> dict[str, str]:
@@ -471,9 +472,10 @@ def register_recalibrated(registered_model: str, alias: str, knob: DefaultKnob) 
         )
         with mlflow.start_run(run_name=f"calibrate-{registered_model}-v{old.version}", tags=tags) as run:
             mlflow.log_artifacts(str(local), "model")
-            held = held_out_digests(old.run_id) if old.run_id else None
-            if held is not None:  # the same model, so the same held-out prompts: the next gate compares on them
-                mlflow.log_text(json.dumps(sorted(held)), TEST_PROMPT_DIGESTS)
+            for path in (TEST_PROMPT_DIGESTS, TEST_PROMPT_IDS):  # the same model, so the same held-out prompts
+                text = _run_text(old.run_id, path) if old.run_id else None
+                if text is not None:
+                    mlflow.log_text(text, path)
             mlflow.log_params({f"default_knob.{k}": v for k, v in knob.to_dict().items()})
             mlflow.set_tag(MLFLOW_RUN_NOTE, note)
             new = client.create_model_version(

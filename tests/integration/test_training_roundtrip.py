@@ -14,6 +14,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from typer.testing import CliRunner
 
 from infra.settings import Settings
@@ -184,6 +185,15 @@ def test_a_champion_whose_embedder_is_gone_is_replaced(tmp_path: Path, monkeypat
     monkeypatch.setattr(tracking, "held_out_digests", lambda run_id: set())
     assert tracking.champion_comparison(NAME, split, cache, 0, lambda backend: upgraded, old.artifact) is None
     monkeypatch.setattr(tracking, "held_out_digests", recorded)
+    # Nor one whose files can't be read: `train` died with a traceback after the fit (review finding).
+    download = tracking.download_artifact
+
+    def unreadable(uri: str, dst: Path) -> None:
+        raise MlflowException("No such artifact: 'artifacts/router'")
+
+    monkeypatch.setattr(tracking, "download_artifact", unreadable)
+    assert tracking.champion_comparison(NAME, split, cache, 0, lambda backend: HashingEmbedder(), old.artifact) is None
+    monkeypatch.setattr(tracking, "download_artifact", download)
     # So the next run replaces it without a comparison with the old champion (the baseline checks still apply).
     weaker, _ = _train(tmp_path, seed=1, n_estimators=10)
     reg = tracking.log_and_register(weaker, NAME, gone, prompts, _training_log(tmp_path))
@@ -210,8 +220,12 @@ def test_the_champion_is_compared_only_on_prompts_it_did_not_train_on(
     assert compared is not None and compared.shared_known and compared.n_prompts == both.sum()
     on_both = evaluate_artifact(champ.artifact, replace(new, test=both), emb, cache, seed=0)
     assert compared.champion_aiq == compared.new_aiq == on_both.draws["router"]["AIQ"][0]
-    # A champion whose run did not record its held-out prompts is compared on the whole split, and the check says so.
+    # A champion from before the digests were recorded is matched by its recorded prompt ids (review finding: it was
+    # compared on the whole split again), and one that recorded neither on the whole split, saying so.
     monkeypatch.setattr(tracking, "held_out_digests", lambda run_id: None)
+    by_id = tracking.champion_comparison(NAME, new, cache, 0, lambda backend: emb, champ.artifact)
+    assert by_id is not None and by_id.shared_known and by_id.n_prompts == both.sum()
+    monkeypatch.setattr(tracking, "_run_text", lambda run_id, path: None)
     legacy = tracking.champion_comparison(NAME, new, cache, 0, lambda backend: emb, champ.artifact)
     assert legacy is not None and not legacy.shared_known
     assert legacy.n_prompts == (new.test & new.table.complete).sum()
@@ -229,10 +243,11 @@ def test_training_promotes_the_alias_the_service_serves(tmp_path: Path, monkeypa
     assert str(MlflowClient().get_model_version_by_alias(NAME, "prod").version) == reg.version
     assert tracking.champion_version(MlflowClient(), NAME) is None  # nothing was called champion
     split = split_log(LOG, parse_tiers(TIERS_TOML), 0.3, seed=0)
-    measured = tracking.champion_aiq(
-        NAME, split, EmbeddingCache(tmp_path / "emb.sqlite"), 0, lambda backend: HashingEmbedder(), alias="prod"
+    cache = EmbeddingCache(tmp_path / "emb.sqlite")
+    measured = tracking.champion_comparison(
+        NAME, split, cache, 0, lambda backend: HashingEmbedder(), first.artifact, alias="prod"
     )
-    assert measured == pytest.approx(reg.new_aiq)
+    assert measured is not None and measured.champion_aiq == pytest.approx(reg.new_aiq)
 
 
 def test_a_model_for_other_tiers_stays_challenger_until_promoted(
