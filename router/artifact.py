@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,10 @@ class HeldOut:
 
     test_size: float
     seed: int
-    n_prompts: int | None = None  # prompts in the log it split: another count is another log (a grown one)
+    # A digest of the set of the log's normalised prompt texts, what the split draws from (another digest: another
+    # log, so another split); the tiers `add-model` swapped in since, which learned from held-out prompts too.
+    log_digest: str | None = None
+    refit_tiers: tuple[str, ...] = ()
 
 
 @dataclass
@@ -183,7 +186,7 @@ class RouterArtifact:
             "guarantee": self.guarantee.to_dict() if self.guarantee else None,
             "default_knob": self.default_knob.to_dict() if self.default_knob else None,
             "task_prior": self.task_prior.to_dict() if self.task_prior else None,
-            "held_out": vars(self.held_out) if self.held_out else None,
+            "held_out": asdict(self.held_out) if self.held_out else None,
         }
         if self.novelty is not None:
             self.novelty.save(directory / "novelty")
@@ -217,8 +220,9 @@ class RouterArtifact:
 def _load_held_out(meta: dict[str, Any] | None) -> HeldOut | None:
     if not meta:
         return None
-    n = meta.get("n_prompts")
-    return HeldOut(float(meta["test_size"]), int(meta["seed"]), None if n is None else int(n))
+    digest = meta.get("log_digest")
+    refit = tuple(str(t) for t in meta.get("refit_tiers") or ())
+    return HeldOut(float(meta["test_size"]), int(meta["seed"]), None if digest is None else str(digest), refit)
 
 
 def _load_task_prior(directory: Path, meta: dict[str, Any] | None) -> TaskPrior | None:

@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
-from router.artifact import RouterArtifact, estimate_tokens_out
+from router.artifact import HeldOut, RouterArtifact, estimate_tokens_out
 from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
 from router.features import featurize
@@ -70,7 +70,6 @@ def add_models(
                     "task profile"
                 )
     return (
-        # held_out=None: the swapped tiers learned from every outcome of their models, held-out prompts included
         replace(
             artifact,
             model=model,
@@ -78,7 +77,15 @@ def add_models(
             tokens_out=tokens_out,
             guarantee=None,
             task_prior=task_prior,
-            held_out=None,
+            held_out=_refit(artifact.held_out, [tiers.tiers[j].name for j in swapped]),
         ),
         notes,
     )
+
+
+def _refit(held_out: HeldOut | None, names: list[str]) -> HeldOut | None:
+    """The model's split, with the swapped tiers marked: they learned from every outcome of their new models,
+    held-out prompts included (evaluate says so)."""
+    if held_out is None:
+        return None
+    return replace(held_out, refit_tiers=tuple(dict.fromkeys((*held_out.refit_tiers, *names))))

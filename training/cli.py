@@ -315,7 +315,14 @@ def train(
 ) -> None:
     """Train a router on an outcome log, evaluate it, log it to MLflow and register it."""
     from training import tracking
-    from training.data import cannot_compare_tiers, load_pool_logs, pool_logs, split_log, too_few_outcomes
+    from training.data import (
+        cannot_compare_tiers,
+        load_pool_logs,
+        pool_logs,
+        prompt_set_digest,
+        split_log,
+        too_few_outcomes,
+    )
     from training.evaluation import evaluate_artifact, with_default_knob
     from training.fit import TrainResult, run_params, train_router
     from training.gate import CHECKS
@@ -364,7 +371,7 @@ def train(
 
     artifact = with_trust(artifact, split, embedder, cache, evaluation, s.seed, pool)  # novelty reference, guarantee
     artifact = with_default_knob(artifact, split, embedder, cache)  # the operating point the service routes with
-    held_out = HeldOut(s.test_size, s.seed, len(split.table.prompts))
+    held_out = HeldOut(s.test_size, s.seed, prompt_set_digest(split.table.prompts["prompt"]))
     artifact = replace(artifact, held_out=held_out)  # evaluate and calibrate draw it again
     evaluation.metrics.update(trust_metrics(artifact))
     champion = tracking.champion_comparison(
@@ -509,6 +516,12 @@ def _as_trained(s: Settings, artifact: RouterArtifact, test_size: float | None, 
             "seed": trained.seed if seed is None else s.seed,
         }
     )
+    if trained.refit_tiers:
+        typer.echo(
+            f"warning: tier(s) {', '.join(trained.refit_tiers)} were swapped in by add-model, learning from every "
+            "outcome of their models, held-out prompts included: the scores they take part in are optimistic",
+            err=True,
+        )
     if (s.test_size, s.seed) != (trained.test_size, trained.seed):
         typer.echo(
             f"warning: the model's log was split with seed {trained.seed} and test size {trained.test_size}; with "
@@ -522,14 +535,14 @@ def _held_out_split(s: Settings, tier_cfg: TiersConfig, trained: HeldOut | None 
     """The log split as training split it, in the tiers the model routes (`_tiers_for`); a tier without test
     outcomes is one line, and a log of another size than the model's (`trained`: a grown log, or one without the
     store's outcomes it learned from) a warning: its split is another."""
-    from training.data import cannot_compare_tiers, split_log, too_few_outcomes
+    from training.data import cannot_compare_tiers, prompt_set_digest, split_log, too_few_outcomes
 
     split = split_log(_load_log(s, tier_cfg), tier_cfg, s.test_size, s.seed)
-    n = len(split.table.prompts)
-    if trained is not None and trained.n_prompts is not None and n != trained.n_prompts:
+    if trained is not None and trained.log_digest not in (None, prompt_set_digest(split.table.prompts["prompt"])):
         typer.echo(
-            f"warning: the model was trained on a log of {trained.n_prompts} prompts, {s.outcomes_path} has {n}: "
-            "its split is another, so some held-out prompts may have trained the model",
+            f"warning: {s.outcomes_path} is not the log the model split (its prompts differ: grown, changed, or "
+            "without the store's outcomes a --from-store model learned from), so its split is another and some "
+            "held-out prompts may have trained the model",
             err=True,
         )
     _check_costs(f"{s.outcomes_path} (its held-out prompts)", split.table.costs[split.test].ravel())

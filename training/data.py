@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +74,13 @@ class Split:
     test: np.ndarray
     log: pd.DataFrame
     tiers: TiersConfig
+
+
+def prompt_set_digest(prompts: Iterable[str]) -> str:
+    """A digest of the set of normalised prompt texts, which `split_log` draws its split from: two logs with the
+    same digest (a CSV and a Parquet of one log, or one with repeated prompts under new ids) split alike."""
+    joined = "\n".join(sorted({normalize_text(p) for p in prompts}))
+    return hashlib.blake2b(joined.encode(), digest_size=16).hexdigest()
 
 
 def split_log(log: pd.DataFrame, tiers: TiersConfig, test_size: float, seed: int) -> Split:

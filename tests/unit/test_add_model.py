@@ -38,10 +38,11 @@ def test_a_swapped_model_is_learned_from_forty_outcomes(trained):
     assert artifact.model.shared_ is not None
     # the new model behind mid solves what the large model solves: 40 of its outcomes
     new = log[log["model"] == "large"].head(40).assign(model="unused")
-    split_from = replace(artifact, held_out=HeldOut(0.3, 0, 300))
+    split_from = replace(artifact, held_out=HeldOut(0.3, 0, "digest"))
     swapped, notes = add_models(split_from, _swapped_tiers(), new, emb, None)
     assert notes[0].startswith("tier mid: unused from 40 outcomes")
-    assert swapped.held_out is None  # its new tier learned from held-out prompts too: evaluate warns (review finding)
+    # its new tier learned from held-out prompts too: evaluate says so (review findings)
+    assert swapped.held_out == HeldOut(0.3, 0, "digest", ("mid",))
     hard = [p for p in log["prompt"].unique() if p.startswith("hard")][:50]
     before, after = artifact.predict_quality(hard, emb), swapped.predict_quality(hard, emb)
     np.testing.assert_allclose(after[:, [0, 2]], before[:, [0, 2]])

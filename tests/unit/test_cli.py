@@ -791,9 +791,18 @@ def test_evaluate_and_calibrate_draw_the_split_the_model_was_trained_with(tmp_pa
     assert "seed 7, test size 0.5" in source and "warning" not in said
     source, said = evaluate(marked, "--seed", "0")  # the test size is still the model's
     assert "seed 0, test size 0.5" in source and "the model's log was split with seed 7 and test size 0.5" in said
-    grown = replace(art, held_out=HeldOut(0.5, 7, n_prompts=1)).save(tmp_path / "grown")
-    source, said = evaluate(grown)  # another log than the one it split: another split (review finding)
-    assert "seed 7, test size 0.5" in source and "the model was trained on a log of 1 prompts" in said
+    from training.data import prompt_set_digest
+
+    same = replace(art, held_out=HeldOut(0.5, 7, prompt_set_digest(make_log(150)["prompt"]))).save(tmp_path / "same")
+    source, said = evaluate(same)  # the log it split: no warning
+    assert "seed 7, test size 0.5" in source and "warning" not in said
+    grown = replace(art, held_out=HeldOut(0.5, 7, "another log")).save(tmp_path / "grown")
+    source, said = evaluate(grown)  # another log than the one it split: another split (review findings)
+    assert "seed 7, test size 0.5" in source and "is not the log the model split" in said
+    swapped = replace(art, held_out=HeldOut(0.5, 7, None, ("mid",))).save(tmp_path / "swapped")
+    assert RouterArtifact.load(swapped).held_out == HeldOut(0.5, 7, None, ("mid",))
+    _, said = evaluate(swapped)
+    assert "tier(s) mid were swapped in by add-model" in said
     source, said = evaluate(model)  # a model from before the split was stored
     assert "seed 0, test size 0.3" in source and "does not record how its log was split" in said
     res = runner.invoke(cli.app, ["calibrate", "--top-share", "0.3", "--model-uri", str(marked), *common])
