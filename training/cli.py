@@ -533,8 +533,8 @@ def _as_trained(s: Settings, artifact: RouterArtifact, test_size: float | None, 
 
 def _held_out_split(s: Settings, tier_cfg: TiersConfig, trained: HeldOut | None = None) -> Split:
     """The log split as training split it, in the tiers the model routes (`_tiers_for`); a tier without test
-    outcomes is one line, and a log of another size than the model's (`trained`: a grown log, or one without the
-    store's outcomes it learned from) a warning: its split is another."""
+    outcomes is one line, and another log than the one the model split (`trained`'s digest: a grown or changed
+    log, or one without the store's outcomes it learned from) a warning: its split is another."""
     from training.data import cannot_compare_tiers, prompt_set_digest, split_log, too_few_outcomes
 
     split = split_log(_load_log(s, tier_cfg), tier_cfg, s.test_size, s.seed)
