@@ -339,6 +339,13 @@ def train(
     if short is not None:
         _fail(f"{s.outcomes_path} with {s.tiers_path}: {short}")
     _check_costs(f"{s.outcomes_path} (its held-out prompts)", split.table.costs[split.test].ravel())
+    if all(t.input_per_1m == 0 and t.output_per_1m == 0 for t in tier_cfg.tiers):
+        typer.echo(
+            f"warning: every tier of {s.tiers_path} is priced at 0: the router expects every call to cost nothing, "
+            "so it cannot trade cost for quality and sends each prompt to the tier it predicts best; give the tiers "
+            "their prices",
+            err=True,
+        )
     embedder = _embedder(s, s.embedder)
     client = _dask_client(dask)
     if client is not None:  # the prompts are embedded on the workers; the boosters are fitted here

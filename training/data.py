@@ -163,7 +163,11 @@ def stratified_sample(first: pd.DataFrame, cap: int, seed: int) -> pd.DataFrame:
     if len(first) <= cap:
         return first
     frac = cap / len(first)
-    cats = first["category"].fillna("").astype(str) if "category" in first else pd.Series("", index=first.index)
+    cats = (
+        first["category"].fillna("").astype(str).str.strip()
+        if "category" in first
+        else pd.Series("", index=first.index)
+    )
     parts = [g.sample(max(1, round(len(g) * frac)), random_state=seed) for _, g in first.groupby(cats, sort=True)]
     return pd.concat(parts)
 

@@ -807,3 +807,23 @@ def test_evaluate_and_calibrate_draw_the_split_the_model_was_trained_with(tmp_pa
     assert "seed 0, test size 0.3" in source and "does not record how its log was split" in said
     res = runner.invoke(cli.app, ["calibrate", "--top-share", "0.3", "--model-uri", str(marked), *common])
     assert res.exit_code == 0 and "warning" not in res.output, res.output
+
+
+def test_training_with_every_tier_priced_at_zero_warns_up_front(tmp_path, monkeypatch):
+    """Such a router sends every prompt to the tier it predicts best; only the gate said so, after the fit
+    (new-user finding)."""
+    log = tmp_path / "log.parquet"
+    make_log(150).to_parquet(log)
+    free = {m: {"input_per_1m": 0.0, "output_per_1m": 0.0} for m in ("small", "medium", "large", "unused")}
+    monkeypatch.setenv("TIERWISE_POOL_PATHS", "[]")
+    get_settings.cache_clear()
+
+    def stop(*_a, **_k):
+        cli._fail("stopped before the fit")
+
+    monkeypatch.setattr(cli, "_embedder", stop)
+    for prices, warned in ((free, True), (None, False)):
+        tiers = write_tiers(tmp_path / f"t{warned}.toml", prices=prices)
+        res = runner.invoke(cli.app, ["train", "--outcomes", str(log), "--tiers", str(tiers)])
+        assert res.exit_code == 2 and "stopped before the fit" in res.output, res.output
+        assert ("every tier of" in res.output and "is priced at 0" in res.output) == warned, res.output
