@@ -38,6 +38,12 @@ class ChampionComparison:
     champion_aiq: float
     n_prompts: int
     shared_known: bool = True
+    unservable: str = ""  # why the champion can't be served (its files, its embedder): nothing to compare with
+
+
+def unservable_champion(reason: str) -> ChampionComparison:
+    """The comparison with a champion that cannot be served, so the new model may replace it without one."""
+    return ChampionComparison(float("nan"), float("nan"), 0, False, unservable=reason)
 
 
 @dataclass(frozen=True)
@@ -113,6 +119,8 @@ def not_worse_than_champion(evidence: GateEvidence) -> CheckResult | None:
     if c is None:
         return None
     name = "not_worse_than_champion"
+    if c.unservable:
+        return CheckResult(name, True, f"the champion cannot be served ({c.unservable}): nothing to compare with")
     if c.n_prompts < MIN_TEST_PROMPTS:
         return CheckResult(
             name,

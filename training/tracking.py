@@ -33,6 +33,7 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 import router
+from infra.store import first_line
 from router.artifact import ARTIFACT_FILE, PACKAGED_EMBEDDER, PACKAGED_ROUTER, RouterArtifact, find_artifact
 from router.embedders.factory import FILE_BACKENDS, backend_of, embedder_files
 from router.embedders.protocol import Embedder
@@ -51,6 +52,7 @@ from training.gate import (
     GateEvidence,
     Verdict,
     run_gate,
+    unservable_champion,
 )
 
 logger = logging.getLogger(__name__)
@@ -212,11 +214,10 @@ def held_out_by_champion(run_id: str, split: Split) -> np.ndarray | None:
 
 def _comparable_champion(
     registered_model: str, alias: str, tiers: list[str], embedder_for: Callable[[str], Embedder]
-) -> tuple[Any, RouterArtifact, Embedder] | None:
+) -> tuple[Any, RouterArtifact, Embedder] | ChampionComparison | None:
     """The champion's registry version, artifact and embedder, when it can be scored against a model for `tiers`:
-    None without a champion, for other tiers, when its files can't be read, or when its embedder is one this
-    tierwise no longer builds (in the last two cases it can't be served either, and the new model may replace it
-    without a comparison)."""
+    None without a champion or for other tiers; when its files can't be read or its embedder is one this tierwise
+    no longer builds, it can't be served either, and the new model may replace it (`unservable_champion`)."""
     version = champion_version(MlflowClient(), registered_model, alias)
     if version is None:
         return None
@@ -225,7 +226,7 @@ def _comparable_champion(
             champ = download_artifact(f"models:/{registered_model}@{alias}", Path(tmp))
     except (MlflowException, OSError, ValueError, KeyError) as exc:
         logger.warning("the champion's files cannot be read (%s): it cannot be compared, nor served", exc)
-        return None
+        return unservable_champion(f"its files cannot be read: {first_line(exc)}")
     if champ.tier_names != tiers:
         logger.info("the champion routes tiers %s, this run %s: it cannot be compared", champ.tier_names, tiers)
         return None
@@ -237,7 +238,7 @@ def _comparable_champion(
             champ.features.embedder_id,
             embedder.id,
         )
-        return None
+        return unservable_champion(f"its embedder '{champ.features.embedder_id}' is no longer built")
     return version, champ, embedder
 
 
@@ -258,8 +259,8 @@ def champion_comparison(
     `embedder_for(backend)` builds the embedder of a backend; `alias` is the one the service serves.
     """
     found = _comparable_champion(registered_model, alias, split.tiers.names, embedder_for)
-    if found is None:
-        return None
+    if found is None or isinstance(found, ChampionComparison):
+        return found
     version, champ, champ_embedder = found
     held = held_out_by_champion(version.run_id, split)
     shared = split if held is None else replace(split, test=split.test & held)
@@ -436,7 +437,8 @@ def log_and_register(
             }
         )
         mlflow.set_tag(MLFLOW_RUN_NOTE, description)
-        champ_aiq = None if champion is None or champion.n_prompts < MIN_TEST_PROMPTS else champion.champion_aiq
+        compared = champion is not None and not champion.unservable and champion.n_prompts >= MIN_TEST_PROMPTS
+        champ_aiq = champion.champion_aiq if compared and champion is not None else None
         return Registration(run.info.run_id, mv_version, alias, new_aiq, champ_aiq, message, verdict)
 
 

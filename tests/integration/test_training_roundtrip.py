@@ -179,11 +179,12 @@ def test_a_champion_whose_embedder_is_gone_is_replaced(tmp_path: Path, monkeypat
     assert same.champion_aiq == same.new_aiq == pytest.approx(old.evaluation.metrics["router_AIQ"])
     upgraded = HashingEmbedder(name="test/hashing:hash+v2")
     gone = tracking.champion_comparison(NAME, split, cache, 0, lambda backend: upgraded, old.artifact)
-    assert gone is None
+    assert gone is not None and "its embedder 'test/hashing:hash' is no longer built" in gone.unservable
     # Even with no held-out prompt in common (another log), it is replaced, not kept for want of a comparison.
     recorded = tracking.held_out_digests
     monkeypatch.setattr(tracking, "held_out_digests", lambda run_id: set())
-    assert tracking.champion_comparison(NAME, split, cache, 0, lambda backend: upgraded, old.artifact) is None
+    elsewhere = tracking.champion_comparison(NAME, split, cache, 0, lambda backend: upgraded, old.artifact)
+    assert elsewhere is not None and elsewhere.unservable == gone.unservable
     monkeypatch.setattr(tracking, "held_out_digests", recorded)
     # Nor one whose files can't be read: `train` died with a traceback after the fit (review finding).
     download = tracking.download_artifact
@@ -192,12 +193,15 @@ def test_a_champion_whose_embedder_is_gone_is_replaced(tmp_path: Path, monkeypat
         raise MlflowException("No such artifact: 'artifacts/router'")
 
     monkeypatch.setattr(tracking, "download_artifact", unreadable)
-    assert tracking.champion_comparison(NAME, split, cache, 0, lambda backend: HashingEmbedder(), old.artifact) is None
+    lost = tracking.champion_comparison(NAME, split, cache, 0, lambda backend: HashingEmbedder(), old.artifact)
+    assert lost is not None and "its files cannot be read: No such artifact" in lost.unservable
     monkeypatch.setattr(tracking, "download_artifact", download)
     # So the next run replaces it without a comparison with the old champion (the baseline checks still apply).
     weaker, _ = _train(tmp_path, seed=1, n_estimators=10)
     reg = tracking.log_and_register(weaker, NAME, gone, prompts, _training_log(tmp_path))
-    assert reg.alias == "champion" and reg.version == "2"
+    assert reg.alias == "champion" and reg.version == "2" and reg.champion_aiq is None
+    # and the verdict says why there was nothing to compare with (it was only a log line: review finding)
+    assert "the champion cannot be served (its embedder 'test/hashing:hash' is no longer built)" in reg.message
     mlflow.end_run()
 
 

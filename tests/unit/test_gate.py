@@ -13,7 +13,7 @@ from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
 from training.data import split_log
 from training.evaluation import EvalResult, evaluate_artifact
 from training.fit import train_router
-from training.gate import CHECKS, ChampionComparison, CheckResult, GateEvidence, run_gate
+from training.gate import CHECKS, ChampionComparison, CheckResult, GateEvidence, run_gate, unservable_champion
 
 TWO_TIERS = {"models": TIERS_TOML["models"], "tiers": [TIERS_TOML["tiers"][0], TIERS_TOML["tiers"][2]]}
 
@@ -103,3 +103,10 @@ def test_a_model_for_other_tiers_than_the_champions_is_not_promoted(
     if alias == "challenger":
         assert [c.name for c in verdict.failed] == ["same_tiers_as_champion"]
         assert "['cheap', 'strong']" in verdict.message and "tierwise promote" in verdict.message
+
+
+def test_a_champion_that_cannot_be_served_is_replaced_and_the_verdict_says_why(good: EvalResult) -> None:
+    compared = unservable_champion("its files cannot be read: No such artifact")
+    verdict = run_gate(GateEvidence(good, compared), champion_alias="champion")
+    [check] = [c for c in verdict.checks if c.name == "not_worse_than_champion"]
+    assert check.passed and "the champion cannot be served (its files cannot be read" in check.detail
