@@ -7,7 +7,6 @@ only tierwise's serving dependencies (no torch unless the embedder is torch).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -33,13 +32,12 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 import router
-from infra.store import first_line
+from infra.store import first_line, prompt_id_of
 from router.artifact import ARTIFACT_FILE, PACKAGED_EMBEDDER, PACKAGED_ROUTER, RouterArtifact, find_artifact
 from router.embedders.factory import FILE_BACKENDS, backend_of, embedder_files
 from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
 from router.policy import DefaultKnob
-from router.text import normalize_text
 from training.data import Split
 from training.evaluation import evaluate_artifact
 from training.fit import TrainResult
@@ -170,13 +168,9 @@ def download_artifact(model_uri: str, dst: Path) -> RouterArtifact:
 TEST_PROMPT_IDS = "evaluation/test_prompt_ids.txt"
 """The run artifact listing the prompt ids the run held out (one a line), for people."""
 TEST_PROMPT_DIGESTS = "evaluation/test_prompt_digests.json"
-"""The run artifact holding `prompt_digest` of each prompt the run held out: what the champion gate matches on."""
-
-
-def prompt_digest(prompt: str) -> str:
-    """A short key of a prompt's normalised text, the split's own grouping (training.data.split_log): the same
-    prompt under another id, or in a re-exported log, has the same key."""
-    return hashlib.blake2b(normalize_text(prompt).encode(), digest_size=8).hexdigest()
+"""The run artifact holding the key of each prompt the run held out (infra.store.prompt_id_of: a digest of its
+normalised text, the split's own grouping, so the same prompt under another id or in a re-exported log has the
+same key): what the champion gate matches on."""
 
 
 def _run_text(run_id: str, path: str) -> str | None:
@@ -204,8 +198,10 @@ def held_out_by_champion(run_id: str, split: Split) -> np.ndarray | None:
     """Which of `split`'s prompts the champion's run held out: by prompt digest, else (a run from before digests)
     by prompt id; None when the run recorded neither."""
     digests = held_out_digests(run_id)
-    if digests is not None:
-        return np.asarray(split.table.prompts["prompt"].map(prompt_digest).isin(digests).to_numpy())
+    if digests is not None:  # only this split's test prompts can be shared
+        held = np.zeros(len(split.test), dtype=bool)
+        held[split.test] = [prompt_id_of(p) in digests for p in split.table.prompts["prompt"][split.test]]
+        return held
     ids = _run_text(run_id, TEST_PROMPT_IDS)
     if ids is None:
         return None
@@ -377,7 +373,7 @@ def log_and_register(
         mlflow.log_text(ev.table.to_csv(), "evaluation/table.csv")
         mlflow.log_text(ev.per_category.to_csv(index=False), "evaluation/per_category.csv")
         mlflow.log_text("\n".join(str(i) for i in result.test_prompt_ids), TEST_PROMPT_IDS)
-        mlflow.log_text(json.dumps(sorted({prompt_digest(p) for p in input_prompts})), TEST_PROMPT_DIGESTS)
+        mlflow.log_text(json.dumps(sorted({prompt_id_of(p) for p in input_prompts})), TEST_PROMPT_DIGESTS)
         artifacts, code = _stage_model_files(result, onnx_dir, Path(tmp))
         example = pd.DataFrame({"prompt": input_prompts[:3]})
         quality = result.artifact.model.predict_quality(np.zeros((1, result.artifact.model.n_features_in_)))

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from infra.settings import Settings
+from infra.store import prompt_id_of
 from router.embedding_cache import EmbeddingCache
 from router.features import FeatureSpec
 from router.model import DifficultyModel
@@ -100,5 +101,5 @@ def test_stored_operating_point_round_trip(tmp_path: Path, monkeypatch: pytest.M
     # to the whole test split, prompts the champion trained on included).
     runs = [MlflowClient().get_model_version(NAME, v).run_id for v in ("1", "2")]
     assert runs[0] != runs[1] and tracking.held_out_digests(runs[1]) == tracking.held_out_digests(runs[0])
-    assert tracking.held_out_digests(runs[1]) == {tracking.prompt_digest(p) for p in prompts}
+    assert tracking.held_out_digests(runs[1]) == {prompt_id_of(p) for p in prompts}
     mlflow.end_run()
