@@ -52,15 +52,17 @@ def estimate_tokens_out(log: pd.DataFrame, tiers: TiersConfig) -> dict[str, floa
 
 @dataclass(frozen=True)
 class HeldOut:
-    """How training split its log (training.data.split_log): the test share and the seed. `tierwise evaluate` and
-    `calibrate` draw the same split by default, so they score the model on prompts it did not train on."""
+    """How training split its log (training.data.split_log): the test share, the seed and the rule
+    (router.evaluate.SPLIT_RULES). `tierwise evaluate` and `calibrate` split the same way by default, so they score
+    the model on prompts it did not train on."""
 
     test_size: float
     seed: int
-    # A digest of the set of the log's normalised prompt texts, what the split draws from (another digest: another
+    # A digest of the set of the log's normalised prompt texts (under the "draw" rule, another digest is another
     # log, so another split); the tiers `add-model` swapped in since, which learned from held-out prompts too.
     log_digest: str | None = None
     refit_tiers: tuple[str, ...] = ()
+    rule: str = "hash"  # a model that recorded none was split by "draw"
 
 
 @dataclass
@@ -222,7 +224,8 @@ def _load_held_out(meta: dict[str, Any] | None) -> HeldOut | None:
         return None
     digest = meta.get("log_digest")
     refit = tuple(str(t) for t in meta.get("refit_tiers") or ())
-    return HeldOut(float(meta["test_size"]), int(meta["seed"]), None if digest is None else str(digest), refit)
+    rule = str(meta.get("rule", "draw"))  # recorded since the hash rule; a model from before was split by a draw
+    return HeldOut(float(meta["test_size"]), int(meta["seed"]), None if digest is None else str(digest), refit, rule)
 
 
 def _load_task_prior(directory: Path, meta: dict[str, Any] | None) -> TaskPrior | None:

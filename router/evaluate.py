@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -13,19 +14,41 @@ import numpy as np
 from router.policy import cheapest_sufficient, lambda_grid, tradeoff
 from router.task_hint import TaskPrior
 
+# How a log is split. "hash": a group's side is fixed by a hash of the seed and the group alone, so a grown log keeps
+# every old prompt on its side (retrains compare with the champion on all its held-out prompts; a model is never
+# scored on a prompt it trained on, whatever prompts were added). "draw": the seeded draw of a share of the log's
+# groups that models trained before the hash recorded no rule for (another log, another draw).
+SPLIT_RULES = ("hash", "draw")
 
-def split_by_group(groups: Sequence[str], test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean train/test masks such that no group (e.g. a normalised prompt text) is on both sides.
 
-    Not GroupShuffleSplit: it draws other groups for the same seed, and the published numbers rest on this split.
+def split_by_group(
+    groups: Sequence[str], test_size: float, seed: int, rule: str = "hash"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean train/test masks such that no group (e.g. a normalised prompt text) is on both sides (`SPLIT_RULES`).
+
+    With "hash", about `test_size` of the groups are held out (at least one): those whose hash falls below it.
     """
     if not 0 < test_size < 1:
         raise ValueError("test_size must be in (0, 1)")
-    uniq = np.array(sorted(set(groups)))
-    rng = np.random.default_rng(seed)
-    test_groups = set(rng.choice(uniq, size=max(1, round(len(uniq) * test_size)), replace=False))
-    test = np.array([g in test_groups for g in groups])
+    if rule not in SPLIT_RULES:
+        raise ValueError(f"unknown split rule {rule!r}: one of {', '.join(SPLIT_RULES)}")
+    uniq = sorted(set(groups))
+    if rule == "draw":
+        rng = np.random.default_rng(seed)
+        test_groups = set(rng.choice(np.array(uniq), size=max(1, round(len(uniq) * test_size)), replace=False))
+    else:
+        unit = {g: _unit_hash(seed, g) for g in uniq}
+        test_groups = {g for g, u in unit.items() if u < test_size}
+        if not test_groups and uniq:
+            test_groups = {min(unit, key=unit.__getitem__)}
+    test = np.array([g in test_groups for g in groups], dtype=bool)
     return ~test, test
+
+
+def _unit_hash(seed: int, group: str) -> float:
+    """A group's place in [0, 1) for a seed: the same on every machine and in every log."""
+    digest = hashlib.blake2b(f"{seed}\x00{group}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
 
 
 @dataclass(frozen=True)

@@ -319,7 +319,6 @@ def train(
         cannot_compare_tiers,
         load_pool_logs,
         pool_logs,
-        prompt_set_digest,
         split_log,
         too_few_outcomes,
     )
@@ -378,8 +377,7 @@ def train(
 
     artifact = with_trust(artifact, split, embedder, cache, evaluation, s.seed, pool)  # novelty reference, guarantee
     artifact = with_default_knob(artifact, split, embedder, cache)  # the operating point the service routes with
-    held_out = HeldOut(s.test_size, s.seed, prompt_set_digest(split.table.prompts["prompt"]))
-    artifact = replace(artifact, held_out=held_out)  # evaluate and calibrate draw it again
+    artifact = replace(artifact, held_out=HeldOut(s.test_size, s.seed))  # evaluate and calibrate split alike
     evaluation.metrics.update(trust_metrics(artifact))
     champion = tracking.champion_comparison(
         s.registered_model, split, cache, s.seed, lambda backend: _embedder(s, backend), artifact, alias=s.model_alias
@@ -529,7 +527,9 @@ def _as_trained(s: Settings, artifact: RouterArtifact, test_size: float | None, 
             "outcome of their models, held-out prompts included: the scores they take part in are optimistic",
             err=True,
         )
-    if (s.test_size, s.seed) != (trained.test_size, trained.seed):
+    # Under the hash rule a smaller test share with the same seed holds out a part of the model's held-out prompts.
+    subset = trained.rule == "hash" and s.seed == trained.seed and s.test_size <= trained.test_size
+    if (s.test_size, s.seed) != (trained.test_size, trained.seed) and not subset:
         typer.echo(
             f"warning: the model's log was split with seed {trained.seed} and test size {trained.test_size}; with "
             f"seed {s.seed} and test size {s.test_size}, some held-out prompts trained it",
@@ -539,13 +539,20 @@ def _as_trained(s: Settings, artifact: RouterArtifact, test_size: float | None, 
 
 
 def _held_out_split(s: Settings, tier_cfg: TiersConfig, trained: HeldOut | None = None) -> Split:
-    """The log split as training split it, in the tiers the model routes (`_tiers_for`); a tier without test
-    outcomes is one line, and another log than the one the model split (`trained`'s digest: a grown or changed
-    log, or one without the store's outcomes it learned from) a warning: its split is another."""
+    """The log split as training split it, in the tiers the model routes (`_tiers_for`), by the model's rule (a
+    model that records no split is from before the hash rule: "draw"); a tier without test outcomes is one line.
+    Under the hash rule any log's held-out prompts are ones the model did not train on; under "draw", another log
+    than the one the model split (`trained`'s digest: a grown or changed log, or one without the store's outcomes
+    it learned from) gets a warning: its split is another."""
     from training.data import cannot_compare_tiers, prompt_set_digest, split_log, too_few_outcomes
 
-    split = split_log(_load_log(s, tier_cfg), tier_cfg, s.test_size, s.seed)
-    if trained is not None and trained.log_digest not in (None, prompt_set_digest(split.table.prompts["prompt"])):
+    rule = trained.rule if trained is not None else "draw"
+    split = split_log(_load_log(s, tier_cfg), tier_cfg, s.test_size, s.seed, rule)
+    if (
+        trained is not None
+        and trained.rule == "draw"
+        and trained.log_digest not in (None, prompt_set_digest(split.table.prompts["prompt"]))
+    ):
         typer.echo(
             f"warning: {s.outcomes_path} is not the log the model split (its prompts differ: grown, changed, or "
             "without the store's outcomes a --from-store model learned from), so its split is another and some "

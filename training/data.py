@@ -77,21 +77,23 @@ class Split:
 
 
 def prompt_set_digest(prompts: Iterable[str]) -> str:
-    """A digest of the set of normalised prompt texts, which `split_log` draws its split from: two logs with the
-    same digest (a CSV and a Parquet of one log, or one with repeated prompts under new ids) split alike."""
+    """A digest of the set of normalised prompt texts, which `split_log`'s "draw" rule draws its split from: two
+    logs with the same digest (a CSV and a Parquet of one log, or one with repeated prompts under new ids) split
+    alike under it."""
     joined = "\n".join(sorted({normalize_text(p) for p in prompts}))
     return hashlib.blake2b(joined.encode(), digest_size=16).hexdigest()
 
 
-def split_log(log: pd.DataFrame, tiers: TiersConfig, test_size: float, seed: int) -> Split:
-    """Keep the models behind a tier, pivot per prompt, and split so no prompt text is on both sides."""
+def split_log(log: pd.DataFrame, tiers: TiersConfig, test_size: float, seed: int, rule: str = "hash") -> Split:
+    """Keep the models behind a tier, pivot per prompt, and split so no prompt text is on both sides (by `rule`,
+    router.evaluate.SPLIT_RULES: "hash" keeps each prompt text on its side whatever the rest of the log holds)."""
     used = log[log["model"].isin([t.model for t in tiers.tiers])]
     dropped = sorted(set(log["model"]) - set(used["model"]))
     if dropped:
         logger.info("models behind no tier, skipped: %s", dropped)
     table = pivot_log(used, tiers)
     groups = [normalize_text(p) for p in table.prompts["prompt"]]
-    train, test = ev.split_by_group(groups, test_size, seed)
+    train, test = ev.split_by_group(groups, test_size, seed, rule)
     logger.info("prompts: %d train, %d test", train.sum(), test.sum())
     return Split(table, train, test, used, tiers)
 

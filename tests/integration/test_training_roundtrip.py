@@ -10,6 +10,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
@@ -233,6 +234,28 @@ def test_the_champion_is_compared_only_on_prompts_it_did_not_train_on(
     legacy = tracking.champion_comparison(NAME, new, cache, 0, lambda backend: emb, champ.artifact)
     assert legacy is not None and not legacy.shared_known
     assert legacy.n_prompts == (new.test & new.table.complete).sum()
+    mlflow.end_run()
+
+
+def test_a_retrain_on_a_grown_log_is_compared_on_every_prompt_the_champion_held_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The split was drawn anew when the log grew: a retrain shared ~test_size² of the prompts with its champion's
+    held-out ones (a log under ~560 prompts kept every retrain a challenger). Each prompt keeps its side now."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(tracking, "MIN_TEST_PROMPTS", 10)
+    tracking.configure(f"sqlite:///{tmp_path / 'mlflow.db'}", "tierwise-test")
+    champ, prompts = _train(tmp_path, seed=0, n_estimators=20)
+    tracking.log_and_register(champ, NAME, None, prompts, _training_log(tmp_path))
+    tiers, cache, emb = parse_tiers(TIERS_TOML), EmbeddingCache(tmp_path / "emb.sqlite"), HashingEmbedder()
+    later = make_log(160, seed=2).assign(
+        prompt_id=lambda d: "later-" + d["prompt_id"], prompt=lambda d: "later " + d["prompt"]
+    )
+    grown = split_log(pd.concat([LOG, later], ignore_index=True), tiers, 0.3, seed=0)
+    old = split_log(LOG, tiers, 0.3, seed=0)
+    compared = tracking.champion_comparison(NAME, grown, cache, 0, lambda backend: emb, champ.artifact)
+    assert compared is not None and compared.shared_known
+    assert compared.n_prompts == (old.test & old.table.complete).sum() > 0
     mlflow.end_run()
 
 

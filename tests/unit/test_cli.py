@@ -791,14 +791,24 @@ def test_evaluate_and_calibrate_draw_the_split_the_model_was_trained_with(tmp_pa
     assert "seed 7, test size 0.5" in source and "warning" not in said
     source, said = evaluate(marked, "--seed", "0")  # the test size is still the model's
     assert "seed 0, test size 0.5" in source and "the model's log was split with seed 7 and test size 0.5" in said
+    _, said = evaluate(marked, "--test-size", "0.3")  # the hash rule: a part of the model's held-out prompts
+    assert "warning" not in said, said
+    _, said = evaluate(marked, "--test-size", "0.6")
+    assert "the model's log was split with seed 7 and test size 0.5" in said
     from training.data import prompt_set_digest
 
-    same = replace(art, held_out=HeldOut(0.5, 7, prompt_set_digest(make_log(150)["prompt"]))).save(tmp_path / "same")
+    drawn = HeldOut(0.5, 7, prompt_set_digest(make_log(150)["prompt"]), rule="draw")  # a model from before the hash
+    same = replace(art, held_out=drawn).save(tmp_path / "same")
+    assert RouterArtifact.load(same).held_out == drawn
     source, said = evaluate(same)  # the log it split: no warning
     assert "seed 7, test size 0.5" in source and "warning" not in said
-    grown = replace(art, held_out=HeldOut(0.5, 7, "another log")).save(tmp_path / "grown")
-    source, said = evaluate(grown)  # another log than the one it split: another split (review findings)
+    grown = replace(art, held_out=replace(drawn, log_digest="another log")).save(tmp_path / "grown")
+    source, said = evaluate(grown)  # another log than the one it split: another draw (review findings)
     assert "seed 7, test size 0.5" in source and "is not the log the model split" in said
+    bigger = tmp_path / "grown.parquet"
+    make_log(200).to_parquet(bigger)  # the same 150 prompts and 50 more
+    res = runner.invoke(cli.app, ["evaluate", "--model-uri", str(marked), "--outcomes", str(bigger), *common[2:]])
+    assert res.exit_code == 0 and "warning" not in res.output, res.output  # hash rule: still held out
     swapped = replace(art, held_out=HeldOut(0.5, 7, None, ("mid",))).save(tmp_path / "swapped")
     assert RouterArtifact.load(swapped).held_out == HeldOut(0.5, 7, None, ("mid",))
     _, said = evaluate(swapped)

@@ -77,6 +77,26 @@ def test_split_by_group_keeps_groups_together():
     assert 0.2 < test.mean() < 0.4
     again = ev.split_by_group(groups, 0.3, seed=5)[1]
     assert (again == test).all()
+    drawn = ev.split_by_group(groups, 0.3, seed=5, rule="draw")[1]
+    assert len(set(np.array(groups)[drawn])) == round(0.3 * 37)  # the draw takes exactly its share of groups
+
+
+def test_hash_split_keeps_every_prompt_on_its_side_when_the_log_grows():
+    """A retrain on a grown log must hold out every prompt the last model held out (and train on none of them):
+    the seeded draw redrew the split, so a retrain and its champion shared ~9% of the held-out prompts."""
+    old = [f"prompt {i}" for i in range(2000)]
+    grown = old + [f"new prompt {i}" for i in range(1000)]
+    _, test_old = ev.split_by_group(old, 0.3, seed=3)
+    _, test_grown = ev.split_by_group(grown, 0.3, seed=3)
+    assert (test_grown[: len(old)] == test_old).all()
+    assert abs(test_grown.mean() - 0.3) < 0.03
+    assert (ev.split_by_group(list(reversed(old)), 0.3, seed=3)[1][::-1] == test_old).all()  # order-free
+    assert 0.2 < (ev.split_by_group(old, 0.3, seed=4)[1] & test_old).mean() / 0.3 < 0.4  # another seed, another split
+    _, drawn_grown = ev.split_by_group(grown, 0.3, seed=3, rule="draw")
+    assert not (drawn_grown[: len(old)] == ev.split_by_group(old, 0.3, seed=3, rule="draw")[1]).all()
+    assert ev.split_by_group(["only"], 0.3, seed=0)[1].tolist() == [True]  # at least one held out
+    with pytest.raises(ValueError, match="unknown split rule"):
+        ev.split_by_group(old, 0.3, seed=0, rule="random")
 
 
 def test_knn_predictor_averages_neighbours():
