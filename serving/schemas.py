@@ -133,9 +133,11 @@ class RouteOptions(Strict):
         description="the cost–quality knob λ: pick the tier maximising predicted quality − λ·expected cost "
         "instead of the cheapest tier that reaches quality_target",
     )
-    min_tier: Annotated[StrictInt, Field(ge=0)] | Annotated[Text, StringConstraints(max_length=128)] | None = Field(
-        None, description="tier name or index"
-    )
+    min_tier: (
+        Annotated[StrictInt, Field(ge=0)]
+        | Annotated[str, StringConstraints(max_length=128), AfterValidator(_storable)]
+        | None
+    ) = Field(None, description="tier name or index")
     max_cost_usd: Usd | None = None
     metadata: Metadata | None = None
     explore: StrictBool = Field(
@@ -146,7 +148,10 @@ class RouteOptions(Strict):
         description="route at the model's operating point calibrated (Learn then Test) to lose at most epsilon of "
         "the top tier's mean quality with confidence 1 - delta; excludes quality_target and cost_weight_per_usd",
     )
-    task: Annotated[Text, StringConstraints(min_length=1, max_length=MAX_TASK_CHARS)] | None = Field(
+    # constraints before the check, so a long one is "at most 128 characters" (after it pydantic says "items")
+    task: (
+        Annotated[str, StringConstraints(min_length=1, max_length=MAX_TASK_CHARS), AfterValidator(_storable)] | None
+    ) = Field(
         None,
         description="the prompt's task, if the caller knows it, as named in the training log's category column "
         "(GET /tiers lists the ones this model knows): its per-tier mean score is blended into the prediction. "

@@ -33,6 +33,7 @@ from serving.proxy.wire import (
     ChatCompletionRequest,
     DoorJSONResponse,
     error_body,
+    header_text,
     prompt_view,
     sse,
     upstream_body,
@@ -233,38 +234,42 @@ class Proxy:
                 trail.sent,
             )
         except UpstreamFailure as failure:
-            await _settle(settle, decision, trail, started, None)
+            await _settle(settle, decision, trail, started, None, self.dispatcher.metrics)
             raise failure_error(failure, trail).naming(decision.decision_id) from None
         except NoRoom as exc:
-            await _settle(settle, decision, trail, started, None)
+            await _settle(settle, decision, trail, started, None, self.dispatcher.metrics)
             raise (await _no_room(store, decision, exc)).naming(decision.decision_id) from None
         except BaseException:  # cancelled (the caller left) or a bug: release the reservation, charge nothing
             with anyio.CancelScope(shield=True):
                 if await _stored(committed):  # a row never stored needs no settling
-                    await _settle(settle, decision, trail, started, None)
+                    await _settle(settle, decision, trail, started, None, self.dispatcher.metrics)
             raise
         info = _info(decision, served, trail)
         headers_out = {
             "X-Tierwise-Decision-Id": decision.decision_id,
-            "X-Tierwise-Tier": served.tier.name,
-            "X-Tierwise-Model": served.tier.model,
+            "X-Tierwise-Tier": header_text(served.tier.name),
+            "X-Tierwise-Model": header_text(served.tier.model),
         }
         if trail.left_out:
-            headers_out["X-Tierwise-Left-Out"] = ",".join(trail.left_out)
+            headers_out["X-Tierwise-Left-Out"] = header_text(",".join(trail.left_out))
         counted = self.dispatcher.metrics
         if served.body is not None:
             await _settle(settle, decision, trail, started, served, counted)
             info.update(_usage_info(trail))
             return DoorJSONResponse({**served.body, "tierwise": info}, headers=headers_out)
         include_usage = bool((upstream_body(req).get("stream_options") or {}).get("include_usage"))
-        return ClosingStreamingResponse(
-            RelayBody(
-                _relay(served, info, include_usage, settle, decision, trail, started, counted),
-                lambda: _settle_unstarted(served, settle, decision, trail, started, counted),
-            ),
-            media_type="text/event-stream",
-            headers={**headers_out, "Cache-Control": "no-cache"},
+        unstarted = RelayBody(
+            _relay(served, info, include_usage, settle, decision, trail, started, counted),
+            lambda: _settle_unstarted(served, settle, decision, trail, started, counted),
         )
+        try:
+            return ClosingStreamingResponse(
+                unstarted, media_type="text/event-stream", headers={**headers_out, "Cache-Control": "no-cache"}
+            )
+        except BaseException:  # no response to close the stream: settle it here (a bug, but no stranded reservation)
+            with anyio.CancelScope(shield=True):
+                await unstarted.aclose()
+            raise
 
 
 async def while_committing(
@@ -409,7 +414,7 @@ async def _settle(
     trail: Trail,
     started: float,
     served: Served | None,
-    metrics: UpstreamMetrics | None = None,
+    metrics: UpstreamMetrics | None,
 ) -> None:
     """Book the decision: the real cost of every call that answered, also when the caller got no answer (the
     members of a fusion tier whose judge failed cost what they cost); nothing when no call answered. The tokens and
@@ -518,15 +523,18 @@ async def _relay(
 
     Usage is asked of the upstream always; its usage-only chunk reaches the caller only if the caller asked too,
     held back until the call is settled and sent last with `tierwise` again, now with what the call cost (another
-    chunk without choices, an Azure-like filter report, passes as it comes).
+    chunk without choices, an Azure-like filter report, passes as it comes); an upstream that sent none, or sent
+    its usage on a chunk with choices, gets one made of the usage booked.
     A failure mid-stream ends the stream with an OpenAI error event and charges nothing; a caller who leaves
     is charged for what was used (the upstream's usage, else an estimate of the text streamed).
     """
     assert served.stream is not None
     first = True
     usage_chunk: dict[str, Any] | None = None
+    last: dict[str, Any] = {}
     try:
         async for event in served.stream.events():
+            last = event
             if first:
                 event, first = {**event, "tierwise": info}, False
             elif not event.get("choices"):
@@ -540,7 +548,7 @@ async def _relay(
             yield sse(event)
     except UpstreamFailure as failure:
         trail.failures.append(f"{failure.model} mid-stream: {failure.message}")
-        await _settle(settle, decision, trail, started, None)
+        await _settle(settle, decision, trail, started, None, metrics)
         logger.warning("upstream %s failed mid-stream: %s", failure.model, failure.message)
         yield sse(error_body(f"the upstream failed mid-stream: {failure}", "api_error", "upstream_error"))
         return
@@ -551,9 +559,18 @@ async def _relay(
         raise
     trail.usages.append(served.stream.usage())
     await _settle(settle, decision, trail, started, served, metrics)
-    if usage_chunk is not None:
-        yield sse({**usage_chunk, "tierwise": {**info, **_usage_info(trail)}})
+    if include_usage:  # the upstream's usage-only chunk, or one of the usage booked (it sent none, or with choices)
+        paid = _usage_info(trail)
+        yield sse({**(usage_chunk or _usage_chunk(last, paid)), "tierwise": {**info, **paid}})
     yield sse("[DONE]")
+
+
+def _usage_chunk(last: Mapping[str, Any], paid: Mapping[str, Any]) -> dict[str, Any]:
+    """A usage-only chunk as OpenAI sends it, of the stream whose last chunk was `last`, with the usage booked."""
+    tokens_in, tokens_out = int(paid["tokens_in"]), int(paid["tokens_out"])
+    usage = {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out}
+    same = {k: last[k] for k in ("id", "created", "model", "system_fingerprint") if k in last}
+    return {**same, "object": "chat.completion.chunk", "choices": [], "usage": usage}
 
 
 def open_proxy(

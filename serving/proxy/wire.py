@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import urllib.parse
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator, model_validator
@@ -175,6 +176,17 @@ def prompt_view(messages: list[ChatMessage]) -> str:
 def upstream_body(req: ChatCompletionRequest) -> dict[str, Any]:
     """The request as the upstream gets it: every field the caller sent but `tierwise`, `model` set per call."""
     return req.model_dump(exclude={"tierwise"}, exclude_unset=True)
+
+
+# What a header value may hold as it is: printable ASCII but "%" (RFC 9110's field-vchar and space, without obs-text).
+_HEADER_SAFE = "".join(chr(c) for c in range(0x20, 0x7F) if chr(c) != "%")
+
+
+def header_text(value: str) -> str:
+    """`value` fit for a response header: printable ASCII as it is, anything else (a tier or model named in another
+    script, a control character) percent-encoded as UTF-8. Starlette encodes header values as Latin-1, so a tier
+    named "günstig-千" failed every answer with a 500 after it was charged."""
+    return urllib.parse.quote(value, safe=_HEADER_SAFE)
 
 
 def error_body(

@@ -97,3 +97,24 @@ def test_a_fusion_member_left_out_is_counted(tmp_path: Path, artifact_dir: Path,
     assert moved(before, after, "tierwise_fusion_member_failures_total", tier="brain", member="medium") == 1
     assert moved(before, after, "tierwise_fusion_member_failures_total", tier="brain", member="small") == 0
     assert moved(before, after, "tierwise_upstream_calls_total", model="large", outcome="ok") == 1  # the judge
+
+
+def test_fusion_members_charged_when_the_judge_fails_are_counted(
+    tmp_path: Path, artifact_dir: Path, up: FakeUpstream
+) -> None:
+    """The session is charged what the members cost though nobody answered; the cost and token counters missed it
+    (review finding: the failure's settlement was not given the metrics)."""
+    up.script("small", Reply(text="answer A", usage=(10, 3)))
+    up.script("medium", Reply(text="answer B", usage=(11, 4)))
+    up.script("large", Reply(status=500), Reply(status=500))
+    with proxied_tierwise(tmp_path, artifact_dir, up, fusion=True, upstream_retry_backoff_s=0.01) as fused:
+        before = scrape(fused)
+        client = OpenAI(base_url=f"{fused}/v1", api_key=CLIENT_KEY, max_retries=0)
+        with pytest.raises(openai.APIStatusError):
+            client.chat.completions.create(model="tierwise/brain", messages=[{"role": "user", "content": EASY}])
+        after = scrape(fused)
+    assert moved(before, after, "tierwise_upstream_cost_usd_total", model="small") == pytest.approx(
+        cost("small", 10, 3)
+    )
+    assert moved(before, after, "tierwise_upstream_tokens_total", model="medium", direction="out") == 4
+    assert moved(before, after, "tierwise_upstream_cost_usd_total", model="large") == 0

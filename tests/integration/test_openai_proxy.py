@@ -432,6 +432,27 @@ def test_the_cost_rides_on_the_usage_chunk_not_on_a_later_empty_one(
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "a"
 
 
+@pytest.mark.parametrize("where", ["with the finish", "none"])
+def test_a_caller_who_asked_for_usage_gets_it_last_whatever_the_upstream_sent(
+    sdk: OpenAI, up: FakeUpstream, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    """An upstream that puts usage on the finishing chunk (it still has choices) or sends none at all: the caller
+    who asked got no usage chunk, and no cost, though the call was settled (review finding)."""
+    usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    finish = _chunk("a", "stop", usage=usage) if where == "with the finish" else _chunk("a", "stop")
+    monkeypatch.setattr(fake_upstream, "_events", _raw_events([_chunk(""), finish]))
+    chunks = _streamed_with_usage(sdk)
+    last = chunks[-1]
+    assert not last.choices and last.usage is not None and last.id == "c"
+    paid = last.model_extra["tierwise"]  # type: ignore[index]
+    assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (paid["tokens_in"], paid["tokens_out"])
+    if where == "none":
+        assert paid["usage_estimated"] and paid["cost_usd"] > 0
+    else:
+        assert paid["cost_usd"] == pytest.approx(cost("small", 3, 1)) and not paid["usage_estimated"]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "a"
+
+
 def test_async_client_plain_and_streaming(url: str, up: FakeUpstream) -> None:
     async def run() -> tuple[str, str]:
         async with AsyncOpenAI(base_url=f"{url}/v1", api_key=CLIENT_KEY, max_retries=0) as client:

@@ -132,3 +132,17 @@ def test_every_service_error_has_a_4xx_or_503_status() -> None:
 
     statuses = {c.__name__: c.status for c in subclasses(ServiceError)}
     assert statuses and all(400 <= s < 500 or s == 503 for s in statuses.values()), statuses
+
+
+@pytest.mark.parametrize("field", ["task", "min_tier"])
+def test_a_long_text_option_is_refused_in_characters(field: str) -> None:
+    """Their length was checked after the storable-text check, and pydantic then says "items" (review finding)."""
+    from pydantic import ValidationError
+
+    from serving.schemas import RouteOptions
+
+    with pytest.raises(ValidationError) as err:
+        RouteOptions(**{field: "x" * 200})
+    assert "at most 128 characters" in str(err.value) and "items" not in str(err.value)
+    with pytest.raises(ValidationError, match="NUL"):
+        RouteOptions(**{field: "a\x00"})
