@@ -11,6 +11,7 @@ import errno
 import hashlib
 import logging
 import math
+import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -355,6 +356,11 @@ class LockedSession:
         return self.row
 
 
+class StoreBusy(Exception):
+    """A write asked not to wait (`wait=False`) found the SQLite file's write lock, or the held connection, taken by
+    another writer: nothing was written; do it where waiting blocks nobody (a thread, not the event loop)."""
+
+
 class OutcomeConflict(Exception):
     """An outcome id already stored with other content: a second outcome under a reused id, not a retry."""
 
@@ -540,52 +546,84 @@ class _HeldConnection:
             raw = self._statements[id(stmt)] = _RawStatement(stmt, self._engine.dialect)
         return raw
 
-    def transaction(self, work: Callable[[Execute], T]) -> T:
+    def transaction(self, work: Callable[[Execute], T], wait: bool = True) -> T:
         """`work(execute)` in one transaction, committed; `execute(stmt, values)` returns the DBAPI cursor
-        (`rowcount`, `fetchone`) or, given a list of values, runs the statement for each."""
+        (`rowcount`, `fetchone`) or, given a list of values, runs the statement for each. With `wait` False, a
+        connection or file lock another writer holds raises StoreBusy at once, with nothing written."""
+        if not self._lock.acquire(blocking=wait):
+            raise StoreBusy("the held connection is in use")
+        try:
+            return self._transaction(work, wait)
+        except sa.exc.OperationalError as exc:
+            code = getattr(exc.orig, "sqlite_errorcode", None)  # extended: SQLITE_BUSY_SNAPSHOT is busy too
+            if not wait and code is not None and code & 0xFF in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise StoreBusy(first_line(exc)) from exc
+            raise
+        finally:
+            self._lock.release()
+
+    def _transaction(self, work: Callable[[Execute], T], wait: bool) -> T:
         dbapi_error = self._engine.dialect.loaded_dbapi.Error
-        with self._lock:
-            cursors: list[Any] = []
-            last_sql: list[str] = []
+        cursors: list[Any] = []
+        last_sql: list[str] = []
 
-            def execute(stmt: sa.ClauseElement, values: dict[str, Any] | Sequence[dict[str, Any]]) -> Any:
-                raw = self._compiled(stmt)
-                last_sql[:] = [raw.sql]
-                cursor = self._conn.cursor()
-                cursors.append(cursor)
-                if isinstance(values, dict):
-                    return cursor.execute(raw.sql, raw.params(values))
-                return cursor.executemany(raw.sql, [raw.params(v) for v in values])
+        def execute(stmt: sa.ClauseElement, values: dict[str, Any] | Sequence[dict[str, Any]]) -> Any:
+            raw = self._compiled(stmt)
+            last_sql[:] = [raw.sql]
+            cursor = self._conn.cursor()
+            cursors.append(cursor)
+            if isinstance(values, dict):
+                return cursor.execute(raw.sql, raw.params(values))
+            return cursor.executemany(raw.sql, [raw.params(v) for v in values])
 
+        try:
+            if self._conn is None:  # a refused connect is the same error as a refused write
+                self._conn = self._engine.raw_connection()
+            if not wait:  # SQLite's busy timeout at 0 for this transaction: a lock held elsewhere fails at once
+                self._busy_timeout_ms(0)
             try:
-                if self._conn is None:  # a refused connect is the same error as a refused write
-                    self._conn = self._engine.raw_connection()
-                try:
-                    result = work(execute)
-                finally:
-                    for cursor in cursors:
-                        cursor.close()
-                self._conn.commit()
-            except dbapi_error as exc:
-                self.close()  # the pool's reset rolls back what this call began
-                raise sa.exc.DBAPIError.instance(
-                    last_sql[0] if last_sql else "",
-                    None,
-                    exc,
-                    dbapi_error,
-                    hide_parameters=True,
-                    dialect=self._engine.dialect,
-                ) from exc
-            except BaseException:
-                self.close()
-                raise
-            return result
+                result = work(execute)
+            finally:
+                for cursor in cursors:
+                    cursor.close()
+            self._conn.commit()
+            if not wait:
+                self._busy_timeout_ms(LOCK_WAIT_S * 1000)
+        except dbapi_error as exc:
+            self.close(wait)  # the pool's reset rolls back what this call began
+            raise sa.exc.DBAPIError.instance(
+                last_sql[0] if last_sql else "",
+                None,
+                exc,
+                dbapi_error,
+                hide_parameters=True,
+                dialect=self._engine.dialect,
+            ) from exc
+        except BaseException:
+            self.close(wait)
+            raise
+        return result
 
-    def close(self) -> None:
-        """Hand the held connection back to the engine's pool."""
+    def _busy_timeout_ms(self, ms: int) -> None:
+        cursor = self._conn.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {int(ms)}")
+        finally:
+            cursor.close()
+
+    def close(self, busy_timeout_kept: bool = True) -> None:
+        """Hand the held connection back to the engine's pool (with the default busy timeout again, or discarded)."""
         conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
+        if conn is None:
+            return
+        if not busy_timeout_kept:
+            try:
+                cursor = conn.cursor()
+                cursor.execute(f"PRAGMA busy_timeout = {LOCK_WAIT_S * 1000}")
+                cursor.close()
+            except Exception:  # a broken connection: not back into the pool with a busy timeout of 0
+                conn.invalidate()
+        conn.close()
 
 
 class Store:
@@ -770,22 +808,24 @@ class Store:
 
     # ------------------------------------------------------------------ decisions
 
-    def _write(self, work: Callable[[Execute], T], *, sessionless: bool) -> T:
+    def _write(self, work: Callable[[Execute], T], *, sessionless: bool, wait: bool = True) -> T:
         """`work(execute)` in one committed transaction. What books nothing on a session (a sessionless decision,
         its settlement) goes to the decision engine, so under decision_commit=async its commit waits for no disk.
-        On a SQLite file it runs on the engine's held connection."""
+        On a SQLite file it runs on the engine's held connection; with `wait` False, a lock another writer holds
+        raises StoreBusy at once (for the event loop, which must not wait out SQLite's busy timeout)."""
         engine = self._decision_engine() if sessionless else self.engine
         if self._sqlite_file:
-            return self._held_connection(engine).transaction(work)
+            return self._held_connection(engine).transaction(work, wait)
         with engine.begin() as conn:
             if sessionless and self.decision_commit == "async" and conn.dialect.name == "postgresql":
                 conn.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
             return work(conn.execute)
 
-    def record_decisions(self, rows: Sequence[DecisionRow]) -> None:
-        """Insert sessionless decisions (a session's are inserted with its reservation, `LockedSession`)."""
+    def record_decisions(self, rows: Sequence[DecisionRow], wait: bool = True) -> None:
+        """Insert sessionless decisions (a session's are inserted with its reservation, `LockedSession`); `wait`
+        as `_write` takes it."""
         if rows:
-            self._write(lambda execute: _insert_decisions(execute, rows, self.prompts), sessionless=True)
+            self._write(lambda execute: _insert_decisions(execute, rows, self.prompts), sessionless=True, wait=wait)
 
     def get_decisions(self, ids: Sequence[str]) -> dict[str, DecisionRow]:
         if not ids:
@@ -846,6 +886,7 @@ class Store:
         reason: str | None = None,
         sessionless: bool = False,
         at_hold: bool = False,
+        wait: bool = True,
     ) -> bool:
         """Write what serving a decision took (the proxy, once the upstream answered or failed) and book its cost on
         its session once: the reservation is released and `cost_usd` spent; a later outcome charges nothing more.
@@ -855,7 +896,7 @@ class Store:
         settlement is then committed like the decision was (decision_commit). `at_hold`: the call was answered but
         what it cost is lost (a spooled settlement that could not be read); its cost is the decision's hold on its
         session, the most the call could cost, or its expected cost when it held nothing, so no cap is undercounted
-        and the session's room is not held for good. Whether this call settled it.
+        and the session's room is not held for good. `wait` as `_write` takes it. Whether this call settled it.
 
         On a SQLite file this runs on a held connection: the proxy settles every answer before sending it, and
         SQLAlchemy's per-transaction overhead was most of the settlement's time."""
@@ -879,7 +920,7 @@ class Store:
             execute(_RECORD_SERVED, {**served, "s_cost_usd": cost})
             return _settle(execute, decision_id, cost or 0.0)
 
-        return self._write(work, sessionless=sessionless)
+        return self._write(work, sessionless=sessionless, wait=wait)
 
     def _decision_hash(self, conn: Connection, r: OutcomeRow) -> str | None:
         """The stored prompt hash of an outcome's decision, when the outcome has no text of its own to hash."""

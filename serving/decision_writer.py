@@ -8,8 +8,9 @@ is retried request by request, so one request's refused value fails that request
 
 Where a commit waits for neither the disk nor the network (`Store.decision_commit_is_local`: SQLite with
 decision_commit=async, about 0.1 ms), the write commits on the event loop instead: the two thread hops cost
-more than such a commit, and grouping saves little where a commit does not wait. The stores whose commit
-waits (durable SQLite's fsync, PostgreSQL's round trip) keep the thread and the grouping.
+more than such a commit, and grouping saves little where a commit does not wait. Unless another writer holds the
+file (another worker, a purge): then the commit is the thread's, and the loop does not wait out the lock. The
+stores whose commit waits (durable SQLite's fsync, PostgreSQL's round trip) keep the thread and the grouping.
 
 SQLite checkpoints the WAL inside the commit that passes 1000 pages (about one /route in 200): 1-15 ms on that
 request, the p99 of /route. For the local commits a thread of the writer checkpoints every `checkpoint_interval_s`
@@ -26,7 +27,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from infra.store import DecisionRow, Store
+from infra.store import DecisionRow, Store, StoreBusy
 
 logger = logging.getLogger(__name__)
 
@@ -61,9 +62,13 @@ class DecisionWriter:
         if after is not None:
             await after.wait()
         if self.store.decision_commit_is_local:
-            self.store.record_decisions(rows)
-            self._checkpoints.due()
-            return
+            try:
+                self.store.record_decisions(rows, wait=False)
+            except StoreBusy:  # another writer (a worker, a purge) holds the file: wait in the thread, not here
+                logger.debug("decision commit would wait for another writer: committed by the writer thread")
+            else:
+                self._checkpoints.due()
+                return
         loop = asyncio.get_running_loop()
         pending = _Pending(rows, loop.create_future(), loop)
         self._start()

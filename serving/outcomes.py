@@ -128,11 +128,12 @@ class OutcomeRecorder:
                 logger.exception("inline spool replay failed; the replay timer will retry")
         return OutcomesResponse(outcome_ids=ids, recorded=new)
 
-    def settle_decision(self, decision_id: str, **usage: Any) -> None:
-        """The proxy's settlement of a decision it served (`Store.settle_decision`). With the store unreachable it is
-        spooled and replayed like an outcome: an answered call's real cost is booked once the store is back."""
+    def settle_decision(self, decision_id: str, wait: bool = True, **usage: Any) -> None:
+        """The proxy's settlement of a decision it served (`Store.settle_decision`, `wait` as it takes it). With the
+        store unreachable it is spooled and replayed like an outcome: an answered call's real cost is booked once
+        the store is back."""
         try:
-            self.store.settle_decision(decision_id, **usage)
+            self.store.settle_decision(decision_id, wait=wait, **usage)
         except SQLAlchemyError as exc:
             if not is_outage(exc):
                 raise

@@ -18,7 +18,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from infra.settings import Settings
-from infra.store import SERVED_BY_PROXY, Store
+from infra.store import SERVED_BY_PROXY, Store, StoreBusy
 from router.schema import Tier
 from serving.errors import ServiceError
 from serving.metrics import UpstreamMetrics
@@ -174,11 +174,16 @@ class Proxy:
     def settler(self, store: Store, on_loop: bool) -> Settle:
         """The decision's settlement: on the event loop where its commit waits for neither the disk nor the network
         (a sessionless decision on SQLite with decision_commit=async: ~0.1 ms, less than the two thread hops, as the
-        decision's own commit does), else in the threadpool."""
+        decision's own commit does, unless another writer holds the file), else in the threadpool."""
         book: Callable[..., Any] = self.recorder.settle_decision if self.recorder is not None else store.settle_decision
 
         async def settle(decision_id: str, **usage: Any) -> Any:
-            return book(decision_id, **usage) if on_loop else await run_in_threadpool(book, decision_id, **usage)
+            if on_loop:
+                try:
+                    return book(decision_id, **usage, wait=False)
+                except StoreBusy:  # another writer holds the file: wait for it in the threadpool, not on the loop
+                    pass
+            return await run_in_threadpool(book, decision_id, **usage)
 
         return settle
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from infra.store import DecisionRow, Store
+from infra.store import DecisionRow, Store, StoreBusy
 from serving.decision_writer import DecisionWriter
 from serving.routing import INLINE_CHARS, INLINE_PROMPTS
 from tests.integration.conftest import CLIENT_KEY, bearer
@@ -65,11 +65,11 @@ def test_a_refused_request_fails_alone(store: Store) -> None:
     record = store.record_decisions
     gate = threading.Event()
 
-    def picky_record(rows: Sequence[DecisionRow]) -> None:
+    def picky_record(rows: Sequence[DecisionRow], wait: bool = True) -> None:
         gate.wait(10)
         if any(r.prompt == "refused" for r in rows):
             raise ValueError("refused value")
-        record(rows)
+        record(rows, wait)
 
     store.record_decisions = picky_record  # type: ignore[method-assign]
     writer = DecisionWriter(store)
@@ -115,10 +115,10 @@ def test_a_commit_that_waits_for_nothing_is_made_on_the_loop(tmp_path: Path, mod
     rows, refused = [_row(), _row()], [_row()]
     record = store.record_decisions
 
-    def picky_record(batch: Sequence[DecisionRow]) -> None:
+    def picky_record(batch: Sequence[DecisionRow], wait: bool = True) -> None:
         if batch[0].id == refused[0].id:
             raise ValueError("refused value")
-        record(batch)
+        record(batch, wait)
 
     store.record_decisions = picky_record  # type: ignore[method-assign]
 
@@ -204,3 +204,44 @@ def test_every_path_stores_its_decisions_before_answering(
     assert r.status_code == 200, r.text
     ids = [d["decision_id"] for d in r.json().get("decisions", [r.json()])]
     assert set(store.get_decisions(ids)) == set(ids)
+
+
+def test_a_local_commit_waits_for_another_writers_lock_in_the_thread_not_on_the_loop(tmp_path: Path) -> None:
+    """On the loop it waited out SQLite's busy timeout: another worker or a purge holding the file's write lock
+    stalled every request of this worker, open streams included (review finding: /ping took 5 s)."""
+    import sqlite3
+
+    path = tmp_path / "local.db"
+    store = Store(f"sqlite:///{path}")
+    store.migrate()
+    store.decision_commit = "async"
+    writer = DecisionWriter(store)
+    earlier = _row()
+    asyncio.run(writer.write([earlier]))  # the held connection is open, as in a running service
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the write lock, as another worker's long transaction holds it
+    row = _row()
+
+    async def main() -> int:
+        ticks = 0
+        task = asyncio.create_task(writer.write([row]))
+        while ticks < 20:  # the loop runs on while the write waits
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert not task.done()  # the lock is still held: not committed, not answered
+        with pytest.raises(StoreBusy):  # the door's settlement on the loop does not wait either
+            store.settle_decision(earlier.id, cost_usd=0.01, tokens_in=1, tokens_out=1, latency_ms=1.0,
+                                  served_model="m", sessionless=True, wait=False)  # fmt: skip
+        other.execute("COMMIT")
+        await asyncio.wait_for(task, 30)
+        return ticks
+
+    try:
+        assert asyncio.run(main()) == 20
+    finally:
+        writer.close()
+        other.close()
+    assert set(store.get_decisions([row.id])) == {row.id}
+    settled = store.settle_decision(row.id, cost_usd=0.01, tokens_in=1, tokens_out=1, latency_ms=1.0,
+                                    served_model="m", sessionless=True, wait=False)  # fmt: skip
+    assert settled  # the held connection is back at its busy timeout, and usable without waiting when free
