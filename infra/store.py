@@ -538,6 +538,7 @@ class _HeldConnection:
         self._engine = engine
         self._statements: dict[int, _RawStatement] = {}
         self._conn: Any = None
+        self._busy_ms = LOCK_WAIT_S * 1000  # the connection's busy timeout (the engine connects with this one)
         self._lock = threading.Lock()
 
     def _compiled(self, stmt: sa.ClauseElement) -> _RawStatement:
@@ -579,18 +580,17 @@ class _HeldConnection:
         try:
             if self._conn is None:  # a refused connect is the same error as a refused write
                 self._conn = self._engine.raw_connection()
-            if not wait:  # SQLite's busy timeout at 0 for this transaction: a lock held elsewhere fails at once
-                self._busy_timeout_ms(0)
+            # SQLite's busy timeout at 0 when not waiting: a lock held elsewhere fails at once (set only on a change,
+            # so the loop's commits, which never wait, pay for no pragma)
+            self._busy_timeout_ms(LOCK_WAIT_S * 1000 if wait else 0)
             try:
                 result = work(execute)
             finally:
                 for cursor in cursors:
                     cursor.close()
             self._conn.commit()
-            if not wait:
-                self._busy_timeout_ms(LOCK_WAIT_S * 1000)
         except dbapi_error as exc:
-            self.close(wait)  # the pool's reset rolls back what this call began
+            self.close()  # the pool's reset rolls back what this call began
             raise sa.exc.DBAPIError.instance(
                 last_sql[0] if last_sql else "",
                 None,
@@ -600,29 +600,32 @@ class _HeldConnection:
                 dialect=self._engine.dialect,
             ) from exc
         except BaseException:
-            self.close(wait)
+            self.close()
             raise
         return result
 
     def _busy_timeout_ms(self, ms: int) -> None:
-        cursor = self._conn.cursor()
-        try:
-            cursor.execute(f"PRAGMA busy_timeout = {int(ms)}")
-        finally:
-            cursor.close()
+        if ms != self._busy_ms:
+            cursor = self._conn.cursor()
+            try:
+                cursor.execute(f"PRAGMA busy_timeout = {int(ms)}")
+            finally:
+                cursor.close()
+            self._busy_ms = ms
 
-    def close(self, busy_timeout_kept: bool = True) -> None:
-        """Hand the held connection back to the engine's pool (with the default busy timeout again, or discarded)."""
+    def close(self) -> None:
+        """Hand the held connection back to the engine's pool, with the engine's busy timeout."""
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if not busy_timeout_kept:
+        if self._busy_ms != LOCK_WAIT_S * 1000:
             try:
-                cursor = conn.cursor()
-                cursor.execute(f"PRAGMA busy_timeout = {LOCK_WAIT_S * 1000}")
-                cursor.close()
+                self._conn = conn
+                self._busy_timeout_ms(LOCK_WAIT_S * 1000)
             except Exception:  # a broken connection: not back into the pool with a busy timeout of 0
                 conn.invalidate()
+            finally:
+                self._conn, self._busy_ms = None, LOCK_WAIT_S * 1000
         conn.close()
 
 
