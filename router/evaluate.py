@@ -313,6 +313,22 @@ def aiq_draws(choices: np.ndarray, scores: np.ndarray, costs: np.ndarray, W: np.
     return _aiqs(W @ costs[rows, choices].T, W @ scores[rows, choices].T, W @ costs)
 
 
+SHUFFLED = "router, decisions shuffled"
+SHUFFLES = 8
+
+
+def shuffled_draws(
+    choices: np.ndarray, scores: np.ndarray, costs: np.ndarray, W: np.ndarray, seed: int, n_perm: int = SHUFFLES
+) -> dict[str, np.ndarray]:
+    """`aiq_draws` of a decision matrix's decisions dealt to the prompts at random (each setting keeps its share of
+    every tier, without the signal), averaged over `n_perm` shuffles: the no-signal null with the router's own
+    hull optimism. The upper hull of many settings' realised points picks their noise, so a router with no signal
+    at all beat the zero router's few points "beyond the CI" on half of the generated logs tried."""
+    rng = np.random.default_rng(seed)
+    runs = [aiq_draws(choices[:, rng.permutation(choices.shape[1])], scores, costs, W) for _ in range(n_perm)]
+    return {k: np.mean([r[k] for r in runs], axis=0) for k in runs[0]}
+
+
 def zero_router_draws(scores: np.ndarray, costs: np.ndarray, W: np.ndarray) -> dict[str, np.ndarray]:
     """AIQ and range AIQ of the zero router (RouterBench): the hull of the single tiers, i.e. their random mix."""
     return _aiqs(W @ costs, W @ scores, W @ costs)

@@ -93,6 +93,8 @@ def _with_ci(out: pd.DataFrame, draws: dict[str, dict[str, np.ndarray]]) -> pd.D
     """Bootstrap 95% CI columns for AIQ (and the share-axis APGR), and the paired difference from the router."""
     ref = draws["router"]
     for method, d in draws.items():
+        if method not in out.index:  # evidence for the gate only (ev.SHUFFLED)
+            continue
         for metric in ("AIQ", "APGR_share"):
             if metric not in d:
                 continue
@@ -136,6 +138,7 @@ def evaluate_router(
         curves[f"tier:{n}"] = ev.point(S[:, j], C[:, j])
     curves["random mix"] = ev.Curve(C.mean(axis=0), S.mean(axis=0))
     draws["random mix"] = ev.zero_router_draws(S, C, W)
+    draws[ev.SHUFFLED] = ev.shuffled_draws(choices["router"], S, C, W, seed + 2000)  # the gate's, not a table row
     single = ev.single_tier_draws(S, C, W)
     best_tier = names[max(range(len(names)), key=lambda j: single[f"AIQ:{j}"][0])]
     draws[f"tier:{best_tier}"] = {"AIQ": single["AIQ"]}

@@ -103,6 +103,15 @@ def beats_zero_router(evidence: GateEvidence) -> CheckResult:
     return _beats(evidence, "random mix", "beats_zero_router", "the zero router (random mix of tiers)")
 
 
+def beats_its_decisions_shuffled(evidence: GateEvidence) -> CheckResult | None:
+    """Beats its own decisions dealt to the prompts at random (every knob setting keeps its share of each tier):
+    a router without signal ties it, though its hull, the best of many noisy points, beats the zero router's few
+    (None for an evaluation from before this null was drawn)."""
+    if ev.SHUFFLED not in evidence.evaluation.draws:
+        return None
+    return _beats(evidence, ev.SHUFFLED, "beats_its_decisions_shuffled", "its own decisions shuffled across prompts")
+
+
 def beats_best_single_tier(evidence: GateEvidence) -> CheckResult:
     """Beats always sending every prompt to the tier with the best AIQ on its own."""
     best = next(m for m in evidence.evaluation.draws if m.startswith("tier:"))
@@ -163,6 +172,7 @@ def same_tiers_as_champion(evidence: GateEvidence) -> CheckResult | None:
 CHECKS: tuple[Check, ...] = (
     enough_test_prompts,
     beats_zero_router,
+    beats_its_decisions_shuffled,
     beats_best_single_tier,
     same_tiers_as_champion,
     not_worse_than_champion,

@@ -36,8 +36,11 @@ def test_a_40_prompt_two_model_log_is_not_champion_and_says_why(tmp_path) -> Non
     assert "enough_test_prompts" in failed
     assert "kept as challenger" in verdict.message and "enough_test_prompts" in verdict.message
     (warning,) = verdict.warnings
+    split = split_log(log, parse_tiers(TWO_TIERS), 0.3, 0)
+    held = int((split.test & split.table.complete).sum())
+    assert held < 50
     assert (
-        "40 prompts (12 held out with an outcome of every tier, the prompts the checks compare on) over 2 tiers"
+        f"40 prompts ({held} held out with an outcome of every tier, the prompts the checks compare on) over 2 tiers"
         in warning
     )
 
@@ -50,16 +53,25 @@ def good(tmp_path_factory: pytest.TempPathFactory) -> EvalResult:
 def test_a_clearly_good_model_is_champion(good: EvalResult) -> None:
     verdict = run_gate(GateEvidence(good, n_prompts=700))
     assert verdict.alias == "champion", verdict.message
-    assert {c.name for c in verdict.checks} == {"enough_test_prompts", "beats_zero_router", "beats_best_single_tier"}
+    assert {c.name for c in verdict.checks} == {
+        "enough_test_prompts",
+        "beats_zero_router",
+        "beats_its_decisions_shuffled",
+        "beats_best_single_tier",
+    }
     assert verdict.warnings == []
 
 
-def test_a_router_without_signal_is_challenger_even_on_a_large_log(tmp_path) -> None:
-    log = make_log(700, seed=2)
+@pytest.mark.parametrize("seed", [2, 3, 5])
+def test_a_router_without_signal_is_challenger_even_on_a_large_log(tmp_path, seed: int) -> None:
+    """Its hull, the best of its many noisy points, beat the zero router "beyond the CI" on every such log tried
+    (make_log seeds 2-17, 2026-11-28; 4 of 8 router/log seeds under the earlier drawn split) and made it champion;
+    its own decisions shuffled across prompts carry the same optimism, and it beat them on none."""
+    log = make_log(700, seed=seed)
     log["prompt"] = log["prompt_id"].map(lambda p: f"question {p}")  # the kind word (the signal) is gone
     verdict = run_gate(GateEvidence(_evaluate(log, TIERS_TOML, tmp_path), n_prompts=700))
     assert verdict.alias == "challenger"
-    assert "beats_zero_router" in {c.name for c in verdict.failed}
+    assert "beats_its_decisions_shuffled" in {c.name for c in verdict.failed}
 
 
 @pytest.mark.parametrize(("champion_aiq", "alias"), [(0.0, "champion"), (0.8, "champion"), (0.8 + 1e-9, "challenger")])
