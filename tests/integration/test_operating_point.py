@@ -91,8 +91,10 @@ def test_stored_operating_point_round_trip(tmp_path: Path, monkeypatch: pytest.M
         assert "- 123 x cost" in body["reason"], body["reason"]
 
     # Recalibrate to a cheaper operating point and register it: a new version, the alias moved, loadable alone.
-    new_knob = held_out_knob(Router(artifact, embedder=emb, cache=cache), split, KnobGoal("cost", 0.3))
-    assert new_knob.cost_weight > knob.cost_weight
+    top_cost = float(split.table.costs[split.test][:, -1].mean())
+    cheaper = KnobGoal("cost", 0.5 * knob.realised_cost_usd / top_cost)  # half the stored point's mean cost
+    new_knob = held_out_knob(Router(artifact, embedder=emb, cache=cache), split, cheaper)
+    assert new_knob.cost_weight > knob.cost_weight and new_knob.realised_cost_usd < knob.realised_cost_usd
     version = tracking.register_recalibrated(NAME, "champion", new_knob)
     assert version == "2"
     assert str(MlflowClient().get_model_version_by_alias(NAME, "champion").version) == "2"

@@ -47,12 +47,22 @@ def shared_embedder(backend: str) -> Embedder:
     return make_embedder(backend, onnx_dir=CACHE / "onnx", num_threads=len(os.sched_getaffinity(0)))
 
 
+FLOOR_SPLIT_RULE = "draw"
+"""The split every floor of these tests was measured on: seed 0's draw, `make train`'s split until 2026-11-28 (949
+held-out prompts). `make train` now splits by a hash of each prompt (router.evaluate.SPLIT_RULES), whose seed-0
+split holds out other prompts (946): measured there on 2026-11-28 (Intel Xeon, int8), the default router's AIQ is
+0.8422 (random mix 0.8251, kNN 0.8332), 95% of gpt-4's quality at 45.7% of its cost, ECE 0.021; with eleven tiers
+router minus boosters alone +0.0098, minus the task prior -0.0016, minus kNN +0.0170. Another split moves these
+points by more than the floors' margins (the suite's per-split spread, bench/results/quality.md), so the floors
+stay on the split they were set on rather than being re-set on the new one."""
+
+
 @pytest.fixture(scope="session")
 def split() -> Split:
     if not OUTCOMES.is_file():
         pytest.skip(f"{OUTCOMES} is missing: run `make data` (quality tests need the shared RouterBench data)")
     tiers = load_tiers(TIERS)
-    return split_log(load_outcomes(OUTCOMES, tiers), tiers, test_size=0.3, seed=0)
+    return split_log(load_outcomes(OUTCOMES, tiers), tiers, test_size=0.3, seed=0, rule=FLOOR_SPLIT_RULE)
 
 
 def _train(split: Split, backend: str, pool: Pool | None = None) -> Trained:

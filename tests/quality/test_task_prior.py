@@ -21,7 +21,7 @@ import pytest
 from infra.settings import Settings
 from router.model import DifficultyModel
 from router.schema import load_outcomes, load_tiers
-from tests.quality.conftest import CACHE, OUTCOMES, POOL, ROOT, shared_embedder
+from tests.quality.conftest import CACHE, FLOOR_SPLIT_RULE, OUTCOMES, POOL, ROOT, shared_embedder
 from training.data import load_pool_logs, pool_logs, split_log
 from training.evaluation import evaluate_artifact
 from training.fit import train_router
@@ -43,7 +43,7 @@ def eleven_tiers():
         pytest.skip(f"{missing[0]} is missing: run `make data` (quality tests need the shared data)")
     tiers = load_tiers(PER_MODEL_TIERS)
     full = load_outcomes(OUTCOMES)
-    split = split_log(load_outcomes(OUTCOMES, tiers), tiers, test_size=0.3, seed=0)
+    split = split_log(load_outcomes(OUTCOMES, tiers), tiers, test_size=0.3, seed=0, rule=FLOOR_SPLIT_RULE)
     pool = pool_logs(full, split, load_pool_logs(POOL), Settings().pool_max_prompts, seed=0)
     embedder = shared_embedder("onnx-int8")
     cache = EmbeddingCache(CACHE / "embeddings.sqlite")
