@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import urllib.parse
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
@@ -38,6 +39,18 @@ def _tiers_naming_mid(path: Path, base_url: str) -> Path:
     return path
 
 
+def _ask_mid_in_a_session(client: TestClient, session_id: str, stream: bool) -> Any:
+    """POST a door call to the mid tier in a new session capped at $1."""
+    assert client.put(f"/sessions/{session_id}", json={"cap_usd": 1.0}, headers=bearer(CLIENT_KEY)).status_code == 200
+    body = {
+        "model": "tierwise/mid",
+        "messages": [{"role": "user", "content": "hello"}],
+        "stream": stream,
+        "tierwise": {"session_id": session_id},
+    }
+    return client.post("/v1/chat/completions", json=body, headers=bearer(CLIENT_KEY))
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_model_named_in_another_script_is_served_and_settled(
     tmp_path: Path, artifact_dir: Path, stream: bool
@@ -47,14 +60,7 @@ def test_a_model_named_in_another_script_is_served_and_settled(
         app = create_app(settings=settings, model_source=LocalSource(artifact_dir), embedder=HashingEmbedder())
         with TestClient(app) as client:
             up.script(NAME, Reply(text="ni hao", usage=(10, 3)))
-            assert client.put("/sessions/s1", json={"cap_usd": 1.0}, headers=bearer(CLIENT_KEY)).status_code == 200
-            body = {
-                "model": "tierwise/mid",
-                "messages": [{"role": "user", "content": "hello"}],
-                "stream": stream,
-                "tierwise": {"session_id": "s1"},
-            }
-            r = client.post("/v1/chat/completions", json=body, headers=bearer(CLIENT_KEY))
+            r = _ask_mid_in_a_session(client, "s1", stream)
             assert r.status_code == 200, r.text
             assert r.headers["x-tierwise-model"].isascii() and r.headers["x-tierwise-tier"] == "mid"
             assert urllib.parse.unquote(r.headers["x-tierwise-model"]) == NAME
@@ -83,14 +89,7 @@ def test_a_stream_whose_response_cannot_be_built_is_settled(
             settings=proxy_settings(tmp_path, up), model_source=LocalSource(artifact_dir), embedder=HashingEmbedder()
         )
         with TestClient(app, raise_server_exceptions=False) as client:
-            assert client.put("/sessions/s2", json={"cap_usd": 1.0}, headers=bearer(CLIENT_KEY)).status_code == 200
-            body = {
-                "model": "tierwise/mid",
-                "messages": [{"role": "user", "content": "hello"}],
-                "stream": True,
-                "tierwise": {"session_id": "s2"},
-            }
-            r = client.post("/v1/chat/completions", json=body, headers=bearer(CLIENT_KEY))
+            r = _ask_mid_in_a_session(client, "s2", stream=True)
             assert r.status_code == 500
             s = client.get("/sessions/s2", headers=bearer(CLIENT_KEY)).json()
             assert s["reserved_usd"] == pytest.approx(0.0) and s["spent_usd"] > 0, s
