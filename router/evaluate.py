@@ -323,7 +323,8 @@ def shuffled_draws(
     """`aiq_draws` of a decision matrix's decisions dealt to the prompts at random (each setting keeps its share of
     every tier, without the signal), averaged over `n_perm` shuffles: the no-signal null with the router's own
     hull optimism. The upper hull of many settings' realised points picks their noise, so a router with no signal
-    at all beat the zero router's few points "beyond the CI" on half of the generated logs tried."""
+    at all beat the zero router's few points "beyond the CI" on every generated no-signal log tried (16 of 16,
+    tests/unit/test_gate.py), and this null on none."""
     rng = np.random.default_rng(seed)
     runs = [aiq_draws(choices[:, rng.permutation(choices.shape[1])], scores, costs, W) for _ in range(n_perm)]
     return {k: np.mean([r[k] for r in runs], axis=0) for k in runs[0]}
