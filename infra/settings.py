@@ -10,16 +10,22 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from platformdirs import user_cache_dir, user_data_dir
-from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic import AfterValidator, AliasChoices, Field, SecretStr, StringConstraints, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 EmbedderBackend = Literal["torch", "onnx-fp32", "onnx-int8", "static"]
 
 
 MAX_RETENTION_DAYS = 100_000  # about 270 years: a cutoff date Python can still compute
+
+
+# An API key's sha256 as hex, compared lowercased as the key ring compares it (an uppercase digest matched no key).
+KeyHash = Annotated[
+    str, StringConstraints(strip_whitespace=True, pattern=r"^[0-9a-fA-F]{64}$"), AfterValidator(str.lower)
+]
 
 
 class Settings(BaseSettings):
@@ -150,7 +156,7 @@ class Settings(BaseSettings):
     exploration_boundary_target_step: float = Field(
         0.1, gt=0, le=1, description="the neighbouring operating points of a quality target: the target plus/minus this"
     )
-    exploration_opt_out_keys: list[str] = Field(
+    exploration_opt_out_keys: list[KeyHash] = Field(
         default_factory=list, description="sha256 hex digests of API keys whose requests never explore"
     )
     prompt_storage: Literal["text", "hash", "none"] = Field(

@@ -146,3 +146,16 @@ def test_a_long_text_option_is_refused_in_characters(field: str) -> None:
     assert "at most 128 characters" in str(err.value) and "items" not in str(err.value)
     with pytest.raises(ValidationError, match="NUL"):
         RouteOptions(**{field: "a\x00"})
+
+
+def test_exploration_opt_out_keys_match_as_the_key_ring_does() -> None:
+    """The key ring lowercases key hashes; the opt-out list compared them raw, so an uppercase digest (which
+    TIERWISE_API_KEYS accepts) silently opted nobody out (review finding). A value that is no sha256 is refused."""
+    from pydantic import ValidationError
+
+    from infra.settings import Settings
+
+    digest = hash_key("secret-key")
+    assert Settings(exploration_opt_out_keys=[f" {digest.upper()} "]).exploration_opt_out_keys == [digest]
+    with pytest.raises(ValidationError, match="exploration_opt_out_keys"):
+        Settings(exploration_opt_out_keys=["secret-key"])
