@@ -232,6 +232,22 @@ class Settings(BaseSettings):
         return self
 
 
+def settings_error(exc: Exception) -> str | None:
+    """A bad TIERWISE_* value as one line naming the variable (for the CLI and `python -m serving`), None when `exc`
+    is no settings error."""
+    from pydantic import ValidationError
+    from pydantic_settings import SettingsError
+
+    if isinstance(exc, SettingsError):  # a value pydantic-settings could not even parse (JSON of a list field)
+        return f"the environment's TIERWISE_* settings: {exc}"
+    if not isinstance(exc, ValidationError):
+        return None
+    # A field that failed makes the fields defaulted from it fail too ("default_factory_not_called"): noise.
+    errors = [e for e in exc.errors() if e["type"] != "default_factory_not_called"] or exc.errors()
+    loc, msg = errors[0]["loc"], errors[0]["msg"].removeprefix("Value error, ")
+    return f"TIERWISE_{str(loc[0]).upper()}: {msg}" if loc else f"the environment's TIERWISE_* settings: {msg}"
+
+
 def _sqlite_url(path: Path) -> str:
     """A SQLAlchemy URL for a SQLite file."""
     return f"sqlite:///{Path(path).as_posix()}"

@@ -8,7 +8,7 @@ import sys
 
 import uvicorn
 
-from infra.settings import Settings, get_settings
+from infra.settings import Settings, get_settings, settings_error
 from infra.store import Store, first_line
 from router.embedders.factory import make_embedder
 from serving.metrics import reset_multiprocess_dir
@@ -57,7 +57,13 @@ def migrate_before_fork(database_url: str) -> None:
 
 
 def main() -> None:
-    settings = get_settings()
+    try:
+        settings = get_settings()
+    except Exception as exc:  # a bad TIERWISE_* value: one line naming it, not pydantic's traceback
+        problem = settings_error(exc)
+        if problem is None:
+            raise
+        sys.exit(f"tierwise: cannot serve: {problem}")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no progress bars in the service's logs
     migrate_before_fork(settings.database_url)
     reason = preflight(settings)

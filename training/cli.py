@@ -22,7 +22,7 @@ import pandas as pd
 import typer
 from pydantic import ValidationError
 
-from infra.settings import MAX_RETENTION_DAYS, Settings, get_settings
+from infra.settings import MAX_RETENTION_DAYS, Settings, get_settings, settings_error
 from router.artifact import HeldOut, RouterArtifact
 from router.embedders.factory import backend_of, make_embedder
 from router.embedders.onnx import StaleOnnxFile
@@ -141,18 +141,13 @@ FLAG_OF_FIELD = {"quality_target": "--target", "outcomes_path": "--outcomes", "t
 
 def _environment() -> Settings:
     """The settings from the environment and defaults; a bad TIERWISE_* value is one line naming the variable."""
-    from pydantic_settings import SettingsError
-
     try:
         return get_settings()
-    except ValidationError as exc:
-        # A field that failed makes the fields defaulted from it fail too ("default_factory_not_called"): noise.
-        errors = [e for e in exc.errors() if e["type"] != "default_factory_not_called"] or exc.errors()
-        where = "_".join(str(part) for part in errors[0]["loc"][:1]).upper()
-        _fail(f"TIERWISE_{where}: {errors[0]['msg']}")
-        raise
-    except SettingsError as exc:  # a value pydantic-settings could not even parse (JSON of a list field)
-        _fail(f"the environment's TIERWISE_* settings: {exc}")
+    except Exception as exc:
+        problem = settings_error(exc)
+        if problem is None:
+            raise
+        _fail(problem)
         raise
 
 

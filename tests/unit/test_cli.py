@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import pyarrow.parquet as pq
@@ -486,6 +488,8 @@ def test_a_log_that_cannot_compare_tiers_is_one_line_before_any_fit(
         ("TIERWISE_SEED", "abc", "TIERWISE_SEED: Input should be a valid integer"),
         ("TIERWISE_EMBEDDER", "foo", "TIERWISE_EMBEDDER: Input should be"),
         ("TIERWISE_POOL_PATHS", "notjson", 'error parsing value for field "pool_paths"'),
+        # a check across fields names no single variable: it was "TIERWISE_: Value error, ..." (review finding)
+        ("TIERWISE_PROMPT_STORAGE", "hash", "the environment's TIERWISE_* settings: prompt_storage=hash needs"),
     ],
 )
 @pytest.mark.parametrize("command", [["settings"], ["route", "hi"]])
@@ -495,6 +499,21 @@ def test_a_bad_environment_value_is_one_line_naming_the_variable(monkeypatch, va
     res = runner.invoke(cli.app, command)
     assert res.exit_code == 2 and says in res.output and "Traceback" not in res.output, res.output
     assert "default_factory_not_called" not in res.output
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("TIERWISE_RETENTION_DAYS", "0", "TIERWISE_RETENTION_DAYS: Input should be greater than 0"),
+        ("TIERWISE_PROMPT_STORAGE", "hash", "prompt_storage=hash needs prompt_hash_key"),
+    ],
+)
+def test_the_service_says_a_bad_environment_value_in_one_line(tmp_path, variable: str, value: str, says: str):
+    """`python -m serving` printed pydantic's whole traceback (review finding)."""
+    env = {**os.environ, variable: value, "TIERWISE_STORE_DIR": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-m", "serving"], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and says in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr.strip().startswith("tierwise: cannot serve: ")
 
 
 @pytest.mark.parametrize("uri", ["notaurl://", "mysql://u@127.0.0.1/x"])
