@@ -589,6 +589,7 @@ def evaluate(
     _output_file("--json-out", json_out)
     _check_days("--since-days", since_days)
     if from_store:
+        _not_with_from_store({"--outcomes": outcomes, "--test-size": test_size, "--seed": seed, "--json-out": json_out})
         _evaluate_from_store(s, model_uri, since_days)
         return
     artifact = _load_artifact(s, model_uri)
@@ -644,7 +645,10 @@ def calibrate(
     s = _settings(outcomes_path=outcomes, tiers_path=tiers)
     _named_file("--tiers", tiers)
     if from_store:
-        _calibrate_from_store(s, top_share, mean_cost_usd, since_days)
+        given = {"--outcomes": outcomes, "--model-uri": model_uri, "--top-share": top_share}
+        more = {"--quality-share": quality_share, "--register": register or None}
+        _not_with_from_store({**given, **more}, " and calibrates λ for --mean-cost-usd")
+        _calibrate_from_store(s, mean_cost_usd, since_days)
         return
     artifact = _load_artifact(s, model_uri)
     s = _as_trained(s, artifact, None, None)
@@ -765,11 +769,16 @@ def _evaluate_from_store(s: Settings, model_uri: str | None, since_days: float |
         _fail(str(exc))
 
 
-def _calibrate_from_store(s: Settings, top_share: float | None, mean_cost: float | None, since: float | None) -> None:
+def _not_with_from_store(flags: dict[str, object], instead: str = "") -> None:
+    """Refuse the flags --from-store does not use, naming them (they were ignored, the command succeeding)."""
+    given = [name for name, value in flags.items() if value is not None]
+    if given:
+        _fail(f"--from-store reads the service's logged traffic{instead}: {', '.join(given)} is for the held-out log")
+
+
+def _calibrate_from_store(s: Settings, mean_cost: float | None, since: float | None) -> None:
     from training.ope_cli import calibrate_from_store
 
-    if mean_cost is None:
-        _fail(f"--from-store calibrates λ for --mean-cost-usd; --top-share {top_share} is for the held-out log")
     try:
         typer.echo(calibrate_from_store(s, _store_tier_names(s), float(mean_cost or 0.0), since, n_boot=1000))
     except (ValueError, TiersConfigError) as exc:

@@ -857,3 +857,23 @@ def test_training_with_every_tier_priced_at_zero_warns_up_front(tmp_path, monkey
         res = runner.invoke(cli.app, ["train", "--outcomes", str(log), "--tiers", str(tiers)])
         assert res.exit_code == 2 and "stopped before the fit" in res.output, res.output
         assert ("every tier of" in res.output and "is priced at 0" in res.output) == warned, res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["evaluate", "--from-store", "--json-out", "e.json"], "--json-out"),
+        (["evaluate", "--from-store", "--seed", "3"], "--seed"),
+        (["calibrate", "--from-store", "--mean-cost-usd", "0.001", "--register"], "--register"),
+        (["calibrate", "--from-store", "--mean-cost-usd", "0.001", "--model-uri", "models:/x@champion"], "--model-uri"),
+        (["calibrate", "--from-store", "--quality-share", "0.9"], "--quality-share"),
+    ],
+)
+def test_from_store_refuses_the_flags_it_does_not_use(tmp_path, monkeypatch, args: list[str], named: str):
+    """They were ignored with exit code 0: no JSON written, nothing registered, and --quality-share was reported as
+    "--top-share None" (review finding)."""
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(cli.app, args)
+    assert res.exit_code == 2, res.output
+    assert f"{named} is for the held-out log" in res.output and "None" not in res.output, res.output
+    assert not (tmp_path / "e.json").exists()
