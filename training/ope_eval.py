@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from router.ope import LoggedDecisions, PolicyEstimate, Unsupported, compare, estimate, one_hot
+from router.ope import MIN_LOGGED, LoggedDecisions, PolicyEstimate, Unsupported, compare, estimate, one_hot
 from router.policy import lambda_for_cost, lambda_grid, tradeoff
 from router.routing import Router
 from training.ope_data import LoggedTraffic
@@ -97,7 +97,12 @@ def evaluate_traffic(
         except ValueError as exc:
             rows.append(Refusal("candidate model", str(exc)))
         else:
-            rows.append(_try(f"candidate model ({len(sub)} decisions with text)", probs, sub, names, n_boot, seed))
+            if len(sub) < MIN_LOGGED:  # a store partly written without text: refuse this row, not the whole table
+                why = f"only {len(sub)} of {len(logged)} logged decisions kept prompt text; it needs {MIN_LOGGED}"
+                rows.append(Refusal("candidate model", why))
+            else:
+                name = f"candidate model ({len(sub)} decisions with text)"
+                rows.append(_try(name, probs, sub, names, n_boot, seed))
     return rows
 
 

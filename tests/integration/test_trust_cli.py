@@ -180,6 +180,15 @@ def test_a_candidate_is_evaluated_on_the_prompts_with_text(env: str, tmp_path: P
     assert not isinstance(cand, Refusal) and "300 decisions with text" in cand.name
     diff, low, high, n = gate_difference(candidate, traffic, 0.7, n_boot=200)
     assert low <= diff <= high and n == 300
+    # A store written partly without text (the storage mode changed): the candidate's row is refused, the rest
+    # estimated (the whole table failed with "need at least 30": review finding).
+    with store.engine.begin() as conn:
+        kept = conn.execute(sa.select(decisions.c.id).limit(5)).scalars().all()
+        conn.execute(decisions.update().where(decisions.c.id.not_in(kept)).values(prompt=None))
+    rows = evaluate_traffic(load_traffic(store, NAMES), candidate, target=0.7, n_boot=50)
+    [cand] = [r for r in rows if r.name.startswith("candidate")]
+    assert isinstance(cand, Refusal) and "only 5 of 300 logged decisions kept prompt text" in cand.reason
+    assert any(not isinstance(r, Refusal) for r in rows)  # the logged model's rows are still estimated
     # Without text, a candidate cannot be scored: said plainly.
     with store.engine.begin() as conn:
         conn.execute(decisions.update().values(prompt=None))
