@@ -361,6 +361,15 @@ class StoreBusy(Exception):
     another writer: nothing was written; do it where waiting blocks nobody (a thread, not the event loop)."""
 
 
+class DecisionGone(Exception):
+    """An outcome's decision was deleted (its session's data was) after the outcome was checked against it: nothing
+    of the batch was written."""
+
+    def __init__(self, decision_id: str):
+        super().__init__(f"unknown decision_id {decision_id}: it was deleted")
+        self.decision_id = decision_id
+
+
 class OutcomeConflict(Exception):
     """An outcome id already stored with other content: a second outcome under a reused id, not a retry."""
 
@@ -456,6 +465,7 @@ _MARK_SETTLED_BY_OUTCOME = _MARK_SETTLED.where(decisions.c.served_by.is_(None))
 _RESERVATION_OF = sa.select(decisions.c.session_id, decisions.c.reserved_usd).where(
     decisions.c.id == sa.bindparam("d_id")
 )
+_DECISION_EXISTS = sa.select(decisions.c.id).where(decisions.c.id == sa.bindparam("d_id"))
 _HOLD_OF = sa.select(decisions.c.reserved_usd, decisions.c.expected_cost_usd).where(
     decisions.c.id == sa.bindparam("d_id")
 )
@@ -874,6 +884,11 @@ class Store:
                 new += 1
                 if r.decision_id is not None:
                     conn.execute(_LOCK_SESSION_OF, {"d_id": r.decision_id})
+                    # Checked after the insert, which holds SQLite's write lock (PostgreSQL: the session's row lock,
+                    # which delete_session takes first): a session deleted since the caller resolved the decision
+                    # left this outcome behind with its prompt, an orphan (review finding).
+                    if conn.execute(_DECISION_EXISTS, {"d_id": r.decision_id}).first() is None:
+                        raise DecisionGone(r.decision_id)
                     _settle(conn.execute, r.decision_id, r.cost_usd, by_outcome=True)
         return new
 
@@ -1000,6 +1015,7 @@ class Store:
     def delete_session(self, session_id: str) -> tuple[int, int, int]:
         """Delete a session with its decisions and outcomes; how many sessions (0 or 1), decisions and outcomes."""
         with self.engine.begin() as conn:
+            _lock_sessions(conn, sa.select(sa.literal(session_id)))  # as record_outcomes does, first
             ids = sa.select(decisions.c.id).where(decisions.c.session_id == session_id)
             n_outcomes = conn.execute(
                 outcomes.delete().where(sa.or_(outcomes.c.session_id == session_id, outcomes.c.decision_id.in_(ids)))

@@ -27,7 +27,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
-from infra.store import SERVED_BY_PROXY, DecisionRow, OutcomeConflict, OutcomeRow, Store, first_line
+from infra.store import SERVED_BY_PROXY, DecisionGone, DecisionRow, OutcomeConflict, OutcomeRow, Store, first_line
 from router.schema import TiersConfig
 from serving.errors import (
     Conflict,
@@ -70,7 +70,7 @@ def is_outage(exc: BaseException) -> bool:
 
 def is_refusal(exc: BaseException) -> bool:
     """Whether the store refused the data itself: retrying the same record can never succeed."""
-    if isinstance(exc, OutcomeConflict):
+    if isinstance(exc, OutcomeConflict | DecisionGone):
         return True
     return isinstance(exc, DataError | IntegrityError | UnicodeEncodeError) and not is_outage(exc)
 
@@ -112,6 +112,8 @@ class OutcomeRecorder:
             new = self.store.record_outcomes(rows)
         except OutcomeConflict as exc:
             raise Conflict(f"{conflict_detail(exc)}; nothing was written") from None
+        except DecisionGone as exc:  # its session was deleted since it was resolved
+            raise NotFound(f"{exc}; nothing was written") from None
         except (SQLAlchemyError, UnicodeEncodeError) as exc:
             if is_refusal(exc):
                 # Only the class: a driver's message may quote the refused value.
@@ -313,7 +315,7 @@ class OutcomeRecorder:
                 rejects.append((r, exc.detail, None))
         try:
             self.store.record_outcomes([row for _, row in resolved])
-        except (SQLAlchemyError, UnicodeEncodeError, OutcomeConflict) as exc:
+        except (SQLAlchemyError, UnicodeEncodeError, OutcomeConflict, DecisionGone) as exc:
             if not is_refusal(exc):
                 raise
             for r, row in resolved:
@@ -321,6 +323,8 @@ class OutcomeRecorder:
                     self.store.record_outcomes([row])
                 except OutcomeConflict as conflict:  # names the id and fields, never their values
                     rejects.append((r, conflict_detail(conflict), None))
+                except DecisionGone as gone:
+                    rejects.append((r, str(gone), None))
                 except (SQLAlchemyError, UnicodeEncodeError) as one:
                     if not is_refusal(one):
                         raise

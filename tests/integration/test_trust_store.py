@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from infra.prompt_policy import NOT_STORED, PromptPolicy
-from infra.store import SERVED_BY_PROXY, DecisionRow, OutcomeRow, Store, decisions, outcomes
+from infra.store import SERVED_BY_PROXY, DecisionGone, DecisionRow, OutcomeRow, Store, decisions, outcomes
 
 PROMPT = "What is the capital of France?"
 
@@ -216,6 +216,26 @@ def test_purge_and_delete_session(url: str) -> None:
     assert store.delete_session("s2") == (1, 2, 1)
     assert store.get_session("s2") is None and store.delete_session("s2") == (0, 0, 0)
     assert set(store.get_decisions(["d3", "d4"])) == {"d3"}
+    store.dispose()
+
+
+def test_an_outcome_whose_session_was_deleted_since_it_was_resolved_is_not_written(url: str) -> None:
+    """The service resolves an outcome's decision, then records it: a session deleted in between left the outcome
+    behind with its prompt and a decision that no longer exists, until a second delete (review finding)."""
+    store = Store(url)
+    store.migrate()
+    with store.lock_session("gone", None) as locked:
+        locked.reserve([decision(7, "gone", reserved=0.1)])
+    store.record_decisions([decision(8)])
+    assert set(store.get_decisions(["d7"])) == {"d7"}  # resolved
+    assert store.delete_session("gone") == (1, 1, 0)
+    late = OutcomeRow(id="late", decision_id="d7", prompt=PROMPT, model="small", score=1, cost_usd=0.1)
+    kept = OutcomeRow(id="kept", decision_id="d8", prompt=PROMPT, model="small", score=1, cost_usd=0.1)
+    with pytest.raises(DecisionGone, match="d7"):
+        store.record_outcomes([kept, late])
+    with store.engine.connect() as conn:  # nothing of the batch was written
+        assert conn.execute(sa.select(sa.func.count()).select_from(outcomes)).scalar_one() == 0
+    assert store.record_outcomes([kept]) == 1
     store.dispose()
 
 
