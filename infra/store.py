@@ -1012,14 +1012,16 @@ class Store:
             n_outcomes = conn.execute(outcomes.delete().where(outcomes.c.created_at < before)).rowcount
         return int(n_decisions), int(n_outcomes)
 
-    def delete_session(self, session_id: str) -> tuple[int, int, int]:
-        """Delete a session with its decisions and outcomes; how many sessions (0 or 1), decisions and outcomes."""
+    def delete_session(self, session_id: str) -> tuple[int, list[str], int]:
+        """Delete a session with its decisions and outcomes: how many sessions (0 or 1), the decisions' ids (what
+        else may hold their data, the outcome spool, can be cleared of them too) and how many outcomes."""
         with self.engine.begin() as conn:
             _lock_sessions(conn, sa.select(sa.literal(session_id)))  # as record_outcomes does, first
             ids = sa.select(decisions.c.id).where(decisions.c.session_id == session_id)
             n_outcomes = conn.execute(
                 outcomes.delete().where(sa.or_(outcomes.c.session_id == session_id, outcomes.c.decision_id.in_(ids)))
             ).rowcount
-            n_decisions = conn.execute(decisions.delete().where(decisions.c.session_id == session_id)).rowcount
+            gone = decisions.delete().where(decisions.c.session_id == session_id).returning(decisions.c.id)
+            decision_ids = [str(d) for d in conn.execute(gone).scalars()]
             n_sessions = conn.execute(sessions.delete().where(sessions.c.id == session_id)).rowcount
-        return int(n_sessions), int(n_decisions), int(n_outcomes)
+        return int(n_sessions), decision_ids, int(n_outcomes)

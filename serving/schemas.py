@@ -353,6 +353,7 @@ class DeletedSession(BaseModel):
     sessions: int = Field(description="1 if the session row existed, else 0")
     decisions: int
     outcomes: int
+    spooled: int = Field(0, description="records of the session removed from the outcome spool and its quarantine")
 
 
 class ErrorResponse(BaseModel):

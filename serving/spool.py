@@ -103,6 +103,46 @@ def parse_line(line: bytes) -> tuple[list[Record], bytes | None]:
     return [], text
 
 
+def _record_of(line: bytes) -> Record | None:
+    """A spool or quarantine line's record (a quarantine entry's is under "record"); None for a torn line."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict):
+        return None
+    inner = entry.get("record")
+    return inner if isinstance(inner, dict) else entry
+
+
+def _rewrite_without(path: Path, matches: Callable[[Record], bool], offset: int) -> tuple[int, int]:
+    """Rewrite `path` (durably, by rename) without the lines whose record `matches`: how many went, and where
+    `offset` (a byte position at a line start) falls in the new file."""
+    if _size(path) == 0:
+        return 0, offset
+    kept: list[bytes] = []
+    removed, at, new_offset = 0, 0, offset
+    with open(path, "rb") as fh:
+        for line in fh:
+            record = _record_of(line)
+            if record is not None and matches(record):
+                removed += 1
+                if at < offset:
+                    new_offset -= len(line)
+            else:
+                kept.append(line)
+            at += len(line)
+    if removed:
+        tmp = path.with_name(path.name + ".rewrite")
+        with open(tmp, "wb") as out:
+            out.write(b"".join(kept))
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777)
+        os.replace(tmp, path)
+    return removed, new_offset
+
+
 class Spool:
     def __init__(self, path: Path, batch_size: int = 500):
         self.path = path
@@ -203,6 +243,24 @@ class Spool:
                 if not finished:
                     break
             return done
+
+    def remove(self, matches: Callable[[Record], bool]) -> int:
+        """Delete, for good, every record `matches` picks from the spool, the draining file (replayed part
+        included) and the quarantine; how many (a session's data deleted: its prompts must not stay here). Holds
+        both locks: no append or replay runs meanwhile. A torn line is kept (it names no session)."""
+        removed = 0
+        with self._locked("drain.lock", self._drain_lock), self._locked("lock", self._append_lock):
+            for path in (self.path, self.rejected_path):
+                n, _ = _rewrite_without(path, matches, 0)
+                removed += n
+            if _size(self.draining) > 0:
+                n, offset = _rewrite_without(self.draining, matches, self._offset())
+                removed += n
+                if n:
+                    self._save_offset(offset)  # the rewritten file's replayed part, without the removed lines
+            if removed:
+                _fsync_dir(self.path.parent)
+        return removed
 
     def _move_aside(self) -> bool:
         """Rename the spool to the draining file (under the append lock); False when it is empty."""

@@ -58,12 +58,15 @@ def spool_status(_: Admin, recorder: RecorderDep) -> SpoolStatus:
 
 
 @router.delete("/sessions/{session_id}", responses=error(404, "nothing is stored for this session"))
-def delete_session(session_id: SessionPath, _: Admin, store: StoreDep) -> DeletedSession:
-    """Delete a session with every decision and outcome recorded in it (prompt text included), for good.
-
-    Outcomes still waiting in the local spool (store outages) are written when it replays; call again after.
-    """
-    n_sessions, n_decisions, n_outcomes = store.delete_session(session_id)
-    if not (n_sessions or n_decisions or n_outcomes):
+def delete_session(session_id: SessionPath, _: Admin, store: StoreDep, recorder: RecorderDep) -> DeletedSession:
+    """Delete a session with every decision and outcome recorded in it (prompt text included), for good: from the
+    store, and from this machine's outcome spool (outcomes and settlements waiting out a store outage, and the ones
+    the store refused), which would otherwise write them back or keep their text."""
+    n_sessions, decision_ids, n_outcomes = store.delete_session(session_id)
+    ids = set(decision_ids)
+    spooled = recorder.spool.remove(lambda r: r.get("session_id") == session_id or r.get("decision_id") in ids)
+    if not (n_sessions or decision_ids or n_outcomes or spooled):
         raise NotFound(f"nothing is stored for session {session_id}")
-    return DeletedSession(session_id=session_id, sessions=n_sessions, decisions=n_decisions, outcomes=n_outcomes)
+    return DeletedSession(
+        session_id=session_id, sessions=n_sessions, decisions=len(decision_ids), outcomes=n_outcomes, spooled=spooled
+    )

@@ -91,10 +91,26 @@ def test_admin_deletes_a_sessions_data(client: TestClient) -> None:
     assert client.delete("/admin/sessions/gone", headers=C).status_code == 403
     r = client.delete("/admin/sessions/gone", headers=admin)
     assert r.status_code == 200, r.text
-    assert r.json() == {"session_id": "gone", "sessions": 1, "decisions": 1, "outcomes": 1}
+    assert r.json() == {"session_id": "gone", "sessions": 1, "decisions": 1, "outcomes": 1, "spooled": 0}
     assert len(stored(client)) == 1  # the other decision stays
     assert client.get("/sessions/gone", headers=admin).status_code == 404
     assert client.delete("/admin/sessions/gone", headers=admin).status_code == 404
+
+
+def test_deleting_a_session_clears_its_outcomes_from_the_spool(client: TestClient) -> None:
+    """Outcomes spooled in a store outage were written back (or quarantined, text and all) after the delete, and a
+    second delete found nothing to delete (review finding)."""
+    admin = bearer(ADMIN_KEY)
+    d = client.post("/route", json={"prompt": PROMPTS[0], "session_id": "mine"}, headers=C).json()
+    spool = client.app.state.recorder.spool  # type: ignore[attr-defined]
+    waiting = {"decision_id": d["decision_id"], "prompt": "SECRET prompt", "score": 1.0, "session_id": None}
+    spool.append([{"outcome_id": "o-mine", **waiting}, {"outcome_id": "o-other", "session_id": "other"}])
+    spool.reject({"outcome_id": "o-old", "session_id": "mine", "prompt": "SECRET too"}, "refused")
+    r = client.delete("/admin/sessions/mine", headers=admin)
+    assert r.status_code == 200 and r.json()["spooled"] == 2 and r.json()["decisions"] == 1, r.text
+    files = [p for p in spool.path.parent.iterdir() if p.name.startswith(spool.path.name)]
+    assert files and not any(b"SECRET" in p.read_bytes() for p in files)
+    assert b"o-other" in spool.path.read_bytes()  # another session's outcome waits on
 
 
 def test_no_exploration_where_the_policy_must_be_conservative(request: pytest.FixtureRequest) -> None:

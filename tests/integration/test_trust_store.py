@@ -213,8 +213,9 @@ def test_purge_and_delete_session(url: str) -> None:
     with store.lock_session("s2", None) as locked:
         locked.reserve([decision(4, "s2"), decision(5, "s2")])
     store.record_outcomes([OutcomeRow(id="o2", decision_id="d4", prompt=PROMPT, model="small", score=1, cost_usd=0.1)])
-    assert store.delete_session("s2") == (1, 2, 1)
-    assert store.get_session("s2") is None and store.delete_session("s2") == (0, 0, 0)
+    n_sessions, decision_ids, n_outcomes = store.delete_session("s2")
+    assert (n_sessions, sorted(decision_ids), n_outcomes) == (1, ["d4", "d5"], 1)
+    assert store.get_session("s2") is None and store.delete_session("s2") == (0, [], 0)
     assert set(store.get_decisions(["d3", "d4"])) == {"d3"}
     store.dispose()
 
@@ -228,7 +229,7 @@ def test_an_outcome_whose_session_was_deleted_since_it_was_resolved_is_not_writt
         locked.reserve([decision(7, "gone", reserved=0.1)])
     store.record_decisions([decision(8)])
     assert set(store.get_decisions(["d7"])) == {"d7"}  # resolved
-    assert store.delete_session("gone") == (1, 1, 0)
+    assert store.delete_session("gone") == (1, ["d7"], 0)
     late = OutcomeRow(id="late", decision_id="d7", prompt=PROMPT, model="small", score=1, cost_usd=0.1)
     kept = OutcomeRow(id="kept", decision_id="d8", prompt=PROMPT, model="small", score=1, cost_usd=0.1)
     with pytest.raises(DecisionGone, match="d7"):

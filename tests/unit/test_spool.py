@@ -223,3 +223,27 @@ def test_a_line_nested_past_the_parsers_depth_is_a_torn_line() -> None:
     """json.loads raises RecursionError, not ValueError, on a line nested ~200,000 deep: it stopped every replay."""
     records, torn = parse_line(b"[" * 200_000 + b"]" * 200_000)
     assert records == [] and torn is not None
+
+
+def test_remove_deletes_a_sessions_records_everywhere_and_the_rest_replays_as_before(tmp_path: Path) -> None:
+    """Deleting a session left its spooled outcomes (prompts included) to be written back by the next replay, or
+    kept in the quarantine, where the delete never looked (review finding)."""
+
+    def secret(i: int, **more: str) -> Record:
+        return {**rec(f"S{i}"), "prompt": f"SECRET {i}", **more}
+
+    spool = Spool(tmp_path / "spool.jsonl", batch_size=1)
+    spool.append([rec(1), secret(1, session_id="s"), rec(2), secret(2, decision_id="d9")])
+    first = Sink()
+    assert spool.drain(first.write, first.quarantine, max_batches=2) == 2  # X1 and S1 replayed, offset past them
+    spool.append([secret(3, session_id="s"), rec(3)])  # the spool again, beside the draining file
+    spool.reject(secret(4, decision_id="d9"), "unknown decision_id d9")
+    spool.reject(rec(4), "score out of range")
+    gone = spool.remove(lambda r: r.get("session_id") == "s" or r.get("decision_id") == "d9")
+    assert gone == 4  # S1 (in the replayed part of the draining file), S2 (after it), S3 and the quarantined S4
+    for path in tmp_path.iterdir():
+        assert b"SECRET" not in path.read_bytes(), path.name
+    rest = Sink()
+    spool.drain(rest.write, rest.quarantine)
+    assert rest.ids == ["X2", "X3"] and rest.rejected == []  # nothing replayed twice, nothing skipped
+    assert spool.rejected()[0] == 1 and spool.remove(lambda r: True) == 1 and spool.rejected()[0] == 0
