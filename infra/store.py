@@ -11,10 +11,11 @@ import errno
 import hashlib
 import logging
 import math
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -253,6 +254,10 @@ def make_engine(
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            # Owner-only, as the spool and the UI secret are: it holds prompts and key hashes (SQLite gives its WAL
+            # and shared-memory files the database's mode). An existing file keeps the mode it has.
+            with suppress(FileExistsError):
+                os.close(os.open(parsed.database, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
         engine = sa.create_engine(
             url, connect_args={"timeout": LOCK_WAIT_S, "check_same_thread": False}, hide_parameters=True
         )

@@ -362,3 +362,15 @@ def test_only_the_settlement_that_took_effect_says_so(url: str) -> None:
     session = store.get_session("s")
     assert session is not None and session.spent_usd == pytest.approx(0.1)
     store.dispose()
+
+
+def test_a_new_sqlite_store_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    """It holds prompts and key hashes; it was created 0644, world-readable (review finding)."""
+    path = tmp_path / "private.db"
+    store = Store(f"sqlite:///{path}")
+    store.migrate()
+    store.record_decisions([decision(1)])
+    for name in ("private.db", "private.db-wal", "private.db-shm"):
+        if (tmp_path / name).exists():
+            assert (tmp_path / name).stat().st_mode & 0o077 == 0, name
+    store.dispose()
