@@ -184,9 +184,13 @@ def retry_after_of(headers: Mapping[str, str]) -> float | None:
     return min(max(0.0, (when - datetime.now(UTC)).total_seconds()), MAX_RETRY_AFTER_S)
 
 
+# The most of an upstream's error message passed on and stored in the decision's reason (a 100 KB one was, whole).
+MAX_UPSTREAM_MESSAGE = 1000
+
+
 def _failure_for_status(model: str, status: int, text: str, headers: Mapping[str, str]) -> UpstreamFailure:
     try:
-        message = str(strict_json(text)["error"]["message"])
+        message = str(strict_json(text)["error"]["message"])[:MAX_UPSTREAM_MESSAGE]
     except (ValueError, KeyError, TypeError):
         message = text.strip()[:300] or f"HTTP {status}"
     detail = f"HTTP {status}: {message}"

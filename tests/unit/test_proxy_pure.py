@@ -398,3 +398,14 @@ def test_a_refusal_keeps_its_headers_as_an_openai_error() -> None:
     refused = _openai_error(Unauthorized("no key"))
     assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
     assert "retry-after" not in refused.headers
+
+
+def test_an_upstream_error_message_is_cut_before_it_is_passed_on_or_stored() -> None:
+    """A 100 KB error message from an upstream's 400 went whole into the decision's reason (review finding)."""
+    import json
+
+    from serving.proxy.upstream import MAX_UPSTREAM_MESSAGE, _failure_for_status
+
+    body = json.dumps({"error": {"message": "x" * 100_000}})
+    failure = _failure_for_status("m", 400, body, {})
+    assert failure.kind == "client" and len(failure.message) == MAX_UPSTREAM_MESSAGE
