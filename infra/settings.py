@@ -13,8 +13,16 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from platformdirs import user_cache_dir, user_data_dir
-from pydantic import AfterValidator, AliasChoices, Field, SecretStr, StringConstraints, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    Field,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 EmbedderBackend = Literal["torch", "onnx-fp32", "onnx-int8", "static"]
 
@@ -235,9 +243,6 @@ class Settings(BaseSettings):
 def settings_error(exc: Exception) -> str | None:
     """A bad TIERWISE_* value as one line naming the variable (for the CLI and `python -m serving`), None when `exc`
     is no settings error."""
-    from pydantic import ValidationError
-    from pydantic_settings import SettingsError
-
     if isinstance(exc, SettingsError):  # a value pydantic-settings could not even parse (JSON of a list field)
         return f"the environment's TIERWISE_* settings: {exc}"
     if not isinstance(exc, ValidationError):

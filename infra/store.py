@@ -597,7 +597,7 @@ class _HeldConnection:
                 self._conn = self._engine.raw_connection()
             # SQLite's busy timeout at 0 when not waiting: a lock held elsewhere fails at once (set only on a change,
             # so the loop's commits, which never wait, pay for no pragma)
-            self._busy_timeout_ms(LOCK_WAIT_S * 1000 if wait else 0)
+            self._set_busy_timeout(self._conn, LOCK_WAIT_S * 1000 if wait else 0)
             try:
                 result = work(execute)
             finally:
@@ -619,9 +619,10 @@ class _HeldConnection:
             raise
         return result
 
-    def _busy_timeout_ms(self, ms: int) -> None:
+    def _set_busy_timeout(self, conn: Any, ms: int) -> None:
+        """SQLite's busy timeout on `conn`, the held connection (a pragma only when it changes)."""
         if ms != self._busy_ms:
-            cursor = self._conn.cursor()
+            cursor = conn.cursor()
             try:
                 cursor.execute(f"PRAGMA busy_timeout = {int(ms)}")
             finally:
@@ -633,14 +634,12 @@ class _HeldConnection:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if self._busy_ms != LOCK_WAIT_S * 1000:
-            try:
-                self._conn = conn
-                self._busy_timeout_ms(LOCK_WAIT_S * 1000)
-            except Exception:  # a broken connection: not back into the pool with a busy timeout of 0
-                conn.invalidate()
-            finally:
-                self._conn, self._busy_ms = None, LOCK_WAIT_S * 1000
+        try:
+            self._set_busy_timeout(conn, LOCK_WAIT_S * 1000)
+        except Exception:  # a broken connection: not back into the pool with a busy timeout of 0
+            conn.invalidate()
+        finally:
+            self._busy_ms = LOCK_WAIT_S * 1000  # the engine's, which the next connection starts with
         conn.close()
 
 

@@ -310,13 +310,7 @@ def train(
 ) -> None:
     """Train a router on an outcome log, evaluate it, log it to MLflow and register it."""
     from training import tracking
-    from training.data import (
-        cannot_compare_tiers,
-        load_pool_logs,
-        pool_logs,
-        split_log,
-        too_few_outcomes,
-    )
+    from training.data import cannot_compare_tiers, load_pool_logs, pool_logs, split_log, too_few_outcomes
     from training.evaluation import evaluate_artifact, with_default_knob
     from training.fit import TrainResult, run_params, train_router
     from training.gate import CHECKS

@@ -116,12 +116,13 @@ def evaluate_router(
     baselines: dict[str, np.ndarray],
     n_boot: int = N_BOOT,
     seed: int = 0,
+    shuffled: bool = True,
 ) -> EvalResult:
     """Compare the router's cost–quality curve with every baseline on the complete test prompts.
 
     Every λ-swept method, the zero router (random mix of tiers), the best single tier and the oracle curve also
     get `n_boot` paired bootstrap draws over prompts (decisions fixed, prompts resampled): the CIs in the table
-    and the evidence the champion gate reads.
+    and the evidence the champion gate reads, with `shuffled` its no-signal null (ev.SHUFFLED, 8 more sweeps).
     """
     sel = test & table.complete
     S, C = table.scores[sel], table.costs[sel]
@@ -138,7 +139,8 @@ def evaluate_router(
         curves[f"tier:{n}"] = ev.point(S[:, j], C[:, j])
     curves["random mix"] = ev.Curve(C.mean(axis=0), S.mean(axis=0))
     draws["random mix"] = ev.zero_router_draws(S, C, W)
-    draws[ev.SHUFFLED] = ev.shuffled_draws(choices["router"], S, C, W, seed + 2000)  # the gate's, not a table row
+    if shuffled:  # the gate's evidence, not a table row
+        draws[ev.SHUFFLED] = ev.shuffled_draws(choices["router"], S, C, W, seed + 2000)
     single = ev.single_tier_draws(S, C, W)
     best_tier = names[max(range(len(names)), key=lambda j: single[f"AIQ:{j}"][0])]
     draws[f"tier:{best_tier}"] = {"AIQ": single["AIQ"]}
@@ -221,7 +223,8 @@ def evaluate_artifact(
     n_boot: int = N_BOOT,
 ) -> EvalResult:
     """Evaluate a fitted router on the split's test prompts (with kNN, logistic-regression and task-prior baselines,
-    and the router's boosters without the guessed task prior).
+    the router's boosters without the guessed task prior, and the gate's shuffled null; `baselines` False: the
+    router alone, as the champion comparison scores both models).
 
     The router scores through `Router`, like the service; the baselines' features come first, so with a
     cache the router reads the test prompts' embeddings back rather than embedding them again.
@@ -247,7 +250,7 @@ def evaluate_artifact(
     # At the split's tiers' prices (a tiers file may have changed them since training), as the service routes.
     router = Router(artifact, split.tiers, embedder=embedder, cache=cache)
     pred, pred_cost = router.score([p for p, t in zip(prompts, test, strict=True) if t])
-    return evaluate_router(pred, pred_cost, split.table, test, split.tiers, others, n_boot, seed)
+    return evaluate_router(pred, pred_cost, split.table, test, split.tiers, others, n_boot, seed, shuffled=baselines)
 
 
 def calibrate_knob(router: Router, split: Split, top_share: float | None, mean_cost_usd: float | None) -> str:
