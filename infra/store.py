@@ -188,6 +188,21 @@ class DecisionRow:
     input_tokens: int | None = None  # the input the caller counted and routing priced (migration 0006)
 
 
+def tier_values(values: Any, names: Sequence[str]) -> list[float] | None:
+    """A decision's per-tier JSON (`predicted_quality`, `propensities`, `expected_costs`) as floats in the order of
+    `names`, or None unless it is an object with a finite number for every tier. The service writes nothing else,
+    but a row from another version, a migration or a hand edit may: its readers skip it rather than fail."""
+    if not isinstance(values, dict):
+        return None
+    out: list[float] = []
+    for n in names:
+        v = values.get(n)
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            return None
+        out.append(float(v))
+    return out
+
+
 class OutcomeRow(OutcomeBase):
     """An outcome as the store keeps it: its id, the decision it settles and the caller who sent it."""
 

@@ -19,7 +19,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from pydantic import BaseModel
 
 from infra.settings import Settings
-from infra.store import Store, decisions, outcomes
+from infra.store import Store, decisions, outcomes, tier_values
 from router.drift import Check, cost_check, novelty_check, quality_check, recalibrated_lambda
 from serving.runtime import Runtime
 
@@ -105,9 +105,10 @@ def drift_checks(store: Store, runtime: Runtime, settings: Settings) -> list[Che
     rows = _recent_outcomes(store, version, window)
     by_tier: dict[str, tuple[list[float], list[float]]] = {}
     for tier, predicted, score, _, _ in rows:
-        if isinstance(predicted, dict) and tier in predicted:
+        p = tier_values(predicted, [tier])
+        if p is not None:
             pred, real = by_tier.setdefault(tier, ([], []))
-            pred.append(float(predicted[tier]))
+            pred.append(p[0])
             real.append(float(score))
     for tier in runtime.tiers.names:
         pred, real = by_tier.get(tier, ([], []))
@@ -150,12 +151,11 @@ def suggest_cost_weight(
     pred, cost, served, paid, novel = [], [], [], [], []
     with store.engine.connect() as conn:
         for tier, pq, ec, realised, nov, routed_model, answered_model in conn.execute(q):
-            if not (
-                isinstance(pq, dict) and isinstance(ec, dict) and tier in names and set(names) <= pq.keys() & ec.keys()
-            ):
+            p, c = tier_values(pq, names), tier_values(ec, names)
+            if p is None or c is None or tier not in names:
                 continue
-            pred.append([float(pq[n]) for n in names])
-            cost.append([float(ec[n]) for n in names])
+            pred.append(p)
+            cost.append(c)
             served.append(names.index(tier))
             answered = realised is not None and answered_model == routed_model
             paid.append(float(realised) if answered else math.nan)  # NaN: no outcome of the routed tier's model

@@ -3,8 +3,9 @@
 A decision counts when it has an outcome (its latest, by decision_id) from the model of the tier it routed to, and
 the evidence migration 0003 keeps: the logging distribution over tiers, the per-tier predictions and expected costs.
 Decisions without them (logged before 0003), with a tier the current tiers config does not know, answered by another
-model (a fallback: the outcome is not the routed tier's) or without an outcome are skipped and counted, so the
-report can say what the estimate stands on.
+model (a fallback: the outcome is not the routed tier's), without an outcome, or whose evidence is unusable (a
+per-tier value that is not a number, a served tier with a propensity outside (0, 1]: the service writes neither) are
+skipped and counted, so the report can say what the estimate stands on, naming a decision of each unusable kind.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import numpy as np
 import sqlalchemy as sa
 
 from infra.prompt_policy import NOT_STORED
-from infra.store import Store, decisions, outcomes
+from infra.store import Store, decisions, outcomes, tier_values
 from router.ope import LoggedDecisions
+
+INVALID_VALUES = "with a per-tier propensity, prediction or expected cost that is not a number"
+INVALID_PROPENSITY = "whose logged propensities are outside [0, 1] or 0 for the tier served"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ def load_traffic(store: Store, names: list[str], since: datetime | None = None, 
     )
     query = (
         sa.select(
+            decisions.c.id,
             decisions.c.tier,
             decisions.c.prompt,
             decisions.c.router_version,
@@ -90,6 +95,7 @@ def load_traffic(store: Store, names: list[str], since: datetime | None = None, 
         skipped["without an outcome yet"] = without_outcome
     explored = 0
     keep: list[tuple[int, list[float], list[float], list[float], float, float]] = []
+    unusable: dict[str, str] = {}  # reason -> the first decision skipped for it, named in the report
     prompts: list[str | None] = []
     versions: list[str] = []
     counted: list[int | None] = []
@@ -103,18 +109,17 @@ def load_traffic(store: Store, names: list[str], since: datetime | None = None, 
         if r.answered_model != r.routed_model:
             skipped["answered by another model than the routed tier's (a fallback)"] += 1
             continue
+        mu, pq, ec = (tier_values(v, names) for v in (r.propensities, r.predicted_quality, r.expected_costs))
+        if mu is None or pq is None or ec is None:
+            unusable.setdefault(INVALID_VALUES, r.id)
+            skipped[INVALID_VALUES] += 1
+            continue
+        if not 0 < mu[index[r.tier]] <= 1 or not all(0 <= m <= 1 for m in mu):
+            unusable.setdefault(INVALID_PROPENSITY, r.id)
+            skipped[INVALID_PROPENSITY] += 1
+            continue
         explored += bool(r.explored)
-        mu = [float(r.propensities[n]) for n in names]
-        keep.append(
-            (
-                index[r.tier],
-                mu,
-                [float(r.predicted_quality[n]) for n in names],
-                [float(r.expected_costs[n]) for n in names],
-                float(r.score),
-                float(r.cost_usd),
-            )
-        )
+        keep.append((index[r.tier], mu, pq, ec, float(r.score), float(r.cost_usd)))
         prompts.append(None if r.prompt is None or r.prompt == NOT_STORED else r.prompt)
         versions.append(r.router_version)
         counted.append(r.input_tokens)
@@ -130,4 +135,5 @@ def load_traffic(store: Store, names: list[str], since: datetime | None = None, 
         predicted_cost=np.array([x[3] for x in keep], dtype=float).reshape(-1, k),
         logging_probs=mu_arr,
     )
-    return LoggedTraffic(logged, prompts, versions, names, dict(skipped), counted, explored)
+    named = {f"{why} (e.g. decision {unusable[why]})" if why in unusable else why: n for why, n in skipped.items()}
+    return LoggedTraffic(logged, prompts, versions, names, named, counted, explored)

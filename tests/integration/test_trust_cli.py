@@ -23,7 +23,7 @@ from tests.integration.conftest import write_tiers
 from training import cli
 from training.data import pivot_log, split_log
 from training.fit import train_router
-from training.ope_data import load_traffic
+from training.ope_data import INVALID_PROPENSITY, INVALID_VALUES, load_traffic
 from training.ope_eval import Refusal, candidate_policy, evaluate_traffic, gate_difference
 
 runner = CliRunner()
@@ -196,6 +196,27 @@ def test_a_candidate_is_evaluated_on_the_prompts_with_text(env: str, tmp_path: P
     [cand] = [r for r in rows if r.name.startswith("candidate")]
     assert isinstance(cand, Refusal) and "no prompt text" in cand.reason
     store.dispose()
+
+
+def test_decisions_with_unusable_evidence_are_skipped_and_named(env: str) -> None:
+    """A stored per-tier value that is not a number, or a served tier logged at propensity 0, is skipped, counted
+    and named by decision id (they failed the whole command with a TypeError or an unnamed ValueError)."""
+    fill_store(env, epsilon=0.3, n=60)
+    store = Store(env)
+    with store.engine.begin() as conn:
+        conn.execute(decisions.update().where(decisions.c.id == "d1").values(predicted_quality={"main": None}))
+        conn.execute(decisions.update().where(decisions.c.id == "d2").values(expected_costs=dict.fromkeys(NAMES, "x")))
+        zero = dict.fromkeys(NAMES, 0.0) | {"brain": 1.0}
+        conn.execute(decisions.update().where(decisions.c.id == "d3").values(tier="main", propensities=zero))
+    traffic = load_traffic(store, NAMES)
+    store.dispose()
+    assert len(traffic.logged) == 57
+    named = {why.split(" (e.g. ")[0]: (n, why.split(" (e.g. ")[-1]) for why, n in traffic.skipped.items()}
+    assert named[INVALID_VALUES][0] == 2 and named[INVALID_VALUES][1] in ("decision d1)", "decision d2)")
+    assert named[INVALID_PROPENSITY] == (1, "decision d3)")
+    res = runner.invoke(cli.app, ["evaluate", "--from-store"])
+    assert res.exit_code == 0, res.output
+    assert "57 logged decisions with outcomes" in res.output and "decision d3" in res.output
 
 
 def test_a_candidate_prices_each_logged_decision_at_the_input_its_caller_counted(env: str) -> None:

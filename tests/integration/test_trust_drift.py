@@ -161,6 +161,26 @@ def test_an_outcome_from_another_model_is_no_evidence_about_the_routed_tier(
     assert report["cost"]["alert"] and report["cost"]["n"] == 60
 
 
+def test_drift_skips_decisions_whose_stored_predictions_are_not_numbers(trusted: Callable[..., TestClient]) -> None:
+    """A decision row written by another version or by hand may hold a null or text per-tier value: the checks and
+    the recalibration skip it (it was a 500: review finding)."""
+    client = trusted(drift_window=100)
+    out = client.post("/route/batch", json={"prompts": KNOWN[:40]}, headers=C).json()["decisions"]
+    body = [{"decision_id": d["decision_id"], "score": 0.5, "cost_usd": d["expected_cost_usd"]} for d in out]
+    assert client.post("/outcomes", json=body, headers=C).status_code == 201
+    tiers = list(out[0]["predicted_quality"])
+    bad = [dict.fromkeys(tiers) for _ in range(3)] + [dict.fromkeys(tiers, "high")]
+    with client.app.state.store.engine.begin() as conn:  # type: ignore[attr-defined]
+        for d, value in zip(out, bad, strict=False):
+            conn.execute(decisions.update().where(decisions.c.id == d["decision_id"]).values(predicted_quality=value))
+        conn.execute(decisions.update().where(decisions.c.id == out[4]["decision_id"]).values(expected_costs=None))
+    r = client.get("/admin/drift?mean_cost_usd=0.001", headers=A)
+    assert r.status_code == 200, r.text
+    checks = {c["name"]: c["n"] for c in r.json()["checks"]}
+    assert sum(n for name, n in checks.items() if name.startswith("quality:")) == 40 - 4
+    assert checks["cost"] == 40 and r.json()["recalibration"]["decisions"] == 40 - 5
+
+
 def test_drift_without_traffic_or_reference(client: TestClient) -> None:
     """A model without a novelty reference (trained before it existed) still reports the other checks."""
     r = client.get("/admin/drift", headers=A).json()
