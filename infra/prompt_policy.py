@@ -25,6 +25,11 @@ NOT_STORED = "[prompt not stored]"
 """What a row read back without text shows as its prompt (the column is NULL)."""
 
 
+def prompt_id_of(prompt: str) -> str:
+    """Stable id of a prompt across models: the same prompt logged for two tiers pivots to one row."""
+    return hashlib.sha256(normalize_text(prompt).encode()).hexdigest()[:32]
+
+
 @dataclass(frozen=True)
 class PromptPolicy:
     mode: PromptStorage = "text"
@@ -60,6 +65,19 @@ class PromptPolicy:
         else:  # no text to hash (none mode): the decision's id, else the outcome's own
             prompt_id = values.get("decision_id") or values["id"]
         return {**values, "prompt": None, "prompt_id": prompt_id}
+
+    def is_prompt_id(self, outcome: Any, prompt_id: str, stored_text: bool) -> bool:
+        """Whether an outcome without a decision (its `id` and `prompt`) may be the one stored under `prompt_id`, in
+        whichever storage mode was set then (`stored_text`: whether that row kept its text).
+
+        Its text's id (text mode), its keyed hash under this key (hash), its own id (none) are the same prompt; a
+        text id that differs is another. A hash that differs is another prompt while a key is set, and cannot be
+        told apart without one (the row was stored in hash mode, the key is gone): the outcome's other fields decide.
+        A hash stored under an earlier key is not recognised: its retry is refused as another prompt."""
+        ids = {prompt_id_of(outcome.prompt), outcome.id}
+        if self.key:
+            ids.add(self.digest(outcome.prompt)[:32])
+        return prompt_id in ids or not (stored_text or self.key)
 
 
 def prompt_policy(storage: PromptStorage, key: SecretStr | None) -> PromptPolicy:

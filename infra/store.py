@@ -8,7 +8,6 @@ transaction, which takes SQLite's write lock and PostgreSQL's row lock) before i
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import math
 import os
@@ -18,6 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -25,9 +25,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from infra.prompt_policy import NOT_STORED, PromptPolicy
+from infra.prompt_policy import NOT_STORED, PromptPolicy, prompt_id_of
 from router.schema import Outcome, OutcomeBase
-from router.text import normalize_text
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -126,11 +125,6 @@ outcomes = sa.Table(
     sa.Column("created_at", UtcDateTime, nullable=False),
     sa.Index("ix_outcomes_created_at", "created_at"),
 )
-
-
-def prompt_id_of(prompt: str) -> str:
-    """Stable id of a prompt across models: the same prompt logged for two tiers pivots to one row."""
-    return hashlib.sha256(normalize_text(prompt).encode()).hexdigest()[:32]
 
 
 def _now() -> datetime:
@@ -409,13 +403,17 @@ class OutcomeConflict(Exception):
 _OUTCOME_IDENTITY = ("decision_id", "prompt_id", "model", "score", "cost_usd", "session_id")
 
 
-def _conflict(conn: Connection, values: dict[str, Any]) -> OutcomeConflict | None:
+def _conflict(
+    conn: Connection, values: dict[str, Any], same_prompt: Callable[[str, bool], bool]
+) -> OutcomeConflict | None:
     """Why the outcome is not a retry of the stored outcome of the same id, or None when it is one.
 
     A decision's outcome is not compared by prompt_id: the decision fixes the prompt, and its prompt_id depends on
-    settings (prompt storage, the hash key) a restart between a post and its retry may change."""
+    settings (prompt storage, the hash key) a restart between a post and its retry may change. An outcome without a
+    decision is compared by `same_prompt(stored prompt_id, whether the stored row kept text)`, which knows the ids
+    its prompt has under each setting."""
     stored = conn.execute(
-        sa.select(outcomes.c.owner, *(outcomes.c[name] for name in _OUTCOME_IDENTITY)).where(
+        sa.select(outcomes.c.owner, *(outcomes.c[name] for name in _OUTCOME_IDENTITY), outcomes.c.prompt).where(
             outcomes.c.id == values["id"]
         )
     ).first()
@@ -423,11 +421,13 @@ def _conflict(conn: Connection, values: dict[str, Any]) -> OutcomeConflict | Non
         return None
     if stored[0] != values["owner"]:
         return OutcomeConflict(values["id"], ())
-    skip = {"prompt_id"} if values["decision_id"] is not None else set()
     differ = [
         name
-        for name, old in zip(_OUTCOME_IDENTITY, stored[1:], strict=True)
-        if name not in skip and old != values[name]
+        for name, old in zip(_OUTCOME_IDENTITY, stored[1:-1], strict=True)
+        if old != values[name]
+        and not (
+            name == "prompt_id" and (values["decision_id"] is not None or same_prompt(old, stored.prompt is not None))
+        )
     ]
     return OutcomeConflict(values["id"], differ) if differ else None
 
@@ -897,7 +897,7 @@ class Store:
                 values = {**r.model_dump(), "prompt_id": prompt_id_of(r.prompt), "created_at": _now()}
                 values = self.prompts.outcome(values, self._decision_hash(conn, r))
                 if not _insert_new_outcome(conn, values):
-                    if (conflict := _conflict(conn, values)) is not None:
+                    if (conflict := _conflict(conn, values, partial(self.prompts.is_prompt_id, r))) is not None:
                         raise conflict
                     continue
                 new += 1

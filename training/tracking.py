@@ -32,7 +32,8 @@ from mlflow.types.schema import AnyType, ColSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
 
 import router
-from infra.store import first_line, prompt_id_of
+from infra.prompt_policy import prompt_id_of
+from infra.store import first_line
 from router.artifact import ARTIFACT_FILE, PACKAGED_EMBEDDER, PACKAGED_ROUTER, RouterArtifact, find_artifact
 from router.embedders.factory import FILE_BACKENDS, backend_of, embedder_files
 from router.embedders.protocol import Embedder
@@ -168,7 +169,7 @@ def download_artifact(model_uri: str, dst: Path) -> RouterArtifact:
 TEST_PROMPT_IDS = "evaluation/test_prompt_ids.txt"
 """The run artifact listing the prompt ids the run held out (one a line), for people."""
 TEST_PROMPT_DIGESTS = "evaluation/test_prompt_digests.json"
-"""The run artifact holding the key of each prompt the run held out (infra.store.prompt_id_of: a digest of its
+"""The run artifact holding the key of each prompt the run held out (infra.prompt_policy.prompt_id_of: a digest of its
 normalised text, the split's own grouping, so the same prompt under another id or in a re-exported log has the
 same key): what the champion gate matches on."""
 

@@ -13,8 +13,8 @@ import pytest
 from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
+from infra.prompt_policy import prompt_id_of
 from infra.settings import Settings
-from infra.store import prompt_id_of
 from router.embedding_cache import EmbeddingCache
 from router.features import FeatureSpec
 from router.model import DifficultyModel
