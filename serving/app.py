@@ -82,7 +82,8 @@ def create_app(
         else:  # start unready; become ready once the store is reachable and migrated
             tasks.append(asyncio.create_task(migrator.retry(settings.store_retry_interval_s, replay)))
         if settings.retention_days is not None:
-            tasks.append(asyncio.create_task(purge_every(db, settings.retention_days, settings.purge_interval_s)))
+            purger = purge_every(db, app.state.recorder.spool, settings.retention_days, settings.purge_interval_s)
+            tasks.append(asyncio.create_task(purger))
         if settings.reload_interval_s > 0:
             tasks.append(asyncio.create_task(manager.poll(settings.reload_interval_s)))
         if settings.spool_replay_interval_s > 0:

@@ -395,7 +395,9 @@ def _revalidate(r: Record) -> tuple[Record | None, str]:
         return None, "invalid: no outcome_id or admin flag"
     if owner is not None and not isinstance(owner, str):
         return None, "invalid: owner is not a string"
-    return {**item.model_dump(), "outcome_id": r["outcome_id"], "owner": owner, "admin": r["admin"]}, ""
+    # spooled_at: a record put back or set aside keeps its age for the retention purge
+    checked = {**item.model_dump(), "outcome_id": r["outcome_id"], "owner": owner, "admin": r["admin"]}
+    return checked | ({"spooled_at": r["spooled_at"]} if isinstance(r.get("spooled_at"), str) else {}), ""
 
 
 def _check_model(model: str | None, tiers: TiersConfig, loc: tuple[str | int, ...] = ("body", "model")) -> None:

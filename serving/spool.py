@@ -115,17 +115,35 @@ def _record_of(line: bytes) -> Record | None:
     return inner if isinstance(inner, dict) else entry
 
 
-def _rewrite_without(path: Path, matches: Callable[[Record], bool], offset: int) -> tuple[int, int]:
-    """Rewrite `path` (durably, by rename) without the lines whose record `matches`: how many went, and where
-    `offset` (a byte position at a line start) falls in the new file."""
+def _stamp(line: bytes) -> datetime | None:
+    """When a spool or quarantine line's record came in (`spooled_at`; a quarantine entry of a record spooled before
+    records were stamped: when it was set aside); None when the line says neither (a torn or an older line)."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict):
+        return None
+    record = entry.get("record")
+    stamp = record.get("spooled_at") if isinstance(record, dict) else None
+    stamp = stamp or entry.get("spooled_at") or entry.get("rejected_at")
+    try:
+        at = datetime.fromisoformat(stamp) if isinstance(stamp, str) else None
+    except ValueError:
+        return None
+    return at if at is None or at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+def _rewrite_without(path: Path, drop: Callable[[bytes], bool], offset: int) -> tuple[int, int]:
+    """Rewrite `path` (durably, by rename) without the lines `drop` picks: how many went, and where `offset` (a
+    byte position at a line start) falls in the new file."""
     if _size(path) == 0:
         return 0, offset
     kept: list[bytes] = []
     removed, at, new_offset = 0, 0, offset
     with open(path, "rb") as fh:
         for line in fh:
-            record = _record_of(line)
-            if record is not None and matches(record):
+            if drop(line):
                 removed += 1
                 if at < offset:
                     new_offset -= len(line)
@@ -175,8 +193,14 @@ class Spool:
             thread_lock.release()
 
     def append(self, records: list[Record]) -> None:
-        """Write records durably (fsync) before returning; raises OSError (leaving no partial record) if it can't."""
-        data = "".join(json.dumps({"outcome_id": r["outcome_id"], **r}) + "\n" for r in records).encode()
+        """Write records durably (fsync) before returning; raises OSError (leaving no partial record) if it can't.
+        Each is stamped `spooled_at` (kept when it has one: a record put back keeps its age) for the retention
+        purge."""
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        data = "".join(
+            json.dumps({"outcome_id": r["outcome_id"], **r, "spooled_at": r.get("spooled_at") or now}) + "\n"
+            for r in records
+        ).encode()
         with self._locked("lock", self._append_lock):
             _append_durably(self.path, data)
 
@@ -248,13 +272,22 @@ class Spool:
         """Delete, for good, every record `matches` picks from the spool, the draining file (replayed part
         included) and the quarantine; how many (a session's data deleted: its prompts must not stay here). Holds
         both locks: no append or replay runs meanwhile. A torn line is kept (it names no session)."""
+        return self._remove_lines(lambda line: (record := _record_of(line)) is not None and matches(record))
+
+    def remove_older_than(self, cutoff: datetime) -> int:
+        """Delete, for good, every record that came in before `cutoff` (the retention period's), pending or
+        quarantined, torn lines set aside included; how many. A line without a stamp (spooled by a version before
+        records were stamped) is kept."""
+        return self._remove_lines(lambda line: (at := _stamp(line)) is not None and at < cutoff)
+
+    def _remove_lines(self, drop: Callable[[bytes], bool]) -> int:
         removed = 0
         with self._locked("drain.lock", self._drain_lock), self._locked("lock", self._append_lock):
             for path in (self.path, self.rejected_path):
-                n, _ = _rewrite_without(path, matches, 0)
+                n, _ = _rewrite_without(path, drop, 0)
                 removed += n
             if _size(self.draining) > 0:
-                n, offset = _rewrite_without(self.draining, matches, self._offset())
+                n, offset = _rewrite_without(self.draining, drop, self._offset())
                 removed += n
                 if n:
                     self._save_offset(offset)  # the rewritten file's replayed part, without the removed lines

@@ -132,11 +132,17 @@ def test_the_service_purges_past_the_retention_period(client_factory: Callable[.
         conn.execute(
             decisions.update().where(decisions.c.id == old).values(created_at=datetime.now(UTC) - timedelta(days=8))
         )
+    spool = client.app.state.recorder.spool  # type: ignore[attr-defined]
+    aged = (datetime.now(UTC) - timedelta(days=8)).isoformat()
+    item = {"outcome_id": "o-old", "prompt": "OLD SECRET", "model": "small", "score": 1.0, "cost_usd": 0.0}
+    spool.reject({**item, "spooled_at": aged}, "score out of range")  # set aside in an outage 8 days ago
+    spool.reject({**item, "outcome_id": "o-new", "prompt": "young"}, "score out of range")
     for _ in range(200):  # the job runs every 0.05 s; give it up to 10 s on a busy machine
-        if old not in {r.id for r in stored(client)}:
+        if old not in {r.id for r in stored(client)} and spool.rejected()[0] == 1:
             break
         time.sleep(0.05)
     assert {r.id for r in stored(client)} == {new}
+    assert spool.rejected()[1][0]["outcome_id"] == "o-new" and b"OLD" not in spool.rejected_path.read_bytes()
 
 
 def test_boundary_exploration_serves_what_a_neighbouring_operating_point_would(
