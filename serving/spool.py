@@ -107,7 +107,7 @@ def _record_of(line: bytes) -> Record | None:
     """A spool or quarantine line's record (a quarantine entry's is under "record"); None for a torn line."""
     try:
         entry = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth (a torn or foreign line)
         return None
     if not isinstance(entry, dict):
         return None
@@ -120,7 +120,7 @@ def _stamp(line: bytes) -> datetime | None:
     records were stamped: when it was set aside); None when the line says neither (a torn or an older line)."""
     try:
         entry = json.loads(line)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not isinstance(entry, dict):
         return None

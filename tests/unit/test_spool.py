@@ -287,3 +287,17 @@ def test_a_revalidated_record_keeps_its_age() -> None:
     assert reason == "" and checked is not None and checked["spooled_at"] == record["spooled_at"]
     checked, _ = _revalidate({**record, "spooled_at": 5})
     assert checked is not None and "spooled_at" not in checked
+
+
+def test_removal_keeps_a_line_nested_past_the_parsers_depth(tmp_path: Path) -> None:
+    """Such a line (torn, or foreign) raised RecursionError out of a session's deletion and the retention purge."""
+    spool = Spool(tmp_path / "spool.jsonl")
+    spool.append([rec(1)])
+    with open(spool.path, "ab") as fh:
+        fh.write(b"[" * 100_000 + b"\n")
+    spool.reject({"outcome_id": None, "torn_line": "x"}, "torn spool line")
+    with open(spool.rejected_path, "ab") as fh:
+        fh.write(b'{"record": ' + b"[" * 100_000 + b"\n")
+    assert spool.remove(lambda r: r.get("outcome_id") == "X1") == 1
+    assert spool.remove_older_than(datetime.now(UTC) + timedelta(days=1)) == 1  # the stamped torn-line entry
+    assert spool.pending() == 1
