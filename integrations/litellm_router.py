@@ -23,10 +23,12 @@ posted later (`post_score`, `TierwiseOutcomeLogger`) needs nothing else and char
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import random
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypedDict, cast
@@ -49,6 +51,10 @@ SIGNALS_KEY = "routing_plugin_signals"  # where LiteLLM puts a routing plugin's 
 IN_FLIGHT_KEPT = 1024  # decisions kept per metadata dict (a dict reused forever by unsettled calls stays bounded)
 _IN_FLIGHT_LOCK = threading.Lock()  # calls on several threads may share one metadata dict
 AMBIGUOUS: Mapping[str, Any] = {}  # TierwiseSettler.answered's value for a response id seen with several decisions
+# A cancelled async call's decision is released this long after its task ended, unless LiteLLM reported the call's end
+# meanwhile (an answer that came in as the task was cancelled is still booked at its cost).
+RELEASE_AFTER_CANCEL_S = 5.0
+WATCHED_PER_TASK = 64  # decisions watched per task before those whose calls ended are dropped (a long-lived task)
 
 
 class Decision(TypedDict):
@@ -231,6 +237,8 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
                 answer = e
             decision = self._decide(model, answer, options, trace_id, prompt)
             remember(md, decision)
+            if self.settler is not None:
+                self.settler.watch(decision)
         return self._serve(decision)
 
     # -- the choice ------------------------------------------------------------------------------------------------
@@ -557,6 +565,11 @@ class TierwiseSettler(CustomLogger):
     cannot price keeps its reservation, with a warning). Failure of the call's last try: the same with
     `cost_usd: null`, which releases the reservation and charges nothing. tierwise books each decision once, so
     a repeated event changes nothing. Settling never raises into LiteLLM: a failure is logged.
+
+    LiteLLM reports nothing of an async call cancelled before it ends (`asyncio.wait_for`'s timeout, a request task
+    cancelled because its client left): the strategy `watch`es each async call's task, and a task cancelled before
+    LiteLLM reported its call's end releases the call's decision `RELEASE_AFTER_CANCEL_S` later (from a timer thread:
+    the task's event loop may be closing), unless the end was reported meanwhile.
     """
 
     def __init__(self, client: TierwiseClient, remember: int = 10_000) -> None:
@@ -569,6 +582,62 @@ class TierwiseSettler(CustomLogger):
         # posted later (post_score)
         self.answered: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._remember = remember
+        self._ended: OrderedDict[str, None] = OrderedDict()  # decisions whose call LiteLLM reported ended (bounded)
+        # the decisions of each task's async calls, until the task ends
+        self._watched: weakref.WeakKeyDictionary[asyncio.Task[Any], dict[str, Mapping[str, Any]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._lock = threading.Lock()
+
+    def watch(self, decision: Mapping[str, Any]) -> None:
+        """Watch the running task making `decision`'s call: if it is cancelled before LiteLLM reports the call's end,
+        the decision is released (see the class)."""
+        task = asyncio.current_task()
+        if task is None or self._to_settle(decision) is None:
+            return
+        with self._lock:
+            pending = self._watched.get(task)
+            if pending is None:
+                pending = self._watched[task] = {}
+                task.add_done_callback(self._task_done)
+            elif len(pending) >= WATCHED_PER_TASK:
+                for did in [did for did in pending if did in self._ended or did in self._done]:
+                    del pending[did]
+            pending[str(decision["decision_id"])] = decision
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        with self._lock:
+            pending = self._watched.pop(task, None) or {}
+        if not task.cancelled():
+            return  # its calls ended (LiteLLM reported them), or a cancellation was caught inside it (not seen here)
+        left = [d for did, d in pending.items() if did not in self._ended]
+        if left:
+            timer = threading.Timer(RELEASE_AFTER_CANCEL_S, self._release_cancelled, args=(left,))
+            timer.daemon = True
+            timer.start()
+
+    def _release_cancelled(self, decisions: list[Mapping[str, Any]]) -> None:
+        for decision in decisions:
+            did = str(decision["decision_id"])
+            if did in self._ended or self._to_settle(decision) is None:
+                continue
+            try:
+                self.clients[decision["tierwise_client"]].settle(did, {"cost_usd": None})
+                self._mark(did)
+                logger.info("decision %s released: its call was cancelled before it ended", did)
+            except Exception as e:  # a timer thread: log, never raise
+                logger.warning("decision %s of a cancelled call not released: %s: %s", did, type(e).__name__, e)
+
+    def _note_end(self, kwargs: Mapping[str, Any], ok: bool) -> None:
+        """Remember that LiteLLM reported the end of a call (its answer, or its last failed try)."""
+        if not (ok or _final_failure(kwargs)):
+            return
+        decision = decision_of((kwargs.get("litellm_params") or {}).get("metadata") or {}, _trace_id(kwargs))
+        if isinstance(decision, Mapping) and decision.get("decision_id"):
+            with self._lock:
+                self._ended[str(decision["decision_id"])] = None
+                while len(self._ended) > self._remember:
+                    self._ended.popitem(last=False)
 
     def _to_settle(self, decision: Any) -> Mapping[str, Any] | None:
         """The call's decision, if it is one to settle here: made by a tierwise this settler knows, not settled yet."""
@@ -608,12 +677,14 @@ class TierwiseSettler(CustomLogger):
         return client, did, usage_of(kwargs, response, start, end)
 
     def _mark(self, did: str) -> None:
-        self._done[did] = None
-        while len(self._done) > self._remember:
-            self._done.popitem(last=False)
+        with self._lock:
+            self._done[did] = None
+            while len(self._done) > self._remember:
+                self._done.popitem(last=False)
 
     def _post(self, kwargs: Any, response: Any, start: Any, end: Any, ok: bool) -> None:
         try:
+            self._note_end(kwargs, ok)
             decision = _call_decision(kwargs, ok)  # looked up once per callback
             todo = self._body(decision, kwargs, response, start, end, ok)
             self._answered(decision, kwargs, response, ok)
@@ -625,6 +696,7 @@ class TierwiseSettler(CustomLogger):
 
     async def _apost(self, kwargs: Any, response: Any, start: Any, end: Any, ok: bool) -> None:
         try:
+            self._note_end(kwargs, ok)
             decision = _call_decision(kwargs, ok)  # looked up once per callback
             todo = self._body(decision, kwargs, response, start, end, ok)
             self._answered(decision, kwargs, response, ok)

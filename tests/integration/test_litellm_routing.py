@@ -380,6 +380,87 @@ def test_a_failed_call_releases_its_reservation(tierwise: str, api: httpx.Client
     assert view["spent_usd"] == 0 and view["reserved_usd"] == pytest.approx(0)
 
 
+@pytest.mark.parametrize("how", ["wait_for", "cancel"])
+def test_a_cancelled_async_call_releases_its_reservation(
+    tierwise: str, api: httpx.Client, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LiteLLM calls no callback for an async call cancelled before it ends (a timeout, a client gone): its
+    reservation stayed held until released by hand. Its decision is now released once its task is cancelled."""
+    monkeypatch.setattr(litellm_router, "RELEASE_AFTER_CANCEL_S", 0.2)
+    session = f"cancel-{how}"
+    api.put(f"/sessions/{session}", json={"cap_usd": 10.0})
+    slow = [deployment(f"slow-{t}", t) for t in TIERS]
+    for d in slow:
+        d["litellm_params"]["mock_delay"] = 30
+    router, _ = make_router(tierwise, [*slow, deployment("dep-default", group="default")])
+    md: dict[str, Any] = {"tierwise": {"session_id": session}}
+
+    async def call() -> dict[str, Any]:
+        messages = [{"role": "user", "content": HARD}]
+        if how == "wait_for":
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(router.acompletion(model="tierwise", messages=messages, metadata=md), 1.0)
+        else:
+            task = asyncio.create_task(router.acompletion(model="tierwise", messages=messages, metadata=md))
+            while DECISION_KEY not in md:  # routed: the call is waiting on its deployment
+                await asyncio.sleep(0.02)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        held = (await asyncio.to_thread(api.get, f"/sessions/{session}")).json()
+        assert held["reserved_usd"] > 0  # released after the grace period, not at once
+        return await asettled_view(api, session, 1)
+
+    view = asyncio.run(call())
+    assert md[DECISION_KEY]["decision_id"] == view["recent_decisions"][0]["decision_id"]
+    assert view["spent_usd"] == 0 and view["reserved_usd"] == pytest.approx(0)
+
+
+@pytest.mark.parametrize("priced", [True, False])
+def test_a_call_that_answered_is_not_released_when_its_task_is_cancelled_later(
+    tierwise: str, api: httpx.Client, monkeypatch: pytest.MonkeyPatch, priced: bool
+) -> None:
+    """Only a call that ended without LiteLLM reporting it is released: a task cancelled after its call answered
+    keeps the call's charge, or, where LiteLLM could not price the answer, its reservation."""
+    monkeypatch.setattr(litellm_router, "RELEASE_AFTER_CANCEL_S", 0.2)
+    session = f"answered-then-cancelled-{priced}"
+    api.put(f"/sessions/{session}", json={"cap_usd": 10.0})
+    if not priced:  # as LiteLLM reports an answer it cannot price (response_cost None): the settler books nothing
+        body = TierwiseSettler._body
+        monkeypatch.setattr(TierwiseSettler, "_body", lambda self, d, kw, *a: None if a[-1] else body(self, d, kw, *a))
+    router, plugin = make_router(tierwise)
+    md: dict[str, Any] = {"tierwise": {"session_id": session}}
+
+    async def call_then_wait() -> None:
+        await router.acompletion(model="tierwise", messages=[{"role": "user", "content": HARD}], metadata=md)
+        await asyncio.sleep(30)  # cancelled here, after the answer
+
+    async def run() -> tuple[dict[str, Any], dict[str, Any]]:
+        task = asyncio.create_task(call_then_wait())
+        for _ in range(400):  # until LiteLLM reported the answer to the settler
+            if (
+                DECISION_KEY in md
+                and plugin.settler is not None
+                and md[DECISION_KEY]["decision_id"] in (plugin.settler._ended)
+            ):
+                break
+            await asyncio.sleep(0.05)
+        if priced:  # and booked its cost
+            before = await asettled_view(api, session, 1)
+        else:
+            before = (await asyncio.to_thread(api.get, f"/sessions/{session}")).json()
+        task.cancel()
+        await asyncio.sleep(0.8)  # past the grace period
+        return before, (await asyncio.to_thread(api.get, f"/sessions/{session}")).json()
+
+    before, after = asyncio.run(run())
+    assert after == before
+    if priced:
+        assert after["spent_usd"] > 0 and after["reserved_usd"] == pytest.approx(0)
+    else:
+        assert after["spent_usd"] == 0 and after["reserved_usd"] > 0
+
+
 def test_a_retried_call_is_charged_for_the_try_that_answered(tierwise: str, api: httpx.Client) -> None:
     """The failed first try must not release the decision: the retry that answers pays for it."""
     model_list = flaky_brain_deployments()
