@@ -9,7 +9,8 @@ sees the candidates' `litellm_params.model` strings, so each tier's deployments 
 with no tier deployments passes untouched. Options, fallbacks and refusals are those of `TierwiseRoutingStrategy`
 (`metadata={"tierwise": {...}}`; tierwise down serves `fallback_tier`, else every candidate; a 402 is LiteLLM's
 BudgetExceededError); the decision goes to the request's `metadata["routing_plugin_signals"]["tierwise_decision"]`,
-and `TierwiseSettler` settles the call on tierwise when it ends.
+and `TierwiseSettler` settles the call on tierwise when it ends (or, for a call cancelled before it ends, releases
+its decision once its task ended cancelled).
 """
 
 from __future__ import annotations
@@ -93,7 +94,13 @@ class TierwiseRoutingPlugin:
             return context  # a group tierwise does not route
         signals = context.metadata.get(SIGNALS_KEY)
         earlier = signals.get(DECISION_KEY) if isinstance(signals, Mapping) else None
-        decision = earlier if isinstance(earlier, dict) else await self._decide(context)
+        decision: Mapping[str, Any]
+        if isinstance(earlier, dict):
+            decision = earlier
+        else:
+            decision = await self._decide(context)
+            if self.settler is not None:
+                self.settler.watch(decision)  # released if its call is cancelled (LiteLLM reports no end for it)
         context.signals[DECISION_KEY] = decision
         tier = decision["tier"]
         keep = [m for m in routed if self.model_tier[m] == tier]

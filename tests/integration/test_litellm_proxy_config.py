@@ -26,6 +26,7 @@ from litellm.router_api import router_init_args  # noqa: E402
 from litellm.types.router import RoutingPlugin  # noqa: E402
 
 from bench.process import free_port  # noqa: E402
+from integrations import litellm_router  # noqa: E402
 from integrations.litellm_plugin import TierwiseRoutingPlugin, tier_models  # noqa: E402
 from integrations.litellm_router import DECISION_KEY, SIGNALS_KEY  # noqa: E402
 from tests.integration.conftest import CLIENT_KEY  # noqa: E402
@@ -101,6 +102,31 @@ def test_the_routed_group_serves_the_tier_tierwise_chose_and_settles_it(
     decision = metadata[SIGNALS_KEY][DECISION_KEY]
     assert decision["tier"] == tier and decision["decision_id"] and decision["session_id"] == sid
     assert s["spent_usd"] == pytest.approx(response._hidden_params["response_cost"]) and s["spent_usd"] > 0
+
+
+def test_a_cancelled_call_is_released(monkeypatch: pytest.MonkeyPatch, live_url: str) -> None:
+    """The proxy cancels a request's task when its client leaves: LiteLLM reports no end for the call, so its
+    reservation stayed held; the plugin's decision is now released once the task ended cancelled."""
+    monkeypatch.setattr(litellm_router, "RELEASE_AFTER_CANCEL_S", 0.2)
+    router = proxy_router(monkeypatch, live_url)
+    sid = session(live_url, cap_usd=1.0)
+    metadata: dict[str, Any] = {"tierwise": {"session_id": sid}}
+
+    async def call() -> dict[str, Any]:
+        messages = [{"role": "user", "content": HARD}]
+        slow = router.acompletion(
+            model="routed", messages=messages, mock_response="ok", mock_delay=30, metadata=metadata
+        )
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(slow, 1.0)
+        assert (await asyncio.to_thread(get_session, live_url, sid))["reserved_usd"] > 0
+        return await settled(live_url, sid)
+
+    s = asyncio.run(call())
+    assert (
+        s["spent_usd"] == 0
+        and s["recent_decisions"][0]["decision_id"] == metadata[SIGNALS_KEY][DECISION_KEY]["decision_id"]
+    )
 
 
 def test_tierwise_down_serves_the_fallback_tier(monkeypatch: pytest.MonkeyPatch) -> None:
