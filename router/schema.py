@@ -5,7 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import math
 import tomllib
+import warnings
+import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,7 +314,11 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
             # A text column is read as text: an id "01" or a model "7" is not the number 1 or 7.0.
             na = {c: [""] for c in TEXT_COLUMNS} | {c: ["", *NA_NUMBERS] for c in NUMBER_COLUMNS}
             text = dict.fromkeys(TEXT_COLUMNS, str)
-            return pd.read_csv(path, keep_default_na=False, na_values=na, dtype=text), None
+            # index_col=False: a trailing comma on each row must not turn the first column into the index (pandas
+            # warns that it drops the empty last field: that is the point)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", pd.errors.ParserWarning)
+                return pd.read_csv(path, keep_default_na=False, na_values=na, dtype=text, index_col=False), None
         if suffix in (".jsonl", ".ndjson", ".jsonl.gz"):
             return _read_jsonl(path)
     except OutcomeLogError:
@@ -335,12 +342,17 @@ def _not_utf8(lineno: int, raw: bytes, exc: UnicodeDecodeError) -> str:
 def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(line number, text) of a UTF-8 file (gzip when it ends in .gz), without the byte-order mark a Windows
     editor may start it with; a line that is not UTF-8 is named."""
-    with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as exc:
-                raise OutcomeLogError(path, _not_utf8(lineno, raw, exc)) from None
+    lineno = 0
+    with gzip.open(path, "rb") if path.suffix.lower() == ".gz" else path.open("rb") as fh:
+        try:
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    yield lineno, raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as exc:
+                    raise OutcomeLogError(path, _not_utf8(lineno, raw, exc)) from None
+        except (EOFError, zlib.error, gzip.BadGzipFile) as exc:  # a truncated or corrupt gzip file
+            why = "ends before its gzip stream does (truncated)" if isinstance(exc, EOFError) else f"is corrupt ({exc})"
+            raise OutcomeLogError(path, f"cannot be read as gzip after line {lineno}: the file {why}") from None
 
 
 def _first_non_utf8_line(path: Path) -> str:
@@ -362,6 +374,10 @@ def iter_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise OutcomeLogError(path, f"invalid JSON: {exc.msg}", row=lineno) from None
+        except ValueError as exc:  # e.g. an integer of more digits than Python converts
+            raise OutcomeLogError(path, f"invalid JSON: {exc}", row=lineno) from None
+        except RecursionError:
+            raise OutcomeLogError(path, "invalid JSON: nested too deeply", row=lineno) from None
         if not isinstance(rec, dict):
             raise OutcomeLogError(path, "each line must be a JSON object", row=lineno)
         yield lineno, rec
@@ -388,6 +404,30 @@ def _read_jsonl(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
         lines.append(lineno)
         records.append(rec)
     return pd.DataFrame.from_records(records), np.asarray(lines, dtype=np.int64)
+
+
+def _is_utf8(raw: bytes) -> bool:
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _number(value: Any) -> Any:
+    """A cell as `pd.to_numeric` takes it: true/false is no number (NaN), an integer beyond float's range ±inf."""
+    if isinstance(value, bool | np.bool_):
+        return math.nan
+    if isinstance(value, int) and abs(value) > 2**1023:
+        return math.inf if value > 0 else -math.inf
+    return value
+
+
+def _numbers(column: pd.Series) -> pd.Series:
+    """A column's cells as floats; NaN where a cell is no number (a missing cell is NaN too)."""
+    if column.dtype == object:
+        column = column.map(_number)
+    return pd.to_numeric(column, errors="coerce").astype(float)
 
 
 def _first_bad(path: Path | str, mask: pd.Series, column: str, message: str, rows: np.ndarray) -> None:
@@ -417,16 +457,20 @@ def validate_outcomes(
     def first_bad(mask: pd.Series, column: str, message: str) -> None:
         _first_bad(path, mask, column, message, rows)
 
-    for col in ("prompt_id", "prompt", "model"):
+    for col in [c for c in TEXT_COLUMNS if c in df.columns]:
         nested = df[col].map(lambda v: isinstance(v, list | tuple | dict | np.ndarray))
         first_bad(nested, col, f"{col} must be text, not a list or an object")  # was written as its repr
+        first_bad(df[col].map(lambda v: isinstance(v, bool | np.bool_)), col, f"{col} must be text, not true/false")
+        first_bad(df[col].map(lambda v: isinstance(v, bytes) and not _is_utf8(v)), col, "not UTF-8 text")
+    for col in ("prompt_id", "prompt", "model"):
         first_bad(df[col].isna(), col, "value is missing")
-        df[col] = df[col].astype(str)
+        df[col] = df[col].map(lambda v: v.decode() if isinstance(v, bytes) else v).astype(str)
+    first_bad(df["prompt_id"].str.strip().eq(""), "prompt_id", "prompt_id is empty")
     first_bad(df["prompt"].str.strip().eq(""), "prompt", "prompt is empty")
     first_bad(df["model"].str.strip().eq(""), "model", "model is empty")
     _one_text_per_prompt_id(path, df, rows)
     for col, lo, hi in (("score", 0.0, 1.0), ("cost_usd", 0.0, np.inf)):
-        values = pd.to_numeric(df[col], errors="coerce")
+        values = _numbers(df[col])
         first_bad(values.isna() & df[col].notna(), col, f"not a number: {col}")
         first_bad(values.isna(), col, f"{col} is missing or NaN")
         if col == "score":
@@ -437,9 +481,12 @@ def validate_outcomes(
         df[col] = values.astype(float)
     for col in ("tokens_in", "tokens_out", "latency_ms"):
         if col in df.columns:
-            values = pd.to_numeric(df[col], errors="coerce")
+            values = _numbers(df[col])
             first_bad(values.isna() & df[col].notna(), col, f"not a number: {col}")
             first_bad(values < 0, col, f"{col} must be >= 0")
+            first_bad(values.notna() & ~np.isfinite(values), col, f"{col} must be finite")
+            if col != "latency_ms":
+                first_bad(values.notna() & (values % 1 != 0), col, f"{col} must be a whole number")
             df[col] = values
     if known_models is not None:
         unknown = ~df["model"].isin(set(known_models))

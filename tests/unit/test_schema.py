@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from router.schema import OutcomeLogError, TiersConfigError, load_outcomes, load_tiers, parse_tiers, tiers_to_dict
@@ -41,12 +44,22 @@ def test_reads_every_format(tmp_path, tiers, suffix):
         ("model", "mystery-model", "model 'mystery-model' is not in the tiers config"),
         ("score", "abc", "not a number"),
         ("prompt", ["hi"], "prompt must be text, not a list"),  # was stored as the text "['hi']"
+        # A review's finds: each was accepted (an infinite token count made a tier's expected cost infinite in the
+        # trained model), read as text, or a traceback.
+        ("tokens_out", float("inf"), "tokens_out must be finite"),
+        ("tokens_in", 1.5, "tokens_in must be a whole number"),
+        ("tokens_out", True, "not a number"),
+        ("score", True, "not a number"),
+        ("cost_usd", 10**400, "cost_usd must be finite"),
+        ("prompt", False, "prompt must be text, not true/false"),
+        ("prompt_id", " ", "prompt_id is empty"),
+        ("category", {"a": 1}, "category must be text, not a list or an object"),
     ],
 )
 def test_bad_value_names_file_row_and_column(tmp_path, tiers, column, value, needle):
     log = make_log(10)
-    log[column] = log[column].astype(object)
-    log.loc[7, column] = value
+    log[column] = (log[column] if column in log else pd.Series(10, index=log.index)).astype(object)
+    log.at[7, column] = value
     path = write(log, tmp_path / "log.jsonl")
     with pytest.raises(OutcomeLogError) as err:
         load_outcomes(path, tiers)
@@ -110,6 +123,52 @@ def test_missing_column_and_empty_file(tmp_path, tiers):
         load_outcomes(empty, tiers)
     with pytest.raises(OutcomeLogError, match="not found"):
         load_outcomes(tmp_path / "nope.parquet", tiers)
+
+
+@pytest.mark.parametrize(
+    ("line", "needle"),
+    [
+        ('{"prompt": "hi", "n": 1' + "1" * 5000 + "}", "invalid JSON: Exceeds the limit"),
+        ("[" * 200_000, "invalid JSON: nested too deeply"),
+    ],
+)
+def test_a_jsonl_line_python_cannot_parse_is_named(tmp_path, tiers, line, needle):
+    path = tmp_path / "log.jsonl"
+    path.write_text(json.dumps(make_log(1).iloc[0].to_dict()) + "\n" + line + "\n")
+    with pytest.raises(OutcomeLogError, match="row 2") as err:
+        load_outcomes(path, tiers)
+    assert needle in str(err.value)
+
+
+def test_a_gzip_log_in_any_case_and_a_broken_one(tmp_path, tiers):
+    data = gzip.compress("\n".join(json.dumps(r) for r in make_log(30).to_dict("records")).encode())
+    (tmp_path / "UP.JSONL.GZ").write_bytes(data)
+    assert len(load_outcomes(tmp_path / "UP.JSONL.GZ", tiers)) == len(make_log(30))
+    (tmp_path / "cut.jsonl.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(OutcomeLogError, match="truncated"):
+        load_outcomes(tmp_path / "cut.jsonl.gz", tiers)
+    (tmp_path / "bad.jsonl.gz").write_bytes(data[:20] + bytes(200) + data[220:])
+    with pytest.raises(OutcomeLogError, match="cannot be read as gzip"):
+        load_outcomes(tmp_path / "bad.jsonl.gz", tiers)
+
+
+def test_a_csv_with_a_trailing_comma_on_each_row_keeps_its_columns(tmp_path, tiers):
+    path = tmp_path / "trail.csv"
+    log = make_log(10)
+    path.write_text(log.to_csv(index=False).replace("\n", ",\n").replace(",\n", "\n", 1))
+    assert load_outcomes(path, tiers)["prompt"].tolist() == log["prompt"].tolist()
+
+
+def test_a_parquet_prompt_of_bytes_is_text_when_utf8_else_named(tmp_path, tiers):
+    log = make_log(5)
+    table = pa.table({c: log[c].tolist() for c in log.columns} | {"prompt": [p.encode() for p in log["prompt"]]})
+    pq.write_table(table, tmp_path / "ok.parquet")
+    assert load_outcomes(tmp_path / "ok.parquet", tiers)["prompt"].tolist() == log["prompt"].tolist()
+    prompts = [p.encode() for p in log["prompt"]]
+    prompts[3] = b"caf\xe9 au lait"
+    pq.write_table(table.set_column(table.column_names.index("prompt"), "prompt", pa.array(prompts)), tmp_path / "b.pq")
+    with pytest.raises(OutcomeLogError, match="row 4, column 'prompt': not UTF-8 text"):
+        load_outcomes(tmp_path / "b.pq", tiers)
 
 
 def test_bad_jsonl_line_names_the_line(tmp_path, tiers):
