@@ -6,8 +6,10 @@ vectorised call (embedding, text features, boosters), decided and written before
 
 from __future__ import annotations
 
+import errno
 import gzip
 import json
+import os
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
@@ -172,6 +174,9 @@ def _parquet_chunks(path: Path, rows_per_chunk: int) -> Iterator[list[Row]]:
     except (OSError, pa.ArrowException) as exc:
         raise OutcomeLogError(path, f"not a readable Parquet file: {exc}") from None
     names = pf.schema_arrow.names
+    twice = sorted({n for n in names if names.count(n) > 1} & {"prompt_id", "prompt", "task"})
+    if twice:
+        raise OutcomeLogError(path, f"column '{twice[0]}' appears more than once", column=twice[0])
     if "prompt" not in names:
         raise OutcomeLogError(path, f"no 'prompt' column (columns: {', '.join(names)})", column="prompt")
     columns = [c for c in ("prompt_id", "prompt", "task") if c in names]
@@ -271,6 +276,20 @@ class DecisionSink:
         )
         self._text: IO[str] | None = None
         self._file: IO[bytes] | None = None  # the Parquet file, opened here so its errors are Python's, not Arrow's
+        # A file written in place is opened (and so emptied) at the first write, or at a commit without any: a run
+        # that fails before it, on its input, leaves it as it was. Whether it can be written is checked now.
+        self._opened = False
+        if path is not None and self.in_place:
+            with self._failing():
+                if path.exists() and not os.access(path, os.W_OK):
+                    raise PermissionError(errno.EACCES, "Permission denied")
+        else:
+            self._open()
+
+    def _open(self) -> None:
+        if self._opened:
+            return
+        self._opened = True
         with self._failing():
             if self.format == "parquet":
                 assert self.path is not None
@@ -299,6 +318,7 @@ class DecisionSink:
             raise DecisionOutputError(self.shown, exc) from exc
 
     def write(self, records: list[Record]) -> None:
+        self._open()
         with self._failing():
             if self.format == "parquet":
                 self._parquet_writer().write_table(pa.Table.from_pylist(records, schema=self._schema))
@@ -309,6 +329,8 @@ class DecisionSink:
 
     def close(self, commit: bool = True) -> None:
         """Finish the output; a file is renamed onto its target only with `commit` (and if it closed), else deleted."""
+        if commit:
+            self._open()  # no decisions: an empty output (an in-place file is emptied only now)
         try:
             with self._failing():
                 if self._file is not None:

@@ -202,6 +202,49 @@ def test_a_symlinked_output_that_fails_says_what_it_holds_and_a_parquet_one_has_
         assert len(real.read_text().splitlines()) == 2
 
 
+@pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
+@pytest.mark.parametrize("kind", ["symlink", "hard link"])
+def test_an_output_written_in_place_is_untouched_by_a_run_that_fails_before_its_first_decision(
+    router: Router, tmp_path: Path, suffix: str, kind: str
+):
+    """It was opened, and so emptied, before the input was read: an input with no prompts, or a bad row in the
+    first chunk, left it (and the file it links to) empty (review finding)."""
+    src, real, out = tmp_path / "in.jsonl", tmp_path / f"real{suffix}", tmp_path / f"out{suffix}"
+    real.write_bytes(b"the previous run's decisions\n")
+    out.symlink_to(real) if kind == "symlink" else os.link(real, out)
+    src.write_text('{"prompt": "fine"}\n{"prompt": "  "}\n')
+    with pytest.raises(OutcomeLogError, match=r"row 2"):
+        route_file(router, src, out, 0.7, show_progress=False)
+    src.write_text("")
+    assert route_file(router, src, out, 0.7, show_progress=False).decisions == 0
+    assert real.read_bytes() == b"the previous run's decisions\n"
+    src.write_text('{"prompt": "fine"}\n')
+    assert route_file(router, src, out, 0.7, show_progress=False).decisions == 1
+    assert (pq.read_table(real).num_rows if suffix == ".parquet" else len(real.read_text().splitlines())) == 1
+
+
+def test_an_unwritable_output_written_in_place_fails_before_routing(router: Router, tmp_path: Path):
+    src, real, out = tmp_path / "in.jsonl", tmp_path / "real.jsonl", tmp_path / "out.jsonl"
+    real.write_text("old\n")
+    out.symlink_to(real)
+    src.write_text('{"prompt": "fine"}\n')
+    real.chmod(0o400)
+    if os.access(real, os.W_OK):
+        pytest.skip("root writes a read-only file")
+    with pytest.raises(DecisionOutputError, match="Permission denied"):
+        route_file(router, src, out, 0.7, show_progress=False)
+
+
+def test_a_parquet_input_with_a_column_twice_is_refused(router: Router, tmp_path: Path):
+    src = tmp_path / "dup.parquet"
+    pq.write_table(
+        pa.Table.from_arrays([pa.array(["a"]), pa.array(["x"]), pa.array(["y"])], ["prompt_id", "prompt", "prompt"]),
+        src,
+    )
+    with pytest.raises(OutcomeLogError, match="column 'prompt' appears more than once"):
+        route_file(router, src, None, 0.7, show_progress=False)
+
+
 def test_a_replaced_output_keeps_its_mode(router: Router, tmp_path: Path):
     """The temporary file renamed onto --out had the umask's mode: a private 0600 file became world-readable."""
     src, out = tmp_path / "in.jsonl", tmp_path / "private.jsonl"
