@@ -590,7 +590,15 @@ def evaluate(
     s = _as_trained(s, artifact, test_size, seed)
     split = _held_out_split(s, _tiers_for(s, artifact), artifact.held_out)
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
-    result = evaluate_artifact(artifact, split, embedder, EmbeddingCache(s.cache_dir / "embeddings.sqlite"), s.seed)
+    from training.data import too_few_outcomes
+
+    # The baselines (kNN, logistic regression, task prior) learn from the split's training side: too few rows there
+    # (a --test-size near 1, a small log hashing mostly to the test side), and the router is scored alone.
+    short = too_few_outcomes(split, "training")
+    if short is not None:
+        typer.echo(f"warning: no baselines: they train on the split's training side, where {short}", err=True)
+    cache = EmbeddingCache(s.cache_dir / "embeddings.sqlite")
+    result = evaluate_artifact(artifact, split, embedder, cache, s.seed, baselines=short is None)
     typer.echo(format_table(result))
     if json_out is not None:
         from training.report import result_to_json

@@ -320,6 +320,20 @@ def test_evaluate_and_calibrate_refuse_tiers_the_model_was_not_trained_for(tmp_p
         assert "two.toml: the model was trained for tiers ['main', 'mid', 'brain']" in res.output, res.output
 
 
+def test_evaluate_with_no_training_side_scores_the_router_alone(tmp_path, artifact_dir, monkeypatch):
+    """The baselines train on the split's training side: with none left (a --test-size of 0.999) the command was a
+    scikit-learn traceback (review finding)."""
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    log = tmp_path / "log.parquet"
+    make_log(150).to_parquet(log)
+    common = ["--model-uri", str(artifact_dir), "--outcomes", str(log), "--tiers", str(write_tiers(tmp_path / "t"))]
+    res = runner.invoke(cli.app, ["evaluate", *common, "--test-size", "0.999", "--json-out", str(tmp_path / "e.json")])
+    assert res.exit_code == 0, res.output
+    assert "warning: no baselines: they train on the split's training side, where tier 'main'" in res.output
+    methods = {r["method"] for r in json.loads((tmp_path / "e.json").read_text())["table"]}
+    assert "router" in methods and "kNN (k=25)" not in methods
+
+
 def test_evaluate_refuses_a_tier_with_no_outcomes_in_the_log(tmp_path, artifact_dir, monkeypatch):
     monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
     log = tmp_path / "log.parquet"
