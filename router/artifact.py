@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -190,10 +191,15 @@ class RouterArtifact:
             "task_prior": self.task_prior.to_dict() if self.task_prior else None,
             "held_out": asdict(self.held_out) if self.held_out else None,
         }
+        # A part this model lacks is removed if a folder saved before holds one: it would load with this model.
         if self.novelty is not None:
             self.novelty.save(directory / "novelty")
+        else:
+            shutil.rmtree(directory / "novelty", ignore_errors=True)
         if self.task_prior is not None and self.task_prior.classifier is not None:
             self.task_prior.classifier.save(directory / TASK_CLASSIFIER_FILE)
+        else:
+            (directory / TASK_CLASSIFIER_FILE).unlink(missing_ok=True)
         (directory / ARTIFACT_FILE).write_text(json.dumps(meta, indent=1))
         return directory
 

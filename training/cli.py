@@ -921,13 +921,22 @@ def add_model(
     s = _settings(outcomes_path=outcomes, tiers_path=tiers)
     if out.exists() and not out.is_dir():
         _fail(f"--out {out}: is a file; give a folder for the new model")
+    if out.is_dir() and any(out.iterdir()):
+        # Another model's files there (its novelty reference, its task classifier) would load with the new one.
+        _fail(f"--out {out}: is not empty; give a new or empty folder for the new model")
     artifact = _load_artifact(s, model_uri)
     tier_cfg, log = _load_inputs(s, False)
     embedder = _embedder(s, backend_of(artifact.features.embedder_id))
     try:
         new, notes = add_models(artifact, tier_cfg, log, embedder, EmbeddingCache(s.cache_dir / "embeddings.sqlite"))
-    except (NothingToAdd, TiersConfigError, ValueError) as exc:
+    except NothingToAdd as exc:
         _fail(f"{s.outcomes_path}: {exc}")
+        raise
+    except TiersConfigError as exc:
+        _fail(f"{s.tiers_path}: {exc}")
+        raise
+    except ValueError as exc:  # the model cannot take a new tier (trained without the shared difficulty)
+        _fail(f"{model_uri or f'{s.registered_model}@{s.model_alias}'}: {exc}")
         raise
     new.save(out)
     typer.echo("\n".join(notes))

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from dataclasses import replace
 
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -189,6 +190,9 @@ def test_outputs_and_models_that_cannot_be_are_refused_up_front(tmp_path, artifa
     afile.write_text("x")
     res = runner.invoke(cli.app, ["add-model", "--out", str(afile), "--model-uri", str(artifact_dir)])
     assert res.exit_code == 2 and "is a file; give a folder" in res.output, res.output
+    # Another model's folder: its files (a novelty reference, a task classifier) would load with the new model.
+    res = runner.invoke(cli.app, ["add-model", "--out", str(artifact_dir), "--model-uri", str(artifact_dir)])
+    assert res.exit_code == 2 and "is not empty; give a new or empty folder" in res.output, res.output
     for content in (None, "{not json", "{}"):
         folder = tmp_path / f"model-{content is None}-{len(content or '')}"
         folder.mkdir()
@@ -318,6 +322,26 @@ def test_evaluate_and_calibrate_refuse_tiers_the_model_was_not_trained_for(tmp_p
         res = runner.invoke(cli.app, args)
         assert res.exit_code == 2, res.output
         assert "two.toml: the model was trained for tiers ['main', 'mid', 'brain']" in res.output, res.output
+
+
+def test_add_model_names_the_input_at_fault(tmp_path, artifact_dir, monkeypatch):
+    """Every refusal named the outcome log, also one of the model or of the tiers file (review finding)."""
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    log = make_log(150)
+    swapped = log[log["model"] == "medium"].head(40).assign(model="unused")
+    path = tmp_path / "swap.parquet"
+    pd.concat([log, swapped]).to_parquet(path)
+    tiers = write_tiers(tmp_path / "swap.toml", overrides={"mid": "unused"})
+    common = ["--outcomes", str(path), "--tiers", str(tiers), "--out", str(tmp_path / "new")]
+    res = runner.invoke(cli.app, ["add-model", *common, "--model-uri", str(artifact_dir)])  # no shared difficulty
+    assert res.exit_code == 2 and f"error: {artifact_dir}: refitting" in res.output, res.output
+    renamed_tiers = [{**t, "name": f"x{t['name']}"} for t in TIERS_TOML["tiers"]]
+    renamed = write_tiers(tmp_path / "renamed.toml", tiers=renamed_tiers)
+    res = runner.invoke(
+        cli.app, ["add-model", *common[:2], "--tiers", str(renamed), *common[4:], "--model-uri", str(artifact_dir)]
+    )
+    assert res.exit_code == 2 and f"{renamed}: the model was trained for tiers" in res.output, res.output
+    assert str(path) not in res.output
 
 
 def test_evaluate_with_no_training_side_scores_the_router_alone(tmp_path, artifact_dir, monkeypatch):

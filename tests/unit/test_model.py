@@ -93,3 +93,27 @@ def test_a_prompts_category_comes_from_any_of_its_rows(outcome_log, tiers):
     table = pivot_log(log, tiers)
     expected = outcome_log.drop_duplicates("prompt_id").set_index("prompt_id")["category"]
     assert table.prompts["category"].tolist() == expected.reindex(table.prompts["prompt_id"]).tolist()
+
+
+def test_saving_over_a_folder_removes_the_parts_this_model_lacks(tmp_path):
+    """A model without a novelty reference or task classifier saved over a folder that held one loaded them back
+    as its own (review finding: add-model --out an old model's folder)."""
+    from dataclasses import replace
+
+    from router.artifact import TASK_CLASSIFIER_FILE, RouterArtifact
+    from router.features import FeatureSpec
+    from router.novelty import NoveltyReference
+    from router.schema import parse_tiers
+    from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
+    from training.data import split_log
+    from training.fit import train_router
+
+    emb = HashingEmbedder()
+    split = split_log(make_log(150), parse_tiers(TIERS_TOML), 0.3, 0)
+    art = train_router(split, emb, None, FeatureSpec(embedder_id=emb.id), DifficultyModel(n_estimators=10))
+    reference = NoveltyReference(n_reference=50).fit(np.random.default_rng(0).normal(size=(120, 384)))
+    replace(art, novelty=reference).save(tmp_path)
+    assert RouterArtifact.load(tmp_path).novelty is not None
+    (tmp_path / TASK_CLASSIFIER_FILE).write_bytes(b"an older model's")
+    replace(art, novelty=None, task_prior=None).save(tmp_path)
+    assert RouterArtifact.load(tmp_path).novelty is None and not (tmp_path / TASK_CLASSIFIER_FILE).exists()
