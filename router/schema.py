@@ -406,7 +406,8 @@ def _read_jsonl(path: Path) -> tuple[pd.DataFrame, np.ndarray]:
     return pd.DataFrame.from_records(records), np.asarray(lines, dtype=np.int64)
 
 
-def _is_utf8(raw: bytes) -> bool:
+def is_utf8(raw: bytes) -> bool:
+    """Whether bytes (a Parquet or pickled cell) decode as UTF-8 text."""
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError:
@@ -423,7 +424,7 @@ def _number(value: Any) -> Any:
     return value
 
 
-def _numbers(column: pd.Series) -> pd.Series:
+def numbers_of(column: pd.Series) -> pd.Series:
     """A column's cells as floats; NaN where a cell is no number (a missing cell is NaN too)."""
     if column.dtype == object:
         column = column.map(_number)
@@ -461,7 +462,7 @@ def validate_outcomes(
         nested = df[col].map(lambda v: isinstance(v, list | tuple | dict | np.ndarray))
         first_bad(nested, col, f"{col} must be text, not a list or an object")  # was written as its repr
         first_bad(df[col].map(lambda v: isinstance(v, bool | np.bool_)), col, f"{col} must be text, not true/false")
-        first_bad(df[col].map(lambda v: isinstance(v, bytes) and not _is_utf8(v)), col, "not UTF-8 text")
+        first_bad(df[col].map(lambda v: isinstance(v, bytes) and not is_utf8(v)), col, "not UTF-8 text")
     for col in ("prompt_id", "prompt", "model"):
         first_bad(df[col].isna(), col, "value is missing")
         df[col] = df[col].map(lambda v: v.decode() if isinstance(v, bytes) else v).astype(str)
@@ -470,7 +471,7 @@ def validate_outcomes(
     first_bad(df["model"].str.strip().eq(""), "model", "model is empty")
     _one_text_per_prompt_id(path, df, rows)
     for col, lo, hi in (("score", 0.0, 1.0), ("cost_usd", 0.0, np.inf)):
-        values = _numbers(df[col])
+        values = numbers_of(df[col])
         first_bad(values.isna() & df[col].notna(), col, f"not a number: {col}")
         first_bad(values.isna(), col, f"{col} is missing or NaN")
         if col == "score":
@@ -481,7 +482,7 @@ def validate_outcomes(
         df[col] = values.astype(float)
     for col in ("tokens_in", "tokens_out", "latency_ms"):
         if col in df.columns:
-            values = _numbers(df[col])
+            values = numbers_of(df[col])
             first_bad(values.isna() & df[col].notna(), col, f"not a number: {col}")
             first_bad(values < 0, col, f"{col} must be >= 0")
             first_bad(values.notna() & ~np.isfinite(values), col, f"{col} must be finite")

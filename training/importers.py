@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from router.schema import REQUIRED_COLUMNS, OutcomeLogError, validate_outcomes
+from router.schema import REQUIRED_COLUMNS, OutcomeLogError, is_utf8, numbers_of, validate_outcomes
 
 ROUTERBENCH_ID_COLUMNS = ("sample_id", "prompt", "eval_name")
 COST_SUFFIX = "|total_cost"
@@ -55,7 +55,7 @@ Flag = Callable[[pd.Series], pd.Series]
 
 def _numbers(wide: pd.DataFrame, column: str, path: Path | str, bad: Flag, says: str) -> Any:
     """A wide column as numbers; an entry that is no number, or that `bad` flags, is refused by its row there."""
-    values = pd.to_numeric(wide[column], errors="coerce")
+    values = numbers_of(wide[column])  # true/false is no number; an integer beyond float's range is infinite
     for mask, message in ((values.isna() & wide[column].notna(), "not a number"), (bad(values), says)):
         if mask.any():
             row = int(np.flatnonzero(mask.to_numpy())[0]) + 1
@@ -69,11 +69,17 @@ def import_routerbench_frame(wide: pd.DataFrame, path: Path | str = "<routerbenc
     if missing:
         raise OutcomeLogError(path, f"not a RouterBench table: missing column(s) {missing}", column=missing[0])
     models = [
-        c[: -len(COST_SUFFIX)] for c in wide.columns if c.endswith(COST_SUFFIX) and c[: -len(COST_SUFFIX)] in wide
+        c[: -len(COST_SUFFIX)]
+        for c in wide.columns
+        if isinstance(c, str) and c.endswith(COST_SUFFIX) and c[: -len(COST_SUFFIX)] in wide
     ]
     if not models:
         raise OutcomeLogError(path, "no '<model>|total_cost' columns with a matching score column")
-    prompts = wide["prompt"].astype(str).map(_prompt_text)
+    not_text = wide["prompt"].map(lambda v: isinstance(v, bytes) and not is_utf8(v))
+    if not_text.any():
+        row = int(np.flatnonzero(not_text.to_numpy())[0]) + 1
+        raise OutcomeLogError(path, "not UTF-8 text", row=row, column="prompt")
+    prompts = wide["prompt"].map(lambda v: v.decode() if isinstance(v, bytes) else v).astype(str).map(_prompt_text)
     # Checked by the file's row, as the scores are: the log's own check would name a row of the reshaped table.
     for mask, message in ((wide["prompt"].isna(), "value is missing"), (prompts.str.strip().eq(""), "prompt is empty")):
         if mask.any():

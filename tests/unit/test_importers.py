@@ -46,6 +46,10 @@ def test_wide_frame_to_long_rows():
         ("m1|total_cost", [0.1, -0.2], r"row 2, column 'm1\|total_cost': cost must be finite"),
         ("prompt", ["['Q1?']", "['  ']"], r"row 2, column 'prompt': prompt is empty"),  # was the long table's row 4
         ("prompt", ["['Q1?']", None], r"row 2, column 'prompt': value is missing"),  # was imported as the text 'None'
+        # A review's finds: each was a traceback.
+        ("m1|total_cost", [0.1, 10**400], r"row 2, column 'm1\|total_cost': cost must be finite"),
+        ("prompt", ["['Q1?']", b"\xff"], r"row 2, column 'prompt': not UTF-8 text"),
+        ("m1", [1.0, True], r"row 2, column 'm1': not a number: True"),
     ],
 )
 def test_a_bad_entry_is_named_by_its_row_and_column_in_the_file(column: str, values: list, says: str):
@@ -63,6 +67,12 @@ def test_a_bad_entry_is_named_by_its_row_and_column_in_the_file(column: str, val
     wide[column] = values
     with pytest.raises(OutcomeLogError, match=f"wide.csv, {says}"):
         import_routerbench_frame(wide, "wide.csv")
+
+
+def test_a_column_named_by_a_number_is_no_model_of_the_table():
+    wide = pd.DataFrame({"sample_id": ["a.1"], "prompt": ["['Q?']"], "eval_name": ["a"], "m1": [1.0], 7: [0.5]})
+    wide["m1|total_cost"] = [0.1]
+    assert import_routerbench_frame(wide)["model"].tolist() == ["m1"]  # the int column name was a traceback
 
 
 def test_a_file_that_is_no_routerbench_table_is_one_line(tmp_path: Path):
