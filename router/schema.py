@@ -198,6 +198,8 @@ def _price_tier(raw: Mapping[str, Any], models: Mapping[str, ModelPrice], path: 
     name = data.get("name", "?")
     kind = data.get("kind", "single")
     where = f"{path}: tier '{name}'"
+    if isinstance(name, str) and not name.strip():
+        raise TiersConfigError(f"{path}: a tier's name is blank")
     if not isinstance(data.get("model", ""), str):
         raise TiersConfigError(f"{where}: model must be one model's name (a string)")
     members = data.get("members", [])
@@ -213,7 +215,7 @@ def _price_tier(raw: Mapping[str, Any], models: Mapping[str, ModelPrice], path: 
             raise TiersConfigError(f"{path}: fusion tier '{name}' needs at least two members")
         data.setdefault("model", f"fusion:{name}")
     else:
-        if not data.get("model"):
+        if not str(data.get("model") or "").strip():
             raise TiersConfigError(f"{path}: tier '{name}' has no model")
         parts = [data["model"]]
     if "input_per_1m" not in data or "output_per_1m" not in data:

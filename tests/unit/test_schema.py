@@ -239,6 +239,8 @@ def test_fusion_tier_is_priced_as_sum_of_parts():
         ([{"name": "a", "model": "small"}, {"name": "a", "model": "medium"}], "duplicate tier"),
         ([{"name": "p", "kind": "fusion", "members": ["small"]}], "at least two members"),
         ([], "non-empty"),
+        ([{"name": " ", "model": "small"}], "a tier's name is blank"),  # both were accepted (review finding)
+        ([{"name": "a", "model": "  "}], "tier 'a' has no model"),
     ],
 )
 def test_bad_tiers(tiers, needle):
