@@ -95,12 +95,12 @@ class TierwiseRoutingPlugin:
         signals = context.metadata.get(SIGNALS_KEY)
         earlier = signals.get(DECISION_KEY) if isinstance(signals, Mapping) else None
         decision: Mapping[str, Any]
-        if isinstance(earlier, dict):
+        if isinstance(earlier, dict) and not (self.settler is not None and self.settler.settled(earlier)):
             decision = earlier
-        else:
+        else:  # a new call, or one whose earlier try was released (its task cancelled): routed anew
             decision = await self._decide(context)
-            if self.settler is not None:
-                self.settler.watch(decision)  # released if its call is cancelled (LiteLLM reports no end for it)
+        if self.settler is not None:
+            self.settler.watch(decision)  # released if its call is cancelled (LiteLLM reports no end for it)
         context.signals[DECISION_KEY] = decision
         tier = decision["tier"]
         keep = [m for m in routed if self.model_tier[m] == tier]

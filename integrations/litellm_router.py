@@ -54,7 +54,7 @@ AMBIGUOUS: Mapping[str, Any] = {}  # TierwiseSettler.answered's value for a resp
 # A cancelled async call's decision is released this long after its task ended, unless LiteLLM reported the call's end
 # meanwhile (an answer that came in as the task was cancelled is still booked at its cost).
 RELEASE_AFTER_CANCEL_S = 5.0
-WATCHED_PER_TASK = 64  # decisions watched per task before those whose calls ended are dropped (a long-lived task)
+WATCHED_PER_TASK = 64  # decisions watched per task: those whose calls ended go first, then the oldest
 
 
 class Decision(TypedDict):
@@ -228,6 +228,8 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
             return self._any_of(model)
         prompt = self._prompt(messages, input)
         md, options, trace_id, decision = self._request(request_kwargs, prompt)
+        if decision is not None and self.settler is not None and self.settler.settled(decision):
+            decision = None  # released after its task was cancelled: a retry of that call is routed as a new one
         if decision is None:
             try:
                 answer: Mapping[str, Any] | Exception | None = (
@@ -237,8 +239,8 @@ class TierwiseRoutingStrategy(CustomRoutingStrategyBase):
                 answer = e
             decision = self._decide(model, answer, options, trace_id, prompt)
             remember(md, decision)
-            if self.settler is not None:
-                self.settler.watch(decision)
+        if self.settler is not None:
+            self.settler.watch(decision)  # a retry in another task too: its decision is not released under it
         return self._serve(decision)
 
     # -- the choice ------------------------------------------------------------------------------------------------
@@ -603,7 +605,13 @@ class TierwiseSettler(CustomLogger):
             elif len(pending) >= WATCHED_PER_TASK:
                 for did in [did for did in pending if did in self._ended or did in self._done]:
                     del pending[did]
+                while len(pending) >= WATCHED_PER_TASK:  # calls cancelled inside a task that goes on: the oldest go
+                    del pending[next(iter(pending))]
             pending[str(decision["decision_id"])] = decision
+
+    def settled(self, decision: Mapping[str, Any]) -> bool:
+        """Whether this settler settled (or released) the decision."""
+        return str(decision.get("decision_id")) in self._done
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         with self._lock:
@@ -619,7 +627,9 @@ class TierwiseSettler(CustomLogger):
     def _release_cancelled(self, decisions: list[Mapping[str, Any]]) -> None:
         for decision in decisions:
             did = str(decision["decision_id"])
-            if did in self._ended or self._to_settle(decision) is None:
+            with self._lock:  # a retry of the call in another task, still running, may yet answer for it
+                watched = any(did in pending for pending in self._watched.values())
+            if watched or did in self._ended or self._to_settle(decision) is None:
                 continue
             try:
                 self.clients[decision["tierwise_client"]].settle(did, {"cost_usd": None})

@@ -416,6 +416,34 @@ def test_a_cancelled_async_call_releases_its_reservation(
     assert view["spent_usd"] == 0 and view["reserved_usd"] == pytest.approx(0)
 
 
+def test_a_retry_of_a_released_call_is_routed_and_charged_as_a_new_call(
+    tierwise: str, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timed-out call retried with the same metadata and trace id reused its decision, which the cancelled task's
+    timer had released: the retry's answer was booked at nothing (review finding)."""
+    monkeypatch.setattr(litellm_router, "RELEASE_AFTER_CANCEL_S", 0.2)
+    api.put("/sessions/retry-released", json={"cap_usd": 10.0})
+    router, _ = make_router(tierwise)
+    slow_deployments = [deployment(f"dep-{t}", t) for t in TIERS] + [deployment("dep-default", group="default")]
+    for d in slow_deployments:
+        d["litellm_params"]["mock_delay"] = 30
+    slow_router, _ = make_router(tierwise, slow_deployments)  # the same deployment ids, answering late
+    md: dict[str, Any] = {"tierwise": {"session_id": "retry-released"}}
+    messages = [{"role": "user", "content": HARD}]
+
+    async def run() -> tuple[float, dict[str, Any]]:
+        slow = slow_router.acompletion(model="tierwise", messages=messages, metadata=md, litellm_trace_id="t-1")
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(slow, 1.0)
+        assert md[DECISION_KEY]["decision_id"]  # routed before it timed out
+        await asyncio.sleep(0.8)  # past the grace period: the first try's decision is released
+        resp = await router.acompletion(model="tierwise", messages=messages, metadata=md, litellm_trace_id="t-1")
+        return float(resp._hidden_params["response_cost"]), await asettled_view(api, "retry-released", 2)
+
+    cost, view = asyncio.run(run())
+    assert view["spent_usd"] == pytest.approx(cost) and cost > 0 and view["reserved_usd"] == pytest.approx(0)
+
+
 @pytest.mark.parametrize("priced", [True, False])
 def test_a_call_that_answered_is_not_released_when_its_task_is_cancelled_later(
     tierwise: str, api: httpx.Client, monkeypatch: pytest.MonkeyPatch, priced: bool
@@ -689,3 +717,19 @@ def test_an_answer_from_a_fallback_group_is_none_of_the_tiers(tierwise: str, api
     assert view["spent_usd"] == 0 and view["reserved_usd"] == pytest.approx(0)  # released, charged nothing
     assert plugin.post_score(md, resp, 0.9) is None
     assert api.get("/sessions/fell-back").json()["spent_usd"] == 0
+
+
+def test_a_long_lived_tasks_watch_list_is_bounded() -> None:
+    """Calls cancelled inside a task that goes on (asyncio.timeout) are never reported ended: the task's watch list
+    grew by one decision per such call (review finding)."""
+    client = TierwiseClient("http://127.0.0.1:9", api_key=CLIENT_KEY)
+    settler = TierwiseSettler(client)
+
+    async def many() -> int:
+        for i in range(500):
+            settler.watch({"decision_id": f"d{i}", "tierwise_client": client.identity})
+        task = asyncio.current_task()
+        assert task is not None
+        return len(settler._watched[task])
+
+    assert asyncio.run(many()) <= litellm_router.WATCHED_PER_TASK
