@@ -428,6 +428,8 @@ def _number(value: Any) -> Any:
 
 def numbers_of(column: pd.Series) -> pd.Series:
     """A column's cells as floats; NaN where a cell is no number (a missing cell is NaN too)."""
+    if pd.api.types.is_bool_dtype(column):  # a column of true/false only: no numbers at all
+        return pd.Series(np.nan, index=column.index, dtype=float)
     if column.dtype == object:
         column = column.map(_number)
     return pd.to_numeric(column, errors="coerce").astype(float)

@@ -140,6 +140,15 @@ def test_a_jsonl_line_python_cannot_parse_is_named(tmp_path, tiers, line, needle
     assert needle in str(err.value)
 
 
+@pytest.mark.parametrize("column", ["score", "tokens_out"])
+def test_a_number_column_of_true_false_only_is_refused(tmp_path, tiers, column):
+    """One true among numbers was refused, a column of nothing else read as 1.0/0.0 (review finding)."""
+    log = make_log(3)
+    log[column] = [i % 2 == 0 for i in range(len(log))]
+    with pytest.raises(OutcomeLogError, match=f"row 1, column '{column}': not a number"):
+        load_outcomes(write(log, tmp_path / "log.jsonl"), tiers)
+
+
 def test_a_gzip_log_in_any_case_and_a_broken_one(tmp_path, tiers):
     data = gzip.compress("\n".join(json.dumps(r) for r in make_log(30).to_dict("records")).encode())
     (tmp_path / "UP.JSONL.GZ").write_bytes(data)
