@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import logging
@@ -316,11 +317,14 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
             # A text column is read as text: an id "01" or a model "7" is not the number 1 or 7.0.
             na = {c: [""] for c in TEXT_COLUMNS} | {c: ["", *NA_NUMBERS] for c in NUMBER_COLUMNS}
             text = dict.fromkeys(TEXT_COLUMNS, str)
-            # index_col=False: a trailing comma on each row must not turn the first column into the index (pandas
-            # warns that it drops the empty last field: that is the point)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", pd.errors.ParserWarning)
-                return pd.read_csv(path, keep_default_na=False, na_values=na, dtype=text, index_col=False), None
+            # index_col=False: a row with more fields than the header must not turn the first column into the index
+            # (every column shifted); pandas would drop the extra fields, so such a row is refused, named
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", pd.errors.ParserWarning)
+                df = pd.read_csv(path, keep_default_na=False, na_values=na, dtype=text, index_col=False)
+            if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
+                _refuse_extra_fields(path)
+            return df, None
         if suffix in (".jsonl", ".ndjson", ".jsonl.gz"):
             return _read_jsonl(path)
     except OutcomeLogError:
@@ -332,6 +336,21 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
     except Exception as exc:  # any parser failure becomes one clear line
         raise OutcomeLogError(path, f"cannot be read as {suffix.lstrip('.')}: {exc}") from None
     raise OutcomeLogError(path, f"unsupported format '{suffix}': use .parquet, .csv or .jsonl")
+
+
+def _refuse_extra_fields(path: Path) -> None:
+    """Raise naming the first data row with more fields than the CSV's header (a trailing comma, an unquoted comma)."""
+    rows = csv.reader(line for _, line in _text_lines(path))
+    width = len(next(rows, []))
+    for row_number, row in enumerate(rows, start=1):
+        if len(row) > width:
+            raise OutcomeLogError(
+                path,
+                f"{len(row)} fields, the header has {width} (a trailing comma, or a comma in a value that is not "
+                "quoted): fix the row, or quote the value",
+                row=row_number,
+            )
+    raise OutcomeLogError(path, f"a row has more fields than the header's {width}")
 
 
 def _not_utf8(lineno: int, raw: bytes, exc: UnicodeDecodeError) -> str:

@@ -161,11 +161,16 @@ def test_a_gzip_log_in_any_case_and_a_broken_one(tmp_path, tiers):
         load_outcomes(tmp_path / "bad.jsonl.gz", tiers)
 
 
-def test_a_csv_with_a_trailing_comma_on_each_row_keeps_its_columns(tmp_path, tiers):
-    path = tmp_path / "trail.csv"
-    log = make_log(10)
-    path.write_text(log.to_csv(index=False).replace("\n", ",\n").replace(",\n", "\n", 1))
-    assert load_outcomes(path, tiers)["prompt"].tolist() == log["prompt"].tolist()
+@pytest.mark.parametrize("extra", ["", "algebra"])
+def test_a_csv_row_with_more_fields_than_its_header_is_named(tmp_path, tiers, extra):
+    """A trailing comma on each row made pandas take the first column for the index: every column shifted, and the
+    error blamed another prompt text (review finding); an extra field must not be dropped without a word either."""
+    path = tmp_path / "wide.csv"
+    lines = make_log(10).to_csv(index=False).splitlines()
+    lines[1:] = [f"{line},{extra}" for line in lines[1:]]  # from the first data row on: pandas made it the index
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(OutcomeLogError, match="row 1: 7 fields, the header has 6"):
+        load_outcomes(path, tiers)
 
 
 def test_a_parquet_prompt_of_bytes_is_text_when_utf8_else_named(tmp_path, tiers):
