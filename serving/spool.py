@@ -103,26 +103,27 @@ def parse_line(line: bytes) -> tuple[list[Record], bytes | None]:
     return [], text
 
 
-def _record_of(line: bytes) -> Record | None:
-    """A spool or quarantine line's record (a quarantine entry's is under "record"); None for a torn line."""
+def _entry_of(line: bytes) -> Record | None:
+    """A spool or quarantine line as parsed JSON; None for a torn line or one that is no object."""
     try:
         entry = json.loads(line)
     except (ValueError, RecursionError):  # RecursionError: nested past the parser's depth (a torn or foreign line)
         return None
-    if not isinstance(entry, dict):
-        return None
-    inner = entry.get("record")
+    return entry if isinstance(entry, dict) else None
+
+
+def _record_of(line: bytes) -> Record | None:
+    """A spool or quarantine line's record (a quarantine entry's is under "record"); None for a torn line."""
+    entry = _entry_of(line)
+    inner = entry.get("record") if entry is not None else None
     return inner if isinstance(inner, dict) else entry
 
 
 def _stamp(line: bytes) -> datetime | None:
     """When a spool or quarantine line's record came in (`spooled_at`; a quarantine entry of a record spooled before
     records were stamped: when it was set aside); None when the line says neither (a torn or an older line)."""
-    try:
-        entry = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    if not isinstance(entry, dict):
+    entry = _entry_of(line)
+    if entry is None:
         return None
     record = entry.get("record")
     stamp = record.get("spooled_at") if isinstance(record, dict) else None
