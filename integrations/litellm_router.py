@@ -39,6 +39,7 @@ from litellm.integrations.custom_logger import CustomLogger
 from litellm.router import Router
 from litellm.types.router import CustomRoutingStrategyBase
 
+from integrations.delayed_calls import DelayedCalls
 from integrations.tierwise_http import TierwiseClient, TierwiseRefused, TierwiseUnavailable
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ AMBIGUOUS: Mapping[str, Any] = {}  # TierwiseSettler.answered's value for a resp
 # A cancelled async call's decision is released this long after its task ended, unless LiteLLM reported the call's end
 # meanwhile (an answer that came in as the task was cancelled is still booked at its cost).
 RELEASE_AFTER_CANCEL_S = 5.0
+RELEASES = DelayedCalls("tierwise-release")  # one thread for every cancelled call's release in this process
 WATCHED_PER_TASK = 64  # decisions watched per task: those whose calls ended go first, then the oldest
 
 
@@ -570,8 +572,8 @@ class TierwiseSettler(CustomLogger):
 
     LiteLLM reports nothing of an async call cancelled before it ends (`asyncio.wait_for`'s timeout, a request task
     cancelled because its client left): the strategy `watch`es each async call's task, and a task cancelled before
-    LiteLLM reported its call's end releases the call's decision `RELEASE_AFTER_CANCEL_S` later (from a timer thread:
-    the task's event loop may be closing), unless the end was reported meanwhile.
+    LiteLLM reported its call's end releases the call's decision `RELEASE_AFTER_CANCEL_S` later (from `RELEASES`'
+    one thread: the task's event loop may be closing), unless the end was reported meanwhile.
     """
 
     def __init__(self, client: TierwiseClient, remember: int = 10_000) -> None:
@@ -620,9 +622,7 @@ class TierwiseSettler(CustomLogger):
             return  # its calls ended (LiteLLM reported them), or a cancellation was caught inside it (not seen here)
         left = [d for did, d in pending.items() if did not in self._ended]
         if left:
-            timer = threading.Timer(RELEASE_AFTER_CANCEL_S, self._release_cancelled, args=(left,))
-            timer.daemon = True
-            timer.start()
+            RELEASES.call_later(RELEASE_AFTER_CANCEL_S, self._release_cancelled, left)
 
     def _release_cancelled(self, decisions: list[Mapping[str, Any]]) -> None:
         for decision in decisions:
@@ -635,7 +635,7 @@ class TierwiseSettler(CustomLogger):
                 self.clients[decision["tierwise_client"]].settle(did, {"cost_usd": None})
                 self._mark(did)
                 logger.info("decision %s released: its call was cancelled before it ended", did)
-            except Exception as e:  # a timer thread: log, never raise
+            except Exception as e:  # the release thread: log, never raise
                 logger.warning("decision %s of a cancelled call not released: %s: %s", did, type(e).__name__, e)
 
     def _note_end(self, kwargs: Mapping[str, Any], ok: bool) -> None:

@@ -416,6 +416,44 @@ def test_a_cancelled_async_call_releases_its_reservation(
     assert view["spent_usd"] == 0 and view["reserved_usd"] == pytest.approx(0)
 
 
+def test_a_burst_of_cancelled_calls_is_released_by_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each cancelled task's release waited on a thread of its own (a `threading.Timer`): a burst of client
+    disconnects at the proxy meant as many sleeping threads (review finding). They now wait on one."""
+    monkeypatch.setattr(litellm_router, "RELEASE_AFTER_CANCEL_S", 0.3)
+    released: list[tuple[str, Any]] = []
+
+    class Recording(TierwiseClient):
+        def settle(self, decision_id: str, usage: Any) -> dict[str, Any]:
+            released.append((decision_id, usage))
+            return {}
+
+    client = Recording("http://127.0.0.1:9")
+    settler = TierwiseSettler(client)
+    n = 100
+
+    async def burst() -> int:
+        async def call(i: int) -> None:
+            settler.watch({"decision_id": f"d{i}", "tierwise_client": client.identity})
+            await asyncio.sleep(30)
+
+        tasks = [asyncio.create_task(call(i)) for i in range(n)]
+        await asyncio.sleep(0.05)  # every call is watched
+        before = threading.active_count()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return threading.active_count() - before
+
+    started = asyncio.run(burst())
+    assert started <= 1
+    for _ in range(300):
+        if len(released) == n:
+            break
+        threading.Event().wait(0.02)
+    assert sorted(released) == sorted((f"d{i}", {"cost_usd": None}) for i in range(n))
+    assert all(settler.settled({"decision_id": f"d{i}"}) for i in range(n))
+
+
 def test_a_retry_of_a_released_call_is_routed_and_charged_as_a_new_call(
     tierwise: str, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
