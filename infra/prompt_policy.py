@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -34,16 +35,18 @@ def prompt_id_of(prompt: str) -> str:
 class PromptPolicy:
     mode: PromptStorage = "text"
     key: bytes | None = None
+    previous_keys: tuple[bytes, ...] = ()  # retired keys (after a rotation): recognised, never used to store
 
     def __post_init__(self) -> None:
         if self.mode == "hash" and not self.key:
             raise ValueError("prompt storage 'hash' needs a key (TIERWISE_PROMPT_HASH_KEY)")
 
-    def digest(self, prompt: str) -> str:
-        """The keyed hash of a prompt (hash mode), hex."""
-        if not self.key:
+    def digest(self, prompt: str, key: bytes | None = None) -> str:
+        """The keyed hash of a prompt (hash mode) under this policy's key (or `key`), hex."""
+        key = key or self.key
+        if not key:
             raise ValueError("prompt storage 'hash' needs a key")
-        return hmac.new(self.key, normalize_text(prompt).encode(), hashlib.sha256).hexdigest()
+        return hmac.new(key, normalize_text(prompt).encode(), hashlib.sha256).hexdigest()
 
     def decision(self, values: dict[str, Any]) -> dict[str, Any]:
         """A decision row's values as stored."""
@@ -70,16 +73,19 @@ class PromptPolicy:
         """Whether an outcome without a decision (its `id` and `prompt`) may be the one stored under `prompt_id`, in
         whichever storage mode was set then (`stored_text`: whether that row kept its text).
 
-        Its text's id (text mode), its keyed hash under this key (hash), its own id (none) are the same prompt; a
-        text id that differs is another. A hash that differs is another prompt while a key is set, and cannot be
-        told apart without one (the row was stored in hash mode, the key is gone): the outcome's other fields decide.
-        A hash stored under an earlier key is not recognised: its retry is refused as another prompt."""
+        Its text's id (text mode), its keyed hash under this key or a retired one (hash), its own id (none) are the
+        same prompt; a text id that differs is another. A hash that differs is another prompt while a key is set,
+        and cannot be told apart without one (the row was stored in hash mode, the key is gone): the outcome's other
+        fields decide. A hash stored under a key that is neither set nor kept as retired is not recognised: its
+        retry is refused as another prompt (keep the old key in TIERWISE_PROMPT_HASH_PREVIOUS_KEYS on a rotation)."""
         ids = {prompt_id_of(outcome.prompt), outcome.id}
-        if self.key:
-            ids.add(self.digest(outcome.prompt)[:32])
+        for key in (self.key, *self.previous_keys):
+            if key:
+                ids.add(self.digest(outcome.prompt, key)[:32])
         return prompt_id in ids or not (stored_text or self.key)
 
 
-def prompt_policy(storage: PromptStorage, key: SecretStr | None) -> PromptPolicy:
-    """The policy for the settings' prompt_storage and prompt_hash_key."""
-    return PromptPolicy(storage, key.get_secret_value().encode() if key is not None else None)
+def prompt_policy(storage: PromptStorage, key: SecretStr | None, previous: Sequence[SecretStr] = ()) -> PromptPolicy:
+    """The policy for the settings' prompt_storage, prompt_hash_key and prompt_hash_previous_keys."""
+    retired = tuple(k.get_secret_value().encode() for k in previous if k.get_secret_value())
+    return PromptPolicy(storage, key.get_secret_value().encode() if key is not None else None, retired)

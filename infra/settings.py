@@ -171,6 +171,11 @@ class Settings(BaseSettings):
         "text", description="what decisions and outcomes keep of a prompt: its text, a keyed hash, or nothing"
     )
     prompt_hash_key: SecretStr | None = Field(None, description="the HMAC key of prompt_storage=hash (required then)")
+    prompt_hash_previous_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="HMAC keys retired by a rotation of prompt_hash_key: never used to store, but a retried outcome "
+        "stored under one is still recognised as a retry (JSON list)",
+    )
     retention_days: float | None = Field(
         None,
         gt=0,

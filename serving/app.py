@@ -55,7 +55,10 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = store or Store(settings.database_url, prompt_policy(settings.prompt_storage, settings.prompt_hash_key))
+        db = store or Store(
+            settings.database_url,
+            prompt_policy(settings.prompt_storage, settings.prompt_hash_key, settings.prompt_hash_previous_keys),
+        )
         db.decision_commit = settings.decision_commit
         migrator = StoreMigrator(app.state, db)
         store_ready = await run_in_threadpool(migrator.try_migrate)

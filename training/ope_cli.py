@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 def open_store(s: Settings) -> Store:
     """The service's store, which must exist (`require_existing`), migrated to this code's schema."""
     require_existing(s.database_url)
-    store = Store(s.database_url, prompt_policy(s.prompt_storage, s.prompt_hash_key))
+    store = Store(s.database_url, prompt_policy(s.prompt_storage, s.prompt_hash_key, s.prompt_hash_previous_keys))
     store.migrate()
     return store
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from pydantic import SecretStr
 
-from infra.prompt_policy import NOT_STORED, PromptPolicy
+from infra.prompt_policy import NOT_STORED, PromptPolicy, prompt_policy
+from infra.settings import Settings
 from infra.store import (
     SERVED_BY_PROXY,
     DecisionGone,
@@ -150,6 +152,41 @@ def test_a_hash_key_kept_after_leaving_hash_mode_still_tells_prompts_apart(url: 
     with pytest.raises(OutcomeConflict):
         store.record_outcomes([outcome.model_copy(update={"prompt": "What is the capital of Spain?"})])
     store.dispose()
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_a_retry_stored_under_a_rotated_hash_key_is_a_retry_while_the_old_key_is_kept(url: str, kept: bool) -> None:
+    """A rotation of TIERWISE_PROMPT_HASH_KEY made a retried outcome stored under the old key a 409 (issue 14). The
+    old key kept among the retired ones recognises it; another prompt under its id is still refused."""
+    outcome = OutcomeRow(id="o1", prompt=PROMPT, model="small", score=1, cost_usd=0.01)
+    earlier = Store(url, PromptPolicy("hash", b"old-key"))
+    earlier.migrate()
+    earlier.record_outcomes([outcome])
+    earlier.dispose()
+    retired = prompt_policy("hash", SecretStr("new-key"), [SecretStr("old-key")] if kept else [])
+    store = Store(url, retired)
+    if kept:
+        assert store.record_outcomes([outcome]) == 0
+    else:
+        with pytest.raises(OutcomeConflict):
+            store.record_outcomes([outcome])
+    with pytest.raises(OutcomeConflict):
+        store.record_outcomes([outcome.model_copy(update={"prompt": "What is the capital of Spain?"})])
+    assert len(stored(store)[1]) == 1
+    new = OutcomeRow(id="o2", prompt=PROMPT, model="small", score=1, cost_usd=0.01)
+    assert store.record_outcomes([new]) == 1  # stored under the new key only
+    assert {r.id: r.prompt_id for r in stored(store)[1]}["o2"] == PromptPolicy("hash", b"new-key").digest(PROMPT)[:32]
+    store.dispose()
+
+
+def test_retired_hash_keys_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIERWISE_PROMPT_STORAGE", "hash")
+    monkeypatch.setenv("TIERWISE_PROMPT_HASH_KEY", "new-key")
+    monkeypatch.setenv("TIERWISE_PROMPT_HASH_PREVIOUS_KEYS", '["old-key", "older-key"]')
+    s = Settings()
+    policy = prompt_policy(s.prompt_storage, s.prompt_hash_key, s.prompt_hash_previous_keys)
+    assert policy.key == b"new-key" and policy.previous_keys == (b"old-key", b"older-key")
+    assert "old-key" not in repr(s)
 
 
 def grow(store: Store, decision_id: str, session_id: str, total_usd: float) -> float | None:
