@@ -240,9 +240,18 @@ def _first_error(exc: ValidationError) -> str:
     return f"{loc}: {err['msg']}" if loc else str(err["msg"])
 
 
+TIERS_FILE_KEYS = ("tiers", "models")
+
+
 def parse_tiers(data: Mapping[str, Any], path: Path | str = "<tiers>") -> TiersConfig:
     """Build a TiersConfig from parsed TOML."""
     path = Path(path)
+    unknown = sorted(str(k) for k in data if k not in TIERS_FILE_KEYS)
+    if unknown:
+        raise TiersConfigError(
+            f"{path}: unknown top-level key(s) {', '.join(map(repr, unknown))}; a tiers file holds [[tiers]] and "
+            '[models."<name>"] only'
+        )
     raw_models = data.get("models", {})
     if not isinstance(raw_models, Mapping):
         raise TiersConfigError(f'{path}: models must be a table of model names ([models."<name>"])')

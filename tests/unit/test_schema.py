@@ -283,6 +283,9 @@ def test_bad_tiers(tiers, needle):
             {"models": {"x": {"input_per_1m": 1, "output_per_1m": 1, "base-url": "http://h/v1"}}, "tiers": []},
             "unknown key 'base-url'; did you mean 'base_url'",
         ),
+        # A misspelt table ([[tier]], [model."x"]) was let through without a word (review finding).
+        ({"tiers": TIERS_TOML["tiers"], "tier": [{"name": "x"}]}, r"unknown top-level key\(s\) 'tier'"),
+        ({"tiers": TIERS_TOML["tiers"], "model": {"x": {}}, "fallback": 1}, "'fallback', 'model'; a tiers file"),
     ],
 )
 def test_a_tiers_file_of_the_wrong_shape_is_one_line(data, needle):
