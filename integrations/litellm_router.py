@@ -26,8 +26,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import random
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -52,9 +54,25 @@ SIGNALS_KEY = "routing_plugin_signals"  # where LiteLLM puts a routing plugin's 
 IN_FLIGHT_KEPT = 1024  # decisions kept per metadata dict (a dict reused forever by unsettled calls stays bounded)
 _IN_FLIGHT_LOCK = threading.Lock()  # calls on several threads may share one metadata dict
 AMBIGUOUS: Mapping[str, Any] = {}  # TierwiseSettler.answered's value for a response id seen with several decisions
+
+
+def _seconds_from_env(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < 86_400:
+        raise ValueError(f"{name}={raw!r}: expected seconds, a number from 0 to 86400")
+    return value
+
+
 # A cancelled async call's decision is released this long after its task ended, unless LiteLLM reported the call's end
-# meanwhile (an answer that came in as the task was cancelled is still booked at its cost).
-RELEASE_AFTER_CANCEL_S = 5.0
+# meanwhile (an answer that came in as the task was cancelled is still booked at its cost). The environment's
+# TIERWISE_RELEASE_AFTER_CANCEL_S sets it: longer where LiteLLM's logging runs late under load.
+RELEASE_AFTER_CANCEL_S = _seconds_from_env("TIERWISE_RELEASE_AFTER_CANCEL_S", 5.0)
 RELEASES = DelayedCalls("tierwise-release")  # one thread for every cancelled call's release in this process
 WATCHED_PER_TASK = 64  # decisions watched per task: those whose calls ended go first, then the oldest
 
@@ -587,6 +605,8 @@ class TierwiseSettler(CustomLogger):
         self.answered: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._remember = remember
         self._ended: OrderedDict[str, None] = OrderedDict()  # decisions whose call LiteLLM reported ended (bounded)
+        # decisions released because their task was cancelled -> when (bounded): an answer reported later is lost
+        self._released_on_cancel: OrderedDict[str, float] = OrderedDict()
         # the decisions of each task's async calls, until the task ends
         self._watched: weakref.WeakKeyDictionary[asyncio.Task[Any], dict[str, Mapping[str, Any]]] = (
             weakref.WeakKeyDictionary()
@@ -634,6 +654,10 @@ class TierwiseSettler(CustomLogger):
             try:
                 self.clients[decision["tierwise_client"]].settle(did, {"cost_usd": None})
                 self._mark(did)
+                with self._lock:
+                    self._released_on_cancel[did] = time.monotonic()
+                    while len(self._released_on_cancel) > self._remember:
+                        self._released_on_cancel.popitem(last=False)
                 logger.info("decision %s released: its call was cancelled before it ended", did)
             except Exception as e:  # the release thread: log, never raise
                 logger.warning("decision %s of a cancelled call not released: %s: %s", did, type(e).__name__, e)
@@ -644,10 +668,22 @@ class TierwiseSettler(CustomLogger):
             return
         decision = decision_of((kwargs.get("litellm_params") or {}).get("metadata") or {}, _trace_id(kwargs))
         if isinstance(decision, Mapping) and decision.get("decision_id"):
+            did = str(decision["decision_id"])
             with self._lock:
-                self._ended[str(decision["decision_id"])] = None
+                self._ended[did] = None
                 while len(self._ended) > self._remember:
                     self._ended.popitem(last=False)
+                released_at = self._released_on_cancel.get(did)
+            if ok and released_at is not None:  # tierwise books a decision once: this answer's cost is lost
+                logger.warning(
+                    "decision %s was released %.1f s after its task was cancelled, but LiteLLM reported its answer "
+                    "%.1f s after that (cost %s): not booked on its session. LiteLLM's logging ran later than "
+                    "RELEASE_AFTER_CANCEL_S (TIERWISE_RELEASE_AFTER_CANCEL_S); raise it",
+                    did,
+                    RELEASE_AFTER_CANCEL_S,
+                    time.monotonic() - released_at,
+                    kwargs.get("response_cost"),
+                )
 
     def _to_settle(self, decision: Any) -> Mapping[str, Any] | None:
         """The call's decision, if it is one to settle here: made by a tierwise this settler knows, not settled yet."""

@@ -416,9 +416,9 @@ def test_a_cancelled_async_call_releases_its_reservation(
     assert view["spent_usd"] == 0 and view["reserved_usd"] == pytest.approx(0)
 
 
-def test_a_burst_of_cancelled_calls_is_released_by_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each cancelled task's release waited on a thread of its own (a `threading.Timer`): a burst of client
-    disconnects at the proxy meant as many sleeping threads (review finding). They now wait on one."""
+def cancel_a_burst(monkeypatch: pytest.MonkeyPatch) -> tuple[TierwiseSettler, TierwiseClient, list[Any]]:
+    """100 async calls watched by a settler (its client records what it posts), their tasks cancelled at once;
+    checks they are released by one thread."""
     monkeypatch.setattr(litellm_router, "RELEASE_AFTER_CANCEL_S", 0.3)
     released: list[tuple[str, Any]] = []
 
@@ -452,6 +452,42 @@ def test_a_burst_of_cancelled_calls_is_released_by_one_thread(monkeypatch: pytes
         threading.Event().wait(0.02)
     assert sorted(released) == sorted((f"d{i}", {"cost_usd": None}) for i in range(n))
     assert all(settler.settled({"decision_id": f"d{i}"}) for i in range(n))
+    return settler, client, released
+
+
+def test_a_burst_of_cancelled_calls_is_released_by_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each cancelled task's release waited on a thread of its own (a `threading.Timer`): a burst of client
+    disconnects at the proxy meant as many sleeping threads (review finding). They now wait on one."""
+    settler, _, released = cancel_a_burst(monkeypatch)
+    assert len(released) == 100 and settler.settled({"decision_id": "d0"})
+
+
+def test_an_answer_reported_after_its_release_is_not_booked_twice_but_said(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """LiteLLM's logging queue, late under load, may report an answer after the grace period released its
+    decision: tierwise books a decision once, so the cost is lost. That was silent; it is now a warning naming the
+    decision and the setting that gives LiteLLM longer."""
+    settler, client, released = cancel_a_burst(monkeypatch)
+    decision = {"decision_id": "d7", "tierwise_client": client.identity}
+    kwargs = {"litellm_params": {"metadata": {DECISION_KEY: decision}}, "response_cost": 0.0123}
+    with caplog.at_level(logging.WARNING, logger="integrations.litellm_router"):
+        settler.log_success_event(kwargs, None, None, None)
+    assert len(released) == 100  # nothing posted again
+    assert "decision d7 was released" in caplog.text and "0.0123" in caplog.text
+    assert "TIERWISE_RELEASE_AFTER_CANCEL_S" in caplog.text
+
+
+@pytest.mark.parametrize(("raw", "seconds"), [("", 5.0), ("12.5", 12.5), ("0", 0.0), ("abc", None), ("-1", None)])
+def test_the_release_grace_period_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, raw: str, seconds: float | None
+) -> None:
+    monkeypatch.setenv("TIERWISE_RELEASE_AFTER_CANCEL_S", raw)
+    if seconds is None:
+        with pytest.raises(ValueError, match="TIERWISE_RELEASE_AFTER_CANCEL_S=.*expected seconds"):
+            litellm_router._seconds_from_env("TIERWISE_RELEASE_AFTER_CANCEL_S", 5.0)
+    else:
+        assert litellm_router._seconds_from_env("TIERWISE_RELEASE_AFTER_CANCEL_S", 5.0) == seconds
 
 
 def test_a_retry_of_a_released_call_is_routed_and_charged_as_a_new_call(
