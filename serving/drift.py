@@ -181,7 +181,13 @@ def suggest_cost_weight(
         cost_weight_per_usd=lam,
         decisions=n,
         detail=f'on the newest {n} decisions, "cost_weight_per_usd": {lam:.6g} would have cost '
-        f"${target_mean_cost_usd:.6g} per request on average; `tierwise calibrate --from-store` sets it",
+        f"${target_mean_cost_usd:.6g} per request on average; `tierwise calibrate --from-store` sets it"
+        + (
+            f" (only {n} of the {window} decisions a recalibration should see: the λ may miss the mean cost by "
+            "more than 5%)"
+            if n < window
+            else ""
+        ),
     )
 
 
@@ -210,7 +216,9 @@ def drift_report(
         advice=advice,
         recalibration=None
         if target_mean_cost_usd is None
-        else suggest_cost_weight(store, runtime, settings.drift_window, target_mean_cost_usd, settings.novelty_limit),
+        else suggest_cost_weight(
+            store, runtime, settings.drift_recalibration_window, target_mean_cost_usd, settings.novelty_limit
+        ),
     )
 
 

@@ -200,6 +200,22 @@ def test_admin_drift_suggests_lambda_for_a_mean_cost(trusted: Callable[..., Test
     assert client.get("/admin/drift?mean_cost_usd=-1", headers=A).status_code == 422
 
 
+def test_admin_drift_recalibrates_on_its_own_window_not_the_checks(trusted: Callable[..., TestClient]) -> None:
+    """The λ /admin/drift suggests was fitted on the checks' 200 decisions, where the simulations miss the promised
+    cost by over 5% in most runs; it has a window of its own (8,000 by default)."""
+    client = trusted(drift_window=50, drift_recalibration_window=80)
+    body = {"prompts": KNOWN[:100], "quality_target": 0.99}
+    out = client.post("/route/batch", json=body, headers=C).json()["decisions"]
+    mean = float(np.mean([d["expected_cost_usd"] for d in out]))
+    r = client.get(f"/admin/drift?mean_cost_usd={mean / 2}", headers=A).json()
+    assert r["window"] == 50 and r["recalibration"]["decisions"] == 80
+    assert "only" not in r["recalibration"]["detail"]
+    short = trusted(drift_window=50, drift_recalibration_window=1000)
+    short.post("/route/batch", json=body, headers=C)
+    detail = short.get(f"/admin/drift?mean_cost_usd={mean / 2}", headers=A).json()["recalibration"]["detail"]
+    assert "only 200 of the 1000 decisions" in detail  # both apps wrote to one store
+
+
 def test_service_default_guarantee(trusted: Callable[..., TestClient]) -> None:
     client = trusted(guarantee_epsilon=0.05)
     plain = client.post("/route", json={"prompt": KNOWN[5]}, headers=C).json()
