@@ -12,7 +12,7 @@ fallback (the top tier) for prompts with novelty >= 0.99. Streams of `--length` 
 The detector is router/drift.novelty_check on the last `window` decisions, checked after every request (as a
 scrape could), with the service's defaults (window 200, z 4, from 30 decisions). The quality and cost checks
 (router/drift.quality_check and cost_check, on the outcomes of the served tiers) are reported beside it.
-Recalibration: after the alert, λ is recalibrated (router/drift.recalibrated_lambda) on the next `--recent`
+Recalibration: after the alert, λ is recalibrated (router/drift.recalibrated_lambda) on the next N (RECENTS)
 requests for the promised mean cost, and the expected realised mean cost on the shifted traffic is compared
 with the promise (fallback off after recalibration: the operator accepts the new traffic; with it on, the
 fallback alone may cost more than the promise, which is reported).
@@ -42,7 +42,7 @@ from router.policy import lambda_for_cost, tradeoff
 
 OUT = REPO / "bench" / "results" / "trust_drift.json"
 WINDOW, Z_LIMIT, MIN_N, GAP, COST_RATIO = 200, 4.0, 30, 0.1, 0.25  # the service's defaults (infra/settings.py)
-RECENTS = (500, 1000)  # requests of the new traffic each recalibration round sees
+RECENTS = (1000, 2000, 4000, 8000, 16000)  # requests of the new traffic each recalibration round sees
 ROUNDS = 3  # recalibrate, serve a round at the new λ, recalibrate again on what it served
 PROMISE_SHARE = 0.4  # the promised mean cost, as a share of the top tier's mean cost on the calibration prompts
 SHIFTS: dict[str, Callable[[str], bool]] = {
@@ -306,15 +306,16 @@ def readme_section() -> str | None:
         "floor of any method that sees N requests (their sampling noise).",
         "",
         "| dataset | shift | unseen share | quiet (unshifted) | fired | alert before | delay median / p95 / max "
-        "| cost before | recalibrated 500×1 | 500×3 | 1000×1 | 1000×3 | oracle 500 | oracle 1000 | novelty p50 (ms) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| cost before | recalibrated 1000×1 | 1000×3 | 4000×3 | 8000×1 | 8000×3 | 16000×3 | oracle 1000 | oracle 8000 "
+        "| novelty p50 (ms) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, d in r["datasets"].items():
         for s in d["simulations"]:
             dl, rc = s["delay_requests"], s["recalibration_abs_error"]
             recal = " | ".join(
                 f"{rc[k]['within_5pct_rate']:.0%} ({rc[k]['mean']:.1%} / {rc[k]['p90']:.1%})"
-                for k in ("500x1", "500x3", "1000x1", "1000x3", "500 oracle", "1000 oracle")
+                for k in ("1000x1", "1000x3", "4000x3", "8000x1", "8000x3", "16000x3", "1000 oracle", "8000 oracle")
             )
             lines.append(
                 f"| {name} | {d['shift']} | {s['unseen_share_after_shift']:.0%} | {s['unshifted_quiet_rate']:.1%} "

@@ -215,10 +215,11 @@ class Settings(BaseSettings):
     )
     drift_window: int = Field(200, ge=10, description="recent decisions (and outcomes) each drift check looks at")
     drift_recalibration_window: int = Field(
-        8000,
+        16_000,
         ge=30,
-        description="newest decisions /admin/drift's recalibrated λ is fitted on; far more than a check needs: a λ "
-        "fitted on 1,000 misses the promised mean cost by over 5% in about half of the simulated shifts (README)",
+        description="newest decisions /admin/drift's recalibrated λ is fitted on; far more than a check needs: fitted "
+        "on 1,000 it misses the promised mean cost by over 5% in 20-45% of simulated shifts, on 16,000 (after "
+        "2-3 rounds) in at most 1% (README: Drift detection and recalibration)",
     )
     drift_novelty_z: float = Field(
         4.0, gt=0, description="alert when the window's mean novelty is this many standard errors above 1/2"

@@ -202,7 +202,7 @@ def test_admin_drift_suggests_lambda_for_a_mean_cost(trusted: Callable[..., Test
 
 def test_admin_drift_recalibrates_on_its_own_window_not_the_checks(trusted: Callable[..., TestClient]) -> None:
     """The λ /admin/drift suggests was fitted on the checks' 200 decisions, where the simulations miss the promised
-    cost by over 5% in most runs; it has a window of its own (8,000 by default)."""
+    cost by over 5% in most runs; it has a window of its own (16,000 by default)."""
     client = trusted(drift_window=50, drift_recalibration_window=80)
     body = {"prompts": KNOWN[:100], "quality_target": 0.99}
     out = client.post("/route/batch", json=body, headers=C).json()["decisions"]
