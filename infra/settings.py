@@ -161,6 +161,12 @@ class Settings(BaseSettings):
     exploration_boundary_factor: float = Field(
         2.0, gt=1, description="the neighbouring operating points of a λ request: λ times and divided by this"
     )
+    exploration_boundary_cost_weights: list[Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=list,
+        description="boundary exploration's neighbours as fixed operating points instead: the cost_weight_per_usd "
+        "values (λ) of the budgets you mean to compare off-policy, e.g. from `tierwise calibrate --mean-cost-usd` "
+        "(JSON list; empty = λ times and over exploration_boundary_factor)",
+    )
     exploration_boundary_target_step: float = Field(
         0.1, gt=0, le=1, description="the neighbouring operating points of a quality target: the target plus/minus this"
     )

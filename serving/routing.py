@@ -77,6 +77,7 @@ class Exploration:
     boundary_rate: float = 0.0
     boundary_factor: float = 2.0
     boundary_target_step: float = 0.1
+    boundary_cost_weights: tuple[float, ...] = ()  # fixed neighbouring operating points (λ), instead of the above
 
     @property
     def on(self) -> bool:
@@ -92,6 +93,7 @@ def exploration_rate(settings: Settings, principal: Principal, opts: RouteOption
         settings.exploration_boundary_rate,
         settings.exploration_boundary_factor,
         settings.exploration_boundary_target_step,
+        tuple(settings.exploration_boundary_cost_weights),
     )
 
 
@@ -104,14 +106,19 @@ def boundary_tiers(
     min_tier: int,
     how: Exploration,
 ) -> np.ndarray:
-    """(n, k): the tiers the policy's neighbouring operating points choose (λ times and over the factor, or the
-    quality target plus and minus the step), around the (target, λ) the request is decided with."""
+    """(n, k): the tiers the policy's neighbouring operating points choose: the configured λ values when there are
+    any (aimed at the budgets an operator will compare), else around the (target, λ) the request is decided with,
+    λ times and over the factor, or the quality target plus and minus the step."""
     target, lam = knob
-    knobs = (
-        [(target, lam * how.boundary_factor), (target, lam / how.boundary_factor)]
-        if lam is not None
-        else [(min(target + how.boundary_target_step, 1.0), None), (max(target - how.boundary_target_step, 0.0), None)]
-    )
+    if how.boundary_cost_weights:
+        knobs: list[tuple[float, float | None]] = [(target, w) for w in how.boundary_cost_weights]
+    elif lam is not None:
+        knobs = [(target, lam * how.boundary_factor), (target, lam / how.boundary_factor)]
+    else:
+        knobs = [
+            (min(target + how.boundary_target_step, 1.0), None),
+            (max(target - how.boundary_target_step, 0.0), None),
+        ]
     near = np.zeros(quality.shape, dtype=bool)
     for t, w in knobs:
         for i, d in enumerate(rt.router.decide(quality, cost, t, min_tier, opts.max_cost_usd, w)):

@@ -9,7 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from pydantic import ValidationError
 
+from infra.settings import Settings
 from infra.store import decisions
 from serving.security import hash_key
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer
@@ -169,3 +171,36 @@ def test_boundary_exploration_serves_what_a_neighbouring_operating_point_would(
             assert not others and not row.explored
         explored += row.explored
     assert 0 < disagreeing < len(prompts) and explored > 0
+
+
+def test_boundary_exploration_aimed_at_configured_operating_points(client_factory: Callable[..., TestClient]) -> None:
+    """With TIERWISE_EXPLORATION_BOUNDARY_COST_WEIGHTS, exploration serves what those operating points (the budgets an
+    operator will compare) would choose, whatever knob the request used: their estimates need far less of it."""
+    aimed = [3.0, 2000.0]
+    client = client_factory(exploration_boundary_rate=0.5, exploration_boundary_cost_weights=aimed)
+    prompts = [f"{kind} question {i}: alpha beta" for i in range(60) for kind in ("easy", "medium", "hard")]
+
+    def batch(knob: dict[str, float], explore: bool) -> list[dict]:
+        body = {"prompts": prompts, **knob, "explore": explore}
+        return client.post("/route/batch", json=body, headers=C).json()["decisions"]
+
+    for knob in ({"cost_weight_per_usd": 100.0}, {"quality_target": 0.6}):
+        out, policy = batch(knob, True), batch(knob, False)
+        lo, hi = (batch({"cost_weight_per_usd": w}, False) for w in aimed)
+        rows = {r.id: r for r in stored(client)}
+        disagreeing = 0
+        for d, p, a, b in zip(out, policy, lo, hi, strict=True):
+            near = {a["tier"], b["tier"]} - {p["tier"]}
+            others = {t: q for t, q in rows[d["decision_id"]].propensities.items() if t != p["tier"] and q > 0}
+            assert set(others) == near and (not near or abs(sum(others.values()) - 0.5) < 1e-9)
+            disagreeing += bool(near)
+        assert 0 < disagreeing < len(prompts)
+
+
+def test_boundary_cost_weights_must_be_positive_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    for bad in ("[0]", "[-1]", '["x"]', "[Infinity]"):
+        monkeypatch.setenv("TIERWISE_EXPLORATION_BOUNDARY_COST_WEIGHTS", bad)
+        with pytest.raises(ValidationError, match="exploration_boundary_cost_weights"):
+            Settings()
+    monkeypatch.setenv("TIERWISE_EXPLORATION_BOUNDARY_COST_WEIGHTS", "[12.5, 40]")
+    assert Settings().exploration_boundary_cost_weights == [12.5, 40.0]
