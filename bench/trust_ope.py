@@ -50,10 +50,12 @@ BOUNDARY_FLOOR = 0.01  # their uniform ε, so no policy is refused outright
 
 @dataclass(frozen=True)
 class Design:
-    """How the logging policy explores: uniform ε, and boundary exploration around λ x/÷ factor."""
+    """How the logging policy explores: uniform ε, and boundary exploration around λ x/÷ factor, or aimed at the
+    operating points (shares of the top tier's expected cost) the budget question compares."""
 
     epsilon: float
     boundary_factor: float | None = None
+    aimed_at: tuple[float, ...] = ()
 
 
 DESIGNS = {
@@ -62,8 +64,10 @@ DESIGNS = {
     "ε=0.2": Design(0.2),  # how the error scales
     "boundary ×2, 5% explored": Design(BOUNDARY_FLOOR, 2.0),
     "boundary ×4, 5% explored": Design(BOUNDARY_FLOOR, 4.0),
+    # TIERWISE_EXPLORATION_BOUNDARY_COST_WEIGHTS set to the λ of the two budgets the operator will compare
+    "aimed at 25% and 60%, 5% explored": Design(BOUNDARY_FLOOR, aimed_at=(0.25, 0.60)),
 }
-TARGET_DESIGNS = ("ε=0.05", "boundary ×2, 5% explored", "boundary ×4, 5% explored")
+TARGET_DESIGNS = ("ε=0.05", "boundary ×2, 5% explored", "boundary ×4, 5% explored", "aimed at 25% and 60%, 5% explored")
 LOGGING_POINT = 0.40  # the logging policy: the router at this share of the top tier's expected cost
 OPERATING_POINTS = (0.25, 0.40, 0.60)
 BUDGET_QUESTION = (0.25, 0.60)
@@ -140,20 +144,31 @@ def target_policies(world: World) -> dict[str, np.ndarray]:
     return out
 
 
-def logging_distribution(world: World, design: Design) -> np.ndarray:
+def logging_distribution(world: World, design: Design, rng: np.random.Generator) -> np.ndarray:
     """μ (n, k) of the logging policy under `design`, through router/exploration.py as the service does.
 
     A boundary design's rate is set so that EXPLORED_SHARE of decisions explore: the rate divided by the share
     of prompts whose neighbouring operating points disagree (an operator reads that share off their own log).
+    An aimed design's λ values are set on a bootstrap resample of the prompts, not on the logged prompts
+    themselves: an operator calibrates them on other prompts of the same traffic, so they miss the target
+    policies' λ a little, as they would.
     """
     n, k = world.pred.shape
     choice = router_at(world, LOGGING_POINT)
-    if design.boundary_factor is None:
+    if design.boundary_factor is None and not design.aimed_at:
         return np.stack([exploration_probs(int(c), np.ones(k, bool), design.epsilon) for c in choice])
-    top = int(np.argmax(world.pred_cost.mean(axis=0)))
-    lam = lambda_for_cost(world.pred, world.pred_cost, LOGGING_POINT * float(world.pred_cost[:, top].mean()))
+    top_cost = float(world.pred_cost[:, int(np.argmax(world.pred_cost.mean(axis=0)))].mean())
+    lam = lambda_for_cost(world.pred, world.pred_cost, LOGGING_POINT * top_cost)
+    if design.aimed_at:  # as `tierwise calibrate --mean-cost-usd` gives them (on the model's held-out prompts)
+        other = rng.choice(n, n)
+        pred, pred_cost = world.pred[other], world.pred_cost[other]
+        top_other = float(pred_cost[:, int(np.argmax(pred_cost.mean(axis=0)))].mean())
+        neighbours = [lambda_for_cost(pred, pred_cost, share * top_other) for share in design.aimed_at]
+    else:
+        assert design.boundary_factor is not None
+        neighbours = [lam * design.boundary_factor, lam / design.boundary_factor]
     near = np.zeros((n, k), dtype=bool)
-    for w in (lam * design.boundary_factor, lam / design.boundary_factor):
+    for w in neighbours:
         near[np.arange(n), tradeoff(world.pred, world.pred_cost, w)] = True
     near[np.arange(n), choice] = False
     rate = min((EXPLORED_SHARE - design.epsilon * (k - 1) / k) / max(float(near.any(axis=1).mean()), 1e-9), 0.5)
@@ -165,7 +180,7 @@ def logging_distribution(world: World, design: Design) -> np.ndarray:
 def log_production(world: World, design: Design, rng: np.random.Generator) -> LoggedDecisions:
     """Serve the sample with the logging policy (± exploration); reveal only the served tier's outcome."""
     n, _ = world.pred.shape
-    mu = logging_distribution(world, design)
+    mu = logging_distribution(world, design, rng)
     action = (rng.random(n)[:, None] > np.cumsum(mu, axis=1)).sum(axis=1)
     rows = np.arange(n)
     return LoggedDecisions(
@@ -354,7 +369,7 @@ def main() -> None:
         "design": {
             "logged_prompts": N_LOGGED,
             "logging_designs": {
-                name: {"uniform_epsilon": d.epsilon, "boundary_factor": d.boundary_factor}
+                name: {"uniform_epsilon": d.epsilon, "boundary_factor": d.boundary_factor, "aimed_at": list(d.aimed_at)}
                 for name, d in DESIGNS.items()
             },
             "boundary_designs_explore": EXPLORED_SHARE,
