@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import SecretStr
@@ -34,8 +34,8 @@ def prompt_id_of(prompt: str) -> str:
 @dataclass(frozen=True)
 class PromptPolicy:
     mode: PromptStorage = "text"
-    key: bytes | None = None
-    previous_keys: tuple[bytes, ...] = ()  # retired keys (after a rotation): recognised, never used to store
+    key: bytes | None = field(default=None, repr=False)
+    previous_keys: tuple[bytes, ...] = field(default=(), repr=False)  # retired keys: recognised, never used to store
 
     def __post_init__(self) -> None:
         if self.mode == "hash" and not self.key:

@@ -1,51 +1,80 @@
-"""Calls run after a delay on one daemon thread per process, not one `threading.Timer` thread per call: a burst of
-client disconnects at a LiteLLM proxy schedules as many releases, and they wait as entries of one heap."""
+"""Calls run after a delay: one scheduler thread per process and a few workers, not one `threading.Timer` thread per
+call. A burst of client disconnects at a LiteLLM proxy schedules as many releases; they wait as entries of one heap,
+and a release blocked on an unreachable tierwise holds up only its own worker, not the others."""
 
 from __future__ import annotations
 
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 logger = logging.getLogger(__name__)
 
 
 class DelayedCalls:
-    """`call_later(delay_s, fn, *args)` runs `fn(*args)` about `delay_s` seconds later, in the order they fall due, on
-    one daemon thread started at the first call (and again in a forked child, where it does not exist). A call that
-    raises is logged; the others still run. Calls still waiting when the process exits are not run."""
+    """`call_later(delay_s, fn, *args)` runs `fn(*args)` about `delay_s` seconds later, in the order they fall due,
+    on one of `workers` threads; one scheduler thread waits for the next due time. Threads start at the first call.
+    A call that raises is logged; the others still run. Calls still waiting when the process exits are not run; a
+    forked child starts empty (its parent runs what it scheduled)."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, workers: int = 4) -> None:
         self.name = name
+        self.workers = workers
+        self._reset()
+        me = weakref.ref(self)
+
+        def reset_in_child() -> None:
+            calls = me()
+            if calls is not None:
+                calls._reset()
+
+        os.register_at_fork(after_in_child=reset_in_child)
+
+    def _reset(self) -> None:
+        """Empty, with no threads (also a forked child's state: the parent's lock may have been held at the fork)."""
         self._due: list[tuple[float, int, Callable[..., Any], tuple[Any, ...]]] = []
         self._order = itertools.count()  # ties in time run in the order they were scheduled
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._pool: ThreadPoolExecutor | None = None
 
     def call_later(self, delay_s: float, fn: Callable[..., Any], *args: Any) -> None:
+        delay = min(max(0.0, delay_s), threading.TIMEOUT_MAX / 2)  # an endless delay must not kill the scheduler
         with self._cond:
-            heapq.heappush(self._due, (time.monotonic() + max(0.0, delay_s), next(self._order), fn, args))
+            heapq.heappush(self._due, (time.monotonic() + delay, next(self._order), fn, args))
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                self._thread = threading.Thread(target=self._schedule, name=self.name, daemon=True)
                 self._thread.start()
             self._cond.notify()
 
     def pending(self) -> int:
-        """How many calls wait to run."""
+        """How many calls wait for their time."""
         with self._cond:
             return len(self._due)
 
-    def _run(self) -> None:
+    def _schedule(self) -> None:
         while True:
             with self._cond:
                 while not self._due or self._due[0][0] > time.monotonic():
                     self._cond.wait(None if not self._due else self._due[0][0] - time.monotonic())
                 _, _, fn, args = heapq.heappop(self._due)
+                if self._pool is None:
+                    self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"{self.name}-worker")
+                pool = self._pool
             try:
-                fn(*args)
-            except Exception:  # one failed call must not stop the ones behind it
-                logger.exception("%s: a delayed call failed", self.name)
+                pool.submit(self._run, fn, args)
+            except RuntimeError as exc:  # the interpreter is shutting down
+                logger.warning("%s: a delayed call was not run: %s", self.name, exc)
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            fn(*args)
+        except BaseException:  # one failed call must not stop the ones behind it
+            logger.exception("%s: a delayed call failed", self.name)

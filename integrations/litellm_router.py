@@ -64,7 +64,7 @@ def _seconds_from_env(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = float("nan")
-    if not 0 <= value < 86_400:
+    if not 0 <= value <= 86_400:
         raise ValueError(f"{name}={raw!r}: expected seconds, a number from 0 to 86400")
     return value
 
@@ -73,7 +73,7 @@ def _seconds_from_env(name: str, default: float) -> float:
 # meanwhile (an answer that came in as the task was cancelled is still booked at its cost). The environment's
 # TIERWISE_RELEASE_AFTER_CANCEL_S sets it: longer where LiteLLM's logging runs late under load.
 RELEASE_AFTER_CANCEL_S = _seconds_from_env("TIERWISE_RELEASE_AFTER_CANCEL_S", 5.0)
-RELEASES = DelayedCalls("tierwise-release")  # one thread for every cancelled call's release in this process
+RELEASES = DelayedCalls("tierwise-release")  # every cancelled call's release in this process: one scheduler, 4 workers
 WATCHED_PER_TASK = 64  # decisions watched per task: those whose calls ended go first, then the oldest
 
 
@@ -590,8 +590,8 @@ class TierwiseSettler(CustomLogger):
 
     LiteLLM reports nothing of an async call cancelled before it ends (`asyncio.wait_for`'s timeout, a request task
     cancelled because its client left): the strategy `watch`es each async call's task, and a task cancelled before
-    LiteLLM reported its call's end releases the call's decision `RELEASE_AFTER_CANCEL_S` later (from `RELEASES`'
-    one thread: the task's event loop may be closing), unless the end was reported meanwhile.
+    LiteLLM reported its call's end releases the call's decision `RELEASE_AFTER_CANCEL_S` later (on `RELEASES`'
+    threads: the task's event loop may be closing), unless the end was reported meanwhile.
     """
 
     def __init__(self, client: TierwiseClient, remember: int = 10_000) -> None:
@@ -642,48 +642,62 @@ class TierwiseSettler(CustomLogger):
             return  # its calls ended (LiteLLM reported them), or a cancellation was caught inside it (not seen here)
         left = [d for did, d in pending.items() if did not in self._ended]
         if left:
-            RELEASES.call_later(RELEASE_AFTER_CANCEL_S, self._release_cancelled, left)
+            RELEASES.call_later(RELEASE_AFTER_CANCEL_S, self._release_cancelled, left, time.monotonic())
 
-    def _release_cancelled(self, decisions: list[Mapping[str, Any]]) -> None:
+    def _release_cancelled(self, decisions: list[Mapping[str, Any]], cancelled_at: float) -> None:
         for decision in decisions:
             did = str(decision["decision_id"])
+            # Under the lock _note_end takes: an answer reported now either stops this release or finds it marked.
             with self._lock:  # a retry of the call in another task, still running, may yet answer for it
                 watched = any(did in pending for pending in self._watched.values())
-            if watched or did in self._ended or self._to_settle(decision) is None:
-                continue
+                if watched or did in self._ended or self._to_settle(decision) is None:
+                    continue
+                self._released_on_cancel[did] = cancelled_at
+                while len(self._released_on_cancel) > self._remember:
+                    self._released_on_cancel.popitem(last=False)
             try:
-                self.clients[decision["tierwise_client"]].settle(did, {"cost_usd": None})
+                booked = self.clients[decision["tierwise_client"]].settle(did, {"cost_usd": None}).get("booked")
                 self._mark(did)
+                if booked is False:  # its answer, reported meanwhile, was booked first
+                    logger.info("decision %s of a cancelled call was settled by its answer before its release", did)
+                else:
+                    logger.info("decision %s released: its call was cancelled before it ended", did)
+            except Exception as e:  # a release worker: log, never raise
                 with self._lock:
-                    self._released_on_cancel[did] = time.monotonic()
-                    while len(self._released_on_cancel) > self._remember:
-                        self._released_on_cancel.popitem(last=False)
-                logger.info("decision %s released: its call was cancelled before it ended", did)
-            except Exception as e:  # the release thread: log, never raise
+                    self._released_on_cancel.pop(did, None)
                 logger.warning("decision %s of a cancelled call not released: %s: %s", did, type(e).__name__, e)
 
-    def _note_end(self, kwargs: Mapping[str, Any], ok: bool) -> None:
-        """Remember that LiteLLM reported the end of a call (its answer, or its last failed try)."""
+    def _note_end(self, kwargs: Mapping[str, Any], ok: bool) -> str | None:
+        """Remember that LiteLLM reported the end of a call (its answer, or its last failed try); its decision id."""
         if not (ok or _final_failure(kwargs)):
-            return
+            return None
         decision = decision_of((kwargs.get("litellm_params") or {}).get("metadata") or {}, _trace_id(kwargs))
-        if isinstance(decision, Mapping) and decision.get("decision_id"):
-            did = str(decision["decision_id"])
-            with self._lock:
-                self._ended[did] = None
-                while len(self._ended) > self._remember:
-                    self._ended.popitem(last=False)
-                released_at = self._released_on_cancel.get(did)
-            if ok and released_at is not None:  # tierwise books a decision once: this answer's cost is lost
-                logger.warning(
-                    "decision %s was released %.1f s after its task was cancelled, but LiteLLM reported its answer "
-                    "%.1f s after that (cost %s): not booked on its session. LiteLLM's logging ran later than "
-                    "RELEASE_AFTER_CANCEL_S (TIERWISE_RELEASE_AFTER_CANCEL_S); raise it",
-                    did,
-                    RELEASE_AFTER_CANCEL_S,
-                    time.monotonic() - released_at,
-                    kwargs.get("response_cost"),
-                )
+        if not (isinstance(decision, Mapping) and decision.get("decision_id")):
+            return None
+        did = str(decision["decision_id"])
+        with self._lock:
+            self._ended[did] = None
+            while len(self._ended) > self._remember:
+                self._ended.popitem(last=False)
+        return did
+
+    def _late_answer(self, did: str | None, kwargs: Mapping[str, Any], ok: bool, booked: bool | None) -> None:
+        """Warn of an answer LiteLLM reported after its cancelled task's decision was released (or while it was):
+        tierwise books a decision once, so unless this answer's own settlement was booked first, its cost is lost."""
+        if not ok or did is None or booked is True:
+            return
+        with self._lock:
+            cancelled_at = self._released_on_cancel.get(did)
+        if cancelled_at is not None:
+            logger.warning(
+                "decision %s was released after its task was cancelled, but LiteLLM reported its answer %.1f s after "
+                "the cancellation (cost %s): not booked on its session. LiteLLM's logging ran later than the grace "
+                "period (TIERWISE_RELEASE_AFTER_CANCEL_S, %g s); raise it",
+                did,
+                time.monotonic() - cancelled_at,
+                kwargs.get("response_cost"),
+                RELEASE_AFTER_CANCEL_S,
+            )
 
     def _to_settle(self, decision: Any) -> Mapping[str, Any] | None:
         """The call's decision, if it is one to settle here: made by a tierwise this settler knows, not settled yet."""
@@ -730,25 +744,29 @@ class TierwiseSettler(CustomLogger):
 
     def _post(self, kwargs: Any, response: Any, start: Any, end: Any, ok: bool) -> None:
         try:
-            self._note_end(kwargs, ok)
+            did = self._note_end(kwargs, ok)
             decision = _call_decision(kwargs, ok)  # looked up once per callback
             todo = self._body(decision, kwargs, response, start, end, ok)
             self._answered(decision, kwargs, response, ok)
+            booked = None
             if todo:
-                todo[0].settle(todo[1], todo[2])
+                booked = todo[0].settle(todo[1], todo[2]).get("booked")
                 self._mark(todo[1])
+            self._late_answer(did, kwargs, ok, booked)
         except Exception as e:  # a callback must not break the call it reports on
             logger.warning("tierwise decision not settled: %s: %s", type(e).__name__, e)
 
     async def _apost(self, kwargs: Any, response: Any, start: Any, end: Any, ok: bool) -> None:
         try:
-            self._note_end(kwargs, ok)
+            did = self._note_end(kwargs, ok)
             decision = _call_decision(kwargs, ok)  # looked up once per callback
             todo = self._body(decision, kwargs, response, start, end, ok)
             self._answered(decision, kwargs, response, ok)
+            booked = None
             if todo:
-                await todo[0].asettle(todo[1], todo[2])
+                booked = (await todo[0].asettle(todo[1], todo[2])).get("booked")
                 self._mark(todo[1])
+            self._late_answer(did, kwargs, ok, booked)
         except Exception as e:  # a callback must not break the call it reports on
             logger.warning("tierwise decision not settled: %s: %s", type(e).__name__, e)
 

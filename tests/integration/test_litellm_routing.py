@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -478,7 +479,60 @@ def test_an_answer_reported_after_its_release_is_not_booked_twice_but_said(
     assert "TIERWISE_RELEASE_AFTER_CANCEL_S" in caplog.text
 
 
-@pytest.mark.parametrize(("raw", "seconds"), [("", 5.0), ("12.5", 12.5), ("0", 0.0), ("abc", None), ("-1", None)])
+def test_an_answer_reported_while_its_release_is_posted_is_warned_of(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The release was marked only once its post returned: an answer LiteLLM reported during that post was lost
+    without the warning (review finding). tierwise books the first settlement; here the release's."""
+    monkeypatch.setattr(litellm_router, "RELEASE_AFTER_CANCEL_S", 0.05)
+    posts: list[tuple[str, Any]] = []
+    releasing = threading.Event()
+
+    class FirstWins(TierwiseClient):
+        def settle(self, decision_id: str, usage: Any) -> dict[str, Any]:
+            first = all(d != decision_id for d, _ in posts)
+            posts.append((decision_id, usage))
+            if usage == {"cost_usd": None}:
+                releasing.set()
+                time.sleep(0.5)  # the release's post, slow
+            return {"booked": first}
+
+    client = FirstWins("http://127.0.0.1:9")
+    settler = TierwiseSettler(client)
+    decision = {"decision_id": "d1", "tierwise_client": client.identity}
+
+    async def cancelled() -> None:
+        async def call() -> None:
+            settler.watch(decision)
+            await asyncio.sleep(30)
+
+        task = asyncio.create_task(call())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(cancelled())
+    assert releasing.wait(5)
+    kwargs = {"litellm_params": {"metadata": {DECISION_KEY: decision}}, "response_cost": 0.05}
+    with caplog.at_level(logging.WARNING, logger="integrations.litellm_router"):
+        settler.log_success_event(kwargs, None, None, None)
+    assert posts[0] == ("d1", {"cost_usd": None})
+    assert "decision d1 was released" in caplog.text and "0.05" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [
+        ("", 5.0),
+        (" 12.5 ", 12.5),
+        ("0", 0.0),
+        ("86400", 86400.0),
+        ("abc", None),
+        ("-1", None),
+        ("inf", None),
+        ("nan", None),
+    ],
+)
 def test_the_release_grace_period_is_read_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, raw: str, seconds: float | None
 ) -> None:

@@ -186,6 +186,7 @@ def test_retired_hash_keys_are_read_from_the_environment(monkeypatch: pytest.Mon
     s = Settings()
     policy = prompt_policy(s.prompt_storage, s.prompt_hash_key, s.prompt_hash_previous_keys)
     assert policy.key == b"new-key" and policy.previous_keys == (b"old-key", b"older-key")
+    assert "new-key" not in repr(policy) and "old-key" not in repr(policy)  # no key in a repr (review finding)
     assert "old-key" not in repr(s)
 
 
