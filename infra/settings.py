@@ -224,7 +224,7 @@ class Settings(BaseSettings):
         16_000,
         ge=30,
         description="newest decisions /admin/drift's recalibrated λ is fitted on; far more than a check needs: fitted "
-        "on 1,000 it misses the promised mean cost by over 5% in 20-45% of simulated shifts, on 16,000 (after "
+        "on 1,000 it misses the promised mean cost by over 5% in 20-52% of simulated shifts, on 16,000 (after "
         "2-3 rounds) in at most 1% (README: Drift detection and recalibration)",
     )
     drift_novelty_z: float = Field(
