@@ -8,11 +8,11 @@ import heapq
 import itertools
 import logging
 import os
+import queue
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -21,8 +21,8 @@ logger = logging.getLogger(__name__)
 class DelayedCalls:
     """`call_later(delay_s, fn, *args)` runs `fn(*args)` about `delay_s` seconds later, in the order they fall due,
     on one of `workers` threads; one scheduler thread waits for the next due time. Threads start at the first call.
-    A call that raises is logged; the others still run. Calls still waiting when the process exits are not run; a
-    forked child starts empty (its parent runs what it scheduled)."""
+    A call that raises is logged; the others still run. All threads are daemons: calls not yet run when the process
+    exits are dropped, never waited for; a forked child starts empty (its parent runs what it scheduled)."""
 
     def __init__(self, name: str, workers: int = 4) -> None:
         self.name = name
@@ -43,7 +43,8 @@ class DelayedCalls:
         self._order = itertools.count()  # ties in time run in the order they were scheduled
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._ready: queue.SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]]] = queue.SimpleQueue()
+        self._workers: list[threading.Thread] = []
 
     def call_later(self, delay_s: float, fn: Callable[..., Any], *args: Any) -> None:
         delay = min(max(0.0, delay_s), threading.TIMEOUT_MAX / 2)  # an endless delay must not kill the scheduler
@@ -65,16 +66,16 @@ class DelayedCalls:
                 while not self._due or self._due[0][0] > time.monotonic():
                     self._cond.wait(None if not self._due else self._due[0][0] - time.monotonic())
                 _, _, fn, args = heapq.heappop(self._due)
-                if self._pool is None:
-                    self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix=f"{self.name}-worker")
-                pool = self._pool
-            try:
-                pool.submit(self._run, fn, args)
-            except RuntimeError as exc:  # the interpreter is shutting down
-                logger.warning("%s: a delayed call was not run: %s", self.name, exc)
+                if len(self._workers) < self.workers:  # daemon threads: what is queued never holds up the exit
+                    worker = threading.Thread(target=self._work, name=f"{self.name}-worker", daemon=True)
+                    worker.start()
+                    self._workers.append(worker)
+                self._ready.put((fn, args))
 
-    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        try:
-            fn(*args)
-        except BaseException:  # one failed call must not stop the ones behind it
-            logger.exception("%s: a delayed call failed", self.name)
+    def _work(self) -> None:
+        while True:
+            fn, args = self._ready.get()
+            try:
+                fn(*args)
+            except BaseException:  # one failed call must not stop the ones behind it
+                logger.exception("%s: a delayed call failed", self.name)

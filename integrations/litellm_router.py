@@ -580,6 +580,12 @@ def usage_of(kwargs: Mapping[str, Any], response: Any, start: Any, end: Any) -> 
     return {k: v for k, v in body.items() if v is not None or k == "cost_usd"}
 
 
+def _booked(reply: Any) -> bool | None:
+    """Whether a settlement's reply says this post booked the decision (None: the reply does not say)."""
+    booked = reply.get("booked") if isinstance(reply, Mapping) else None
+    return booked if isinstance(booked, bool) else None
+
+
 class TierwiseSettler(CustomLogger):
     """A LiteLLM callback that settles each call `TierwiseRoutingStrategy` routed through `client`'s tierwise.
 
@@ -650,15 +656,18 @@ class TierwiseSettler(CustomLogger):
             # Under the lock _note_end takes: an answer reported now either stops this release or finds it marked.
             with self._lock:  # a retry of the call in another task, still running, may yet answer for it
                 watched = any(did in pending for pending in self._watched.values())
-                if watched or did in self._ended or self._to_settle(decision) is None:
+                # (a release in flight or done: another cancelled task watched the same decision)
+                if watched or did in self._ended or did in self._released_on_cancel or not self._to_settle(decision):
                     continue
                 self._released_on_cancel[did] = cancelled_at
                 while len(self._released_on_cancel) > self._remember:
                     self._released_on_cancel.popitem(last=False)
             try:
-                booked = self.clients[decision["tierwise_client"]].settle(did, {"cost_usd": None}).get("booked")
+                reply = self.clients[decision["tierwise_client"]].settle(did, {"cost_usd": None})
                 self._mark(did)
-                if booked is False:  # its answer, reported meanwhile, was booked first
+                if _booked(reply) is False:  # its answer, reported meanwhile, was booked first: nothing was lost
+                    with self._lock:
+                        self._released_on_cancel.pop(did, None)
                     logger.info("decision %s of a cancelled call was settled by its answer before its release", did)
                 else:
                     logger.info("decision %s released: its call was cancelled before it ended", did)
@@ -750,8 +759,9 @@ class TierwiseSettler(CustomLogger):
             self._answered(decision, kwargs, response, ok)
             booked = None
             if todo:
-                booked = todo[0].settle(todo[1], todo[2]).get("booked")
+                reply = todo[0].settle(todo[1], todo[2])
                 self._mark(todo[1])
+                booked = _booked(reply)
             self._late_answer(did, kwargs, ok, booked)
         except Exception as e:  # a callback must not break the call it reports on
             logger.warning("tierwise decision not settled: %s: %s", type(e).__name__, e)
@@ -764,8 +774,9 @@ class TierwiseSettler(CustomLogger):
             self._answered(decision, kwargs, response, ok)
             booked = None
             if todo:
-                booked = (await todo[0].asettle(todo[1], todo[2])).get("booked")
+                reply = await todo[0].asettle(todo[1], todo[2])
                 self._mark(todo[1])
+                booked = _booked(reply)
             self._late_answer(did, kwargs, ok, booked)
         except Exception as e:  # a callback must not break the call it reports on
             logger.warning("tierwise decision not settled: %s: %s", type(e).__name__, e)

@@ -520,6 +520,46 @@ def test_an_answer_reported_while_its_release_is_posted_is_warned_of(
     assert "decision d1 was released" in caplog.text and "0.05" in caplog.text
 
 
+@pytest.mark.parametrize("reply", [{"booked": True}, [], "ok", None])
+def test_a_decision_watched_by_two_cancelled_tasks_is_released_once(
+    monkeypatch: pytest.MonkeyPatch, reply: Any
+) -> None:
+    """Two cancelled tasks watching one decision (a call and its retry) posted two releases once releases ran on
+    several workers; a reply that is not a JSON object made a posted settlement count as not settled, to be posted
+    again (review findings)."""
+    monkeypatch.setattr(litellm_router, "RELEASE_AFTER_CANCEL_S", 0.05)
+    posts: list[tuple[str, Any]] = []
+
+    class Slow(TierwiseClient):
+        def settle(self, decision_id: str, usage: Any) -> Any:
+            posts.append((decision_id, usage))
+            time.sleep(0.3)
+            return reply
+
+    client = Slow("http://127.0.0.1:9")
+    settler = TierwiseSettler(client)
+    decision = {"decision_id": "d1", "tierwise_client": client.identity}
+
+    async def two_cancelled() -> None:
+        async def call() -> None:
+            settler.watch(decision)
+            await asyncio.sleep(30)
+
+        tasks = [asyncio.create_task(call()) for _ in range(2)]
+        await asyncio.sleep(0.01)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    asyncio.run(two_cancelled())
+    for _ in range(100):
+        if settler.settled(decision):
+            break
+        time.sleep(0.02)
+    time.sleep(0.4)  # a second release would have been posted by now
+    assert posts == [("d1", {"cost_usd": None})] and settler.settled(decision)
+
+
 @pytest.mark.parametrize(
     ("raw", "seconds"),
     [

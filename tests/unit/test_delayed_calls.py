@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -91,12 +94,12 @@ def test_a_forked_child_starts_empty_and_can_schedule() -> None:
     """A child forked while the parent's scheduler held its lock blocked forever on its first call, and a child
     inherited the parent's pending calls and ran them a second time (review finding)."""
     calls = DelayedCalls("test-delayed")
-    calls.call_later(30, print, "the parent's")
+    calls.call_later(30, int)  # the parent's
     stop = threading.Event()
 
     def busy() -> None:  # keeps the lock busy across the forks
         while not stop.is_set():
-            calls.call_later(30, print, "busy")
+            calls.call_later(30, int)
             time.sleep(0.0001)
 
     t = threading.Thread(target=busy)
@@ -129,3 +132,19 @@ def test_a_forked_child_starts_empty_and_can_schedule() -> None:
     finally:
         stop.set()
         t.join()
+
+
+def test_calls_blocked_or_queued_at_exit_do_not_hold_up_the_process() -> None:
+    """The workers were a ThreadPoolExecutor's, which Python joins at exit after running everything queued: releases
+    blocked on an unreachable tierwise delayed the exit by their timeouts (review finding). They are daemons now."""
+    script = (
+        "from integrations.delayed_calls import DelayedCalls\n"
+        "import time\n"
+        "calls = DelayedCalls('exit-test', workers=2)\n"
+        "for _ in range(6):\n"
+        "    calls.call_later(0, time.sleep, 120)\n"
+        "time.sleep(0.3)\n"  # the first two are running, the rest queued
+    )
+    started = time.monotonic()
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert time.monotonic() - started < 60  # joined workers would take 120 s and more
