@@ -417,6 +417,26 @@ def test_a_cancelled_async_call_releases_its_reservation(
     assert view["spent_usd"] == 0 and view["reserved_usd"] == pytest.approx(0)
 
 
+def cancel_watched_calls(settler: TierwiseSettler, decisions: list[dict[str, Any]]) -> int:
+    """One async call per decision, each watched by `settler`, their tasks cancelled at once once all are watched;
+    how many threads were started meanwhile."""
+
+    async def run() -> int:
+        async def call(decision: dict[str, Any]) -> None:
+            settler.watch(decision)
+            await asyncio.sleep(30)
+
+        tasks = [asyncio.create_task(call(d)) for d in decisions]
+        await asyncio.sleep(0.05)  # every call is watched
+        before = threading.active_count()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return threading.active_count() - before
+
+    return asyncio.run(run())
+
+
 def cancel_a_burst(monkeypatch: pytest.MonkeyPatch) -> tuple[TierwiseSettler, TierwiseClient, list[Any]]:
     """100 async calls watched by a settler (its client records what it posts), their tasks cancelled at once;
     checks they are released by one thread."""
@@ -431,21 +451,9 @@ def cancel_a_burst(monkeypatch: pytest.MonkeyPatch) -> tuple[TierwiseSettler, Ti
     client = Recording("http://127.0.0.1:9")
     settler = TierwiseSettler(client)
     n = 100
-
-    async def burst() -> int:
-        async def call(i: int) -> None:
-            settler.watch({"decision_id": f"d{i}", "tierwise_client": client.identity})
-            await asyncio.sleep(30)
-
-        tasks = [asyncio.create_task(call(i)) for i in range(n)]
-        await asyncio.sleep(0.05)  # every call is watched
-        before = threading.active_count()
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        return threading.active_count() - before
-
-    started = asyncio.run(burst())
+    started = cancel_watched_calls(
+        settler, [{"decision_id": f"d{i}", "tierwise_client": client.identity} for i in range(n)]
+    )
     assert started <= 1
     for _ in range(300):
         if len(released) == n:
@@ -501,17 +509,7 @@ def test_an_answer_reported_while_its_release_is_posted_is_warned_of(
     settler = TierwiseSettler(client)
     decision = {"decision_id": "d1", "tierwise_client": client.identity}
 
-    async def cancelled() -> None:
-        async def call() -> None:
-            settler.watch(decision)
-            await asyncio.sleep(30)
-
-        task = asyncio.create_task(call())
-        await asyncio.sleep(0.01)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    asyncio.run(cancelled())
+    cancel_watched_calls(settler, [decision])
     assert releasing.wait(5)
     kwargs = {"litellm_params": {"metadata": {DECISION_KEY: decision}}, "response_cost": 0.05}
     with caplog.at_level(logging.WARNING, logger="integrations.litellm_router"):
@@ -540,18 +538,7 @@ def test_a_decision_watched_by_two_cancelled_tasks_is_released_once(
     settler = TierwiseSettler(client)
     decision = {"decision_id": "d1", "tierwise_client": client.identity}
 
-    async def two_cancelled() -> None:
-        async def call() -> None:
-            settler.watch(decision)
-            await asyncio.sleep(30)
-
-        tasks = [asyncio.create_task(call()) for _ in range(2)]
-        await asyncio.sleep(0.01)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-    asyncio.run(two_cancelled())
+    cancel_watched_calls(settler, [decision, decision])  # a call and its retry
     for _ in range(100):
         if settler.settled(decision):
             break
