@@ -475,26 +475,45 @@ def _call_decision(kwargs: Mapping[str, Any], ok: bool = False) -> Any:
     return decision if not ok or _served_by(decision, _answering_deployment(kwargs)) else None
 
 
-def _outcome(decision: Any, score: float, cost_usd: Any, usage: Any, latency_ms: float | None) -> dict[str, Any] | None:
-    """The /outcomes body: None when tierwise did not decide the call or LiteLLM knows no cost for it."""
+def _token_count(usage: Any, name: str) -> int | None:
+    n = getattr(usage, name, None)
+    return n if isinstance(n, int) and not isinstance(n, bool) and n >= 0 else None
+
+
+def _litellm_priced(cost: Any, cache_hit: Any, tokens: int) -> bool:
+    """Whether LiteLLM's `response_cost` is a price. It reports None, or 0.0 (this version, for a model its price
+    map lacks and the deployment does not price), for a call it could not price; 0.0 is a price only for a cache
+    hit or a call that used no tokens."""
+    return isinstance(cost, int | float) and (cost != 0 or cache_hit is True or tokens == 0)
+
+
+def _outcome(
+    decision: Any, score: float, cost_usd: Any, usage: Any, latency_ms: float | None, cache_hit: Any = None
+) -> dict[str, Any] | None:
+    """The /outcomes body: None when tierwise did not decide the call, or LiteLLM knows neither its cost nor its
+    tokens. Where LiteLLM could not price the call (`_litellm_priced`), the cost is left out: tierwise takes the
+    decision's settled cost, or prices the tokens at its tiers config's prices."""
     if not isinstance(decision, Mapping) or not decision.get("decision_id"):
         return None
-    if cost_usd is None:
+    tokens_in, tokens_out = _token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens")
+    priced = _litellm_priced(cost_usd, cache_hit, (tokens_in or 0) + (tokens_out or 0))
+    if not priced and (tokens_in is None or tokens_out is None):
         logger.warning(
-            "no cost for deployment %s (give it input_cost_per_token and output_cost_per_token): "
+            "neither cost nor tokens for deployment %s (give it input_cost_per_token and output_cost_per_token): "
             "outcome of decision %s not posted",
             decision.get("deployment_id"),
             decision["decision_id"],
         )
         return None
-    body: dict[str, Any] = {"decision_id": decision["decision_id"], "score": float(score), "cost_usd": float(cost_usd)}
-    if decision.get("session_id"):
-        body["session_id"] = decision["session_id"]
-    if usage is not None:
-        body["tokens_in"] = getattr(usage, "prompt_tokens", None)
-        body["tokens_out"] = getattr(usage, "completion_tokens", None)
-    if latency_ms is not None:
-        body["latency_ms"] = max(0.0, float(latency_ms))
+    body: dict[str, Any] = {
+        "decision_id": decision["decision_id"],
+        "score": float(score),
+        "cost_usd": float(cost_usd) if priced else None,
+        "session_id": decision.get("session_id") or None,
+        "tokens_in": tokens_in,
+        "tokens_out": tokens_out,
+        "latency_ms": None if latency_ms is None else max(0.0, float(latency_ms)),
+    }
     return {k: v for k, v in body.items() if v is not None}
 
 
@@ -510,6 +529,7 @@ def outcome_of(
         hidden.get("response_cost"),
         getattr(response, "usage", None),
         hidden.get("_response_ms"),
+        hidden.get("cache_hit"),
     )
     return body if body is None or outcome_id is None else {**body, "outcome_id": outcome_id}
 
@@ -538,7 +558,8 @@ class TierwiseOutcomeLogger(CustomLogger):
         if score is None:
             return None
         latency_ms = (end - start).total_seconds() * 1000 if start is not None and end is not None else None
-        return _outcome(decision, score, kwargs.get("response_cost"), getattr(response, "usage", None), latency_ms)
+        cost, usage = kwargs.get("response_cost"), getattr(response, "usage", None)
+        return _outcome(decision, score, cost, usage, latency_ms, kwargs.get("cache_hit"))
 
     def log_success_event(self, kwargs: Any, response_obj: Any, start_time: Any, end_time: Any) -> None:
         try:
@@ -568,16 +589,22 @@ def _final_failure(kwargs: Mapping[str, Any]) -> bool:
     return isinstance(status, int) and 400 <= status < 500 and status not in (408, 409, 429)
 
 
-def usage_of(kwargs: Mapping[str, Any], response: Any, start: Any, end: Any) -> dict[str, Any]:
-    """The /decisions/{id}/usage body of a call LiteLLM answered: its cost, tokens and latency."""
+def usage_of(kwargs: Mapping[str, Any], response: Any, start: Any, end: Any) -> dict[str, Any] | None:
+    """The /decisions/{id}/usage body of a call LiteLLM answered: its cost, tokens and latency. Where LiteLLM could
+    not price the call (`_litellm_priced`), the body leaves the cost out and tierwise prices the tokens at its
+    tiers config's prices, as it priced the reservation; None when there are no token counts either."""
     usage = getattr(response, "usage", None)
-    body = {
-        "cost_usd": float(kwargs["response_cost"]),
-        "tokens_in": getattr(usage, "prompt_tokens", None),
-        "tokens_out": getattr(usage, "completion_tokens", None),
+    tokens_in, tokens_out = _token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens")
+    body: dict[str, Any] = {
+        "tokens_in": tokens_in,
+        "tokens_out": tokens_out,
         "latency_ms": max(0.0, (end - start).total_seconds() * 1000) if start is not None and end is not None else None,
     }
-    return {k: v for k, v in body.items() if v is not None or k == "cost_usd"}
+    if _litellm_priced(kwargs.get("response_cost"), kwargs.get("cache_hit"), (tokens_in or 0) + (tokens_out or 0)):
+        body["cost_usd"] = float(kwargs["response_cost"])
+    elif tokens_in is None or tokens_out is None:
+        return None
+    return {k: v for k, v in body.items() if v is not None}
 
 
 def _booked(reply: Any) -> bool | None:
@@ -590,7 +617,8 @@ class TierwiseSettler(CustomLogger):
     """A LiteLLM callback that settles each call `TierwiseRoutingStrategy` routed through `client`'s tierwise.
 
     Success: `POST /decisions/{id}/usage` with LiteLLM's `response_cost`, tokens and latency (a call LiteLLM
-    cannot price keeps its reservation, with a warning). Failure of the call's last try: the same with
+    could not price, reported as None or 0.0, posts its tokens, which tierwise prices at its tiers config's prices;
+    one without token counts either keeps its reservation, with a warning). Failure of the call's last try:
     `cost_usd: null`, which releases the reservation and charges nothing. tierwise books each decision once, so
     a repeated event changes nothing. Settling never raises into LiteLLM: a failure is logged.
 
@@ -740,10 +768,11 @@ class TierwiseSettler(CustomLogger):
         did, client = str(decision["decision_id"]), self.clients[decision["tierwise_client"]]
         if not ok:
             return (client, did, {"cost_usd": None}) if _final_failure(kwargs) else None
-        if kwargs.get("response_cost") is None:
-            logger.warning("no cost for decision %s (give the deployment its per-token prices): not settled", did)
+        body = usage_of(kwargs, response, start, end)
+        if body is None:
+            logger.warning("neither cost nor tokens for decision %s (give the deployment its prices): not settled", did)
             return None
-        return client, did, usage_of(kwargs, response, start, end)
+        return client, did, body
 
     def _mark(self, did: str) -> None:
         with self._lock:

@@ -183,6 +183,14 @@ class TiersConfig:
     def known_models(self) -> set[str]:
         return set(self.models) | {t.model for t in self.tiers}
 
+    def token_price(self, model: str) -> tuple[float, float] | None:
+        """USD per input and per output token of one model: its catalogue price, or the own price of the single tier
+        it serves; None for a fusion tier's model (its parts see different inputs) or a model not in the config."""
+        if model in self.models:
+            return self.models[model].input_per_1m / 1e6, self.models[model].output_per_1m / 1e6
+        tier = next((t for t in self.tiers if t.model == model and t.kind == "single"), None)
+        return None if tier is None else (tier.input_per_1m / 1e6, tier.output_per_1m / 1e6)
+
 
 def _check_spelling(raw: Mapping[str, Any], model: type[BaseModel], where: str) -> None:
     """Refuse a key that is a known field written another way (`base-url`, `API_KEY_ENV`): ignored, it would leave

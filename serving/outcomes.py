@@ -40,6 +40,7 @@ from serving.errors import (
     refusal_class,
 )
 from serving.metrics import Metrics
+from serving.pricing import priced_tokens
 from serving.schemas import (
     DECISION_OUTCOME,
     MAX_LATENCY_MS,
@@ -178,12 +179,16 @@ class OutcomeRecorder:
             # A decision the proxy served knows the model that answered (after a fallback, not the routed one),
             # and its settled cost and usage.
             prompt, model, session = prompt or d.prompt, model or d.served_model or d.model, d.session_id
+            if cost is None and d.cost_usd is None and tokens_in is not None and tokens_out is not None:
+                cost = priced_tokens(tiers, model, tokens_in, tokens_out)  # tokens a gateway could not price
             if cost is None:
                 cost, tokens_in, tokens_out = d.cost_usd, d.tokens_in, d.tokens_out
                 latency_ms = latency_ms if latency_ms is not None else d.latency_ms
             if cost is None:
                 why = "no upstream answered it, nothing was charged" if d.served_by else "the proxy did not serve it"
-                raise Invalid(f"decision {d.id} has no settled cost ({why}): give cost_usd")
+                raise Invalid(
+                    f"decision {d.id} has no settled cost ({why}): give cost_usd, or tokens_in and tokens_out"
+                )
         elif session is not None:
             owner = self.store.get_session(session)
             if owner is not None:

@@ -243,8 +243,9 @@ class OutcomeIn(OutcomeBase):
     score: Share = Field(description="realised quality, 0 to 1")
     cost_usd: Annotated[Usd, Field(le=MAX_OUTCOME_COST_USD)] | None = Field(  # type: ignore[assignment]
         None,
-        description=f"what the call cost, 0 to {MAX_OUTCOME_COST_USD:.0e} USD; may be left out for a decision the "
-        "OpenAI-compatible proxy served (its settled cost, tokens and latency are used)",
+        description=f"what the call cost, 0 to {MAX_OUTCOME_COST_USD:.0e} USD; may be left out for a settled "
+        "decision (the proxy's or POST /decisions/{id}/usage's cost, tokens and latency are used), or for a decision "
+        "with tokens_in and tokens_out, which are priced at the tiers config's prices",
     )
     session_id: SessionId | None = None
     tokens_in: Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)] | None = Field(None, description=f"0 to {MAX_TOKENS}")

@@ -2,7 +2,9 @@
 
 A caller that dispatched a routed call on its own (the LiteLLM routing strategy, any gateway) books what the call
 cost here, as the OpenAI-compatible door does in process: the decision's reservation is released and its cost
-spent on the session, once. `cost_usd: null` releases a failed call's reservation and charges nothing. A later
+spent on the session, once. `cost_usd: null` releases a failed call's reservation and charges nothing; `cost_usd`
+left out with `tokens_in` and `tokens_out` given books the tokens at the tiers config's prices of the model that
+served (a caller, like LiteLLM for a deployment it has no price for, that knows the tokens but not the cost). A later
 `POST /outcomes` for the decision needs only the score and never charges again.
 """
 
@@ -12,12 +14,13 @@ import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Path
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StringConstraints, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from infra.store import SERVED_BY_PROXY, DecisionRow
 from serving.deps import Caller, RuntimeDep, StoreDep
 from serving.errors import BODY_ERRORS, CALLER_ERRORS, Conflict, Forbidden, Invalid, NotFound, error
+from serving.pricing import priced_tokens
 from serving.schemas import MAX_LATENCY_MS, MAX_OUTCOME_COST_USD, MAX_TOKENS, Usd, _storable
 
 router = APIRouter(prefix="/decisions", tags=["decisions"], responses=CALLER_ERRORS)
@@ -26,12 +29,15 @@ Tokens = Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)]
 
 
 class UsageIn(BaseModel):
-    """What serving a routed call took. `cost_usd` null: the call failed; its reservation is released, nothing paid."""
+    """What serving a routed call took. `cost_usd` null: the call failed; its reservation is released, nothing paid.
+    `cost_usd` left out: tierwise prices `tokens_in` and `tokens_out` (both needed) at the tiers config's prices."""
 
     model_config = ConfigDict(extra="forbid")
     cost_usd: Annotated[Usd, Field(le=MAX_OUTCOME_COST_USD)] | None = Field(
+        None,
         description=f"what the call cost, 0 to {MAX_OUTCOME_COST_USD:.0e} USD; null releases a failed call's "
-        "reservation and charges nothing"
+        "reservation and charges nothing; left out, tierwise prices tokens_in and tokens_out at the tiers config's "
+        "prices of the model that served (served_model, else the routed one)",
     )
     tokens_in: Tokens | None = Field(None, description=f"0 to {MAX_TOKENS}")
     tokens_out: Tokens | None = Field(None, description=f"0 to {MAX_TOKENS}")
@@ -41,6 +47,19 @@ class UsageIn(BaseModel):
     served_model: Annotated[str, StringConstraints(min_length=1, max_length=256), AfterValidator(_storable)] | None = (
         Field(None, description="the tiers-config model that answered, when not the routed one (after a fallback)")
     )
+
+    @model_validator(mode="after")
+    def _cost_or_tokens(self) -> UsageIn:
+        if "cost_usd" not in self.model_fields_set and (self.tokens_in is None or self.tokens_out is None):
+            raise ValueError(
+                "give cost_usd (null releases a failed call), or tokens_in and tokens_out for tierwise to price at "
+                "the tiers config's prices"
+            )
+        return self
+
+    @property
+    def priced_by_caller(self) -> bool:
+        return "cost_usd" in self.model_fields_set
 
 
 class UsageSettled(BaseModel):
@@ -76,7 +95,10 @@ def _view(d: DecisionRow, booked: bool) -> UsageSettled:
         **error(403, "another client's decision"),
         **error(404, "unknown decision_id"),
         **error(409, "a decision the proxy serves: it settles it with the upstream's usage"),
-        422: {"description": "invalid usage (a negative, non-finite or too large number, an unknown field or model)"},
+        422: {
+            "description": "invalid usage (a negative, non-finite or too large number, an unknown field or model, "
+            "neither a cost nor both token counts, tokens of a model the config cannot price alone)"
+        },
     },
 )
 async def post_usage(
@@ -84,7 +106,8 @@ async def post_usage(
 ) -> UsageSettled:
     """Settle a decision with what the call really cost (or release it: `cost_usd` null); idempotent.
 
-    The first settlement books `cost_usd` on the decision's session and releases its reservation; any later one
+    The first settlement books `cost_usd` (left out: `tokens_in` and `tokens_out` at the tiers config's prices of
+    the model that served) on the decision's session and releases its reservation; any later one
     (a retry, a release after a settlement, a decision an outcome or the proxy already settled) changes nothing
     and answers `booked: false` with what is stored. A decision the proxy is still serving is refused (409): the
     proxy settles it with the upstream's usage; only the admin key may settle it (a reservation a crashed
@@ -101,10 +124,14 @@ async def post_usage(
         return _view(d, booked=False)
     if d.served_by == SERVED_BY_PROXY and not caller.is_admin:  # an admin may release one a crash left reserved
         raise Conflict(f"decision {decision_id} is served by the proxy, which settles it with the upstream's usage")
+    if usage.priced_by_caller:
+        cost_usd = usage.cost_usd
+    else:  # both counts: UsageIn checked
+        cost_usd = priced_tokens(rt.tiers, usage.served_model or d.model, usage.tokens_in or 0, usage.tokens_out or 0)
     booked = await run_in_threadpool(
         store.settle_decision,
         decision_id,
-        cost_usd=usage.cost_usd,
+        cost_usd=cost_usd,
         tokens_in=usage.tokens_in,
         tokens_out=usage.tokens_out,
         latency_ms=usage.latency_ms,

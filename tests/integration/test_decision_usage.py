@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from router.schema import TiersConfig
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer
 
 HARD = "hard question 1: omega sigma alpha beta gamma"
@@ -122,7 +123,9 @@ def test_unknown_decision_is_404(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("body", "field"),
     [
-        ({}, "cost_usd"),  # a release says so: cost_usd null, never a missing field
+        ({}, None),  # a release says so: cost_usd null, never a missing field (and no tokens to price)
+        ({"tokens_in": 10}, None),  # tierwise prices only both counts
+        ({"tokens_in": 10, "tokens_out": 2**31}, "tokens_out"),
         ({"cost_usd": -0.01}, "cost_usd"),
         ({"cost_usd": 2e6}, "cost_usd"),
         ({"cost_usd": "0.1"}, "cost_usd"),
@@ -142,6 +145,67 @@ def test_bad_usage_is_422_with_a_reason_and_settles_nothing(client: TestClient, 
     assert detail and (field is None or any(field in map(str, e["loc"]) for e in detail)), detail
     assert session(client)["reserved_usd"] > 0 and session(client)["spent_usd"] == 0
     assert client.post("/decisions/bad id!/usage", json=USAGE, headers=C).status_code == 422
+
+
+@pytest.mark.parametrize("served", [None, "unused"])
+def test_tokens_without_a_cost_are_priced_at_the_catalogue_of_the_model_that_served(
+    client: TestClient, served: str | None
+) -> None:
+    """A caller that knows the tokens but not the price (LiteLLM for a deployment it has no price for) leaves
+    `cost_usd` out: tierwise books the tokens at its tiers config's prices, once."""
+    d = routed(client)
+    prices = {"small": (0.2, 0.2), "medium": (1.0, 2.0), "large": (10.0, 30.0), "unused": (5.0, 5.0)}
+    p_in, p_out = prices[served or d["model"]]
+    cost = (1200 * p_in + 340 * p_out) / 1e6
+    body: dict[str, Any] = {"tokens_in": 1200, "tokens_out": 340} | ({"served_model": served} if served else {})
+    r = client.post(f"/decisions/{d['decision_id']}/usage", json=body, headers=C)
+    assert r.status_code == 200, r.text
+    assert r.json()["booked"] is True and r.json()["cost_usd"] == pytest.approx(cost)
+    assert r.json()["tokens_in"] == 1200 and r.json()["served_model"] == served
+    after = session(client)
+    assert after["spent_usd"] == pytest.approx(cost) and after["reserved_usd"] == pytest.approx(0)
+    again = client.post(f"/decisions/{d['decision_id']}/usage", json={**body, "tokens_out": 9999}, headers=C)
+    assert again.json() == {**r.json(), "booked": False} and session(client)["spent_usd"] == pytest.approx(cost)
+
+
+def test_tokens_of_a_model_the_config_cannot_price_alone_are_422(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fusion tier's tokens (or a model gone from the config) have no one price: the caller must give the cost."""
+    d = routed(client)
+    monkeypatch.setattr(TiersConfig, "token_price", lambda self, model: None)
+    r = client.post(f"/decisions/{d['decision_id']}/usage", json={"tokens_in": 5, "tokens_out": 5}, headers=C)
+    assert r.status_code == 422 and "give cost_usd" in r.text and d["model"] in r.text
+    assert session(client)["reserved_usd"] > 0 and session(client)["spent_usd"] == 0
+
+
+def test_an_outcome_with_tokens_and_no_cost_is_charged_at_the_catalogue_price(client: TestClient) -> None:
+    """POST /outcomes for an unsettled decision with tokens but no cost (a gateway that could not price the call)
+    books the tokens at the decision's model's price, as /decisions/{id}/usage would; a settled one keeps its cost."""
+    d = routed(client)
+    prices = {"small": (0.2, 0.2), "medium": (1.0, 2.0), "large": (10.0, 30.0)}
+    cost = (1000 * prices[d["model"]][0] + 500 * prices[d["model"]][1]) / 1e6
+    body = {"decision_id": d["decision_id"], "score": 0.5, "tokens_in": 1000, "tokens_out": 500}
+    r = client.post("/outcomes", json=body, headers=C)
+    assert r.status_code == 201 and r.json()["recorded"] == 1, r.text
+    after = session(client)
+    assert after["spent_usd"] == pytest.approx(cost) and after["reserved_usd"] == pytest.approx(0)
+    rows = client.app.state.store.export_outcomes()  # type: ignore[attr-defined]
+    assert [(x.cost_usd, x.tokens_in, x.tokens_out) for x in rows] == [(pytest.approx(cost), 1000, 500)]
+    settled = routed(client, "t")
+    client.post(f"/decisions/{settled['decision_id']}/usage", json=USAGE, headers=C)
+    later = {**body, "decision_id": settled["decision_id"], "tokens_in": 9, "tokens_out": 9}
+    assert client.post("/outcomes", json=later, headers=C).status_code == 201
+    assert session(client, "t")["spent_usd"] == pytest.approx(USAGE["cost_usd"])
+    rows = client.app.state.store.export_outcomes()  # type: ignore[attr-defined]
+    assert sorted(x.cost_usd for x in rows) == pytest.approx(sorted([cost, USAGE["cost_usd"]]))
+
+
+def test_no_cost_and_no_tokens_names_what_to_give(client: TestClient) -> None:
+    d = routed(client)
+    r = client.post(f"/decisions/{d['decision_id']}/usage", json={"latency_ms": 5.0}, headers=C)
+    assert r.status_code == 422 and "give cost_usd" in r.text and "tokens_in and tokens_out" in r.text
+    assert session(client)["reserved_usd"] > 0 and session(client)["spent_usd"] == 0
 
 
 def test_non_finite_cost_is_422(client: TestClient) -> None:

@@ -40,16 +40,14 @@ IN_USD, OUT_USD = 1e-6, 2e-6  # per token, on every mock deployment: LiteLLM pri
 
 
 def deployment(
-    dep_id: str, tier: str | None = None, group: str = "tierwise", reply: str | None = None
+    dep_id: str, tier: str | None = None, group: str = "tierwise", reply: str | None = None, priced: bool = True
 ) -> dict[str, Any]:
     info: dict[str, Any] = {"id": dep_id} | ({TIER_FIELD: tier} if tier else {})
     params = {
         "model": f"openai/{dep_id}",
         "api_key": "sk-test-not-used",
         "mock_response": reply or f"answer from {dep_id}",
-        "input_cost_per_token": IN_USD,
-        "output_cost_per_token": OUT_USD,
-    }
+    } | ({"input_cost_per_token": IN_USD, "output_cost_per_token": OUT_USD} if priced else {})
     return {"model_name": group, "litellm_params": params, "model_info": info}
 
 
@@ -359,6 +357,43 @@ def test_every_call_is_settled_with_litellms_cost_without_a_score(tierwise: str,
     assert api.get(f"/sessions/settle-{mode}").json()["spent_usd"] == pytest.approx(sum(costs))
 
 
+CATALOGUE_PER_1M = {"small": (0.2, 0.2), "medium": (1.0, 2.0), "large": (10.0, 30.0)}  # tests/conftest.TIERS_TOML
+
+
+@pytest.mark.parametrize("mode", ["sync", "async", "score"])
+def test_a_deployment_litellm_cannot_price_is_settled_at_tierwises_price(
+    tierwise: str, api: httpx.Client, mode: str
+) -> None:
+    """LiteLLM reports a call to a model missing from its price map, on a deployment without prices, as costing 0.0:
+    booked as such, a capped session would spend nothing. Its tokens are posted instead, and tierwise prices them
+    at its tiers config's prices (by the settler, or by `post_score` with the settler off)."""
+    session = f"unpriced-{mode}"
+    api.put(f"/sessions/{session}", json={"cap_usd": 10.0})
+    # Model names no earlier test priced: LiteLLM keeps a deployment's prices under its model name, process-wide.
+    unpriced = [deployment(f"unpriced-{t}", t, priced=False) for t in TIERS]
+    unpriced.append(deployment("dep-default", group="default"))
+    router, plugin = make_router(tierwise, unpriced, settle=mode != "score")
+    md: dict[str, Any] = {"tierwise": {"session_id": session}}
+    messages = [{"role": "user", "content": f"{HARD} ({mode})"}]
+
+    async def acall() -> tuple[Any, dict[str, Any]]:
+        resp = await router.acompletion(model="tierwise", messages=messages, metadata=md)
+        return resp, await asettled_view(api, session, 1)
+
+    if mode == "async":
+        resp, view = asyncio.run(acall())
+    else:
+        resp = router.completion(model="tierwise", messages=messages, metadata=md)
+        if mode == "score":
+            assert api.get(f"/sessions/{session}").json()["spent_usd"] == 0
+            assert plugin.post_score(md, resp, 0.5)["recorded"] == 1  # type: ignore[index]
+        view = settled_view(api, session, 1)
+    assert resp._hidden_params["response_cost"] in (None, 0.0)  # what LiteLLM makes of it
+    p_in, p_out = CATALOGUE_PER_1M[dict(zip(TIERS, CATALOGUE_PER_1M, strict=True))[md[DECISION_KEY]["tier"]]]
+    cost = (resp.usage.prompt_tokens * p_in + resp.usage.completion_tokens * p_out) / 1e6
+    assert cost > 0 and view["spent_usd"] == pytest.approx(cost) and view["reserved_usd"] == pytest.approx(0)
+
+
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_a_failed_call_releases_its_reservation(tierwise: str, api: httpx.Client, mode: str) -> None:
     api.put(f"/sessions/fail-{mode}", json={"cap_usd": 10.0})
@@ -608,7 +643,7 @@ def test_a_call_that_answered_is_not_released_when_its_task_is_cancelled_later(
     monkeypatch.setattr(litellm_router, "RELEASE_AFTER_CANCEL_S", 0.2)
     session = f"answered-then-cancelled-{priced}"
     api.put(f"/sessions/{session}", json={"cap_usd": 10.0})
-    if not priced:  # as LiteLLM reports an answer it cannot price (response_cost None): the settler books nothing
+    if not priced:  # an answer the settler cannot settle (LiteLLM reports neither cost nor tokens): it books nothing
         body = TierwiseSettler._body
         monkeypatch.setattr(TierwiseSettler, "_body", lambda self, d, kw, *a: None if a[-1] else body(self, d, kw, *a))
     router, plugin = make_router(tierwise)

@@ -360,3 +360,24 @@ def test_a_lone_surrogate_in_a_jsonl_log_names_its_line_and_column(tmp_path, tie
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(OutcomeLogError, match=r"row 2, column 'prompt': not valid Unicode text"):
         load_outcomes(path, tiers)
+
+
+def test_token_price_of_a_catalogue_model_a_self_priced_tier_and_a_panel() -> None:
+    """What POST /decisions/{id}/usage prices a caller's tokens at: the catalogue, else the single tier's own price;
+    a fusion tier's model has none (its members and judge read different inputs), nor has a model not configured."""
+    raw = {
+        "models": {
+            "small": {"input_per_1m": 0.2, "output_per_1m": 0.4},
+            "large": {"input_per_1m": 10, "output_per_1m": 30},
+        },
+        "tiers": [
+            {"name": "main", "model": "small"},
+            {"name": "mid", "model": "own", "input_per_1m": 1.5, "output_per_1m": 2.5},
+            {"name": "brain", "kind": "fusion", "members": ["small", "large"], "judge": "large"},
+        ],
+    }
+    tiers = parse_tiers(raw)
+    assert tiers.token_price("small") == pytest.approx((0.2e-6, 0.4e-6))
+    assert tiers.token_price("own") == pytest.approx((1.5e-6, 2.5e-6))
+    assert tiers.tier("brain").model == "fusion:brain" and tiers.token_price("fusion:brain") is None
+    assert tiers.token_price("gpt-nope") is None
