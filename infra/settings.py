@@ -191,6 +191,13 @@ class Settings(BaseSettings):
     purge_interval_s: float = Field(
         3600.0, gt=0, description="with retention_days, the service purges older decisions and outcomes this often"
     )
+    reservation_expiry_s: float | None = Field(
+        3600.0,
+        gt=0,
+        le=MAX_RETENTION_DAYS * 86400,
+        description="a decision's hold on its session is released once it is this old and unsettled (its caller "
+        "never posted a settlement or an outcome; one posted later still books its cost); None = hold until settled",
+    )
     ope_gate_min_decisions: int = Field(
         500, ge=1, description="logged decisions with outcomes the off-policy gate check needs before it judges"
     )

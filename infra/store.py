@@ -525,6 +525,17 @@ def _lock_sessions(conn: Connection, session_ids: sa.Select[Any]) -> None:
     ).all()
 
 
+def _release_holds(conn: Connection, held: Sequence[Any]) -> None:
+    """Take each (session id, USD) of `held` off its session's reservation (never below 0); sessions locked."""
+    for session_id, reserved in held:
+        left = sessions.c.reserved_usd - float(reserved or 0.0)
+        conn.execute(
+            sessions.update()
+            .where(sessions.c.id == session_id)
+            .values(reserved_usd=sa.case((left < 0, 0.0), else_=left), updated_at=_now())
+        )
+
+
 def _settle(execute: Execute, decision_id: str, cost_usd: float, by_outcome: bool = False) -> bool:
     """Release a decision's reservation and book its actual cost, once; spend saturates at a ceiling. `by_outcome`:
     settle only a decision its caller serves (not the proxy's). Whether this call settled it. The caller has
@@ -1020,16 +1031,33 @@ class Store:
                 .where(decisions.c.session_id.is_not(None))
                 .group_by(decisions.c.session_id)
             ).all()
-            for session_id, reserved in stale:
-                left = sessions.c.reserved_usd - float(reserved or 0.0)
-                conn.execute(
-                    sessions.update()
-                    .where(sessions.c.id == session_id)
-                    .values(reserved_usd=sa.case((left < 0, 0.0), else_=left), updated_at=_now())
-                )
+            _release_holds(conn, stale)
             n_decisions = conn.execute(decisions.delete().where(decisions.c.created_at < before)).rowcount
             n_outcomes = conn.execute(outcomes.delete().where(outcomes.c.created_at < before)).rowcount
         return int(n_decisions), int(n_outcomes)
+
+    def expire_holds(self, before: datetime) -> dict[str, float]:
+        """Release from their sessions the holds of unsettled decisions made before `before`: {session: USD}.
+
+        A caller that routed and never settled (it crashed, or a cancellation it caught left nothing to report)
+        would hold its session's room for good. The decisions stay unsettled, holding nothing: a settlement or an
+        outcome that comes later still books its cost as spent. Locks as `purge` does (sessions first)."""
+        held = sa.and_(
+            decisions.c.created_at < before,
+            decisions.c.settled == sa.false(),
+            decisions.c.reserved_usd > 0,
+            decisions.c.session_id.is_not(None),
+        )
+        with self.engine.begin() as conn:
+            _lock_sessions(conn, sa.select(decisions.c.session_id).where(held))
+            stale = conn.execute(
+                sa.select(decisions.c.session_id, sa.func.sum(decisions.c.reserved_usd))
+                .where(held)
+                .group_by(decisions.c.session_id)
+            ).all()
+            _release_holds(conn, stale)
+            conn.execute(decisions.update().where(held).values(reserved_usd=0.0))
+        return {str(session_id): float(reserved or 0.0) for session_id, reserved in stale}
 
     def delete_session(self, session_id: str) -> tuple[int, list[str], int]:
         """Delete a session with its decisions and outcomes: how many sessions (0 or 1), the decisions' ids (what

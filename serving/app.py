@@ -23,6 +23,7 @@ from serving.deps import checked_query
 from serving.docs import install_docs
 from serving.drift import drift_collector
 from serving.errors import install_handlers
+from serving.holds import expire_every
 from serving.logs import configure_logging
 from serving.manager import ModelManager
 from serving.metrics import Metrics, multiprocess_enabled
@@ -87,6 +88,9 @@ def create_app(
         if settings.retention_days is not None:
             purger = purge_every(db, app.state.recorder.spool, settings.retention_days, settings.purge_interval_s)
             tasks.append(asyncio.create_task(purger))
+        if settings.reservation_expiry_s is not None:
+            expiry = expire_every(db, settings.reservation_expiry_s, metrics.expired_holds.inc)
+            tasks.append(asyncio.create_task(expiry))
         if settings.reload_interval_s > 0:
             tasks.append(asyncio.create_task(manager.poll(settings.reload_interval_s)))
         if settings.spool_replay_interval_s > 0:

@@ -154,6 +154,11 @@ class Metrics:
             "Spooled outcomes (or torn spool lines) the store refused, quarantined in the rejected file",
             registry=self.registry,
         )
+        self.expired_holds = Counter(
+            "tierwise_expired_holds_usd",
+            "Session reservations released because their decisions stayed unsettled past reservation_expiry_s",
+            registry=self.registry,
+        )
 
         # Exploration's live cost: served minus what the policy would have chosen, summed over explored decisions.
         self.explored = Counter(

@@ -147,6 +147,34 @@ def test_the_service_purges_past_the_retention_period(client_factory: Callable[.
     assert spool.rejected()[1][0]["outcome_id"] == "o-new" and b"OLD" not in spool.rejected_path.read_bytes()
 
 
+def test_the_service_releases_holds_no_caller_settled(client_factory: Callable[..., TestClient]) -> None:
+    """A session's room held by a decision its caller never settled comes back after reservation_expiry_s (the
+    job looks every quarter of it), counted on /metrics; the decision's late outcome still books its cost."""
+    client = client_factory(reservation_expiry_s=0.2)
+    client.put("/sessions/held", json={"cap_usd": 1.0}, headers=C)
+    d = client.post("/route", json={"prompt": PROMPTS[1], "session_id": "held"}, headers=C).json()
+    assert d["expected_cost_usd"] > 0
+    for _ in range(200):  # give the job up to 10 s on a busy machine
+        view = client.get("/sessions/held", headers=C).json()
+        if view["reserved_usd"] == 0:
+            break
+        time.sleep(0.05)
+    assert view["reserved_usd"] == 0 and view["spent_usd"] == 0
+    assert metric(client, "tierwise_expired_holds_usd_total") == pytest.approx(d["expected_cost_usd"])
+    late = {"decision_id": d["decision_id"], "score": 1.0, "cost_usd": 0.003}
+    assert client.post("/outcomes", json=late, headers=C).status_code == 201
+    view = client.get("/sessions/held", headers=C).json()
+    assert view["spent_usd"] == pytest.approx(0.003) and view["reserved_usd"] == 0
+
+
+def test_holds_are_kept_without_an_expiry(client_factory: Callable[..., TestClient]) -> None:
+    client = client_factory(reservation_expiry_s=None)
+    client.put("/sessions/kept", json={"cap_usd": 1.0}, headers=C)
+    d = client.post("/route", json={"prompt": PROMPTS[1], "session_id": "kept"}, headers=C).json()
+    time.sleep(0.3)
+    assert client.get("/sessions/kept", headers=C).json()["reserved_usd"] == pytest.approx(d["expected_cost_usd"])
+
+
 def test_boundary_exploration_serves_what_a_neighbouring_operating_point_would(
     client_factory: Callable[..., TestClient],
 ) -> None:

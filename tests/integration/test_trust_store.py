@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -361,6 +362,71 @@ def test_a_purge_waits_for_a_settlement_in_flight_and_releases_nothing_twice(pg_
     assert session is not None
     assert session.spent_usd == pytest.approx(0.2)
     assert session.reserved_usd == pytest.approx(0.3)  # d2's, still held
+    store.dispose()
+
+
+def _age(store: Store, ids: list[str], days: float) -> None:
+    with store.engine.begin() as conn:
+        old = datetime.now(UTC) - timedelta(days=days)
+        conn.execute(decisions.update().where(decisions.c.id.in_(ids)).values(created_at=old))
+
+
+def test_an_old_unsettled_hold_is_released_and_its_late_cost_still_booked(url: str) -> None:
+    """A caller that routed and never settled held its session's room for good. `expire_holds` releases the holds
+    of unsettled decisions older than its cutoff, and only those; the decision stays open, so a settlement that
+    comes later books its cost as spent, without releasing the room a second time."""
+    store = Store(url)
+    store.migrate()
+    with store.lock_session("s", None) as locked:
+        locked.reserve([decision(1, "s", reserved=0.5), decision(2, "s", reserved=0.25), decision(3, "s", 0.125)])
+    with store.lock_session("t", None) as locked:
+        locked.reserve([decision(4, "t", reserved=0.0625)])
+    store.record_outcomes([OutcomeRow(id="o2", decision_id="d2", prompt=PROMPT, model="small", score=1, cost_usd=0.2)])
+    _age(store, ["d1", "d2", "d4"], days=1)  # d2 settled already, d3 recent
+    assert store.expire_holds(datetime.now(UTC) - timedelta(hours=1)) == {
+        "s": pytest.approx(0.5),
+        "t": pytest.approx(0.0625),
+    }
+    s = store.get_session("s")
+    assert s is not None and s.reserved_usd == pytest.approx(0.125) and s.spent_usd == pytest.approx(0.2)
+    assert store.expire_holds(datetime.now(UTC) - timedelta(hours=1)) == {}  # nothing held twice
+    d1 = store.get_decisions(["d1"])["d1"]
+    assert not d1.settled and d1.reserved_usd == 0
+    late: dict[str, Any] = {"tokens_in": None, "tokens_out": None, "latency_ms": None, "served_model": None}
+    assert store.settle_decision("d1", cost_usd=0.3, **late)  # booked, as spent
+    s = store.get_session("s")
+    assert s is not None and s.spent_usd == pytest.approx(0.5) and s.reserved_usd == pytest.approx(0.125)
+    assert not store.settle_decision("d1", cost_usd=0.3, **late)
+    store.dispose()
+
+
+def test_a_hold_expiry_waits_for_a_settlement_in_flight_and_releases_nothing_twice(pg_url: str) -> None:
+    """As the purge: a settlement holding its session's lock commits while the expiry runs; the expiry sums the
+    holds after it, so the settled decision's hold is not taken off the session a second time."""
+    from infra.store import _LOCK_SESSION_OF, _settle
+
+    store = Store(pg_url)
+    store.migrate()
+    with store.lock_session("s", None) as locked:
+        locked.reserve([decision(1, "s", reserved=0.3), decision(2, "s", reserved=0.3), decision(3, "s", 0.3)])
+    _age(store, ["d1", "d2"], days=1)
+    settling = store.engine.connect()
+    tx = settling.begin()
+    settling.execute(_LOCK_SESSION_OF, {"d_id": "d1"})
+    assert _settle(settling.execute, "d1", 0.2)
+    released: list[dict[str, float]] = []
+    expiry = threading.Thread(
+        target=lambda: released.append(store.expire_holds(datetime.now(UTC) - timedelta(hours=1)))
+    )
+    expiry.start()
+    time.sleep(0.5)
+    tx.commit()
+    settling.close()
+    expiry.join(30)
+    assert released == [{"s": pytest.approx(0.3)}]  # d2's alone
+    session = store.get_session("s")
+    assert session is not None and session.spent_usd == pytest.approx(0.2)
+    assert session.reserved_usd == pytest.approx(0.3)  # d3's, recent
     store.dispose()
 
 
