@@ -191,12 +191,12 @@ class Settings(BaseSettings):
     purge_interval_s: float = Field(
         3600.0, gt=0, description="with retention_days, the service purges older decisions and outcomes this often"
     )
-    reservation_expiry_s: float | None = Field(
-        3600.0,
-        gt=0,
+    reservation_expiry_s: float = Field(
+        86400.0,
+        ge=0,
         le=MAX_RETENTION_DAYS * 86400,
         description="a decision's hold on its session is released once it is this old and unsettled (its caller "
-        "never posted a settlement or an outcome; one posted later still books its cost); None = hold until settled",
+        "never posted a settlement or an outcome; one posted later still books its cost); 0 = hold until settled",
     )
     ope_gate_min_decisions: int = Field(
         500, ge=1, description="logged decisions with outcomes the off-policy gate check needs before it judges"

@@ -1050,14 +1050,22 @@ class Store:
         )
         with self.engine.begin() as conn:
             _lock_sessions(conn, sa.select(decisions.c.session_id).where(held))
-            stale = conn.execute(
-                sa.select(decisions.c.session_id, sa.func.sum(decisions.c.reserved_usd))
+            # The rows themselves, locked (PostgreSQL): the holds released are exactly the holds zeroed, even where
+            # the proxy grew one meanwhile on a session the first lock did not take.
+            rows = conn.execute(
+                sa.select(decisions.c.id, decisions.c.session_id, decisions.c.reserved_usd)
                 .where(held)
-                .group_by(decisions.c.session_id)
+                .with_for_update()
             ).all()
-            _release_holds(conn, stale)
-            conn.execute(decisions.update().where(held).values(reserved_usd=0.0))
-        return {str(session_id): float(reserved or 0.0) for session_id, reserved in stale}
+            released: dict[str, float] = {}
+            for _, session_id, reserved in rows:
+                released[str(session_id)] = released.get(str(session_id), 0.0) + float(reserved or 0.0)
+            _release_holds(conn, sorted(released.items()))
+            ids = [r.id for r in rows]
+            for start in range(0, len(ids), 500):  # bound the statement's parameters
+                chunk = ids[start : start + 500]
+                conn.execute(decisions.update().where(decisions.c.id.in_(chunk)).values(reserved_usd=0.0))
+        return released
 
     def delete_session(self, session_id: str) -> tuple[int, list[str], int]:
         """Delete a session with its decisions and outcomes: how many sessions (0 or 1), the decisions' ids (what

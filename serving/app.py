@@ -88,7 +88,7 @@ def create_app(
         if settings.retention_days is not None:
             purger = purge_every(db, app.state.recorder.spool, settings.retention_days, settings.purge_interval_s)
             tasks.append(asyncio.create_task(purger))
-        if settings.reservation_expiry_s is not None:
+        if settings.reservation_expiry_s > 0:
             expiry = expire_every(db, settings.reservation_expiry_s, metrics.expired_holds.inc)
             tasks.append(asyncio.create_task(expiry))
         if settings.reload_interval_s > 0:

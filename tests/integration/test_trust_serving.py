@@ -167,8 +167,12 @@ def test_the_service_releases_holds_no_caller_settled(client_factory: Callable[.
     assert view["spent_usd"] == pytest.approx(0.003) and view["reserved_usd"] == 0
 
 
-def test_holds_are_kept_without_an_expiry(client_factory: Callable[..., TestClient]) -> None:
-    client = client_factory(reservation_expiry_s=None)
+def test_holds_are_kept_without_an_expiry(
+    client_factory: Callable[..., TestClient], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIERWISE_RESERVATION_EXPIRY_S", "0")
+    assert Settings().reservation_expiry_s == 0
+    client = client_factory(reservation_expiry_s=0)
     client.put("/sessions/kept", json={"cap_usd": 1.0}, headers=C)
     d = client.post("/route", json={"prompt": PROMPTS[1], "session_id": "kept"}, headers=C).json()
     time.sleep(0.3)

@@ -430,6 +430,43 @@ def test_a_hold_expiry_waits_for_a_settlement_in_flight_and_releases_nothing_twi
     store.dispose()
 
 
+def test_a_hold_the_proxy_grows_during_an_expiry_is_neither_zeroed_nor_lost(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The proxy grows an old decision's hold (a fallback) on a session the expiry did not lock, and commits while
+    the expiry runs: the expiry zeroed it by a second look at the table, so the session kept 0.5 reserved that no
+    decision held any more, for good (review finding). It now zeroes exactly the rows it summed and locked."""
+    import infra.store as store_module
+
+    store = Store(pg_url)
+    store.migrate()
+    with store.lock_session("s", None) as locked:
+        locked.reserve([decision(1, "s", reserved=0.3)])
+    with store.lock_session("u", None) as locked:
+        locked.reserve([decision(2, "u", reserved=0.0)])
+    _age(store, ["d1", "d2"], days=1)
+    release = store_module._release_holds
+
+    def grow_then_release(conn: sa.Connection, held: Any) -> None:
+        with store.engine.begin() as other:  # the proxy's growth, committed between the expiry's look and its writes
+            other.execute(decisions.update().where(decisions.c.id == "d2").values(reserved_usd=0.5))
+            other.execute(
+                sa.update(store_module.sessions).where(store_module.sessions.c.id == "u").values(reserved_usd=0.5)
+            )
+        release(conn, held)
+
+    monkeypatch.setattr(store_module, "_release_holds", grow_then_release)
+    assert store.expire_holds(datetime.now(UTC) - timedelta(hours=1)) == {"s": pytest.approx(0.3)}
+    assert store.get_decisions(["d2"])["d2"].reserved_usd == pytest.approx(0.5)  # still held, as the session says
+    u = store.get_session("u")
+    assert u is not None and u.reserved_usd == pytest.approx(0.5)
+    monkeypatch.setattr(store_module, "_release_holds", release)
+    assert store.expire_holds(datetime.now(UTC) - timedelta(hours=1)) == {"u": pytest.approx(0.5)}  # next round
+    u = store.get_session("u")
+    assert u is not None and u.reserved_usd == pytest.approx(0.0)
+    store.dispose()
+
+
 def alembic(store: Store, step: str, revision: str) -> None:
     """`alembic upgrade|downgrade <revision>` on the store's database."""
     from alembic import command
