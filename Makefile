@@ -69,7 +69,7 @@ mlflow-ui: $(UI_STAMP)  ## MLflow UI on 127.0.0.1:5000
 	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/tierwise settings mlflow_tracking_uri)" --host 127.0.0.1 --port 5000
 
 test: setup $(DATA) $(TEST_ONNX) browser  ## unit, integration and quality tests (they never touch your stores)
-	$(BIN)/python -m pytest -q --durations=25
+	$(BIN)/python -m pytest -q --durations=25 -n 2
 
 browser:  ## Debian's chromium for the browser tests (they skip with a reason where it can't be installed)
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \

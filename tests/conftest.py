@@ -15,6 +15,21 @@ from infra.settings import get_settings
 from router.schema import TiersConfig, parse_tiers
 
 
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`make test` runs two pytest-xdist workers: every quality test goes to one of them, first (the largest unit of
+    work), because their session fixtures embed and train on the shared logs, CPU-bound for most of the suite's
+    time, while the other worker runs the unit and integration tests, many of which mostly wait (servers,
+    subprocesses). xdist's own `--dist loadgroup` cannot group here: it renames the test ids through an attribute
+    pytest 9 no longer reads."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class QualityTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "quality" if nodeid.startswith("tests/quality/") else nodeid
+
+    return QualityTogether(config, log)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _private_default_stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """No test writes to the user's real stores or cache: the per-user defaults point into a tmp dir."""
