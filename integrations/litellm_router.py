@@ -592,7 +592,7 @@ def _final_failure(kwargs: Mapping[str, Any]) -> bool:
 def usage_of(kwargs: Mapping[str, Any], response: Any, start: Any, end: Any) -> dict[str, Any] | None:
     """The /decisions/{id}/usage body of a call LiteLLM answered: its cost, tokens and latency. Where LiteLLM could
     not price the call (`_litellm_priced`), the body leaves the cost out and tierwise prices the tokens at its
-    tiers config's prices, as it priced the reservation; None when there are no token counts either."""
+    tiers config's catalogue prices, as its door settles its own calls; None when there are no token counts either."""
     usage = getattr(response, "usage", None)
     tokens_in, tokens_out = _token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens")
     body: dict[str, Any] = {

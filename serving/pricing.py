@@ -1,4 +1,4 @@
-"""Tokens a caller reports without a cost, priced at the tiers config's prices (as `/route` priced the reservation).
+"""Tokens a caller reports without a cost, priced at the tiers config's catalogue prices (as the door settles).
 
 `POST /decisions/{id}/usage` and `POST /outcomes` take `tokens_in` and `tokens_out` in place of `cost_usd`: a
 gateway that cannot price a deployment (LiteLLM without a price for it) still settles the call at tierwise's price.
