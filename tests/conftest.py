@@ -15,6 +15,7 @@ from infra.settings import get_settings
 from router.schema import TiersConfig, parse_tiers
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: unknown, and unused, where xdist is off (`-p no:xdist`)
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`make test` runs two pytest-xdist workers: every quality test goes to one of them, first (the largest unit of
     work), because their session fixtures embed and train on the shared logs, CPU-bound for most of the suite's
