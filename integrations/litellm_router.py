@@ -487,6 +487,16 @@ def _litellm_priced(cost: Any, cache_hit: Any, tokens: int) -> bool:
     return isinstance(cost, int | float) and (cost != 0 or cache_hit is True or tokens == 0)
 
 
+def _billed(cost: Any, cache_hit: Any, usage: Any) -> dict[str, Any] | None:
+    """What a body says of a call's cost: `cost_usd` where LiteLLM priced it (`_litellm_priced`), else only the
+    tokens, for tierwise to price at its tiers config's catalogue prices; None when it knows neither."""
+    tokens_in, tokens_out = _token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens")
+    billed = {"tokens_in": tokens_in, "tokens_out": tokens_out}
+    if _litellm_priced(cost, cache_hit, (tokens_in or 0) + (tokens_out or 0)):
+        return {"cost_usd": float(cost), **billed}
+    return None if tokens_in is None or tokens_out is None else billed
+
+
 def _outcome(
     decision: Any, score: float, cost_usd: Any, usage: Any, latency_ms: float | None, cache_hit: Any = None
 ) -> dict[str, Any] | None:
@@ -495,9 +505,8 @@ def _outcome(
     decision's settled cost, or prices the tokens at its tiers config's prices."""
     if not isinstance(decision, Mapping) or not decision.get("decision_id"):
         return None
-    tokens_in, tokens_out = _token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens")
-    priced = _litellm_priced(cost_usd, cache_hit, (tokens_in or 0) + (tokens_out or 0))
-    if not priced and (tokens_in is None or tokens_out is None):
+    billed = _billed(cost_usd, cache_hit, usage)
+    if billed is None:
         logger.warning(
             "neither cost nor tokens for deployment %s (give it input_cost_per_token and output_cost_per_token): "
             "outcome of decision %s not posted",
@@ -508,10 +517,8 @@ def _outcome(
     body: dict[str, Any] = {
         "decision_id": decision["decision_id"],
         "score": float(score),
-        "cost_usd": float(cost_usd) if priced else None,
+        **billed,
         "session_id": decision.get("session_id") or None,
-        "tokens_in": tokens_in,
-        "tokens_out": tokens_out,
         "latency_ms": None if latency_ms is None else max(0.0, float(latency_ms)),
     }
     return {k: v for k, v in body.items() if v is not None}
@@ -593,18 +600,11 @@ def usage_of(kwargs: Mapping[str, Any], response: Any, start: Any, end: Any) -> 
     """The /decisions/{id}/usage body of a call LiteLLM answered: its cost, tokens and latency. Where LiteLLM could
     not price the call (`_litellm_priced`), the body leaves the cost out and tierwise prices the tokens at its
     tiers config's catalogue prices, as its door settles its own calls; None when there are no token counts either."""
-    usage = getattr(response, "usage", None)
-    tokens_in, tokens_out = _token_count(usage, "prompt_tokens"), _token_count(usage, "completion_tokens")
-    body: dict[str, Any] = {
-        "tokens_in": tokens_in,
-        "tokens_out": tokens_out,
-        "latency_ms": max(0.0, (end - start).total_seconds() * 1000) if start is not None and end is not None else None,
-    }
-    if _litellm_priced(kwargs.get("response_cost"), kwargs.get("cache_hit"), (tokens_in or 0) + (tokens_out or 0)):
-        body["cost_usd"] = float(kwargs["response_cost"])
-    elif tokens_in is None or tokens_out is None:
+    billed = _billed(kwargs.get("response_cost"), kwargs.get("cache_hit"), getattr(response, "usage", None))
+    if billed is None:
         return None
-    return {k: v for k, v in body.items() if v is not None}
+    latency_ms = max(0.0, (end - start).total_seconds() * 1000) if start is not None and end is not None else None
+    return {k: v for k, v in {**billed, "latency_ms": latency_ms}.items() if v is not None}
 
 
 def _booked(reply: Any) -> bool | None:
