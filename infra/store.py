@@ -107,6 +107,24 @@ decisions = sa.Table(
     sa.Index("ix_decisions_created_at", "created_at"),
 )
 
+# A decision whose hold is still on its session's reservation: what the reservation expiry scans for
+# (`Store.expire_holds`) and the condition of its partial index (migration 0007 writes the same out). A literal 0,
+# not a parameter: PostgreSQL's generic plan of the prepared scan (psycopg prepares a query run five times) is made
+# for any value of a parameter, so it could not use the index.
+HOLDING = sa.and_(decisions.c.settled == sa.false(), decisions.c.reserved_usd > sa.literal_column("0"))
+sa.Index(
+    "ix_decisions_holding",
+    decisions.c.created_at,
+    sqlite_where=HOLDING,
+    postgresql_where=HOLDING,
+)
+
+
+def held_before(before: datetime) -> sa.ColumnElement[bool]:
+    """The decisions made before `before` whose hold is still on their session (ix_decisions_holding finds them)."""
+    return sa.and_(HOLDING, decisions.c.created_at < before, decisions.c.session_id.is_not(None))
+
+
 outcomes = sa.Table(
     "outcomes",
     metadata,
@@ -1042,12 +1060,7 @@ class Store:
         A caller that routed and never settled (it crashed, or a cancellation it caught left nothing to report)
         would hold its session's room for good. The decisions stay unsettled, holding nothing: a settlement or an
         outcome that comes later still books its cost as spent. Locks as `purge` does (sessions first)."""
-        held = sa.and_(
-            decisions.c.created_at < before,
-            decisions.c.settled == sa.false(),
-            decisions.c.reserved_usd > 0,
-            decisions.c.session_id.is_not(None),
-        )
+        held = held_before(before)
         with self.engine.begin() as conn:
             _lock_sessions(conn, sa.select(decisions.c.session_id).where(held))
             # The rows themselves, locked (PostgreSQL): the holds released are exactly the holds zeroed, even where
