@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar, cast
+from typing import Any, NamedTuple, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
@@ -400,6 +400,15 @@ class DecisionGone(Exception):
     def __init__(self, decision_id: str):
         super().__init__(f"unknown decision_id {decision_id}: it was deleted")
         self.decision_id = decision_id
+
+
+class BookedOutcome(NamedTuple):
+    """What a stored outcome was booked at: its decision, cost and tokens (`Store.booked_outcomes`)."""
+
+    decision_id: str | None
+    cost_usd: float
+    tokens_in: int | None
+    tokens_out: int | None
 
 
 class OutcomeConflict(Exception):
@@ -894,6 +903,15 @@ class Store:
         with self.engine.connect() as conn:
             rows = conn.execute(decisions.select().where(decisions.c.id.in_(list(set(ids))))).all()
         return {r.id: _decision(r) for r in rows}
+
+    def booked_outcomes(self, ids: Sequence[str]) -> dict[str, BookedOutcome]:
+        """What the stored outcomes among `ids` were booked at (their decision, cost and tokens), by id."""
+        if not ids:
+            return {}
+        cols = (outcomes.c.id, outcomes.c.decision_id, outcomes.c.cost_usd, outcomes.c.tokens_in, outcomes.c.tokens_out)
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(*cols).where(outcomes.c.id.in_(list(set(ids))))).all()
+        return {r.id: BookedOutcome(r.decision_id, r.cost_usd, r.tokens_in, r.tokens_out) for r in rows}
 
     def recent_decisions(self, session_id: str, limit: int = 20) -> list[DecisionRow]:
         q = (

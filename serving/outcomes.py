@@ -27,7 +27,16 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
-from infra.store import SERVED_BY_PROXY, DecisionGone, DecisionRow, OutcomeConflict, OutcomeRow, Store, first_line
+from infra.store import (
+    SERVED_BY_PROXY,
+    BookedOutcome,
+    DecisionGone,
+    DecisionRow,
+    OutcomeConflict,
+    OutcomeRow,
+    Store,
+    first_line,
+)
 from router.schema import TiersConfig
 from serving.errors import (
     Conflict,
@@ -157,9 +166,19 @@ class OutcomeRecorder:
     def _resolve(self, records: Sequence[Record], tiers: TiersConfig) -> list[OutcomeRow]:
         """Fill prompt, model and session from each decision; check ownership and the model name."""
         found = self.store.get_decisions([r["decision_id"] for r in records if r["decision_id"]])
-        return [self._resolve_one(r, found, tiers) for r in records]
+        booked = self._booked(records)
+        return [self._resolve_one(r, found, tiers, booked) for r in records]
 
-    def _resolve_one(self, r: Record, found: Mapping[str, DecisionRow], tiers: TiersConfig) -> OutcomeRow:
+    def _booked(self, records: Sequence[Record]) -> Mapping[str, BookedOutcome]:
+        """The stored outcomes of the records that name tokens and no cost: a retry of one whose tokens were
+        priced keeps the cost it was booked at, so a price changed since does not make it a conflict."""
+        return self.store.booked_outcomes(
+            [r["outcome_id"] for r in records if r["cost_usd"] is None and r["tokens_in"] is not None]
+        )
+
+    def _resolve_one(
+        self, r: Record, found: Mapping[str, DecisionRow], tiers: TiersConfig, booked: Mapping[str, BookedOutcome]
+    ) -> OutcomeRow:
         prompt, model, session = r["prompt"], r["model"], r["session_id"]
         cost, tokens_in, tokens_out, latency_ms = r["cost_usd"], r["tokens_in"], r["tokens_out"], r["latency_ms"]
         if r["decision_id"] is not None:
@@ -180,7 +199,12 @@ class OutcomeRecorder:
             # and its settled cost and usage.
             prompt, model, session = prompt or d.prompt, model or d.served_model or d.model, d.session_id
             if cost is None and d.cost_usd is None and tokens_in is not None and tokens_out is not None:
-                cost = priced_tokens(tiers, model, tokens_in, tokens_out)  # tokens a gateway could not price
+                before = booked.get(r["outcome_id"])
+                same = before is not None and before.decision_id == d.id
+                if before is not None and same and (before.tokens_in, before.tokens_out) == (tokens_in, tokens_out):
+                    cost = before.cost_usd  # a retry: at the price it was booked at, whatever the price is now
+                else:
+                    cost = priced_tokens(tiers, model, tokens_in, tokens_out)  # tokens a gateway could not price
             if cost is None:
                 cost, tokens_in, tokens_out = d.cost_usd, d.tokens_in, d.tokens_out
                 latency_ms = latency_ms if latency_ms is not None else d.latency_ms
@@ -304,11 +328,12 @@ class OutcomeRecorder:
             else:
                 valid.append(checked)
         found = self.store.get_decisions([r["decision_id"] for r in valid if r["decision_id"]])
+        booked = self._booked(valid)
         resolved: list[tuple[Record, OutcomeRow]] = []
         later: list[Record] = []
         for r in valid:
             try:
-                resolved.append((r, self._resolve_one(r, found, tiers)))
+                resolved.append((r, self._resolve_one(r, found, tiers, booked)))
             except NotSettledYet as exc:  # the door's settlement may come (an answer ending, a spooled settlement)
                 age = datetime.now(UTC) - found[r["decision_id"]].created_at
                 young = age < timedelta(seconds=SETTLEMENT_WAIT_S)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -199,6 +200,28 @@ def test_an_outcome_with_tokens_and_no_cost_is_charged_at_the_catalogue_price(cl
     assert session(client, "t")["spent_usd"] == pytest.approx(USAGE["cost_usd"])
     rows = client.app.state.store.export_outcomes()  # type: ignore[attr-defined]
     assert sorted(x.cost_usd for x in rows) == pytest.approx(sorted([cost, USAGE["cost_usd"]]))
+
+
+def test_a_retried_tokens_only_outcome_keeps_the_price_it_was_booked_at(client: TestClient) -> None:
+    """A retry of an outcome whose tokens tierwise priced is the same outcome after the prices change (it was a
+    409: re-priced, its cost differed from the stored one); other tokens under the same id are still a conflict."""
+    d = routed(client)
+    body = {"outcome_id": "o-1", "decision_id": d["decision_id"], "score": 0.5, "tokens_in": 1000, "tokens_out": 500}
+    first = client.post("/outcomes", json=body, headers=C)
+    assert first.status_code == 201 and first.json()["recorded"] == 1, first.text
+    spent = session(client)["spent_usd"]
+    assert spent > 0
+    state = client.app.state  # type: ignore[attr-defined]
+    tiers = state.runtime.router.tiers
+    dearer = {t.name: t.model_copy(update={"input_per_1m": t.input_per_1m * 3 + 1}) for t in tiers.tiers}
+    state.runtime.router.tiers = dataclasses.replace(tiers, tiers=tuple(dearer[t.name] for t in tiers.tiers), models={})
+    retry = client.post("/outcomes", json=body, headers=C)
+    assert retry.status_code == 201 and retry.json()["recorded"] == 0, retry.text
+    other = client.post("/outcomes", json={**body, "tokens_in": 1001}, headers=C)
+    assert other.status_code == 409 and "cost_usd" in other.text
+    assert session(client)["spent_usd"] == pytest.approx(spent)
+    rows = state.store.export_outcomes()
+    assert [(x.cost_usd, x.tokens_in, x.tokens_out) for x in rows] == [(pytest.approx(spent), 1000, 500)]
 
 
 def test_no_cost_and_no_tokens_names_what_to_give(client: TestClient) -> None:
