@@ -36,6 +36,11 @@ def token_estimate(text: str) -> float:
     return ascii_chars / CHARS_PER_TOKEN + (len(text) - ascii_chars)
 
 
+MAX_TOKENS = 2**31 - 1
+"""The most tokens a request may count or ask for (input_tokens, max_tokens): far past any model's context, it keeps
+the cost arithmetic finite and fits the store's integer columns."""
+
+
 def prompt_tokens(prompts: Sequence[str]) -> np.ndarray:
     """`token_estimate` of each normalised prompt, (n,) float."""
     return np.array([token_estimate(normalize_text(p)) for p in prompts], dtype=float)

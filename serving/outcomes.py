@@ -38,6 +38,7 @@ from infra.store import (
     first_line,
 )
 from router.schema import TiersConfig
+from router.text import MAX_TOKENS
 from serving.errors import (
     Conflict,
     Forbidden,
@@ -54,7 +55,6 @@ from serving.schemas import (
     DECISION_OUTCOME,
     MAX_LATENCY_MS,
     MAX_OUTCOME_COST_USD,
-    MAX_TOKENS,
     OutcomeIn,
     OutcomesResponse,
     RejectedOutcome,

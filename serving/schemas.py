@@ -21,6 +21,7 @@ from pydantic import (
 
 from router.schema import OutcomeBase
 from router.task_hint import MAX_TASK_CHARS
+from router.text import MAX_TOKENS
 
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 """The characters no store can keep: NUL (PostgreSQL refuses it) and lone surrogates (not UTF-8)."""
@@ -116,11 +117,6 @@ class GuaranteeRequest(Strict):
     delta: Annotated[StrictFloat, Field(gt=0, lt=1, allow_inf_nan=False)] = Field(
         0.1, description="the chance the guarantee fails: it holds with confidence 1 - delta"
     )
-
-
-MAX_TOKENS = 2**31 - 1
-"""The most tokens a request may count or ask for (input_tokens, max_tokens): far past any model's context, it keeps
-the cost arithmetic finite and fits the store's integer columns."""
 
 
 class RouteOptions(Strict):

@@ -9,12 +9,15 @@ artifact, and for an ONNX embedder its model file and tokenizer.json, are the mo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import mlflow
 import numpy as np
 import pandas as pd
+
+T = TypeVar("T")
 
 
 class TierwisePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,misc]
@@ -46,21 +49,55 @@ class TierwisePyfunc(mlflow.pyfunc.PythonModel):  # type: ignore[name-defined,mi
             first = prompts[bad[0]]
             what = "blank" if isinstance(first, str) else f"not text ({first!r})"
             raise ValueError(f"row {bad[0]} of the 'prompt' column is {what}; {len(bad)} such rows: give each a prompt")
-        tasks = None
-        if "task" in model_input.columns:
-            tasks = [None if pd.isna(t) else str(t) for t in model_input["task"]]
-        tokens_in = None
-        if "input_tokens" in model_input.columns:
-            try:
-                counted = pd.to_numeric(model_input["input_tokens"]).to_numpy(dtype=float, na_value=np.nan)
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"the input_tokens column must hold numbers (or nothing): {exc}") from None
-            tokens_in = [None if np.isnan(n) else float(n) for n in counted]
+        tasks = _column(model_input, "task", _task)
+        tokens_in = _column(model_input, "input_tokens", _input_tokens)
         quality = self.artifact.predict_quality(prompts, self.embedder, tasks=tasks)
         cost = self.artifact.expected_cost(prompts, tokens_in=tokens_in)
         out = {f"quality_{n}": quality[:, j] for j, n in enumerate(self.artifact.tier_names)}
         out.update({f"expected_cost_usd_{n}": cost[:, j] for j, n in enumerate(self.artifact.tier_names)})
-        return pd.DataFrame(out)
+        return pd.DataFrame(out, index=model_input.index)  # row for row: a join on the input's index pairs them
+
+
+def _column(frame: pd.DataFrame, name: str, check: Callable[[Any], T | None]) -> list[T | None] | None:
+    """The optional column `name` with each value checked as /route checks its field (None where missing), or None
+    without the column; a ValueError naming the column and row for a value /route would refuse."""
+    if name not in frame.columns:
+        return None
+    values: list[T | None] = []
+    for row, value in enumerate(frame[name]):
+        try:
+            values.append(None if _missing(value) else check(value))
+        except ValueError as exc:
+            raise ValueError(f"row {row} of the '{name}' column: {exc}") from None
+    return values
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
+
+
+def _task(value: Any) -> str:
+    from router.task_hint import MAX_TASK_CHARS
+
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_TASK_CHARS:
+        raise ValueError(f"a task is text of 1 to {MAX_TASK_CHARS} characters, not {_shown(value)}")
+    return value
+
+
+def _input_tokens(value: Any) -> float:
+    """A count of input tokens: a whole number from 1 (an integer column with gaps holds floats: 12.0 is 12)."""
+    from router.text import MAX_TOKENS
+
+    whole = isinstance(value, int | np.integer) or (
+        isinstance(value, float | np.floating) and float(value).is_integer()
+    )
+    if isinstance(value, bool | np.bool_) or not whole or not 1 <= value <= MAX_TOKENS:
+        raise ValueError(f"input_tokens is a whole number from 1 to {MAX_TOKENS}, not {_shown(value)}")
+    return float(value)
+
+
+def _shown(value: Any) -> str:
+    return repr(value)[:60]
 
 
 mlflow.models.set_model(TierwisePyfunc())

@@ -18,10 +18,11 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, St
 from starlette.concurrency import run_in_threadpool
 
 from infra.store import SERVED_BY_PROXY, DecisionRow
+from router.text import MAX_TOKENS
 from serving.deps import Caller, RuntimeDep, StoreDep
 from serving.errors import BODY_ERRORS, CALLER_ERRORS, Conflict, Forbidden, Invalid, NotFound, error
 from serving.pricing import priced_tokens
-from serving.schemas import MAX_LATENCY_MS, MAX_OUTCOME_COST_USD, MAX_TOKENS, Usd, _storable
+from serving.schemas import MAX_LATENCY_MS, MAX_OUTCOME_COST_USD, Usd, _storable
 
 router = APIRouter(prefix="/decisions", tags=["decisions"], responses=CALLER_ERRORS)
 DecisionPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:\-]{1,32}$", description="the decision_id /route answered")]

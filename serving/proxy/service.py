@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 from infra.settings import Settings
 from infra.store import SERVED_BY_PROXY, Store, StoreBusy
 from router.schema import Tier
+from router.text import MAX_TOKENS
 from serving.errors import ServiceError
 from serving.metrics import UpstreamMetrics
 from serving.outcomes import OutcomeRecorder, describe
@@ -40,7 +41,7 @@ from serving.proxy.wire import (
 )
 from serving.routing import RETRY_IN_FLIGHT_S, Routing, over_budget, route_request_started
 from serving.runtime import Runtime
-from serving.schemas import MAX_TOKENS, CountedRouteOptions, RouteOptions, RouteResponse, _storable
+from serving.schemas import CountedRouteOptions, RouteOptions, RouteResponse, _storable
 
 Settle = Callable[..., Awaitable[Any]]  # Store.settle_decision, or OutcomeRecorder's (spools in an outage), awaited
 logger = logging.getLogger(__name__)

@@ -26,9 +26,9 @@ import aiohttp
 import anyio
 
 from router.schema import ModelPrice, TiersConfig
-from router.text import token_estimate
+from router.text import MAX_TOKENS, token_estimate
 from serving.proxy.answer_bound import answer_tokens_at_most, choices, in_field, input_tokens
-from serving.schemas import MAX_TOKENS, storable_text
+from serving.schemas import storable_text
 
 FailureKind = Literal["timeout", "rate_limited", "server", "connection", "config", "client"]
 RETRYABLE: frozenset[str] = frozenset({"timeout", "rate_limited", "server", "connection"})

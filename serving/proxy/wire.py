@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from pydantic_core import PydanticCustomError
 from starlette.responses import JSONResponse
 
-from serving.schemas import MAX_TOKENS, RouteOptions
+from router.text import MAX_TOKENS
+from serving.schemas import RouteOptions
 
 MODEL = "tierwise"
 TIER_PREFIX = "tierwise/"

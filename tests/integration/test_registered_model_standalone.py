@@ -46,11 +46,16 @@ out = model.predict(pd.DataFrame({"prompt": prompts}))
 hinted = model.predict(pd.DataFrame({"prompt": prompts, "task": ["hard"] + [None] * (len(prompts) - 1)}))
 counted = model.predict(pd.DataFrame({"prompt": prompts, "input_tokens": [1e6] + [None] * (len(prompts) - 1)}))
 whole = model.predict(pd.DataFrame({"prompt": prompts, "input_tokens": [10**6] + [40] * (len(prompts) - 1)}))
-try:
-    model.predict(pd.DataFrame({"prompt": prompts, "input_tokens": ["many"] * len(prompts)}))
-    refused = ""
-except Exception as exc:
-    refused = str(exc)
+refused = []
+for column, bad in (("input_tokens", "many"), ("input_tokens", 2.5), ("input_tokens", 0), ("input_tokens", True),
+                    ("input_tokens", 1e300), ("task", ["code"]), ("task", "")):
+    try:
+        model.predict(pd.DataFrame({"prompt": prompts, column: [bad] * len(prompts)}))
+        refused.append("")
+    except Exception as exc:
+        refused.append(str(exc))
+shuffled = pd.DataFrame({"prompt": prompts[::-1]}, index=[7, 3][: len(prompts)])
+by_index = model.predict(shuffled)
 blanks = []
 for bad in (["", "ok"], ["ok", "   "], ["ok", None]):
     try:
@@ -66,6 +71,8 @@ print(json.dumps({
     "counted": counted.to_numpy().tolist(),
     "whole": whole.to_numpy().tolist(),
     "refused": refused,
+    "index": list(by_index.index),
+    "by_index": by_index.to_numpy().tolist(),
     "blanks": blanks,
     "router_file": router.__file__,
     "installed": {m: importlib.util.find_spec(m) is not None for m in ("torch", "sentence_transformers", "training")},
@@ -183,7 +190,12 @@ def test_the_champion_loads_and_scores_in_a_clean_venv(registered: str, tmp_path
     assert all(c > v + 0.1 for c, v in zip(counted[0][len(tiers) :], values[0][len(tiers) :], strict=True)), counted
     assert counted[1] == values[1] and counted[0][: len(tiers)] == values[0][: len(tiers)]
     assert report["whole"][0] == counted[0]  # whole numbers (int64) are taken as they are
-    assert "input_tokens column must hold numbers" in report["refused"], report["refused"]
+    # What /route refuses is refused naming the column and row: a count that is not a whole number from 1 (a
+    # string, 2.5, 0, a boolean, past the store's integers), a task that is not text of 1 to 128 characters.
+    assert all(msg.startswith("row 0 of the 'input_tokens' column") for msg in report["refused"][:5]), report["refused"]
+    assert all(msg.startswith("row 0 of the 'task' column") for msg in report["refused"][5:]), report["refused"]
+    # The output keeps the input's index, so a join pairs each prompt with its own predictions (it was 0..n-1).
+    assert report["index"] == [7, 3] and report["by_index"] == values[::-1]
     # A blank or missing prompt is refused naming its row, as /route refuses it (it was scored, or a traceback).
     rows = [msg.split(" of the 'prompt' column")[0] for msg in report["blanks"]]
     assert rows == ["row 0", "row 1", "row 1"], report["blanks"]
