@@ -59,8 +59,10 @@ COPY --from=builder /opt/tierwise/onnx /opt/tierwise/onnx
 
 # TIERWISE_HOST=0.0.0.0 requires TIERWISE_API_KEYS (the service refuses to start keyless off 127.0.0.1).
 # The model: models:/tierwise-router@champion from MLFLOW_TRACKING_URI, else TIERWISE_LOCAL_MODEL_PATH.
+# ORT_DISABLE_TELEMETRY: ONNX Runtime sends no usage events (tierwise sets it too, router/embedders/onnx.py).
 ENV TIERWISE_HOST=0.0.0.0 \
     TIERWISE_PORT=8000 \
+    ORT_DISABLE_TELEMETRY=1 \
     TIERWISE_CACHE_DIR=/opt/tierwise \
     TIERWISE_STORE_DIR=/var/lib/tierwise
 # The outcome spool (and the default SQLite stores, when no URL is set) live in the store dir.

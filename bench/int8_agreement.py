@@ -49,6 +49,9 @@ class _Variant(OnnxEmbedder):
 
 
 def _int8_every_matmul(out: Path) -> Path:
+    from router.embedders.onnx import load_onnxruntime
+
+    load_onnxruntime()  # its telemetry off, before it initializes
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     path = out / "minilm-int8-every-matmul.onnx"

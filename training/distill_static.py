@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from tokenizers import Tokenizer
 
+from router.embedders.onnx import load_onnxruntime
 from router.embedders.protocol import MINILM_ID
 from router.embedders.static import FORMAT_VERSION, META_FILE, TOKENIZER_FILE, VECTORS_FILE
 
@@ -36,8 +37,7 @@ def recipe_name(dims: int) -> str:
 
 def teacher_token_vectors(onnx_file: Path, tokenizer: Tokenizer, batch_size: int = 2048) -> np.ndarray:
     """(vocab, 384) pooled teacher outputs, one per vocabulary token."""
-    import onnxruntime as ort
-
+    ort = load_onnxruntime()
     options = ort.SessionOptions()
     options.intra_op_num_threads = 0
     session = ort.InferenceSession(str(onnx_file), sess_options=options, providers=["CPUExecutionProvider"])

@@ -112,6 +112,10 @@ def _quantize_int8(fp32: Path, out: Path) -> None:
     (bench/int8_agreement.py).
     """
     import onnx
+
+    from router.embedders.onnx import load_onnxruntime
+
+    load_onnxruntime()  # its telemetry off, before it initializes
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(

@@ -6,6 +6,7 @@ mean-pooled, L2-normalised sentence embedding, so encoding is tokenize -> one se
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,6 +23,17 @@ from router.embedders.protocol import EMBEDDING_DIM, MINILM_ID
 # writes it into the file's metadata, and loading checks it.
 INT8_RECIPE = "ffn-out-fp32"
 RECIPE_KEY = "tierwise.int8_recipe"
+
+
+def load_onnxruntime() -> Any:
+    """ONNX Runtime, imported with its telemetry off unless the environment says otherwise: its Linux wheels send
+    usage events to Microsoft (DNS lookups of mobile.events.data.microsoft.com within seconds of a session), and
+    tierwise reaches no host at run time. `ORT_DISABLE_TELEMETRY` must be set before ONNX Runtime initializes
+    (onnxruntime's Privacy.md), so every import of it in tierwise goes through here."""
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+    import onnxruntime as ort
+
+    return ort
 
 
 class StaleOnnxFile(RuntimeError):
@@ -113,8 +125,7 @@ class OnnxEmbedder:
             return self._sessions[intra_op_threads]
 
     def _new_session(self, intra_op_threads: int) -> Any:
-        import onnxruntime as ort
-
+        ort = load_onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
