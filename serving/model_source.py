@@ -133,6 +133,13 @@ def _download(uri: str, target: str, tracking_uri: str) -> str:
         # artifact directory registered by hand) is downloaded whole and searched for router.json.
         packaged = f"artifacts/{PACKAGED_ROUTER}"
         listed = {f.path for f in repo.list_artifacts("artifacts")}
+        if not listed and not repo.list_artifacts(""):  # MLflow downloads nothing from an empty place, no error
+            where = getattr(getattr(repo, "repo", repo), "artifact_uri", uri)
+            raise FileNotFoundError(
+                f"model {uri} has no files at its artifact location {where}: they were moved or deleted (a local "
+                "MLflow store records the absolute path of its artifacts: put them back there, or train and "
+                "register the model again)"
+            )
         path = packaged if packaged in listed else ""
         return str(repo.download_artifacts(path, dst_path=target))  # type: ignore[no-untyped-call]
     finally:

@@ -217,3 +217,19 @@ def test_the_service_downloads_the_router_artifact_without_the_embedder_files(re
     assert not list(target.rglob("*.onnx")), sorted(p.name for p in target.rglob("*"))
     loaded = RegistrySource(uri, NAME, "champion").load()
     assert loaded.version == f"{NAME}/1" and loaded.artifact.tier_names == ["main", "mid", "brain"]
+
+
+def test_a_model_whose_artifacts_are_gone_says_where_they_were(registered: str, tmp_path: Path) -> None:
+    """A store copied without its artifact files (MLflow keeps their absolute path) named a deleted temporary folder:
+    "/tmp/tierwise-model-...: no router.json found" (review finding)."""
+    from serving.model_source import RegistrySource
+
+    artifacts = Path(registered.removeprefix("sqlite:///")).parent / "mlartifacts"
+    hidden = artifacts.with_name("mlartifacts-hidden")
+    artifacts.rename(hidden)
+    try:
+        with pytest.raises(FileNotFoundError, match="has no files at its artifact location") as exc:
+            RegistrySource(registered, NAME, "champion").load()
+        assert str(artifacts) in str(exc.value), exc.value
+    finally:
+        hidden.rename(artifacts)
