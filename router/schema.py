@@ -336,9 +336,15 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
             text = dict.fromkeys(TEXT_COLUMNS, str)
             # index_col=False: a row with more fields than the header must not turn the first column into the index
             # (every column shifted); pandas would drop the extra fields, so such a row is refused, named
+            _refuse_repeated_columns(path)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", pd.errors.ParserWarning)
-                df = pd.read_csv(path, keep_default_na=False, na_values=na, dtype=text, index_col=False)
+                try:
+                    df = pd.read_csv(path, keep_default_na=False, na_values=na, dtype=text, index_col=False)
+                except pd.errors.ParserError as exc:
+                    if "Expected" in str(exc) and "fields" in str(exc):  # a later row has more fields than the header
+                        _refuse_extra_fields(path)
+                    raise
             if any(issubclass(w.category, pd.errors.ParserWarning) for w in caught):
                 _refuse_extra_fields(path)
             return df, None
@@ -353,6 +359,17 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
     except Exception as exc:  # any parser failure becomes one clear line
         raise OutcomeLogError(path, f"cannot be read as {suffix.lstrip('.')}: {exc}") from None
     raise OutcomeLogError(path, f"unsupported format '{suffix}': use .parquet, .csv or .jsonl")
+
+
+def _refuse_repeated_columns(path: Path) -> None:
+    """Raise naming a column the CSV's header names twice: pandas would read the second as `name.1`, and the log
+    would use the first without a word (a Parquet file with such a header is refused by its reader)."""
+    header = next(csv.reader(line for _, line in _text_lines(path)), [])
+    seen: set[str] = set()
+    for name in header:
+        if name in seen:
+            raise OutcomeLogError(path, f"the header names the column '{name}' twice: keep one")
+        seen.add(name)
 
 
 def _refuse_extra_fields(path: Path) -> None:
@@ -411,7 +428,7 @@ def iter_jsonl_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
         try:
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise OutcomeLogError(path, f"invalid JSON: {exc.msg}", row=lineno) from None
+            raise OutcomeLogError(path, f"invalid JSON: {exc.msg} (character {exc.colno})", row=lineno) from None
         except ValueError as exc:  # e.g. an integer of more digits than Python converts
             raise OutcomeLogError(path, f"invalid JSON: {exc}", row=lineno) from None
         except RecursionError:
@@ -464,7 +481,8 @@ def _number(value: Any) -> Any:
 
 def numbers_of(column: pd.Series) -> pd.Series:
     """A column's cells as floats; NaN where a cell is no number (a missing cell is NaN too)."""
-    if pd.api.types.is_bool_dtype(column):  # a column of true/false only: no numbers at all
+    # A column of true/false, dates or durations only: no numbers at all (pandas reads dates as nanoseconds).
+    if pd.api.types.is_bool_dtype(column) or column.dtype.kind in "mM":
         return pd.Series(np.nan, index=column.index, dtype=float)
     if column.dtype == object:
         column = column.map(_number)

@@ -149,6 +149,27 @@ def test_a_number_column_of_true_false_only_is_refused(tmp_path, tiers, column):
         load_outcomes(write(log, tmp_path / "log.jsonl"), tiers)
 
 
+@pytest.mark.parametrize("kind", ["datetime", "timedelta"])
+@pytest.mark.parametrize("column", ["score", "cost_usd"])
+def test_a_number_column_of_dates_or_durations_is_refused(tmp_path, tiers, column, kind):
+    """A Parquet cost stored as timestamps was read as nanoseconds: $4,961,817 a prompt, trained without a word
+    (review finding)."""
+    log = make_log(3)
+    ns = (log[column] * 1e9).astype("int64")
+    log[column] = pd.to_datetime(ns, unit="ns") if kind == "datetime" else pd.to_timedelta(ns, unit="ns")
+    with pytest.raises(OutcomeLogError, match=f"row 1, column '{column}': not a number"):
+        load_outcomes(write(log, tmp_path / "log.parquet"), tiers)
+
+
+def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path, tiers):
+    """pandas read the second `score` as `score.1`, and training used the first, all zeros (review finding)."""
+    log = make_log(5)
+    log.insert(list(log.columns).index("score"), "zeros", 0.0)
+    (tmp_path / "twice.csv").write_text(log.to_csv(index=False).replace("zeros,", "score,", 1))
+    with pytest.raises(OutcomeLogError, match="twice.csv: the header names the column 'score' twice"):
+        load_outcomes(tmp_path / "twice.csv", tiers)
+
+
 def test_a_gzip_log_in_any_case_and_a_broken_one(tmp_path, tiers):
     data = gzip.compress("\n".join(json.dumps(r) for r in make_log(30).to_dict("records")).encode())
     (tmp_path / "UP.JSONL.GZ").write_bytes(data)
@@ -171,6 +192,18 @@ def test_a_csv_row_with_more_fields_than_its_header_is_named(tmp_path, tiers, ex
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(OutcomeLogError, match="row 1: 7 fields, the header has 6"):
         load_outcomes(path, tiers)
+
+
+def test_a_later_csv_row_with_more_fields_is_named_by_its_row(tmp_path, tiers):
+    """Past the first data row pandas raised "Expected 6 fields in line 7", counting neither rows nor the file's
+    lines of a multi-line prompt (review finding)."""
+    log = make_log(10)
+    log.loc[2, "prompt"] = "a prompt\nover three\nlines"
+    lines = log.to_csv(index=False).splitlines()
+    lines[-4] += ",extra"  # the fourth data row from the end: the file's line two more than its row + 1
+    (tmp_path / "ragged.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(OutcomeLogError, match=f"row {len(log) - 3}: 7 fields, the header has 6"):
+        load_outcomes(tmp_path / "ragged.csv", tiers)
 
 
 def test_a_parquet_prompt_of_bytes_is_text_when_utf8_else_named(tmp_path, tiers):
