@@ -290,7 +290,7 @@ def load_tiers(path: Path | str) -> TiersConfig:
     path = Path(path)
     if path.is_dir():
         raise TiersConfigError(f"{path}: is a folder, not a tiers file")
-    if not path.is_file():
+    if not path.exists():  # a pipe (`<(...)`) is read like a file
         raise TiersConfigError(f"{path}: tiers file not found")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark, as Windows editors write
@@ -598,8 +598,10 @@ def load_outcomes(path: Path | str, tiers: TiersConfig | None = None) -> pd.Data
     path = Path(path)
     if path.is_dir():
         raise OutcomeLogError(path, "is a folder, not a file: give the outcome log's file")
-    if not path.is_file():
+    if not path.exists():
         raise OutcomeLogError(path, "file not found")
+    if not path.is_file():  # a CSV is read twice (its header is checked first); training reads the whole log anyway
+        raise OutcomeLogError(path, "is not a regular file (a pipe or a device): save the log to a file and give that")
     raw, row_numbers = _read_table(path)
     df = validate_outcomes(raw, path, tiers.known_models if tiers else None, row_numbers)
     return deduplicate_outcomes(df)

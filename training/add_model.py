@@ -25,7 +25,12 @@ logger = logging.getLogger(__name__)
 
 
 class NothingToAdd(ValueError):
-    """No tier's model differs from the trained one, or a swapped model has too few outcomes."""
+    """No tier's model differs from the trained one (`in_tiers_file`: the tiers file is what to change), or a
+    swapped model has too few outcomes (the log is)."""
+
+    def __init__(self, message: str, in_tiers_file: bool = False):
+        super().__init__(message)
+        self.in_tiers_file = in_tiers_file
 
 
 def add_models(
@@ -39,7 +44,8 @@ def add_models(
     swapped = [j for j, t in enumerate(tiers.tiers) if t.model != artifact.tiers.tiers[j].model]
     if not swapped:
         raise NothingToAdd(
-            "no tier's model differs from the one the router was trained with: swap one in the tiers file"
+            "no tier's model differs from the one the router was trained with: swap one in the tiers file",
+            in_tiers_file=True,
         )
     model, notes = artifact.model, []
     tokens_out = dict(artifact.tokens_out)

@@ -194,9 +194,13 @@ def _parquet_chunks(path: Path, rows_per_chunk: int) -> Iterator[list[Row]]:
 
 def read_chunks(path: Path, rows_per_chunk: int) -> Iterator[list[Row]]:
     """The prompts of a JSONL or Parquet file, `rows_per_chunk` at a time (rows are 1-based in errors)."""
-    if not path.is_file():
+    if path.is_dir():
+        raise OutcomeLogError(path, "is a folder, not a file: give the file of prompts")
+    if not path.exists():
         raise OutcomeLogError(path, "no such file")
     if path.suffix.lower() in PARQUET_SUFFIXES:
+        if not path.is_file():  # a pipe (`<(...)`) or a device: JSONL streams from one, Parquet is read from its end
+            raise OutcomeLogError(path, "is not a regular file: Parquet is read from its end; pipe JSONL instead")
         return _parquet_chunks(path, rows_per_chunk)
     if path.suffix.lower() in (".csv", ".tsv", ".xlsx"):
         raise OutcomeLogError(path, "a batch of prompts is JSONL (one JSON object a line) or Parquet, not CSV")
@@ -205,7 +209,7 @@ def read_chunks(path: Path, rows_per_chunk: int) -> Iterator[list[Row]]:
 
 def count_rows(path: Path) -> int | None:
     """Rows in the input when known without reading it (Parquet metadata), else None."""
-    if path.suffix.lower() in PARQUET_SUFFIXES:
+    if path.suffix.lower() in PARQUET_SUFFIXES and path.is_file():  # a pipe's open would wait for its writer
         try:
             return int(pq.ParquetFile(path).metadata.num_rows)
         except (OSError, pa.ArrowException):

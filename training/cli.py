@@ -152,10 +152,13 @@ def _environment() -> Settings:
 
 
 def _settings(**overrides: Any) -> Settings:
-    """The settings with CLI flags applied, validated like the environment (a bad flag is one line)."""
-    fields = _environment().model_dump() | {k: v for k, v in overrides.items() if v is not None}
+    """The settings with CLI flags applied, validated like the environment (a bad flag is one line). What counts
+    as set is what the environment or a flag set (Settings.tiers_path_named reads it), not every field."""
+    env = _environment()
+    given = {k: v for k, v in overrides.items() if v is not None}
     try:
-        return Settings.model_validate(fields)
+        checked = Settings.model_validate(env.model_dump() | given)
+        return env.model_copy(update={k: getattr(checked, k) for k in given})
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0])
@@ -474,7 +477,7 @@ def _tiers_for(s: Settings, artifact: RouterArtifact) -> TiersConfig:
 
     A file that renames, adds or reorders the model's tiers is refused in one line naming it.
     """
-    if not s.tiers_path.is_file():
+    if not _reads_tiers_file(s):
         return artifact.tiers
     tiers = _load_tiers(s)
     try:
@@ -482,6 +485,12 @@ def _tiers_for(s: Settings, artifact: RouterArtifact) -> TiersConfig:
     except TiersConfigError as exc:
         _fail(f"{s.tiers_path}: {exc}")
     return tiers
+
+
+def _reads_tiers_file(s: Settings) -> bool:
+    """Whether the tiers file is read: it exists, or it was named (TIERWISE_TIERS_PATH, --tiers): a named file
+    that is missing fails naming it, where the model's own tiers would silently drop its prices."""
+    return s.tiers_path.exists() or s.tiers_path_named
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -701,7 +710,7 @@ def _store_knob(
 
 def _store_tier_names(s: Settings) -> list[str]:
     """The tier order of the logged decisions: the tiers file's, else (no file) the champion's."""
-    if s.tiers_path.is_file():
+    if _reads_tiers_file(s):
         return _load_tiers(s).names
     return _load_artifact(s, None).tier_names
 
@@ -930,7 +939,7 @@ def add_model(
     try:
         new, notes = add_models(artifact, tier_cfg, log, embedder, EmbeddingCache(s.cache_dir / "embeddings.sqlite"))
     except NothingToAdd as exc:
-        _fail(f"{s.outcomes_path}: {exc}")
+        _fail(f"{s.tiers_path if exc.in_tiers_file else s.outcomes_path}: {exc}")
         raise
     except TiersConfigError as exc:
         _fail(f"{s.tiers_path}: {exc}")

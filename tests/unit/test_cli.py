@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import replace
 
 import pandas as pd
@@ -74,6 +75,31 @@ def test_route_batch_writes_one_decision_per_prompt(tmp_path, artifact_dir, monk
     for r in rows:
         assert set(r) >= {"prompt_id", "tier", "model", "predicted_quality", "expected_cost_usd"}
         assert set(r["predicted_quality"]) == {"main", "mid", "brain"}
+
+
+def test_route_batch_streams_jsonl_from_a_pipe_and_names_a_folder(tmp_path, artifact_dir, monkeypatch):
+    """`--batch <(...)` was "no such file", as was a folder (review finding); Parquet cannot come from a pipe."""
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    monkeypatch.chdir(tmp_path)
+    for name in ("pipe.jsonl", "pipe.parquet"):
+        os.mkfifo(tmp_path / name)
+    lines = "".join(json.dumps({"prompt_id": f"q{i}", "prompt": f"hard question {i}"}) + "\n" for i in range(3))
+    writer = threading.Thread(target=(tmp_path / "pipe.jsonl").write_text, args=(lines,))
+    writer.start()
+    res = runner.invoke(cli.app, ["route", "--batch", str(tmp_path / "pipe.jsonl"), "--model-uri", str(artifact_dir)])
+    writer.join(timeout=10)
+    assert res.exit_code == 0, res.output
+    assert [json.loads(line)["prompt_id"] for line in res.stdout.splitlines()] == ["q0", "q1", "q2"]
+    # Nothing may open the Parquet pipe (its open waits for a writer for good): after 20 s one comes, and says so.
+    stuck: list[bool] = []
+    rescue = threading.Timer(20, lambda: (stuck.append(True), (tmp_path / "pipe.parquet").open("wb").close()))
+    rescue.start()
+    res = runner.invoke(cli.app, ["route", "--batch", str(tmp_path / "pipe.parquet"), "--model-uri", str(artifact_dir)])
+    rescue.cancel()
+    assert not stuck, "the command opened the Parquet pipe before refusing it"
+    assert res.exit_code == 2 and "pipe.parquet: is not a regular file" in res.output, res.output
+    res = runner.invoke(cli.app, ["route", "--batch", str(tmp_path), "--model-uri", str(artifact_dir)])
+    assert res.exit_code == 2 and f"{tmp_path}: is a folder" in res.output, res.output
 
 
 def test_route_batch_bad_line(tmp_path, artifact_dir, monkeypatch):
@@ -160,6 +186,16 @@ def test_a_tiers_file_named_but_missing_is_an_error(tmp_path, artifact_dir, comm
     for named, says in ((tmp_path / "nosuch.toml", "no such file"), (tmp_path, "is a folder")):
         res = runner.invoke(cli.app, [*command, "--model-uri", str(artifact_dir), "--tiers", str(named)])
         assert res.exit_code == 2 and f"--tiers {named}: {says}" in res.output, res.output
+
+
+@pytest.mark.parametrize("command", [["route", "hello"], ["evaluate"], ["calibrate", "--top-share", "0.3"]])
+def test_a_tiers_file_the_environment_names_but_missing_is_an_error(tmp_path, artifact_dir, command, monkeypatch):
+    # TIERWISE_TIERS_PATH with a typo: the model's own tiers and prices were used without a word (review finding).
+    for named, says in ((tmp_path / "typo.toml", "tiers file not found"), (tmp_path, "is a folder")):
+        monkeypatch.setenv("TIERWISE_TIERS_PATH", str(named))
+        get_settings.cache_clear()
+        res = runner.invoke(cli.app, [*command, "--model-uri", str(artifact_dir)])
+        assert res.exit_code == 2 and f"{named}: {says}" in res.output, res.output
 
 
 @pytest.mark.parametrize(
@@ -342,6 +378,11 @@ def test_add_model_names_the_input_at_fault(tmp_path, artifact_dir, monkeypatch)
     )
     assert res.exit_code == 2 and f"{renamed}: the model was trained for tiers" in res.output, res.output
     assert str(path) not in res.output
+    unchanged = write_tiers(tmp_path / "unchanged.toml")  # what to change is the tiers file, not the log
+    res = runner.invoke(
+        cli.app, ["add-model", *common[:2], "--tiers", str(unchanged), *common[4:], "--model-uri", str(artifact_dir)]
+    )
+    assert res.exit_code == 2 and f"error: {unchanged}: no tier's model differs" in res.output, res.output
 
 
 def test_evaluate_with_no_training_side_scores_the_router_alone(tmp_path, artifact_dir, monkeypatch):
