@@ -88,7 +88,12 @@ def _row(path: Path, rec: dict[str, Any], row: int) -> Row:
     """One input record as a Row (its prompt_id as given, None without; PromptIds fills it in); a bad one raises
     naming the file and row."""
     prompt = rec.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
+    if prompt is None:
+        keys = ", ".join(sorted(map(str, rec))[:8]) or "none"
+        raise OutcomeLogError(path, f"no prompt (the row's keys: {keys})", row=row, column="prompt")
+    if not isinstance(prompt, str):
+        raise OutcomeLogError(path, f"the prompt is {type(prompt).__name__}, not text", row=row, column="prompt")
+    if not prompt.strip():
         raise OutcomeLogError(path, "expected a non-empty prompt", row=row, column="prompt")
     if not is_unicode_text(prompt):
         raise OutcomeLogError(path, "the prompt is not valid Unicode (a lone surrogate)", row=row, column="prompt")
@@ -102,6 +107,10 @@ def _row(path: Path, rec: dict[str, Any], row: int) -> Row:
     prompt_id = rec.get("prompt_id")
     if prompt_id is not None and (isinstance(prompt_id, bool) or not isinstance(prompt_id, (str, int))):
         raise OutcomeLogError(path, "expected the prompt_id as a string or an integer", row=row, column="prompt_id")
+    if isinstance(prompt_id, str) and not prompt_id.strip():  # as the outcome log refuses a blank id
+        raise OutcomeLogError(
+            path, "the prompt_id is blank: give an id, or no prompt_id at all", row=row, column="prompt_id"
+        )
     if isinstance(prompt_id, str) and not is_unicode_text(prompt_id):
         raise OutcomeLogError(
             path, "the prompt_id is not valid Unicode (a lone surrogate)", row=row, column="prompt_id"

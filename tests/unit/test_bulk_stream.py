@@ -68,6 +68,22 @@ def test_a_bad_row_is_named_by_file_and_row(router: Router, tmp_path: Path):
 
 
 @pytest.mark.parametrize(
+    ("line", "says"),
+    [
+        # each was "expected a non-empty prompt" (review finding): the message says what is wrong
+        ('{"prompt_id": "x", "promt": "typo"}', r"column 'prompt': no prompt \(the row's keys: prompt_id, promt\)"),
+        ('{"prompt": 42}', "column 'prompt': the prompt is int, not text"),
+        ('{"prompt_id": " ", "prompt": "fine"}', "column 'prompt_id': the prompt_id is blank"),  # was written out
+    ],
+)
+def test_a_bad_prompt_or_id_says_what_is_wrong(router: Router, tmp_path: Path, line: str, says: str):
+    src = tmp_path / "mine.jsonl"
+    src.write_text(line + "\n")
+    with pytest.raises(OutcomeLogError, match=rf"mine.jsonl, row 1, {says}"):
+        route_file(router, src, tmp_path / "out.jsonl", 0.7, show_progress=False)
+
+
+@pytest.mark.parametrize(
     ("line", "message"), [("[1, 2]", "each line must be a JSON object"), ("{oops", "invalid JSON")]
 )
 def test_a_line_that_is_no_json_object_is_named_by_row(router: Router, tmp_path: Path, line: str, message: str):
