@@ -368,7 +368,10 @@ def _refuse_repeated_columns(path: Path) -> None:
     seen: set[str] = set()
     for name in header:
         if name in seen:
-            raise OutcomeLogError(path, f"the header names the column '{name}' twice: keep one")
+            twice = f"the column '{name}'" if name else "two columns without a name (a trailing comma?)"
+            raise OutcomeLogError(
+                path, f"the header names {twice} twice: keep one" if name else f"the header has {twice}"
+            )
         seen.add(name)
 
 
