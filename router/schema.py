@@ -367,11 +367,8 @@ def _refuse_repeated_columns(path: Path) -> None:
     header = next(csv.reader(line for _, line in _text_lines(path)), [])
     seen: set[str] = set()
     for name in header:
-        if name in seen:
-            twice = f"the column '{name}'" if name else "two columns without a name (a trailing comma?)"
-            raise OutcomeLogError(
-                path, f"the header names {twice} twice: keep one" if name else f"the header has {twice}"
-            )
+        if name and name in seen:  # columns without a name (an export's trailing commas) are dropped, as before
+            raise OutcomeLogError(path, f"the header names the column '{name}' twice: keep one")
         seen.add(name)
 
 
