@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 import uvicorn
 
 from infra.settings import Settings, get_settings, settings_error
 from infra.store import Store, first_line
-from router.embedders.factory import make_embedder
+from router.embedders.factory import backend_of, make_embedder
 from serving.metrics import reset_multiprocess_dir
-from serving.model_source import source_from_settings
+from serving.model_source import fetch_embedder, source_from_settings
 from serving.runtime import build_runtime
 
 logger = logging.getLogger(__name__)
@@ -20,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 def preflight(settings: Settings) -> str | None:
     """Why the configured model can't be served with this configuration (embedder, tiers, ONNX files), or None.
+    Where the cache has no files for the model's embedder, the registered model's own are put there first.
 
     Checked once before the workers start, so a misconfiguration ends in one line instead of a traceback per
     worker. A model that can't be loaded at all (no model yet, registry down) is left to the service, which
@@ -31,8 +33,21 @@ def preflight(settings: Settings) -> str | None:
     except Exception as exc:  # any load failure is the service's to report
         logger.info("preflight: no model to check (%s)", exc)
         return None
+    trained_with = backend_of(loaded.artifact.features.embedder_id)
+
+    def fetch(onnx_dir: Path) -> None:
+        """The model's own embedder files where the cache has none (a host without torch cannot build them)."""
+        try:
+            put = fetch_embedder(source, loaded, onnx_dir)
+        except Exception as exc:  # then the embedder says what is missing and how to build it
+            logger.warning("preflight: cannot fetch the embedder files of %s: %s", loaded.version, first_line(exc))
+            return
+        if put:
+            logger.info("preflight: %s from the model %s", ", ".join(str(p) for p in put), loaded.version)
+
     try:
-        embedder = make_embedder(settings.embedder, onnx_dir=settings.cache_dir / "onnx")
+        build = fetch if settings.embedder == trained_with else None  # another embedder is refused below anyway
+        embedder = make_embedder(settings.embedder, onnx_dir=settings.cache_dir / "onnx", build=build)
         build_runtime(
             loaded, settings.tiers_path, embedder, settings.intra_op_threads, tiers_path_named=settings.tiers_path_named
         )

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from infra.settings import Settings
 from infra.store import first_line
-from router.artifact import PACKAGED_ROUTER, RouterArtifact, find_artifact
+from router.artifact import PACKAGED_EMBEDDER, PACKAGED_ROUTER, RouterArtifact, find_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -117,9 +119,9 @@ def check_reachable(tracking_uri: str, timeout_s: int = 5) -> None:
         engine.dispose()
 
 
-def _download(uri: str, target: str, tracking_uri: str) -> str:
-    """Download the router artifact of model `uri` into `target` (not the embedder files the model also
-    carries: the service has its own), then join the download threads.
+@contextmanager
+def _repository(uri: str, tracking_uri: str) -> Iterator[Any]:
+    """The artifact repository of model `uri`; its download threads are joined after.
 
     MLflow gives every artifact repository its own thread pool and never shuts it down; the repository
     sits in a reference cycle, so its threads lived until a garbage collection: the service gained
@@ -129,6 +131,20 @@ def _download(uri: str, target: str, tracking_uri: str) -> str:
 
     repo = get_artifact_repository(uri, tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
+        yield repo
+    finally:
+        layer: Any = repo
+        while layer is not None:  # a models:/ repository wraps the repository holding the files
+            pool = getattr(layer, "thread_pool", None)
+            if pool is not None:
+                pool.shutdown(wait=True)
+            layer = getattr(layer, "repo", None)
+
+
+def _download(uri: str, target: str, tracking_uri: str) -> str:
+    """Download the router artifact of model `uri` into `target` (not the embedder files the model also
+    carries: the service has its own, `fetch_embedder` where it has none)."""
+    with _repository(uri, tracking_uri) as repo:
         # A pyfunc logged by tierwise keeps the router artifact under artifacts/router; anything else (a bare
         # artifact directory registered by hand) is downloaded whole and searched for router.json.
         packaged = f"artifacts/{PACKAGED_ROUTER}"
@@ -141,14 +157,30 @@ def _download(uri: str, target: str, tracking_uri: str) -> str:
                 "register the model again)"
             )
         path = packaged if packaged in listed else ""
-        return str(repo.download_artifacts(path, dst_path=target))  # type: ignore[no-untyped-call]
-    finally:
-        layer: Any = repo
-        while layer is not None:  # a models:/ repository wraps the repository holding the files
-            pool = getattr(layer, "thread_pool", None)
-            if pool is not None:
-                pool.shutdown(wait=True)
-            layer = getattr(layer, "repo", None)
+        return str(repo.download_artifacts(path, dst_path=target))
+
+
+def fetch_embedder(source: ModelSource, loaded: LoadedModel, onnx_dir: Path) -> list[Path]:
+    """Put the embedder files the registered model `loaded` carries into `onnx_dir` (the service's cache), where
+    they are missing: a host without torch cannot build them (`make setup`), and these are the very files the model
+    was trained with. Files already there are kept. The files put there; none when the model carries none (a local
+    artifact folder, a torch model) or came from no registry."""
+    registry = source.primary if isinstance(source, FallbackSource) else source
+    if not isinstance(registry, RegistrySource) or not loaded.version.startswith(f"{registry.name}/"):
+        return []
+    uri = f"models:/{registry.name}/{loaded.version.rsplit('/', 1)[-1]}"
+    packaged = f"artifacts/{PACKAGED_EMBEDDER}"
+    with _repository(uri, registry.tracking_uri) as repo:
+        if not repo.list_artifacts(packaged):
+            return []
+        onnx_dir.mkdir(parents=True, exist_ok=True)
+        put = []
+        # Downloaded beside the files, then renamed into place: a worker never sees half a file.
+        with tempfile.TemporaryDirectory(dir=onnx_dir, prefix=".fetch-") as tmp:
+            for f in sorted(Path(repo.download_artifacts(packaged, dst_path=tmp)).iterdir()):
+                if f.is_file() and not (onnx_dir / f.name).exists():
+                    put.append(f.replace(onnx_dir / f.name))
+    return put
 
 
 @dataclass(frozen=True)

@@ -233,3 +233,32 @@ def test_a_model_whose_artifacts_are_gone_says_where_they_were(registered: str, 
         assert str(artifacts) in str(exc.value), exc.value
     finally:
         hidden.rename(artifacts)
+
+
+def test_the_service_takes_the_models_own_embedder_files_where_its_cache_has_none(
+    registered: str, tmp_path: Path
+) -> None:
+    """A host that never built the embedder (no torch: `make setup` cannot) served nothing, though the registered
+    model carries the very files it was trained with (review finding): the preflight puts them in the cache."""
+    from infra.settings import Settings
+    from serving.__main__ import preflight
+
+    def settings(cache: Path, embedder: str) -> Settings:
+        return Settings(
+            mlflow_tracking_uri=registered,
+            registered_model=NAME,
+            cache_dir=cache,
+            embedder=embedder,
+            tiers_path=tmp_path / "none.toml",
+        )
+
+    cache = tmp_path / "cache"
+    assert preflight(settings(cache, "onnx-int8")) is None
+    for name in ("minilm-int8.onnx", "tokenizer.json"):
+        assert (cache / "onnx" / name).read_bytes() == (ONNX_DIR / name).read_bytes(), name
+    assert sorted(p.name for p in (cache / "onnx").iterdir()) == ["minilm-int8.onnx", "tokenizer.json"]  # no leftovers
+    # Another embedder than the model's is refused as before, and nothing is fetched for it.
+    other = tmp_path / "other"
+    reason = preflight(settings(other, "static"))
+    assert reason is not None and "static" in reason, reason
+    assert not (other / "onnx").exists() or not any((other / "onnx").iterdir())
