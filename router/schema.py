@@ -362,14 +362,13 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
 
 
 def _refuse_repeated_columns(path: Path) -> None:
-    """Raise naming a column the CSV's header names twice: pandas would read the second as `name.1`, and the log
-    would use the first without a word (a Parquet file with such a header is refused by its reader)."""
-    header = next(csv.reader(line for _, line in _text_lines(path)), [])
-    seen: set[str] = set()
-    for name in header:
-        if name and name in seen:  # columns without a name (an export's trailing commas) are dropped, as before
+    """Raise naming a column of the log the CSV's header names twice: pandas would read the second as `name.1`, and
+    the log would use the first without a word (a Parquet file with such a header is refused by its reader). The
+    header as pandas reads it (any line ending, gzip); a column the log does not read may repeat, as before."""
+    names = [str(v) for v in pd.read_csv(path, nrows=1, header=None, dtype=str, keep_default_na=False).iloc[0]]
+    for name in names:
+        if name in (*TEXT_COLUMNS, *NUMBER_COLUMNS) and names.count(name) > 1:
             raise OutcomeLogError(path, f"the header names the column '{name}' twice: keep one")
-        seen.add(name)
 
 
 def _refuse_extra_fields(path: Path) -> None:

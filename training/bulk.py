@@ -88,9 +88,11 @@ def _row(path: Path, rec: dict[str, Any], row: int) -> Row:
     """One input record as a Row (its prompt_id as given, None without; PromptIds fills it in); a bad one raises
     naming the file and row."""
     prompt = rec.get("prompt")
-    if prompt is None:
+    if "prompt" not in rec:
         keys = ", ".join(sorted(map(str, rec))[:8]) or "none"
         raise OutcomeLogError(path, f"no prompt (the row's keys: {keys})", row=row, column="prompt")
+    if prompt is None:
+        raise OutcomeLogError(path, "the prompt is null: give each row a prompt", row=row, column="prompt")
     if not isinstance(prompt, str):
         raise OutcomeLogError(path, f"the prompt is {type(prompt).__name__}, not text", row=row, column="prompt")
     if not prompt.strip():

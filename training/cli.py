@@ -560,7 +560,7 @@ def _held_out_split(s: Settings, tier_cfg: TiersConfig, trained: HeldOut | None 
     _check_costs(f"{s.outcomes_path} (its held-out prompts)", split.table.costs[split.test].ravel())
     short = too_few_outcomes(split, "test", minimum=1) or cannot_compare_tiers(split)
     if short is not None:
-        tiers_used = s.tiers_path if s.tiers_path.is_file() else "the model's tiers"
+        tiers_used = s.tiers_path if _reads_tiers_file(s) else "the model's tiers"
         _fail(f"{s.outcomes_path} with {tiers_used}: {short}")
     return split
 

@@ -73,6 +73,7 @@ def test_a_bad_row_is_named_by_file_and_row(router: Router, tmp_path: Path):
         # each was "expected a non-empty prompt" (review finding): the message says what is wrong
         ('{"prompt_id": "x", "promt": "typo"}', r"column 'prompt': no prompt \(the row's keys: prompt_id, promt\)"),
         ('{"prompt": 42}', "column 'prompt': the prompt is int, not text"),
+        ('{"prompt_id": "x", "prompt": null}', "column 'prompt': the prompt is null"),
         ('{"prompt_id": " ", "prompt": "fine"}', "column 'prompt_id': the prompt_id is blank"),  # was written out
     ],
 )

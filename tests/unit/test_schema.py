@@ -168,10 +168,16 @@ def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path, tiers):
     (tmp_path / "twice.csv").write_text(log.to_csv(index=False).replace("zeros,", "score,", 1))
     with pytest.raises(OutcomeLogError, match="twice.csv: the header names the column 'score' twice"):
         load_outcomes(tmp_path / "twice.csv", tiers)
-    # Columns without a name (a spreadsheet export's trailing commas) are no repeated name: dropped, as before.
+    # Columns without a name (a spreadsheet export's trailing commas) and a repeated column the log does not read
+    # are dropped, as before; a CSV with old Mac line endings (CR only) loads as before (review findings).
     lines = make_log(5).to_csv(index=False).splitlines()
     (tmp_path / "trailing.csv").write_text("".join(f"{line},,\n" for line in lines))
     assert len(load_outcomes(tmp_path / "trailing.csv", tiers)) == len(make_log(5))
+    notes = [f"{line},notes,notes" if i == 0 else f"{line},a,b" for i, line in enumerate(lines)]
+    (tmp_path / "notes.csv").write_text("\n".join(notes) + "\n")
+    assert len(load_outcomes(tmp_path / "notes.csv", tiers)) == len(make_log(5))
+    make_log(5).to_csv(tmp_path / "cr.csv", index=False, lineterminator="\r")
+    assert len(load_outcomes(tmp_path / "cr.csv", tiers)) == len(make_log(5))
 
 
 def test_a_gzip_log_in_any_case_and_a_broken_one(tmp_path, tiers):
