@@ -410,6 +410,10 @@ class BookedOutcome(NamedTuple):
     tokens_in: int | None
     tokens_out: int | None
 
+    def is_for(self, decision_id: str, tokens_in: int | None, tokens_out: int | None) -> bool:
+        """Whether this outcome was booked for that decision and those tokens."""
+        return (self.decision_id, self.tokens_in, self.tokens_out) == (decision_id, tokens_in, tokens_out)
+
 
 class OutcomeConflict(Exception):
     """An outcome id already stored with other content: a second outcome under a reused id, not a retry."""

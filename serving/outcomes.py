@@ -200,8 +200,7 @@ class OutcomeRecorder:
             prompt, model, session = prompt or d.prompt, model or d.served_model or d.model, d.session_id
             if cost is None and d.cost_usd is None and tokens_in is not None and tokens_out is not None:
                 before = booked.get(r["outcome_id"])
-                same = before is not None and before.decision_id == d.id
-                if before is not None and same and (before.tokens_in, before.tokens_out) == (tokens_in, tokens_out):
+                if before is not None and before.is_for(d.id, tokens_in, tokens_out):
                     cost = before.cost_usd  # a retry: at the price it was booked at, whatever the price is now
                 else:
                     cost = priced_tokens(tiers, model, tokens_in, tokens_out)  # tokens a gateway could not price

@@ -73,7 +73,8 @@ def _column(frame: pd.DataFrame, name: str, check: Callable[[Any], T | None]) ->
 
 
 def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and np.isnan(value)) or value is pd.NA
+    """A missing cell (None, NaN of any float type, NaT, pd.NA); a list or other non-scalar is a value to check."""
+    return bool(pd.api.types.is_scalar(value) and pd.isna(value))
 
 
 def _task(value: Any) -> str:
