@@ -84,7 +84,8 @@ def test_route_batch_streams_jsonl_from_a_pipe_and_names_a_folder(tmp_path, arti
     for name in ("pipe.jsonl", "pipe.parquet"):
         os.mkfifo(tmp_path / name)
     lines = "".join(json.dumps({"prompt_id": f"q{i}", "prompt": f"hard question {i}"}) + "\n" for i in range(3))
-    writer = threading.Thread(target=(tmp_path / "pipe.jsonl").write_text, args=(lines,))
+    # daemon: were the command never to open the pipe, the writer must not keep the test process alive
+    writer = threading.Thread(target=(tmp_path / "pipe.jsonl").write_text, args=(lines,), daemon=True)
     writer.start()
     res = runner.invoke(cli.app, ["route", "--batch", str(tmp_path / "pipe.jsonl"), "--model-uri", str(artifact_dir)])
     writer.join(timeout=10)
@@ -93,6 +94,7 @@ def test_route_batch_streams_jsonl_from_a_pipe_and_names_a_folder(tmp_path, arti
     # Nothing may open the Parquet pipe (its open waits for a writer for good): after 20 s one comes, and says so.
     stuck: list[bool] = []
     rescue = threading.Timer(20, lambda: (stuck.append(True), (tmp_path / "pipe.parquet").open("wb").close()))
+    rescue.daemon = True
     rescue.start()
     res = runner.invoke(cli.app, ["route", "--batch", str(tmp_path / "pipe.parquet"), "--model-uri", str(artifact_dir)])
     rescue.cancel()
