@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from infra.settings import Settings
 from infra.store import first_line
 from router.artifact import PACKAGED_EMBEDDER, PACKAGED_ROUTER, RouterArtifact, find_artifact
+from router.embedders.install import install_files
 
 logger = logging.getLogger(__name__)
 
@@ -173,14 +174,8 @@ def fetch_embedder(source: ModelSource, loaded: LoadedModel, onnx_dir: Path) -> 
     with _repository(uri, registry.tracking_uri) as repo:
         if not repo.list_artifacts(packaged):
             return []
-        onnx_dir.mkdir(parents=True, exist_ok=True)
-        put = []
         # Downloaded beside the files, then renamed into place: a worker never sees half a file.
-        with tempfile.TemporaryDirectory(dir=onnx_dir, prefix=".fetch-") as tmp:
-            for f in sorted(Path(repo.download_artifacts(packaged, dst_path=tmp)).iterdir()):
-                if f.is_file() and not (onnx_dir / f.name).exists():
-                    put.append(f.replace(onnx_dir / f.name))
-    return put
+        return install_files(lambda tmp: Path(repo.download_artifacts(packaged, dst_path=str(tmp))), onnx_dir)
 
 
 @dataclass(frozen=True)

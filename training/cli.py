@@ -440,10 +440,14 @@ def _load_artifact(s: Settings, model_uri: str | None) -> RouterArtifact:
     uri = model_uri or f"models:/{s.registered_model}@{s.model_alias}"
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            return tracking.download_artifact(uri, Path(tmp))
+            # The model's own embedder files where the cache has none (a host without torch cannot build them).
+            artifact, put = tracking.download_model(uri, Path(tmp), s.cache_dir / "onnx")
     except Exception as exc:  # any registry failure is one line for the user
         _fail(f"cannot load model {uri} from {s.mlflow_tracking_uri}: {str(exc).rstrip('.')}. {_no_model_hint(s, uri)}")
         raise
+    if put:
+        typer.echo(f"took {', '.join(str(p) for p in put)} from the model {uri} (its embedder's files)", err=True)
+    return artifact
 
 
 def _no_model_hint(s: Settings, uri: str) -> str:

@@ -36,6 +36,7 @@ from infra.prompt_policy import prompt_id_of
 from infra.store import first_line
 from router.artifact import ARTIFACT_FILE, PACKAGED_EMBEDDER, PACKAGED_ROUTER, RouterArtifact, find_artifact
 from router.embedders.factory import FILE_BACKENDS, backend_of, embedder_files
+from router.embedders.install import install_files
 from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
 from router.policy import DefaultKnob
@@ -160,10 +161,35 @@ def promote(registered_model: str, version: str, alias: str = CHAMPION) -> None:
 
 def download_artifact(model_uri: str, dst: Path) -> RouterArtifact:
     """Fetch a registered model's router artifact (only that, not the embedder files) and load it."""
+    return download_model(model_uri, dst, None)[0]
+
+
+def download_model(model_uri: str, dst: Path, embedder_dir: Path | None) -> tuple[RouterArtifact, list[Path]]:
+    """Fetch a registered model's router artifact and load it; with `embedder_dir`, also put the embedder files the
+    model carries there where it has none (a host without torch cannot build them), from the same version even if
+    an alias moves meanwhile. The artifact, and the files put there (none when nothing was missing, the model
+    carries none, or they could not be read: then a warning, and the embedder says what is missing)."""
     dst.mkdir(parents=True, exist_ok=True)
     repo = ModelsArtifactRepository(model_uri)
     local = repo.download_artifacts(f"artifacts/{PACKAGED_ROUTER}", dst_path=str(dst))  # type: ignore[no-untyped-call]
-    return RouterArtifact.load(find_artifact(local))
+    artifact = RouterArtifact.load(find_artifact(local))
+    backend = backend_of(artifact.features.embedder_id)
+    if embedder_dir is None or backend not in FILE_BACKENDS:
+        return artifact, []
+    if all(p.exists() for p in embedder_files(backend, embedder_dir)):
+        return artifact, []
+    packaged = f"artifacts/{PACKAGED_EMBEDDER}"
+    try:
+        if not repo.list_artifacts(packaged):  # type: ignore[no-untyped-call]
+            return artifact, []
+
+        def download(tmp: Path) -> Path:
+            return Path(repo.download_artifacts(packaged, dst_path=str(tmp)))  # type: ignore[no-untyped-call]
+
+        return artifact, install_files(download, embedder_dir)
+    except Exception as exc:  # any failure here: the embedder's own error says what is missing and how to build it
+        logger.warning("cannot take the embedder files of %s: %s", model_uri, first_line(exc))
+        return artifact, []
 
 
 TEST_PROMPT_IDS = "evaluation/test_prompt_ids.txt"

@@ -262,3 +262,42 @@ def test_the_service_takes_the_models_own_embedder_files_where_its_cache_has_non
     reason = preflight(settings(other, "static"))
     assert reason is not None and "static" in reason, reason
     assert not (other / "onnx").exists() or not any((other / "onnx").iterdir())
+
+
+def test_the_cli_routes_with_the_models_own_embedder_files_where_its_cache_has_none(
+    registered: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`tierwise route` on a host that never built the embedder (no torch) said to build it, though the registered
+    model carries its files: it takes them into the cache, as the service's preflight does, and routes."""
+    from typer.testing import CliRunner
+
+    from infra.settings import get_settings
+    from router.embedders.install import FETCH_PREFIX
+    from training import cli
+
+    cache = tmp_path / "cache"
+    leftover = cache / "onnx" / f"{FETCH_PREFIX}killed"  # a fetch killed midway, long ago
+    leftover.mkdir(parents=True)
+    (leftover / "half.onnx").write_bytes(b"\0" * 10)
+    for p in (leftover / "half.onnx", leftover):
+        os.utime(p, (0, 0))
+    monkeypatch.chdir(tmp_path)  # no config/tiers.toml here: the model's own tiers
+    for key, value in {
+        "TIERWISE_CACHE_DIR": str(cache),
+        "MLFLOW_TRACKING_URI": registered,
+        "TIERWISE_REGISTERED_MODEL": NAME,
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(cli, "_build_onnx", lambda onnx_dir: pytest.fail("built the embedder instead of fetching it"))
+    get_settings.cache_clear()
+    try:
+        res = CliRunner().invoke(cli.app, ["route", PROMPTS[0]])
+    finally:
+        get_settings.cache_clear()
+    assert res.exit_code == 0, res.output
+    assert "from the model" in res.stderr and "minilm-int8.onnx" in res.stderr, res.stderr
+    assert json.loads(res.stdout)["tier"] in {"main", "mid", "brain"}, res.stdout
+    for name in ("minilm-int8.onnx", "tokenizer.json"):
+        assert (cache / "onnx" / name).read_bytes() == (ONNX_DIR / name).read_bytes(), name
+    # Only the files: no download folder left, the killed fetch's one removed.
+    assert sorted(p.name for p in (cache / "onnx").iterdir()) == ["minilm-int8.onnx", "tokenizer.json"]
