@@ -13,6 +13,7 @@ import math
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -700,6 +701,52 @@ class _HeldConnection:
         conn.close()
 
 
+MIGRATION_LOCK = 0x7469657277697365  # PostgreSQL advisory lock key ("tierwise"): one migration at a time
+MIGRATION_WAIT_S = 900.0  # how long a migration waits for another one (a concurrent index build on a large table)
+
+
+def run_alembic(engine: Engine, step: str, revision: str) -> None:
+    """`alembic upgrade|downgrade <revision>` on the engine's database, each revision in its own transaction (a
+    revision may leave them for work PostgreSQL does only outside one: CREATE INDEX CONCURRENTLY, migration 0007).
+    On PostgreSQL one migration runs at a time (a session advisory lock): a replica starting beside another waits
+    for it and finds its work done, instead of skipping an index the other is still building."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with engine.connect() as conn:
+        locked = conn.dialect.name == "postgresql"
+        if locked:
+            _take_migration_lock(conn)
+        try:
+            cfg.attributes["connection"] = conn
+            getattr(command, step)(cfg, revision)
+        finally:
+            if locked:
+                try:
+                    conn.rollback()  # whatever a failed revision left open
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(MIGRATION_LOCK)))
+                    conn.commit()
+                except Exception:  # a broken connection: closing it (not pooling it) ends the lock with the session
+                    conn.invalidate()
+
+
+def _take_migration_lock(conn: Connection, wait_s: float = MIGRATION_WAIT_S, poll_s: float = 0.2) -> None:
+    """Take the migration lock for the connection's session, trying again every `poll_s` while another holds it.
+    Not `pg_advisory_lock`: a session waiting in it is inside a statement, whose snapshot a CREATE INDEX
+    CONCURRENTLY in the holder's session waits for (a deadlock). Between tries this session is in no transaction."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        took = conn.execute(sa.select(sa.func.pg_try_advisory_lock(MIGRATION_LOCK))).scalar_one()
+        conn.commit()  # the lock is the session's; alembic begins its own transactions
+        if took:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"another migration of this database has run for over {wait_s:.0f} s; try again later")
+        time.sleep(poll_s)
+
+
 class Store:
     """Typed access to the three tables. Every method is one short transaction."""
 
@@ -714,14 +761,7 @@ class Store:
 
     def migrate(self) -> None:
         """Bring the schema to the newest alembic revision."""
-        from alembic import command
-        from alembic.config import Config
-
-        cfg = Config()
-        cfg.set_main_option("script_location", str(MIGRATIONS))
-        with self.engine.begin() as conn:
-            cfg.attributes["connection"] = conn
-            command.upgrade(cfg, "head")
+        run_alembic(self.engine, "upgrade", "head")
 
     # "durable": a sessionless decision is on disk before /route answers. "async" (TIERWISE_DECISION_COMMIT):
     # its commit does not wait for the disk (SQLite WAL synchronous=NORMAL, PostgreSQL synchronous_commit=off):

@@ -26,6 +26,7 @@ from infra.store import (
     decisions,
     held_before,
     outcomes,
+    run_alembic,
 )
 
 PROMPT = "What is the capital of France?"
@@ -470,16 +471,7 @@ def test_a_hold_the_proxy_grows_during_an_expiry_is_neither_zeroed_nor_lost(
 
 def alembic(store: Store, step: str, revision: str) -> None:
     """`alembic upgrade|downgrade <revision>` on the store's database."""
-    from alembic import command
-    from alembic.config import Config
-
-    from infra.store import MIGRATIONS
-
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS))
-    with store.engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        getattr(command, step)(cfg, revision)
+    run_alembic(store.engine, step, revision)
 
 
 def test_migration_0003_round_trip(url: str) -> None:
@@ -591,6 +583,69 @@ def test_migration_0007_the_expiry_finds_holds_through_a_partial_index(url: str)
         assert "ix_decisions_holding" in {i["name"] for i in sa.inspect(conn).get_indexes("decisions")}
     assert store.expire_holds(datetime.now(UTC)) == {"s": pytest.approx(0.01)}
     store.dispose()
+
+
+def holding_index_valid(store: Store) -> bool | None:
+    """Whether PostgreSQL holds ix_decisions_holding valid (None: no such index in the store's schema)."""
+    with store.engine.connect() as conn:
+        return conn.execute(
+            sa.text(
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                "WHERE c.relname = 'ix_decisions_holding' AND c.relnamespace = current_schema()::regnamespace"
+            )
+        ).scalar()
+
+
+def test_migration_0007_builds_again_an_index_a_killed_concurrent_build_left_invalid(pg_url: str) -> None:
+    # 0007 builds its index CONCURRENTLY (a plain CREATE INDEX blocks every decision write while it reads the whole
+    # table); such a build killed midway leaves an invalid index of that name, which IF NOT EXISTS alone would keep.
+    store = Store(pg_url)
+    store.migrate()
+    with store.lock_session("s", None) as locked:
+        locked.reserve([decision(1, "s", 0.01), decision(2, "s", 0.02)])
+    alembic(store, "downgrade", "0006")
+    # A concurrent build that fails (two rows share the session: not unique) leaves its index invalid.
+    with (
+        store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
+        pytest.raises(sa.exc.IntegrityError),
+    ):
+        conn.exec_driver_sql("CREATE UNIQUE INDEX CONCURRENTLY ix_decisions_holding ON decisions (session_id)")
+    assert holding_index_valid(store) is False
+    store.migrate()
+    assert holding_index_valid(store) is True
+    with store.engine.connect() as conn, conn.begin() as tx:
+        plan = expiry_scan_plan(conn)
+        tx.rollback()
+    assert "ix_decisions_holding" in plan, plan
+    store.dispose()
+
+
+def test_replicas_migrating_at_once_all_succeed(pg_url: str) -> None:
+    # Replicas of the service start together: each migrates. Without one migration at a time, one of them saw the
+    # other's half-made schema (a table there already, the version row not yet) and failed its first try.
+    stores = [Store(pg_url) for _ in range(3)]
+    barrier = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def migrate(store: Store) -> None:
+        barrier.wait()
+        try:
+            store.migrate()
+        except BaseException as exc:  # the assertion below names it
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate, args=(s,), daemon=True) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a migration hung"
+    assert not errors, errors
+    assert holding_index_valid(stores[0]) is True
+    with stores[0].engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one() == "0007"
+    for s in stores:
+        s.dispose()
 
 
 def test_only_the_settlement_that_took_effect_says_so(url: str) -> None:

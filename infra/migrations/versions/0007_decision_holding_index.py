@@ -9,6 +9,10 @@ Revises: 0006
   expiry, i.e. nearly the whole table of a long-running service. The condition is `infra.store.HOLDING`, written
   out here as it was when this revision was made, and rendered by each dialect as the query renders it (a literal
   0: a plan made for any value of a parameter, PostgreSQL's generic plan, cannot use a partial index).
+- On PostgreSQL the index is built CONCURRENTLY, outside the revision's transaction: a plain CREATE INDEX blocks
+  every write to `decisions` (all /route calls of the replicas still serving) while it reads the whole table. A
+  build killed midway leaves an invalid index behind, which this revision drops and builds again when it runs
+  again (migrations run one at a time: infra.store.run_alembic).
 """
 
 import sqlalchemy as sa
@@ -19,14 +23,30 @@ down_revision = "0006"
 branch_labels = None
 depends_on = None
 
+NAME = "ix_decisions_holding"
 HOLDING = sa.and_(sa.column("settled") == sa.false(), sa.column("reserved_usd") > sa.literal_column("0"))
 
 
 def upgrade() -> None:
-    op.create_index(
-        "ix_decisions_holding", "decisions", ["created_at"], sqlite_where=HOLDING, postgresql_where=HOLDING
-    )
+    if op.get_bind().dialect.name != "postgresql":
+        op.create_index(NAME, "decisions", ["created_at"], sqlite_where=HOLDING)
+        return
+    with op.get_context().autocommit_block():
+        if _invalid_index_left(NAME):
+            op.drop_index(NAME, table_name="decisions", postgresql_concurrently=True)
+        op.create_index(
+            NAME, "decisions", ["created_at"], postgresql_where=HOLDING, postgresql_concurrently=True, if_not_exists=True
+        )
 
 
 def downgrade() -> None:
-    op.drop_index("ix_decisions_holding", table_name="decisions")
+    op.drop_index(NAME, table_name="decisions")
+
+
+def _invalid_index_left(name: str) -> bool:
+    """Whether the schema in use holds an index of that name that a killed concurrent build left invalid."""
+    query = sa.text(
+        "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE c.relname = :name AND c.relnamespace = current_schema()::regnamespace"
+    )
+    return bool(op.get_bind().execute(query, {"name": name}).scalar())
