@@ -53,6 +53,15 @@ DECISIONS_KEY = "tierwise_decisions"  # LiteLLM trace id -> Decision, for each c
 SIGNALS_KEY = "routing_plugin_signals"  # where LiteLLM puts a routing plugin's signals (integrations/litellm_plugin)
 IN_FLIGHT_KEPT = 1024  # decisions kept per metadata dict (a dict reused forever by unsettled calls stays bounded)
 _IN_FLIGHT_LOCK = threading.Lock()  # calls on several threads may share one metadata dict
+
+
+def _new_in_flight_lock() -> None:
+    """A forked child's own lock: another thread of the parent may have held it at the fork, for good in the child."""
+    global _IN_FLIGHT_LOCK
+    _IN_FLIGHT_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_new_in_flight_lock)
 AMBIGUOUS: Mapping[str, Any] = {}  # TierwiseSettler.answered's value for a response id seen with several decisions
 
 
@@ -646,6 +655,16 @@ class TierwiseSettler(CustomLogger):
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
+        # A process forked while a release worker (RELEASES) held the lock: the child's copy stayed held, and its
+        # every settlement waited for it forever. The child gets a lock of its own (its parent runs the releases).
+        me = weakref.ref(self)
+
+        def new_lock_in_child() -> None:
+            settler = me()
+            if settler is not None:
+                settler._lock = threading.Lock()
+
+        os.register_at_fork(after_in_child=new_lock_in_child)
 
     def watch(self, decision: Mapping[str, Any]) -> None:
         """Watch the running task making `decision`'s call: if it is cancelled before LiteLLM reports the call's end,

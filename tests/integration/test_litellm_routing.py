@@ -923,3 +923,43 @@ def test_a_long_lived_tasks_watch_list_is_bounded() -> None:
         return len(settler._watched[task])
 
     assert asyncio.run(many()) <= litellm_router.WATCHED_PER_TASK
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
+def test_a_child_forked_while_a_release_held_the_settlers_locks_can_settle() -> None:
+    """A process forked while a release worker held the settler's lock (or the in-flight lock) inherited it held,
+    and its every settlement waited forever; the child gets locks of its own."""
+    client = TierwiseClient("http://127.0.0.1:9")
+    settler = TierwiseSettler(client)
+    held, done = threading.Event(), threading.Event()
+
+    def release_worker() -> None:  # holds both locks across the fork, as a release in progress does
+        with settler._lock, litellm_router._IN_FLIGHT_LOCK:
+            held.set()
+            done.wait(10)
+
+    t = threading.Thread(target=release_worker, daemon=True)
+    t.start()
+    assert held.wait(5)
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: can it take each lock?
+        status = b"x"
+        try:
+            own = settler._lock.acquire(timeout=2)
+            in_flight = litellm_router._IN_FLIGHT_LOCK.acquire(timeout=2)
+            status = b"%d%d" % (own, in_flight)
+        finally:
+            os.write(w, status)
+            os._exit(0)
+    os.close(w)
+    try:
+        out = b""
+        while chunk := os.read(r, 16):
+            out += chunk
+    finally:
+        os.close(r)
+        os.waitpid(pid, 0)
+        done.set()
+        t.join(5)
+    assert out == b"11", f"child took (settler lock, in-flight lock) = {out!r}"
