@@ -701,15 +701,18 @@ class _HeldConnection:
         conn.close()
 
 
-MIGRATION_LOCK = 0x7469657277697365  # PostgreSQL advisory lock key ("tierwise"): one migration at a time
+# PostgreSQL advisory lock of a schema's migration: (this class, a hash of the schema's name). One migration at a time
+# per schema; deployments in other schemas of the database do not wait for it.
+MIGRATION_LOCK = 0x74696572  # "tier"
+_MIGRATION_LOCK_KEY = (sa.literal(MIGRATION_LOCK), sa.func.hashtext(sa.func.current_schema()))
 MIGRATION_WAIT_S = 900.0  # how long a migration waits for another one (a concurrent index build on a large table)
 
 
 def run_alembic(engine: Engine, step: str, revision: str) -> None:
     """`alembic upgrade|downgrade <revision>` on the engine's database, each revision in its own transaction (a
     revision may leave them for work PostgreSQL does only outside one: CREATE INDEX CONCURRENTLY, migration 0007).
-    On PostgreSQL one migration runs at a time (a session advisory lock): a replica starting beside another waits
-    for it and finds its work done, instead of skipping an index the other is still building."""
+    On PostgreSQL one migration of a schema runs at a time (a session advisory lock): a replica starting beside
+    another waits for it and finds its work done, instead of skipping an index the other is still building."""
     from alembic import command
     from alembic.config import Config
 
@@ -726,7 +729,7 @@ def run_alembic(engine: Engine, step: str, revision: str) -> None:
             if locked:
                 try:
                     conn.rollback()  # whatever a failed revision left open
-                    conn.execute(sa.select(sa.func.pg_advisory_unlock(MIGRATION_LOCK)))
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(*_MIGRATION_LOCK_KEY)))
                     conn.commit()
                 except Exception:  # a broken connection: closing it (not pooling it) ends the lock with the session
                     conn.invalidate()
@@ -738,7 +741,7 @@ def _take_migration_lock(conn: Connection, wait_s: float = MIGRATION_WAIT_S, pol
     CONCURRENTLY in the holder's session waits for (a deadlock). Between tries this session is in no transaction."""
     deadline = time.monotonic() + wait_s
     while True:
-        took = conn.execute(sa.select(sa.func.pg_try_advisory_lock(MIGRATION_LOCK))).scalar_one()
+        took = conn.execute(sa.select(sa.func.pg_try_advisory_lock(*_MIGRATION_LOCK_KEY))).scalar_one()
         conn.commit()  # the lock is the session's; alembic begins its own transactions
         if took:
             return

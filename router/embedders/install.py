@@ -49,4 +49,4 @@ def remove_stale_downloads(onnx_dir: Path, older_than_s: float = STALE_FETCH_S) 
 
 def _last_change(folder: Path) -> float:
     """The newest modification time of the folder and of everything in it (a download writes in a subfolder)."""
-    return max([folder.stat().st_mtime, *(p.stat().st_mtime for p in folder.rglob("*"))])
+    return max([folder.stat().st_mtime, *(p.lstat().st_mtime for p in folder.rglob("*"))])  # a link's own time

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 from pydantic import SecretStr
 
+import infra.store
 from infra.prompt_policy import NOT_STORED, PromptPolicy, prompt_policy
 from infra.settings import Settings
 from infra.store import (
@@ -590,8 +592,8 @@ def holding_index_valid(store: Store) -> bool | None:
     with store.engine.connect() as conn:
         return conn.execute(
             sa.text(
-                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-                "WHERE c.relname = 'ix_decisions_holding' AND c.relnamespace = current_schema()::regnamespace"
+                "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_namespace n "
+                "ON n.oid = c.relnamespace WHERE c.relname = 'ix_decisions_holding' AND n.nspname = current_schema()"
             )
         ).scalar()
 
@@ -671,4 +673,72 @@ def test_a_new_sqlite_store_is_readable_by_its_owner_only(tmp_path: Path) -> Non
     for name in ("private.db", "private.db-wal", "private.db-shm"):
         if (tmp_path / name).exists():
             assert (tmp_path / name).stat().st_mode & 0o077 == 0, name
+    store.dispose()
+
+
+def test_a_schema_whose_name_needs_quoting_migrates(pg_url: str) -> None:
+    # 0007 looked its index up by current_schema()::regnamespace, which reads the name as an identifier (lowercased):
+    # a schema "Tw_…" failed the migration on every try (review finding).
+    schema = f"Tw_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(pg_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    try:
+        store = Store(pg_url.rsplit("?", 1)[0] + f"?options=-csearch_path%3D%22{schema}%22")
+        store.migrate()
+        assert holding_index_valid(store) is True
+        store.dispose()
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def test_0007_waits_for_an_old_snapshot_past_the_stores_lock_timeout(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A concurrent index build waits for every older snapshot in the database (a backup, a long report): under the
+    # store's lock_timeout it was cancelled, leaving an invalid index and a store never ready (review finding).
+    monkeypatch.setattr(infra.store, "LOCK_WAIT_S", 0.5)
+    store = Store(pg_url)
+    alembic(store, "upgrade", "0006")
+    other = sa.create_engine(pg_url)
+    snapshot_held = threading.Event()
+
+    def backup() -> None:  # a repeatable-read transaction reading no tierwise table, open for 3 s
+        with other.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
+            conn.execute(sa.text("SELECT count(*) FROM pg_class"))
+            snapshot_held.set()
+            time.sleep(3)
+
+    t = threading.Thread(target=backup, daemon=True)
+    t.start()
+    assert snapshot_held.wait(10)
+    store.migrate()
+    t.join(10)
+    assert holding_index_valid(store) is True
+    with store.engine.connect() as conn:  # the session's own lock_timeout is back
+        assert conn.execute(sa.text("SHOW lock_timeout")).scalar_one() == "500ms"
+    store.dispose()
+    other.dispose()
+
+
+def test_a_migration_in_another_schema_does_not_wait(pg_url: str) -> None:
+    # The migration lock was one key for the whole database: a deployment in another schema waited behind it.
+    store = Store(pg_url)
+    with store.engine.connect() as conn:
+        conn.execute(sa.text("CREATE SCHEMA IF NOT EXISTS tw_other_lock_holder"))
+        conn.execute(sa.text("SET search_path = tw_other_lock_holder"))
+        conn.execute(sa.select(sa.func.pg_advisory_lock(*infra.store._MIGRATION_LOCK_KEY)))
+        conn.commit()
+        try:
+            done = threading.Event()
+            t = threading.Thread(target=lambda: (store.migrate(), done.set()), daemon=True)
+            t.start()
+            assert done.wait(10), "the migration waited for another schema's lock"
+        finally:
+            conn.execute(sa.select(sa.func.pg_advisory_unlock(*infra.store._MIGRATION_LOCK_KEY)))
+            conn.execute(sa.text("SET search_path = public"))
+            conn.execute(sa.text("DROP SCHEMA tw_other_lock_holder"))
+            conn.commit()
     store.dispose()

@@ -32,11 +32,25 @@ def upgrade() -> None:
         op.create_index(NAME, "decisions", ["created_at"], sqlite_where=HOLDING)
         return
     with op.get_context().autocommit_block():
-        if _invalid_index_left(NAME):
-            op.drop_index(NAME, table_name="decisions", postgresql_concurrently=True)
-        op.create_index(
-            NAME, "decisions", ["created_at"], postgresql_where=HOLDING, postgresql_concurrently=True, if_not_exists=True
-        )
+        bind = op.get_bind()
+        # A concurrent build waits for every transaction in the database with an older snapshot (a backup, a long
+        # report), not only for writers of this table: the service's 30 s lock_timeout would cancel it, leaving an
+        # invalid index and a store that never becomes ready while the backup runs.
+        lock_timeout = bind.execute(sa.text("SHOW lock_timeout")).scalar_one()
+        bind.execute(sa.text("SET lock_timeout = '15min'"))
+        try:
+            if _invalid_index_left(NAME):
+                op.drop_index(NAME, table_name="decisions", postgresql_concurrently=True)
+            op.create_index(
+                NAME,
+                "decisions",
+                ["created_at"],
+                postgresql_where=HOLDING,
+                postgresql_concurrently=True,
+                if_not_exists=True,
+            )
+        finally:
+            bind.execute(sa.select(sa.func.set_config("lock_timeout", lock_timeout, False)))
 
 
 def downgrade() -> None:
@@ -47,6 +61,6 @@ def _invalid_index_left(name: str) -> bool:
     """Whether the schema in use holds an index of that name that a killed concurrent build left invalid."""
     query = sa.text(
         "SELECT NOT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
-        "WHERE c.relname = :name AND c.relnamespace = current_schema()::regnamespace"
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = :name AND n.nspname = current_schema()"
     )
     return bool(op.get_bind().execute(query, {"name": name}).scalar())
