@@ -186,7 +186,7 @@ def decide(
         if cost_weight is not None:
             reason = (
                 f"{names[pick]} maximises predicted quality - {cost_weight:.6g} x cost "
-                f"({q[pick]:.2f} at ${r[pick]:.6g}{'' if r is c else ', the prompt alone'})"
+                f"({q[pick]:.2f} at ${r[pick]:.6g}{'' if np.array_equal(r, c) else ', priced as calibrated'})"
             )
         elif q[pick] >= target:
             reason = f"{names[pick]} is the cheapest tier predicted to reach the target {target:.2f} ({q[pick]:.2f})"

@@ -117,6 +117,35 @@ class Router:
         listed = f" ({listed_by} lists them)" if listed_by else ""
         return f"; task hint {task!r} is not a task this model knows{listed}: {fallback}"
 
+    def guarantee_void(self) -> str | None:
+        """Why the stored quality guarantee does not hold for the live tiers, None when it does (or there is none).
+
+        Learn then Test certified the choices the model's predictions make of the models it was trained with: a tier
+        now served by another model keeps the old model's predictions, so the certificate says nothing of it. Other
+        prices alone do not void it: the guarantee's choices are made at the prices it was calibrated with
+        (`calibration_cost`)."""
+        if self.artifact.guarantee is None:
+            return None
+        trained = {t.name: t.parts for t in self.artifact.tiers.tiers}
+        changed = [
+            f"{t.name}: {' + '.join(trained.get(t.name, ('none',)))} -> {' + '.join(t.parts)}"
+            for t in self.tiers.tiers
+            if trained.get(t.name) != t.parts
+        ]
+        if not changed:
+            return None
+        return (
+            f"the quality guarantee was calibrated with other models behind the tiers ({'; '.join(changed)}): "
+            "retrain the model (or `tierwise add-model`) to calibrate it for these"
+        )
+
+    def calibration_cost(self, prompts: Sequence[str]) -> np.ndarray:
+        """Each tier's expected cost of the prompts at the prices the model was trained with (its own tiers) and the
+        prompts' own token estimate: the cost scale the stored guarantee's λ was calibrated on, whatever the live
+        prices or a caller's token count. A guaranteed decision trades quality against it; limits and budgets still
+        use the live cost."""
+        return self.artifact.expected_cost(prompts, self.artifact.tiers)
+
     def expected_cost(self, prompts: Sequence[str], tokens_in: Sequence[float | None] | None = None) -> np.ndarray:
         """Expected cost per tier at the live prices, (n, k) (`tokens_in`: RouterArtifact.expected_cost)."""
         return self.artifact.expected_cost(prompts, self.tiers, tokens_in)
@@ -162,8 +191,9 @@ class Router:
         A prompt whose novelty reaches `novelty_limit` is unlike the training prompts, so its predictions are not
         to be trusted: it gets the conservative choice, the most expensive tier the request allows (see
         `conservative`). With a `guarantee`, the knob is its calibrated λ and the reason states the guarantee; λ
-        trades quality against `guarantee_cost` (default `cost`), the cost scale it was calibrated on (the prompts'
-        own estimate, where a caller counted another input: it still sets what fits a budget or max cost).
+        trades quality against `guarantee_cost` (default `cost`), the cost scale it was calibrated on
+        (`calibration_cost`: the training prices and the prompts' own token estimate; `cost` still sets what fits a
+        budget or max cost).
         """
         floor = self.cheapest_allowed(cost, min_tier, max_cost_usd)
         if budget_usd is not None and float(floor.sum()) > budget_usd:

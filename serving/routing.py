@@ -154,17 +154,19 @@ def route(
     except (KeyError, IndexError) as exc:
         raise Invalid(str(exc.args[0]), ("body", "min_tier")) from None
     target, cost_weight = rt.router.knob(opts.quality_target, opts.cost_weight_per_usd, default_target)
-    point = guarantee_point(rt.router.artifact.guarantee, opts)
+    point = guarantee_point(rt.router, opts)
     counted = opts.input_tokens if isinstance(opts, CountedRouteOptions) else None
     quality, cost, novelty = rt.router.assess(
         prompts,
         None if opts.task is None else [opts.task] * len(prompts),
         None if counted is None else [counted] * len(prompts),
     )
-    # The prompts' own expected cost, where the caller counted a larger (or smaller) input: the cost scale a
-    # guarantee was calibrated on (it trades quality against it), and, with the counted cost, what says whether a
-    # session is spent (a large counted input makes a request wait or shrink, never freezes the session).
+    # The prompts' own expected cost, where the caller counted a larger (or smaller) input: with the counted cost,
+    # what says whether a session is spent (a large counted input makes a request wait or shrink, never freezes it).
     bare = cost if counted is None else rt.router.expected_cost(prompts)
+    # A guarantee's λ trades quality against the cost scale it was calibrated on: the training prices and the
+    # prompts' own estimate, whatever the live prices (a price change moved its choices off the certified ones).
+    certified_cost = None if point is None else rt.router.calibration_cost(prompts)
     hint = rt.router.task_hint_note(opts.task, listed_by="GET /tiers")
 
     names = rt.tiers.names
@@ -251,7 +253,7 @@ def route(
             novelty,
             novelty_limit,
             point,
-            guarantee_cost=None if bare is cost else bare,
+            guarantee_cost=certified_cost,
         )
 
     session: SessionRow | None = None
@@ -351,7 +353,7 @@ def route_request(
     counting each decision on /metrics once it is written (by the caller, who writes them, when given `record`)."""
     check_sizes(prompts, settings.max_prompt_chars, settings.max_batch)
     epsilon = exploration_rate(settings, principal, opts)
-    opts = with_default_guarantee(opts, settings, rt.router.artifact.guarantee)
+    opts = with_default_guarantee(opts, settings, rt.router, rt.version)
     out = route(
         rt,
         store,

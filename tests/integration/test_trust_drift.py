@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from router.novelty import NoveltyReference
 from router.routing import Router
 from router.schema import parse_tiers
 from serving.model_source import LocalSource
-from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
+from tests.conftest import TIERS_TOML, HashingEmbedder, make_log, write_tiers
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, bearer
 from training.data import pivot_log
 
@@ -84,6 +85,44 @@ def test_quality_guarantee_on_request(trusted: Callable[..., TestClient]) -> Non
     assert tight.status_code == 422 and "offers" in tight.text
     bad = client.post("/route", json={"prompt": KNOWN[3], "quality_guarantee": {"epsilon": 2}}, headers=C)
     assert bad.status_code == 422
+
+
+def test_a_guarantee_makes_its_certified_choices_at_other_prices(
+    trusted: Callable[..., TestClient], tmp_path: Path
+) -> None:
+    """Learn then Test certified the choices λ makes at the prices it was calibrated with: at tripled top-tier prices
+    the guaranteed requests went to cheaper tiers, losing about twice ε on the calibration prompts while the reason
+    still claimed the guarantee (review finding). The choices are made at the calibration prices; the live price
+    is what the decision costs."""
+    guaranteed = {"prompts": KNOWN[:60], "quality_guarantee": {"epsilon": 0.05}}
+    trained = trusted().post("/route/batch", json=guaranteed, headers=C).json()["decisions"]
+    dearer = write_tiers(tmp_path / "dearer.toml", prices={"large": {"input_per_1m": 30.0, "output_per_1m": 90.0}})
+    live = trusted(tiers_path=dearer).post("/route/batch", json=guaranteed, headers=C).json()["decisions"]
+    assert {d["tier"] for d in trained} >= {"brain"}, trained  # the price change has choices to move
+    assert [d["tier"] for d in live] == [d["tier"] for d in trained]
+    for t, d in zip(trained, live, strict=True):
+        assert d["reason"].startswith("guarantee: loses at most 0.05")
+        if d["tier"] == "brain":
+            assert d["expected_cost_usd"] > 2.9 * t["expected_cost_usd"]  # priced at the live prices
+
+
+def test_a_guarantee_does_not_hold_for_other_models_behind_the_tiers(
+    trusted: Callable[..., TestClient], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A tier swapped to another model keeps the old model's predictions: the certificate says nothing of it."""
+    swapped = write_tiers(
+        tmp_path / "swapped.toml", overrides={"mid": "unused"}, prices={"unused": {"input_per_1m": 1, "output_per_1m": 2}}
+    )
+    client = trusted(tiers_path=swapped)
+    r = client.post("/route", json={"prompt": KNOWN[3], "quality_guarantee": {"epsilon": 0.05}}, headers=C)
+    assert r.status_code == 422 and "mid: medium -> unused" in r.text and "retrain" in r.text, r.text
+    default = trusted(tiers_path=swapped, guarantee_epsilon=0.05)
+    with caplog.at_level(logging.WARNING, logger="serving.guarantee"):
+        for _ in range(3):
+            plain = default.post("/route", json={"prompt": KNOWN[5]}, headers=C)
+            assert plain.status_code == 200 and not plain.json()["reason"].startswith("guarantee")
+    warned = [r.getMessage() for r in caplog.records if "default quality guarantee" in r.getMessage()]
+    assert len(warned) == 1 and "mid: medium -> unused" in warned[0], warned  # once per model, not per request
 
 
 def test_a_guarantee_says_when_the_request_s_cost_limit_overrides_it(trusted: Callable[..., TestClient]) -> None:

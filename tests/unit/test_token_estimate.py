@@ -65,7 +65,7 @@ def test_a_guarantee_trades_quality_against_the_cost_scale_it_was_calibrated_on(
     [naive] = router.decide(quality, counted, 0.9, guarantee=point)
     [scaled] = router.decide(quality, counted, 0.9, guarantee=point, guarantee_cost=own)
     assert router.names[plain.tier_index] == "brain" and router.names[naive.tier_index] == "main"
-    assert scaled.tier_index == plain.tier_index and "the prompt alone" in scaled.reason
+    assert scaled.tier_index == plain.tier_index and "priced as calibrated" in scaled.reason
     # what fits is still the counted cost: a budget below brain's counted cost downgrades
     [fits] = router.decide(quality, counted, 0.9, budget_usd=float(counted[0, 0]) + 1e-9, guarantee=point,
                            guarantee_cost=own)  # fmt: skip
