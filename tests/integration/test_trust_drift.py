@@ -13,6 +13,7 @@ import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
+import serving.guarantee
 from infra.store import decisions
 from router.artifact import RouterArtifact
 from router.features import featurize
@@ -107,15 +108,21 @@ def test_a_guarantee_makes_its_certified_choices_at_other_prices(
 
 
 def test_a_guarantee_does_not_hold_for_other_models_behind_the_tiers(
-    trusted: Callable[..., TestClient], tmp_path: Path, caplog: pytest.LogCaptureFixture
+    trusted: Callable[..., TestClient],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A tier swapped to another model keeps the old model's predictions: the certificate says nothing of it."""
     swapped = write_tiers(
-        tmp_path / "swapped.toml", overrides={"mid": "unused"}, prices={"unused": {"input_per_1m": 1, "output_per_1m": 2}}
+        tmp_path / "swapped.toml",
+        overrides={"mid": "unused"},
+        prices={"unused": {"input_per_1m": 1, "output_per_1m": 2}},
     )
     client = trusted(tiers_path=swapped)
     r = client.post("/route", json={"prompt": KNOWN[3], "quality_guarantee": {"epsilon": 0.05}}, headers=C)
     assert r.status_code == 422 and "mid: medium -> unused" in r.text and "retrain" in r.text, r.text
+    monkeypatch.setattr(serving.guarantee, "_WARNED", set())  # whatever an earlier test warned of
     default = trusted(tiers_path=swapped, guarantee_epsilon=0.05)
     with caplog.at_level(logging.WARNING, logger="serving.guarantee"):
         for _ in range(3):
