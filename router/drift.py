@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from router.novelty import window_shift_z
-from router.policy import lambda_for_cost
+from router.policy import lambda_for_cost, mean_spend
 
 # How many standard errors a quality gap must clear beyond its tolerance before it alerts.
 GAP_Z = 2.0
@@ -69,6 +69,14 @@ def quality_check(tier: str, predicted: np.ndarray, realised: np.ndarray, gap_li
     )
 
 
+@dataclass(frozen=True)
+class Recalibrated:
+    """A recalibrated λ and its estimated realised mean cost on the traffic it was set on."""
+
+    cost_weight: float
+    mean_cost: float
+
+
 def recalibrated_lambda(
     pred: np.ndarray,
     expected_cost: np.ndarray,
@@ -76,8 +84,22 @@ def recalibrated_lambda(
     realised_cost: np.ndarray,
     target_mean_cost: float,
     groups: np.ndarray | None = None,
+    fixed: np.ndarray | None = None,
 ) -> float:
-    """λ whose estimated realised mean cost on recent traffic is the target.
+    """`recalibrate`'s λ."""
+    return recalibrate(pred, expected_cost, served, realised_cost, target_mean_cost, groups, fixed).cost_weight
+
+
+def recalibrate(
+    pred: np.ndarray,
+    expected_cost: np.ndarray,
+    served: np.ndarray,
+    realised_cost: np.ndarray,
+    target_mean_cost: float,
+    groups: np.ndarray | None = None,
+    fixed: np.ndarray | None = None,
+) -> Recalibrated:
+    """λ whose estimated realised mean cost on recent traffic is the target, and that estimate.
 
     `pred` and `expected_cost` are (n, k) as the router saw them, `served` the tier each prompt got and
     `realised_cost` what it cost (NaN where no outcome came back). A candidate λ's spend is estimated per prompt
@@ -86,7 +108,9 @@ def recalibrated_lambda(
     The ratios come from the prompts with a realised cost only: counting the others at their expected cost would pull
     every ratio toward 1. With `groups` (a label per prompt, e.g. novel or not), ratios are per group and tier, since
     prompts of another kind may answer at other lengths. A (group, tier) with fewer than 10 outcomes takes its
-    group's ratio, a group with fewer than 10 the overall one.
+    group's ratio, a group with fewer than 10 the overall one. `fixed` (a tier index a prompt, −1 where λ decides):
+    the prompts whose tier no λ changes, such as the fallback's for a prompt unlike the training prompts (the tier
+    served), counted at that tier for every candidate λ.
     """
     rows = np.arange(len(served))
     exp_served = expected_cost[rows, served]
@@ -110,7 +134,8 @@ def recalibrated_lambda(
             scale[in_g, j] = ratio(in_g & (served == j), group_ratio)
     paid = expected_cost * scale
     paid[rows[seen], served[seen]] = realised_cost[seen]
-    return lambda_for_cost(pred, expected_cost, target_mean_cost, paid)
+    lam = lambda_for_cost(pred, expected_cost, target_mean_cost, paid, fixed=fixed)
+    return Recalibrated(lam, mean_spend(pred, expected_cost, paid, lam, fixed))
 
 
 def cost_check(realised: np.ndarray, expected: np.ndarray, ratio_limit: float, min_n: int) -> Check:

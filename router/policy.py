@@ -76,24 +76,36 @@ def lambda_reaching(
     return best_lam
 
 
+def mean_spend(
+    quality: np.ndarray, cost: np.ndarray, paid: np.ndarray, lam: float, fixed: np.ndarray | None = None
+) -> float:
+    """The mean of `paid` over the tiers λ = `lam` picks (on predicted `quality` and expected `cost`); where `fixed`
+    (a tier index a prompt, −1 where λ decides) names a tier, that tier whatever λ."""
+    choice = tradeoff(quality, cost, lam)
+    if fixed is not None:
+        choice = np.where(fixed >= 0, fixed, choice)
+    return float(paid[np.arange(len(quality)), choice].mean())
+
+
 def lambda_for_cost(
     quality: np.ndarray,
     cost: np.ndarray,
     target_cost_usd: float,
     realised_cost: np.ndarray | None = None,
     iters: int = 60,
+    fixed: np.ndarray | None = None,
 ) -> float:
     """The smallest knob lam whose mean cost is at most `target_cost_usd` (bisection on a log scale).
 
     Decisions use the expected `cost`; the spend is measured on `realised_cost` when given (the
-    logged costs of held-out prompts), else on the expected cost.
+    logged costs of held-out prompts), else on the expected cost. `fixed`: the prompts whose tier λ does not
+    choose (the service's fallback for a prompt unlike the training prompts), as in `mean_spend`.
     """
     quality, cost = np.atleast_2d(quality), np.atleast_2d(cost)
     paid = cost if realised_cost is None else np.atleast_2d(realised_cost)
-    rows = np.arange(len(quality))
 
     def spend(lam: float) -> float:
-        return float(paid[rows, tradeoff(quality, cost, lam)].mean())
+        return mean_spend(quality, cost, paid, lam, fixed)
 
     if spend(0.0) <= target_cost_usd:
         return 0.0
@@ -101,7 +113,15 @@ def lambda_for_cost(
     while spend(hi) > target_cost_usd:
         hi *= 10
         if hi > 1e15:
-            raise ValueError(f"no knob reaches a mean cost of {target_cost_usd}; the cheapest tier costs more")
+            why = (
+                "the cheapest tier costs more"
+                if fixed is None or not (fixed >= 0).any()
+                else (
+                    f"the cheapest tier costs more, with the {int((fixed >= 0).sum())} prompts whose tier is fixed "
+                    "(the fallback for prompts unlike the training prompts) at theirs"
+                )
+            )
+            raise ValueError(f"no knob reaches a mean cost of {target_cost_usd:.6g}; {why}")
     for _ in range(iters):
         mid = float(np.sqrt(lo * hi))
         lo, hi = (lo, mid) if spend(mid) <= target_cost_usd else (mid, hi)

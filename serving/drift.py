@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from infra.settings import Settings
 from infra.store import Store, decisions, outcomes, tier_values
-from router.drift import Check, cost_check, novelty_check, quality_check, recalibrated_lambda
+from router.drift import Check, cost_check, novelty_check, quality_check, recalibrate
 from serving.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -168,9 +168,17 @@ def suggest_cost_weight(
             decisions=n,
             detail=f"only {n} recent decisions carry per-tier predictions and costs; need 30",
         )
+    # A novel prompt gets the fallback's tier whatever λ is (the tier it was served): counted there for every λ.
+    fixed = np.where(novel, served, -1)
     try:
-        lam = recalibrated_lambda(
-            np.array(pred), np.array(cost), np.array(served), np.array(paid), target_mean_cost_usd, np.array(novel)
+        found = recalibrate(
+            np.array(pred),
+            np.array(cost),
+            np.array(served),
+            np.array(paid),
+            target_mean_cost_usd,
+            np.array(novel),
+            fixed,
         )
     except ValueError as exc:
         return Recalibration(
@@ -178,10 +186,12 @@ def suggest_cost_weight(
         )
     return Recalibration(
         target_mean_cost_usd=target_mean_cost_usd,
-        cost_weight_per_usd=lam,
+        cost_weight_per_usd=found.cost_weight,
         decisions=n,
-        detail=f'on the newest {n} decisions, "cost_weight_per_usd": {lam:.6g} would have cost '
-        f"${target_mean_cost_usd:.6g} per request on average; `tierwise calibrate --from-store` sets it"
+        detail=f'on the newest {n} decisions, "cost_weight_per_usd": {found.cost_weight:.6g} would have cost '
+        f"${found.mean_cost:.6g} per request on average (asked: ${target_mean_cost_usd:.6g})"
+        + (f", {int(np.sum(novel))} of them at the fallback's tier for novel prompts" if any(novel) else "")
+        + "; send it as the request's cost_weight_per_usd, or store an operating point with `tierwise calibrate`"
         + (
             f" (only {n} of the {window} decisions a recalibration should see: the λ may miss the mean cost by "
             "more than 5%)"

@@ -33,7 +33,7 @@ def traffic_from_store(s: Settings, tier_names: list[str], since_days: float | N
     since = datetime.now(UTC) - timedelta(days=since_days) if since_days else None
     store = open_store(s)
     try:
-        traffic = load_traffic(store, tier_names, since)
+        traffic = load_traffic(store, tier_names, since, novelty_limit=s.novelty_limit)
     finally:
         store.dispose()
     if not len(traffic.logged):

@@ -10,6 +10,7 @@ skipped and counted, so the report can say what the estimate stands on, naming a
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,6 +38,18 @@ class LoggedTraffic:
     # Per decision, the input tokens its caller counted and routing priced (None: estimated from the prompt).
     input_tokens: list[int | None] = field(default_factory=list)
     explored: int = 0  # decisions whose tier was drawn by exploration, not the policy's own choice
+    # Per decision, the prompt's novelty as routed (NaN: not recorded), and the service's limit past which a prompt
+    # gets the fallback's tier whatever the operating point (None: no fallback).
+    novelty: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    novelty_limit: float | None = None
+
+    def fixed_tiers(self) -> np.ndarray:
+        """Per decision, the tier no operating point changes (−1 where the operating point decides): the one served to a
+        prompt past the novelty limit (the fallback's; such decisions never explore)."""
+        if self.novelty_limit is None or len(self.novelty) != len(self.logged):
+            return np.full(len(self.logged), -1)
+        novel = np.nan_to_num(self.novelty, nan=-np.inf) >= self.novelty_limit
+        return np.where(novel, self.logged.action, -1)
 
     def describe(self) -> str:
         skipped = ", ".join(f"{n} {why}" for why, n in self.skipped.items() if n) or "none"
@@ -48,8 +61,15 @@ class LoggedTraffic:
         )
 
 
-def load_traffic(store: Store, names: list[str], since: datetime | None = None, limit: int = 200_000) -> LoggedTraffic:
-    """The newest `limit` decisions with an outcome (since `since`), as arrays in the order of tier `names`."""
+def load_traffic(
+    store: Store,
+    names: list[str],
+    since: datetime | None = None,
+    limit: int = 200_000,
+    novelty_limit: float | None = None,
+) -> LoggedTraffic:
+    """The newest `limit` decisions with an outcome (since `since`), as arrays in the order of tier `names`;
+    `novelty_limit`: the service's (LoggedTraffic.fixed_tiers)."""
     latest = (
         sa.select(outcomes.c.decision_id, sa.func.max(outcomes.c.created_at).label("at"))
         .where(outcomes.c.decision_id.is_not(None))
@@ -67,6 +87,7 @@ def load_traffic(store: Store, names: list[str], since: datetime | None = None, 
             decisions.c.expected_costs,
             decisions.c.input_tokens,
             decisions.c.explored,
+            decisions.c.novelty,
             decisions.c.model.label("routed_model"),
             outcomes.c.model.label("answered_model"),
             outcomes.c.score,
@@ -99,6 +120,7 @@ def load_traffic(store: Store, names: list[str], since: datetime | None = None, 
     prompts: list[str | None] = []
     versions: list[str] = []
     counted: list[int | None] = []
+    novelty: list[float] = []
     for r in rows:
         if r.propensities is None or r.predicted_quality is None or r.expected_costs is None:
             skipped["without propensities (logged before migration 0003)"] += 1
@@ -123,6 +145,7 @@ def load_traffic(store: Store, names: list[str], since: datetime | None = None, 
         prompts.append(None if r.prompt is None or r.prompt == NOT_STORED else r.prompt)
         versions.append(r.router_version)
         counted.append(r.input_tokens)
+        novelty.append(float(r.novelty) if r.novelty is not None else math.nan)
     k = len(names)
     action = np.array([x[0] for x in keep], dtype=int)
     mu_arr = np.array([x[1] for x in keep], dtype=float).reshape(-1, k)
@@ -136,4 +159,6 @@ def load_traffic(store: Store, names: list[str], since: datetime | None = None, 
         logging_probs=mu_arr,
     )
     named = {f"{why} (e.g. decision {unusable[why]})" if why in unusable else why: n for why, n in skipped.items()}
-    return LoggedTraffic(logged, prompts, versions, names, named, counted, explored)
+    return LoggedTraffic(
+        logged, prompts, versions, names, named, counted, explored, np.array(novelty, dtype=float), novelty_limit
+    )

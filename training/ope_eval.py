@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from router.drift import recalibrate
 from router.ope import MIN_LOGGED, LoggedDecisions, PolicyEstimate, Unsupported, compare, estimate, one_hot
 from router.policy import lambda_for_cost, lambda_grid, tradeoff
 from router.routing import Router
@@ -31,11 +32,21 @@ class Refusal:
 Row = PolicyEstimate | Refusal
 
 
-def lambda_for_share(logged: LoggedDecisions, share: float) -> float:
-    """λ whose mean expected cost on the logged decisions is `share` of always-top's."""
+def lambda_for_share(logged: LoggedDecisions, share: float, fixed: np.ndarray | None = None) -> float:
+    """λ whose mean expected cost on the logged decisions is `share` of always-top's (`fixed`: the decisions whose
+    tier no λ changes, LoggedTraffic.fixed_tiers)."""
     top = int(np.argmax(logged.predicted_cost.mean(axis=0)))
     budget = share * float(logged.predicted_cost[:, top].mean())
-    return lambda_for_cost(logged.predicted_quality, logged.predicted_cost, budget)
+    return lambda_for_cost(logged.predicted_quality, logged.predicted_cost, budget, fixed=fixed)
+
+
+def choices_at(traffic: LoggedTraffic, lam: float) -> np.ndarray:
+    """The tier the logged model picks for each logged decision at λ, as the service would: the fallback's tier where
+    the prompt was past the novelty limit (LoggedTraffic.fixed_tiers), whatever λ."""
+    logged = traffic.logged
+    return np.asarray(
+        np.where(fixed := traffic.fixed_tiers(), fixed, tradeoff(logged.predicted_quality, logged.predicted_cost, lam))
+    )
 
 
 def _try(name: str, target: np.ndarray, logged: LoggedDecisions, names: Sequence[str], n_boot: int, seed: int) -> Row:
@@ -60,9 +71,11 @@ def candidate_policy(router: Router, traffic: LoggedTraffic, target: float) -> t
     kept = [(p, n) for p, n in zip(traffic.prompts, counts, strict=True) if p is not None]
     prompts = [p for p, _ in kept]
     # Priced as the service priced each logged decision: at the input its caller counted, else the prompt's estimate.
-    quality, cost = router.score(prompts, tokens_in=[n for _, n in kept])
+    quality, cost, novelty = router.assess(prompts, tokens_in=[n for _, n in kept])
     t, lam = router.knob(None, None, target)  # the candidate's own default operating point, as the service uses it
-    choices = np.array([d.tier_index for d in router.decide(quality, cost, t, cost_weight=lam)])
+    # As the service would serve them: a prompt past the novelty limit gets the fallback's tier.
+    decided = router.decide(quality, cost, t, cost_weight=lam, novelty=novelty, novelty_limit=traffic.novelty_limit)
+    choices = np.array([d.tier_index for d in decided])
     sub = traffic.logged.take(have).with_predictions(quality, cost)
     return one_hot(choices, len(traffic.names)), sub
 
@@ -84,8 +97,9 @@ def evaluate_traffic(
     top = int(np.argmax(logged.predicted_cost.mean(axis=0)))
     top_cost = float(logged.predicted_cost[:, top].mean())
     rows_idx = np.arange(len(logged))
-    for lam in sorted({lambda_for_share(logged, s) for s in shares} | set(lambdas)):
-        choice = tradeoff(logged.predicted_quality, logged.predicted_cost, lam)
+    fixed = traffic.fixed_tiers()
+    for lam in sorted({lambda_for_share(logged, s, fixed) for s in shares} | set(lambdas)):
+        choice = choices_at(traffic, lam)
         share = float(logged.predicted_cost[rows_idx, choice].mean()) / top_cost
         name = f"logged model at λ={lam:.4g} (expected cost {share:.0%} of top tier's)"
         rows.append(_try(name, one_hot(choice, len(names)), logged, names, n_boot, seed))
@@ -129,28 +143,43 @@ def format_rows(rows: Sequence[Row]) -> str:
 def calibrate_traffic(traffic: LoggedTraffic, mean_cost_usd: float, n_boot: int = 1000, seed: int = 0) -> str:
     """λ whose estimated realised mean cost on the logged traffic is at most `mean_cost_usd`, with its quality.
 
-    Realised cost is estimated by DR where the log supports the policy (exploration); where it does not, the
-    only honest statement is about expected cost, and the answer says so.
+    Each λ's choices are the service's: a prompt past the novelty limit keeps the fallback's tier (`choices_at`).
+    Realised cost is estimated by DR while the log supports the policies (exploration); from the first λ it does
+    not, by the service's recalibration (router.drift.recalibrate, what `GET /admin/drift` suggests): expected costs
+    scaled by the realised / expected cost ratio of each tier served, novel and familiar prompts apart.
     """
     logged, names = traffic.logged, traffic.names
     best: tuple[float, float, str] | None = None
     for lam in lambda_grid(logged.predicted_cost):
         if lam < 0:
             continue
-        choice = tradeoff(logged.predicted_quality, logged.predicted_cost, float(lam))
-        probs = one_hot(choice, len(names))
         try:
-            est = estimate("λ", probs, logged, names, n_boot=2, seed=seed)
-            cost, how = est.cost.dr.value, "DR estimate of realised cost"
+            est = estimate(
+                "λ", one_hot(choices_at(traffic, float(lam)), len(names)), logged, names, n_boot=2, seed=seed
+            )
         except Unsupported:
-            cost, how = float(logged.predicted_cost[np.arange(len(logged)), choice].mean()), "expected cost only"
-        if cost <= mean_cost_usd:
-            best = (float(lam), cost, how)
+            break  # no DR estimate from here: the ratio estimate below
+        if est.cost.dr.value <= mean_cost_usd:
+            best = (float(lam), est.cost.dr.value, "DR estimate of realised cost")
             break
     if best is None:
-        raise ValueError(f"no λ reaches a mean cost of ${mean_cost_usd:.6g} on the logged traffic")
+        fixed = traffic.fixed_tiers()
+        try:
+            found = recalibrate(
+                logged.predicted_quality,
+                logged.predicted_cost,
+                logged.action,
+                logged.cost,
+                mean_cost_usd,
+                groups=fixed >= 0,
+                fixed=fixed,
+            )
+        except ValueError as exc:
+            raise ValueError(f"no λ reaches a mean cost of ${mean_cost_usd:.6g} on the logged traffic: {exc}") from None
+        how = "estimated from the realised / expected cost ratio of each tier served: no exploration supports DR"
+        best = (found.cost_weight, found.mean_cost, how)
     lam, cost, how = best
-    choice = tradeoff(logged.predicted_quality, logged.predicted_cost, lam)
+    choice = choices_at(traffic, lam)
     probs = one_hot(choice, len(names))
     shares = ", ".join(f"{n} {(choice == j).mean():.1%}" for j, n in enumerate(names))
     lines = [f'"cost_weight_per_usd": {lam:.6g} in /route', f"on {traffic.describe()}"]
@@ -162,7 +191,7 @@ def calibrate_traffic(traffic: LoggedTraffic, mean_cost_usd: float, n_boot: int 
             f"mean cost ${c.value:.6g} [${c.low:.6g}, ${c.high:.6g}]; ESS {est.quality.ess:.0f}; {shares}"
         )
     except Unsupported as exc:
-        lines.append(f"mean expected cost ${cost:.6g} ({how}); {shares}")
+        lines.append(f"mean cost ${cost:.6g} ({how}); {shares}")
         lines.append(f"no estimate of realised quality or cost: {exc}")
     return "\n".join(lines)
 

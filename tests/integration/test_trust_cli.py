@@ -30,18 +30,32 @@ runner = CliRunner()
 NAMES = ["main", "mid", "brain"]
 
 
-def fill_store(url: str, epsilon: float, n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Log n decisions (ε-greedy around a noisy model) with outcomes; return the true scores and costs per tier."""
+def fill_store(
+    url: str,
+    epsilon: float,
+    n: int = 300,
+    seed: int = 0,
+    cost_factor: float = 1.0,
+    novel: np.ndarray | None = None,
+    pred_out: list[np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Log n decisions (ε-greedy around a noisy model) with outcomes; return the true scores and costs per tier.
+    `cost_factor`: each outcome costs that many times its expected cost (the cost drifted). `novel`: the prompts past
+    the novelty limit, served brain by the fallback (novelty 1.0, never explored). `pred_out` receives the
+    predictions logged."""
     rng = np.random.default_rng(seed)
     table = pivot_log(make_log(n, seed=seed), parse_tiers(TIERS_TOML))
     scores, costs = table.scores, table.costs
     pred = np.clip(scores * 0.6 + 0.2 + rng.normal(0, 0.1, scores.shape), 0, 1)
+    if pred_out is not None:
+        pred_out.append(pred)
     store = Store(url)
     store.migrate()
     rows, outs = [], []
     for i, prompt in enumerate(table.prompts["prompt"]):
-        choice = int(np.argmax(pred[i] - 200 * costs[i]))
-        mu = exploration_probs(choice, np.ones(3, bool), epsilon)
+        fallback = novel is not None and bool(novel[i])
+        choice = 2 if fallback else int(np.argmax(pred[i] - 200 * costs[i]))
+        mu = exploration_probs(choice, np.ones(3, bool), 0.0 if fallback else epsilon)
         a = int(rng.choice(3, p=mu))
         rows.append(
             DecisionRow(
@@ -57,6 +71,7 @@ def fill_store(url: str, epsilon: float, n: int = 300, seed: int = 0) -> tuple[n
                 predicted_quality=dict(zip(NAMES, map(float, pred[i]), strict=True)),
                 propensities=dict(zip(NAMES, map(float, mu), strict=True)),
                 expected_costs=dict(zip(NAMES, map(float, costs[i]), strict=True)),
+                novelty=1.0 if fallback else 0.5,
             )
         )
         outs.append(
@@ -66,7 +81,7 @@ def fill_store(url: str, epsilon: float, n: int = 300, seed: int = 0) -> tuple[n
                 prompt=prompt,
                 model=rows[-1].model,
                 score=scores[i, a],
-                cost_usd=costs[i, a],
+                cost_usd=costs[i, a] * cost_factor,
             )
         )
     store.record_decisions(rows)
@@ -120,6 +135,25 @@ def test_calibrate_from_store(env: str) -> None:
     assert '"cost_weight_per_usd":' in res.output and "estimated (DR, 95% CI)" in res.output
     res = runner.invoke(cli.app, ["calibrate", "--from-store", "--top-share", "0.2"])
     assert res.exit_code == 2 and "--mean-cost-usd" in res.output
+
+
+@pytest.mark.parametrize("epsilon", [0.0, 0.1])
+def test_calibrate_from_store_keeps_its_promise_when_costs_drifted_and_novel_prompts_fall_back(
+    env: str, epsilon: float
+) -> None:
+    """Outcomes cost twice what was expected, and a fifth of the prompts were past the novelty limit (the fallback
+    serves them brain whatever λ): the λ printed must spend what was asked as the service routes. It assumed every
+    prompt followed λ and, without exploration, priced it at expected cost: about twice the promise (review)."""
+    novel = np.random.default_rng(5).random(300) < 0.2
+    logged: list[np.ndarray] = []
+    _, costs = fill_store(env, epsilon=epsilon, cost_factor=2.0, novel=novel, pred_out=logged)
+    budget = 2.0 * float(np.where(novel, costs[:, 2], costs[:, 1]).mean())  # realised: mid for the familiar ones
+    res = runner.invoke(cli.app, ["calibrate", "--from-store", "--mean-cost-usd", str(budget)])
+    assert res.exit_code == 0, res.output
+    lam = float(res.output.split('"cost_weight_per_usd": ')[1].split()[0])
+    choice = np.where(novel, 2, np.argmax(logged[0] - lam * costs, axis=1))
+    spent = float((2.0 * costs[np.arange(300), choice]).mean())
+    assert 0.85 * budget <= spent <= 1.05 * budget, (lam, spent / budget, res.output)
 
 
 def test_empty_store_is_one_line(env: str) -> None:

@@ -244,6 +244,10 @@ def test_admin_drift_suggests_lambda_for_a_mean_cost(trusted: Callable[..., Test
     r = client.get(f"/admin/drift?mean_cost_usd={mean / 2}", headers=A).json()["recalibration"]
     assert r["decisions"] == 100 and r["cost_weight_per_usd"] is not None and r["cost_weight_per_usd"] > 0, r
     assert client.get("/admin/drift?mean_cost_usd=-1", headers=A).status_code == 422
+    # More than any λ spends: λ 0, and the detail says what λ 0 would have cost, not the sum asked (review finding).
+    rich = client.get("/admin/drift?mean_cost_usd=1e300", headers=A).json()["recalibration"]
+    assert rich["cost_weight_per_usd"] == 0, rich
+    assert "would have cost $1e+300" not in rich["detail"] and "asked: $1e+300" in rich["detail"], rich
 
 
 def test_admin_drift_recalibrates_on_its_own_window_not_the_checks(trusted: Callable[..., TestClient]) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from router.boosting import NotFittedError
-from router.drift import cost_check, novelty_check, quality_check, recalibrated_lambda
+from router.drift import cost_check, novelty_check, quality_check, recalibrate, recalibrated_lambda
 from router.novelty import NoveltyReference, window_shift_z
 from router.policy import tradeoff
 
@@ -119,6 +119,32 @@ def test_recalibrated_lambda_meets_a_mean_cost_when_novel_prompts_cost_more() ->
     pooled = spend(recalibrated_lambda(pred, expected, served, paid, target))
     assert abs(grouped / target - 1) < 0.02
     assert abs(pooled / target - 1) > 0.1
+
+
+def test_recalibration_counts_the_fallbacks_tier_whatever_lambda_and_reports_its_spend() -> None:
+    """A fifth of the prompts were past the novelty limit: the service serves them the dear tier whatever λ is. A λ
+    fitted as if λ chose for them too spent 1.2x the target here (1.5x in a review's run) on the service (review finding)."""
+    rng = np.random.default_rng(1)
+    n = 3000
+    base = rng.random(n)
+    pred = np.stack([base, np.clip(base + 0.3 * rng.random(n), 0, 1)], axis=1)
+    expected = np.stack([np.full(n, 1.0), np.full(n, 10.0)], axis=1) * 1e-4
+    novel = rng.random(n) < 0.2
+    served = np.where(novel, 1, tradeoff(pred, expected, 500.0))
+    paid = expected[np.arange(n), served]
+    fixed = np.where(novel, 1, -1)
+    target = 5e-4
+
+    def served_spend(lam: float) -> float:  # as the service routes: the fallback's tier for the novel prompts
+        return float(expected[np.arange(n), np.where(novel, 1, tradeoff(pred, expected, lam))].mean())
+
+    found = recalibrate(pred, expected, served, paid, target, novel, fixed)
+    assert abs(served_spend(found.cost_weight) / target - 1) < 0.02
+    assert found.mean_cost == pytest.approx(served_spend(found.cost_weight))
+    assert served_spend(recalibrated_lambda(pred, expected, served, paid, target, novel)) > 1.1 * target
+    # A target above what λ = 0 spends: λ = 0, and the spend reported is its own, not the target.
+    rich = recalibrate(pred, expected, served, paid, 1.0, novel, fixed)
+    assert rich.cost_weight == 0.0 and rich.mean_cost == pytest.approx(served_spend(0.0))
 
 
 def test_recalibrated_lambda_spends_the_realised_cost_where_lambda_keeps_the_served_tier() -> None:
