@@ -120,6 +120,16 @@ def test_evaluate_from_store_with_exploration(env: str) -> None:
     assert "refused" not in out
 
 
+def test_evaluate_from_store_judges_operating_points_with_the_novelty_fallback(env: str) -> None:
+    """The prompts past the novelty limit were served brain and never explored: another operating point serves them
+    brain too, so it is estimable. Judged as if λ chose for them, every operating point was refused (no support)."""
+    fill_store(env, epsilon=0.3, novel=np.random.default_rng(5).random(300) < 0.2)
+    res = runner.invoke(cli.app, ["evaluate", "--from-store"])
+    assert res.exit_code == 0, res.output
+    points = [line for line in res.output.splitlines() if line.startswith("logged model at λ=")]
+    assert len(points) >= 2 and not any("refused" in line for line in points), res.output
+
+
 def test_evaluate_from_store_refuses_what_the_log_cannot_support(env: str) -> None:
     fill_store(env, epsilon=0.0)
     res = runner.invoke(cli.app, ["evaluate", "--from-store"])
