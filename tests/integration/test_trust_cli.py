@@ -390,3 +390,26 @@ def test_the_gate_abstains_on_a_log_too_small_for_any_estimate(env: str) -> None
     fill_store(env, epsilon=0.3, n=12)
     check = ope_check(candidate, load_traffic(Store(env), NAMES), 0.7, min_decisions=5, max_loss=0.01, n_boot=20)
     assert check.passed is None and "need at least 30" in check.detail, check.detail
+
+
+def test_a_candidate_is_judged_with_its_own_novelty_fallback(env: str) -> None:
+    """The service serves a prompt past the novelty limit the fallback's tier: a candidate judged on logged traffic
+    must be too, or the gate judges a policy the service would never run (review finding)."""
+    from dataclasses import replace
+
+    from router.features import featurize
+    from router.novelty import NoveltyReference
+
+    fill_store(env, epsilon=0.3, n=60)
+    candidate = candidate_router(20)
+    prompts = list(pivot_log(make_log(300, seed=1), parse_tiers(TIERS_TOML)).prompts["prompt"])
+    X = featurize(prompts, candidate.artifact.features, candidate.embedder)
+    reference = NoveltyReference(n_reference=100).fit(X[:, : candidate.embedder.dim])
+    novel_aware = Router(replace(candidate.artifact, novelty=reference), candidate.tiers, candidate.embedder)
+    store = Store(env)
+    everything_novel = load_traffic(store, NAMES, novelty_limit=0.0)  # every prompt is past a limit of 0
+    probs, _ = candidate_policy(novel_aware, everything_novel, 0.7)
+    assert (probs.argmax(axis=1) == NAMES.index("brain")).all(), probs.argmax(axis=1)
+    plain, _ = candidate_policy(novel_aware, load_traffic(store, NAMES), 0.7)
+    assert (plain.argmax(axis=1) != NAMES.index("brain")).any()  # without the limit, the candidate's own choices
+    store.dispose()
