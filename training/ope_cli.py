@@ -37,7 +37,12 @@ def traffic_from_store(s: Settings, tier_names: list[str], since_days: float | N
     finally:
         store.dispose()
     if not len(traffic.logged):
-        skipped = "; ".join(f"{n} {why}" for why, n in traffic.skipped.items()) or "no decision has an outcome"
+        none = (
+            "no decision has an outcome"
+            if since is None
+            else f"no decision since {since:%Y-%m-%d %H:%M:%S} UTC has one"
+        )
+        skipped = "; ".join(f"{n} {why}" for why, n in traffic.skipped.items()) or none
         raise ValueError(f"the store holds no logged decisions with outcomes and propensities to evaluate ({skipped})")
     return traffic
 

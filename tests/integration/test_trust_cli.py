@@ -413,3 +413,9 @@ def test_a_candidate_is_judged_with_its_own_novelty_fallback(env: str) -> None:
     plain, _ = candidate_policy(novel_aware, load_traffic(store, NAMES), 0.7)
     assert (plain.argmax(axis=1) != NAMES.index("brain")).any()  # without the limit, the candidate's own choices
     store.dispose()
+
+
+def test_calibrate_from_store_with_since_days_says_nothing_is_that_recent(env: str) -> None:
+    fill_store(env, epsilon=0.3, n=40)
+    res = runner.invoke(cli.app, ["calibrate", "--from-store", "--mean-cost-usd", "0.001", "--since-days", "1e-7"])
+    assert res.exit_code == 2 and "no decision since" in res.output and "has an outcome" not in res.output, res.output
