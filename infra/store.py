@@ -746,7 +746,7 @@ def _take_migration_lock(conn: Connection, wait_s: float = MIGRATION_WAIT_S, pol
         if took:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"another migration of this database has run for over {wait_s:.0f} s; try again later")
+            raise TimeoutError(f"another migration of this schema has run for over {wait_s:.0f} s; try again later")
         time.sleep(poll_s)
 
 

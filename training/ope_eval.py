@@ -43,10 +43,8 @@ def lambda_for_share(logged: LoggedDecisions, share: float, fixed: np.ndarray | 
 def choices_at(traffic: LoggedTraffic, lam: float) -> np.ndarray:
     """The tier the logged model picks for each logged decision at λ, as the service would: the fallback's tier where
     the prompt was past the novelty limit (LoggedTraffic.fixed_tiers), whatever λ."""
-    logged = traffic.logged
-    return np.asarray(
-        np.where(fixed := traffic.fixed_tiers(), fixed, tradeoff(logged.predicted_quality, logged.predicted_cost, lam))
-    )
+    logged, fixed = traffic.logged, traffic.fixed_tiers()
+    return np.asarray(np.where(fixed >= 0, fixed, tradeoff(logged.predicted_quality, logged.predicted_cost, lam)))
 
 
 def _try(name: str, target: np.ndarray, logged: LoggedDecisions, names: Sequence[str], n_boot: int, seed: int) -> Row:
@@ -182,7 +180,7 @@ def calibrate_traffic(traffic: LoggedTraffic, mean_cost_usd: float, n_boot: int 
     choice = choices_at(traffic, lam)
     probs = one_hot(choice, len(names))
     shares = ", ".join(f"{n} {(choice == j).mean():.1%}" for j, n in enumerate(names))
-    lines = [f'"cost_weight_per_usd": {lam:.6g} in /route', f"on {traffic.describe()}"]
+    lines = [f'"cost_weight_per_usd": {lam:.10g} in /route', f"on {traffic.describe()}"]
     try:
         est = estimate("λ", probs, logged, names, n_boot=n_boot, seed=seed)
         q, c = est.quality.dr, est.cost.dr
