@@ -123,7 +123,7 @@ def test_recalibrated_lambda_meets_a_mean_cost_when_novel_prompts_cost_more() ->
 
 def test_recalibration_counts_the_fallbacks_tier_whatever_lambda_and_reports_its_spend() -> None:
     """A fifth of the prompts were past the novelty limit: the service serves them the dear tier whatever λ is. A λ
-    fitted as if λ chose for them too spent 1.2x the target here (1.5x in a review's run) on the service (review finding)."""
+    fitted as if λ chose for them too spent 1.2x the target on the service here (1.5x in a review's run)."""
     rng = np.random.default_rng(1)
     n = 3000
     base = rng.random(n)
