@@ -164,7 +164,9 @@ def simulate(
         paid = w.sc.costs[new][np.arange(recents[0]), served]
         try:
             novel = w.novelty[new] >= OOD_NOVELTY
-            lam_fb = recalibrated_lambda(w.sc.pred[new], w.sc.cost[new], served, paid, w.promise, novel)
+            # The fallback serves the novel prompts their tier whatever λ: counted there for every λ (as the service).
+            fixed = np.where(novel, served, -1)
+            lam_fb = recalibrated_lambda(w.sc.pred[new], w.sc.cost[new], served, paid, w.promise, novel, fixed)
             recal_err_fallback.append(w.traffic_cost(f, lam_fb, True) / w.promise - 1)
         except ValueError:
             recal_err_fallback.append(float("inf"))
