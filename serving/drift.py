@@ -191,7 +191,8 @@ def suggest_cost_weight(
         detail=f'on the newest {n} decisions, "cost_weight_per_usd": {found.cost_weight:.6g} would have cost '
         f"${found.mean_cost:.6g} per request on average (asked: ${target_mean_cost_usd:.6g})"
         + (f", {int(np.sum(novel))} of them at the fallback's tier for novel prompts" if any(novel) else "")
-        + "; send it as the request's cost_weight_per_usd, or store an operating point with `tierwise calibrate`"
+        + "; send it as the requests' cost_weight_per_usd (`tierwise calibrate --from-store --mean-cost-usd` "
+        "fits it on all logged traffic, with intervals where it explored)"
         + (
             f" (only {n} of the {window} decisions a recalibration should see: the λ may miss the mean cost by "
             "more than 5%)"
