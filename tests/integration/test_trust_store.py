@@ -702,6 +702,7 @@ def test_0007_waits_for_an_old_snapshot_past_the_stores_lock_timeout(
     monkeypatch.setattr(infra.store, "LOCK_WAIT_S", 0.5)
     store = Store(pg_url)
     alembic(store, "upgrade", "0006")
+    store.record_decisions([decision(1)])  # a store with decisions: built concurrently (a new one is not)
     other = sa.create_engine(pg_url)
     snapshot_held = threading.Event()
 
@@ -719,6 +720,25 @@ def test_0007_waits_for_an_old_snapshot_past_the_stores_lock_timeout(
     assert holding_index_valid(store) is True
     with store.engine.connect() as conn:  # the session's own lock_timeout is back
         assert conn.execute(sa.text("SHOW lock_timeout")).scalar_one() == "500ms"
+    store.dispose()
+    other.dispose()
+
+
+def test_a_new_store_migrates_without_waiting_for_other_transactions(pg_url: str) -> None:
+    # A concurrent build waits for every older snapshot in the database; a new store's empty table needs none.
+    other = sa.create_engine(pg_url)
+    with other.connect().execution_options(isolation_level="REPEATABLE READ") as conn, conn.begin():
+        conn.execute(sa.text("SELECT count(*) FROM pg_class"))  # a snapshot older than the migration, held
+        started = time.monotonic()
+        store = Store(pg_url)
+        done = threading.Event()
+        t = threading.Thread(target=lambda: (store.migrate(), done.set()), daemon=True)
+        t.start()
+        finished = done.wait(10)
+        elapsed = time.monotonic() - started
+    t.join(30)
+    assert finished and elapsed < 10, f"the migration waited for an unrelated transaction ({elapsed:.1f} s)"
+    assert holding_index_valid(store) is True
     store.dispose()
     other.dispose()
 

@@ -9,7 +9,7 @@ Revises: 0006
   expiry, i.e. nearly the whole table of a long-running service. The condition is `infra.store.HOLDING`, written
   out here as it was when this revision was made, and rendered by each dialect as the query renders it (a literal
   0: a plan made for any value of a parameter, PostgreSQL's generic plan, cannot use a partial index).
-- On PostgreSQL the index is built CONCURRENTLY, outside the revision's transaction: a plain CREATE INDEX blocks
+- On PostgreSQL a store with decisions has the index built CONCURRENTLY, outside the revision's transaction: a plain CREATE INDEX blocks
   every write to `decisions` (all /route calls of the replicas still serving) while it reads the whole table. A
   build killed midway leaves an invalid index behind, which this revision drops and builds again when it runs
   again (migrations run one at a time: infra.store.run_alembic).
@@ -30,6 +30,13 @@ HOLDING = sa.and_(sa.column("settled") == sa.false(), sa.column("reserved_usd") 
 def upgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         op.create_index(NAME, "decisions", ["created_at"], sqlite_where=HOLDING)
+        return
+    if op.get_bind().execute(sa.text("SELECT NOT EXISTS (SELECT 1 FROM decisions)")).scalar():
+        # A store without decisions (a new one): a plain build takes no time, and does not wait for the database's
+        # other transactions as a concurrent one does.
+        if _invalid_index_left(NAME):
+            op.drop_index(NAME, table_name="decisions")
+        op.create_index(NAME, "decisions", ["created_at"], postgresql_where=HOLDING)
         return
     with op.get_context().autocommit_block():
         bind = op.get_bind()
