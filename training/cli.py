@@ -423,7 +423,9 @@ def promote(
     typer.echo(f"{s.registered_model} version {version} is now '{s.model_alias}'")
 
 
-def _load_artifact(s: Settings, model_uri: str | None) -> RouterArtifact:
+def _load_artifact(s: Settings, model_uri: str | None, embedder: bool = True) -> RouterArtifact:
+    """The model `model_uri` names (a folder or a registry URI; default: the champion). With `embedder`, a registry
+    model's own embedder files are taken into the cache where it has none (the caller will embed)."""
     if model_uri and Path(model_uri).exists():
         from router.artifact import find_artifact
 
@@ -441,7 +443,7 @@ def _load_artifact(s: Settings, model_uri: str | None) -> RouterArtifact:
     try:
         with tempfile.TemporaryDirectory() as tmp:
             # The model's own embedder files where the cache has none (a host without torch cannot build them).
-            artifact, put = tracking.download_model(uri, Path(tmp), s.cache_dir / "onnx")
+            artifact, put = tracking.download_model(uri, Path(tmp), s.cache_dir / "onnx" if embedder else None)
     except Exception as exc:  # any registry failure is one line for the user
         _fail(f"cannot load model {uri} from {s.mlflow_tracking_uri}: {str(exc).rstrip('.')}. {_no_model_hint(s, uri)}")
         raise
@@ -716,7 +718,7 @@ def _store_tier_names(s: Settings) -> list[str]:
     """The tier order of the logged decisions: the tiers file's, else (no file) the champion's."""
     if _reads_tiers_file(s):
         return _load_tiers(s).names
-    return _load_artifact(s, None).tier_names
+    return _load_artifact(s, None, embedder=False).tier_names  # only its tier names: nothing to embed
 
 
 def _with_notes(exc: BaseException, message: str) -> str:
