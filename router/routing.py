@@ -136,7 +136,7 @@ class Router:
             return None
         return (
             f"the quality guarantee was calibrated with other models behind the tiers ({'; '.join(changed)}): "
-            "retrain the model (or `tierwise add-model`) to calibrate it for these"
+            "retrain the model to calibrate it for these (`tierwise add-model` makes a model without a guarantee)"
         )
 
     def calibration_cost(self, prompts: Sequence[str]) -> np.ndarray:
@@ -210,8 +210,9 @@ class Router:
                     f"{d.reason}",
                 )
             elif guarantee is not None:
-                if guarantee.cost_weight_per_usd is None:
-                    d = self.conservative(c, min_tier, max_cost_usd, share)
+                if guarantee.cost_weight_per_usd is None:  # "always the top tier": the top at calibration prices
+                    rank = None if guarantee_cost is None else guarantee_cost[i]
+                    d = self.conservative(c, min_tier, max_cost_usd, share, rank)
                 else:
                     d = decide(
                         q,
@@ -247,15 +248,22 @@ class Router:
         )
 
     def conservative(
-        self, cost: np.ndarray, min_tier: int = 0, max_cost_usd: float | None = None, budget_usd: float | None = None
+        self,
+        cost: np.ndarray,
+        min_tier: int = 0,
+        max_cost_usd: float | None = None,
+        budget_usd: float | None = None,
+        rank_cost: np.ndarray | None = None,
     ) -> Decision:
-        """The conservative choice for one prompt: the most expensive tier its constraints allow."""
+        """The conservative choice for one prompt: the most expensive tier its constraints allow (by `rank_cost`
+        when given, e.g. the prices a guarantee was calibrated at; `cost` still says what is allowed)."""
         c = np.asarray(cost, dtype=float)
+        r = c if rank_cost is None else np.asarray(rank_cost, dtype=float)
         mask = allowed_tiers(c, min_tier, max_cost_usd, budget_usd)
         if not mask.any():
             raise no_tier_fits(self.names, min_tier, max_cost_usd, budget_usd)
-        pick = int(np.argmax(np.where(mask, c, -np.inf)))
-        top = int(np.argmax(c))
+        pick = int(np.argmax(np.where(mask, r, -np.inf)))
+        top = int(np.argmax(r))
         why = (
             "the top tier" if pick == top else f"the most expensive tier the request allows ({self.names[top]} is not)"
         )

@@ -743,6 +743,18 @@ def test_a_new_store_migrates_without_waiting_for_other_transactions(pg_url: str
     other.dispose()
 
 
+def test_0007_on_an_empty_store_keeps_an_index_a_killed_run_finished(pg_url: str) -> None:
+    # A concurrent build that finished before its version was stamped (the process killed) leaves a valid index; on a
+    # store emptied since (a retention purge) the plain build failed every retry: "already exists" (review finding).
+    store = Store(pg_url)
+    alembic(store, "upgrade", "0006")
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE INDEX ix_decisions_holding ON decisions (created_at)")
+    store.migrate()
+    assert holding_index_valid(store) is True
+    store.dispose()
+
+
 def test_a_migration_in_another_schema_does_not_wait(pg_url: str) -> None:
     # The migration lock was one key for the whole database: a deployment in another schema waited behind it.
     store = Store(pg_url)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from router.artifact import RouterArtifact
+from router.policy import NoTierFits
 from router.schema import parse_tiers
 from router.text import prompt_tokens, token_estimate
 from serving.proxy.tokens import text_tokens
@@ -70,3 +71,22 @@ def test_a_guarantee_trades_quality_against_the_cost_scale_it_was_calibrated_on(
     [fits] = router.decide(quality, counted, 0.9, budget_usd=float(counted[0, 0]) + 1e-9, guarantee=point,
                            guarantee_cost=own)  # fmt: skip
     assert router.names[fits.tier_index] == "main"
+
+
+def test_an_always_the_top_tier_guarantee_means_the_top_at_the_calibration_prices() -> None:
+    """Where no λ was certified for an ε, the guarantee is "always the top tier": the tier that was dearest when it
+    was calibrated. It took the dearest at live prices, which a tiers file can make another tier (review finding)."""
+    from router.guarantee import OperatingPoint
+    from router.routing import Router
+
+    router = Router(_artifact())
+    point = OperatingPoint(0.01, 0.1, None, 500, 0.0, 1.0)
+    quality = np.array([[0.80, 0.97]])
+    calibrated = np.array([[0.0022, 0.0086]])  # brain was the top tier
+    live = np.array([[0.0022, 0.0010]])  # now brain costs less than main
+    [d] = router.decide(quality, live, 0.9, guarantee=point, guarantee_cost=calibrated)
+    assert router.names[d.tier_index] == "brain", d.reason
+    [capped] = router.decide(quality, live, 0.9, max_cost_usd=0.0015, guarantee=point, guarantee_cost=calibrated)
+    assert router.names[capped.tier_index] == "brain"  # what fits is the live cost: brain's $0.0010 does
+    with pytest.raises(NoTierFits):  # below every tier's live cost
+        router.decide(quality, live, 0.9, max_cost_usd=0.0005, guarantee=point, guarantee_cost=calibrated)

@@ -36,7 +36,7 @@ def upgrade() -> None:
         # other transactions as a concurrent one does.
         if _invalid_index_left(NAME):
             op.drop_index(NAME, table_name="decisions")
-        op.create_index(NAME, "decisions", ["created_at"], postgresql_where=HOLDING)
+        op.create_index(NAME, "decisions", ["created_at"], postgresql_where=HOLDING, if_not_exists=True)
         return
     with op.get_context().autocommit_block():
         bind = op.get_bind()
