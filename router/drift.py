@@ -69,6 +69,50 @@ def quality_check(tier: str, predicted: np.ndarray, realised: np.ndarray, gap_li
     )
 
 
+def fallback_tiers(
+    novelty: np.ndarray, limit: float | None, fell_back: np.ndarray, served: np.ndarray, expected_cost: np.ndarray
+) -> np.ndarray:
+    """Per logged decision, the tier the service now serves whatever λ (−1 where λ decides): a prompt whose novelty
+    reaches today's `limit` gets the fallback's tier, the one it was served if it took the fallback then (within that
+    request's limits), else the dearest tier by its expected costs (it was routed under another limit). NaN novelty
+    (not recorded) and no limit: λ decides."""
+    novel = np.zeros(len(served), dtype=bool)
+    if limit is not None:
+        novel = np.nan_to_num(np.asarray(novelty, dtype=float), nan=-np.inf) >= limit
+    dearest = np.argmax(expected_cost, axis=1) if len(served) else np.zeros(0, dtype=int)
+    return np.asarray(np.where(novel, np.where(fell_back, served, dearest), -1))
+
+
+def estimated_costs(
+    expected_cost: np.ndarray, served: np.ndarray, realised_cost: np.ndarray, groups: np.ndarray | None = None
+) -> np.ndarray:
+    """Each prompt's estimated realised cost on every tier (n, k), as `recalibrate` describes: the realised cost where
+    it is known, else the expected cost scaled by the realised / expected ratio of that (group and) tier."""
+    rows = np.arange(len(served))
+    exp_served = expected_cost[rows, served]
+    seen = np.isfinite(realised_cost)
+    labels = np.zeros(len(served), dtype=int) if groups is None else np.unique(groups, return_inverse=True)[1]
+
+    def ratio(m: np.ndarray, default: float) -> float:
+        m = m & seen
+        return (
+            float(realised_cost[m].sum() / exp_served[m].sum())
+            if m.sum() >= 10 and exp_served[m].sum() > 0
+            else default
+        )
+
+    overall = ratio(np.ones(len(served), dtype=bool), 1.0)
+    scale = np.ones_like(expected_cost, dtype=float)
+    for g in np.unique(labels):
+        in_g = labels == g
+        group_ratio = ratio(in_g, overall)
+        for j in range(expected_cost.shape[1]):
+            scale[in_g, j] = ratio(in_g & (served == j), group_ratio)
+    paid = expected_cost * scale
+    paid[rows[seen], served[seen]] = realised_cost[seen]
+    return np.asarray(paid)
+
+
 @dataclass(frozen=True)
 class Recalibrated:
     """A recalibrated λ and its estimated realised mean cost on the traffic it was set on."""
@@ -112,28 +156,7 @@ def recalibrate(
     the prompts whose tier no λ changes, such as the fallback's for a prompt unlike the training prompts (the tier
     served), counted at that tier for every candidate λ.
     """
-    rows = np.arange(len(served))
-    exp_served = expected_cost[rows, served]
-    seen = np.isfinite(realised_cost)
-    labels = np.zeros(len(served), dtype=int) if groups is None else np.unique(groups, return_inverse=True)[1]
-
-    def ratio(m: np.ndarray, default: float) -> float:
-        m = m & seen
-        return (
-            float(realised_cost[m].sum() / exp_served[m].sum())
-            if m.sum() >= 10 and exp_served[m].sum() > 0
-            else default
-        )
-
-    overall = ratio(np.ones(len(served), dtype=bool), 1.0)
-    scale = np.ones_like(expected_cost, dtype=float)
-    for g in np.unique(labels):
-        in_g = labels == g
-        group_ratio = ratio(in_g, overall)
-        for j in range(expected_cost.shape[1]):
-            scale[in_g, j] = ratio(in_g & (served == j), group_ratio)
-    paid = expected_cost * scale
-    paid[rows[seen], served[seen]] = realised_cost[seen]
+    paid = estimated_costs(expected_cost, served, realised_cost, groups)
     lam = lambda_for_cost(pred, expected_cost, target_mean_cost, paid, fixed=fixed)
     return Recalibrated(lam, mean_spend(pred, expected_cost, paid, lam, fixed))
 

@@ -23,6 +23,8 @@ NOVELTY_FORMAT = 1
 # A prompt farther out than this share of held-out training prompts is out of distribution (1% of in-distribution
 # prompts cross it, by construction); the router then falls back to its conservative choice.
 OOD_NOVELTY = 0.99
+OOD_REASON = "out of distribution"
+"""How the reason of a decision that took the fallback for a novel prompt begins (router.routing.Router.decide)."""
 _META, _REFERENCE = "novelty.json", "novelty_reference.npy"
 
 

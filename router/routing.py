@@ -14,7 +14,7 @@ from router.artifact import RouterArtifact
 from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
 from router.guarantee import OperatingPoint
-from router.novelty import OOD_NOVELTY
+from router.novelty import OOD_NOVELTY, OOD_REASON
 from router.policy import Decision, NoTierFits, allowed_tiers, decide, no_tier_fits, resolve_knob
 from router.schema import TiersConfig
 
@@ -205,7 +205,7 @@ class Router:
                 d = self.conservative(c, min_tier, max_cost_usd, share)
                 d = Decision(
                     d.tier_index,
-                    f"out of distribution: the prompt is farther from the training prompts than {novelty[i]:.1%} "
+                    f"{OOD_REASON}: the prompt is farther from the training prompts than {novelty[i]:.1%} "
                     f"of held-out training prompts (limit {novelty_limit:.1%}), so predictions are unreliable; "
                     f"{d.reason}",
                 )

@@ -20,7 +20,8 @@ from pydantic import BaseModel
 
 from infra.settings import Settings
 from infra.store import Store, decisions, outcomes, tier_values
-from router.drift import Check, cost_check, novelty_check, quality_check, recalibrate
+from router.drift import Check, cost_check, fallback_tiers, novelty_check, quality_check, recalibrate
+from router.novelty import OOD_REASON
 from serving.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -139,6 +140,7 @@ def suggest_cost_weight(
             decisions.c.expected_costs,
             outcomes.c.cost_usd,
             decisions.c.novelty,
+            decisions.c.reason,
             decisions.c.model.label("routed_model"),
             outcomes.c.model.label("answered_model"),
         )
@@ -148,9 +150,9 @@ def suggest_cost_weight(
         .limit(window)
     )
     names = runtime.tiers.names
-    pred, cost, served, paid, novel = [], [], [], [], []
+    pred, cost, served, paid, novelty, fell_back = [], [], [], [], [], []
     with store.engine.connect() as conn:
-        for tier, pq, ec, realised, nov, routed_model, answered_model in conn.execute(q):
+        for tier, pq, ec, realised, nov, reason, routed_model, answered_model in conn.execute(q):
             p, c = tier_values(pq, names), tier_values(ec, names)
             if p is None or c is None or tier not in names:
                 continue
@@ -159,7 +161,8 @@ def suggest_cost_weight(
             served.append(names.index(tier))
             answered = realised is not None and answered_model == routed_model
             paid.append(float(realised) if answered else math.nan)  # NaN: no outcome of the routed tier's model
-            novel.append(nov is not None and nov >= novelty_limit)
+            novelty.append(math.nan if nov is None else float(nov))
+            fell_back.append(str(reason or "").startswith(OOD_REASON))
     n = len(pred)
     if n < 30:
         return Recalibration(
@@ -168,8 +171,9 @@ def suggest_cost_weight(
             decisions=n,
             detail=f"only {n} recent decisions carry per-tier predictions and costs; need 30",
         )
-    # A novel prompt gets the fallback's tier whatever λ is (the tier it was served): counted there for every λ.
-    fixed = np.where(novel, served, -1)
+    # A novel prompt gets the fallback's tier whatever λ is: counted there for every λ.
+    fixed = fallback_tiers(np.array(novelty), novelty_limit, np.array(fell_back), np.array(served), np.array(cost))
+    novel = fixed >= 0
     try:
         found = recalibrate(
             np.array(pred),
@@ -177,7 +181,7 @@ def suggest_cost_weight(
             np.array(served),
             np.array(paid),
             target_mean_cost_usd,
-            np.array(novel),
+            novel,
             fixed,
         )
     except ValueError as exc:
@@ -190,7 +194,7 @@ def suggest_cost_weight(
         decisions=n,
         detail=f'on the newest {n} decisions, "cost_weight_per_usd": {found.cost_weight:.6g} would have cost '
         f"${found.mean_cost:.6g} per request on average (asked: ${target_mean_cost_usd:.6g})"
-        + (f", {int(np.sum(novel))} of them at the fallback's tier for novel prompts" if any(novel) else "")
+        + (f", {int(np.sum(novel))} of them at the fallback's tier for novel prompts" if novel.any() else "")
         + "; send it as the requests' cost_weight_per_usd (`tierwise calibrate --from-store --mean-cost-usd` "
         "fits it on all logged traffic, with intervals where it explored)"
         + (

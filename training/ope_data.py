@@ -20,6 +20,8 @@ import sqlalchemy as sa
 
 from infra.prompt_policy import NOT_STORED
 from infra.store import Store, decisions, outcomes, tier_values
+from router.drift import fallback_tiers
+from router.novelty import OOD_REASON
 from router.ope import LoggedDecisions
 
 INVALID_VALUES = "with a per-tier propensity, prediction or expected cost that is not a number"
@@ -42,14 +44,16 @@ class LoggedTraffic:
     # gets the fallback's tier whatever the operating point (None: no fallback).
     novelty: np.ndarray = field(default_factory=lambda: np.zeros(0))
     novelty_limit: float | None = None
+    fell_back: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))  # took the fallback when routed
 
     def fixed_tiers(self) -> np.ndarray:
-        """Per decision, the tier no operating point changes (−1 where the operating point decides): the one served to a
-        prompt past the novelty limit (the fallback's; such decisions never explore)."""
-        if self.novelty_limit is None or len(self.novelty) != len(self.logged):
-            return np.full(len(self.logged), -1)
-        novel = np.nan_to_num(self.novelty, nan=-np.inf) >= self.novelty_limit
-        return np.where(novel, self.logged.action, -1)
+        """Per decision, the tier no operating point changes (−1 where the operating point decides): the fallback's,
+        for a prompt past today's novelty limit (router.drift.fallback_tiers)."""
+        n = len(self.logged)
+        if len(self.novelty) != n or len(self.fell_back) != n:
+            return np.full(n, -1)
+        logged = self.logged
+        return fallback_tiers(self.novelty, self.novelty_limit, self.fell_back, logged.action, logged.predicted_cost)
 
     def describe(self) -> str:
         skipped = ", ".join(f"{n} {why}" for why, n in self.skipped.items() if n) or "none"
@@ -88,6 +92,7 @@ def load_traffic(
             decisions.c.input_tokens,
             decisions.c.explored,
             decisions.c.novelty,
+            decisions.c.reason,
             decisions.c.model.label("routed_model"),
             outcomes.c.model.label("answered_model"),
             outcomes.c.score,
@@ -121,6 +126,7 @@ def load_traffic(
     versions: list[str] = []
     counted: list[int | None] = []
     novelty: list[float] = []
+    fell_back: list[bool] = []
     for r in rows:
         if r.propensities is None or r.predicted_quality is None or r.expected_costs is None:
             skipped["without propensities (logged before migration 0003)"] += 1
@@ -146,6 +152,7 @@ def load_traffic(
         versions.append(r.router_version)
         counted.append(r.input_tokens)
         novelty.append(float(r.novelty) if r.novelty is not None else math.nan)
+        fell_back.append(str(r.reason or "").startswith(OOD_REASON))
     k = len(names)
     action = np.array([x[0] for x in keep], dtype=int)
     mu_arr = np.array([x[1] for x in keep], dtype=float).reshape(-1, k)
@@ -160,5 +167,14 @@ def load_traffic(
     )
     named = {f"{why} (e.g. decision {unusable[why]})" if why in unusable else why: n for why, n in skipped.items()}
     return LoggedTraffic(
-        logged, prompts, versions, names, named, counted, explored, np.array(novelty, dtype=float), novelty_limit
+        logged,
+        prompts,
+        versions,
+        names,
+        named,
+        counted,
+        explored,
+        np.array(novelty, dtype=float),
+        novelty_limit,
+        np.array(fell_back, dtype=bool),
     )

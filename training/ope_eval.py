@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from router.drift import recalibrate
+from router.drift import estimated_costs
 from router.ope import MIN_LOGGED, LoggedDecisions, PolicyEstimate, Unsupported, compare, estimate, one_hot
 from router.policy import lambda_for_cost, lambda_grid, tradeoff
 from router.routing import Router
@@ -96,7 +96,13 @@ def evaluate_traffic(
     top_cost = float(logged.predicted_cost[:, top].mean())
     rows_idx = np.arange(len(logged))
     fixed = traffic.fixed_tiers()
-    for lam in sorted({lambda_for_share(logged, s, fixed) for s in shares} | set(lambdas)):
+    points = set(lambdas)
+    for s in shares:
+        try:
+            points.add(lambda_for_share(logged, s, fixed))
+        except ValueError as exc:  # the fallback's tiers alone cost more: that point is out of reach, not the table
+            rows.append(Refusal(f"logged model at {s:.0%} of the top tier's expected cost", str(exc)))
+    for lam in sorted(points):
         choice = choices_at(traffic, lam)
         share = float(logged.predicted_cost[rows_idx, choice].mean()) / top_cost
         name = f"logged model at λ={lam:.4g} (expected cost {share:.0%} of top tier's)"
@@ -147,35 +153,31 @@ def calibrate_traffic(traffic: LoggedTraffic, mean_cost_usd: float, n_boot: int 
     scaled by the realised / expected cost ratio of each tier served, novel and familiar prompts apart.
     """
     logged, names = traffic.logged, traffic.names
-    best: tuple[float, float, str] | None = None
-    for lam in lambda_grid(logged.predicted_cost):
-        if lam < 0:
-            continue
+    fixed = traffic.fixed_tiers()
+    # Where DR cannot judge a λ (the log never explored a tier it picks): each tier's expected cost scaled by its
+    # realised / expected ratio, novel and familiar prompts apart, as GET /admin/drift estimates it.
+    paid = estimated_costs(logged.predicted_cost, logged.action, logged.cost, fixed >= 0)
+    ratio = "estimated from the realised / expected cost ratio of each tier served (no exploration supports DR here)"
+
+    def spend(lam: float) -> tuple[float, str]:
+        choice = choices_at(traffic, lam)
         try:
-            est = estimate(
-                "λ", one_hot(choices_at(traffic, float(lam)), len(names)), logged, names, n_boot=2, seed=seed
-            )
+            est = estimate("λ", one_hot(choice, len(names)), logged, names, n_boot=2, seed=seed)
         except Unsupported:
-            break  # no DR estimate from here: the ratio estimate below
-        if est.cost.dr.value <= mean_cost_usd:
-            best = (float(lam), est.cost.dr.value, "DR estimate of realised cost")
-            break
-    if best is None:
-        fixed = traffic.fixed_tiers()
-        try:
-            found = recalibrate(
-                logged.predicted_quality,
-                logged.predicted_cost,
-                logged.action,
-                logged.cost,
-                mean_cost_usd,
-                groups=fixed >= 0,
-                fixed=fixed,
-            )
-        except ValueError as exc:
-            raise ValueError(f"no λ reaches a mean cost of ${mean_cost_usd:.6g} on the logged traffic: {exc}") from None
-        how = "estimated from the realised / expected cost ratio of each tier served: no exploration supports DR"
-        best = (found.cost_weight, found.mean_cost, how)
+            return float(paid[np.arange(len(logged)), choice].mean()), ratio
+        return est.cost.dr.value, "DR estimate of realised cost"
+
+    # The first λ of the grid within the budget, then bisection between it and the one before (the grid's steps
+    # are 12% apart: its own point can spend well under the budget).
+    grid = [float(x) for x in lambda_grid(logged.predicted_cost) if x >= 0]
+    hi = next((k for k, lam in enumerate(grid) if spend(lam)[0] <= mean_cost_usd), None)
+    if hi is None:
+        raise ValueError(f"no λ reaches a mean cost of ${mean_cost_usd:.6g} on the logged traffic")
+    lo_lam, hi_lam = (grid[hi - 1], grid[hi]) if hi > 0 else (0.0, 0.0)
+    for _ in range(30 if hi > 0 else 0):
+        mid = (lo_lam + hi_lam) / 2 if lo_lam == 0 else float(np.sqrt(lo_lam * hi_lam))
+        lo_lam, hi_lam = (lo_lam, mid) if spend(mid)[0] <= mean_cost_usd else (mid, hi_lam)
+    best = (hi_lam, *spend(hi_lam))
     lam, cost, how = best
     choice = choices_at(traffic, lam)
     probs = one_hot(choice, len(names))

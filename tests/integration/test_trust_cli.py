@@ -428,3 +428,54 @@ def test_calibrate_from_store_with_since_days_says_nothing_is_that_recent(env: s
     fill_store(env, epsilon=0.3, n=40)
     res = runner.invoke(cli.app, ["calibrate", "--from-store", "--mean-cost-usd", "0.001", "--since-days", "1e-7"])
     assert res.exit_code == 2 and "no decision since" in res.output and "has an outcome" not in res.output, res.output
+
+
+def test_evaluate_from_store_refuses_an_operating_point_the_fallback_alone_overspends(env: str) -> None:
+    """With 45% of the prompts at the fallback's tier, a quarter of always-top's cost is out of reach: that row is
+    refused, not the whole table (the command failed after a shift, when the report is wanted most; review)."""
+    fill_store(env, epsilon=0.3, novel=np.random.default_rng(5).random(300) < 0.45)
+    res = runner.invoke(cli.app, ["evaluate", "--from-store"])
+    assert res.exit_code == 0, res.output
+    assert "logged model at 25% of the top tier's expected cost" in res.output and "refused" in res.output
+    assert "logging policy (as served)" in res.output and "always brain" in res.output
+
+
+def test_calibrate_from_store_still_uses_dr_when_one_decision_could_not_have_had_the_top_tier(
+    env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One logged decision whose max_cost_usd excluded brain (propensity 0 there) made λ = 0 unsupported, and the
+    scan gave up on DR for every λ (1.42x the promise in the review's run): the answer must barely change."""
+    logged: list[np.ndarray] = []
+    _, costs = fill_store(env, epsilon=0.2, n=600, pred_out=logged)
+    # brain answers 3x longer than expected where its predicted gain is large, 0.3x elsewhere: one ratio for the tier
+    # misprices the prompts a λ keeps on brain, which only DR sees.
+    gain = logged[0][:, 2] - logged[0][:, 1]
+    long_answers = [f"d{i}" for i in np.flatnonzero(gain > np.median(gain))]
+    store = Store(env)
+    with store.engine.begin() as conn:
+        brain = sa.select(decisions.c.id).where(decisions.c.tier == "brain")
+        for ids, factor in ((long_answers, 3.0), (None, 0.3)):
+            chosen = outcomes.c.decision_id.in_(brain)
+            chosen &= outcomes.c.decision_id.in_(ids) if ids else outcomes.c.decision_id.not_in(long_answers)
+            conn.execute(outcomes.update().where(chosen).values(cost_usd=outcomes.c.cost_usd * factor))
+    budget = 0.4 * float(costs[:, 2].mean())  # brain for about a third of the prompts
+    args = ["calibrate", "--from-store", "--mean-cost-usd", str(budget)]
+    plain = runner.invoke(cli.app, args)
+    with store.engine.begin() as conn:  # d0 was routed under a cap below brain: brain had no chance
+        row = conn.execute(sa.select(decisions.c.propensities, decisions.c.tier).where(decisions.c.id == "d0")).one()
+        if row.tier == "brain":
+            pytest.skip("d0 was served brain in this draw")
+        mu = dict(row.propensities)
+        mu[row.tier] += mu["brain"]
+        mu["brain"] = 0.0
+        conn.execute(decisions.update().where(decisions.c.id == "d0").values(propensities=mu, propensity=mu[row.tier]))
+    store.dispose()
+    capped = runner.invoke(cli.app, args)
+    assert plain.exit_code == 0 and capped.exit_code == 0, (plain.output, capped.output)
+
+    def lam(out: str) -> float:
+        return float(out.split('"cost_weight_per_usd": ')[1].split()[0])
+
+    assert "estimated (DR, 95% CI)" in plain.output, plain.output
+    # Before: the uncapped run took the grid's λ by DR, the capped one the ratio estimate's (4.6% apart here).
+    assert abs(lam(capped.output) / lam(plain.output) - 1) < 0.02, (plain.output, capped.output)

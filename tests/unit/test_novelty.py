@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from router.boosting import NotFittedError
-from router.drift import cost_check, novelty_check, quality_check, recalibrate, recalibrated_lambda
+from router.drift import cost_check, fallback_tiers, novelty_check, quality_check, recalibrate, recalibrated_lambda
 from router.novelty import NoveltyReference, window_shift_z
 from router.policy import tradeoff
 
@@ -190,3 +190,17 @@ def test_recalibrated_lambda_learns_its_cost_ratios_from_the_outcomes_that_came_
     assert recalibrated_lambda(pred, expected, served, partial, target) == pytest.approx(full_lam)
     at_expected = np.where(np.isfinite(partial), partial, expected[np.arange(n), served])  # what serving passed
     assert spend(recalibrated_lambda(pred, expected, served, at_expected, target)) > 1.1 * target
+
+
+def test_fallback_tiers_follow_todays_limit() -> None:
+    """Decisions logged under another novelty limit: one that took the fallback keeps the tier it was served (the
+    fallback's within its request's limits); one now past the limit that λ (or exploration) routed then gets the
+    dearest tier, as the service would now serve it; one below today's limit is λ's (review finding: a lowered
+    limit pinned them at the cheap tier they had been served)."""
+    expected = np.array([[1.0, 2.0, 9.0]] * 5)
+    served = np.array([0, 0, 1, 2, 0])
+    novelty = np.array([0.95, 0.95, 0.995, 0.5, np.nan])
+    fell_back = np.array([False, False, True, False, False])
+    np.testing.assert_array_equal(fallback_tiers(novelty, 0.9, fell_back, served, expected), [2, 2, 1, -1, -1])
+    np.testing.assert_array_equal(fallback_tiers(novelty, 0.99, fell_back, served, expected), [-1, -1, 1, -1, -1])
+    np.testing.assert_array_equal(fallback_tiers(novelty, None, fell_back, served, expected), [-1] * 5)
