@@ -12,7 +12,7 @@ fallback (the top tier) for prompts with novelty >= 0.99. Streams of `--length` 
 The detector is router/drift.novelty_check on the last `window` decisions, checked after every request (as a
 scrape could), with the service's defaults (window 200, z 4, from 30 decisions). The quality and cost checks
 (router/drift.quality_check and cost_check, on the outcomes of the served tiers) are reported beside it.
-Recalibration: after the alert, λ is recalibrated (router/drift.recalibrated_lambda) on the next N (RECENTS)
+Recalibration: after the alert, λ is recalibrated (router/drift.recalibrate) on the next N (RECENTS)
 requests for the promised mean cost, and the expected realised mean cost on the shifted traffic is compared
 with the promise (fallback off after recalibration: the operator accepts the new traffic; with it on, the
 fallback alone may cost more than the promise, which is reported).
@@ -35,7 +35,7 @@ import numpy as np
 
 from bench.common import REPO, machine_info, summarize_ms, write_json
 from bench.trust_data import Scored, embedder, load_log, score_dataset, tiers_of
-from router.drift import cost_check, novelty_check, quality_check, recalibrated_lambda
+from router.drift import cost_check, novelty_check, quality_check, recalibrate
 from router.guarantee import top_tier
 from router.novelty import OOD_NOVELTY, NoveltyReference
 from router.policy import lambda_for_cost, tradeoff
@@ -154,7 +154,7 @@ def simulate(
                 paid = w.sc.costs[new][np.arange(recent), served]
                 novel = w.novelty[new] >= OOD_NOVELTY
                 try:
-                    lam = recalibrated_lambda(w.sc.pred[new], w.sc.cost[new], served, paid, w.promise, novel)
+                    lam = recalibrate(w.sc.pred[new], w.sc.cost[new], served, paid, w.promise, novel).cost_weight
                     recal_err[f"{recent}x{r}"].append(w.traffic_cost(f, lam, False) / w.promise - 1)
                 except ValueError:  # no λ reaches the promise
                     recal_err[f"{recent}x{r}"].append(float("inf"))
@@ -166,7 +166,7 @@ def simulate(
             novel = w.novelty[new] >= OOD_NOVELTY
             # The fallback serves the novel prompts their tier whatever λ: counted there for every λ (as the service).
             fixed = np.where(novel, served, -1)
-            lam_fb = recalibrated_lambda(w.sc.pred[new], w.sc.cost[new], served, paid, w.promise, novel, fixed)
+            lam_fb = recalibrate(w.sc.pred[new], w.sc.cost[new], served, paid, w.promise, novel, fixed).cost_weight
             recal_err_fallback.append(w.traffic_cost(f, lam_fb, True) / w.promise - 1)
         except ValueError:
             recal_err_fallback.append(float("inf"))
@@ -300,7 +300,7 @@ def readme_section() -> str | None:
         "*quiet* = unshifted streams with no alert (the target is >= 95%); *alert before* = shifted streams that "
         "alerted before the shift; *delay* = requests after the shift until the alert; *cost before* = expected "
         "mean cost at the old λ with the out-of-distribution fallback, against the promise (40% of the top tier's "
-        "mean cost); *recalibrated N×r* = λ recalibrated (router/drift.recalibrated_lambda: each candidate λ's spend "
+        "mean cost); *recalibrated N×r* = λ recalibrated (router/drift.recalibrate: each candidate λ's spend "
         "is the realised cost where it keeps the served tier, else the expected cost scaled by the tier's realised / "
         "expected ratio, novel and familiar prompts apart; fallback off) on N requests of the new traffic served at "
         "the current λ, r rounds in a row: share of runs whose expected mean cost on the new traffic is within 5% of "

@@ -121,19 +121,6 @@ class Recalibrated:
     mean_cost: float
 
 
-def recalibrated_lambda(
-    pred: np.ndarray,
-    expected_cost: np.ndarray,
-    served: np.ndarray,
-    realised_cost: np.ndarray,
-    target_mean_cost: float,
-    groups: np.ndarray | None = None,
-    fixed: np.ndarray | None = None,
-) -> float:
-    """`recalibrate`'s λ."""
-    return recalibrate(pred, expected_cost, served, realised_cost, target_mean_cost, groups, fixed).cost_weight
-
-
 def recalibrate(
     pred: np.ndarray,
     expected_cost: np.ndarray,

@@ -130,7 +130,7 @@ def drift_checks(store: Store, runtime: Runtime, settings: Settings) -> list[Che
 def suggest_cost_weight(
     store: Store, runtime: Runtime, window: int, target_mean_cost_usd: float, novelty_limit: float = 0.99
 ) -> Recalibration:
-    """λ for a mean cost on the newest `window` decisions (router/drift.recalibrated_lambda on their recorded
+    """λ for a mean cost on the newest `window` decisions (router/drift.recalibrate on their recorded
     per-tier predictions and expected costs; realised costs where an outcome from the routed tier's model came
     back, the rest estimated from those; novel and familiar prompts' cost ratios apart)."""
     q = (

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from router.boosting import NotFittedError
-from router.drift import cost_check, fallback_tiers, novelty_check, quality_check, recalibrate, recalibrated_lambda
+from router.drift import cost_check, fallback_tiers, novelty_check, quality_check, recalibrate
 from router.novelty import NoveltyReference, window_shift_z
 from router.policy import tradeoff
 
@@ -115,8 +115,8 @@ def test_recalibrated_lambda_meets_a_mean_cost_when_novel_prompts_cost_more() ->
         choice = tradeoff(pred, expected, lam)
         return float(realised[np.arange(n), choice].mean())
 
-    grouped = spend(recalibrated_lambda(pred, expected, served, paid, target, novel))
-    pooled = spend(recalibrated_lambda(pred, expected, served, paid, target))
+    grouped = spend(recalibrate(pred, expected, served, paid, target, novel).cost_weight)
+    pooled = spend(recalibrate(pred, expected, served, paid, target).cost_weight)
     assert abs(grouped / target - 1) < 0.02
     assert abs(pooled / target - 1) > 0.1
 
@@ -141,7 +141,7 @@ def test_recalibration_counts_the_fallbacks_tier_whatever_lambda_and_reports_its
     found = recalibrate(pred, expected, served, paid, target, novel, fixed)
     assert abs(served_spend(found.cost_weight) / target - 1) < 0.02
     assert found.mean_cost == pytest.approx(served_spend(found.cost_weight))
-    assert served_spend(recalibrated_lambda(pred, expected, served, paid, target, novel)) > 1.1 * target
+    assert served_spend(recalibrate(pred, expected, served, paid, target, novel).cost_weight) > 1.1 * target
     # A target above what λ = 0 spends: λ = 0, and the spend reported is its own, not the target.
     rich = recalibrate(pred, expected, served, paid, 1.0, novel, fixed)
     assert rich.cost_weight == 0.0 and rich.mean_cost == pytest.approx(served_spend(0.0))
@@ -160,7 +160,7 @@ def test_recalibrated_lambda_spends_the_realised_cost_where_lambda_keeps_the_ser
     realised = expected * np.stack([np.ones(n), np.where(gain > 0.2, 3.0, 0.2)], axis=1)
     served = np.ones(n, dtype=int)
     target = 1.5e-3
-    lam = recalibrated_lambda(pred, expected, served, realised[:, 1], target)
+    lam = recalibrate(pred, expected, served, realised[:, 1], target).cost_weight
     spend = float(realised[np.arange(n), tradeoff(pred, expected, lam)].mean())
     # Off only by the cheap tier, priced at the dear tier's ratio (about 1.6): about 2% here.
     assert abs(spend / target - 1) < 0.05
@@ -185,11 +185,11 @@ def test_recalibrated_lambda_learns_its_cost_ratios_from_the_outcomes_that_came_
 
     partial = np.where(rng.random(n) < 0.3, paid, np.nan)
     assert {0, 1} <= set(served[np.isfinite(partial)])
-    full_lam = recalibrated_lambda(pred, expected, served, paid, target)
+    full_lam = recalibrate(pred, expected, served, paid, target).cost_weight
     assert abs(spend(full_lam) / target - 1) < 0.02
-    assert recalibrated_lambda(pred, expected, served, partial, target) == pytest.approx(full_lam)
+    assert recalibrate(pred, expected, served, partial, target).cost_weight == pytest.approx(full_lam)
     at_expected = np.where(np.isfinite(partial), partial, expected[np.arange(n), served])  # what serving passed
-    assert spend(recalibrated_lambda(pred, expected, served, at_expected, target)) > 1.1 * target
+    assert spend(recalibrate(pred, expected, served, at_expected, target).cost_weight) > 1.1 * target
 
 
 def test_fallback_tiers_follow_todays_limit() -> None:
