@@ -148,9 +148,9 @@ def calibrate_traffic(traffic: LoggedTraffic, mean_cost_usd: float, n_boot: int 
     """λ whose estimated realised mean cost on the logged traffic is at most `mean_cost_usd`, with its quality.
 
     Each λ's choices are the service's: a prompt past the novelty limit keeps the fallback's tier (`choices_at`).
-    Realised cost is estimated by DR while the log supports the policies (exploration); from the first λ it does
-    not, by the service's recalibration (router.drift.recalibrate, what `GET /admin/drift` suggests): expected costs
-    scaled by the realised / expected cost ratio of each tier served, novel and familiar prompts apart.
+    Realised cost is estimated by DR for each λ the log's exploration supports, and for the others as the service's
+    recalibration estimates it (router.drift.estimated_costs, what `GET /admin/drift` uses): expected costs scaled
+    by the realised / expected cost ratio of each tier served, novel and familiar prompts apart.
     """
     logged, names = traffic.logged, traffic.names
     fixed = traffic.fixed_tiers()
