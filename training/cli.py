@@ -221,6 +221,26 @@ def _dask_client(spec: str | None) -> Any:
         _fail(str(exc))
 
 
+@contextmanager
+def _run_errors(dask: str | None) -> Iterator[None]:
+    """An embedder whose files are stale or another's, and a failure of the Dask cluster or on one of its workers, as
+    one line (they were tracebacks; a Dask failure was reported as one of the input file)."""
+    from router.embedders.static import StaleStaticFile
+    from router.features import EmbedderMismatch
+
+    failure: tuple[type[BaseException], ...] = ()
+    if dask is not None:
+        from training.dask_backend import DaskFailure
+
+        failure = (DaskFailure,)
+    try:
+        yield
+    except (StaleOnnxFile, StaleStaticFile, EmbedderMismatch) as exc:
+        _fail(str(exc))
+    except failure as exc:
+        _fail(f"--dask {dask}: {exc}")
+
+
 def _embedder(s: Settings, backend: str) -> Any:
     """The embedder for offline work (training, evaluation, bulk routing): every core, unlike serving."""
     try:
@@ -363,34 +383,44 @@ def train(
             f"like the ones trained on?) needs at least {least}"
         )
     _tracking(s)  # before the fit: a tracking store MLflow cannot use fails at once
-    artifact = train_router(split, embedder, cache, features, model, pool)
-    evaluation = evaluate_artifact(artifact, split, embedder, cache, s.seed)
-    from training.trust import trust_metrics, with_trust
+    with _run_errors(dask):
+        artifact = train_router(split, embedder, cache, features, model, pool)
+        evaluation = evaluate_artifact(artifact, split, embedder, cache, s.seed)
+        from training.trust import trust_metrics, with_trust
 
-    artifact = with_trust(artifact, split, embedder, cache, evaluation, s.seed, pool)  # novelty reference, guarantee
-    artifact = with_default_knob(artifact, split, embedder, cache)  # the operating point the service routes with
-    artifact = replace(artifact, held_out=HeldOut(s.test_size, s.seed))  # evaluate and calibrate split alike
-    evaluation.metrics.update(trust_metrics(artifact))
-    champion = tracking.champion_comparison(
-        s.registered_model, split, cache, s.seed, lambda backend: _embedder(s, backend), artifact, alias=s.model_alias
-    )
-    result = TrainResult(
-        artifact,
-        evaluation,
-        run_params(split, features, model, s.test_size, s.seed, pool, artifact.task_prior),
-        split.table.prompts["prompt_id"][split.test].tolist(),
-    )
-    training_log = tracking.TrainingLog(_dataset_name(s.outcomes_path, from_store), str(s.outcomes_path.resolve()), log)
-    reg = tracking.log_and_register(
-        result,
-        s.registered_model,
-        champion,
-        split.table.prompts["prompt"][split.test].tolist(),
-        training_log,
-        onnx_dir=s.cache_dir / "onnx",
-        champion_alias=s.model_alias,
-        checks=(*CHECKS, gate_check_from_store(s, Router(artifact, tier_cfg, embedder, cache=cache))),
-    )
+        # The novelty reference and the quality guarantee.
+        artifact = with_trust(artifact, split, embedder, cache, evaluation, s.seed, pool)
+        artifact = with_default_knob(artifact, split, embedder, cache)  # the operating point the service routes with
+        artifact = replace(artifact, held_out=HeldOut(s.test_size, s.seed))  # evaluate and calibrate split alike
+        evaluation.metrics.update(trust_metrics(artifact))
+        champion = tracking.champion_comparison(
+            s.registered_model,
+            split,
+            cache,
+            s.seed,
+            lambda backend: _embedder(s, backend),
+            artifact,
+            alias=s.model_alias,
+        )
+        result = TrainResult(
+            artifact,
+            evaluation,
+            run_params(split, features, model, s.test_size, s.seed, pool, artifact.task_prior),
+            split.table.prompts["prompt_id"][split.test].tolist(),
+        )
+        training_log = tracking.TrainingLog(
+            _dataset_name(s.outcomes_path, from_store), str(s.outcomes_path.resolve()), log
+        )
+        reg = tracking.log_and_register(
+            result,
+            s.registered_model,
+            champion,
+            split.table.prompts["prompt"][split.test].tolist(),
+            training_log,
+            onnx_dir=s.cache_dir / "onnx",
+            champion_alias=s.model_alias,
+            checks=(*CHECKS, gate_check_from_store(s, Router(artifact, tier_cfg, embedder, cache=cache))),
+        )
     typer.echo(format_table(evaluation))
     typer.echo(f"\nMLflow run {reg.run_id}: registered {s.registered_model} version {reg.version} as '{reg.alias}'")
     typer.echo(reg.message)
@@ -867,49 +897,53 @@ def route(
     tier_cfg = _tiers_for(s, artifact)
     backend = backend_of(artifact.features.embedder_id)
     embedder = _embedder(s, backend)
-    try:
-        router = Router(artifact, tier_cfg, embedder)
-        knob_target, cost_weight = router.knob(target, None, s.quality_target)  # --target, else the stored λ
-        if batch is None:  # as the service routes it: a prompt unlike the training prompts gets the conservative tier
-            quality, cost, novelty = router.assess([prompt or ""])
-            decisions = router.decide(
-                quality, cost, knob_target, cost_weight=cost_weight, novelty=novelty, novelty_limit=s.novelty_limit
-            )
-            [decision] = decision_records(
-                router, [{"prompt_id": "-", "prompt": prompt}], quality, cost, decisions, novelty
-            )
-            typer.echo(json.dumps(decision, indent=2, ensure_ascii=False))  # tier names as written
-            return
-        client = _dask_client(dask)
-        with _sigterm_unwinds():  # SIGTERM unwinds too: a temporary output is removed, the old one kept
-            if client is None:
-                run = route_file(
-                    router, batch, out, knob_target, cost_weight, chunk=chunk, novelty_limit=s.novelty_limit
+    with _run_errors(dask):
+        try:
+            router = Router(artifact, tier_cfg, embedder)
+            knob_target, cost_weight = router.knob(target, None, s.quality_target)  # --target, else the stored λ
+            # One prompt, as the service routes it: a prompt unlike the training prompts gets the conservative tier.
+            if batch is None:
+                quality, cost, novelty = router.assess([prompt or ""])
+                decisions = router.decide(
+                    quality, cost, knob_target, cost_weight=cost_weight, novelty=novelty, novelty_limit=s.novelty_limit
                 )
-            else:
-                from training.dask_backend import close, route_file_dask
-
-                try:
-                    onnx_dir = s.cache_dir / "onnx"
-                    run = route_file_dask(
-                        client,
-                        artifact,
-                        tier_cfg,
-                        backend,
-                        onnx_dir,
-                        batch,
-                        out,
-                        knob_target,
-                        cost_weight,
-                        chunk=chunk,
-                        novelty_limit=s.novelty_limit,
+                [decision] = decision_records(
+                    router, [{"prompt_id": "-", "prompt": prompt}], quality, cost, decisions, novelty
+                )
+                typer.echo(json.dumps(decision, indent=2, ensure_ascii=False))  # tier names as written
+                return
+            client = _dask_client(dask)
+            with _sigterm_unwinds():  # SIGTERM unwinds too: a temporary output is removed, the old one kept
+                if client is None:
+                    run = route_file(
+                        router, batch, out, knob_target, cost_weight, chunk=chunk, novelty_limit=s.novelty_limit
                     )
-                finally:
-                    close(client)
-    except (StaleOnnxFile, OutcomeLogError, DecisionOutputError) as exc:
-        _fail(_with_notes(exc, str(exc)))
-    except OSError as exc:  # the input file: a permission, a folder gone meanwhile (the output's: DecisionOutputError)
-        _fail(_with_notes(exc, f"{exc.filename or batch}: {exc.strerror or exc}"))
+                else:
+                    from training.dask_backend import close, route_file_dask
+
+                    try:
+                        onnx_dir = s.cache_dir / "onnx"
+                        run = route_file_dask(
+                            client,
+                            artifact,
+                            tier_cfg,
+                            backend,
+                            onnx_dir,
+                            batch,
+                            out,
+                            knob_target,
+                            cost_weight,
+                            chunk=chunk,
+                            novelty_limit=s.novelty_limit,
+                        )
+                    finally:
+                        close(client)
+        except (StaleOnnxFile, OutcomeLogError, DecisionOutputError) as exc:
+            _fail(_with_notes(exc, str(exc)))
+        except (
+            OSError
+        ) as exc:  # the input file: a permission, a folder gone meanwhile (the output's: DecisionOutputError)
+            _fail(_with_notes(exc, f"{exc.filename or batch}: {exc.strerror or exc}"))
     if run.decisions == 0:
         _fail(f"{batch}: no prompts")
     if run.repeated_ids:

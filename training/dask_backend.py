@@ -1,8 +1,11 @@
 """Dask for bulk work beyond one process: `--dask tcp://host:8786` (a running scheduler) or `--dask local:N`.
 
 Bulk routing sends chunks of prompts to the workers; each worker process loads the embedder once (a cached
-per-process loader) and receives the router artifact once (scattered to every worker). At most two chunks per
-worker are in flight and results are written in input order, so memory stays bounded on the client too.
+per-process loader) and the router artifact once (a task of its own, which the scheduler runs again on another
+worker, or on the restarted one, if the worker holding it dies). At most two chunks per worker are in flight and
+results are written in input order, so memory stays bounded on the client too. A failure of the cluster (a worker
+killed over and over, the scheduler gone) or on a worker (its embedder files missing or another embedder's) is a
+`DaskFailure` whose message says so, not an error of the input file.
 
 Training uses Dask for the expensive part, embedding the log's prompts (`DaskEmbedder`), and fits the boosters on
 one machine: a log of tens of thousands of prompts x ~260 features fits in memory many times over and three
@@ -13,11 +16,14 @@ The workers need the embedder's files at the same path (`make setup` on each mac
 
 from __future__ import annotations
 
+import logging
+import pickle
 from collections import deque
-from collections.abc import Iterator, Sequence
-from functools import lru_cache
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import CancelledError
+from functools import lru_cache, wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -39,6 +45,41 @@ from training.bulk import (
 )
 
 IN_FLIGHT_PER_WORKER = 2
+WORKERS_WAIT_S = 60.0  # how long a run waits for the cluster to have a worker
+CONNECT_TIMEOUT_S = 10.0  # how long connecting to a scheduler's address may take
+T = TypeVar("T")
+
+
+class DaskFailure(RuntimeError):
+    """The Dask cluster, or the work on one of its workers, failed (the CLI names its --dask in one line)."""
+
+
+def _on_worker(fn: Callable[..., T]) -> Callable[..., T]:
+    """A task function whose failure says it happened on a worker, and which (missing files there, another embedder)."""
+
+    @wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # any failure in the task: the client reports it in one line
+            from dask.distributed import get_worker
+
+            try:
+                where = get_worker().address
+            except ValueError:  # not on a worker (a test calling it directly)
+                where = "this process"
+            raise DaskFailure(f"on the Dask worker {where}: {type(exc).__name__}: {exc}") from None
+
+    return run
+
+
+def _cluster_errors() -> tuple[type[BaseException], ...]:
+    """The errors that mean the cluster failed the run: tasks cancelled (their data lost), a worker killed too often,
+    a connection closed, a timeout waiting for the scheduler or its workers."""
+    from distributed.comm.core import CommClosedError
+    from distributed.scheduler import KilledWorker
+
+    return CancelledError, KilledWorker, CommClosedError, TimeoutError
 
 
 def connect(spec: str) -> Any:
@@ -54,9 +95,12 @@ def connect(spec: str) -> Any:
             n = 0
         if n < 1:
             raise ValueError(f"--dask {spec}: expected local:N with N >= 1 workers")
-        cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None)  # type: ignore[no-untyped-call]
+        # No dashboard on a fixed port (a second run beside said port 8787 was taken); workers' logs at errors only.
+        cluster = LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
+        )
         return Client(cluster)  # type: ignore[no-untyped-call]
-    return Client(spec)  # type: ignore[no-untyped-call]
+    return Client(spec, timeout=CONNECT_TIMEOUT_S)  # type: ignore[no-untyped-call]
 
 
 def close(client: Any) -> None:
@@ -77,6 +121,7 @@ def worker_embedder(backend: str, onnx_dir: str) -> Embedder:
     return make_embedder(backend, onnx_dir=Path(onnx_dir), num_threads=1)
 
 
+@_on_worker
 def _route_rows(
     rows: list[Row],
     artifact: RouterArtifact,
@@ -92,6 +137,7 @@ def _route_rows(
     return decisions_json(router, rows, target, chunk, cost_weight, novelty_limit)
 
 
+@_on_worker
 def _encode(texts: Sequence[str], backend: str, onnx_dir: str) -> np.ndarray:
     return worker_embedder(backend, onnx_dir).encode(texts)
 
@@ -123,9 +169,15 @@ def route_file_dask(
     novelty_limit: float | None = None,
 ) -> BulkRun:
     """`training.bulk.route_file` with the chunks decided on the Dask workers; the same records, in input order."""
-    [art] = client.scatter([artifact], broadcast=True)
+    errors = _cluster_errors()
+    try:
+        client.wait_for_workers(1, timeout=WORKERS_WAIT_S)
+        # The artifact as a task (not scattered data, which no one can rebuild once the workers holding it are gone).
+        art = client.submit(pickle.loads, pickle.dumps(artifact), pure=False)
+    except errors as exc:
+        raise DaskFailure(f"the cluster has no worker ({type(exc).__name__}: {exc})") from None
     in_flight = IN_FLIGHT_PER_WORKER * n_workers(client)
-    args = (art, tiers, backend, str(onnx_dir), target, cost_weight, chunk, novelty_limit)
+    args = (art, tiers, backend, str(onnx_dir.resolve()), target, cost_weight, chunk, novelty_limit)
 
     def submit(rows: list[Row]) -> Any:
         return client.submit(_route_rows, rows, *args, pure=False)
@@ -133,7 +185,12 @@ def route_file_dask(
     ids = PromptIds(src)
     with progress_bar(count_rows(src), show_progress) as bar:
         decided = _ordered(submit, (ids.label(rows) for rows in read_chunks(src, rows_per_chunk)), in_flight)
-        return BulkRun(write_decisions(decided, out, tiers.names, bar.update), ids.repeated())
+        try:
+            return BulkRun(write_decisions(decided, out, tiers.names, bar.update), ids.repeated())
+        except errors as exc:
+            raise DaskFailure(
+                f"the cluster failed the run ({type(exc).__name__}: {exc or 'no reason given'})"
+            ) from None
 
 
 class DaskEmbedder:
@@ -147,7 +204,7 @@ class DaskEmbedder:
         self.client = client
         self.local = local
         self.backend = backend
-        self.onnx_dir = str(onnx_dir)
+        self.onnx_dir = str(onnx_dir.resolve())  # the workers' own working directories may differ
         self.rows_per_task = rows_per_task
 
     @property
@@ -168,4 +225,9 @@ class DaskEmbedder:
             return self.client.submit(_encode, part, self.backend, self.onnx_dir, pure=False)
 
         in_flight = IN_FLIGHT_PER_WORKER * n_workers(self.client)
-        return np.vstack(list(_ordered(submit, parts, in_flight))).astype(np.float32)
+        try:
+            return np.vstack(list(_ordered(submit, parts, in_flight))).astype(np.float32)
+        except _cluster_errors() as exc:
+            raise DaskFailure(
+                f"the cluster failed the run ({type(exc).__name__}: {exc or 'no reason given'})"
+            ) from None

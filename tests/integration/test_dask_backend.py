@@ -82,3 +82,59 @@ def test_dask_embedder_equals_the_local_embedder(client: Any):
     remote = DaskEmbedder(client, local, "static", ONNX_DIR, rows_per_task=25)
     assert remote.id == local.id and remote.dim == local.dim
     np.testing.assert_array_equal(remote.encode(texts), local.encode(texts))
+
+
+def _prompts_file(path: Path, n: int) -> Path:
+    log = make_log(n, seed=4).drop_duplicates("prompt_id")
+    rows = (json.dumps({"prompt_id": i, "prompt": p}) for i, p in zip(log.prompt_id, log.prompt, strict=True))
+    path.write_text("".join(r + "\n" for r in rows))
+    return path
+
+
+def test_a_failure_on_a_worker_says_so(client: Any, artifact: RouterArtifact, tmp_path: Path) -> None:
+    """A worker without the embedder's files: the error says it happened on a Dask worker (the CLI blamed the input
+    file for it), and it is one DaskFailure, not the worker's traceback."""
+    from training.dask_backend import DaskFailure
+
+    src = _prompts_file(tmp_path / "prompts.jsonl", 40)
+    empty = tmp_path / "no-embedder"
+    empty.mkdir()
+    with pytest.raises(DaskFailure, match="on the Dask worker .*static-vectors.npy"):
+        route_file_dask(client, artifact, artifact.tiers, "static", empty, src, tmp_path / "out.jsonl", 0.7)
+
+
+def test_a_run_survives_its_only_worker_restarting(
+    artifact: RouterArtifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one worker (local:1, or a cluster of one), the artifact was scattered data: when that worker died and its
+    nanny restarted it, every chunk was cancelled (FutureCancelledError; review finding). As a task, it is rebuilt."""
+    import contextlib
+    import os
+
+    from training import dask_backend
+
+    src = _prompts_file(tmp_path / "prompts.jsonl", 300)
+    single = connect("local:1")
+    try:
+        real = dask_backend.read_chunks
+
+        def chunks_then_kill(path: Path, size: int) -> Iterator[Any]:
+            for k, rows in enumerate(real(path, size)):
+                # The artifact is on the worker and a chunk in flight: the worker dies, its nanny restarts it (the
+                # call's own connection closes with the worker).
+                if k == 1:
+                    with contextlib.suppress(Exception):
+                        single.run(os._exit, 1)
+                yield rows
+
+        monkeypatch.setattr(dask_backend, "read_chunks", chunks_then_kill)
+        out = tmp_path / "out.jsonl"
+        n = route_file_dask(
+            single, artifact, artifact.tiers, "static", ONNX_DIR, src, out, 0.7, rows_per_chunk=50, show_progress=False
+        ).decisions
+    finally:
+        close(single)
+    local = Router(artifact, artifact.tiers, make_embedder("static", onnx_dir=ONNX_DIR))
+    one = tmp_path / "one.jsonl"
+    assert n == route_file(local, src, one, 0.7, rows_per_chunk=50, show_progress=False).decisions
+    assert out.read_text() == one.read_text()

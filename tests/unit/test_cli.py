@@ -958,3 +958,12 @@ def test_from_store_refuses_the_flags_it_does_not_use(tmp_path, monkeypatch, arg
     assert res.exit_code == 2, res.output
     assert f"{named} is for the held-out log" in res.output and "None" not in res.output, res.output
     assert not (tmp_path / "e.json").exists()
+
+
+def test_route_with_another_embedder_than_the_models_is_one_line(tmp_path, artifact_dir, monkeypatch):
+    """A cache holding another embedder's files (another recipe of the static one) ended `route` in a traceback."""
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder(name="test/hashing:other"))
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(cli.app, ["route", "a question", "--model-uri", str(artifact_dir)])
+    assert res.exit_code == 2, res.output
+    assert "test/hashing:other" in res.output and "Traceback" not in res.output, res.output
