@@ -209,6 +209,18 @@ def _build_onnx(onnx_dir: Path) -> None:
     build_static(onnx_dir)
 
 
+def _check_dask(spec: str | None) -> None:
+    """A --dask that is neither local:N nor an address is one line, before any work."""
+    if spec is None:
+        return
+    from training.dask_backend import local_workers
+
+    try:
+        local_workers(spec)
+    except ValueError as exc:
+        _fail(str(exc))
+
+
 def _dask_client(spec: str | None) -> Any:
     """A Dask client for --dask (None without it); a bad spec or a missing extra is one line."""
     if spec is None:
@@ -258,7 +270,7 @@ def _dataset_name(path: Path, from_store: bool) -> str:
 
 def _setup_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("sentence_transformers", "httpx", "alembic", "mlflow"):
+    for noisy in ("sentence_transformers", "httpx", "alembic", "mlflow", "distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
@@ -342,6 +354,7 @@ def train(
 
     if find_spec("matplotlib") is None:
         _fail("training draws the run's plots with matplotlib: pip install 'tierwise[train]'")
+    _check_dask(dask)
     _setup_logging()
     s = _settings(outcomes_path=outcomes, tiers_path=tiers, test_size=test_size, seed=seed)
     tier_cfg, log = _load_inputs(s, from_store)
@@ -881,6 +894,7 @@ def route(
         _fail("the prompt is not valid UTF-8 text (bytes UTF-8 cannot decode, or a lone surrogate)")
     if dask is not None and batch is None:
         _fail("--dask routes a --batch file")
+    _check_dask(dask)
     _output_file("--out", out)
     try:
         output_format(out)

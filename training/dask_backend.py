@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import signal
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import CancelledError
@@ -82,12 +83,9 @@ def _cluster_errors() -> tuple[type[BaseException], ...]:
     return CancelledError, KilledWorker, CommClosedError, TimeoutError
 
 
-def connect(spec: str) -> Any:
-    """A dask.distributed Client for 'local:N' (a LocalCluster of N single-threaded worker processes) or an address."""
-    try:
-        from dask.distributed import Client, LocalCluster
-    except ImportError as exc:
-        raise RuntimeError("--dask needs the dask extra: pip install 'tierwise[dask]'") from exc
+def local_workers(spec: str) -> int | None:
+    """N of a 'local:N' spec, None for a scheduler's address ('tcp://host:port', 'host:port'); ValueError for neither
+    (checked before any work: `train --dask local:abc` loaded and split the log first)."""
     if spec.startswith("local:"):
         try:
             n = int(spec.removeprefix("local:"))
@@ -95,12 +93,33 @@ def connect(spec: str) -> Any:
             n = 0
         if n < 1:
             raise ValueError(f"--dask {spec}: expected local:N with N >= 1 workers")
-        # No dashboard on a fixed port (a second run beside said port 8787 was taken); workers' logs at errors only.
+        return n
+    _, sep, port = spec.removeprefix("tcp://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"--dask {spec}: expected local:N or a scheduler's address, e.g. tcp://host:8786")
+    return None
+
+
+def connect(spec: str) -> Any:
+    """A dask.distributed Client for 'local:N' (a LocalCluster of N single-threaded worker processes) or an address."""
+    n = local_workers(spec)
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise RuntimeError("--dask needs the dask extra: pip install 'tierwise[dask]'") from exc
+    if n is None:
+        return Client(spec, timeout=CONNECT_TIMEOUT_S)  # type: ignore[no-untyped-call]
+    # The workers ignore Ctrl-C (started while it is ignored, they keep ignoring it): this process stops them, and
+    # each printed its KeyboardInterrupt traceback. No dashboard on a fixed port (a second run beside said port 8787
+    # was taken); the workers' logs at errors only.
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
         cluster = LocalCluster(  # type: ignore[no-untyped-call]
             n_workers=n, threads_per_worker=1, processes=True, dashboard_address=":0", silence_logs=logging.ERROR
         )
-        return Client(cluster)  # type: ignore[no-untyped-call]
-    return Client(spec, timeout=CONNECT_TIMEOUT_S)  # type: ignore[no-untyped-call]
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    return Client(cluster)  # type: ignore[no-untyped-call]
 
 
 def close(client: Any) -> None:

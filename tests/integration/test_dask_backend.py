@@ -138,3 +138,13 @@ def test_a_run_survives_its_only_worker_restarting(
     one = tmp_path / "one.jsonl"
     assert n == route_file(local, src, one, 0.7, rows_per_chunk=50, show_progress=False).decisions
     assert out.read_text() == one.read_text()
+
+
+def test_local_workers_leave_ctrl_c_to_this_process(client: Any) -> None:
+    """Ctrl-C reaches the whole process group: each LocalCluster worker printed its KeyboardInterrupt traceback
+    (review finding). They ignore it; this process stops them."""
+    import signal
+
+    handlers = client.run(lambda: signal.getsignal(signal.SIGINT) == signal.SIG_IGN)
+    assert handlers and all(handlers.values()), handlers
+    assert signal.getsignal(signal.SIGINT) is not signal.SIG_IGN  # this process's own Ctrl-C is back

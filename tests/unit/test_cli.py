@@ -967,3 +967,12 @@ def test_route_with_another_embedder_than_the_models_is_one_line(tmp_path, artif
     res = runner.invoke(cli.app, ["route", "a question", "--model-uri", str(artifact_dir)])
     assert res.exit_code == 2, res.output
     assert "test/hashing:other" in res.output and "Traceback" not in res.output, res.output
+
+
+@pytest.mark.parametrize("spec", ["local:abc", "local", "foo", ""])
+def test_a_bad_dask_spec_is_refused_before_any_work(tmp_path, spec):
+    """`train --dask local:abc` loaded and split the log before saying so; `--dask local` said "missing port number
+    in address 'local'" without naming --dask (review findings)."""
+    res = runner.invoke(cli.app, ["train", "--outcomes", str(tmp_path / "missing.csv"), "--dask", spec])
+    assert res.exit_code == 2, res.output
+    assert f"--dask {spec}:" in res.output and "missing.csv" not in res.output, res.output
