@@ -17,7 +17,7 @@ from typing import Any, Protocol
 from infra.settings import Settings
 from infra.store import first_line
 from router.artifact import PACKAGED_EMBEDDER, PACKAGED_ROUTER, RouterArtifact, find_artifact
-from router.embedders.install import install_files
+from router.embedders.install import install_from_repository
 
 logger = logging.getLogger(__name__)
 
@@ -170,12 +170,9 @@ def fetch_embedder(source: ModelSource, loaded: LoadedModel, onnx_dir: Path) -> 
     if not isinstance(registry, RegistrySource) or not loaded.version.startswith(f"{registry.name}/"):
         return []
     uri = f"models:/{registry.name}/{loaded.version.rsplit('/', 1)[-1]}"
-    packaged = f"artifacts/{PACKAGED_EMBEDDER}"
     with _repository(uri, registry.tracking_uri) as repo:
-        if not repo.list_artifacts(packaged):
-            return []
         # Downloaded beside the files, then renamed into place: a worker never sees half a file.
-        return install_files(lambda tmp: Path(repo.download_artifacts(packaged, dst_path=str(tmp))), onnx_dir)
+        return install_from_repository(repo, f"artifacts/{PACKAGED_EMBEDDER}", onnx_dir)
 
 
 @dataclass(frozen=True)

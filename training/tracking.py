@@ -36,7 +36,7 @@ from infra.prompt_policy import prompt_id_of
 from infra.store import first_line
 from router.artifact import ARTIFACT_FILE, PACKAGED_EMBEDDER, PACKAGED_ROUTER, RouterArtifact, find_artifact
 from router.embedders.factory import FILE_BACKENDS, backend_of, embedder_files
-from router.embedders.install import install_files
+from router.embedders.install import install_from_repository
 from router.embedders.protocol import Embedder
 from router.embedding_cache import EmbeddingCache
 from router.policy import DefaultKnob
@@ -178,15 +178,8 @@ def download_model(model_uri: str, dst: Path, embedder_dir: Path | None) -> tupl
         return artifact, []
     if all(p.exists() for p in embedder_files(backend, embedder_dir)):
         return artifact, []
-    packaged = f"artifacts/{PACKAGED_EMBEDDER}"
     try:
-        if not repo.list_artifacts(packaged):  # type: ignore[no-untyped-call]
-            return artifact, []
-
-        def download(tmp: Path) -> Path:
-            return Path(repo.download_artifacts(packaged, dst_path=str(tmp)))  # type: ignore[no-untyped-call]
-
-        return artifact, install_files(download, embedder_dir)
+        return artifact, install_from_repository(repo, f"artifacts/{PACKAGED_EMBEDDER}", embedder_dir)
     except Exception as exc:  # any failure here: the embedder's own error says what is missing and how to build it
         logger.warning("cannot take the embedder files of %s: %s", model_uri, first_line(exc))
         return artifact, []

@@ -12,6 +12,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 FETCH_PREFIX = ".fetch-"
 STALE_FETCH_S = 3600.0
@@ -29,6 +30,14 @@ def install_files(download: Callable[[Path], Path], onnx_dir: Path) -> list[Path
             if f.is_file() and not (onnx_dir / f.name).exists():
                 put.append(f.replace(onnx_dir / f.name))
     return put
+
+
+def install_from_repository(repo: Any, path: str, onnx_dir: Path) -> list[Path]:
+    """`install_files` from the folder `path` of an artifact repository (an MLflow one: anything with
+    `list_artifacts` and `download_artifacts`); none when the repository has no such folder."""
+    if not repo.list_artifacts(path):
+        return []
+    return install_files(lambda tmp: Path(repo.download_artifacts(path, dst_path=str(tmp))), onnx_dir)
 
 
 def remove_stale_downloads(onnx_dir: Path, older_than_s: float = STALE_FETCH_S) -> list[Path]:
