@@ -28,6 +28,11 @@ OOD_REASON = "out of distribution"
 _META, _REFERENCE = "novelty.json", "novelty_reference.npy"
 
 
+def took_fallback(reason: str | None) -> bool:
+    """Whether a logged decision's reason says it took the fallback for a novel prompt."""
+    return (reason or "").startswith(OOD_REASON)
+
+
 @dataclass(eq=False)
 class NoveltyReference:
     """Reference embeddings of the training prompts and the null distribution of their neighbour distance."""

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from infra.settings import Settings
 from infra.store import Store, decisions, outcomes, tier_values
 from router.drift import Check, cost_check, fallback_tiers, novelty_check, quality_check, recalibrate
-from router.novelty import OOD_REASON
+from router.novelty import took_fallback
 from serving.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ def suggest_cost_weight(
             answered = realised is not None and answered_model == routed_model
             paid.append(float(realised) if answered else math.nan)  # NaN: no outcome of the routed tier's model
             novelty.append(math.nan if nov is None else float(nov))
-            fell_back.append(str(reason or "").startswith(OOD_REASON))
+            fell_back.append(took_fallback(reason))
     n = len(pred)
     if n < 30:
         return Recalibration(

@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from infra.prompt_policy import NOT_STORED
 from infra.store import Store, decisions, outcomes, tier_values
 from router.drift import fallback_tiers
-from router.novelty import OOD_REASON
+from router.novelty import took_fallback
 from router.ope import LoggedDecisions
 
 INVALID_VALUES = "with a per-tier propensity, prediction or expected cost that is not a number"
@@ -152,7 +152,7 @@ def load_traffic(
         versions.append(r.router_version)
         counted.append(r.input_tokens)
         novelty.append(float(r.novelty) if r.novelty is not None else math.nan)
-        fell_back.append(str(r.reason or "").startswith(OOD_REASON))
+        fell_back.append(took_fallback(r.reason))
     k = len(names)
     action = np.array([x[0] for x in keep], dtype=int)
     mu_arr = np.array([x[1] for x in keep], dtype=float).reshape(-1, k)
