@@ -7,6 +7,7 @@ there is one loop over prompts and one place that says why no tier fits.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cached_property
 
 import numpy as np
 
@@ -117,8 +118,10 @@ class Router:
         listed = f" ({listed_by} lists them)" if listed_by else ""
         return f"; task hint {task!r} is not a task this model knows{listed}: {fallback}"
 
+    @cached_property
     def guarantee_void(self) -> str | None:
         """Why the stored quality guarantee does not hold for the live tiers, None when it does (or there is none).
+        Worked out once per Router (its artifact and tiers are fixed), not on every request.
 
         Learn then Test certified the choices the model's predictions make of the models it was trained with: a tier
         now served by another model keeps the old model's predictions, so the certificate says nothing of it. Other
@@ -210,8 +213,8 @@ class Router:
                     f"{d.reason}",
                 )
             elif guarantee is not None:
+                rank = None if guarantee_cost is None else guarantee_cost[i]
                 if guarantee.cost_weight_per_usd is None:  # "always the top tier": the top at calibration prices
-                    rank = None if guarantee_cost is None else guarantee_cost[i]
                     d = self.conservative(c, min_tier, max_cost_usd, share, rank)
                 else:
                     d = decide(
@@ -223,7 +226,7 @@ class Router:
                         max_cost_usd,
                         share,
                         guarantee.cost_weight_per_usd,
-                        None if guarantee_cost is None else guarantee_cost[i],
+                        rank,
                     )
                 d = Decision(
                     d.tier_index, f"{guarantee.describe()}{self._uncovered(d, c)}; {d.reason}", d.unconstrained

@@ -27,7 +27,7 @@ def with_default_guarantee(opts: Options, settings: Settings, router: Router, ve
     """
     if settings.guarantee_epsilon is None or opts.quality_guarantee is not None:
         return opts
-    stored, void = router.artifact.guarantee, router.guarantee_void()
+    stored, void = router.artifact.guarantee, router.guarantee_void
     if (
         void is not None
         or stored is None
@@ -52,7 +52,7 @@ def guarantee_point(router: Router, opts: RouteOptions) -> OperatingPoint | None
         return None
     if opts.cost_weight_per_usd is not None or opts.quality_target is not None:
         raise Invalid("quality_guarantee sets the knob itself: leave out quality_target and cost_weight_per_usd", LOC)
-    stored, void = router.artifact.guarantee, router.guarantee_void()
+    stored, void = router.artifact.guarantee, router.guarantee_void
     if void is not None:
         raise Invalid(void, LOC)
     if stored is None:
