@@ -9,10 +9,10 @@ Revises: 0006
   expiry, i.e. nearly the whole table of a long-running service. The condition is `infra.store.HOLDING`, written
   out here as it was when this revision was made, and rendered by each dialect as the query renders it (a literal
   0: a plan made for any value of a parameter, PostgreSQL's generic plan, cannot use a partial index).
-- On PostgreSQL a store with decisions has the index built CONCURRENTLY, outside the revision's transaction: a plain CREATE INDEX blocks
-  every write to `decisions` (all /route calls of the replicas still serving) while it reads the whole table. A
-  build killed midway leaves an invalid index behind, which this revision drops and builds again when it runs
-  again (migrations run one at a time: infra.store.run_alembic).
+- On PostgreSQL a store with decisions has the index built CONCURRENTLY, outside the revision's transaction: a
+  plain CREATE INDEX blocks every write to `decisions` (all /route calls of the replicas still serving) while it
+  reads the whole table. A build killed midway leaves an invalid index behind, which this revision drops and builds
+  again when it runs again (migrations run one at a time: infra.store.run_alembic).
 """
 
 import sqlalchemy as sa
@@ -28,36 +28,40 @@ HOLDING = sa.and_(sa.column("settled") == sa.false(), sa.column("reserved_usd") 
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name != "postgresql":
+    bind = op.get_bind()
+    if bind.dialect.name != "postgresql":
         op.create_index(NAME, "decisions", ["created_at"], sqlite_where=HOLDING)
         return
-    if op.get_bind().execute(sa.text("SELECT NOT EXISTS (SELECT 1 FROM decisions)")).scalar():
+    if bind.execute(sa.text("SELECT NOT EXISTS (SELECT 1 FROM decisions)")).scalar():
         # A store without decisions (a new one): a plain build takes no time, and does not wait for the database's
         # other transactions as a concurrent one does.
-        if _invalid_index_left(NAME):
-            op.drop_index(NAME, table_name="decisions")
-        op.create_index(NAME, "decisions", ["created_at"], postgresql_where=HOLDING, if_not_exists=True)
+        _build(concurrently=False)
         return
     with op.get_context().autocommit_block():
-        bind = op.get_bind()
         # A concurrent build waits for every transaction in the database with an older snapshot (a backup, a long
         # report), not only for writers of this table: the service's 30 s lock_timeout would cancel it, leaving an
         # invalid index and a store that never becomes ready while the backup runs.
         lock_timeout = bind.execute(sa.text("SHOW lock_timeout")).scalar_one()
         bind.execute(sa.text("SET lock_timeout = '15min'"))
         try:
-            if _invalid_index_left(NAME):
-                op.drop_index(NAME, table_name="decisions", postgresql_concurrently=True)
-            op.create_index(
-                NAME,
-                "decisions",
-                ["created_at"],
-                postgresql_where=HOLDING,
-                postgresql_concurrently=True,
-                if_not_exists=True,
-            )
+            _build(concurrently=True)
         finally:
             bind.execute(sa.select(sa.func.set_config("lock_timeout", lock_timeout, False)))
+
+
+def _build(concurrently: bool) -> None:
+    """The index on PostgreSQL, after dropping one a killed concurrent build left invalid; kept if a killed run had
+    built it valid before stamping this revision."""
+    if _invalid_index_left(NAME):
+        op.drop_index(NAME, table_name="decisions", postgresql_concurrently=concurrently)
+    op.create_index(
+        NAME,
+        "decisions",
+        ["created_at"],
+        postgresql_where=HOLDING,
+        postgresql_concurrently=concurrently,
+        if_not_exists=True,
+    )
 
 
 def downgrade() -> None:
