@@ -177,8 +177,8 @@ def calibrate_traffic(traffic: LoggedTraffic, mean_cost_usd: float, n_boot: int 
     for _ in range(30 if hi > 0 else 0):
         mid = (lo_lam + hi_lam) / 2 if lo_lam == 0 else float(np.sqrt(lo_lam * hi_lam))
         lo_lam, hi_lam = (lo_lam, mid) if spend(mid)[0] <= mean_cost_usd else (mid, hi_lam)
-    best = (hi_lam, *spend(hi_lam))
-    lam, cost, how = best
+    lam = hi_lam
+    cost, how = spend(lam)
     choice = choices_at(traffic, lam)
     probs = one_hot(choice, len(names))
     shares = ", ".join(f"{n} {(choice == j).mean():.1%}" for j, n in enumerate(names))
