@@ -162,14 +162,18 @@ def _encode(texts: Sequence[str], backend: str, onnx_dir: str) -> np.ndarray:
 
 
 def _ordered(submit: Any, items: Iterator[Any], in_flight: int) -> Iterator[Any]:
-    """Results of submit(item) for each item, in input order, with at most `in_flight` tasks outstanding."""
+    """Results of submit(item) for each item, in input order, with at most `in_flight` tasks outstanding; a failure
+    of the cluster meanwhile is a DaskFailure."""
     pending: deque[Any] = deque()
-    for item in items:
-        pending.append(submit(item))
-        if len(pending) >= in_flight:
+    try:
+        for item in items:
+            pending.append(submit(item))
+            if len(pending) >= in_flight:
+                yield pending.popleft().result()
+        while pending:
             yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
+    except _cluster_errors() as exc:
+        raise DaskFailure(f"the cluster failed the run ({type(exc).__name__}: {exc or 'no reason given'})") from None
 
 
 def route_file_dask(
@@ -188,12 +192,11 @@ def route_file_dask(
     novelty_limit: float | None = None,
 ) -> BulkRun:
     """`training.bulk.route_file` with the chunks decided on the Dask workers; the same records, in input order."""
-    errors = _cluster_errors()
     try:
         client.wait_for_workers(1, timeout=WORKERS_WAIT_S)
         # The artifact as a task (not scattered data, which no one can rebuild once the workers holding it are gone).
         art = client.submit(pickle.loads, pickle.dumps(artifact), pure=False)
-    except errors as exc:
+    except _cluster_errors() as exc:
         raise DaskFailure(f"the cluster has no worker ({type(exc).__name__}: {exc})") from None
     in_flight = IN_FLIGHT_PER_WORKER * n_workers(client)
     args = (art, tiers, backend, str(onnx_dir.resolve()), target, cost_weight, chunk, novelty_limit)
@@ -204,12 +207,7 @@ def route_file_dask(
     ids = PromptIds(src)
     with progress_bar(count_rows(src), show_progress) as bar:
         decided = _ordered(submit, (ids.label(rows) for rows in read_chunks(src, rows_per_chunk)), in_flight)
-        try:
-            return BulkRun(write_decisions(decided, out, tiers.names, bar.update), ids.repeated())
-        except errors as exc:
-            raise DaskFailure(
-                f"the cluster failed the run ({type(exc).__name__}: {exc or 'no reason given'})"
-            ) from None
+        return BulkRun(write_decisions(decided, out, tiers.names, bar.update), ids.repeated())
 
 
 class DaskEmbedder:
@@ -244,9 +242,4 @@ class DaskEmbedder:
             return self.client.submit(_encode, part, self.backend, self.onnx_dir, pure=False)
 
         in_flight = IN_FLIGHT_PER_WORKER * n_workers(self.client)
-        try:
-            return np.vstack(list(_ordered(submit, parts, in_flight))).astype(np.float32)
-        except _cluster_errors() as exc:
-            raise DaskFailure(
-                f"the cluster failed the run ({type(exc).__name__}: {exc or 'no reason given'})"
-            ) from None
+        return np.vstack(list(_ordered(submit, parts, in_flight))).astype(np.float32)
