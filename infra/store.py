@@ -1125,7 +1125,15 @@ class Store:
         A caller that routed and never settled (it crashed, or a cancellation it caught left nothing to report)
         would hold its session's room for good. The decisions stay unsettled, holding nothing: a settlement or an
         outcome that comes later still books its cost as spent. Locks as `purge` does (sessions first)."""
-        held = held_before(before)
+        return self._release_holds_of(held_before(before))
+
+    def release_hold(self, decision_id: str) -> float:
+        """Release one unsettled decision's hold from its session and keep the decision open, as `expire_holds`
+        does: a settlement or an outcome that comes later still books its cost. The USD released (0: none held)."""
+        held = sa.and_(HOLDING, decisions.c.id == decision_id, decisions.c.session_id.is_not(None))
+        return sum(self._release_holds_of(held).values())
+
+    def _release_holds_of(self, held: sa.ColumnElement[bool]) -> dict[str, float]:
         with self.engine.begin() as conn:
             _lock_sessions(conn, sa.select(decisions.c.session_id).where(held))
             # The rows themselves, locked (PostgreSQL): the holds released are exactly the holds zeroed, even where

@@ -9,8 +9,8 @@ sees the candidates' `litellm_params.model` strings, so each tier's deployments 
 with no tier deployments passes untouched. Options, fallbacks and refusals are those of `TierwiseRoutingStrategy`
 (`metadata={"tierwise": {...}}`; tierwise down serves `fallback_tier`, else every candidate; a 402 is LiteLLM's
 BudgetExceededError); the decision goes to the request's `metadata["routing_plugin_signals"]["tierwise_decision"]`,
-and `TierwiseSettler` settles the call on tierwise when it ends (or, for a call cancelled before it ends, releases
-its decision once its task ended cancelled).
+and `TierwiseSettler` settles the call on tierwise when it ends (or, for a call cancelled before it ends, releases its
+reservation once its task ended cancelled, leaving the decision open for an answer reported later).
 """
 
 from __future__ import annotations

@@ -78,9 +78,9 @@ def _seconds_from_env(name: str, default: float) -> float:
     return value
 
 
-# A cancelled async call's decision is released this long after its task ended, unless LiteLLM reported the call's end
-# meanwhile (an answer that came in as the task was cancelled is still booked at its cost). The environment's
-# TIERWISE_RELEASE_AFTER_CANCEL_S sets it: longer where LiteLLM's logging runs late under load.
+# A cancelled async call's reservation is released this long after its task ended, unless LiteLLM reported the call's
+# end meanwhile (an answer that came in as the task was cancelled is booked at its cost; one reported after the release
+# is booked too, as the release leaves the decision open). The environment's TIERWISE_RELEASE_AFTER_CANCEL_S sets it.
 RELEASE_AFTER_CANCEL_S = _seconds_from_env("TIERWISE_RELEASE_AFTER_CANCEL_S", 5.0)
 RELEASES = DelayedCalls("tierwise-release")  # every cancelled call's release in this process: one scheduler, 4 workers
 WATCHED_PER_TASK = 64  # decisions watched per task: those whose calls ended go first, then the oldest
@@ -633,8 +633,9 @@ class TierwiseSettler(CustomLogger):
 
     LiteLLM reports nothing of an async call cancelled before it ends (`asyncio.wait_for`'s timeout, a request task
     cancelled because its client left): the strategy `watch`es each async call's task, and a task cancelled before
-    LiteLLM reported its call's end releases the call's decision `RELEASE_AFTER_CANCEL_S` later (on `RELEASES`'
-    threads: the task's event loop may be closing), unless the end was reported meanwhile.
+    LiteLLM reported its call's end releases the call's reservation `RELEASE_AFTER_CANCEL_S` later (on `RELEASES`'
+    threads: the task's event loop may be closing), unless the end was reported meanwhile. The release
+    (`POST /decisions/{id}/release`) leaves the decision open: an answer LiteLLM reports after it is still booked.
     """
 
     def __init__(self, client: TierwiseClient, remember: int = 10_000) -> None:
@@ -648,7 +649,8 @@ class TierwiseSettler(CustomLogger):
         self.answered: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._remember = remember
         self._ended: OrderedDict[str, None] = OrderedDict()  # decisions whose call LiteLLM reported ended (bounded)
-        # decisions released because their task was cancelled -> when (bounded): an answer reported later is lost
+        # decisions released because their task was cancelled -> when (bounded); open: an answer reported later is
+        # still booked
         self._released_on_cancel: OrderedDict[str, float] = OrderedDict()
         # the decisions of each task's async calls, until the task ends
         self._watched: weakref.WeakKeyDictionary[asyncio.Task[Any], dict[str, Mapping[str, Any]]] = (
@@ -685,8 +687,10 @@ class TierwiseSettler(CustomLogger):
             pending[str(decision["decision_id"])] = decision
 
     def settled(self, decision: Mapping[str, Any]) -> bool:
-        """Whether this settler settled (or released) the decision."""
-        return str(decision.get("decision_id")) in self._done
+        """Whether this settler settled the decision, or released it after its task was cancelled (a retry of that
+        call is routed anew)."""
+        did = str(decision.get("decision_id"))
+        return did in self._done or did in self._released_on_cancel
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
         with self._lock:
@@ -710,9 +714,11 @@ class TierwiseSettler(CustomLogger):
                 while len(self._released_on_cancel) > self._remember:
                     self._released_on_cancel.popitem(last=False)
             try:
-                reply = self.clients[decision["tierwise_client"]].settle(did, {"cost_usd": None})
-                self._mark(did)
-                if _booked(reply) is False:  # its answer, reported meanwhile, was booked first: nothing was lost
+                # The reservation is freed and the decision left open: an answer LiteLLM reports later still books
+                # its cost (the decision is not marked settled here).
+                reply = self.clients[decision["tierwise_client"]].release(did)
+                if isinstance(reply, Mapping) and reply.get("settled") is True:  # its answer was booked first
+                    self._mark(did)
                     with self._lock:
                         self._released_on_cancel.pop(did, None)
                     logger.info("decision %s of a cancelled call was settled by its answer before its release", did)
@@ -738,21 +744,19 @@ class TierwiseSettler(CustomLogger):
         return did
 
     def _late_answer(self, did: str | None, kwargs: Mapping[str, Any], ok: bool, booked: bool | None) -> None:
-        """Warn of an answer LiteLLM reported after its cancelled task's decision was released (or while it was):
-        tierwise books a decision once, so unless this answer's own settlement was booked first, its cost is lost."""
-        if not ok or did is None or booked is True:
+        """Log an answer LiteLLM reported after its cancelled task's decision was released: its settlement books
+        the cost on the session (the release left the decision open)."""
+        if not ok or did is None:
             return
         with self._lock:
             cancelled_at = self._released_on_cancel.get(did)
-        if cancelled_at is not None:
-            logger.warning(
-                "decision %s was released after its task was cancelled, but LiteLLM reported its answer %.1f s after "
-                "the cancellation (cost %s): not booked on its session. LiteLLM's logging ran later than the grace "
-                "period (TIERWISE_RELEASE_AFTER_CANCEL_S, %g s); raise it",
+        if cancelled_at is not None and booked is not False:
+            logger.info(
+                "decision %s: LiteLLM reported the answer of its cancelled call %.1f s after the cancellation, after "
+                "its reservation was released; its cost (%s) is booked on the session",
                 did,
                 time.monotonic() - cancelled_at,
                 kwargs.get("response_cost"),
-                RELEASE_AFTER_CANCEL_S,
             )
 
     def _to_settle(self, decision: Any) -> Mapping[str, Any] | None:

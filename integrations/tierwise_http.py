@@ -129,6 +129,11 @@ class TierwiseClient:
         """`settle` from async code."""
         return await self._apost(f"/decisions/{quote(decision_id, safe='')}/usage", dict(usage))
 
+    def release(self, decision_id: str) -> dict[str, Any]:
+        """`POST /decisions/{id}/release`: free a call's reservation and leave its decision open (a cancelled call
+        whose end is unknown); a usage or outcome posted later still books its cost."""
+        return self._post(f"/decisions/{quote(decision_id, safe='')}/release", {})
+
     def close(self) -> None:
         if self._sync is not None:
             self._sync.close()

@@ -6,6 +6,9 @@ spent on the session, once. `cost_usd: null` releases a failed call's reservatio
 left out with `tokens_in` and `tokens_out` given books the tokens at the tiers config's prices of the model that
 served (a caller, like LiteLLM for a deployment it has no price for, that knows the tokens but not the cost). A later
 `POST /outcomes` for the decision needs only the score and never charges again.
+
+POST /decisions/{id}/release frees a decision's reservation and leaves it open, for a call whose end the caller
+cannot see (cancelled before it answered): a usage or outcome reported later still books its cost.
 """
 
 from __future__ import annotations
@@ -76,6 +79,35 @@ class UsageSettled(BaseModel):
     served_model: str | None
 
 
+class HoldReleased(BaseModel):
+    """A decision's reservation released, the decision left open (`POST /decisions/{id}/release`)."""
+
+    decision_id: str
+    session_id: str | None
+    released_usd: float = Field(description="what this request took off the session's reservation (0: none held)")
+    settled: bool = Field(
+        description="the decision is settled (its cost booked, or released as failed): a later usage or outcome "
+        "books nothing more; False: it is open, and a later usage or outcome books its cost as spent"
+    )
+
+
+async def _callers_decision(store: StoreDep, caller: Caller, decision_id: str) -> DecisionRow:
+    """The decision, if the caller may settle it: 404 unknown, 403 another client's."""
+    d = (await run_in_threadpool(store.get_decisions, [decision_id])).get(decision_id)
+    if d is None:
+        raise NotFound(f"unknown decision_id {decision_id}")
+    if not caller.is_admin and d.owner is not None and not hmac.compare_digest(d.owner, caller.key_hash or ""):
+        raise Forbidden(f"decision {decision_id} belongs to another client")
+    return d
+
+
+def _not_the_proxys(d: DecisionRow, caller: Caller) -> None:
+    """409 for an open decision the proxy serves: it settles it with the upstream's usage (an admin may settle or
+    release one a crash left reserved)."""
+    if d.served_by == SERVED_BY_PROXY and not caller.is_admin:
+        raise Conflict(f"decision {d.id} is served by the proxy, which settles it with the upstream's usage")
+
+
 def _view(d: DecisionRow, booked: bool) -> UsageSettled:
     return UsageSettled(
         decision_id=d.id,
@@ -116,15 +148,10 @@ async def post_usage(
     """
     if usage.served_model is not None and usage.served_model not in rt.tiers.known_models:
         raise Invalid(f"served_model '{usage.served_model}' is not in the tiers config")
-    d = (await run_in_threadpool(store.get_decisions, [decision_id])).get(decision_id)
-    if d is None:
-        raise NotFound(f"unknown decision_id {decision_id}")
-    if not caller.is_admin and d.owner is not None and not hmac.compare_digest(d.owner, caller.key_hash or ""):
-        raise Forbidden(f"decision {decision_id} belongs to another client")
+    d = await _callers_decision(store, caller, decision_id)
     if d.settled:
         return _view(d, booked=False)
-    if d.served_by == SERVED_BY_PROXY and not caller.is_admin:  # an admin may release one a crash left reserved
-        raise Conflict(f"decision {decision_id} is served by the proxy, which settles it with the upstream's usage")
+    _not_the_proxys(d, caller)
     if usage.priced_by_caller:
         cost_usd = usage.cost_usd
     else:  # both counts: UsageIn checked
@@ -141,3 +168,29 @@ async def post_usage(
     )
     # `booked` only for the request whose settlement took effect: of concurrent posts, one books, the rest see it.
     return _view((await run_in_threadpool(store.get_decisions, [decision_id]))[decision_id], booked=booked)
+
+
+@router.post(
+    "/{decision_id}/release",
+    responses={
+        **error(403, "another client's decision"),
+        **error(404, "unknown decision_id"),
+        **error(409, "a decision the proxy serves: it settles it with the upstream's usage"),
+    },
+)
+async def release_hold(decision_id: DecisionPath, store: StoreDep, caller: Caller) -> HoldReleased:
+    """Release a decision's reservation and leave the decision open; idempotent.
+
+    For a call whose end the caller cannot see (cancelled before it answered: its cost is unknown, maybe nothing,
+    maybe an answer that is still reported later). The session's room is freed now; a `POST
+    /decisions/{id}/usage` or an outcome that comes later still books the call's cost as spent (it may take the
+    session past its cap: the cost was real). A settled decision is left as it is (`settled: true`). The
+    reservation expiry (`TIERWISE_RESERVATION_EXPIRY_S`) does the same for decisions nobody released.
+    """
+    d = await _callers_decision(store, caller, decision_id)
+    released = 0.0
+    if not d.settled:
+        _not_the_proxys(d, caller)
+        released = await run_in_threadpool(store.release_hold, decision_id)
+        d = (await run_in_threadpool(store.get_decisions, [decision_id]))[decision_id]  # settled meanwhile?
+    return HoldReleased(decision_id=d.id, session_id=d.session_id, released_usd=released, settled=d.settled)

@@ -70,6 +70,50 @@ def test_release_frees_the_reservation_and_charges_nothing(client: TestClient) -
     assert no_cost.status_code == 422 and "no settled cost" in no_cost.text
 
 
+def test_a_hold_release_frees_the_room_and_leaves_the_decision_open_for_its_cost(client: TestClient) -> None:
+    """POST /decisions/{id}/release: for a call whose end is unknown (cancelled before it answered). The session's
+    room is freed at once; the cost reported later (usage or outcome) is still booked, once."""
+    d = routed(client)
+    reserved = session(client)["reserved_usd"]
+    r = client.post(f"/decisions/{d['decision_id']}/release", headers=C)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"decision_id": d["decision_id"], "session_id": "s", "released_usd": reserved, "settled": False}
+    after = session(client)
+    assert after["reserved_usd"] == pytest.approx(0) and after["spent_usd"] == 0
+    assert after["recent_decisions"][0]["settled"] is False
+    again = client.post(f"/decisions/{d['decision_id']}/release", headers=C)  # idempotent: nothing more to free
+    assert again.status_code == 200 and again.json()["released_usd"] == 0 and session(client)["reserved_usd"] == 0
+    late = client.post(f"/decisions/{d['decision_id']}/usage", json=USAGE, headers=C)
+    assert late.json()["booked"] is True
+    booked = session(client)
+    assert booked["spent_usd"] == pytest.approx(0.002) and booked["reserved_usd"] == pytest.approx(0)
+    settled = client.post(f"/decisions/{d['decision_id']}/release", headers=C)
+    assert settled.json() == {**r.json(), "released_usd": 0.0, "settled": True}
+    assert session(client)["spent_usd"] == pytest.approx(0.002)
+
+
+def test_a_released_hold_is_booked_by_a_later_outcome(client: TestClient) -> None:
+    d = routed(client)
+    assert client.post(f"/decisions/{d['decision_id']}/release", headers=C).json()["settled"] is False
+    o = client.post("/outcomes", json={"decision_id": d["decision_id"], "score": 1, "cost_usd": 0.003}, headers=C)
+    assert o.status_code == 201, o.text
+    after = session(client)
+    assert after["spent_usd"] == pytest.approx(0.003) and after["reserved_usd"] == pytest.approx(0)
+
+
+@pytest.mark.parametrize(
+    ("decision", "key", "status"), [("mine", OTHER, 403), ("nope", C, 404), ("bad id!", C, 422), ("mine", {}, 401)]
+)
+def test_a_hold_release_is_refused_for_another_client_or_an_unknown_decision(
+    client: TestClient, decision: str, key: dict[str, str], status: int
+) -> None:
+    d = routed(client)
+    did = d["decision_id"] if decision == "mine" else decision
+    r = client.post(f"/decisions/{did}/release", headers=key)
+    assert r.status_code == status, r.text
+    assert session(client)["reserved_usd"] > 0
+
+
 def test_an_outcome_settled_decision_is_not_charged_again(client: TestClient) -> None:
     d = routed(client)
     client.post("/outcomes", json={"decision_id": d["decision_id"], "score": 1, "cost_usd": 0.001}, headers=C)

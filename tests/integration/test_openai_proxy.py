@@ -531,6 +531,8 @@ def test_only_the_admin_may_settle_a_door_decision_by_hand(sdk: OpenAI, url: str
     up.script("small", Reply(text="one two three", usage=(400, 80), hold=hold))
     try:
         stream, decision_id = streamed_in_session(sdk, sid, EASY)
+        by_client = httpx.post(f"{url}/decisions/{decision_id}/release", headers=bearer(CLIENT_KEY))
+        assert by_client.status_code == 409 and "proxy" in by_client.json()["detail"], by_client.text
         release = {"cost_usd": None}
         r = httpx.post(f"{url}/decisions/{decision_id}/usage", json=release, headers=bearer(ADMIN_KEY))
         assert r.status_code == 200 and r.json()["booked"] is True, r.text
