@@ -632,11 +632,10 @@ class TierwiseSettler(CustomLogger):
     a repeated event changes nothing. Settling never raises into LiteLLM: a failure is logged.
 
     LiteLLM reports nothing of an async call cancelled before it ends (`asyncio.wait_for`'s timeout, a request task
-    cancelled because its client left, a cancellation caught inside the task by `asyncio.timeout()`): the strategy
-    `watch`es each async call's task, and once a task ends, each of its calls whose end LiteLLM has not reported
-    has its reservation released `RELEASE_AFTER_CANCEL_S` later (on `RELEASES`' threads: the task's event loop may
-    be closing), unless the end was reported meanwhile. The release (`POST /decisions/{id}/release`) leaves the
-    decision open: an answer LiteLLM reports after it is still booked.
+    cancelled because its client left): the strategy `watch`es each async call's task, and a task cancelled before
+    LiteLLM reported its call's end releases the call's reservation `RELEASE_AFTER_CANCEL_S` later (on `RELEASES`'
+    threads: the task's event loop may be closing), unless the end was reported meanwhile. The release
+    (`POST /decisions/{id}/release`) leaves the decision open: an answer LiteLLM reports after it is still booked.
     """
 
     def __init__(self, client: TierwiseClient, remember: int = 10_000) -> None:
@@ -650,9 +649,9 @@ class TierwiseSettler(CustomLogger):
         self.answered: OrderedDict[str, Mapping[str, Any]] = OrderedDict()
         self._remember = remember
         self._ended: OrderedDict[str, None] = OrderedDict()  # decisions whose call LiteLLM reported ended (bounded)
-        # decisions released because their task ended with their call unreported -> when (bounded); left open, so
-        # an answer reported later is still booked
-        self._released: OrderedDict[str, float] = OrderedDict()
+        # decisions released because their task was cancelled -> when (bounded); open: an answer reported later is
+        # still booked
+        self._released_on_cancel: OrderedDict[str, float] = OrderedDict()
         # the decisions of each task's async calls, until the task ends
         self._watched: weakref.WeakKeyDictionary[asyncio.Task[Any], dict[str, Mapping[str, Any]]] = (
             weakref.WeakKeyDictionary()
@@ -691,32 +690,29 @@ class TierwiseSettler(CustomLogger):
         """Whether this settler settled the decision, or released it after its task was cancelled (a retry of that
         call is routed anew)."""
         did = str(decision.get("decision_id"))
-        return did in self._done or did in self._released
+        return did in self._done or did in self._released_on_cancel
 
     def _task_done(self, task: asyncio.Task[Any]) -> None:
-        """A watched task ended: the calls whose end LiteLLM has not reported were cancelled with it, cancelled
-        inside it and caught (`asyncio.timeout()`), or answered with their report still queued. Each is released
-        after the grace period unless its end is reported meanwhile; the release leaves its decision open, so a
-        report that comes later is still booked."""
         with self._lock:
             pending = self._watched.pop(task, None) or {}
+        if not task.cancelled():
+            return  # its calls ended (LiteLLM reported them), or a cancellation was caught inside it (not seen here)
         left = [d for did, d in pending.items() if did not in self._ended]
         if left:
-            how = "was cancelled with its task" if task.cancelled() else "ended unreported (a cancellation caught)"
-            RELEASES.call_later(RELEASE_AFTER_CANCEL_S, self._release_unreported, left, time.monotonic(), how)
+            RELEASES.call_later(RELEASE_AFTER_CANCEL_S, self._release_cancelled, left, time.monotonic())
 
-    def _release_unreported(self, decisions: list[Mapping[str, Any]], ended_at: float, how: str) -> None:
+    def _release_cancelled(self, decisions: list[Mapping[str, Any]], cancelled_at: float) -> None:
         for decision in decisions:
             did = str(decision["decision_id"])
             # Under the lock _note_end takes: an answer reported now either stops this release or finds it marked.
             with self._lock:  # a retry of the call in another task, still running, may yet answer for it
                 watched = any(did in pending for pending in self._watched.values())
-                # (a release in flight or done: another ended task watched the same decision)
-                if watched or did in self._ended or did in self._released or not self._to_settle(decision):
+                # (a release in flight or done: another cancelled task watched the same decision)
+                if watched or did in self._ended or did in self._released_on_cancel or not self._to_settle(decision):
                     continue
-                self._released[did] = ended_at
-                while len(self._released) > self._remember:
-                    self._released.popitem(last=False)
+                self._released_on_cancel[did] = cancelled_at
+                while len(self._released_on_cancel) > self._remember:
+                    self._released_on_cancel.popitem(last=False)
             try:
                 # The reservation is freed and the decision left open: an answer LiteLLM reports later still books
                 # its cost (the decision is not marked settled here).
@@ -724,14 +720,14 @@ class TierwiseSettler(CustomLogger):
                 if isinstance(reply, Mapping) and reply.get("settled") is True:  # its answer was booked first
                     self._mark(did)
                     with self._lock:
-                        self._released.pop(did, None)
-                    logger.info("decision %s was settled by its answer before its release", did)
+                        self._released_on_cancel.pop(did, None)
+                    logger.info("decision %s of a cancelled call was settled by its answer before its release", did)
                 else:
-                    logger.info("decision %s released: its call %s", did, how)
+                    logger.info("decision %s released: its call was cancelled before it ended", did)
             except Exception as e:  # a release worker: log, never raise
                 with self._lock:
-                    self._released.pop(did, None)
-                logger.warning("decision %s not released (its call %s): %s: %s", did, how, type(e).__name__, e)
+                    self._released_on_cancel.pop(did, None)
+                logger.warning("decision %s of a cancelled call not released: %s: %s", did, type(e).__name__, e)
 
     def _note_end(self, kwargs: Mapping[str, Any], ok: bool) -> str | None:
         """Remember that LiteLLM reported the end of a call (its answer, or its last failed try); its decision id."""
@@ -753,13 +749,13 @@ class TierwiseSettler(CustomLogger):
         if not ok or did is None:
             return
         with self._lock:
-            released_at = self._released.get(did)
-        if released_at is not None and booked is not False:
+            cancelled_at = self._released_on_cancel.get(did)
+        if cancelled_at is not None and booked is not False:
             logger.info(
-                "decision %s: LiteLLM reported the answer of its call %.1f s after its task ended, after its "
-                "reservation was released; its cost (%s) is booked on the session",
+                "decision %s: LiteLLM reported the answer of its cancelled call %.1f s after the cancellation, after "
+                "its reservation was released; its cost (%s) is booked on the session",
                 did,
-                time.monotonic() - released_at,
+                time.monotonic() - cancelled_at,
                 kwargs.get("response_cost"),
             )
 

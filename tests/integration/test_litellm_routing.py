@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import socket
@@ -472,37 +471,6 @@ def test_a_cancelled_async_call_releases_its_reservation_and_books_a_late_answer
     assert late["spent_usd"] == pytest.approx(0.0123) and late["reserved_usd"] == pytest.approx(0)
 
 
-def test_a_call_cancelled_inside_its_task_is_released_when_the_task_ends(
-    tierwise: str, api: httpx.Client, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """`asyncio.timeout()` catches the cancellation inside the task, which goes on: the task itself never ends
-    cancelled, so its call's reservation was held until the reservation expiry (a day). It is now released once
-    the task ends with the call unreported, and the decision is left open."""
-    monkeypatch.setattr(litellm_router, "RELEASE_AFTER_CANCEL_S", 0.2)
-    session = "caught-cancel"
-    api.put(f"/sessions/{session}", json={"cap_usd": 10.0})
-    slow = [deployment(f"slow-{t}", t) for t in TIERS]
-    for d in slow:
-        d["litellm_params"]["mock_delay"] = 30
-    router, _ = make_router(tierwise, [*slow, deployment("dep-default", group="default")])
-    md: dict[str, Any] = {"tierwise": {"session_id": session}}
-
-    async def call() -> str:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(1.0):
-                await router.acompletion(model="tierwise", messages=[{"role": "user", "content": HARD}], metadata=md)
-        return "went on"
-
-    async def run() -> dict[str, Any]:
-        assert await asyncio.create_task(call()) == "went on"
-        held = (await asyncio.to_thread(api.get, f"/sessions/{session}")).json()
-        assert held["reserved_usd"] > 0  # released after the grace period, not at once
-        return await areleased_view(api, session, 1, settled=0)
-
-    view = asyncio.run(run())
-    assert view["spent_usd"] == 0 and view["recent_decisions"][0]["decision_id"] == md[DECISION_KEY]["decision_id"]
-
-
 def cancel_watched_calls(settler: TierwiseSettler, decisions: list[dict[str, Any]]) -> int:
     """One async call per decision, each watched by `settler`, their tasks cancelled at once once all are watched;
     how many threads were started meanwhile."""
@@ -573,7 +541,7 @@ def test_an_answer_reported_after_its_release_is_booked(
     with caplog.at_level(logging.INFO, logger="integrations.litellm_router"):
         settler.log_success_event(kwargs, None, None, None)
     assert released[100:] == [("d7", {"cost_usd": 0.0123})]
-    assert "decision d7: LiteLLM reported the answer of its call" in caplog.text and "0.0123" in caplog.text
+    assert "decision d7: LiteLLM reported the answer of its cancelled call" in caplog.text and "0.0123" in caplog.text
     settler.log_success_event(kwargs, None, None, None)  # a repeated report posts nothing more
     assert len(released) == 101 and settler.settled(decision)
 
@@ -963,18 +931,10 @@ def test_an_answer_from_a_fallback_group_is_none_of_the_tiers(tierwise: str, api
     assert api.get("/sessions/fell-back").json()["spent_usd"] == 0
 
 
-def test_a_long_lived_tasks_watch_list_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_long_lived_tasks_watch_list_is_bounded() -> None:
     """Calls cancelled inside a task that goes on (asyncio.timeout) are never reported ended: the task's watch list
-    grew by one decision per such call (review finding). It keeps the latest, released when the task ends."""
-    monkeypatch.setattr(litellm_router, "RELEASE_AFTER_CANCEL_S", 0.05)
-    released: list[str] = []
-
-    class Recording(TierwiseClient):
-        def release(self, decision_id: str) -> dict[str, Any]:
-            released.append(decision_id)
-            return {"settled": False}
-
-    client = Recording("http://127.0.0.1:9", api_key=CLIENT_KEY)
+    grew by one decision per such call (review finding)."""
+    client = TierwiseClient("http://127.0.0.1:9", api_key=CLIENT_KEY)
     settler = TierwiseSettler(client)
 
     async def many() -> int:
@@ -985,13 +945,6 @@ def test_a_long_lived_tasks_watch_list_is_bounded(monkeypatch: pytest.MonkeyPatc
         return len(settler._watched[task])
 
     assert asyncio.run(many()) <= litellm_router.WATCHED_PER_TASK
-    for _ in range(200):
-        if len(released) >= litellm_router.WATCHED_PER_TASK - 1:
-            break
-        time.sleep(0.02)
-    time.sleep(0.1)
-    kept = litellm_router.WATCHED_PER_TASK
-    assert sorted(released) == sorted(f"d{i}" for i in range(500 - kept, 500)), released
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="no os.fork on this platform")
