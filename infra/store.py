@@ -551,7 +551,12 @@ _LOCK_SESSION_OF = (
 
 def _lock_sessions(conn: Connection, session_ids: sa.Select[Any]) -> None:
     """Lock the sessions `session_ids` selects, in id order: whatever locks several sessions in one transaction
-    takes them in this order first, so two such transactions cannot deadlock (a no-op on SQLite)."""
+    takes them in this order first, so two such transactions cannot deadlock. On SQLite, which has no row locks and
+    begins a transaction's write lock only at its first write, a write that changes nothing (as `_LOCK_SESSION_OF`
+    does): what the transaction reads next no other writer can change before it commits."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(sessions.update().where(sessions.c.id.in_(session_ids)).values(status=sessions.c.status))
+        return
     conn.execute(
         sa.select(sessions.c.id).where(sessions.c.id.in_(session_ids)).order_by(sessions.c.id).with_for_update()
     ).all()

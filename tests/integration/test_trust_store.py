@@ -404,6 +404,37 @@ def test_an_old_unsettled_hold_is_released_and_its_late_cost_still_booked(url: s
     store.dispose()
 
 
+def test_a_hold_release_lets_no_settlement_in_between_its_look_and_its_write(
+    url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`release_hold` (POST /decisions/{id}/release) reads the hold, then takes it off the session. A late answer's
+    settlement of the same decision committed in between released the hold a second time on SQLite, which has no
+    row locks: the session lost another decision's room (review finding). The settlement must wait for the release,
+    then book its cost, releasing nothing more."""
+    store = Store(url)
+    store.migrate()
+    with store.lock_session("s", None) as locked:
+        locked.reserve([decision(1, "s", reserved=0.3), decision(2, "s", reserved=0.3)])
+    late: dict[str, Any] = {"tokens_in": None, "tokens_out": None, "latency_ms": None, "served_model": None}
+    settled: list[bool] = []
+    settlement = threading.Thread(target=lambda: settled.append(store.settle_decision("d1", cost_usd=0.2, **late)))
+    take_off = infra.store._release_holds
+
+    def settle_between(conn: sa.Connection, held: Any) -> None:
+        settlement.start()
+        settlement.join(1.0)
+        assert settlement.is_alive(), "the settlement did not wait for the release"
+        take_off(conn, held)
+
+    monkeypatch.setattr(infra.store, "_release_holds", settle_between)
+    assert store.release_hold("d1") == pytest.approx(0.3)
+    settlement.join(30)
+    s = store.get_session("s")
+    assert settled == [True] and s is not None
+    assert s.reserved_usd == pytest.approx(0.3) and s.spent_usd == pytest.approx(0.2)  # d2's hold kept
+    store.dispose()
+
+
 def test_a_hold_expiry_waits_for_a_settlement_in_flight_and_releases_nothing_twice(pg_url: str) -> None:
     """As the purge: a settlement holding its session's lock commits while the expiry runs; the expiry sums the
     holds after it, so the settled decision's hold is not taken off the session a second time."""
