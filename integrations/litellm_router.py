@@ -706,9 +706,11 @@ class TierwiseSettler(CustomLogger):
             did = str(decision["decision_id"])
             # Under the lock _note_end takes: an answer reported now either stops this release or finds it marked.
             with self._lock:  # a retry of the call in another task, still running, may yet answer for it
-                watched = any(did in pending for pending in self._watched.values())
-                # (a release in flight or done: another cancelled task watched the same decision)
-                if watched or did in self._ended or did in self._released_on_cancel or not self._to_settle(decision):
+                # (a release in flight or done: another cancelled task watched the same decision); the scan of the
+                # tasks still running last, as it is the dear one
+                if did in self._ended or did in self._released_on_cancel or not self._to_settle(decision):
+                    continue
+                if any(did in pending for pending in self._watched.values()):
                     continue
                 self._released_on_cancel[did] = cancelled_at
                 while len(self._released_on_cancel) > self._remember:
