@@ -752,7 +752,7 @@ class TierwiseSettler(CustomLogger):
             return
         with self._lock:
             cancelled_at = self._released_on_cancel.get(did)
-        if cancelled_at is not None and booked is not False:
+        if cancelled_at is not None and booked is True:
             logger.info(
                 "decision %s: LiteLLM reported the answer of its cancelled call %.1f s after the cancellation, after "
                 "its reservation was released; its cost (%s) is booked on the session",
