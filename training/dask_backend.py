@@ -161,6 +161,28 @@ def _encode(texts: Sequence[str], backend: str, onnx_dir: str) -> np.ndarray:
     return worker_embedder(backend, onnx_dir).encode(texts)
 
 
+@_on_worker
+def _fresh_embedder_id(backend: str, onnx_dir: str) -> str:
+    """This worker's embedder loaded afresh from its files (a long-lived worker kept the one it loaded first, even
+    after its files were rebuilt), and its id."""
+    worker_embedder.cache_clear()
+    return worker_embedder(backend, onnx_dir).id
+
+
+def check_workers(client: Any, backend: str, onnx_dir: str, expected_id: str, whose: str) -> None:
+    """Before any work: every worker reloads its embedder, which must be `expected_id` (`whose`: the model's, this
+    process's); a DaskFailure names the first worker that differs or cannot load it."""
+    try:
+        ids = client.run(_fresh_embedder_id, backend, onnx_dir, on_error="return")
+    except _cluster_errors() as exc:
+        raise DaskFailure(f"the cluster failed the run ({type(exc).__name__}: {exc or 'no reason given'})") from None
+    for worker, got in sorted(ids.items()):
+        if isinstance(got, BaseException):
+            raise DaskFailure(str(got) if isinstance(got, DaskFailure) else f"on the Dask worker {worker}: {got}")
+        if got != expected_id:
+            raise DaskFailure(f"the Dask worker {worker} loads the embedder '{got}', not {whose} '{expected_id}'")
+
+
 def _ordered(submit: Any, items: Iterator[Any], in_flight: int) -> Iterator[Any]:
     """Results of submit(item) for each item, in input order, with at most `in_flight` tasks outstanding; a failure
     of the cluster meanwhile is a DaskFailure."""
@@ -198,6 +220,7 @@ def route_file_dask(
         art = client.submit(pickle.loads, pickle.dumps(artifact), pure=False)
     except _cluster_errors() as exc:
         raise DaskFailure(f"the cluster has no worker ({type(exc).__name__}: {exc})") from None
+    check_workers(client, backend, str(onnx_dir.resolve()), artifact.features.embedder_id, "the model's")
     in_flight = IN_FLIGHT_PER_WORKER * n_workers(client)
     args = (art, tiers, backend, str(onnx_dir.resolve()), target, cost_weight, chunk, novelty_limit)
 
@@ -223,6 +246,7 @@ class DaskEmbedder:
         self.backend = backend
         self.onnx_dir = str(onnx_dir.resolve())  # the workers' own working directories may differ
         self.rows_per_task = rows_per_task
+        self._checked = False
 
     @property
     def id(self) -> str:
@@ -236,6 +260,9 @@ class DaskEmbedder:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if not self._checked:  # once, before the first texts leave this process
+            check_workers(self.client, self.backend, self.onnx_dir, self.local.id, "this process's")
+            self._checked = True
         parts = (texts[i : i + self.rows_per_task] for i in range(0, len(texts), self.rows_per_task))
 
         def submit(part: list[str]) -> Any:

@@ -103,6 +103,32 @@ def test_a_failure_on_a_worker_says_so(client: Any, artifact: RouterArtifact, tm
         route_file_dask(client, artifact, artifact.tiers, "static", empty, src, tmp_path / "out.jsonl", 0.7)
 
 
+def test_each_run_reloads_the_workers_embedder_and_checks_it_first(
+    client: Any, artifact: RouterArtifact, tmp_path: Path
+) -> None:
+    """Long-lived workers kept the embedder they loaded first, even after its files were rebuilt, and nothing
+    checked the workers' embedder before a run (review finding, left last session). Each run now reloads it on
+    every worker and compares it with the model's (or this process's) before any chunk is sent."""
+    from training.dask_backend import DaskFailure
+
+    def mark() -> None:  # the embedder each worker holds now gets a mark; a reloaded one has none
+        worker_embedder("static", str(ONNX_DIR.resolve())).tierwise_test_mark = True
+
+    def marked() -> bool:
+        return hasattr(worker_embedder("static", str(ONNX_DIR.resolve())), "tierwise_test_mark")
+
+    client.run(mark)
+    assert set(client.run(marked).values()) == {True}
+    src = _prompts_file(tmp_path / "prompts.jsonl", 40)
+    route_file_dask(client, artifact, artifact.tiers, "static", ONNX_DIR, src, tmp_path / "out.jsonl", 0.7)
+    assert set(client.run(marked).values()) == {False}  # reloaded on every worker
+    other = replace(artifact, features=artifact.features.model_copy(update={"embedder_id": "another:embedder"}))
+    out = tmp_path / "other.jsonl"
+    with pytest.raises(DaskFailure, match="the Dask worker .* loads the embedder '.*static.*', not the model's"):
+        route_file_dask(client, other, other.tiers, "static", ONNX_DIR, src, out, 0.7)
+    assert not out.exists()
+
+
 def test_a_run_survives_its_only_worker_restarting(
     artifact: RouterArtifact, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
