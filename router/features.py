@@ -30,14 +30,19 @@ class FeatureSpec(BaseModel):
         return self.embedding_dim + (len(TEXT_FEATURE_NAMES) if self.text_features else 0)
 
 
-def featurize(
-    prompts: Sequence[str], spec: FeatureSpec, embedder: Embedder, cache: EmbeddingCache | None = None
-) -> np.ndarray:
-    """Model inputs for prompts: the embedding of each prompt's tail, plus cheap text features."""
+def check_embedder(spec: FeatureSpec, embedder: Embedder) -> None:
+    """EmbedderMismatch unless `embedder` is the one the model was trained with."""
     if embedder.id != spec.embedder_id:
         raise EmbedderMismatch(
             f"the model was trained with embedder '{spec.embedder_id}' but '{embedder.id}' was given"
         )
+
+
+def featurize(
+    prompts: Sequence[str], spec: FeatureSpec, embedder: Embedder, cache: EmbeddingCache | None = None
+) -> np.ndarray:
+    """Model inputs for prompts: the embedding of each prompt's tail, plus cheap text features."""
+    check_embedder(spec, embedder)
     emb = embed_cached(embedder, [text_window(p, spec.tail_chars) for p in prompts], cache)
     if not spec.text_features:
         return emb

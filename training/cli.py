@@ -27,7 +27,7 @@ from router.artifact import HeldOut, RouterArtifact
 from router.embedders.factory import backend_of, make_embedder
 from router.embedders.onnx import StaleOnnxFile
 from router.embedding_cache import EmbeddingCache
-from router.features import FeatureSpec
+from router.features import FeatureSpec, check_embedder
 from router.model import DifficultyModel
 from router.novelty import NoveltyReference
 from router.routing import Router
@@ -936,6 +936,7 @@ def route(
                     from training.dask_backend import close, route_file_dask
 
                     try:
+                        check_embedder(artifact.features, embedder)  # this machine's files, as without --dask
                         onnx_dir = s.cache_dir / "onnx"
                         run = route_file_dask(
                             client,

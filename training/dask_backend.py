@@ -1,7 +1,8 @@
 """Dask for bulk work beyond one process: `--dask tcp://host:8786` (a running scheduler) or `--dask local:N`.
 
-Bulk routing sends chunks of prompts to the workers; each worker process loads the embedder once (a cached
-per-process loader) and the router artifact once (a task of its own, which the scheduler runs again on another
+Bulk routing sends chunks of prompts to the workers; each worker process loads the embedder once per build of its
+files (a cached per-process loader; each run first checks every worker's against the model's) and the router
+artifact once (a task of its own, which the scheduler runs again on another
 worker, or on the restarted one, if the worker holding it dies). At most two chunks per worker are in flight and
 results are written in input order, so memory stays bounded on the client too. A failure of the cluster (a worker
 killed over and over, the scheduler gone) or on a worker (its embedder files missing or another embedder's) is a
@@ -29,8 +30,9 @@ from typing import Any, TypeVar
 import numpy as np
 
 from router.artifact import RouterArtifact
-from router.embedders.factory import make_embedder
+from router.embedders.factory import FILE_BACKENDS, embedder_files, make_embedder
 from router.embedders.protocol import Embedder
+from router.features import EmbedderMismatch
 from router.routing import Router
 from router.schema import TiersConfig
 from training.bulk import (
@@ -49,6 +51,7 @@ IN_FLIGHT_PER_WORKER = 2
 WORKERS_WAIT_S = 60.0  # how long a run waits for the cluster to have a worker
 CONNECT_TIMEOUT_S = 10.0  # how long connecting to a scheduler's address may take
 T = TypeVar("T")
+Fingerprint = tuple[tuple[int, int, int] | None, ...]
 
 
 class DaskFailure(RuntimeError):
@@ -134,10 +137,39 @@ def n_workers(client: Any) -> int:
     return max(len(client.scheduler_info().get("workers", {})), 1)
 
 
+def _fingerprint(backend: str, onnx_dir: str) -> Fingerprint:
+    """(inode, size, mtime) of each file the backend loads (None: missing): a rebuild of the files changes it."""
+    if backend not in FILE_BACKENDS:
+        return ()
+    out: list[tuple[int, int, int] | None] = []
+    for path in embedder_files(backend, Path(onnx_dir)):
+        try:
+            st = path.stat()
+        except OSError:
+            out.append(None)
+        else:
+            out.append((st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
 @lru_cache(maxsize=4)
+def _loaded(backend: str, onnx_dir: str, fingerprint: Fingerprint) -> Embedder:  # noqa: ARG001 (the cache key)
+    embedder = make_embedder(backend, onnx_dir=Path(onnx_dir), num_threads=1)
+    embedder.encode(["tierwise"])  # the files read now (every embedder loads lazily): a broken one fails here
+    return embedder
+
+
 def worker_embedder(backend: str, onnx_dir: str) -> Embedder:
-    """The embedder of this worker process, loaded once and kept (one intra-op thread: workers are the parallelism)."""
-    return make_embedder(backend, onnx_dir=Path(onnx_dir), num_threads=1)
+    """The embedder of this worker process (one intra-op thread: workers are the parallelism), loaded once per build
+    of its files: a long-lived worker whose files were rebuilt loads them again."""
+    return _loaded(backend, onnx_dir, _fingerprint(backend, onnx_dir))
+
+
+def _checked_embedder(backend: str, onnx_dir: str, expected_id: str, whose: str) -> Embedder:
+    embedder = worker_embedder(backend, onnx_dir)
+    if embedder.id != expected_id:
+        raise EmbedderMismatch(f"this worker loads the embedder '{embedder.id}', not {whose} '{expected_id}'")
+    return embedder
 
 
 @_on_worker
@@ -152,33 +184,33 @@ def _route_rows(
     chunk: int,
     novelty_limit: float | None,
 ) -> list[Record]:
-    router = Router(artifact, tiers, worker_embedder(backend, onnx_dir), num_threads=1)
+    router = Router(artifact, tiers, worker_embedder(backend, onnx_dir), num_threads=1)  # featurize checks its id
     return decisions_json(router, rows, target, chunk, cost_weight, novelty_limit)
 
 
 @_on_worker
-def _encode(texts: Sequence[str], backend: str, onnx_dir: str) -> np.ndarray:
-    return worker_embedder(backend, onnx_dir).encode(texts)
+def _encode(texts: Sequence[str], backend: str, onnx_dir: str, expected_id: str) -> np.ndarray:
+    return _checked_embedder(backend, onnx_dir, expected_id, "this process's").encode(texts)
 
 
-@_on_worker
-def _fresh_embedder_id(backend: str, onnx_dir: str) -> str:
-    """This worker's embedder loaded afresh from its files (a long-lived worker kept the one it loaded first, even
-    after its files were rebuilt), and its id."""
-    worker_embedder.cache_clear()
+def _embedder_id(backend: str, onnx_dir: str) -> str:
     return worker_embedder(backend, onnx_dir).id
 
 
 def check_workers(client: Any, backend: str, onnx_dir: str, expected_id: str, whose: str) -> None:
-    """Before any work: every worker reloads its embedder, which must be `expected_id` (`whose`: the model's, this
-    process's); a DaskFailure names the first worker that differs or cannot load it."""
+    """Before any work: the embedder each worker loads (from its files, `worker_embedder`) must be `expected_id`
+    (`whose`: the model's, this process's); a DaskFailure names the first worker that differs or cannot load it. A
+    worker lost meanwhile is left out: one that comes back loads its files anew, and its tasks check again."""
     try:
-        ids = client.run(_fresh_embedder_id, backend, onnx_dir, on_error="return")
+        client.wait_for_workers(1, timeout=WORKERS_WAIT_S)
+        ids = client.run(_embedder_id, backend, onnx_dir, on_error="return")
     except _cluster_errors() as exc:
         raise DaskFailure(f"the cluster failed the run ({type(exc).__name__}: {exc or 'no reason given'})") from None
     for worker, got in sorted(ids.items()):
+        if isinstance(got, (*_cluster_errors(), OSError)) and not isinstance(got, FileNotFoundError):
+            continue  # the connection to that worker, not its embedder
         if isinstance(got, BaseException):
-            raise DaskFailure(str(got) if isinstance(got, DaskFailure) else f"on the Dask worker {worker}: {got}")
+            raise DaskFailure(f"on the Dask worker {worker}: {type(got).__name__}: {got}")
         if got != expected_id:
             raise DaskFailure(f"the Dask worker {worker} loads the embedder '{got}', not {whose} '{expected_id}'")
 
@@ -260,13 +292,13 @@ class DaskEmbedder:
         texts = list(texts)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        if not self._checked:  # once, before the first texts leave this process
+        if not self._checked:  # once, before the first texts leave this process (each task checks again)
             check_workers(self.client, self.backend, self.onnx_dir, self.local.id, "this process's")
             self._checked = True
         parts = (texts[i : i + self.rows_per_task] for i in range(0, len(texts), self.rows_per_task))
 
         def submit(part: list[str]) -> Any:
-            return self.client.submit(_encode, part, self.backend, self.onnx_dir, pure=False)
+            return self.client.submit(_encode, part, self.backend, self.onnx_dir, self.local.id, pure=False)
 
         in_flight = IN_FLIGHT_PER_WORKER * n_workers(self.client)
         return np.vstack(list(_ordered(submit, parts, in_flight))).astype(np.float32)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -21,7 +22,7 @@ from tests.integration.conftest import train_artifact
 from training.bulk import route_file
 
 pytest.importorskip("dask.distributed", reason="the dask extra is not installed: pip install 'tierwise[dask]'")
-from training.dask_backend import DaskEmbedder, close, connect, route_file_dask, worker_embedder
+from training.dask_backend import DaskEmbedder, _loaded, close, connect, route_file_dask, worker_embedder
 
 ONNX_DIR = Path(__file__).resolve().parents[2] / ".cache" / "onnx"
 pytestmark = pytest.mark.skipif(
@@ -61,7 +62,7 @@ def test_bulk_routing_on_two_workers_equals_one_process(client: Any, artifact: R
     assert n1 == n2 == len(log)
     assert two.read_text() == one.read_text()
     # Both workers did some of the work, each loading the embedder once.
-    loaded = client.run(lambda: worker_embedder.cache_info().currsize)
+    loaded = client.run(lambda: _loaded.cache_info().currsize)
     assert sorted(loaded.values()) == [1, 1]
     assert len({json.loads(line)["tier"] for line in one.read_text().splitlines()}) > 1
     # With the service's out-of-distribution fallback (a low limit, so that some prompts take it), the same too.
@@ -99,34 +100,58 @@ def test_a_failure_on_a_worker_says_so(client: Any, artifact: RouterArtifact, tm
     src = _prompts_file(tmp_path / "prompts.jsonl", 40)
     empty = tmp_path / "no-embedder"
     empty.mkdir()
-    with pytest.raises(DaskFailure, match="on the Dask worker .*static-vectors.npy"):
+    with pytest.raises(DaskFailure, match="^on the Dask worker tcp://.*static-vectors.npy"):
         route_file_dask(client, artifact, artifact.tiers, "static", empty, src, tmp_path / "out.jsonl", 0.7)
 
 
-def test_each_run_reloads_the_workers_embedder_and_checks_it_first(
+def test_a_rebuilt_embedder_is_reloaded_and_every_worker_checked_first(
     client: Any, artifact: RouterArtifact, tmp_path: Path
 ) -> None:
     """Long-lived workers kept the embedder they loaded first, even after its files were rebuilt, and nothing
-    checked the workers' embedder before a run (review finding, left last session). Each run now reloads it on
-    every worker and compares it with the model's (or this process's) before any chunk is sent."""
+    checked the workers' embedder before a run (review findings). A worker now loads the files again when they
+    change, and each run compares every worker's embedder with the model's before any chunk is sent."""
     from training.dask_backend import DaskFailure
 
+    files = tmp_path / "onnx"
+    shutil.copytree(ONNX_DIR, files)
+    where = str(files.resolve())
+
     def mark() -> None:  # the embedder each worker holds now gets a mark; a reloaded one has none
-        worker_embedder("static", str(ONNX_DIR.resolve())).tierwise_test_mark = True
+        worker_embedder("static", where).tierwise_test_mark = True  # type: ignore[attr-defined]
 
     def marked() -> bool:
-        return hasattr(worker_embedder("static", str(ONNX_DIR.resolve())), "tierwise_test_mark")
+        return hasattr(worker_embedder("static", where), "tierwise_test_mark")
 
     client.run(mark)
-    assert set(client.run(marked).values()) == {True}
     src = _prompts_file(tmp_path / "prompts.jsonl", 40)
-    route_file_dask(client, artifact, artifact.tiers, "static", ONNX_DIR, src, tmp_path / "out.jsonl", 0.7)
-    assert set(client.run(marked).values()) == {False}  # reloaded on every worker
+    route_file_dask(client, artifact, artifact.tiers, "static", files, src, tmp_path / "out.jsonl", 0.7)
+    assert set(client.run(marked).values()) == {True}  # the same files: the same embedder, not loaded again
+    vectors = embedder_files("static", files)[0]
+    vectors.write_bytes(vectors.read_bytes())  # rebuilt (the same bytes, a new write)
+    route_file_dask(client, artifact, artifact.tiers, "static", files, src, tmp_path / "out.jsonl", 0.7)
+    assert set(client.run(marked).values()) == {False}  # loaded again on every worker
     other = replace(artifact, features=artifact.features.model_copy(update={"embedder_id": "another:embedder"}))
-    out = tmp_path / "other.jsonl"
-    with pytest.raises(DaskFailure, match="the Dask worker .* loads the embedder '.*static.*', not the model's"):
-        route_file_dask(client, other, other.tiers, "static", ONNX_DIR, src, out, 0.7)
-    assert not out.exists()
+    with pytest.raises(DaskFailure, match="^the Dask worker tcp://.* loads the embedder '.*static.*', not the model's"):
+        route_file_dask(client, other, other.tiers, "static", files, src, tmp_path / "other.jsonl", 0.7)
+
+
+def test_train_embeds_on_workers_with_this_process_embedder_only(client: Any) -> None:
+    """`train --dask` checked no worker's embedder: a worker with another build embedded silently (review finding).
+    The first encode checks every worker, and each task checks its own worker."""
+    from training.dask_backend import DaskFailure, _encode
+
+    local = make_embedder("static", onnx_dir=ONNX_DIR)
+
+    class Other:
+        id, dim = "another:embedder", local.dim
+
+    remote = DaskEmbedder(client, Other(), "static", ONNX_DIR)  # type: ignore[arg-type]
+    with pytest.raises(DaskFailure, match="^the Dask worker tcp://.* loads the embedder .*, not this process's"):
+        remote.encode(["a prompt"])
+    assert not remote._checked
+    task = client.submit(_encode, ["a prompt"], "static", str(ONNX_DIR.resolve()), "another:embedder", pure=False)
+    with pytest.raises(DaskFailure, match="^on the Dask worker tcp://.*EmbedderMismatch.*not this process's"):
+        task.result()
 
 
 def test_a_run_survives_its_only_worker_restarting(

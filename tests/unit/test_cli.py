@@ -837,6 +837,26 @@ def test_route_batch_passes_chunk_to_dask(tmp_path, artifact_dir, monkeypatch):
     assert seen["chunk"] == 7
 
 
+def test_route_batch_on_dask_refuses_this_machines_other_embedder_as_without_dask(tmp_path, artifact_dir, monkeypatch):
+    """With --dask, this machine's embedder files of another build were blamed on a Dask worker (the workers read
+    the same cache); the refusal is now the one `route --batch` gives without --dask, before any chunk is sent."""
+    from training import dask_backend
+
+    sent = []
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder(name="test/hashing:another-build"))
+    monkeypatch.setattr(cli, "_dask_client", lambda spec: object())
+    monkeypatch.setattr(dask_backend, "route_file_dask", lambda *a, **k: sent.append(a))
+    monkeypatch.setattr(dask_backend, "close", lambda client: None)
+    batch = tmp_path / "prompts.jsonl"
+    batch.write_text('{"prompt": "hard question 1"}\n')
+    for dask in ([], ["--dask", "local:1"]):
+        res = runner.invoke(cli.app, ["route", "--batch", str(batch), "--model-uri", str(artifact_dir), *dask])
+        assert res.exit_code == 2 and sent == []
+        assert "error: the model was trained with embedder 'test/hashing:hash' but 'test/hashing:another-build'" in (
+            res.output
+        ), res.output
+
+
 def test_route_batch_names_an_output_symlink_loop(tmp_path, artifact_dir, monkeypatch):
     """`--out` a symlink to itself was a traceback (RuntimeError: Symlink loop) from the is-it-the-input check."""
     monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
