@@ -459,6 +459,61 @@ def oof_bases(
     }
 
 
+@dataclass
+class ShippedRouter:
+    """The router as `make train` fits it on a split, for the A/B scripts that compare a candidate beside it."""
+
+    X: np.ndarray  # features of every prompt of the split (embedding of the tail view + text features)
+    emb: np.ndarray  # the embedding part
+    boosters: np.ndarray  # the boosters' predicted tier quality on the test prompts
+    oof: dict[str, np.ndarray]  # out-of-fold train predictions of the boosters, kNN and task prior (oof_bases)
+    prior_fit: Any  # the task prior's blend (training.fit.fit_task_prior), None without categories
+    test: np.ndarray
+
+    def blended(self, quality: np.ndarray) -> np.ndarray:
+        """Tier quality on the test prompts blended with the guessed task prior, as the service predicts."""
+        return (
+            quality if self.prior_fit is None else np.asarray(self.prior_fit.blend(quality, None, self.X[self.test])[0])
+        )
+
+
+def fit_shipped_router(sp: SplitData, feats: Features, seed: int) -> ShippedRouter:
+    """Per-tier boosters on the shared difficulty, their out-of-fold bases and the task prior's weights."""
+    tr, te, Y = sp.train, sp.test, sp.scores
+    emb = feats.view(sp.prompts, "tail700")
+    X = np.hstack([emb, text_features(sp.prompts)])
+    shared = shared_difficulty_for(sp, X, feats, seed)
+    names = [str(j) for j in range(Y.shape[1])]
+    easiness = shared.oof_easiness_[: int(tr.sum())]
+    booster = DifficultyModel(n_jobs=N_JOBS, random_state=seed, easiness="prior")
+    boosters = booster.fit(X[tr], Y[tr], names, shared=shared, train_easiness=easiness).predict_quality(X[te])
+    oof = oof_bases(sp, X, emb, shared, seed)
+    params = DifficultyModel(n_jobs=N_JOBS, random_state=seed, easiness="prior")
+    prior_fit = fit_task_prior(
+        X[tr], Y[tr], sp.categories[tr], names, params, shared, easiness, boosters_oof=oof["boosters"]
+    )
+    return ShippedRouter(X, emb, boosters, oof, prior_fit, te)
+
+
+def ab_summary(
+    draws: dict[str, list[dict[str, dict[str, np.ndarray]]]], with_rho: bool = False
+) -> dict[str, dict[str, list[float]]]:
+    """An A/B script's table, per group and method: AIQ, Δ vs the router with its 95% CI (the seeds' b-th draws
+    averaged), and with `with_rho` the mean within-category ρ (NaN where a method has none)."""
+    table: dict[str, dict[str, list[float]]] = {}
+    for group, splits in draws.items():
+        router = np.mean([s["router"]["AIQ"] for s in splits], axis=0)
+        table[group] = {}
+        for name in splits[0]:
+            aiq = np.mean([s[name]["AIQ"] for s in splits], axis=0)
+            lo, hi = np.nanpercentile((aiq - router)[1:], [2.5, 97.5])
+            row = [float(aiq[0]), float(aiq[0] - router[0]), float(lo), float(hi)]
+            if with_rho:
+                row.append(float(np.mean([s[name].get("within_category_rho", [np.nan])[0] for s in splits])))
+            table[group][name] = [round(v, 4) for v in row]
+    return table
+
+
 def _learned_blend(sp: SplitData, X: np.ndarray, seed: int, test_pred: np.ndarray) -> np.ndarray:
     """w * IRT + (1 - w) * category prior, w per tier chosen on 3-fold out-of-fold train predictions."""
     tr_idx = np.flatnonzero(sp.train)

@@ -29,9 +29,7 @@ from bench import quality as bq
 from bench.common import machine_info
 from bench.finetune_encoder import Encoder, FinetunedQuality, TokenStates, subset
 from router import evaluate as ev
-from router.model import DifficultyModel
-from router.text import text_features, text_window
-from training.fit import fit_task_prior
+from router.text import text_window
 
 logger = logging.getLogger("bench.quality_finetune")
 HEADS = {"fine-tuned top layer": "top", "attention pooling (frozen)": "attention"}
@@ -42,21 +40,8 @@ def split_predictions(
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Each method's predicted tier quality on the split's test prompts, and the heads' fit reports."""
     tr, te, Y = sp.train, sp.test, sp.scores
-    emb = feats.view(sp.prompts, "tail700")
-    X = np.hstack([emb, text_features(sp.prompts)])
-    shared = bq.shared_difficulty_for(sp, X, feats, seed)
-    names = [str(j) for j in range(Y.shape[1])]
-    easiness = shared.oof_easiness_[: int(tr.sum())]
-    booster = DifficultyModel(n_jobs=bq.N_JOBS, random_state=seed, easiness="prior")
-    boosters = booster.fit(X[tr], Y[tr], names, shared=shared, train_easiness=easiness).predict_quality(X[te])
-    oof = bq.oof_bases(sp, X, emb, shared, seed)
-    params = DifficultyModel(n_jobs=bq.N_JOBS, random_state=seed, easiness="prior")
-    prior_fit = fit_task_prior(
-        X[tr], Y[tr], sp.categories[tr], names, params, shared, easiness, boosters_oof=oof["boosters"]
-    )
-
-    def blended(quality: np.ndarray) -> np.ndarray:
-        return quality if prior_fit is None else prior_fit.blend(quality, None, X[te])[0]
+    fitted = bq.fit_shipped_router(sp, feats, seed)
+    emb, boosters, blended = fitted.emb, fitted.boosters, fitted.blended
 
     preds: dict[str, np.ndarray] = {
         "router": blended(boosters),
@@ -81,21 +66,6 @@ def split_predictions(
         preds[label] = quality
         preds[f"router, boosters averaged with the {label}"] = blended(0.5 * boosters + 0.5 * quality)
     return preds, reports
-
-
-def summarise(draws: dict[str, list[dict[str, dict[str, np.ndarray]]]]) -> dict[str, dict[str, list[float]]]:
-    """Per group and method: AIQ, Δ vs the router with its 95% CI (seeds' b-th draws averaged), within-category ρ."""
-    table: dict[str, dict[str, list[float]]] = {}
-    for group, splits in draws.items():
-        router = np.mean([s["router"]["AIQ"] for s in splits], axis=0)
-        table[group] = {}
-        for name in splits[0]:
-            aiq = np.mean([s[name]["AIQ"] for s in splits], axis=0)
-            lo, hi = np.nanpercentile((aiq - router)[1:], [2.5, 97.5])
-            rho = float(np.mean([s[name].get("within_category_rho", [np.nan])[0] for s in splits]))
-            row = [float(aiq[0]), float(aiq[0] - router[0]), float(lo), float(hi), rho]
-            table[group][name] = [round(v, 4) for v in row]
-    return table
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -138,7 +108,7 @@ def main() -> None:
         seed = int(sp.name[4:]) if sp.name.startswith("seed") else 0
         preds, reports[f"{sp.group} {sp.name}"] = split_predictions(sp, feats, states_of[key], encoder, seed)
         draws.setdefault(sp.group, []).append(bq.evaluate_split(sp, preds, 200, seed))
-        for name, row in summarise({sp.group: draws[sp.group][-1:]})[sp.group].items():
+        for name, row in bq.ab_summary({sp.group: draws[sp.group][-1:]}, with_rho=True)[sp.group].items():
             logger.info("  %-60s AIQ %.4f  Δ %+.4f [%+.4f, %+.4f]  ρ %.3f", name, *row)
         logger.info("%s %s: %.0f s", sp.group, sp.name, time.perf_counter() - t0)
     result = {
@@ -146,7 +116,7 @@ def main() -> None:
         "command": f'python -m bench.quality_finetune --only "{args.only}" --seeds {args.seeds}',
         "runtime_s": round(time.perf_counter() - started, 1),
         "splits": {g: len(s) for g, s in draws.items()},
-        "groups": summarise(draws),
+        "groups": bq.ab_summary(draws, with_rho=True),
         "fits": reports,
     }
     (bq.RESULTS / f"{args.out}.json").write_text(json.dumps(result, indent=1) + "\n")

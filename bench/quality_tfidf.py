@@ -27,10 +27,7 @@ from threadpoolctl import threadpool_limits
 from bench import quality as bq
 from bench.common import machine_info
 from router import evaluate as ev
-from router.model import DifficultyModel
 from router.stacking import StackedQuality, out_of_fold
-from router.text import text_features
-from training.fit import fit_task_prior
 
 logger = logging.getLogger("bench.quality_tfidf")
 RIDGE_ALPHA = 3.0
@@ -53,18 +50,8 @@ def tfidf_ridge(fit_prompts: list[str], Y: np.ndarray, predict_prompts: list[str
 def split_predictions(sp: bq.SplitData, feats: bq.Features, seed: int) -> dict[str, np.ndarray]:
     """Each method's predicted tier quality on the split's test prompts."""
     tr, te, Y = sp.train, sp.test, sp.scores
-    emb = feats.view(sp.prompts, "tail700")
-    X = np.hstack([emb, text_features(sp.prompts)])
-    shared = bq.shared_difficulty_for(sp, X, feats, seed)
-    names = [str(j) for j in range(Y.shape[1])]
-    easiness = shared.oof_easiness_[: int(tr.sum())]
-    booster = DifficultyModel(n_jobs=bq.N_JOBS, random_state=seed, easiness="prior")
-    boosters = booster.fit(X[tr], Y[tr], names, shared=shared, train_easiness=easiness).predict_quality(X[te])
-    oof = bq.oof_bases(sp, X, emb, shared, seed)
-    params = DifficultyModel(n_jobs=bq.N_JOBS, random_state=seed, easiness="prior")
-    prior_fit = fit_task_prior(
-        X[tr], Y[tr], sp.categories[tr], names, params, shared, easiness, boosters_oof=oof["boosters"]
-    )
+    fitted = bq.fit_shipped_router(sp, feats, seed)
+    emb, boosters, oof, blended = fitted.emb, fitted.boosters, fitted.oof, fitted.blended
     train_prompts = [sp.prompts[i] for i in np.flatnonzero(tr)]
     test_prompts = [sp.prompts[i] for i in np.flatnonzero(te)]
     ridge = tfidf_ridge(train_prompts, Y[tr], test_prompts)
@@ -74,9 +61,6 @@ def split_predictions(sp: bq.SplitData, feats: bq.Features, seed: int) -> dict[s
         3,
         seed,
     )
-
-    def blended(quality: np.ndarray) -> np.ndarray:
-        return quality if prior_fit is None else prior_fit.blend(quality, None, X[te])[0]
 
     bases = {
         "boosters": boosters,
@@ -98,20 +82,6 @@ def split_predictions(sp: bq.SplitData, feats: bq.Features, seed: int) -> dict[s
         meta = StackedQuality().fit([oof[b] for b in combo], Y[tr])
         preds["stacking " + " + ".join(combo)] = meta.predict_quality([bases[b] for b in combo])
     return preds
-
-
-def summarise(draws: dict[str, list[dict[str, dict[str, np.ndarray]]]]) -> dict[str, dict[str, list[float]]]:
-    """Per group and method: AIQ, then Δ vs the router with its 95% CI (seeds' b-th draws averaged)."""
-    table: dict[str, dict[str, list[float]]] = {}
-    for group, splits in draws.items():
-        router = np.mean([s["router"]["AIQ"] for s in splits], axis=0)
-        table[group] = {}
-        for name in splits[0]:
-            aiq = np.mean([s[name]["AIQ"] for s in splits], axis=0)
-            lo, hi = np.nanpercentile((aiq - router)[1:], [2.5, 97.5])
-            row = [float(aiq[0]), float(aiq[0] - router[0]), float(lo), float(hi)]
-            table[group][name] = [round(v, 4) for v in row]
-    return table
 
 
 def to_markdown(result: dict[str, Any]) -> str:
@@ -149,7 +119,7 @@ def main() -> None:
         "command": f'python -m bench.quality_tfidf --only "{args.only}" --seeds {args.seeds}',
         "runtime_s": round(time.perf_counter() - started, 1),
         "splits": {g: len(s) for g, s in draws.items()},
-        "groups": summarise(draws),
+        "groups": bq.ab_summary(draws),
     }
     (bq.RESULTS / "quality_tfidf.json").write_text(json.dumps(result, indent=1) + "\n")
     (bq.RESULTS / "quality_tfidf.md").write_text(to_markdown(result))
