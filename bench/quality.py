@@ -96,6 +96,11 @@ class SplitData:
     def scores(self) -> np.ndarray:
         return self.all_scores[:, self.tier_cols]
 
+    @property
+    def seed(self) -> int:
+        """The random split's seed (its name is seed<N>); 0 for a fixed split."""
+        return int(self.name[4:]) if self.name.startswith("seed") else 0
+
 
 # ----------------------------------------------------------------------------- data
 
@@ -186,9 +191,10 @@ def pool_for(sp: SplitData, seed: int, drop_model: str | None = None) -> Pool:
     return Pool(prompts=prompts, scores=scores, n_train=len(tr))
 
 
-def build_splits(quick: bool) -> list[SplitData]:
-    """Every split of the suite, grouped; groups in the order they run (headline comparisons first)."""
-    seeds = SEEDS[:1] if quick else SEEDS
+def build_splits(quick: bool, seeds: tuple[int, ...] = SEEDS) -> list[SplitData]:
+    """Every split of the suite, grouped; groups in the order they run (headline comparisons first); the random ones
+    at `seeds` (the first only with `quick`)."""
+    seeds = seeds[:1] if quick else seeds
     rb = load_dataset("routerbench_subset")
     dc = load_dataset("llmrouter_dc")
     rl = load_dataset("routellm_evals")
@@ -495,6 +501,15 @@ def fit_shipped_router(sp: SplitData, feats: Features, seed: int) -> ShippedRout
     return ShippedRouter(X, emb, boosters, oof, prior_fit, te)
 
 
+def ab_splits(only: str, seeds: str) -> list[SplitData]:
+    """An A/B script's splits: the suite's, of the groups whose names contain a comma-separated part of `only`, the
+    random ones at the comma-separated `seeds`."""
+    wanted = [w.strip() for w in only.split(",")]
+    return [
+        s for s in build_splits(False, tuple(int(x) for x in seeds.split(","))) if any(w in s.group for w in wanted)
+    ]
+
+
 def ab_summary(
     draws: dict[str, list[dict[str, dict[str, np.ndarray]]]], with_rho: bool = False
 ) -> dict[str, dict[str, list[float]]]:
@@ -617,7 +632,7 @@ def run(quick: bool, n_boot: int, out_dir: Path, only: str | None = None) -> dic
         logger.info(
             "[%d/%d] %s %s: %d train, %d test", i + 1, len(splits), sp.group, sp.name, sp.train.sum(), sp.test.sum()
         )
-        seed = int(sp.name[4:]) if sp.name.startswith("seed") else 0
+        seed = sp.seed
         extras = not quick
         preds, timings = fit_predict_methods(sp, feats, seed, extras)
         metrics = evaluate_split(sp, preds, n_boot, seed)

@@ -104,7 +104,7 @@ def main() -> None:
     started = time.perf_counter()
     for sp in splits:
         t0 = time.perf_counter()
-        seed = int(sp.name[4:]) if sp.name.startswith("seed") else 0
+        seed = sp.seed
         metrics = q.evaluate_split(sp, split_predictions(sp, feats, seed), args.n_boot, seed)
         draws.setdefault(sp.group, []).append(metrics)
         per_split.append(q.split_record(sp, metrics, time.perf_counter() - t0))

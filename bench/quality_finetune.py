@@ -90,22 +90,20 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     threadpool_limits(bq.N_JOBS)
     torch.set_num_threads(2)
-    bq.SEEDS = tuple(int(s) for s in args.seeds.split(","))  # type: ignore[assignment]  # the suite has three
     started, machine = time.perf_counter(), machine_info()
     feats = bq.Features(bq.REPO / ".cache" / "embeddings.sqlite", bq.REPO / ".cache" / "onnx")
     encoder = Encoder()
-    wanted = [w.strip() for w in args.only.split(",")]
     draws: dict[str, list[dict[str, dict[str, np.ndarray]]]] = {}
     reports: dict[str, Any] = {}
     states_of: dict[int, TokenStates] = {}
-    for sp in [s for s in bq.build_splits(False) if any(w in s.group for w in wanted)]:
+    for sp in bq.ab_splits(args.only, args.seeds):
         t0 = time.perf_counter()
         key = hash(tuple(sp.prompts))
         if key not in states_of:
             states_of.clear()  # one dataset's token states in memory at a time
             states_of[key] = encoder.token_states([text_window(p, 700) for p in sp.prompts], layers=1)
             logger.info("%s: token states of %d prompts in %.0f s", sp.group, len(sp.prompts), time.perf_counter() - t0)
-        seed = int(sp.name[4:]) if sp.name.startswith("seed") else 0
+        seed = sp.seed
         preds, reports[f"{sp.group} {sp.name}"] = split_predictions(sp, feats, states_of[key], encoder, seed)
         draws.setdefault(sp.group, []).append(bq.evaluate_split(sp, preds, 200, seed))
         for name, row in bq.ab_summary({sp.group: draws[sp.group][-1:]}, with_rho=True)[sp.group].items():

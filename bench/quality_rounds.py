@@ -110,7 +110,7 @@ def main() -> None:
     per_split: list[dict[str, Any]] = []
     for i, sp in enumerate(splits):
         logger.info("[%d/%d] %s %s", i + 1, len(splits), sp.group, sp.name)
-        seed = int(sp.name[4:]) if sp.name.startswith("seed") else 0
+        seed = sp.seed
         preds, info = router_predictions(sp, feats, seed)
         metrics = bq.evaluate_split(sp, preds, args.bootstrap, seed)
         draws.setdefault(sp.group, []).append(metrics)

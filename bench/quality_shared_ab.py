@@ -105,7 +105,7 @@ def run(group_filter, ds_name, seeds_limit=3, behaviour=False):
     sp_models[ds_name] = list(log.pivot(index="prompt_id", columns="model", values="score").columns)
     draws = {}
     for sp in splits:
-        seed = int(sp.name[4:]) if sp.name.startswith("seed") else 0
+        seed = sp.seed
         t0 = time.time()
         X = X_of(sp.prompts)
         Y = sp.scores

@@ -103,14 +103,12 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     threadpool_limits(bq.N_JOBS)
-    bq.SEEDS = tuple(int(s) for s in args.seeds.split(","))  # type: ignore[assignment]  # the suite has three
     started, machine = time.perf_counter(), machine_info()
     feats = bq.Features(bq.REPO / ".cache" / "embeddings.sqlite", bq.REPO / ".cache" / "onnx")
-    wanted = [w.strip() for w in args.only.split(",")]
     draws: dict[str, list[dict[str, dict[str, np.ndarray]]]] = {}
-    for sp in [s for s in bq.build_splits(False) if any(w in s.group for w in wanted)]:
+    for sp in bq.ab_splits(args.only, args.seeds):
         t0 = time.perf_counter()
-        seed = int(sp.name[4:]) if sp.name.startswith("seed") else 0
+        seed = sp.seed
         metrics = bq.evaluate_split(sp, split_predictions(sp, feats, seed), 200, seed)
         draws.setdefault(sp.group, []).append(metrics)
         logger.info("%s %s: %.0f s", sp.group, sp.name, time.perf_counter() - t0)

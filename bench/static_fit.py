@@ -138,7 +138,7 @@ def run(n_boot: int, out_dir: Path, only: str | None) -> dict[str, Any]:
     for i, sp in enumerate(splits):
         t0 = time.perf_counter()
         logger.info("[%d/%d] %s %s", i + 1, len(splits), sp.group, sp.name)
-        seed = int(sp.name[4:]) if sp.name.startswith("seed") else 0
+        seed = sp.seed
         embeddings, cosines = views.for_split(sp)
         metrics = evaluate_split(sp, predictions(sp, embeddings, seed), n_boot, seed)
         draws.setdefault(sp.group, []).append(metrics)
