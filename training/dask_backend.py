@@ -86,6 +86,10 @@ def _cluster_errors() -> tuple[type[BaseException], ...]:
     return CancelledError, KilledWorker, CommClosedError, TimeoutError
 
 
+def _cluster_failure(exc: BaseException) -> DaskFailure:
+    return DaskFailure(f"the cluster failed the run ({type(exc).__name__}: {exc or 'no reason given'})")
+
+
 def local_workers(spec: str) -> int | None:
     """N of a 'local:N' spec, None for a scheduler's address ('tcp://host:port', 'host:port'); ValueError for neither
     (checked before any work: `train --dask local:abc` loaded and split the log first)."""
@@ -203,9 +207,12 @@ def check_workers(client: Any, backend: str, onnx_dir: str, expected_id: str, wh
     worker lost meanwhile is left out: one that comes back loads its files anew, and its tasks check again."""
     try:
         client.wait_for_workers(1, timeout=WORKERS_WAIT_S)
+    except _cluster_errors() as exc:
+        raise DaskFailure(f"the cluster has no worker ({type(exc).__name__}: {exc})") from None
+    try:
         ids = client.run(_embedder_id, backend, onnx_dir, on_error="return")
     except _cluster_errors() as exc:
-        raise DaskFailure(f"the cluster failed the run ({type(exc).__name__}: {exc or 'no reason given'})") from None
+        raise _cluster_failure(exc) from None
     for worker, got in sorted(ids.items()):
         if isinstance(got, (*_cluster_errors(), OSError)) and not isinstance(got, FileNotFoundError):
             continue  # the connection to that worker, not its embedder
@@ -227,7 +234,7 @@ def _ordered(submit: Any, items: Iterator[Any], in_flight: int) -> Iterator[Any]
         while pending:
             yield pending.popleft().result()
     except _cluster_errors() as exc:
-        raise DaskFailure(f"the cluster failed the run ({type(exc).__name__}: {exc or 'no reason given'})") from None
+        raise _cluster_failure(exc) from None
 
 
 def route_file_dask(
@@ -246,13 +253,12 @@ def route_file_dask(
     novelty_limit: float | None = None,
 ) -> BulkRun:
     """`training.bulk.route_file` with the chunks decided on the Dask workers; the same records, in input order."""
+    check_workers(client, backend, str(onnx_dir.resolve()), artifact.features.embedder_id, "the model's")  # waits
     try:
-        client.wait_for_workers(1, timeout=WORKERS_WAIT_S)
         # The artifact as a task (not scattered data, which no one can rebuild once the workers holding it are gone).
         art = client.submit(pickle.loads, pickle.dumps(artifact), pure=False)
     except _cluster_errors() as exc:
-        raise DaskFailure(f"the cluster has no worker ({type(exc).__name__}: {exc})") from None
-    check_workers(client, backend, str(onnx_dir.resolve()), artifact.features.embedder_id, "the model's")
+        raise _cluster_failure(exc) from None
     in_flight = IN_FLIGHT_PER_WORKER * n_workers(client)
     args = (art, tiers, backend, str(onnx_dir.resolve()), target, cost_weight, chunk, novelty_limit)
 
