@@ -159,6 +159,16 @@ class Metrics:
             "Session reservations released because their decisions stayed unsettled past reservation_expiry_s",
             registry=self.registry,
         )
+        self.released_holds = Counter(
+            "tierwise_released_holds",
+            "Decisions whose session reservation a caller released (POST /decisions/{id}/release), left open",
+            registry=self.registry,
+        )
+        self.released_holds_usd = Counter(
+            "tierwise_released_holds_usd",
+            "Session reservations callers released with POST /decisions/{id}/release",
+            registry=self.registry,
+        )
 
         # Exploration's live cost: served minus what the policy would have chosen, summed over explored decisions.
         self.explored = Counter(

@@ -22,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 
 from infra.store import SERVED_BY_PROXY, DecisionRow
 from router.text import MAX_TOKENS
-from serving.deps import Caller, RuntimeDep, StoreDep
+from serving.deps import Caller, MetricsDep, RuntimeDep, StoreDep
 from serving.errors import BODY_ERRORS, CALLER_ERRORS, Conflict, Forbidden, Invalid, NotFound, error
 from serving.pricing import priced_tokens
 from serving.schemas import MAX_LATENCY_MS, MAX_OUTCOME_COST_USD, Usd, _storable
@@ -178,19 +178,23 @@ async def post_usage(
         **error(409, "a decision the proxy serves: it settles it with the upstream's usage"),
     },
 )
-async def release_hold(decision_id: DecisionPath, store: StoreDep, caller: Caller) -> HoldReleased:
+async def release_hold(decision_id: DecisionPath, store: StoreDep, caller: Caller, metrics: MetricsDep) -> HoldReleased:
     """Release a decision's reservation and leave the decision open; idempotent.
 
     For a call whose end the caller cannot see (cancelled before it answered: its cost is unknown, maybe nothing,
     maybe an answer that is still reported later). The session's room is freed now; a `POST
     /decisions/{id}/usage` or an outcome that comes later still books the call's cost as spent (it may take the
     session past its cap: the cost was real). A settled decision is left as it is (`settled: true`). The
-    reservation expiry (`TIERWISE_RESERVATION_EXPIRY_S`) does the same for decisions nobody released.
+    reservation expiry (`TIERWISE_RESERVATION_EXPIRY_S`) does the same for decisions nobody released. Counted on
+    /metrics (`tierwise_released_holds_total`, `tierwise_released_holds_usd_total`).
     """
     d = await _callers_decision(store, caller, decision_id)
     released = 0.0
     if not d.settled:
         _not_the_proxys(d, caller)
         released = await run_in_threadpool(store.release_hold, decision_id)
+        if released > 0:  # counted once: a retry, or a release that lost the race to a settlement, frees nothing
+            metrics.released_holds.inc()
+            metrics.released_holds_usd.inc(released)
         d = (await run_in_threadpool(store.get_decisions, [decision_id]))[decision_id]  # settled meanwhile?
     return HoldReleased(decision_id=d.id, session_id=d.session_id, released_usd=released, settled=d.settled)

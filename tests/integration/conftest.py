@@ -35,6 +35,13 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def metric(client: TestClient, name: str) -> float:
+    """The value of an unlabelled metric on /metrics; fails when it is missing (a renamed metric reads as absent,
+    not as 0)."""
+    [line] = [x for x in client.get("/metrics").text.splitlines() if x.startswith(name + " ")]
+    return float(line.split()[-1])
+
+
 def train_artifact(embedder: Embedder, out_dir: Path, n_prompts: int = 200) -> Path:
     """Train a small router on the generated log with `embedder` and save it under `out_dir`."""
     tiers = parse_tiers(TIERS_TOML)

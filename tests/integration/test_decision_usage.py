@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from router.schema import TiersConfig
-from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer
+from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer, metric
 
 HARD = "hard question 1: omega sigma alpha beta gamma"
 C, OTHER, A = bearer(CLIENT_KEY), bearer(OTHER_KEY), bearer(ADMIN_KEY)
@@ -78,6 +78,8 @@ def test_a_hold_release_frees_the_room_and_leaves_the_decision_open_for_its_cost
     r = client.post(f"/decisions/{d['decision_id']}/release", headers=C)
     assert r.status_code == 200, r.text
     assert r.json() == {"decision_id": d["decision_id"], "session_id": "s", "released_usd": reserved, "settled": False}
+    released = {"tierwise_released_holds_total": 1.0, "tierwise_released_holds_usd_total": pytest.approx(reserved)}
+    assert {name: metric(client, name) for name in released} == released
     after = session(client)
     assert after["reserved_usd"] == pytest.approx(0) and after["spent_usd"] == 0
     assert after["recent_decisions"][0]["settled"] is False
@@ -90,6 +92,8 @@ def test_a_hold_release_frees_the_room_and_leaves_the_decision_open_for_its_cost
     settled = client.post(f"/decisions/{d['decision_id']}/release", headers=C)
     assert settled.json() == {**r.json(), "released_usd": 0.0, "settled": True}
     assert session(client)["spent_usd"] == pytest.approx(0.002)
+    # Counted once: the retry and the release of the settled decision freed nothing.
+    assert {name: metric(client, name) for name in released} == released
 
 
 def test_a_released_hold_is_booked_by_a_later_outcome(client: TestClient) -> None:

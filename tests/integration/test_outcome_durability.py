@@ -23,18 +23,13 @@ from fastapi.testclient import TestClient
 from infra.store import SPENT_CEILING_USD, OutcomeRow, Store, outcomes
 from serving.security import hash_key
 from serving.spool import Spool
-from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer
+from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer, metric
 from tests.integration.pg_server import PgServer, pg_server  # noqa: F401 - the fixture
 
 C, OTHER, A = bearer(CLIENT_KEY), bearer(OTHER_KEY), bearer(ADMIN_KEY)
 HARD = "hard question 1: omega sigma alpha beta gamma"
 EASY = "easy question 2: alpha beta gamma delta omega"
 SECRET = "SECRET-PROMPT-TEXT"
-
-
-def metric(client: TestClient, name: str) -> float:
-    lines = [x for x in client.get("/metrics").text.splitlines() if x.startswith(name + " ")]
-    return float(lines[0].split()[-1]) if lines else 0.0
 
 
 def stored_scores(store: Store) -> dict[str, float]:

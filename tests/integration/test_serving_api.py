@@ -19,17 +19,13 @@ from tests.integration.conftest import (
     CLIENT_KEY,
     OTHER_KEY,
     bearer,
+    metric,
     write_tiers,
 )
 
 HARD = "hard question 1: omega sigma alpha beta gamma"
 EASY = "easy question 2: alpha beta gamma delta omega"
 C, OTHER, A = bearer(CLIENT_KEY), bearer(OTHER_KEY), bearer(ADMIN_KEY)
-
-
-def metric(client: TestClient, name: str) -> float:
-    [line] = [x for x in client.get("/metrics").text.splitlines() if x.startswith(name + " ")]
-    return float(line.split()[-1])
 
 
 def test_route_answers_with_tier_reason_and_version(client: TestClient) -> None:

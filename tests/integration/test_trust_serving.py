@@ -14,16 +14,11 @@ from pydantic import ValidationError
 from infra.settings import Settings
 from infra.store import decisions
 from serving.security import hash_key
-from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer
+from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer, metric
 from tests.integration.test_trust_drift import KNOWN, UNSEEN, trusted, trusted_dir  # noqa: F401 (fixtures)
 
 C, OTHER = bearer(CLIENT_KEY), bearer(OTHER_KEY)
 PROMPTS = [f"{kind} question {i}: alpha beta gamma" for i in range(40) for kind in ("easy", "hard")]
-
-
-def metric(client: TestClient, name: str) -> float:
-    lines = [x for x in client.get("/metrics").text.splitlines() if x.startswith(name + " ")]
-    return float(lines[0].split()[-1]) if lines else 0.0
 
 
 def stored(client: TestClient) -> list[sa.Row]:
