@@ -57,7 +57,14 @@ class Trail:
     hinted: list[UpstreamFailure] = field(default_factory=list)
     answer_limit: int | None = None  # the answer-length limit the last tier tried was sent with (a capped session)
     deadline: float = math.inf
+    upstream_words: bool = True  # failures keep the upstream's words (False unless prompts are stored as text)
     sent: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def failed(self, where: str, failure: UpstreamFailure) -> str:
+        """Note a failure for the decision's reason (the upstream's words only if `upstream_words`); returns it."""
+        said = failure.at_rest(self.upstream_words)
+        self.failures.append(f"{where}: {said}")
+        return said
 
     def mark_sent(self) -> None:
         """Told by every call made for the request once its body is on the wire: sets `sent`."""
@@ -180,7 +187,7 @@ class Dispatcher:
         try:
             ep = endpoint_for(model, tiers, self.environ)
         except UpstreamFailure as failure:
-            trail.failures.append(f"{model}: {failure.message}")
+            trail.failed(model, failure)
             if self.metrics is not None:
                 self.metrics.calls.labels(model, failure.kind).inc()
             raise
@@ -188,7 +195,7 @@ class Dispatcher:
             try:
                 return await self._attempt(ep, call, trail)
             except UpstreamFailure as failure:
-                trail.failures.append(f"{model} attempt {attempt + 1}: {failure.message}")
+                trail.failed(f"{model} attempt {attempt + 1}", failure)
                 if failure.retry_after_s is not None:
                     trail.hinted.append(failure)
                 if not failure.retryable or attempt == self.policy.retries:

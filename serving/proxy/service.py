@@ -205,7 +205,7 @@ class Proxy:
         # settled. It is queued only once the upstream request is on the wire (`trail.sent`): committing takes the
         # writer thread about a millisecond of CPU, most of it holding the GIL, and started at once it delayed
         # sending the request by about that much (bench.proxy).
-        trail = Trail()
+        trail = Trail(upstream_words=ctx.settings.prompt_storage == "text")  # may quote the prompt: kept as it is
         # Routing prices the input the door sends (the whole conversation, tools, images), as its hold does.
         body = upstream_body(req)
         tokens_in = min(max(1, input_tokens(body)), MAX_TOKENS)  # a count past any context prices as the most
@@ -553,9 +553,9 @@ async def _relay(
                     continue
             yield sse(event)
     except UpstreamFailure as failure:
-        trail.failures.append(f"{failure.model} mid-stream: {failure.message}")
+        said = trail.failed(f"{failure.model} mid-stream", failure)
         await _settle(settle, decision, trail, started, None, metrics)
-        logger.warning("upstream %s failed mid-stream: %s", failure.model, failure.message)
+        logger.warning("upstream %s failed mid-stream: %s", failure.model, said)
         yield sse(error_body(f"the upstream failed mid-stream: {failure}", "api_error", "upstream_error"))
         return
     except BaseException:

@@ -49,6 +49,8 @@ class UpstreamFailure(Exception):
     fall back; `config` (no upstream, no key, or the upstream refusing our key or model name) falls back at once;
     `client` (the upstream refused the request itself, e.g. a bad tool schema) goes back to the caller as it is.
     `retry_after_s` is the upstream's Retry-After (429, 503), counted from `at` (monotonic seconds).
+    `quotes_upstream`: `message` carries the upstream's own words (its error message or error event), which may
+    quote the prompt; kept out of the store and the log unless prompts are stored as text (`at_rest`).
     """
 
     def __init__(
@@ -58,6 +60,7 @@ class UpstreamFailure(Exception):
         message: str,
         status: int | None = None,
         retry_after_s: float | None = None,
+        quotes_upstream: bool = False,
     ):
         message = storable_text(message)  # the upstream's words go into the caller's error and the stored reason
         super().__init__(f"{model}: {message}")
@@ -66,7 +69,16 @@ class UpstreamFailure(Exception):
         self.message = message
         self.status = status
         self.retry_after_s = retry_after_s
+        self.quotes_upstream = quotes_upstream
         self.at = time.monotonic()
+
+    def at_rest(self, upstream_words: bool) -> str:
+        """What the stored reason and the log say of the failure: its message, or, when it quotes the upstream and
+        `upstream_words` is False (prompts are not stored as text), only its kind and HTTP status."""
+        if upstream_words or not self.quotes_upstream:
+            return self.message
+        status = f" HTTP {self.status}" if self.status is not None else ""
+        return f"{self.kind}{status} (the upstream's message is not stored: TIERWISE_PROMPT_STORAGE is not text)"
 
     @property
     def retryable(self) -> bool:
@@ -195,14 +207,14 @@ def _failure_for_status(model: str, status: int, text: str, headers: Mapping[str
         message = text.strip()[:300] or f"HTTP {status}"
     detail = f"HTTP {status}: {message}"
     if status == 429:
-        return UpstreamFailure(model, "rate_limited", detail, status, retry_after_of(headers))
+        return UpstreamFailure(model, "rate_limited", detail, status, retry_after_of(headers), quotes_upstream=True)
     if status == 503:
-        return UpstreamFailure(model, "server", detail, status, retry_after_of(headers))
+        return UpstreamFailure(model, "server", detail, status, retry_after_of(headers), quotes_upstream=True)
     if status == 408 or status >= 500:
-        return UpstreamFailure(model, "server" if status != 408 else "timeout", detail, status)
+        return UpstreamFailure(model, "server" if status != 408 else "timeout", detail, status, quotes_upstream=True)
     if status in (401, 402, 403, 404):  # 402: the provider's account is out of credit, the operator's to fix
-        return UpstreamFailure(model, "config", detail, status)
-    return UpstreamFailure(model, "client", message, status)
+        return UpstreamFailure(model, "config", detail, status, quotes_upstream=True)
+    return UpstreamFailure(model, "client", message, status, quotes_upstream=True)
 
 
 def _failure_for_exception(model: str, exc: BaseException) -> UpstreamFailure:
@@ -507,7 +519,8 @@ class Stream:
                 if not isinstance(event, dict):
                     raise UpstreamFailure(self.ep.model, "server", "sent an event that is not a JSON object")
                 if event.get("error"):  # as OpenAI's SDK reads a stream: `"error": null` is no error
-                    raise UpstreamFailure(self.ep.model, "server", f"sent an error event: {event['error']}")
+                    said = str(event["error"])[:MAX_UPSTREAM_MESSAGE]
+                    raise UpstreamFailure(self.ep.model, "server", f"sent an error event: {said}", quotes_upstream=True)
                 if event.get("usage"):
                     self.raw_usage = event["usage"]
                 listed = event.get("choices")

@@ -54,6 +54,7 @@ class Reply:
     headers: tuple[tuple[str, str], ...] = ()
     linger_s: float = 0.0  # a stream's body stays open this long after [DONE]
     cut_after_chunks: int | None = None  # a stream's body ends cleanly after this many pieces: no finish, no [DONE]
+    error_event_after_chunks: int | None = None  # a stream sends `{"error": {"message": error_message}}` here
     extra: dict[str, Any] | None = None  # merged into a completion's JSON as Python's json writes it (NaN included)
     until_in_flight: int = 0  # the delay ends once this many requests have been in their delays at once
     hold: threading.Event | None = None  # a stream pauses after its first chunk until this is set (at most 30 s)
@@ -209,6 +210,9 @@ async def _events(model: str, reply: Reply, include_usage: bool) -> AsyncIterato
         if reply.die_after_chunks is not None and i >= reply.die_after_chunks:
             raise ConnectionDropped(model)
         if reply.cut_after_chunks is not None and i >= reply.cut_after_chunks:
+            return
+        if reply.error_event_after_chunks is not None and i >= reply.error_event_after_chunks:
+            yield f"data: {json.dumps({'error': {'message': reply.error_message}})}\n\n".encode()
             return
         if reply.chunk_delay_s:
             await asyncio.sleep(reply.chunk_delay_s)
