@@ -273,7 +273,18 @@ class Spool:
         """Delete, for good, every record `matches` picks from the spool, the draining file (replayed part
         included) and the quarantine; how many (a session's data deleted: its prompts must not stay here). Holds
         both locks: no append or replay runs meanwhile. A torn line is kept (it names no session)."""
-        return self._remove_lines(lambda line: (record := _record_of(line)) is not None and matches(record))
+        with self.quiet() as remove:
+            return remove(matches)
+
+    @contextmanager
+    def quiet(self) -> Iterator[Callable[[Callable[[Record], bool]], int]]:
+        """Hold both locks for the block, so no append or replay runs in it (a session deleted from the store and
+        then from the spool: a replay mid-batch wrote a record back between the two); yields `remove` as above,
+        to call inside the block."""
+        with self._locked("drain.lock", self._drain_lock), self._locked("lock", self._append_lock):
+            yield lambda matches: self._rewrite_all(
+                lambda line: (record := _record_of(line)) is not None and matches(record)
+            )
 
     def remove_older_than(self, cutoff: datetime) -> int:
         """Delete, for good, every record that came in before `cutoff` (the retention period's), pending or
@@ -282,18 +293,22 @@ class Spool:
         return self._remove_lines(lambda line: (at := _stamp(line)) is not None and at < cutoff)
 
     def _remove_lines(self, drop: Callable[[bytes], bool]) -> int:
-        removed = 0
         with self._locked("drain.lock", self._drain_lock), self._locked("lock", self._append_lock):
-            for path in (self.path, self.rejected_path):
-                n, _ = _rewrite_without(path, drop, 0)
-                removed += n
-            if _size(self.draining) > 0:
-                n, offset = _rewrite_without(self.draining, drop, self._offset())
-                removed += n
-                if n:
-                    self._save_offset(offset)  # the rewritten file's replayed part, without the removed lines
-            if removed:
-                _fsync_dir(self.path.parent)
+            return self._rewrite_all(drop)
+
+    def _rewrite_all(self, drop: Callable[[bytes], bool]) -> int:
+        """Every file without the lines `drop` picks; how many. The caller holds both locks."""
+        removed = 0
+        for path in (self.path, self.rejected_path):
+            n, _ = _rewrite_without(path, drop, 0)
+            removed += n
+        if _size(self.draining) > 0:
+            n, offset = _rewrite_without(self.draining, drop, self._offset())
+            removed += n
+            if n:
+                self._save_offset(offset)  # the rewritten file's replayed part, without the removed lines
+        if removed:
+            _fsync_dir(self.path.parent)
         return removed
 
     def _move_aside(self) -> bool:

@@ -61,10 +61,12 @@ def spool_status(_: Admin, recorder: RecorderDep) -> SpoolStatus:
 def delete_session(session_id: SessionPath, _: Admin, store: StoreDep, recorder: RecorderDep) -> DeletedSession:
     """Delete a session with every decision and outcome recorded in it (prompt text included), for good: from the
     store, and from this machine's outcome spool (outcomes and settlements waiting out a store outage, and the ones
-    the store refused), which would otherwise write them back or keep their text."""
-    n_sessions, decision_ids, n_outcomes = store.delete_session(session_id)
-    ids = set(decision_ids)
-    spooled = recorder.spool.remove(lambda r: r.get("session_id") == session_id or r.get("decision_id") in ids)
+    the store refused), which would otherwise write them back or keep their text. No spool replay runs meanwhile:
+    one mid-batch wrote a spooled outcome of the session back between the store's delete and the spool's."""
+    with recorder.spool.quiet() as remove:
+        n_sessions, decision_ids, n_outcomes = store.delete_session(session_id)
+        ids = set(decision_ids)
+        spooled = remove(lambda r: r.get("session_id") == session_id or r.get("decision_id") in ids)
     if not (n_sessions or decision_ids or n_outcomes or spooled):
         raise NotFound(f"nothing is stored for session {session_id}")
     return DeletedSession(

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from pydantic import ValidationError
 
+import serving.api.admin as admin_api
 from infra.settings import Settings
-from infra.store import decisions
+from infra.store import DecisionRow, Store, decisions, outcomes
+from router.schema import parse_tiers
+from serving.metrics import Metrics
+from serving.outcomes import OutcomeRecorder
 from serving.security import hash_key
+from serving.spool import Spool
+from tests.conftest import TIERS_TOML
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, OTHER_KEY, bearer, metric
 from tests.integration.test_trust_drift import KNOWN, UNSEEN, trusted, trusted_dir  # noqa: F401 (fixtures)
 
@@ -108,6 +118,43 @@ def test_deleting_a_session_clears_its_outcomes_from_the_spool(client: TestClien
     files = [p for p in spool.path.parent.iterdir() if p.name.startswith(spool.path.name)]
     assert files and not any(b"SECRET" in p.read_bytes() for p in files)
     assert b"o-other" in spool.path.read_bytes()  # another session's outcome waits on
+
+
+def test_a_replay_mid_batch_does_not_write_a_deleted_sessions_outcome_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DELETE /admin/sessions/{id} while a spool replay writes a batch holding an outcome of the session, spooled
+    before the delete began: the delete took the store's rows, the replay then wrote that outcome, and the spool's
+    clean-up found it replayed; the outcome stayed, prompt and all (review finding). The delete now waits for the
+    replay's batch and takes the outcome with the rest."""
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store.migrate()
+    recorder = OutcomeRecorder(store, Spool(tmp_path / "spool.jsonl"), Metrics())
+    with store.lock_session("S", None) as locked:
+        locked.reserve([DecisionRow(id="d1", prompt="p", tier="main", model="small", expected_cost_usd=0.01,
+                                    router_version="1", reason="r", session_id="S", reserved_usd=0.01)])  # fmt: skip
+    outcome = {"prompt": "SECRET", "model": "small", "score": 1.0, "cost_usd": 0.1, "session_id": "S"}
+    recorder.spool.append([{"outcome_id": "o1", **outcome, "decision_id": None, "owner": None, "admin": True}])
+    deleting: dict[str, Any] = {}
+    write = store.record_outcomes
+
+    def mid_batch(rows: Any) -> int:  # the replay holds its batch: the delete starts now
+        if "thread" not in deleting:
+            delete = partial(admin_api.delete_session, "S", None, store, recorder)  # type: ignore[arg-type]
+            deleting["thread"] = threading.Thread(target=lambda: deleting.update(answer=delete()))
+            deleting["thread"].start()
+            until = time.monotonic() + 2.0  # the delete is through the store (before the fix), or waits for this
+            while store.get_session("S") is not None and time.monotonic() < until:
+                time.sleep(0.01)
+        return write(rows)
+
+    monkeypatch.setattr(store, "record_outcomes", mid_batch)
+    assert recorder.replay(parse_tiers(TIERS_TOML)) == 1
+    deleting["thread"].join(30)
+    assert deleting["answer"].outcomes == 1 and deleting["answer"].decisions == 1
+    with store.engine.connect() as conn:
+        assert conn.execute(sa.select(outcomes.c.id)).all() == []
+    store.dispose()
 
 
 def test_no_exploration_where_the_policy_must_be_conservative(request: pytest.FixtureRequest) -> None:
