@@ -264,6 +264,26 @@ class Settings(BaseSettings):
             raise ValueError("prompt_storage=hash needs prompt_hash_key (TIERWISE_PROMPT_HASH_KEY), the HMAC key")
         return self
 
+    def shortest_retention_days(self) -> float:
+        """The shortest retention that purges no decision still being served (upstream_deadline_s) or holding its
+        session's room (reservation_expiry_s): one purged then lost the cost its answer books."""
+        return max(self.upstream_deadline_s, self.reservation_expiry_s) / 86400
+
+    def check_retention(self, days: float, name: str) -> None:
+        """ValueError naming `name` when `days` is shorter than `shortest_retention_days`."""
+        if days < (shortest := self.shortest_retention_days()):
+            raise ValueError(
+                f"{name} {days:g} is shorter than {shortest:g} days, the longest a decision can wait for its cost "
+                "(TIERWISE_RESERVATION_EXPIRY_S, TIERWISE_UPSTREAM_DEADLINE_S): a call answered after its decision "
+                "was purged would never be booked; keep longer, or lower TIERWISE_RESERVATION_EXPIRY_S"
+            )
+
+    @model_validator(mode="after")
+    def _retention_outlasts_open_decisions(self) -> Settings:
+        if self.retention_days is not None:
+            self.check_retention(self.retention_days, "TIERWISE_RETENTION_DAYS")
+        return self
+
 
 def settings_error(exc: Exception) -> str | None:
     """A bad TIERWISE_* value as one line naming the variable (for the CLI and `python -m serving`), None when `exc`

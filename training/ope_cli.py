@@ -72,6 +72,8 @@ def purge(s: Settings, older_than_days: float | None) -> str:
     days = older_than_days if older_than_days is not None else s.retention_days
     if days is None:
         raise ValueError("give --older-than-days or set TIERWISE_RETENTION_DAYS")
+    if older_than_days is not None:
+        s.check_retention(older_than_days, "--older-than-days")
     store = open_store(s)
     try:
         n_decisions, n_outcomes = store.purge(datetime.now(UTC) - timedelta(days=days))

@@ -206,6 +206,7 @@ def test_a_tiers_file_the_environment_names_but_missing_is_an_error(tmp_path, ar
         (["train", "--seed", "-1"], "--seed: Input should be greater than or equal to 0"),
         (["purge", "--older-than-days", "inf"], "--older-than-days must be above 0 and at most 100000"),
         (["purge", "--older-than-days", "nan"], "--older-than-days must be above 0 and at most 100000"),
+        (["purge", "--older-than-days", "0.5"], "--older-than-days 0.5 is shorter than 1 days"),
         # was an OverflowError traceback (inf, 1e12), a message naming no flag (nan), everything (0), or the future
         *(
             ([command, "--from-store", *more, "--since-days", days], "--since-days must be above 0 and at most 100000")
@@ -571,6 +572,8 @@ def test_a_log_that_cannot_compare_tiers_is_one_line_before_any_fit(
         ("TIERWISE_POOL_PATHS", "notjson", 'error parsing value for field "pool_paths"'),
         # a check across fields names no single variable: it was "TIERWISE_: Value error, ..." (review finding)
         ("TIERWISE_PROMPT_STORAGE", "hash", "the environment's TIERWISE_* settings: prompt_storage=hash needs"),
+        # it purged decisions still holding their session's room: an answer settled later was never booked (review)
+        ("TIERWISE_RETENTION_DAYS", "0.5", "TIERWISE_RETENTION_DAYS 0.5 is shorter than 1 days"),
     ],
 )
 @pytest.mark.parametrize("command", [["settings"], ["route", "hi"]])
