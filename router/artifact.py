@@ -90,6 +90,17 @@ class RouterArtifact:
     def tier_names(self) -> list[str]:
         return list(self.model.tier_names_)
 
+    def swapped_models(self, tiers: TiersConfig) -> list[str]:
+        """The tiers `tiers` serves with other models than the model was trained with, each as 'tier: trained ->
+        live' (a swap the tiers file made: their predicted quality is still the trained models' until a retrain or
+        `tierwise add-model`)."""
+        trained = {t.name: t.parts for t in self.tiers.tiers}
+        return [
+            f"{t.name}: {' + '.join(trained.get(t.name, ('none',)))} -> {' + '.join(t.parts)}"
+            for t in tiers.tiers
+            if trained.get(t.name) != t.parts
+        ]
+
     def check_tiers(self, tiers: TiersConfig) -> None:
         """A live tiers config may swap models and prices, but not rename, add or reorder tiers."""
         if tiers.names != self.tier_names:

@@ -129,12 +129,7 @@ class Router:
         (`calibration_cost`)."""
         if self.artifact.guarantee is None:
             return None
-        trained = {t.name: t.parts for t in self.artifact.tiers.tiers}
-        changed = [
-            f"{t.name}: {' + '.join(trained.get(t.name, ('none',)))} -> {' + '.join(t.parts)}"
-            for t in self.tiers.tiers
-            if trained.get(t.name) != t.parts
-        ]
+        changed = self.artifact.swapped_models(self.tiers)
         if not changed:
             return None
         return (

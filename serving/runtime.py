@@ -86,5 +86,14 @@ def build_runtime(
         )
         tiers = loaded.artifact.tiers
     loaded.artifact.check_tiers(tiers)
+    swapped = loaded.artifact.swapped_models(tiers)
+    if swapped:
+        logger.warning(
+            "tiers file %s puts other models behind tiers than model %s was trained with (%s): their predicted "
+            "quality is the trained models' until a retrain or `tierwise add-model`",
+            tiers_path,
+            loaded.version,
+            "; ".join(swapped),
+        )
     inline = backend_of(embedder.id) == "static"
     return Runtime(Router(loaded.artifact, tiers, embedder, num_threads), loaded.version, inline_scoring=inline)

@@ -533,6 +533,15 @@ def _tiers_for(s: Settings, artifact: RouterArtifact) -> TiersConfig:
         artifact.check_tiers(tiers)
     except TiersConfigError as exc:
         _fail(f"{s.tiers_path}: {exc}")
+    swapped = artifact.swapped_models(tiers)
+    if swapped:  # the checkout's config/tiers.toml read for a model trained with another file went unsaid (review)
+        named = "" if s.tiers_path_named else ", read as the default tiers file"
+        typer.echo(
+            f"warning: {s.tiers_path}{named} puts other models behind tiers than the model was trained with "
+            f"({'; '.join(swapped)}): their predicted quality is the trained models'; give --tiers the file it was "
+            "trained with, or retrain (or `tierwise add-model`) for these",
+            err=True,
+        )
     return tiers
 
 

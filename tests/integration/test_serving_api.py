@@ -304,7 +304,7 @@ def test_spool_replayed_at_startup(client_factory: Callable[..., TestClient], tm
     assert [o.prompt for o in second.app.state.store.export_outcomes()] == [EASY]
 
 
-def test_reload_swaps_tier_model(client: TestClient, tmp_path: Path) -> None:
+def test_reload_swaps_tier_model(client: TestClient, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     before = client.post("/route", json={"prompt": EASY}, headers=C).json()
     assert before["model"] == "small"
     hard = client.post("/route", json={"prompt": HARD}, headers=C).json()
@@ -313,6 +313,7 @@ def test_reload_swaps_tier_model(client: TestClient, tmp_path: Path) -> None:
     assert client.post("/route", json={"prompt": HARD}, headers=C).json()["model"] == "large"
     r = client.post("/admin/reload", headers=A)
     assert r.status_code == 200 and r.json()["tiers"][2]["model"] == "unused"
+    assert "puts other models behind tiers than model" in caplog.text and "(brain: large -> unused)" in caplog.text
     after = client.post("/route", json={"prompt": HARD}, headers=C).json()
     assert after["model"] == "unused" and after["expected_cost_usd"] < hard["expected_cost_usd"]
     (tmp_path / "tiers.toml").write_text(

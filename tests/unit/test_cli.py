@@ -77,6 +77,23 @@ def test_route_batch_writes_one_decision_per_prompt(tmp_path, artifact_dir, monk
         assert set(r["predicted_quality"]) == {"main", "mid", "brain"}
 
 
+def test_a_default_tiers_file_with_other_models_is_said(tmp_path, artifact_dir, monkeypatch):
+    """Trained with --tiers mine.toml, then routed from the checkout: its config/tiers.toml, read by default, put
+    other models behind the same tier names without a word (review finding). Now one warning names the file and
+    each swap; the same models (prices may differ) say nothing."""
+    monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config").mkdir()
+    write_tiers(tmp_path / "config" / "tiers.toml", overrides={"mid": "unused"})
+    res = runner.invoke(cli.app, ["route", "hard question 1", "--model-uri", str(artifact_dir)])
+    assert res.exit_code == 0 and json.loads(res.stdout)["tier"] in ("main", "mid", "brain"), res.output
+    assert "read as the default tiers file puts other models behind tiers" in res.stderr
+    assert "(mid: medium -> unused)" in res.stderr, res.stderr
+    write_tiers(tmp_path / "config" / "tiers.toml", prices={"small": {"input_per_1m": 9, "output_per_1m": 9}})
+    res = runner.invoke(cli.app, ["route", "hard question 1", "--model-uri", str(artifact_dir)])
+    assert res.exit_code == 0 and "warning" not in res.stderr, res.output
+
+
 def test_route_batch_streams_jsonl_from_a_pipe_and_names_a_folder(tmp_path, artifact_dir, monkeypatch):
     """`--batch <(...)` was "no such file", as was a folder (review finding); Parquet cannot come from a pipe."""
     monkeypatch.setattr(cli, "make_embedder", lambda *a, **k: HashingEmbedder())
