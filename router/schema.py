@@ -336,7 +336,7 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
             text = dict.fromkeys(TEXT_COLUMNS, str)
             # index_col=False: a row with more fields than the header must not turn the first column into the index
             # (every column shifted); pandas would drop the extra fields, so such a row is refused, named
-            _refuse_repeated_columns(path)
+            _check_header(path)
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", pd.errors.ParserWarning)
                 try:
@@ -361,11 +361,20 @@ def _read_table(path: Path) -> tuple[pd.DataFrame, np.ndarray | None]:
     raise OutcomeLogError(path, f"unsupported format '{suffix}': use .parquet, .csv or .jsonl")
 
 
-def _refuse_repeated_columns(path: Path) -> None:
+def _check_header(path: Path) -> None:
     """Raise naming a column of the log the CSV's header names twice: pandas would read the second as `name.1`, and
     the log would use the first without a word (a Parquet file with such a header is refused by its reader). The
-    header as pandas reads it (any line ending, gzip); a column the log does not read may repeat, as before."""
+    header as pandas reads it (any line ending, gzip); a column the log does not read may repeat, as before. A
+    header that is one field holding tabs or semicolons is another separator's: said, where a later row with a
+    comma was "a trailing comma" and a row without one "missing columns" (review finding)."""
     names = [str(v) for v in pd.read_csv(path, nrows=1, header=None, dtype=str, keep_default_na=False).iloc[0]]
+    if len(names) == 1 and (used := next((sep for sep in ("\t", ";") if sep in names[0]), None)):
+        what = "tabs" if used == "\t" else "semicolons"
+        raise OutcomeLogError(
+            path,
+            f"the header is one field separated by {what}: a .csv log is "
+            "comma-separated (save it with commas, or as .parquet or .jsonl)",
+        )
     for name in names:
         if name in (*TEXT_COLUMNS, *NUMBER_COLUMNS) and names.count(name) > 1:
             raise OutcomeLogError(path, f"the header names the column '{name}' twice: keep one")

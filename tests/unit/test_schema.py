@@ -161,6 +161,17 @@ def test_a_number_column_of_dates_or_durations_is_refused(tmp_path, tiers, colum
         load_outcomes(write(log, tmp_path / "log.parquet"), tiers)
 
 
+@pytest.mark.parametrize(("sep", "what"), [("\t", "tabs"), (";", "semicolons")])
+def test_a_csv_of_another_separator_says_so(tmp_path, tiers, sep: str, what: str):
+    """A tab- or semicolon-separated .csv was "a trailing comma" in some row, or "missing columns" (review)."""
+    log = make_log(5)
+    log.loc[3, "prompt"] = "one, two"  # a comma in a value: the diagnosis was a row with too many fields
+    for name, frame in (("comma.csv", log), ("plain.csv", make_log(5))):
+        frame.to_csv(tmp_path / name, sep=sep, index=False)
+        with pytest.raises(OutcomeLogError, match=f"{name}: the header is one field separated by {what}: a .csv"):
+            load_outcomes(tmp_path / name, tiers)
+
+
 def test_a_csv_header_naming_a_column_twice_is_refused(tmp_path, tiers):
     """pandas read the second `score` as `score.1`, and training used the first, all zeros (review finding)."""
     log = make_log(5)
