@@ -27,7 +27,7 @@ from serving.holds import expire_every
 from serving.logs import configure_logging
 from serving.manager import ModelManager
 from serving.metrics import Metrics, multiprocess_enabled
-from serving.middleware import BodyLimit, RequestContext
+from serving.middleware import BodyLimit, LoopbackOnly, RequestContext
 from serving.model_source import ModelSource, source_from_settings
 from serving.outcomes import OutcomeRecorder
 from serving.proxy.service import open_proxy
@@ -139,5 +139,7 @@ def create_app(
 
     app.add_exception_handler(Exception, unexpected)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    if not keys.enabled:
+        app.add_middleware(LoopbackOnly)
     app.add_middleware(RequestContext, metrics=metrics)  # added last: outermost, so it logs the 413s too
     return app

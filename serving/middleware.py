@@ -1,4 +1,5 @@
-"""Pure ASGI middleware: request id, latency histogram and one access-log line per request; the body limit."""
+"""Pure ASGI middleware: request id, latency histogram and one access-log line per request; the body limit; loopback
+callers only while API keys are off."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving.logs import request_id
 from serving.metrics import Metrics
 from serving.proxy.wire import error_body
+from serving.security import LOOPBACK
 
 logger = logging.getLogger("serving.access")
 
@@ -74,6 +77,44 @@ class RequestContext(HttpMiddleware):
                     extra={"status": status, "route": path, "latency_ms": round(elapsed * 1000, 3)},
                 )
             request_id.reset(token)
+
+
+def _hostname(value: str) -> str | None:
+    """The host name of a Host header or an Origin (`127.0.0.1:8000`, `[::1]:8000`, `http://localhost:8000`);
+    None when it names none."""
+    try:
+        return urlsplit(value if "://" in value else f"//{value}").hostname
+    except ValueError:  # a malformed bracket or port
+        return None
+
+
+@dataclass(eq=False)
+class LoopbackOnly(HttpMiddleware):
+    """While API keys are off (every caller has admin scope; the service is bound to loopback): refuse a request
+    whose Host is not a loopback name, or that a web page of another origin sent (its Origin header).
+
+    Binding to 127.0.0.1 does not keep a browser out: a page on another site could rebind its own host name to
+    127.0.0.1 and call the service as admin (DNS rebinding: spend the upstream keys through /v1, delete sessions),
+    or send a cross-site POST that needs no preflight (POST /admin/reload with no body). Review finding."""
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        headers = dict(scope["headers"])
+        host = _hostname(headers.get(b"host", b"").decode("latin-1"))
+        origin = headers.get(b"origin")
+        if host not in LOOPBACK:
+            await self._refuse(scope, send, f"Host {host or '(none)'} is not a loopback name")
+        elif origin is not None and _hostname(origin.decode("latin-1")) not in LOOPBACK:
+            await self._refuse(scope, send, "a web page of another origin sent the request")
+        else:
+            await self.app(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, send: Send, why: str) -> None:
+        detail = f"{why}: with no API keys configured, tierwise serves only this machine's own callers"
+        door = scope["path"].startswith("/v1/")
+        body = json.dumps(error_body(detail, "permission_error", None) if door else {"detail": detail}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 403, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
 
 @dataclass(eq=False)

@@ -84,13 +84,12 @@ def client_factory(
     opened: list[TestClient] = []
 
     def make(store: Store | None = None, source: Any = None, **fields: Any) -> TestClient:
+        settings = settings_factory(**fields)
         app = create_app(
-            settings=settings_factory(**fields),
-            model_source=source or LocalSource(artifact_dir),
-            store=store,
-            embedder=HashingEmbedder(),
+            settings=settings, model_source=source or LocalSource(artifact_dir), store=store, embedder=HashingEmbedder()
         )
-        client = TestClient(app)
+        # Without keys the service answers loopback host names only (LoopbackOnly), not TestClient's "testserver".
+        client = TestClient(app, base_url="http://testserver" if settings.api_keys else "http://127.0.0.1")
         client.__enter__()
         opened.append(client)
         return client

@@ -131,8 +131,20 @@ def test_no_keys_only_on_loopback(settings_factory: Callable[..., Settings], art
         settings=settings_factory(api_keys={}), model_source=LocalSource(artifact_dir), embedder=HashingEmbedder()
     )
     assert "no API keys configured" in caplog.text
-    with TestClient(app) as c:
+    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
         assert c.post("/route", json={"prompt": EASY}).status_code == 200
+        for host in ("localhost:8000", "[::1]:8000", "127.0.0.1"):
+            assert c.get("/admin/spool", headers={"Host": host}).status_code == 200, host
+        # A page of another site must not reach it: rebinding its own name to 127.0.0.1 (DNS rebinding), or a
+        # cross-site POST that needs no preflight; both had admin scope (review finding).
+        rebound = c.get("/admin/spool", headers={"Host": "rebind.attacker.example:8000"})
+        assert rebound.status_code == 403 and "not a loopback name" in rebound.json()["detail"]
+        cross = c.post("/admin/reload", headers={"Origin": "https://attacker.example", "Content-Type": "text/plain"})
+        assert cross.status_code == 403 and "another origin" in cross.json()["detail"]
+        door = c.post("/v1/chat/completions", json={}, headers={"Host": "attacker.example"})
+        assert door.status_code == 403 and door.json()["error"]["type"] == "permission_error"
+        own = {"Origin": "http://127.0.0.1:8000"}  # the admin page's own forms
+        assert c.post("/route", json={"prompt": EASY}, headers=own).status_code == 200
 
 
 def test_client_cannot_touch_another_clients_session(client: TestClient) -> None:
