@@ -41,7 +41,6 @@ from router.schema import TiersConfig
 from router.text import MAX_TOKENS
 from serving.errors import (
     Conflict,
-    Forbidden,
     Invalid,
     NotFound,
     NotSettledYet,
@@ -185,8 +184,7 @@ class OutcomeRecorder:
             d = found.get(r["decision_id"])
             if d is None:
                 raise NotFound(f"unknown decision_id {r['decision_id']}")
-            if not r["admin"] and d.owner is not None and d.owner != r["owner"]:
-                raise Forbidden(f"decision {d.id} belongs to another client")
+            check_owner(Principal(r["owner"], "admin" if r["admin"] else "client"), d.owner, f"decision {d.id}")
             if d.served_by == SERVED_BY_PROXY and not d.settled:
                 # Until the answer ends, neither the model that answered (a fallback changes it) nor the real cost
                 # is known: an outcome taken now would credit the routed model, and its retry would be a conflict.

@@ -86,8 +86,16 @@ def require_admin(principal: Principal) -> Principal:
     return principal
 
 
-def check_owner(principal: Principal, owner: str | None) -> None:
-    """A client key may touch only the sessions and decisions it created; admin may touch any."""
-    if principal.is_admin or owner is None or hmac.compare_digest(owner, principal.key_hash or ""):
-        return
-    raise Forbidden("this session belongs to another client")
+def owns(principal: Principal, owner: str | None) -> bool:
+    """Whether `principal` may touch a session or decision `owner` created: admin any, a client key its own. One
+    with no owner was made while keys were off (every caller was admin then): admin only, once keys are on; any
+    client key could read it, raise its cap and settle its decisions (review finding)."""
+    return principal.is_admin or (
+        owner is not None and principal.key_hash is not None and hmac.compare_digest(owner, principal.key_hash)
+    )
+
+
+def check_owner(principal: Principal, owner: str | None, what: str = "this session") -> None:
+    """403 unless `principal` owns(`owner`)."""
+    if not owns(principal, owner):
+        raise Forbidden(f"{what} belongs to another client" if owner is not None else f"{what} needs an admin key")

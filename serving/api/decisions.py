@@ -13,7 +13,6 @@ cannot see (cancelled before it answered): a usage or outcome reported later sti
 
 from __future__ import annotations
 
-import hmac
 from typing import Annotated
 
 from fastapi import APIRouter, Path
@@ -23,9 +22,10 @@ from starlette.concurrency import run_in_threadpool
 from infra.store import SERVED_BY_PROXY, DecisionRow
 from router.text import MAX_TOKENS
 from serving.deps import Caller, MetricsDep, RuntimeDep, StoreDep
-from serving.errors import BODY_ERRORS, CALLER_ERRORS, Conflict, Forbidden, Invalid, NotFound, error
+from serving.errors import BODY_ERRORS, CALLER_ERRORS, Conflict, Invalid, NotFound, error
 from serving.pricing import priced_tokens
 from serving.schemas import MAX_LATENCY_MS, MAX_OUTCOME_COST_USD, Usd, _storable
+from serving.security import check_owner
 
 router = APIRouter(prefix="/decisions", tags=["decisions"], responses=CALLER_ERRORS)
 DecisionPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:\-]{1,32}$", description="the decision_id /route answered")]
@@ -96,8 +96,7 @@ async def _callers_decision(store: StoreDep, caller: Caller, decision_id: str) -
     d = (await run_in_threadpool(store.get_decisions, [decision_id])).get(decision_id)
     if d is None:
         raise NotFound(f"unknown decision_id {decision_id}")
-    if not caller.is_admin and d.owner is not None and not hmac.compare_digest(d.owner, caller.key_hash or ""):
-        raise Forbidden(f"decision {decision_id} belongs to another client")
+    check_owner(caller, d.owner, f"decision {decision_id}")
     return d
 
 

@@ -147,6 +147,34 @@ def test_no_keys_only_on_loopback(settings_factory: Callable[..., Settings], art
         assert c.post("/route", json={"prompt": EASY}, headers=own).status_code == 200
 
 
+def test_what_was_made_without_keys_is_the_admins_once_keys_are_on(client_factory: Callable[..., TestClient]) -> None:
+    """Made while keys were off (`make serve` runs keyless on the same store), a session and its decisions had no
+    owner, and any client key could then read the session, raise its cap, route into it and settle its decisions
+    at no cost (review finding)."""
+    keyless = client_factory(api_keys={})
+    assert keyless.put("/sessions/old", json={"cap_usd": 1.0}).status_code == 200
+    d = keyless.post("/route", json={"prompt": EASY, "session_id": "old"}).json()
+    keyed = client_factory()  # the same store, keys on
+    refused = [
+        keyed.get("/sessions/old", headers=C),
+        keyed.put("/sessions/old", json={"cap_usd": 1e9}, headers=C),
+        keyed.post("/route", json={"prompt": EASY, "session_id": "old"}, headers=C),
+        keyed.post(f"/decisions/{d['decision_id']}/usage", json={"cost_usd": 0}, headers=C),
+        keyed.post(f"/decisions/{d['decision_id']}/release", headers=C),
+        keyed.post("/outcomes", json={"decision_id": d["decision_id"], "score": 1, "cost_usd": 0}, headers=C),
+        keyed.post(
+            "/outcomes",
+            json={"prompt": EASY, "model": "small", "score": 1, "cost_usd": 0, "session_id": "old"},
+            headers=C,
+        ),  # fmt: skip
+    ]
+    assert [r.status_code for r in refused] == [403] * len(refused), [r.text for r in refused]
+    assert "needs an admin key" in refused[0].json()["detail"]
+    view = keyed.get("/sessions/old", headers=A).json()
+    assert view["cap_usd"] == 1.0 and view["spent_usd"] == 0
+    assert keyed.post(f"/decisions/{d['decision_id']}/usage", json={"cost_usd": 0.001}, headers=A).status_code == 200
+
+
 def test_client_cannot_touch_another_clients_session(client: TestClient) -> None:
     assert client.put("/sessions/s1", json={"cap_usd": 1.0}, headers=C).status_code == 200
     assert client.get("/sessions/s1", headers=C).status_code == 200
