@@ -88,10 +88,14 @@ def _hostname(value: str) -> str | None:
         return None
 
 
+LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
+
+
 @dataclass(eq=False)
 class LoopbackOnly(HttpMiddleware):
     """While API keys are off (every caller has admin scope; the service is bound to loopback): refuse a request
-    whose Host is not a loopback name, or that a web page of another origin sent (its Origin header).
+    from another machine (its peer address; uvicorn started by hand with --host 0.0.0.0 skips the bind check), whose
+    Host is not a loopback name, or that a web page of another origin sent (its Origin header).
 
     Binding to 127.0.0.1 does not keep a browser out: a page on another site could rebind its own host name to
     127.0.0.1 and call the service as admin (DNS rebinding: spend the upstream keys through /v1, delete sessions),
@@ -101,7 +105,10 @@ class LoopbackOnly(HttpMiddleware):
         headers = dict(scope["headers"])
         host = _hostname(headers.get(b"host", b"").decode("latin-1"))
         origin = headers.get(b"origin")
-        if host not in LOOPBACK:
+        peer = (scope.get("client") or ("",))[0]
+        if peer not in LOOPBACK_PEERS:
+            await self._refuse(scope, send, f"a call from {peer or 'an unknown address'} is not from this machine")
+        elif host not in LOOPBACK:
             await self._refuse(scope, send, f"Host {host or '(none)'} is not a loopback name")
         elif origin is not None and _hostname(origin.decode("latin-1")) not in LOOPBACK:
             await self._refuse(scope, send, "a web page of another origin sent the request")

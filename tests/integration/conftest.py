@@ -88,8 +88,13 @@ def client_factory(
         app = create_app(
             settings=settings, model_source=source or LocalSource(artifact_dir), store=store, embedder=HashingEmbedder()
         )
-        # Without keys the service answers loopback host names only (LoopbackOnly), not TestClient's "testserver".
-        client = TestClient(app, base_url="http://testserver" if settings.api_keys else "http://127.0.0.1")
+        # Without keys the service answers this machine's loopback callers only (LoopbackOnly), not TestClient's
+        # "testclient" at "testserver".
+        client = (
+            TestClient(app)
+            if settings.api_keys
+            else TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 50000))
+        )
         client.__enter__()
         opened.append(client)
         return client

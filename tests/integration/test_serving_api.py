@@ -131,7 +131,10 @@ def test_no_keys_only_on_loopback(settings_factory: Callable[..., Settings], art
         settings=settings_factory(api_keys={}), model_source=LocalSource(artifact_dir), embedder=HashingEmbedder()
     )
     assert "no API keys configured" in caplog.text
-    with TestClient(app, base_url="http://127.0.0.1:8000") as c:
+    with TestClient(app, base_url="http://testserver", client=("192.0.2.7", 4000)) as remote:  # uvicorn by hand
+        far = remote.get("/admin/spool", headers={"Host": "127.0.0.1:8000"})
+        assert far.status_code == 403 and "192.0.2.7 is not from this machine" in far.json()["detail"]
+    with TestClient(app, base_url="http://127.0.0.1:8000", client=("127.0.0.1", 50000)) as c:
         assert c.post("/route", json={"prompt": EASY}).status_code == 200
         for host in ("localhost:8000", "[::1]:8000", "127.0.0.1"):
             assert c.get("/admin/spool", headers={"Host": host}).status_code == 200, host
