@@ -91,6 +91,15 @@ def _hostname(value: str) -> str | None:
 LOOPBACK_PEERS = frozenset({"127.0.0.1", "::1", "::ffff:127.0.0.1"})
 
 
+def _own_origin(origin: bytes, fetch_site: bytes | None) -> bool:
+    """Whether a request's Origin is a loopback page's. The admin page's forms send `Origin: null` (the page's
+    Referrer-Policy is no-referrer), which a sandboxed page of any site sends too: that one counts only with the
+    browser's `Sec-Fetch-Site: same-origin`, which no page can set."""
+    if origin == b"null":
+        return fetch_site == b"same-origin"
+    return _hostname(origin.decode("latin-1")) in LOOPBACK
+
+
 @dataclass(eq=False)
 class LoopbackOnly(HttpMiddleware):
     """While API keys are off (every caller has admin scope; the service is bound to loopback): refuse a request
@@ -110,7 +119,7 @@ class LoopbackOnly(HttpMiddleware):
             await self._refuse(scope, send, f"a call from {peer or 'an unknown address'} is not from this machine")
         elif host not in LOOPBACK:
             await self._refuse(scope, send, f"Host {host or '(none)'} is not a loopback name")
-        elif origin is not None and _hostname(origin.decode("latin-1")) not in LOOPBACK:
+        elif origin is not None and not _own_origin(origin, headers.get(b"sec-fetch-site")):
             await self._refuse(scope, send, "a web page of another origin sent the request")
         else:
             await self.app(scope, receive, send)

@@ -35,6 +35,12 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
+def local_client(app: Any, **kwargs: Any) -> TestClient:
+    """A TestClient calling from this machine's loopback (peer and Host): without keys the service answers no one
+    else (LoopbackOnly), not TestClient's "testclient" at "testserver"."""
+    return TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 50000), **kwargs)
+
+
 def metric(client: TestClient, name: str) -> float:
     """The value of an unlabelled metric on /metrics; fails when it is missing (a renamed metric reads as absent,
     not as 0)."""
@@ -88,13 +94,7 @@ def client_factory(
         app = create_app(
             settings=settings, model_source=source or LocalSource(artifact_dir), store=store, embedder=HashingEmbedder()
         )
-        # Without keys the service answers this machine's loopback callers only (LoopbackOnly), not TestClient's
-        # "testclient" at "testserver".
-        client = (
-            TestClient(app)
-            if settings.api_keys
-            else TestClient(app, base_url="http://127.0.0.1", client=("127.0.0.1", 50000))
-        )
+        client = TestClient(app) if settings.api_keys else local_client(app)
         client.__enter__()
         opened.append(client)
         return client

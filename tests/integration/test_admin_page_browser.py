@@ -5,13 +5,19 @@ it, see it open. Skips with a reason where no browser can be had; leaves a scree
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
+from infra.settings import Settings
+from serving.app import create_app
+from serving.model_source import LocalSource
+from tests.conftest import HashingEmbedder
 from tests.integration.conftest import ADMIN_KEY, CLIENT_KEY, bearer
+from tests.integration.live_server import live_server
 
 # Where the page's screenshot goes: the test's own directory, or TIERWISE_SCREENSHOT_DIR (e.g. bench/results, to
 # refresh the committed bench/results/admin_ui.png) — a plain `make test` leaves the checkout clean.
@@ -90,3 +96,27 @@ def test_log_in_confirm_a_frozen_session_and_see_it_open(live_url: str, browser:
     assert not elsewhere, elsewhere
     assert not errors, errors
     context.close()
+
+
+def test_with_keys_off_the_page_logs_in_and_out_on_loopback(
+    settings_factory: Callable[..., Settings], artifact_dir: Path, browser: Any
+) -> None:
+    """Keyless, the service refuses requests a page of another origin sent; the page's own forms send `Origin:
+    null` (its Referrer-Policy is no-referrer), and its login was refused (review finding)."""
+
+    def keyless() -> Any:
+        settings = settings_factory(api_keys={})
+        return create_app(settings=settings, model_source=LocalSource(artifact_dir), embedder=HashingEmbedder())
+
+    with live_server(keyless) as url:
+        context = browser.new_context()
+        tab = context.new_page()
+        tab.goto(url + "/ui")
+        assert urlsplit(tab.url).path == "/ui/login"
+        tab.fill("input[name=key]", "anything")
+        tab.click("button:has-text('Log in')")
+        tab.wait_for_selector("#frozen")
+        assert urlsplit(tab.url).path == "/ui"
+        tab.click("button:has-text('Log out')")
+        tab.wait_for_selector("input[name=key]")
+        context.close()

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 
 from infra.prompt_policy import prompt_id_of
@@ -23,7 +22,7 @@ from router.schema import parse_tiers
 from serving.app import create_app
 from serving.model_source import RegistrySource
 from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
-from tests.integration.conftest import write_tiers
+from tests.integration.conftest import local_client, write_tiers
 from training import tracking
 from training.data import split_log
 from training.evaluation import KnobGoal, evaluate_artifact, held_out_knob, with_default_knob
@@ -79,7 +78,7 @@ def test_stored_operating_point_round_trip(tmp_path: Path, monkeypatch: pytest.M
         tiers_path=write_tiers(tmp_path / "tiers.toml"),
         spool_path=tmp_path / "spool.jsonl",
     )
-    with TestClient(
+    with local_client(  # keys off
         create_app(settings=settings, model_source=RegistrySource(uri, NAME, "champion"), embedder=emb)
     ) as http:
         body = http.post("/route", json={"prompt": prompts[0]}).json()

@@ -146,8 +146,15 @@ def test_no_keys_only_on_loopback(settings_factory: Callable[..., Settings], art
         assert cross.status_code == 403 and "another origin" in cross.json()["detail"]
         door = c.post("/v1/chat/completions", json={}, headers={"Host": "attacker.example"})
         assert door.status_code == 403 and door.json()["error"]["type"] == "permission_error"
-        own = {"Origin": "http://127.0.0.1:8000"}  # the admin page's own forms
+        own = {"Origin": "http://127.0.0.1:8000"}  # a page of this service
         assert c.post("/route", json={"prompt": EASY}, headers=own).status_code == 200
+        # The admin page's forms send Origin: null (its Referrer-Policy is no-referrer), as a sandboxed page of
+        # any site does; the browser's Sec-Fetch-Site tells them apart (the login was refused: review finding).
+        form = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
+        assert c.post("/route", json={"prompt": EASY}, headers=form).status_code == 200
+        for site in ("cross-site", None):
+            sandboxed = {"Origin": "null", **({"Sec-Fetch-Site": site} if site else {})}
+            assert c.post("/admin/reload", headers=sandboxed).status_code == 403, site
 
 
 def test_what_was_made_without_keys_is_the_admins_once_keys_are_on(client_factory: Callable[..., TestClient]) -> None:

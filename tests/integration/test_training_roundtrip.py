@@ -13,7 +13,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from fastapi.testclient import TestClient
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from typer.testing import CliRunner
@@ -26,7 +25,7 @@ from router.schema import parse_tiers
 from serving.app import create_app
 from serving.model_source import RegistrySource
 from tests.conftest import TIERS_TOML, HashingEmbedder, make_log
-from tests.integration.conftest import PG_URL, write_tiers
+from tests.integration.conftest import PG_URL, local_client, write_tiers
 from training import cli, tracking
 from training.data import split_log
 from training.evaluation import evaluate_artifact
@@ -148,7 +147,7 @@ def test_train_register_promote_and_serve(tracking_uri: str, tmp_path: Path, mon
         spool_path=tmp_path / "spool.jsonl",
     )
     source = RegistrySource(tracking_uri, NAME, "champion")
-    with TestClient(create_app(settings=settings, model_source=source, embedder=emb)) as http:
+    with local_client(create_app(settings=settings, model_source=source, embedder=emb)) as http:  # keys off
         resp = http.post("/route", json={"prompt": prompts[0]})
         assert resp.status_code == 200, resp.text
         body = resp.json()
