@@ -601,8 +601,36 @@ def deduplicate_outcomes(df: pd.DataFrame) -> pd.DataFrame:
     return out[df.columns]
 
 
+def one_id_per_text(df: pd.DataFrame, source: Path | str = "the outcome log") -> pd.DataFrame:
+    """The log with one prompt_id per prompt text: an id whose (whitespace-normalised) text an earlier id has
+    becomes that id, with a warning; `deduplicate_outcomes` then averages each model's rows of the text, every row
+    counting once.
+
+    The router sees only the text, so copies are one prompt to it. Kept apart (a log with an id per run or per
+    sample), they counted as held-out prompts of their own (the gate's size floor passed on 43 texts logged twice),
+    narrowed the bootstrap intervals as if independent, and sat at distance 0 from their twins in the novelty
+    reference, which then flagged ordinary prompts as out of distribution (review finding)."""
+    from router.text import normalize_text  # router.text imports this module
+
+    ids = df.drop_duplicates("prompt_id")
+    canonical = ids.groupby(ids["prompt"].map(normalize_text), sort=False)["prompt_id"].transform("first")
+    renamed = canonical.ne(ids["prompt_id"])
+    if not renamed.any():
+        return df
+    logger.warning(
+        "%s: %d prompt_id(s) repeat the text of an earlier prompt_id (e.g. %r as %r): merged into it, each text is "
+        "one prompt (its outcomes of a model averaged)",
+        source,
+        int(renamed.sum()),
+        str(ids["prompt_id"][renamed].iloc[0]),
+        str(canonical[renamed].iloc[0]),
+    )
+    to = dict(zip(ids["prompt_id"], canonical, strict=True))
+    return df.assign(prompt_id=df["prompt_id"].map(to))
+
+
 def load_outcomes(path: Path | str, tiers: TiersConfig | None = None) -> pd.DataFrame:
-    """Read, validate and deduplicate one outcome log (Parquet, CSV or JSONL)."""
+    """Read, validate and deduplicate one outcome log (Parquet, CSV or JSONL): one prompt_id per prompt text."""
     path = Path(path)
     if path.is_dir():
         raise OutcomeLogError(path, "is a folder, not a file: give the outcome log's file")
@@ -612,7 +640,7 @@ def load_outcomes(path: Path | str, tiers: TiersConfig | None = None) -> pd.Data
         raise OutcomeLogError(path, "is not a regular file (a pipe or a device): save the log to a file and give that")
     raw, row_numbers = _read_table(path)
     df = validate_outcomes(raw, path, tiers.known_models if tiers else None, row_numbers)
-    return deduplicate_outcomes(df)
+    return deduplicate_outcomes(one_id_per_text(df, path))
 
 
 def outcomes_to_frame(rows: Sequence[Outcome]) -> pd.DataFrame:

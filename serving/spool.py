@@ -278,13 +278,17 @@ class Spool:
 
     @contextmanager
     def quiet(self) -> Iterator[Callable[[Callable[[Record], bool]], int]]:
-        """Hold both locks for the block, so no append or replay runs in it (a session deleted from the store and
-        then from the spool: a replay mid-batch wrote a record back between the two); yields `remove` as above,
-        to call inside the block."""
-        with self._locked("drain.lock", self._drain_lock), self._locked("lock", self._append_lock):
-            yield lambda matches: self._rewrite_all(
-                lambda line: (record := _record_of(line)) is not None and matches(record)
-            )
+        """Hold the drain lock for the block, so no replay runs in it (a session deleted from the store and then from
+        the spool: a replay mid-batch wrote a record back between the two); yields `remove` as above, to call inside
+        the block. Appends go on meanwhile (the store may be slow to answer: a settlement spooled on the event loop
+        would wait for it); `remove` takes the append lock for its rewrite only."""
+
+        def remove(matches: Callable[[Record], bool]) -> int:
+            with self._locked("lock", self._append_lock):
+                return self._rewrite_all(lambda line: (record := _record_of(line)) is not None and matches(record))
+
+        with self._locked("drain.lock", self._drain_lock):
+            yield remove
 
     def remove_older_than(self, cutoff: datetime) -> int:
         """Delete, for good, every record that came in before `cutoff` (the retention period's), pending or

@@ -13,7 +13,7 @@ import pandas as pd
 
 from router import evaluate as ev
 from router.model import MIN_TIER_OUTCOMES
-from router.schema import TiersConfig, deduplicate_outcomes, load_outcomes
+from router.schema import TiersConfig, deduplicate_outcomes, load_outcomes, one_id_per_text
 from router.text import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -35,34 +35,10 @@ class PromptTable:
         return np.asarray(np.isfinite(self.scores).all(axis=1) & np.isfinite(self.costs).all(axis=1))
 
 
-def merge_repeated_texts(log: pd.DataFrame) -> pd.DataFrame:
-    """One prompt_id per prompt text: ids whose (whitespace-normalised) text an earlier id has become that id, and
-    their outcomes of one model are averaged (mean score and cost), as repeated (prompt_id, model) rows are.
-
-    The router sees only the text, so copies are one prompt to it. Kept apart (a log with an id per run or per
-    sample), they counted as held-out prompts of their own (the gate's size floor passed on 43 texts logged twice),
-    narrowed the bootstrap intervals as if independent, and sat at distance 0 from their twins in the novelty
-    reference, which then flagged ordinary prompts as out of distribution (review finding)."""
-    ids = log.drop_duplicates("prompt_id")
-    canonical = ids.groupby(ids["prompt"].map(normalize_text), sort=False)["prompt_id"].transform("first")
-    renamed = canonical.ne(ids["prompt_id"])
-    if not renamed.any():
-        return log
-    logger.warning(
-        "%d prompt_id(s) repeat the text of an earlier prompt_id (e.g. %r as %r): merged into it, each text is one "
-        "prompt (mean score and cost per model)",
-        int(renamed.sum()),
-        str(ids["prompt_id"][renamed].iloc[0]),
-        str(canonical[renamed].iloc[0]),
-    )
-    to = dict(zip(ids["prompt_id"], canonical, strict=True))
-    return deduplicate_outcomes(log.assign(prompt_id=log["prompt_id"].map(to)))
-
-
 def pivot_log(log: pd.DataFrame, tiers: TiersConfig) -> PromptTable:
-    """One row per prompt text (`merge_repeated_texts`) with the realised score and cost of each tier (and of every
-    model)."""
-    log = merge_repeated_texts(log)
+    """One row per prompt text (`one_id_per_text`: a log `load_outcomes` read is so already) with the realised score
+    and cost of each tier (and of every model)."""
+    log = deduplicate_outcomes(one_id_per_text(log))
     first = log.drop_duplicates("prompt_id").set_index("prompt_id")
     # A prompt's category: the first of its rows that gives one (a model's rows may come without).
     category = None

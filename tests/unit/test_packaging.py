@@ -92,6 +92,7 @@ def test_route_without_onnx_files_or_torch_is_one_line(fresh_env: Path, monkeypa
     model_dir = fresh_env / "model"
     _tiny_onnx_artifact(model_dir)
     monkeypatch.setattr(onnx_export, "missing_build_deps", lambda: ["torch"])
+    monkeypatch.chdir(fresh_env)  # not the checkout: its config/tiers.toml swaps the tiny model's tiers, with a warning
     res = runner.invoke(cli.app, ["route", "hello", "--model-uri", str(model_dir)])
     assert res.exit_code == 2, res.output
     line = res.output.strip()

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from router.schema import TiersConfig
+from router.schema import TiersConfig, load_outcomes
 from tests.conftest import make_log
-from training.data import pivot_log, split_log
+from training.data import pivot_log, pool_logs, split_log
 
 
 def with_copies(log: pd.DataFrame, copies: int) -> pd.DataFrame:
@@ -53,3 +54,27 @@ def test_a_log_without_copies_is_left_as_it_is(tiers: TiersConfig, caplog: pytes
     with caplog.at_level(logging.WARNING):
         table = pivot_log(log, tiers)
     assert "repeat the text" not in caplog.text and len(table.prompts) == 60
+
+
+def test_a_loaded_logs_copies_are_averaged_row_by_row_and_the_pool_sees_the_splits_ids(
+    tiers: TiersConfig, tmp_path: Path
+) -> None:
+    """The merge ran on the tiers' outcomes only, after re-runs were averaged: an id run 3 times and a copy run once
+    weighed the same (a mean of means), and the pool, built from the whole log, found the merged text's first id
+    holding only its own outcomes, a model logged under the copy's id missing (review finding)."""
+    log = make_log(40, seed=8)
+    first = log[log["prompt_id"] == "p0"]
+    reruns = pd.concat([first.assign(score=1.0)] * 3)  # p0 run three times, all 1
+    copy = first.assign(prompt_id="p0-copy", score=0.0)  # its text once more under another id, 0
+    unused = first.head(1).assign(prompt_id="p0-copy", model="unused", score=1.0)  # a model behind no tier
+    path = tmp_path / "log.parquet"
+    pd.concat([log[log["prompt_id"] != "p0"], reruns, copy, unused], ignore_index=True).to_parquet(path)
+    loaded = load_outcomes(path)
+    p0 = loaded[loaded["prompt_id"] == "p0"].set_index("model")["score"]
+    assert loaded["prompt_id"].nunique() == 40 and p0["small"] == pytest.approx(0.75) and p0["unused"] == 1.0
+    split = split_log(loaded, tiers, 0.3, seed=0)
+    pool = pool_logs(loaded, split, [], max_prompts=0, seed=0)
+    assert len(pool.prompts) == split.train.sum() and not pool.scores[["small", "medium", "large"]].isna().any().any()
+    assert "p0" in set(split.table.prompts["prompt_id"][split.train])  # seed 0 trains on it
+    row = pool.prompts.index(first["prompt"].iloc[0])
+    assert pool.scores["unused"].iloc[row] == 1.0 and pool.scores["small"].iloc[row] == pytest.approx(0.75)
