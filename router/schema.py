@@ -603,7 +603,7 @@ def deduplicate_outcomes(df: pd.DataFrame) -> pd.DataFrame:
 
 def one_id_per_text(df: pd.DataFrame, source: Path | str = "the outcome log") -> pd.DataFrame:
     """The log with one prompt_id per prompt text: an id whose (whitespace-normalised) text an earlier id has
-    becomes that id, with a warning; `deduplicate_outcomes` then averages each model's rows of the text, every row
+    becomes that id, logged; `deduplicate_outcomes` then averages each model's rows of the text, every row
     counting once.
 
     The router sees only the text, so copies are one prompt to it. Kept apart (a log with an id per run or per
@@ -617,7 +617,7 @@ def one_id_per_text(df: pd.DataFrame, source: Path | str = "the outcome log") ->
     renamed = canonical.ne(ids["prompt_id"])
     if not renamed.any():
         return df
-    logger.warning(
+    logger.info(  # shown by the CLI; the shared logs hold some (16, 119 and 105), for no fault of the user
         "%s: %d prompt_id(s) repeat the text of an earlier prompt_id (e.g. %r as %r): merged into it, each text is "
         "one prompt (its outcomes of a model averaged)",
         source,

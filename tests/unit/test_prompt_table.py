@@ -28,7 +28,7 @@ def test_copies_of_a_text_under_other_ids_are_one_prompt(tiers: TiersConfig, cap
     twice), narrowed the bootstrap intervals and broke the novelty reference (review finding)."""
     log = make_log(120, seed=4)
     once = pivot_log(log, tiers)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         twice = pivot_log(with_copies(log, 2), tiers)
     assert len(twice.prompts) == len(once.prompts) == 120
     assert "120 prompt_id(s) repeat the text of an earlier prompt_id" in caplog.text
@@ -51,7 +51,7 @@ def test_copies_with_other_outcomes_average_them(tiers: TiersConfig) -> None:
 
 def test_a_log_without_copies_is_left_as_it_is(tiers: TiersConfig, caplog: pytest.LogCaptureFixture) -> None:
     log = make_log(60, seed=6)
-    with caplog.at_level(logging.WARNING):
+    with caplog.at_level(logging.INFO):
         table = pivot_log(log, tiers)
     assert "repeat the text" not in caplog.text and len(table.prompts) == 60
 
