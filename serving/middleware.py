@@ -114,9 +114,9 @@ class LoopbackOnly(HttpMiddleware):
         headers = dict(scope["headers"])
         host = _hostname(headers.get(b"host", b"").decode("latin-1"))
         origin = headers.get(b"origin")
-        peer = (scope.get("client") or ("",))[0]
-        if peer not in LOOPBACK_PEERS:
-            await self._refuse(scope, send, f"a call from {peer or 'an unknown address'} is not from this machine")
+        client = scope.get("client")  # None on a Unix socket: this machine's by nature
+        if client is not None and client[0] not in LOOPBACK_PEERS:
+            await self._refuse(scope, send, f"a call from {client[0] or 'an unknown address'} is not from this machine")
         elif host not in LOOPBACK:
             await self._refuse(scope, send, f"Host {host or '(none)'} is not a loopback name")
         elif origin is not None and not _own_origin(origin, headers.get(b"sec-fetch-site")):

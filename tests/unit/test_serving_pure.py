@@ -159,3 +159,26 @@ def test_exploration_opt_out_keys_match_as_the_key_ring_does() -> None:
     assert Settings(exploration_opt_out_keys=[f" {digest.upper()} "]).exploration_opt_out_keys == [digest]
     with pytest.raises(ValidationError, match="exploration_opt_out_keys"):
         Settings(exploration_opt_out_keys=["secret-key"])
+
+
+@pytest.mark.parametrize(
+    ("client", "host", "answered"),
+    [(None, b"localhost", 200), (("127.0.0.1", 5), b"localhost", 200), (("10.0.0.9", 5), b"localhost", 403)],
+)
+def test_keyless_callers_are_this_machines_a_unix_socket_included(client, host: bytes, answered: int) -> None:
+    """A Unix socket has no peer address (scope client None): it is this machine's by nature."""
+    import asyncio
+
+    from serving.middleware import LoopbackOnly
+
+    sent: list[dict] = []
+
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+
+    async def send(message) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "client": client, "headers": [(b"host", host)], "path": "/route", "method": "POST"}
+    asyncio.run(LoopbackOnly(app)(scope, None, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == answered
