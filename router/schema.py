@@ -601,6 +601,11 @@ def deduplicate_outcomes(df: pd.DataFrame) -> pd.DataFrame:
     return out[df.columns]
 
 
+def normalize_text(prompt: str) -> str:
+    """Collapse whitespace runs so that layout changes never change a prompt's features."""
+    return " ".join(prompt.split())
+
+
 def one_id_per_text(df: pd.DataFrame, source: Path | str = "the outcome log") -> pd.DataFrame:
     """The log with one prompt_id per prompt text: an id whose (whitespace-normalised) text an earlier id has
     becomes that id, logged; `deduplicate_outcomes` then averages each model's rows of the text, every row
@@ -610,8 +615,6 @@ def one_id_per_text(df: pd.DataFrame, source: Path | str = "the outcome log") ->
     sample), they counted as held-out prompts of their own (the gate's size floor passed on 43 texts logged twice),
     narrowed the bootstrap intervals as if independent, and sat at distance 0 from their twins in the novelty
     reference, which then flagged ordinary prompts as out of distribution (review finding)."""
-    from router.text import normalize_text  # router.text imports this module
-
     ids = df.drop_duplicates("prompt_id")
     canonical = ids.groupby(ids["prompt"].map(normalize_text), sort=False)["prompt_id"].transform("first")
     renamed = canonical.ne(ids["prompt_id"])

@@ -8,11 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from router.schema import CHARS_PER_TOKEN
-
-
-def normalize_text(prompt: str) -> str:
-    """Collapse whitespace runs so that layout changes never change a prompt's features."""
-    return " ".join(prompt.split())
+from router.schema import normalize_text as normalize_text  # defined there (the outcome log merges by it); re-exported
 
 
 def text_window(prompt: str, tail_chars: int | None) -> str:
