@@ -586,12 +586,14 @@ def _one_text_per_prompt_id(path: Path | str, df: pd.DataFrame, rows: np.ndarray
         )
 
 
-def deduplicate_outcomes(df: pd.DataFrame) -> pd.DataFrame:
-    """Collapse repeated (prompt_id, model) rows: the mean score and mean cost of the repeats.
+def deduplicate_outcomes(df: pd.DataFrame, source: Path | str = "the outcome log") -> pd.DataFrame:
+    """One prompt_id per prompt text (`_one_id_per_text`), then repeated (prompt_id, model) rows collapsed: the mean
+    score and mean cost of the repeats, every row counting once.
 
     Repeats are re-runs of the same prompt on the same model; their mean is the best estimate
     of that model's expected score and cost. Other columns keep the first repeat's value.
     """
+    df = _one_id_per_text(df, source)  # first: a text's re-runs under either id weigh alike
     if not df.duplicated(["prompt_id", "model"]).any():
         return df
     agg: dict[str, str] = {c: "first" for c in df.columns if c not in ("prompt_id", "model")}
@@ -606,10 +608,9 @@ def normalize_text(prompt: str) -> str:
     return " ".join(prompt.split())
 
 
-def one_id_per_text(df: pd.DataFrame, source: Path | str = "the outcome log") -> pd.DataFrame:
+def _one_id_per_text(df: pd.DataFrame, source: Path | str) -> pd.DataFrame:
     """The log with one prompt_id per prompt text: an id whose (whitespace-normalised) text an earlier id has
-    becomes that id, logged; `deduplicate_outcomes` then averages each model's rows of the text, every row
-    counting once.
+    becomes that id, logged.
 
     The router sees only the text, so copies are one prompt to it. Kept apart (a log with an id per run or per
     sample), they counted as held-out prompts of their own (the gate's size floor passed on 43 texts logged twice),
@@ -643,7 +644,7 @@ def load_outcomes(path: Path | str, tiers: TiersConfig | None = None) -> pd.Data
         raise OutcomeLogError(path, "is not a regular file (a pipe or a device): save the log to a file and give that")
     raw, row_numbers = _read_table(path)
     df = validate_outcomes(raw, path, tiers.known_models if tiers else None, row_numbers)
-    return deduplicate_outcomes(one_id_per_text(df, path))
+    return deduplicate_outcomes(df, path)
 
 
 def outcomes_to_frame(rows: Sequence[Outcome]) -> pd.DataFrame:

@@ -306,7 +306,7 @@ def _load_inputs(s: Settings, from_store: bool) -> tuple[Any, pd.DataFrame]:
     log = _load_log(s, tiers)
     if from_store:
         from infra.store import Store, require_existing
-        from router.schema import deduplicate_outcomes, one_id_per_text, outcomes_to_frame, validate_outcomes
+        from router.schema import deduplicate_outcomes, outcomes_to_frame, validate_outcomes
 
         require_existing(s.database_url)
         store = Store(s.database_url)
@@ -332,7 +332,7 @@ def _load_inputs(s: Settings, from_store: bool) -> tuple[Any, pd.DataFrame]:
         log = pd.concat([log, extra], ignore_index=True).drop_duplicates(["prompt_id", "model"], keep="last")
         # One id per text across the two (a prompt of the log the service routed too), before the split and the
         # pool read it: the pool must see the ids the split does.
-        log = deduplicate_outcomes(one_id_per_text(log, f"{s.outcomes_path} with the store"))
+        log = deduplicate_outcomes(log, f"{s.outcomes_path} with the store")
     _check_costs(s.outcomes_path, log.loc[log["model"].isin([t.model for t in tiers.tiers]), "cost_usd"])
     return tiers, log
 

@@ -13,7 +13,7 @@ import pandas as pd
 
 from router import evaluate as ev
 from router.model import MIN_TIER_OUTCOMES
-from router.schema import TiersConfig, deduplicate_outcomes, load_outcomes, one_id_per_text
+from router.schema import TiersConfig, deduplicate_outcomes, load_outcomes
 from router.text import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -36,9 +36,9 @@ class PromptTable:
 
 
 def pivot_log(log: pd.DataFrame, tiers: TiersConfig) -> PromptTable:
-    """One row per prompt text (`one_id_per_text`: a log `load_outcomes` read is so already) with the realised score
-    and cost of each tier (and of every model)."""
-    log = deduplicate_outcomes(one_id_per_text(log))
+    """One row per prompt text (`deduplicate_outcomes`: a log `load_outcomes` read is so already) with the realised
+    score and cost of each tier (and of every model)."""
+    log = deduplicate_outcomes(log)
     first = log.drop_duplicates("prompt_id").set_index("prompt_id")
     # A prompt's category: the first of its rows that gives one (a model's rows may come without).
     category = None
