@@ -79,6 +79,18 @@ class RequestContext(HttpMiddleware):
             request_id.reset(token)
 
 
+async def _send_error(
+    scope: Scope, send: Send, status: int, detail: str, door_type: str, door_code: str | None = None
+) -> None:
+    """A JSON error answered before the app: `{"detail": ...}`, or OpenAI's error shape on the OpenAI-compatible
+    door (/v1/), as its other refusals."""
+    door = scope["path"].startswith("/v1/")
+    body = json.dumps(error_body(detail, door_type, door_code) if door else {"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
 def _hostname(value: str) -> str | None:
     """The host name of a Host header or an Origin (`127.0.0.1:8000`, `[::1]:8000`, `http://localhost:8000`);
     None when it names none."""
@@ -126,11 +138,7 @@ class LoopbackOnly(HttpMiddleware):
 
     async def _refuse(self, scope: Scope, send: Send, why: str) -> None:
         detail = f"{why}: with no API keys configured, tierwise serves only this machine's own callers"
-        door = scope["path"].startswith("/v1/")
-        body = json.dumps(error_body(detail, "permission_error", None) if door else {"detail": detail}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": 403, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await _send_error(scope, send, 403, detail, "permission_error")
 
 
 @dataclass(eq=False)
@@ -180,9 +188,4 @@ class BodyLimit(HttpMiddleware):
             if status == 413
             else "the Content-Length header is not a number"
         )
-        door = scope["path"].startswith("/v1/")  # the OpenAI-compatible door: OpenAI's shape, as its other refusals
-        code = "too_large" if status == 413 else None
-        body = json.dumps(error_body(detail, "invalid_request_error", code) if door else {"detail": detail}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-        await send({"type": "http.response.start", "status": status, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await _send_error(scope, send, status, detail, "invalid_request_error", "too_large" if status == 413 else None)

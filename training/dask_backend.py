@@ -253,14 +253,15 @@ def route_file_dask(
     novelty_limit: float | None = None,
 ) -> BulkRun:
     """`training.bulk.route_file` with the chunks decided on the Dask workers; the same records, in input order."""
-    check_workers(client, backend, str(onnx_dir.resolve()), artifact.features.embedder_id, "the model's")  # waits
+    onnx = str(onnx_dir.resolve())
+    check_workers(client, backend, onnx, artifact.features.embedder_id, "the model's")  # waits
     try:
         # The artifact as a task (not scattered data, which no one can rebuild once the workers holding it are gone).
         art = client.submit(pickle.loads, pickle.dumps(artifact), pure=False)
     except _cluster_errors() as exc:
         raise _cluster_failure(exc) from None
     in_flight = IN_FLIGHT_PER_WORKER * n_workers(client)
-    args = (art, tiers, backend, str(onnx_dir.resolve()), target, cost_weight, chunk, novelty_limit)
+    args = (art, tiers, backend, onnx, target, cost_weight, chunk, novelty_limit)
 
     def submit(rows: list[Row]) -> Any:
         return client.submit(_route_rows, rows, *args, pure=False)
